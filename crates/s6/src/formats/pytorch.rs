@@ -1,0 +1,1 @@
+//! PyTorch `pytorch_model.bin` (zip + pickle) reader. See `read_pytorch_bin`.

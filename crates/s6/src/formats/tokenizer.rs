@@ -1,0 +1,1 @@
+//! Tokenizers: HF `tokenizer.json` and byte-level.
