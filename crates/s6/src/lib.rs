@@ -17,4 +17,7 @@ pub mod generate;
 pub mod hub;
 pub mod model;
 
+#[cfg(test)]
+pub(crate) mod testutil;
+
 pub use error::{Error, Result};

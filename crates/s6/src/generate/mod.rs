@@ -1,1 +1,261 @@
-//! Generation runtime.
+//! Text generation: prefill each prompt (chunked), then decode all sequences together, one
+//! batched [`Mamba::step`] per token, sampling each sequence with its own seeded [`Sampler`].
+
+pub mod sampler;
+
+use std::time::Instant;
+
+use crate::backend::Backend;
+use crate::formats::tokenizer::{StreamDecoder, Tokenizer};
+use crate::model::{Mamba, MambaState};
+use crate::{Error, Result};
+pub use sampler::{Sampler, SamplingParams};
+
+/// Options of a generation run.
+#[derive(Clone, Debug)]
+pub struct GenerateOptions {
+    /// New tokens per sequence, at most.
+    pub max_tokens: usize,
+    pub sampling: SamplingParams,
+    /// Stop when the generated text contains one of these (the stop string is not included).
+    pub stop: Vec<String>,
+    /// Stop a sequence at this token (the tokenizer's end-of-text), when given.
+    pub eos: Option<u32>,
+    /// Prompt tokens per prefill chunk: bounds prefill memory for long prompts.
+    pub prefill_chunk: usize,
+}
+
+impl Default for GenerateOptions {
+    fn default() -> Self {
+        GenerateOptions {
+            max_tokens: 128,
+            sampling: SamplingParams::default(),
+            stop: Vec::new(),
+            eos: None,
+            prefill_chunk: 2048,
+        }
+    }
+}
+
+/// Why a sequence ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FinishReason {
+    /// `max_tokens` reached.
+    Length,
+    /// The end-of-text token was sampled.
+    Eos,
+    /// A stop string appeared.
+    Stop,
+}
+
+/// Throughput of a run.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct GenStats {
+    pub prefill_tokens: usize,
+    pub prefill_secs: f64,
+    pub decode_tokens: usize,
+    pub decode_secs: f64,
+}
+
+impl GenStats {
+    pub fn prefill_tok_per_s(&self) -> f64 {
+        self.prefill_tokens as f64 / self.prefill_secs.max(1e-9)
+    }
+    pub fn decode_tok_per_s(&self) -> f64 {
+        self.decode_tokens as f64 / self.decode_secs.max(1e-9)
+    }
+}
+
+/// Whether a sequence goes on after a token.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Flow {
+    Continue,
+    Finish(FinishReason),
+}
+
+/// Token-level generation for a batch of prompts. `on_token(seq, token)` sees every sampled token
+/// and may end its sequence; sequences also end at `opts.eos` and after `opts.max_tokens`.
+/// Returns the generated tokens of each sequence.
+pub fn generate_tokens<B: Backend>(
+    model: &Mamba<B>,
+    prompts: &[Vec<u32>],
+    opts: &GenerateOptions,
+    mut on_token: impl FnMut(usize, u32) -> Result<Flow>,
+) -> Result<(Vec<Vec<u32>>, Vec<FinishReason>, GenStats)> {
+    if prompts.is_empty() {
+        return Err(Error::input("no prompts given"));
+    }
+    if opts.max_tokens == 0 {
+        return Err(Error::input("--max-tokens must be at least 1"));
+    }
+    for (i, p) in prompts.iter().enumerate() {
+        if p.is_empty() {
+            return Err(Error::input(format!("prompt {} is empty (no tokens); give some text to continue", i + 1)));
+        }
+    }
+    opts.sampling.validate()?;
+    let be = &model.backend;
+    let vocab = model.cfg.vocab_size;
+    let n = prompts.len();
+    let mut samplers: Vec<Sampler> = (0..n)
+        .map(|i| {
+            Sampler::new(SamplingParams { seed: opts.sampling.seed.wrapping_add(i as u64), ..opts.sampling.clone() })
+        })
+        .collect::<Result<_>>()?;
+    let mut stats = GenStats::default();
+
+    // Prefill each prompt alone (they differ in length), then decode them as one batch.
+    let t = Instant::now();
+    let mut states: Vec<MambaState<B>> = Vec::with_capacity(n);
+    let mut first_logits: Vec<f32> = Vec::with_capacity(n * vocab);
+    for p in prompts {
+        let mut st = model.new_state(1)?;
+        let logits = model.prefill(p, 1, p.len(), &mut st, opts.prefill_chunk)?;
+        first_logits.extend(be.to_vec(&logits)?);
+        states.push(st);
+        stats.prefill_tokens += p.len();
+    }
+    let mut state =
+        if n == 1 { states.pop().ok_or_else(|| Error::input("no prompts"))? } else { model.stack_states(&states)? };
+    stats.prefill_secs = t.elapsed().as_secs_f64();
+
+    let t = Instant::now();
+    let mut history: Vec<Vec<u32>> = prompts.to_vec();
+    let mut out: Vec<Vec<u32>> = vec![Vec::new(); n];
+    let mut finish: Vec<Option<FinishReason>> = vec![None; n];
+    let mut logits = first_logits;
+    loop {
+        let mut next = vec![0u32; n];
+        for i in 0..n {
+            if finish[i].is_some() {
+                continue; // finished sequences are still stepped (batch shape), their tokens ignored
+            }
+            let tok = samplers[i].sample(&logits[i * vocab..(i + 1) * vocab], &history[i])?;
+            next[i] = tok;
+            out[i].push(tok);
+            history[i].push(tok);
+            stats.decode_tokens += 1;
+            let flow = if Some(tok) == opts.eos { Flow::Finish(FinishReason::Eos) } else { on_token(i, tok)? };
+            finish[i] = match flow {
+                Flow::Finish(r) => Some(r),
+                Flow::Continue if out[i].len() >= opts.max_tokens => Some(FinishReason::Length),
+                Flow::Continue => None,
+            };
+        }
+        if finish.iter().all(Option::is_some) {
+            break;
+        }
+        logits = be.to_vec(&model.step(&next, &mut state)?)?;
+    }
+    stats.decode_secs = t.elapsed().as_secs_f64();
+    let reasons = finish.into_iter().map(|f| f.unwrap_or(FinishReason::Length)).collect();
+    Ok((out, reasons, stats))
+}
+
+/// A finished completion.
+#[derive(Clone, Debug)]
+pub struct Completion {
+    pub tokens: Vec<u32>,
+    pub text: String,
+    pub finish: FinishReason,
+}
+
+/// Per-sequence text state: streaming detokenization and stop-string search.
+struct TextSeq<'t> {
+    decoder: StreamDecoder<'t>,
+    text: String,
+    emitted: usize,
+}
+
+/// Text generation: tokenizes prompts, generates, streams new text through `on_text(seq, text)`
+/// as soon as it is final (never a partial UTF-8 character, never a piece of a stop string).
+pub fn generate_text<B: Backend>(
+    model: &Mamba<B>,
+    tokenizer: &Tokenizer,
+    prompts: &[String],
+    opts: &GenerateOptions,
+    mut on_text: impl FnMut(usize, &str),
+) -> Result<(Vec<Completion>, GenStats)> {
+    let mut ids = Vec::with_capacity(prompts.len());
+    for (i, p) in prompts.iter().enumerate() {
+        if p.is_empty() {
+            return Err(Error::input(format!("prompt {} is empty; give some text to continue", i + 1)));
+        }
+        ids.push(tokenizer.encode(p)?);
+    }
+    let mut seqs: Vec<TextSeq> = (0..prompts.len())
+        .map(|_| TextSeq { decoder: StreamDecoder::new(tokenizer), text: String::new(), emitted: 0 })
+        .collect();
+    let stops = &opts.stop;
+    let (tokens, mut reasons, stats) = generate_tokens(model, &ids, opts, |i, tok| {
+        let s = &mut seqs[i];
+        let piece = s.decoder.push(tok)?;
+        let search_from = s.text.len().saturating_sub(stops.iter().map(String::len).max().unwrap_or(0));
+        s.text.push_str(&piece);
+        if let Some(cut) = find_stop(&s.text, search_from, stops) {
+            s.text.truncate(cut);
+            emit(s, cut, i, &mut on_text);
+            return Ok(Flow::Finish(FinishReason::Stop));
+        }
+        let safe = s.text.len() - held_back(&s.text, stops);
+        emit(s, safe, i, &mut on_text);
+        Ok(Flow::Continue)
+    })?;
+    let mut out = Vec::with_capacity(tokens.len());
+    for (i, (toks, s)) in tokens.into_iter().zip(seqs.iter_mut()).enumerate() {
+        if reasons[i] != FinishReason::Stop {
+            let rest = s.decoder.finish()?;
+            s.text.push_str(&rest);
+            if let Some(cut) = find_stop(&s.text, 0, stops) {
+                s.text.truncate(cut);
+                reasons[i] = FinishReason::Stop;
+            }
+            let end = s.text.len();
+            emit(s, end, i, &mut on_text);
+        }
+        out.push(Completion { tokens: toks, text: s.text.clone(), finish: reasons[i] });
+    }
+    Ok((out, stats))
+}
+
+fn emit(s: &mut TextSeq<'_>, upto: usize, i: usize, on_text: &mut impl FnMut(usize, &str)) {
+    if upto > s.emitted {
+        on_text(i, &s.text[s.emitted..upto]);
+        s.emitted = upto;
+    }
+}
+
+/// Byte offset of the earliest stop string starting at or after `from`.
+fn find_stop(text: &str, from: usize, stops: &[String]) -> Option<usize> {
+    let from = (0..=from.min(text.len())).rev().find(|&i| text.is_char_boundary(i)).unwrap_or(0);
+    stops.iter().filter(|s| !s.is_empty()).filter_map(|s| text[from..].find(s.as_str()).map(|p| p + from)).min()
+}
+
+/// Length of the longest suffix of `text` that is a proper prefix of a stop string: that text
+/// may still turn into a stop, so it is not shown yet.
+fn held_back(text: &str, stops: &[String]) -> usize {
+    let mut best = 0;
+    for s in stops {
+        for (k, _) in s.char_indices().skip(1) {
+            if k > best && text.ends_with(&s[..k]) {
+                best = k;
+            }
+        }
+    }
+    best
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stop_helpers() {
+        let stops = vec!["\n\n".to_string(), "END".to_string()];
+        assert_eq!(find_stop("abc\n\nxyz", 0, &stops), Some(3));
+        assert_eq!(find_stop("abcEN", 0, &stops), None);
+        assert_eq!(held_back("abcEN", &stops), 2);
+        assert_eq!(held_back("abc\n", &stops), 1);
+        assert_eq!(held_back("abc", &stops), 0);
+    }
+}

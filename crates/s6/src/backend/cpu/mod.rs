@@ -1,0 +1,193 @@
+//! The CPU backend: host `Vec<f32>` buffers, `gemm` for matmuls, hand-written fused kernels
+//! (AVX2 + FMA chosen at run time) for the scan, conv and norms; threads through rayon.
+
+mod conv;
+mod linear;
+mod norm;
+mod scan;
+pub mod simd;
+
+use rayon::prelude::*;
+
+use super::{Backend, ScanArgs, View};
+use crate::{Error, Result};
+
+/// The CPU backend. Threads come from rayon's global pool (`RAYON_NUM_THREADS`).
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Cpu;
+
+/// Checks that a buffer holds at least `need` elements; a violation is a bug in the caller, but
+/// it is reported, never turned into out-of-bounds access.
+fn need(what: &str, have: usize, need: usize) -> Result<()> {
+    if have < need {
+        return Err(Error::Backend(format!("cpu: buffer '{what}' has {have} elements, needs {need}")));
+    }
+    Ok(())
+}
+
+/// Elements a `rows × cols` view at stride `ld` reaches.
+fn view_extent(rows: usize, cols: usize, offset: usize, ld: usize) -> usize {
+    if rows == 0 {
+        0
+    } else {
+        offset + (rows - 1) * ld + cols
+    }
+}
+
+fn check_view(what: &str, v: &View<'_, Vec<f32>>, rows: usize, cols: usize) -> Result<()> {
+    if v.ld < cols {
+        return Err(Error::Backend(format!("cpu: view '{what}' has row stride {} < {cols} columns", v.ld)));
+    }
+    need(what, v.buf.len(), view_extent(rows, cols, v.offset, v.ld))
+}
+
+impl Backend for Cpu {
+    type Buf = Vec<f32>;
+
+    fn name(&self) -> String {
+        let isa = if simd::has_avx2_fma() { "avx2+fma" } else { "portable" };
+        format!("cpu ({} threads, {isa})", rayon::current_num_threads())
+    }
+
+    fn zeros(&self, n: usize) -> Result<Vec<f32>> {
+        Ok(vec![0.0; n])
+    }
+
+    fn from_vec(&self, data: Vec<f32>) -> Result<Vec<f32>> {
+        Ok(data)
+    }
+
+    fn to_vec(&self, buf: &Vec<f32>) -> Result<Vec<f32>> {
+        Ok(buf.clone())
+    }
+
+    fn len(&self, buf: &Vec<f32>) -> usize {
+        buf.len()
+    }
+
+    fn embedding(&self, table: &Vec<f32>, ids: &[u32], dim: usize, out: &mut Vec<f32>) -> Result<()> {
+        need("embedding out", out.len(), ids.len() * dim)?;
+        let rows = table.len() / dim.max(1);
+        if let Some(&bad) = ids.iter().find(|&&i| i as usize >= rows) {
+            return Err(Error::input(format!("token id {bad} is outside the vocabulary (size {rows})")));
+        }
+        out.par_chunks_mut(dim).zip(ids.par_iter()).for_each(|(o, &id)| {
+            o.copy_from_slice(&table[id as usize * dim..][..dim]);
+        });
+        Ok(())
+    }
+
+    fn linear(
+        &self,
+        x: View<'_, Vec<f32>>,
+        rows: usize,
+        k: usize,
+        w: &Vec<f32>,
+        n: usize,
+        bias: Option<&Vec<f32>>,
+        out: &mut Vec<f32>,
+    ) -> Result<()> {
+        check_view("linear x", &x, rows, k)?;
+        need("linear weight", w.len(), n * k)?;
+        need("linear out", out.len(), rows * n)?;
+        if let Some(b) = bias {
+            need("linear bias", b.len(), n)?;
+        }
+        linear::linear(&x.buf[x.offset..], x.ld, rows, k, w, n, bias.map(|b| &b[..n]), &mut out[..rows * n]);
+        Ok(())
+    }
+
+    fn add_rmsnorm(
+        &self,
+        residual: &mut Vec<f32>,
+        delta: Option<&Vec<f32>>,
+        weight: &Vec<f32>,
+        eps: f32,
+        rows: usize,
+        dim: usize,
+        out: &mut Vec<f32>,
+    ) -> Result<()> {
+        need("rmsnorm residual", residual.len(), rows * dim)?;
+        need("rmsnorm weight", weight.len(), dim)?;
+        need("rmsnorm out", out.len(), rows * dim)?;
+        if let Some(d) = delta {
+            need("rmsnorm delta", d.len(), rows * dim)?;
+        }
+        norm::add_rmsnorm(
+            &mut residual[..rows * dim],
+            delta.map(|d| &d[..rows * dim]),
+            &weight[..dim],
+            eps,
+            dim,
+            &mut out[..rows * dim],
+        );
+        Ok(())
+    }
+
+    fn conv1d_silu(
+        &self,
+        x: View<'_, Vec<f32>>,
+        batch: usize,
+        seqlen: usize,
+        channels: usize,
+        kernel: usize,
+        weight: &Vec<f32>,
+        bias: Option<&Vec<f32>>,
+        state: &mut Vec<f32>,
+        out: &mut Vec<f32>,
+    ) -> Result<()> {
+        if kernel == 0 {
+            return Err(Error::Backend("cpu: conv kernel size 0".into()));
+        }
+        let rows = batch * seqlen;
+        check_view("conv x", &x, rows, channels)?;
+        need("conv weight", weight.len(), channels * kernel)?;
+        need("conv state", state.len(), batch * (kernel - 1) * channels)?;
+        need("conv out", out.len(), rows * channels)?;
+        if let Some(b) = bias {
+            need("conv bias", b.len(), channels)?;
+        }
+        let args = conv::ConvArgs {
+            x: &x.buf[x.offset..],
+            x_ld: x.ld,
+            batch,
+            seqlen,
+            channels,
+            kernel,
+            weight,
+            bias: bias.map(|b| &b[..channels]),
+        };
+        let slen = batch * (kernel - 1) * channels;
+        conv::conv1d_silu(&args, &mut state[..slen], &mut out[..rows * channels]);
+        Ok(())
+    }
+
+    fn selective_scan(&self, args: &ScanArgs<'_, Vec<f32>>, state: &mut Vec<f32>, y: &mut Vec<f32>) -> Result<()> {
+        let dm = args.dims;
+        let rows = dm.batch * dm.seqlen;
+        need("scan u", args.u.len(), rows * dm.d_inner)?;
+        need("scan delta", args.delta.len(), rows * dm.d_inner)?;
+        need("scan delta_bias", args.delta_bias.len(), dm.d_inner)?;
+        need("scan A", args.a.len(), dm.d_inner * dm.d_state)?;
+        need("scan D", args.d.len(), dm.d_inner)?;
+        check_view("scan B", &args.b, rows, dm.d_state)?;
+        check_view("scan C", &args.c, rows, dm.d_state)?;
+        check_view("scan z", &args.z, rows, dm.d_inner)?;
+        need("scan state", state.len(), dm.batch * dm.d_inner * dm.d_state)?;
+        need("scan y", y.len(), rows * dm.d_inner)?;
+        scan::selective_scan(args, state, y);
+        Ok(())
+    }
+
+    fn gather_rows(&self, src: &Vec<f32>, rows: &[usize], dim: usize, out: &mut Vec<f32>) -> Result<()> {
+        need("gather out", out.len(), rows.len() * dim)?;
+        for (i, &r) in rows.iter().enumerate() {
+            need("gather src", src.len(), (r + 1) * dim)?;
+            out[i * dim..][..dim].copy_from_slice(&src[r * dim..][..dim]);
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,406 @@
+//! The Mamba-1 language model (Gu & Dao, 2023): embedding → N × (RMSNorm → Mamba block, residual)
+//! → RMSNorm → lm_head. Written once against [`Backend`]; the same code serves whole-sequence
+//! forward, chunked prefill and recurrent decoding, because the scan and conv carry explicit state.
+//!
+//! Mamba block, per token row: `[x, z] = in_proj(h)`, `u = silu(conv1d(x))`,
+//! `[δ, B, C] = x_proj(u)`, `Δ = softplus(dt_proj(δ) + b)`, selective scan over time with
+//! `A = -exp(A_log)`, `y = (C·h + D·u) · silu(z)`, `out = out_proj(y)`.
+
+use std::path::Path;
+
+use crate::backend::{Backend, ScanArgs, ScanDims, View};
+use crate::config::MambaConfig;
+use crate::formats::tensors::TensorFile;
+use crate::{Error, Result};
+
+/// One Mamba block with its pre-norm. Field names follow the checkpoint names.
+pub struct MambaLayer<B: Backend> {
+    pub norm: B::Buf,
+    pub in_proj: B::Buf,
+    pub in_proj_bias: Option<B::Buf>,
+    /// `[d_inner, d_conv]` (the checkpoint's `[d_inner, 1, d_conv]`).
+    pub conv1d: B::Buf,
+    pub conv1d_bias: Option<B::Buf>,
+    pub x_proj: B::Buf,
+    pub dt_proj: B::Buf,
+    pub dt_proj_bias: B::Buf,
+    pub a_log: B::Buf,
+    /// `-exp(A_log)`, derived once at load instead of at every step.
+    pub a: B::Buf,
+    pub d: B::Buf,
+    pub out_proj: B::Buf,
+    pub out_proj_bias: Option<B::Buf>,
+}
+
+/// The Mamba-1 causal language model.
+pub struct Mamba<B: Backend> {
+    pub cfg: MambaConfig,
+    pub backend: B,
+    pub embedding: B::Buf,
+    pub layers: Vec<MambaLayer<B>>,
+    pub norm_f: B::Buf,
+    /// `None` when tied to the embedding.
+    pub lm_head: Option<B::Buf>,
+}
+
+/// Which positions get logits.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Logits {
+    /// Every position: `[batch * seqlen, vocab]`.
+    All,
+    /// The last position of each sequence: `[batch, vocab]` (prefill and decode).
+    Last,
+}
+
+/// Recurrent state of a batch of sequences, owned by the caller: per layer the conv window
+/// `[batch, d_conv - 1, d_inner]` and the SSM state `[batch, d_inner, d_state]` (fp32).
+/// Its size does not depend on the sequence length.
+pub struct MambaState<B: Backend> {
+    pub batch: usize,
+    pub conv: Vec<B::Buf>,
+    pub ssm: Vec<B::Buf>,
+}
+
+/// One parameter: HF name and shape.
+#[derive(Debug, Clone)]
+pub struct ParamSpec {
+    pub name: String,
+    pub shape: Vec<usize>,
+}
+
+/// The parameters of a config, in HF names, in checkpoint order.
+pub fn param_specs(cfg: &MambaConfig) -> Vec<ParamSpec> {
+    let (d, di, n, r, k) = (cfg.d_model, cfg.d_inner, cfg.d_state, cfg.dt_rank, cfg.d_conv);
+    let mut v = vec![ParamSpec { name: "backbone.embeddings.weight".into(), shape: vec![cfg.vocab_size, d] }];
+    for i in 0..cfg.n_layer {
+        let p = |s: &str, shape: Vec<usize>| ParamSpec { name: format!("backbone.layers.{i}.{s}"), shape };
+        v.push(p("norm.weight", vec![d]));
+        v.push(p("mixer.in_proj.weight", vec![2 * di, d]));
+        if cfg.use_bias {
+            v.push(p("mixer.in_proj.bias", vec![2 * di]));
+        }
+        v.push(p("mixer.conv1d.weight", vec![di, 1, k]));
+        if cfg.use_conv_bias {
+            v.push(p("mixer.conv1d.bias", vec![di]));
+        }
+        v.push(p("mixer.x_proj.weight", vec![r + 2 * n, di]));
+        v.push(p("mixer.dt_proj.weight", vec![di, r]));
+        v.push(p("mixer.dt_proj.bias", vec![di]));
+        v.push(p("mixer.A_log", vec![di, n]));
+        v.push(p("mixer.D", vec![di]));
+        v.push(p("mixer.out_proj.weight", vec![d, di]));
+        if cfg.use_bias {
+            v.push(p("mixer.out_proj.bias", vec![d]));
+        }
+    }
+    v.push(ParamSpec { name: "backbone.norm_f.weight".into(), shape: vec![d] });
+    if !cfg.tie_embeddings {
+        v.push(ParamSpec { name: "lm_head.weight".into(), shape: vec![cfg.vocab_size, d] });
+    }
+    v
+}
+
+/// Checkpoint names that mean the same tensor in the other layout.
+fn aliases(name: &str) -> &[&str] {
+    match name {
+        "backbone.embeddings.weight" => &["backbone.embeddings.weight", "backbone.embedding.weight"],
+        _ => &[],
+    }
+}
+
+impl<B: Backend> Mamba<B> {
+    /// Builds the model from named host tensors; `get(name, shape)` returns the values of a
+    /// parameter (in HF names) after checking its shape.
+    pub fn from_params(
+        backend: B,
+        cfg: MambaConfig,
+        mut get: impl FnMut(&ParamSpec) -> Result<Vec<f32>>,
+    ) -> Result<Self> {
+        let specs = param_specs(&cfg);
+        let mut it = specs.iter();
+        let mut next = |backend: &B| -> Result<B::Buf> {
+            let spec = it.next().ok_or_else(|| Error::Backend("parameter list exhausted".into()))?;
+            backend.from_vec(get(spec)?)
+        };
+        let embedding = next(&backend)?;
+        let mut layers = Vec::with_capacity(cfg.n_layer);
+        for _ in 0..cfg.n_layer {
+            let norm = next(&backend)?;
+            let in_proj = next(&backend)?;
+            let in_proj_bias = if cfg.use_bias { Some(next(&backend)?) } else { None };
+            let conv1d = next(&backend)?;
+            let conv1d_bias = if cfg.use_conv_bias { Some(next(&backend)?) } else { None };
+            let x_proj = next(&backend)?;
+            let dt_proj = next(&backend)?;
+            let dt_proj_bias = next(&backend)?;
+            let a_log = next(&backend)?;
+            let a = backend.from_vec(backend.to_vec(&a_log)?.iter().map(|v| -v.exp()).collect())?;
+            let d = next(&backend)?;
+            let out_proj = next(&backend)?;
+            let out_proj_bias = if cfg.use_bias { Some(next(&backend)?) } else { None };
+            layers.push(MambaLayer {
+                norm,
+                in_proj,
+                in_proj_bias,
+                conv1d,
+                conv1d_bias,
+                x_proj,
+                dt_proj,
+                dt_proj_bias,
+                a_log,
+                a,
+                d,
+                out_proj,
+                out_proj_bias,
+            });
+        }
+        let norm_f = next(&backend)?;
+        let lm_head = if cfg.tie_embeddings { None } else { Some(next(&backend)?) };
+        Ok(Mamba { cfg, backend, embedding, layers, norm_f, lm_head })
+    }
+
+    /// Loads a model directory (config.json + weights in either published layout).
+    pub fn load(backend: B, dir: &Path) -> Result<Self> {
+        let cfg_path = dir.join("config.json");
+        if !cfg_path.is_file() {
+            return Err(Error::config(&cfg_path, "not found: a model directory needs config.json"));
+        }
+        let cfg = MambaConfig::from_file(&cfg_path)?;
+        let file = TensorFile::open_model_dir(dir)?;
+        Self::from_tensor_file(backend, cfg, &file)
+    }
+
+    /// Builds the model from an opened checkpoint, checking names and shapes.
+    pub fn from_tensor_file(backend: B, cfg: MambaConfig, file: &TensorFile) -> Result<Self> {
+        let specs = param_specs(&cfg);
+        let mut used: Vec<&str> = Vec::new();
+        for spec in &specs {
+            let names = aliases(&spec.name);
+            let found = if names.is_empty() {
+                Some(spec.name.as_str())
+            } else {
+                names.iter().copied().find(|n| file.contains(n))
+            };
+            match found {
+                Some(n) if file.contains(n) => used.push(n),
+                _ => {
+                    return Err(Error::weights(
+                        &file.source,
+                        format!("missing tensor '{}' (expected shape {:?})", spec.name, spec.shape),
+                    ))
+                }
+            }
+        }
+        // A tied checkpoint may still carry lm_head.weight (the state-spaces .bin files do).
+        let tolerated = |n: &str| cfg.tie_embeddings && n == "lm_head.weight";
+        let extra: Vec<&str> = file.names().filter(|n| !used.contains(n) && !tolerated(n)).collect();
+        if !extra.is_empty() {
+            return Err(Error::weights(
+                &file.source,
+                format!(
+                    "unexpected tensor(s) for this config: {}",
+                    extra.iter().map(|n| format!("'{n}'")).collect::<Vec<_>>().join(", ")
+                ),
+            ));
+        }
+        let mut idx = 0;
+        Self::from_params(backend, cfg, |spec| {
+            let name = used[idx];
+            idx += 1;
+            let (values, shape) = file.f32(name)?;
+            if shape != spec.shape {
+                return Err(Error::weights(
+                    &file.source,
+                    format!("tensor '{name}' has shape {shape:?}, expected {:?}", spec.shape),
+                ));
+            }
+            if let Some(bad) = values.iter().position(|v| !v.is_finite()) {
+                return Err(Error::weights(
+                    &file.source,
+                    format!("tensor '{name}' has a non-finite value at index {bad}"),
+                ));
+            }
+            Ok(values)
+        })
+    }
+
+    /// Named parameters (HF names), in checkpoint order, with shapes: for saving and training.
+    pub fn params(&self) -> Vec<(ParamSpec, &B::Buf)> {
+        let mut bufs: Vec<&B::Buf> = vec![&self.embedding];
+        for l in &self.layers {
+            bufs.push(&l.norm);
+            bufs.push(&l.in_proj);
+            bufs.extend(l.in_proj_bias.as_ref());
+            bufs.push(&l.conv1d);
+            bufs.extend(l.conv1d_bias.as_ref());
+            bufs.extend([&l.x_proj, &l.dt_proj, &l.dt_proj_bias, &l.a_log, &l.d, &l.out_proj]);
+            bufs.extend(l.out_proj_bias.as_ref());
+        }
+        bufs.push(&self.norm_f);
+        bufs.extend(self.lm_head.as_ref());
+        param_specs(&self.cfg).into_iter().zip(bufs).collect()
+    }
+
+    /// A zero state (fresh sequences) for `batch` sequences.
+    pub fn new_state(&self, batch: usize) -> Result<MambaState<B>> {
+        let c = &self.cfg;
+        let mut conv = Vec::with_capacity(c.n_layer);
+        let mut ssm = Vec::with_capacity(c.n_layer);
+        for _ in 0..c.n_layer {
+            conv.push(self.backend.zeros(batch * (c.d_conv - 1) * c.d_inner)?);
+            ssm.push(self.backend.zeros(batch * c.d_inner * c.d_state)?);
+        }
+        Ok(MambaState { batch, conv, ssm })
+    }
+
+    /// Bytes of decoding state per sequence (constant in the sequence length).
+    pub fn state_bytes_per_sequence(&self) -> usize {
+        let c = &self.cfg;
+        4 * c.n_layer * c.d_inner * (c.d_conv - 1 + c.d_state)
+    }
+
+    /// Runs `batch` sequences of `seqlen` tokens each (`ids` row-major `[batch, seqlen]`), starting
+    /// from `state` and leaving the final state in it. Returns logits (see [`Logits`]).
+    pub fn forward(
+        &self,
+        ids: &[u32],
+        batch: usize,
+        seqlen: usize,
+        state: &mut MambaState<B>,
+        which: Logits,
+    ) -> Result<B::Buf> {
+        let c = &self.cfg;
+        let be = &self.backend;
+        if ids.len() != batch * seqlen {
+            return Err(Error::input(format!("forward: {} token ids for batch {batch} × length {seqlen}", ids.len())));
+        }
+        if seqlen == 0 || batch == 0 {
+            return Err(Error::input("forward: empty input (no tokens)"));
+        }
+        if state.batch != batch {
+            return Err(Error::input(format!("forward: state holds {} sequences, input has {batch}", state.batch)));
+        }
+        if let Some(&bad) = ids.iter().find(|&&i| i as usize >= c.vocab_size) {
+            return Err(Error::input(format!("token id {bad} is outside the vocabulary (size {})", c.vocab_size)));
+        }
+        let rows = batch * seqlen;
+        let (d, di, n, r) = (c.d_model, c.d_inner, c.d_state, c.dt_rank);
+        let xw = r + 2 * n;
+        let eps = c.norm_eps as f32;
+
+        let mut residual = be.zeros(rows * d)?;
+        be.embedding(&self.embedding, ids, d, &mut residual)?;
+        let mut normed = be.zeros(rows * d)?;
+        let mut xz = be.zeros(rows * 2 * di)?;
+        let mut u = be.zeros(rows * di)?;
+        let mut xdbl = be.zeros(rows * xw)?;
+        let mut delta = be.zeros(rows * di)?;
+        let mut y = be.zeros(rows * di)?;
+        let mut out = be.zeros(rows * d)?;
+
+        for (i, l) in self.layers.iter().enumerate() {
+            // The previous block's output joins the residual stream here, fused with the norm.
+            let prev = if i == 0 { None } else { Some(&out) };
+            be.add_rmsnorm(&mut residual, prev, &l.norm, eps, rows, d, &mut normed)?;
+            be.linear(View::full(&normed, d), rows, d, &l.in_proj, 2 * di, l.in_proj_bias.as_ref(), &mut xz)?;
+            be.conv1d_silu(
+                View::cols(&xz, 0, 2 * di),
+                batch,
+                seqlen,
+                di,
+                c.d_conv,
+                &l.conv1d,
+                l.conv1d_bias.as_ref(),
+                &mut state.conv[i],
+                &mut u,
+            )?;
+            be.linear(View::full(&u, di), rows, di, &l.x_proj, xw, None, &mut xdbl)?;
+            // dt_proj's bias is applied inside the scan, fused with the softplus.
+            be.linear(View::cols(&xdbl, 0, xw), rows, r, &l.dt_proj, di, None, &mut delta)?;
+            let args = ScanArgs {
+                dims: ScanDims { batch, seqlen, d_inner: di, d_state: n },
+                u: &u,
+                delta: &delta,
+                delta_bias: &l.dt_proj_bias,
+                a: &l.a,
+                b: View::cols(&xdbl, r, xw),
+                c: View::cols(&xdbl, r + n, xw),
+                d: &l.d,
+                z: View::cols(&xz, di, 2 * di),
+            };
+            be.selective_scan(&args, &mut state.ssm[i], &mut y)?;
+            be.linear(View::full(&y, di), rows, di, &l.out_proj, d, l.out_proj_bias.as_ref(), &mut out)?;
+        }
+        be.add_rmsnorm(&mut residual, Some(&out), &self.norm_f, eps, rows, d, &mut normed)?;
+
+        let head = self.lm_head.as_ref().unwrap_or(&self.embedding);
+        let v = c.vocab_size;
+        match which {
+            Logits::All => {
+                let mut logits = be.zeros(rows * v)?;
+                be.linear(View::full(&normed, d), rows, d, head, v, None, &mut logits)?;
+                Ok(logits)
+            }
+            Logits::Last => {
+                let last: Vec<usize> = (0..batch).map(|b| b * seqlen + seqlen - 1).collect();
+                let mut h = be.zeros(batch * d)?;
+                be.gather_rows(&normed, &last, d, &mut h)?;
+                let mut logits = be.zeros(batch * v)?;
+                be.linear(View::full(&h, d), batch, d, head, v, None, &mut logits)?;
+                Ok(logits)
+            }
+        }
+    }
+
+    /// Feeds a long prompt in chunks of `chunk` tokens (memory bounded by the chunk, not the
+    /// prompt), leaving the final state in `state`; returns the last position's logits `[batch, vocab]`.
+    pub fn prefill(
+        &self,
+        ids: &[u32],
+        batch: usize,
+        seqlen: usize,
+        state: &mut MambaState<B>,
+        chunk: usize,
+    ) -> Result<B::Buf> {
+        if seqlen == 0 {
+            return Err(Error::input("prefill: empty prompt (no tokens)"));
+        }
+        let chunk = chunk.max(1);
+        let mut t0 = 0;
+        loop {
+            let t1 = (t0 + chunk).min(seqlen);
+            let part: Vec<u32> =
+                (0..batch).flat_map(|b| ids[b * seqlen + t0..b * seqlen + t1].iter().copied()).collect();
+            let logits = self.forward(&part, batch, t1 - t0, state, Logits::Last)?;
+            if t1 == seqlen {
+                return Ok(logits);
+            }
+            t0 = t1;
+        }
+    }
+
+    /// One decoding step: one token per sequence, state advanced in place; logits `[batch, vocab]`.
+    pub fn step(&self, ids: &[u32], state: &mut MambaState<B>) -> Result<B::Buf> {
+        self.forward(ids, ids.len(), 1, state, Logits::Last)
+    }
+
+    /// Concatenates single-sequence states into one batched state (prompts prefilled separately,
+    /// then decoded together).
+    pub fn stack_states(&self, states: &[MambaState<B>]) -> Result<MambaState<B>> {
+        let be = &self.backend;
+        let batch = states.iter().map(|s| s.batch).sum();
+        let mut conv = Vec::new();
+        let mut ssm = Vec::new();
+        for i in 0..self.cfg.n_layer {
+            let mut c = Vec::new();
+            let mut s = Vec::new();
+            for st in states {
+                c.extend(be.to_vec(&st.conv[i])?);
+                s.extend(be.to_vec(&st.ssm[i])?);
+            }
+            conv.push(be.from_vec(c)?);
+            ssm.push(be.from_vec(s)?);
+        }
+        Ok(MambaState { batch, conv, ssm })
+    }
+}
