@@ -1,1 +1,44 @@
-fn main() {}
+//! `s6`: run, inspect, initialize and benchmark Mamba models. A thin layer over the `s6` library:
+//! argument parsing, progress and printing only.
+
+mod commands;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "s6", version, about = "Mamba (selective state space models) in Rust", long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Generate text from a prompt (or a batch of prompts), streaming it as it is produced.
+    Generate(commands::generate::Args),
+    /// Compute logits for token ids from a safetensors file (parity checks against PyTorch).
+    Logits(commands::logits::Args),
+    /// Describe a model: architecture, parameters, dtypes, memory, tokenizer.
+    Info(commands::info::Args),
+    /// Create a randomly initialized model (the paper's initialization) in HF layout.
+    Init(commands::init::Args),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Generate(a) => commands::generate::run(a),
+        Command::Logits(a) => commands::logits::run(a),
+        Command::Info(a) => commands::info::run(a),
+        Command::Init(a) => commands::init::run(a),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

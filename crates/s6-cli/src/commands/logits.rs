@@ -1,0 +1,61 @@
+//! `s6 logits`: token ids in, logits out, both as safetensors.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use anyhow::{bail, Result};
+use s6::backend::Backend;
+use s6::formats::tensors::{write_safetensors, OutTensor, SaveDType, TensorFile};
+use s6::model::Logits;
+
+use super::{load_model, model_dir, parse_device, Device};
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// Model directory or Hugging Face repo id.
+    #[arg(long)]
+    model: String,
+    /// safetensors file with `input_ids` [batch, seqlen] (int64 or int32).
+    #[arg(long)]
+    input: PathBuf,
+    /// Output safetensors file; receives `logits` [batch, seqlen, vocab] f32.
+    #[arg(long)]
+    output: PathBuf,
+    /// cpu, cuda or cuda:N.
+    #[arg(long, default_value = "cpu", value_parser = parse_device)]
+    device: Device,
+}
+
+pub fn run(a: Args) -> Result<()> {
+    let input = TensorFile::open(&a.input)?;
+    if !input.contains("input_ids") {
+        bail!("{}: no tensor 'input_ids' (found: {})", a.input.display(), input.names().collect::<Vec<_>>().join(", "));
+    }
+    let (ids, shape) = input.i64("input_ids")?;
+    if shape.len() != 2 || shape[0] == 0 || shape[1] == 0 {
+        bail!("{}: 'input_ids' must have shape [batch, seqlen] with both > 0, found {shape:?}", a.input.display());
+    }
+    let model = load_model(&model_dir(&a.model)?, &a.device)?;
+    let vocab = model.cfg.vocab_size;
+    let mut tokens = Vec::with_capacity(ids.len());
+    for (i, &t) in ids.iter().enumerate() {
+        if t < 0 || t as u64 >= vocab as u64 {
+            bail!(
+                "{}: input_ids[{}][{}] = {t} is outside the vocabulary [0, {vocab})",
+                a.input.display(),
+                i / shape[1],
+                i % shape[1]
+            );
+        }
+        tokens.push(t as u32);
+    }
+    let (batch, seqlen) = (shape[0], shape[1]);
+    let mut state = model.new_state(batch)?;
+    let logits = model.forward(&tokens, batch, seqlen, &mut state, Logits::All)?;
+    let values = model.backend.to_vec(&logits)?;
+    let mut out = BTreeMap::new();
+    out.insert("logits".to_string(), OutTensor::from_f32(&values, &[batch, seqlen, vocab], SaveDType::F32));
+    write_safetensors(&a.output, &out, None)?;
+    eprintln!("wrote logits [{batch}, {seqlen}, {vocab}] to {}", a.output.display());
+    Ok(())
+}

@@ -1,0 +1,45 @@
+//! One module per subcommand.
+
+pub mod generate;
+pub mod info;
+pub mod init;
+pub mod logits;
+
+use std::path::PathBuf;
+
+use anyhow::{bail, Result};
+use s6::backend::cpu::Cpu;
+use s6::model::Mamba;
+
+/// `--device`: where the model runs.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Device {
+    Cpu,
+    Cuda(usize),
+}
+
+pub fn parse_device(s: &str) -> Result<Device, String> {
+    match s {
+        "cpu" => Ok(Device::Cpu),
+        "cuda" => Ok(Device::Cuda(0)),
+        _ => match s.strip_prefix("cuda:").map(str::parse::<usize>) {
+            Some(Ok(i)) => Ok(Device::Cuda(i)),
+            _ => Err(format!("unknown device '{s}'; expected cpu, cuda or cuda:N")),
+        },
+    }
+}
+
+/// Resolves `--model` (a local directory or an HF repo id) to a directory.
+pub fn model_dir(model: &str) -> Result<PathBuf> {
+    Ok(s6::hub::resolve_model(model)?)
+}
+
+/// Loads a model on the chosen device.
+pub fn load_model(dir: &std::path::Path, device: &Device) -> Result<Mamba<Cpu>> {
+    match device {
+        Device::Cpu => Ok(Mamba::load(Cpu, dir)?),
+        Device::Cuda(i) => bail!(
+            "device cuda:{i} is not available: this build of s6 has no CUDA backend (the cuda feature is not implemented yet); use --device cpu"
+        ),
+    }
+}
