@@ -35,6 +35,44 @@ impl<'a, T> View<'a, T> {
     }
 }
 
+/// A mutable column range of a row-major matrix (see [`View`]).
+pub struct ViewMut<'a, T> {
+    pub buf: &'a mut T,
+    pub offset: usize,
+    pub ld: usize,
+}
+
+impl<'a, T> ViewMut<'a, T> {
+    /// A contiguous matrix with `cols` columns.
+    pub fn full(buf: &'a mut T, cols: usize) -> Self {
+        ViewMut { buf, offset: 0, ld: cols }
+    }
+    /// Columns `start..` of a matrix with row stride `ld`.
+    pub fn cols(buf: &'a mut T, start: usize, ld: usize) -> Self {
+        ViewMut { buf, offset: start, ld }
+    }
+}
+
+/// Gradients produced by [`Backend::selective_scan_backward`]. "Written" outputs are overwritten;
+/// "accumulated" ones are added to (parameter gradients summed over a batch and over layers' calls).
+pub struct ScanGrads<'a, Buf> {
+    /// Written: `∂L/∂u`, `[rows, d_inner]`.
+    pub du: &'a mut Buf,
+    /// Written: `∂L/∂δ` for the raw Δ input (before bias and softplus), `[rows, d_inner]`.
+    pub ddelta: &'a mut Buf,
+    /// Written: `∂L/∂B` in the first `d_state` columns and `∂L/∂C` in the next `d_state`
+    /// (the layout of `x_proj`'s output), `[rows, 2 * d_state]`.
+    pub dbc: ViewMut<'a, Buf>,
+    /// Written: `∂L/∂z`, `[rows, d_inner]` columns of a wider matrix.
+    pub dz: ViewMut<'a, Buf>,
+    /// Accumulated: `∂L/∂A`, `[d_inner, d_state]`.
+    pub da: &'a mut Buf,
+    /// Accumulated: `∂L/∂D`, `[d_inner]`.
+    pub dd: &'a mut Buf,
+    /// Accumulated: `∂L/∂(Δ bias)`, `[d_inner]`.
+    pub ddelta_bias: &'a mut Buf,
+}
+
 /// Shapes of one selective-scan call.
 #[derive(Clone, Copy, Debug)]
 pub struct ScanDims {
@@ -66,6 +104,20 @@ pub struct ScanArgs<'a, Buf> {
     pub d: &'a Buf,
     /// Gate `z`, `[rows, d_inner]` columns of a wider matrix.
     pub z: View<'a, Buf>,
+}
+
+/// Hyperparameters of one AdamW update (see [`Backend::adamw_step`]).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct AdamW {
+    pub lr: f32,
+    pub beta1: f32,
+    pub beta2: f32,
+    pub eps: f32,
+    pub weight_decay: f32,
+    /// 1-based step count, for bias correction.
+    pub step: u64,
+    /// Multiplies the gradient before the update (1 / accumulation steps × clip factor).
+    pub grad_scale: f32,
 }
 
 /// The operations a device offers to the models.
@@ -135,6 +187,100 @@ pub trait Backend: Send + Sync {
     /// The fused selective scan (see [`ScanArgs`]). `state` (`[batch, d_inner, d_state]`) holds the
     /// initial state and receives the final one; `y`: `[batch * seqlen, d_inner]`.
     fn selective_scan(&self, args: &ScanArgs<'_, Self::Buf>, state: &mut Self::Buf, y: &mut Self::Buf) -> Result<()>;
+
+    // ----- backward ops (training). Zero initial conv/SSM state is assumed: training runs whole
+    // sequences from their start. -----
+
+    /// Backward of [`Backend::linear`]: `dx = dy · w` (written, when given), `dw += dyᵀ · x`,
+    /// `db += Σ_rows dy` (when given). `dy`: `[rows, n]` contiguous.
+    fn linear_backward(
+        &self,
+        x: View<'_, Self::Buf>,
+        rows: usize,
+        k: usize,
+        w: &Self::Buf,
+        n: usize,
+        dy: &Self::Buf,
+        dx: Option<ViewMut<'_, Self::Buf>>,
+        dw: &mut Self::Buf,
+        db: Option<&mut Self::Buf>,
+    ) -> Result<()>;
+
+    /// Backward of the RMSNorm half of [`Backend::add_rmsnorm`]: `residual` is the residual after
+    /// the add, `dout` the gradient of the normed output. `dresidual += ∂L/∂residual`,
+    /// `dweight += ∂L/∂weight`.
+    fn rmsnorm_backward(
+        &self,
+        residual: &Self::Buf,
+        weight: &Self::Buf,
+        eps: f32,
+        rows: usize,
+        dim: usize,
+        dout: &Self::Buf,
+        dresidual: &mut Self::Buf,
+        dweight: &mut Self::Buf,
+    ) -> Result<()>;
+
+    /// Backward of [`Backend::conv1d_silu`] from a zero initial state (recomputes the
+    /// pre-activation): `dx` written, `dweight`/`dbias` accumulated. `dout`: `[rows, channels]`.
+    fn conv1d_silu_backward(
+        &self,
+        x: View<'_, Self::Buf>,
+        batch: usize,
+        seqlen: usize,
+        channels: usize,
+        kernel: usize,
+        weight: &Self::Buf,
+        bias: Option<&Self::Buf>,
+        dout: &Self::Buf,
+        dx: ViewMut<'_, Self::Buf>,
+        dweight: &mut Self::Buf,
+        dbias: Option<&mut Self::Buf>,
+    ) -> Result<()>;
+
+    /// Backward of [`Backend::selective_scan`] from a zero initial state. Recomputes the states
+    /// (from per-chunk checkpoints) instead of reading stored ones: memory per token does not
+    /// grow with `d_state`. `dy`: `[rows, d_inner]`.
+    fn selective_scan_backward(
+        &self,
+        args: &ScanArgs<'_, Self::Buf>,
+        dy: &Self::Buf,
+        grads: ScanGrads<'_, Self::Buf>,
+    ) -> Result<()>;
+
+    /// `dtable[ids[i], :] += dout[i, :]`.
+    fn embedding_backward(&self, ids: &[u32], dim: usize, dout: &Self::Buf, dtable: &mut Self::Buf) -> Result<()>;
+
+    /// Softmax cross-entropy over rows of `logits` (`[rows, vocab]`). Targets equal to
+    /// `u32::MAX` are ignored. Writes `dlogits = scale · (softmax − onehot)` (zero rows for
+    /// ignored targets) and returns the *sum* of the row losses (f64) and the count of counted rows.
+    fn cross_entropy(
+        &self,
+        logits: &Self::Buf,
+        rows: usize,
+        vocab: usize,
+        targets: &[u32],
+        scale: f32,
+        dlogits: &mut Self::Buf,
+    ) -> Result<(f64, usize)>;
+
+    /// Sum of squares of a buffer (f64 accumulation), for global-norm clipping.
+    fn sum_squares(&self, buf: &Self::Buf) -> Result<f64>;
+
+    /// One AdamW step with PyTorch semantics on one parameter tensor: `grad` is scaled by
+    /// `grad_scale` first (clipping / accumulation); decoupled weight decay
+    /// `p -= lr·wd·p`; bias-corrected moments with `step` counted from 1.
+    fn adamw_step(
+        &self,
+        param: &mut Self::Buf,
+        grad: &Self::Buf,
+        m: &mut Self::Buf,
+        v: &mut Self::Buf,
+        hp: &AdamW,
+    ) -> Result<()>;
+
+    /// Sets every element to zero.
+    fn fill_zero(&self, buf: &mut Self::Buf) -> Result<()>;
 
     /// `out[i, :] = src[rows[i], :]` for rows of width `dim`.
     fn gather_rows(&self, src: &Self::Buf, rows: &[usize], dim: usize, out: &mut Self::Buf) -> Result<()>;

@@ -1,6 +1,7 @@
 //! The CPU backend: host `Vec<f32>` buffers, `gemm` for matmuls, hand-written fused kernels
 //! (AVX2 + FMA chosen at run time) for the scan, conv and norms; threads through rayon.
 
+mod backward;
 mod conv;
 mod linear;
 mod norm;
@@ -9,7 +10,7 @@ pub mod simd;
 
 use rayon::prelude::*;
 
-use super::{Backend, ScanArgs, View};
+use super::{AdamW, Backend, ScanArgs, ScanGrads, View, ViewMut};
 use crate::{Error, Result};
 
 /// The CPU backend. Threads come from rayon's global pool (`RAYON_NUM_THREADS`).
@@ -176,6 +177,97 @@ impl Backend for Cpu {
         need("scan state", state.len(), dm.batch * dm.d_inner * dm.d_state)?;
         need("scan y", y.len(), rows * dm.d_inner)?;
         scan::selective_scan(args, state, y);
+        Ok(())
+    }
+
+    fn linear_backward(
+        &self,
+        x: View<'_, Vec<f32>>,
+        rows: usize,
+        k: usize,
+        w: &Vec<f32>,
+        n: usize,
+        dy: &Vec<f32>,
+        dx: Option<ViewMut<'_, Vec<f32>>>,
+        dw: &mut Vec<f32>,
+        db: Option<&mut Vec<f32>>,
+    ) -> Result<()> {
+        backward::linear_backward(x, rows, k, w, n, dy, dx, dw, db)
+    }
+
+    fn rmsnorm_backward(
+        &self,
+        residual: &Vec<f32>,
+        weight: &Vec<f32>,
+        eps: f32,
+        rows: usize,
+        dim: usize,
+        dout: &Vec<f32>,
+        dresidual: &mut Vec<f32>,
+        dweight: &mut Vec<f32>,
+    ) -> Result<()> {
+        backward::rmsnorm_backward(residual, weight, eps, rows, dim, dout, dresidual, dweight)
+    }
+
+    fn conv1d_silu_backward(
+        &self,
+        x: View<'_, Vec<f32>>,
+        batch: usize,
+        seqlen: usize,
+        channels: usize,
+        kernel: usize,
+        weight: &Vec<f32>,
+        bias: Option<&Vec<f32>>,
+        dout: &Vec<f32>,
+        dx: ViewMut<'_, Vec<f32>>,
+        dweight: &mut Vec<f32>,
+        dbias: Option<&mut Vec<f32>>,
+    ) -> Result<()> {
+        backward::conv1d_silu_backward(x, batch, seqlen, channels, kernel, weight, bias, dout, dx, dweight, dbias)
+    }
+
+    fn selective_scan_backward(
+        &self,
+        args: &ScanArgs<'_, Vec<f32>>,
+        dy: &Vec<f32>,
+        grads: ScanGrads<'_, Vec<f32>>,
+    ) -> Result<()> {
+        backward::selective_scan_backward(args, dy, grads)
+    }
+
+    fn embedding_backward(&self, ids: &[u32], dim: usize, dout: &Vec<f32>, dtable: &mut Vec<f32>) -> Result<()> {
+        backward::embedding_backward(ids, dim, dout, dtable)
+    }
+
+    fn cross_entropy(
+        &self,
+        logits: &Vec<f32>,
+        rows: usize,
+        vocab: usize,
+        targets: &[u32],
+        scale: f32,
+        dlogits: &mut Vec<f32>,
+    ) -> Result<(f64, usize)> {
+        backward::cross_entropy(logits, rows, vocab, targets, scale, dlogits)
+    }
+
+    fn sum_squares(&self, buf: &Vec<f32>) -> Result<f64> {
+        Ok(buf.par_chunks(1 << 16).map(|c| c.iter().map(|&v| (v as f64) * (v as f64)).sum::<f64>()).sum())
+    }
+
+    fn adamw_step(
+        &self,
+        param: &mut Vec<f32>,
+        grad: &Vec<f32>,
+        m: &mut Vec<f32>,
+        v: &mut Vec<f32>,
+        hp: &AdamW,
+    ) -> Result<()> {
+        backward::adamw_step(param, grad, m, v, hp)
+    }
+
+    fn fill_zero(&self, buf: &mut Vec<f32>) -> Result<()> {
+        buf.fill(0.0);
         Ok(())
     }
 
