@@ -279,6 +279,12 @@ pub trait Backend: Send + Sync {
         hp: &AdamW,
     ) -> Result<()>;
 
+    /// A copy of a buffer on the same device.
+    fn clone_buf(&self, buf: &Self::Buf) -> Result<Self::Buf>;
+
+    /// `dst += src` elementwise (same lengths).
+    fn add_assign(&self, dst: &mut Self::Buf, src: &Self::Buf) -> Result<()>;
+
     /// Sets every element to zero.
     fn fill_zero(&self, buf: &mut Self::Buf) -> Result<()>;
 

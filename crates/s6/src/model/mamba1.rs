@@ -61,6 +61,20 @@ pub struct MambaState<B: Backend> {
     pub ssm: Vec<B::Buf>,
 }
 
+/// Activations of one layer kept for the backward pass (training) or reused as scratch
+/// (inference). Per token: `2·d_model + 5·d_inner + dt_rank + 2·d_state` floats — nothing of size
+/// `d_inner × d_state`: the scan backward recomputes the states.
+pub struct LayerActs<B: Backend> {
+    /// The residual stream after the add, before this layer's norm (training only).
+    pub residual: Option<B::Buf>,
+    pub normed: B::Buf,
+    pub xz: B::Buf,
+    pub u: B::Buf,
+    pub xdbl: B::Buf,
+    pub delta: B::Buf,
+    pub y: B::Buf,
+}
+
 /// One parameter: HF name and shape.
 #[derive(Debug, Clone)]
 pub struct ParamSpec {
@@ -269,76 +283,39 @@ impl<B: Backend> Mamba<B> {
         state: &mut MambaState<B>,
         which: Logits,
     ) -> Result<B::Buf> {
-        let c = &self.cfg;
-        let be = &self.backend;
-        if ids.len() != batch * seqlen {
-            return Err(Error::input(format!("forward: {} token ids for batch {batch} × length {seqlen}", ids.len())));
-        }
-        if seqlen == 0 || batch == 0 {
-            return Err(Error::input("forward: empty input (no tokens)"));
-        }
+        self.check_ids(ids, batch, seqlen)?;
         if state.batch != batch {
             return Err(Error::input(format!("forward: state holds {} sequences, input has {batch}", state.batch)));
         }
-        if let Some(&bad) = ids.iter().find(|&&i| i as usize >= c.vocab_size) {
-            return Err(Error::input(format!("token id {bad} is outside the vocabulary (size {})", c.vocab_size)));
-        }
-        let rows = batch * seqlen;
-        let (d, di, n, r) = (c.d_model, c.d_inner, c.d_state, c.dt_rank);
-        let xw = r + 2 * n;
-        let eps = c.norm_eps as f32;
-
+        let be = &self.backend;
+        let (rows, d) = (batch * seqlen, self.cfg.d_model);
         let mut residual = be.zeros(rows * d)?;
         be.embedding(&self.embedding, ids, d, &mut residual)?;
-        let mut normed = be.zeros(rows * d)?;
-        let mut xz = be.zeros(rows * 2 * di)?;
-        let mut u = be.zeros(rows * di)?;
-        let mut xdbl = be.zeros(rows * xw)?;
-        let mut delta = be.zeros(rows * di)?;
-        let mut y = be.zeros(rows * di)?;
+        // One set of scratch buffers serves every layer.
+        let mut acts = self.layer_buffers(rows)?;
         let mut out = be.zeros(rows * d)?;
-
         for (i, l) in self.layers.iter().enumerate() {
             // The previous block's output joins the residual stream here, fused with the norm.
             let prev = if i == 0 { None } else { Some(&out) };
-            be.add_rmsnorm(&mut residual, prev, &l.norm, eps, rows, d, &mut normed)?;
-            be.linear(View::full(&normed, d), rows, d, &l.in_proj, 2 * di, l.in_proj_bias.as_ref(), &mut xz)?;
-            be.conv1d_silu(
-                View::cols(&xz, 0, 2 * di),
-                batch,
-                seqlen,
-                di,
-                c.d_conv,
-                &l.conv1d,
-                l.conv1d_bias.as_ref(),
-                &mut state.conv[i],
-                &mut u,
+            be.add_rmsnorm(&mut residual, prev, &l.norm, self.eps(), rows, d, &mut acts.normed)?;
+            self.mixer_forward(l, batch, seqlen, &mut acts, &mut state.conv[i], &mut state.ssm[i])?;
+            be.linear(
+                View::full(&acts.y, self.cfg.d_inner),
+                rows,
+                self.cfg.d_inner,
+                &l.out_proj,
+                d,
+                l.out_proj_bias.as_ref(),
+                &mut out,
             )?;
-            be.linear(View::full(&u, di), rows, di, &l.x_proj, xw, None, &mut xdbl)?;
-            // dt_proj's bias is applied inside the scan, fused with the softplus.
-            be.linear(View::cols(&xdbl, 0, xw), rows, r, &l.dt_proj, di, None, &mut delta)?;
-            let args = ScanArgs {
-                dims: ScanDims { batch, seqlen, d_inner: di, d_state: n },
-                u: &u,
-                delta: &delta,
-                delta_bias: &l.dt_proj_bias,
-                a: &l.a,
-                b: View::cols(&xdbl, r, xw),
-                c: View::cols(&xdbl, r + n, xw),
-                d: &l.d,
-                z: View::cols(&xz, di, 2 * di),
-            };
-            be.selective_scan(&args, &mut state.ssm[i], &mut y)?;
-            be.linear(View::full(&y, di), rows, di, &l.out_proj, d, l.out_proj_bias.as_ref(), &mut out)?;
         }
-        be.add_rmsnorm(&mut residual, Some(&out), &self.norm_f, eps, rows, d, &mut normed)?;
-
-        let head = self.lm_head.as_ref().unwrap_or(&self.embedding);
-        let v = c.vocab_size;
+        let mut normed = be.zeros(rows * d)?;
+        be.add_rmsnorm(&mut residual, Some(&out), &self.norm_f, self.eps(), rows, d, &mut normed)?;
+        let v = self.cfg.vocab_size;
         match which {
             Logits::All => {
                 let mut logits = be.zeros(rows * v)?;
-                be.linear(View::full(&normed, d), rows, d, head, v, None, &mut logits)?;
+                be.linear(View::full(&normed, d), rows, d, self.head(), v, None, &mut logits)?;
                 Ok(logits)
             }
             Logits::Last => {
@@ -346,9 +323,100 @@ impl<B: Backend> Mamba<B> {
                 let mut h = be.zeros(batch * d)?;
                 be.gather_rows(&normed, &last, d, &mut h)?;
                 let mut logits = be.zeros(batch * v)?;
-                be.linear(View::full(&h, d), batch, d, head, v, None, &mut logits)?;
+                be.linear(View::full(&h, d), batch, d, self.head(), v, None, &mut logits)?;
                 Ok(logits)
             }
+        }
+    }
+
+    fn eps(&self) -> f32 {
+        self.cfg.norm_eps as f32
+    }
+
+    /// The output projection: lm_head, or the embedding when tied.
+    fn head(&self) -> &B::Buf {
+        self.lm_head.as_ref().unwrap_or(&self.embedding)
+    }
+
+    fn check_ids(&self, ids: &[u32], batch: usize, seqlen: usize) -> Result<()> {
+        if ids.len() != batch * seqlen {
+            return Err(Error::input(format!("forward: {} token ids for batch {batch} × length {seqlen}", ids.len())));
+        }
+        if seqlen == 0 || batch == 0 {
+            return Err(Error::input("forward: empty input (no tokens)"));
+        }
+        if let Some(&bad) = ids.iter().find(|&&i| i as usize >= self.cfg.vocab_size) {
+            return Err(Error::input(format!(
+                "token id {bad} is outside the vocabulary (size {})",
+                self.cfg.vocab_size
+            )));
+        }
+        Ok(())
+    }
+
+    fn layer_buffers(&self, rows: usize) -> Result<LayerActs<B>> {
+        let c = &self.cfg;
+        let be = &self.backend;
+        let (d, di) = (c.d_model, c.d_inner);
+        Ok(LayerActs {
+            residual: None,
+            normed: be.zeros(rows * d)?,
+            xz: be.zeros(rows * 2 * di)?,
+            u: be.zeros(rows * di)?,
+            xdbl: be.zeros(rows * (c.dt_rank + 2 * c.d_state))?,
+            delta: be.zeros(rows * di)?,
+            y: be.zeros(rows * di)?,
+        })
+    }
+
+    /// The Mamba block from the normed input (`acts.normed`) to the gated scan output (`acts.y`),
+    /// filling the intermediate activations on the way.
+    fn mixer_forward(
+        &self,
+        l: &MambaLayer<B>,
+        batch: usize,
+        seqlen: usize,
+        acts: &mut LayerActs<B>,
+        conv_state: &mut B::Buf,
+        ssm_state: &mut B::Buf,
+    ) -> Result<()> {
+        let c = &self.cfg;
+        let be = &self.backend;
+        let rows = batch * seqlen;
+        let (d, di, n, r) = (c.d_model, c.d_inner, c.d_state, c.dt_rank);
+        let xw = r + 2 * n;
+        be.linear(View::full(&acts.normed, d), rows, d, &l.in_proj, 2 * di, l.in_proj_bias.as_ref(), &mut acts.xz)?;
+        let x = View::cols(&acts.xz, 0, 2 * di);
+        be.conv1d_silu(x, batch, seqlen, di, c.d_conv, &l.conv1d, l.conv1d_bias.as_ref(), conv_state, &mut acts.u)?;
+        be.linear(View::full(&acts.u, di), rows, di, &l.x_proj, xw, None, &mut acts.xdbl)?;
+        // dt_proj's bias is applied inside the scan, fused with the softplus.
+        be.linear(View::cols(&acts.xdbl, 0, xw), rows, r, &l.dt_proj, di, None, &mut acts.delta)?;
+        let args = self.scan_args(l, batch, seqlen, [&acts.u, &acts.delta, &acts.xdbl, &acts.xz]);
+        be.selective_scan(&args, ssm_state, &mut acts.y)
+    }
+
+    /// Scan inputs from a layer's activations `[u, delta, xdbl, xz]`.
+    fn scan_args<'a>(
+        &self,
+        l: &'a MambaLayer<B>,
+        batch: usize,
+        seqlen: usize,
+        acts: [&'a B::Buf; 4],
+    ) -> ScanArgs<'a, B::Buf> {
+        let [u, delta, xdbl, xz] = acts;
+        let c = &self.cfg;
+        let (di, n, r) = (c.d_inner, c.d_state, c.dt_rank);
+        let xw = r + 2 * n;
+        ScanArgs {
+            dims: ScanDims { batch, seqlen, d_inner: di, d_state: n },
+            u,
+            delta,
+            delta_bias: &l.dt_proj_bias,
+            a: &l.a,
+            b: View::cols(xdbl, r, xw),
+            c: View::cols(xdbl, r + n, xw),
+            d: &l.d,
+            z: View::cols(xz, di, 2 * di),
         }
     }
 

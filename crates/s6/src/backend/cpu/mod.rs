@@ -266,6 +266,20 @@ impl Backend for Cpu {
         backward::adamw_step(param, grad, m, v, hp)
     }
 
+    fn clone_buf(&self, buf: &Vec<f32>) -> Result<Vec<f32>> {
+        Ok(buf.clone())
+    }
+
+    fn add_assign(&self, dst: &mut Vec<f32>, src: &Vec<f32>) -> Result<()> {
+        if dst.len() != src.len() {
+            return Err(Error::Backend(format!("cpu: add_assign of {} elements into {}", src.len(), dst.len())));
+        }
+        dst.par_chunks_mut(1 << 14).zip(src.par_chunks(1 << 14)).for_each(|(d, s)| {
+            d.iter_mut().zip(s).for_each(|(d, s)| *d += s);
+        });
+        Ok(())
+    }
+
     fn fill_zero(&self, buf: &mut Vec<f32>) -> Result<()> {
         buf.fill(0.0);
         Ok(())
