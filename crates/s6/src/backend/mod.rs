@@ -17,12 +17,19 @@ use crate::Result;
 
 /// A column range of a row-major matrix held in a buffer: element `(r, c)` is
 /// `buf[offset + r * ld + c]`.
-#[derive(Clone, Copy)]
 pub struct View<'a, T> {
     pub buf: &'a T,
     pub offset: usize,
     pub ld: usize,
 }
+
+// Manual impls: a view is a reference plus numbers, copyable whatever `T` is.
+impl<T> Clone for View<'_, T> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+impl<T> Copy for View<'_, T> {}
 
 impl<'a, T> View<'a, T> {
     /// A contiguous matrix with `cols` columns.
@@ -123,7 +130,7 @@ pub struct AdamW {
 /// The operations a device offers to the models.
 ///
 /// Every op is checked against the f64 reference in `backend::reference` on random inputs.
-pub trait Backend: Send + Sync {
+pub trait Backend: Send + Sync + Clone {
     /// A flat buffer of `f32` on the device.
     type Buf: Send + Sync;
 

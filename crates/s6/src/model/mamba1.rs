@@ -8,7 +8,7 @@
 
 use std::path::Path;
 
-use crate::backend::{Backend, ScanArgs, ScanDims, View};
+use crate::backend::{Backend, ScanArgs, ScanDims, ScanGrads, View, ViewMut};
 use crate::config::MambaConfig;
 use crate::formats::tensors::TensorFile;
 use crate::{Error, Result};
@@ -418,6 +418,222 @@ impl<B: Backend> Mamba<B> {
             d: &l.d,
             z: View::cols(xz, di, 2 * di),
         }
+    }
+
+    /// Mutable parameter buffers in [`param_specs`] order (the order of [`Mamba::params`]).
+    pub fn params_mut(&mut self) -> Vec<&mut B::Buf> {
+        let mut bufs: Vec<&mut B::Buf> = vec![&mut self.embedding];
+        for l in &mut self.layers {
+            bufs.push(&mut l.norm);
+            bufs.push(&mut l.in_proj);
+            bufs.extend(l.in_proj_bias.as_mut());
+            bufs.push(&mut l.conv1d);
+            bufs.extend(l.conv1d_bias.as_mut());
+            bufs.extend([&mut l.x_proj, &mut l.dt_proj, &mut l.dt_proj_bias, &mut l.a_log, &mut l.d, &mut l.out_proj]);
+            bufs.extend(l.out_proj_bias.as_mut());
+        }
+        bufs.push(&mut self.norm_f);
+        bufs.extend(self.lm_head.as_mut());
+        bufs
+    }
+
+    /// Recomputes derived tensors (`A = -exp(A_log)`) after the parameters changed.
+    pub fn refresh_derived(&mut self) -> Result<()> {
+        for l in &mut self.layers {
+            let a: Vec<f32> = self.backend.to_vec(&l.a_log)?.iter().map(|v| -v.exp()).collect();
+            l.a = self.backend.from_vec(a)?;
+        }
+        Ok(())
+    }
+
+    /// Gradient accumulators: a model-shaped set of zero buffers (the `a` field is scratch for ∂L/∂A).
+    pub fn zero_grads(&self) -> Result<Mamba<B>> {
+        let be = self.backend.clone();
+        let specs = param_specs(&self.cfg);
+        let mut g = Mamba::from_params(be.clone(), self.cfg.clone(), |spec| {
+            let _ = &specs;
+            Ok(vec![0.0; spec.shape.iter().product()])
+        })?;
+        for l in &mut g.layers {
+            be.fill_zero(&mut l.a)?;
+        }
+        Ok(g)
+    }
+
+    /// Training step, forward and backward: mean next-token cross-entropy of `ids` (`[batch,
+    /// seqlen]`) against `targets` (same shape, `u32::MAX` = ignored), from a zero state.
+    /// Gradients of `grad_scale × mean loss` are *added* to `grads` (so micro-batches accumulate).
+    /// Returns the mean loss and the number of counted targets.
+    pub fn loss_and_grads(
+        &self,
+        ids: &[u32],
+        targets: &[u32],
+        batch: usize,
+        seqlen: usize,
+        grad_scale: f32,
+        g: &mut Mamba<B>,
+    ) -> Result<(f64, usize)> {
+        self.check_ids(ids, batch, seqlen)?;
+        let c = &self.cfg;
+        if targets.len() != ids.len() {
+            return Err(Error::input(format!("{} targets for {} token ids", targets.len(), ids.len())));
+        }
+        if let Some(&bad) = targets.iter().find(|&&t| t != u32::MAX && t as usize >= c.vocab_size) {
+            return Err(Error::input(format!("target id {bad} is outside the vocabulary (size {})", c.vocab_size)));
+        }
+        let count = targets.iter().filter(|&&t| t != u32::MAX).count();
+        if count == 0 {
+            return Err(Error::input("no targets to train on (all ignored)"));
+        }
+        let be = &self.backend;
+        let rows = batch * seqlen;
+        let (d, di, n, r, v) = (c.d_model, c.d_inner, c.d_state, c.dt_rank, c.vocab_size);
+        let xw = r + 2 * n;
+        let eps = self.eps();
+
+        // ---- forward, keeping each layer's activations ----
+        let mut state = self.new_state(batch)?;
+        let mut residual = be.zeros(rows * d)?;
+        be.embedding(&self.embedding, ids, d, &mut residual)?;
+        let mut saved: Vec<LayerActs<B>> = Vec::with_capacity(c.n_layer);
+        let mut out = be.zeros(rows * d)?;
+        for (i, l) in self.layers.iter().enumerate() {
+            let mut acts = self.layer_buffers(rows)?;
+            let prev = if i == 0 { None } else { Some(&out) };
+            be.add_rmsnorm(&mut residual, prev, &l.norm, eps, rows, d, &mut acts.normed)?;
+            acts.residual = Some(be.clone_buf(&residual)?);
+            self.mixer_forward(l, batch, seqlen, &mut acts, &mut state.conv[i], &mut state.ssm[i])?;
+            be.linear(View::full(&acts.y, di), rows, di, &l.out_proj, d, l.out_proj_bias.as_ref(), &mut out)?;
+            saved.push(acts);
+        }
+        let mut normed = be.zeros(rows * d)?;
+        be.add_rmsnorm(&mut residual, Some(&out), &self.norm_f, eps, rows, d, &mut normed)?;
+
+        // ---- lm_head + cross-entropy, in row chunks so that [rows, vocab] is never held whole ----
+        let mut dnormed = be.zeros(rows * d)?;
+        let chunk = ((1usize << 22) / v).max(1);
+        let mut loss_sum = 0.0;
+        let scale = grad_scale / count as f32;
+        let mut r0 = 0;
+        while r0 < rows {
+            let nr = chunk.min(rows - r0);
+            let x = View { buf: &normed, offset: r0 * d, ld: d };
+            let mut logits = be.zeros(nr * v)?;
+            be.linear(x, nr, d, self.head(), v, None, &mut logits)?;
+            let mut dlogits = be.zeros(nr * v)?;
+            loss_sum += be.cross_entropy(&logits, nr, v, &targets[r0..r0 + nr], scale, &mut dlogits)?.0;
+            let dhead = match g.lm_head.as_mut() {
+                Some(h) => h,
+                None => &mut g.embedding,
+            };
+            let dx = ViewMut { buf: &mut dnormed, offset: r0 * d, ld: d };
+            be.linear_backward(x, nr, d, self.head(), v, &dlogits, Some(dx), dhead, None)?;
+            r0 += nr;
+        }
+
+        // ---- backward through the blocks, last to first ----
+        let mut dres = be.zeros(rows * d)?;
+        be.rmsnorm_backward(&residual, &self.norm_f, eps, rows, d, &dnormed, &mut dres, &mut g.norm_f)?;
+        let mut dy = be.zeros(rows * di)?;
+        let mut du = be.zeros(rows * di)?;
+        let mut du_xproj = be.zeros(rows * di)?;
+        let mut ddelta = be.zeros(rows * di)?;
+        let mut dxdbl = be.zeros(rows * xw)?;
+        let mut dxz = be.zeros(rows * 2 * di)?;
+        let mut dnorm_in = be.zeros(rows * d)?;
+        for i in (0..c.n_layer).rev() {
+            let (l, gl, acts) = (&self.layers[i], &mut g.layers[i], &saved[i]);
+            // dres holds ∂L/∂(residual after this block), which is also ∂L/∂(block output).
+            let y = View::full(&acts.y, di);
+            be.linear_backward(
+                y,
+                rows,
+                di,
+                &l.out_proj,
+                d,
+                &dres,
+                Some(ViewMut::full(&mut dy, di)),
+                &mut gl.out_proj,
+                gl.out_proj_bias.as_mut(),
+            )?;
+            let args = self.scan_args(l, batch, seqlen, [&acts.u, &acts.delta, &acts.xdbl, &acts.xz]);
+            let grads = ScanGrads {
+                du: &mut du,
+                ddelta: &mut ddelta,
+                dbc: ViewMut::cols(&mut dxdbl, r, xw),
+                dz: ViewMut::cols(&mut dxz, di, 2 * di),
+                da: &mut gl.a,
+                dd: &mut gl.d,
+                ddelta_bias: &mut gl.dt_proj_bias,
+            };
+            be.selective_scan_backward(&args, &dy, grads)?;
+            let dt_in = View::cols(&acts.xdbl, 0, xw);
+            be.linear_backward(
+                dt_in,
+                rows,
+                r,
+                &l.dt_proj,
+                di,
+                &ddelta,
+                Some(ViewMut::cols(&mut dxdbl, 0, xw)),
+                &mut gl.dt_proj,
+                None,
+            )?;
+            let u = View::full(&acts.u, di);
+            be.linear_backward(
+                u,
+                rows,
+                di,
+                &l.x_proj,
+                xw,
+                &dxdbl,
+                Some(ViewMut::full(&mut du_xproj, di)),
+                &mut gl.x_proj,
+                None,
+            )?;
+            be.add_assign(&mut du, &du_xproj)?;
+            let x = View::cols(&acts.xz, 0, 2 * di);
+            let dx = ViewMut::cols(&mut dxz, 0, 2 * di);
+            be.conv1d_silu_backward(
+                x,
+                batch,
+                seqlen,
+                di,
+                c.d_conv,
+                &l.conv1d,
+                l.conv1d_bias.as_ref(),
+                &du,
+                dx,
+                &mut gl.conv1d,
+                gl.conv1d_bias.as_mut(),
+            )?;
+            let normed_in = View::full(&acts.normed, d);
+            be.linear_backward(
+                normed_in,
+                rows,
+                d,
+                &l.in_proj,
+                2 * di,
+                &dxz,
+                Some(ViewMut::full(&mut dnorm_in, d)),
+                &mut gl.in_proj,
+                gl.in_proj_bias.as_mut(),
+            )?;
+            // The norm's input is the residual before this block: its gradient joins the skip path in dres.
+            let res_in = acts.residual.as_ref().ok_or_else(|| Error::Backend("missing saved residual".into()))?;
+            be.rmsnorm_backward(res_in, &l.norm, eps, rows, d, &dnorm_in, &mut dres, &mut gl.norm)?;
+        }
+        be.embedding_backward(ids, d, &dres, &mut g.embedding)?;
+
+        // ∂L/∂A_log = ∂L/∂A ⊙ A (A = -exp(A_log)); the scratch ∂L/∂A is consumed.
+        for (l, gl) in self.layers.iter().zip(g.layers.iter_mut()) {
+            let a = be.to_vec(&l.a)?;
+            let da = be.to_vec(&gl.a)?;
+            let prod: Vec<f32> = da.iter().zip(&a).map(|(x, y)| x * y).collect();
+            be.add_assign(&mut gl.a_log, &be.from_vec(prod)?)?;
+            be.fill_zero(&mut gl.a)?;
+        }
+        Ok((loss_sum / count as f64, count))
     }
 
     /// Feeds a long prompt in chunks of `chunk` tokens (memory bounded by the chunk, not the
