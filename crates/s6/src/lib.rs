@@ -16,6 +16,7 @@ pub mod formats;
 pub mod generate;
 pub mod hub;
 pub mod model;
+pub mod train;
 
 #[cfg(test)]
 pub(crate) mod testutil;

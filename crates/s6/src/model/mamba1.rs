@@ -289,28 +289,7 @@ impl<B: Backend> Mamba<B> {
         }
         let be = &self.backend;
         let (rows, d) = (batch * seqlen, self.cfg.d_model);
-        let mut residual = be.zeros(rows * d)?;
-        be.embedding(&self.embedding, ids, d, &mut residual)?;
-        // One set of scratch buffers serves every layer.
-        let mut acts = self.layer_buffers(rows)?;
-        let mut out = be.zeros(rows * d)?;
-        for (i, l) in self.layers.iter().enumerate() {
-            // The previous block's output joins the residual stream here, fused with the norm.
-            let prev = if i == 0 { None } else { Some(&out) };
-            be.add_rmsnorm(&mut residual, prev, &l.norm, self.eps(), rows, d, &mut acts.normed)?;
-            self.mixer_forward(l, batch, seqlen, &mut acts, &mut state.conv[i], &mut state.ssm[i])?;
-            be.linear(
-                View::full(&acts.y, self.cfg.d_inner),
-                rows,
-                self.cfg.d_inner,
-                &l.out_proj,
-                d,
-                l.out_proj_bias.as_ref(),
-                &mut out,
-            )?;
-        }
-        let mut normed = be.zeros(rows * d)?;
-        be.add_rmsnorm(&mut residual, Some(&out), &self.norm_f, self.eps(), rows, d, &mut normed)?;
+        let normed = self.hidden(ids, batch, seqlen, state)?;
         let v = self.cfg.vocab_size;
         match which {
             Logits::All => {
@@ -327,6 +306,54 @@ impl<B: Backend> Mamba<B> {
                 Ok(logits)
             }
         }
+    }
+
+    /// The final normed hidden states `[batch * seqlen, d_model]` (before lm_head).
+    fn hidden(&self, ids: &[u32], batch: usize, seqlen: usize, state: &mut MambaState<B>) -> Result<B::Buf> {
+        let be = &self.backend;
+        let (rows, d) = (batch * seqlen, self.cfg.d_model);
+        let mut residual = be.zeros(rows * d)?;
+        be.embedding(&self.embedding, ids, d, &mut residual)?;
+        // One set of scratch buffers serves every layer.
+        let mut acts = self.layer_buffers(rows)?;
+        let mut out = be.zeros(rows * d)?;
+        for (i, l) in self.layers.iter().enumerate() {
+            // The previous block's output joins the residual stream here, fused with the norm.
+            let prev = if i == 0 { None } else { Some(&out) };
+            be.add_rmsnorm(&mut residual, prev, &l.norm, self.eps(), rows, d, &mut acts.normed)?;
+            self.mixer_forward(l, batch, seqlen, &mut acts, &mut state.conv[i], &mut state.ssm[i])?;
+            let di = self.cfg.d_inner;
+            be.linear(View::full(&acts.y, di), rows, di, &l.out_proj, d, l.out_proj_bias.as_ref(), &mut out)?;
+        }
+        let mut normed = be.zeros(rows * d)?;
+        be.add_rmsnorm(&mut residual, Some(&out), &self.norm_f, self.eps(), rows, d, &mut normed)?;
+        Ok(normed)
+    }
+
+    /// Mean cross-entropy of `targets` (`u32::MAX` = ignored) without gradients, from a zero state:
+    /// evaluation. Returns the mean loss and the number of counted targets.
+    pub fn loss(&self, ids: &[u32], targets: &[u32], batch: usize, seqlen: usize) -> Result<(f64, usize)> {
+        self.check_ids(ids, batch, seqlen)?;
+        if targets.len() != ids.len() {
+            return Err(Error::input(format!("{} targets for {} token ids", targets.len(), ids.len())));
+        }
+        let mut state = self.new_state(batch)?;
+        let normed = self.hidden(ids, batch, seqlen, &mut state)?;
+        let (rows, d, v) = (batch * seqlen, self.cfg.d_model, self.cfg.vocab_size);
+        let be = &self.backend;
+        let chunk = ((1usize << 22) / v).max(1);
+        let (mut sum, mut count, mut r0) = (0.0, 0, 0);
+        while r0 < rows {
+            let nr = chunk.min(rows - r0);
+            let mut logits = be.zeros(nr * v)?;
+            be.linear(View { buf: &normed, offset: r0 * d, ld: d }, nr, d, self.head(), v, None, &mut logits)?;
+            let mut scratch = be.zeros(nr * v)?;
+            let (s, c) = be.cross_entropy(&logits, nr, v, &targets[r0..r0 + nr], 0.0, &mut scratch)?;
+            sum += s;
+            count += c;
+            r0 += nr;
+        }
+        Ok((sum / count.max(1) as f64, count))
     }
 
     fn eps(&self) -> f32 {

@@ -1,0 +1,269 @@
+//! Training: data windows, AdamW with warmup + cosine, global-norm clipping, gradient
+//! accumulation, JSONL metrics, a loss plot, and atomic resumable checkpoints. Runs on any
+//! [`Backend`] through the model's hand-written backward ([`Mamba::loss_and_grads`]).
+//!
+//! Checkpoint layout of `--out DIR`: `config.json` + `model.safetensors` (HF layout, loadable by
+//! `s6 generate` and transformers) and `training_state.safetensors` (parameters, AdamW moments,
+//! step; the one file a resume reads, written atomically, so it is always self-consistent).
+
+pub mod data;
+pub mod optim;
+pub mod plot;
+
+use std::collections::{BTreeMap, HashMap};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use crate::backend::Backend;
+use crate::config::InitConfig;
+use crate::formats::tensors::{write_safetensors, OutTensor, SaveDType, TensorFile};
+use crate::model::mamba1::param_specs;
+use crate::model::save::save_hf;
+use crate::model::Mamba;
+use crate::{Error, Result};
+use data::Batcher;
+use optim::{adamw_update, AdamState, OptimConfig};
+
+/// Options of a training run (the CLI flags).
+#[derive(Clone, Debug)]
+pub struct TrainOptions {
+    pub out: PathBuf,
+    /// Total optimizer steps of the whole run (a resumed run continues up to this).
+    pub steps: u64,
+    pub batch_size: usize,
+    pub seq_len: usize,
+    pub grad_accum: usize,
+    pub optim: OptimConfig,
+    pub seed: u64,
+    pub shuffle: bool,
+    /// Evaluate (and checkpoint) every this many steps; 0 = only at the end.
+    pub eval_every: u64,
+    /// Validation windows per evaluation.
+    pub eval_batches: usize,
+    pub metrics: Option<PathBuf>,
+    pub save_dtype: SaveDType,
+}
+
+/// What the loop reports to its caller (progress display).
+pub enum Event<'a> {
+    Step { step: u64, total: u64, loss: f64, lr: f32, grad_norm: f64, tokens_per_s: f64 },
+    Eval { step: u64, val_loss: f64 },
+    Checkpoint { step: u64, dir: &'a Path },
+}
+
+/// Summary of a finished run.
+#[derive(Clone, Debug, Default)]
+pub struct TrainSummary {
+    pub first_step: u64,
+    pub last_step: u64,
+    pub final_loss: f64,
+    pub final_val_loss: Option<f64>,
+    pub tokens_per_s: f64,
+    pub losses: Vec<f64>,
+}
+
+const STATE_FILE: &str = "training_state.safetensors";
+
+/// Runs (or resumes) training. `model` is the starting point (ignored on resume, where the
+/// parameters come from the checkpoint). `val` holds validation tokens (may be empty).
+pub fn train<B: Backend>(
+    mut model: Mamba<B>,
+    train_tokens: Vec<u32>,
+    val_tokens: Vec<u32>,
+    opts: &TrainOptions,
+    resume: bool,
+    mut on_event: impl FnMut(Event<'_>),
+) -> Result<(Mamba<B>, TrainSummary)> {
+    let be = model.backend.clone();
+    if opts.steps == 0 {
+        return Err(Error::input("--steps must be at least 1"));
+    }
+    if opts.grad_accum == 0 {
+        return Err(Error::input("--grad-accum must be at least 1"));
+    }
+    let batcher = Batcher::new(train_tokens, opts.seq_len, opts.batch_size, opts.shuffle, opts.seed)?;
+    let val = if val_tokens.len() > opts.seq_len {
+        Some(Batcher::new(val_tokens, opts.seq_len, opts.batch_size, false, 0)?)
+    } else {
+        None
+    };
+    let specs = param_specs(&model.cfg);
+    let names: Vec<String> = specs.iter().map(|s| s.name.clone()).collect();
+    let sizes: Vec<usize> = specs.iter().map(|s| s.shape.iter().product()).collect();
+    let mut adam = AdamState::zeros(&be, &sizes)?;
+    let mut start = 0u64;
+    if resume {
+        start = load_state(&opts.out, &mut model, &mut adam)?;
+        if start >= opts.steps {
+            return Err(Error::input(format!(
+                "the checkpoint in {} is at step {start}; --steps {} leaves nothing to do",
+                opts.out.display(),
+                opts.steps
+            )));
+        }
+    }
+    std::fs::create_dir_all(&opts.out).map_err(|e| Error::io(&opts.out, e))?;
+    let mut metrics = match &opts.metrics {
+        Some(p) => {
+            let f = std::fs::OpenOptions::new().create(true).append(resume).write(true).truncate(!resume).open(p);
+            Some(f.map_err(|e| Error::io(p, e))?)
+        }
+        None => None,
+    };
+    let mut curve: Vec<(u64, f64)> = Vec::new();
+    let mut val_curve: Vec<(u64, f64)> = Vec::new();
+    let mut summary = TrainSummary { first_step: start + 1, ..Default::default() };
+    let run_start = Instant::now();
+    let mut run_tokens = 0usize;
+    let tokens_per_step = opts.batch_size * opts.seq_len * opts.grad_accum;
+
+    for step in start + 1..=opts.steps {
+        let t0 = Instant::now();
+        let lr = opts.optim.lr_at(step, opts.steps);
+        let mut grads = model.zero_grads()?;
+        let mut loss = 0.0;
+        for micro in 0..opts.grad_accum {
+            let (x, y) = batcher.batch((step - 1) * opts.grad_accum as u64 + micro as u64);
+            let scale = 1.0 / opts.grad_accum as f32;
+            let (l, _) = model.loss_and_grads(&x, &y, opts.batch_size, opts.seq_len, scale, &mut grads)?;
+            loss += l / opts.grad_accum as f64;
+        }
+        let grad_refs: Vec<&B::Buf> = grads.params().into_iter().map(|(_, b)| b).collect();
+        let mut sq = 0.0;
+        for g in &grad_refs {
+            sq += be.sum_squares(g)?;
+        }
+        let grad_norm = sq.sqrt();
+        if !loss.is_finite() || !grad_norm.is_finite() {
+            return Err(Error::input(format!(
+                "training diverged at step {step}: loss {loss}, gradient norm {grad_norm}; the last good checkpoint in {} is kept (try a lower --lr or --grad-clip)",
+                opts.out.display()
+            )));
+        }
+        let clip = if opts.optim.grad_clip > 0.0 && grad_norm > opts.optim.grad_clip as f64 {
+            (opts.optim.grad_clip as f64 / grad_norm) as f32
+        } else {
+            1.0
+        };
+        adamw_update(&be, &opts.optim, lr, step, clip, &names, model.params_mut(), &grad_refs, &mut adam)?;
+        model.refresh_derived()?;
+        let dt = t0.elapsed().as_secs_f64();
+        run_tokens += tokens_per_step;
+        let tps = tokens_per_step as f64 / dt.max(1e-9);
+        curve.push((step, loss));
+        summary.losses.push(loss);
+        summary.final_loss = loss;
+        if let Some(m) = metrics.as_mut() {
+            let line =
+                serde_json::json!({"step": step, "loss": loss, "lr": lr, "grad_norm": grad_norm, "tokens_per_s": tps});
+            writeln!(m, "{line}").map_err(|e| Error::io(opts.metrics.as_deref().unwrap_or(Path::new("")), e))?;
+        }
+        on_event(Event::Step { step, total: opts.steps, loss, lr, grad_norm, tokens_per_s: tps });
+
+        let last = step == opts.steps;
+        if last || (opts.eval_every > 0 && step % opts.eval_every == 0) {
+            if let Some(v) = &val {
+                let vl = eval_loss(&model, v, opts.eval_batches)?;
+                summary.final_val_loss = Some(vl);
+                val_curve.push((step, vl));
+                if let Some(m) = metrics.as_mut() {
+                    let line = serde_json::json!({"step": step, "val_loss": vl});
+                    writeln!(m, "{line}")
+                        .map_err(|e| Error::io(opts.metrics.as_deref().unwrap_or(Path::new("")), e))?;
+                }
+                on_event(Event::Eval { step, val_loss: vl });
+            }
+            save_checkpoint(&opts.out, &model, &adam, step, opts.save_dtype)?;
+            plot::loss_curve(&opts.out.join("loss.svg"), &curve, &val_curve)?;
+            on_event(Event::Checkpoint { step, dir: &opts.out });
+        }
+    }
+    summary.last_step = opts.steps;
+    summary.tokens_per_s = run_tokens as f64 / run_start.elapsed().as_secs_f64().max(1e-9);
+    Ok((model, summary))
+}
+
+/// Mean loss over up to `batches` consecutive validation batches (each window seen once).
+pub fn eval_loss<B: Backend>(model: &Mamba<B>, val: &Batcher, batches: usize) -> Result<f64> {
+    let (batch, seqlen) = (val.batch_size(), val.seq_len());
+    let n = batches.max(1).min((val.windows() / batch).max(1));
+    let (mut sum, mut count) = (0.0, 0usize);
+    for s in 0..n {
+        let (x, y) = val.batch(s as u64);
+        let (l, c) = model.loss(&x, &y, batch, seqlen)?;
+        sum += l * c as f64;
+        count += c;
+    }
+    Ok(sum / count.max(1) as f64)
+}
+
+/// Writes the HF-layout model and the training state (atomically, each file).
+pub fn save_checkpoint<B: Backend>(
+    dir: &Path,
+    model: &Mamba<B>,
+    adam: &AdamState<B>,
+    step: u64,
+    dtype: SaveDType,
+) -> Result<()> {
+    let be = &model.backend;
+    let mut params = Vec::new();
+    let mut state = BTreeMap::new();
+    for (i, (spec, buf)) in model.params().into_iter().enumerate() {
+        let values = be.to_vec(buf)?;
+        state.insert(format!("param.{}", spec.name), OutTensor::from_f32(&values, &spec.shape, SaveDType::F32));
+        state.insert(
+            format!("adam_m.{}", spec.name),
+            OutTensor::from_f32(&be.to_vec(&adam.m[i])?, &spec.shape, SaveDType::F32),
+        );
+        state.insert(
+            format!("adam_v.{}", spec.name),
+            OutTensor::from_f32(&be.to_vec(&adam.v[i])?, &spec.shape, SaveDType::F32),
+        );
+        params.push((spec, values));
+    }
+    let meta =
+        HashMap::from([("step".to_string(), step.to_string()), ("format".to_string(), "s6-train-v1".to_string())]);
+    // The state file first: a crash after it but before the export leaves a resumable run.
+    write_safetensors(&dir.join(STATE_FILE), &state, Some(meta))?;
+    save_hf(dir, &model.cfg, &InitConfig::default(), &params, dtype)
+}
+
+/// Restores parameters and moments from `dir`; returns the step the checkpoint was taken at.
+pub fn load_state<B: Backend>(dir: &Path, model: &mut Mamba<B>, adam: &mut AdamState<B>) -> Result<u64> {
+    let path = dir.join(STATE_FILE);
+    if !path.is_file() {
+        return Err(Error::input(format!("--resume: no {STATE_FILE} in {}; nothing to resume", dir.display())));
+    }
+    let file = TensorFile::open(&path)?;
+    let bytes = std::fs::read(&path).map_err(|e| Error::io(&path, e))?;
+    let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes).map_err(|e| Error::format(&path, e.to_string()))?;
+    let step: u64 = meta
+        .metadata()
+        .as_ref()
+        .and_then(|m| m.get("step"))
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| Error::format(&path, "no 'step' in the metadata"))?;
+    let be = model.backend.clone();
+    let specs = param_specs(&model.cfg);
+    for (i, (spec, buf)) in specs.iter().zip(model.params_mut()).enumerate() {
+        for (prefix, dst) in [("param", None), ("adam_m", Some(0)), ("adam_v", Some(1))] {
+            let name = format!("{prefix}.{}", spec.name);
+            let (v, shape) = file.f32(&name)?;
+            if shape != spec.shape {
+                return Err(Error::format(
+                    &path,
+                    format!("'{name}' has shape {shape:?}, the model expects {:?}", spec.shape),
+                ));
+            }
+            let b = be.from_vec(v)?;
+            match dst {
+                None => *buf = be.clone_buf(&b)?,
+                Some(0) => adam.m[i] = b,
+                _ => adam.v[i] = b,
+            }
+        }
+    }
+    model.refresh_derived()?;
+    Ok(step)
+}
