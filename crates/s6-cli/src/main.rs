@@ -22,6 +22,8 @@ enum Command {
     Logits(commands::logits::Args),
     /// Describe a model: architecture, parameters, dtypes, memory, tokenizer.
     Info(commands::info::Args),
+    /// Train a model from scratch or fine-tune one, with resumable checkpoints.
+    Train(commands::train::Args),
     /// Create a randomly initialized model (the paper's initialization) in HF layout.
     Init(commands::init::Args),
 }
@@ -33,6 +35,7 @@ fn main() -> ExitCode {
         Command::Logits(a) => commands::logits::run(a),
         Command::Info(a) => commands::info::run(a),
         Command::Init(a) => commands::init::run(a),
+        Command::Train(a) => commands::train::run(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -4,6 +4,7 @@ pub mod generate;
 pub mod info;
 pub mod init;
 pub mod logits;
+pub mod train;
 
 use std::path::PathBuf;
 

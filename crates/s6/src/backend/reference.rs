@@ -122,3 +122,264 @@ pub fn selective_scan(
     }
     (y, h)
 }
+
+// ----- backward references: plain loops, every intermediate stored, all in f64. -----
+
+pub fn sigmoid(x: f64) -> f64 {
+    1.0 / (1.0 + (-x).exp())
+}
+
+/// `silu'(x) = σ(x)·(1 + x·(1 − σ(x)))`.
+pub fn silu_grad(x: f64) -> f64 {
+    let s = sigmoid(x);
+    s * (1.0 + x * (1.0 - s))
+}
+
+/// `softplus'(x)`, with the same threshold as [`softplus`].
+pub fn softplus_grad(x: f64) -> f64 {
+    if x > 20.0 {
+        1.0
+    } else {
+        sigmoid(x)
+    }
+}
+
+/// Backward of [`linear`]: returns `(dx [rows, k], dw [n, k], db [n])`.
+pub fn linear_backward(
+    x: &[f64],
+    rows: usize,
+    k: usize,
+    w: &[f64],
+    n: usize,
+    dy: &[f64],
+) -> (Vec<f64>, Vec<f64>, Vec<f64>) {
+    let (mut dx, mut dw, mut db) = (vec![0.0; rows * k], vec![0.0; n * k], vec![0.0; n]);
+    for r in 0..rows {
+        for j in 0..n {
+            let g = dy[r * n + j];
+            db[j] += g;
+            for i in 0..k {
+                dx[r * k + i] += g * w[j * k + i];
+                dw[j * k + i] += g * x[r * k + i];
+            }
+        }
+    }
+    (dx, dw, db)
+}
+
+/// Backward of the RMSNorm of [`add_rmsnorm`] (`x` the residual after the add): returns
+/// `(dx, dweight)`.
+pub fn rmsnorm_backward(x: &[f64], w: &[f64], eps: f64, dim: usize, dy: &[f64]) -> (Vec<f64>, Vec<f64>) {
+    let (mut dx, mut dw) = (vec![0.0; x.len()], vec![0.0; dim]);
+    for (r, row) in x.chunks(dim).enumerate() {
+        let g = &dy[r * dim..][..dim];
+        let ms = row.iter().map(|v| v * v).sum::<f64>() / dim as f64;
+        let inv = 1.0 / (ms + eps).sqrt();
+        // out_i = x_i·inv·w_i, ∂inv/∂x_j = −inv³·x_j/dim.
+        let s: f64 = (0..dim).map(|i| g[i] * w[i] * row[i]).sum();
+        for j in 0..dim {
+            dx[r * dim + j] = g[j] * w[j] * inv - s * inv * inv * inv * row[j] / dim as f64;
+            dw[j] += g[j] * row[j] * inv;
+        }
+    }
+    (dx, dw)
+}
+
+/// Backward of [`conv1d_silu`] from a zero state (x contiguous): returns `(dx, dweight, dbias)`.
+#[allow(clippy::too_many_arguments)]
+pub fn conv1d_silu_backward(
+    x: &[f64],
+    batch: usize,
+    seqlen: usize,
+    ch: usize,
+    k: usize,
+    w: &[f64],
+    bias: Option<&[f64]>,
+    dout: &[f64],
+) -> (Vec<f64>, Vec<f64>, Vec<f64>) {
+    let (mut dx, mut dw, mut db) = (vec![0.0; x.len()], vec![0.0; ch * k], vec![0.0; ch]);
+    for b in 0..batch {
+        for t in 0..seqlen {
+            for c in 0..ch {
+                // Tap j reads input step t + j − (k−1), when inside the sequence.
+                let tap = |j: usize| (t + j).checked_sub(k - 1).map(|tt| (b * seqlen + tt) * ch + c);
+                let mut pre = bias.map_or(0.0, |bb| bb[c]);
+                for j in 0..k {
+                    if let Some(i) = tap(j) {
+                        pre += w[c * k + j] * x[i];
+                    }
+                }
+                let dpre = dout[(b * seqlen + t) * ch + c] * silu_grad(pre);
+                db[c] += dpre;
+                for j in 0..k {
+                    if let Some(i) = tap(j) {
+                        dx[i] += w[c * k + j] * dpre;
+                        dw[c * k + j] += x[i] * dpre;
+                    }
+                }
+            }
+        }
+    }
+    (dx, dw, db)
+}
+
+/// Gradients of [`selective_scan_backward`], layouts as its inputs'.
+pub struct ScanGradsRef {
+    pub du: Vec<f64>,
+    pub ddelta: Vec<f64>,
+    pub ddelta_bias: Vec<f64>,
+    pub da: Vec<f64>,
+    pub db: Vec<f64>,
+    pub dc: Vec<f64>,
+    pub dd: Vec<f64>,
+    pub dz: Vec<f64>,
+}
+
+/// Backward of [`selective_scan`] from a zero state, for `dy` the gradient of `y`. Stores every
+/// state `h_t` (it is a reference).
+#[allow(clippy::too_many_arguments)]
+pub fn selective_scan_backward(
+    batch: usize,
+    seqlen: usize,
+    d: usize,
+    n: usize,
+    u: &[f64],
+    delta: &[f64],
+    delta_bias: &[f64],
+    a: &[f64],
+    bmat: &[f64],
+    cmat: &[f64],
+    dskip: &[f64],
+    z: &[f64],
+    dy: &[f64],
+) -> ScanGradsRef {
+    let rows = batch * seqlen;
+    let mut gr = ScanGradsRef {
+        du: vec![0.0; rows * d],
+        ddelta: vec![0.0; rows * d],
+        ddelta_bias: vec![0.0; d],
+        da: vec![0.0; d * n],
+        db: vec![0.0; rows * n],
+        dc: vec![0.0; rows * n],
+        dd: vec![0.0; d],
+        dz: vec![0.0; rows * d],
+    };
+    for b in 0..batch {
+        // hs[t][c][s] = h after step t − 1 (hs[0] = 0).
+        let hidx = |t: usize, c: usize, s: usize| (t * d + c) * n + s;
+        let mut hs = vec![0.0; (seqlen + 1) * d * n];
+        for t in 0..seqlen {
+            let row = b * seqlen + t;
+            for c in 0..d {
+                let dt = softplus(delta[row * d + c] + delta_bias[c]);
+                for s in 0..n {
+                    hs[hidx(t + 1, c, s)] = (dt * a[c * n + s]).exp() * hs[hidx(t, c, s)]
+                        + dt * bmat[row * n + s] * u[row * d + c];
+                }
+            }
+        }
+        // dh[c][s] = ∂L/∂h_t through h_{t+1} (propagated back from later steps).
+        let mut dh = vec![0.0; d * n];
+        for t in (0..seqlen).rev() {
+            let row = b * seqlen + t;
+            for c in 0..d {
+                let raw = delta[row * d + c] + delta_bias[c];
+                let dt = softplus(raw);
+                let x = u[row * d + c];
+                let zz = z[row * d + c];
+                let out: f64 =
+                    (0..n).map(|s| cmat[row * n + s] * hs[hidx(t + 1, c, s)]).sum::<f64>() + dskip[c] * x;
+                let g = dy[row * d + c] * silu(zz);
+                gr.dz[row * d + c] = dy[row * d + c] * out * silu_grad(zz);
+                gr.dd[c] += g * x;
+                let mut du = g * dskip[c];
+                let mut ddt = 0.0;
+                for s in 0..n {
+                    let (bs, cs, as_) = (bmat[row * n + s], cmat[row * n + s], a[c * n + s]);
+                    let (hcur, hprev) = (hs[hidx(t + 1, c, s)], hs[hidx(t, c, s)]);
+                    let decay = (dt * as_).exp();
+                    let dht = dh[c * n + s] + g * cs;
+                    gr.dc[row * n + s] += g * hcur;
+                    gr.db[row * n + s] += dht * dt * x;
+                    du += dht * dt * bs;
+                    gr.da[c * n + s] += dht * hprev * decay * dt;
+                    ddt += dht * (hprev * decay * as_ + bs * x);
+                    dh[c * n + s] = dht * decay;
+                }
+                gr.du[row * d + c] = du;
+                let dd = ddt * softplus_grad(raw);
+                gr.ddelta[row * d + c] = dd;
+                gr.ddelta_bias[c] += dd;
+            }
+        }
+    }
+    gr
+}
+
+/// `dtable[ids[i]] += dout[i]` into a zero table of `vocab` rows.
+pub fn embedding_backward(ids: &[u32], dim: usize, dout: &[f64], vocab: usize) -> Vec<f64> {
+    let mut dt = vec![0.0; vocab * dim];
+    for (i, &id) in ids.iter().enumerate() {
+        for j in 0..dim {
+            dt[id as usize * dim + j] += dout[i * dim + j];
+        }
+    }
+    dt
+}
+
+/// Sum of the softmax cross-entropy losses of the rows whose target is not `u32::MAX`.
+pub fn cross_entropy_loss(logits: &[f64], vocab: usize, targets: &[u32]) -> (f64, usize) {
+    let (mut loss, mut count) = (0.0, 0);
+    for (row, &t) in logits.chunks(vocab).zip(targets) {
+        if t == u32::MAX {
+            continue;
+        }
+        let m = row.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+        let lse = m + row.iter().map(|v| (v - m).exp()).sum::<f64>().ln();
+        loss += lse - row[t as usize];
+        count += 1;
+    }
+    (loss, count)
+}
+
+/// Gradient of [`cross_entropy_loss`] w.r.t. the logits: `softmax − onehot` per counted row.
+pub fn cross_entropy_grad(logits: &[f64], vocab: usize, targets: &[u32]) -> Vec<f64> {
+    let mut g = vec![0.0; logits.len()];
+    for ((row, gr), &t) in logits.chunks(vocab).zip(g.chunks_mut(vocab)).zip(targets) {
+        if t == u32::MAX {
+            continue;
+        }
+        let m = row.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+        let sum: f64 = row.iter().map(|v| (v - m).exp()).sum();
+        for (gi, v) in gr.iter_mut().zip(row) {
+            *gi = (v - m).exp() / sum;
+        }
+        gr[t as usize] -= 1.0;
+    }
+    g
+}
+
+/// One AdamW step (PyTorch's `torch.optim.AdamW`, `amsgrad=False`) in f64.
+#[allow(clippy::too_many_arguments)]
+pub fn adamw_step(
+    p: &mut [f64],
+    grad: &[f64],
+    m: &mut [f64],
+    v: &mut [f64],
+    lr: f64,
+    (beta1, beta2): (f64, f64),
+    eps: f64,
+    weight_decay: f64,
+    step: u64,
+    grad_scale: f64,
+) {
+    let bc1 = 1.0 - beta1.powi(step as i32);
+    let bc2 = 1.0 - beta2.powi(step as i32);
+    for i in 0..p.len() {
+        let g = grad[i] * grad_scale;
+        p[i] *= 1.0 - lr * weight_decay;
+        m[i] = beta1 * m[i] + (1.0 - beta1) * g;
+        v[i] = beta2 * v[i] + (1.0 - beta2) * g * g;
+        p[i] -= lr / bc1 * m[i] / ((v[i] / bc2).sqrt() + eps);
+    }
+}

@@ -1,78 +1,996 @@
-//! CPU backward kernels (training). Placeholder: each returns an error until implemented.
+//! CPU backward kernels (training).
+//!
+//! Same structure as the forward kernels: `#[inline(always)]` bodies generic over `const FMA: bool`
+//! with an `avx2,fma` entry point chosen at run time per rayon task. Every reduction that crosses
+//! tasks (column sums, weight gradients, `∂B`/`∂C`) goes through per-task partial sums that are
+//! added in a fixed order afterwards: no atomics, no races, and results that do not depend on
+//! scheduling.
+//!
+//! The selective-scan backward is fused like the forward: one task walks one sequence for a block
+//! of [`LANES`] channels with the state in a small local array. It runs the recurrence forward once,
+//! saving the state only every [`SCAN_CHUNK`] steps, then walks the chunks in reverse, recomputing
+//! each chunk's states (and decays) from its checkpoint into a `SCAN_CHUNK × d_state × LANES`
+//! buffer before stepping backward through it. Nothing of size `(L, D, N)` ever exists.
 
-use crate::backend::{AdamW, ScanArgs, ScanGrads, View, ViewMut};
+use rayon::prelude::*;
+
+use super::simd::{self, madd, Lanes, LANES};
+use super::{check_view, need, view_extent};
+use crate::backend::{AdamW, ScanArgs, ScanDims, ScanGrads, View, ViewMut};
 use crate::{Error, Result};
 
-fn todo(what: &str) -> Error {
-    Error::Backend(format!("cpu: {what} is not implemented yet"))
+/// Steps between saved states in the scan backward: the reverse pass recomputes at most this many
+/// states at a time.
+pub const SCAN_CHUNK: usize = 64;
+
+/// Channels per task of the conv backward.
+const CONV_CW: usize = 32;
+
+/// Rows per task of row-parallel reductions (rmsnorm weight gradient, bias column sums): fixed, so
+/// that the summation order does not depend on the thread count.
+const ROWS_PER_TASK: usize = 64;
+
+fn check_view_mut(what: &str, v: &ViewMut<'_, Vec<f32>>, rows: usize, cols: usize) -> Result<()> {
+    if v.ld < cols {
+        return Err(Error::Backend(format!("cpu: view '{what}' has row stride {} < {cols} columns", v.ld)));
+    }
+    need(what, v.buf.len(), view_extent(rows, cols, v.offset, v.ld))
 }
 
+/// A raw pointer shared by tasks that write disjoint elements through it.
+#[derive(Clone, Copy)]
+struct SendPtr(*mut f32);
+unsafe impl Send for SendPtr {}
+unsafe impl Sync for SendPtr {}
+
+/// Sum of the lanes, pairwise.
+#[inline(always)]
+fn hsum(v: &Lanes) -> f32 {
+    let mut w = *v;
+    let mut half = LANES / 2;
+    while half > 0 {
+        for i in 0..half {
+            w[i] += w[i + half];
+        }
+        half /= 2;
+    }
+    w[0]
+}
+
+/// `sigmoid(x)` without overflow (`exp` saturates).
+#[inline(always)]
+fn sigmoid<const FMA: bool>(x: f32) -> f32 {
+    1.0 / (1.0 + simd::exp::<FMA>(-x))
+}
+
+/// Dot product accumulated in f64 (eight independent accumulators, so it vectorizes).
+#[inline(always)]
+fn dot_f64(a: &[f32], b: &[f32]) -> f64 {
+    let mut acc = [0.0f64; LANES];
+    let (ac, bc) = (a.chunks_exact(LANES), b.chunks_exact(LANES));
+    let (ar, br) = (ac.remainder(), bc.remainder());
+    for (x, y) in ac.zip(bc) {
+        for l in 0..LANES {
+            acc[l] += x[l] as f64 * y[l] as f64;
+        }
+    }
+    let mut s = hsum_f64(&acc);
+    for (x, y) in ar.iter().zip(br) {
+        s += *x as f64 * *y as f64;
+    }
+    s
+}
+
+#[inline(always)]
+fn hsum_f64(v: &[f64; LANES]) -> f64 {
+    let mut w = *v;
+    let mut half = LANES / 2;
+    while half > 0 {
+        for i in 0..half {
+            w[i] += w[i + half];
+        }
+        half /= 2;
+    }
+    w[0]
+}
+
+// ----------------------------------------------------------------------------------------------
+// linear
+
+/// `dx = dy · w` (written), `dw += dyᵀ · x`, `db += Σ_rows dy`.
 pub fn linear_backward(
-    _x: View<'_, Vec<f32>>,
-    _rows: usize,
-    _k: usize,
-    _w: &[f32],
-    _n: usize,
-    _dy: &[f32],
-    _dx: Option<ViewMut<'_, Vec<f32>>>,
-    _dw: &mut [f32],
-    _db: Option<&mut Vec<f32>>,
+    x: View<'_, Vec<f32>>,
+    rows: usize,
+    k: usize,
+    w: &[f32],
+    n: usize,
+    dy: &[f32],
+    dx: Option<ViewMut<'_, Vec<f32>>>,
+    dw: &mut [f32],
+    db: Option<&mut Vec<f32>>,
 ) -> Result<()> {
-    Err(todo("linear_backward"))
+    check_view("linear_backward x", &x, rows, k)?;
+    need("linear_backward weight", w.len(), n * k)?;
+    need("linear_backward dy", dy.len(), rows * n)?;
+    need("linear_backward dw", dw.len(), n * k)?;
+    if let Some(dx) = &dx {
+        check_view_mut("linear_backward dx", dx, rows, k)?;
+    }
+    if let Some(db) = &db {
+        need("linear_backward db", db.len(), n)?;
+    }
+    let par = gemm::Parallelism::Rayon(rayon::current_num_threads());
+    if let Some(dx) = dx {
+        if rows > 0 && k > 0 {
+            let ld = dx.ld;
+            let dst = &mut dx.buf[dx.offset..];
+            if n == 0 {
+                for r in 0..rows {
+                    dst[r * ld..][..k].fill(0.0);
+                }
+            } else {
+                // dst[rows, k] (row stride ld) = dy[rows, n] · w[n, k].
+                // SAFETY: extents checked above: dst holds rows×k at stride ld, dy rows×n, w n×k.
+                unsafe {
+                    gemm::gemm(
+                        rows,
+                        k,
+                        n,
+                        dst.as_mut_ptr(),
+                        1,
+                        ld as isize,
+                        false,
+                        dy.as_ptr(),
+                        1,
+                        n as isize,
+                        w.as_ptr(),
+                        1,
+                        k as isize,
+                        0.0,
+                        1.0,
+                        false,
+                        false,
+                        false,
+                        par,
+                    );
+                }
+            }
+        }
+    }
+    if rows > 0 && n > 0 && k > 0 {
+        // dw[n, k] += dyᵀ[n, rows] · x[rows, k].
+        // SAFETY: extents checked above; dyᵀ is dy read with swapped strides.
+        unsafe {
+            gemm::gemm(
+                n,
+                k,
+                rows,
+                dw.as_mut_ptr(),
+                1,
+                k as isize,
+                true,
+                dy.as_ptr(),
+                n as isize,
+                1,
+                x.buf[x.offset..].as_ptr(),
+                1,
+                x.ld as isize,
+                1.0,
+                1.0,
+                false,
+                false,
+                false,
+                par,
+            );
+        }
+    }
+    if let Some(db) = db {
+        if rows > 0 && n > 0 {
+            let parts: Vec<Vec<f32>> = dy[..rows * n]
+                .par_chunks(ROWS_PER_TASK * n)
+                .map(|chunk| {
+                    let mut s = vec![0.0f32; n];
+                    for row in chunk.chunks_exact(n) {
+                        s.iter_mut().zip(row).for_each(|(s, v)| *s += v);
+                    }
+                    s
+                })
+                .collect();
+            for part in &parts {
+                db[..n].iter_mut().zip(part).for_each(|(d, p)| *d += p);
+            }
+        }
+    }
+    Ok(())
 }
 
+// ----------------------------------------------------------------------------------------------
+// rmsnorm
+
+/// `dresidual += ∂L/∂residual`, `dweight += ∂L/∂weight` for `out = residual·r·weight`,
+/// `r = rsqrt(mean(residual²) + eps)`.
 pub fn rmsnorm_backward(
-    _residual: &[f32],
-    _weight: &[f32],
-    _eps: f32,
-    _rows: usize,
-    _dim: usize,
-    _dout: &[f32],
-    _dresidual: &mut [f32],
-    _dweight: &mut [f32],
+    residual: &[f32],
+    weight: &[f32],
+    eps: f32,
+    rows: usize,
+    dim: usize,
+    dout: &[f32],
+    dresidual: &mut [f32],
+    dweight: &mut [f32],
 ) -> Result<()> {
-    Err(todo("rmsnorm_backward"))
+    need("rmsnorm_backward residual", residual.len(), rows * dim)?;
+    need("rmsnorm_backward weight", weight.len(), dim)?;
+    need("rmsnorm_backward dout", dout.len(), rows * dim)?;
+    need("rmsnorm_backward dresidual", dresidual.len(), rows * dim)?;
+    need("rmsnorm_backward dweight", dweight.len(), dim)?;
+    if rows == 0 || dim == 0 {
+        return Ok(());
+    }
+    let fma = simd::has_avx2_fma();
+    let weight = &weight[..dim];
+    let parts: Vec<Vec<f32>> = dresidual[..rows * dim]
+        .par_chunks_mut(ROWS_PER_TASK * dim)
+        .enumerate()
+        .map(|(task, dres)| {
+            let start = task * ROWS_PER_TASK * dim;
+            let x = &residual[start..][..dres.len()];
+            let dy = &dout[start..][..dres.len()];
+            #[cfg(target_arch = "x86_64")]
+            if fma {
+                // SAFETY: the CPU supports avx2+fma (checked above).
+                return unsafe { rms_rows_avx2(x, dy, weight, eps, dres) };
+            }
+            let _ = fma;
+            rms_rows::<false>(x, dy, weight, eps, dres)
+        })
+        .collect();
+    for part in &parts {
+        dweight[..dim].iter_mut().zip(part).for_each(|(d, p)| *d += p);
+    }
+    Ok(())
 }
 
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn rms_rows_avx2(x: &[f32], dy: &[f32], w: &[f32], eps: f32, dres: &mut [f32]) -> Vec<f32> {
+    rms_rows::<true>(x, dy, w, eps, dres)
+}
+
+/// Rows of one task; returns the task's partial weight gradient.
+#[inline(always)]
+fn rms_rows<const FMA: bool>(x: &[f32], dy: &[f32], w: &[f32], eps: f32, dres: &mut [f32]) -> Vec<f32> {
+    let dim = w.len();
+    let mut dw = vec![0.0f32; dim];
+    let mut dyw = vec![0.0f32; dim];
+    for ((x, dy), dres) in x.chunks_exact(dim).zip(dy.chunks_exact(dim)).zip(dres.chunks_exact_mut(dim)) {
+        let r = 1.0 / (dot_f64(x, x) / dim as f64 + eps as f64).sqrt();
+        for ((o, &g), &wi) in dyw.iter_mut().zip(dy).zip(w) {
+            *o = g * wi;
+        }
+        let mean = dot_f64(&dyw, x) / dim as f64;
+        let (rf, coef) = (r as f32, (r * r * r * mean) as f32);
+        for i in 0..dim {
+            dres[i] += madd::<FMA>(rf, dyw[i], -(x[i] * coef));
+            dw[i] = madd::<FMA>(dy[i] * x[i], rf, dw[i]);
+        }
+    }
+    dw
+}
+
+// ----------------------------------------------------------------------------------------------
+// conv1d + SiLU
+
+struct ConvBwd<'a> {
+    x: &'a [f32],
+    x_ld: usize,
+    batch: usize,
+    seqlen: usize,
+    channels: usize,
+    kernel: usize,
+    weight: &'a [f32],
+    bias: Option<&'a [f32]>,
+    dout: &'a [f32],
+    dx: SendPtr,
+    dx_ld: usize,
+}
+
+/// Backward of the depthwise causal conv1d + SiLU from a zero initial state: `dx` written,
+/// `dweight` and `dbias` accumulated. One task per block of [`CONV_CW`] channels walks every
+/// sequence backward in time, keeping the last `kernel` pre-activation gradients in a ring.
 pub fn conv1d_silu_backward(
-    _x: View<'_, Vec<f32>>,
-    _batch: usize,
-    _seqlen: usize,
-    _channels: usize,
-    _kernel: usize,
-    _weight: &[f32],
-    _bias: Option<&Vec<f32>>,
-    _dout: &[f32],
-    _dx: ViewMut<'_, Vec<f32>>,
-    _dweight: &mut [f32],
-    _dbias: Option<&mut Vec<f32>>,
+    x: View<'_, Vec<f32>>,
+    batch: usize,
+    seqlen: usize,
+    channels: usize,
+    kernel: usize,
+    weight: &[f32],
+    bias: Option<&Vec<f32>>,
+    dout: &[f32],
+    dx: ViewMut<'_, Vec<f32>>,
+    dweight: &mut [f32],
+    dbias: Option<&mut Vec<f32>>,
 ) -> Result<()> {
-    Err(todo("conv1d_silu_backward"))
+    if kernel == 0 {
+        return Err(Error::Backend("cpu: conv kernel size 0".into()));
+    }
+    let rows = batch * seqlen;
+    check_view("conv_backward x", &x, rows, channels)?;
+    need("conv_backward weight", weight.len(), channels * kernel)?;
+    if let Some(b) = bias {
+        need("conv_backward bias", b.len(), channels)?;
+    }
+    need("conv_backward dout", dout.len(), rows * channels)?;
+    check_view_mut("conv_backward dx", &dx, rows, channels)?;
+    need("conv_backward dweight", dweight.len(), channels * kernel)?;
+    if let Some(db) = &dbias {
+        need("conv_backward dbias", db.len(), channels)?;
+    }
+    if rows == 0 || channels == 0 {
+        return Ok(());
+    }
+    let args = ConvBwd {
+        x: &x.buf[x.offset..],
+        x_ld: x.ld,
+        batch,
+        seqlen,
+        channels,
+        kernel,
+        weight,
+        bias: bias.map(|b| &b[..channels]),
+        dout,
+        dx: SendPtr(dx.buf[dx.offset..].as_mut_ptr()),
+        dx_ld: dx.ld,
+    };
+    let fma = simd::has_avx2_fma();
+    let tasks = channels.div_ceil(CONV_CW);
+    let parts: Vec<(Vec<Lanes32>, Lanes32)> = (0..tasks)
+        .into_par_iter()
+        .map(|task| {
+            // SAFETY: each task writes only its own channels of dx (extent checked above).
+            unsafe {
+                #[cfg(target_arch = "x86_64")]
+                if fma {
+                    return conv_bwd_block_avx2(&args, task * CONV_CW);
+                }
+                let _ = fma;
+                conv_bwd_block::<false>(&args, task * CONV_CW)
+            }
+        })
+        .collect();
+    let mut dbias = dbias;
+    for (task, (dw, db)) in parts.iter().enumerate() {
+        let c0 = task * CONV_CW;
+        for c in 0..CONV_CW.min(channels - c0) {
+            for (j, dwj) in dw.iter().enumerate() {
+                dweight[(c0 + c) * kernel + j] += dwj[c];
+            }
+            if let Some(dbias) = dbias.as_deref_mut() {
+                dbias[c0 + c] += db[c];
+            }
+        }
+    }
+    Ok(())
 }
 
-pub fn selective_scan_backward(
-    _args: &ScanArgs<'_, Vec<f32>>,
-    _dy: &[f32],
-    _grads: ScanGrads<'_, Vec<f32>>,
+type Lanes32 = [f32; CONV_CW];
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn conv_bwd_block_avx2(a: &ConvBwd<'_>, c0: usize) -> (Vec<Lanes32>, Lanes32) {
+    conv_bwd_block::<true>(a, c0)
+}
+
+/// Channels `c0..c0 + CONV_CW` (clipped); returns the block's `(dweight [kernel][CW], dbias [CW])`.
+#[inline(always)]
+unsafe fn conv_bwd_block<const FMA: bool>(a: &ConvBwd<'_>, c0: usize) -> (Vec<Lanes32>, Lanes32) {
+    let (ch, k, l) = (a.channels, a.kernel, a.seqlen);
+    let cw = CONV_CW.min(ch - c0);
+    // Padding channels keep zero weights, inputs and gradients.
+    let mut wt = vec![[0.0f32; CONV_CW]; k];
+    for (j, wj) in wt.iter_mut().enumerate() {
+        for c in 0..cw {
+            wj[c] = a.weight[(c0 + c) * k + j];
+        }
+    }
+    let mut bias = [0.0f32; CONV_CW];
+    if let Some(b) = a.bias {
+        bias[..cw].copy_from_slice(&b[c0..c0 + cw]);
+    }
+    let load = |src: &[f32]| -> Lanes32 {
+        let mut v = [0.0f32; CONV_CW];
+        v[..cw].copy_from_slice(&src[..cw]);
+        v
+    };
+    let mut ring = vec![[0.0f32; CONV_CW]; k];
+    let mut xs = vec![[0.0f32; CONV_CW]; k];
+    let mut dw = vec![[0.0f32; CONV_CW]; k];
+    let mut db = [0.0f32; CONV_CW];
+    for b in 0..a.batch {
+        for t in (0..l).rev() {
+            let row = b * l + t;
+            // Taps: input row t + j - (k - 1), zero before the sequence start.
+            let mut pre = bias;
+            for (j, xj) in xs.iter_mut().enumerate() {
+                *xj = match (t + j).checked_sub(k - 1) {
+                    Some(tt) => load(&a.x[(b * l + tt) * a.x_ld + c0..]),
+                    None => [0.0; CONV_CW],
+                };
+                for c in 0..CONV_CW {
+                    pre[c] = madd::<FMA>(wt[j][c], xj[c], pre[c]);
+                }
+            }
+            let g = load(&a.dout[row * ch + c0..]);
+            let mut dp = [0.0f32; CONV_CW];
+            for c in 0..CONV_CW {
+                let s = sigmoid::<FMA>(pre[c]);
+                dp[c] = g[c] * s * madd::<FMA>(pre[c], 1.0 - s, 1.0);
+                db[c] += dp[c];
+            }
+            for (dwj, xj) in dw.iter_mut().zip(&xs) {
+                for c in 0..CONV_CW {
+                    dwj[c] = madd::<FMA>(dp[c], xj[c], dwj[c]);
+                }
+            }
+            ring[t % k] = dp;
+            // dx[t] = Σ_j w[j]·dpre[t + (k-1) - j] over the steps still inside the sequence.
+            let mut acc = [0.0f32; CONV_CW];
+            for (j, wj) in wt.iter().enumerate() {
+                let tt = t + (k - 1) - j;
+                if tt < l {
+                    let r = &ring[tt % k];
+                    for c in 0..CONV_CW {
+                        acc[c] = madd::<FMA>(wj[c], r[c], acc[c]);
+                    }
+                }
+            }
+            let dst = a.dx.0.add(row * a.dx_ld + c0);
+            for (c, v) in acc.iter().enumerate().take(cw) {
+                *dst.add(c) = *v;
+            }
+        }
+    }
+    (dw, db)
+}
+
+// ----------------------------------------------------------------------------------------------
+// selective scan
+
+/// Raw pointers of one scan-backward call; tasks write disjoint channels of the per-channel
+/// outputs, and `∂B`/`∂C` go through per-task accumulators.
+struct ScanBwdPtrs {
+    u: *const f32,
+    delta: *const f32,
+    delta_bias: *const f32,
+    a: *const f32,
+    b: *const f32,
+    b_ld: usize,
+    c: *const f32,
+    c_ld: usize,
+    d: *const f32,
+    z: *const f32,
+    z_ld: usize,
+    dy: *const f32,
+    du: *mut f32,
+    ddelta: *mut f32,
+    dz: *mut f32,
+    dz_ld: usize,
+    da: *mut f32,
+    dd: *mut f32,
+    ddelta_bias: *mut f32,
+}
+unsafe impl Send for ScanBwdPtrs {}
+unsafe impl Sync for ScanBwdPtrs {}
+
+/// Per-task scratch, reused across the task's channel blocks.
+struct ScanWork {
+    /// Parameters `A` of the block, `[d_state]` lane arrays.
+    a: Vec<Lanes>,
+    /// Running state (forward pass) / running `∂h` (reverse pass), `[d_state]`.
+    h: Vec<Lanes>,
+    /// Accumulated `∂A`, `[d_state]`.
+    da: Vec<Lanes>,
+    /// State at the start of every chunk, `[chunks][d_state]`.
+    ckpt: Vec<Lanes>,
+    /// States of the current chunk: `hs[0]` is the state before its first step, `[CHUNK+1][d_state]`.
+    hs: Vec<Lanes>,
+    /// Decays `exp(Δ·A)` of the current chunk, `[CHUNK][d_state]`.
+    decay: Vec<Lanes>,
+    /// `Δ` of the current chunk, `[CHUNK]`.
+    dt: Vec<Lanes>,
+}
+
+impl ScanWork {
+    fn new(seqlen: usize, n: usize) -> Self {
+        let z = [0.0f32; LANES];
+        ScanWork {
+            a: vec![z; n],
+            h: vec![z; n],
+            da: vec![z; n],
+            ckpt: vec![z; seqlen.div_ceil(SCAN_CHUNK) * n],
+            hs: vec![z; (SCAN_CHUNK + 1) * n],
+            decay: vec![z; SCAN_CHUNK * n],
+            dt: vec![z; SCAN_CHUNK],
+        }
+    }
+}
+
+/// Backward of the fused selective scan from a zero initial state (see the module docs).
+pub fn selective_scan_backward(args: &ScanArgs<'_, Vec<f32>>, dy: &[f32], grads: ScanGrads<'_, Vec<f32>>) -> Result<()> {
+    selective_scan_backward_with(args, dy, grads, None, true)
+}
+
+/// [`selective_scan_backward`] with the number of channel groups per sequence (`None`: from the
+/// thread count) and the FMA path (`true`: when the CPU has it) chosen; tests cover every choice.
+pub fn selective_scan_backward_with(
+    args: &ScanArgs<'_, Vec<f32>>,
+    dy: &[f32],
+    grads: ScanGrads<'_, Vec<f32>>,
+    groups: Option<usize>,
+    fma: bool,
 ) -> Result<()> {
-    Err(todo("selective_scan_backward"))
+    let dims = args.dims;
+    let ScanDims { batch, seqlen, d_inner, d_state: n } = dims;
+    let rows = batch * seqlen;
+    need("scan_backward u", args.u.len(), rows * d_inner)?;
+    need("scan_backward delta", args.delta.len(), rows * d_inner)?;
+    need("scan_backward delta_bias", args.delta_bias.len(), d_inner)?;
+    need("scan_backward A", args.a.len(), d_inner * n)?;
+    need("scan_backward D", args.d.len(), d_inner)?;
+    check_view("scan_backward B", &args.b, rows, n)?;
+    check_view("scan_backward C", &args.c, rows, n)?;
+    check_view("scan_backward z", &args.z, rows, d_inner)?;
+    need("scan_backward dy", dy.len(), rows * d_inner)?;
+    need("scan_backward du", grads.du.len(), rows * d_inner)?;
+    need("scan_backward ddelta", grads.ddelta.len(), rows * d_inner)?;
+    check_view_mut("scan_backward dbc", &grads.dbc, rows, 2 * n)?;
+    check_view_mut("scan_backward dz", &grads.dz, rows, d_inner)?;
+    need("scan_backward dA", grads.da.len(), d_inner * n)?;
+    need("scan_backward dD", grads.dd.len(), d_inner)?;
+    need("scan_backward ddelta_bias", grads.ddelta_bias.len(), d_inner)?;
+    if rows == 0 {
+        return Ok(());
+    }
+    let dbc = grads.dbc;
+    if d_inner == 0 {
+        for r in 0..rows {
+            dbc.buf[dbc.offset + r * dbc.ld..][..2 * n].fill(0.0);
+        }
+        return Ok(());
+    }
+
+    let p = ScanBwdPtrs {
+        u: args.u.as_ptr(),
+        delta: args.delta.as_ptr(),
+        delta_bias: args.delta_bias.as_ptr(),
+        a: args.a.as_ptr(),
+        b: args.b.buf[args.b.offset..].as_ptr(),
+        b_ld: args.b.ld,
+        c: args.c.buf[args.c.offset..].as_ptr(),
+        c_ld: args.c.ld,
+        d: args.d.as_ptr(),
+        z: args.z.buf[args.z.offset..].as_ptr(),
+        z_ld: args.z.ld,
+        dy: dy.as_ptr(),
+        du: grads.du.as_mut_ptr(),
+        ddelta: grads.ddelta.as_mut_ptr(),
+        dz: grads.dz.buf[grads.dz.offset..].as_mut_ptr(),
+        dz_ld: grads.dz.ld,
+        da: grads.da.as_mut_ptr(),
+        dd: grads.dd.as_mut_ptr(),
+        ddelta_bias: grads.ddelta_bias.as_mut_ptr(),
+    };
+    let blocks = d_inner.div_ceil(LANES);
+    // Channel groups per sequence: about two tasks per thread in all, each with its own [L, 2N]
+    // accumulator for ∂B/∂C.
+    let groups = groups.unwrap_or_else(|| (2 * rayon::current_num_threads()).div_ceil(batch)).clamp(1, blocks);
+    let fma = fma && simd::has_avx2_fma();
+    let accs: Vec<Vec<f32>> = (0..batch * groups)
+        .into_par_iter()
+        .map(|task| {
+            let (b, g) = (task / groups, task % groups);
+            let mut acc = vec![0.0f32; seqlen * 2 * n];
+            let mut work = ScanWork::new(seqlen, n);
+            for blk in g * blocks / groups..(g + 1) * blocks / groups {
+                // SAFETY: extents checked above; the task writes channels of its blocks only.
+                unsafe {
+                    #[cfg(target_arch = "x86_64")]
+                    if fma {
+                        scan_bwd_block_avx2(&p, dims, b, blk, &mut work, &mut acc);
+                        continue;
+                    }
+                    let _ = fma;
+                    scan_bwd_block::<false>(&p, dims, b, blk, &mut work, &mut acc);
+                }
+            }
+            acc
+        })
+        .collect();
+    // ∂B/∂C: the groups' partial sums, added in group order.
+    let w = 2 * n;
+    if w > 0 {
+        let ld = dbc.ld;
+        dbc.buf[dbc.offset..].par_chunks_mut(ld).take(rows).enumerate().for_each(|(row, dst)| {
+            let (b, t) = (row / seqlen, row % seqlen);
+            let dst = &mut dst[..w];
+            dst.copy_from_slice(&accs[b * groups][t * w..][..w]);
+            for acc in &accs[b * groups + 1..(b + 1) * groups] {
+                dst.iter_mut().zip(&acc[t * w..][..w]).for_each(|(d, a)| *d += a);
+            }
+        });
+    }
+    Ok(())
 }
 
-pub fn embedding_backward(_ids: &[u32], _dim: usize, _dout: &[f32], _dtable: &mut [f32]) -> Result<()> {
-    Err(todo("embedding_backward"))
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn scan_bwd_block_avx2(
+    p: &ScanBwdPtrs,
+    dims: ScanDims,
+    b: usize,
+    blk: usize,
+    work: &mut ScanWork,
+    acc: &mut [f32],
+) {
+    scan_bwd_block::<true>(p, dims, b, blk, work, acc)
 }
 
+/// Loads `width` channels starting at `src` into a lane array (the rest zero).
+#[inline(always)]
+unsafe fn load_lanes(src: *const f32, width: usize) -> Lanes {
+    if width == LANES {
+        return (src as *const Lanes).read_unaligned();
+    }
+    let mut v = [0.0f32; LANES];
+    for (l, v) in v.iter_mut().enumerate().take(width) {
+        *v = *src.add(l);
+    }
+    v
+}
+
+#[inline(always)]
+unsafe fn store_lanes(dst: *mut f32, v: &Lanes, width: usize) {
+    for (l, v) in v.iter().enumerate().take(width) {
+        *dst.add(l) = *v;
+    }
+}
+
+/// `(Δ, u)` of one step of a block: `Δ = softplus(delta + bias)`.
+#[inline(always)]
+unsafe fn step_inputs<const FMA: bool>(p: &ScanBwdPtrs, at: usize, width: usize, bias: &Lanes) -> (Lanes, Lanes) {
+    let raw = load_lanes(p.delta.add(at), width);
+    let x = load_lanes(p.u.add(at), width);
+    let mut dt: Lanes = [0.0; LANES];
+    for l in 0..LANES {
+        dt[l] = simd::softplus::<FMA>(raw[l] + bias[l]);
+    }
+    (dt, x)
+}
+
+/// One sequence `b`, channels `blk*LANES..` (clipped): adds the block's `∂B`/`∂C` to `acc`
+/// (`[seqlen, 2·d_state]`), writes its `du`, `ddelta`, `dz` and accumulates `dA`, `dD`, `dbias`.
+#[inline(always)]
+unsafe fn scan_bwd_block<const FMA: bool>(
+    p: &ScanBwdPtrs,
+    dims: ScanDims,
+    b: usize,
+    blk: usize,
+    work: &mut ScanWork,
+    acc: &mut [f32],
+) {
+    let ScanDims { seqlen, d_inner, d_state: n, .. } = dims;
+    let c0 = blk * LANES;
+    let width = LANES.min(d_inner - c0);
+    let ScanWork { a, h, da, ckpt, hs, decay, dt: dts } = work;
+    // Padding lanes: A = 0, bias = 0, D = 0 and zero inputs and gradients, so they stay inert.
+    let mut bias: Lanes = [0.0; LANES];
+    let mut dskip: Lanes = [0.0; LANES];
+    for s in 0..n {
+        a[s] = [0.0; LANES];
+        h[s] = [0.0; LANES];
+        da[s] = [0.0; LANES];
+    }
+    for l in 0..width {
+        let ch = c0 + l;
+        for (s, as_) in a.iter_mut().enumerate() {
+            as_[l] = *p.a.add(ch * n + s);
+        }
+        bias[l] = *p.delta_bias.add(ch);
+        dskip[l] = *p.d.add(ch);
+    }
+
+    // Forward: the state at the start of every chunk.
+    for t in 0..seqlen {
+        if t % SCAN_CHUNK == 0 {
+            ckpt[(t / SCAN_CHUNK) * n..][..n].copy_from_slice(h);
+        }
+        let row = b * seqlen + t;
+        let (dt, x) = step_inputs::<FMA>(p, row * d_inner + c0, width, &bias);
+        let brow = p.b.add(row * p.b_ld);
+        for (s, (hs_, as_)) in h.iter_mut().zip(a.iter()).enumerate() {
+            let bs = *brow.add(s);
+            for l in 0..LANES {
+                let dec = simd::exp::<FMA>(dt[l] * as_[l]);
+                hs_[l] = madd::<FMA>(dec, hs_[l], dt[l] * x[l] * bs);
+            }
+        }
+    }
+
+    // Reverse, chunk by chunk; `h` now carries ∂L/∂h_t (times the decay of step t+1).
+    let dh = h;
+    for s in dh.iter_mut() {
+        *s = [0.0; LANES];
+    }
+    let mut dd_acc: Lanes = [0.0; LANES];
+    let mut dbias_acc: Lanes = [0.0; LANES];
+    for ck in (0..seqlen.div_ceil(SCAN_CHUNK)).rev() {
+        let t0 = ck * SCAN_CHUNK;
+        let len = SCAN_CHUNK.min(seqlen - t0);
+        hs[..n].copy_from_slice(&ckpt[ck * n..][..n]);
+        for i in 0..len {
+            let row = b * seqlen + t0 + i;
+            let (dt, x) = step_inputs::<FMA>(p, row * d_inner + c0, width, &bias);
+            dts[i] = dt;
+            let brow = p.b.add(row * p.b_ld);
+            let (prev, cur) = hs[i * n..(i + 2) * n].split_at_mut(n);
+            let decs = &mut decay[i * n..][..n];
+            for s in 0..n {
+                let bs = *brow.add(s);
+                for l in 0..LANES {
+                    let dec = simd::exp::<FMA>(dt[l] * a[s][l]);
+                    decs[s][l] = dec;
+                    cur[s][l] = madd::<FMA>(dec, prev[s][l], dt[l] * x[l] * bs);
+                }
+            }
+        }
+        for i in (0..len).rev() {
+            let t = t0 + i;
+            let row = b * seqlen + t;
+            let dt = dts[i];
+            let x = load_lanes(p.u.add(row * d_inner + c0), width);
+            let raw = load_lanes(p.delta.add(row * d_inner + c0), width);
+            let z = load_lanes(p.z.add(row * p.z_ld + c0), width);
+            let g_y = load_lanes(p.dy.add(row * d_inner + c0), width);
+            let brow = p.b.add(row * p.b_ld);
+            let crow = p.c.add(row * p.c_ld);
+            let prev = &hs[i * n..][..n];
+            let cur = &hs[(i + 1) * n..][..n];
+            let decs = &decay[i * n..][..n];
+
+            // out = C·h + D·u; the gate's gradients.
+            let mut out: Lanes = [0.0; LANES];
+            for l in 0..LANES {
+                out[l] = dskip[l] * x[l];
+            }
+            for (s, hc) in cur.iter().enumerate() {
+                let cs = *crow.add(s);
+                for l in 0..LANES {
+                    out[l] = madd::<FMA>(hc[l], cs, out[l]);
+                }
+            }
+            let mut g: Lanes = [0.0; LANES];
+            let mut dz: Lanes = [0.0; LANES];
+            let mut du: Lanes = [0.0; LANES];
+            let mut dtu: Lanes = [0.0; LANES];
+            for l in 0..LANES {
+                let sg = sigmoid::<FMA>(z[l]);
+                let silu = z[l] * sg;
+                dz[l] = g_y[l] * out[l] * (sg * madd::<FMA>(z[l], 1.0 - sg, 1.0));
+                g[l] = g_y[l] * silu;
+                dd_acc[l] = madd::<FMA>(g[l], x[l], dd_acc[l]);
+                du[l] = g[l] * dskip[l];
+                dtu[l] = dt[l] * x[l];
+            }
+
+            let arow = &mut acc[t * 2 * n..][..2 * n];
+            let mut ddt: Lanes = [0.0; LANES];
+            for s in 0..n {
+                let (bs, cs) = (*brow.add(s), *crow.add(s));
+                let (dhs_, hc, hp, dec, as_, das) = (&mut dh[s], &cur[s], &prev[s], &decs[s], &a[s], &mut da[s]);
+                let mut pb: Lanes = [0.0; LANES];
+                let mut pc: Lanes = [0.0; LANES];
+                for l in 0..LANES {
+                    // Total ∂L/∂h_t: through y_t, and through h_{t+1} (already times its decay).
+                    let dhs = madd::<FMA>(g[l], cs, dhs_[l]);
+                    pc[l] = g[l] * hc[l];
+                    pb[l] = dhs * dtu[l];
+                    du[l] = madd::<FMA>(dhs * dt[l], bs, du[l]);
+                    // ∂L/∂(Δ·A) of this step's decay.
+                    let q = dhs * hp[l] * dec[l];
+                    das[l] = madd::<FMA>(q, dt[l], das[l]);
+                    ddt[l] = madd::<FMA>(q, as_[l], madd::<FMA>(dhs * bs, x[l], ddt[l]));
+                    dhs_[l] = dhs * dec[l];
+                }
+                arow[s] += hsum(&pb);
+                arow[n + s] += hsum(&pc);
+            }
+            // Δ = softplus(raw + bias): ∂/∂raw = sigmoid(raw + bias), 1 past softplus's threshold.
+            let mut ddelta: Lanes = [0.0; LANES];
+            for l in 0..LANES {
+                let v = raw[l] + bias[l];
+                let sp = if v > 20.0 { 1.0 } else { sigmoid::<FMA>(v) };
+                ddelta[l] = ddt[l] * sp;
+                dbias_acc[l] += ddelta[l];
+            }
+            store_lanes(p.du.add(row * d_inner + c0), &du, width);
+            store_lanes(p.ddelta.add(row * d_inner + c0), &ddelta, width);
+            store_lanes(p.dz.add(row * p.dz_ld + c0), &dz, width);
+        }
+    }
+    for l in 0..width {
+        let ch = c0 + l;
+        for (s, das) in da.iter().enumerate() {
+            *p.da.add(ch * n + s) += das[l];
+        }
+        *p.dd.add(ch) += dd_acc[l];
+        *p.ddelta_bias.add(ch) += dbias_acc[l];
+    }
+}
+
+// ----------------------------------------------------------------------------------------------
+// embedding, cross-entropy, AdamW
+
+/// `dtable[ids[i], :] += dout[i, :]`. Rows of `dtable` are split among tasks; each adds the
+/// gradients of its ids in the order they occur (a counting sort of the ids), so duplicates add up
+/// without races.
+pub fn embedding_backward(ids: &[u32], dim: usize, dout: &[f32], dtable: &mut [f32]) -> Result<()> {
+    need("embedding_backward dout", dout.len(), ids.len() * dim)?;
+    if dim == 0 || ids.is_empty() {
+        return Ok(());
+    }
+    let vocab = dtable.len() / dim;
+    if let Some(&bad) = ids.iter().find(|&&i| i as usize >= vocab) {
+        return Err(Error::input(format!("token id {bad} is outside the vocabulary (size {vocab})")));
+    }
+    // Counting sort: occurrences of id v are order[start[v]..start[v + 1]], in input order.
+    let mut start = vec![0usize; vocab + 1];
+    for &id in ids {
+        start[id as usize + 1] += 1;
+    }
+    for v in 0..vocab {
+        start[v + 1] += start[v];
+    }
+    let mut fill = start.clone();
+    let mut order = vec![0usize; ids.len()];
+    for (i, &id) in ids.iter().enumerate() {
+        order[fill[id as usize]] = i;
+        fill[id as usize] += 1;
+    }
+    dtable[..vocab * dim].par_chunks_mut(dim).with_min_len(64).enumerate().for_each(|(v, row)| {
+        for &i in &order[start[v]..start[v + 1]] {
+            row.iter_mut().zip(&dout[i * dim..][..dim]).for_each(|(d, g)| *d += g);
+        }
+    });
+    Ok(())
+}
+
+/// Softmax cross-entropy per row: writes `dlogits = scale·(softmax − onehot)` (zero rows for
+/// ignored targets, `u32::MAX`) and returns the sum of the counted rows' losses and their count.
+/// The log-sum-exp subtracts the row maximum and sums the exponentials in f64.
 pub fn cross_entropy(
-    _logits: &[f32],
-    _rows: usize,
-    _vocab: usize,
-    _targets: &[u32],
-    _scale: f32,
-    _dlogits: &mut [f32],
+    logits: &[f32],
+    rows: usize,
+    vocab: usize,
+    targets: &[u32],
+    scale: f32,
+    dlogits: &mut [f32],
 ) -> Result<(f64, usize)> {
-    Err(todo("cross_entropy"))
+    need("cross_entropy logits", logits.len(), rows * vocab)?;
+    need("cross_entropy dlogits", dlogits.len(), rows * vocab)?;
+    if targets.len() != rows {
+        return Err(Error::Backend(format!("cpu: cross_entropy has {} targets for {rows} rows", targets.len())));
+    }
+    if let Some((i, &t)) = targets.iter().enumerate().find(|(_, &t)| t != u32::MAX && t as usize >= vocab) {
+        return Err(Error::input(format!("target token {t} (row {i}) is outside the vocabulary (size {vocab})")));
+    }
+    let counted = targets.iter().filter(|&&t| t != u32::MAX).count();
+    if rows == 0 || vocab == 0 {
+        return Ok((0.0, counted));
+    }
+    let fma = simd::has_avx2_fma();
+    let losses: Vec<f64> = dlogits[..rows * vocab]
+        .par_chunks_mut(vocab)
+        .zip(logits[..rows * vocab].par_chunks(vocab))
+        .zip(targets.par_iter())
+        .map(|((d, x), &t)| {
+            if t == u32::MAX {
+                d.fill(0.0);
+                return 0.0;
+            }
+            #[cfg(target_arch = "x86_64")]
+            if fma {
+                // SAFETY: the CPU supports avx2+fma (checked above).
+                return unsafe { ce_row_avx2(x, t as usize, scale, d) };
+            }
+            let _ = fma;
+            ce_row::<false>(x, t as usize, scale, d)
+        })
+        .collect();
+    Ok((losses.iter().sum(), counted))
 }
 
-pub fn adamw_step(_param: &mut [f32], _grad: &[f32], _m: &mut [f32], _v: &mut [f32], _hp: &AdamW) -> Result<()> {
-    Err(todo("adamw_step"))
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn ce_row_avx2(x: &[f32], t: usize, scale: f32, d: &mut [f32]) -> f64 {
+    ce_row::<true>(x, t, scale, d)
+}
+
+/// One row: returns its loss `logsumexp(x) − x[t]`.
+#[inline(always)]
+fn ce_row<const FMA: bool>(x: &[f32], t: usize, scale: f32, d: &mut [f32]) -> f64 {
+    let mut mx = [f32::NEG_INFINITY; LANES];
+    let xc = x.chunks_exact(LANES);
+    let mut m = xc.remainder().iter().fold(f32::NEG_INFINITY, |m, &v| if v > m { v } else { m });
+    for c in xc {
+        for l in 0..LANES {
+            mx[l] = if c[l] > mx[l] { c[l] } else { mx[l] };
+        }
+    }
+    for v in mx {
+        m = if v > m { v } else { m };
+    }
+    // exp(x - m) into d, summed in f64.
+    let mut acc = [0.0f64; LANES];
+    let (dc, xc) = (d.chunks_exact_mut(LANES), x.chunks_exact(LANES));
+    let rem = xc.remainder().len();
+    for (dc, xc) in dc.zip(xc) {
+        for l in 0..LANES {
+            let e = simd::exp::<FMA>(xc[l] - m);
+            dc[l] = e;
+            acc[l] += e as f64;
+        }
+    }
+    let mut sum = hsum_f64(&acc);
+    let tail = x.len() - rem;
+    for i in tail..x.len() {
+        let e = simd::exp::<FMA>(x[i] - m);
+        d[i] = e;
+        sum += e as f64;
+    }
+    let f = (scale as f64 / sum) as f32;
+    for v in d.iter_mut() {
+        *v *= f;
+    }
+    d[t] -= scale;
+    m as f64 + sum.ln() - x[t] as f64
+}
+
+/// One AdamW step with PyTorch's semantics (see [`crate::backend::Backend::adamw_step`]).
+pub fn adamw_step(param: &mut [f32], grad: &[f32], m: &mut [f32], v: &mut [f32], hp: &AdamW) -> Result<()> {
+    let n = param.len();
+    if grad.len() != n || m.len() != n || v.len() != n {
+        return Err(Error::Backend(format!(
+            "cpu: adamw_step lengths differ: param {n}, grad {}, m {}, v {}",
+            grad.len(),
+            m.len(),
+            v.len()
+        )));
+    }
+    if hp.step == 0 {
+        return Err(Error::input("adamw_step: step counts from 1"));
+    }
+    let step = hp.step as f64;
+    let bc1 = 1.0 - (hp.beta1 as f64).powf(step);
+    let bc2 = 1.0 - (hp.beta2 as f64).powf(step);
+    let step_size = (hp.lr as f64 / bc1) as f32;
+    let bc2_sqrt = bc2.sqrt() as f32;
+    let decay = (1.0 - hp.lr as f64 * hp.weight_decay as f64) as f32;
+    let (b1, b2, eps, gs) = (hp.beta1, hp.beta2, hp.eps, hp.grad_scale);
+    let (c1, c2) = (1.0 - b1, 1.0 - b2);
+    const CHUNK: usize = 1 << 14;
+    param
+        .par_chunks_mut(CHUNK)
+        .zip(grad.par_chunks(CHUNK))
+        .zip(m.par_chunks_mut(CHUNK))
+        .zip(v.par_chunks_mut(CHUNK))
+        .for_each(|(((p, g), m), v)| {
+            for i in 0..p.len() {
+                let g = g[i] * gs;
+                m[i] = b1 * m[i] + c1 * g;
+                v[i] = b2 * v[i] + c2 * (g * g);
+                let denom = v[i].sqrt() / bc2_sqrt + eps;
+                p[i] = p[i] * decay - step_size * (m[i] / denom);
+            }
+        });
+    Ok(())
 }

@@ -1,0 +1,238 @@
+//! `s6 train`: train from scratch or fine-tune, with resumable checkpoints.
+
+use std::path::PathBuf;
+
+use anyhow::{bail, Context, Result};
+use indicatif::{ProgressBar, ProgressStyle};
+use s6::backend::cpu::Cpu;
+use s6::config::{InitConfig, MambaConfig};
+use s6::formats::tensors::SaveDType;
+use s6::formats::tokenizer::Tokenizer;
+use s6::model::init::init_params;
+use s6::model::Mamba;
+use s6::train::optim::{OptimConfig, Schedule};
+use s6::train::{data, train, Event, TrainOptions};
+
+use super::{parse_device, Device};
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// Training data: a text file (tokenized with the model's tokenizer, or as bytes) or a 1-D .npy array of token ids.
+    #[arg(long)]
+    data: PathBuf,
+    /// Output directory for checkpoints, metrics and the loss plot.
+    #[arg(long)]
+    out: PathBuf,
+    /// Start from a model directory (fine-tuning).
+    #[arg(long, conflicts_with_all = ["preset", "config"])]
+    init: Option<PathBuf>,
+    /// Start from scratch with a preset architecture (mamba-130m, ...).
+    #[arg(long, conflicts_with = "config")]
+    preset: Option<String>,
+    /// Start from scratch with the architecture of a config.json.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// From scratch, size flags: model width.
+    #[arg(long, default_value_t = 256)]
+    d_model: usize,
+    /// From scratch: number of layers.
+    #[arg(long, default_value_t = 4)]
+    n_layer: usize,
+    /// From scratch: vocabulary size (256 = bytes).
+    #[arg(long, default_value_t = 256)]
+    vocab_size: usize,
+    /// From scratch: SSM state size N.
+    #[arg(long, default_value_t = 16)]
+    d_state: usize,
+    /// From scratch: expansion factor (d_inner = expand × d_model).
+    #[arg(long, default_value_t = 2)]
+    expand: usize,
+    /// tokenizer.json for text data (else the model's own, else bytes for vocab 256), or "bytes".
+    #[arg(long)]
+    tokenizer: Option<String>,
+    /// Total optimizer steps (a resumed run continues up to this).
+    #[arg(long, default_value_t = 1000)]
+    steps: u64,
+    #[arg(long, default_value_t = 8)]
+    batch_size: usize,
+    #[arg(long, default_value_t = 256)]
+    seq_len: usize,
+    /// Micro-batches per optimizer step.
+    #[arg(long, default_value_t = 1)]
+    grad_accum: usize,
+    #[arg(long, default_value_t = 1e-3)]
+    lr: f32,
+    #[arg(long, default_value_t = 1e-4)]
+    min_lr: f32,
+    #[arg(long, default_value_t = 100)]
+    warmup_steps: u64,
+    /// cosine or constant.
+    #[arg(long, default_value = "cosine")]
+    lr_schedule: String,
+    #[arg(long, default_value_t = 0.1)]
+    weight_decay: f32,
+    /// AdamW betas as B1,B2.
+    #[arg(long, default_value = "0.9,0.95")]
+    betas: String,
+    #[arg(long, default_value_t = 1e-8)]
+    eps: f32,
+    /// Global gradient-norm clip (0 = off).
+    #[arg(long, default_value_t = 1.0)]
+    grad_clip: f32,
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Take windows in order instead of shuffled.
+    #[arg(long)]
+    no_shuffle: bool,
+    /// Evaluate and checkpoint every N steps (0 = only at the end).
+    #[arg(long, default_value_t = 100)]
+    eval_every: u64,
+    /// Validation batches per evaluation.
+    #[arg(long, default_value_t = 20)]
+    eval_batches: usize,
+    /// Fraction of the data (its end) held out for validation.
+    #[arg(long, default_value_t = 0.0)]
+    val_fraction: f64,
+    /// JSONL metrics file (one object per step; eval lines carry val_loss).
+    #[arg(long)]
+    metrics: Option<PathBuf>,
+    /// Continue the run in --out from its last checkpoint.
+    #[arg(long)]
+    resume: bool,
+    /// dtype of the exported model.safetensors: f32, bf16 or f16.
+    #[arg(long, default_value = "f32")]
+    save_dtype: String,
+    /// cpu, cuda or cuda:N.
+    #[arg(long, default_value = "cpu", value_parser = parse_device)]
+    device: Device,
+}
+
+pub fn run(a: Args) -> Result<()> {
+    if let Device::Cuda(i) = a.device {
+        bail!("device cuda:{i} is not available: this build of s6 has no CUDA backend yet; use --device cpu");
+    }
+    if !(0.0..1.0).contains(&a.val_fraction) {
+        bail!("--val-fraction must be in [0, 1), got {}", a.val_fraction);
+    }
+    let (b1, b2) = match a.betas.split_once(',').map(|(x, y)| (x.trim().parse::<f32>(), y.trim().parse::<f32>())) {
+        Some((Ok(x), Ok(y))) if (0.0..1.0).contains(&x) && (0.0..1.0).contains(&y) => (x, y),
+        _ => bail!("--betas must be two numbers in [0, 1) like 0.9,0.95, got '{}'", a.betas),
+    };
+    for (flag, v) in [("--lr", a.lr), ("--min-lr", a.min_lr), ("--eps", a.eps), ("--weight-decay", a.weight_decay), ("--grad-clip", a.grad_clip)] {
+        if !v.is_finite() || v < 0.0 {
+            bail!("{flag} must be a finite number >= 0, got {v}");
+        }
+    }
+    let schedule: Schedule = a.lr_schedule.parse()?;
+    let save_dtype: SaveDType = a.save_dtype.parse()?;
+
+    // The model: resumed, fine-tuned, or fresh.
+    let resume_dir = a.resume.then(|| a.out.clone());
+    let (model, source_dir) = if let Some(dir) = resume_dir.as_ref().or(a.init.as_ref()) {
+        if !dir.join("config.json").is_file() {
+            bail!("{}: no config.json here to {}", dir.display(), if a.resume { "resume from" } else { "fine-tune" });
+        }
+        (Mamba::load(Cpu, dir)?, Some(dir.clone()))
+    } else {
+        let cfg = match (&a.preset, &a.config) {
+            (Some(p), _) => MambaConfig::preset(p)?,
+            (None, Some(c)) => MambaConfig::from_file(c)?,
+            (None, None) => {
+                let mut c = MambaConfig::new(a.d_model, a.n_layer, a.vocab_size);
+                c.d_state = a.d_state;
+                c.d_inner = a.expand * a.d_model;
+                c.validate(std::path::Path::new("(size flags)"))?;
+                c
+            }
+        };
+        let params = init_params(&cfg, &InitConfig::default(), a.seed);
+        let mut it = params.into_iter();
+        let m = Mamba::from_params(Cpu, cfg, |_| Ok(it.next().map(|(_, v)| v).unwrap_or_default()))?;
+        (m, None)
+    };
+    let vocab = model.cfg.vocab_size;
+    let tokenizer = match (&a.tokenizer, &source_dir) {
+        (Some(t), _) => Tokenizer::for_model(&a.out, Some(t), vocab)?,
+        (None, Some(dir)) => Tokenizer::for_model(dir, None, vocab)?,
+        (None, None) if vocab == 256 => Tokenizer::bytes(),
+        (None, None) => bail!("text data with a {vocab}-token vocabulary needs --tokenizer PATH (or --vocab-size 256 for bytes)"),
+    };
+    let tokens = data::load_tokens(&a.data, &tokenizer)?;
+    if let Some(&bad) = tokens.iter().find(|&&t| t as usize >= vocab) {
+        bail!("{}: token id {bad} is outside the model's vocabulary ({vocab})", a.data.display());
+    }
+    let n_val = (tokens.len() as f64 * a.val_fraction) as usize;
+    let (train_tokens, val_tokens) = {
+        let mut t = tokens;
+        let v = t.split_off(t.len() - n_val);
+        (t, v)
+    };
+    let opts = TrainOptions {
+        out: a.out.clone(),
+        steps: a.steps,
+        batch_size: a.batch_size,
+        seq_len: a.seq_len,
+        grad_accum: a.grad_accum,
+        optim: OptimConfig {
+            lr: a.lr,
+            min_lr: a.min_lr,
+            warmup_steps: a.warmup_steps,
+            schedule,
+            weight_decay: a.weight_decay,
+            beta1: b1,
+            beta2: b2,
+            eps: a.eps,
+            grad_clip: a.grad_clip,
+        },
+        seed: a.seed,
+        shuffle: !a.no_shuffle,
+        eval_every: a.eval_every,
+        eval_batches: a.eval_batches,
+        metrics: a.metrics.clone(),
+        save_dtype,
+    };
+    eprintln!(
+        "training {:.2}M parameters on {} tokens ({} held out) of {}; {} steps × {} × {} tokens",
+        model.cfg.num_params() as f64 / 1e6,
+        train_tokens.len(),
+        val_tokens.len(),
+        a.data.display(),
+        a.steps,
+        a.batch_size * a.grad_accum,
+        a.seq_len
+    );
+    let bar = ProgressBar::new(a.steps);
+    bar.set_style(
+        ProgressStyle::with_template("{bar:30} {pos}/{len} [{elapsed_precise}<{eta_precise}] {msg}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    let (_, summary) = train(model, train_tokens, val_tokens, &opts, a.resume, |ev| match ev {
+        Event::Step { step, loss, lr, grad_norm, tokens_per_s, .. } => {
+            bar.set_position(step);
+            bar.set_message(format!("loss {loss:.4} lr {lr:.2e} |g| {grad_norm:.2} {tokens_per_s:.0} tok/s"));
+        }
+        Event::Eval { step, val_loss } => bar.println(format!("step {step}: val_loss {val_loss:.4}")),
+        Event::Checkpoint { .. } => {}
+    })?;
+    bar.finish();
+    // Keep the tokenizer beside the checkpoint so `s6 generate --model OUT` finds it.
+    if let Some(t) = a.tokenizer.as_deref().filter(|t| *t != "bytes") {
+        let src = PathBuf::from(t);
+        let src = if src.is_dir() { src.join("tokenizer.json") } else { src };
+        std::fs::copy(&src, a.out.join("tokenizer.json")).with_context(|| format!("cannot copy {}", src.display()))?;
+    } else if let Some(dir) = &source_dir {
+        if dir.join("tokenizer.json").is_file() && dir != &a.out {
+            std::fs::copy(dir.join("tokenizer.json"), a.out.join("tokenizer.json"))?;
+        }
+    }
+    eprintln!(
+        "done: steps {}..{}, final loss {:.4}{}, {:.0} tok/s; checkpoint in {}",
+        summary.first_step,
+        summary.last_step,
+        summary.final_loss,
+        summary.final_val_loss.map(|v| format!(", val_loss {v:.4} ({:.3} bits/token)", v / std::f64::consts::LN_2)).unwrap_or_default(),
+        summary.tokens_per_s,
+        a.out.display()
+    );
+    Ok(())
+}
