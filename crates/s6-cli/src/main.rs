@@ -17,14 +17,24 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Generate text from a prompt (or a batch of prompts), streaming it as it is produced.
+    // `--temperature -1` must reach the range check (and its message), not fail as an unknown flag.
+    #[command(allow_negative_numbers = true)]
     Generate(commands::generate::Args),
     /// Compute logits for token ids from a safetensors file (parity checks against PyTorch).
+    // `--temperature -1` must reach the range check (and its message), not fail as an unknown flag.
+    #[command(allow_negative_numbers = true)]
     Logits(commands::logits::Args),
     /// Describe a model: architecture, parameters, dtypes, memory, tokenizer.
+    // `--temperature -1` must reach the range check (and its message), not fail as an unknown flag.
+    #[command(allow_negative_numbers = true)]
     Info(commands::info::Args),
     /// Train a model from scratch or fine-tune one, with resumable checkpoints.
-    Train(commands::train::Args),
+    // `--temperature -1` must reach the range check (and its message), not fail as an unknown flag.
+    #[command(allow_negative_numbers = true)]
+    Train(Box<commands::train::Args>),
     /// Create a randomly initialized model (the paper's initialization) in HF layout.
+    // `--temperature -1` must reach the range check (and its message), not fail as an unknown flag.
+    #[command(allow_negative_numbers = true)]
     Init(commands::init::Args),
 }
 
@@ -35,7 +45,7 @@ fn main() -> ExitCode {
         Command::Logits(a) => commands::logits::run(a),
         Command::Info(a) => commands::info::run(a),
         Command::Init(a) => commands::init::run(a),
-        Command::Train(a) => commands::train::run(a),
+        Command::Train(a) => commands::train::run(*a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

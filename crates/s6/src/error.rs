@@ -6,13 +6,10 @@ use std::path::PathBuf;
 /// Errors of the s6 library.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    /// A file could not be opened or read.
-    #[error("{}: {source}", path.display())]
-    Io {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
+    /// A file could not be opened or read. (The I/O error is part of the message, not a separate
+    /// `source`, so that reporters printing the cause chain do not print it twice.)
+    #[error("{}: {err}", path.display())]
+    Io { path: PathBuf, err: std::io::Error },
     /// A file exists but its contents are not what the format requires (truncated, corrupt, wrong dtype, ...).
     #[error("{}: {msg}", path.display())]
     Format { path: PathBuf, msg: String },
@@ -41,7 +38,7 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 impl Error {
     pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
-        Error::Io { path: path.into(), source }
+        Error::Io { path: path.into(), err: source }
     }
     pub(crate) fn format(path: impl Into<PathBuf>, msg: impl Into<String>) -> Self {
         Error::Format { path: path.into(), msg: msg.into() }

@@ -118,7 +118,13 @@ pub fn run(a: Args) -> Result<()> {
         Some((Ok(x), Ok(y))) if (0.0..1.0).contains(&x) && (0.0..1.0).contains(&y) => (x, y),
         _ => bail!("--betas must be two numbers in [0, 1) like 0.9,0.95, got '{}'", a.betas),
     };
-    for (flag, v) in [("--lr", a.lr), ("--min-lr", a.min_lr), ("--eps", a.eps), ("--weight-decay", a.weight_decay), ("--grad-clip", a.grad_clip)] {
+    for (flag, v) in [
+        ("--lr", a.lr),
+        ("--min-lr", a.min_lr),
+        ("--eps", a.eps),
+        ("--weight-decay", a.weight_decay),
+        ("--grad-clip", a.grad_clip),
+    ] {
         if !v.is_finite() || v < 0.0 {
             bail!("{flag} must be a finite number >= 0, got {v}");
         }
@@ -155,7 +161,9 @@ pub fn run(a: Args) -> Result<()> {
         (Some(t), _) => Tokenizer::for_model(&a.out, Some(t), vocab)?,
         (None, Some(dir)) => Tokenizer::for_model(dir, None, vocab)?,
         (None, None) if vocab == 256 => Tokenizer::bytes(),
-        (None, None) => bail!("text data with a {vocab}-token vocabulary needs --tokenizer PATH (or --vocab-size 256 for bytes)"),
+        (None, None) => {
+            bail!("text data with a {vocab}-token vocabulary needs --tokenizer PATH (or --vocab-size 256 for bytes)")
+        }
     };
     let tokens = data::load_tokens(&a.data, &tokenizer)?;
     if let Some(&bad) = tokens.iter().find(|&&t| t as usize >= vocab) {
@@ -230,7 +238,10 @@ pub fn run(a: Args) -> Result<()> {
         summary.first_step,
         summary.last_step,
         summary.final_loss,
-        summary.final_val_loss.map(|v| format!(", val_loss {v:.4} ({:.3} bits/token)", v / std::f64::consts::LN_2)).unwrap_or_default(),
+        summary
+            .final_val_loss
+            .map(|v| format!(", val_loss {v:.4} ({:.3} bits/token)", v / std::f64::consts::LN_2))
+            .unwrap_or_default(),
         summary.tokens_per_s,
         a.out.display()
     );

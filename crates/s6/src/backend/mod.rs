@@ -139,6 +139,7 @@ pub trait Backend: Send + Sync + Clone {
     /// A buffer of `n` zeros.
     fn zeros(&self, n: usize) -> Result<Self::Buf>;
     /// Moves host data to the device (no copy on CPU).
+    #[allow(clippy::wrong_self_convention)]
     fn from_vec(&self, data: Vec<f32>) -> Result<Self::Buf>;
     /// Copies a buffer back to the host.
     fn to_vec(&self, buf: &Self::Buf) -> Result<Vec<f32>>;

@@ -273,8 +273,8 @@ pub fn selective_scan_backward(
             for c in 0..d {
                 let dt = softplus(delta[row * d + c] + delta_bias[c]);
                 for s in 0..n {
-                    hs[hidx(t + 1, c, s)] = (dt * a[c * n + s]).exp() * hs[hidx(t, c, s)]
-                        + dt * bmat[row * n + s] * u[row * d + c];
+                    hs[hidx(t + 1, c, s)] =
+                        (dt * a[c * n + s]).exp() * hs[hidx(t, c, s)] + dt * bmat[row * n + s] * u[row * d + c];
                 }
             }
         }
@@ -287,8 +287,7 @@ pub fn selective_scan_backward(
                 let dt = softplus(raw);
                 let x = u[row * d + c];
                 let zz = z[row * d + c];
-                let out: f64 =
-                    (0..n).map(|s| cmat[row * n + s] * hs[hidx(t + 1, c, s)]).sum::<f64>() + dskip[c] * x;
+                let out: f64 = (0..n).map(|s| cmat[row * n + s] * hs[hidx(t + 1, c, s)]).sum::<f64>() + dskip[c] * x;
                 let g = dy[row * d + c] * silu(zz);
                 gr.dz[row * d + c] = dy[row * d + c] * out * silu_grad(zz);
                 gr.dd[c] += g * x;

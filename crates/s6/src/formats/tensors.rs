@@ -126,8 +126,8 @@ impl TensorFile {
             // SAFETY: the map is read-only; a checkpoint rewritten under us while loaded is outside
             // what any loader can defend against (we write ours atomically via rename).
             let mmap = unsafe { Mmap::map(&file) }.map_err(|e| Error::io(path, e))?;
-            let (header_len, meta) = SafeTensors::read_metadata(&mmap)
-                .map_err(|e| Error::format(path, format!("not a valid safetensors file: {e}")))?;
+            let (header_len, meta) =
+                SafeTensors::read_metadata(&mmap).map_err(|e| diagnose_safetensors(path, &mmap, e))?;
             let data_start = 8 + header_len;
             let data_len = mmap.len() - data_start.min(mmap.len());
             let file_idx = tf.mmaps.len();
@@ -247,6 +247,35 @@ impl TensorFile {
         let e = self.entry(name)?;
         Ok(HostTensor { dtype: e.dtype, shape: e.shape.clone(), data: self.bytes(e).to_vec() })
     }
+}
+
+/// Explains why a safetensors file failed to parse, recognizing the common case of a truncated
+/// file (an interrupted download or copy) by comparing the header's claims with the file size.
+fn diagnose_safetensors(path: &Path, bytes: &[u8], e: safetensors::SafeTensorError) -> Error {
+    let len = bytes.len();
+    if len < 8 {
+        return Error::format(path, format!("truncated: {len} bytes, not even the 8-byte header length"));
+    }
+    let n = u64::from_le_bytes(bytes[..8].try_into().unwrap_or([0; 8])) as usize;
+    if n > 100_000_000 {
+        return Error::format(path, format!("not a valid safetensors file (header length {n} is implausible): {e}"));
+    }
+    if 8 + n > len {
+        return Error::format(path, format!("truncated: the header needs {} bytes, the file has {len}", 8 + n));
+    }
+    if let Ok(serde_json::Value::Object(h)) = serde_json::from_slice::<serde_json::Value>(&bytes[8..8 + n]) {
+        let end = h.values().filter_map(|t| t.get("data_offsets")?.get(1)?.as_u64()).max().unwrap_or(0) as usize;
+        if 8 + n + end > len {
+            return Error::format(
+                path,
+                format!(
+                    "truncated: the tensors need {} bytes, the file has {len} (an interrupted download or copy?)",
+                    8 + n + end
+                ),
+            );
+        }
+    }
+    Error::format(path, format!("not a valid safetensors file: {e}"))
 }
 
 /// Element type used when writing tensors.

@@ -181,7 +181,16 @@ pub fn generate_text<B: Backend>(
         if p.is_empty() {
             return Err(Error::input(format!("prompt {} is empty; give some text to continue", i + 1)));
         }
-        ids.push(tokenizer.encode(p)?);
+        let t = tokenizer.encode(p)?;
+        if let Some(&bad) = t.iter().find(|&&id| id as usize >= model.cfg.vocab_size) {
+            return Err(Error::input(format!(
+                "prompt {}: token id {bad} is outside the vocabulary (size {}) of the model: the tokenizer ({}) does not match it",
+                i + 1,
+                model.cfg.vocab_size,
+                tokenizer.describe()
+            )));
+        }
+        ids.push(t);
     }
     let mut seqs: Vec<TextSeq> = (0..prompts.len())
         .map(|_| TextSeq { decoder: StreamDecoder::new(tokenizer), text: String::new(), emitted: 0 })

@@ -61,9 +61,8 @@ pub fn init_param(spec: &ParamSpec, cfg: &MambaConfig, init: &InitConfig, rng: &
             .collect()
     } else if name.ends_with(".bias") && !name.contains("conv1d") {
         vec![0.0; numel]
-    } else if name.ends_with("conv1d.weight") {
-        kaiming(rng, cfg.d_conv)
-    } else if name.ends_with("conv1d.bias") {
+    } else if name.ends_with("conv1d.weight") || name.ends_with("conv1d.bias") {
+        // PyTorch's Conv1d default: both bounded by 1/sqrt(fan_in), fan_in = kernel size (depthwise).
         kaiming(rng, cfg.d_conv)
     } else if name.ends_with("out_proj.weight") {
         let scale = 1.0 / (cfg.n_layer as f32).sqrt();

@@ -210,7 +210,7 @@ mod tests {
         std::fs::create_dir_all(&dir).unwrap();
         let header = "{'descr': '<u2', 'fortran_order': False, 'shape': (3,), }";
         let mut h = header.to_string();
-        while (10 + h.len() + 1) % 64 != 0 {
+        while !(10 + h.len() + 1).is_multiple_of(64) {
             h.push(' ');
         }
         h.push('\n');

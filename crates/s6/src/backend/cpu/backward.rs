@@ -381,6 +381,19 @@ unsafe fn conv_bwd_block_avx2(a: &ConvBwd<'_>, c0: usize) -> (Vec<Lanes32>, Lane
     conv_bwd_block::<true>(a, c0)
 }
 
+/// The first `cw` values of `src`, zero-padded to [`CONV_CW`].
+#[inline(always)]
+fn load32(src: &[f32], cw: usize) -> Lanes32 {
+    if let Some(v) = src.first_chunk::<CONV_CW>() {
+        if cw == CONV_CW {
+            return *v;
+        }
+    }
+    let mut v = [0.0f32; CONV_CW];
+    v[..cw].copy_from_slice(&src[..cw]);
+    v
+}
+
 /// Channels `c0..c0 + CONV_CW` (clipped); returns the block's `(dweight [kernel][CW], dbias [CW])`.
 #[inline(always)]
 unsafe fn conv_bwd_block<const FMA: bool>(a: &ConvBwd<'_>, c0: usize) -> (Vec<Lanes32>, Lanes32) {
@@ -389,19 +402,14 @@ unsafe fn conv_bwd_block<const FMA: bool>(a: &ConvBwd<'_>, c0: usize) -> (Vec<La
     // Padding channels keep zero weights, inputs and gradients.
     let mut wt = vec![[0.0f32; CONV_CW]; k];
     for (j, wj) in wt.iter_mut().enumerate() {
-        for c in 0..cw {
-            wj[c] = a.weight[(c0 + c) * k + j];
+        for (c, w) in wj.iter_mut().enumerate().take(cw) {
+            *w = a.weight[(c0 + c) * k + j];
         }
     }
     let mut bias = [0.0f32; CONV_CW];
     if let Some(b) = a.bias {
         bias[..cw].copy_from_slice(&b[c0..c0 + cw]);
     }
-    let load = |src: &[f32]| -> Lanes32 {
-        let mut v = [0.0f32; CONV_CW];
-        v[..cw].copy_from_slice(&src[..cw]);
-        v
-    };
     let mut ring = vec![[0.0f32; CONV_CW]; k];
     let mut xs = vec![[0.0f32; CONV_CW]; k];
     let mut dw = vec![[0.0f32; CONV_CW]; k];
@@ -413,14 +421,14 @@ unsafe fn conv_bwd_block<const FMA: bool>(a: &ConvBwd<'_>, c0: usize) -> (Vec<La
             let mut pre = bias;
             for (j, xj) in xs.iter_mut().enumerate() {
                 *xj = match (t + j).checked_sub(k - 1) {
-                    Some(tt) => load(&a.x[(b * l + tt) * a.x_ld + c0..]),
+                    Some(tt) => load32(&a.x[(b * l + tt) * a.x_ld + c0..], cw),
                     None => [0.0; CONV_CW],
                 };
                 for c in 0..CONV_CW {
                     pre[c] = madd::<FMA>(wt[j][c], xj[c], pre[c]);
                 }
             }
-            let g = load(&a.dout[row * ch + c0..]);
+            let g = load32(&a.dout[row * ch + c0..], cw);
             let mut dp = [0.0f32; CONV_CW];
             for c in 0..CONV_CW {
                 let s = sigmoid::<FMA>(pre[c]);
@@ -516,7 +524,11 @@ impl ScanWork {
 }
 
 /// Backward of the fused selective scan from a zero initial state (see the module docs).
-pub fn selective_scan_backward(args: &ScanArgs<'_, Vec<f32>>, dy: &[f32], grads: ScanGrads<'_, Vec<f32>>) -> Result<()> {
+pub fn selective_scan_backward(
+    args: &ScanArgs<'_, Vec<f32>>,
+    dy: &[f32],
+    grads: ScanGrads<'_, Vec<f32>>,
+) -> Result<()> {
     selective_scan_backward_with(args, dy, grads, None, true)
 }
 

@@ -1,6 +1,9 @@
 //! The CPU backend: host `Vec<f32>` buffers, `gemm` for matmuls, hand-written fused kernels
 //! (AVX2 + FMA chosen at run time) for the scan, conv and norms; threads through rayon.
 
+// Kernels index fixed-width lane arrays in lockstep; index loops say that most plainly.
+#![allow(clippy::needless_range_loop)]
+
 mod backward;
 mod conv;
 mod linear;
@@ -297,3 +300,5 @@ impl Backend for Cpu {
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_backward;
