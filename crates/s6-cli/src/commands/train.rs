@@ -96,6 +96,9 @@ pub struct Args {
     /// JSONL metrics file (one object per step; eval lines carry val_loss).
     #[arg(long)]
     metrics: Option<PathBuf>,
+    /// Stop this invocation after this step (checkpointed), keeping the schedule of --steps; continue later with --resume.
+    #[arg(long)]
+    stop_at: Option<u64>,
     /// Continue the run in --out from its last checkpoint.
     #[arg(long)]
     resume: bool,
@@ -157,15 +160,22 @@ pub fn run(a: Args) -> Result<()> {
         (m, None)
     };
     let vocab = model.cfg.vocab_size;
-    let tokenizer = match (&a.tokenizer, &source_dir) {
-        (Some(t), _) => Tokenizer::for_model(&a.out, Some(t), vocab)?,
-        (None, Some(dir)) => Tokenizer::for_model(dir, None, vocab)?,
-        (None, None) if vocab == 256 => Tokenizer::bytes(),
-        (None, None) => {
-            bail!("text data with a {vocab}-token vocabulary needs --tokenizer PATH (or --vocab-size 256 for bytes)")
-        }
+    // A .npy holds token ids already; text needs the model's tokenizer (or bytes).
+    let tokens = if a.data.extension().is_some_and(|e| e == "npy") {
+        data::read_npy_tokens(&a.data)?
+    } else {
+        let tokenizer = match (&a.tokenizer, &source_dir) {
+            (Some(t), _) => Tokenizer::for_model(&a.out, Some(t), vocab)?,
+            (None, Some(dir)) => Tokenizer::for_model(dir, None, vocab)?,
+            (None, None) if vocab == 256 => Tokenizer::bytes(),
+            (None, None) => {
+                bail!(
+                    "text data with a {vocab}-token vocabulary needs --tokenizer PATH (or --vocab-size 256 for bytes)"
+                )
+            }
+        };
+        data::load_tokens(&a.data, &tokenizer)?
     };
-    let tokens = data::load_tokens(&a.data, &tokenizer)?;
     if let Some(&bad) = tokens.iter().find(|&&t| t as usize >= vocab) {
         bail!("{}: token id {bad} is outside the model's vocabulary ({vocab})", a.data.display());
     }
@@ -198,6 +208,7 @@ pub fn run(a: Args) -> Result<()> {
         eval_batches: a.eval_batches,
         metrics: a.metrics.clone(),
         save_dtype,
+        stop_at: a.stop_at,
     };
     eprintln!(
         "training {:.2}M parameters on {} tokens ({} held out) of {}; {} steps × {} × {} tokens",

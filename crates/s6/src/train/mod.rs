@@ -43,6 +43,9 @@ pub struct TrainOptions {
     pub eval_batches: usize,
     pub metrics: Option<PathBuf>,
     pub save_dtype: SaveDType,
+    /// End this invocation (with a checkpoint) after this step, though the schedule runs to
+    /// `steps`: for time-limited jobs that `--resume` later.
+    pub stop_at: Option<u64>,
 }
 
 /// What the loop reports to its caller (progress display).
@@ -118,7 +121,8 @@ pub fn train<B: Backend>(
     let mut run_tokens = 0usize;
     let tokens_per_step = opts.batch_size * opts.seq_len * opts.grad_accum;
 
-    for step in start + 1..=opts.steps {
+    let end = opts.stop_at.map_or(opts.steps, |s| s.min(opts.steps));
+    for step in start + 1..=end {
         let t0 = Instant::now();
         let lr = opts.optim.lr_at(step, opts.steps);
         let mut grads = model.zero_grads()?;
@@ -161,7 +165,7 @@ pub fn train<B: Backend>(
         }
         on_event(Event::Step { step, total: opts.steps, loss, lr, grad_norm, tokens_per_s: tps });
 
-        let last = step == opts.steps;
+        let last = step == end;
         if last || (opts.eval_every > 0 && step % opts.eval_every == 0) {
             if let Some(v) = &val {
                 let vl = eval_loss(&model, v, opts.eval_batches)?;
@@ -179,7 +183,7 @@ pub fn train<B: Backend>(
             on_event(Event::Checkpoint { step, dir: &opts.out });
         }
     }
-    summary.last_step = opts.steps;
+    summary.last_step = end;
     summary.tokens_per_s = run_tokens as f64 / run_start.elapsed().as_secs_f64().max(1e-9);
     Ok((model, summary))
 }

@@ -255,7 +255,11 @@ impl Backend for Cpu {
     }
 
     fn sum_squares(&self, buf: &Vec<f32>) -> Result<f64> {
-        Ok(buf.par_chunks(1 << 16).map(|c| c.iter().map(|&v| (v as f64) * (v as f64)).sum::<f64>()).sum())
+        // Partial sums per fixed chunk, added in order: rayon's own `sum` splits adaptively, which
+        // would make the result (and so clipping, and resumed runs) depend on scheduling.
+        let partials: Vec<f64> =
+            buf.par_chunks(1 << 16).map(|c| c.iter().map(|&v| (v as f64) * (v as f64)).sum::<f64>()).collect();
+        Ok(partials.iter().sum())
     }
 
     fn adamw_step(
