@@ -11,9 +11,10 @@ use super::{load_model, model_dir, parse_device, Device};
 
 #[derive(clap::Args)]
 pub struct Args {
-    /// Model directory or Hugging Face repo id (e.g. state-spaces/mamba-130m-hf).
+    /// Model directory or Hugging Face repo id (e.g. state-spaces/mamba-130m-hf); default: the
+    /// bundled byte-level Shakespeare model.
     #[arg(long)]
-    model: String,
+    model: Option<String>,
     /// Prompt text; repeat the flag for several prompts (decoded as one batch).
     #[arg(long)]
     prompt: Vec<String>,
@@ -81,7 +82,10 @@ pub fn run(a: Args) -> Result<()> {
     };
     sampling.validate()?;
 
-    let dir = model_dir(&a.model)?;
+    let dir = match &a.model {
+        Some(m) => model_dir(m)?,
+        None => super::bundled_model()?,
+    };
     let model = load_model(&dir, &a.device)?;
     let tokenizer = Tokenizer::for_model(&dir, a.tokenizer.as_deref(), model.cfg.vocab_size)?;
     let opts = GenerateOptions {

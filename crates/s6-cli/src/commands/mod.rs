@@ -35,6 +35,19 @@ pub fn model_dir(model: &str) -> Result<PathBuf> {
     Ok(s6::hub::resolve_model(model)?)
 }
 
+/// The model bundled with the source tree (`models/shakespeare-mamba`), used when `--model` is
+/// not given: a byte-level Mamba trained on Tiny Shakespeare by `s6 train` (see its README).
+pub fn bundled_model() -> Result<PathBuf> {
+    let dir = PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../../models/shakespeare-mamba"));
+    if !dir.join("config.json").is_file() {
+        bail!(
+            "no --model given and the bundled model is not at {} (it ships with the s6 source tree); pass --model DIR or an HF repo id",
+            dir.display()
+        );
+    }
+    Ok(dir)
+}
+
 /// Loads a model on the chosen device.
 pub fn load_model(dir: &std::path::Path, device: &Device) -> Result<Mamba<Cpu>> {
     match device {

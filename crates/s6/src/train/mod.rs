@@ -202,6 +202,30 @@ pub fn eval_loss<B: Backend>(model: &Mamba<B>, val: &Batcher, batches: usize) ->
     Ok(sum / count.max(1) as f64)
 }
 
+/// Training throughput of `model` at a batch shape: times `steps` forward+backward passes (no
+/// optimizer, whose cost is per parameter, not per token) on random tokens after one warm-up;
+/// returns tokens per second.
+pub fn bench_train_step<B: Backend>(model: &Mamba<B>, batch: usize, seq_len: usize, steps: usize) -> Result<f64> {
+    let v = model.cfg.vocab_size as u64;
+    let ids: Vec<u32> = (0..(batch * seq_len) as u64).map(|i| (i.wrapping_mul(2_654_435_761) % v) as u32).collect();
+    let targets: Vec<u32> = ids.iter().map(|&t| (t + 1) % v as u32).collect();
+    let mut grads = model.zero_grads()?;
+    model.loss_and_grads(&ids, &targets, batch, seq_len, 1.0, &mut grads)?;
+    let t = Instant::now();
+    for _ in 0..steps.max(1) {
+        model.loss_and_grads(&ids, &targets, batch, seq_len, 1.0, &mut grads)?;
+    }
+    Ok((batch * seq_len * steps.max(1)) as f64 / t.elapsed().as_secs_f64())
+}
+
+/// Model FLOPs per trained token: 6 × the matmul parameters (forward 2, backward 4) plus the
+/// lm_head, the standard "6N" estimate without the scan (which is O(d_inner·d_state) per token).
+pub fn train_flop_per_token(cfg: &crate::config::MambaConfig) -> f64 {
+    let (d, di, n, r) = (cfg.d_model as f64, cfg.d_inner as f64, cfg.d_state as f64, cfg.dt_rank as f64);
+    let per_layer = 2.0 * di * d + (r + 2.0 * n) * di + di * r + d * di;
+    6.0 * (cfg.n_layer as f64 * per_layer + cfg.vocab_size as f64 * d)
+}
+
 /// Writes the HF-layout model and the training state (atomically, each file).
 pub fn save_checkpoint<B: Backend>(
     dir: &Path,
