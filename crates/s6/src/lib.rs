@@ -10,6 +10,7 @@
 //! - [`formats`] and [`config`]: files on disk, knowing nothing of backends.
 
 pub mod backend;
+pub mod bench;
 pub mod config;
 pub mod error;
 pub mod formats;

@@ -3,7 +3,7 @@
 
 use rayon::prelude::*;
 
-use super::simd::{self, madd};
+use super::simd::{self, madd, Lanes, LANES};
 
 pub struct ConvArgs<'a> {
     /// Input rows (column range already applied): element (r, c) at `x[r * x_ld + c]`.
@@ -17,6 +17,10 @@ pub struct ConvArgs<'a> {
     pub bias: Option<&'a [f32]>,
 }
 
+/// Up to this many output elements (rows × channels) the conv runs on the calling thread: a
+/// decode step's conv is a few µs of work, less than waking the pool.
+const SERIAL_ELEMS: usize = 16 << 10;
+
 /// `state`: `[batch, kernel-1, channels]` in/out; `out`: `[batch*seqlen, channels]`.
 pub fn conv1d_silu(args: &ConvArgs<'_>, state: &mut [f32], out: &mut [f32]) {
     let (ch, k, l) = (args.channels, args.kernel, args.seqlen);
@@ -29,7 +33,7 @@ pub fn conv1d_silu(args: &ConvArgs<'_>, state: &mut [f32], out: &mut [f32]) {
         }
     }
     let state_ro: &[f32] = state;
-    out.par_chunks_mut(ch).enumerate().for_each(|(row, o)| {
+    let row = |(row, o): (usize, &mut [f32])| {
         let (b, t) = (row / l, row % l);
         #[cfg(target_arch = "x86_64")]
         if fma {
@@ -37,17 +41,27 @@ pub fn conv1d_silu(args: &ConvArgs<'_>, state: &mut [f32], out: &mut [f32]) {
             return unsafe { conv_row_avx2(args, &wt, state_ro, b, t, o) };
         }
         conv_row::<false>(args, &wt, state_ro, b, t, o)
-    });
-    // New state: the last k-1 inputs of each sequence (from the old state when seqlen < k-1).
-    let mut new_state = vec![0.0f32; state.len()];
+    };
+    if out.len() <= SERIAL_ELEMS {
+        out.chunks_mut(ch).enumerate().for_each(row);
+    } else {
+        out.par_chunks_mut(ch).enumerate().for_each(row);
+    }
+    // New state: the last k-1 inputs of each sequence, in place. Slot j takes input t = l-(k-1)+j;
+    // for t < 0 that is old slot j + l, which lies ahead of every slot written so far.
     for b in 0..args.batch {
+        let base = b * (k - 1) * ch;
         for j in 0..k - 1 {
             let t = l as isize - (k as isize - 1) + j as isize;
-            let dst = &mut new_state[(b * (k - 1) + j) * ch..][..ch];
-            dst.copy_from_slice(input_row(args, state, b, t));
+            if t < 0 {
+                let src = base + (j + l) * ch;
+                state.copy_within(src..src + ch, base + j * ch);
+            } else {
+                let row = &args.x[(b * l + t as usize) * args.x_ld..][..ch];
+                state[base + j * ch..][..ch].copy_from_slice(row);
+            }
         }
     }
-    state.copy_from_slice(&new_state);
 }
 
 /// Row `t` of sequence `b` of the input padded on the left with the state (t may be negative).
@@ -81,7 +95,17 @@ fn conv_row<const FMA: bool>(args: &ConvArgs<'_>, wt: &[f32], state: &[f32], b: 
             *o = madd::<FMA>(w, x, *o);
         }
     }
-    for v in o.iter_mut() {
+    silu_row::<FMA>(o);
+}
+
+#[inline(always)]
+fn silu_row<const FMA: bool>(o: &mut [f32]) {
+    let mut chunks = o.chunks_exact_mut(LANES);
+    for c in &mut chunks {
+        let v: &mut Lanes = c.try_into().unwrap_or_else(|_| unreachable!());
+        *v = simd::silu8::<FMA>(*v);
+    }
+    for v in chunks.into_remainder() {
         *v = simd::silu::<FMA>(*v);
     }
 }

@@ -1,9 +1,10 @@
 //! The fused selective scan on CPU.
 //!
-//! One task per (sequence, block of [`LANES`] channels): the block's `d_state × LANES` state lives
-//! in a small array (L1), Δ = softplus(δ + bias) and Ā = exp(Δ·A) are computed on the fly, and only
-//! `y` is written — the `(B, L, D, N)` tensors of the naive form never exist. SIMD runs across the
-//! channels of a block (one register per state component), so `C·h` needs no horizontal sum.
+//! One task per (sequence, group of 16 channels): the group's `d_state × 16` state lives in a
+//! small array (L1), Δ = softplus(δ + bias) and Ā = exp(Δ·A) are computed on the fly, and only `y`
+//! is written — the `(B, L, D, N)` tensors of the naive form never exist. SIMD runs across the
+//! channels of a group (one register per state component and 8 channels), so `C·h` needs no
+//! horizontal sum.
 
 use rayon::prelude::*;
 
@@ -29,6 +30,11 @@ struct Ptrs {
 unsafe impl Send for Ptrs {}
 unsafe impl Sync for Ptrs {}
 
+/// Channels per task, in [`BLOCKS`] lane-arrays: two independent recurrences per state component
+/// interleave their `exp2` chains, which the out-of-order core alone did not overlap well.
+const BLOCKS: usize = 2;
+const CHANNELS: usize = BLOCKS * LANES;
+
 /// Runs the scan. Slices must have been bounds-checked by the caller (see `Cpu::selective_scan`).
 pub fn selective_scan(args: &ScanArgs<'_, Vec<f32>>, state: &mut [f32], y: &mut [f32]) {
     let dims = args.dims;
@@ -47,89 +53,198 @@ pub fn selective_scan(args: &ScanArgs<'_, Vec<f32>>, state: &mut [f32], y: &mut 
         state: state.as_mut_ptr(),
         y: y.as_mut_ptr(),
     };
-    let blocks = dims.d_inner.div_ceil(LANES);
+    let groups = dims.d_inner.div_ceil(CHANNELS);
     let fma = simd::has_avx2_fma();
-    (0..dims.batch * blocks).into_par_iter().for_each(|task| {
-        let (b, blk) = (task / blocks, task % blocks);
-        // SAFETY: each task touches channels [blk*LANES, blk*LANES+width) of sequence b only.
-        unsafe {
-            #[cfg(target_arch = "x86_64")]
-            if fma {
-                return scan_block_avx2(&p, dims, b, blk);
-            }
-            let _ = fma;
-            scan_block::<false>(&p, dims, b, blk)
+    // SAFETY: each task touches channels [g*CHANNELS, g*CHANNELS+width) of sequence b only.
+    let run = |task: usize| unsafe {
+        let (b, g) = (task / groups, task % groups);
+        #[cfg(target_arch = "x86_64")]
+        if fma {
+            return scan_group_avx2(&p, dims, b, g);
         }
-    });
+        let _ = fma;
+        scan_group::<false>(&p, dims, b, g)
+    };
+    let tasks = dims.batch * groups;
+    // A decode step (seqlen 1) of a small batch is ~1 µs of work per task: waking the pool
+    // costs more than running it here.
+    if dims.seqlen * tasks < SERIAL_STEPS {
+        (0..tasks).for_each(run);
+    } else {
+        (0..tasks).into_par_iter().for_each(run);
+    }
 }
+
+/// Below this many (time step × task) units the scan runs on the calling thread.
+const SERIAL_STEPS: usize = 64;
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-unsafe fn scan_block_avx2(p: &Ptrs, dims: ScanDims, b: usize, blk: usize) {
-    scan_block::<true>(p, dims, b, blk)
+unsafe fn scan_group_avx2(p: &Ptrs, dims: ScanDims, b: usize, g: usize) {
+    scan_group::<true>(p, dims, b, g)
+}
+
+/// How many time steps ahead the scan prefetches its per-step inputs: enough to cover an L3
+/// miss (~100 ns) with 16 × 16 decays of work per step.
+const PREFETCH_ROWS: usize = 8;
+
+/// State sizes up to this keep the group's state on the stack: Mamba-1 uses 16, and zeroing a
+/// larger array per task would cost more than a decode step's scan of the group.
+const STACK_STATE: usize = 16;
+
+/// `CHANNELS` lanes of row `row` of a matrix at stride `ld`, starting at column `c0`; the lanes
+/// past `width` are zero.
+#[inline(always)]
+unsafe fn load(ptr: *const f32, row: usize, ld: usize, c0: usize, width: usize) -> [Lanes; BLOCKS] {
+    let src = ptr.add(row * ld + c0);
+    if width == CHANNELS {
+        return *(src as *const [Lanes; BLOCKS]);
+    }
+    let mut v = [[0.0f32; LANES]; BLOCKS];
+    for i in 0..width {
+        v[i / LANES][i % LANES] = *src.add(i);
+    }
+    v
 }
 
 #[inline(always)]
-unsafe fn scan_block<const FMA: bool>(p: &Ptrs, dims: ScanDims, b: usize, blk: usize) {
+#[allow(clippy::needless_range_loop)] // lane code: indices keep the lane layout explicit
+unsafe fn scan_group<const FMA: bool>(p: &Ptrs, dims: ScanDims, b: usize, g: usize) {
     let ScanDims { seqlen, d_inner, d_state: n, .. } = dims;
-    let c0 = blk * LANES;
-    let width = LANES.min(d_inner - c0);
-    // Per state component, one lane-array over the block's channels. Padding lanes stay zero.
-    let mut a = vec![[0.0f32; LANES]; n];
-    let mut h = vec![[0.0f32; LANES]; n];
-    let mut bias: Lanes = [0.0; LANES];
-    let mut dskip: Lanes = [0.0; LANES];
-    for l in 0..width {
-        let ch = c0 + l;
-        for s in 0..n {
-            a[s][l] = *p.a.add(ch * n + s);
-            h[s][l] = *p.state.add((b * d_inner + ch) * n + s);
+    let c0 = g * CHANNELS;
+    let width = CHANNELS.min(d_inner - c0);
+    // Per state component, BLOCKS lane-arrays over the group's channels. Padding lanes stay zero
+    // (Δ·A = 0 there, so their decay is 1 and their state stays 0). The decays are computed as
+    // 2^(Δ · A·log₂e): A is scaled once here instead of the exponent at every step.
+    let mut a_stack = [[[0.0f32; LANES]; BLOCKS]; STACK_STATE];
+    let mut h_stack = [[[0.0f32; LANES]; BLOCKS]; STACK_STATE];
+    let (mut a_heap, mut h_heap) = (Vec::new(), Vec::new());
+    let (a, h): (&mut [[Lanes; BLOCKS]], &mut [[Lanes; BLOCKS]]) = if n <= STACK_STATE {
+        (&mut a_stack[..n], &mut h_stack[..n])
+    } else {
+        a_heap.resize(n, [[0.0f32; LANES]; BLOCKS]);
+        h_heap.resize(n, [[0.0f32; LANES]; BLOCKS]);
+        (&mut a_heap, &mut h_heap)
+    };
+    let mut bias = [[0.0f32; LANES]; BLOCKS];
+    let mut dskip = [[0.0f32; LANES]; BLOCKS];
+    let state = p.state.add((b * d_inner + c0) * n);
+    // A and the state are channel-major ([channel][state]); the loop wants state-major lanes of
+    // channels. 8×8 register transposes do that in ~1/3 of the scalar time, which matters for a
+    // decode step, where this is half the work.
+    #[cfg(target_arch = "x86_64")]
+    let transposed = FMA && width == CHANNELS && n % LANES == 0;
+    #[cfg(not(target_arch = "x86_64"))]
+    let transposed = false;
+    if transposed {
+        #[cfg(target_arch = "x86_64")]
+        {
+            transpose_in::<true>(p.a.add(c0 * n), n, a);
+            transpose_in::<false>(state, n, h);
         }
-        bias[l] = *p.delta_bias.add(ch);
-        dskip[l] = *p.d.add(ch);
+    }
+    for i in 0..width {
+        let (k, l, ch) = (i / LANES, i % LANES, c0 + i);
+        if !transposed {
+            for s in 0..n {
+                a[s][k][l] = *p.a.add(ch * n + s) * std::f32::consts::LOG2_E;
+                h[s][k][l] = *state.add(i * n + s);
+            }
+        }
+        bias[k][l] = *p.delta_bias.add(ch);
+        dskip[k][l] = *p.d.add(ch);
     }
     for t in 0..seqlen {
         let row = b * seqlen + t;
-        let mut dt: Lanes = [0.0; LANES];
-        let mut x: Lanes = [0.0; LANES];
-        let mut z: Lanes = [0.0; LANES];
-        if width == LANES {
-            dt = *(p.delta.add(row * d_inner + c0) as *const Lanes);
-            x = *(p.u.add(row * d_inner + c0) as *const Lanes);
-            z = *(p.z.add(row * p.z_ld + c0) as *const Lanes);
-        } else {
-            for l in 0..width {
-                dt[l] = *p.delta.add(row * d_inner + c0 + l);
-                x[l] = *p.u.add(row * d_inner + c0 + l);
-                z[l] = *p.z.add(row * p.z_ld + c0 + l);
+        // Rows are d_inner floats apart (6 KiB and more): every step of t touches new lines in
+        // other pages, which the hardware prefetchers do not follow. Without these hints the
+        // prefill scan waits on an L3 miss per input per step.
+        if t + PREFETCH_ROWS < seqlen {
+            let ahead = row + PREFETCH_ROWS;
+            for off in [0, CHANNELS - 1] {
+                simd::prefetch(p.delta.wrapping_add(ahead * d_inner + c0 + off));
+                simd::prefetch(p.u.wrapping_add(ahead * d_inner + c0 + off));
+                simd::prefetch(p.z.wrapping_add(ahead * p.z_ld + c0 + off));
+                simd::prefetch(p.y.wrapping_add(ahead * d_inner + c0 + off));
             }
         }
-        let mut dtx: Lanes = [0.0; LANES];
-        let mut acc: Lanes = [0.0; LANES];
-        for l in 0..LANES {
-            dt[l] = simd::softplus::<FMA>(dt[l] + bias[l]);
-            dtx[l] = dt[l] * x[l];
-            acc[l] = dskip[l] * x[l];
+        let dt_raw = load(p.delta, row, d_inner, c0, width);
+        let x = load(p.u, row, d_inner, c0, width);
+        let z = load(p.z, row, p.z_ld, c0, width);
+        let mut dt = [[0.0f32; LANES]; BLOCKS];
+        let mut dtx = [[0.0f32; LANES]; BLOCKS];
+        let mut acc = [[0.0f32; LANES]; BLOCKS];
+        for k in 0..BLOCKS {
+            dt[k] = simd::softplus8::<FMA>(std::array::from_fn(|l| dt_raw[k][l] + bias[k][l]));
+            for l in 0..LANES {
+                dtx[k][l] = dt[k][l] * x[k][l];
+                acc[k][l] = dskip[k][l] * x[k][l];
+            }
         }
         let brow = p.b.add(row * p.b_ld);
         let crow = p.c.add(row * p.c_ld);
-        for s in 0..n {
+        for (s, (hs, as_)) in h.iter_mut().zip(a.iter()).enumerate() {
             let (bs, cs) = (*brow.add(s), *crow.add(s));
-            let (hs, as_) = (&mut h[s], &a[s]);
-            for l in 0..LANES {
-                let decay = simd::exp::<FMA>(dt[l] * as_[l]);
-                hs[l] = madd::<FMA>(decay, hs[l], dtx[l] * bs);
-                acc[l] = madd::<FMA>(hs[l], cs, acc[l]);
+            for k in 0..BLOCKS {
+                let decay = simd::exp2_decay8::<FMA>(std::array::from_fn(|l| dt[k][l] * as_[k][l]));
+                for l in 0..LANES {
+                    hs[k][l] = madd::<FMA>(decay[l], hs[k][l], dtx[k][l] * bs);
+                    acc[k][l] = madd::<FMA>(hs[k][l], cs, acc[k][l]);
+                }
             }
         }
         let yrow = p.y.add(row * d_inner + c0);
-        for l in 0..width {
-            *yrow.add(l) = acc[l] * simd::silu::<FMA>(z[l]);
+        for k in 0..BLOCKS {
+            let gate = simd::silu8::<FMA>(z[k]);
+            for l in 0..LANES.min(width.saturating_sub(k * LANES)) {
+                *yrow.add(k * LANES + l) = acc[k][l] * gate[l];
+            }
         }
     }
-    for l in 0..width {
+    if transposed {
+        #[cfg(target_arch = "x86_64")]
+        transpose_out(h, n, state);
+        return;
+    }
+    for i in 0..width {
         for s in 0..n {
-            *p.state.add((b * d_inner + c0 + l) * n + s) = h[s][l];
+            *state.add(i * n + s) = h[s][i / LANES][i % LANES];
+        }
+    }
+}
+
+/// `dst[s][k][l] = src[(8k + l) · n + s]` (× log₂e when `SCALE`) for a full group, `n` a multiple
+/// of 8. Only called from avx2+fma code.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+#[allow(clippy::needless_range_loop)]
+unsafe fn transpose_in<const SCALE: bool>(src: *const f32, n: usize, dst: &mut [[Lanes; BLOCKS]]) {
+    use std::arch::x86_64::*;
+    for k in 0..BLOCKS {
+        for s0 in (0..n).step_by(LANES) {
+            let rows = std::array::from_fn(|l| _mm256_loadu_ps(src.add((k * LANES + l) * n + s0)));
+            let cols = simd::x86::transpose8(rows);
+            for (j, &v) in cols.iter().enumerate() {
+                let v = if SCALE { _mm256_mul_ps(v, _mm256_set1_ps(std::f32::consts::LOG2_E)) } else { v };
+                _mm256_storeu_ps(dst[s0 + j][k].as_mut_ptr(), v);
+            }
+        }
+    }
+}
+
+/// The inverse of [`transpose_in`] (without scaling): `dst[(8k + l) · n + s] = src[s][k][l]`.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+#[allow(clippy::needless_range_loop)]
+unsafe fn transpose_out(src: &[[Lanes; BLOCKS]], n: usize, dst: *mut f32) {
+    use std::arch::x86_64::*;
+    for k in 0..BLOCKS {
+        for s0 in (0..n).step_by(LANES) {
+            let rows = std::array::from_fn(|j| _mm256_loadu_ps(src[s0 + j][k].as_ptr()));
+            let cols = simd::x86::transpose8(rows);
+            for (l, &v) in cols.iter().enumerate() {
+                _mm256_storeu_ps(dst.add((k * LANES + l) * n + s0), v);
+            }
         }
     }
 }

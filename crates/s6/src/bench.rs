@@ -1,0 +1,330 @@
+//! Throughput benchmarks of a model and the machine limits they are judged against.
+//!
+//! Decode is bound by reading the weights once per step, prefill by matrix-multiply FLOP/s; so
+//! each report carries the *limit* implied by a measured machine ceiling ([`measure_limits`]),
+//! and a result is read as a fraction of that limit rather than as a bare number. Measure the
+//! limits and the model in the same process run: shared machines drift by ±15% between runs.
+//!
+//! Every timing is the best of several repeats (the minimum is the least noisy estimator of what
+//! the code can do; means include other tenants' work).
+
+use std::time::Instant;
+
+use rayon::prelude::*;
+
+use crate::backend::cpu::{simd, Cpu};
+use crate::backend::{Backend, View};
+use crate::model::Mamba;
+use crate::{Error, Result};
+
+/// Measured ceilings of the machine (see [`measure_limits`]).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Limits {
+    /// Memory read bandwidth with all rayon threads, GB/s (10⁹ bytes).
+    pub read_gb_s: f64,
+    /// f32 GEMM throughput of the CPU backend's `linear` at a prefill-like shape, GFLOP/s.
+    pub gemm_gflop_s: f64,
+}
+
+/// Bytes summed by the bandwidth probe: far beyond any last-level cache (this machine's L3 is
+/// 300 MiB, shared), so the sum streams from DRAM.
+const PROBE_BYTES: usize = 1 << 30;
+/// GEMM probe shape `[rows, k] · [k, n]`: 512 tokens through a 768 → 1536 projection, the
+/// shapes of a 130M-model prefill chunk.
+const GEMM_SHAPE: (usize, usize, usize) = (512, 768, 1536);
+
+/// Measures the read bandwidth (sum of a 1 GiB f32 array with all rayon threads, best of 5) and
+/// the f32 GEMM rate (CPU backend `linear`, 512×768 by 768×1536, best of 10).
+///
+/// Takes about two seconds. When 1 GiB cannot be allocated the probe halves its size (down to
+/// 64 MiB) rather than failing.
+pub fn measure_limits() -> Limits {
+    Limits { read_gb_s: measure_read_bandwidth(), gemm_gflop_s: measure_gemm() }
+}
+
+fn measure_read_bandwidth() -> f64 {
+    let mut floats = PROBE_BYTES / 4;
+    let mut data: Vec<f32> = Vec::new();
+    while data.try_reserve_exact(floats).is_err() && floats > (16 << 20) {
+        floats /= 2;
+    }
+    if data.capacity() < floats {
+        return 0.0;
+    }
+    data.resize(floats, 0.0);
+    // Touch every page from the threads that will read it, with values whose sum is exact.
+    data.par_chunks_mut(1 << 16).for_each(|c| c.fill(1.0));
+    let mut best = f64::INFINITY;
+    for _ in 0..5 {
+        let t = Instant::now();
+        let s = sum_parallel(&data);
+        let dt = t.elapsed().as_secs_f64();
+        std::hint::black_box(s);
+        best = best.min(dt);
+    }
+    (floats * 4) as f64 / best / 1e9
+}
+
+/// Sum with all threads; chunks of 1 MiB keep each thread's stream long enough for the hardware
+/// prefetchers while letting a thread that lost its core to another tenant be covered by the rest.
+fn sum_parallel(data: &[f32]) -> f32 {
+    let fma = simd::has_avx2_fma();
+    data.par_chunks(1 << 18)
+        .map(|c| {
+            #[cfg(target_arch = "x86_64")]
+            if fma {
+                // SAFETY: the CPU supports avx2+fma (checked above).
+                return unsafe { sum_avx2(c) };
+            }
+            let _ = fma;
+            sum_lanes(c)
+        })
+        .sum()
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn sum_avx2(c: &[f32]) -> f32 {
+    sum_lanes(c)
+}
+
+/// Eight independent 8-lane accumulators (enough loads in flight that the add latency does not
+/// limit), plus a software prefetch 4 KiB ahead: the same help the decode kernels give
+/// themselves, so that the probe measures the memory, not the hardware prefetchers' reach.
+#[inline(always)]
+fn sum_lanes(c: &[f32]) -> f32 {
+    const W: usize = 64;
+    const AHEAD: usize = 1024;
+    let mut acc = [0.0f32; W];
+    let chunks = c.chunks_exact(W);
+    let rest: f32 = chunks.remainder().iter().sum();
+    for (i, ch) in chunks.enumerate() {
+        let base = c.as_ptr().wrapping_add(i * W + AHEAD);
+        for line in 0..W / 16 {
+            simd::prefetch(base.wrapping_add(line * 16));
+        }
+        for (a, v) in acc.iter_mut().zip(ch) {
+            *a += v;
+        }
+    }
+    acc.iter().sum::<f32>() + rest
+}
+
+fn measure_gemm() -> f64 {
+    let (m, k, n) = GEMM_SHAPE;
+    let x: Vec<f32> = (0..m * k).map(|i| ((i % 251) as f32 - 125.0) * 1e-3).collect();
+    let w: Vec<f32> = (0..n * k).map(|i| ((i % 241) as f32 - 120.0) * 1e-3).collect();
+    let mut out = vec![0.0f32; m * n];
+    let mut best = f64::INFINITY;
+    for _ in 0..12 {
+        let t = Instant::now();
+        if Cpu.linear(View::full(&x, k), m, k, &w, n, None, &mut out).is_err() {
+            return 0.0;
+        }
+        best = best.min(t.elapsed().as_secs_f64());
+    }
+    std::hint::black_box(&out);
+    2.0 * (m * k * n) as f64 / best / 1e9
+}
+
+/// Result of [`bench_decode`].
+#[derive(Clone, Debug, PartialEq)]
+pub struct DecodeReport {
+    /// Sequences decoded together.
+    pub batch: usize,
+    /// Decode steps timed (each produces `batch` tokens).
+    pub tokens: usize,
+    /// Generated tokens per second over all sequences (best repeat).
+    pub tok_per_s: f64,
+    /// Parameter bytes one step reads: see [`decode_weight_bytes`].
+    pub weight_bytes_per_step: usize,
+    /// `read_gb_s / weight_bytes_per_step × batch`: the rate if a step cost only its weight reads.
+    pub limit_tok_per_s: f64,
+}
+
+/// Result of [`bench_prefill`].
+#[derive(Clone, Debug, PartialEq)]
+pub struct PrefillReport {
+    /// Sequences prefilled together.
+    pub batch: usize,
+    /// Prompt length per sequence.
+    pub seqlen: usize,
+    /// Prompt tokens per second over all sequences (best repeat).
+    pub tok_per_s: f64,
+    /// FLOP per prompt token: see [`prefill_flop_per_token`].
+    pub flop_per_token: f64,
+    /// `gemm_gflop_s / flop_per_token`: the rate if all FLOP ran at the measured GEMM rate.
+    pub limit_tok_per_s: f64,
+}
+
+/// Bytes of parameters read by one decode step of `batch` sequences (f32): every parameter once,
+/// the vocabulary matrix once as `lm_head` (tied or not), and of the embedding table only the
+/// `batch` looked-up rows. State traffic (`batch × state_bytes_per_sequence`, read and written)
+/// is not included: 2.8 MB per sequence for the 130M model, against 516 MB of weights.
+pub fn decode_weight_bytes<B: Backend>(model: &Mamba<B>, batch: usize) -> usize {
+    let c = &model.cfg;
+    let table = c.vocab_size * c.d_model;
+    // num_params counts the table once (tied) or table + head (untied); either way the table's
+    // full read is the head's, and the embedding lookup adds `batch` rows.
+    let untied_table = if c.tie_embeddings { 0 } else { table };
+    4 * (c.num_params() - untied_table + batch * c.d_model)
+}
+
+/// FLOP per token of a prefill of `seqlen` tokens per sequence with last-position logits only:
+///
+/// - matmuls: `2 × (in_proj + x_proj + dt_proj + out_proj weights) × n_layer`;
+/// - lm_head: `2 × vocab × d_model` once per sequence, so divided by `seqlen`;
+/// - selective scan: 6 FLOP per (channel, state) per token (`Δ·A`, `Δu·B`, and two FMAs for
+///   `h` and `C·h`), not counting the `exp`;
+/// - conv: `2 × d_conv` per channel.
+///
+/// Element-wise work (norms, softplus, SiLU, gating) is not counted: it is O(d_inner) per token,
+/// under 0.1% of the matmuls.
+pub fn prefill_flop_per_token<B: Backend>(model: &Mamba<B>, seqlen: usize) -> f64 {
+    let c = &model.cfg;
+    let (d, di, n, r) = (c.d_model as f64, c.d_inner as f64, c.d_state as f64, c.dt_rank as f64);
+    let matmul_params = 2.0 * di * d + (r + 2.0 * n) * di + di * r + d * di;
+    let layers = c.n_layer as f64;
+    let per_layer = 2.0 * matmul_params + 6.0 * di * n + 2.0 * c.d_conv as f64 * di;
+    per_layer * layers + 2.0 * c.vocab_size as f64 * d / seqlen.max(1) as f64
+}
+
+/// Deterministic token ids in the vocabulary (SplitMix64); the work of a step does not depend on
+/// the ids, only that they are valid.
+fn token_ids(count: usize, vocab: usize, seed: u64) -> Vec<u32> {
+    let mut s = seed;
+    (0..count)
+        .map(|_| {
+            s = s.wrapping_add(0x9E37_79B9_7F4A_7C15);
+            let mut z = s;
+            z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+            ((z ^ (z >> 31)) % vocab.max(1) as u64) as u32
+        })
+        .collect()
+}
+
+fn check_counts(what: &str, counts: &[(&str, usize)]) -> Result<()> {
+    for &(name, v) in counts {
+        if v == 0 {
+            return Err(Error::input(format!("{what}: {name} must be at least 1")));
+        }
+    }
+    Ok(())
+}
+
+/// Prompt tokens fed before timing decode, so that the conv window and SSM state are not zero.
+const DECODE_PROMPT: usize = 16;
+
+/// Prefills a short prompt (16 tokens) per sequence, then times `tokens` decode steps
+/// ([`Mamba::step`]) at the given batch; best of `repeats`, each from a fresh prefilled state.
+pub fn bench_decode<B: Backend>(
+    model: &Mamba<B>,
+    batch: usize,
+    tokens: usize,
+    repeats: usize,
+    limits: &Limits,
+) -> Result<DecodeReport> {
+    check_counts("bench decode", &[("batch", batch), ("tokens", tokens), ("repeats", repeats)])?;
+    let vocab = model.cfg.vocab_size;
+    let prompt = token_ids(batch * DECODE_PROMPT, vocab, 1);
+    let steps = token_ids(batch * tokens, vocab, 2);
+    let mut best = f64::INFINITY;
+    for _ in 0..repeats {
+        let mut state = model.new_state(batch)?;
+        model.prefill(&prompt, batch, DECODE_PROMPT, &mut state, DECODE_PROMPT)?;
+        let t = Instant::now();
+        for ids in steps.chunks_exact(batch) {
+            let logits = model.step(ids, &mut state)?;
+            std::hint::black_box(&logits);
+        }
+        best = best.min(t.elapsed().as_secs_f64());
+    }
+    let weight_bytes_per_step = decode_weight_bytes(model, batch);
+    Ok(DecodeReport {
+        batch,
+        tokens,
+        tok_per_s: (batch * tokens) as f64 / best,
+        weight_bytes_per_step,
+        limit_tok_per_s: limits.read_gb_s * 1e9 / weight_bytes_per_step as f64 * batch as f64,
+    })
+}
+
+/// Times [`Mamba::prefill`] (one chunk, last-position logits only) of `seqlen` random tokens per
+/// sequence from a fresh state; best of `repeats`.
+pub fn bench_prefill<B: Backend>(
+    model: &Mamba<B>,
+    batch: usize,
+    seqlen: usize,
+    repeats: usize,
+    limits: &Limits,
+) -> Result<PrefillReport> {
+    check_counts("bench prefill", &[("batch", batch), ("seqlen", seqlen), ("repeats", repeats)])?;
+    let ids = token_ids(batch * seqlen, model.cfg.vocab_size, 3);
+    let mut best = f64::INFINITY;
+    for _ in 0..repeats {
+        let mut state = model.new_state(batch)?;
+        let t = Instant::now();
+        let logits = model.prefill(&ids, batch, seqlen, &mut state, seqlen)?;
+        best = best.min(t.elapsed().as_secs_f64());
+        std::hint::black_box(&logits);
+    }
+    let flop_per_token = prefill_flop_per_token(model, seqlen);
+    Ok(PrefillReport {
+        batch,
+        seqlen,
+        tok_per_s: (batch * seqlen) as f64 / best,
+        flop_per_token,
+        limit_tok_per_s: limits.gemm_gflop_s * 1e9 / flop_per_token,
+    })
+}
+
+/// Builds a randomly initialized model of a preset (e.g. `"mamba-130m"`) on `backend`, with the
+/// paper's initialization: the weights benchmarks run on.
+pub fn random_model<B: Backend>(backend: B, preset: &str, seed: u64) -> Result<Mamba<B>> {
+    let cfg = crate::config::MambaConfig::preset(preset)?;
+    let params = crate::model::init::init_params(&cfg, &crate::config::InitConfig::default(), seed);
+    let mut it = params.into_iter();
+    Mamba::from_params(backend, cfg, |spec| match it.next() {
+        Some((s, v)) if s.name == spec.name => Ok(v),
+        _ => Err(Error::Backend(format!("random_model: no initial value for '{}'", spec.name))),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::MambaConfig;
+
+    fn tiny() -> Mamba<Cpu> {
+        let cfg = MambaConfig::new(16, 2, 40);
+        let params = crate::model::init::init_params(&cfg, &crate::config::InitConfig::default(), 7);
+        let mut it = params.into_iter();
+        Mamba::from_params(Cpu, cfg, |_| Ok(it.next().map(|p| p.1).unwrap_or_default())).unwrap()
+    }
+
+    #[test]
+    fn weight_bytes_of_130m_count_the_vocab_once() {
+        let m = random_model(Cpu, "mamba-130m", 0).unwrap();
+        let bytes = decode_weight_bytes(&m, 1);
+        assert_eq!(bytes, 4 * (m.cfg.num_params() + 768));
+        // 129.1M parameters → ~516 MB per decode step.
+        assert!((515e6..518e6).contains(&(bytes as f64)), "{bytes}");
+        // ~2 × 90M FLOP per token (TARGETS.md), plus the scan and a 512th of the head.
+        let f = prefill_flop_per_token(&m, 512);
+        assert!((1.80e8..1.90e8).contains(&f), "{f}");
+    }
+
+    #[test]
+    fn reports_are_consistent_and_bad_counts_are_errors() {
+        let m = tiny();
+        let lim = Limits { read_gb_s: 10.0, gemm_gflop_s: 100.0 };
+        let d = bench_decode(&m, 2, 3, 1, &lim).unwrap();
+        assert_eq!((d.batch, d.tokens), (2, 3));
+        assert!(d.tok_per_s > 0.0 && d.limit_tok_per_s > 0.0);
+        let p = bench_prefill(&m, 1, 8, 2, &lim).unwrap();
+        assert!(p.tok_per_s > 0.0 && p.flop_per_token > 0.0);
+        assert!(bench_decode(&m, 0, 3, 1, &lim).is_err());
+        assert!(bench_prefill(&m, 1, 8, 0, &lim).is_err());
+    }
+}
