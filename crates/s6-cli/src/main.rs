@@ -28,6 +28,9 @@ enum Command {
     // `--temperature -1` must reach the range check (and its message), not fail as an unknown flag.
     #[command(allow_negative_numbers = true)]
     Info(commands::info::Args),
+    /// Benchmark decode, prefill or training throughput beside the machine's measured limits.
+    #[command(allow_negative_numbers = true)]
+    Bench(commands::bench::Args),
     /// Train a model from scratch or fine-tune one, with resumable checkpoints.
     // `--temperature -1` must reach the range check (and its message), not fail as an unknown flag.
     #[command(allow_negative_numbers = true)]
@@ -45,6 +48,7 @@ fn main() -> ExitCode {
         Command::Logits(a) => commands::logits::run(a),
         Command::Info(a) => commands::info::run(a),
         Command::Init(a) => commands::init::run(a),
+        Command::Bench(a) => commands::bench::run(a),
         Command::Train(a) => commands::train::run(*a),
     };
     match result {

@@ -56,7 +56,13 @@ pub fn run(a: Args) -> Result<()> {
         }
     };
     let c = &model.cfg;
-    eprintln!("model: {} layers × d_model {}, {:.1}M parameters, backend {}", c.n_layer, c.d_model, c.num_params() as f64 / 1e6, s6::backend::Backend::name(&model.backend));
+    eprintln!(
+        "model: {} layers × d_model {}, {:.1}M parameters, backend {}",
+        c.n_layer,
+        c.d_model,
+        c.num_params() as f64 / 1e6,
+        s6::backend::Backend::name(&model.backend)
+    );
     let limits = measure_limits();
     println!("limits: read bandwidth {:.1} GB/s, f32 GEMM {:.1} GFLOP/s", limits.read_gb_s, limits.gemm_gflop_s);
     match a.what.as_str() {

@@ -672,10 +672,7 @@ unsafe fn store_lanes(dst: *mut f32, v: &Lanes, width: usize) {
 unsafe fn step_inputs<const FMA: bool>(p: &ScanBwdPtrs, at: usize, width: usize, bias: &Lanes) -> (Lanes, Lanes) {
     let raw = load_lanes(p.delta.add(at), width);
     let x = load_lanes(p.u.add(at), width);
-    let mut dt: Lanes = [0.0; LANES];
-    for l in 0..LANES {
-        dt[l] = simd::softplus::<FMA>(raw[l] + bias[l]);
-    }
+    let dt = simd::softplus8::<FMA>(std::array::from_fn(|l| raw[l] + bias[l]));
     (dt, x)
 }
 
@@ -721,9 +718,9 @@ unsafe fn scan_bwd_block<const FMA: bool>(
         let brow = p.b.add(row * p.b_ld);
         for (s, (hs_, as_)) in h.iter_mut().zip(a.iter()).enumerate() {
             let bs = *brow.add(s);
+            let dec = simd::exp8::<FMA>(std::array::from_fn(|l| dt[l] * as_[l]));
             for l in 0..LANES {
-                let dec = simd::exp::<FMA>(dt[l] * as_[l]);
-                hs_[l] = madd::<FMA>(dec, hs_[l], dt[l] * x[l] * bs);
+                hs_[l] = madd::<FMA>(dec[l], hs_[l], dt[l] * x[l] * bs);
             }
         }
     }
@@ -748,10 +745,10 @@ unsafe fn scan_bwd_block<const FMA: bool>(
             let decs = &mut decay[i * n..][..n];
             for s in 0..n {
                 let bs = *brow.add(s);
+                let dec = simd::exp8::<FMA>(std::array::from_fn(|l| dt[l] * a[s][l]));
+                decs[s] = dec;
                 for l in 0..LANES {
-                    let dec = simd::exp::<FMA>(dt[l] * a[s][l]);
-                    decs[s][l] = dec;
-                    cur[s][l] = madd::<FMA>(dec, prev[s][l], dt[l] * x[l] * bs);
+                    cur[s][l] = madd::<FMA>(dec[l], prev[s][l], dt[l] * x[l] * bs);
                 }
             }
         }
