@@ -89,24 +89,29 @@ unsafe fn sum_avx2(c: &[f32]) -> f32 {
 }
 
 /// Eight independent 8-lane accumulators (enough loads in flight that the add latency does not
-/// limit), plus a software prefetch 4 KiB ahead: the same help the decode kernels give
-/// themselves, so that the probe measures the memory, not the hardware prefetchers' reach.
+/// limit), reading four interleaved streams (the quarters of the chunk) with software prefetches
+/// 4 KiB ahead: the same help the decode kernel gives itself (four weight rows at a time,
+/// prefetched), so that the probe measures the memory rather than one stream's reach. A single
+/// stream without prefetches read ~25% slower here.
 #[inline(always)]
 fn sum_lanes(c: &[f32]) -> f32 {
     const W: usize = 64;
+    const STREAMS: usize = 4;
     const AHEAD: usize = 1024;
     let mut acc = [0.0f32; W];
-    let chunks = c.chunks_exact(W);
-    let rest: f32 = chunks.remainder().iter().sum();
-    for (i, ch) in chunks.enumerate() {
-        let base = c.as_ptr().wrapping_add(i * W + AHEAD);
-        for line in 0..W / 16 {
-            simd::prefetch(base.wrapping_add(line * 16));
-        }
-        for (a, v) in acc.iter_mut().zip(ch) {
-            *a += v;
+    let part = c.len() / STREAMS / W * W;
+    for i in (0..part).step_by(W) {
+        for st in 0..STREAMS {
+            let base = c.as_ptr().wrapping_add(st * part + i + AHEAD);
+            for line in 0..W / 16 {
+                simd::prefetch(base.wrapping_add(line * 16));
+            }
+            for (a, v) in acc.iter_mut().zip(&c[st * part + i..][..W]) {
+                *a += v;
+            }
         }
     }
+    let rest: f32 = c[STREAMS * part..].iter().sum();
     acc.iter().sum::<f32>() + rest
 }
 
@@ -313,6 +318,16 @@ mod tests {
         // ~2 × 90M FLOP per token (TARGETS.md), plus the scan and a 512th of the head.
         let f = prefill_flop_per_token(&m, 512);
         assert!((1.80e8..1.90e8).contains(&f), "{f}");
+    }
+
+    #[test]
+    fn bandwidth_probe_sums_everything() {
+        // Lengths that are and are not multiples of the 4 × 64-float stride, and several chunks.
+        for len in [0usize, 5, 256, 1000, (1 << 18) + 77, 3 << 18] {
+            let data: Vec<f32> = (0..len).map(|i| (i % 7) as f32).collect();
+            let want: f64 = data.iter().map(|&v| v as f64).sum();
+            assert_eq!(sum_parallel(&data) as f64, want, "len {len}");
+        }
     }
 
     #[test]

@@ -108,7 +108,6 @@ unsafe fn load(ptr: *const f32, row: usize, ld: usize, c0: usize, width: usize) 
 }
 
 #[inline(always)]
-#[allow(clippy::needless_range_loop)] // lane code: indices keep the lane layout explicit
 unsafe fn scan_group<const FMA: bool>(p: &Ptrs, dims: ScanDims, b: usize, g: usize) {
     let ScanDims { seqlen, d_inner, d_state: n, .. } = dims;
     let c0 = g * CHANNELS;
@@ -217,7 +216,6 @@ unsafe fn scan_group<const FMA: bool>(p: &Ptrs, dims: ScanDims, b: usize, g: usi
 /// of 8. Only called from avx2+fma code.
 #[cfg(target_arch = "x86_64")]
 #[inline(always)]
-#[allow(clippy::needless_range_loop)]
 unsafe fn transpose_in<const SCALE: bool>(src: *const f32, n: usize, dst: &mut [[Lanes; BLOCKS]]) {
     use std::arch::x86_64::*;
     for k in 0..BLOCKS {
@@ -235,7 +233,6 @@ unsafe fn transpose_in<const SCALE: bool>(src: *const f32, n: usize, dst: &mut [
 /// The inverse of [`transpose_in`] (without scaling): `dst[(8k + l) · n + s] = src[s][k][l]`.
 #[cfg(target_arch = "x86_64")]
 #[inline(always)]
-#[allow(clippy::needless_range_loop)]
 unsafe fn transpose_out(src: &[[Lanes; BLOCKS]], n: usize, dst: *mut f32) {
     use std::arch::x86_64::*;
     for k in 0..BLOCKS {
