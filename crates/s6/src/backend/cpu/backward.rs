@@ -464,8 +464,10 @@ unsafe fn conv_bwd_block<const FMA: bool>(a: &ConvBwd<'_>, c0: usize) -> (Vec<La
 // ----------------------------------------------------------------------------------------------
 // selective scan
 
-/// Raw pointers of one scan-backward call; tasks write disjoint channels of the per-channel
-/// outputs, and `∂B`/`∂C` go through per-task accumulators.
+/// Raw pointers of one scan-backward call; tasks write disjoint (row, channel) ranges of the
+/// per-element outputs, and `∂B`/`∂C` and the parameter gradients `∂A`, `∂D`, `∂(Δ bias)` go
+/// through per-task accumulators (tasks of different sequences share channels).
+#[derive(Clone, Copy)]
 struct ScanBwdPtrs {
     u: *const f32,
     delta: *const f32,
@@ -489,6 +491,14 @@ struct ScanBwdPtrs {
 }
 unsafe impl Send for ScanBwdPtrs {}
 unsafe impl Sync for ScanBwdPtrs {}
+
+impl ScanBwdPtrs {
+    /// The same operands with the parameter gradients redirected (a method, so that closures
+    /// capture the whole `Sync` struct rather than its raw-pointer fields).
+    fn with_params(&self, da: *mut f32, dd: *mut f32, ddelta_bias: *mut f32) -> Self {
+        ScanBwdPtrs { da, dd, ddelta_bias, ..*self }
+    }
+}
 
 /// Per-task scratch, reused across the task's channel blocks.
 struct ScanWork {
@@ -597,27 +607,44 @@ pub fn selective_scan_backward_with(
     // accumulator for ∂B/∂C.
     let groups = groups.unwrap_or_else(|| (2 * rayon::current_num_threads()).div_ceil(batch)).clamp(1, blocks);
     let fma = fma && simd::has_avx2_fma();
-    let accs: Vec<Vec<f32>> = (0..batch * groups)
+    // Tasks (b, g) and (b', g) cover the same channels: each accumulates ∂A, ∂D and ∂(Δ bias) of
+    // its channels into its own buffers, added to the gradients below in task order. (Adding to
+    // the shared gradients from the tasks raced when batch > 1: lost updates, and results that
+    // changed from run to run.)
+    let tasks: Vec<(Vec<f32>, Vec<f32>)> = (0..batch * groups)
         .into_par_iter()
         .map(|task| {
             let (b, g) = (task / groups, task % groups);
             let mut acc = vec![0.0f32; seqlen * 2 * n];
+            let mut params = vec![0.0f32; d_inner * (n + 2)];
+            let (pa, rest) = params.split_at_mut(d_inner * n);
+            let (pd, pb) = rest.split_at_mut(d_inner);
+            let tp = p.with_params(pa.as_mut_ptr(), pd.as_mut_ptr(), pb.as_mut_ptr());
             let mut work = ScanWork::new(seqlen, n);
             for blk in g * blocks / groups..(g + 1) * blocks / groups {
-                // SAFETY: extents checked above; the task writes channels of its blocks only.
+                // SAFETY: extents checked above; the task writes channels of its blocks of
+                // sequence b only, and the parameter gradients into its own buffers.
                 unsafe {
                     #[cfg(target_arch = "x86_64")]
                     if fma {
-                        scan_bwd_block_avx2(&p, dims, b, blk, &mut work, &mut acc);
+                        scan_bwd_block_avx2(&tp, dims, b, blk, &mut work, &mut acc);
                         continue;
                     }
                     let _ = fma;
-                    scan_bwd_block::<false>(&p, dims, b, blk, &mut work, &mut acc);
+                    scan_bwd_block::<false>(&tp, dims, b, blk, &mut work, &mut acc);
                 }
             }
-            acc
+            (acc, params)
         })
         .collect();
+    for (_, params) in &tasks {
+        let (pa, rest) = params.split_at(d_inner * n);
+        let (pd, pb) = rest.split_at(d_inner);
+        grads.da[..d_inner * n].iter_mut().zip(pa).for_each(|(g, v)| *g += v);
+        grads.dd[..d_inner].iter_mut().zip(pd).for_each(|(g, v)| *g += v);
+        grads.ddelta_bias[..d_inner].iter_mut().zip(pb).for_each(|(g, v)| *g += v);
+    }
+    let accs: Vec<Vec<f32>> = tasks.into_iter().map(|(acc, _)| acc).collect();
     // ∂B/∂C: the groups' partial sums, added in group order.
     let w = 2 * n;
     if w > 0 {
