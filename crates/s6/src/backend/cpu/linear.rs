@@ -124,8 +124,12 @@ fn small_rows(
     if bytes <= SERIAL_BYTES || rayon::current_num_threads() == 1 {
         return run(0, n);
     }
-    // Columns per task: a multiple of WB near TASK_BYTES of weights.
-    let per_task = (TASK_BYTES / (4 * k.max(1))).max(1).next_multiple_of(WB);
+    // Tasks of about TASK_BYTES, as many as a multiple of the thread count, of equal size (a
+    // multiple of WB columns): small matrices (x_proj, dt_proj) then split evenly over the threads
+    // instead of leaving one thread a short last task.
+    let threads = rayon::current_num_threads();
+    let tasks = bytes.div_ceil(TASK_BYTES).next_multiple_of(threads);
+    let per_task = n.div_ceil(tasks).next_multiple_of(WB);
     let tasks = n.div_ceil(per_task);
     (0..tasks).into_par_iter().for_each(|t| run(t * per_task, ((t + 1) * per_task).min(n)));
 }
