@@ -4,11 +4,7 @@
 //! `cargo run --release -p s6 --example bench_cpu [rounds]`: each figure is the best over
 //! `rounds` interleaved rounds (default 3), each itself a best of several repeats, so that a burst
 //! of load from another tenant does not decide a number. The limits are the best of the rounds as
-//! well, so every ratio compares best with best.
-//!
-//! One extra line times batch-1 decode with the calling thread inside the rayon pool
-//! (`rayon::scope`), which is not what `Mamba::step` callers do today: it shows what handing each
-//! op to the pool from outside costs.
+//! well, so every ratio compares best with best; the per-round lines show the spread.
 
 use s6::backend::cpu::Cpu;
 use s6::backend::Backend;
@@ -21,26 +17,24 @@ fn main() -> s6::Result<()> {
     let mut lim = Limits { read_gb_s: 0.0, gemm_gflop_s: 0.0 };
     let mut decode: Vec<DecodeReport> = Vec::new();
     let mut prefill: Vec<PrefillReport> = Vec::new();
-    let mut in_pool = 0.0f64;
     for round in 0..rounds {
         let l = bench::measure_limits();
         lim.read_gb_s = lim.read_gb_s.max(l.read_gb_s);
         lim.gemm_gflop_s = lim.gemm_gflop_s.max(l.gemm_gflop_s);
         let d = [bench::bench_decode(&model, 1, 32, 3, &l)?, bench::bench_decode(&model, 8, 16, 3, &l)?];
-        let pooled = rayon::scope(|_| bench::bench_decode(&model, 1, 32, 3, &l))?;
         let p = [bench::bench_prefill(&model, 1, 512, 3, &l)?, bench::bench_prefill(&model, 1, 2048, 2, &l)?];
         println!(
-            "round {round}: read {:5.1} GB/s, gemm {:5.1} GFLOP/s | decode b1 {:6.2}, b8 {:6.2} tok/s \
-             (b1 in pool {:6.2}) | prefill 512 {:6.1}, 2048 {:6.1} tok/s",
+            "round {round}: read {:5.1} GB/s, gemm {:5.1} GFLOP/s | decode b1 {:6.2} ({:3.0}%), b8 {:6.2} tok/s \
+             | prefill 512 {:6.1} ({:3.0}%), 2048 {:6.1} tok/s",
             l.read_gb_s,
             l.gemm_gflop_s,
             d[0].tok_per_s,
+            100.0 * d[0].tok_per_s / d[0].limit_tok_per_s,
             d[1].tok_per_s,
-            pooled.tok_per_s,
             p[0].tok_per_s,
+            100.0 * p[0].tok_per_s / p[0].limit_tok_per_s,
             p[1].tok_per_s
         );
-        in_pool = in_pool.max(pooled.tok_per_s);
         if decode.is_empty() {
             decode = d.to_vec();
             prefill = p.to_vec();
@@ -63,13 +57,6 @@ fn main() -> s6::Result<()> {
             limit,
             r.weight_bytes_per_step as f64 / 1e6,
             100.0 * r.tok_per_s / limit
-        );
-    }
-    if let Some(r) = decode.first() {
-        let limit = lim.read_gb_s * 1e9 / r.weight_bytes_per_step as f64;
-        println!(
-            "decode  batch  1 in the rayon pool: {in_pool:>7.2} tok/s   {:>5.1}% of limit",
-            100.0 * in_pool / limit
         );
     }
     for r in &prefill {
