@@ -51,6 +51,39 @@ pub struct MambaConfig {
     pub bos_token_id: Option<u32>,
     pub eos_token_id: Option<u32>,
     pub pad_token_id: Option<u32>,
+    /// Which parts of the block are input-dependent (the paper's ablations); [`Ablation::MAMBA`]
+    /// for every published checkpoint.
+    pub ablation: Ablation,
+}
+
+/// The paper's ablations of the Mamba block (Tables 1 and 7). A non-selective Δ is
+/// `softplus(dt_bias)` (a learned per-channel parameter); a non-selective B or C is a learned
+/// `[d_state]` vector shared by every position; without the gate, `y = C·h + D·u`.
+/// Stored in `config.json` as `"s6_ablation"` only when it differs from Mamba.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Ablation {
+    pub selective_delta: bool,
+    pub selective_b: bool,
+    pub selective_c: bool,
+    pub gate: bool,
+}
+
+impl Ablation {
+    /// Mamba: Δ, B and C functions of the input, gated.
+    pub const MAMBA: Ablation = Ablation { selective_delta: true, selective_b: true, selective_c: true, gate: true };
+    /// The time-invariant (S4D-like) ablation: Δ, B, C learned parameters, gated block kept.
+    pub const LTI: Ablation = Ablation { selective_delta: false, selective_b: false, selective_c: false, gate: true };
+
+    /// Whether any of Δ, B, C is not a function of the input.
+    pub fn is_mamba(&self) -> bool {
+        *self == Ablation::MAMBA
+    }
+}
+
+impl Default for Ablation {
+    fn default() -> Self {
+        Ablation::MAMBA
+    }
 }
 
 /// Paper-initialization hyperparameters (used by `s6 init` and training from scratch).
@@ -89,6 +122,7 @@ impl MambaConfig {
             bos_token_id: Some(0),
             eos_token_id: Some(0),
             pad_token_id: Some(0),
+            ablation: Ablation::MAMBA,
         }
     }
 
@@ -169,7 +203,7 @@ impl MambaConfig {
 
     /// The config as HF `config.json` (what `save_pretrained` writes for `MambaConfig`).
     pub fn to_hf_json(&self, init: &InitConfig) -> Value {
-        serde_json::json!({
+        let mut v = serde_json::json!({
             "architectures": ["MambaForCausalLM"],
             "model_type": "mamba",
             "hidden_size": self.d_model,
@@ -198,7 +232,17 @@ impl MambaConfig {
             "rescale_prenorm_residual": false,
             "use_cache": true,
             "dtype": "float32",
-        })
+        });
+        if !self.ablation.is_mamba() {
+            let a = &self.ablation;
+            v["s6_ablation"] = serde_json::json!({
+                "selective_delta": a.selective_delta,
+                "selective_b": a.selective_b,
+                "selective_c": a.selective_c,
+                "gate": a.gate,
+            });
+        }
+        v
     }
 }
 
@@ -299,9 +343,30 @@ fn parse_hf(obj: &Map<String, Value>, path: &Path) -> Result<MambaConfig> {
         bos_token_id: f.token_id("bos_token_id"),
         eos_token_id: f.token_id("eos_token_id"),
         pad_token_id: f.token_id("pad_token_id"),
+        ablation: parse_ablation(obj, path)?,
     };
     cfg.validate(path)?;
     Ok(cfg)
+}
+
+/// Reads the optional `"s6_ablation"` object (absent: Mamba).
+fn parse_ablation(obj: &Map<String, Value>, path: &Path) -> Result<Ablation> {
+    let m = match obj.get("s6_ablation") {
+        None | Some(Value::Null) => return Ok(Ablation::MAMBA),
+        Some(Value::Object(m)) => m,
+        Some(v) => return Err(Error::config(path, format!("field 's6_ablation' must be an object, found {v}"))),
+    };
+    const KEYS: [&str; 4] = ["selective_delta", "selective_b", "selective_c", "gate"];
+    if let Some(k) = m.keys().find(|k| !KEYS.contains(&k.as_str())) {
+        return Err(Error::config(path, format!("s6_ablation: unknown field '{k}'; expected {}", KEYS.join(", "))));
+    }
+    let f = Fields { obj: m, path };
+    Ok(Ablation {
+        selective_delta: f.bool_or("selective_delta", true)?,
+        selective_b: f.bool_or("selective_b", true)?,
+        selective_c: f.bool_or("selective_c", true)?,
+        gate: f.bool_or("gate", true)?,
+    })
 }
 
 fn parse_original(obj: &Map<String, Value>, path: &Path) -> Result<MambaConfig> {
@@ -347,6 +412,7 @@ fn parse_original(obj: &Map<String, Value>, path: &Path) -> Result<MambaConfig> 
         bos_token_id: None,
         eos_token_id: Some(0),
         pad_token_id: None,
+        ablation: Ablation::MAMBA,
     };
     cfg.validate(path)?;
     Ok(cfg)
@@ -395,6 +461,19 @@ mod tests {
         assert!(e.to_string().contains("hidden_size"), "{e}");
         let e = parse("{not json").unwrap_err();
         assert!(e.to_string().contains("config.json"), "{e}");
+    }
+
+    #[test]
+    fn ablation_round_trips_and_is_checked() {
+        let mut c = MambaConfig::new(32, 2, 16);
+        c.ablation = Ablation { selective_b: false, gate: false, ..Ablation::MAMBA };
+        let text = c.to_hf_json(&InitConfig::default()).to_string();
+        assert_eq!(parse(&text).unwrap().ablation, c.ablation);
+        let plain = MambaConfig::new(32, 2, 16).to_hf_json(&InitConfig::default());
+        assert!(plain.get("s6_ablation").is_none());
+        let e = parse(r#"{"model_type":"mamba","hidden_size":8,"num_hidden_layers":1,"vocab_size":4,"s6_ablation":{"gated":false}}"#)
+            .unwrap_err();
+        assert!(e.to_string().contains("gated"), "{e}");
     }
 
     #[test]

@@ -28,6 +28,9 @@ pub enum Error {
     /// An argument or input value is out of range (token id outside the vocabulary, empty prompt, ...).
     #[error("{0}")]
     InvalidInput(String),
+    /// A computation would need more memory than its budget allows; nothing was attempted.
+    #[error("out of memory: {what} needs {needed_bytes} bytes, over the budget of {budget_bytes} bytes")]
+    OutOfMemory { what: String, needed_bytes: u64, budget_bytes: u64 },
     /// The compute backend failed or is unavailable.
     #[error("backend: {0}")]
     Backend(String),

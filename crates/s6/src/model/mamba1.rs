@@ -715,3 +715,87 @@ impl<B: Backend> Mamba<B> {
         Ok(MambaState { batch, conv, ssm })
     }
 }
+
+/// Tokens per chunk when [`LanguageModel::logits_at`] streams a long sequence: bounds the
+/// activations (a few MB for small models) whatever the sequence length.
+const STREAM_CHUNK: usize = 4096;
+
+impl<B: Backend> super::LanguageModel<B> for Mamba<B> {
+    fn backend(&self) -> &B {
+        &self.backend
+    }
+    fn vocab_size(&self) -> usize {
+        self.cfg.vocab_size
+    }
+    fn param_specs(&self) -> Vec<ParamSpec> {
+        param_specs(&self.cfg)
+    }
+    fn params(&self) -> Vec<&B::Buf> {
+        Mamba::params(self).into_iter().map(|(_, b)| b).collect()
+    }
+    fn params_mut(&mut self) -> Vec<&mut B::Buf> {
+        Mamba::params_mut(self)
+    }
+    fn refresh_derived(&mut self) -> Result<()> {
+        Mamba::refresh_derived(self)
+    }
+    fn zero_grads(&self) -> Result<Self> {
+        Mamba::zero_grads(self)
+    }
+    fn loss_and_grads(
+        &self,
+        ids: &[u32],
+        targets: &[u32],
+        batch: usize,
+        seqlen: usize,
+        grad_scale: f32,
+        grads: &mut Self,
+    ) -> Result<(f64, usize)> {
+        Mamba::loss_and_grads(self, ids, targets, batch, seqlen, grad_scale, grads)
+    }
+
+    /// Streams the sequences through the recurrent state in chunks of [`STREAM_CHUNK`] tokens:
+    /// linear time, memory independent of `seqlen`.
+    fn logits_at(&self, ids: &[u32], batch: usize, seqlen: usize, positions: &[usize]) -> Result<Vec<f32>> {
+        self.check_ids(ids, batch, seqlen)?;
+        if let Some(&p) = positions.iter().find(|&&p| p >= seqlen) {
+            return Err(Error::input(format!("logits_at: position {p} is outside the sequence (length {seqlen})")));
+        }
+        let v = self.cfg.vocab_size;
+        let np = positions.len();
+        let mut out = vec![0.0f32; batch * np * v];
+        let mut state = self.new_state(batch)?;
+        let mut t0 = 0;
+        while t0 < seqlen {
+            let t1 = (t0 + STREAM_CHUNK).min(seqlen);
+            let len = t1 - t0;
+            let part: Vec<u32> =
+                (0..batch).flat_map(|b| ids[b * seqlen + t0..b * seqlen + t1].iter().copied()).collect();
+            let wanted: Vec<(usize, usize)> =
+                positions.iter().enumerate().filter(|(_, &p)| (t0..t1).contains(&p)).map(|(i, &p)| (i, p)).collect();
+            if wanted.is_empty() {
+                // Only the state matters here: skip lm_head.
+                self.hidden(&part, batch, len, &mut state)?;
+            } else {
+                let be = &self.backend;
+                let d = self.cfg.d_model;
+                let normed = self.hidden(&part, batch, len, &mut state)?;
+                let rows: Vec<usize> =
+                    (0..batch).flat_map(|b| wanted.iter().map(move |&(_, p)| b * len + p - t0)).collect();
+                let mut h = be.zeros(rows.len() * d)?;
+                be.gather_rows(&normed, &rows, d, &mut h)?;
+                let mut logits = be.zeros(rows.len() * v)?;
+                be.linear(View::full(&h, d), rows.len(), d, self.head(), v, None, &mut logits)?;
+                let host = be.to_vec(&logits)?;
+                for b in 0..batch {
+                    for (k, &(i, _)) in wanted.iter().enumerate() {
+                        let src = &host[(b * wanted.len() + k) * v..][..v];
+                        out[(b * np + i) * v..][..v].copy_from_slice(src);
+                    }
+                }
+            }
+            t0 = t1;
+        }
+        Ok(out)
+    }
+}

@@ -1,7 +1,82 @@
 //! Models, each a plain struct of named tensors written once against [`crate::backend::Backend`].
+//!
+//! [`LanguageModel`] is what the runtimes that train and evaluate *any* model (synthetic tasks,
+//! language-model baselines) see: Mamba-1 with its ablations and the attention baseline implement it.
 
 pub mod init;
 pub mod mamba1;
 pub mod save;
 
 pub use mamba1::{Logits, Mamba, MambaState};
+
+use crate::backend::Backend;
+use crate::Result;
+
+/// A causal language model that can be trained and evaluated through one interface.
+pub trait LanguageModel<B: Backend>: Sized + Send + Sync {
+    /// The backend the parameters live on.
+    fn backend(&self) -> &B;
+    /// Vocabulary size (rows of the embedding, columns of the logits).
+    fn vocab_size(&self) -> usize;
+    /// Parameter names and shapes, in the order of [`LanguageModel::params`]. The names decide
+    /// the weight-decay group (see [`crate::train::optim::decays`]).
+    fn param_specs(&self) -> Vec<mamba1::ParamSpec>;
+    /// The trainable parameter buffers.
+    fn params(&self) -> Vec<&B::Buf>;
+    /// The trainable parameter buffers, mutable, same order.
+    fn params_mut(&mut self) -> Vec<&mut B::Buf>;
+    /// Recomputes tensors derived from parameters after an optimizer step.
+    fn refresh_derived(&mut self) -> Result<()>;
+    /// A model-shaped set of zero buffers to accumulate gradients into.
+    fn zero_grads(&self) -> Result<Self>;
+    /// Forward and backward from a zero state: mean cross-entropy of `targets` (`[batch, seqlen]`,
+    /// `u32::MAX` = ignored); gradients of `grad_scale × mean loss` are added to `grads`.
+    /// Returns the mean loss and the number of counted targets.
+    fn loss_and_grads(
+        &self,
+        ids: &[u32],
+        targets: &[u32],
+        batch: usize,
+        seqlen: usize,
+        grad_scale: f32,
+        grads: &mut Self,
+    ) -> Result<(f64, usize)>;
+    /// Logits at the given positions of each sequence (`ids`: `[batch, seqlen]`), from a zero
+    /// state: `[batch, positions.len(), vocab]` on the host. Recurrent models stream through
+    /// the sequence in bounded memory (any length); models whose memory grows faster than
+    /// linearly return [`crate::Error::OutOfMemory`] when the sequence does not fit their memory
+    /// budget, without trying.
+    fn logits_at(&self, ids: &[u32], batch: usize, seqlen: usize, positions: &[usize]) -> Result<Vec<f32>>;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::cpu::Cpu;
+    use crate::config::MambaConfig;
+
+    #[test]
+    fn mamba_logits_at_streams_like_one_forward() {
+        let cfg = MambaConfig::new(16, 2, 11);
+        let params = init::init_params(&cfg, &crate::config::InitConfig::default(), 3);
+        let mut it = params.into_iter();
+        let m = Mamba::from_params(Cpu, cfg, |_| Ok(it.next().unwrap().1)).unwrap();
+        // Longer than one streaming chunk, so the state is carried across chunks.
+        let (batch, seqlen) = (2, 4096 + 300);
+        let ids: Vec<u32> = (0..batch * seqlen).map(|i| ((i * 7 + i / 13) % 11) as u32).collect();
+        let positions = [seqlen - 1, 5, 4096, 4095];
+        let got = m.logits_at(&ids, batch, seqlen, &positions).unwrap();
+        let mut state = m.new_state(batch).unwrap();
+        let all = m.forward(&ids, batch, seqlen, &mut state, Logits::All).unwrap();
+        for b in 0..batch {
+            for (i, &p) in positions.iter().enumerate() {
+                let want = &all[(b * seqlen + p) * 11..][..11];
+                let have = &got[(b * positions.len() + i) * 11..][..11];
+                for (x, y) in want.iter().zip(have) {
+                    assert!((x - y).abs() < 1e-4, "b {b} pos {p}: {x} vs {y}");
+                }
+            }
+        }
+        assert!(m.logits_at(&ids, batch, seqlen, &[seqlen]).is_err());
+    }
+}
