@@ -17,6 +17,7 @@ pub mod formats;
 pub mod generate;
 pub mod hub;
 pub mod model;
+pub mod tasks;
 pub mod train;
 
 #[cfg(test)]

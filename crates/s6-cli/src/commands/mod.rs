@@ -5,6 +5,7 @@ pub mod generate;
 pub mod info;
 pub mod init;
 pub mod logits;
+pub mod task;
 pub mod train;
 
 use std::path::PathBuf;
@@ -56,5 +57,14 @@ pub fn load_model(dir: &std::path::Path, device: &Device) -> Result<Mamba<Cpu>> 
         Device::Cuda(i) => bail!(
             "device cuda:{i} is not available: this build of s6 has no CUDA backend (the cuda feature is not implemented yet); use --device cpu"
         ),
+    }
+}
+
+/// A line above a progress bar, or on stderr when the bar is hidden (stderr is not a terminal).
+pub fn say(bar: &indicatif::ProgressBar, line: String) {
+    if bar.is_hidden() {
+        eprintln!("{line}");
+    } else {
+        bar.println(line);
     }
 }
