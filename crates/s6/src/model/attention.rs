@@ -100,13 +100,13 @@ impl TransformerConfig {
         if self.d_model == 0 || self.n_layer == 0 || self.n_head == 0 || self.d_ff == 0 || self.vocab_size == 0 {
             return bad(format!("sizes must be positive: {self:?}"));
         }
-        if self.d_model % self.n_head != 0 {
+        if !self.d_model.is_multiple_of(self.n_head) {
             return bad(format!(
                 "hidden_size {} is not a multiple of num_attention_heads {}",
                 self.d_model, self.n_head
             ));
         }
-        if self.head_dim() % 2 != 0 {
+        if !self.head_dim().is_multiple_of(2) {
             return bad(format!("head size {} must be even for rotary embeddings", self.head_dim()));
         }
         if !(self.rope_theta > 1.0 && self.rope_theta.is_finite()) {
@@ -682,6 +682,7 @@ impl<B: Backend> Transformer<B> {
 
     /// Backward of [`Transformer::attention_forward`]: `dout` is ∂L/∂out; writes ∂L/∂normed_attn
     /// into `dx`, accumulates the weight gradients into `gl`.
+    #[allow(clippy::too_many_arguments)]
     fn attention_backward(
         &self,
         l: &TransformerLayer<B>,
@@ -733,6 +734,7 @@ impl<B: Backend> Transformer<B> {
     }
 
     /// Backward of [`Transformer::mlp_forward`]: writes ∂L/∂normed_mlp into `dx`.
+    #[allow(clippy::too_many_arguments)]
     fn mlp_backward(
         &self,
         l: &TransformerLayer<B>,
@@ -1067,7 +1069,7 @@ mod tests {
             assert_eq!(count, batch * seqlen - 1);
             let (eval, _) = m.loss(&ids, &targets, batch, seqlen).unwrap();
             assert!((loss - eval).abs() < 1e-6, "{loss} vs {eval}");
-            let grads: Vec<Vec<f32>> = g.param_bufs().into_iter().map(|b| b.clone()).collect();
+            let grads: Vec<Vec<f32>> = g.param_bufs().into_iter().cloned().collect();
             let specs = param_specs(&m.cfg);
             for (ti, spec) in specs.iter().enumerate() {
                 let n = grads[ti].len();
@@ -1117,5 +1119,38 @@ mod tests {
         assert!(a.layers[0].input_layernorm.iter().all(|&w| w == 1.0));
         let std = (a.layers[0].q_proj.iter().map(|v| v * v).sum::<f32>() / 256.0).sqrt();
         assert!((std - 0.02).abs() < 0.005, "{std}");
+    }
+
+    /// Timing of one training step at the induction-heads scale (`cargo test -p s6 --lib
+    /// attention_training_step_timing -- --ignored --nocapture`).
+    #[test]
+    #[ignore]
+    fn attention_training_step_timing() {
+        let cfg = TransformerConfig::new(64, 2, 4, 16);
+        let m = Transformer::init(Cpu, cfg, 1).unwrap();
+        for &(batch, seqlen) in &[(8, 256), (1, 4096)] {
+            let ids = ids(batch, seqlen).iter().map(|&i| i % 16).collect::<Vec<_>>();
+            let targets: Vec<u32> = ids.iter().map(|&i| (i + 1) % 16).collect();
+            let mut g = m.zero_grads().unwrap();
+            m.loss_and_grads(&ids, &targets, batch, seqlen, 1.0, &mut g).unwrap();
+            let n = 5;
+            let t = std::time::Instant::now();
+            for _ in 0..n {
+                m.loss_and_grads(&ids, &targets, batch, seqlen, 1.0, &mut g).unwrap();
+            }
+            let step = t.elapsed().as_secs_f64() / n as f64;
+            let t = std::time::Instant::now();
+            for _ in 0..n {
+                m.forward(&ids, batch, seqlen, Logits::Last).unwrap();
+            }
+            let fwd = t.elapsed().as_secs_f64() / n as f64;
+            eprintln!(
+                "d_model 64, 2 layers, 4 heads, d_ff {}, batch {batch} × {seqlen}: train step {:.1} ms, forward {:.1} ms ({} threads)",
+                m.cfg.d_ff,
+                step * 1e3,
+                fwd * 1e3,
+                rayon::current_num_threads()
+            );
+        }
     }
 }

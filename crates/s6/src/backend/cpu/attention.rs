@@ -161,6 +161,59 @@ fn exp_shifted<const FMA: bool>(s: &mut [f32; BC], sub: f32, valid: usize) {
     s[valid..].fill(0.0);
 }
 
+/// Max of `s[..valid]` and `init`; sets `s[valid..]` to −∞. Lane-wise (vectorized), then across lanes.
+#[inline(always)]
+fn masked_max(s: &mut [f32; BC], valid: usize, init: f32) -> f32 {
+    s[valid..].fill(f32::NEG_INFINITY);
+    let mut m = [init; LANES];
+    for c in 0..BC / LANES {
+        for l in 0..LANES {
+            let x = s[c * LANES + l];
+            m[l] = if x > m[l] { x } else { m[l] };
+        }
+    }
+    m.iter().fold(init, |a, &b| if b > a { b } else { a })
+}
+
+/// Sum of a block in [`LANES`] independent partial sums (a single running sum is a serial chain).
+#[inline(always)]
+fn block_sum(s: &[f32; BC]) -> f32 {
+    let mut a = [0.0f32; LANES];
+    for c in 0..BC / LANES {
+        for l in 0..LANES {
+            a[l] += s[c * LANES + l];
+        }
+    }
+    ((a[0] + a[1]) + (a[2] + a[3])) + ((a[4] + a[5]) + (a[6] + a[7]))
+}
+
+/// `acc += Σ_{j < n} w[j] · rows[j]` for rows of `acc.len()` columns in `rows[j * dh ..]`, four
+/// rows per pass over `acc` (a quarter of the loads and stores of `acc`).
+#[inline(always)]
+fn add_weighted_rows<const FMA: bool>(acc: &mut [f32], w: &[f32], rows: &[f32], n: usize) {
+    let dh = acc.len();
+    let mut j = 0;
+    while j + 4 <= n {
+        let (w0, w1, w2, w3) = (w[j], w[j + 1], w[j + 2], w[j + 3]);
+        let r = &rows[j * dh..(j + 4) * dh];
+        let (r0, r1, r2, r3) = (&r[..dh], &r[dh..2 * dh], &r[2 * dh..3 * dh], &r[3 * dh..]);
+        for d in 0..dh {
+            let x = madd::<FMA>(w0, r0[d], acc[d]);
+            let x = madd::<FMA>(w1, r1[d], x);
+            let x = madd::<FMA>(w2, r2[d], x);
+            acc[d] = madd::<FMA>(w3, r3[d], x);
+        }
+        j += 4;
+    }
+    while j < n {
+        let (wj, r) = (w[j], &rows[j * dh..][..dh]);
+        for d in 0..dh {
+            acc[d] = madd::<FMA>(wj, r[d], acc[d]);
+        }
+        j += 1;
+    }
+}
+
 // ----------------------------------------------------------------------------------------------
 // forward
 
@@ -258,21 +311,15 @@ unsafe fn fwd_task<const FMA: bool>(a: &FwdArgs, bh: usize, qb: usize) {
             }
             let valid = nk.min(t + 1 - k0);
             row_times_tile::<FMA>(&qs[i * dh..][..dh], &kt, &mut s);
-            let mx = s[..valid].iter().fold(m[i], |x, &y| x.max(y));
+            let mx = masked_max(&mut s, valid, m[i]);
             exp_shifted::<FMA>(&mut s, mx, valid);
             let corr = (m[i] - mx).exp();
-            sum[i] = sum[i] * corr + s[..valid].iter().sum::<f32>();
+            sum[i] = sum[i] * corr + block_sum(&s);
             let acc_i = &mut acc[i * dh..][..dh];
             if corr != 1.0 {
                 acc_i.iter_mut().for_each(|x| *x *= corr);
             }
-            for j in 0..valid {
-                let p = s[j];
-                let vr = &vb[j * dh..][..dh];
-                for d in 0..dh {
-                    acc_i[d] = madd::<FMA>(p, vr[d], acc_i[d]);
-                }
-            }
+            add_weighted_rows::<FMA>(acc_i, &s, &vb, valid);
             m[i] = mx;
         }
     }
@@ -438,23 +485,38 @@ unsafe fn bwd_kv_task<const FMA: bool>(a: &BwdArgs, bh: usize, kb: usize) {
     load_t(a.v, base + k0, nk, col0, dh, &mut vt);
     let mut dkt = vec![0.0f32; dh * BC];
     let mut dvt = vec![0.0f32; dh * BC];
-    let mut qs = vec![0.0f32; dh];
-    let mut g = vec![0.0f32; dh];
-    let (mut s, mut ds) = ([0.0f32; BC], [0.0f32; BC]);
-    for t in k0..l {
-        load_rows(a.q, base + t, 1, col0, dh, a.scale, &mut qs);
-        load_rows(a.dout, base + t, 1, col0, dh, 1.0, &mut g);
-        let valid = nk.min(t + 1 - k0);
-        let (lse, dt) = (*a.lse.add(bh * l + t), *a.dvec.add(bh * l + t));
-        probs_and_dscores::<FMA>(&qs, &g, &kt, &vt, lse, dt, valid, &mut s, &mut ds);
+    // Two query rows per pass over the dK, dV tiles (half the tile loads and stores); a missing
+    // second row contributes zeros.
+    let mut qs = [vec![0.0f32; dh], vec![0.0f32; dh]];
+    let mut g = [vec![0.0f32; dh], vec![0.0f32; dh]];
+    let mut s = [[0.0f32; BC]; 2];
+    let mut ds = [[0.0f32; BC]; 2];
+    let mut t = k0;
+    while t < l {
+        for r in 0..2 {
+            if t + r >= l {
+                qs[r].fill(0.0);
+                g[r].fill(0.0);
+                s[r] = [0.0; BC];
+                ds[r] = [0.0; BC];
+                continue;
+            }
+            let tr = t + r;
+            load_rows(a.q, base + tr, 1, col0, dh, a.scale, &mut qs[r]);
+            load_rows(a.dout, base + tr, 1, col0, dh, 1.0, &mut g[r]);
+            let valid = nk.min(tr + 1 - k0);
+            let (lse, dt) = (*a.lse.add(bh * l + tr), *a.dvec.add(bh * l + tr));
+            probs_and_dscores::<FMA>(&qs[r], &g[r], &kt, &vt, lse, dt, valid, &mut s[r], &mut ds[r]);
+        }
         for d in 0..dh {
-            let (gd, qd) = (g[d], qs[d]);
+            let (g0, g1, q0, q1) = (g[0][d], g[1][d], qs[0][d], qs[1][d]);
             let (dvr, dkr) = (&mut dvt[d * BC..][..BC], &mut dkt[d * BC..][..BC]);
             for j in 0..BC {
-                dvr[j] = madd::<FMA>(gd, s[j], dvr[j]);
-                dkr[j] = madd::<FMA>(qd, ds[j], dkr[j]);
+                dvr[j] = madd::<FMA>(g1, s[1][j], madd::<FMA>(g0, s[0][j], dvr[j]));
+                dkr[j] = madd::<FMA>(q1, ds[1][j], madd::<FMA>(q0, ds[0][j], dkr[j]));
             }
         }
+        t += 2;
     }
     for j in 0..nk {
         let (dk, dv) = (a.dk.ptr.add((base + k0 + j) * a.dk.ld + col0), a.dv.ptr.add((base + k0 + j) * a.dv.ld + col0));
@@ -507,13 +569,7 @@ unsafe fn bwd_q_task<const FMA: bool>(a: &BwdArgs, bh: usize, qb: usize) {
                 &mut s,
                 &mut ds,
             );
-            let acc_i = &mut acc[i * dh..][..dh];
-            for j in 0..valid {
-                let (dsj, kj) = (ds[j], &kr[j * dh..][..dh]);
-                for d in 0..dh {
-                    acc_i[d] = madd::<FMA>(dsj, kj[d], acc_i[d]);
-                }
-            }
+            add_weighted_rows::<FMA>(&mut acc[i * dh..][..dh], &ds, &kr, valid);
         }
     }
     for i in 0..nr {

@@ -325,3 +325,53 @@ fn attention_ops_error_instead_of_out_of_bounds() {
     assert!(Cpu.rope(ViewMut::full(&mut y, w), dm, 0, 1e4).is_err());
     assert!(Cpu.swiglu(v(&full), v(&short), rows, w, &mut out).is_err());
 }
+
+/// Throughput of the attention kernels (`cargo test -p s6 --lib attention_kernel_timing --
+/// --ignored --nocapture`).
+#[test]
+#[ignore]
+fn attention_kernel_timing() {
+    let mut rng = Rand::new(9);
+    for &(dm, reps) in &[(dims(1, 4096, 4, 16), 3), (dims(1, 4096, 2, 64), 3), (dims(8, 256, 4, 16), 20)] {
+        let n = dm.rows() * dm.width();
+        let (q, k, v, g) = (rng.vec(n, 1.0), rng.vec(n, 1.0), rng.vec(n, 1.0), rng.vec(n, 1.0));
+        let mut out = vec![0.0; n];
+        let mut lse = vec![0.0; dm.rows() * dm.n_head];
+        let (mut dq, mut dk, mut dv) = (vec![0.0; n], vec![0.0; n], vec![0.0; n]);
+        let w = dm.width();
+        let t = std::time::Instant::now();
+        for _ in 0..reps {
+            Cpu.attention(dm, 0.25, View::full(&q, w), View::full(&k, w), View::full(&v, w), &mut out, &mut lse)
+                .unwrap();
+        }
+        let fwd = t.elapsed().as_secs_f64() / reps as f64;
+        let t = std::time::Instant::now();
+        for _ in 0..reps {
+            let (a, b, c) = (ViewMut::full(&mut dq, w), ViewMut::full(&mut dk, w), ViewMut::full(&mut dv, w));
+            Cpu.attention_backward(
+                dm,
+                0.25,
+                View::full(&q, w),
+                View::full(&k, w),
+                View::full(&v, w),
+                &out,
+                &lse,
+                &g,
+                a,
+                b,
+                c,
+            )
+            .unwrap();
+        }
+        let bwd = t.elapsed().as_secs_f64() / reps as f64;
+        // Causal: half of the L² scores; forward 2 matmuls, backward (as computed here) 7.
+        let fl = (dm.batch * dm.n_head) as f64 * (dm.seqlen * dm.seqlen) as f64 / 2.0 * dm.head_dim as f64 * 2.0;
+        eprintln!(
+            "{dm:?}: forward {:.1} ms ({:.1} GFLOP/s), backward {:.1} ms ({:.1} GFLOP/s)",
+            fwd * 1e3,
+            2.0 * fl / fwd / 1e9,
+            bwd * 1e3,
+            7.0 * fl / bwd / 1e9
+        );
+    }
+}
