@@ -1042,6 +1042,17 @@ mod tests {
         assert!(m.forward_bytes(1, 1 << 20, 1) < DEFAULT_MEMORY_BUDGET);
     }
 
+    /// Positions are not limited by `max_position_embeddings` (RoPE extrapolates; see the module docs).
+    #[test]
+    fn runs_beyond_max_position_embeddings() {
+        let mut m = tiny(false);
+        m.cfg.max_position_embeddings = 16;
+        let (batch, seqlen) = (1, 100);
+        let got = m.logits_at(&ids(batch, seqlen), batch, seqlen, &[99, 15]).unwrap();
+        assert!(got.iter().all(|v| v.is_finite()));
+        assert_ne!(got[..11], got[11..]);
+    }
+
     #[test]
     fn attention_is_causal_through_the_model() {
         let m = tiny(false);

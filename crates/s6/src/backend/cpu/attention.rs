@@ -193,22 +193,23 @@ fn block_sum(s: &[f32; BC]) -> f32 {
 fn add_weighted_rows<const FMA: bool>(acc: &mut [f32], w: &[f32], rows: &[f32], n: usize) {
     let dh = acc.len();
     let mut j = 0;
+    // Zipped iterators: no bounds checks in the loops, so they vectorize.
     while j + 4 <= n {
         let (w0, w1, w2, w3) = (w[j], w[j + 1], w[j + 2], w[j + 3]);
-        let r = &rows[j * dh..(j + 4) * dh];
-        let (r0, r1, r2, r3) = (&r[..dh], &r[dh..2 * dh], &r[2 * dh..3 * dh], &r[3 * dh..]);
-        for d in 0..dh {
-            let x = madd::<FMA>(w0, r0[d], acc[d]);
-            let x = madd::<FMA>(w1, r1[d], x);
-            let x = madd::<FMA>(w2, r2[d], x);
-            acc[d] = madd::<FMA>(w3, r3[d], x);
+        let mut it = rows[j * dh..(j + 4) * dh].chunks_exact(dh);
+        let (r0, r1, r2, r3) = (it.next().unwrap(), it.next().unwrap(), it.next().unwrap(), it.next().unwrap());
+        for ((((a, &x0), &x1), &x2), &x3) in acc.iter_mut().zip(r0).zip(r1).zip(r2).zip(r3) {
+            let x = madd::<FMA>(w0, x0, *a);
+            let x = madd::<FMA>(w1, x1, x);
+            let x = madd::<FMA>(w2, x2, x);
+            *a = madd::<FMA>(w3, x3, x);
         }
         j += 4;
     }
     while j < n {
-        let (wj, r) = (w[j], &rows[j * dh..][..dh]);
-        for d in 0..dh {
-            acc[d] = madd::<FMA>(wj, r[d], acc[d]);
+        let wj = w[j];
+        for (a, &x) in acc.iter_mut().zip(&rows[j * dh..(j + 1) * dh]) {
+            *a = madd::<FMA>(wj, x, *a);
         }
         j += 1;
     }
