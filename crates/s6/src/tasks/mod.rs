@@ -277,7 +277,7 @@ pub fn run<B: Backend>(
             train_and_evaluate(model, variant, opts, on_event)
         }
         None => {
-            if size.heads == 0 || size.d_model % size.heads != 0 {
+            if size.heads == 0 || !size.d_model.is_multiple_of(size.heads) {
                 return Err(Error::input(format!(
                     "--heads {} must divide --d-model {} (attention variant)",
                     size.heads, size.d_model
