@@ -527,18 +527,7 @@ impl<B: Backend> Transformer<B> {
         let normed = self.hidden(ids, batch, seqlen, None)?;
         let (rows, d, v) = (batch * seqlen, self.cfg.d_model, self.cfg.vocab_size);
         let be = &self.backend;
-        let chunk = ((1usize << 22) / v).max(1);
-        let (mut sum, mut count, mut r0) = (0.0, 0, 0);
-        while r0 < rows {
-            let nr = chunk.min(rows - r0);
-            let mut logits = be.zeros(nr * v)?;
-            be.linear(View { buf: &normed, offset: r0 * d, ld: d }, nr, d, self.head(), v, None, &mut logits)?;
-            let mut scratch = be.zeros(nr * v)?;
-            let (s, c) = be.cross_entropy(&logits, nr, v, &targets[r0..r0 + nr], 0.0, &mut scratch)?;
-            sum += s;
-            count += c;
-            r0 += nr;
-        }
+        let (sum, count) = super::head_cross_entropy(be, &normed, rows, d, self.head(), v, targets, 0.0, None)?;
         Ok((sum / count.max(1) as f64, count))
     }
 
@@ -810,25 +799,14 @@ impl<B: Backend> Transformer<B> {
 
         // ---- lm_head + cross-entropy, in row chunks so that [rows, vocab] is never held whole ----
         let mut dnormed = be.zeros(rows * d)?;
-        let chunk = ((1usize << 22) / v).max(1);
-        let mut loss_sum = 0.0;
         let scale = grad_scale / count as f32;
-        let mut r0 = 0;
-        while r0 < rows {
-            let nr = chunk.min(rows - r0);
-            let x = View { buf: &normed, offset: r0 * d, ld: d };
-            let mut logits = be.zeros(nr * v)?;
-            be.linear(x, nr, d, self.head(), v, None, &mut logits)?;
-            let mut dlogits = be.zeros(nr * v)?;
-            loss_sum += be.cross_entropy(&logits, nr, v, &targets[r0..r0 + nr], scale, &mut dlogits)?.0;
-            let dhead = match g.lm_head.as_mut() {
-                Some(h) => h,
-                None => &mut g.embed_tokens,
-            };
-            let dx = ViewMut { buf: &mut dnormed, offset: r0 * d, ld: d };
-            be.linear_backward(x, nr, d, self.head(), v, &dlogits, Some(dx), dhead, None)?;
-            r0 += nr;
-        }
+        let head = self.lm_head.as_ref().unwrap_or(&self.embed_tokens);
+        let dhead = match g.lm_head.as_mut() {
+            Some(h) => h,
+            None => &mut g.embed_tokens,
+        };
+        let (loss_sum, _) =
+            super::head_cross_entropy(be, &normed, rows, d, head, v, targets, scale, Some((dhead, &mut dnormed)))?;
 
         // ---- backward through the blocks, last to first ----
         // dres always holds ∂L/∂(the residual stream at the current point).

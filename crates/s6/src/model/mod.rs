@@ -11,8 +11,45 @@ pub mod save;
 pub use attention::{Transformer, TransformerConfig};
 pub use mamba1::{Logits, Mamba, MambaState};
 
-use crate::backend::Backend;
+use crate::backend::{Backend, View, ViewMut};
 use crate::Result;
+
+/// The language-model head and its loss, shared by every model: `logits = normed · headᵀ` and
+/// softmax cross-entropy against `targets` (`u32::MAX` = ignored), in chunks of rows so that the
+/// `[rows, vocab]` logits are never held whole. With `grads = Some((dhead, dnormed))` it also
+/// adds `∂(scale · Σ losses)/∂head` to `dhead` and writes `∂/∂normed` into `dnormed`.
+/// Returns the sum of the row losses and the number of counted rows.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn head_cross_entropy<B: Backend>(
+    be: &B,
+    normed: &B::Buf,
+    rows: usize,
+    d: usize,
+    head: &B::Buf,
+    vocab: usize,
+    targets: &[u32],
+    scale: f32,
+    mut grads: Option<(&mut B::Buf, &mut B::Buf)>,
+) -> Result<(f64, usize)> {
+    let chunk = ((1usize << 22) / vocab).max(1);
+    let (mut sum, mut count, mut r0) = (0.0, 0, 0);
+    while r0 < rows {
+        let nr = chunk.min(rows - r0);
+        let x = View { buf: normed, offset: r0 * d, ld: d };
+        let mut logits = be.zeros(nr * vocab)?;
+        be.linear(x, nr, d, head, vocab, None, &mut logits)?;
+        let mut dlogits = be.zeros(nr * vocab)?;
+        let (s, c) = be.cross_entropy(&logits, nr, vocab, &targets[r0..r0 + nr], scale, &mut dlogits)?;
+        sum += s;
+        count += c;
+        if let Some((dhead, dnormed)) = grads.as_mut() {
+            let dx = ViewMut { buf: &mut **dnormed, offset: r0 * d, ld: d };
+            be.linear_backward(x, nr, d, head, vocab, &dlogits, Some(dx), dhead, None)?;
+        }
+        r0 += nr;
+    }
+    Ok((sum, count))
+}
 
 /// A causal language model that can be trained and evaluated through one interface.
 pub trait LanguageModel<B: Backend>: Sized + Send + Sync {
