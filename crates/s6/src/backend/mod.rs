@@ -10,6 +10,8 @@
 #![allow(clippy::too_many_arguments)]
 
 pub mod cpu;
+#[cfg(feature = "cuda")]
+pub mod cuda;
 #[cfg(test)]
 pub(crate) mod reference;
 
@@ -298,4 +300,10 @@ pub trait Backend: Send + Sync + Clone {
 
     /// `out[i, :] = src[rows[i], :]` for rows of width `dim`.
     fn gather_rows(&self, src: &Self::Buf, rows: &[usize], dim: usize, out: &mut Self::Buf) -> Result<()>;
+
+    /// Waits until all queued work is done (devices that run asynchronously, for timing); a no-op
+    /// on the CPU.
+    fn synchronize(&self) -> Result<()> {
+        Ok(())
+    }
 }
