@@ -24,10 +24,10 @@ fi
 if [[ $what == *bench* ]]; then
   {
     dev-out/s6 bench scan --device cuda --repeats 20
-    for v in split1 split2 split8; do
+    for v in ${SCAN_VARIANTS:-split4 smem16 smem8 smem4}; do
       S6_SCAN_VARIANT=$v dev-out/s6 bench scan --device cuda --repeats 20 2>&1 | grep "scan B" | sed "s/^/$v /"
     done
-    dev-out/s6 bench decode --device cuda --batch 1,16 --tokens 128 --repeats 3
-    dev-out/s6 bench prefill --device cuda --batch 1,16 --seqlen 2048 --repeats 3
+    dev-out/s6 bench decode --device cuda --batch 1,16,64 --tokens 128 --repeats 3
+    dev-out/s6 bench prefill --device cuda --batch 16 --seqlen 2048 --repeats 3
   } 2>&1 | tee "$OUT/bench.log"
 fi

@@ -25,7 +25,7 @@ use crate::{Error, Result};
 const KERNEL_SOURCES: [&str; 2] = [include_str!("kernels/elementwise.cu"), include_str!("kernels/scan.cu")];
 
 /// Every kernel the module defines (looked up once when the backend is created).
-const KERNELS: [&str; 15] = [
+const KERNELS: [&str; 22] = [
     "s6_embedding",
     "s6_gather_rows",
     "s6_fill_bias",
@@ -41,6 +41,13 @@ const KERNELS: [&str; 15] = [
     "s6_scan_n16_split1",
     "s6_scan_n16_split2",
     "s6_scan_n16_split8",
+    "s6_scan_n16_smem16",
+    "s6_scan_n16_smem8",
+    "s6_scan_n16_smem4",
+    "s6_scan_n16_pipe8",
+    "s6_scan_n16_pipe16",
+    "s6_scan_n16_pipe8x",
+    "s6_scan_n16_pipe8xu",
 ];
 
 /// The largest `d_state` the scan kernels hold in registers.
@@ -76,7 +83,8 @@ struct Inner {
     funcs: HashMap<&'static str, CudaFunction>,
     name: String,
     arch: String,
-    /// `S6_SCAN_VARIANT` (split1, split2, split8) picks another N = 16 scan kernel: measurements.
+    /// `S6_SCAN_VARIANT` (split1, split2, split4, split8, smem4, smem8, smem16, pipe16, pipe8x, pipe8xu) picks another
+    /// N = 16 scan kernel: for measurements.
     scan_variant: Option<String>,
 }
 
@@ -260,8 +268,16 @@ impl Cuda {
             16 => match self.inner.scan_variant.as_deref() {
                 Some("split1") => ("s6_scan_n16_split1", 1, 32),
                 Some("split2") => ("s6_scan_n16_split2", 2, 32),
+                Some("split4") => ("s6_scan_n16", 4, 32),
+                Some("smem16") => ("s6_scan_n16_smem16", 16, 8),
+                Some("smem4") => ("s6_scan_n16_smem4", 4, 32),
                 Some("split8") => ("s6_scan_n16_split8", 8, 16),
-                _ => ("s6_scan_n16", 4, 32),
+                Some("smem8") => ("s6_scan_n16_smem8", 8, 16),
+                Some("pipe16") => ("s6_scan_n16_pipe16", 16, 8),
+                Some("pipe8x") => ("s6_scan_n16_pipe8x", 8, 16),
+                Some("pipe8xu") => ("s6_scan_n16_pipe8xu", 8, 16),
+                // The fastest measured on the H200 (docs/BENCHMARKS.md).
+                _ => ("s6_scan_n16_pipe8", 8, 16),
             },
             1..=4 => ("s6_scan_n4", 4, 32),
             5..=8 => ("s6_scan_n8", 4, 32),
