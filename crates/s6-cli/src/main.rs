@@ -21,24 +21,27 @@ enum Command {
     #[command(allow_negative_numbers = true)]
     Generate(commands::generate::Args),
     /// Compute logits for token ids from a safetensors file (parity checks against PyTorch).
-    // `--temperature -1` must reach the range check (and its message), not fail as an unknown flag.
     #[command(allow_negative_numbers = true)]
     Logits(commands::logits::Args),
     /// Describe a model: architecture, parameters, dtypes, memory, tokenizer.
-    // `--temperature -1` must reach the range check (and its message), not fail as an unknown flag.
     #[command(allow_negative_numbers = true)]
     Info(commands::info::Args),
     /// Benchmark decode, prefill or training throughput beside the machine's measured limits.
     #[command(allow_negative_numbers = true)]
     Bench(commands::bench::Args),
     /// Train a model from scratch or fine-tune one, with resumable checkpoints.
-    // `--temperature -1` must reach the range check (and its message), not fail as an unknown flag.
+    // Negative values (`--lr -1`) must reach the range checks and their messages.
     #[command(allow_negative_numbers = true)]
     Train(Box<commands::train::Args>),
     /// Create a randomly initialized model (the paper's initialization) in HF layout.
-    // `--temperature -1` must reach the range check (and its message), not fail as an unknown flag.
     #[command(allow_negative_numbers = true)]
     Init(commands::init::Args),
+    /// Train and test a model on one of the paper's synthetic tasks, across sequence lengths.
+    #[command(allow_negative_numbers = true)]
+    Task(Box<commands::task::Args>),
+    /// Three-minute demo: Mamba solves selective copying, the time-invariant ablation cannot.
+    #[command(allow_negative_numbers = true)]
+    Demo(commands::task::DemoArgs),
 }
 
 fn main() -> ExitCode {
@@ -50,6 +53,8 @@ fn main() -> ExitCode {
         Command::Init(a) => commands::init::run(a),
         Command::Bench(a) => commands::bench::run(a),
         Command::Train(a) => commands::train::run(*a),
+        Command::Task(a) => commands::task::run(*a),
+        Command::Demo(a) => commands::task::demo(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -1165,3 +1165,59 @@ fn no_subcommand_is_a_usage_error() {
     assert!(!stderr_of(&o).contains("panicked"));
     assert!(stderr_of(&o).contains("Usage"), "{}", stderr_of(&o));
 }
+
+// ---------------------------------------------------------------------------------------------
+// s6 task
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn task_bad_inputs_name_the_value() {
+    fails(&["task", "sorting"], &["unknown task 'sorting'", "selective-copying"]);
+    fails(&["task", "copying", "--variant", "s6,lstm"], &["unknown variant 'lstm'", "lti"]);
+    fails(&["task", "copying", "--eval-lengths", "64,abc"], &["--eval-lengths", "'abc'"]);
+    fails(&["task", "copying", "--eval-lengths", "2^99"], &["'2^99'"]);
+    fails(&["task", "selective-copying", "--seq-len", "20"], &["sequence length 20", "at least 33"]);
+    fails(&["task", "mqar", "--vocab", "8"], &["--vocab"]);
+    fails(&["task", "copying", "--lr", "-1"], &["--lr", "-1"]);
+    fails(&["task", "copying", "--steps", "0"], &["--steps"]);
+    fails(&["task", "copying", "--device", "cuda"], &["cuda"]);
+}
+
+#[test]
+fn task_trains_evaluates_and_writes_json_and_plot() {
+    let tmp = TempDir::new("task");
+    let json = tmp.join("r.json");
+    let plot = tmp.join("r.svg");
+    let out = ok(&[
+        "task",
+        "induction-heads",
+        "--layers",
+        "1",
+        "--d-model",
+        "16",
+        "--seq-len",
+        "16",
+        "--steps",
+        "4",
+        "--batch-size",
+        "2",
+        "--eval-lengths",
+        "16,2^5",
+        "--eval-samples",
+        "4",
+        "--json",
+        &p(&json),
+        "--plot",
+        &p(&plot),
+    ]);
+    assert!(out.contains("length") && out.contains("s6"), "{out}");
+    let v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    assert_eq!(v["task"], "induction-heads");
+    assert_eq!(v["variant"], "s6");
+    assert_eq!(v["train_seq_len"], 16);
+    assert_eq!(v["steps"], 4);
+    let lens: Vec<u64> = v["results"].as_array().unwrap().iter().map(|r| r["seq_len"].as_u64().unwrap()).collect();
+    assert_eq!(lens, vec![16, 32]);
+    assert!(v["results"][0]["accuracy"].as_f64().is_some());
+    assert!(std::fs::read_to_string(&plot).unwrap().starts_with("<svg"));
+}

@@ -5,7 +5,8 @@
 //!
 //! Layers, imports pointing down only:
 //! - [`generate`]: sampling, sessions, the decode loop (runtime);
-//! - [`model`]: the Mamba-1 language model, written once against [`backend::Backend`];
+//! - [`model`]: the Mamba-1 language model and the Transformer baseline, written once against
+//!   [`backend::Backend`];
 //! - [`backend`]: the ops the models need, implemented per device (CPU now, CUDA later);
 //! - [`formats`] and [`config`]: files on disk, knowing nothing of backends.
 
@@ -17,6 +18,7 @@ pub mod formats;
 pub mod generate;
 pub mod hub;
 pub mod model;
+pub mod tasks;
 pub mod train;
 
 #[cfg(test)]

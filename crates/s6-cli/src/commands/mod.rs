@@ -5,6 +5,7 @@ pub mod generate;
 pub mod info;
 pub mod init;
 pub mod logits;
+pub mod task;
 pub mod train;
 
 use std::path::PathBuf;
@@ -68,5 +69,14 @@ pub fn on_device(device: &Device, job: impl OnDevice) -> Result<()> {
         Device::Cuda(i) => bail!(
             "device cuda:{i} is not available: this s6 was built without CUDA support (rebuild with `cargo build --release -p s6-cli --features cuda`); use --device cpu"
         ),
+    }
+}
+
+/// A line above a progress bar, or on stderr when the bar is hidden (stderr is not a terminal).
+pub fn say(bar: &indicatif::ProgressBar, line: String) {
+    if bar.is_hidden() {
+        eprintln!("{line}");
+    } else {
+        bar.println(line);
     }
 }

@@ -230,7 +230,7 @@ pub fn run(a: Args) -> Result<()> {
             bar.set_position(step);
             bar.set_message(format!("loss {loss:.4} lr {lr:.2e} |g| {grad_norm:.2} {tokens_per_s:.0} tok/s"));
         }
-        Event::Eval { step, val_loss } => bar.println(format!("step {step}: val_loss {val_loss:.4}")),
+        Event::Eval { step, val_loss } => super::say(&bar, format!("step {step}: val_loss {val_loss:.4}")),
         Event::Checkpoint { .. } => {}
     })?;
     bar.finish();

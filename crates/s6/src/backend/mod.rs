@@ -129,6 +129,28 @@ pub struct AdamW {
     pub grad_scale: f32,
 }
 
+/// Shapes of one multi-head attention (or RoPE) call: `batch` sequences of `seqlen` tokens, each
+/// token row holding `n_head` heads of `head_dim` columns (head `h` in columns
+/// `h * head_dim .. (h + 1) * head_dim`), rows batch-major (`row = b * seqlen + t`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AttnDims {
+    pub batch: usize,
+    pub seqlen: usize,
+    pub n_head: usize,
+    pub head_dim: usize,
+}
+
+impl AttnDims {
+    /// Token rows, `batch * seqlen`.
+    pub fn rows(&self) -> usize {
+        self.batch * self.seqlen
+    }
+    /// Columns of a token row, `n_head * head_dim`.
+    pub fn width(&self) -> usize {
+        self.n_head * self.head_dim
+    }
+}
+
 /// The operations a device offers to the models.
 ///
 /// Every op is checked against the f64 reference in `backend::reference` on random inputs.
@@ -300,6 +322,75 @@ pub trait Backend: Send + Sync + Clone {
 
     /// `out[i, :] = src[rows[i], :]` for rows of width `dim`.
     fn gather_rows(&self, src: &Self::Buf, rows: &[usize], dim: usize, out: &mut Self::Buf) -> Result<()>;
+
+    // ----- attention-model ops (the Transformer baseline, `model::attention`) -----
+
+    /// Rotary position embedding in place, HF Llama convention (`rotate_half`, non-interleaved):
+    /// in each head, column `i < head_dim / 2` pairs with column `i + head_dim / 2` and the pair is
+    /// rotated by the angle `(pos0 + t) · θ^(−2i / head_dim)`, `t` the position in its sequence.
+    /// `x`: `[batch * seqlen, n_head * head_dim]` columns of a wider matrix. `head_dim` must be even.
+    fn rope(&self, x: ViewMut<'_, Self::Buf>, dims: AttnDims, pos0: usize, theta: f32) -> Result<()>;
+
+    /// Backward of [`Backend::rope`] in place: the rotation is orthogonal, so the gradient is
+    /// rotated by the opposite angles (the inverse rotation).
+    fn rope_backward(&self, dx: ViewMut<'_, Self::Buf>, dims: AttnDims, pos0: usize, theta: f32) -> Result<()>;
+
+    /// Causal multi-head attention per sequence: `out[t] = Σ_{s ≤ t} softmax_s(scale · q_t·k_s) v_s`
+    /// for every head. `q`, `k`, `v`: `[rows, n_head * head_dim]` columns of wider matrices (e.g.
+    /// a fused qkv buffer); `out`: contiguous `[rows, n_head * head_dim]`; `lse`: contiguous
+    /// `[batch, n_head, seqlen]`, receives each row's logsumexp of `scale · q·k`, all the backward
+    /// needs besides the inputs. Memory is linear in `seqlen`: no `seqlen × seqlen` matrix exists.
+    fn attention(
+        &self,
+        dims: AttnDims,
+        scale: f32,
+        q: View<'_, Self::Buf>,
+        k: View<'_, Self::Buf>,
+        v: View<'_, Self::Buf>,
+        out: &mut Self::Buf,
+        lse: &mut Self::Buf,
+    ) -> Result<()>;
+
+    /// Backward of [`Backend::attention`] (FlashAttention-2 style: the probabilities are
+    /// recomputed from `lse`). `out` and `lse` are the forward's outputs, `dout` the gradient of
+    /// `out` (contiguous). `dq`, `dk`, `dv` are written.
+    fn attention_backward(
+        &self,
+        dims: AttnDims,
+        scale: f32,
+        q: View<'_, Self::Buf>,
+        k: View<'_, Self::Buf>,
+        v: View<'_, Self::Buf>,
+        out: &Self::Buf,
+        lse: &Self::Buf,
+        dout: &Self::Buf,
+        dq: ViewMut<'_, Self::Buf>,
+        dk: ViewMut<'_, Self::Buf>,
+        dv: ViewMut<'_, Self::Buf>,
+    ) -> Result<()>;
+
+    /// SwiGLU gating of a gated MLP: `out = silu(gate) · up` elementwise, `[rows, cols]`
+    /// (`gate`, `up` columns of wider matrices, `out` contiguous).
+    fn swiglu(
+        &self,
+        gate: View<'_, Self::Buf>,
+        up: View<'_, Self::Buf>,
+        rows: usize,
+        cols: usize,
+        out: &mut Self::Buf,
+    ) -> Result<()>;
+
+    /// Backward of [`Backend::swiglu`]: `dgate`, `dup` written. `dout` contiguous `[rows, cols]`.
+    fn swiglu_backward(
+        &self,
+        gate: View<'_, Self::Buf>,
+        up: View<'_, Self::Buf>,
+        rows: usize,
+        cols: usize,
+        dout: &Self::Buf,
+        dgate: ViewMut<'_, Self::Buf>,
+        dup: ViewMut<'_, Self::Buf>,
+    ) -> Result<()>;
 
     /// Waits until all queued work is done (devices that run asynchronously, for timing); a no-op
     /// on the CPU.

@@ -382,3 +382,115 @@ pub fn adamw_step(
         p[i] -= lr / bc1 * m[i] / ((v[i] / bc2).sqrt() + eps);
     }
 }
+
+// ----- attention-model references (layouts as in `Backend::attention`, all contiguous) -----
+
+use super::AttnDims;
+
+/// RoPE with f64 angles `(pos0 + t) · θ^(−2i / head_dim)`; `inverse` rotates the other way.
+pub fn rope(x: &[f64], dims: AttnDims, pos0: usize, theta: f64, inverse: bool) -> Vec<f64> {
+    let (dh, w) = (dims.head_dim, dims.width());
+    let half = dh / 2;
+    let mut y = x.to_vec();
+    for r in 0..dims.rows() {
+        let p = (pos0 + r % dims.seqlen) as f64;
+        for h in 0..dims.n_head {
+            for i in 0..half {
+                let ang = p * theta.powf(-((2 * i) as f64) / dh as f64);
+                let (s, c) = ang.sin_cos();
+                let s = if inverse { -s } else { s };
+                let (a, b) = (x[r * w + h * dh + i], x[r * w + h * dh + half + i]);
+                y[r * w + h * dh + i] = a * c - b * s;
+                y[r * w + h * dh + half + i] = b * c + a * s;
+            }
+        }
+    }
+    y
+}
+
+/// Causal softmax attention probabilities of one (sequence, head): `p[t][s]` for `s <= t`, and
+/// the logsumexp of each row's scaled scores.
+fn attention_probs(q: &[f64], k: &[f64], dims: AttnDims, b: usize, h: usize, scale: f64) -> (Vec<Vec<f64>>, Vec<f64>) {
+    let (l, dh, w) = (dims.seqlen, dims.head_dim, dims.width());
+    let at = |m: &[f64], t: usize, d: usize| m[(b * l + t) * w + h * dh + d];
+    let mut probs = Vec::with_capacity(l);
+    let mut lses = Vec::with_capacity(l);
+    for t in 0..l {
+        let scores: Vec<f64> =
+            (0..=t).map(|s| scale * (0..dh).map(|d| at(q, t, d) * at(k, s, d)).sum::<f64>()).collect();
+        let mx = scores.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+        let z: f64 = scores.iter().map(|s| (s - mx).exp()).sum();
+        probs.push(scores.iter().map(|s| (s - mx).exp() / z).collect());
+        lses.push(mx + z.ln());
+    }
+    (probs, lses)
+}
+
+/// Causal multi-head attention: returns `(out [rows, width], lse [batch, n_head, seqlen])`.
+pub fn attention(q: &[f64], k: &[f64], v: &[f64], dims: AttnDims, scale: f64) -> (Vec<f64>, Vec<f64>) {
+    let (l, dh, w, nh) = (dims.seqlen, dims.head_dim, dims.width(), dims.n_head);
+    let mut out = vec![0.0; dims.rows() * w];
+    let mut lse = vec![0.0; dims.rows() * nh];
+    for b in 0..dims.batch {
+        for h in 0..nh {
+            let (probs, lses) = attention_probs(q, k, dims, b, h, scale);
+            for t in 0..l {
+                lse[(b * nh + h) * l + t] = lses[t];
+                for (s, p) in probs[t].iter().enumerate() {
+                    for d in 0..dh {
+                        out[(b * l + t) * w + h * dh + d] += p * v[(b * l + s) * w + h * dh + d];
+                    }
+                }
+            }
+        }
+    }
+    (out, lse)
+}
+
+/// Backward of [`attention`] through the explicit probabilities: returns `(dq, dk, dv)`.
+pub fn attention_backward(
+    q: &[f64],
+    k: &[f64],
+    v: &[f64],
+    dout: &[f64],
+    dims: AttnDims,
+    scale: f64,
+) -> (Vec<f64>, Vec<f64>, Vec<f64>) {
+    let (l, dh, w, nh) = (dims.seqlen, dims.head_dim, dims.width(), dims.n_head);
+    let n = dims.rows() * w;
+    let (mut dq, mut dk, mut dv) = (vec![0.0; n], vec![0.0; n], vec![0.0; n]);
+    let ix = |b: usize, t: usize, h: usize, d: usize| (b * l + t) * w + h * dh + d;
+    for b in 0..dims.batch {
+        for h in 0..nh {
+            let (probs, _) = attention_probs(q, k, dims, b, h, scale);
+            for t in 0..l {
+                let p = &probs[t];
+                // out_t = Σ_s p_s v_s; ∂p_s/∂score_r = p_s(δ_sr − p_r).
+                let dp: Vec<f64> =
+                    (0..=t).map(|s| (0..dh).map(|d| dout[ix(b, t, h, d)] * v[ix(b, s, h, d)]).sum()).collect();
+                let dot: f64 = (0..=t).map(|s| p[s] * dp[s]).sum();
+                for s in 0..=t {
+                    let dscore = p[s] * (dp[s] - dot);
+                    for d in 0..dh {
+                        dv[ix(b, s, h, d)] += p[s] * dout[ix(b, t, h, d)];
+                        dq[ix(b, t, h, d)] += scale * dscore * k[ix(b, s, h, d)];
+                        dk[ix(b, s, h, d)] += scale * dscore * q[ix(b, t, h, d)];
+                    }
+                }
+            }
+        }
+    }
+    (dq, dk, dv)
+}
+
+/// `silu(gate) · up`.
+pub fn swiglu(gate: &[f64], up: &[f64]) -> Vec<f64> {
+    gate.iter().zip(up).map(|(&g, &u)| silu(g) * u).collect()
+}
+
+/// Backward of [`swiglu`]: returns `(dgate, dup)`.
+pub fn swiglu_backward(gate: &[f64], up: &[f64], dout: &[f64]) -> (Vec<f64>, Vec<f64>) {
+    let dg = gate.iter().zip(up).zip(dout).map(|((&g, &u), &d)| d * u * silu_grad(g)).collect();
+    let du = gate.iter().zip(dout).map(|(&g, &d)| d * silu(g)).collect();
+    (dg, du)
+}

@@ -3,10 +3,12 @@
 //! [`LanguageModel`] is what the runtimes that train and evaluate *any* model (synthetic tasks,
 //! language-model baselines) see: Mamba-1 with its ablations and the attention baseline implement it.
 
+pub mod attention;
 pub mod init;
 pub mod mamba1;
 pub mod save;
 
+pub use attention::{Transformer, TransformerConfig};
 pub use mamba1::{Logits, Mamba, MambaState};
 
 use crate::backend::Backend;

@@ -1,9 +1,10 @@
 //! The CPU backend: host `Vec<f32>` buffers, `gemm` for matmuls, hand-written fused kernels
-//! (AVX2 + FMA chosen at run time) for the scan, conv and norms; threads through rayon.
+//! (AVX2 + FMA chosen at run time) for the scan, conv, norms and attention; threads through rayon.
 
 // Kernels index fixed-width lane arrays in lockstep; index loops say that most plainly.
 #![allow(clippy::needless_range_loop)]
 
+mod attention;
 mod backward;
 mod conv;
 mod linear;
@@ -13,7 +14,7 @@ pub mod simd;
 
 use rayon::prelude::*;
 
-use super::{AdamW, Backend, ScanArgs, ScanGrads, View, ViewMut};
+use super::{AdamW, AttnDims, Backend, ScanArgs, ScanGrads, View, ViewMut};
 use crate::{Error, Result};
 
 /// The CPU backend. Threads come from rayon's global pool (`RAYON_NUM_THREADS`).
@@ -300,9 +301,73 @@ impl Backend for Cpu {
         }
         Ok(())
     }
+
+    fn rope(&self, x: ViewMut<'_, Vec<f32>>, dims: AttnDims, pos0: usize, theta: f32) -> Result<()> {
+        attention::rope(x, dims, pos0, theta, false)
+    }
+
+    fn rope_backward(&self, dx: ViewMut<'_, Vec<f32>>, dims: AttnDims, pos0: usize, theta: f32) -> Result<()> {
+        attention::rope(dx, dims, pos0, theta, true)
+    }
+
+    fn attention(
+        &self,
+        dims: AttnDims,
+        scale: f32,
+        q: View<'_, Vec<f32>>,
+        k: View<'_, Vec<f32>>,
+        v: View<'_, Vec<f32>>,
+        out: &mut Vec<f32>,
+        lse: &mut Vec<f32>,
+    ) -> Result<()> {
+        attention::attention(dims, scale, q, k, v, out, lse)
+    }
+
+    fn attention_backward(
+        &self,
+        dims: AttnDims,
+        scale: f32,
+        q: View<'_, Vec<f32>>,
+        k: View<'_, Vec<f32>>,
+        v: View<'_, Vec<f32>>,
+        out: &Vec<f32>,
+        lse: &Vec<f32>,
+        dout: &Vec<f32>,
+        dq: ViewMut<'_, Vec<f32>>,
+        dk: ViewMut<'_, Vec<f32>>,
+        dv: ViewMut<'_, Vec<f32>>,
+    ) -> Result<()> {
+        attention::attention_backward(dims, scale, q, k, v, out, lse, dout, dq, dk, dv)
+    }
+
+    fn swiglu(
+        &self,
+        gate: View<'_, Vec<f32>>,
+        up: View<'_, Vec<f32>>,
+        rows: usize,
+        cols: usize,
+        out: &mut Vec<f32>,
+    ) -> Result<()> {
+        attention::swiglu(gate, up, rows, cols, out)
+    }
+
+    fn swiglu_backward(
+        &self,
+        gate: View<'_, Vec<f32>>,
+        up: View<'_, Vec<f32>>,
+        rows: usize,
+        cols: usize,
+        dout: &Vec<f32>,
+        dgate: ViewMut<'_, Vec<f32>>,
+        dup: ViewMut<'_, Vec<f32>>,
+    ) -> Result<()> {
+        attention::swiglu_backward(gate, up, rows, cols, dout, dgate, dup)
+    }
 }
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_attention;
 #[cfg(test)]
 mod tests_backward;

@@ -12,12 +12,12 @@ use crate::backend::{reference as r, AdamW, Backend, ScanArgs, ScanDims, ScanGra
 use crate::testutil::{assert_close, Rand};
 use crate::Error;
 
-fn f64s(v: &[f32]) -> Vec<f64> {
+pub(super) fn f64s(v: &[f32]) -> Vec<f64> {
     v.iter().map(|&x| x as f64).collect()
 }
 
 /// Columns `off..off + w` of `rows` rows at stride `ld`, contiguous, in f64.
-fn cols(buf: &[f32], off: usize, ld: usize, rows: usize, w: usize) -> Vec<f64> {
+pub(super) fn cols(buf: &[f32], off: usize, ld: usize, rows: usize, w: usize) -> Vec<f64> {
     (0..rows).flat_map(|i| f64s(&buf[off + i * ld..][..w])).collect()
 }
 
@@ -27,7 +27,15 @@ fn wdot(a: &[f64], b: &[f64]) -> f64 {
 }
 
 /// Asserts that `after` equals `before` everywhere outside the `rows × w` view at (`off`, `ld`).
-fn assert_outside_unchanged(after: &[f32], before: &[f32], off: usize, ld: usize, rows: usize, w: usize, what: &str) {
+pub(super) fn assert_outside_unchanged(
+    after: &[f32],
+    before: &[f32],
+    off: usize,
+    ld: usize,
+    rows: usize,
+    w: usize,
+    what: &str,
+) {
     for (i, (a, b)) in after.iter().zip(before).enumerate() {
         let inside = i >= off && (i - off) / ld < rows && (i - off) % ld < w;
         if !inside {
@@ -38,7 +46,7 @@ fn assert_outside_unchanged(after: &[f32], before: &[f32], off: usize, ld: usize
 
 /// Central differences of `loss` at every coordinate of every tensor of `params`, against `grads`:
 /// `|fd − grad| <= tol · max(1, max|grad|)` per tensor.
-fn check_fd(
+pub(super) fn check_fd(
     what: &str,
     names: &[&str],
     params: &[Vec<f64>],

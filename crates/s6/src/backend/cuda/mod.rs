@@ -18,7 +18,7 @@ use cudarc::driver::{
 };
 use cudarc::nvrtc::{compile_ptx_with_opts, CompileOptions, Ptx};
 
-use super::{AdamW, Backend, ScanArgs, ScanGrads, View, ViewMut};
+use super::{AdamW, AttnDims, Backend, ScanArgs, ScanGrads, View, ViewMut};
 use crate::{Error, Result};
 
 /// The kernels' sources, compiled together into one module.
@@ -54,6 +54,10 @@ const KERNELS: [&str; 22] = [
 pub const MAX_D_STATE: usize = 64;
 
 const TRAINING: &str = "training on CUDA is not implemented yet (issue 6)";
+
+fn not_yet(op: &str) -> Error {
+    Error::Backend(format!("{op} is not implemented on CUDA yet"))
+}
 
 /// A flat `f32` buffer in device memory (`len` floats; the allocation holds at least one, since
 /// the driver refuses empty ones).
@@ -657,5 +661,66 @@ impl Backend for Cuda {
         let (r, d) = (u32_of("rows", rows.len())?, u32_of("dim", dim)?);
         launch!(self, self.func("s6_gather_rows")?, grid_1d(rows.len() * dim), "gather_rows"; s, ip, o, r, d);
         Ok(())
+    }
+    fn rope(&self, _x: ViewMut<'_, CudaBuf>, _dims: AttnDims, _pos0: usize, _theta: f32) -> Result<()> {
+        Err(not_yet("rope"))
+    }
+
+    fn rope_backward(&self, _dx: ViewMut<'_, CudaBuf>, _dims: AttnDims, _pos0: usize, _theta: f32) -> Result<()> {
+        Err(not_yet("rope_backward"))
+    }
+
+    fn attention(
+        &self,
+        _dims: AttnDims,
+        _scale: f32,
+        _q: View<'_, CudaBuf>,
+        _k: View<'_, CudaBuf>,
+        _v: View<'_, CudaBuf>,
+        _out: &mut CudaBuf,
+        _lse: &mut CudaBuf,
+    ) -> Result<()> {
+        Err(not_yet("attention"))
+    }
+
+    fn attention_backward(
+        &self,
+        _dims: AttnDims,
+        _scale: f32,
+        _q: View<'_, CudaBuf>,
+        _k: View<'_, CudaBuf>,
+        _v: View<'_, CudaBuf>,
+        _out: &CudaBuf,
+        _lse: &CudaBuf,
+        _dout: &CudaBuf,
+        _dq: ViewMut<'_, CudaBuf>,
+        _dk: ViewMut<'_, CudaBuf>,
+        _dv: ViewMut<'_, CudaBuf>,
+    ) -> Result<()> {
+        Err(not_yet("attention_backward"))
+    }
+
+    fn swiglu(
+        &self,
+        _gate: View<'_, CudaBuf>,
+        _up: View<'_, CudaBuf>,
+        _rows: usize,
+        _cols: usize,
+        _out: &mut CudaBuf,
+    ) -> Result<()> {
+        Err(not_yet("swiglu"))
+    }
+
+    fn swiglu_backward(
+        &self,
+        _gate: View<'_, CudaBuf>,
+        _up: View<'_, CudaBuf>,
+        _rows: usize,
+        _cols: usize,
+        _dout: &CudaBuf,
+        _dgate: ViewMut<'_, CudaBuf>,
+        _dup: ViewMut<'_, CudaBuf>,
+    ) -> Result<()> {
+        Err(not_yet("swiglu_backward"))
     }
 }
