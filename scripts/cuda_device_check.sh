@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
 # Runs the CUDA tests and benchmarks from prebuilt binaries on a GPU machine that has no Rust:
-# build here with
-#   cargo build --release -p s6-cli --features cuda
-#   cargo test --release -p s6 --features cuda --test cuda --no-run
+# build here with (add --release for release binaries)
+#   cargo build -p s6-cli --features cuda
+#   cargo test -p s6 --features cuda --test cuda --no-run
 # copy `s6` and the test binary to dev-out/ (as dev-out/s6 and dev-out/cuda-tests), then run
 # this script from the repository root there. Logs go to $OUT (or ./dev-out/logs).
-# Usage: scripts/cuda_device_check.sh [tests] [bench]
+# Usage: scripts/cuda_device_check.sh [tests] [bench]; SCAN_VARIANTS="a b" picks the scan variants.
 set -uo pipefail
 OUT=${OUT:-dev-out/logs}
 mkdir -p "$OUT"

@@ -248,7 +248,7 @@ fn selective_scan_variants_match_cpu() {
     // The N = 16 kernel variants of `S6_SCAN_VARIANT` (one backend each; same process, same PTX).
     let Some(_) = gpu() else { return };
     for v in
-        ["split1", "split2", "split4", "split8", "smem4", "smem8", "smem16", "pipe16", "pipe8x", "pipe8xu", "default"]
+        ["split1", "split2", "split4", "split8", "smem4", "smem8", "smem16", "pipe8", "pipe16", "pipe8xu", "default"]
     {
         std::env::set_var("S6_SCAN_VARIANT", v);
         let g = Cuda::new(0).unwrap();

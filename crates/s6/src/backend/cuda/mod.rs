@@ -87,7 +87,7 @@ struct Inner {
     funcs: HashMap<&'static str, CudaFunction>,
     name: String,
     arch: String,
-    /// `S6_SCAN_VARIANT` (split1, split2, split4, split8, smem4, smem8, smem16, pipe16, pipe8x, pipe8xu) picks another
+    /// `S6_SCAN_VARIANT` (split1, split2, split4, split8, smem4, smem8, smem16, pipe8, pipe16, pipe8xu) picks another
     /// N = 16 scan kernel: for measurements.
     scan_variant: Option<String>,
 }
@@ -278,10 +278,10 @@ impl Cuda {
                 Some("split8") => ("s6_scan_n16_split8", 8, 16),
                 Some("smem8") => ("s6_scan_n16_smem8", 8, 16),
                 Some("pipe16") => ("s6_scan_n16_pipe16", 16, 8),
-                Some("pipe8x") => ("s6_scan_n16_pipe8x", 8, 16),
+                Some("pipe8") => ("s6_scan_n16_pipe8", 8, 16),
                 Some("pipe8xu") => ("s6_scan_n16_pipe8xu", 8, 16),
                 // The fastest measured on the H200 (docs/BENCHMARKS.md).
-                _ => ("s6_scan_n16_pipe8", 8, 16),
+                _ => ("s6_scan_n16_pipe8x", 8, 16),
             },
             1..=4 => ("s6_scan_n4", 4, 32),
             5..=8 => ("s6_scan_n8", 4, 32),

@@ -2,7 +2,11 @@
 //   dt = softplus(delta + delta_bias), h_t = exp(dt*A) h_{t-1} + dt*B_t*u_t,
 //   y_t = (C_t . h_t + D*u_t) * silu(z_t)          (gate optional: y_t = C_t . h_t + D*u_t)
 //
-// Work split: a block owns CPB channels of one sequence; each channel's N states are split over
+// Three structures follow, as N = 16 variants measured on the H200 (docs/BENCHMARKS.md); the
+// default for N = 16 is s6_scan_n16_pipe8x (8 lanes per channel, partial sums through shared
+// memory, pipelined loads, exp2 on the SFU alone); other N use the first structure.
+//
+// First structure — work split: a block owns CPB channels of one sequence; each channel's N states are split over
 // SPLIT consecutive lanes of a warp, NPT = N_MAX / SPLIT states per lane, held in registers for the
 // whole sequence. The sequence is walked in chunks of T steps: the block stages u, softplus(dt),
 // silu(z) (coalesced rows of CPB channels) and B_t, C_t (shared by all channels of the sequence)
