@@ -13,7 +13,7 @@ use std::time::Instant;
 
 use crate::backend::Backend;
 use crate::config::{Ablation, InitConfig, MambaConfig};
-use crate::model::{init, LanguageModel, Mamba};
+use crate::model::{init, LanguageModel, Mamba, Transformer, TransformerConfig};
 use crate::train::optim::{adamw_update, AdamState, OptimConfig, Schedule};
 use crate::{Error, Result};
 pub use data::{Task, TaskBatch, TaskRng, TaskSpec};
@@ -276,7 +276,17 @@ pub fn run<B: Backend>(
             })?;
             train_and_evaluate(model, variant, opts, on_event)
         }
-        None => Err(Error::input("the attention variant is not available in this build")),
+        None => {
+            if size.heads == 0 || !size.d_model.is_multiple_of(size.heads) {
+                return Err(Error::input(format!(
+                    "--heads {} must divide --d-model {} (attention variant)",
+                    size.heads, size.d_model
+                )));
+            }
+            let cfg = TransformerConfig::new(size.d_model, size.layers, size.heads, opts.spec.vocab);
+            let model = Transformer::init(backend, cfg, opts.seed)?;
+            train_and_evaluate(model, variant, opts, on_event)
+        }
     }
 }
 
@@ -536,6 +546,18 @@ mod tests {
         assert!(v["results"][0]["accuracy"].is_number());
         let two: serde_json::Value = serde_json::from_str(&reports_json(&[r.clone(), r])).unwrap();
         assert_eq!(two.as_array().map(Vec::len), Some(2));
+    }
+
+    #[test]
+    fn the_attention_baseline_runs_through_the_same_loop() {
+        let mut o = tiny_opts(Task::InductionHeads, 16);
+        o.eval_lengths = vec![16, 32];
+        let r = run(Cpu, Variant::Attention, &o, &mut |_| {}).unwrap();
+        assert_eq!(r.results.len(), 2);
+        assert!(r.results.iter().all(|x| x.accuracy.is_some()));
+        o.size.heads = 3;
+        let e = run(Cpu, Variant::Attention, &o, &mut |_| {}).unwrap_err();
+        assert!(e.to_string().contains("--heads 3"), "{e}");
     }
 
     #[test]
