@@ -390,7 +390,7 @@ pub fn bench_scan<B: Backend>(
         b: View::cols(&bc, 0, 2 * n),
         c: View::cols(&bc, n, 2 * n),
         d: &d,
-        z: View::full(&z, di),
+        z: Some(View::full(&z, di)),
     };
     be.selective_scan(&args, &mut state, &mut y)?;
     let mut times = Vec::new();

@@ -80,6 +80,20 @@ impl Ablation {
     }
 }
 
+/// Columns of `x_proj`'s output `[δ | B | C]` under an [`Ablation`]: only the selective parts are
+/// produced, in that order. The one place these offsets are computed (model, init, counts).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct XProjCols {
+    /// First column of the low-rank δ (`dt_rank` wide), when Δ is selective.
+    pub dt: Option<usize>,
+    /// First column of `B_t` (`d_state` wide), when B is selective.
+    pub b: Option<usize>,
+    /// First column of `C_t` (`d_state` wide), when C is selective.
+    pub c: Option<usize>,
+    /// Output width (rows of `x_proj.weight`); 0 when nothing is selective (no `x_proj`).
+    pub width: usize,
+}
+
 impl Default for Ablation {
     fn default() -> Self {
         Ablation::MAMBA
@@ -190,15 +204,43 @@ impl MambaConfig {
     pub fn num_params(&self) -> usize {
         let (d, di, n, r, k) = (self.d_model, self.d_inner, self.d_state, self.dt_rank, self.d_conv);
         let bias = |b: bool, n: usize| if b { n } else { 0 };
+        let ab = &self.ablation;
+        let iw = self.in_proj_width();
         let per_layer = d // norm
-            + 2 * di * d + bias(self.use_bias, 2 * di) // in_proj
+            + iw * d + bias(self.use_bias, iw) // in_proj
             + di * k + bias(self.use_conv_bias, di) // conv1d
-            + (r + 2 * n) * di // x_proj
-            + di * r + di // dt_proj
+            + self.x_proj_cols().width * di // x_proj
+            + bias(ab.selective_delta, di * r) + di // dt_proj weight, bias
             + di * n + di // A_log, D
+            + bias(!ab.selective_b, n) + bias(!ab.selective_c, n) // shared B, C
             + d * di + bias(self.use_bias, d); // out_proj
         let head = if self.tie_embeddings { 0 } else { self.vocab_size * d };
         self.vocab_size * d + self.n_layer * per_layer + d + head
+    }
+
+    /// Output width of `in_proj`: `[x, z]` (`2·d_inner`), or `x` alone without the gate.
+    pub fn in_proj_width(&self) -> usize {
+        if self.ablation.gate {
+            2 * self.d_inner
+        } else {
+            self.d_inner
+        }
+    }
+
+    /// Columns of `x_proj`'s output under this config's ablation.
+    pub fn x_proj_cols(&self) -> XProjCols {
+        let ab = &self.ablation;
+        let mut width = 0;
+        let mut take = |on: bool, w: usize| {
+            on.then(|| {
+                width += w;
+                width - w
+            })
+        };
+        let dt = take(ab.selective_delta, self.dt_rank);
+        let b = take(ab.selective_b, self.d_state);
+        let c = take(ab.selective_c, self.d_state);
+        XProjCols { dt, b, c, width }
     }
 
     /// The config as HF `config.json` (what `save_pretrained` writes for `MambaConfig`).

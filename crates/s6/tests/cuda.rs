@@ -174,6 +174,18 @@ fn conv1d_silu_matches_cpu() {
 
 /// One scan on both backends from the same random inputs and initial state.
 fn check_scan(g: &Cuda, r: &mut Rng, batch: usize, seqlen: usize, di: usize, n: usize) {
+    check_scan_with(g, r, (batch, seqlen, di, n), true, false);
+}
+
+/// `gate`: with `z` (else `None`); `broadcast_bc`: `B` and `C` as one row for every step (`ld = 0`,
+/// the non-selective ablations).
+fn check_scan_with(
+    g: &Cuda,
+    r: &mut Rng,
+    (batch, seqlen, di, n): (usize, usize, usize, usize),
+    gate: bool,
+    broadcast_bc: bool,
+) {
     let rows = batch * seqlen;
     let xw = 3 + 2 * n; // x_proj's output: [δ (rank 3), B, C]
     let u = r.vec(rows * di, -2.0, 2.0);
@@ -185,16 +197,17 @@ fn check_scan(g: &Cuda, r: &mut Rng, batch: usize, seqlen: usize, di: usize, n: 
     let xz = r.vec(rows * 2 * di, -3.0, 3.0);
     let state = r.vec(batch * di * n, -1.0, 1.0);
     let dims = ScanDims { batch, seqlen, d_inner: di, d_state: n };
+    let ldbc = if broadcast_bc { 0 } else { xw };
     let cpu_args = ScanArgs {
         dims,
         u: &u,
         delta: &delta,
         delta_bias: &delta_bias,
         a: &a,
-        b: View::cols(&xdbl, 3, xw),
-        c: View::cols(&xdbl, 3 + n, xw),
+        b: View::cols(&xdbl, 3, ldbc),
+        c: View::cols(&xdbl, 3 + n, ldbc),
         d: &dskip,
-        z: View::cols(&xz, di, 2 * di),
+        z: gate.then(|| View::cols(&xz, di, 2 * di)),
     };
     let mut st_cpu = state.clone();
     let mut want = vec![0.0; rows * di];
@@ -208,15 +221,15 @@ fn check_scan(g: &Cuda, r: &mut Rng, batch: usize, seqlen: usize, di: usize, n: 
         delta: &dg,
         delta_bias: &dbg,
         a: &ag,
-        b: View::cols(&xg, 3, xw),
-        c: View::cols(&xg, 3 + n, xw),
+        b: View::cols(&xg, 3, ldbc),
+        c: View::cols(&xg, 3 + n, ldbc),
         d: &dsg,
-        z: View::cols(&zg, di, 2 * di),
+        z: gate.then(|| View::cols(&zg, di, 2 * di)),
     };
     let mut sg = up(g, &state);
     let mut y = poisoned(g, rows * di);
     g.selective_scan(&args, &mut sg, &mut y).unwrap();
-    let what = format!("scan b{batch} l{seqlen} d{di} n{n}");
+    let what = format!("scan b{batch} l{seqlen} d{di} n{n} gate {gate} broadcast B/C {broadcast_bc}");
     assert_close(&what, &g.to_vec(&y).unwrap(), &want);
     assert_close(&format!("{what} state"), &g.to_vec(&sg).unwrap(), &st_cpu);
 }
@@ -240,6 +253,11 @@ fn selective_scan_matches_cpu() {
         (1, 17, 33, 48),
     ] {
         check_scan(&g, &mut r, batch, seqlen, di, n);
+    }
+    // The ablations' forms: no gate, non-selective B and C (one row for every step), both.
+    for (gate, broadcast) in [(false, false), (true, true), (false, true)] {
+        check_scan_with(&g, &mut r, (2, 100, 96, 16), gate, broadcast);
+        check_scan_with(&g, &mut r, (1, 40, 33, 8), gate, broadcast);
     }
 }
 

@@ -131,7 +131,7 @@ pub fn run(a: Args) -> Result<()> {
     opts.eval_tokens = a.eval_tokens.max(1);
     opts.eval_time_budget_s = a.eval_budget;
     let plot_path = a.plot.clone().unwrap_or_else(|| PathBuf::from(format!("s6-{}.svg", task.name())));
-    run_variants(&opts, &variants, &a.device, a.json.as_deref(), &plot_path)
+    run_variants(&opts, &variants, &a.device, a.json.as_deref(), &plot_path).map(|_| ())
 }
 
 /// Trains and evaluates each variant, printing progress and the results table, then writes the
@@ -142,7 +142,7 @@ pub fn run_variants(
     device: &Device,
     json: Option<&std::path::Path>,
     plot_path: &std::path::Path,
-) -> Result<()> {
+) -> Result<Vec<TaskReport>> {
     if let Device::Cuda(i) = device {
         bail!("device cuda:{i}: training on CUDA is not available in this build of s6; use --device cpu");
     }
@@ -206,7 +206,7 @@ pub fn run_variants(
         s6::formats::tensors::write_atomic(path, tasks::reports_json(&reports).as_bytes())?;
         eprintln!("results: {}", path.display());
     }
-    Ok(())
+    Ok(reports)
 }
 
 /// Accuracy per length (rows) and variant (columns).
@@ -238,7 +238,7 @@ fn print_table(reports: &[TaskReport]) {
 #[derive(clap::Args)]
 pub struct DemoArgs {
     /// Training steps per model (the default takes about 3 minutes on 2 CPU cores in total).
-    #[arg(long, default_value_t = 600)]
+    #[arg(long, default_value_t = 1200)]
     steps: u64,
     #[arg(long, default_value_t = 0)]
     seed: u64,
@@ -253,18 +253,28 @@ pub struct DemoArgs {
 /// `s6 demo`: selective copying, Mamba (S6) against its time-invariant ablation, small enough
 /// for a laptop: S6 selects the data tokens by content, the LTI model cannot.
 pub fn demo(a: DemoArgs) -> Result<()> {
-    let mut opts = TaskOptions::new(Task::SelectiveCopying, 64);
-    opts.spec.items = 8;
+    // Sized to finish in about three minutes on 2 cores: 4 tokens among 28 noise positions.
+    let mut opts = TaskOptions::new(Task::SelectiveCopying, 32);
+    opts.spec.items = 4;
     opts.steps = a.steps;
     opts.seed = a.seed;
-    opts.eval_every = 100;
+    opts.eval_every = 200;
+    opts.optim.lr = 3e-3;
+    opts.optim.min_lr = 3e-4;
     opts.optim.warmup_steps = (a.steps / 10).min(100);
-    opts.eval_lengths = vec![64];
+    opts.eval_lengths = vec![32];
     opts.eval_samples = 512;
     eprintln!(
         "Selective copying: remember {} data tokens scattered among noise in a sequence of {}, then \
          repeat them after the separator. Mamba (s6) against the time-invariant ablation (lti).",
         opts.spec.items, opts.seq_len
     );
-    run_variants(&opts, &[Variant::S6, Variant::Lti], &Device::Cpu, a.json.as_deref(), &a.plot)
+    let reports = run_variants(&opts, &[Variant::S6, Variant::Lti], &Device::Cpu, a.json.as_deref(), &a.plot)?;
+    let acc = |i: usize| reports[i].results.first().and_then(|r| r.accuracy).unwrap_or(0.0) * 100.0;
+    println!(
+        "\nMamba (input-dependent Δ, B, C): {:.1}%   time-invariant ablation: {:.1}%  (paper, L = 4096: 99.8% vs 56.4%)",
+        acc(0),
+        acc(1)
+    );
+    Ok(())
 }

@@ -19,6 +19,10 @@ use crate::Result;
 
 /// A column range of a row-major matrix held in a buffer: element `(r, c)` is
 /// `buf[offset + r * ld + c]`.
+///
+/// `ld = 0` is allowed for views that are only read: every row is then the same `cols` values
+/// (one row broadcast to all rows), which is how a non-selective `B` or `C` (a learned
+/// `[d_state]` vector, the paper's ablations) enters the scan without being copied per token.
 pub struct View<'a, T> {
     pub buf: &'a T,
     pub offset: usize,
@@ -42,6 +46,10 @@ impl<'a, T> View<'a, T> {
     pub fn cols(buf: &'a T, start: usize, ld: usize) -> Self {
         View { buf, offset: start, ld }
     }
+    /// One row (the buffer's first values) read as every row of a matrix: `ld = 0`.
+    pub fn broadcast(buf: &'a T) -> Self {
+        View { buf, offset: 0, ld: 0 }
+    }
 }
 
 /// A mutable column range of a row-major matrix (see [`View`]).
@@ -62,6 +70,13 @@ impl<'a, T> ViewMut<'a, T> {
     }
 }
 
+/// Where a row-major matrix lies in a buffer: element `(r, c)` at `offset + r * ld + c`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Strided {
+    pub offset: usize,
+    pub ld: usize,
+}
+
 /// Gradients produced by [`Backend::selective_scan_backward`]. "Written" outputs are overwritten;
 /// "accumulated" ones are added to (parameter gradients summed over a batch and over layers' calls).
 pub struct ScanGrads<'a, Buf> {
@@ -69,11 +84,18 @@ pub struct ScanGrads<'a, Buf> {
     pub du: &'a mut Buf,
     /// Written: `∂L/∂δ` for the raw Δ input (before bias and softplus), `[rows, d_inner]`.
     pub ddelta: &'a mut Buf,
-    /// Written: `∂L/∂B` in the first `d_state` columns and `∂L/∂C` in the next `d_state`
-    /// (the layout of `x_proj`'s output), `[rows, 2 * d_state]`.
-    pub dbc: ViewMut<'a, Buf>,
-    /// Written: `∂L/∂z`, `[rows, d_inner]` columns of a wider matrix.
-    pub dz: ViewMut<'a, Buf>,
+    /// Holds the written per-row `∂L/∂B_t` and `∂L/∂C_t`, two `[rows, d_state]` matrices at the
+    /// places `db` and `dc` say (one buffer, so that both can be columns of `x_proj`'s output
+    /// gradient). When B (or C) is not selective, its matrix is scratch whose column sum is the
+    /// gradient of the shared parameter ([`Backend::sum_rows`]).
+    pub dbc: &'a mut Buf,
+    /// Where `∂L/∂B_t` goes in `dbc`.
+    pub db: Strided,
+    /// Where `∂L/∂C_t` goes in `dbc`.
+    pub dc: Strided,
+    /// Written: `∂L/∂z`, `[rows, d_inner]` columns of a wider matrix; `None` for an ungated scan
+    /// (then [`ScanArgs::z`] is `None` too).
+    pub dz: Option<ViewMut<'a, Buf>>,
     /// Accumulated: `∂L/∂A`, `[d_inner, d_state]`.
     pub da: &'a mut Buf,
     /// Accumulated: `∂L/∂D`, `[d_inner]`.
@@ -95,6 +117,11 @@ pub struct ScanDims {
 ///
 /// `Δ = softplus(delta + delta_bias)`, `Ā = exp(Δ·A)`, `h_t = Ā h_{t-1} + Δ·B_t·u_t`,
 /// `y_t = (C_t · h_t + D·u_t) · silu(z_t)`, with the state `h` of shape `[batch, d_inner, d_state]`.
+/// Without a gate (`z = None`, the paper's "no gate" ablation) `y_t = C_t · h_t + D·u_t`.
+///
+/// The ablations map onto the same arguments: a non-selective Δ is `delta = 0` with the learned
+/// per-channel `delta_bias`; a non-selective `B` or `C` is a broadcast view
+/// ([`View::broadcast`], `ld = 0`) of a learned `[d_state]` vector.
 pub struct ScanArgs<'a, Buf> {
     pub dims: ScanDims,
     /// Input `u` (the conv output), contiguous `[rows, d_inner]`.
@@ -105,14 +132,14 @@ pub struct ScanArgs<'a, Buf> {
     pub delta_bias: &'a Buf,
     /// `A = -exp(A_log)`, `[d_inner, d_state]`.
     pub a: &'a Buf,
-    /// `B_t`, `[rows, d_state]` columns of a wider matrix.
+    /// `B_t`, `[rows, d_state]` columns of a wider matrix (`ld = 0`: one row for every step).
     pub b: View<'a, Buf>,
-    /// `C_t`, `[rows, d_state]` columns of a wider matrix.
+    /// `C_t`, `[rows, d_state]` columns of a wider matrix (`ld = 0`: one row for every step).
     pub c: View<'a, Buf>,
     /// Skip connection `D`, `[d_inner]`.
     pub d: &'a Buf,
-    /// Gate `z`, `[rows, d_inner]` columns of a wider matrix.
-    pub z: View<'a, Buf>,
+    /// Gate `z`, `[rows, d_inner]` columns of a wider matrix; `None`: no gate.
+    pub z: Option<View<'a, Buf>>,
 }
 
 /// Hyperparameters of one AdamW update (see [`Backend::adamw_step`]).
@@ -391,6 +418,29 @@ pub trait Backend: Send + Sync + Clone {
         dgate: ViewMut<'_, Self::Buf>,
         dup: ViewMut<'_, Self::Buf>,
     ) -> Result<()>;
+    /// Column sums: `dst[j] += Σ_r src[r, j]` over `rows` rows of `n` columns (the gradient of a
+    /// parameter broadcast to every row, e.g. a non-selective `B`). `dst` holds exactly `n`
+    /// values. The default goes through the host; the sum is over rows in order, in f64.
+    fn sum_rows(&self, src: View<'_, Self::Buf>, rows: usize, n: usize, dst: &mut Self::Buf) -> Result<()> {
+        let host = self.to_vec(src.buf)?;
+        if rows > 0 && host.len() < src.offset + (rows - 1) * src.ld + n {
+            return Err(crate::Error::Backend(format!("sum_rows: source of {} elements is too short", host.len())));
+        }
+        if self.len(dst) != n {
+            return Err(crate::Error::Backend(format!(
+                "sum_rows: destination has {} elements, not {n}",
+                self.len(dst)
+            )));
+        }
+        let mut sum = vec![0.0f64; n];
+        for r in 0..rows {
+            for (s, v) in sum.iter_mut().zip(&host[src.offset + r * src.ld..][..n]) {
+                *s += *v as f64;
+            }
+        }
+        let add = self.from_vec(sum.into_iter().map(|v| v as f32).collect())?;
+        self.add_assign(dst, &add)
+    }
 
     /// Waits until all queued work is done (devices that run asynchronously, for timing); a no-op
     /// on the CPU.

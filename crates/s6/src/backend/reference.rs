@@ -85,7 +85,7 @@ pub fn conv1d_silu(
 }
 
 /// All inputs contiguous: u, delta, z: [rows, d]; bmat, cmat: [rows, n]; a: [d, n]; state [batch, d, n].
-/// Returns (y, final state).
+/// `z = None`: no gate, `y = C·h + D·u`. Returns (y, final state).
 #[allow(clippy::too_many_arguments)]
 pub fn selective_scan(
     batch: usize,
@@ -99,7 +99,7 @@ pub fn selective_scan(
     bmat: &[f64],
     cmat: &[f64],
     dskip: &[f64],
-    z: &[f64],
+    z: Option<&[f64]>,
     state: &[f64],
 ) -> (Vec<f64>, Vec<f64>) {
     let mut h = state.to_vec();
@@ -116,7 +116,8 @@ pub fn selective_scan(
                     *hs = (dt * a[c * n + s]).exp() * *hs + dt * bmat[row * n + s] * x;
                     acc += *hs * cmat[row * n + s];
                 }
-                y[row * d + c] = (acc + dskip[c] * x) * silu(z[row * d + c]);
+                let gate = z.map_or(1.0, |z| silu(z[row * d + c]));
+                y[row * d + c] = (acc + dskip[c] * x) * gate;
             }
         }
     }
@@ -236,7 +237,7 @@ pub struct ScanGradsRef {
 }
 
 /// Backward of [`selective_scan`] from a zero state, for `dy` the gradient of `y`. Stores every
-/// state `h_t` (it is a reference).
+/// state `h_t` (it is a reference). Without a gate (`z = None`) `dz` is empty.
 #[allow(clippy::too_many_arguments)]
 pub fn selective_scan_backward(
     batch: usize,
@@ -250,7 +251,7 @@ pub fn selective_scan_backward(
     bmat: &[f64],
     cmat: &[f64],
     dskip: &[f64],
-    z: &[f64],
+    z: Option<&[f64]>,
     dy: &[f64],
 ) -> ScanGradsRef {
     let rows = batch * seqlen;
@@ -262,7 +263,7 @@ pub fn selective_scan_backward(
         db: vec![0.0; rows * n],
         dc: vec![0.0; rows * n],
         dd: vec![0.0; d],
-        dz: vec![0.0; rows * d],
+        dz: vec![0.0; if z.is_some() { rows * d } else { 0 }],
     };
     for b in 0..batch {
         // hs[t][c][s] = h after step t − 1 (hs[0] = 0).
@@ -286,10 +287,15 @@ pub fn selective_scan_backward(
                 let raw = delta[row * d + c] + delta_bias[c];
                 let dt = softplus(raw);
                 let x = u[row * d + c];
-                let zz = z[row * d + c];
                 let out: f64 = (0..n).map(|s| cmat[row * n + s] * hs[hidx(t + 1, c, s)]).sum::<f64>() + dskip[c] * x;
-                let g = dy[row * d + c] * silu(zz);
-                gr.dz[row * d + c] = dy[row * d + c] * out * silu_grad(zz);
+                let g = match z {
+                    Some(z) => {
+                        let zz = z[row * d + c];
+                        gr.dz[row * d + c] = dy[row * d + c] * out * silu_grad(zz);
+                        dy[row * d + c] * silu(zz)
+                    }
+                    None => dy[row * d + c],
+                };
                 gr.dd[c] += g * x;
                 let mut du = g * dskip[c];
                 let mut ddt = 0.0;
@@ -313,6 +319,17 @@ pub fn selective_scan_backward(
         }
     }
     gr
+}
+
+/// Column sums of a contiguous `[rows, n]` matrix.
+pub fn sum_rows(src: &[f64], rows: usize, n: usize) -> Vec<f64> {
+    let mut s = vec![0.0; n];
+    for r in 0..rows {
+        for j in 0..n {
+            s[j] += src[r * n + j];
+        }
+    }
+    s
 }
 
 /// `dtable[ids[i]] += dout[i]` into a zero table of `vocab` rows.

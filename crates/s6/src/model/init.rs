@@ -3,6 +3,14 @@
 //! Δ in `[dt_min, dt_max]`, `dt_proj` weights uniform with std `dt_rank^-½ · dt_scale`, PyTorch's
 //! default (Kaiming-uniform) linears and conv, embeddings `N(0, 0.02)`, `out_proj` rescaled by
 //! `1/√n_layer` (prenorm residual rescaling), zero linear biases, unit norms.
+//!
+//! Ablations ([`crate::config::Ablation`]) initialize the parameters they keep as above (a
+//! non-selective Δ is `softplus(dt_proj.bias)` with the same bias init, so its initial Δ range
+//! is Mamba's). Their shared vectors follow S4D, the time-invariant model the ablation stands for:
+//! `mixer.B = 1` (every state component driven by the input, the modes told apart by their
+//! decays `A_n = -n` alone: the S4D-Real basis of exponentials) and `mixer.C ~ N(0, 1/N)` (random
+//! readout mixing the N modes; the `1/√N` keeps `C·h` of the order of one mode whatever N, close
+//! to the scale of a selective `C_t = x_proj(u)` at init).
 
 use rand_core::{Rng, SeedableRng};
 use rand_pcg::Pcg64;
@@ -42,8 +50,16 @@ pub fn init_param(spec: &ParamSpec, cfg: &MambaConfig, init: &InitConfig, rng: &
     };
     if name.ends_with("embeddings.weight") {
         (0..numel).map(|_| rng.normal() * init.initializer_range as f32).collect()
-    } else if name.ends_with("norm.weight") || name.ends_with("norm_f.weight") || name.ends_with("mixer.D") {
+    } else if name.ends_with("norm.weight")
+        || name.ends_with("norm_f.weight")
+        || name.ends_with("mixer.D")
+        || name.ends_with("mixer.B")
+    {
+        // Unit norms and D; the shared B of the ablations (see the module docs).
         vec![1.0; numel]
+    } else if name.ends_with("mixer.C") {
+        let std = 1.0 / (cfg.d_state as f32).sqrt();
+        (0..numel).map(|_| rng.normal() * std).collect()
     } else if name.ends_with("A_log") {
         let n = cfg.d_state;
         (0..numel).map(|i| ((i % n + 1) as f32).ln()).collect()

@@ -5,10 +5,28 @@
 //! Mamba block, per token row: `[x, z] = in_proj(h)`, `u = silu(conv1d(x))`,
 //! `[δ, B, C] = x_proj(u)`, `Δ = softplus(dt_proj(δ) + b)`, selective scan over time with
 //! `A = -exp(A_log)`, `y = (C·h + D·u) · silu(z)`, `out = out_proj(y)`.
+//!
+//! # Ablations (paper Tables 1 and 7), from [`MambaConfig::ablation`]
+//!
+//! The same code runs every variant; each switch removes parameters rather than zeroing them:
+//! - `gate = false` ("no gate"): `y = C·h + D·u`. `in_proj` produces `x` only:
+//!   `in_proj.weight` is `[d_inner, d_model]` (its bias `[d_inner]`).
+//! - `selective_delta = false`: `Δ = softplus(b)` with `b` the learned per-channel
+//!   `mixer.dt_proj.bias` (same initialization as Mamba's); no `dt_proj.weight`, no δ columns in
+//!   `x_proj`.
+//! - `selective_b = false`: `B` is a learned `[d_state]` vector `mixer.B` shared by every position
+//!   and channel (a broadcast view, `ld = 0`, in the scan); no B columns in `x_proj`. Its gradient
+//!   is the column sum of the scan's per-row `∂B_t` ([`Backend::sum_rows`]).
+//! - `selective_c = false`: the same for `C` (`mixer.C`).
+//!
+//! `x_proj` keeps the columns of the selective parts in the order `[δ, B, C]`
+//! ([`MambaConfig::x_proj_cols`]); with none of them (the time-invariant ablation, `LTI`) there is
+//! no `x_proj` at all. Checkpoints of ablated models carry `"s6_ablation"` in config.json and load
+//! back into s6 only.
 
 use std::path::Path;
 
-use crate::backend::{Backend, ScanArgs, ScanDims, ScanGrads, View, ViewMut};
+use crate::backend::{Backend, ScanArgs, ScanDims, ScanGrads, Strided, View, ViewMut};
 use crate::config::MambaConfig;
 use crate::formats::tensors::TensorFile;
 use crate::{Error, Result};
@@ -16,17 +34,24 @@ use crate::{Error, Result};
 /// One Mamba block with its pre-norm. Field names follow the checkpoint names.
 pub struct MambaLayer<B: Backend> {
     pub norm: B::Buf,
+    /// `[in_proj_width, d_model]`: `[x; z]`, or `x` alone without the gate.
     pub in_proj: B::Buf,
     pub in_proj_bias: Option<B::Buf>,
     /// `[d_inner, d_conv]` (the checkpoint's `[d_inner, 1, d_conv]`).
     pub conv1d: B::Buf,
     pub conv1d_bias: Option<B::Buf>,
-    pub x_proj: B::Buf,
-    pub dt_proj: B::Buf,
+    /// `[x_proj_cols().width, d_inner]`; `None` when none of Δ, B, C is selective.
+    pub x_proj: Option<B::Buf>,
+    /// `[d_inner, dt_rank]`; `None` when Δ is not selective.
+    pub dt_proj: Option<B::Buf>,
     pub dt_proj_bias: B::Buf,
     pub a_log: B::Buf,
     /// `-exp(A_log)`, derived once at load instead of at every step.
     pub a: B::Buf,
+    /// The shared `[d_state]` B (`mixer.B`) when B is not selective.
+    pub b: Option<B::Buf>,
+    /// The shared `[d_state]` C (`mixer.C`) when C is not selective.
+    pub c: Option<B::Buf>,
     pub d: B::Buf,
     pub out_proj: B::Buf,
     pub out_proj_bias: Option<B::Buf>,
@@ -62,8 +87,9 @@ pub struct MambaState<B: Backend> {
 }
 
 /// Activations of one layer kept for the backward pass (training) or reused as scratch
-/// (inference). Per token: `2·d_model + 5·d_inner + dt_rank + 2·d_state` floats — nothing of size
-/// `d_inner × d_state`: the scan backward recomputes the states.
+/// (inference). Per token: `2·d_model + 5·d_inner + dt_rank + 2·d_state` floats (fewer for
+/// ablations) — nothing of size `d_inner × d_state`: the scan backward recomputes the states.
+/// `delta` stays zero when Δ is not selective (the scan then adds the bias only).
 pub struct LayerActs<B: Backend> {
     /// The residual stream after the add, before this layer's norm (training only).
     pub residual: Option<B::Buf>,
@@ -82,25 +108,37 @@ pub struct ParamSpec {
     pub shape: Vec<usize>,
 }
 
-/// The parameters of a config, in HF names, in checkpoint order.
+/// The parameters of a config, in HF names, in checkpoint order. Ablations drop parameters and
+/// add the shared `mixer.B` / `mixer.C` (after `A_log`), see the module docs.
 pub fn param_specs(cfg: &MambaConfig) -> Vec<ParamSpec> {
     let (d, di, n, r, k) = (cfg.d_model, cfg.d_inner, cfg.d_state, cfg.dt_rank, cfg.d_conv);
+    let (ab, iw, xw) = (cfg.ablation, cfg.in_proj_width(), cfg.x_proj_cols().width);
     let mut v = vec![ParamSpec { name: "backbone.embeddings.weight".into(), shape: vec![cfg.vocab_size, d] }];
     for i in 0..cfg.n_layer {
         let p = |s: &str, shape: Vec<usize>| ParamSpec { name: format!("backbone.layers.{i}.{s}"), shape };
         v.push(p("norm.weight", vec![d]));
-        v.push(p("mixer.in_proj.weight", vec![2 * di, d]));
+        v.push(p("mixer.in_proj.weight", vec![iw, d]));
         if cfg.use_bias {
-            v.push(p("mixer.in_proj.bias", vec![2 * di]));
+            v.push(p("mixer.in_proj.bias", vec![iw]));
         }
         v.push(p("mixer.conv1d.weight", vec![di, 1, k]));
         if cfg.use_conv_bias {
             v.push(p("mixer.conv1d.bias", vec![di]));
         }
-        v.push(p("mixer.x_proj.weight", vec![r + 2 * n, di]));
-        v.push(p("mixer.dt_proj.weight", vec![di, r]));
+        if xw > 0 {
+            v.push(p("mixer.x_proj.weight", vec![xw, di]));
+        }
+        if ab.selective_delta {
+            v.push(p("mixer.dt_proj.weight", vec![di, r]));
+        }
         v.push(p("mixer.dt_proj.bias", vec![di]));
         v.push(p("mixer.A_log", vec![di, n]));
+        if !ab.selective_b {
+            v.push(p("mixer.B", vec![n]));
+        }
+        if !ab.selective_c {
+            v.push(p("mixer.C", vec![n]));
+        }
         v.push(p("mixer.D", vec![di]));
         v.push(p("mixer.out_proj.weight", vec![d, di]));
         if cfg.use_bias {
@@ -138,17 +176,21 @@ impl<B: Backend> Mamba<B> {
         };
         let embedding = next(&backend)?;
         let mut layers = Vec::with_capacity(cfg.n_layer);
+        let ab = cfg.ablation;
+        let has_x_proj = cfg.x_proj_cols().width > 0;
         for _ in 0..cfg.n_layer {
             let norm = next(&backend)?;
             let in_proj = next(&backend)?;
             let in_proj_bias = if cfg.use_bias { Some(next(&backend)?) } else { None };
             let conv1d = next(&backend)?;
             let conv1d_bias = if cfg.use_conv_bias { Some(next(&backend)?) } else { None };
-            let x_proj = next(&backend)?;
-            let dt_proj = next(&backend)?;
+            let x_proj = if has_x_proj { Some(next(&backend)?) } else { None };
+            let dt_proj = if ab.selective_delta { Some(next(&backend)?) } else { None };
             let dt_proj_bias = next(&backend)?;
             let a_log = next(&backend)?;
             let a = backend.from_vec(backend.to_vec(&a_log)?.iter().map(|v| -v.exp()).collect())?;
+            let b = if ab.selective_b { None } else { Some(next(&backend)?) };
+            let c = if ab.selective_c { None } else { Some(next(&backend)?) };
             let d = next(&backend)?;
             let out_proj = next(&backend)?;
             let out_proj_bias = if cfg.use_bias { Some(next(&backend)?) } else { None };
@@ -163,6 +205,8 @@ impl<B: Backend> Mamba<B> {
                 dt_proj_bias,
                 a_log,
                 a,
+                b,
+                c,
                 d,
                 out_proj,
                 out_proj_bias,
@@ -247,7 +291,12 @@ impl<B: Backend> Mamba<B> {
             bufs.extend(l.in_proj_bias.as_ref());
             bufs.push(&l.conv1d);
             bufs.extend(l.conv1d_bias.as_ref());
-            bufs.extend([&l.x_proj, &l.dt_proj, &l.dt_proj_bias, &l.a_log, &l.d, &l.out_proj]);
+            bufs.extend(l.x_proj.as_ref());
+            bufs.extend(l.dt_proj.as_ref());
+            bufs.extend([&l.dt_proj_bias, &l.a_log]);
+            bufs.extend(l.b.as_ref());
+            bufs.extend(l.c.as_ref());
+            bufs.extend([&l.d, &l.out_proj]);
             bufs.extend(l.out_proj_bias.as_ref());
         }
         bufs.push(&self.norm_f);
@@ -388,9 +437,9 @@ impl<B: Backend> Mamba<B> {
         Ok(LayerActs {
             residual: None,
             normed: be.zeros(rows * d)?,
-            xz: be.zeros(rows * 2 * di)?,
+            xz: be.zeros(rows * c.in_proj_width())?,
             u: be.zeros(rows * di)?,
-            xdbl: be.zeros(rows * (c.dt_rank + 2 * c.d_state))?,
+            xdbl: be.zeros(rows * c.x_proj_cols().width)?,
             delta: be.zeros(rows * di)?,
             y: be.zeros(rows * di)?,
         })
@@ -410,19 +459,26 @@ impl<B: Backend> Mamba<B> {
         let c = &self.cfg;
         let be = &self.backend;
         let rows = batch * seqlen;
-        let (d, di, n, r) = (c.d_model, c.d_inner, c.d_state, c.dt_rank);
-        let xw = r + 2 * n;
-        be.linear(View::full(&acts.normed, d), rows, d, &l.in_proj, 2 * di, l.in_proj_bias.as_ref(), &mut acts.xz)?;
-        let x = View::cols(&acts.xz, 0, 2 * di);
+        let (d, di, r, iw) = (c.d_model, c.d_inner, c.dt_rank, c.in_proj_width());
+        let cols = c.x_proj_cols();
+        be.linear(View::full(&acts.normed, d), rows, d, &l.in_proj, iw, l.in_proj_bias.as_ref(), &mut acts.xz)?;
+        let x = View::cols(&acts.xz, 0, iw);
         be.conv1d_silu(x, batch, seqlen, di, c.d_conv, &l.conv1d, l.conv1d_bias.as_ref(), conv_state, &mut acts.u)?;
-        be.linear(View::full(&acts.u, di), rows, di, &l.x_proj, xw, None, &mut acts.xdbl)?;
-        // dt_proj's bias is applied inside the scan, fused with the softplus.
-        be.linear(View::cols(&acts.xdbl, 0, xw), rows, r, &l.dt_proj, di, None, &mut acts.delta)?;
+        if let Some(x_proj) = &l.x_proj {
+            be.linear(View::full(&acts.u, di), rows, di, x_proj, cols.width, None, &mut acts.xdbl)?;
+        }
+        // dt_proj's bias is applied inside the scan, fused with the softplus. Without a selective
+        // Δ, `acts.delta` stays zero: Δ = softplus(bias).
+        if let (Some(dt_proj), Some(c0)) = (&l.dt_proj, cols.dt) {
+            be.linear(View::cols(&acts.xdbl, c0, cols.width), rows, r, dt_proj, di, None, &mut acts.delta)?;
+        }
         let args = self.scan_args(l, batch, seqlen, [&acts.u, &acts.delta, &acts.xdbl, &acts.xz]);
         be.selective_scan(&args, ssm_state, &mut acts.y)
     }
 
-    /// Scan inputs from a layer's activations `[u, delta, xdbl, xz]`.
+    /// Scan inputs from a layer's activations `[u, delta, xdbl, xz]`: B and C are columns of
+    /// `xdbl` when selective, the layer's shared vectors broadcast to every row otherwise; `z` is
+    /// the second half of `xz` when gated.
     fn scan_args<'a>(
         &self,
         l: &'a MambaLayer<B>,
@@ -432,18 +488,24 @@ impl<B: Backend> Mamba<B> {
     ) -> ScanArgs<'a, B::Buf> {
         let [u, delta, xdbl, xz] = acts;
         let c = &self.cfg;
-        let (di, n, r) = (c.d_inner, c.d_state, c.dt_rank);
-        let xw = r + 2 * n;
+        let (di, n) = (c.d_inner, c.d_state);
+        let cols = c.x_proj_cols();
+        let pick = |col: Option<usize>, shared: &'a Option<B::Buf>| match (col, shared) {
+            (Some(c0), _) => View::cols(xdbl, c0, cols.width),
+            (None, Some(v)) => View::broadcast(v),
+            // Unreachable for a model built by `from_params` (the config decides both).
+            (None, None) => View::broadcast(xdbl),
+        };
         ScanArgs {
             dims: ScanDims { batch, seqlen, d_inner: di, d_state: n },
             u,
             delta,
             delta_bias: &l.dt_proj_bias,
             a: &l.a,
-            b: View::cols(xdbl, r, xw),
-            c: View::cols(xdbl, r + n, xw),
+            b: pick(cols.b, &l.b),
+            c: pick(cols.c, &l.c),
             d: &l.d,
-            z: View::cols(xz, di, 2 * di),
+            z: c.ablation.gate.then(|| View::cols(xz, di, 2 * di)),
         }
     }
 
@@ -456,7 +518,12 @@ impl<B: Backend> Mamba<B> {
             bufs.extend(l.in_proj_bias.as_mut());
             bufs.push(&mut l.conv1d);
             bufs.extend(l.conv1d_bias.as_mut());
-            bufs.extend([&mut l.x_proj, &mut l.dt_proj, &mut l.dt_proj_bias, &mut l.a_log, &mut l.d, &mut l.out_proj]);
+            bufs.extend(l.x_proj.as_mut());
+            bufs.extend(l.dt_proj.as_mut());
+            bufs.extend([&mut l.dt_proj_bias, &mut l.a_log]);
+            bufs.extend(l.b.as_mut());
+            bufs.extend(l.c.as_mut());
+            bufs.extend([&mut l.d, &mut l.out_proj]);
             bufs.extend(l.out_proj_bias.as_mut());
         }
         bufs.push(&mut self.norm_f);
@@ -515,7 +582,8 @@ impl<B: Backend> Mamba<B> {
         let be = &self.backend;
         let rows = batch * seqlen;
         let (d, di, n, r, v) = (c.d_model, c.d_inner, c.d_state, c.dt_rank, c.vocab_size);
-        let xw = r + 2 * n;
+        let (ab, iw, cols) = (c.ablation, c.in_proj_width(), c.x_proj_cols());
+        let xw = cols.width;
         let eps = self.eps();
 
         // ---- forward, keeping each layer's activations ----
@@ -565,8 +633,17 @@ impl<B: Backend> Mamba<B> {
         let mut du = be.zeros(rows * di)?;
         let mut du_xproj = be.zeros(rows * di)?;
         let mut ddelta = be.zeros(rows * di)?;
-        let mut dxdbl = be.zeros(rows * xw)?;
-        let mut dxz = be.zeros(rows * 2 * di)?;
+        // x_proj's output gradient `[rows, xw]`, then one `[rows, d_state]` scratch matrix per
+        // non-selective B / C: the scan writes per-row ∂B_t, ∂C_t wherever they belong.
+        let shared = usize::from(!ab.selective_b) + usize::from(!ab.selective_c);
+        let mut dxdbl = be.zeros(rows * (xw + shared * n))?;
+        let scratch_b = Strided { offset: rows * xw, ld: n };
+        let scratch_c = Strided { offset: rows * xw + if ab.selective_b { 0 } else { rows * n }, ld: n };
+        let at = |col: Option<usize>, scratch: Strided| match col {
+            Some(c0) => Strided { offset: c0, ld: xw },
+            None => scratch,
+        };
+        let mut dxz = be.zeros(rows * iw)?;
         let mut dnorm_in = be.zeros(rows * d)?;
         for i in (0..c.n_layer).rev() {
             let (l, gl, acts) = (&self.layers[i], &mut g.layers[i], &saved[i]);
@@ -584,43 +661,39 @@ impl<B: Backend> Mamba<B> {
                 gl.out_proj_bias.as_mut(),
             )?;
             let args = self.scan_args(l, batch, seqlen, [&acts.u, &acts.delta, &acts.xdbl, &acts.xz]);
+            let (db_at, dc_at) = (at(cols.b, scratch_b), at(cols.c, scratch_c));
             let grads = ScanGrads {
                 du: &mut du,
                 ddelta: &mut ddelta,
-                dbc: ViewMut::cols(&mut dxdbl, r, xw),
-                dz: ViewMut::cols(&mut dxz, di, 2 * di),
+                dbc: &mut dxdbl,
+                db: db_at,
+                dc: dc_at,
+                dz: ab.gate.then(|| ViewMut::cols(&mut dxz, di, 2 * di)),
                 da: &mut gl.a,
                 dd: &mut gl.d,
                 ddelta_bias: &mut gl.dt_proj_bias,
             };
             be.selective_scan_backward(&args, &dy, grads)?;
-            let dt_in = View::cols(&acts.xdbl, 0, xw);
-            be.linear_backward(
-                dt_in,
-                rows,
-                r,
-                &l.dt_proj,
-                di,
-                &ddelta,
-                Some(ViewMut::cols(&mut dxdbl, 0, xw)),
-                &mut gl.dt_proj,
-                None,
-            )?;
-            let u = View::full(&acts.u, di);
-            be.linear_backward(
-                u,
-                rows,
-                di,
-                &l.x_proj,
-                xw,
-                &dxdbl,
-                Some(ViewMut::full(&mut du_xproj, di)),
-                &mut gl.x_proj,
-                None,
-            )?;
-            be.add_assign(&mut du, &du_xproj)?;
-            let x = View::cols(&acts.xz, 0, 2 * di);
-            let dx = ViewMut::cols(&mut dxz, 0, 2 * di);
+            // A shared B / C gets the sum over rows of the per-row gradients.
+            for (col, at, g) in [(cols.b, db_at, gl.b.as_mut()), (cols.c, dc_at, gl.c.as_mut())] {
+                if let (None, Some(g)) = (col, g) {
+                    be.sum_rows(View { buf: &dxdbl, offset: at.offset, ld: at.ld }, rows, n, g)?;
+                }
+            }
+            // Without a selective Δ, `ddelta` (written, per row) is unused: the bias got its sum.
+            if let (Some(dt_proj), Some(gdt), Some(c0)) = (&l.dt_proj, gl.dt_proj.as_mut(), cols.dt) {
+                let dt_in = View::cols(&acts.xdbl, c0, xw);
+                let ddt_in = Some(ViewMut::cols(&mut dxdbl, c0, xw));
+                be.linear_backward(dt_in, rows, r, dt_proj, di, &ddelta, ddt_in, gdt, None)?;
+            }
+            if let (Some(x_proj), Some(gx)) = (&l.x_proj, gl.x_proj.as_mut()) {
+                let u = View::full(&acts.u, di);
+                let du_x = Some(ViewMut::full(&mut du_xproj, di));
+                be.linear_backward(u, rows, di, x_proj, xw, &dxdbl, du_x, gx, None)?;
+                be.add_assign(&mut du, &du_xproj)?;
+            }
+            let x = View::cols(&acts.xz, 0, iw);
+            let dx = ViewMut::cols(&mut dxz, 0, iw);
             be.conv1d_silu_backward(
                 x,
                 batch,
@@ -640,7 +713,7 @@ impl<B: Backend> Mamba<B> {
                 rows,
                 d,
                 &l.in_proj,
-                2 * di,
+                iw,
                 &dxz,
                 Some(ViewMut::full(&mut dnorm_in, d)),
                 &mut gl.in_proj,

@@ -72,9 +72,16 @@ impl OptimConfig {
 }
 
 /// Whether weight decay applies to a parameter: not to A_log, D, norm weights or biases (as in
-/// the official training recipes).
+/// the official training recipes), nor to the ablations' shared SSM vectors `mixer.B` /
+/// `mixer.C` (SSM parameters like A and D: decaying one `[d_state]` vector that every channel
+/// reads would shrink the whole SSM path).
 pub fn decays(name: &str) -> bool {
-    !(name.ends_with("A_log") || name.ends_with(".D") || name.contains("norm") || name.ends_with("bias"))
+    !(name.ends_with("A_log")
+        || name.ends_with(".D")
+        || name.ends_with("mixer.B")
+        || name.ends_with("mixer.C")
+        || name.contains("norm")
+        || name.ends_with("bias"))
 }
 
 /// First and second moments per parameter, in parameter order.
@@ -138,6 +145,7 @@ mod tests {
     #[test]
     fn decay_groups() {
         assert!(decays("backbone.layers.0.mixer.in_proj.weight"));
+        assert!(!decays("backbone.layers.0.mixer.B") && !decays("backbone.layers.1.mixer.C"));
         assert!(decays("backbone.embeddings.weight"));
         for n in [
             "backbone.layers.0.mixer.A_log",

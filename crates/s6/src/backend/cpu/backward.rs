@@ -15,8 +15,8 @@
 use rayon::prelude::*;
 
 use super::simd::{self, madd, Lanes, LANES};
-use super::{check_view, need, view_extent};
-use crate::backend::{AdamW, ScanArgs, ScanDims, ScanGrads, View, ViewMut};
+use super::{check_view, check_view_bcast, need, view_extent};
+use crate::backend::{AdamW, ScanArgs, ScanDims, ScanGrads, Strided, View, ViewMut};
 use crate::{Error, Result};
 
 /// Steps between saved states in the scan backward: the reverse pass recomputes at most this many
@@ -31,10 +31,15 @@ const CONV_CW: usize = 32;
 const ROWS_PER_TASK: usize = 64;
 
 fn check_view_mut(what: &str, v: &ViewMut<'_, Vec<f32>>, rows: usize, cols: usize) -> Result<()> {
-    if v.ld < cols {
-        return Err(Error::Backend(format!("cpu: view '{what}' has row stride {} < {cols} columns", v.ld)));
+    check_strided(what, v.buf.len(), Strided { offset: v.offset, ld: v.ld }, rows, cols)
+}
+
+/// Checks a written `rows × cols` matrix at `at` in a buffer of `len` elements (`ld ≥ cols`).
+fn check_strided(what: &str, len: usize, at: Strided, rows: usize, cols: usize) -> Result<()> {
+    if at.ld < cols {
+        return Err(Error::Backend(format!("cpu: view '{what}' has row stride {} < {cols} columns", at.ld)));
     }
-    need(what, v.buf.len(), view_extent(rows, cols, v.offset, v.ld))
+    need(what, len, view_extent(rows, cols, at.offset, at.ld))
 }
 
 /// A raw pointer shared by tasks that write disjoint elements through it.
@@ -559,14 +564,22 @@ pub fn selective_scan_backward_with(
     need("scan_backward delta_bias", args.delta_bias.len(), d_inner)?;
     need("scan_backward A", args.a.len(), d_inner * n)?;
     need("scan_backward D", args.d.len(), d_inner)?;
-    check_view("scan_backward B", &args.b, rows, n)?;
-    check_view("scan_backward C", &args.c, rows, n)?;
-    check_view("scan_backward z", &args.z, rows, d_inner)?;
+    check_view_bcast("scan_backward B", &args.b, rows, n)?;
+    check_view_bcast("scan_backward C", &args.c, rows, n)?;
+    if let Some(z) = &args.z {
+        check_view("scan_backward z", z, rows, d_inner)?;
+    }
+    if args.z.is_some() != grads.dz.is_some() {
+        return Err(Error::Backend("cpu: scan_backward needs z and dz both given (gated) or both absent".into()));
+    }
     need("scan_backward dy", dy.len(), rows * d_inner)?;
     need("scan_backward du", grads.du.len(), rows * d_inner)?;
     need("scan_backward ddelta", grads.ddelta.len(), rows * d_inner)?;
-    check_view_mut("scan_backward dbc", &grads.dbc, rows, 2 * n)?;
-    check_view_mut("scan_backward dz", &grads.dz, rows, d_inner)?;
+    check_strided("scan_backward dB", grads.dbc.len(), grads.db, rows, n)?;
+    check_strided("scan_backward dC", grads.dbc.len(), grads.dc, rows, n)?;
+    if let Some(dz) = &grads.dz {
+        check_view_mut("scan_backward dz", dz, rows, d_inner)?;
+    }
     need("scan_backward dA", grads.da.len(), d_inner * n)?;
     need("scan_backward dD", grads.dd.len(), d_inner)?;
     need("scan_backward ddelta_bias", grads.ddelta_bias.len(), d_inner)?;
@@ -575,12 +588,19 @@ pub fn selective_scan_backward_with(
     }
     let dbc = grads.dbc;
     if d_inner == 0 {
-        for r in 0..rows {
-            dbc.buf[dbc.offset + r * dbc.ld..][..2 * n].fill(0.0);
+        for at in [grads.db, grads.dc] {
+            for r in 0..rows {
+                dbc[at.offset + r * at.ld..][..n].fill(0.0);
+            }
         }
         return Ok(());
     }
+    let gate = args.z.is_some();
 
+    let (dz_ptr, dz_ld) = match grads.dz {
+        Some(dz) => (dz.buf[dz.offset..].as_mut_ptr(), dz.ld),
+        None => (std::ptr::null_mut(), 0),
+    };
     let p = ScanBwdPtrs {
         u: args.u.as_ptr(),
         delta: args.delta.as_ptr(),
@@ -591,13 +611,13 @@ pub fn selective_scan_backward_with(
         c: args.c.buf[args.c.offset..].as_ptr(),
         c_ld: args.c.ld,
         d: args.d.as_ptr(),
-        z: args.z.buf[args.z.offset..].as_ptr(),
-        z_ld: args.z.ld,
+        z: args.z.map_or(std::ptr::null(), |z| z.buf[z.offset..].as_ptr()),
+        z_ld: args.z.map_or(0, |z| z.ld),
         dy: dy.as_ptr(),
         du: grads.du.as_mut_ptr(),
         ddelta: grads.ddelta.as_mut_ptr(),
-        dz: grads.dz.buf[grads.dz.offset..].as_mut_ptr(),
-        dz_ld: grads.dz.ld,
+        dz: dz_ptr,
+        dz_ld,
         da: grads.da.as_mut_ptr(),
         dd: grads.dd.as_mut_ptr(),
         ddelta_bias: grads.ddelta_bias.as_mut_ptr(),
@@ -627,11 +647,17 @@ pub fn selective_scan_backward_with(
                 unsafe {
                     #[cfg(target_arch = "x86_64")]
                     if fma {
-                        scan_bwd_block_avx2(&tp, dims, b, blk, &mut work, &mut acc);
+                        match gate {
+                            true => scan_bwd_block_avx2::<true>(&tp, dims, b, blk, &mut work, &mut acc),
+                            false => scan_bwd_block_avx2::<false>(&tp, dims, b, blk, &mut work, &mut acc),
+                        }
                         continue;
                     }
                     let _ = fma;
-                    scan_bwd_block::<false>(&tp, dims, b, blk, &mut work, &mut acc);
+                    match gate {
+                        true => scan_bwd_block::<false, true>(&tp, dims, b, blk, &mut work, &mut acc),
+                        false => scan_bwd_block::<false, false>(&tp, dims, b, blk, &mut work, &mut acc),
+                    }
                 }
             }
             (acc, params)
@@ -645,25 +671,27 @@ pub fn selective_scan_backward_with(
         grads.ddelta_bias[..d_inner].iter_mut().zip(pb).for_each(|(g, v)| *g += v);
     }
     let accs: Vec<Vec<f32>> = tasks.into_iter().map(|(acc, _)| acc).collect();
-    // ∂B/∂C: the groups' partial sums, added in group order.
+    // ∂B/∂C: the groups' partial sums, added in group order; one matrix after the other (rows
+    // of one matrix are disjoint, `ld ≥ n`).
     let w = 2 * n;
-    if w > 0 {
-        let ld = dbc.ld;
-        dbc.buf[dbc.offset..].par_chunks_mut(ld).take(rows).enumerate().for_each(|(row, dst)| {
-            let (b, t) = (row / seqlen, row % seqlen);
-            let dst = &mut dst[..w];
-            dst.copy_from_slice(&accs[b * groups][t * w..][..w]);
-            for acc in &accs[b * groups + 1..(b + 1) * groups] {
-                dst.iter_mut().zip(&acc[t * w..][..w]).for_each(|(d, a)| *d += a);
-            }
-        });
+    if n > 0 {
+        for (at, c0) in [(grads.db, 0), (grads.dc, n)] {
+            dbc[at.offset..].par_chunks_mut(at.ld).take(rows).enumerate().for_each(|(row, dst)| {
+                let (b, t) = (row / seqlen, row % seqlen);
+                let dst = &mut dst[..n];
+                dst.copy_from_slice(&accs[b * groups][t * w + c0..][..n]);
+                for acc in &accs[b * groups + 1..(b + 1) * groups] {
+                    dst.iter_mut().zip(&acc[t * w + c0..][..n]).for_each(|(d, a)| *d += a);
+                }
+            });
+        }
     }
     Ok(())
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-unsafe fn scan_bwd_block_avx2(
+unsafe fn scan_bwd_block_avx2<const GATE: bool>(
     p: &ScanBwdPtrs,
     dims: ScanDims,
     b: usize,
@@ -671,7 +699,7 @@ unsafe fn scan_bwd_block_avx2(
     work: &mut ScanWork,
     acc: &mut [f32],
 ) {
-    scan_bwd_block::<true>(p, dims, b, blk, work, acc)
+    scan_bwd_block::<true, GATE>(p, dims, b, blk, work, acc)
 }
 
 /// Loads `width` channels starting at `src` into a lane array (the rest zero).
@@ -705,8 +733,10 @@ unsafe fn step_inputs<const FMA: bool>(p: &ScanBwdPtrs, at: usize, width: usize,
 
 /// One sequence `b`, channels `blk*LANES..` (clipped): adds the block's `∂B`/`∂C` to `acc`
 /// (`[seqlen, 2·d_state]`), writes its `du`, `ddelta`, `dz` and accumulates `dA`, `dD`, `dbias`.
+/// `GATE = false`: no gate (`y = C·h + D·u`), `z` is not read and no `dz` written. `B`/`C` rows
+/// are read at `row · ld` (`ld = 0`: one row broadcast to every step).
 #[inline(always)]
-unsafe fn scan_bwd_block<const FMA: bool>(
+unsafe fn scan_bwd_block<const FMA: bool, const GATE: bool>(
     p: &ScanBwdPtrs,
     dims: ScanDims,
     b: usize,
@@ -785,7 +815,7 @@ unsafe fn scan_bwd_block<const FMA: bool>(
             let dt = dts[i];
             let x = load_lanes(p.u.add(row * d_inner + c0), width);
             let raw = load_lanes(p.delta.add(row * d_inner + c0), width);
-            let z = load_lanes(p.z.add(row * p.z_ld + c0), width);
+            let z = if GATE { load_lanes(p.z.add(row * p.z_ld + c0), width) } else { [0.0; LANES] };
             let g_y = load_lanes(p.dy.add(row * d_inner + c0), width);
             let brow = p.b.add(row * p.b_ld);
             let crow = p.c.add(row * p.c_ld);
@@ -795,13 +825,15 @@ unsafe fn scan_bwd_block<const FMA: bool>(
 
             // out = C·h + D·u; the gate's gradients.
             let mut out: Lanes = [0.0; LANES];
-            for l in 0..LANES {
-                out[l] = dskip[l] * x[l];
-            }
-            for (s, hc) in cur.iter().enumerate() {
-                let cs = *crow.add(s);
+            if GATE {
                 for l in 0..LANES {
-                    out[l] = madd::<FMA>(hc[l], cs, out[l]);
+                    out[l] = dskip[l] * x[l];
+                }
+                for (s, hc) in cur.iter().enumerate() {
+                    let cs = *crow.add(s);
+                    for l in 0..LANES {
+                        out[l] = madd::<FMA>(hc[l], cs, out[l]);
+                    }
                 }
             }
             let mut g: Lanes = [0.0; LANES];
@@ -809,10 +841,14 @@ unsafe fn scan_bwd_block<const FMA: bool>(
             let mut du: Lanes = [0.0; LANES];
             let mut dtu: Lanes = [0.0; LANES];
             for l in 0..LANES {
-                let sg = sigmoid::<FMA>(z[l]);
-                let silu = z[l] * sg;
-                dz[l] = g_y[l] * out[l] * (sg * madd::<FMA>(z[l], 1.0 - sg, 1.0));
-                g[l] = g_y[l] * silu;
+                if GATE {
+                    let sg = sigmoid::<FMA>(z[l]);
+                    let silu = z[l] * sg;
+                    dz[l] = g_y[l] * out[l] * (sg * madd::<FMA>(z[l], 1.0 - sg, 1.0));
+                    g[l] = g_y[l] * silu;
+                } else {
+                    g[l] = g_y[l];
+                }
                 dd_acc[l] = madd::<FMA>(g[l], x[l], dd_acc[l]);
                 du[l] = g[l] * dskip[l];
                 dtu[l] = dt[l] * x[l];
@@ -850,7 +886,9 @@ unsafe fn scan_bwd_block<const FMA: bool>(
             }
             store_lanes(p.du.add(row * d_inner + c0), &du, width);
             store_lanes(p.ddelta.add(row * d_inner + c0), &ddelta, width);
-            store_lanes(p.dz.add(row * p.dz_ld + c0), &dz, width);
+            if GATE {
+                store_lanes(p.dz.add(row * p.dz_ld + c0), &dz, width);
+            }
         }
     }
     for l in 0..width {

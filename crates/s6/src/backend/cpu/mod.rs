@@ -46,6 +46,15 @@ fn check_view(what: &str, v: &View<'_, Vec<f32>>, rows: usize, cols: usize) -> R
     need(what, v.buf.len(), view_extent(rows, cols, v.offset, v.ld))
 }
 
+/// [`check_view`] for the read views whose kernels accept `ld = 0` (one row broadcast to every
+/// row): the scan's `B` and `C`, and [`Backend::sum_rows`]'s source.
+fn check_view_bcast(what: &str, v: &View<'_, Vec<f32>>, rows: usize, cols: usize) -> Result<()> {
+    if v.ld == 0 {
+        return need(what, v.buf.len(), view_extent(rows.min(1), cols, v.offset, 0));
+    }
+    check_view(what, v, rows, cols)
+}
+
 impl Backend for Cpu {
     type Buf = Vec<f32>;
 
@@ -175,9 +184,11 @@ impl Backend for Cpu {
         need("scan delta_bias", args.delta_bias.len(), dm.d_inner)?;
         need("scan A", args.a.len(), dm.d_inner * dm.d_state)?;
         need("scan D", args.d.len(), dm.d_inner)?;
-        check_view("scan B", &args.b, rows, dm.d_state)?;
-        check_view("scan C", &args.c, rows, dm.d_state)?;
-        check_view("scan z", &args.z, rows, dm.d_inner)?;
+        check_view_bcast("scan B", &args.b, rows, dm.d_state)?;
+        check_view_bcast("scan C", &args.c, rows, dm.d_state)?;
+        if let Some(z) = &args.z {
+            check_view("scan z", z, rows, dm.d_inner)?;
+        }
         need("scan state", state.len(), dm.batch * dm.d_inner * dm.d_state)?;
         need("scan y", y.len(), rows * dm.d_inner)?;
         scan::selective_scan(args, state, y);
@@ -362,6 +373,22 @@ impl Backend for Cpu {
         dup: ViewMut<'_, Vec<f32>>,
     ) -> Result<()> {
         attention::swiglu_backward(gate, up, rows, cols, dout, dgate, dup)
+    }
+
+    fn sum_rows(&self, src: View<'_, Vec<f32>>, rows: usize, n: usize, dst: &mut Vec<f32>) -> Result<()> {
+        check_view_bcast("sum_rows src", &src, rows, n)?;
+        if dst.len() != n {
+            return Err(Error::Backend(format!("cpu: sum_rows destination has {} elements, not {n}", dst.len())));
+        }
+        // Serial, rows in order, in f64: the matrices summed here are [tokens, d_state].
+        let mut sum = vec![0.0f64; n];
+        for r in 0..rows {
+            for (s, v) in sum.iter_mut().zip(&src.buf[src.offset + r * src.ld..][..n]) {
+                *s += *v as f64;
+            }
+        }
+        dst.iter_mut().zip(&sum).for_each(|(d, s)| *d += *s as f32);
+        Ok(())
     }
 }
 

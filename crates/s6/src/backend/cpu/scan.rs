@@ -48,22 +48,30 @@ pub fn selective_scan(args: &ScanArgs<'_, Vec<f32>>, state: &mut [f32], y: &mut 
         c: args.c.buf[args.c.offset..].as_ptr(),
         c_ld: args.c.ld,
         d: args.d.as_ptr(),
-        z: args.z.buf[args.z.offset..].as_ptr(),
-        z_ld: args.z.ld,
+        z: args.z.map_or(std::ptr::null(), |z| z.buf[z.offset..].as_ptr()),
+        z_ld: args.z.map_or(0, |z| z.ld),
         state: state.as_mut_ptr(),
         y: y.as_mut_ptr(),
     };
     let groups = dims.d_inner.div_ceil(CHANNELS);
     let fma = simd::has_avx2_fma();
+    // The gate is a compile-time choice: the gated loop is the same code as before the ablations.
+    let gate = args.z.is_some();
     // SAFETY: each task touches channels [g*CHANNELS, g*CHANNELS+width) of sequence b only.
     let run = |task: usize| unsafe {
         let (b, g) = (task / groups, task % groups);
         #[cfg(target_arch = "x86_64")]
         if fma {
-            return scan_group_avx2(&p, dims, b, g);
+            return match gate {
+                true => scan_group_avx2::<true>(&p, dims, b, g),
+                false => scan_group_avx2::<false>(&p, dims, b, g),
+            };
         }
         let _ = fma;
-        scan_group::<false>(&p, dims, b, g)
+        match gate {
+            true => scan_group::<false, true>(&p, dims, b, g),
+            false => scan_group::<false, false>(&p, dims, b, g),
+        }
     };
     let tasks = dims.batch * groups;
     // A decode step (seqlen 1) of a small batch is ~1 µs of work per task: waking the pool
@@ -80,8 +88,8 @@ const SERIAL_STEPS: usize = 64;
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-unsafe fn scan_group_avx2(p: &Ptrs, dims: ScanDims, b: usize, g: usize) {
-    scan_group::<true>(p, dims, b, g)
+unsafe fn scan_group_avx2<const GATE: bool>(p: &Ptrs, dims: ScanDims, b: usize, g: usize) {
+    scan_group::<true, GATE>(p, dims, b, g)
 }
 
 /// How many time steps ahead the scan prefetches its per-step inputs: enough to cover an L3
@@ -107,8 +115,10 @@ unsafe fn load(ptr: *const f32, row: usize, ld: usize, c0: usize, width: usize) 
     v
 }
 
+/// One task. `GATE`: multiply by `silu(z)` (`false`: `y = C·h + D·u`, `z` is not read). `B` and
+/// `C` rows are read at `row · ld`, so `ld = 0` broadcasts one row to every step.
 #[inline(always)]
-unsafe fn scan_group<const FMA: bool>(p: &Ptrs, dims: ScanDims, b: usize, g: usize) {
+unsafe fn scan_group<const FMA: bool, const GATE: bool>(p: &Ptrs, dims: ScanDims, b: usize, g: usize) {
     let ScanDims { seqlen, d_inner, d_state: n, .. } = dims;
     let c0 = g * CHANNELS;
     let width = CHANNELS.min(d_inner - c0);
@@ -163,13 +173,15 @@ unsafe fn scan_group<const FMA: bool>(p: &Ptrs, dims: ScanDims, b: usize, g: usi
             for off in [0, CHANNELS - 1] {
                 simd::prefetch(p.delta.wrapping_add(ahead * d_inner + c0 + off));
                 simd::prefetch(p.u.wrapping_add(ahead * d_inner + c0 + off));
-                simd::prefetch(p.z.wrapping_add(ahead * p.z_ld + c0 + off));
+                if GATE {
+                    simd::prefetch(p.z.wrapping_add(ahead * p.z_ld + c0 + off));
+                }
                 simd::prefetch(p.y.wrapping_add(ahead * d_inner + c0 + off));
             }
         }
         let dt_raw = load(p.delta, row, d_inner, c0, width);
         let x = load(p.u, row, d_inner, c0, width);
-        let z = load(p.z, row, p.z_ld, c0, width);
+        let z = if GATE { load(p.z, row, p.z_ld, c0, width) } else { [[0.0; LANES]; BLOCKS] };
         let mut dt = [[0.0f32; LANES]; BLOCKS];
         let mut dtx = [[0.0f32; LANES]; BLOCKS];
         let mut acc = [[0.0f32; LANES]; BLOCKS];
@@ -194,9 +206,16 @@ unsafe fn scan_group<const FMA: bool>(p: &Ptrs, dims: ScanDims, b: usize, g: usi
         }
         let yrow = p.y.add(row * d_inner + c0);
         for k in 0..BLOCKS {
-            let gate = simd::silu8::<FMA>(z[k]);
-            for l in 0..LANES.min(width.saturating_sub(k * LANES)) {
-                *yrow.add(k * LANES + l) = acc[k][l] * gate[l];
+            let lanes = LANES.min(width.saturating_sub(k * LANES));
+            if GATE {
+                let gate = simd::silu8::<FMA>(z[k]);
+                for l in 0..lanes {
+                    *yrow.add(k * LANES + l) = acc[k][l] * gate[l];
+                }
+            } else {
+                for l in 0..lanes {
+                    *yrow.add(k * LANES + l) = acc[k][l];
+                }
             }
         }
     }

@@ -133,54 +133,61 @@ fn selective_scan_matches_reference() {
             (2, 12, 40, 24),
             (1, 10, 33, 20),
         ] {
-            let rows = batch * seqlen;
-            let u = rng.vec(rows * d, 1.0);
-            // Raw Δ spanning both softplus branches.
-            let delta: Vec<f32> = rng.vec(rows * d, 4.0);
-            let bias = rng.vec(d, 1.0);
-            let a: Vec<f32> = rng.vec(d * n, 1.0).iter().map(|v| -(v.abs() * 8.0 + 0.1)).collect();
-            // B and C interleaved in one wider matrix, as x_proj produces them.
-            let ld = 3 + 2 * n;
-            let bc = rng.vec(rows * ld, 1.0);
-            let dskip = rng.vec(d, 1.0);
-            let zld = 2 * d;
-            let z = rng.vec(rows * zld, 2.0);
-            let state0 = rng.vec(batch * d * n, 1.0);
-            let mut state = state0.clone();
-            let mut y = vec![0.0; rows * d];
-            let args = ScanArgs {
-                dims: ScanDims { batch, seqlen, d_inner: d, d_state: n },
-                u: &u,
-                delta: &delta,
-                delta_bias: &bias,
-                a: &a,
-                b: View { buf: &bc, offset: 3, ld },
-                c: View { buf: &bc, offset: 3 + n, ld },
-                d: &dskip,
-                z: View { buf: &z, offset: d, ld: zld },
-            };
-            Cpu.selective_scan(&args, &mut state, &mut y).unwrap();
-            let col = |buf: &[f32], off: usize, ld: usize, w: usize| -> Vec<f64> {
-                (0..rows).flat_map(|i| f64s(&buf[off + i * ld..][..w])).collect()
-            };
-            let (want, want_state) = r::selective_scan(
-                batch,
-                seqlen,
-                d,
-                n,
-                &f64s(&u),
-                &f64s(&delta),
-                &f64s(&bias),
-                &f64s(&a),
-                &col(&bc, 3, ld, n),
-                &col(&bc, 3 + n, ld, n),
-                &f64s(&dskip),
-                &col(&z, d, zld, d),
-                &f64s(&state0),
-            );
-            let what = format!("{path}: scan b={batch} l={seqlen} d={d} n={n}");
-            assert_close(&y, &want, 2e-5, &what);
-            assert_close(&state, &want_state, 2e-5, &what);
+            // Mamba's gated scan with per-row B and C, then the ablations' forms: no gate, and B
+            // and/or C one row broadcast to every step (ld = 0).
+            for (gate, bcast_b, bcast_c) in
+                [(true, false, false), (false, false, false), (true, true, true), (false, false, true)]
+            {
+                let rows = batch * seqlen;
+                let u = rng.vec(rows * d, 1.0);
+                // Raw Δ spanning both softplus branches.
+                let delta: Vec<f32> = rng.vec(rows * d, 4.0);
+                let bias = rng.vec(d, 1.0);
+                let a: Vec<f32> = rng.vec(d * n, 1.0).iter().map(|v| -(v.abs() * 8.0 + 0.1)).collect();
+                // B and C interleaved in one wider matrix, as x_proj produces them.
+                let ld = 3 + 2 * n;
+                let bc = rng.vec(rows * ld, 1.0);
+                let dskip = rng.vec(d, 1.0);
+                let zld = 2 * d;
+                let z = rng.vec(rows * zld, 2.0);
+                let state0 = rng.vec(batch * d * n, 1.0);
+                let mut state = state0.clone();
+                let mut y = vec![0.0; rows * d];
+                let args = ScanArgs {
+                    dims: ScanDims { batch, seqlen, d_inner: d, d_state: n },
+                    u: &u,
+                    delta: &delta,
+                    delta_bias: &bias,
+                    a: &a,
+                    b: View { buf: &bc, offset: 3, ld: if bcast_b { 0 } else { ld } },
+                    c: View { buf: &bc, offset: 3 + n, ld: if bcast_c { 0 } else { ld } },
+                    d: &dskip,
+                    z: gate.then_some(View { buf: &z, offset: d, ld: zld }),
+                };
+                Cpu.selective_scan(&args, &mut state, &mut y).unwrap();
+                let col = |buf: &[f32], off: usize, ld: usize, w: usize| -> Vec<f64> {
+                    (0..rows).flat_map(|i| f64s(&buf[off + i * ld..][..w])).collect()
+                };
+                let (want, want_state) = r::selective_scan(
+                    batch,
+                    seqlen,
+                    d,
+                    n,
+                    &f64s(&u),
+                    &f64s(&delta),
+                    &f64s(&bias),
+                    &f64s(&a),
+                    &col(&bc, 3, if bcast_b { 0 } else { ld }, n),
+                    &col(&bc, 3 + n, if bcast_c { 0 } else { ld }, n),
+                    &f64s(&dskip),
+                    gate.then(|| col(&z, d, zld, d)).as_deref(),
+                    &f64s(&state0),
+                );
+                let what =
+                    format!("{path}: scan b={batch} l={seqlen} d={d} n={n} gate={gate} bcast {bcast_b} {bcast_c}");
+                assert_close(&y, &want, 2e-5, &what);
+                assert_close(&state, &want_state, 2e-5, &what);
+            }
         }
     });
 }
@@ -210,7 +217,7 @@ fn scan_in_chunks_equals_one_pass() {
                 b: View { buf: &bc, offset: t0 * 2 * n, ld: 2 * n },
                 c: View { buf: &bc, offset: t0 * 2 * n + n, ld: 2 * n },
                 d: &dskip,
-                z: View { buf: &z, offset: t0 * d, ld: d },
+                z: Some(View { buf: &z, offset: t0 * d, ld: d }),
             };
             let mut y = vec![0.0; l * d];
             Cpu.selective_scan(&args, state, &mut y).unwrap();
@@ -226,6 +233,28 @@ fn scan_in_chunks_equals_one_pass() {
         assert_eq!(full, parts);
         assert_eq!(s_full, s);
     });
+}
+
+#[test]
+fn sum_rows_matches_reference_and_accumulates() {
+    let mut rng = Rand::new(6);
+    for &(rows, n, ld, off) in &[(1, 1, 1, 0), (37, 8, 8, 0), (20, 5, 11, 3), (300, 16, 40, 7), (0, 4, 4, 0)] {
+        let src = rng.vec(off + rows * ld + 2, 1.0);
+        let contiguous: Vec<f64> = (0..rows).flat_map(|r| f64s(&src[off + r * ld..][..n])).collect();
+        let want = r::sum_rows(&contiguous, rows, n);
+        let init = rng.vec(n, 1.0);
+        let mut dst = init.clone();
+        Cpu.sum_rows(View { buf: &src, offset: off, ld }, rows, n, &mut dst).unwrap();
+        let want_acc: Vec<f64> = want.iter().zip(&init).map(|(w, i)| w + *i as f64).collect();
+        assert_close(&dst, &want_acc, 1e-5, &format!("sum_rows rows={rows} n={n} ld={ld}"));
+    }
+    // A broadcast view (ld = 0): the row counted `rows` times.
+    let src = vec![1.0, 2.0, 3.0];
+    let mut dst = vec![0.0; 3];
+    Cpu.sum_rows(View::broadcast(&src), 4, 3, &mut dst).unwrap();
+    assert_eq!(dst, [4.0, 8.0, 12.0]);
+    assert!(Cpu.sum_rows(View::full(&src, 3), 2, 3, &mut dst).is_err(), "short source");
+    assert!(Cpu.sum_rows(View::full(&src, 3), 1, 3, &mut vec![0.0; 4]).is_err(), "wrong destination length");
 }
 
 #[test]

@@ -8,7 +8,7 @@
 
 use super::backward::{self, SCAN_CHUNK};
 use super::Cpu;
-use crate::backend::{reference as r, AdamW, Backend, ScanArgs, ScanDims, ScanGrads, View, ViewMut};
+use crate::backend::{reference as r, AdamW, Backend, ScanArgs, ScanDims, ScanGrads, Strided, View, ViewMut};
 use crate::testutil::{assert_close, Rand};
 use crate::Error;
 
@@ -329,8 +329,13 @@ struct ScanCase {
     a: Vec<f32>,
     bc: Vec<f32>,
     bc_ld: usize,
+    /// Row strides of the B and C views: `bc_ld`, or 0 (one row broadcast to every step).
+    b_ld: usize,
+    c_ld: usize,
     dskip: Vec<f32>,
     z: Vec<f32>,
+    /// Whether the scan is gated (`z` given).
+    gate: bool,
     dy: Vec<f32>,
 }
 
@@ -357,10 +362,20 @@ impl ScanCase {
             a: rng.vec(d * n, 1.0).iter().map(|v| -(v.abs() * 4.0 + 0.05)).collect(),
             bc: rng.vec(rows * bc_ld, 1.0),
             bc_ld,
+            b_ld: bc_ld,
+            c_ld: bc_ld,
             dskip: rng.vec(d, 1.0),
             z: rng.vec(rows * 2 * d, 2.0),
+            gate: true,
             dy: rng.vec(rows * d, 1.0),
         }
+    }
+    /// The ablations' variants of the same case: no gate, and `B`/`C` broadcast from one row.
+    fn ablated(mut self, gate: bool, bcast_b: bool, bcast_c: bool) -> Self {
+        self.gate = gate;
+        self.b_ld = if bcast_b { 0 } else { self.bc_ld };
+        self.c_ld = if bcast_c { 0 } else { self.bc_ld };
+        self
     }
     fn rows(&self) -> usize {
         self.dims.batch * self.dims.seqlen
@@ -373,13 +388,14 @@ impl ScanCase {
             delta: &self.delta,
             delta_bias: &self.bias,
             a: &self.a,
-            b: View { buf: &self.bc, offset: BC_OFF, ld: self.bc_ld },
-            c: View { buf: &self.bc, offset: BC_OFF + n, ld: self.bc_ld },
+            b: View { buf: &self.bc, offset: BC_OFF, ld: self.b_ld },
+            c: View { buf: &self.bc, offset: BC_OFF + n, ld: self.c_ld },
             d: &self.dskip,
-            z: View { buf: &self.z, offset: d, ld: 2 * d },
+            z: self.gate.then_some(View { buf: &self.z, offset: d, ld: 2 * d }),
         }
     }
-    /// Contiguous f64 inputs `[u, delta, bias, A, B, C, D, z]`.
+    /// Contiguous f64 inputs `[u, delta, bias, A, B, C, D, z]` (broadcast rows repeated; `z`
+    /// empty without a gate).
     fn inputs(&self) -> Vec<Vec<f64>> {
         let (rows, d, n) = (self.rows(), self.dims.d_inner, self.dims.d_state);
         vec![
@@ -387,22 +403,39 @@ impl ScanCase {
             f64s(&self.delta),
             f64s(&self.bias),
             f64s(&self.a),
-            cols(&self.bc, BC_OFF, self.bc_ld, rows, n),
-            cols(&self.bc, BC_OFF + n, self.bc_ld, rows, n),
+            cols(&self.bc, BC_OFF, self.b_ld, rows, n),
+            cols(&self.bc, BC_OFF + n, self.c_ld, rows, n),
             f64s(&self.dskip),
-            cols(&self.z, d, 2 * d, rows, d),
+            if self.gate { cols(&self.z, d, 2 * d, rows, d) } else { Vec::new() },
         ]
     }
+}
+
+/// `z` of [`ScanCase::inputs`]: `None` (no gate) when empty.
+fn gate_of(z: &[f64]) -> Option<&[f64]> {
+    (!z.is_empty()).then_some(z)
 }
 
 fn scan_ref_backward(dims: ScanDims, p: &[Vec<f64>], dy: &[f64]) -> r::ScanGradsRef {
     let ScanDims { batch, seqlen, d_inner, d_state } = dims;
     r::selective_scan_backward(
-        batch, seqlen, d_inner, d_state, &p[0], &p[1], &p[2], &p[3], &p[4], &p[5], &p[6], &p[7], dy,
+        batch,
+        seqlen,
+        d_inner,
+        d_state,
+        &p[0],
+        &p[1],
+        &p[2],
+        &p[3],
+        &p[4],
+        &p[5],
+        &p[6],
+        gate_of(&p[7]),
+        dy,
     )
 }
 
-/// Gradient buffers of one scan backward; `dbc` and `dz` are views into wider matrices.
+/// Gradient buffers of one scan backward; `dB`/`dC` and `dz` are views into wider matrices.
 struct ScanOut {
     du: Vec<f32>,
     ddelta: Vec<f32>,
@@ -434,11 +467,14 @@ impl ScanOut {
     }
     fn run(&mut self, case: &ScanCase, groups: Option<usize>, fma: bool) -> crate::Result<()> {
         let (d, n) = (case.dims.d_inner, case.dims.d_state);
+        let ld = Self::dbc_ld(n);
         let grads = ScanGrads {
             du: &mut self.du,
             ddelta: &mut self.ddelta,
-            dbc: ViewMut { buf: &mut self.dbc, offset: DBC_OFF, ld: Self::dbc_ld(n) },
-            dz: ViewMut { buf: &mut self.dz, offset: d, ld: 2 * d },
+            dbc: &mut self.dbc,
+            db: Strided { offset: DBC_OFF, ld },
+            dc: Strided { offset: DBC_OFF + n, ld },
+            dz: case.gate.then_some(ViewMut { buf: &mut self.dz, offset: d, ld: 2 * d }),
             da: &mut self.da,
             dd: &mut self.dd,
             ddelta_bias: &mut self.ddb,
@@ -459,27 +495,39 @@ fn selective_scan_backward_matches_reference() {
         (1, 130, 130, 1),
         (3, 65, 3, 16),
     ] {
-        let case = ScanCase::new(&mut rng, batch, seqlen, d, n);
-        let rows = case.rows();
-        let want = scan_ref_backward(case.dims, &case.inputs(), &f64s(&case.dy));
-        for (groups, fma) in [(None, true), (Some(1), true), (Some(3), true), (Some(2), false)] {
-            let what = format!("scan_backward b={batch} l={seqlen} d={d} n={n} groups={groups:?} fma={fma}");
-            let mut out = ScanOut::new(&mut rng, case.dims);
-            let (dbc0, dz0) = (out.dbc.clone(), out.dz.clone());
-            out.run(&case, groups, fma).unwrap();
-            let ld = ScanOut::dbc_ld(n);
-            let f32s = |v: Vec<f64>| -> Vec<f32> { v.iter().map(|&x| x as f32).collect() };
-            const TOL: f64 = 1e-4;
-            assert_close(&out.du, &want.du, TOL, &format!("{what}: du"));
-            assert_close(&out.ddelta, &want.ddelta, TOL, &format!("{what}: ddelta"));
-            assert_close(&f32s(cols(&out.dbc, DBC_OFF, ld, rows, n)), &want.db, TOL, &format!("{what}: dB"));
-            assert_close(&f32s(cols(&out.dbc, DBC_OFF + n, ld, rows, n)), &want.dc, TOL, &format!("{what}: dC"));
-            assert_close(&f32s(cols(&out.dz, d, 2 * d, rows, d)), &want.dz, TOL, &format!("{what}: dz"));
-            assert_close(&out.da, &want.da, TOL, &format!("{what}: dA"));
-            assert_close(&out.dd, &want.dd, TOL, &format!("{what}: dD"));
-            assert_close(&out.ddb, &want.ddelta_bias, TOL, &format!("{what}: ddelta_bias"));
-            assert_outside_unchanged(&out.dbc, &dbc0, DBC_OFF, ld, rows, 2 * n, &what);
-            assert_outside_unchanged(&out.dz, &dz0, d, 2 * d, rows, d, &what);
+        // The gated scan with per-row B, C (Mamba), then the ablations' forms: no gate, and B and/or
+        // C broadcast from one row (ld = 0).
+        for (gate, bb, bcc) in [(true, false, false), (false, false, false), (true, true, false), (false, true, true)] {
+            let case = ScanCase::new(&mut rng, batch, seqlen, d, n).ablated(gate, bb, bcc);
+            let rows = case.rows();
+            let want = scan_ref_backward(case.dims, &case.inputs(), &f64s(&case.dy));
+            for (groups, fma) in [(None, true), (Some(1), true), (Some(3), true), (Some(2), false)] {
+                let what = format!(
+                "scan_backward b={batch} l={seqlen} d={d} n={n} gate={gate} bcast B {bb} C {bcc} groups={groups:?} fma={fma}"
+            );
+                let mut out = ScanOut::new(&mut rng, case.dims);
+                let (dbc0, dz0) = (out.dbc.clone(), out.dz.clone());
+                out.run(&case, groups, fma).unwrap();
+                let ld = ScanOut::dbc_ld(n);
+                let f32s = |v: Vec<f64>| -> Vec<f32> { v.iter().map(|&x| x as f32).collect() };
+                const TOL: f64 = 1e-4;
+                assert_close(&out.du, &want.du, TOL, &format!("{what}: du"));
+                assert_close(&out.ddelta, &want.ddelta, TOL, &format!("{what}: ddelta"));
+                assert_close(&f32s(cols(&out.dbc, DBC_OFF, ld, rows, n)), &want.db, TOL, &format!("{what}: dB"));
+                assert_close(&f32s(cols(&out.dbc, DBC_OFF + n, ld, rows, n)), &want.dc, TOL, &format!("{what}: dC"));
+                if gate {
+                    assert_close(&f32s(cols(&out.dz, d, 2 * d, rows, d)), &want.dz, TOL, &format!("{what}: dz"));
+                }
+                assert_close(&out.da, &want.da, TOL, &format!("{what}: dA"));
+                assert_close(&out.dd, &want.dd, TOL, &format!("{what}: dD"));
+                assert_close(&out.ddb, &want.ddelta_bias, TOL, &format!("{what}: ddelta_bias"));
+                assert_outside_unchanged(&out.dbc, &dbc0, DBC_OFF, ld, rows, 2 * n, &what);
+                if gate {
+                    assert_outside_unchanged(&out.dz, &dz0, d, 2 * d, rows, d, &what);
+                } else {
+                    assert_eq!(out.dz, dz0, "{what}: dz written without a gate");
+                }
+            }
         }
     }
 }
@@ -515,8 +563,10 @@ fn selective_scan_backward_through_backend_trait() {
     let grads = ScanGrads {
         du: &mut out.du,
         ddelta: &mut out.ddelta,
-        dbc: ViewMut { buf: &mut out.dbc, offset: DBC_OFF, ld: ScanOut::dbc_ld(n) },
-        dz: ViewMut { buf: &mut out.dz, offset: d, ld: 2 * d },
+        dbc: &mut out.dbc,
+        db: Strided { offset: DBC_OFF, ld: ScanOut::dbc_ld(n) },
+        dc: Strided { offset: DBC_OFF + n, ld: ScanOut::dbc_ld(n) },
+        dz: Some(ViewMut { buf: &mut out.dz, offset: d, ld: 2 * d }),
         da: &mut out.da,
         dd: &mut out.dd,
         ddelta_bias: &mut out.ddb,
@@ -531,20 +581,22 @@ fn selective_scan_backward_through_backend_trait() {
 #[test]
 fn selective_scan_backward_reference_matches_finite_differences() {
     let mut rng = Rand::new(403);
-    for &(batch, seqlen, d, n) in &[(2, 9, 5, 4), (1, 20, 3, 16), (1, 3, 2, 1)] {
-        let case = ScanCase::new(&mut rng, batch, seqlen, d, n);
+    for &(batch, seqlen, d, n, gate) in
+        &[(2, 9, 5, 4, true), (1, 20, 3, 16, true), (1, 3, 2, 1, true), (2, 9, 5, 4, false), (1, 12, 3, 3, false)]
+    {
+        let case = ScanCase::new(&mut rng, batch, seqlen, d, n).ablated(gate, false, false);
         let params = case.inputs();
         let wts = f64s(&case.dy);
         let g = scan_ref_backward(case.dims, &params, &wts);
         let state = vec![0.0; batch * d * n];
         let loss = |p: &[Vec<f64>]| {
+            let z = gate_of(&p[7]);
             let y =
-                r::selective_scan(batch, seqlen, d, n, &p[0], &p[1], &p[2], &p[3], &p[4], &p[5], &p[6], &p[7], &state)
-                    .0;
+                r::selective_scan(batch, seqlen, d, n, &p[0], &p[1], &p[2], &p[3], &p[4], &p[5], &p[6], z, &state).0;
             wdot(&wts, &y)
         };
         check_fd(
-            &format!("scan b={batch} l={seqlen} d={d} n={n}"),
+            &format!("scan b={batch} l={seqlen} d={d} n={n} gate={gate}"),
             &["u", "delta", "delta_bias", "A", "B", "C", "D", "z"],
             &params,
             &[&g.du, &g.ddelta, &g.ddelta_bias, &g.da, &g.db, &g.dc, &g.dd, &g.dz],
@@ -738,7 +790,22 @@ fn backward_ops_error_instead_of_out_of_bounds() {
     let case = ScanCase::new(&mut rng, 1, 5, 3, 2);
     let mut out = ScanOut::new(&mut rng, case.dims);
     out.dbc.truncate(DBC_OFF + 4 * ScanOut::dbc_ld(2) + 2 * 2 - 1); // the last row's dC is cut short
-    is_backend(out.run(&case, None, true).unwrap_err(), "scan_backward dbc");
+    is_backend(out.run(&case, None, true).unwrap_err(), "scan_backward dC");
+    // A gated scan without dz (and an ungated one with dz) is a caller bug.
+    let mut out = ScanOut::new(&mut rng, case.dims);
+    let ld = ScanOut::dbc_ld(2);
+    let grads = ScanGrads {
+        du: &mut out.du,
+        ddelta: &mut out.ddelta,
+        dbc: &mut out.dbc,
+        db: Strided { offset: DBC_OFF, ld },
+        dc: Strided { offset: DBC_OFF + 2, ld },
+        dz: None,
+        da: &mut out.da,
+        dd: &mut out.dd,
+        ddelta_bias: &mut out.ddb,
+    };
+    is_backend(Cpu.selective_scan_backward(&case.args(), &case.dy, grads).unwrap_err(), "z and dz");
     let mut out = ScanOut::new(&mut rng, case.dims);
     out.da.pop();
     is_backend(out.run(&case, None, true).unwrap_err(), "scan_backward dA");

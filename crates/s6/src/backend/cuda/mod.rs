@@ -510,8 +510,11 @@ impl Backend for Cuda {
         let bm = self.ptr(args.b.buf, args.b.offset, Self::view_extent(args.b.ld, rows, n), "scan B")?;
         let cm = self.ptr(args.c.buf, args.c.offset, Self::view_extent(args.c.ld, rows, n), "scan C")?;
         let d = self.ptr(args.d, 0, di, "scan D")?;
-        let z = args.z;
-        let (zp, ldz) = (self.ptr(z.buf, z.offset, Self::view_extent(z.ld, rows, di), "scan z")?, z.ld);
+        // No gate: a null pointer (the kernels then use y = C·h + D·u).
+        let (zp, ldz) = match args.z {
+            Some(z) => (self.ptr(z.buf, z.offset, Self::view_extent(z.ld, rows, di), "scan z")?, z.ld),
+            None => (0u64, 0),
+        };
         let yp = self.ptr_mut(y, 0, rows * di, "scan y")?;
         let (ldb, ldc, ldz) = (u32_of("ld B", args.b.ld)?, u32_of("ld C", args.c.ld)?, u32_of("ld z", ldz)?);
         let (l, dd, nn) = (u32_of("seqlen", seqlen)?, u32_of("d_inner", di)?, u32_of("d_state", n)?);
