@@ -13,7 +13,7 @@ use std::time::Instant;
 use rayon::prelude::*;
 
 use crate::backend::cpu::{simd, Cpu};
-use crate::backend::{Backend, View};
+use crate::backend::{Backend, ScanArgs, ScanDims, View};
 use crate::model::Mamba;
 use crate::{Error, Result};
 
@@ -243,6 +243,7 @@ pub fn bench_decode<B: Backend>(
             let logits = model.step(ids, &mut state)?;
             std::hint::black_box(&logits);
         }
+        model.backend.synchronize()?;
         best = best.min(t.elapsed().as_secs_f64());
     }
     let weight_bytes_per_step = decode_weight_bytes(model, batch);
@@ -271,6 +272,7 @@ pub fn bench_prefill<B: Backend>(
         let mut state = model.new_state(batch)?;
         let t = Instant::now();
         let logits = model.prefill(&ids, batch, seqlen, &mut state, seqlen)?;
+        model.backend.synchronize()?;
         best = best.min(t.elapsed().as_secs_f64());
         std::hint::black_box(&logits);
     }
@@ -282,6 +284,128 @@ pub fn bench_prefill<B: Backend>(
         flop_per_token,
         limit_tok_per_s: limits.gemm_gflop_s * 1e9 / flop_per_token,
     })
+}
+
+/// Measured ceilings of a device through its own ops, for backends other than the CPU's:
+/// `read_gb_s` is the device-to-device copy bandwidth (`clone_buf` of 1 GiB, bytes read plus
+/// bytes written, best of 10), `gemm_gflop_s` the rate of `linear` at 4096 × 4096 × 4096 (best
+/// of 5). Each timing waits for the device ([`Backend::synchronize`]).
+pub fn measure_device_limits<B: Backend>(be: &B) -> Result<Limits> {
+    let n = (1usize << 30) / 4;
+    let src = be.from_vec(random_values(n, 11, -1.0, 1.0))?;
+    let mut best = f64::INFINITY;
+    for _ in 0..11 {
+        be.synchronize()?;
+        let t = Instant::now();
+        let copy = be.clone_buf(&src)?;
+        be.synchronize()?;
+        best = best.min(t.elapsed().as_secs_f64());
+        drop(copy);
+    }
+    let copy_gb_s = 2.0 * (4 * n) as f64 / best / 1e9;
+    drop(src);
+    let m = 4096;
+    let x = be.from_vec(random_values(m * m, 12, -1.0, 1.0))?;
+    let w = be.from_vec(random_values(m * m, 13, -1.0, 1.0))?;
+    let mut out = be.zeros(m * m)?;
+    let mut best = f64::INFINITY;
+    for _ in 0..6 {
+        be.synchronize()?;
+        let t = Instant::now();
+        be.linear(View::full(&x, m), m, m, &w, m, None, &mut out)?;
+        be.synchronize()?;
+        best = best.min(t.elapsed().as_secs_f64());
+    }
+    Ok(Limits { read_gb_s: copy_gb_s, gemm_gflop_s: 2.0 * (m * m * m) as f64 / best / 1e9 })
+}
+
+/// Deterministic values in `[lo, hi)` (SplitMix64).
+fn random_values(count: usize, seed: u64, lo: f32, hi: f32) -> Vec<f32> {
+    let mut s = seed;
+    (0..count)
+        .map(|_| {
+            s = s.wrapping_add(0x9E37_79B9_7F4A_7C15);
+            let mut z = s;
+            z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+            lo + (hi - lo) * (((z ^ (z >> 31)) >> 40) as f32 / (1u64 << 24) as f32)
+        })
+        .collect()
+}
+
+/// Result of [`bench_scan`].
+#[derive(Clone, Debug, PartialEq)]
+pub struct ScanReport {
+    pub batch: usize,
+    pub seqlen: usize,
+    pub d_inner: usize,
+    pub d_state: usize,
+    /// Median time of one scan, milliseconds.
+    pub ms: f64,
+    /// Fewest bytes a scan must move: `u`, `Δ`, `z` read and `y` written (`[rows, d_inner]` f32
+    /// each), `B` and `C` read (`[rows, d_state]` each), plus parameters and state.
+    pub bytes: usize,
+}
+
+impl ScanReport {
+    /// Achieved bandwidth over [`ScanReport::bytes`], GB/s.
+    pub fn gb_s(&self) -> f64 {
+        self.bytes as f64 / (self.ms * 1e-3) / 1e9
+    }
+}
+
+/// Times the selective scan alone (Δ softplus with bias, `D` skip and `z` gate, as in the
+/// model) on random inputs: `rounds` rounds of `repeats` back-to-back scans between two device
+/// synchronizations, after one warm-up scan; the median round's time per scan is reported.
+pub fn bench_scan<B: Backend>(
+    be: &B,
+    batch: usize,
+    seqlen: usize,
+    d_inner: usize,
+    d_state: usize,
+    repeats: usize,
+) -> Result<ScanReport> {
+    check_counts(
+        "bench scan",
+        &[("batch", batch), ("seqlen", seqlen), ("d_inner", d_inner), ("d_state", d_state), ("repeats", repeats)],
+    )?;
+    let rows = batch * seqlen;
+    let (di, n) = (d_inner, d_state);
+    let u = be.from_vec(random_values(rows * di, 21, -2.0, 2.0))?;
+    let delta = be.from_vec(random_values(rows * di, 22, -3.0, 0.0))?;
+    let delta_bias = be.from_vec(random_values(di, 23, -3.0, -1.0))?;
+    // S4D-real A = -(1..=N), as Mamba initializes it.
+    let a = be.from_vec((0..di * n).map(|i| -((i % n) as f32 + 1.0)).collect())?;
+    let bc = be.from_vec(random_values(rows * 2 * n, 24, -1.0, 1.0))?;
+    let d = be.from_vec(random_values(di, 25, -1.0, 1.0))?;
+    let z = be.from_vec(random_values(rows * di, 26, -3.0, 3.0))?;
+    let mut state = be.zeros(batch * di * n)?;
+    let mut y = be.zeros(rows * di)?;
+    let args = ScanArgs {
+        dims: ScanDims { batch, seqlen, d_inner: di, d_state: n },
+        u: &u,
+        delta: &delta,
+        delta_bias: &delta_bias,
+        a: &a,
+        b: View::cols(&bc, 0, 2 * n),
+        c: View::cols(&bc, n, 2 * n),
+        d: &d,
+        z: Some(View::full(&z, di)),
+    };
+    be.selective_scan(&args, &mut state, &mut y)?;
+    let mut times = Vec::new();
+    for _ in 0..5 {
+        be.synchronize()?;
+        let t = Instant::now();
+        for _ in 0..repeats {
+            be.selective_scan(&args, &mut state, &mut y)?;
+        }
+        be.synchronize()?;
+        times.push(t.elapsed().as_secs_f64() / repeats as f64);
+    }
+    times.sort_by(f64::total_cmp);
+    let bytes = 4 * (4 * rows * di + 2 * rows * n + 2 * batch * di * n + di * (n + 2));
+    Ok(ScanReport { batch, seqlen, d_inner: di, d_state: n, ms: times[times.len() / 2] * 1e3, bytes })
 }
 
 /// Builds a randomly initialized model of a preset (e.g. `"mamba-130m"`) on `backend`, with the

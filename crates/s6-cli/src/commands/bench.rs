@@ -1,15 +1,15 @@
-//! `s6 bench decode|prefill`: throughput beside the machine's measured limits.
+//! `s6 bench decode|prefill|train|scan`: throughput beside the machine's measured limits.
 
 use anyhow::{bail, Result};
-use s6::backend::cpu::Cpu;
-use s6::bench::{bench_decode, bench_prefill, measure_limits, random_model};
+use s6::backend::Backend;
+use s6::bench::{bench_decode, bench_prefill, bench_scan, measure_device_limits, measure_limits, random_model};
 use s6::model::Mamba;
 
-use super::{load_model, model_dir, parse_device, Device};
+use super::{model_dir, on_device, parse_device, Device, OnDevice};
 
 #[derive(clap::Args)]
 pub struct Args {
-    /// decode, prefill or train.
+    /// decode, prefill, train or scan (the selective scan alone).
     what: String,
     /// Model directory or HF repo id (default: a random model of --preset).
     #[arg(long)]
@@ -32,28 +32,69 @@ pub struct Args {
     /// Runs per measurement; the best is reported.
     #[arg(long, default_value_t = 3)]
     repeats: usize,
+    /// Scan: batch size.
+    #[arg(long, default_value_t = 4)]
+    scan_batch: usize,
+    /// Scan: channels (d_inner).
+    #[arg(long, default_value_t = 2048)]
+    scan_d_inner: usize,
+    /// Scan: state size N.
+    #[arg(long, default_value_t = 16)]
+    scan_d_state: usize,
+    /// Scan: sequence lengths, comma-separated.
+    #[arg(long, default_value = "512,2048,8192,32768", value_delimiter = ',')]
+    scan_seqlen: Vec<usize>,
     /// cpu, cuda or cuda:N.
     #[arg(long, default_value = "cpu", value_parser = parse_device)]
     device: Device,
 }
 
 pub fn run(a: Args) -> Result<()> {
-    let model: Mamba<Cpu> = match &a.model {
-        Some(m) => load_model(&model_dir(m)?, &a.device)?,
-        None => {
-            if let Device::Cuda(i) = a.device {
-                bail!("device cuda:{i} is not available: this build of s6 has no CUDA backend yet; use --device cpu");
+    let device = a.device.clone();
+    on_device(&device, a)
+}
+
+impl OnDevice for Args {
+    fn run<B: Backend>(self, backend: B) -> Result<()> {
+        bench_on(backend, &self)
+    }
+}
+
+/// The selective scan alone, beside the device's copy bandwidth.
+fn scan_on<B: Backend>(be: &B, a: &Args, on_cpu: bool) -> Result<()> {
+    eprintln!("backend {}", be.name());
+    let copy_gb_s = if on_cpu { measure_limits().read_gb_s } else { measure_device_limits(be)?.read_gb_s };
+    println!("limits: copy/read bandwidth {copy_gb_s:.1} GB/s");
+    let (b, d, n) = (a.scan_batch, a.scan_d_inner, a.scan_d_state);
+    for &l in &a.scan_seqlen {
+        let r = bench_scan(be, b, l, d, n, a.repeats.max(1))?;
+        println!(
+            "scan B={b} D={d} N={n} L={l:>6}: {:>9.4} ms  {:>7.1} GB/s ({:.0}% of {copy_gb_s:.0}; {:.1} MB moved)",
+            r.ms,
+            r.gb_s(),
+            100.0 * r.gb_s() / copy_gb_s,
+            r.bytes as f64 / 1e6
+        );
+    }
+    Ok(())
+}
+
+fn bench_on<B: Backend>(be: B, a: &Args) -> Result<()> {
+    let on_cpu = matches!(a.device, Device::Cpu);
+    if a.what == "scan" {
+        return scan_on(&be, a, on_cpu);
+    }
+    let model: Mamba<B> = match &a.model {
+        Some(m) => Mamba::load(be, &model_dir(m)?)?,
+        None => match &a.config {
+            Some(c) => {
+                let cfg = s6::config::MambaConfig::from_file(c)?;
+                let params = s6::model::init::init_params(&cfg, &s6::config::InitConfig::default(), 0);
+                let mut it = params.into_iter();
+                Mamba::from_params(be, cfg, |_| Ok(it.next().map(|p| p.1).unwrap_or_default()))?
             }
-            match &a.config {
-                Some(c) => {
-                    let cfg = s6::config::MambaConfig::from_file(c)?;
-                    let params = s6::model::init::init_params(&cfg, &s6::config::InitConfig::default(), 0);
-                    let mut it = params.into_iter();
-                    Mamba::from_params(Cpu, cfg, |_| Ok(it.next().map(|p| p.1).unwrap_or_default()))?
-                }
-                None => random_model(Cpu, &a.preset, 0)?,
-            }
-        }
+            None => random_model(be, &a.preset, 0)?,
+        },
     };
     let c = &model.cfg;
     eprintln!(
@@ -63,8 +104,9 @@ pub fn run(a: Args) -> Result<()> {
         c.num_params() as f64 / 1e6,
         s6::backend::Backend::name(&model.backend)
     );
-    let limits = measure_limits();
-    println!("limits: read bandwidth {:.1} GB/s, f32 GEMM {:.1} GFLOP/s", limits.read_gb_s, limits.gemm_gflop_s);
+    let limits = if on_cpu { measure_limits() } else { measure_device_limits(&model.backend)? };
+    let bw = if on_cpu { "read" } else { "device copy" };
+    println!("limits: {bw} bandwidth {:.1} GB/s, f32 GEMM {:.1} GFLOP/s", limits.read_gb_s, limits.gemm_gflop_s);
     match a.what.as_str() {
         "decode" => {
             for &b in &a.batch {
@@ -110,7 +152,7 @@ pub fn run(a: Args) -> Result<()> {
                 }
             }
         }
-        other => bail!("unknown benchmark '{other}'; expected decode, prefill or train"),
+        other => bail!("unknown benchmark '{other}'; expected decode, prefill, train or scan"),
     }
     Ok(())
 }

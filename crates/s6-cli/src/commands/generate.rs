@@ -7,7 +7,10 @@ use anyhow::{bail, Context, Result};
 use s6::formats::tokenizer::Tokenizer;
 use s6::generate::{generate_text, GenerateOptions, SamplingParams};
 
-use super::{load_model, model_dir, parse_device, Device};
+use s6::backend::Backend;
+use s6::model::Mamba;
+
+use super::{model_dir, on_device, parse_device, Device, OnDevice};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -81,12 +84,30 @@ pub fn run(a: Args) -> Result<()> {
         seed: a.seed,
     };
     sampling.validate()?;
+    let device = a.device.clone();
+    on_device(&device, Generate { a, prompts, sampling })
+}
 
+/// The part of the command that runs on the chosen backend.
+struct Generate {
+    a: Args,
+    prompts: Vec<String>,
+    sampling: SamplingParams,
+}
+
+impl OnDevice for Generate {
+    fn run<B: Backend>(self, backend: B) -> Result<()> {
+        let Generate { a, prompts, sampling } = self;
+        generate_on(backend, &a, &prompts, sampling)
+    }
+}
+
+fn generate_on<B: Backend>(backend: B, a: &Args, prompts: &[String], sampling: SamplingParams) -> Result<()> {
     let dir = match &a.model {
         Some(m) => model_dir(m)?,
         None => super::bundled_model()?,
     };
-    let model = load_model(&dir, &a.device)?;
+    let model = Mamba::load(backend, &dir)?;
     let tokenizer = Tokenizer::for_model(&dir, a.tokenizer.as_deref(), model.cfg.vocab_size)?;
     let opts = GenerateOptions {
         max_tokens: a.max_tokens,
@@ -102,7 +123,7 @@ pub fn run(a: Args) -> Result<()> {
         write!(out, "{}", prompts[0])?;
         out.flush()?;
     }
-    let (completions, stats) = generate_text(&model, &tokenizer, &prompts, &opts, |_, text| {
+    let (completions, stats) = generate_text(&model, &tokenizer, prompts, &opts, |_, text| {
         if stream {
             // A closed pipe (e.g. `| head`) must not abort generation with a panic.
             let _ = write!(out, "{text}");

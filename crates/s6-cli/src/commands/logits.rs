@@ -6,9 +6,9 @@ use std::path::PathBuf;
 use anyhow::{bail, Result};
 use s6::backend::Backend;
 use s6::formats::tensors::{write_safetensors, OutTensor, SaveDType, TensorFile};
-use s6::model::Logits;
+use s6::model::{Logits, Mamba};
 
-use super::{load_model, model_dir, parse_device, Device};
+use super::{model_dir, on_device, parse_device, Device, OnDevice};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -27,6 +27,17 @@ pub struct Args {
 }
 
 pub fn run(a: Args) -> Result<()> {
+    let device = a.device.clone();
+    on_device(&device, a)
+}
+
+impl OnDevice for Args {
+    fn run<B: Backend>(self, backend: B) -> Result<()> {
+        logits_on(backend, &self)
+    }
+}
+
+fn logits_on<B: Backend>(backend: B, a: &Args) -> Result<()> {
     let input = TensorFile::open(&a.input)?;
     if !input.contains("input_ids") {
         bail!("{}: no tensor 'input_ids' (found: {})", a.input.display(), input.names().collect::<Vec<_>>().join(", "));
@@ -35,7 +46,7 @@ pub fn run(a: Args) -> Result<()> {
     if shape.len() != 2 || shape[0] == 0 || shape[1] == 0 {
         bail!("{}: 'input_ids' must have shape [batch, seqlen] with both > 0, found {shape:?}", a.input.display());
     }
-    let model = load_model(&model_dir(&a.model)?, &a.device)?;
+    let model = Mamba::load(backend, &model_dir(&a.model)?)?;
     let vocab = model.cfg.vocab_size;
     let mut tokens = Vec::with_capacity(ids.len());
     for (i, &t) in ids.iter().enumerate() {

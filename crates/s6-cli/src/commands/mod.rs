@@ -12,7 +12,7 @@ use std::path::PathBuf;
 
 use anyhow::{bail, Result};
 use s6::backend::cpu::Cpu;
-use s6::model::Mamba;
+use s6::backend::Backend;
 
 /// `--device`: where the model runs.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -50,12 +50,24 @@ pub fn bundled_model() -> Result<PathBuf> {
     Ok(dir)
 }
 
-/// Loads a model on the chosen device.
-pub fn load_model(dir: &std::path::Path, device: &Device) -> Result<Mamba<Cpu>> {
+/// A command body written once for any backend; [`on_device`] runs it on the one `--device` names.
+pub trait OnDevice {
+    fn run<B: Backend>(self, backend: B) -> Result<()>;
+}
+
+/// Opens the backend of `device` and runs `job` on it.
+pub fn on_device(device: &Device, job: impl OnDevice) -> Result<()> {
     match device {
-        Device::Cpu => Ok(Mamba::load(Cpu, dir)?),
+        Device::Cpu => job.run(Cpu),
+        #[cfg(feature = "cuda")]
+        Device::Cuda(i) => {
+            let backend = s6::backend::cuda::Cuda::new(*i)
+                .map_err(|e| anyhow::anyhow!("device cuda:{i} is not available: {e}; use --device cpu"))?;
+            job.run(backend)
+        }
+        #[cfg(not(feature = "cuda"))]
         Device::Cuda(i) => bail!(
-            "device cuda:{i} is not available: this build of s6 has no CUDA backend (the cuda feature is not implemented yet); use --device cpu"
+            "device cuda:{i} is not available: this s6 was built without CUDA support (rebuild with `cargo build --release -p s6-cli --features cuda`); use --device cpu"
         ),
     }
 }

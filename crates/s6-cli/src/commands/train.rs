@@ -112,7 +112,7 @@ pub struct Args {
 
 pub fn run(a: Args) -> Result<()> {
     if let Device::Cuda(i) = a.device {
-        bail!("device cuda:{i} is not available: this build of s6 has no CUDA backend yet; use --device cpu");
+        bail!("device cuda:{i}: training on CUDA is not implemented yet (issue 6); use --device cpu");
     }
     if !(0.0..1.0).contains(&a.val_fraction) {
         bail!("--val-fraction must be in [0, 1), got {}", a.val_fraction);

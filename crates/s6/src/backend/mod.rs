@@ -10,6 +10,8 @@
 #![allow(clippy::too_many_arguments)]
 
 pub mod cpu;
+#[cfg(feature = "cuda")]
+pub mod cuda;
 #[cfg(test)]
 pub(crate) mod reference;
 
@@ -438,5 +440,11 @@ pub trait Backend: Send + Sync + Clone {
         }
         let add = self.from_vec(sum.into_iter().map(|v| v as f32).collect())?;
         self.add_assign(dst, &add)
+    }
+
+    /// Waits until all queued work is done (devices that run asynchronously, for timing); a no-op
+    /// on the CPU.
+    fn synchronize(&self) -> Result<()> {
+        Ok(())
     }
 }

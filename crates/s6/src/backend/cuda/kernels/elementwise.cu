@@ -1,0 +1,122 @@
+// Element-wise and row-wise kernels of the CUDA backend: embedding lookup, row gather, bias
+// broadcast, add, fused residual add + RMSNorm, fused causal depthwise conv1d + SiLU.
+// Layouts as in the Backend trait (crates/s6/src/backend/mod.rs): row-major, rows are tokens.
+
+__device__ __forceinline__ float s6_silu(float x) { return x / (1.0f + expf(-x)); }
+
+// out[i, :] = table[ids[i], :]
+extern "C" __global__ void s6_embedding(const float* __restrict__ table, const unsigned int* __restrict__ ids,
+                                        float* __restrict__ out, unsigned int rows, unsigned int dim) {
+    unsigned long long i = (unsigned long long)blockIdx.x * blockDim.x + threadIdx.x;
+    unsigned long long total = (unsigned long long)rows * dim;
+    for (; i < total; i += (unsigned long long)gridDim.x * blockDim.x) {
+        unsigned int r = (unsigned int)(i / dim), c = (unsigned int)(i % dim);
+        out[i] = table[(unsigned long long)ids[r] * dim + c];
+    }
+}
+
+// out[i, :] = src[rows[i], :]  (same kernel shape as the embedding, separate name for clarity)
+extern "C" __global__ void s6_gather_rows(const float* __restrict__ src, const unsigned int* __restrict__ rows_idx,
+                                          float* __restrict__ out, unsigned int rows, unsigned int dim) {
+    unsigned long long i = (unsigned long long)blockIdx.x * blockDim.x + threadIdx.x;
+    unsigned long long total = (unsigned long long)rows * dim;
+    for (; i < total; i += (unsigned long long)gridDim.x * blockDim.x) {
+        unsigned int r = (unsigned int)(i / dim), c = (unsigned int)(i % dim);
+        out[i] = src[(unsigned long long)rows_idx[r] * dim + c];
+    }
+}
+
+// out[r, j] = bias[j] for a [rows, n] matrix (the GEMM then accumulates onto it).
+extern "C" __global__ void s6_fill_bias(float* __restrict__ out, const float* __restrict__ bias, unsigned int rows,
+                                        unsigned int n) {
+    unsigned long long i = (unsigned long long)blockIdx.x * blockDim.x + threadIdx.x;
+    unsigned long long total = (unsigned long long)rows * n;
+    for (; i < total; i += (unsigned long long)gridDim.x * blockDim.x) out[i] = bias[i % n];
+}
+
+// dst += src
+extern "C" __global__ void s6_add_assign(float* __restrict__ dst, const float* __restrict__ src, unsigned long long n) {
+    unsigned long long i = (unsigned long long)blockIdx.x * blockDim.x + threadIdx.x;
+    for (; i < n; i += (unsigned long long)gridDim.x * blockDim.x) dst[i] += src[i];
+}
+
+// One block per row: residual += delta (when delta != 0), out = residual * rsqrt(mean(residual²) + eps) * w.
+// Block size: a power of two up to 1024.
+extern "C" __global__ void s6_add_rmsnorm(float* __restrict__ residual, const float* __restrict__ delta,
+                                          const float* __restrict__ w, float* __restrict__ out, unsigned int dim,
+                                          float eps) {
+    __shared__ float partial[32];
+    const unsigned long long base = (unsigned long long)blockIdx.x * dim;
+    float* r = residual + base;
+    float ss = 0.0f;
+    for (unsigned int i = threadIdx.x; i < dim; i += blockDim.x) {
+        float v = r[i];
+        if (delta != nullptr) {
+            v += delta[base + i];
+            r[i] = v;
+        }
+        ss += v * v;
+    }
+    for (int off = 16; off > 0; off >>= 1) ss += __shfl_xor_sync(0xffffffffu, ss, off);
+    const unsigned int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+    if (lane == 0) partial[warp] = ss;
+    __syncthreads();
+    if (warp == 0) {
+        const unsigned int nwarps = (blockDim.x + 31) / 32;
+        ss = lane < nwarps ? partial[lane] : 0.0f;
+        for (int off = 16; off > 0; off >>= 1) ss += __shfl_xor_sync(0xffffffffu, ss, off);
+        if (lane == 0) partial[0] = ss;
+    }
+    __syncthreads();
+    const float inv = rsqrtf(partial[0] / (float)dim + eps);
+    for (unsigned int i = threadIdx.x; i < dim; i += blockDim.x) out[base + i] = r[i] * inv * w[i];
+}
+
+// Causal depthwise conv1d + SiLU. x: element (row, c) at x[row * ldx + c] (offset applied by the
+// caller); weight [ch, k]; state [batch, k-1, ch] = the inputs before t = 0. One thread per output.
+extern "C" __global__ void s6_conv1d_silu(const float* __restrict__ x, unsigned int ldx, const float* __restrict__ w,
+                                          const float* __restrict__ bias, const float* __restrict__ state,
+                                          float* __restrict__ out, unsigned int batch, unsigned int seqlen,
+                                          unsigned int ch, unsigned int k) {
+    unsigned long long i = (unsigned long long)blockIdx.x * blockDim.x + threadIdx.x;
+    unsigned long long total = (unsigned long long)batch * seqlen * ch;
+    for (; i < total; i += (unsigned long long)gridDim.x * blockDim.x) {
+        const unsigned int c = (unsigned int)(i % ch);
+        const unsigned long long row = i / ch;
+        const unsigned int b = (unsigned int)(row / seqlen), t = (unsigned int)(row % seqlen);
+        float s = bias != nullptr ? bias[c] : 0.0f;
+        for (unsigned int j = 0; j < k; j++) {
+            // Tap j reads input step t + j - (k-1).
+            long long tt = (long long)t + j - (long long)(k - 1);
+            float v;
+            if (tt < 0) {
+                v = state[((unsigned long long)b * (k - 1) + (unsigned long long)(tt + (k - 1))) * ch + c];
+            } else {
+                v = x[((unsigned long long)b * seqlen + tt) * ldx + c];
+            }
+            s = fmaf(w[c * k + j], v, s);
+        }
+        out[i] = s6_silu(s);
+    }
+}
+
+// The conv state after the call: the last k-1 inputs (state then x). One thread per (batch,
+// channel), ascending j, so that an in-place update never reads a slot it already wrote.
+extern "C" __global__ void s6_conv_state_update(const float* __restrict__ x, unsigned int ldx, float* state,
+                                                unsigned int batch, unsigned int seqlen, unsigned int ch,
+                                                unsigned int k) {
+    unsigned long long i = (unsigned long long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= (unsigned long long)batch * ch) return;
+    const unsigned int c = (unsigned int)(i % ch), b = (unsigned int)(i / ch);
+    for (unsigned int j = 0; j + 1 < k; j++) {
+        // New slot j holds input step seqlen - (k-1) + j.
+        long long tt = (long long)seqlen - (long long)(k - 1) + j;
+        float v;
+        if (tt < 0) {
+            v = state[((unsigned long long)b * (k - 1) + (unsigned long long)(tt + (k - 1))) * ch + c];
+        } else {
+            v = x[((unsigned long long)b * seqlen + tt) * ldx + c];
+        }
+        state[((unsigned long long)b * (k - 1) + j) * ch + c] = v;
+    }
+}

@@ -1,0 +1,404 @@
+// The fused selective scan forward (Mamba's S6 layer):
+//   dt = softplus(delta + delta_bias), h_t = exp(dt*A) h_{t-1} + dt*B_t*u_t,
+//   y_t = (C_t . h_t + D*u_t) * silu(z_t)          (gate optional: y_t = C_t . h_t + D*u_t)
+//
+// Three structures follow, as N = 16 variants measured on the H200 (docs/BENCHMARKS.md); the
+// default for N = 16 is s6_scan_n16_pipe8x (8 lanes per channel, partial sums through shared
+// memory, pipelined loads, exp2 on the SFU alone); other N use the first structure.
+//
+// First structure — work split: a block owns CPB channels of one sequence; each channel's N states are split over
+// SPLIT consecutive lanes of a warp, NPT = N_MAX / SPLIT states per lane, held in registers for the
+// whole sequence. The sequence is walked in chunks of T steps: the block stages u, softplus(dt),
+// silu(z) (coalesced rows of CPB channels) and B_t, C_t (shared by all channels of the sequence)
+// in shared memory, then every lane runs the recurrence over the chunk; the SPLIT partial dot
+// products C_t . h_t are summed with warp shuffles, and y goes through shared memory back to
+// global memory in coalesced rows. exp(dt*A) is computed on the fly as exp2(dt * A*log2(e)).
+// Only y and the final state are written; any L works, the state is carried across chunks and,
+// through `state`, across calls.
+
+__device__ __forceinline__ float s6_softplus(float x) { return x > 20.0f ? x : log1pf(expf(x)); }
+
+template <int NPT, int SPLIT, int CPB, int T>
+__device__ __forceinline__ void s6_scan_body(const float* __restrict__ u, const float* __restrict__ delta,
+                                             const float* __restrict__ delta_bias, const float* __restrict__ a,
+                                             const float* __restrict__ bm, unsigned int ldb,
+                                             const float* __restrict__ cm, unsigned int ldc,
+                                             const float* __restrict__ dskip, const float* __restrict__ z,
+                                             unsigned int ldz, float* __restrict__ state, float* __restrict__ y,
+                                             unsigned int seqlen, unsigned int dim, unsigned int n) {
+    constexpr int NMAX = NPT * SPLIT;
+    __shared__ float s_u[T][CPB];
+    __shared__ float s_dt[T][CPB];
+    __shared__ float s_z[T][CPB];
+    __shared__ float s_y[T][CPB];
+    __shared__ float s_b[T][NMAX];
+    __shared__ float s_c[T][NMAX];
+
+    const int tid = threadIdx.x;
+    const int ch = tid / SPLIT, part = tid % SPLIT;
+    const unsigned int b = blockIdx.y;
+    const unsigned int d0 = blockIdx.x * CPB;
+    const unsigned int d = d0 + ch;
+    const bool active = d < dim;
+    const unsigned long long row0 = (unsigned long long)b * seqlen;
+
+    float h[NPT], a2[NPT];
+#pragma unroll
+    for (int i = 0; i < NPT; i++) {
+        const int s = part * NPT + i;
+        const bool ok = active && s < (int)n;
+        h[i] = ok ? state[((unsigned long long)b * dim + d) * n + s] : 0.0f;
+        // exp(dt*A) = exp2(dt * A*log2(e)); unused slots (s >= n) read B = C = 0 and stay 0.
+        a2[i] = ok ? a[(unsigned long long)d * n + s] * 1.4426950408889634f : 0.0f;
+    }
+    const float dsk = active ? dskip[d] : 0.0f;
+
+    for (unsigned int t0 = 0; t0 < seqlen; t0 += T) {
+        const int tl = seqlen - t0 < (unsigned int)T ? (int)(seqlen - t0) : T;
+        __syncthreads();  // the previous chunk's s_y was stored
+        for (int idx = tid; idx < tl * CPB; idx += CPB * SPLIT) {
+            const int t = idx / CPB, c = idx % CPB;
+            const unsigned int dd = d0 + c;
+            float uv = 0.0f, dtv = 0.0f, zv = 1.0f;
+            if (dd < dim) {
+                const unsigned long long r = row0 + t0 + t;
+                uv = u[r * dim + dd];
+                dtv = s6_softplus(delta[r * dim + dd] + delta_bias[dd]);
+                if (z != nullptr) {
+                    const float zz = z[r * ldz + dd];
+                    zv = zz / (1.0f + expf(-zz));
+                }
+            }
+            s_u[t][c] = uv;
+            s_dt[t][c] = dtv;
+            s_z[t][c] = zv;
+        }
+        for (int idx = tid; idx < tl * NMAX; idx += CPB * SPLIT) {
+            const int t = idx / NMAX, s = idx % NMAX;
+            const unsigned long long r = row0 + t0 + t;
+            s_b[t][s] = s < (int)n ? bm[r * ldb + s] : 0.0f;
+            s_c[t][s] = s < (int)n ? cm[r * ldc + s] : 0.0f;
+        }
+        __syncthreads();
+        for (int t = 0; t < tl; t++) {
+            const float dt = s_dt[t][ch];
+            const float x = s_u[t][ch];
+            const float dx = dt * x;
+            float acc = 0.0f;
+#pragma unroll
+            for (int i = 0; i < NPT; i++) {
+                const int s = part * NPT + i;
+                h[i] = fmaf(exp2f(dt * a2[i]), h[i], dx * s_b[t][s]);
+                acc = fmaf(h[i], s_c[t][s], acc);
+            }
+#pragma unroll
+            for (int off = 1; off < SPLIT; off <<= 1) acc += __shfl_xor_sync(0xffffffffu, acc, off);
+            if (part == 0) s_y[t][ch] = fmaf(dsk, x, acc) * s_z[t][ch];
+        }
+        __syncthreads();
+        for (int idx = tid; idx < tl * CPB; idx += CPB * SPLIT) {
+            const int t = idx / CPB, c = idx % CPB;
+            const unsigned int dd = d0 + c;
+            if (dd < dim) y[(row0 + t0 + t) * dim + dd] = s_y[t][c];
+        }
+    }
+#pragma unroll
+    for (int i = 0; i < NPT; i++) {
+        const int s = part * NPT + i;
+        if (active && s < (int)n) state[((unsigned long long)b * dim + d) * n + s] = h[i];
+    }
+}
+
+#define S6_SCAN_KERNEL(NAME, NPT, SPLIT, CPB, T)                                                                     \
+    extern "C" __global__ void __launch_bounds__(CPB * SPLIT)                                                        \
+        NAME(const float* __restrict__ u, const float* __restrict__ delta, const float* __restrict__ delta_bias,    \
+             const float* __restrict__ a, const float* __restrict__ bm, unsigned int ldb,                            \
+             const float* __restrict__ cm, unsigned int ldc, const float* __restrict__ dskip,                        \
+             const float* __restrict__ z, unsigned int ldz, float* __restrict__ state, float* __restrict__ y,        \
+             unsigned int seqlen, unsigned int dim, unsigned int n) {                                                \
+        s6_scan_body<NPT, SPLIT, CPB, T>(u, delta, delta_bias, a, bm, ldb, cm, ldc, dskip, z, ldz, state, y, seqlen, \
+                                         dim, n);                                                                    \
+    }
+
+// General N: 4 lanes per channel, 32 channels (128 threads) per block; N_MAX = 4 * NPT.
+S6_SCAN_KERNEL(s6_scan_n4, 1, 4, 32, 64)
+S6_SCAN_KERNEL(s6_scan_n8, 2, 4, 32, 64)
+S6_SCAN_KERNEL(s6_scan_n16, 4, 4, 32, 64)
+S6_SCAN_KERNEL(s6_scan_n32, 8, 4, 32, 32)
+S6_SCAN_KERNEL(s6_scan_n64, 16, 4, 32, 16)
+// N = 16 variants (selected by S6_SCAN_VARIANT for measurements): lanes per channel 1, 2, 8.
+S6_SCAN_KERNEL(s6_scan_n16_split1, 16, 1, 32, 64)
+S6_SCAN_KERNEL(s6_scan_n16_split2, 8, 2, 32, 64)
+S6_SCAN_KERNEL(s6_scan_n16_split8, 2, 8, 16, 64)
+
+// Variant without warp shuffles in the time loop: each lane writes its partial dot product
+// C_t . h_t (over its NPT states) to shared memory, and the SPLIT partials of a channel are summed
+// when the chunk's y is stored. The per-step dependency chain is then only load, exp, FMA, store,
+// so a warp's consecutive steps overlap; with one or two states per lane the grid holds 8 to 16
+// lanes per channel, enough warps to keep the exp units busy.
+template <int NPT, int SPLIT, int CPB, int T>
+__device__ __forceinline__ void s6_scan_body_smem(const float* __restrict__ u, const float* __restrict__ delta,
+                                                  const float* __restrict__ delta_bias, const float* __restrict__ a,
+                                                  const float* __restrict__ bm, unsigned int ldb,
+                                                  const float* __restrict__ cm, unsigned int ldc,
+                                                  const float* __restrict__ dskip, const float* __restrict__ z,
+                                                  unsigned int ldz, float* __restrict__ state, float* __restrict__ y,
+                                                  unsigned int seqlen, unsigned int dim, unsigned int n) {
+    constexpr int NMAX = NPT * SPLIT;
+    constexpr int PS = SPLIT + 1;  // padded partials row: conflict-free reads in the store phase
+    __shared__ float s_u[T][CPB];
+    __shared__ float s_dt[T][CPB];
+    __shared__ float s_z[T][CPB];
+    __shared__ float s_b[T][NMAX];
+    __shared__ float s_c[T][NMAX];
+    __shared__ float s_part[T][CPB][PS];
+
+    const int tid = threadIdx.x;
+    const int ch = tid / SPLIT, part = tid % SPLIT;
+    const unsigned int b = blockIdx.y;
+    const unsigned int d0 = blockIdx.x * CPB;
+    const unsigned int d = d0 + ch;
+    const bool active = d < dim;
+    const unsigned long long row0 = (unsigned long long)b * seqlen;
+
+    float h[NPT], a2[NPT];
+#pragma unroll
+    for (int i = 0; i < NPT; i++) {
+        const int s = part * NPT + i;
+        const bool ok = active && s < (int)n;
+        h[i] = ok ? state[((unsigned long long)b * dim + d) * n + s] : 0.0f;
+        a2[i] = ok ? a[(unsigned long long)d * n + s] * 1.4426950408889634f : 0.0f;
+    }
+
+    for (unsigned int t0 = 0; t0 < seqlen; t0 += T) {
+        const int tl = seqlen - t0 < (unsigned int)T ? (int)(seqlen - t0) : T;
+        __syncthreads();
+        for (int idx = tid; idx < tl * CPB; idx += CPB * SPLIT) {
+            const int t = idx / CPB, c = idx % CPB;
+            const unsigned int dd = d0 + c;
+            float uv = 0.0f, dtv = 0.0f, zv = 1.0f;
+            if (dd < dim) {
+                const unsigned long long r = row0 + t0 + t;
+                uv = u[r * dim + dd];
+                dtv = s6_softplus(delta[r * dim + dd] + delta_bias[dd]);
+                if (z != nullptr) {
+                    const float zz = z[r * ldz + dd];
+                    zv = zz / (1.0f + expf(-zz));
+                }
+            }
+            s_u[t][c] = uv;
+            s_dt[t][c] = dtv;
+            s_z[t][c] = zv;
+        }
+        for (int idx = tid; idx < tl * NMAX; idx += CPB * SPLIT) {
+            const int t = idx / NMAX, s = idx % NMAX;
+            const unsigned long long r = row0 + t0 + t;
+            s_b[t][s] = s < (int)n ? bm[r * ldb + s] : 0.0f;
+            s_c[t][s] = s < (int)n ? cm[r * ldc + s] : 0.0f;
+        }
+        __syncthreads();
+#pragma unroll 4
+        for (int t = 0; t < tl; t++) {
+            const float dt = s_dt[t][ch];
+            const float dx = dt * s_u[t][ch];
+            float acc = 0.0f;
+#pragma unroll
+            for (int i = 0; i < NPT; i++) {
+                const int s = part * NPT + i;
+                h[i] = fmaf(exp2f(dt * a2[i]), h[i], dx * s_b[t][s]);
+                acc = fmaf(h[i], s_c[t][s], acc);
+            }
+            s_part[t][ch][part] = acc;
+        }
+        __syncthreads();
+        for (int idx = tid; idx < tl * CPB; idx += CPB * SPLIT) {
+            const int t = idx / CPB, c = idx % CPB;
+            const unsigned int dd = d0 + c;
+            if (dd < dim) {
+                float acc = 0.0f;
+#pragma unroll
+                for (int p = 0; p < SPLIT; p++) acc += s_part[t][c][p];
+                y[(row0 + t0 + t) * dim + dd] = fmaf(dskip[dd], s_u[t][c], acc) * s_z[t][c];
+            }
+        }
+    }
+#pragma unroll
+    for (int i = 0; i < NPT; i++) {
+        const int s = part * NPT + i;
+        if (active && s < (int)n) state[((unsigned long long)b * dim + d) * n + s] = h[i];
+    }
+}
+
+#define S6_SCAN_KERNEL_SMEM(NAME, NPT, SPLIT, CPB, T)                                                                \
+    extern "C" __global__ void __launch_bounds__(CPB * SPLIT)                                                        \
+        NAME(const float* __restrict__ u, const float* __restrict__ delta, const float* __restrict__ delta_bias,    \
+             const float* __restrict__ a, const float* __restrict__ bm, unsigned int ldb,                            \
+             const float* __restrict__ cm, unsigned int ldc, const float* __restrict__ dskip,                        \
+             const float* __restrict__ z, unsigned int ldz, float* __restrict__ state, float* __restrict__ y,        \
+             unsigned int seqlen, unsigned int dim, unsigned int n) {                                                \
+        s6_scan_body_smem<NPT, SPLIT, CPB, T>(u, delta, delta_bias, a, bm, ldb, cm, ldc, dskip, z, ldz, state, y,   \
+                                              seqlen, dim, n);                                                       \
+    }
+
+// N = 16 (N <= 16 in general), partials through shared memory: 16, 8 or 4 lanes per channel.
+S6_SCAN_KERNEL_SMEM(s6_scan_n16_smem16, 1, 16, 8, 32)
+S6_SCAN_KERNEL_SMEM(s6_scan_n16_smem8, 2, 8, 16, 32)
+S6_SCAN_KERNEL_SMEM(s6_scan_n16_smem4, 4, 4, 32, 32)
+
+// The shared-memory-partials kernel with its global loads software-pipelined: the raw inputs of
+// chunk k+1 (u, delta, z, B, C) are loaded into registers before chunk k's recurrence runs, so
+// their latency is hidden behind it, and moved (with softplus and silu applied) into shared
+// memory after it.
+// 2^x on the special-function unit alone (flushes subnormal results to zero: a state decaying
+// below 1e-38 is zero either way at fp32 tolerances).
+__device__ __forceinline__ float s6_ex2_ftz(float x) {
+    float y;
+    asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
+    return y;
+}
+
+template <int NPT, int SPLIT, int CPB, int T, bool FAST_EXP, int UNROLL>
+__device__ __forceinline__ void s6_scan_body_pipe(const float* __restrict__ u, const float* __restrict__ delta,
+                                                  const float* __restrict__ delta_bias, const float* __restrict__ a,
+                                                  const float* __restrict__ bm, unsigned int ldb,
+                                                  const float* __restrict__ cm, unsigned int ldc,
+                                                  const float* __restrict__ dskip, const float* __restrict__ z,
+                                                  unsigned int ldz, float* __restrict__ state, float* __restrict__ y,
+                                                  unsigned int seqlen, unsigned int dim, unsigned int n) {
+    constexpr int NMAX = NPT * SPLIT;
+    constexpr int NT = CPB * SPLIT;
+    constexpr int E1 = (T * CPB + NT - 1) / NT;
+    constexpr int E2 = (T * NMAX + NT - 1) / NT;
+    constexpr int PS = SPLIT + 1;
+    __shared__ float s_u[T][CPB];
+    __shared__ float s_dt[T][CPB];
+    __shared__ float s_z[T][CPB];
+    __shared__ float s_b[T][NMAX];
+    __shared__ float s_c[T][NMAX];
+    __shared__ float s_part[T][CPB][PS];
+
+    const int tid = threadIdx.x;
+    const int ch = tid / SPLIT, part = tid % SPLIT;
+    const unsigned int b = blockIdx.y;
+    const unsigned int d0 = blockIdx.x * CPB;
+    const unsigned int d = d0 + ch;
+    const bool active = d < dim;
+    const unsigned long long row0 = (unsigned long long)b * seqlen;
+
+    float h[NPT], a2[NPT];
+#pragma unroll
+    for (int i = 0; i < NPT; i++) {
+        const int s = part * NPT + i;
+        const bool ok = active && s < (int)n;
+        h[i] = ok ? state[((unsigned long long)b * dim + d) * n + s] : 0.0f;
+        a2[i] = ok ? a[(unsigned long long)d * n + s] * 1.4426950408889634f : 0.0f;
+    }
+
+    float pu[E1], pd[E1], pz[E1], pb[E2], pc[E2];
+    // Raw loads of the chunk starting at t0 into registers (zeros outside the sequence / channels).
+    auto load = [&](unsigned int t0) {
+        const int tl = seqlen - t0 < (unsigned int)T ? (int)(seqlen - t0) : T;
+#pragma unroll
+        for (int e = 0; e < E1; e++) {
+            const int idx = tid + e * NT;
+            const int t = idx / CPB, c = idx % CPB;
+            const unsigned int dd = d0 + c;
+            pu[e] = 0.0f;
+            pd[e] = 0.0f;
+            pz[e] = 0.0f;
+            if (t < tl && dd < dim) {
+                const unsigned long long r = row0 + t0 + t;
+                pu[e] = u[r * dim + dd];
+                pd[e] = delta[r * dim + dd];
+                if (z != nullptr) pz[e] = z[r * ldz + dd];
+            }
+        }
+#pragma unroll
+        for (int e = 0; e < E2; e++) {
+            const int idx = tid + e * NT;
+            const int t = idx / NMAX, s = idx % NMAX;
+            pb[e] = 0.0f;
+            pc[e] = 0.0f;
+            if (t < tl && s < (int)n) {
+                const unsigned long long r = row0 + t0 + t;
+                pb[e] = bm[r * ldb + s];
+                pc[e] = cm[r * ldc + s];
+            }
+        }
+    };
+
+    load(0);
+    for (unsigned int t0 = 0; t0 < seqlen; t0 += T) {
+        const int tl = seqlen - t0 < (unsigned int)T ? (int)(seqlen - t0) : T;
+        __syncthreads();  // the previous chunk's store phase is done with shared memory
+#pragma unroll
+        for (int e = 0; e < E1; e++) {
+            const int idx = tid + e * NT;
+            if (idx < T * CPB) {
+                const int t = idx / CPB, c = idx % CPB;
+                const unsigned int dd = d0 + c;
+                s_u[t][c] = pu[e];
+                s_dt[t][c] = dd < dim ? s6_softplus(pd[e] + delta_bias[dd]) : 0.0f;
+                s_z[t][c] = z != nullptr ? pz[e] / (1.0f + expf(-pz[e])) : 1.0f;
+            }
+        }
+#pragma unroll
+        for (int e = 0; e < E2; e++) {
+            const int idx = tid + e * NT;
+            if (idx < T * NMAX) {
+                const int t = idx / NMAX, s = idx % NMAX;
+                s_b[t][s] = pb[e];
+                s_c[t][s] = pc[e];
+            }
+        }
+        __syncthreads();
+        if (t0 + T < seqlen) load(t0 + T);
+#pragma unroll UNROLL
+        for (int t = 0; t < tl; t++) {
+            const float dt = s_dt[t][ch];
+            const float dx = dt * s_u[t][ch];
+            float acc = 0.0f;
+#pragma unroll
+            for (int i = 0; i < NPT; i++) {
+                const int s = part * NPT + i;
+                const float decay = FAST_EXP ? s6_ex2_ftz(dt * a2[i]) : exp2f(dt * a2[i]);
+                h[i] = fmaf(decay, h[i], dx * s_b[t][s]);
+                acc = fmaf(h[i], s_c[t][s], acc);
+            }
+            s_part[t][ch][part] = acc;
+        }
+        __syncthreads();
+        for (int idx = tid; idx < tl * CPB; idx += NT) {
+            const int t = idx / CPB, c = idx % CPB;
+            const unsigned int dd = d0 + c;
+            if (dd < dim) {
+                float acc = 0.0f;
+#pragma unroll
+                for (int p = 0; p < SPLIT; p++) acc += s_part[t][c][p];
+                y[(row0 + t0 + t) * dim + dd] = fmaf(dskip[dd], s_u[t][c], acc) * s_z[t][c];
+            }
+        }
+    }
+#pragma unroll
+    for (int i = 0; i < NPT; i++) {
+        const int s = part * NPT + i;
+        if (active && s < (int)n) state[((unsigned long long)b * dim + d) * n + s] = h[i];
+    }
+}
+
+#define S6_SCAN_KERNEL_PIPE(NAME, NPT, SPLIT, CPB, T, FAST, UNROLL)                                                              \
+    extern "C" __global__ void __launch_bounds__(CPB * SPLIT)                                                        \
+        NAME(const float* __restrict__ u, const float* __restrict__ delta, const float* __restrict__ delta_bias,    \
+             const float* __restrict__ a, const float* __restrict__ bm, unsigned int ldb,                            \
+             const float* __restrict__ cm, unsigned int ldc, const float* __restrict__ dskip,                        \
+             const float* __restrict__ z, unsigned int ldz, float* __restrict__ state, float* __restrict__ y,        \
+             unsigned int seqlen, unsigned int dim, unsigned int n) {                                                \
+        s6_scan_body_pipe<NPT, SPLIT, CPB, T, FAST, UNROLL>(u, delta, delta_bias, a, bm, ldb, cm, ldc, dskip, z, ldz, \
+                                                            state, y,                                               \
+                                              seqlen, dim, n);                                                       \
+    }
+
+S6_SCAN_KERNEL_PIPE(s6_scan_n16_pipe8, 2, 8, 16, 32, false, 4)
+S6_SCAN_KERNEL_PIPE(s6_scan_n16_pipe16, 1, 16, 8, 32, false, 4)
+S6_SCAN_KERNEL_PIPE(s6_scan_n16_pipe8x, 2, 8, 16, 32, true, 4)
+S6_SCAN_KERNEL_PIPE(s6_scan_n16_pipe8xu, 2, 8, 16, 32, true, 8)

@@ -1,0 +1,729 @@
+//! The CUDA backend (feature `cuda`): buffers in device memory, kernels written in CUDA C++
+//! (`kernels/*.cu`) compiled by NVRTC at run time for the device's architecture, once per process,
+//! and cuBLAS for the matrix products.
+//!
+//! The CUDA libraries are loaded when a [`Cuda`] is created, not when the program starts: a build
+//! with the feature runs on machines without a GPU, and [`Cuda::new`] then returns an error naming
+//! the missing library or device. Everything runs in order on one stream; results are read back
+//! by [`Backend::to_vec`], which waits for the stream.
+//!
+//! Inference only for now: the backward ops (training) return an error.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, OnceLock};
+
+use cudarc::cublas::{result as blas_result, sys as blas_sys, CudaBlas};
+use cudarc::driver::{
+    CudaContext, CudaFunction, CudaSlice, CudaStream, DevicePtr, DevicePtrMut, LaunchConfig, PushKernelArg,
+};
+use cudarc::nvrtc::{compile_ptx_with_opts, CompileOptions, Ptx};
+
+use super::{AdamW, AttnDims, Backend, ScanArgs, ScanGrads, View, ViewMut};
+use crate::{Error, Result};
+
+/// The kernels' sources, compiled together into one module.
+const KERNEL_SOURCES: [&str; 2] = [include_str!("kernels/elementwise.cu"), include_str!("kernels/scan.cu")];
+
+/// Every kernel the module defines (looked up once when the backend is created).
+const KERNELS: [&str; 22] = [
+    "s6_embedding",
+    "s6_gather_rows",
+    "s6_fill_bias",
+    "s6_add_assign",
+    "s6_add_rmsnorm",
+    "s6_conv1d_silu",
+    "s6_conv_state_update",
+    "s6_scan_n4",
+    "s6_scan_n8",
+    "s6_scan_n16",
+    "s6_scan_n32",
+    "s6_scan_n64",
+    "s6_scan_n16_split1",
+    "s6_scan_n16_split2",
+    "s6_scan_n16_split8",
+    "s6_scan_n16_smem16",
+    "s6_scan_n16_smem8",
+    "s6_scan_n16_smem4",
+    "s6_scan_n16_pipe8",
+    "s6_scan_n16_pipe16",
+    "s6_scan_n16_pipe8x",
+    "s6_scan_n16_pipe8xu",
+];
+
+/// The largest `d_state` the scan kernels hold in registers.
+pub const MAX_D_STATE: usize = 64;
+
+const TRAINING: &str = "training on CUDA is not implemented yet (issue 6)";
+
+fn not_yet(op: &str) -> Error {
+    Error::Backend(format!("{op} is not implemented on CUDA yet"))
+}
+
+/// A flat `f32` buffer in device memory (`len` floats; the allocation holds at least one, since
+/// the driver refuses empty ones).
+pub struct CudaBuf {
+    data: CudaSlice<f32>,
+    len: usize,
+}
+
+impl CudaBuf {
+    /// The underlying device slice.
+    pub fn slice(&self) -> &CudaSlice<f32> {
+        &self.data
+    }
+}
+
+/// One CUDA device: its context, one stream, a cuBLAS handle and the compiled kernels. Clones
+/// share them.
+#[derive(Clone)]
+pub struct Cuda {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    ctx: Arc<CudaContext>,
+    stream: Arc<CudaStream>,
+    blas: CudaBlas,
+    funcs: HashMap<&'static str, CudaFunction>,
+    name: String,
+    arch: String,
+    /// `S6_SCAN_VARIANT` (split1, split2, split4, split8, smem4, smem8, smem16, pipe8, pipe16, pipe8xu) picks another
+    /// N = 16 scan kernel: for measurements.
+    scan_variant: Option<String>,
+}
+
+/// PTX per architecture ("sm_90"), compiled once per process.
+fn ptx_for(arch: &str) -> Result<String> {
+    static CACHE: OnceLock<Mutex<HashMap<String, String>>> = OnceLock::new();
+    let cache = CACHE.get_or_init(|| Mutex::new(HashMap::new()));
+    let mut map = cache.lock().map_err(|_| Error::Backend("CUDA kernel cache poisoned".into()))?;
+    if let Some(p) = map.get(arch) {
+        return Ok(p.clone());
+    }
+    // NVRTC wants a &'static str for the architecture; one leak per architecture and process.
+    let arch_static: &'static str = Box::leak(arch.to_string().into_boxed_str());
+    let opts = CompileOptions { arch: Some(arch_static), ..Default::default() };
+    let ptx = compile_ptx_with_opts(KERNEL_SOURCES.concat(), opts)
+        .map_err(|e| Error::Backend(format!("NVRTC could not compile the CUDA kernels for {arch}: {e}")))?;
+    let src = ptx.to_src();
+    map.insert(arch.to_string(), src.clone());
+    Ok(src)
+}
+
+/// Names of the CUDA libraries that cannot be loaded (dynamic loading: checked before any call,
+/// because cudarc panics on a missing library).
+fn missing_libraries() -> Vec<&'static str> {
+    let mut missing = Vec::new();
+    // SAFETY: these only try to dlopen the libraries.
+    unsafe {
+        if !cudarc::driver::sys::is_culib_present() {
+            missing.push("the NVIDIA driver library (libcuda.so): no NVIDIA driver is installed");
+        }
+        if !cudarc::nvrtc::sys::is_culib_present() {
+            missing.push("NVRTC (libnvrtc.so, CUDA toolkit): add its lib directory to LD_LIBRARY_PATH");
+        }
+        if !cudarc::cublas::sys::is_culib_present() {
+            missing.push("cuBLAS (libcublas.so, CUDA toolkit): add its lib directory to LD_LIBRARY_PATH");
+        }
+    }
+    missing
+}
+
+fn driver_err(what: &str) -> impl Fn(cudarc::driver::DriverError) -> Error + '_ {
+    move |e| Error::Backend(format!("CUDA {what}: {e}"))
+}
+
+fn blas_err(e: cudarc::cublas::result::CublasError) -> Error {
+    Error::Backend(format!("cuBLAS: {e:?}"))
+}
+
+/// Lets the device's default memory pool keep freed memory instead of returning it to the driver
+/// at every synchronization: the models allocate their activations per call, and a warm pool
+/// makes that cheap. Best effort: failure only costs speed.
+fn keep_pool_memory(ctx: &CudaContext) {
+    use cudarc::driver::sys;
+    // SAFETY: plain driver calls on a valid device handle; the attribute value is a u64.
+    unsafe {
+        let mut pool = std::mem::MaybeUninit::<sys::CUmemoryPool>::uninit();
+        if sys::cuDeviceGetDefaultMemPool(pool.as_mut_ptr(), ctx.cu_device()) == sys::CUresult::CUDA_SUCCESS {
+            let mut threshold: u64 = u64::MAX;
+            let _ = sys::cuMemPoolSetAttribute(
+                pool.assume_init(),
+                sys::CUmemPool_attribute::CU_MEMPOOL_ATTR_RELEASE_THRESHOLD,
+                (&mut threshold as *mut u64).cast(),
+            );
+        }
+    }
+}
+
+/// Grid for a grid-stride loop over `n` elements.
+fn grid_1d(n: usize) -> LaunchConfig {
+    let blocks = n.div_ceil(256).clamp(1, 65535 * 8) as u32;
+    LaunchConfig { grid_dim: (blocks, 1, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 }
+}
+
+fn u32_of(what: &str, v: usize) -> Result<u32> {
+    u32::try_from(v).map_err(|_| Error::Backend(format!("CUDA: {what} = {v} does not fit the kernels' 32-bit sizes")))
+}
+
+impl Cuda {
+    /// Opens device `ordinal` (0 for `--device cuda`), compiles the kernels (once per process and
+    /// architecture) and creates a cuBLAS handle. Fails with a message naming what is missing when
+    /// there is no driver, no toolkit library or no such device.
+    pub fn new(ordinal: usize) -> Result<Self> {
+        let missing = missing_libraries();
+        if !missing.is_empty() {
+            return Err(Error::Backend(format!("CUDA is not available: cannot load {}", missing.join("; "))));
+        }
+        let count = CudaContext::device_count().map_err(driver_err("device count"))?;
+        if ordinal >= count.max(0) as usize {
+            return Err(Error::Backend(format!(
+                "CUDA device cuda:{ordinal} requested, but {count} CUDA device(s) are visible"
+            )));
+        }
+        let ctx = CudaContext::new(ordinal).map_err(driver_err("context creation"))?;
+        // One stream: ordering is the stream's; no per-buffer events needed.
+        // SAFETY: all work of this backend is issued on the one stream below.
+        unsafe { ctx.disable_event_tracking() };
+        let stream = ctx.default_stream();
+        keep_pool_memory(&ctx);
+        let (major, minor) = ctx.compute_capability().map_err(driver_err("compute capability"))?;
+        let arch = format!("sm_{major}{minor}");
+        let name = ctx.name().map_err(driver_err("device name"))?;
+        let module =
+            ctx.load_module(Ptx::from_src(ptx_for(&arch)?)).map_err(driver_err("loading the compiled kernels"))?;
+        let mut funcs = HashMap::new();
+        for k in KERNELS {
+            funcs.insert(k, module.load_function(k).map_err(driver_err(k))?);
+        }
+        let blas = CudaBlas::new(stream.clone()).map_err(blas_err)?;
+        // Plain fp32 products (no TF32): results comparable with the CPU backend.
+        // SAFETY: a valid handle.
+        unsafe {
+            blas_sys::cublasSetMathMode(*blas.handle(), blas_sys::cublasMath_t::CUBLAS_DEFAULT_MATH)
+                .result()
+                .map_err(blas_err)?;
+        }
+        let scan_variant = std::env::var("S6_SCAN_VARIANT").ok().filter(|v| !v.is_empty());
+        Ok(Cuda { inner: Arc::new(Inner { ctx, stream, blas, funcs, name, arch, scan_variant }) })
+    }
+
+    fn stream(&self) -> &Arc<CudaStream> {
+        &self.inner.stream
+    }
+
+    fn func(&self, name: &str) -> Result<&CudaFunction> {
+        self.inner.funcs.get(name).ok_or_else(|| Error::Backend(format!("CUDA kernel {name} not loaded")))
+    }
+
+    /// Device pointer of a buffer plus an element offset, checked against its length.
+    fn ptr(&self, buf: &CudaBuf, offset: usize, needed: usize, what: &str) -> Result<u64> {
+        if offset + needed > buf.len {
+            return Err(Error::Backend(format!(
+                "CUDA {what}: buffer of {} floats, access to {} needed",
+                buf.len,
+                offset + needed
+            )));
+        }
+        let (p, _sync) = buf.data.device_ptr(self.stream());
+        Ok(p + 4 * offset as u64)
+    }
+
+    fn ptr_mut(&self, buf: &mut CudaBuf, offset: usize, needed: usize, what: &str) -> Result<u64> {
+        if offset + needed > buf.len {
+            return Err(Error::Backend(format!(
+                "CUDA {what}: buffer of {} floats, access to {} needed",
+                buf.len,
+                offset + needed
+            )));
+        }
+        let stream = self.inner.stream.clone();
+        let (p, _sync) = buf.data.device_ptr_mut(&stream);
+        Ok(p + 4 * offset as u64)
+    }
+
+    /// Elements a view touches for `rows` rows of `cols` columns.
+    fn view_extent(ld: usize, rows: usize, cols: usize) -> usize {
+        if rows == 0 {
+            0
+        } else {
+            (rows - 1) * ld + cols
+        }
+    }
+
+    fn upload_u32(&self, v: &[u32]) -> Result<CudaSlice<u32>> {
+        self.stream().clone_htod(v).map_err(driver_err("upload"))
+    }
+
+    /// Waits for all queued work (for timing).
+    pub fn synchronize(&self) -> Result<()> {
+        self.stream().synchronize().map_err(driver_err("synchronize"))
+    }
+
+    /// The device's compute architecture, e.g. `sm_90`.
+    pub fn arch(&self) -> &str {
+        &self.inner.arch
+    }
+
+    fn scan_kernel(&self, n: usize) -> Result<(&CudaFunction, u32, u32)> {
+        // (kernel, lanes per channel, channels per block)
+        let (name, split, cpb) = match n {
+            0 => return Err(Error::Backend("CUDA scan: d_state must be at least 1".into())),
+            16 => match self.inner.scan_variant.as_deref() {
+                Some("split1") => ("s6_scan_n16_split1", 1, 32),
+                Some("split2") => ("s6_scan_n16_split2", 2, 32),
+                Some("split4") => ("s6_scan_n16", 4, 32),
+                Some("smem16") => ("s6_scan_n16_smem16", 16, 8),
+                Some("smem4") => ("s6_scan_n16_smem4", 4, 32),
+                Some("split8") => ("s6_scan_n16_split8", 8, 16),
+                Some("smem8") => ("s6_scan_n16_smem8", 8, 16),
+                Some("pipe16") => ("s6_scan_n16_pipe16", 16, 8),
+                Some("pipe8") => ("s6_scan_n16_pipe8", 8, 16),
+                Some("pipe8xu") => ("s6_scan_n16_pipe8xu", 8, 16),
+                // The fastest measured on the H200 (docs/BENCHMARKS.md).
+                _ => ("s6_scan_n16_pipe8x", 8, 16),
+            },
+            1..=4 => ("s6_scan_n4", 4, 32),
+            5..=8 => ("s6_scan_n8", 4, 32),
+            9..=16 => ("s6_scan_n16", 4, 32),
+            17..=32 => ("s6_scan_n32", 4, 32),
+            33..=MAX_D_STATE => ("s6_scan_n64", 4, 32),
+            _ => {
+                return Err(Error::Backend(format!(
+                    "CUDA scan: d_state {n} is over the kernels' maximum of {MAX_D_STATE}"
+                )))
+            }
+        };
+        Ok((self.func(name)?, split, cpb))
+    }
+}
+
+macro_rules! launch {
+    ($self:expr, $func:expr, $cfg:expr, $what:expr; $($arg:expr),* $(,)?) => {{
+        let func = $func;
+        let mut b = $self.stream().launch_builder(func);
+        $( b.arg(&$arg); )*
+        // SAFETY: argument types and counts match the kernel signatures in kernels/*.cu; every
+        // pointer was bounds-checked against its buffer by `ptr`/`ptr_mut`.
+        unsafe { b.launch($cfg) }.map_err(driver_err($what))?;
+    }};
+}
+
+impl Backend for Cuda {
+    type Buf = CudaBuf;
+
+    fn name(&self) -> String {
+        format!("cuda:{} ({}, {})", self.inner.ctx.ordinal(), self.inner.name, self.inner.arch)
+    }
+
+    fn zeros(&self, n: usize) -> Result<CudaBuf> {
+        let data = self.stream().alloc_zeros::<f32>(n.max(1)).map_err(driver_err("allocation"))?;
+        Ok(CudaBuf { data, len: n })
+    }
+
+    fn from_vec(&self, data: Vec<f32>) -> Result<CudaBuf> {
+        if data.is_empty() {
+            return self.zeros(0);
+        }
+        let len = data.len();
+        Ok(CudaBuf { data: self.stream().clone_htod(&data).map_err(driver_err("upload"))?, len })
+    }
+
+    fn to_vec(&self, buf: &CudaBuf) -> Result<Vec<f32>> {
+        if buf.len == 0 {
+            return Ok(Vec::new());
+        }
+        let v = self.stream().clone_dtoh(&buf.data).map_err(driver_err("download"))?;
+        self.synchronize()?;
+        Ok(v)
+    }
+
+    fn len(&self, buf: &CudaBuf) -> usize {
+        buf.len
+    }
+
+    fn synchronize(&self) -> Result<()> {
+        Cuda::synchronize(self)
+    }
+
+    fn embedding(&self, table: &CudaBuf, ids: &[u32], dim: usize, out: &mut CudaBuf) -> Result<()> {
+        let rows = ids.len();
+        if rows * dim == 0 {
+            return Ok(());
+        }
+        let ids_dev = self.upload_u32(ids)?;
+        let (ids_p, _s) = ids_dev.device_ptr(self.stream());
+        let t = self.ptr(table, 0, table.len, "embedding table")?;
+        let o = self.ptr_mut(out, 0, rows * dim, "embedding out")?;
+        let (r, d) = (u32_of("rows", rows)?, u32_of("dim", dim)?);
+        launch!(self, self.func("s6_embedding")?, grid_1d(rows * dim), "embedding"; t, ids_p, o, r, d);
+        Ok(())
+    }
+
+    fn linear(
+        &self,
+        x: View<'_, CudaBuf>,
+        rows: usize,
+        k: usize,
+        w: &CudaBuf,
+        n: usize,
+        bias: Option<&CudaBuf>,
+        out: &mut CudaBuf,
+    ) -> Result<()> {
+        if rows == 0 || n == 0 {
+            return Ok(());
+        }
+        let o = self.ptr_mut(out, 0, rows * n, "linear out")?;
+        let beta: f32 = match bias {
+            Some(bb) => {
+                let bp = self.ptr(bb, 0, n, "linear bias")?;
+                let (r, nn) = (u32_of("rows", rows)?, u32_of("n", n)?);
+                launch!(self, self.func("s6_fill_bias")?, grid_1d(rows * n), "bias"; o, bp, r, nn);
+                1.0
+            }
+            None => 0.0,
+        };
+        if k == 0 {
+            if bias.is_none() {
+                self.stream().memset_zeros(&mut out.data.slice_mut(0..rows * n)).map_err(driver_err("memset"))?;
+            }
+            return Ok(());
+        }
+        let xp = self.ptr(x.buf, x.offset, Self::view_extent(x.ld, rows, k), "linear x")?;
+        let wp = self.ptr(w, 0, n * k, "linear weight")?;
+        let alpha: f32 = 1.0;
+        let int = |what: &str, v: usize| {
+            i32::try_from(v).map_err(|_| Error::Backend(format!("cuBLAS: {what} = {v} exceeds i32")))
+        };
+        // Column-major view: out^T [n × rows] = W [n × k] · x^T [k × rows].
+        // W row-major [n, k] is column-major [k × n] (ld k): op T. x row-major with stride ld is
+        // column-major [k × rows] (ld = x.ld): op N.
+        self.inner.ctx.bind_to_thread().map_err(driver_err("bind"))?;
+        // SAFETY: pointers were bounds-checked above for these shapes and strides.
+        unsafe {
+            blas_result::sgemm(
+                *self.inner.blas.handle(),
+                blas_sys::cublasOperation_t::CUBLAS_OP_T,
+                blas_sys::cublasOperation_t::CUBLAS_OP_N,
+                int("n", n)?,
+                int("rows", rows)?,
+                int("k", k)?,
+                &alpha,
+                wp as *const f32,
+                int("k", k)?,
+                xp as *const f32,
+                int("ld", x.ld.max(k))?,
+                &beta,
+                o as *mut f32,
+                int("n", n)?,
+            )
+            .map_err(blas_err)?;
+        }
+        Ok(())
+    }
+
+    fn add_rmsnorm(
+        &self,
+        residual: &mut CudaBuf,
+        delta: Option<&CudaBuf>,
+        weight: &CudaBuf,
+        eps: f32,
+        rows: usize,
+        dim: usize,
+        out: &mut CudaBuf,
+    ) -> Result<()> {
+        if rows * dim == 0 {
+            return Ok(());
+        }
+        let r = self.ptr_mut(residual, 0, rows * dim, "rmsnorm residual")?;
+        let dp = match delta {
+            Some(d) => self.ptr(d, 0, rows * dim, "rmsnorm delta")?,
+            None => 0u64,
+        };
+        let wp = self.ptr(weight, 0, dim, "rmsnorm weight")?;
+        let o = self.ptr_mut(out, 0, rows * dim, "rmsnorm out")?;
+        let threads = (dim.div_ceil(32) * 32).next_power_of_two().clamp(32, 1024) as u32;
+        let cfg =
+            LaunchConfig { grid_dim: (u32_of("rows", rows)?, 1, 1), block_dim: (threads, 1, 1), shared_mem_bytes: 0 };
+        let d = u32_of("dim", dim)?;
+        launch!(self, self.func("s6_add_rmsnorm")?, cfg, "add_rmsnorm"; r, dp, wp, o, d, eps);
+        Ok(())
+    }
+
+    fn conv1d_silu(
+        &self,
+        x: View<'_, CudaBuf>,
+        batch: usize,
+        seqlen: usize,
+        channels: usize,
+        kernel: usize,
+        weight: &CudaBuf,
+        bias: Option<&CudaBuf>,
+        state: &mut CudaBuf,
+        out: &mut CudaBuf,
+    ) -> Result<()> {
+        let rows = batch * seqlen;
+        if rows * channels == 0 {
+            return Ok(());
+        }
+        if kernel == 0 {
+            return Err(Error::Backend("CUDA conv1d: kernel size 0".into()));
+        }
+        let xp = self.ptr(x.buf, x.offset, Self::view_extent(x.ld, rows, channels), "conv1d x")?;
+        let wp = self.ptr(weight, 0, channels * kernel, "conv1d weight")?;
+        let bp = match bias {
+            Some(b) => self.ptr(b, 0, channels, "conv1d bias")?,
+            None => 0u64,
+        };
+        let sp = self.ptr_mut(state, 0, batch * (kernel - 1) * channels, "conv1d state")?;
+        let o = self.ptr_mut(out, 0, rows * channels, "conv1d out")?;
+        let (ld, b, l, c, k) = (
+            u32_of("ld", x.ld)?,
+            u32_of("batch", batch)?,
+            u32_of("seqlen", seqlen)?,
+            u32_of("channels", channels)?,
+            u32_of("kernel", kernel)?,
+        );
+        launch!(self, self.func("s6_conv1d_silu")?, grid_1d(rows * channels), "conv1d_silu"; xp, ld, wp, bp, sp, o, b, l, c, k);
+        if kernel > 1 {
+            launch!(self, self.func("s6_conv_state_update")?, grid_1d(batch * channels), "conv state"; xp, ld, sp, b, l, c, k);
+        }
+        Ok(())
+    }
+
+    fn selective_scan(&self, args: &ScanArgs<'_, CudaBuf>, state: &mut CudaBuf, y: &mut CudaBuf) -> Result<()> {
+        let dims = args.dims;
+        let (batch, seqlen, di, n) = (dims.batch, dims.seqlen, dims.d_inner, dims.d_state);
+        let rows = batch * seqlen;
+        if batch * di == 0 {
+            return Ok(());
+        }
+        let (func, split, cpb) = self.scan_kernel(n)?;
+        let sp = self.ptr_mut(state, 0, batch * di * n, "scan state")?;
+        if seqlen == 0 {
+            return Ok(());
+        }
+        let u = self.ptr(args.u, 0, rows * di, "scan u")?;
+        let dl = self.ptr(args.delta, 0, rows * di, "scan delta")?;
+        let db = self.ptr(args.delta_bias, 0, di, "scan delta_bias")?;
+        let a = self.ptr(args.a, 0, di * n, "scan A")?;
+        let bm = self.ptr(args.b.buf, args.b.offset, Self::view_extent(args.b.ld, rows, n), "scan B")?;
+        let cm = self.ptr(args.c.buf, args.c.offset, Self::view_extent(args.c.ld, rows, n), "scan C")?;
+        let d = self.ptr(args.d, 0, di, "scan D")?;
+        // No gate: a null pointer (the kernels then use y = C·h + D·u).
+        let (zp, ldz) = match args.z {
+            Some(z) => (self.ptr(z.buf, z.offset, Self::view_extent(z.ld, rows, di), "scan z")?, z.ld),
+            None => (0u64, 0),
+        };
+        let yp = self.ptr_mut(y, 0, rows * di, "scan y")?;
+        let (ldb, ldc, ldz) = (u32_of("ld B", args.b.ld)?, u32_of("ld C", args.c.ld)?, u32_of("ld z", ldz)?);
+        let (l, dd, nn) = (u32_of("seqlen", seqlen)?, u32_of("d_inner", di)?, u32_of("d_state", n)?);
+        let cfg = LaunchConfig {
+            grid_dim: (u32_of("blocks", di.div_ceil(cpb as usize))?, u32_of("batch", batch)?, 1),
+            block_dim: (cpb * split, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        launch!(self, func, cfg, "selective_scan"; u, dl, db, a, bm, ldb, cm, ldc, d, zp, ldz, sp, yp, l, dd, nn);
+        Ok(())
+    }
+
+    fn linear_backward(
+        &self,
+        _x: View<'_, CudaBuf>,
+        _rows: usize,
+        _k: usize,
+        _w: &CudaBuf,
+        _n: usize,
+        _dy: &CudaBuf,
+        _dx: Option<ViewMut<'_, CudaBuf>>,
+        _dw: &mut CudaBuf,
+        _db: Option<&mut CudaBuf>,
+    ) -> Result<()> {
+        Err(Error::Backend(TRAINING.into()))
+    }
+
+    fn rmsnorm_backward(
+        &self,
+        _residual: &CudaBuf,
+        _weight: &CudaBuf,
+        _eps: f32,
+        _rows: usize,
+        _dim: usize,
+        _dout: &CudaBuf,
+        _dresidual: &mut CudaBuf,
+        _dweight: &mut CudaBuf,
+    ) -> Result<()> {
+        Err(Error::Backend(TRAINING.into()))
+    }
+
+    fn conv1d_silu_backward(
+        &self,
+        _x: View<'_, CudaBuf>,
+        _batch: usize,
+        _seqlen: usize,
+        _channels: usize,
+        _kernel: usize,
+        _weight: &CudaBuf,
+        _bias: Option<&CudaBuf>,
+        _dout: &CudaBuf,
+        _dx: ViewMut<'_, CudaBuf>,
+        _dweight: &mut CudaBuf,
+        _dbias: Option<&mut CudaBuf>,
+    ) -> Result<()> {
+        Err(Error::Backend(TRAINING.into()))
+    }
+
+    fn selective_scan_backward(
+        &self,
+        _args: &ScanArgs<'_, CudaBuf>,
+        _dy: &CudaBuf,
+        _grads: ScanGrads<'_, CudaBuf>,
+    ) -> Result<()> {
+        Err(Error::Backend(TRAINING.into()))
+    }
+
+    fn embedding_backward(&self, _ids: &[u32], _dim: usize, _dout: &CudaBuf, _dtable: &mut CudaBuf) -> Result<()> {
+        Err(Error::Backend(TRAINING.into()))
+    }
+
+    fn cross_entropy(
+        &self,
+        _logits: &CudaBuf,
+        _rows: usize,
+        _vocab: usize,
+        _targets: &[u32],
+        _scale: f32,
+        _dlogits: &mut CudaBuf,
+    ) -> Result<(f64, usize)> {
+        Err(Error::Backend("cross_entropy is not implemented on CUDA yet (issue 6)".into()))
+    }
+
+    fn sum_squares(&self, buf: &CudaBuf) -> Result<f64> {
+        Ok(self.to_vec(buf)?.iter().map(|&v| f64::from(v) * f64::from(v)).sum())
+    }
+
+    fn adamw_step(
+        &self,
+        _param: &mut CudaBuf,
+        _grad: &CudaBuf,
+        _m: &mut CudaBuf,
+        _v: &mut CudaBuf,
+        _hp: &AdamW,
+    ) -> Result<()> {
+        Err(Error::Backend(TRAINING.into()))
+    }
+
+    fn clone_buf(&self, buf: &CudaBuf) -> Result<CudaBuf> {
+        if buf.len == 0 {
+            return self.zeros(0);
+        }
+        Ok(CudaBuf { data: self.stream().clone_dtod(&buf.data).map_err(driver_err("copy"))?, len: buf.len })
+    }
+
+    fn add_assign(&self, dst: &mut CudaBuf, src: &CudaBuf) -> Result<()> {
+        let n = dst.len;
+        if src.len != n {
+            return Err(Error::Backend(format!("CUDA add_assign: lengths {n} and {} differ", src.len)));
+        }
+        if n == 0 {
+            return Ok(());
+        }
+        let d = self.ptr_mut(dst, 0, n, "add dst")?;
+        let s = self.ptr(src, 0, n, "add src")?;
+        let nn = n as u64;
+        launch!(self, self.func("s6_add_assign")?, grid_1d(n), "add_assign"; d, s, nn);
+        Ok(())
+    }
+
+    fn fill_zero(&self, buf: &mut CudaBuf) -> Result<()> {
+        if buf.len == 0 {
+            return Ok(());
+        }
+        self.stream().memset_zeros(&mut buf.data).map_err(driver_err("memset"))
+    }
+
+    fn gather_rows(&self, src: &CudaBuf, rows: &[usize], dim: usize, out: &mut CudaBuf) -> Result<()> {
+        if rows.is_empty() || dim == 0 {
+            return Ok(());
+        }
+        let src_rows = src.len / dim;
+        let idx: Vec<u32> = rows
+            .iter()
+            .map(|&r| {
+                if r >= src_rows {
+                    Err(Error::Backend(format!("CUDA gather_rows: row {r} of {src_rows}")))
+                } else {
+                    u32_of("row", r)
+                }
+            })
+            .collect::<Result<_>>()?;
+        let idx_dev = self.upload_u32(&idx)?;
+        let (ip, _s) = idx_dev.device_ptr(self.stream());
+        let s = self.ptr(src, 0, src.len, "gather src")?;
+        let o = self.ptr_mut(out, 0, rows.len() * dim, "gather out")?;
+        let (r, d) = (u32_of("rows", rows.len())?, u32_of("dim", dim)?);
+        launch!(self, self.func("s6_gather_rows")?, grid_1d(rows.len() * dim), "gather_rows"; s, ip, o, r, d);
+        Ok(())
+    }
+    fn rope(&self, _x: ViewMut<'_, CudaBuf>, _dims: AttnDims, _pos0: usize, _theta: f32) -> Result<()> {
+        Err(not_yet("rope"))
+    }
+
+    fn rope_backward(&self, _dx: ViewMut<'_, CudaBuf>, _dims: AttnDims, _pos0: usize, _theta: f32) -> Result<()> {
+        Err(not_yet("rope_backward"))
+    }
+
+    fn attention(
+        &self,
+        _dims: AttnDims,
+        _scale: f32,
+        _q: View<'_, CudaBuf>,
+        _k: View<'_, CudaBuf>,
+        _v: View<'_, CudaBuf>,
+        _out: &mut CudaBuf,
+        _lse: &mut CudaBuf,
+    ) -> Result<()> {
+        Err(not_yet("attention"))
+    }
+
+    fn attention_backward(
+        &self,
+        _dims: AttnDims,
+        _scale: f32,
+        _q: View<'_, CudaBuf>,
+        _k: View<'_, CudaBuf>,
+        _v: View<'_, CudaBuf>,
+        _out: &CudaBuf,
+        _lse: &CudaBuf,
+        _dout: &CudaBuf,
+        _dq: ViewMut<'_, CudaBuf>,
+        _dk: ViewMut<'_, CudaBuf>,
+        _dv: ViewMut<'_, CudaBuf>,
+    ) -> Result<()> {
+        Err(not_yet("attention_backward"))
+    }
+
+    fn swiglu(
+        &self,
+        _gate: View<'_, CudaBuf>,
+        _up: View<'_, CudaBuf>,
+        _rows: usize,
+        _cols: usize,
+        _out: &mut CudaBuf,
+    ) -> Result<()> {
+        Err(not_yet("swiglu"))
+    }
+
+    fn swiglu_backward(
+        &self,
+        _gate: View<'_, CudaBuf>,
+        _up: View<'_, CudaBuf>,
+        _rows: usize,
+        _cols: usize,
+        _dout: &CudaBuf,
+        _dgate: ViewMut<'_, CudaBuf>,
+        _dup: ViewMut<'_, CudaBuf>,
+    ) -> Result<()> {
+        Err(not_yet("swiglu_backward"))
+    }
+}

@@ -1,0 +1,397 @@
+//! The CUDA backend against the CPU backend (every forward op, random inputs, odd sizes) and
+//! against the HF fixtures (whole models, greedy decoding). Compiled only with the `cuda` feature;
+//! each test prints "skipped: no CUDA device" and passes when no GPU (or driver) is present.
+#![cfg(feature = "cuda")]
+
+use std::path::{Path, PathBuf};
+
+use s6::backend::cpu::Cpu;
+use s6::backend::cuda::Cuda;
+use s6::backend::{Backend, ScanArgs, ScanDims, View};
+use s6::formats::tensors::TensorFile;
+use s6::generate::{generate_tokens, Flow, GenerateOptions, SamplingParams};
+use s6::model::{Logits, Mamba};
+
+/// fp32 tolerances of the official kernels' tests.
+const RTOL: f32 = 6e-4;
+const ATOL: f32 = 2e-3;
+
+fn gpu() -> Option<Cuda> {
+    match Cuda::new(0) {
+        Ok(g) => Some(g),
+        Err(e) => {
+            println!("skipped: no CUDA device ({e})");
+            None
+        }
+    }
+}
+
+/// SplitMix64 values in `[lo, hi)`.
+struct Rng(u64);
+impl Rng {
+    fn next(&mut self) -> f32 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        ((z ^ (z >> 31)) >> 40) as f32 / (1u64 << 24) as f32
+    }
+    fn vec(&mut self, n: usize, lo: f32, hi: f32) -> Vec<f32> {
+        (0..n).map(|_| lo + (hi - lo) * self.next()).collect()
+    }
+}
+
+#[track_caller]
+fn assert_close(what: &str, got: &[f32], want: &[f32]) {
+    assert_eq!(got.len(), want.len(), "{what}: lengths");
+    let mut worst = (0.0f32, 0usize);
+    for (i, (g, w)) in got.iter().zip(want).enumerate() {
+        let excess = (g - w).abs() - (ATOL + RTOL * w.abs());
+        assert!(!g.is_nan(), "{what}: NaN at {i}");
+        if excess > worst.0 {
+            worst = (excess, i);
+        }
+    }
+    let i = worst.1;
+    assert!(worst.0 <= 0.0, "{what}: element {i}: got {} want {} (beyond rtol {RTOL} / atol {ATOL})", got[i], want[i]);
+}
+
+fn up(g: &Cuda, v: &[f32]) -> s6::backend::cuda::CudaBuf {
+    g.from_vec(v.to_vec()).unwrap()
+}
+
+/// A buffer on the GPU pre-filled with NaN, so that any element a kernel fails to write shows.
+fn poisoned(g: &Cuda, n: usize) -> s6::backend::cuda::CudaBuf {
+    g.from_vec(vec![f32::NAN; n]).unwrap()
+}
+
+#[test]
+fn embedding_and_gather_rows() {
+    let Some(g) = gpu() else { return };
+    let mut r = Rng(1);
+    let (vocab, dim) = (301, 45);
+    let table = r.vec(vocab * dim, -1.0, 1.0);
+    let ids: Vec<u32> = (0..37).map(|i| (i * 97 % vocab) as u32).collect();
+    let mut want = vec![0.0; ids.len() * dim];
+    Cpu.embedding(&table, &ids, dim, &mut want).unwrap();
+    let mut out = poisoned(&g, ids.len() * dim);
+    g.embedding(&up(&g, &table), &ids, dim, &mut out).unwrap();
+    assert_close("embedding", &g.to_vec(&out).unwrap(), &want);
+
+    let rows = [36usize, 0, 17, 17];
+    let mut want = vec![0.0; rows.len() * dim];
+    Cpu.gather_rows(&table, &rows, dim, &mut want).unwrap();
+    let mut out = poisoned(&g, rows.len() * dim);
+    g.gather_rows(&up(&g, &table), &rows, dim, &mut out).unwrap();
+    assert_close("gather_rows", &g.to_vec(&out).unwrap(), &want);
+}
+
+#[test]
+fn linear_matches_cpu() {
+    let Some(g) = gpu() else { return };
+    let mut r = Rng(2);
+    // (rows, k, n, ld, offset, bias)
+    for &(rows, k, n, ld, off, bias) in &[
+        (1, 768, 1536, 768, 0, false),
+        (37, 45, 301, 45, 0, true),
+        (130, 5, 135, 21, 0, false),
+        (64, 16, 33, 60, 7, true),
+    ] {
+        let x = r.vec(rows * ld + off, -1.0, 1.0);
+        let w = r.vec(n * k, -0.5, 0.5);
+        let b = r.vec(n, -1.0, 1.0);
+        let mut want = vec![0.0; rows * n];
+        Cpu.linear(View { buf: &x, offset: off, ld }, rows, k, &w, n, bias.then_some(&b), &mut want).unwrap();
+        let (xg, wg, bg) = (up(&g, &x), up(&g, &w), up(&g, &b));
+        let mut out = poisoned(&g, rows * n);
+        g.linear(View { buf: &xg, offset: off, ld }, rows, k, &wg, n, bias.then_some(&bg), &mut out).unwrap();
+        assert_close(&format!("linear {rows}x{k}x{n}"), &g.to_vec(&out).unwrap(), &want);
+    }
+}
+
+#[test]
+fn add_rmsnorm_matches_cpu() {
+    let Some(g) = gpu() else { return };
+    let mut r = Rng(3);
+    for &(rows, dim, with_delta) in &[(3, 45, true), (5, 768, false), (2, 2048, true), (1, 1, true), (4, 1500, true)] {
+        let res = r.vec(rows * dim, -2.0, 2.0);
+        let delta = r.vec(rows * dim, -2.0, 2.0);
+        let w = r.vec(dim, 0.5, 1.5);
+        let mut res_cpu = res.clone();
+        let mut want = vec![0.0; rows * dim];
+        Cpu.add_rmsnorm(&mut res_cpu, with_delta.then_some(&delta), &w, 1e-5, rows, dim, &mut want).unwrap();
+        let mut rg = up(&g, &res);
+        let dg = up(&g, &delta);
+        let mut out = poisoned(&g, rows * dim);
+        g.add_rmsnorm(&mut rg, with_delta.then_some(&dg), &up(&g, &w), 1e-5, rows, dim, &mut out).unwrap();
+        assert_close("add_rmsnorm out", &g.to_vec(&out).unwrap(), &want);
+        assert_close("add_rmsnorm residual", &g.to_vec(&rg).unwrap(), &res_cpu);
+    }
+}
+
+#[test]
+fn conv1d_silu_matches_cpu() {
+    let Some(g) = gpu() else { return };
+    let mut r = Rng(4);
+    // (batch, seqlen, channels, kernel, bias); x is the first half of a [rows, 2·channels] matrix.
+    for &(batch, seqlen, ch, k, bias) in &[
+        (2, 37, 135, 3, false),
+        (1, 1, 1536, 4, true),
+        (3, 2, 64, 4, true),
+        (2, 1000, 96, 2, true),
+        (1, 5, 7, 1, false),
+    ] {
+        let ld = 2 * ch;
+        let x = r.vec(batch * seqlen * ld, -2.0, 2.0);
+        let w = r.vec(ch * k, -1.0, 1.0);
+        let b = r.vec(ch, -1.0, 1.0);
+        let state = r.vec(batch * (k - 1) * ch, -2.0, 2.0);
+        let mut st_cpu = state.clone();
+        let mut want = vec![0.0; batch * seqlen * ch];
+        Cpu.conv1d_silu(View::cols(&x, 0, ld), batch, seqlen, ch, k, &w, bias.then_some(&b), &mut st_cpu, &mut want)
+            .unwrap();
+        let xg = up(&g, &x);
+        let bg = up(&g, &b);
+        let mut sg = up(&g, &state);
+        let mut out = poisoned(&g, batch * seqlen * ch);
+        g.conv1d_silu(
+            View::cols(&xg, 0, ld),
+            batch,
+            seqlen,
+            ch,
+            k,
+            &up(&g, &w),
+            bias.then_some(&bg),
+            &mut sg,
+            &mut out,
+        )
+        .unwrap();
+        let what = format!("conv1d b{batch} l{seqlen} c{ch} k{k}");
+        assert_close(&what, &g.to_vec(&out).unwrap(), &want);
+        assert_close(&format!("{what} state"), &g.to_vec(&sg).unwrap(), &st_cpu);
+    }
+}
+
+/// One scan on both backends from the same random inputs and initial state.
+fn check_scan(g: &Cuda, r: &mut Rng, batch: usize, seqlen: usize, di: usize, n: usize) {
+    check_scan_with(g, r, (batch, seqlen, di, n), true, false);
+}
+
+/// `gate`: with `z` (else `None`); `broadcast_bc`: `B` and `C` as one row for every step (`ld = 0`,
+/// the non-selective ablations).
+fn check_scan_with(
+    g: &Cuda,
+    r: &mut Rng,
+    (batch, seqlen, di, n): (usize, usize, usize, usize),
+    gate: bool,
+    broadcast_bc: bool,
+) {
+    let rows = batch * seqlen;
+    let xw = 3 + 2 * n; // x_proj's output: [δ (rank 3), B, C]
+    let u = r.vec(rows * di, -2.0, 2.0);
+    let delta = r.vec(rows * di, -3.0, 1.0);
+    let delta_bias = r.vec(di, -2.0, 0.5);
+    let a: Vec<f32> = r.vec(di * n, -1.0, 3.0).iter().map(|v| -v.exp()).collect();
+    let xdbl = r.vec(rows * xw, -1.5, 1.5);
+    let dskip = r.vec(di, -1.0, 1.0);
+    let xz = r.vec(rows * 2 * di, -3.0, 3.0);
+    let state = r.vec(batch * di * n, -1.0, 1.0);
+    let dims = ScanDims { batch, seqlen, d_inner: di, d_state: n };
+    let ldbc = if broadcast_bc { 0 } else { xw };
+    let cpu_args = ScanArgs {
+        dims,
+        u: &u,
+        delta: &delta,
+        delta_bias: &delta_bias,
+        a: &a,
+        b: View::cols(&xdbl, 3, ldbc),
+        c: View::cols(&xdbl, 3 + n, ldbc),
+        d: &dskip,
+        z: gate.then(|| View::cols(&xz, di, 2 * di)),
+    };
+    let mut st_cpu = state.clone();
+    let mut want = vec![0.0; rows * di];
+    Cpu.selective_scan(&cpu_args, &mut st_cpu, &mut want).unwrap();
+
+    let (ug, dg, dbg, ag, xg, dsg, zg) =
+        (up(g, &u), up(g, &delta), up(g, &delta_bias), up(g, &a), up(g, &xdbl), up(g, &dskip), up(g, &xz));
+    let args = ScanArgs {
+        dims,
+        u: &ug,
+        delta: &dg,
+        delta_bias: &dbg,
+        a: &ag,
+        b: View::cols(&xg, 3, ldbc),
+        c: View::cols(&xg, 3 + n, ldbc),
+        d: &dsg,
+        z: gate.then(|| View::cols(&zg, di, 2 * di)),
+    };
+    let mut sg = up(g, &state);
+    let mut y = poisoned(g, rows * di);
+    g.selective_scan(&args, &mut sg, &mut y).unwrap();
+    let what = format!("scan b{batch} l{seqlen} d{di} n{n} gate {gate} broadcast B/C {broadcast_bc}");
+    assert_close(&what, &g.to_vec(&y).unwrap(), &want);
+    assert_close(&format!("{what} state"), &g.to_vec(&sg).unwrap(), &st_cpu);
+}
+
+#[test]
+fn selective_scan_matches_cpu() {
+    let Some(g) = gpu() else { return };
+    let mut r = Rng(5);
+    // L not a multiple of the chunk (64), D not a multiple of the block (32 channels), N = 16
+    // and N ≠ 16 (every kernel instantiation: 4, 8, 16, 32, 64 states per channel).
+    for &(batch, seqlen, di, n) in &[
+        (2, 1, 1536, 16),
+        (2, 37, 135, 8),
+        (3, 100, 200, 16),
+        (1, 1000, 37, 16),
+        (2, 130, 96, 4),
+        (1, 65, 50, 3),
+        (2, 70, 64, 32),
+        (1, 33, 40, 20),
+        (1, 40, 33, 64),
+        (1, 17, 33, 48),
+    ] {
+        check_scan(&g, &mut r, batch, seqlen, di, n);
+    }
+    // The ablations' forms: no gate, non-selective B and C (one row for every step), both.
+    for (gate, broadcast) in [(false, false), (true, true), (false, true)] {
+        check_scan_with(&g, &mut r, (2, 100, 96, 16), gate, broadcast);
+        check_scan_with(&g, &mut r, (1, 40, 33, 8), gate, broadcast);
+    }
+}
+
+#[test]
+fn selective_scan_variants_match_cpu() {
+    // The N = 16 kernel variants of `S6_SCAN_VARIANT` (one backend each; same process, same PTX).
+    let Some(_) = gpu() else { return };
+    for v in
+        ["split1", "split2", "split4", "split8", "smem4", "smem8", "smem16", "pipe8", "pipe16", "pipe8xu", "default"]
+    {
+        std::env::set_var("S6_SCAN_VARIANT", v);
+        let g = Cuda::new(0).unwrap();
+        let mut r = Rng(6);
+        check_scan(&g, &mut r, 2, 150, 100, 16);
+        check_scan(&g, &mut r, 1, 3, 1536, 16);
+    }
+    std::env::remove_var("S6_SCAN_VARIANT");
+}
+
+#[test]
+fn clone_add_fill() {
+    let Some(g) = gpu() else { return };
+    let mut r = Rng(7);
+    let a = r.vec(1001, -1.0, 1.0);
+    let b = r.vec(1001, -1.0, 1.0);
+    let ga = up(&g, &a);
+    let mut c = g.clone_buf(&ga).unwrap();
+    g.add_assign(&mut c, &up(&g, &b)).unwrap();
+    let want: Vec<f32> = a.iter().zip(&b).map(|(x, y)| x + y).collect();
+    assert_close("add_assign", &g.to_vec(&c).unwrap(), &want);
+    assert_close("clone source untouched", &g.to_vec(&ga).unwrap(), &a);
+    g.fill_zero(&mut c).unwrap();
+    assert!(g.to_vec(&c).unwrap().iter().all(|&v| v == 0.0));
+    assert_eq!(g.len(&c), 1001);
+    let empty = g.zeros(0).unwrap();
+    assert_eq!(g.len(&empty), 0);
+    assert!(g.to_vec(&empty).unwrap().is_empty());
+}
+
+#[test]
+fn training_ops_say_not_implemented() {
+    let Some(g) = gpu() else { return };
+    let x = g.zeros(4).unwrap();
+    let mut v = g.zeros(4).unwrap();
+    let err = g.embedding_backward(&[0], 4, &x, &mut v).unwrap_err().to_string();
+    assert!(err.contains("not implemented"), "{err}");
+}
+
+/// The fixtures beside this file; when the test binary runs on another machine (the GPU machine
+/// gets a prebuilt binary and a copy of the repository), `crates/s6/tests/fixtures` under the
+/// current directory.
+fn fixture(name: &str) -> PathBuf {
+    let built = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
+    let dir = if built.is_dir() { built } else { PathBuf::from("crates/s6/tests/fixtures") };
+    dir.join(name)
+}
+
+fn id_rows(file: &TensorFile, name: &str) -> Vec<Vec<u32>> {
+    let (v, shape) = file.i64(name).unwrap();
+    v.chunks(shape[1]).map(|r| r.iter().map(|&x| x as u32).collect()).collect()
+}
+
+fn max_rel_err(got: &[f32], want: &[f32]) -> f32 {
+    assert_eq!(got.len(), want.len());
+    let scale = want.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+    got.iter().zip(want).map(|(g, w)| (g - w).abs()).fold(0.0, f32::max) / scale
+}
+
+#[test]
+fn fixtures_logits_and_greedy_match_hf() {
+    let Some(g) = gpu() else { return };
+    for name in ["mamba-tiny", "mamba-odd", "mamba-bf16", "mamba-rank-auto", "mamba-sharded"] {
+        let dir = fixture(name);
+        let model = Mamba::load(g.clone(), &dir).unwrap();
+        let exp = TensorFile::open(&dir.join("expected.safetensors")).unwrap();
+        let ids = id_rows(&exp, "input_ids");
+        let (want, _) = exp.f32("logits").unwrap();
+        let (batch, seqlen) = (ids.len(), ids[0].len());
+        let mut state = model.new_state(batch).unwrap();
+        let logits = g.to_vec(&model.forward(&ids.concat(), batch, seqlen, &mut state, Logits::All).unwrap()).unwrap();
+        let err = max_rel_err(&logits, &want);
+        println!("{name}: logits vs HF, max error / max |logit| = {err:.2e}");
+        assert!(err <= 1e-4, "{name}: GPU logits differ from HF by {err:.2e}");
+
+        let prompts = id_rows(&exp, "greedy_prompt");
+        let greedy = id_rows(&exp, "greedy");
+        let opts = GenerateOptions {
+            max_tokens: greedy[0].len(),
+            sampling: SamplingParams { temperature: 0.0, ..Default::default() },
+            ..Default::default()
+        };
+        let (out, _, _) = generate_tokens(&model, &prompts, &opts, |_, _| Ok(Flow::Continue)).unwrap();
+        assert_eq!(out, greedy, "{name}: GPU greedy continuation differs from HF");
+    }
+}
+
+#[test]
+fn greedy_decoding_equals_cpu() {
+    let Some(g) = gpu() else { return };
+    // A random model with the real d_inner / d_state of mamba-130m's blocks (fewer layers, small
+    // vocabulary), prompts of different lengths (prefill in chunks, then steps), 40 new tokens.
+    let mut cfg = s6::config::MambaConfig::preset("mamba-130m").unwrap();
+    cfg.n_layer = 2;
+    cfg.vocab_size = 512;
+    let params = s6::model::init::init_params(&cfg, &s6::config::InitConfig::default(), 11);
+    let cpu_model = model_from(Cpu, &cfg, &params);
+    let gpu_model = model_from(g.clone(), &cfg, &params);
+    let prompts: Vec<Vec<u32>> = vec![(0..300).map(|i| (i * 7 % 512) as u32).collect(), vec![5, 9, 200], vec![77]];
+    let opts = GenerateOptions {
+        max_tokens: 40,
+        sampling: SamplingParams { temperature: 0.0, ..Default::default() },
+        ..Default::default()
+    };
+    let (want, _, _) = generate_tokens(&cpu_model, &prompts, &opts, |_, _| Ok(Flow::Continue)).unwrap();
+    let (got, _, _) = generate_tokens(&gpu_model, &prompts, &opts, |_, _| Ok(Flow::Continue)).unwrap();
+    assert_eq!(got, want, "GPU greedy decoding differs from CPU");
+    // Prefill in chunks + steps equals the full forward on the GPU too.
+    let ids: Vec<u32> = prompts[0][..64].to_vec();
+    let mut st = gpu_model.new_state(1).unwrap();
+    let full = g.to_vec(&gpu_model.forward(&ids, 1, 64, &mut st, Logits::All).unwrap()).unwrap();
+    let mut st2 = gpu_model.new_state(1).unwrap();
+    let _ = gpu_model.prefill(&ids[..50], 1, 50, &mut st2, 16).unwrap();
+    for (t, &id) in ids.iter().enumerate().skip(50) {
+        let l = g.to_vec(&gpu_model.step(&[id], &mut st2).unwrap()).unwrap();
+        let err = max_rel_err(&l, &full[t * 512..(t + 1) * 512]);
+        assert!(err <= 1e-4, "step {t}: differs from the full forward by {err:.2e}");
+    }
+}
+
+fn model_from<B: Backend>(
+    be: B,
+    cfg: &s6::config::MambaConfig,
+    params: &[(s6::model::mamba1::ParamSpec, Vec<f32>)],
+) -> Mamba<B> {
+    let mut it = params.iter();
+    Mamba::from_params(be, cfg.clone(), |_| Ok(it.next().map(|p| p.1.clone()).unwrap_or_default())).unwrap()
+}
