@@ -14,7 +14,7 @@ use std::time::Instant;
 use crate::backend::Backend;
 use crate::config::{Ablation, InitConfig, MambaConfig};
 use crate::model::{init, LanguageModel, Mamba, Transformer, TransformerConfig};
-use crate::train::optim::{adamw_update, AdamState, OptimConfig, Schedule};
+use crate::train::optim::{adamw_update, global_norm, AdamState, OptimConfig, Schedule};
 use crate::{Error, Result};
 pub use data::{Task, TaskBatch, TaskRng, TaskSpec};
 
@@ -349,18 +349,13 @@ pub fn train<B: Backend, M: LanguageModel<B>>(
         let mut grads = model.zero_grads()?;
         let (l, _) = model.loss_and_grads(&batch.ids, &batch.targets, batch.batch, batch.seq_len, 1.0, &mut grads)?;
         let grad_refs = grads.params();
-        let mut sq = 0.0;
-        for g in &grad_refs {
-            sq += be.sum_squares(g)?;
-        }
-        let norm = sq.sqrt();
+        let norm = global_norm(&be, &grad_refs)?;
         if !l.is_finite() || !norm.is_finite() {
             return Err(Error::input(format!(
                 "training diverged at step {step}: loss {l}, gradient norm {norm} (try a lower --lr)"
             )));
         }
-        let clip = opts.optim.grad_clip as f64;
-        let scale = if clip > 0.0 && norm > clip { (clip / norm) as f32 } else { 1.0 };
+        let scale = opts.optim.clip_scale(norm);
         let lr = opts.optim.lr_at(step, opts.steps);
         adamw_update(&be, &opts.optim, lr, step, scale, &names, model.params_mut(), &grad_refs, &mut adam)?;
         model.refresh_derived()?;

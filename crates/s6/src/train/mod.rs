@@ -134,22 +134,14 @@ pub fn train<B: Backend>(
             loss += l / opts.grad_accum as f64;
         }
         let grad_refs: Vec<&B::Buf> = grads.params().into_iter().map(|(_, b)| b).collect();
-        let mut sq = 0.0;
-        for g in &grad_refs {
-            sq += be.sum_squares(g)?;
-        }
-        let grad_norm = sq.sqrt();
+        let grad_norm = optim::global_norm(&be, &grad_refs)?;
         if !loss.is_finite() || !grad_norm.is_finite() {
             return Err(Error::input(format!(
                 "training diverged at step {step}: loss {loss}, gradient norm {grad_norm}; the last good checkpoint in {} is kept (try a lower --lr or --grad-clip)",
                 opts.out.display()
             )));
         }
-        let clip = if opts.optim.grad_clip > 0.0 && grad_norm > opts.optim.grad_clip as f64 {
-            (opts.optim.grad_clip as f64 / grad_norm) as f32
-        } else {
-            1.0
-        };
+        let clip = opts.optim.clip_scale(grad_norm);
         adamw_update(&be, &opts.optim, lr, step, clip, &names, model.params_mut(), &grad_refs, &mut adam)?;
         model.refresh_derived()?;
         let dt = t0.elapsed().as_secs_f64();

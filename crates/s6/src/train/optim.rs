@@ -99,6 +99,26 @@ impl<B: Backend> AdamState<B> {
     }
 }
 
+/// Global L2 norm of a set of gradients (f64 accumulation, deterministic).
+pub fn global_norm<B: Backend>(be: &B, grads: &[&B::Buf]) -> Result<f64> {
+    let mut sq = 0.0;
+    for g in grads {
+        sq += be.sum_squares(g)?;
+    }
+    Ok(sq.sqrt())
+}
+
+impl OptimConfig {
+    /// The factor global-norm clipping applies to gradients of norm `norm` (1 when off or under).
+    pub fn clip_scale(&self, norm: f64) -> f32 {
+        if self.grad_clip > 0.0 && norm > self.grad_clip as f64 {
+            (self.grad_clip as f64 / norm) as f32
+        } else {
+            1.0
+        }
+    }
+}
+
 /// One optimizer step over all parameters. `names[i]` decides weight decay for `params[i]`.
 #[allow(clippy::too_many_arguments)]
 pub fn adamw_update<B: Backend>(
