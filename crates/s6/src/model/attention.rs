@@ -800,7 +800,7 @@ impl<B: Backend> Transformer<B> {
         // ---- lm_head + cross-entropy, in row chunks so that [rows, vocab] is never held whole ----
         let mut dnormed = be.zeros(rows * d)?;
         let scale = grad_scale / count as f32;
-        let head = self.lm_head.as_ref().unwrap_or(&self.embed_tokens);
+        let head = self.head();
         let dhead = match g.lm_head.as_mut() {
             Some(h) => h,
             None => &mut g.embed_tokens,

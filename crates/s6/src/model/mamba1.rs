@@ -348,13 +348,20 @@ impl<B: Backend> Mamba<B> {
             }
             Logits::Last => {
                 let last: Vec<usize> = (0..batch).map(|b| b * seqlen + seqlen - 1).collect();
-                let mut h = be.zeros(batch * d)?;
-                be.gather_rows(&normed, &last, d, &mut h)?;
-                let mut logits = be.zeros(batch * v)?;
-                be.linear(View::full(&h, d), batch, d, self.head(), v, None, &mut logits)?;
-                Ok(logits)
+                self.logits_of_rows(&normed, &last)
             }
         }
+    }
+
+    /// Logits `[rows.len(), vocab]` of the given rows of the final normed hidden states.
+    fn logits_of_rows(&self, normed: &B::Buf, rows: &[usize]) -> Result<B::Buf> {
+        let be = &self.backend;
+        let (d, v) = (self.cfg.d_model, self.cfg.vocab_size);
+        let mut h = be.zeros(rows.len() * d)?;
+        be.gather_rows(normed, rows, d, &mut h)?;
+        let mut logits = be.zeros(rows.len() * v)?;
+        be.linear(View::full(&h, d), rows.len(), d, self.head(), v, None, &mut logits)?;
+        Ok(logits)
     }
 
     /// The final normed hidden states `[batch * seqlen, d_model]` (before lm_head).
@@ -596,7 +603,7 @@ impl<B: Backend> Mamba<B> {
         // ---- lm_head + cross-entropy, in row chunks so that [rows, vocab] is never held whole ----
         let mut dnormed = be.zeros(rows * d)?;
         let scale = grad_scale / count as f32;
-        let head = self.lm_head.as_ref().unwrap_or(&self.embedding);
+        let head = self.head();
         let dhead = match g.lm_head.as_mut() {
             Some(h) => h,
             None => &mut g.embedding,
@@ -731,8 +738,7 @@ impl<B: Backend> Mamba<B> {
         let mut t0 = 0;
         loop {
             let t1 = (t0 + chunk).min(seqlen);
-            let part: Vec<u32> =
-                (0..batch).flat_map(|b| ids[b * seqlen + t0..b * seqlen + t1].iter().copied()).collect();
+            let part = time_slice(ids, batch, seqlen, t0..t1);
             let logits = self.forward(&part, batch, t1 - t0, state, Logits::Last)?;
             if t1 == seqlen {
                 return Ok(logits);
@@ -765,6 +771,11 @@ impl<B: Backend> Mamba<B> {
         }
         Ok(MambaState { batch, conv, ssm })
     }
+}
+
+/// Time steps `range` of each of `batch` sequences of `seqlen` ids, row-major.
+fn time_slice(ids: &[u32], batch: usize, seqlen: usize, range: std::ops::Range<usize>) -> Vec<u32> {
+    (0..batch).flat_map(|b| ids[b * seqlen + range.start..b * seqlen + range.end].iter().copied()).collect()
 }
 
 /// Tokens per chunk when [`LanguageModel::logits_at`] streams a long sequence: bounds the
@@ -820,24 +831,17 @@ impl<B: Backend> super::LanguageModel<B> for Mamba<B> {
         while t0 < seqlen {
             let t1 = (t0 + STREAM_CHUNK).min(seqlen);
             let len = t1 - t0;
-            let part: Vec<u32> =
-                (0..batch).flat_map(|b| ids[b * seqlen + t0..b * seqlen + t1].iter().copied()).collect();
+            let part = time_slice(ids, batch, seqlen, t0..t1);
             let wanted: Vec<(usize, usize)> =
                 positions.iter().enumerate().filter(|(_, &p)| (t0..t1).contains(&p)).map(|(i, &p)| (i, p)).collect();
             if wanted.is_empty() {
                 // Only the state matters here: skip lm_head.
                 self.hidden(&part, batch, len, &mut state)?;
             } else {
-                let be = &self.backend;
-                let d = self.cfg.d_model;
                 let normed = self.hidden(&part, batch, len, &mut state)?;
                 let rows: Vec<usize> =
                     (0..batch).flat_map(|b| wanted.iter().map(move |&(_, p)| b * len + p - t0)).collect();
-                let mut h = be.zeros(rows.len() * d)?;
-                be.gather_rows(&normed, &rows, d, &mut h)?;
-                let mut logits = be.zeros(rows.len() * v)?;
-                be.linear(View::full(&h, d), rows.len(), d, self.head(), v, None, &mut logits)?;
-                let host = be.to_vec(&logits)?;
+                let host = self.backend.to_vec(&self.logits_of_rows(&normed, &rows)?)?;
                 for b in 0..batch {
                     for (k, &(i, _)) in wanted.iter().enumerate() {
                         let src = &host[(b * wanted.len() + k) * v..][..v];
