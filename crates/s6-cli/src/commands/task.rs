@@ -177,9 +177,7 @@ pub fn run_variants(
                 format!("{} step {step}: accuracy {:.1}% at length {}", variant.name(), 100.0 * accuracy, opts.seq_len),
             ),
             TaskEvent::Length(r) => {
-                if bar.position() < opts.steps || !bar.is_finished() {
-                    bar.finish_and_clear();
-                }
+                bar.finish_and_clear();
                 match (&r.accuracy, &r.skipped) {
                     (Some(acc), _) => eprintln!(
                         "{} length {}: {:.2}% of {} answers ({} samples, {:.1} s)",
