@@ -2,10 +2,11 @@
 # Runs the CUDA tests and benchmarks from prebuilt binaries on a GPU machine that has no Rust:
 # build here with (add --release for release binaries)
 #   cargo build -p s6-cli --features cuda
-#   cargo test -p s6 --features cuda --test cuda --no-run
-# copy `s6` and the test binary to dev-out/ (as dev-out/s6 and dev-out/cuda-tests), then run
-# this script from the repository root there. Logs go to $OUT (or ./dev-out/logs).
-# Usage: scripts/cuda_device_check.sh [tests] [bench]; SCAN_VARIANTS="a b" picks the scan variants.
+#   cargo test -p s6 --features cuda --test cuda --test cuda_backward --no-run
+# copy `s6` and the test binaries to dev-out/ (as dev-out/s6, dev-out/cuda-tests and
+# dev-out/cuda-backward-tests), then run this script from the repository root there. Logs go to
+# $OUT (or ./dev-out/logs).
+# Usage: scripts/cuda_device_check.sh [tests] [bench]
 set -uo pipefail
 OUT=${OUT:-dev-out/logs}
 mkdir -p "$OUT"
@@ -20,13 +21,13 @@ date -u
 what=${*:-tests bench}
 if [[ $what == *tests* ]]; then
   dev-out/cuda-tests --test-threads=1 --nocapture 2>&1 | tee "$OUT/tests.log" | grep -E "^test |test result|logits vs HF|skipped|panicked|error" 
+  if [ -x dev-out/cuda-backward-tests ]; then
+    dev-out/cuda-backward-tests --test-threads=1 --nocapture 2>&1 | tee "$OUT/tests_backward.log" | grep -E "^test |test result|skipped|panicked|error"
+  fi
 fi
 if [[ $what == *bench* ]]; then
   {
-    dev-out/s6 bench scan --device cuda --repeats 20
-    for v in ${SCAN_VARIANTS:-split4 smem16 smem8 smem4}; do
-      S6_SCAN_VARIANT=$v dev-out/s6 bench scan --device cuda --repeats 20 2>&1 | grep "scan B" | sed "s/^/$v /"
-    done
+    dev-out/s6 bench scan --device cuda --repeats 20 --backward
     dev-out/s6 bench decode --device cuda --batch 1,16,64 --tokens 128 --repeats 3
     dev-out/s6 bench prefill --device cuda --batch 16 --seqlen 2048 --repeats 3
   } 2>&1 | tee "$OUT/bench.log"

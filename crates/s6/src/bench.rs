@@ -13,7 +13,7 @@ use std::time::Instant;
 use rayon::prelude::*;
 
 use crate::backend::cpu::{simd, Cpu};
-use crate::backend::{Backend, ScanArgs, ScanDims, View};
+use crate::backend::{Backend, ScanArgs, ScanDims, ScanGrads, Strided, View, ViewMut};
 use crate::model::Mamba;
 use crate::{Error, Result};
 
@@ -405,6 +405,77 @@ pub fn bench_scan<B: Backend>(
     }
     times.sort_by(f64::total_cmp);
     let bytes = 4 * (4 * rows * di + 2 * rows * n + 2 * batch * di * n + di * (n + 2));
+    Ok(ScanReport { batch, seqlen, d_inner: di, d_state: n, ms: times[times.len() / 2] * 1e3, bytes })
+}
+
+/// Times the selective-scan backward alone (gated, selective `B`/`C` as columns of one matrix, as
+/// in the model) on the same random inputs as [`bench_scan`], the same way. `bytes` counts the
+/// fewest bytes it must move: `u`, `Δ`, `z`, `dy` read and `du`, `dΔ`, `dz` written
+/// (`[rows, d_inner]` f32 each), `B`, `C` read and `dB`, `dC` written (`[rows, d_state]` each),
+/// plus parameters and their gradients (read and written).
+pub fn bench_scan_backward<B: Backend>(
+    be: &B,
+    batch: usize,
+    seqlen: usize,
+    d_inner: usize,
+    d_state: usize,
+    repeats: usize,
+) -> Result<ScanReport> {
+    check_counts(
+        "bench scan backward",
+        &[("batch", batch), ("seqlen", seqlen), ("d_inner", d_inner), ("d_state", d_state), ("repeats", repeats)],
+    )?;
+    let rows = batch * seqlen;
+    let (di, n) = (d_inner, d_state);
+    let u = be.from_vec(random_values(rows * di, 21, -2.0, 2.0))?;
+    let delta = be.from_vec(random_values(rows * di, 22, -3.0, 0.0))?;
+    let delta_bias = be.from_vec(random_values(di, 23, -3.0, -1.0))?;
+    let a = be.from_vec((0..di * n).map(|i| -((i % n) as f32 + 1.0)).collect())?;
+    let bc = be.from_vec(random_values(rows * 2 * n, 24, -1.0, 1.0))?;
+    let d = be.from_vec(random_values(di, 25, -1.0, 1.0))?;
+    let z = be.from_vec(random_values(rows * di, 26, -3.0, 3.0))?;
+    let dy = be.from_vec(random_values(rows * di, 27, -1.0, 1.0))?;
+    let args = ScanArgs {
+        dims: ScanDims { batch, seqlen, d_inner: di, d_state: n },
+        u: &u,
+        delta: &delta,
+        delta_bias: &delta_bias,
+        a: &a,
+        b: View::cols(&bc, 0, 2 * n),
+        c: View::cols(&bc, n, 2 * n),
+        d: &d,
+        z: Some(View::full(&z, di)),
+    };
+    let (mut du, mut ddelta, mut dz) = (be.zeros(rows * di)?, be.zeros(rows * di)?, be.zeros(rows * di)?);
+    let mut dbc = be.zeros(rows * 2 * n)?;
+    let (mut da, mut dd, mut dbias) = (be.zeros(di * n)?, be.zeros(di)?, be.zeros(di)?);
+    let mut run = || -> Result<()> {
+        let grads = ScanGrads {
+            du: &mut du,
+            ddelta: &mut ddelta,
+            dbc: &mut dbc,
+            db: Strided { offset: 0, ld: 2 * n },
+            dc: Strided { offset: n, ld: 2 * n },
+            dz: Some(ViewMut::full(&mut dz, di)),
+            da: &mut da,
+            dd: &mut dd,
+            ddelta_bias: &mut dbias,
+        };
+        be.selective_scan_backward(&args, &dy, grads)
+    };
+    run()?;
+    let mut times = Vec::new();
+    for _ in 0..5 {
+        be.synchronize()?;
+        let t = Instant::now();
+        for _ in 0..repeats {
+            run()?;
+        }
+        be.synchronize()?;
+        times.push(t.elapsed().as_secs_f64() / repeats as f64);
+    }
+    times.sort_by(f64::total_cmp);
+    let bytes = 4 * (7 * rows * di + 4 * rows * n + 2 * di * (n + 4));
     Ok(ScanReport { batch, seqlen, d_inner: di, d_state: n, ms: times[times.len() / 2] * 1e3, bytes })
 }
 

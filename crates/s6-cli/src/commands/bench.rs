@@ -2,7 +2,9 @@
 
 use anyhow::{bail, Result};
 use s6::backend::Backend;
-use s6::bench::{bench_decode, bench_prefill, bench_scan, measure_device_limits, measure_limits, random_model};
+use s6::bench::{
+    bench_decode, bench_prefill, bench_scan, bench_scan_backward, measure_device_limits, measure_limits, random_model,
+};
 use s6::model::Mamba;
 
 use super::{model_dir, on_device, parse_device, Device, OnDevice};
@@ -44,6 +46,9 @@ pub struct Args {
     /// Scan: sequence lengths, comma-separated.
     #[arg(long, default_value = "512,2048,8192,32768", value_delimiter = ',')]
     scan_seqlen: Vec<usize>,
+    /// Scan: also time the backward (training) of each scan.
+    #[arg(long)]
+    backward: bool,
     /// cpu, cuda or cuda:N.
     #[arg(long, default_value = "cpu", value_parser = parse_device)]
     device: Device,
@@ -75,6 +80,16 @@ fn scan_on<B: Backend>(be: &B, a: &Args, on_cpu: bool) -> Result<()> {
             100.0 * r.gb_s() / copy_gb_s,
             r.bytes as f64 / 1e6
         );
+        if a.backward {
+            let r = bench_scan_backward(be, b, l, d, n, a.repeats.max(1))?;
+            println!(
+                "scan backward B={b} D={d} N={n} L={l:>6}: {:>9.4} ms  {:>7.1} GB/s ({:.0}% of {copy_gb_s:.0}; {:.1} MB moved at least)",
+                r.ms,
+                r.gb_s(),
+                100.0 * r.gb_s() / copy_gb_s,
+                r.bytes as f64 / 1e6
+            );
+        }
     }
     Ok(())
 }

@@ -7,7 +7,8 @@
 //! the missing library or device. Everything runs in order on one stream; results are read back
 //! by [`Backend::to_vec`], which waits for the stream.
 //!
-//! Inference only for now: the backward ops (training) return an error.
+//! Training: the selective-scan and conv1d backward ops run on the GPU (`backward.rs`); the other
+//! backward ops return an error for now.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock};
@@ -22,10 +23,14 @@ use super::{AdamW, AttnDims, Backend, ScanArgs, ScanGrads, View, ViewMut};
 use crate::{Error, Result};
 
 /// The kernels' sources, compiled together into one module.
-const KERNEL_SOURCES: [&str; 2] = [include_str!("kernels/elementwise.cu"), include_str!("kernels/scan.cu")];
+const KERNEL_SOURCES: &[&str] = &[
+    include_str!("kernels/elementwise.cu"),
+    include_str!("kernels/scan.cu"),
+    include_str!("kernels/scan_backward.cu"),
+];
 
 /// Every kernel the module defines (looked up once when the backend is created).
-const KERNELS: [&str; 22] = [
+const KERNELS: &[&str] = &[
     "s6_embedding",
     "s6_gather_rows",
     "s6_fill_bias",
@@ -38,16 +43,19 @@ const KERNELS: [&str; 22] = [
     "s6_scan_n16",
     "s6_scan_n32",
     "s6_scan_n64",
-    "s6_scan_n16_split1",
-    "s6_scan_n16_split2",
-    "s6_scan_n16_split8",
-    "s6_scan_n16_smem16",
-    "s6_scan_n16_smem8",
-    "s6_scan_n16_smem4",
-    "s6_scan_n16_pipe8",
-    "s6_scan_n16_pipe16",
     "s6_scan_n16_pipe8x",
-    "s6_scan_n16_pipe8xu",
+    // scan_backward.cu
+    "s6_scan_bwd_n4",
+    "s6_scan_bwd_n8",
+    "s6_scan_bwd_n16",
+    "s6_scan_bwd_n32",
+    "s6_scan_bwd_n64",
+    "s6_scan_bwd_reduce_bc",
+    "s6_scan_bwd_reduce_params",
+    "s6_conv_bwd_dpre",
+    "s6_conv_bwd_dx",
+    "s6_conv_bwd_dw_partial",
+    "s6_conv_bwd_dw_reduce",
 ];
 
 /// The largest `d_state` the scan kernels hold in registers.
@@ -87,9 +95,6 @@ struct Inner {
     funcs: HashMap<&'static str, CudaFunction>,
     name: String,
     arch: String,
-    /// `S6_SCAN_VARIANT` (split1, split2, split4, split8, smem4, smem8, smem16, pipe8, pipe16, pipe8xu) picks another
-    /// N = 16 scan kernel: for measurements.
-    scan_variant: Option<String>,
 }
 
 /// PTX per architecture ("sm_90"), compiled once per process.
@@ -193,7 +198,7 @@ impl Cuda {
         let module =
             ctx.load_module(Ptx::from_src(ptx_for(&arch)?)).map_err(driver_err("loading the compiled kernels"))?;
         let mut funcs = HashMap::new();
-        for k in KERNELS {
+        for &k in KERNELS {
             funcs.insert(k, module.load_function(k).map_err(driver_err(k))?);
         }
         let blas = CudaBlas::new(stream.clone()).map_err(blas_err)?;
@@ -204,8 +209,7 @@ impl Cuda {
                 .result()
                 .map_err(blas_err)?;
         }
-        let scan_variant = std::env::var("S6_SCAN_VARIANT").ok().filter(|v| !v.is_empty());
-        Ok(Cuda { inner: Arc::new(Inner { ctx, stream, blas, funcs, name, arch, scan_variant }) })
+        Ok(Cuda { inner: Arc::new(Inner { ctx, stream, blas, funcs, name, arch }) })
     }
 
     fn stream(&self) -> &Arc<CudaStream> {
@@ -269,20 +273,8 @@ impl Cuda {
         // (kernel, lanes per channel, channels per block)
         let (name, split, cpb) = match n {
             0 => return Err(Error::Backend("CUDA scan: d_state must be at least 1".into())),
-            16 => match self.inner.scan_variant.as_deref() {
-                Some("split1") => ("s6_scan_n16_split1", 1, 32),
-                Some("split2") => ("s6_scan_n16_split2", 2, 32),
-                Some("split4") => ("s6_scan_n16", 4, 32),
-                Some("smem16") => ("s6_scan_n16_smem16", 16, 8),
-                Some("smem4") => ("s6_scan_n16_smem4", 4, 32),
-                Some("split8") => ("s6_scan_n16_split8", 8, 16),
-                Some("smem8") => ("s6_scan_n16_smem8", 8, 16),
-                Some("pipe16") => ("s6_scan_n16_pipe16", 16, 8),
-                Some("pipe8") => ("s6_scan_n16_pipe8", 8, 16),
-                Some("pipe8xu") => ("s6_scan_n16_pipe8xu", 8, 16),
-                // The fastest measured on the H200 (docs/BENCHMARKS.md).
-                _ => ("s6_scan_n16_pipe8x", 8, 16),
-            },
+            // The fastest measured on the H200 (docs/BENCHMARKS.md).
+            16 => ("s6_scan_n16_pipe8x", 8, 16),
             1..=4 => ("s6_scan_n4", 4, 32),
             5..=8 => ("s6_scan_n8", 4, 32),
             9..=16 => ("s6_scan_n16", 4, 32),
@@ -308,6 +300,8 @@ macro_rules! launch {
         unsafe { b.launch($cfg) }.map_err(driver_err($what))?;
     }};
 }
+
+mod backward;
 
 impl Backend for Cuda {
     type Buf = CudaBuf;
@@ -558,28 +552,23 @@ impl Backend for Cuda {
 
     fn conv1d_silu_backward(
         &self,
-        _x: View<'_, CudaBuf>,
-        _batch: usize,
-        _seqlen: usize,
-        _channels: usize,
-        _kernel: usize,
-        _weight: &CudaBuf,
-        _bias: Option<&CudaBuf>,
-        _dout: &CudaBuf,
-        _dx: ViewMut<'_, CudaBuf>,
-        _dweight: &mut CudaBuf,
-        _dbias: Option<&mut CudaBuf>,
+        x: View<'_, CudaBuf>,
+        batch: usize,
+        seqlen: usize,
+        channels: usize,
+        kernel: usize,
+        weight: &CudaBuf,
+        bias: Option<&CudaBuf>,
+        dout: &CudaBuf,
+        dx: ViewMut<'_, CudaBuf>,
+        dweight: &mut CudaBuf,
+        dbias: Option<&mut CudaBuf>,
     ) -> Result<()> {
-        Err(Error::Backend(TRAINING.into()))
+        self.conv_backward(x, batch, seqlen, channels, kernel, weight, bias, dout, dx, dweight, dbias)
     }
 
-    fn selective_scan_backward(
-        &self,
-        _args: &ScanArgs<'_, CudaBuf>,
-        _dy: &CudaBuf,
-        _grads: ScanGrads<'_, CudaBuf>,
-    ) -> Result<()> {
-        Err(Error::Backend(TRAINING.into()))
+    fn selective_scan_backward(&self, args: &ScanArgs<'_, CudaBuf>, dy: &CudaBuf, grads: ScanGrads<'_, CudaBuf>) -> Result<()> {
+        self.scan_backward(args, dy, grads)
     }
 
     fn embedding_backward(&self, _ids: &[u32], _dim: usize, _dout: &CudaBuf, _dtable: &mut CudaBuf) -> Result<()> {

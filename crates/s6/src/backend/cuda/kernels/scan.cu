@@ -2,9 +2,9 @@
 //   dt = softplus(delta + delta_bias), h_t = exp(dt*A) h_{t-1} + dt*B_t*u_t,
 //   y_t = (C_t . h_t + D*u_t) * silu(z_t)          (gate optional: y_t = C_t . h_t + D*u_t)
 //
-// Three structures follow, as N = 16 variants measured on the H200 (docs/BENCHMARKS.md); the
-// default for N = 16 is s6_scan_n16_pipe8x (8 lanes per channel, partial sums through shared
-// memory, pipelined loads, exp2 on the SFU alone); other N use the first structure.
+// Two structures follow. N = 16 runs s6_scan_n16_pipe8x, the fastest of the variants measured on
+// the H200 (docs/BENCHMARKS.md): 8 lanes per channel, partial sums through shared memory,
+// pipelined loads, exp2 on the SFU alone. Other N use the first structure.
 //
 // First structure — work split: a block owns CPB channels of one sequence; each channel's N states are split over
 // SPLIT consecutive lanes of a warp, NPT = N_MAX / SPLIT states per lane, held in registers for the
@@ -126,126 +126,10 @@ S6_SCAN_KERNEL(s6_scan_n8, 2, 4, 32, 64)
 S6_SCAN_KERNEL(s6_scan_n16, 4, 4, 32, 64)
 S6_SCAN_KERNEL(s6_scan_n32, 8, 4, 32, 32)
 S6_SCAN_KERNEL(s6_scan_n64, 16, 4, 32, 16)
-// N = 16 variants (selected by S6_SCAN_VARIANT for measurements): lanes per channel 1, 2, 8.
-S6_SCAN_KERNEL(s6_scan_n16_split1, 16, 1, 32, 64)
-S6_SCAN_KERNEL(s6_scan_n16_split2, 8, 2, 32, 64)
-S6_SCAN_KERNEL(s6_scan_n16_split8, 2, 8, 16, 64)
 
-// Variant without warp shuffles in the time loop: each lane writes its partial dot product
+// Second structure: no warp shuffles in the time loop; each lane writes its partial dot product
 // C_t . h_t (over its NPT states) to shared memory, and the SPLIT partials of a channel are summed
-// when the chunk's y is stored. The per-step dependency chain is then only load, exp, FMA, store,
-// so a warp's consecutive steps overlap; with one or two states per lane the grid holds 8 to 16
-// lanes per channel, enough warps to keep the exp units busy.
-template <int NPT, int SPLIT, int CPB, int T>
-__device__ __forceinline__ void s6_scan_body_smem(const float* __restrict__ u, const float* __restrict__ delta,
-                                                  const float* __restrict__ delta_bias, const float* __restrict__ a,
-                                                  const float* __restrict__ bm, unsigned int ldb,
-                                                  const float* __restrict__ cm, unsigned int ldc,
-                                                  const float* __restrict__ dskip, const float* __restrict__ z,
-                                                  unsigned int ldz, float* __restrict__ state, float* __restrict__ y,
-                                                  unsigned int seqlen, unsigned int dim, unsigned int n) {
-    constexpr int NMAX = NPT * SPLIT;
-    constexpr int PS = SPLIT + 1;  // padded partials row: conflict-free reads in the store phase
-    __shared__ float s_u[T][CPB];
-    __shared__ float s_dt[T][CPB];
-    __shared__ float s_z[T][CPB];
-    __shared__ float s_b[T][NMAX];
-    __shared__ float s_c[T][NMAX];
-    __shared__ float s_part[T][CPB][PS];
-
-    const int tid = threadIdx.x;
-    const int ch = tid / SPLIT, part = tid % SPLIT;
-    const unsigned int b = blockIdx.y;
-    const unsigned int d0 = blockIdx.x * CPB;
-    const unsigned int d = d0 + ch;
-    const bool active = d < dim;
-    const unsigned long long row0 = (unsigned long long)b * seqlen;
-
-    float h[NPT], a2[NPT];
-#pragma unroll
-    for (int i = 0; i < NPT; i++) {
-        const int s = part * NPT + i;
-        const bool ok = active && s < (int)n;
-        h[i] = ok ? state[((unsigned long long)b * dim + d) * n + s] : 0.0f;
-        a2[i] = ok ? a[(unsigned long long)d * n + s] * 1.4426950408889634f : 0.0f;
-    }
-
-    for (unsigned int t0 = 0; t0 < seqlen; t0 += T) {
-        const int tl = seqlen - t0 < (unsigned int)T ? (int)(seqlen - t0) : T;
-        __syncthreads();
-        for (int idx = tid; idx < tl * CPB; idx += CPB * SPLIT) {
-            const int t = idx / CPB, c = idx % CPB;
-            const unsigned int dd = d0 + c;
-            float uv = 0.0f, dtv = 0.0f, zv = 1.0f;
-            if (dd < dim) {
-                const unsigned long long r = row0 + t0 + t;
-                uv = u[r * dim + dd];
-                dtv = s6_softplus(delta[r * dim + dd] + delta_bias[dd]);
-                if (z != nullptr) {
-                    const float zz = z[r * ldz + dd];
-                    zv = zz / (1.0f + expf(-zz));
-                }
-            }
-            s_u[t][c] = uv;
-            s_dt[t][c] = dtv;
-            s_z[t][c] = zv;
-        }
-        for (int idx = tid; idx < tl * NMAX; idx += CPB * SPLIT) {
-            const int t = idx / NMAX, s = idx % NMAX;
-            const unsigned long long r = row0 + t0 + t;
-            s_b[t][s] = s < (int)n ? bm[r * ldb + s] : 0.0f;
-            s_c[t][s] = s < (int)n ? cm[r * ldc + s] : 0.0f;
-        }
-        __syncthreads();
-#pragma unroll 4
-        for (int t = 0; t < tl; t++) {
-            const float dt = s_dt[t][ch];
-            const float dx = dt * s_u[t][ch];
-            float acc = 0.0f;
-#pragma unroll
-            for (int i = 0; i < NPT; i++) {
-                const int s = part * NPT + i;
-                h[i] = fmaf(exp2f(dt * a2[i]), h[i], dx * s_b[t][s]);
-                acc = fmaf(h[i], s_c[t][s], acc);
-            }
-            s_part[t][ch][part] = acc;
-        }
-        __syncthreads();
-        for (int idx = tid; idx < tl * CPB; idx += CPB * SPLIT) {
-            const int t = idx / CPB, c = idx % CPB;
-            const unsigned int dd = d0 + c;
-            if (dd < dim) {
-                float acc = 0.0f;
-#pragma unroll
-                for (int p = 0; p < SPLIT; p++) acc += s_part[t][c][p];
-                y[(row0 + t0 + t) * dim + dd] = fmaf(dskip[dd], s_u[t][c], acc) * s_z[t][c];
-            }
-        }
-    }
-#pragma unroll
-    for (int i = 0; i < NPT; i++) {
-        const int s = part * NPT + i;
-        if (active && s < (int)n) state[((unsigned long long)b * dim + d) * n + s] = h[i];
-    }
-}
-
-#define S6_SCAN_KERNEL_SMEM(NAME, NPT, SPLIT, CPB, T)                                                                \
-    extern "C" __global__ void __launch_bounds__(CPB * SPLIT)                                                        \
-        NAME(const float* __restrict__ u, const float* __restrict__ delta, const float* __restrict__ delta_bias,    \
-             const float* __restrict__ a, const float* __restrict__ bm, unsigned int ldb,                            \
-             const float* __restrict__ cm, unsigned int ldc, const float* __restrict__ dskip,                        \
-             const float* __restrict__ z, unsigned int ldz, float* __restrict__ state, float* __restrict__ y,        \
-             unsigned int seqlen, unsigned int dim, unsigned int n) {                                                \
-        s6_scan_body_smem<NPT, SPLIT, CPB, T>(u, delta, delta_bias, a, bm, ldb, cm, ldc, dskip, z, ldz, state, y,   \
-                                              seqlen, dim, n);                                                       \
-    }
-
-// N = 16 (N <= 16 in general), partials through shared memory: 16, 8 or 4 lanes per channel.
-S6_SCAN_KERNEL_SMEM(s6_scan_n16_smem16, 1, 16, 8, 32)
-S6_SCAN_KERNEL_SMEM(s6_scan_n16_smem8, 2, 8, 16, 32)
-S6_SCAN_KERNEL_SMEM(s6_scan_n16_smem4, 4, 4, 32, 32)
-
-// The shared-memory-partials kernel with its global loads software-pipelined: the raw inputs of
+// when the chunk's y is stored. The global loads are software-pipelined: the raw inputs of
 // chunk k+1 (u, delta, z, B, C) are loaded into registers before chunk k's recurrence runs, so
 // their latency is hidden behind it, and moved (with softplus and silu applied) into shared
 // memory after it.
@@ -398,7 +282,4 @@ __device__ __forceinline__ void s6_scan_body_pipe(const float* __restrict__ u, c
                                               seqlen, dim, n);                                                       \
     }
 
-S6_SCAN_KERNEL_PIPE(s6_scan_n16_pipe8, 2, 8, 16, 32, false, 4)
-S6_SCAN_KERNEL_PIPE(s6_scan_n16_pipe16, 1, 16, 8, 32, false, 4)
 S6_SCAN_KERNEL_PIPE(s6_scan_n16_pipe8x, 2, 8, 16, 32, true, 4)
-S6_SCAN_KERNEL_PIPE(s6_scan_n16_pipe8xu, 2, 8, 16, 32, true, 8)

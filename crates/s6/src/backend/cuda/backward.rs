@@ -1,0 +1,197 @@
+//! Launches of the backward kernels of the selective scan and of the causal conv1d + SiLU
+//! (`kernels/scan_backward.cu`; the design is described there). Both start from a zero initial
+//! state, as the [`Backend`](crate::backend::Backend) trait specifies for training.
+
+use cudarc::driver::{CudaSlice, DevicePtr, LaunchConfig, PushKernelArg};
+
+use super::{driver_err, grid_1d, u32_of, Cuda, CudaBuf, MAX_D_STATE};
+use crate::backend::{ScanArgs, ScanGrads, View, ViewMut};
+use crate::{Error, Result};
+
+/// Threads per block of the scan backward kernels.
+const SCAN_BWD_THREADS: u32 = 128;
+
+/// Rows per partial sum of the conv weight gradient.
+const CONV_DW_ROWS: usize = 64;
+
+impl Cuda {
+    /// `(kernel, lanes per channel, chunk length)` of the scan backward for `d_state = n`.
+    fn scan_bwd_kernel(&self, n: usize) -> Result<(&cudarc::driver::CudaFunction, u32, usize)> {
+        let (name, split, chunk) = match n {
+            0..=4 => ("s6_scan_bwd_n4", 4, 16),
+            5..=8 => ("s6_scan_bwd_n8", 8, 16),
+            9..=16 => ("s6_scan_bwd_n16", 8, 16),
+            17..=32 => ("s6_scan_bwd_n32", 16, 16),
+            33..=MAX_D_STATE => ("s6_scan_bwd_n64", 16, 8),
+            _ => {
+                return Err(Error::Backend(format!(
+                    "CUDA scan backward: d_state {n} is over the kernels' maximum of {MAX_D_STATE}"
+                )))
+            }
+        };
+        Ok((self.func(name)?, split, chunk))
+    }
+
+    /// Uninitialized device scratch of `n` floats (at least one); every element the kernels read
+    /// was written by them first.
+    fn scratch(&self, n: usize) -> Result<CudaSlice<f32>> {
+        // SAFETY: the scratch buffers are written before they are read (see the kernels).
+        unsafe { self.stream().alloc::<f32>(n.max(1)) }.map_err(driver_err("scratch allocation"))
+    }
+
+    /// [`Backend::selective_scan_backward`](crate::backend::Backend::selective_scan_backward).
+    pub(super) fn scan_backward(
+        &self,
+        args: &ScanArgs<'_, CudaBuf>,
+        dy: &CudaBuf,
+        grads: ScanGrads<'_, CudaBuf>,
+    ) -> Result<()> {
+        let dims = args.dims;
+        let (batch, seqlen, di, n) = (dims.batch, dims.seqlen, dims.d_inner, dims.d_state);
+        let rows = batch * seqlen;
+        if args.z.is_some() != grads.dz.is_some() {
+            return Err(Error::Backend("CUDA scan backward: z and dz must be both given or both absent".into()));
+        }
+        let (func, split, chunk) = self.scan_bwd_kernel(n)?;
+        let ext = Self::view_extent;
+        let u = self.ptr(args.u, 0, rows * di, "scan backward u")?;
+        let dl = self.ptr(args.delta, 0, rows * di, "scan backward delta")?;
+        let dbias = self.ptr(args.delta_bias, 0, di, "scan backward delta_bias")?;
+        let a = self.ptr(args.a, 0, di * n, "scan backward A")?;
+        let bm = self.ptr(args.b.buf, args.b.offset, ext(args.b.ld, rows, n), "scan backward B")?;
+        let cm = self.ptr(args.c.buf, args.c.offset, ext(args.c.ld, rows, n), "scan backward C")?;
+        let d = self.ptr(args.d, 0, di, "scan backward D")?;
+        let (zp, ldz) = match args.z {
+            Some(z) => (self.ptr(z.buf, z.offset, ext(z.ld, rows, di), "scan backward z")?, z.ld),
+            None => (0u64, 0),
+        };
+        let dyp = self.ptr(dy, 0, rows * di, "scan backward dy")?;
+        for (what, at) in [("dB", grads.db), ("dC", grads.dc)] {
+            if at.ld < n {
+                return Err(Error::Backend(format!("CUDA scan backward: {what} row stride {} < d_state {n}", at.ld)));
+            }
+        }
+        let dbp = self.ptr_mut(grads.dbc, grads.db.offset, ext(grads.db.ld, rows, n), "scan backward dB")?;
+        let dcp = self.ptr_mut(grads.dbc, grads.dc.offset, ext(grads.dc.ld, rows, n), "scan backward dC")?;
+        let dup = self.ptr_mut(grads.du, 0, rows * di, "scan backward du")?;
+        let ddp = self.ptr_mut(grads.ddelta, 0, rows * di, "scan backward ddelta")?;
+        let (dzp, lddz) = match grads.dz {
+            Some(dz) => {
+                if dz.ld < di {
+                    return Err(Error::Backend(format!("CUDA scan backward: dz row stride {} < d_inner {di}", dz.ld)));
+                }
+                let ld = dz.ld;
+                (self.ptr_mut(dz.buf, dz.offset, ext(ld, rows, di), "scan backward dz")?, ld)
+            }
+            None => (0u64, 0),
+        };
+        let dap = self.ptr_mut(grads.da, 0, di * n, "scan backward dA")?;
+        let ddp_skip = self.ptr_mut(grads.dd, 0, di, "scan backward dD")?;
+        let dbiasp = self.ptr_mut(grads.ddelta_bias, 0, di, "scan backward ddelta_bias")?;
+        if rows == 0 {
+            return Ok(());
+        }
+        let cpb = (SCAN_BWD_THREADS / split) as usize;
+        let nblk = di.div_ceil(cpb);
+        let (r32, n32, nblk32) = (u32_of("rows", rows)?, u32_of("d_state", n)?, u32_of("channel blocks", nblk)?);
+        let (ldb, ldc) = (u32_of("ld dB", grads.db.ld)?, u32_of("ld dC", grads.dc.ld)?);
+        if di > 0 {
+            let nck = seqlen.div_ceil(chunk);
+            let ckpt = self.scratch(batch * di * nck * n)?;
+            let pbc = self.scratch(nblk * rows * 2 * n)?;
+            let pparam = self.scratch(batch * di * (n + 2))?;
+            let (ckp, _s1) = ckpt.device_ptr(self.stream());
+            let (pbcp, _s2) = pbc.device_ptr(self.stream());
+            let (ppp, _s3) = pparam.device_ptr(self.stream());
+            let (ldb_in, ldc_in, ldz) = (u32_of("ld B", args.b.ld)?, u32_of("ld C", args.c.ld)?, u32_of("ld z", ldz)?);
+            let lddz = u32_of("ld dz", lddz)?;
+            let (l, dd) = (u32_of("seqlen", seqlen)?, u32_of("d_inner", di)?);
+            let cfg = LaunchConfig {
+                grid_dim: (nblk32, u32_of("batch", batch)?, 1),
+                block_dim: (SCAN_BWD_THREADS, 1, 1),
+                shared_mem_bytes: 0,
+            };
+            launch!(self, func, cfg, "selective_scan_backward";
+                u, dl, dbias, a, bm, ldb_in, cm, ldc_in, d, zp, ldz, dyp, dup, ddp, dzp, lddz, ckp, pbcp, ppp, l, dd, n32);
+            let b32 = u32_of("batch", batch)?;
+            launch!(self, self.func("s6_scan_bwd_reduce_params")?, grid_1d(di * (n + 2)), "scan backward dA/dD";
+                ppp, b32, dd, n32, dap, ddp_skip, dbiasp);
+            if n > 0 {
+                launch!(self, self.func("s6_scan_bwd_reduce_bc")?, grid_1d(rows * 2 * n), "scan backward dB/dC";
+                    pbcp, nblk32, r32, n32, dbp, ldb, dcp, ldc);
+            }
+        } else if n > 0 {
+            // No channels: dB and dC are zero (a sum over no blocks).
+            let zero = 0u32;
+            launch!(self, self.func("s6_scan_bwd_reduce_bc")?, grid_1d(rows * 2 * n), "scan backward dB/dC";
+                dbp, zero, r32, n32, dbp, ldb, dcp, ldc);
+        }
+        Ok(())
+    }
+
+    /// [`Backend::conv1d_silu_backward`](crate::backend::Backend::conv1d_silu_backward).
+    pub(super) fn conv_backward(
+        &self,
+        x: View<'_, CudaBuf>,
+        batch: usize,
+        seqlen: usize,
+        channels: usize,
+        kernel: usize,
+        weight: &CudaBuf,
+        bias: Option<&CudaBuf>,
+        dout: &CudaBuf,
+        dx: ViewMut<'_, CudaBuf>,
+        dweight: &mut CudaBuf,
+        dbias: Option<&mut CudaBuf>,
+    ) -> Result<()> {
+        if kernel == 0 {
+            return Err(Error::Backend("CUDA conv1d backward: kernel size 0".into()));
+        }
+        if dx.ld < channels {
+            return Err(Error::Backend(format!("CUDA conv1d backward: dx row stride {} < {channels} channels", dx.ld)));
+        }
+        let rows = batch * seqlen;
+        let ext = Self::view_extent;
+        let xp = self.ptr(x.buf, x.offset, ext(x.ld, rows, channels), "conv1d backward x")?;
+        let wp = self.ptr(weight, 0, channels * kernel, "conv1d backward weight")?;
+        let bp = match bias {
+            Some(b) => self.ptr(b, 0, channels, "conv1d backward bias")?,
+            None => 0u64,
+        };
+        let gp = self.ptr(dout, 0, rows * channels, "conv1d backward dout")?;
+        let lddx = dx.ld;
+        let dxp = self.ptr_mut(dx.buf, dx.offset, ext(lddx, rows, channels), "conv1d backward dx")?;
+        let dwp = self.ptr_mut(dweight, 0, channels * kernel, "conv1d backward dweight")?;
+        let dbp = match dbias {
+            Some(b) => self.ptr_mut(b, 0, channels, "conv1d backward dbias")?,
+            None => 0u64,
+        };
+        if rows * channels == 0 {
+            return Ok(());
+        }
+        let (ldx, lddx) = (u32_of("ld x", x.ld)?, u32_of("ld dx", lddx)?);
+        let (b, l, c, k) =
+            (u32_of("batch", batch)?, u32_of("seqlen", seqlen)?, u32_of("channels", channels)?, u32_of("kernel", kernel)?);
+        let dpre = self.scratch(rows * channels)?;
+        let (dpp, _s1) = dpre.device_ptr(self.stream());
+        launch!(self, self.func("s6_conv_bwd_dpre")?, grid_1d(rows * channels), "conv1d backward dpre";
+            xp, ldx, wp, bp, gp, dpp, b, l, c, k);
+        launch!(self, self.func("s6_conv_bwd_dx")?, grid_1d(rows * channels), "conv1d backward dx";
+            dpp, wp, dxp, lddx, b, l, c, k);
+        let nseg = rows.div_ceil(CONV_DW_ROWS);
+        let part = self.scratch(nseg * channels * (kernel + 1))?;
+        let (pp, _s2) = part.device_ptr(self.stream());
+        let (r32, seg, nseg32) = (u32_of("rows", rows)?, CONV_DW_ROWS as u32, u32_of("segments", nseg)?);
+        let threads = nseg * channels;
+        let cfg = LaunchConfig {
+            grid_dim: (u32_of("conv1d backward blocks", threads.div_ceil(256))?, 1, 1),
+            block_dim: (256, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        launch!(self, self.func("s6_conv_bwd_dw_partial")?, cfg, "conv1d backward dweight";
+            xp, ldx, dpp, pp, r32, l, c, k, seg, nseg32);
+        launch!(self, self.func("s6_conv_bwd_dw_reduce")?, grid_1d(channels * (kernel + 1)), "conv1d backward dweight sum";
+            pp, nseg32, c, k, dwp, dbp);
+        Ok(())
+    }
+}

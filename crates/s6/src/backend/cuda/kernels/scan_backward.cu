@@ -1,0 +1,427 @@
+// Backward kernels (training) of the fused selective scan and of the causal depthwise conv1d + SiLU,
+// from a zero initial state. Semantics: the CPU backend (crates/s6/src/backend/cpu/backward.rs).
+//
+// Selective scan (s6_scan_bwd_nX): a block of 128 threads owns CPB = 128 / SPLIT channels of one
+// sequence; each channel's N states are split over SPLIT consecutive lanes of a warp, NPT states
+// per lane, in registers. The sequence is cut into chunks of T steps.
+//   1. Forward over the chunks but the last: the state at the start of chunk k is written to the
+//      scratch ckpt[b][d][k][N] (the state at the start of the last chunk stays in registers).
+//   2. The chunks in reverse: the chunk's inputs are staged in shared memory (softplus, its
+//      derivative, g = dy * silu(z) and the gate's derivative computed once per element), its
+//      states recomputed from its checkpoint into shared memory (T + 1 states per lane, each lane
+//      only reads its own), then the steps walked backward carrying dL/dh in registers:
+//        dhs = dh + g C_t,  dB_t += dhs Δ u,  dC_t += g h_t,  du += dhs Δ B_t,
+//        q = dhs h_{t-1} exp(ΔA),  dA += q Δ,  dΔ += q A + dhs B_t u,  dh = dhs exp(ΔA).
+//      Per-channel sums over states go through warp shuffles over the channel's SPLIT lanes;
+//      per-state sums over channels (dB_t, dC_t) through shuffles over the warp's channels, then
+//      shared memory over the block's 4 warps, and are written as per-block partials
+//      pbc[blk][row][2N]; du, dΔ, dz go through shared memory to coalesced rows.
+//   3. s6_scan_bwd_reduce_bc sums the partials over the channel blocks in order into dB / dC;
+//      s6_scan_bwd_reduce_params adds the per-sequence dA, dD, dΔbias partials (pparam[b]) over
+//      the batch in order to the accumulated gradients. No atomics: deterministic results.
+
+__device__ __forceinline__ float s6b_sigmoid(float x) { return 1.0f / (1.0f + expf(-x)); }
+__device__ __forceinline__ float s6b_softplus(float x) { return x > 20.0f ? x : log1pf(expf(x)); }
+// 2^x on the special-function unit (subnormal results flushed to zero).
+__device__ __forceinline__ float s6b_ex2(float x) {
+    float y;
+    asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
+    return y;
+}
+
+template <int NPT, int SPLIT, int T>
+__device__ __forceinline__ void s6_scan_bwd_body(
+    const float* __restrict__ u, const float* __restrict__ delta, const float* __restrict__ delta_bias,
+    const float* __restrict__ a, const float* __restrict__ bm, unsigned int ldb, const float* __restrict__ cm,
+    unsigned int ldc, const float* __restrict__ dskip, const float* __restrict__ z, unsigned int ldz,
+    const float* __restrict__ dy, float* __restrict__ du, float* __restrict__ ddelta, float* __restrict__ dz,
+    unsigned int lddz, float* __restrict__ ckpt, float* __restrict__ pbc, float* __restrict__ pparam,
+    unsigned int seqlen, unsigned int dim, unsigned int n) {
+    constexpr int NT = 128;
+    constexpr int CPB = NT / SPLIT;
+    constexpr int NMAX = NPT * SPLIT;
+    constexpr int NW = NT / 32;
+    __shared__ float s_h[T + 1][NPT][NT];
+    __shared__ float s_u[T][CPB];
+    __shared__ float s_dt[T][CPB];
+    __shared__ float s_sp[T][CPB];
+    __shared__ float s_g[T][CPB];
+    __shared__ float s_gz[T][CPB];
+    __shared__ float s_du[T][CPB];
+    __shared__ float s_ddt[T][CPB];
+    __shared__ float s_dz[T][CPB];
+    __shared__ float s_b[T][NMAX];
+    __shared__ float s_c[T][NMAX];
+    __shared__ float s_wb[T][NW][NMAX];
+    __shared__ float s_wc[T][NW][NMAX];
+
+    const int tid = threadIdx.x;
+    const int ch = tid / SPLIT, part = tid % SPLIT;
+    const int lane = tid % 32, warp = tid / 32;
+    const unsigned int b = blockIdx.y;
+    const unsigned int d0 = blockIdx.x * CPB;
+    const unsigned int d = d0 + ch;
+    const bool active = d < dim;
+    const unsigned long long rows = (unsigned long long)gridDim.y * seqlen;
+    const unsigned long long row0 = (unsigned long long)b * seqlen;
+    const unsigned int nck = (seqlen + T - 1) / T;
+    const unsigned long long ck0 = ((unsigned long long)b * dim + d) * nck;  // this channel's checkpoints
+
+    float h[NPT], dh[NPT], av[NPT], a2[NPT], da[NPT];
+#pragma unroll
+    for (int i = 0; i < NPT; i++) {
+        const int s = part * NPT + i;
+        const bool ok = active && s < (int)n;
+        av[i] = ok ? a[(unsigned long long)d * n + s] : 0.0f;
+        a2[i] = av[i] * 1.4426950408889634f;
+        h[i] = 0.0f;
+        dh[i] = 0.0f;
+        da[i] = 0.0f;
+    }
+    const float dsk = active ? dskip[d] : 0.0f;
+
+    // 1. Forward over the full chunks 0 .. nck-2: checkpoints.
+    for (unsigned int k = 0; k + 1 < nck; k++) {
+        const unsigned int t0 = k * T;
+        __syncthreads();  // shared memory free again
+        for (int idx = tid; idx < T * CPB; idx += NT) {
+            const int t = idx / CPB, c = idx % CPB;
+            const unsigned int dd = d0 + c;
+            float uv = 0.0f, dtv = 0.0f;
+            if (dd < dim) {
+                const unsigned long long r = row0 + t0 + t;
+                uv = u[r * dim + dd];
+                dtv = s6b_softplus(delta[r * dim + dd] + delta_bias[dd]);
+            }
+            s_u[t][c] = uv;
+            s_dt[t][c] = dtv;
+        }
+        for (int idx = tid; idx < T * NMAX; idx += NT) {
+            const int t = idx / NMAX, s = idx % NMAX;
+            const unsigned long long r = row0 + t0 + t;
+            s_b[t][s] = s < (int)n ? bm[r * ldb + s] : 0.0f;
+        }
+        __syncthreads();
+#pragma unroll
+        for (int i = 0; i < NPT; i++) {
+            const int s = part * NPT + i;
+            if (active && s < (int)n) ckpt[(ck0 + k) * n + s] = h[i];
+        }
+        for (int t = 0; t < T; t++) {
+            const float dt = s_dt[t][ch];
+            const float dx = dt * s_u[t][ch];
+#pragma unroll
+            for (int i = 0; i < NPT; i++) h[i] = fmaf(s6b_ex2(dt * a2[i]), h[i], dx * s_b[t][part * NPT + i]);
+        }
+    }
+
+    // 2. The chunks in reverse.
+    float dd_acc = 0.0f, dbias_acc = 0.0f;
+    for (int k = (int)nck - 1; k >= 0; k--) {
+        const unsigned int t0 = (unsigned int)k * T;
+        const int tl = seqlen - t0 < (unsigned int)T ? (int)(seqlen - t0) : T;
+        __syncthreads();  // the previous chunk's store phase is done with shared memory
+        for (int idx = tid; idx < tl * CPB; idx += NT) {
+            const int t = idx / CPB, c = idx % CPB;
+            const unsigned int dd = d0 + c;
+            float uv = 0.0f, dtv = 0.0f, spv = 0.0f, gv = 0.0f, gzv = 0.0f;
+            if (dd < dim) {
+                const unsigned long long r = row0 + t0 + t;
+                uv = u[r * dim + dd];
+                const float v = delta[r * dim + dd] + delta_bias[dd];
+                dtv = s6b_softplus(v);
+                spv = v > 20.0f ? 1.0f : s6b_sigmoid(v);
+                const float g = dy[r * dim + dd];
+                if (z != nullptr) {
+                    const float zz = z[r * ldz + dd];
+                    const float sg = s6b_sigmoid(zz);
+                    gv = g * zz * sg;
+                    gzv = g * sg * fmaf(zz, 1.0f - sg, 1.0f);
+                } else {
+                    gv = g;
+                }
+            }
+            s_u[t][c] = uv;
+            s_dt[t][c] = dtv;
+            s_sp[t][c] = spv;
+            s_g[t][c] = gv;
+            s_gz[t][c] = gzv;
+        }
+        for (int idx = tid; idx < tl * NMAX; idx += NT) {
+            const int t = idx / NMAX, s = idx % NMAX;
+            const unsigned long long r = row0 + t0 + t;
+            s_b[t][s] = s < (int)n ? bm[r * ldb + s] : 0.0f;
+            s_c[t][s] = s < (int)n ? cm[r * ldc + s] : 0.0f;
+        }
+        // The chunk's start state: in registers for the last chunk, else its checkpoint.
+#pragma unroll
+        for (int i = 0; i < NPT; i++) {
+            const int s = part * NPT + i;
+            float v = h[i];
+            if (k + 1 < (int)nck) v = (active && s < (int)n) ? ckpt[(ck0 + k) * n + s] : 0.0f;
+            s_h[0][i][tid] = v;
+        }
+        __syncthreads();
+
+        // Recompute the chunk's states (each lane writes and later reads only its own slots).
+        {
+            float hh[NPT];
+#pragma unroll
+            for (int i = 0; i < NPT; i++) hh[i] = s_h[0][i][tid];
+            for (int t = 0; t < tl; t++) {
+                const float dt = s_dt[t][ch];
+                const float dx = dt * s_u[t][ch];
+#pragma unroll
+                for (int i = 0; i < NPT; i++) {
+                    hh[i] = fmaf(s6b_ex2(dt * a2[i]), hh[i], dx * s_b[t][part * NPT + i]);
+                    s_h[t + 1][i][tid] = hh[i];
+                }
+            }
+        }
+
+        // Walk the chunk backward.
+        for (int t = tl - 1; t >= 0; t--) {
+            const float dt = s_dt[t][ch];
+            const float x = s_u[t][ch];
+            const float g = s_g[t][ch];
+            const float dtx = dt * x;
+            float pdu = 0.0f, pdt = 0.0f, pout = 0.0f;
+            float pb[NPT], pc[NPT];
+#pragma unroll
+            for (int i = 0; i < NPT; i++) {
+                const int s = part * NPT + i;
+                const float bs = s_b[t][s], cs = s_c[t][s];
+                const float hc = s_h[t + 1][i][tid], hp = s_h[t][i][tid];
+                const float dhs = fmaf(g, cs, dh[i]);
+                pc[i] = g * hc;
+                pb[i] = dhs * dtx;
+                pout = fmaf(cs, hc, pout);
+                pdu = fmaf(dhs * dt, bs, pdu);
+                const float dec = s6b_ex2(dt * a2[i]);
+                const float q = dhs * hp * dec;
+                da[i] = fmaf(q, dt, da[i]);
+                pdt = fmaf(q, av[i], fmaf(dhs * bs, x, pdt));
+                dh[i] = dhs * dec;
+            }
+            // Over the channel's lanes: du, dΔ and C·h.
+#pragma unroll
+            for (int off = 1; off < SPLIT; off <<= 1) {
+                pdu += __shfl_xor_sync(0xffffffffu, pdu, off);
+                pdt += __shfl_xor_sync(0xffffffffu, pdt, off);
+                pout += __shfl_xor_sync(0xffffffffu, pout, off);
+            }
+            // Over the warp's channels: dB_t, dC_t.
+#pragma unroll
+            for (int off = SPLIT; off < 32; off <<= 1) {
+#pragma unroll
+                for (int i = 0; i < NPT; i++) {
+                    pb[i] += __shfl_xor_sync(0xffffffffu, pb[i], off);
+                    pc[i] += __shfl_xor_sync(0xffffffffu, pc[i], off);
+                }
+            }
+            if (lane < SPLIT) {
+#pragma unroll
+                for (int i = 0; i < NPT; i++) {
+                    s_wb[t][warp][part * NPT + i] = pb[i];
+                    s_wc[t][warp][part * NPT + i] = pc[i];
+                }
+            }
+            if (part == 0) {
+                const float ddt = pdt * s_sp[t][ch];
+                s_du[t][ch] = fmaf(g, dsk, pdu);
+                s_ddt[t][ch] = ddt;
+                s_dz[t][ch] = fmaf(dsk, x, pout) * s_gz[t][ch];
+                dd_acc = fmaf(g, x, dd_acc);
+                dbias_acc += ddt;
+            }
+        }
+        __syncthreads();
+
+        // Store the chunk's du, dΔ, dz and the block's dB / dC partials.
+        for (int idx = tid; idx < tl * CPB; idx += NT) {
+            const int t = idx / CPB, c = idx % CPB;
+            const unsigned int dd = d0 + c;
+            if (dd < dim) {
+                const unsigned long long r = row0 + t0 + t;
+                du[r * dim + dd] = s_du[t][c];
+                ddelta[r * dim + dd] = s_ddt[t][c];
+                if (dz != nullptr) dz[r * lddz + dd] = s_dz[t][c];
+            }
+        }
+        const int w2 = 2 * (int)n;
+        for (int idx = tid; idx < tl * w2; idx += NT) {
+            const int t = idx / w2, j = idx % w2;
+            float sum = 0.0f;
+            if (j < (int)n) {
+#pragma unroll
+                for (int w = 0; w < NW; w++) sum += s_wb[t][w][j];
+            } else {
+#pragma unroll
+                for (int w = 0; w < NW; w++) sum += s_wc[t][w][j - (int)n];
+            }
+            pbc[((unsigned long long)blockIdx.x * rows + row0 + t0 + t) * w2 + j] = sum;
+        }
+    }
+
+    // 3. This sequence's parameter-gradient partials: pparam[b] = [dA (dim × n), dD (dim), dΔbias (dim)].
+    float* pp = pparam + (unsigned long long)b * dim * (n + 2);
+#pragma unroll
+    for (int i = 0; i < NPT; i++) {
+        const int s = part * NPT + i;
+        if (active && s < (int)n) pp[(unsigned long long)d * n + s] = da[i];
+    }
+    if (active && part == 0) {
+        pp[(unsigned long long)dim * n + d] = dd_acc;
+        pp[(unsigned long long)dim * n + dim + d] = dbias_acc;
+    }
+}
+
+#define S6_SCAN_BWD_KERNEL(NAME, NPT, SPLIT, T)                                                                     \
+    extern "C" __global__ void __launch_bounds__(128)                                                               \
+        NAME(const float* __restrict__ u, const float* __restrict__ delta, const float* __restrict__ delta_bias,   \
+             const float* __restrict__ a, const float* __restrict__ bm, unsigned int ldb,                           \
+             const float* __restrict__ cm, unsigned int ldc, const float* __restrict__ dskip,                       \
+             const float* __restrict__ z, unsigned int ldz, const float* __restrict__ dy, float* __restrict__ du,   \
+             float* __restrict__ ddelta, float* __restrict__ dz, unsigned int lddz, float* __restrict__ ckpt,       \
+             float* __restrict__ pbc, float* __restrict__ pparam, unsigned int seqlen, unsigned int dim,            \
+             unsigned int n) {                                                                                      \
+        s6_scan_bwd_body<NPT, SPLIT, T>(u, delta, delta_bias, a, bm, ldb, cm, ldc, dskip, z, ldz, dy, du, ddelta,  \
+                                        dz, lddz, ckpt, pbc, pparam, seqlen, dim, n);                               \
+    }
+
+// (states per lane, lanes per channel, chunk length): N_MAX = NPT * SPLIT, 128 / SPLIT channels per
+// block; T keeps the static shared memory under 48 KB.
+S6_SCAN_BWD_KERNEL(s6_scan_bwd_n4, 1, 4, 16)
+S6_SCAN_BWD_KERNEL(s6_scan_bwd_n8, 1, 8, 16)
+S6_SCAN_BWD_KERNEL(s6_scan_bwd_n16, 2, 8, 16)
+S6_SCAN_BWD_KERNEL(s6_scan_bwd_n32, 2, 16, 16)
+S6_SCAN_BWD_KERNEL(s6_scan_bwd_n64, 4, 16, 8)
+
+// dB / dC: sum of the per-block partials pbc[blk][row][2n] over the blocks, in order; written to
+// db[row * ldb + s] and dc[row * ldc + s] (offsets applied by the caller).
+extern "C" __global__ void s6_scan_bwd_reduce_bc(const float* __restrict__ pbc, unsigned int nblk, unsigned int rows,
+                                                 unsigned int n, float* db, unsigned int ldb, float* dc,
+                                                 unsigned int ldc) {
+    const unsigned long long w2 = 2ull * n;
+    const unsigned long long total = (unsigned long long)rows * w2;
+    const unsigned long long stride = total;
+    unsigned long long i = (unsigned long long)blockIdx.x * blockDim.x + threadIdx.x;
+    for (; i < total; i += (unsigned long long)gridDim.x * blockDim.x) {
+        const unsigned long long row = i / w2;
+        const unsigned int j = (unsigned int)(i % w2);
+        float sum = 0.0f;
+        for (unsigned int blk = 0; blk < nblk; blk++) sum += pbc[blk * stride + i];
+        if (j < n) {
+            db[row * ldb + j] = sum;
+        } else {
+            dc[row * ldc + (j - n)] = sum;
+        }
+    }
+}
+
+// dA += Σ_b pparam[b][0 .. dim*n], dD += Σ_b pparam[b][dim*n ..][.. dim], dΔbias += the rest.
+extern "C" __global__ void s6_scan_bwd_reduce_params(const float* __restrict__ pparam, unsigned int batch,
+                                                     unsigned int dim, unsigned int n, float* __restrict__ da,
+                                                     float* __restrict__ dd, float* __restrict__ ddelta_bias) {
+    const unsigned long long an = (unsigned long long)dim * n;
+    const unsigned long long per = an + 2ull * dim;
+    unsigned long long i = (unsigned long long)blockIdx.x * blockDim.x + threadIdx.x;
+    for (; i < per; i += (unsigned long long)gridDim.x * blockDim.x) {
+        float sum = 0.0f;
+        for (unsigned int b = 0; b < batch; b++) sum += pparam[b * per + i];
+        if (i < an) {
+            da[i] += sum;
+        } else if (i < an + dim) {
+            dd[i - an] += sum;
+        } else {
+            ddelta_bias[i - an - dim] += sum;
+        }
+    }
+}
+
+// ----- causal depthwise conv1d + SiLU backward (zero initial state) -----
+// x: element (row, c) at x[row * ldx + c]; weight [ch, k]; dout, dpre contiguous [rows, ch].
+
+// dpre = dout * silu'(pre), the pre-activation recomputed.
+extern "C" __global__ void s6_conv_bwd_dpre(const float* __restrict__ x, unsigned int ldx, const float* __restrict__ w,
+                                            const float* __restrict__ bias, const float* __restrict__ dout,
+                                            float* __restrict__ dpre, unsigned int batch, unsigned int seqlen,
+                                            unsigned int ch, unsigned int k) {
+    unsigned long long i = (unsigned long long)blockIdx.x * blockDim.x + threadIdx.x;
+    const unsigned long long total = (unsigned long long)batch * seqlen * ch;
+    for (; i < total; i += (unsigned long long)gridDim.x * blockDim.x) {
+        const unsigned int c = (unsigned int)(i % ch);
+        const unsigned long long row = i / ch;
+        const unsigned int t = (unsigned int)(row % seqlen);
+        float pre = bias != nullptr ? bias[c] : 0.0f;
+        for (unsigned int j = 0; j < k; j++) {
+            // Tap j reads input step t + j - (k-1); zeros before the sequence start.
+            if (t + j >= k - 1) pre = fmaf(w[(unsigned long long)c * k + j], x[(row + j - (k - 1)) * ldx + c], pre);
+        }
+        const float s = s6b_sigmoid(pre);
+        dpre[i] = dout[i] * s * fmaf(pre, 1.0f - s, 1.0f);
+    }
+}
+
+// dx[t] = Σ_j w[j] dpre[t + (k-1) - j] over the steps inside the sequence.
+extern "C" __global__ void s6_conv_bwd_dx(const float* __restrict__ dpre, const float* __restrict__ w,
+                                          float* __restrict__ dx, unsigned int lddx, unsigned int batch,
+                                          unsigned int seqlen, unsigned int ch, unsigned int k) {
+    unsigned long long i = (unsigned long long)blockIdx.x * blockDim.x + threadIdx.x;
+    const unsigned long long total = (unsigned long long)batch * seqlen * ch;
+    for (; i < total; i += (unsigned long long)gridDim.x * blockDim.x) {
+        const unsigned int c = (unsigned int)(i % ch);
+        const unsigned long long row = i / ch;
+        const unsigned int t = (unsigned int)(row % seqlen);
+        float acc = 0.0f;
+        for (unsigned int j = 0; j < k; j++) {
+            if (t + (k - 1) - j < seqlen) {
+                acc = fmaf(w[(unsigned long long)c * k + j], dpre[(row + (k - 1) - j) * ch + c], acc);
+            }
+        }
+        dx[row * lddx + c] = acc;
+    }
+}
+
+// Partial dweight / dbias over segments of `seg` rows: part[sg][c][j] = Σ_rows dpre·x(tap j) for
+// j < k, and Σ_rows dpre for j = k. One thread per (segment, channel).
+extern "C" __global__ void s6_conv_bwd_dw_partial(const float* __restrict__ x, unsigned int ldx,
+                                                  const float* __restrict__ dpre, float* __restrict__ part,
+                                                  unsigned int rows, unsigned int seqlen, unsigned int ch,
+                                                  unsigned int k, unsigned int seg, unsigned int nseg) {
+    const unsigned long long i = (unsigned long long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= (unsigned long long)nseg * ch) return;
+    const unsigned int c = (unsigned int)(i % ch), sg = (unsigned int)(i / ch);
+    const unsigned long long r0 = (unsigned long long)sg * seg;
+    const unsigned long long r1 = r0 + seg < rows ? r0 + seg : rows;
+    for (unsigned int j = 0; j <= k; j++) {
+        float acc = 0.0f;
+        for (unsigned long long row = r0; row < r1; row++) {
+            const float g = dpre[row * ch + c];
+            if (j == k) {
+                acc += g;
+            } else {
+                const unsigned int t = (unsigned int)(row % seqlen);
+                if (t + j >= k - 1) acc = fmaf(g, x[(row + j - (k - 1)) * ldx + c], acc);
+            }
+        }
+        part[((unsigned long long)sg * ch + c) * (k + 1) + j] = acc;
+    }
+}
+
+// dweight[c][j] += Σ_sg part[sg][c][j] (j < k); dbias[c] += Σ_sg part[sg][c][k] when dbias is given.
+extern "C" __global__ void s6_conv_bwd_dw_reduce(const float* __restrict__ part, unsigned int nseg, unsigned int ch,
+                                                 unsigned int k, float* __restrict__ dw, float* __restrict__ dbias) {
+    const unsigned long long per = (unsigned long long)ch * (k + 1);
+    unsigned long long i = (unsigned long long)blockIdx.x * blockDim.x + threadIdx.x;
+    for (; i < per; i += (unsigned long long)gridDim.x * blockDim.x) {
+        const unsigned int c = (unsigned int)(i / (k + 1)), j = (unsigned int)(i % (k + 1));
+        float sum = 0.0f;
+        for (unsigned int sg = 0; sg < nseg; sg++) sum += part[sg * per + i];
+        if (j < k) {
+            dw[(unsigned long long)c * k + j] += sum;
+        } else if (dbias != nullptr) {
+            dbias[c] += sum;
+        }
+    }
+}
