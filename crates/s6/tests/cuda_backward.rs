@@ -144,16 +144,8 @@ fn check_scan_backward(g: &Cuda, r: &mut Rng, c: ScanCase) {
     .unwrap();
 
     // GPU, outputs poisoned with NaN so that any element not written shows.
-    let (ug, dg, dbg, ag, xg, dsg, zg, dyg) = (
-        up(g, &u),
-        up(g, &delta),
-        up(g, &delta_bias),
-        up(g, &a),
-        up(g, &xdbl),
-        up(g, &dskip),
-        up(g, &xz),
-        up(g, &dy),
-    );
+    let (ug, dg, dbg, ag, xg, dsg, zg, dyg) =
+        (up(g, &u), up(g, &delta), up(g, &delta_bias), up(g, &a), up(g, &xdbl), up(g, &dskip), up(g, &xz), up(g, &dy));
     let args = ScanArgs {
         dims,
         u: &ug,
@@ -201,7 +193,12 @@ fn check_scan_backward(g: &Cuda, r: &mut Rng, c: ScanCase) {
     assert!(extract(&dbc_got, 0, xw, rows, 3).iter().all(|v| v.is_nan()), "{label}: wrote outside dB/dC");
     let dxz_got = get(&dxz);
     if gate {
-        assert_close(&format!("dz {label}"), &extract(&dxz_got, di, 2 * di, rows, di), &extract(&w_dxz, di, 2 * di, rows, di), di);
+        assert_close(
+            &format!("dz {label}"),
+            &extract(&dxz_got, di, 2 * di, rows, di),
+            &extract(&w_dxz, di, 2 * di, rows, di),
+            di,
+        );
     }
     assert!(extract(&dxz_got, 0, 2 * di, rows, di).iter().all(|v| v.is_nan()), "{label}: wrote outside dz");
     if !gate {
@@ -217,7 +214,8 @@ fn scan_backward_matches_cpu_grid() {
     let Some(g) = gpu() else { return };
     let mut r = Rng(101);
     // (gate, broadcast B, broadcast C)
-    let forms = [(true, false, false), (false, false, false), (true, true, false), (false, false, true), (true, true, true)];
+    let forms =
+        [(true, false, false), (false, false, false), (true, true, false), (false, false, true), (true, true, true)];
     // N: every kernel (4, 8, 16, 32, 64) plus non-powers of two routed to them. L: 1, 7, a bit over
     // one chunk (16 steps; 8 for N > 32) and several chunks, with a partial last one.
     for n in [4, 5, 16, 64, 12, 8, 32, 1] {
@@ -237,9 +235,15 @@ fn scan_backward_matches_cpu_wide() {
     // Many channel blocks (d_inner not a multiple of any block), longer sequences.
     let Some(g) = gpu() else { return };
     let mut r = Rng(102);
-    for &(batch, seqlen, di, n) in &[(2, 100, 300, 16), (3, 129, 130, 4), (2, 65, 77, 64), (1, 200, 1536, 16), (2, 33, 200, 33)] {
+    for &(batch, seqlen, di, n) in
+        &[(2, 100, 300, 16), (3, 129, 130, 4), (2, 65, 77, 64), (1, 200, 1536, 16), (2, 33, 200, 33)]
+    {
         for gate in [true, false] {
-            check_scan_backward(&g, &mut r, ScanCase { batch, seqlen, d_inner: di, d_state: n, gate, bcast_b: false, bcast_c: false });
+            check_scan_backward(
+                &g,
+                &mut r,
+                ScanCase { batch, seqlen, d_inner: di, d_state: n, gate, bcast_b: false, bcast_c: false },
+            );
         }
     }
 }
@@ -250,7 +254,11 @@ fn scan_backward_long_sequence() {
     let Some(g) = gpu() else { return };
     let mut r = Rng(103);
     for &(batch, di, n) in &[(2, 64, 16), (1, 24, 64), (1, 40, 4)] {
-        check_scan_backward(&g, &mut r, ScanCase { batch, seqlen: 5000, d_inner: di, d_state: n, gate: true, bcast_b: false, bcast_c: false });
+        check_scan_backward(
+            &g,
+            &mut r,
+            ScanCase { batch, seqlen: 5000, d_inner: di, d_state: n, gate: true, bcast_b: false, bcast_c: false },
+        );
     }
 }
 
@@ -260,7 +268,8 @@ fn scan_backward_rejects_d_state_over_max() {
     let n = s6::backend::cuda::MAX_D_STATE + 1;
     let (rows, di) = (2, 3);
     let z = |len: usize| g.zeros(len).unwrap();
-    let (u, dl, bias, a, bc, d, dy) = (z(rows * di), z(rows * di), z(di), z(di * n), z(rows * 2 * n), z(di), z(rows * di));
+    let (u, dl, bias, a, bc, d, dy) =
+        (z(rows * di), z(rows * di), z(di), z(di * n), z(rows * 2 * n), z(di), z(rows * di));
     let args = ScanArgs {
         dims: ScanDims { batch: 1, seqlen: rows, d_inner: di, d_state: n },
         u: &u,
@@ -272,7 +281,8 @@ fn scan_backward_rejects_d_state_over_max() {
         d: &d,
         z: None,
     };
-    let (mut du, mut ddl, mut dbc, mut da, mut dd, mut db) = (z(rows * di), z(rows * di), z(rows * 2 * n), z(di * n), z(di), z(di));
+    let (mut du, mut ddl, mut dbc, mut da, mut dd, mut db) =
+        (z(rows * di), z(rows * di), z(rows * 2 * n), z(di * n), z(di), z(di));
     let grads = ScanGrads {
         du: &mut du,
         ddelta: &mut ddl,
@@ -290,7 +300,14 @@ fn scan_backward_rejects_d_state_over_max() {
 
 /// One conv backward on the CPU and on the GPU; `x` and `dx` are columns `off..off + channels` of
 /// `[rows, ld]` matrices (as `x` in in_proj's output and its gradient).
-fn check_conv_backward(g: &Cuda, r: &mut Rng, (batch, seqlen, ch, k): (usize, usize, usize, usize), bias: bool, off: usize, ld: usize) {
+fn check_conv_backward(
+    g: &Cuda,
+    r: &mut Rng,
+    (batch, seqlen, ch, k): (usize, usize, usize, usize),
+    bias: bool,
+    off: usize,
+    ld: usize,
+) {
     let rows = batch * seqlen;
     let x = r.vec(rows * ld, -2.0, 2.0);
     let w = r.vec(ch * k, -0.7, 0.7);
@@ -336,7 +353,10 @@ fn check_conv_backward(g: &Cuda, r: &mut Rng, (batch, seqlen, ch, k): (usize, us
     .unwrap_or_else(|e| panic!("{label}: {e}"));
     let dx_got = g.to_vec(&dx).unwrap();
     assert_close(&format!("dx {label}"), &extract(&dx_got, off, ld, rows, ch), &extract(&w_dx, off, ld, rows, ch), ch);
-    let outside: Vec<f32> = (0..rows).flat_map(|r| (0..ld).filter(|c| *c < off || *c >= off + ch).map(move |c| r * ld + c)).map(|i| dx_got[i]).collect();
+    let outside: Vec<f32> = (0..rows)
+        .flat_map(|r| (0..ld).filter(|c| *c < off || *c >= off + ch).map(move |c| r * ld + c))
+        .map(|i| dx_got[i])
+        .collect();
     assert!(outside.iter().all(|v| v.is_nan()), "{label}: wrote outside dx's columns");
     assert_close(&format!("dweight (accumulated) {label}"), &g.to_vec(&dw).unwrap(), &w_dw, k);
     let db_got = g.to_vec(&db).unwrap();

@@ -170,8 +170,12 @@ impl Cuda {
             return Ok(());
         }
         let (ldx, lddx) = (u32_of("ld x", x.ld)?, u32_of("ld dx", lddx)?);
-        let (b, l, c, k) =
-            (u32_of("batch", batch)?, u32_of("seqlen", seqlen)?, u32_of("channels", channels)?, u32_of("kernel", kernel)?);
+        let (b, l, c, k) = (
+            u32_of("batch", batch)?,
+            u32_of("seqlen", seqlen)?,
+            u32_of("channels", channels)?,
+            u32_of("kernel", kernel)?,
+        );
         let dpre = self.scratch(rows * channels)?;
         let (dpp, _s1) = dpre.device_ptr(self.stream());
         launch!(self, self.func("s6_conv_bwd_dpre")?, grid_1d(rows * channels), "conv1d backward dpre";

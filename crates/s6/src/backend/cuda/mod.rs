@@ -567,7 +567,12 @@ impl Backend for Cuda {
         self.conv_backward(x, batch, seqlen, channels, kernel, weight, bias, dout, dx, dweight, dbias)
     }
 
-    fn selective_scan_backward(&self, args: &ScanArgs<'_, CudaBuf>, dy: &CudaBuf, grads: ScanGrads<'_, CudaBuf>) -> Result<()> {
+    fn selective_scan_backward(
+        &self,
+        args: &ScanArgs<'_, CudaBuf>,
+        dy: &CudaBuf,
+        grads: ScanGrads<'_, CudaBuf>,
+    ) -> Result<()> {
         self.scan_backward(args, dy, grads)
     }
 
