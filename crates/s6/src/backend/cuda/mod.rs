@@ -273,6 +273,29 @@ impl Cuda {
         self.stream().synchronize().map_err(driver_err("synchronize"))
     }
 
+    /// Reads (or, with `set`, writes) a u64 attribute of the device's default memory pool, where
+    /// the buffers are allocated (stream-ordered allocation). `None` when the driver refuses.
+    fn pool_attr(&self, attr: cudarc::driver::sys::CUmemPool_attribute, set: Option<u64>) -> Option<u64> {
+        use cudarc::driver::sys;
+        self.inner.ctx.bind_to_thread().ok()?;
+        // SAFETY: plain driver calls on a valid device handle; these attributes are u64 values.
+        unsafe {
+            let mut pool = std::mem::MaybeUninit::<sys::CUmemoryPool>::uninit();
+            if sys::cuDeviceGetDefaultMemPool(pool.as_mut_ptr(), self.inner.ctx.cu_device())
+                != sys::CUresult::CUDA_SUCCESS
+            {
+                return None;
+            }
+            let pool = pool.assume_init();
+            let mut v: u64 = set.unwrap_or(0);
+            let r = match set {
+                Some(_) => sys::cuMemPoolSetAttribute(pool, attr, (&mut v as *mut u64).cast()),
+                None => sys::cuMemPoolGetAttribute(pool, attr, (&mut v as *mut u64).cast()),
+            };
+            (r == sys::CUresult::CUDA_SUCCESS).then_some(v)
+        }
+    }
+
     /// The device's compute architecture, e.g. `sm_90`.
     pub fn arch(&self) -> &str {
         &self.inner.arch
@@ -744,5 +767,19 @@ impl Backend for Cuda {
 
     fn sum_rows(&self, src: View<'_, CudaBuf>, rows: usize, n: usize, dst: &mut CudaBuf) -> Result<()> {
         self.sum_rows_dev(src, rows, n, dst)
+    }
+
+    fn logits_chunk_elems(&self) -> usize {
+        // 64M floats (256 MB of logits plus as much of their gradient): few chunks, so few
+        // cross-entropy readbacks, at any realistic batch.
+        1 << 26
+    }
+
+    fn peak_memory(&self) -> Option<u64> {
+        self.pool_attr(cudarc::driver::sys::CUmemPool_attribute::CU_MEMPOOL_ATTR_USED_MEM_HIGH, None)
+    }
+
+    fn reset_peak_memory(&self) {
+        let _ = self.pool_attr(cudarc::driver::sys::CUmemPool_attribute::CU_MEMPOOL_ATTR_USED_MEM_HIGH, Some(0));
     }
 }
