@@ -281,7 +281,7 @@ impl Cuda {
         let (lsp, _s2) = losses.device_ptr(self.stream());
         let (totp, _s3) = total.device_ptr(self.stream());
         let v = u32_of("vocab", vocab)?;
-        launch!(self, self.func("s6_cross_entropy")?, rows_cfg(rows, row_threads(vocab).min(256).max(128))?, "cross_entropy"; lp, tp, dp, lsp, v, scale);
+        launch!(self, self.func("s6_cross_entropy")?, rows_cfg(rows, row_threads(vocab).clamp(128, 256))?, "cross_entropy"; lp, tp, dp, lsp, v, scale);
         let r = u32_of("rows", rows)?;
         launch!(self, self.func("s6_sum_f64")?, rows_cfg(1, 1024)?, "cross_entropy sum"; lsp, r, totp);
         let host = self.stream().clone_dtoh(&total).map_err(driver_err("download"))?;
