@@ -776,7 +776,8 @@ impl Backend for Cuda {
     }
 
     fn peak_memory(&self) -> Option<u64> {
-        self.pool_attr(cudarc::driver::sys::CUmemPool_attribute::CU_MEMPOOL_ATTR_USED_MEM_HIGH, None)
+        // 0: the buffers do not come from the default pool (no stream-ordered allocation).
+        self.pool_attr(cudarc::driver::sys::CUmemPool_attribute::CU_MEMPOOL_ATTR_USED_MEM_HIGH, None).filter(|&v| v > 0)
     }
 
     fn reset_peak_memory(&self) {
