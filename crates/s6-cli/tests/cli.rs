@@ -1180,7 +1180,7 @@ fn task_bad_inputs_name_the_value() {
     fails(&["task", "mqar", "--vocab", "8"], &["--vocab"]);
     fails(&["task", "copying", "--lr", "-1"], &["--lr", "-1"]);
     fails(&["task", "copying", "--steps", "0"], &["--steps"]);
-    fails(&["task", "copying", "--device", "cuda"], &["cuda"]);
+    fails(&["task", "copying", "--device", "cuda:7"], &["cuda:7", "not available"]);
 }
 
 #[test]

@@ -155,11 +155,19 @@ fn bench_on<B: Backend>(be: B, a: &Args) -> Result<()> {
         "train" => {
             for &b in &a.batch {
                 for &l in &a.seqlen {
+                    model.backend.reset_peak_memory();
                     let tps = s6::train::bench_train_step(&model, b, l, a.repeats)?;
                     let flop = s6::train::train_flop_per_token(&model.cfg);
                     let limit = limits.gemm_gflop_s * 1e9 / flop;
+                    // Peak memory of the device's pool during the steps (weights included), when
+                    // the backend can tell.
+                    let peak = model
+                        .backend
+                        .peak_memory()
+                        .map(|p| format!(", peak device memory {:.2} GB", p as f64 / 1e9))
+                        .unwrap_or_default();
                     println!(
-                        "train batch {b:>3} × {l:>5}: {tps:>8.1} tok/s   GEMM limit {limit:>8.1} tok/s ({:.0}%; {:.1} MFLOP/token, {:.1} GFLOP/s)",
+                        "train batch {b:>3} × {l:>5}: {tps:>8.1} tok/s   GEMM limit {limit:>8.1} tok/s (MFU vs measured f32 GEMM {:.0}%; {:.1} MFLOP/token, {:.1} GFLOP/s{peak})",
                         100.0 * tps / limit,
                         flop / 1e6,
                         tps * flop / 1e9

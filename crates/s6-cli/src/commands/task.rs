@@ -4,10 +4,10 @@ use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
 use indicatif::{ProgressBar, ProgressStyle};
-use s6::backend::cpu::Cpu;
+use s6::backend::Backend;
 use s6::tasks::{self, plot, Task, TaskEvent, TaskOptions, TaskReport, Variant};
 
-use super::{parse_device, say, Device};
+use super::{on_device, parse_device, say, Device, OnDevice};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -143,9 +143,39 @@ pub fn run_variants(
     json: Option<&std::path::Path>,
     plot_path: &std::path::Path,
 ) -> Result<Vec<TaskReport>> {
-    if let Device::Cuda(i) = device {
-        bail!("device cuda:{i}: training on CUDA is not available in this build of s6; use --device cpu");
+    let mut reports: Vec<TaskReport> = Vec::new();
+    on_device(device, Variants { opts, variants, reports: &mut reports })?;
+    print_table(&reports);
+    plot::accuracy_vs_length(plot_path, &reports)?;
+    eprintln!("plot: {}", plot_path.display());
+    if let Some(path) = json {
+        s6::formats::tensors::write_atomic(path, tasks::reports_json(&reports).as_bytes())?;
+        eprintln!("results: {}", path.display());
     }
+    Ok(reports)
+}
+
+/// Trains and evaluates each variant in turn on one backend.
+struct Variants<'a> {
+    opts: &'a TaskOptions,
+    variants: &'a [Variant],
+    reports: &'a mut Vec<TaskReport>,
+}
+
+impl OnDevice for Variants<'_> {
+    fn run<B: Backend>(self, be: B) -> Result<()> {
+        let Variants { opts, variants, reports } = self;
+        eprintln!("device: {}", be.name());
+        run_variants_on(&be, opts, variants, reports)
+    }
+}
+
+fn run_variants_on<B: Backend>(
+    be: &B,
+    opts: &TaskOptions,
+    variants: &[Variant],
+    reports: &mut Vec<TaskReport>,
+) -> Result<()> {
     let task = opts.spec.task;
     eprintln!(
         "{}: train at length {} for {} steps of {} samples (vocab {}, {} items), {} layers × d_model {}",
@@ -158,7 +188,6 @@ pub fn run_variants(
         opts.size.layers,
         opts.size.d_model
     );
-    let mut reports: Vec<TaskReport> = Vec::new();
     for &variant in variants {
         let bar = ProgressBar::new(opts.steps);
         bar.set_style(
@@ -166,7 +195,7 @@ pub fn run_variants(
                 .unwrap_or_else(|_| ProgressStyle::default_bar()),
         );
         bar.set_prefix(variant.name());
-        let report = tasks::run(Cpu, variant, opts, &mut |ev| match ev {
+        let report = tasks::run(be.clone(), variant, opts, &mut |ev| match ev {
             TaskEvent::Start { params, .. } => say(&bar, format!("{}: {params} parameters", variant.name())),
             TaskEvent::Step { step, loss, tokens_per_s, .. } => {
                 bar.set_position(step);
@@ -197,14 +226,7 @@ pub fn run_variants(
         eprintln!("{}: trained in {:.1} s, final loss {:.4}", variant.name(), report.train_seconds, report.final_loss);
         reports.push(report);
     }
-    print_table(&reports);
-    plot::accuracy_vs_length(plot_path, &reports)?;
-    eprintln!("plot: {}", plot_path.display());
-    if let Some(path) = json {
-        s6::formats::tensors::write_atomic(path, tasks::reports_json(&reports).as_bytes())?;
-        eprintln!("results: {}", path.display());
-    }
-    Ok(reports)
+    Ok(())
 }
 
 /// Accuracy per length (rows) and variant (columns).

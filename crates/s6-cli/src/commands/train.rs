@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
 use indicatif::{ProgressBar, ProgressStyle};
-use s6::backend::cpu::Cpu;
+use s6::backend::Backend;
 use s6::config::{InitConfig, MambaConfig};
 use s6::formats::tensors::SaveDType;
 use s6::formats::tokenizer::Tokenizer;
@@ -13,7 +13,7 @@ use s6::model::Mamba;
 use s6::train::optim::{OptimConfig, Schedule};
 use s6::train::{data, train, Event, TrainOptions};
 
-use super::{parse_device, Device};
+use super::{on_device, parse_device, Device, OnDevice};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -111,9 +111,6 @@ pub struct Args {
 }
 
 pub fn run(a: Args) -> Result<()> {
-    if let Device::Cuda(i) = a.device {
-        bail!("device cuda:{i}: training on CUDA is not implemented yet (issue 6); use --device cpu");
-    }
     if !(0.0..1.0).contains(&a.val_fraction) {
         bail!("--val-fraction must be in [0, 1), got {}", a.val_fraction);
     }
@@ -134,14 +131,34 @@ pub fn run(a: Args) -> Result<()> {
     }
     let schedule: Schedule = a.lr_schedule.parse()?;
     let save_dtype: SaveDType = a.save_dtype.parse()?;
+    let device = a.device.clone();
+    on_device(&device, Job { a, b1, b2, schedule, save_dtype })
+}
 
+/// The run itself, on the backend `--device` names.
+struct Job {
+    a: Args,
+    b1: f32,
+    b2: f32,
+    schedule: Schedule,
+    save_dtype: SaveDType,
+}
+
+impl OnDevice for Job {
+    fn run<B: Backend>(self, be: B) -> Result<()> {
+        train_on(be, self)
+    }
+}
+
+fn train_on<B: Backend>(be: B, job: Job) -> Result<()> {
+    let Job { a, b1, b2, schedule, save_dtype } = job;
     // The model: resumed, fine-tuned, or fresh.
     let resume_dir = a.resume.then(|| a.out.clone());
     let (model, source_dir) = if let Some(dir) = resume_dir.as_ref().or(a.init.as_ref()) {
         if !dir.join("config.json").is_file() {
             bail!("{}: no config.json here to {}", dir.display(), if a.resume { "resume from" } else { "fine-tune" });
         }
-        (Mamba::load(Cpu, dir)?, Some(dir.clone()))
+        (Mamba::load(be.clone(), dir)?, Some(dir.clone()))
     } else {
         let cfg = match (&a.preset, &a.config) {
             (Some(p), _) => MambaConfig::preset(p)?,
@@ -156,7 +173,7 @@ pub fn run(a: Args) -> Result<()> {
         };
         let params = init_params(&cfg, &InitConfig::default(), a.seed);
         let mut it = params.into_iter();
-        let m = Mamba::from_params(Cpu, cfg, |_| Ok(it.next().map(|(_, v)| v).unwrap_or_default()))?;
+        let m = Mamba::from_params(be.clone(), cfg, |_| Ok(it.next().map(|(_, v)| v).unwrap_or_default()))?;
         (m, None)
     };
     let vocab = model.cfg.vocab_size;
@@ -211,8 +228,9 @@ pub fn run(a: Args) -> Result<()> {
         stop_at: a.stop_at,
     };
     eprintln!(
-        "training {:.2}M parameters on {} tokens ({} held out) of {}; {} steps × {} × {} tokens",
+        "training {:.2}M parameters on {} ({} tokens, {} held out) of {}; {} steps × {} × {} tokens",
         model.cfg.num_params() as f64 / 1e6,
+        be.name(),
         train_tokens.len(),
         val_tokens.len(),
         a.data.display(),

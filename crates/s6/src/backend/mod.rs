@@ -447,4 +447,20 @@ pub trait Backend: Send + Sync + Clone {
     fn synchronize(&self) -> Result<()> {
         Ok(())
     }
+
+    /// How many logits (`rows × vocab` floats) the language-model head computes at once in the
+    /// loss (`model::head_cross_entropy`): a memory/overhead trade-off. 4M floats (16 MB, cache
+    /// friendly) by default; devices with much memory and a per-call readback ask for more.
+    fn logits_chunk_elems(&self) -> usize {
+        1 << 22
+    }
+
+    /// The most device memory in use (bytes) since the last [`Backend::reset_peak_memory`], when
+    /// the device can tell (`None` on the CPU).
+    fn peak_memory(&self) -> Option<u64> {
+        None
+    }
+
+    /// Starts a new [`Backend::peak_memory`] measurement.
+    fn reset_peak_memory(&self) {}
 }

@@ -16,7 +16,7 @@ use crate::Result;
 
 /// The language-model head and its loss, shared by every model: `logits = normed · headᵀ` and
 /// softmax cross-entropy against `targets` (`u32::MAX` = ignored), in chunks of rows so that the
-/// `[rows, vocab]` logits are never held whole. With `grads = Some((dhead, dnormed))` it also
+/// `[rows, vocab]` logits are never held whole (at most [`Backend::logits_chunk_elems`] at once). With `grads = Some((dhead, dnormed))` it also
 /// adds `∂(scale · Σ losses)/∂head` to `dhead` and writes `∂/∂normed` into `dnormed`.
 /// Returns the sum of the row losses and the number of counted rows.
 #[allow(clippy::too_many_arguments)]
@@ -31,7 +31,7 @@ pub(crate) fn head_cross_entropy<B: Backend>(
     scale: f32,
     mut grads: Option<(&mut B::Buf, &mut B::Buf)>,
 ) -> Result<(f64, usize)> {
-    let chunk = ((1usize << 22) / vocab).max(1);
+    let chunk = (be.logits_chunk_elems() / vocab.max(1)).max(1);
     let (mut sum, mut count, mut r0) = (0.0, 0, 0);
     while r0 < rows {
         let nr = chunk.min(rows - r0);

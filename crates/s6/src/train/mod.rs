@@ -203,10 +203,12 @@ pub fn bench_train_step<B: Backend>(model: &Mamba<B>, batch: usize, seq_len: usi
     let targets: Vec<u32> = ids.iter().map(|&t| (t + 1) % v as u32).collect();
     let mut grads = model.zero_grads()?;
     model.loss_and_grads(&ids, &targets, batch, seq_len, 1.0, &mut grads)?;
+    model.backend.synchronize()?;
     let t = Instant::now();
     for _ in 0..steps.max(1) {
         model.loss_and_grads(&ids, &targets, batch, seq_len, 1.0, &mut grads)?;
     }
+    model.backend.synchronize()?;
     Ok((batch * seq_len * steps.max(1)) as f64 / t.elapsed().as_secs_f64())
 }
 

@@ -7,8 +7,9 @@
 //! the missing library or device. Everything runs in order on one stream; results are read back
 //! by [`Backend::to_vec`], which waits for the stream.
 //!
-//! Training: the selective-scan and conv1d backward ops run on the GPU (`backward.rs`); the other
-//! backward ops return an error for now.
+//! Training: the selective-scan and conv1d backward ops run in `backward.rs` (kernels in
+//! `kernels/scan_backward.cu`); the other backward ops, the optimizer and the attention-baseline ops
+//! in `train_ops.rs` (kernels in `kernels/train.cu`).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock};
@@ -27,6 +28,7 @@ const KERNEL_SOURCES: &[&str] = &[
     include_str!("kernels/elementwise.cu"),
     include_str!("kernels/scan.cu"),
     include_str!("kernels/scan_backward.cu"),
+    include_str!("kernels/train.cu"),
 ];
 
 /// Every kernel the module defines (looked up once when the backend is created).
@@ -56,16 +58,26 @@ const KERNELS: &[&str] = &[
     "s6_conv_bwd_dx",
     "s6_conv_bwd_dw_partial",
     "s6_conv_bwd_dw_reduce",
+    // kernels/train.cu
+    "s6_col_sums",
+    "s6_rmsnorm_bwd",
+    "s6_embedding_bwd",
+    "s6_cross_entropy",
+    "s6_sum_f64",
+    "s6_sum_squares",
+    "s6_adamw",
+    "s6_rope",
+    "s6_swiglu",
+    "s6_swiglu_bwd",
+    "s6_attn_fwd",
+    "s6_attn_bwd_delta",
+    "s6_attn_bwd_dq",
+    "s6_attn_bwd_dkv",
 ];
 
 /// The largest `d_state` the scan kernels hold in registers.
 pub const MAX_D_STATE: usize = 64;
 
-const TRAINING: &str = "training on CUDA is not implemented yet (issue 6)";
-
-fn not_yet(op: &str) -> Error {
-    Error::Backend(format!("{op} is not implemented on CUDA yet"))
-}
 
 /// A flat `f32` buffer in device memory (`len` floats; the allocation holds at least one, since
 /// the driver refuses empty ones).
@@ -264,6 +276,29 @@ impl Cuda {
         self.stream().synchronize().map_err(driver_err("synchronize"))
     }
 
+    /// Reads (or, with `set`, writes) a u64 attribute of the device's default memory pool, where
+    /// the buffers are allocated (stream-ordered allocation). `None` when the driver refuses.
+    fn pool_attr(&self, attr: cudarc::driver::sys::CUmemPool_attribute, set: Option<u64>) -> Option<u64> {
+        use cudarc::driver::sys;
+        self.inner.ctx.bind_to_thread().ok()?;
+        // SAFETY: plain driver calls on a valid device handle; these attributes are u64 values.
+        unsafe {
+            let mut pool = std::mem::MaybeUninit::<sys::CUmemoryPool>::uninit();
+            if sys::cuDeviceGetDefaultMemPool(pool.as_mut_ptr(), self.inner.ctx.cu_device())
+                != sys::CUresult::CUDA_SUCCESS
+            {
+                return None;
+            }
+            let pool = pool.assume_init();
+            let mut v: u64 = set.unwrap_or(0);
+            let r = match set {
+                Some(_) => sys::cuMemPoolSetAttribute(pool, attr, (&mut v as *mut u64).cast()),
+                None => sys::cuMemPoolGetAttribute(pool, attr, (&mut v as *mut u64).cast()),
+            };
+            (r == sys::CUresult::CUDA_SUCCESS).then_some(v)
+        }
+    }
+
     /// The device's compute architecture, e.g. `sm_90`.
     pub fn arch(&self) -> &str {
         &self.inner.arch
@@ -302,6 +337,7 @@ macro_rules! launch {
 }
 
 mod backward;
+mod train_ops;
 
 impl Backend for Cuda {
     type Buf = CudaBuf;
@@ -523,31 +559,31 @@ impl Backend for Cuda {
 
     fn linear_backward(
         &self,
-        _x: View<'_, CudaBuf>,
-        _rows: usize,
-        _k: usize,
-        _w: &CudaBuf,
-        _n: usize,
-        _dy: &CudaBuf,
-        _dx: Option<ViewMut<'_, CudaBuf>>,
-        _dw: &mut CudaBuf,
-        _db: Option<&mut CudaBuf>,
+        x: View<'_, CudaBuf>,
+        rows: usize,
+        k: usize,
+        w: &CudaBuf,
+        n: usize,
+        dy: &CudaBuf,
+        dx: Option<ViewMut<'_, CudaBuf>>,
+        dw: &mut CudaBuf,
+        db: Option<&mut CudaBuf>,
     ) -> Result<()> {
-        Err(Error::Backend(TRAINING.into()))
+        self.linear_backward_dev(x, rows, k, w, n, dy, dx, dw, db)
     }
 
     fn rmsnorm_backward(
         &self,
-        _residual: &CudaBuf,
-        _weight: &CudaBuf,
-        _eps: f32,
-        _rows: usize,
-        _dim: usize,
-        _dout: &CudaBuf,
-        _dresidual: &mut CudaBuf,
-        _dweight: &mut CudaBuf,
+        residual: &CudaBuf,
+        weight: &CudaBuf,
+        eps: f32,
+        rows: usize,
+        dim: usize,
+        dout: &CudaBuf,
+        dresidual: &mut CudaBuf,
+        dweight: &mut CudaBuf,
     ) -> Result<()> {
-        Err(Error::Backend(TRAINING.into()))
+        self.rmsnorm_backward_dev(residual, weight, eps, rows, dim, dout, dresidual, dweight)
     }
 
     fn conv1d_silu_backward(
@@ -576,35 +612,35 @@ impl Backend for Cuda {
         self.scan_backward(args, dy, grads)
     }
 
-    fn embedding_backward(&self, _ids: &[u32], _dim: usize, _dout: &CudaBuf, _dtable: &mut CudaBuf) -> Result<()> {
-        Err(Error::Backend(TRAINING.into()))
+    fn embedding_backward(&self, ids: &[u32], dim: usize, dout: &CudaBuf, dtable: &mut CudaBuf) -> Result<()> {
+        self.embedding_backward_dev(ids, dim, dout, dtable)
     }
 
     fn cross_entropy(
         &self,
-        _logits: &CudaBuf,
-        _rows: usize,
-        _vocab: usize,
-        _targets: &[u32],
-        _scale: f32,
-        _dlogits: &mut CudaBuf,
+        logits: &CudaBuf,
+        rows: usize,
+        vocab: usize,
+        targets: &[u32],
+        scale: f32,
+        dlogits: &mut CudaBuf,
     ) -> Result<(f64, usize)> {
-        Err(Error::Backend("cross_entropy is not implemented on CUDA yet (issue 6)".into()))
+        self.cross_entropy_dev(logits, rows, vocab, targets, scale, dlogits)
     }
 
     fn sum_squares(&self, buf: &CudaBuf) -> Result<f64> {
-        Ok(self.to_vec(buf)?.iter().map(|&v| f64::from(v) * f64::from(v)).sum())
+        self.sum_squares_dev(buf)
     }
 
     fn adamw_step(
         &self,
-        _param: &mut CudaBuf,
-        _grad: &CudaBuf,
-        _m: &mut CudaBuf,
-        _v: &mut CudaBuf,
-        _hp: &AdamW,
+        param: &mut CudaBuf,
+        grad: &CudaBuf,
+        m: &mut CudaBuf,
+        v: &mut CudaBuf,
+        hp: &AdamW,
     ) -> Result<()> {
-        Err(Error::Backend(TRAINING.into()))
+        self.adamw_step_dev(param, grad, m, v, hp)
     }
 
     fn clone_buf(&self, buf: &CudaBuf) -> Result<CudaBuf> {
@@ -659,65 +695,84 @@ impl Backend for Cuda {
         launch!(self, self.func("s6_gather_rows")?, grid_1d(rows.len() * dim), "gather_rows"; s, ip, o, r, d);
         Ok(())
     }
-    fn rope(&self, _x: ViewMut<'_, CudaBuf>, _dims: AttnDims, _pos0: usize, _theta: f32) -> Result<()> {
-        Err(not_yet("rope"))
+    fn rope(&self, x: ViewMut<'_, CudaBuf>, dims: AttnDims, pos0: usize, theta: f32) -> Result<()> {
+        self.rope_dev(x, dims, pos0, theta, false)
     }
 
-    fn rope_backward(&self, _dx: ViewMut<'_, CudaBuf>, _dims: AttnDims, _pos0: usize, _theta: f32) -> Result<()> {
-        Err(not_yet("rope_backward"))
+    fn rope_backward(&self, dx: ViewMut<'_, CudaBuf>, dims: AttnDims, pos0: usize, theta: f32) -> Result<()> {
+        self.rope_dev(dx, dims, pos0, theta, true)
     }
 
     fn attention(
         &self,
-        _dims: AttnDims,
-        _scale: f32,
-        _q: View<'_, CudaBuf>,
-        _k: View<'_, CudaBuf>,
-        _v: View<'_, CudaBuf>,
-        _out: &mut CudaBuf,
-        _lse: &mut CudaBuf,
+        dims: AttnDims,
+        scale: f32,
+        q: View<'_, CudaBuf>,
+        k: View<'_, CudaBuf>,
+        v: View<'_, CudaBuf>,
+        out: &mut CudaBuf,
+        lse: &mut CudaBuf,
     ) -> Result<()> {
-        Err(not_yet("attention"))
+        self.attention_dev(dims, scale, q, k, v, out, lse)
     }
 
     fn attention_backward(
         &self,
-        _dims: AttnDims,
-        _scale: f32,
-        _q: View<'_, CudaBuf>,
-        _k: View<'_, CudaBuf>,
-        _v: View<'_, CudaBuf>,
-        _out: &CudaBuf,
-        _lse: &CudaBuf,
-        _dout: &CudaBuf,
-        _dq: ViewMut<'_, CudaBuf>,
-        _dk: ViewMut<'_, CudaBuf>,
-        _dv: ViewMut<'_, CudaBuf>,
+        dims: AttnDims,
+        scale: f32,
+        q: View<'_, CudaBuf>,
+        k: View<'_, CudaBuf>,
+        v: View<'_, CudaBuf>,
+        out: &CudaBuf,
+        lse: &CudaBuf,
+        dout: &CudaBuf,
+        dq: ViewMut<'_, CudaBuf>,
+        dk: ViewMut<'_, CudaBuf>,
+        dv: ViewMut<'_, CudaBuf>,
     ) -> Result<()> {
-        Err(not_yet("attention_backward"))
+        self.attention_backward_dev(dims, scale, q, k, v, out, lse, dout, dq, dk, dv)
     }
 
     fn swiglu(
         &self,
-        _gate: View<'_, CudaBuf>,
-        _up: View<'_, CudaBuf>,
-        _rows: usize,
-        _cols: usize,
-        _out: &mut CudaBuf,
+        gate: View<'_, CudaBuf>,
+        up: View<'_, CudaBuf>,
+        rows: usize,
+        cols: usize,
+        out: &mut CudaBuf,
     ) -> Result<()> {
-        Err(not_yet("swiglu"))
+        self.swiglu_dev(gate, up, rows, cols, out)
     }
 
     fn swiglu_backward(
         &self,
-        _gate: View<'_, CudaBuf>,
-        _up: View<'_, CudaBuf>,
-        _rows: usize,
-        _cols: usize,
-        _dout: &CudaBuf,
-        _dgate: ViewMut<'_, CudaBuf>,
-        _dup: ViewMut<'_, CudaBuf>,
+        gate: View<'_, CudaBuf>,
+        up: View<'_, CudaBuf>,
+        rows: usize,
+        cols: usize,
+        dout: &CudaBuf,
+        dgate: ViewMut<'_, CudaBuf>,
+        dup: ViewMut<'_, CudaBuf>,
     ) -> Result<()> {
-        Err(not_yet("swiglu_backward"))
+        self.swiglu_backward_dev(gate, up, rows, cols, dout, dgate, dup)
+    }
+
+    fn sum_rows(&self, src: View<'_, CudaBuf>, rows: usize, n: usize, dst: &mut CudaBuf) -> Result<()> {
+        self.sum_rows_dev(src, rows, n, dst)
+    }
+
+    fn logits_chunk_elems(&self) -> usize {
+        // 64M floats (256 MB of logits plus as much of their gradient): few chunks, so few
+        // cross-entropy readbacks, at any realistic batch.
+        1 << 26
+    }
+
+    fn peak_memory(&self) -> Option<u64> {
+        // 0: the buffers do not come from the default pool (no stream-ordered allocation).
+        self.pool_attr(cudarc::driver::sys::CUmemPool_attribute::CU_MEMPOOL_ATTR_USED_MEM_HIGH, None).filter(|&v| v > 0)
+    }
+
+    fn reset_peak_memory(&self) {
+        let _ = self.pool_attr(cudarc::driver::sys::CUmemPool_attribute::CU_MEMPOOL_ATTR_USED_MEM_HIGH, Some(0));
     }
 }

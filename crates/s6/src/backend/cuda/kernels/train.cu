@@ -1,0 +1,441 @@
+// Training kernels of the CUDA backend: column sums (bias / broadcast-parameter gradients),
+// RMSNorm backward, embedding backward, softmax cross-entropy, sum of squares, fused AdamW, and
+// the attention-baseline ops (RoPE, causal attention forward/backward, SwiGLU).
+// Layouts as in the Backend trait (crates/s6/src/backend/mod.rs): row-major, rows are tokens;
+// views are passed as a pointer already advanced by the view's offset plus its row stride `ld`.
+
+#define S6_NEG_INF (-__int_as_float(0x7f800000))
+
+__device__ __forceinline__ float s6_sigmoid_t(float x) { return 1.0f / (1.0f + expf(-x)); }
+
+__device__ __forceinline__ float s6_warp_sum_f(float v) {
+    for (int off = 16; off > 0; off >>= 1) v += __shfl_xor_sync(0xffffffffu, v, off);
+    return v;
+}
+
+__device__ __forceinline__ float s6_warp_max_f(float v) {
+    for (int off = 16; off > 0; off >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, off));
+    return v;
+}
+
+__device__ __forceinline__ double s6_warp_sum_d(double v) {
+    for (int off = 16; off > 0; off >>= 1) v += __shfl_xor_sync(0xffffffffu, v, off);
+    return v;
+}
+
+// Sum of a double over the block (blockDim.x a multiple of 32, at most 1024); every thread gets it.
+__device__ double s6_block_sum_d(double v, double* scratch /* [33] */) {
+    const unsigned int warp = threadIdx.x / 32, lane = threadIdx.x % 32, nwarps = blockDim.x / 32;
+    v = s6_warp_sum_d(v);
+    __syncthreads();  // scratch may still be read by a previous call
+    if (lane == 0) scratch[warp] = v;
+    __syncthreads();
+    if (warp == 0) {
+        double w = lane < nwarps ? scratch[lane] : 0.0;
+        w = s6_warp_sum_d(w);
+        if (lane == 0) scratch[32] = w;
+    }
+    __syncthreads();
+    return scratch[32];
+}
+
+// Max of a float over the block (blockDim.x a multiple of 32, at most 1024); every thread gets it.
+__device__ float s6_block_max_f(float v, float* scratch /* [33] */) {
+    const unsigned int warp = threadIdx.x / 32, lane = threadIdx.x % 32, nwarps = blockDim.x / 32;
+    v = s6_warp_max_f(v);
+    __syncthreads();
+    if (lane == 0) scratch[warp] = v;
+    __syncthreads();
+    if (warp == 0) {
+        float w = lane < nwarps ? scratch[lane] : S6_NEG_INF;
+        w = s6_warp_max_f(w);
+        if (lane == 0) scratch[32] = w;
+    }
+    __syncthreads();
+    return scratch[32];
+}
+
+// dst[j] += sum_r src[r * ld + j] for r < rows, j < n (ld = 0: the same row every time).
+// Block (32, 8): threadIdx.x picks the column within a block of 32 columns (grid.x), threadIdx.y
+// strides over rows; sums in f64, added in a fixed order (deterministic).
+extern "C" __global__ void s6_col_sums(const float* __restrict__ src, unsigned int ld, unsigned int rows,
+                                       unsigned int n, float* __restrict__ dst) {
+    __shared__ double part[8][33];
+    const unsigned int j = blockIdx.x * 32 + threadIdx.x;
+    double s = 0.0;
+    if (j < n) {
+        for (unsigned int r = threadIdx.y; r < rows; r += 8) s += (double)src[(unsigned long long)r * ld + j];
+    }
+    part[threadIdx.y][threadIdx.x] = s;
+    __syncthreads();
+    if (threadIdx.y == 0 && j < n) {
+        double t = 0.0;
+        for (int y = 0; y < 8; y++) t += part[y][threadIdx.x];
+        dst[j] += (float)t;
+    }
+}
+
+// RMSNorm backward, one block per row (block size a multiple of 32, at most 1024):
+// r = rsqrt(mean(x²) + eps), dres += r·(g·w) − x·r³·mean((g·w)·x); wpart[row, i] = g_i·x_i·r
+// (the per-row terms of dweight, summed over rows by s6_col_sums).
+extern "C" __global__ void s6_rmsnorm_bwd(const float* __restrict__ x_all, const float* __restrict__ w,
+                                          const float* __restrict__ dy_all, float* __restrict__ dres_all,
+                                          float* __restrict__ wpart, unsigned int dim, float eps) {
+    __shared__ double scratch[33];
+    const unsigned long long base = (unsigned long long)blockIdx.x * dim;
+    const float* x = x_all + base;
+    const float* dy = dy_all + base;
+    double ss = 0.0, dot = 0.0;
+    for (unsigned int i = threadIdx.x; i < dim; i += blockDim.x) {
+        const float xi = x[i];
+        ss += (double)xi * (double)xi;
+        dot += (double)(dy[i] * w[i]) * (double)xi;
+    }
+    ss = s6_block_sum_d(ss, scratch);
+    dot = s6_block_sum_d(dot, scratch);
+    const double r = 1.0 / sqrt(ss / (double)dim + (double)eps);
+    const double mean = dot / (double)dim;
+    const float rf = (float)r, coef = (float)(r * r * r * mean);
+    for (unsigned int i = threadIdx.x; i < dim; i += blockDim.x) {
+        const float xi = x[i], g = dy[i];
+        dres_all[base + i] += rf * (g * w[i]) - xi * coef;
+        wpart[base + i] = g * xi * rf;
+    }
+}
+
+// dtable[ids[i], c] += dout[i, c] (atomics: duplicate ids add up).
+extern "C" __global__ void s6_embedding_bwd(const unsigned int* __restrict__ ids, const float* __restrict__ dout,
+                                            float* __restrict__ dtable, unsigned int rows, unsigned int dim) {
+    unsigned long long i = (unsigned long long)blockIdx.x * blockDim.x + threadIdx.x;
+    const unsigned long long total = (unsigned long long)rows * dim;
+    for (; i < total; i += (unsigned long long)gridDim.x * blockDim.x) {
+        const unsigned int r = (unsigned int)(i / dim), c = (unsigned int)(i % dim);
+        atomicAdd(&dtable[(unsigned long long)ids[r] * dim + c], dout[i]);
+    }
+}
+
+// Softmax cross-entropy, one block per row (block size a multiple of 32, at most 1024). Writes
+// dlogits = scale·(softmax − onehot) (a zero row when the target is 0xffffffff) and the row's
+// loss logsumexp(x) − x[t] (0 when ignored) into losses[row].
+extern "C" __global__ void s6_cross_entropy(const float* __restrict__ logits, const unsigned int* __restrict__ targets,
+                                            float* __restrict__ dlogits, double* __restrict__ losses,
+                                            unsigned int vocab, float scale) {
+    __shared__ float fscratch[33];
+    __shared__ double dscratch[33];
+    const unsigned long long base = (unsigned long long)blockIdx.x * vocab;
+    const float* x = logits + base;
+    float* d = dlogits + base;
+    const unsigned int t = targets[blockIdx.x];
+    if (t == 0xffffffffu) {
+        for (unsigned int i = threadIdx.x; i < vocab; i += blockDim.x) d[i] = 0.0f;
+        if (threadIdx.x == 0) losses[blockIdx.x] = 0.0;
+        return;
+    }
+    float m = S6_NEG_INF;
+    for (unsigned int i = threadIdx.x; i < vocab; i += blockDim.x) m = fmaxf(m, x[i]);
+    m = s6_block_max_f(m, fscratch);
+    double s = 0.0;
+    for (unsigned int i = threadIdx.x; i < vocab; i += blockDim.x) {
+        const float e = expf(x[i] - m);
+        d[i] = e;
+        s += (double)e;
+    }
+    s = s6_block_sum_d(s, dscratch);
+    const float f = (float)((double)scale / s);
+    // Each thread rescales the elements it wrote itself: no barrier needed before this loop.
+    for (unsigned int i = threadIdx.x; i < vocab; i += blockDim.x) {
+        float v = d[i] * f;
+        if (i == t) v -= scale;
+        d[i] = v;
+    }
+    if (threadIdx.x == 0) losses[blockIdx.x] = (double)m + log(s) - (double)x[t];
+}
+
+// out[0] = sum of v[0..n) (one block of up to 1024 threads, f64, fixed order).
+extern "C" __global__ void s6_sum_f64(const double* __restrict__ v, unsigned int n, double* __restrict__ out) {
+    __shared__ double scratch[33];
+    double s = 0.0;
+    for (unsigned int i = threadIdx.x; i < n; i += blockDim.x) s += v[i];
+    s = s6_block_sum_d(s, scratch);
+    if (threadIdx.x == 0) out[0] = s;
+}
+
+// partial[blockIdx.x] = sum of squares of this block's grid-stride share of x (f64). A second
+// pass (s6_sum_f64) adds the partials: deterministic.
+extern "C" __global__ void s6_sum_squares(const float* __restrict__ x, unsigned long long n,
+                                          double* __restrict__ partial) {
+    __shared__ double scratch[33];
+    double s = 0.0;
+    unsigned long long i = (unsigned long long)blockIdx.x * blockDim.x + threadIdx.x;
+    for (; i < n; i += (unsigned long long)gridDim.x * blockDim.x) {
+        const double v = (double)x[i];
+        s += v * v;
+    }
+    s = s6_block_sum_d(s, scratch);
+    if (threadIdx.x == 0) partial[blockIdx.x] = s;
+}
+
+// One AdamW step (PyTorch semantics; the scalars are precomputed on the host as the CPU does).
+extern "C" __global__ void s6_adamw(float* __restrict__ p, const float* __restrict__ grad, float* __restrict__ m,
+                                    float* __restrict__ v, unsigned long long n, float b1, float b2, float eps,
+                                    float gs, float step_size, float bc2_sqrt, float decay) {
+    unsigned long long i = (unsigned long long)blockIdx.x * blockDim.x + threadIdx.x;
+    const float c1 = 1.0f - b1, c2 = 1.0f - b2;
+    for (; i < n; i += (unsigned long long)gridDim.x * blockDim.x) {
+        const float g = grad[i] * gs;
+        const float mi = b1 * m[i] + c1 * g;
+        const float vi = b2 * v[i] + c2 * (g * g);
+        m[i] = mi;
+        v[i] = vi;
+        const float denom = sqrtf(vi) / bc2_sqrt + eps;
+        p[i] = p[i] * decay - step_size * (mi / denom);
+    }
+}
+
+// RoPE in place (HF Llama rotate_half). x: [rows, n_head * head_dim] with row stride ld. One
+// thread per (row, head, i < head_dim / 2). The angle is the f32 product p · inv_freq[i]; its sine
+// and cosine are evaluated in f64. sign = -1: the inverse rotation (backward).
+extern "C" __global__ void s6_rope(float* __restrict__ x, unsigned int ld, const float* __restrict__ inv_freq,
+                                   unsigned int rows, unsigned int seqlen, unsigned int n_head,
+                                   unsigned int head_dim, unsigned int pos0, float sign) {
+    const unsigned int half = head_dim / 2;
+    unsigned long long i = (unsigned long long)blockIdx.x * blockDim.x + threadIdx.x;
+    const unsigned long long total = (unsigned long long)rows * n_head * half;
+    for (; i < total; i += (unsigned long long)gridDim.x * blockDim.x) {
+        const unsigned int f = (unsigned int)(i % half);
+        const unsigned long long rh = i / half;
+        const unsigned int h = (unsigned int)(rh % n_head);
+        const unsigned int r = (unsigned int)(rh / n_head);
+        const float p = (float)(pos0 + r % seqlen);
+        const float ang = p * inv_freq[f];
+        double sd, cd;
+        sincos((double)ang, &sd, &cd);
+        const float c = (float)cd, s = (float)(sign * sd);
+        float* xh = x + (unsigned long long)r * ld + (unsigned long long)h * head_dim;
+        const float a = xh[f], b = xh[f + half];
+        xh[f] = a * c - b * s;
+        xh[f + half] = b * c + a * s;
+    }
+}
+
+// out = silu(gate) · up; gate, up with row strides, out contiguous.
+extern "C" __global__ void s6_swiglu(const float* __restrict__ g, unsigned int ldg, const float* __restrict__ u,
+                                     unsigned int ldu, float* __restrict__ out, unsigned int rows, unsigned int cols) {
+    unsigned long long i = (unsigned long long)blockIdx.x * blockDim.x + threadIdx.x;
+    const unsigned long long total = (unsigned long long)rows * cols;
+    for (; i < total; i += (unsigned long long)gridDim.x * blockDim.x) {
+        const unsigned long long r = i / cols, c = i % cols;
+        const float x = g[r * ldg + c];
+        out[i] = x * s6_sigmoid_t(x) * u[r * ldu + c];
+    }
+}
+
+// dgate = dout·up·σ(g)·(1 + g·(1 − σ(g))), dup = dout·silu(g); all with their own row strides.
+extern "C" __global__ void s6_swiglu_bwd(const float* __restrict__ g, unsigned int ldg, const float* __restrict__ u,
+                                         unsigned int ldu, const float* __restrict__ dout, float* __restrict__ dg,
+                                         unsigned int lddg, float* __restrict__ du, unsigned int lddu,
+                                         unsigned int rows, unsigned int cols) {
+    unsigned long long i = (unsigned long long)blockIdx.x * blockDim.x + threadIdx.x;
+    const unsigned long long total = (unsigned long long)rows * cols;
+    for (; i < total; i += (unsigned long long)gridDim.x * blockDim.x) {
+        const unsigned long long r = i / cols, c = i % cols;
+        const float x = g[r * ldg + c], s = s6_sigmoid_t(x), d = dout[i];
+        dg[r * lddg + c] = d * u[r * ldu + c] * s * (1.0f + x * (1.0f - s));
+        du[r * lddu + c] = d * x * s;
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Causal attention. One warp per (batch, head, position); 4 warps per block; head_dim <= 128
+// (each lane holds up to 4 columns: lane, lane + 32, lane + 64, lane + 96). Keys (or queries, in
+// the dk/dv kernel) are visited in chunks of 32, one per lane, with an online softmax. Memory is
+// linear in seqlen; no seqlen × seqlen matrix exists.
+// Index of warp w: t = w % L, bh = w / L, h = bh % H, b = bh / H. lse/delta: [B, H, L].
+
+#define S6_ATT_WARPS 4
+#define S6_ATT_MAXD 128
+
+extern "C" __global__ void __launch_bounds__(32 * S6_ATT_WARPS)
+    s6_attn_fwd(const float* __restrict__ q, unsigned int ldq, const float* __restrict__ k, unsigned int ldk,
+                const float* __restrict__ v, unsigned int ldv, float* __restrict__ out, float* __restrict__ lse,
+                unsigned int B, unsigned int L, unsigned int H, unsigned int D, float scale) {
+    __shared__ float qs[S6_ATT_WARPS][S6_ATT_MAXD];
+    const unsigned int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+    const unsigned long long gw = (unsigned long long)blockIdx.x * S6_ATT_WARPS + warp;
+    if (gw >= (unsigned long long)B * H * L) return;  // whole warps leave; no block barriers below
+    const unsigned int t = (unsigned int)(gw % L);
+    const unsigned int bh = (unsigned int)(gw / L);
+    const unsigned int h = bh % H, b = bh / H;
+    const unsigned long long row = (unsigned long long)b * L + t;
+    const unsigned long long seq0 = (unsigned long long)b * L;
+    for (unsigned int c = lane; c < D; c += 32) qs[warp][c] = q[row * ldq + (unsigned long long)h * D + c] * scale;
+    __syncwarp();
+    float acc[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+    float m = S6_NEG_INF, l = 0.0f;
+    for (unsigned int s0 = 0; s0 <= t; s0 += 32) {
+        const unsigned int s = s0 + lane;
+        float sc = S6_NEG_INF;
+        if (s <= t) {
+            const float* kr = k + (seq0 + s) * ldk + (unsigned long long)h * D;
+            float dot = 0.0f;
+            for (unsigned int c = 0; c < D; c++) dot = fmaf(qs[warp][c], kr[c], dot);
+            sc = dot;
+        }
+        const float mnew = fmaxf(m, s6_warp_max_f(sc));  // finite: key s0 <= t is valid
+        const float p = s <= t ? expf(sc - mnew) : 0.0f;
+        const float corr = expf(m - mnew);               // 0 on the first chunk
+        l = l * corr + s6_warp_sum_f(p);
+        for (int e = 0; e < 4; e++) acc[e] *= corr;
+        const unsigned int nk = min(32u, t - s0 + 1);
+        for (unsigned int j = 0; j < nk; j++) {
+            const float pj = __shfl_sync(0xffffffffu, p, j);
+            const float* vr = v + (seq0 + s0 + j) * ldv + (unsigned long long)h * D;
+            for (int e = 0; e < 4; e++) {
+                const unsigned int c = lane + 32 * e;
+                if (c < D) acc[e] = fmaf(pj, vr[c], acc[e]);
+            }
+        }
+        m = mnew;
+    }
+    const float inv = 1.0f / l;
+    const unsigned long long W = (unsigned long long)H * D;
+    for (int e = 0; e < 4; e++) {
+        const unsigned int c = lane + 32 * e;
+        if (c < D) out[row * W + (unsigned long long)h * D + c] = acc[e] * inv;
+    }
+    if (lane == 0) lse[gw] = m + logf(l);
+}
+
+// delta[b, h, t] = dout[row, head h] · out[row, head h] (both contiguous [rows, H * D]).
+extern "C" __global__ void __launch_bounds__(32 * S6_ATT_WARPS)
+    s6_attn_bwd_delta(const float* __restrict__ out, const float* __restrict__ dout, float* __restrict__ delta,
+                      unsigned int B, unsigned int L, unsigned int H, unsigned int D) {
+    const unsigned int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+    const unsigned long long gw = (unsigned long long)blockIdx.x * S6_ATT_WARPS + warp;
+    if (gw >= (unsigned long long)B * H * L) return;
+    const unsigned int t = (unsigned int)(gw % L);
+    const unsigned int bh = (unsigned int)(gw / L);
+    const unsigned int h = bh % H, b = bh / H;
+    const unsigned long long at = ((unsigned long long)b * L + t) * H * D + (unsigned long long)h * D;
+    float s = 0.0f;
+    for (unsigned int c = lane; c < D; c += 32) s = fmaf(out[at + c], dout[at + c], s);
+    s = s6_warp_sum_f(s);
+    if (lane == 0) delta[gw] = s;
+}
+
+// dq[t] = scale · Σ_{s ≤ t} p_ts (dout_t·v_s − delta_t) k_s, p_ts = exp(scale·q_t·k_s − lse_t).
+extern "C" __global__ void __launch_bounds__(32 * S6_ATT_WARPS)
+    s6_attn_bwd_dq(const float* __restrict__ q, unsigned int ldq, const float* __restrict__ k, unsigned int ldk,
+                   const float* __restrict__ v, unsigned int ldv, const float* __restrict__ dout,
+                   const float* __restrict__ lse, const float* __restrict__ delta, float* __restrict__ dq,
+                   unsigned int lddq, unsigned int B, unsigned int L, unsigned int H, unsigned int D, float scale) {
+    __shared__ float qs[S6_ATT_WARPS][S6_ATT_MAXD];
+    __shared__ float ds_[S6_ATT_WARPS][S6_ATT_MAXD];
+    const unsigned int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+    const unsigned long long gw = (unsigned long long)blockIdx.x * S6_ATT_WARPS + warp;
+    if (gw >= (unsigned long long)B * H * L) return;
+    const unsigned int t = (unsigned int)(gw % L);
+    const unsigned int bh = (unsigned int)(gw / L);
+    const unsigned int h = bh % H, b = bh / H;
+    const unsigned long long row = (unsigned long long)b * L + t;
+    const unsigned long long seq0 = (unsigned long long)b * L;
+    const unsigned long long W = (unsigned long long)H * D;
+    for (unsigned int c = lane; c < D; c += 32) {
+        qs[warp][c] = q[row * ldq + (unsigned long long)h * D + c] * scale;
+        ds_[warp][c] = dout[row * W + (unsigned long long)h * D + c];
+    }
+    __syncwarp();
+    const float lt = lse[gw], dt = delta[gw];
+    float acc[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+    for (unsigned int s0 = 0; s0 <= t; s0 += 32) {
+        const unsigned int s = s0 + lane;
+        float g = 0.0f;
+        if (s <= t) {
+            const float* kr = k + (seq0 + s) * ldk + (unsigned long long)h * D;
+            const float* vr = v + (seq0 + s) * ldv + (unsigned long long)h * D;
+            float qk = 0.0f, dv = 0.0f;
+            for (unsigned int c = 0; c < D; c++) {
+                qk = fmaf(qs[warp][c], kr[c], qk);
+                dv = fmaf(ds_[warp][c], vr[c], dv);
+            }
+            g = expf(qk - lt) * (dv - dt);
+        }
+        const unsigned int nk = min(32u, t - s0 + 1);
+        for (unsigned int j = 0; j < nk; j++) {
+            const float gj = __shfl_sync(0xffffffffu, g, j);
+            const float* kr = k + (seq0 + s0 + j) * ldk + (unsigned long long)h * D;
+            for (int e = 0; e < 4; e++) {
+                const unsigned int c = lane + 32 * e;
+                if (c < D) acc[e] = fmaf(gj, kr[c], acc[e]);
+            }
+        }
+    }
+    for (int e = 0; e < 4; e++) {
+        const unsigned int c = lane + 32 * e;
+        if (c < D) dq[row * lddq + (unsigned long long)h * D + c] = acc[e] * scale;
+    }
+}
+
+// For key s: dv[s] = Σ_{t ≥ s} p_ts dout_t, dk[s] = scale · Σ_{t ≥ s} p_ts (dout_t·v_s − delta_t) q_t.
+extern "C" __global__ void __launch_bounds__(32 * S6_ATT_WARPS)
+    s6_attn_bwd_dkv(const float* __restrict__ q, unsigned int ldq, const float* __restrict__ k, unsigned int ldk,
+                    const float* __restrict__ v, unsigned int ldv, const float* __restrict__ dout,
+                    const float* __restrict__ lse, const float* __restrict__ delta, float* __restrict__ dk,
+                    unsigned int lddk, float* __restrict__ dv, unsigned int lddv, unsigned int B, unsigned int L,
+                    unsigned int H, unsigned int D, float scale) {
+    __shared__ float ks[S6_ATT_WARPS][S6_ATT_MAXD];
+    __shared__ float vs[S6_ATT_WARPS][S6_ATT_MAXD];
+    const unsigned int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+    const unsigned long long gw = (unsigned long long)blockIdx.x * S6_ATT_WARPS + warp;
+    if (gw >= (unsigned long long)B * H * L) return;
+    const unsigned int s = (unsigned int)(gw % L);
+    const unsigned int bh = (unsigned int)(gw / L);
+    const unsigned int h = bh % H, b = bh / H;
+    const unsigned long long row = (unsigned long long)b * L + s;
+    const unsigned long long seq0 = (unsigned long long)b * L;
+    const unsigned long long lse0 = (unsigned long long)bh * L;
+    const unsigned long long W = (unsigned long long)H * D;
+    for (unsigned int c = lane; c < D; c += 32) {
+        ks[warp][c] = k[row * ldk + (unsigned long long)h * D + c] * scale;
+        vs[warp][c] = v[row * ldv + (unsigned long long)h * D + c];
+    }
+    __syncwarp();
+    float ak[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+    float av[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+    for (unsigned int t0 = s; t0 < L; t0 += 32) {
+        const unsigned int t = t0 + lane;
+        float p = 0.0f, g = 0.0f;
+        if (t < L) {
+            const float* qr = q + (seq0 + t) * ldq + (unsigned long long)h * D;
+            const float* dr = dout + (seq0 + t) * W + (unsigned long long)h * D;
+            float qk = 0.0f, dvv = 0.0f;
+            for (unsigned int c = 0; c < D; c++) {
+                qk = fmaf(qr[c], ks[warp][c], qk);
+                dvv = fmaf(dr[c], vs[warp][c], dvv);
+            }
+            p = expf(qk - lse[lse0 + t]);
+            g = p * (dvv - delta[lse0 + t]);
+        }
+        const unsigned int nq = min(32u, L - t0);
+        for (unsigned int j = 0; j < nq; j++) {
+            const float pj = __shfl_sync(0xffffffffu, p, j);
+            const float gj = __shfl_sync(0xffffffffu, g, j);
+            const float* qr = q + (seq0 + t0 + j) * ldq + (unsigned long long)h * D;
+            const float* dr = dout + (seq0 + t0 + j) * W + (unsigned long long)h * D;
+            for (int e = 0; e < 4; e++) {
+                const unsigned int c = lane + 32 * e;
+                if (c < D) {
+                    av[e] = fmaf(pj, dr[c], av[e]);
+                    ak[e] = fmaf(gj, qr[c], ak[e]);
+                }
+            }
+        }
+    }
+    for (int e = 0; e < 4; e++) {
+        const unsigned int c = lane + 32 * e;
+        if (c < D) {
+            dk[row * lddk + (unsigned long long)h * D + c] = ak[e] * scale;
+            dv[row * lddv + (unsigned long long)h * D + c] = av[e];
+        }
+    }
+}

@@ -1,0 +1,515 @@
+//! The training ops of the CUDA backend (kernels in `kernels/train.cu`): linear backward through
+//! cuBLAS, RMSNorm and embedding backward, cross-entropy, sum of squares, fused AdamW, column sums,
+//! and the attention-baseline ops (RoPE, causal attention forward and backward, SwiGLU).
+//!
+//! Every op checks its buffers' extents before it launches anything (`ptr`/`ptr_mut`) and
+//! validates token ids and targets on the host, as the CPU backend does.
+
+use cudarc::cublas::{result as blas_result, sys as blas_sys};
+use cudarc::driver::{DevicePtr, LaunchConfig, PushKernelArg};
+
+use super::{blas_err, driver_err, grid_1d, u32_of, Cuda, CudaBuf};
+use crate::backend::{AdamW, AttnDims, Backend, View, ViewMut};
+use crate::{Error, Result};
+
+/// Warps per block of the attention kernels (`S6_ATT_WARPS`) and their largest head size.
+const ATT_WARPS: usize = 4;
+const ATT_MAX_HEAD_DIM: usize = 128;
+
+fn int(what: &str, v: usize) -> Result<i32> {
+    i32::try_from(v).map_err(|_| Error::Backend(format!("cuBLAS: {what} = {v} exceeds i32")))
+}
+
+/// Threads of a one-block-per-row kernel for rows of `width` values.
+fn row_threads(width: usize) -> u32 {
+    (width.div_ceil(32) * 32).next_power_of_two().clamp(32, 1024) as u32
+}
+
+fn rows_cfg(rows: usize, threads: u32) -> Result<LaunchConfig> {
+    Ok(LaunchConfig { grid_dim: (u32_of("rows", rows)?, 1, 1), block_dim: (threads, 1, 1), shared_mem_bytes: 0 })
+}
+
+fn check_attn(what: &str, dims: AttnDims) -> Result<()> {
+    if dims.head_dim > ATT_MAX_HEAD_DIM {
+        return Err(Error::Backend(format!(
+            "CUDA {what}: head_dim {} is over the kernels' maximum of {ATT_MAX_HEAD_DIM}",
+            dims.head_dim
+        )));
+    }
+    Ok(())
+}
+
+fn attn_cfg(dims: AttnDims) -> Result<LaunchConfig> {
+    let warps = dims.batch * dims.n_head * dims.seqlen;
+    Ok(LaunchConfig {
+        grid_dim: (u32_of("attention blocks", warps.div_ceil(ATT_WARPS))?, 1, 1),
+        block_dim: (32 * ATT_WARPS as u32, 1, 1),
+        shared_mem_bytes: 0,
+    })
+}
+
+impl Cuda {
+    /// `dst[j] += Σ_r src[r, j]`, f64 sums on the device (`src.ld = 0`: one row, `rows` times).
+    fn col_sums(&self, src: View<'_, CudaBuf>, rows: usize, n: usize, dst: &mut CudaBuf, what: &str) -> Result<()> {
+        if rows == 0 || n == 0 {
+            return Ok(());
+        }
+        let sp = self.ptr(src.buf, src.offset, Self::view_extent(src.ld, rows, n), what)?;
+        let dp = self.ptr_mut(dst, 0, n, what)?;
+        let cfg = LaunchConfig {
+            grid_dim: (u32_of("columns", n.div_ceil(32))?, 1, 1),
+            block_dim: (32, 8, 1),
+            shared_mem_bytes: 0,
+        };
+        let (ld, r, nn) = (u32_of("ld", src.ld)?, u32_of("rows", rows)?, u32_of("n", n)?);
+        launch!(self, self.func("s6_col_sums")?, cfg, what; sp, ld, r, nn, dp);
+        Ok(())
+    }
+
+    /// Column sums into `dst` (exactly `n` values), the [`crate::backend::Backend::sum_rows`] op.
+    pub(super) fn sum_rows_dev(&self, src: View<'_, CudaBuf>, rows: usize, n: usize, dst: &mut CudaBuf) -> Result<()> {
+        if dst.len != n {
+            return Err(Error::Backend(format!("CUDA sum_rows: destination has {} elements, not {n}", dst.len)));
+        }
+        self.col_sums(src, rows, n, dst, "sum_rows")
+    }
+
+    pub(super) fn linear_backward_dev(
+        &self,
+        x: View<'_, CudaBuf>,
+        rows: usize,
+        k: usize,
+        w: &CudaBuf,
+        n: usize,
+        dy: &CudaBuf,
+        dx: Option<ViewMut<'_, CudaBuf>>,
+        dw: &mut CudaBuf,
+        db: Option<&mut CudaBuf>,
+    ) -> Result<()> {
+        let wp = self.ptr(w, 0, n * k, "linear_backward weight")?;
+        let dyp = self.ptr(dy, 0, rows * n, "linear_backward dy")?;
+        let dwp = self.ptr_mut(dw, 0, n * k, "linear_backward dw")?;
+        let xp = self.ptr(x.buf, x.offset, Self::view_extent(x.ld, rows, k), "linear_backward x")?;
+        let dxp = match dx {
+            Some(v) => {
+                Some((self.ptr_mut(v.buf, v.offset, Self::view_extent(v.ld, rows, k), "linear_backward dx")?, v.ld))
+            }
+            None => None,
+        };
+        if let Some(db) = db {
+            if db.len < n {
+                return Err(Error::Backend(format!("CUDA linear_backward: db has {} elements, not {n}", db.len)));
+            }
+            self.col_sums(View::full(dy, n), rows, n, db, "linear_backward db")?;
+        }
+        if rows == 0 || k == 0 {
+            return Ok(());
+        }
+        if n == 0 {
+            // dx = dy · w over an empty inner dimension: zeros.
+            if let Some((p, ld)) = dxp {
+                let zero = self.zeros(rows * k)?;
+                let z = self.ptr(&zero, 0, rows * k, "zeros")?;
+                // Copy a zero [rows, k] matrix into the strided view with cuBLAS' sgeam-free path:
+                // a GEMM with beta = 0 and k = 0 is not allowed, so use the generic 2D copy kernel.
+                self.copy_strided(z, k, p, ld, rows, k)?;
+            }
+            return Ok(());
+        }
+        self.inner.ctx.bind_to_thread().map_err(driver_err("bind"))?;
+        let (one, zero) = (1.0f32, 0.0f32);
+        let h = *self.inner.blas.handle();
+        use blas_sys::cublasOperation_t::{CUBLAS_OP_N, CUBLAS_OP_T};
+        if let Some((p, ld)) = dxp {
+            // Column-major: dxᵀ [k × rows] = wᵀ [k × n] (w row-major [n, k] is col-major k × n, ld k)
+            // · dyᵀ [n × rows] (dy row-major [rows, n]: col-major n × rows, ld n).
+            // SAFETY: pointers bounds-checked above for these shapes and strides.
+            unsafe {
+                blas_result::sgemm(
+                    h,
+                    CUBLAS_OP_N,
+                    CUBLAS_OP_N,
+                    int("k", k)?,
+                    int("rows", rows)?,
+                    int("n", n)?,
+                    &one,
+                    wp as *const f32,
+                    int("k", k)?,
+                    dyp as *const f32,
+                    int("n", n)?,
+                    &zero,
+                    p as *mut f32,
+                    int("ld dx", ld.max(k))?,
+                )
+                .map_err(blas_err)?;
+            }
+        }
+        // dwᵀ [k × n] += xᵀ [k × rows] (x: col-major k × rows, ld x.ld) · dy [rows × n] (op T of
+        // dy's col-major n × rows).
+        // SAFETY: as above.
+        unsafe {
+            blas_result::sgemm(
+                h,
+                CUBLAS_OP_N,
+                CUBLAS_OP_T,
+                int("k", k)?,
+                int("n", n)?,
+                int("rows", rows)?,
+                &one,
+                xp as *const f32,
+                int("ld x", x.ld.max(k))?,
+                dyp as *const f32,
+                int("n", n)?,
+                &one,
+                dwp as *mut f32,
+                int("k", k)?,
+            )
+            .map_err(blas_err)?;
+        }
+        Ok(())
+    }
+
+    /// `dst[r, c] = src[r, c]` for strided matrices (device pointers), through cuBLAS sgeam.
+    fn copy_strided(&self, src: u64, ld_src: usize, dst: u64, ld_dst: usize, rows: usize, cols: usize) -> Result<()> {
+        if rows == 0 || cols == 0 {
+            return Ok(());
+        }
+        self.inner.ctx.bind_to_thread().map_err(driver_err("bind"))?;
+        let (one, zero) = (1.0f32, 0.0f32);
+        use blas_sys::cublasOperation_t::CUBLAS_OP_N;
+        // SAFETY: the callers bounds-checked both matrices; B is not read with beta = 0 but must
+        // be a valid pointer, so it is the source again.
+        unsafe {
+            blas_sys::cublasSgeam(
+                *self.inner.blas.handle(),
+                CUBLAS_OP_N,
+                CUBLAS_OP_N,
+                int("cols", cols)?,
+                int("rows", rows)?,
+                &one,
+                src as *const f32,
+                int("ld", ld_src.max(cols))?,
+                &zero,
+                src as *const f32,
+                int("ld", ld_src.max(cols))?,
+                dst as *mut f32,
+                int("ld", ld_dst.max(cols))?,
+            )
+            .result()
+            .map_err(blas_err)?;
+        }
+        Ok(())
+    }
+
+    pub(super) fn rmsnorm_backward_dev(
+        &self,
+        residual: &CudaBuf,
+        weight: &CudaBuf,
+        eps: f32,
+        rows: usize,
+        dim: usize,
+        dout: &CudaBuf,
+        dresidual: &mut CudaBuf,
+        dweight: &mut CudaBuf,
+    ) -> Result<()> {
+        let x = self.ptr(residual, 0, rows * dim, "rmsnorm_backward residual")?;
+        let w = self.ptr(weight, 0, dim, "rmsnorm_backward weight")?;
+        let dy = self.ptr(dout, 0, rows * dim, "rmsnorm_backward dout")?;
+        let dr = self.ptr_mut(dresidual, 0, rows * dim, "rmsnorm_backward dresidual")?;
+        self.ptr_mut(dweight, 0, dim, "rmsnorm_backward dweight")?;
+        if rows * dim == 0 {
+            return Ok(());
+        }
+        // Per-row weight-gradient terms, summed over rows in a fixed order (deterministic).
+        let mut part = self.zeros(rows * dim)?;
+        let pp = self.ptr_mut(&mut part, 0, rows * dim, "rmsnorm_backward scratch")?;
+        let d = u32_of("dim", dim)?;
+        launch!(self, self.func("s6_rmsnorm_bwd")?, rows_cfg(rows, row_threads(dim))?, "rmsnorm_backward"; x, w, dy, dr, pp, d, eps);
+        self.col_sums(View::full(&part, dim), rows, dim, dweight, "rmsnorm_backward dweight")
+    }
+
+    pub(super) fn embedding_backward_dev(
+        &self,
+        ids: &[u32],
+        dim: usize,
+        dout: &CudaBuf,
+        dtable: &mut CudaBuf,
+    ) -> Result<()> {
+        let rows = ids.len();
+        self.ptr(dout, 0, rows * dim, "embedding_backward dout")?;
+        if dim == 0 || rows == 0 {
+            return Ok(());
+        }
+        let vocab = dtable.len / dim;
+        if let Some(&bad) = ids.iter().find(|&&i| i as usize >= vocab) {
+            return Err(Error::input(format!("token id {bad} is outside the vocabulary (size {vocab})")));
+        }
+        let ids_dev = self.upload_u32(ids)?;
+        let (ip, _s) = ids_dev.device_ptr(self.stream());
+        let dp = self.ptr(dout, 0, rows * dim, "embedding_backward dout")?;
+        let tp = self.ptr_mut(dtable, 0, vocab * dim, "embedding_backward dtable")?;
+        let (r, d) = (u32_of("rows", rows)?, u32_of("dim", dim)?);
+        launch!(self, self.func("s6_embedding_bwd")?, grid_1d(rows * dim), "embedding_backward"; ip, dp, tp, r, d);
+        Ok(())
+    }
+
+    pub(super) fn cross_entropy_dev(
+        &self,
+        logits: &CudaBuf,
+        rows: usize,
+        vocab: usize,
+        targets: &[u32],
+        scale: f32,
+        dlogits: &mut CudaBuf,
+    ) -> Result<(f64, usize)> {
+        let lp = self.ptr(logits, 0, rows * vocab, "cross_entropy logits")?;
+        let dp = self.ptr_mut(dlogits, 0, rows * vocab, "cross_entropy dlogits")?;
+        if targets.len() != rows {
+            return Err(Error::Backend(format!("CUDA cross_entropy: {} targets for {rows} rows", targets.len())));
+        }
+        if let Some((i, &t)) = targets.iter().enumerate().find(|(_, &t)| t != u32::MAX && t as usize >= vocab) {
+            return Err(Error::input(format!("target token {t} (row {i}) is outside the vocabulary (size {vocab})")));
+        }
+        let counted = targets.iter().filter(|&&t| t != u32::MAX).count();
+        if rows == 0 || vocab == 0 {
+            return Ok((0.0, counted));
+        }
+        let t_dev = self.upload_u32(targets)?;
+        let (tp, _s) = t_dev.device_ptr(self.stream());
+        let losses = self.stream().alloc_zeros::<f64>(rows).map_err(driver_err("allocation"))?;
+        let total = self.stream().alloc_zeros::<f64>(1).map_err(driver_err("allocation"))?;
+        let (lsp, _s2) = losses.device_ptr(self.stream());
+        let (totp, _s3) = total.device_ptr(self.stream());
+        let v = u32_of("vocab", vocab)?;
+        launch!(self, self.func("s6_cross_entropy")?, rows_cfg(rows, row_threads(vocab).clamp(128, 256))?, "cross_entropy"; lp, tp, dp, lsp, v, scale);
+        let r = u32_of("rows", rows)?;
+        launch!(self, self.func("s6_sum_f64")?, rows_cfg(1, 1024)?, "cross_entropy sum"; lsp, r, totp);
+        let host = self.stream().clone_dtoh(&total).map_err(driver_err("download"))?;
+        self.synchronize()?;
+        Ok((host[0], counted))
+    }
+
+    pub(super) fn sum_squares_dev(&self, buf: &CudaBuf) -> Result<f64> {
+        let n = buf.len;
+        if n == 0 {
+            return Ok(0.0);
+        }
+        let blocks = n.div_ceil(256).clamp(1, 1024);
+        let partial = self.stream().alloc_zeros::<f64>(blocks).map_err(driver_err("allocation"))?;
+        let total = self.stream().alloc_zeros::<f64>(1).map_err(driver_err("allocation"))?;
+        let (pp, _s) = partial.device_ptr(self.stream());
+        let (tp, _s2) = total.device_ptr(self.stream());
+        let xp = self.ptr(buf, 0, n, "sum_squares")?;
+        let nn = n as u64;
+        let cfg = LaunchConfig { grid_dim: (blocks as u32, 1, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 };
+        launch!(self, self.func("s6_sum_squares")?, cfg, "sum_squares"; xp, nn, pp);
+        let nb = blocks as u32;
+        launch!(self, self.func("s6_sum_f64")?, rows_cfg(1, 1024)?, "sum_squares total"; pp, nb, tp);
+        let host = self.stream().clone_dtoh(&total).map_err(driver_err("download"))?;
+        self.synchronize()?;
+        Ok(host[0])
+    }
+
+    pub(super) fn adamw_step_dev(
+        &self,
+        param: &mut CudaBuf,
+        grad: &CudaBuf,
+        m: &mut CudaBuf,
+        v: &mut CudaBuf,
+        hp: &AdamW,
+    ) -> Result<()> {
+        let n = param.len;
+        if grad.len != n || m.len != n || v.len != n {
+            return Err(Error::Backend(format!(
+                "CUDA adamw_step lengths differ: param {n}, grad {}, m {}, v {}",
+                grad.len, m.len, v.len
+            )));
+        }
+        if hp.step == 0 {
+            return Err(Error::input("adamw_step: step counts from 1"));
+        }
+        if n == 0 {
+            return Ok(());
+        }
+        // The scalars exactly as the CPU backend computes them.
+        let step = hp.step as f64;
+        let bc1 = 1.0 - (hp.beta1 as f64).powf(step);
+        let bc2 = 1.0 - (hp.beta2 as f64).powf(step);
+        let step_size = (hp.lr as f64 / bc1) as f32;
+        let bc2_sqrt = bc2.sqrt() as f32;
+        let decay = (1.0 - hp.lr as f64 * hp.weight_decay as f64) as f32;
+        let pp = self.ptr_mut(param, 0, n, "adamw param")?;
+        let gp = self.ptr(grad, 0, n, "adamw grad")?;
+        let mp = self.ptr_mut(m, 0, n, "adamw m")?;
+        let vp = self.ptr_mut(v, 0, n, "adamw v")?;
+        let nn = n as u64;
+        let (b1, b2, eps, gs) = (hp.beta1, hp.beta2, hp.eps, hp.grad_scale);
+        launch!(self, self.func("s6_adamw")?, grid_1d(n), "adamw_step"; pp, gp, mp, vp, nn, b1, b2, eps, gs, step_size, bc2_sqrt, decay);
+        Ok(())
+    }
+
+    pub(super) fn rope_dev(
+        &self,
+        x: ViewMut<'_, CudaBuf>,
+        dims: AttnDims,
+        pos0: usize,
+        theta: f32,
+        inverse: bool,
+    ) -> Result<()> {
+        let (rows, w, dh) = (dims.rows(), dims.width(), dims.head_dim);
+        if dh % 2 != 0 {
+            return Err(Error::Backend(format!("CUDA rope needs an even head size, got {dh}")));
+        }
+        let xp = self.ptr_mut(x.buf, x.offset, Self::view_extent(x.ld, rows, w), "rope x")?;
+        if rows == 0 || w == 0 {
+            return Ok(());
+        }
+        // HF Llama's inverse frequencies in f32, as the CPU backend computes them.
+        let inv_freq: Vec<f32> = (0..dh / 2)
+            .map(|i| {
+                let e = (2 * i) as f32 / dh as f32;
+                1.0 / ((theta as f64).powf(e as f64) as f32)
+            })
+            .collect();
+        let f = self.from_vec(inv_freq)?;
+        let fp = self.ptr(&f, 0, dh / 2, "rope inv_freq")?;
+        let sign: f32 = if inverse { -1.0 } else { 1.0 };
+        let (ld, r, l, h, d, p0) = (
+            u32_of("ld", x.ld)?,
+            u32_of("rows", rows)?,
+            u32_of("seqlen", dims.seqlen)?,
+            u32_of("n_head", dims.n_head)?,
+            u32_of("head_dim", dh)?,
+            u32_of("pos0", pos0)?,
+        );
+        launch!(self, self.func("s6_rope")?, grid_1d(rows * dims.n_head * (dh / 2)), "rope"; xp, ld, fp, r, l, h, d, p0, sign);
+        Ok(())
+    }
+
+    pub(super) fn attention_dev(
+        &self,
+        dims: AttnDims,
+        scale: f32,
+        q: View<'_, CudaBuf>,
+        k: View<'_, CudaBuf>,
+        v: View<'_, CudaBuf>,
+        out: &mut CudaBuf,
+        lse: &mut CudaBuf,
+    ) -> Result<()> {
+        check_attn("attention", dims)?;
+        let (rows, w) = (dims.rows(), dims.width());
+        let qp = self.ptr(q.buf, q.offset, Self::view_extent(q.ld, rows, w), "attention q")?;
+        let kp = self.ptr(k.buf, k.offset, Self::view_extent(k.ld, rows, w), "attention k")?;
+        let vp = self.ptr(v.buf, v.offset, Self::view_extent(v.ld, rows, w), "attention v")?;
+        let op = self.ptr_mut(out, 0, rows * w, "attention out")?;
+        let lp = self.ptr_mut(lse, 0, rows * dims.n_head, "attention lse")?;
+        if rows == 0 || w == 0 {
+            return Ok(());
+        }
+        let (ldq, ldk, ldv) = (u32_of("ld q", q.ld)?, u32_of("ld k", k.ld)?, u32_of("ld v", v.ld)?);
+        let (b, l, h, d) = (
+            u32_of("batch", dims.batch)?,
+            u32_of("seqlen", dims.seqlen)?,
+            u32_of("n_head", dims.n_head)?,
+            u32_of("head_dim", dims.head_dim)?,
+        );
+        launch!(self, self.func("s6_attn_fwd")?, attn_cfg(dims)?, "attention"; qp, ldq, kp, ldk, vp, ldv, op, lp, b, l, h, d, scale);
+        Ok(())
+    }
+
+    pub(super) fn attention_backward_dev(
+        &self,
+        dims: AttnDims,
+        scale: f32,
+        q: View<'_, CudaBuf>,
+        k: View<'_, CudaBuf>,
+        v: View<'_, CudaBuf>,
+        out: &CudaBuf,
+        lse: &CudaBuf,
+        dout: &CudaBuf,
+        dq: ViewMut<'_, CudaBuf>,
+        dk: ViewMut<'_, CudaBuf>,
+        dv: ViewMut<'_, CudaBuf>,
+    ) -> Result<()> {
+        check_attn("attention_backward", dims)?;
+        let (rows, w) = (dims.rows(), dims.width());
+        let qp = self.ptr(q.buf, q.offset, Self::view_extent(q.ld, rows, w), "attention_backward q")?;
+        let kp = self.ptr(k.buf, k.offset, Self::view_extent(k.ld, rows, w), "attention_backward k")?;
+        let vp = self.ptr(v.buf, v.offset, Self::view_extent(v.ld, rows, w), "attention_backward v")?;
+        let op = self.ptr(out, 0, rows * w, "attention_backward out")?;
+        let lp = self.ptr(lse, 0, rows * dims.n_head, "attention_backward lse")?;
+        let dop = self.ptr(dout, 0, rows * w, "attention_backward dout")?;
+        let (lddq, lddk, lddv) = (dq.ld, dk.ld, dv.ld);
+        let dqp = self.ptr_mut(dq.buf, dq.offset, Self::view_extent(lddq, rows, w), "attention_backward dq")?;
+        let dkp = self.ptr_mut(dk.buf, dk.offset, Self::view_extent(lddk, rows, w), "attention_backward dk")?;
+        let dvp = self.ptr_mut(dv.buf, dv.offset, Self::view_extent(lddv, rows, w), "attention_backward dv")?;
+        if rows == 0 || w == 0 {
+            return Ok(());
+        }
+        let mut delta = self.zeros(rows * dims.n_head)?;
+        let dlp = self.ptr_mut(&mut delta, 0, rows * dims.n_head, "attention_backward delta")?;
+        let (ldq, ldk, ldv) = (u32_of("ld q", q.ld)?, u32_of("ld k", k.ld)?, u32_of("ld v", v.ld)?);
+        let (lddq, lddk, lddv) = (u32_of("ld dq", lddq)?, u32_of("ld dk", lddk)?, u32_of("ld dv", lddv)?);
+        let (b, l, h, d) = (
+            u32_of("batch", dims.batch)?,
+            u32_of("seqlen", dims.seqlen)?,
+            u32_of("n_head", dims.n_head)?,
+            u32_of("head_dim", dims.head_dim)?,
+        );
+        let cfg = attn_cfg(dims)?;
+        launch!(self, self.func("s6_attn_bwd_delta")?, cfg, "attention_backward delta"; op, dop, dlp, b, l, h, d);
+        launch!(self, self.func("s6_attn_bwd_dq")?, cfg, "attention_backward dq";
+            qp, ldq, kp, ldk, vp, ldv, dop, lp, dlp, dqp, lddq, b, l, h, d, scale);
+        launch!(self, self.func("s6_attn_bwd_dkv")?, cfg, "attention_backward dk/dv";
+            qp, ldq, kp, ldk, vp, ldv, dop, lp, dlp, dkp, lddk, dvp, lddv, b, l, h, d, scale);
+        Ok(())
+    }
+
+    pub(super) fn swiglu_dev(
+        &self,
+        gate: View<'_, CudaBuf>,
+        up: View<'_, CudaBuf>,
+        rows: usize,
+        cols: usize,
+        out: &mut CudaBuf,
+    ) -> Result<()> {
+        let gp = self.ptr(gate.buf, gate.offset, Self::view_extent(gate.ld, rows, cols), "swiglu gate")?;
+        let upp = self.ptr(up.buf, up.offset, Self::view_extent(up.ld, rows, cols), "swiglu up")?;
+        let op = self.ptr_mut(out, 0, rows * cols, "swiglu out")?;
+        if rows * cols == 0 {
+            return Ok(());
+        }
+        let (ldg, ldu, r, c) =
+            (u32_of("ld gate", gate.ld)?, u32_of("ld up", up.ld)?, u32_of("rows", rows)?, u32_of("cols", cols)?);
+        launch!(self, self.func("s6_swiglu")?, grid_1d(rows * cols), "swiglu"; gp, ldg, upp, ldu, op, r, c);
+        Ok(())
+    }
+
+    pub(super) fn swiglu_backward_dev(
+        &self,
+        gate: View<'_, CudaBuf>,
+        up: View<'_, CudaBuf>,
+        rows: usize,
+        cols: usize,
+        dout: &CudaBuf,
+        dgate: ViewMut<'_, CudaBuf>,
+        dup: ViewMut<'_, CudaBuf>,
+    ) -> Result<()> {
+        let gp = self.ptr(gate.buf, gate.offset, Self::view_extent(gate.ld, rows, cols), "swiglu_backward gate")?;
+        let upp = self.ptr(up.buf, up.offset, Self::view_extent(up.ld, rows, cols), "swiglu_backward up")?;
+        let dp = self.ptr(dout, 0, rows * cols, "swiglu_backward dout")?;
+        let (lddg, lddu) = (dgate.ld, dup.ld);
+        let dgp =
+            self.ptr_mut(dgate.buf, dgate.offset, Self::view_extent(lddg, rows, cols), "swiglu_backward dgate")?;
+        let dup_p = self.ptr_mut(dup.buf, dup.offset, Self::view_extent(lddu, rows, cols), "swiglu_backward dup")?;
+        if rows * cols == 0 {
+            return Ok(());
+        }
+        let (ldg, ldu, r, c) =
+            (u32_of("ld gate", gate.ld)?, u32_of("ld up", up.ld)?, u32_of("rows", rows)?, u32_of("cols", cols)?);
+        let (lddg, lddu) = (u32_of("ld dgate", lddg)?, u32_of("ld dup", lddu)?);
+        launch!(self, self.func("s6_swiglu_bwd")?, grid_1d(rows * cols), "swiglu_backward";
+            gp, ldg, upp, ldu, dp, dgp, lddg, dup_p, lddu, r, c);
+        Ok(())
+    }
+}

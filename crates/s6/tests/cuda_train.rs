@@ -1,0 +1,607 @@
+//! The CUDA backend's training ops against the CPU backend (random inputs, odd sizes, offsets and
+//! row strides in views, the "accumulated" outputs pre-filled so that `+=` is checked), whole-model
+//! gradients on the GPU against the CPU (Mamba, an ablation, the Transformer baseline), and a
+//! 200-step training run from the same init and data on both. Compiled only with the `cuda`
+//! feature; each test prints "skipped: no CUDA device" and passes when no GPU is present.
+#![cfg(feature = "cuda")]
+
+use s6::backend::cpu::Cpu;
+use s6::backend::cuda::{Cuda, CudaBuf};
+use s6::backend::{AdamW, AttnDims, Backend, View, ViewMut};
+use s6::config::{Ablation, InitConfig, MambaConfig};
+use s6::model::init::init_params;
+use s6::model::{LanguageModel, Mamba, Transformer, TransformerConfig};
+use s6::train::optim::{adamw_update, global_norm, AdamState, OptimConfig, Schedule};
+
+/// fp32 tolerances of the official kernels' tests.
+const RTOL: f32 = 6e-4;
+const ATOL: f32 = 2e-3;
+
+fn gpu() -> Option<Cuda> {
+    match Cuda::new(0) {
+        Ok(g) => Some(g),
+        Err(e) => {
+            println!("skipped: no CUDA device ({e})");
+            None
+        }
+    }
+}
+
+/// SplitMix64 values in `[lo, hi)`.
+struct Rng(u64);
+impl Rng {
+    fn next(&mut self) -> f32 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        ((z ^ (z >> 31)) >> 40) as f32 / (1u64 << 24) as f32
+    }
+    fn vec(&mut self, n: usize, lo: f32, hi: f32) -> Vec<f32> {
+        (0..n).map(|_| lo + (hi - lo) * self.next()).collect()
+    }
+    fn below(&mut self, n: usize) -> usize {
+        ((self.next() * n as f32) as usize).min(n - 1)
+    }
+}
+
+/// `|got − want| ≤ atol·unit + rtol·|want|` elementwise, `unit` = 1 or (for long sums) the
+/// largest `|want|`. Reports the worst element.
+#[track_caller]
+fn check(what: &str, got: &[f32], want: &[f32], relative_to_max: bool) {
+    assert_eq!(got.len(), want.len(), "{what}: lengths");
+    let unit = if relative_to_max { want.iter().fold(0.0f32, |m, v| m.max(v.abs())).max(1e-30) } else { 1.0 };
+    let mut worst = (0.0f32, usize::MAX);
+    for (i, (g, w)) in got.iter().zip(want).enumerate() {
+        assert!(g.is_finite(), "{what}: element {i} is {g} (want {w}): not written or overflowed");
+        let excess = (g - w).abs() - (ATOL * unit + RTOL * w.abs());
+        if excess > worst.0 {
+            worst = (excess, i);
+        }
+    }
+    if worst.1 != usize::MAX {
+        let i = worst.1;
+        panic!(
+            "{what}: element {i}: got {} want {} (beyond rtol {RTOL} / atol {ATOL}{})",
+            got[i],
+            want[i],
+            if relative_to_max { format!(" × max {unit:.3e}") } else { String::new() }
+        );
+    }
+}
+
+fn up(g: &Cuda, v: &[f32]) -> CudaBuf {
+    g.from_vec(v.to_vec()).unwrap()
+}
+
+fn down(g: &Cuda, b: &CudaBuf) -> Vec<f32> {
+    g.to_vec(b).unwrap()
+}
+
+#[test]
+fn linear_backward_matches_cpu() {
+    let Some(g) = gpu() else { return };
+    let mut r = Rng(11);
+    for &(rows, k, n, with_dx, with_db) in &[
+        (37usize, 45usize, 29usize, true, true),
+        (130, 64, 257, true, false),
+        (5, 3, 7, false, true),
+        (1, 1, 1, true, true),
+    ] {
+        // x: columns 3.. of a [rows, k + 7] matrix; dx: columns 2.. of a [rows, k + 5] matrix.
+        let (ldx, offx, lddx, offdx) = (k + 7, 3, k + 5, 2);
+        let x = r.vec(rows * ldx, -1.0, 1.0);
+        let w = r.vec(n * k, -0.5, 0.5);
+        let dy = r.vec(rows * n, -1.0, 1.0);
+        let dw0 = r.vec(n * k, -1.0, 1.0);
+        let db0 = r.vec(n, -1.0, 1.0);
+        let dx0 = r.vec(rows * lddx, -1.0, 1.0);
+
+        let (mut dw, mut db, mut dx) = (dw0.clone(), db0.clone(), dx0.clone());
+        Cpu.linear_backward(
+            View::cols(&x, offx, ldx),
+            rows,
+            k,
+            &w,
+            n,
+            &dy,
+            with_dx.then(|| ViewMut::cols(&mut dx, offdx, lddx)),
+            &mut dw,
+            with_db.then_some(&mut db),
+        )
+        .unwrap();
+
+        let (xg, wg, dyg) = (up(&g, &x), up(&g, &w), up(&g, &dy));
+        let (mut dwg, mut dbg, mut dxg) = (up(&g, &dw0), up(&g, &db0), up(&g, &dx0));
+        g.linear_backward(
+            View::cols(&xg, offx, ldx),
+            rows,
+            k,
+            &wg,
+            n,
+            &dyg,
+            with_dx.then(|| ViewMut::cols(&mut dxg, offdx, lddx)),
+            &mut dwg,
+            with_db.then_some(&mut dbg),
+        )
+        .unwrap();
+        let tag = format!("linear_backward rows {rows} k {k} n {n}");
+        // dx: written into the view only; the columns outside it keep their values.
+        check(&format!("{tag} dx"), &down(&g, &dxg), &dx, false);
+        check(&format!("{tag} dw (+=)"), &down(&g, &dwg), &dw, true);
+        check(&format!("{tag} db (+=)"), &down(&g, &dbg), &db, true);
+    }
+}
+
+#[test]
+fn rmsnorm_backward_matches_cpu() {
+    let Some(g) = gpu() else { return };
+    let mut r = Rng(12);
+    for &(rows, dim) in &[(19usize, 45usize), (7, 1500), (3, 1)] {
+        let x = r.vec(rows * dim, -2.0, 2.0);
+        let w = r.vec(dim, 0.5, 1.5);
+        let dy = r.vec(rows * dim, -1.0, 1.0);
+        let dr0 = r.vec(rows * dim, -1.0, 1.0);
+        let dw0 = r.vec(dim, -1.0, 1.0);
+        let (mut dr, mut dw) = (dr0.clone(), dw0.clone());
+        Cpu.rmsnorm_backward(&x, &w, 1e-5, rows, dim, &dy, &mut dr, &mut dw).unwrap();
+        let (mut drg, mut dwg) = (up(&g, &dr0), up(&g, &dw0));
+        g.rmsnorm_backward(&up(&g, &x), &up(&g, &w), 1e-5, rows, dim, &up(&g, &dy), &mut drg, &mut dwg).unwrap();
+        check(&format!("rmsnorm_backward {rows}×{dim} dresidual (+=)"), &down(&g, &drg), &dr, false);
+        check(&format!("rmsnorm_backward {rows}×{dim} dweight (+=)"), &down(&g, &dwg), &dw, true);
+    }
+}
+
+#[test]
+fn embedding_backward_matches_cpu() {
+    let Some(g) = gpu() else { return };
+    let mut r = Rng(13);
+    let (vocab, dim) = (53, 37);
+    // Many duplicates: 300 ids over 53 rows.
+    let ids: Vec<u32> = (0..300).map(|_| r.below(vocab) as u32).collect();
+    let dout = r.vec(ids.len() * dim, -1.0, 1.0);
+    let t0 = r.vec(vocab * dim, -1.0, 1.0);
+    let mut want = t0.clone();
+    Cpu.embedding_backward(&ids, dim, &dout, &mut want).unwrap();
+    let mut tg = up(&g, &t0);
+    g.embedding_backward(&ids, dim, &up(&g, &dout), &mut tg).unwrap();
+    check("embedding_backward (+=, duplicate ids)", &down(&g, &tg), &want, true);
+    // An id outside the table is an error, not a write out of bounds.
+    let err = g.embedding_backward(&[vocab as u32], dim, &up(&g, &dout[..dim]), &mut tg).unwrap_err();
+    assert!(err.to_string().contains("outside"), "{err}");
+}
+
+#[test]
+fn cross_entropy_matches_cpu() {
+    let Some(g) = gpu() else { return };
+    let mut r = Rng(14);
+    for &(rows, vocab, spread) in &[(23usize, 1001usize, 4.0f32), (5, 50277, 10.0), (9, 3, 1.0), (4, 7, 80.0)] {
+        let logits = r.vec(rows * vocab, -spread, spread);
+        let mut targets: Vec<u32> = (0..rows).map(|_| r.below(vocab) as u32).collect();
+        targets[rows / 2] = u32::MAX; // ignored
+        let scale = 0.37;
+        let mut want = vec![0.0; rows * vocab];
+        let (ls, lc) = Cpu.cross_entropy(&logits, rows, vocab, &targets, scale, &mut want).unwrap();
+        let mut dg = g.from_vec(vec![f32::NAN; rows * vocab]).unwrap();
+        let (gs, gc) = g.cross_entropy(&up(&g, &logits), rows, vocab, &targets, scale, &mut dg).unwrap();
+        assert_eq!(gc, lc, "cross_entropy count");
+        assert!((gs - ls).abs() <= 1e-5 * ls.abs().max(1.0), "cross_entropy {rows}×{vocab}: loss sum {gs} vs CPU {ls}");
+        let got = down(&g, &dg);
+        check(&format!("cross_entropy {rows}×{vocab} dlogits"), &got, &want, false);
+        let ignored = &got[(rows / 2) * vocab..][..vocab];
+        assert!(ignored.iter().all(|&v| v == 0.0), "cross_entropy: the ignored row's gradient is not zero");
+    }
+    // All rows ignored: zero loss, zero count, zero gradient.
+    let logits = r.vec(2 * 10, -1.0, 1.0);
+    let mut dg = g.from_vec(vec![f32::NAN; 20]).unwrap();
+    let (s, c) = g.cross_entropy(&up(&g, &logits), 2, 10, &[u32::MAX, u32::MAX], 1.0, &mut dg).unwrap();
+    assert_eq!((s, c), (0.0, 0));
+    assert!(down(&g, &dg).iter().all(|&v| v == 0.0));
+    // A target outside the vocabulary is an error.
+    assert!(g.cross_entropy(&up(&g, &logits), 2, 10, &[10, 0], 1.0, &mut dg).is_err());
+}
+
+#[test]
+fn sum_squares_matches_cpu() {
+    let Some(g) = gpu() else { return };
+    let mut r = Rng(15);
+    for &n in &[1usize, 255, 257, 300_001, 3_000_017] {
+        let v = r.vec(n, -3.0, 3.0);
+        let want = Cpu.sum_squares(&v).unwrap();
+        let got = g.sum_squares(&up(&g, &v)).unwrap();
+        assert!((got - want).abs() <= 1e-10 * want.abs(), "sum_squares n {n}: {got} vs CPU {want}");
+    }
+    assert_eq!(g.sum_squares(&g.zeros(0).unwrap()).unwrap(), 0.0);
+}
+
+#[test]
+fn adamw_step_matches_cpu() {
+    let Some(g) = gpu() else { return };
+    let mut r = Rng(16);
+    let n = 100_003;
+    let (p0, gr) = (r.vec(n, -1.0, 1.0), r.vec(n, -2.0, 2.0));
+    let (m0, v0) = (r.vec(n, -0.1, 0.1), r.vec(n, 0.0, 0.01));
+    let hp = AdamW { lr: 3e-3, beta1: 0.9, beta2: 0.95, eps: 1e-8, weight_decay: 0.1, step: 7, grad_scale: 0.5 };
+    let (mut p, mut m, mut v) = (p0.clone(), m0.clone(), v0.clone());
+    Cpu.adamw_step(&mut p, &gr, &mut m, &mut v, &hp).unwrap();
+    let (mut pg, mut mg, mut vg) = (up(&g, &p0), up(&g, &m0), up(&g, &v0));
+    g.adamw_step(&mut pg, &up(&g, &gr), &mut mg, &mut vg, &hp).unwrap();
+    check("adamw param", &down(&g, &pg), &p, false);
+    check("adamw m", &down(&g, &mg), &m, false);
+    check("adamw v", &down(&g, &vg), &v, false);
+    // Two more steps agree too (state carried on the device).
+    for step in 8..10 {
+        let hp = AdamW { step, ..hp };
+        Cpu.adamw_step(&mut p, &gr, &mut m, &mut v, &hp).unwrap();
+        g.adamw_step(&mut pg, &up(&g, &gr), &mut mg, &mut vg, &hp).unwrap();
+    }
+    check("adamw param after 3 steps", &down(&g, &pg), &p, false);
+    assert!(g.adamw_step(&mut pg, &up(&g, &gr), &mut mg, &mut vg, &AdamW { step: 0, ..hp }).is_err());
+}
+
+#[test]
+fn sum_rows_matches_cpu() {
+    let Some(g) = gpu() else { return };
+    let mut r = Rng(17);
+    for &(rows, n, ld, off) in &[(1000usize, 16usize, 40usize, 5usize), (77, 33, 0, 3), (4099, 300, 300, 0)] {
+        let src = r.vec(off + rows.max(1) * ld.max(n) + n, -1.0, 1.0);
+        let d0 = r.vec(n, -1.0, 1.0);
+        let mut want = d0.clone();
+        Cpu.sum_rows(View { buf: &src, offset: off, ld }, rows, n, &mut want).unwrap();
+        let mut dg = up(&g, &d0);
+        let sg = up(&g, &src);
+        g.sum_rows(View { buf: &sg, offset: off, ld }, rows, n, &mut dg).unwrap();
+        check(&format!("sum_rows {rows}×{n} ld {ld} (+=)"), &down(&g, &dg), &want, true);
+    }
+}
+
+#[test]
+fn rope_and_backward_match_cpu() {
+    let Some(g) = gpu() else { return };
+    let mut r = Rng(18);
+    for &(batch, seqlen, n_head, head_dim, pos0) in
+        &[(2usize, 13usize, 3usize, 8usize, 0usize), (1, 300, 2, 128, 5), (3, 7, 1, 6, 1000)]
+    {
+        let dims = AttnDims { batch, seqlen, n_head, head_dim };
+        let (rows, w) = (dims.rows(), dims.width());
+        let (ld, off) = (3 * w + 4, w + 1); // e.g. k inside a fused qkv buffer
+        let x0 = r.vec(rows * ld + off, -2.0, 2.0);
+        for inverse in [false, true] {
+            let mut want = x0.clone();
+            let mut xg = up(&g, &x0);
+            if inverse {
+                Cpu.rope_backward(ViewMut::cols(&mut want, off, ld), dims, pos0, 10000.0).unwrap();
+                g.rope_backward(ViewMut::cols(&mut xg, off, ld), dims, pos0, 10000.0).unwrap();
+            } else {
+                Cpu.rope(ViewMut::cols(&mut want, off, ld), dims, pos0, 10000.0).unwrap();
+                g.rope(ViewMut::cols(&mut xg, off, ld), dims, pos0, 10000.0).unwrap();
+            }
+            check(
+                &format!("rope{} {dims:?} pos0 {pos0}", if inverse { "_backward" } else { "" }),
+                &down(&g, &xg),
+                &want,
+                false,
+            );
+        }
+    }
+}
+
+#[test]
+fn swiglu_and_backward_match_cpu() {
+    let Some(g) = gpu() else { return };
+    let mut r = Rng(19);
+    let (rows, cols) = (37, 91);
+    // gate and up: the two halves of a fused [rows, 2·cols + 3] buffer.
+    let ld = 2 * cols + 3;
+    let gu = r.vec(rows * ld, -4.0, 4.0);
+    let dout = r.vec(rows * cols, -1.0, 1.0);
+    let mut want = vec![0.0; rows * cols];
+    Cpu.swiglu(View::cols(&gu, 0, ld), View::cols(&gu, cols + 1, ld), rows, cols, &mut want).unwrap();
+    let gug = up(&g, &gu);
+    let mut out = g.from_vec(vec![f32::NAN; rows * cols]).unwrap();
+    g.swiglu(View::cols(&gug, 0, ld), View::cols(&gug, cols + 1, ld), rows, cols, &mut out).unwrap();
+    check("swiglu", &down(&g, &out), &want, false);
+
+    // dgate, dup: two column ranges of one buffer, the rest must be left alone.
+    let d0 = r.vec(rows * ld, -1.0, 1.0);
+    let mut dg_cpu = d0.clone();
+    let mut du_cpu = d0.clone();
+    Cpu.swiglu_backward(
+        View::cols(&gu, 0, ld),
+        View::cols(&gu, cols + 1, ld),
+        rows,
+        cols,
+        &dout,
+        ViewMut::cols(&mut dg_cpu, 1, ld),
+        ViewMut::cols(&mut du_cpu, cols + 2, ld),
+    )
+    .unwrap();
+    let (mut dgg, mut dug) = (up(&g, &d0), up(&g, &d0));
+    g.swiglu_backward(
+        View::cols(&gug, 0, ld),
+        View::cols(&gug, cols + 1, ld),
+        rows,
+        cols,
+        &up(&g, &dout),
+        ViewMut::cols(&mut dgg, 1, ld),
+        ViewMut::cols(&mut dug, cols + 2, ld),
+    )
+    .unwrap();
+    check("swiglu_backward dgate (view)", &down(&g, &dgg), &dg_cpu, false);
+    check("swiglu_backward dup (view)", &down(&g, &dug), &du_cpu, false);
+}
+
+/// q, k, v as column ranges of one fused `[rows, 3·width + 5]` buffer (offset 2), as the
+/// Transformer's qkv projection lays them out.
+fn check_attention(g: &Cuda, r: &mut Rng, dims: AttnDims) {
+    let (rows, w) = (dims.rows(), dims.width());
+    let scale = 1.0 / (dims.head_dim as f32).sqrt();
+    let ld = 3 * w + 5;
+    let qkv = r.vec(rows * ld + 2, -2.0, 2.0);
+    let (qo, ko, vo) = (2, 2 + w, 2 + 2 * w);
+    let mut out = vec![0.0; rows * w];
+    let mut lse = vec![0.0; rows * dims.n_head];
+    Cpu.attention(
+        dims,
+        scale,
+        View::cols(&qkv, qo, ld),
+        View::cols(&qkv, ko, ld),
+        View::cols(&qkv, vo, ld),
+        &mut out,
+        &mut lse,
+    )
+    .unwrap();
+    let qg = up(g, &qkv);
+    let mut outg = g.from_vec(vec![f32::NAN; rows * w]).unwrap();
+    let mut lseg = g.from_vec(vec![f32::NAN; rows * dims.n_head]).unwrap();
+    g.attention(
+        dims,
+        scale,
+        View::cols(&qg, qo, ld),
+        View::cols(&qg, ko, ld),
+        View::cols(&qg, vo, ld),
+        &mut outg,
+        &mut lseg,
+    )
+    .unwrap();
+    check(&format!("attention {dims:?} out"), &down(g, &outg), &out, false);
+    check(&format!("attention {dims:?} lse"), &down(g, &lseg), &lse, false);
+
+    // Backward: dq, dk, dv written into column ranges of one fused gradient buffer.
+    let dout = r.vec(rows * w, -1.0, 1.0);
+    let d0 = r.vec(rows * ld + 2, -1.0, 1.0);
+    let (mut dq, mut dk, mut dv) = (d0.clone(), d0.clone(), d0.clone());
+    Cpu.attention_backward(
+        dims,
+        scale,
+        View::cols(&qkv, qo, ld),
+        View::cols(&qkv, ko, ld),
+        View::cols(&qkv, vo, ld),
+        &out,
+        &lse,
+        &dout,
+        ViewMut::cols(&mut dq, qo, ld),
+        ViewMut::cols(&mut dk, ko, ld),
+        ViewMut::cols(&mut dv, vo, ld),
+    )
+    .unwrap();
+    let (mut dqg, mut dkg, mut dvg) = (up(g, &d0), up(g, &d0), up(g, &d0));
+    g.attention_backward(
+        dims,
+        scale,
+        View::cols(&qg, qo, ld),
+        View::cols(&qg, ko, ld),
+        View::cols(&qg, vo, ld),
+        &up(g, &out),
+        &up(g, &lse),
+        &up(g, &dout),
+        ViewMut::cols(&mut dqg, qo, ld),
+        ViewMut::cols(&mut dkg, ko, ld),
+        ViewMut::cols(&mut dvg, vo, ld),
+    )
+    .unwrap();
+    check(&format!("attention_backward {dims:?} dq"), &down(g, &dqg), &dq, true);
+    check(&format!("attention_backward {dims:?} dk"), &down(g, &dkg), &dk, true);
+    check(&format!("attention_backward {dims:?} dv"), &down(g, &dvg), &dv, true);
+}
+
+#[test]
+fn attention_matches_cpu() {
+    let Some(g) = gpu() else { return };
+    let mut r = Rng(20);
+    for &(batch, seqlen, n_head, head_dim) in &[
+        (2usize, 77usize, 3usize, 40usize),
+        (1, 33, 2, 128),
+        (3, 1, 2, 16),
+        (1, 300, 1, 64),
+        (2, 65, 4, 7),
+        (1, 5, 1, 1),
+    ] {
+        check_attention(&g, &mut r, AttnDims { batch, seqlen, n_head, head_dim });
+    }
+    // head_dim over the kernels' maximum: an error naming it.
+    let dims = AttnDims { batch: 1, seqlen: 2, n_head: 1, head_dim: 130 };
+    let x = g.zeros(2 * 130).unwrap();
+    let (mut o, mut l) = (g.zeros(2 * 130).unwrap(), g.zeros(2).unwrap());
+    let err = g
+        .attention(dims, 1.0, View::full(&x, 130), View::full(&x, 130), View::full(&x, 130), &mut o, &mut l)
+        .unwrap_err();
+    assert!(err.to_string().contains("head_dim"), "{err}");
+}
+
+// ----- whole models -----
+
+fn mamba_on<B: Backend>(be: B, cfg: &MambaConfig, seed: u64) -> Mamba<B> {
+    let params = init_params(cfg, &InitConfig::default(), seed);
+    let mut it = params.into_iter();
+    Mamba::from_params(be, cfg.clone(), |_| Ok(it.next().map(|p| p.1).unwrap_or_default())).unwrap()
+}
+
+fn batch(r: &mut Rng, vocab: usize, batch: usize, seqlen: usize) -> (Vec<u32>, Vec<u32>) {
+    let ids: Vec<u32> = (0..batch * seqlen).map(|_| r.below(vocab) as u32).collect();
+    let mut targets: Vec<u32> = (0..batch * seqlen).map(|_| r.below(vocab) as u32).collect();
+    targets[3] = u32::MAX;
+    (ids, targets)
+}
+
+/// Loss and every gradient of `loss_and_grads` on the GPU against the CPU; gradients are
+/// accumulated onto non-zero buffers (a second call), as micro-batches do.
+fn compare_grads<MC: LanguageModel<Cpu>, MG: LanguageModel<Cuda>>(
+    what: &str,
+    cpu: &MC,
+    gpu_model: &MG,
+    ids: &[u32],
+    targets: &[u32],
+    b: usize,
+    l: usize,
+) {
+    let g = gpu_model.backend();
+    let mut gc = cpu.zero_grads().unwrap();
+    let mut gg = gpu_model.zero_grads().unwrap();
+    for _ in 0..2 {
+        let (lc, nc) = cpu.loss_and_grads(ids, targets, b, l, 0.5, &mut gc).unwrap();
+        let (lg, ng) = gpu_model.loss_and_grads(ids, targets, b, l, 0.5, &mut gg).unwrap();
+        assert_eq!(nc, ng, "{what}: counted targets");
+        assert!((lc - lg).abs() <= 1e-5 * lc.abs(), "{what}: loss GPU {lg} vs CPU {lc}");
+    }
+    let specs = cpu.param_specs();
+    for ((spec, c), gb) in specs.iter().zip(gc.params()).zip(gg.params()) {
+        let want = c.clone();
+        let got = g.to_vec(gb).unwrap();
+        let max = want.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+        let mut worst = (0.0f32, 0usize);
+        for (i, (a, w)) in got.iter().zip(&want).enumerate() {
+            assert!(a.is_finite(), "{what}: {} element {i} is {a}", spec.name);
+            let e = (a - w).abs();
+            if e > worst.0 {
+                worst = (e, i);
+            }
+        }
+        assert!(
+            worst.0 <= 1e-3 * max + 1e-7,
+            "{what}: gradient of {}: element {} GPU {} vs CPU {} (max |grad| {max:.3e}, error {:.3e} > 1e-3 of it)",
+            spec.name,
+            worst.1,
+            got[worst.1],
+            want[worst.1],
+            worst.0
+        );
+    }
+}
+
+fn small_mamba(ablation: Ablation) -> MambaConfig {
+    let mut cfg = MambaConfig::new(24, 2, 37);
+    cfg.d_state = 16;
+    cfg.d_inner = 48;
+    cfg.ablation = ablation;
+    cfg
+}
+
+#[test]
+fn mamba_loss_and_grads_match_cpu() {
+    let Some(g) = gpu() else { return };
+    let mut r = Rng(21);
+    let no_gate = Ablation { gate: false, ..Ablation::MAMBA };
+    for (name, ab) in [("mamba", Ablation::MAMBA), ("no gate", no_gate), ("lti", Ablation::LTI)] {
+        let cfg = small_mamba(ab);
+        let (b, l) = (3, 45);
+        let (ids, targets) = batch(&mut r, cfg.vocab_size, b, l);
+        let cpu = mamba_on(Cpu, &cfg, 5);
+        let gm = mamba_on(g.clone(), &cfg, 5);
+        compare_grads(&format!("Mamba ({name})"), &cpu, &gm, &ids, &targets, b, l);
+    }
+}
+
+#[test]
+fn transformer_loss_and_grads_match_cpu() {
+    let Some(g) = gpu() else { return };
+    let mut r = Rng(22);
+    let cfg = TransformerConfig::new(32, 2, 4, 37);
+    let (b, l) = (2, 41);
+    let (ids, targets) = batch(&mut r, cfg.vocab_size, b, l);
+    let cpu = Transformer::init(Cpu, cfg.clone(), 9).unwrap();
+    let gm = Transformer::init(g.clone(), cfg, 9).unwrap();
+    compare_grads("Transformer", &cpu, &gm, &ids, &targets, b, l);
+}
+
+/// The generic training step (as `tasks::train` does it): gradients, global norm, clipping,
+/// AdamW, derived tensors. Returns the loss curve.
+fn train_curve<B: Backend, M: LanguageModel<B>>(
+    model: &mut M,
+    steps: u64,
+    data: &[(Vec<u32>, Vec<u32>)],
+    b: usize,
+    l: usize,
+) -> Vec<f64> {
+    let be = model.backend().clone();
+    let specs = model.param_specs();
+    let names: Vec<String> = specs.iter().map(|s| s.name.clone()).collect();
+    let sizes: Vec<usize> = specs.iter().map(|s| s.shape.iter().product()).collect();
+    let mut adam = AdamState::zeros(&be, &sizes).unwrap();
+    let optim =
+        OptimConfig { lr: 3e-3, min_lr: 3e-4, warmup_steps: 20, schedule: Schedule::Cosine, ..OptimConfig::default() };
+    let mut curve = Vec::new();
+    for step in 1..=steps {
+        let (ids, targets) = &data[(step as usize - 1) % data.len()];
+        let mut grads = model.zero_grads().unwrap();
+        let (loss, _) = model.loss_and_grads(ids, targets, b, l, 1.0, &mut grads).unwrap();
+        let refs = grads.params();
+        let norm = global_norm(&be, &refs).unwrap();
+        let scale = optim.clip_scale(norm);
+        let lr = optim.lr_at(step, steps);
+        adamw_update(&be, &optim, lr, step, scale, &names, model.params_mut(), &refs, &mut adam).unwrap();
+        model.refresh_derived().unwrap();
+        curve.push(loss);
+    }
+    curve
+}
+
+#[test]
+fn training_200_steps_matches_cpu() {
+    let Some(g) = gpu() else { return };
+    let cfg = small_mamba(Ablation::MAMBA);
+    let (b, l) = (4, 32);
+    // A learnable stream: each target is a fixed function of the current and previous token.
+    let mut r = Rng(23);
+    let data: Vec<(Vec<u32>, Vec<u32>)> = (0..16)
+        .map(|_| {
+            let ids: Vec<u32> = (0..b * l).map(|_| r.below(cfg.vocab_size) as u32).collect();
+            let targets = (0..b * l)
+                .map(|i| {
+                    let prev = if i % l == 0 { 0 } else { ids[i - 1] };
+                    (ids[i] * 7 + prev) % cfg.vocab_size as u32
+                })
+                .collect();
+            (ids, targets)
+        })
+        .collect();
+    let mut cpu = mamba_on(Cpu, &cfg, 7);
+    let mut gm = mamba_on(g.clone(), &cfg, 7);
+    let cc = train_curve(&mut cpu, 200, &data, b, l);
+    let gc = train_curve(&mut gm, 200, &data, b, l);
+    assert!(cc[199] < cc[0] - 0.1, "the CPU run did not learn: {} -> {}", cc[0], cc[199]);
+    for (step, (c, gv)) in cc.iter().zip(&gc).enumerate() {
+        assert!((c - gv).abs() <= 1e-3, "step {}: GPU loss {gv} vs CPU {c} (curves diverge)", step + 1);
+    }
+    // The trained parameters round-trip through to_vec/from_vec (checkpoints) unchanged.
+    for (pc, pg) in LanguageModel::params(&cpu).iter().zip(LanguageModel::params(&gm)) {
+        let back = g.to_vec(&g.from_vec(g.to_vec(pg).unwrap()).unwrap()).unwrap();
+        assert_eq!(back, g.to_vec(pg).unwrap());
+        assert_eq!(back.len(), pc.len());
+    }
+}
+
+#[test]
+fn peak_memory_is_reported() {
+    let Some(g) = gpu() else { return };
+    g.reset_peak_memory();
+    let big = g.zeros(1 << 24).unwrap();
+    g.synchronize().unwrap();
+    let peak = g.peak_memory();
+    drop(big);
+    if let Some(p) = peak {
+        assert!(p >= 4 << 24, "peak memory {p} below the 64 MB just allocated");
+    } else {
+        println!("the driver does not report the pool's peak");
+    }
+}
