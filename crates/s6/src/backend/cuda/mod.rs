@@ -21,6 +21,8 @@ use cudarc::nvrtc::{compile_ptx_with_opts, CompileOptions, Ptx};
 use super::{AdamW, AttnDims, Backend, ScanArgs, ScanGrads, View, ViewMut};
 use crate::{Error, Result};
 
+pub mod nccl;
+
 /// The kernels' sources, compiled together into one module.
 const KERNEL_SOURCES: [&str; 2] = [include_str!("kernels/elementwise.cu"), include_str!("kernels/scan.cu")];
 
@@ -258,6 +260,11 @@ impl Cuda {
     /// Waits for all queued work (for timing).
     pub fn synchronize(&self) -> Result<()> {
         self.stream().synchronize().map_err(driver_err("synchronize"))
+    }
+
+    /// The device's ordinal (`N` of `cuda:N`).
+    pub fn ordinal(&self) -> usize {
+        self.inner.ctx.ordinal()
     }
 
     /// The device's compute architecture, e.g. `sm_90`.
