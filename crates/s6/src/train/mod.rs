@@ -96,7 +96,7 @@ pub fn train_data_parallel<B: Backend>(
     mut on_event: impl FnMut(Event<'_>),
 ) -> Result<(Mamba<B>, TrainSummary)> {
     let world = replicas.world_size();
-    if opts.batch_size % world != 0 {
+    if !opts.batch_size.is_multiple_of(world) {
         return Err(Error::input(format!(
             "--batch-size {} cannot be split evenly over {world} devices: use a multiple of {world}",
             opts.batch_size

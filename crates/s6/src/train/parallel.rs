@@ -95,7 +95,7 @@ impl<B: Backend> Replicas<B> {
         grads: &mut [Mamba<B>],
     ) -> Result<(f64, usize)> {
         let world = self.world_size();
-        if batch % world != 0 {
+        if !batch.is_multiple_of(world) {
             return Err(Error::input(format!(
                 "--batch-size {batch} cannot be split evenly over {world} devices: use a multiple of {world}"
             )));
