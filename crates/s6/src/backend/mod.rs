@@ -9,6 +9,7 @@
 
 #![allow(clippy::too_many_arguments)]
 
+pub mod collective;
 pub mod cpu;
 #[cfg(feature = "cuda")]
 pub mod cuda;

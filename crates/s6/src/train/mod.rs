@@ -8,6 +8,7 @@
 
 pub mod data;
 pub mod optim;
+pub mod parallel;
 pub mod plot;
 
 use std::collections::{BTreeMap, HashMap};
@@ -24,6 +25,7 @@ use crate::model::Mamba;
 use crate::{Error, Result};
 use data::Batcher;
 use optim::{adamw_update, AdamState, OptimConfig};
+pub use parallel::Replicas;
 
 /// Options of a training run (the CLI flags).
 #[derive(Clone, Debug)]
@@ -71,14 +73,35 @@ const STATE_FILE: &str = "training_state.safetensors";
 /// Runs (or resumes) training. `model` is the starting point (ignored on resume, where the
 /// parameters come from the checkpoint). `val` holds validation tokens (may be empty).
 pub fn train<B: Backend>(
-    mut model: Mamba<B>,
+    model: Mamba<B>,
+    train_tokens: Vec<u32>,
+    val_tokens: Vec<u32>,
+    opts: &TrainOptions,
+    resume: bool,
+    on_event: impl FnMut(Event<'_>),
+) -> Result<(Mamba<B>, TrainSummary)> {
+    train_data_parallel(Replicas::single(model), train_tokens, val_tokens, opts, resume, on_event)
+}
+
+/// [`train`] over the ranks of `replicas` (see [`parallel`]): each step's global batch of
+/// `opts.batch_size` sequences is split evenly over the ranks, gradients are summed over ranks,
+/// and every rank applies the same update. Rank 0 evaluates and writes the checkpoints (the
+/// single-device format: a run resumes on any number of devices). Returns rank 0's model.
+pub fn train_data_parallel<B: Backend>(
+    mut replicas: Replicas<B>,
     train_tokens: Vec<u32>,
     val_tokens: Vec<u32>,
     opts: &TrainOptions,
     resume: bool,
     mut on_event: impl FnMut(Event<'_>),
 ) -> Result<(Mamba<B>, TrainSummary)> {
-    let be = model.backend.clone();
+    let world = replicas.world_size();
+    if !opts.batch_size.is_multiple_of(world) {
+        return Err(Error::input(format!(
+            "--batch-size {} cannot be split evenly over {world} devices: use a multiple of {world}",
+            opts.batch_size
+        )));
+    }
     if opts.steps == 0 {
         return Err(Error::input("--steps must be at least 1"));
     }
@@ -91,13 +114,17 @@ pub fn train<B: Backend>(
     } else {
         None
     };
-    let specs = param_specs(&model.cfg);
+    let specs = param_specs(&replicas.rank0().cfg);
     let names: Vec<String> = specs.iter().map(|s| s.name.clone()).collect();
     let sizes: Vec<usize> = specs.iter().map(|s| s.shape.iter().product()).collect();
-    let mut adam = AdamState::zeros(&be, &sizes)?;
+    // One AdamW state per rank, next to that rank's parameters.
+    let mut adams =
+        replicas.models_mut().iter().map(|m| AdamState::zeros(&m.backend, &sizes)).collect::<Result<Vec<_>>>()?;
     let mut start = 0u64;
     if resume {
-        start = load_state(&opts.out, &mut model, &mut adam)?;
+        for (m, adam) in replicas.models_mut().iter_mut().zip(adams.iter_mut()) {
+            start = load_state(&opts.out, m, adam)?;
+        }
         if start >= opts.steps {
             return Err(Error::input(format!(
                 "the checkpoint in {} is at step {start}; --steps {} leaves nothing to do",
@@ -125,25 +152,34 @@ pub fn train<B: Backend>(
     for step in start + 1..=end {
         let t0 = Instant::now();
         let lr = opts.optim.lr_at(step, opts.steps);
-        let mut grads = model.zero_grads()?;
+        let mut grads = replicas.zero_grads()?;
         let mut loss = 0.0;
         for micro in 0..opts.grad_accum {
             let (x, y) = batcher.batch((step - 1) * opts.grad_accum as u64 + micro as u64);
             let scale = 1.0 / opts.grad_accum as f32;
-            let (l, _) = model.loss_and_grads(&x, &y, opts.batch_size, opts.seq_len, scale, &mut grads)?;
+            let (l, _) = replicas.loss_and_grads(&x, &y, opts.batch_size, opts.seq_len, scale, &mut grads)?;
             loss += l / opts.grad_accum as f64;
         }
-        let grad_refs: Vec<&B::Buf> = grads.params().into_iter().map(|(_, b)| b).collect();
-        let grad_norm = optim::global_norm(&be, &grad_refs)?;
-        if !loss.is_finite() || !grad_norm.is_finite() {
-            return Err(Error::input(format!(
-                "training diverged at step {step}: loss {loss}, gradient norm {grad_norm}; the last good checkpoint in {} is kept (try a lower --lr or --grad-clip)",
-                opts.out.display()
-            )));
+        if world > 1 {
+            replicas.all_reduce(&mut grads)?;
         }
-        let clip = opts.optim.clip_scale(grad_norm);
-        adamw_update(&be, &opts.optim, lr, step, clip, &names, model.params_mut(), &grad_refs, &mut adam)?;
-        model.refresh_derived()?;
+        // Every rank now holds the same gradients: each computes the same norm and update.
+        let mut grad_norm = 0.0;
+        for ((m, g), adam) in replicas.models_mut().iter_mut().zip(&grads).zip(adams.iter_mut()) {
+            let be = m.backend.clone();
+            let grad_refs: Vec<&B::Buf> = g.params().into_iter().map(|(_, b)| b).collect();
+            grad_norm = optim::global_norm(&be, &grad_refs)?;
+            if !loss.is_finite() || !grad_norm.is_finite() {
+                return Err(Error::input(format!(
+                    "training diverged at step {step}: loss {loss}, gradient norm {grad_norm}; the last good checkpoint in {} is kept (try a lower --lr or --grad-clip)",
+                    opts.out.display()
+                )));
+            }
+            let clip = opts.optim.clip_scale(grad_norm);
+            adamw_update(&be, &opts.optim, lr, step, clip, &names, m.params_mut(), &grad_refs, adam)?;
+            m.refresh_derived()?;
+        }
+        replicas.check_in_sync(step)?;
         let dt = t0.elapsed().as_secs_f64();
         run_tokens += tokens_per_step;
         let tps = tokens_per_step as f64 / dt.max(1e-9);
@@ -160,7 +196,7 @@ pub fn train<B: Backend>(
         let last = step == end;
         if last || (opts.eval_every > 0 && step % opts.eval_every == 0) {
             if let Some(v) = &val {
-                let vl = eval_loss(&model, v, opts.eval_batches)?;
+                let vl = eval_loss(replicas.rank0(), v, opts.eval_batches)?;
                 summary.final_val_loss = Some(vl);
                 val_curve.push((step, vl));
                 if let Some(m) = metrics.as_mut() {
@@ -170,14 +206,14 @@ pub fn train<B: Backend>(
                 }
                 on_event(Event::Eval { step, val_loss: vl });
             }
-            save_checkpoint(&opts.out, &model, &adam, step, opts.save_dtype)?;
+            save_checkpoint(&opts.out, replicas.rank0(), &adams[0], step, opts.save_dtype)?;
             plot::loss_curve(&opts.out.join("loss.svg"), &curve, &val_curve)?;
             on_event(Event::Checkpoint { step, dir: &opts.out });
         }
     }
     summary.last_step = end;
     summary.tokens_per_s = run_tokens as f64 / run_start.elapsed().as_secs_f64().max(1e-9);
-    Ok((model, summary))
+    Ok((replicas.into_rank0(), summary))
 }
 
 /// Mean loss over up to `batches` consecutive validation batches (each window seen once).

@@ -23,6 +23,8 @@ use cudarc::nvrtc::{compile_ptx_with_opts, CompileOptions, Ptx};
 use super::{AdamW, AttnDims, Backend, ScanArgs, ScanGrads, View, ViewMut};
 use crate::{Error, Result};
 
+pub mod nccl;
+
 /// The kernels' sources, compiled together into one module.
 const KERNEL_SOURCES: &[&str] = &[
     include_str!("kernels/elementwise.cu"),
@@ -297,6 +299,11 @@ impl Cuda {
             };
             (r == sys::CUresult::CUDA_SUCCESS).then_some(v)
         }
+    }
+
+    /// The device's ordinal (`N` of `cuda:N`).
+    pub fn ordinal(&self) -> usize {
+        self.inner.ctx.ordinal()
     }
 
     /// The device's compute architecture, e.g. `sm_90`.
