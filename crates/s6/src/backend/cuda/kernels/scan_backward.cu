@@ -107,6 +107,7 @@ __device__ __forceinline__ void s6_scan_bwd_body(
             const int s = part * NPT + i;
             if (active && s < (int)n) ckpt[(ck0 + k) * n + s] = h[i];
         }
+#pragma unroll 4
         for (int t = 0; t < T; t++) {
             const float dt = s_dt[t][ch];
             const float dx = dt * s_u[t][ch];
@@ -168,6 +169,7 @@ __device__ __forceinline__ void s6_scan_bwd_body(
             float hh[NPT];
 #pragma unroll
             for (int i = 0; i < NPT; i++) hh[i] = s_h[0][i][tid];
+#pragma unroll 4
             for (int t = 0; t < tl; t++) {
                 const float dt = s_dt[t][ch];
                 const float dx = dt * s_u[t][ch];
@@ -180,6 +182,8 @@ __device__ __forceinline__ void s6_scan_bwd_body(
         }
 
         // Walk the chunk backward.
+        // Unrolled: the reductions of consecutive steps do not depend on each other, only dh does.
+#pragma unroll 4
         for (int t = tl - 1; t >= 0; t--) {
             const float dt = s_dt[t][ch];
             const float x = s_u[t][ch];
