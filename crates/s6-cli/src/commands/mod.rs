@@ -11,6 +11,7 @@ pub mod train;
 use std::path::PathBuf;
 
 use anyhow::{bail, Result};
+use s6::backend::collective::{Collective, HostCollective};
 use s6::backend::cpu::Cpu;
 use s6::backend::Backend;
 
@@ -70,6 +71,49 @@ pub fn on_device(device: &Device, job: impl OnDevice) -> Result<()> {
             "device cuda:{i} is not available: this s6 was built without CUDA support (rebuild with `cargo build --release -p s6-cli --features cuda`); use --device cpu"
         ),
     }
+}
+
+/// A command body written once for any backend that runs on several devices of one kind (data
+/// parallelism); [`on_devices`] opens them and the collective that joins them.
+pub trait OnDevices {
+    fn run<B: Backend>(self, backends: Vec<B>, collective: Box<dyn Collective<B>>) -> Result<()>;
+}
+
+/// Opens every device of `devices` (all CPU or all CUDA) and runs `job` on them: CPU ranks are
+/// joined through the host, CUDA ranks through NCCL.
+pub fn on_devices(devices: &[Device], job: impl OnDevices) -> Result<()> {
+    if devices.is_empty() {
+        bail!("--devices: no device given");
+    }
+    if devices.iter().all(|d| *d == Device::Cpu) {
+        return job.run(vec![Cpu; devices.len()], Box::new(HostCollective { ranks: devices.len() }));
+    }
+    let ordinals: Vec<usize> = devices
+        .iter()
+        .map(|d| match d {
+            Device::Cuda(i) => Ok(*i),
+            Device::Cpu => bail!("--devices mixes cpu and cuda devices: give devices of one kind"),
+        })
+        .collect::<Result<_>>()?;
+    #[cfg(feature = "cuda")]
+    {
+        use s6::backend::cuda::{nccl::Nccl, Cuda};
+        let gpus = ordinals
+            .iter()
+            .map(|&i| Cuda::new(i).map_err(|e| anyhow::anyhow!("device cuda:{i} is not available: {e}")))
+            .collect::<Result<Vec<_>>>()?;
+        let nccl = Nccl::new(&gpus)?;
+        job.run(gpus, Box::new(nccl))
+    }
+    #[cfg(not(feature = "cuda"))]
+    bail!(
+        "devices {ordinals:?} are CUDA devices, but this s6 was built without CUDA support (rebuild with `cargo build --release -p s6-cli --features cuda`)"
+    )
+}
+
+/// `--gpus N` as a device list: `cuda:0 .. cuda:N-1`.
+pub fn first_gpus(n: usize) -> Vec<Device> {
+    (0..n).map(Device::Cuda).collect()
 }
 
 /// A line above a progress bar, or on stderr when the bar is hidden (stderr is not a terminal).

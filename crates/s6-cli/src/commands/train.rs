@@ -11,9 +11,11 @@ use s6::formats::tokenizer::Tokenizer;
 use s6::model::init::init_params;
 use s6::model::Mamba;
 use s6::train::optim::{OptimConfig, Schedule};
-use s6::train::{data, train, Event, TrainOptions};
+use s6::train::{data, train_data_parallel, Event, Replicas, TrainOptions};
 
-use super::{on_device, parse_device, Device, OnDevice};
+use s6::backend::collective::Collective;
+
+use super::{first_gpus, on_device, on_devices, parse_device, Device, OnDevice, OnDevices};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -108,6 +110,14 @@ pub struct Args {
     /// cpu, cuda or cuda:N.
     #[arg(long, default_value = "cpu", value_parser = parse_device)]
     device: Device,
+    /// Data-parallel training over these devices, comma-separated (e.g. cuda:0,cuda:1): one model
+    /// replica per device, each step's batch split evenly over them, gradients summed through
+    /// NCCL (through the host for cpu devices). Replaces --device.
+    #[arg(long, value_delimiter = ',', value_parser = parse_device, conflicts_with_all = ["device", "gpus"])]
+    devices: Option<Vec<Device>>,
+    /// Data-parallel training on the first N GPUs (cuda:0 .. cuda:N-1); see --devices.
+    #[arg(long, conflicts_with = "device")]
+    gpus: Option<usize>,
 }
 
 pub fn run(a: Args) -> Result<()> {
@@ -131,8 +141,15 @@ pub fn run(a: Args) -> Result<()> {
     }
     let schedule: Schedule = a.lr_schedule.parse()?;
     let save_dtype: SaveDType = a.save_dtype.parse()?;
-    let device = a.device.clone();
-    on_device(&device, Job { a, b1, b2, schedule, save_dtype })
+    let devices = a.devices.clone().or(a.gpus.map(first_gpus));
+    let job = Job { a, b1, b2, schedule, save_dtype };
+    match devices {
+        Some(list) => on_devices(&list, job),
+        None => {
+            let device = job.a.device.clone();
+            on_device(&device, job)
+        }
+    }
 }
 
 /// The run itself, on the backend `--device` names.
@@ -146,11 +163,19 @@ struct Job {
 
 impl OnDevice for Job {
     fn run<B: Backend>(self, be: B) -> Result<()> {
-        train_on(be, self)
+        train_on(vec![be], None, self)
     }
 }
 
-fn train_on<B: Backend>(be: B, job: Job) -> Result<()> {
+impl OnDevices for Job {
+    fn run<B: Backend>(self, backends: Vec<B>, collective: Box<dyn Collective<B>>) -> Result<()> {
+        train_on(backends, Some(collective), self)
+    }
+}
+
+/// Trains on `backends[0]`, or data-parallel over all of `backends` when a collective is given.
+fn train_on<B: Backend>(backends: Vec<B>, collective: Option<Box<dyn Collective<B>>>, job: Job) -> Result<()> {
+    let be = backends[0].clone();
     let Job { a, b1, b2, schedule, save_dtype } = job;
     // The model: resumed, fine-tuned, or fresh.
     let resume_dir = a.resume.then(|| a.out.clone());
@@ -243,7 +268,16 @@ fn train_on<B: Backend>(be: B, job: Job) -> Result<()> {
         ProgressStyle::with_template("{bar:30} {pos}/{len} [{elapsed_precise}<{eta_precise}] {msg}")
             .unwrap_or_else(|_| ProgressStyle::default_bar()),
     );
-    let (_, summary) = train(model, train_tokens, val_tokens, &opts, a.resume, |ev| match ev {
+    let replicas = match collective {
+        Some(c) => {
+            eprintln!("data parallel over {} devices, gradients summed by {}", backends.len(), c.name());
+            let r = Replicas::new(&model, backends, c)?;
+            drop(model);
+            r
+        }
+        None => Replicas::single(model),
+    };
+    let (_, summary) = train_data_parallel(replicas, train_tokens, val_tokens, &opts, a.resume, |ev| match ev {
         Event::Step { step, loss, lr, grad_norm, tokens_per_s, .. } => {
             bar.set_position(step);
             bar.set_message(format!("loss {loss:.4} lr {lr:.2e} |g| {grad_norm:.2} {tokens_per_s:.0} tok/s"));

@@ -160,9 +160,8 @@ pub fn train_data_parallel<B: Backend>(
             let (l, _) = replicas.loss_and_grads(&x, &y, opts.batch_size, opts.seq_len, scale, &mut grads)?;
             loss += l / opts.grad_accum as f64;
         }
-        if world > 1 {
-            replicas.all_reduce(&mut grads)?;
-        }
+        // Through the collective also with one rank: `--gpus 1` runs the NCCL path.
+        replicas.all_reduce(&mut grads)?;
         // Every rank now holds the same gradients: each computes the same norm and update.
         let mut grad_norm = 0.0;
         for ((m, g), adam) in replicas.models_mut().iter_mut().zip(&grads).zip(adams.iter_mut()) {
