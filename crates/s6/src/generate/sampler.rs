@@ -207,6 +207,62 @@ impl Sampler {
     }
 }
 
+/// The seed of draw `draw` of a sequence seeded with `seed`: counter-based sampling
+/// ([`sample_rows`], [`crate::backend::Backend::sample`]) derives every draw from the pair alone,
+/// so the same seed gives the same tokens without a generator state to carry.
+pub fn draw_seed(seed: u64, draw: u64) -> u64 {
+    let mix = |mut z: u64| {
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    };
+    mix(mix(seed.wrapping_add(0x9e37_79b9_7f4a_7c15u64.wrapping_mul(draw.wrapping_add(1)))) ^ 0xd1b5_4a32_d192_ed03)
+}
+
+/// The host implementation of [`crate::backend::Backend::sample`] (the CPU backend's): row `r`
+/// of `logits` (`[out.len(), vocab]`) is sampled by a [`Sampler`] seeded with
+/// `draw_seed(params.seed + r, draws[r])`, with the tokens marked in `seen` (`[rows, vocab]`,
+/// read and updated only when the repetition penalty is on) as its history; `draws[r]` is
+/// incremented.
+pub fn sample_rows(
+    logits: &[f32],
+    vocab: usize,
+    params: &SamplingParams,
+    seen: &mut [u32],
+    draws: &mut [u32],
+    out: &mut [u32],
+) -> Result<()> {
+    params.validate()?;
+    let rows = out.len();
+    let penalty = params.repetition_penalty != 1.0;
+    if logits.len() < rows * vocab || draws.len() < rows || (penalty && seen.len() < rows * vocab) {
+        return Err(Error::input(format!(
+            "sample: {rows} rows of {vocab} need {} logits, {rows} draw counters{}; got {}, {}, {}",
+            rows * vocab,
+            if penalty { format!(" and {} seen flags", rows * vocab) } else { String::new() },
+            logits.len(),
+            draws.len(),
+            seen.len()
+        )));
+    }
+    for r in 0..rows {
+        let history: Vec<u32> = if penalty {
+            (0..vocab as u32).filter(|&i| seen[r * vocab + i as usize] != 0).collect()
+        } else {
+            Vec::new()
+        };
+        let seed = draw_seed(params.seed.wrapping_add(r as u64), u64::from(draws[r]));
+        let mut s = Sampler::new(SamplingParams { seed, ..params.clone() })?;
+        let tok = s.sample(&logits[r * vocab..(r + 1) * vocab], &history)?;
+        out[r] = tok;
+        draws[r] = draws[r].wrapping_add(1);
+        if penalty {
+            seen[r * vocab + tok as usize] = 1;
+        }
+    }
+    Ok(())
+}
+
 /// Index and value of the largest element; ties to the lowest index.
 fn argmax(xs: &[f32]) -> (usize, f32) {
     let mut best = (0, xs[0]);

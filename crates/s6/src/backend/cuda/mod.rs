@@ -21,6 +21,9 @@ use cudarc::nvrtc::{compile_ptx_with_opts, CompileOptions, Ptx};
 use super::{AdamW, AttnDims, Backend, ScanArgs, ScanGrads, View, ViewMut};
 use crate::{Error, Result};
 
+mod decode;
+pub use decode::CudaIds;
+
 /// The kernels' sources, compiled together into one module.
 const KERNEL_SOURCES: [&str; 2] = [include_str!("kernels/elementwise.cu"), include_str!("kernels/scan.cu")];
 
@@ -90,7 +93,14 @@ struct Inner {
     /// `S6_SCAN_VARIANT` (split1, split2, split4, split8, smem4, smem8, smem16, pipe8, pipe16, pipe8xu) picks another
     /// N = 16 scan kernel: for measurements.
     scan_variant: Option<String>,
+    /// The sampling kernel, compiled on first use (`decode.rs`).
+    decode: decode::DecodeSlot,
+    /// cuBLAS's workspace, ours so that cuBLAS never allocates while a graph is recorded.
+    _blas_workspace: CudaSlice<u8>,
 }
+
+/// Bytes of the cuBLAS workspace (NVIDIA recommends 32 MiB on Hopper).
+const BLAS_WORKSPACE_BYTES: usize = 32 << 20;
 
 /// PTX per architecture ("sm_90"), compiled once per process.
 fn ptx_for(arch: &str) -> Result<String> {
@@ -185,7 +195,9 @@ impl Cuda {
         // One stream: ordering is the stream's; no per-buffer events needed.
         // SAFETY: all work of this backend is issued on the one stream below.
         unsafe { ctx.disable_event_tracking() };
-        let stream = ctx.default_stream();
+        // A stream of our own, not the legacy default stream: only such streams can be captured
+        // into CUDA graphs (decode.rs).
+        let stream = ctx.new_stream().map_err(driver_err("stream creation"))?;
         keep_pool_memory(&ctx);
         let (major, minor) = ctx.compute_capability().map_err(driver_err("compute capability"))?;
         let arch = format!("sm_{major}{minor}");
@@ -204,8 +216,32 @@ impl Cuda {
                 .result()
                 .map_err(blas_err)?;
         }
+        let blas_workspace = stream.alloc_zeros::<u8>(BLAS_WORKSPACE_BYTES).map_err(driver_err("allocation"))?;
+        {
+            let (wp, _s) = blas_workspace.device_ptr(&stream);
+            // SAFETY: a valid handle and a live allocation of that size, kept in `Inner` as long
+            // as the handle.
+            unsafe {
+                blas_sys::cublasSetWorkspace_v2(*blas.handle(), wp as *mut std::ffi::c_void, BLAS_WORKSPACE_BYTES)
+                    .result()
+                    .map_err(blas_err)?;
+            }
+        }
         let scan_variant = std::env::var("S6_SCAN_VARIANT").ok().filter(|v| !v.is_empty());
-        Ok(Cuda { inner: Arc::new(Inner { ctx, stream, blas, funcs, name, arch, scan_variant }) })
+        let decode = decode::DecodeSlot::new();
+        Ok(Cuda {
+            inner: Arc::new(Inner {
+                ctx,
+                stream,
+                blas,
+                funcs,
+                name,
+                arch,
+                scan_variant,
+                decode,
+                _blas_workspace: blas_workspace,
+            }),
+        })
     }
 
     fn stream(&self) -> &Arc<CudaStream> {
@@ -311,6 +347,36 @@ macro_rules! launch {
 
 impl Backend for Cuda {
     type Buf = CudaBuf;
+    type Ids = CudaIds;
+    type Graph = cudarc::driver::CudaGraph;
+
+    // Decoding ops: in decode.rs.
+    fn ids_from_slice(&self, ids: &[u32]) -> Result<CudaIds> {
+        self.ids_from_slice_impl(ids)
+    }
+    fn ids_to_vec(&self, ids: &CudaIds) -> Result<Vec<u32>> {
+        self.ids_to_vec_impl(ids)
+    }
+    fn embedding_ids(&self, table: &CudaBuf, ids: &CudaIds, dim: usize, out: &mut CudaBuf) -> Result<()> {
+        self.embedding_ids_impl(table, ids, dim, out)
+    }
+    fn sample(
+        &self,
+        logits: &CudaBuf,
+        vocab: usize,
+        params: &crate::generate::SamplingParams,
+        seen: &mut CudaIds,
+        draws: &mut CudaIds,
+        out: &mut CudaIds,
+    ) -> Result<()> {
+        self.sample_impl(logits, vocab, params, seen, draws, out)
+    }
+    fn capture(&self, work: &mut dyn FnMut() -> Result<()>) -> Result<Option<Self::Graph>> {
+        self.capture_impl(work)
+    }
+    fn replay(&self, graph: &Self::Graph) -> Result<()> {
+        self.replay_impl(graph)
+    }
 
     fn name(&self) -> String {
         format!("cuda:{} ({}, {})", self.inner.ctx.ordinal(), self.inner.name, self.inner.arch)
