@@ -252,6 +252,12 @@ pub trait Backend: Send + Sync + Clone {
         Ok(None)
     }
 
+    /// Whether [`Backend::capture`] records graphs here: decoding then keeps tokens and sampling
+    /// on the device ([`crate::model::mamba1::Decoder`]) instead of sampling on the host.
+    fn records_graphs(&self) -> bool {
+        false
+    }
+
     /// Runs a recorded graph once (queued, like every op).
     fn replay(&self, graph: &Self::Graph) -> Result<()> {
         let _ = graph;

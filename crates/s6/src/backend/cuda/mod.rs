@@ -377,6 +377,9 @@ impl Backend for Cuda {
     fn replay(&self, graph: &Self::Graph) -> Result<()> {
         self.replay_impl(graph)
     }
+    fn records_graphs(&self) -> bool {
+        true
+    }
 
     fn name(&self) -> String {
         format!("cuda:{} ({}, {})", self.inner.ctx.ordinal(), self.inner.name, self.inner.arch)
