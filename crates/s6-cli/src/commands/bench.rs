@@ -123,7 +123,10 @@ fn bench_on<B: Backend>(be: B, a: &Args) -> Result<()> {
                         if let Some(why) = &d.fallback {
                             eprintln!("decode batch {b}: no CUDA graph, measured op by op: {why}");
                         }
-                        print_decode(&d.report, if d.graph || mode == DecodeMode::Eager { label } else { "device, graph failed" });
+                        print_decode(
+                            &d.report,
+                            if d.graph || mode == DecodeMode::Eager { label } else { "device, graph failed" },
+                        );
                     }
                 }
             }

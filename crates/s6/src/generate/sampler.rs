@@ -476,6 +476,31 @@ mod tests {
     }
 
     #[test]
+    fn sample_rows_is_counter_based_and_marks_seen() {
+        let logits = [2.0f32, 1.9, -1.0, 0.0, 0.5, 3.0];
+        let greedy = SamplingParams { temperature: 0.0, repetition_penalty: 2.0, ..Default::default() };
+        let (mut seen, mut draws, mut out) = (vec![0u32; 6], vec![0u32; 2], vec![9u32; 2]);
+        sample_rows(&logits, 3, &greedy, &mut seen, &mut draws, &mut out).unwrap();
+        assert_eq!((out.clone(), draws.clone()), (vec![0, 2], vec![1, 1]));
+        assert_eq!(seen, vec![1, 0, 0, 0, 0, 1]);
+        // Token 0 of row 0 is now penalised: 2.0 / 2 < 1.9.
+        sample_rows(&logits, 3, &greedy, &mut seen, &mut draws, &mut out).unwrap();
+        assert_eq!(out[0], 1);
+        // The same (seed, row, draw) gives the same token; the draw counter moves it on.
+        let p = SamplingParams { seed: 3, ..Default::default() };
+        let flat: Vec<f32> = vec![0.0; 1000];
+        let run = |d: u32| {
+            let (mut s, mut dr, mut o) = (vec![], vec![d], vec![0]);
+            sample_rows(&flat, 1000, &p, &mut s, &mut dr, &mut o).unwrap();
+            o[0]
+        };
+        assert_eq!(run(4), run(4));
+        assert!((0..8).map(run).collect::<std::collections::HashSet<_>>().len() > 1);
+        assert_ne!(draw_seed(1, 0), draw_seed(1, 1));
+        assert!(sample_rows(&logits, 3, &greedy, &mut vec![], &mut draws, &mut out).is_err());
+    }
+
+    #[test]
     fn bad_logits_are_errors() {
         let mut s = sampler(SamplingParams::default());
         assert!(s.sample(&[], &[]).is_err());

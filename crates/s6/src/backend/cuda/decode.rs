@@ -75,9 +75,11 @@ fn load_kernels(be: &Cuda) -> Result<DecodeKernels> {
 
 impl Cuda {
     fn decode_kernels(&self) -> Result<&DecodeKernels> {
-        self.inner.decode.get_or_init(|| load_kernels(self).map_err(|e| e.to_string())).as_ref().map_err(|e| {
-            Error::Backend(e.clone())
-        })
+        self.inner
+            .decode
+            .get_or_init(|| load_kernels(self).map_err(|e| e.to_string()))
+            .as_ref()
+            .map_err(|e| Error::Backend(e.clone()))
     }
 
     fn ids_ptr(&self, ids: &CudaIds, needed: usize, what: &str) -> Result<u64> {

@@ -174,3 +174,79 @@ impl<'m, B: Backend> Decoder<'m, B> {
         self.bufs.state
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::cpu::Cpu;
+    use crate::config::{InitConfig, MambaConfig};
+    use crate::generate::{generate_tokens, Flow, GenerateOptions};
+
+    fn tiny() -> Mamba<Cpu> {
+        let cfg = MambaConfig::new(16, 2, 40);
+        let params = crate::model::init::init_params(&cfg, &InitConfig::default(), 7);
+        let mut it = params.into_iter();
+        Mamba::from_params(Cpu, cfg, |_| Ok(it.next().map(|p| p.1).unwrap_or_default())).unwrap()
+    }
+
+    fn decode(m: &Mamba<Cpu>, prompts: &[Vec<u32>], n: usize, params: SamplingParams) -> (Vec<Vec<u32>>, bool) {
+        let states: Vec<_> = prompts
+            .iter()
+            .map(|p| {
+                let mut st = m.new_state(1).unwrap();
+                let l = m.prefill(p, 1, p.len(), &mut st, 4).unwrap();
+                (st, l)
+            })
+            .collect();
+        let logits: Vec<f32> = states.iter().flat_map(|(_, l)| l.iter().copied()).collect();
+        let state = m.stack_states(&states.into_iter().map(|(s, _)| s).collect::<Vec<_>>()).unwrap();
+        let mut dec = Decoder::new(m, state, &logits, prompts, params, DecodeMode::Graph).unwrap();
+        let mut out = vec![Vec::new(); prompts.len()];
+        for t in 0..n {
+            if t > 0 {
+                dec.step().unwrap();
+            }
+            for (o, tok) in out.iter_mut().zip(dec.tokens().unwrap()) {
+                o.push(tok);
+            }
+        }
+        let fell_back = dec.fallback_reason().is_some_and(|r| r.contains("does not record"));
+        (out, fell_back && !dec.uses_graph())
+    }
+
+    #[test]
+    fn decoder_on_cpu_equals_generate_tokens_greedy() {
+        let m = tiny();
+        let prompts = vec![vec![1u32, 5, 9, 3, 2, 7], vec![4], vec![39, 0, 12]];
+        for rp in [1.0, 1.5] {
+            let params = SamplingParams { temperature: 0.0, repetition_penalty: rp, ..Default::default() };
+            let opts = GenerateOptions { max_tokens: 12, sampling: params.clone(), ..Default::default() };
+            let want = generate_tokens(&m, &prompts, &opts, |_, _| Ok(Flow::Continue)).unwrap().0;
+            let (got, fell_back) = decode(&m, &prompts, 12, params);
+            assert_eq!(got, want, "repetition penalty {rp}");
+            assert!(fell_back, "the CPU records no graph and must say so");
+        }
+    }
+
+    #[test]
+    fn decoder_sampling_is_seeded() {
+        let m = tiny();
+        let prompts = vec![vec![1u32, 2], vec![3]];
+        let p = SamplingParams { temperature: 1.2, top_k: 10, seed: 5, ..Default::default() };
+        let a = decode(&m, &prompts, 20, p.clone()).0;
+        assert_eq!(decode(&m, &prompts, 20, p.clone()).0, a);
+        assert_ne!(decode(&m, &prompts, 20, SamplingParams { seed: 6, ..p }).0, a);
+    }
+
+    #[test]
+    fn decoder_rejects_mismatched_inputs() {
+        let m = tiny();
+        let st = m.new_state(2).unwrap();
+        let logits = vec![0.0; 40];
+        let err = Decoder::new(&m, st, &logits, &[vec![1], vec![2]], SamplingParams::default(), DecodeMode::Eager);
+        assert!(err.is_err_and(|e| e.to_string().contains("logits")));
+        let st = m.new_state(2).unwrap();
+        let err = Decoder::new(&m, st, &[0.0; 80], &[vec![1]], SamplingParams::default(), DecodeMode::Eager);
+        assert!(err.is_err_and(|e| e.to_string().contains("histories")));
+    }
+}

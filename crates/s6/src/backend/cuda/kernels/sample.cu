@@ -24,7 +24,7 @@ __device__ __forceinline__ float s6_pen_logit(const float* row, const unsigned i
 // Unnormalised probability with the most likely token at exactly 1 (NaN: 0).
 __device__ __forceinline__ float s6_weight(float x, float mx, float inv_t) {
     if (x != x) return 0.0f;
-    if (mx == __int_as_float(0x7f800000)) return x == mx ? 1.0f : 0.0f;
+    if (mx == __uint_as_float(0x7f800000u)) return x == mx ? 1.0f : 0.0f;
     return expf((x - mx) * inv_t);
 }
 
@@ -204,7 +204,7 @@ s6_sample(const float* __restrict__ logits, unsigned int vocab, float temperatur
     r.vocab = vocab;
 
     // Argmax of the penalised logits, ties to the lowest id; NaN never wins.
-    float best = __int_as_float(0xff800000);
+    float best = __uint_as_float(0xff800000u);
     unsigned int bi = 0xffffffffu;
     for (unsigned int i = tid; i < vocab; i += blockDim.x) {
         float x = s6_pen_logit(r.logits, r.seen, r.rp, i);
@@ -227,7 +227,7 @@ s6_sample(const float* __restrict__ logits, unsigned int vocab, float temperatur
     }
     __syncthreads();
     if (warp == 0) {
-        best = lane < nw ? sh_val[lane] : __int_as_float(0xff800000);
+        best = lane < nw ? sh_val[lane] : __uint_as_float(0xff800000u);
         bi = lane < nw ? sh_idx[lane] : 0xffffffffu;
         for (int o = 16; o > 0; o >>= 1) {
             float ov = __shfl_down_sync(S6_FULL_MASK, best, o);
@@ -247,7 +247,7 @@ s6_sample(const float* __restrict__ logits, unsigned int vocab, float temperatur
     const unsigned int imax = sh_idx[0] < vocab ? sh_idx[0] : 0u;
     unsigned int picked = imax;
 
-    if (temperature > 0.0f && mx != __int_as_float(0xff800000) && sh_idx[0] < vocab) {
+    if (temperature > 0.0f && mx != __uint_as_float(0xff800000u) && sh_idx[0] < vocab) {
         r.mx = mx;
         r.inv_t = 1.0f / temperature;
         // Length of the kept prefix; vocab = no filter.
