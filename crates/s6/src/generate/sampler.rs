@@ -497,7 +497,7 @@ mod tests {
         assert_eq!(run(4), run(4));
         assert!((0..8).map(run).collect::<std::collections::HashSet<_>>().len() > 1);
         assert_ne!(draw_seed(1, 0), draw_seed(1, 1));
-        assert!(sample_rows(&logits, 3, &greedy, &mut vec![], &mut draws, &mut out).is_err());
+        assert!(sample_rows(&logits, 3, &greedy, &mut [], &mut draws, &mut out).is_err());
     }
 
     #[test]

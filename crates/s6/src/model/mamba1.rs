@@ -384,6 +384,7 @@ impl<B: Backend> Mamba<B> {
     /// Every layer and the final norm, in caller-provided buffers (no allocation): `residual`
     /// holds the embedded input `[batch * seqlen, d_model]` and is used as the residual stream;
     /// `acts` and `out` are scratch; `normed` receives the final normed hidden states.
+    #[allow(clippy::too_many_arguments)]
     fn layers_into(
         &self,
         batch: usize,

@@ -246,7 +246,7 @@ mod tests {
         let err = Decoder::new(&m, st, &logits, &[vec![1], vec![2]], SamplingParams::default(), DecodeMode::Eager);
         assert!(err.is_err_and(|e| e.to_string().contains("logits")));
         let st = m.new_state(2).unwrap();
-        let err = Decoder::new(&m, st, &[0.0; 80], &[vec![1]], SamplingParams::default(), DecodeMode::Eager);
+        let err = Decoder::new(&m, st, &vec![0.0; 80], &[vec![1]], SamplingParams::default(), DecodeMode::Eager);
         assert!(err.is_err_and(|e| e.to_string().contains("histories")));
     }
 }
