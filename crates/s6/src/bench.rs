@@ -14,6 +14,8 @@ use rayon::prelude::*;
 
 use crate::backend::cpu::{simd, Cpu};
 use crate::backend::{Backend, ScanArgs, ScanDims, ScanGrads, Strided, View, ViewMut};
+use crate::generate::SamplingParams;
+use crate::model::mamba1::{DecodeMode, Decoder};
 use crate::model::Mamba;
 use crate::{Error, Result};
 
@@ -254,6 +256,62 @@ pub fn bench_decode<B: Backend>(
         weight_bytes_per_step,
         limit_tok_per_s: limits.read_gb_s * 1e9 / weight_bytes_per_step as f64 * batch as f64,
     })
+}
+
+/// Result of [`bench_decode_device`]: the report and how the steps ran.
+#[derive(Clone, Debug, PartialEq)]
+pub struct DeviceDecodeReport {
+    pub report: DecodeReport,
+    /// Whether the steps replayed a recorded graph.
+    pub graph: bool,
+    /// Why not, when graphs were asked for and not used.
+    pub fallback: Option<String>,
+}
+
+/// Like [`bench_decode`], but each step is a [`Decoder`] step: the sampled tokens are fed back on
+/// the device (greedy sampling there), and the step is a replayed graph when `mode` is
+/// [`DecodeMode::Graph`] and the backend records graphs. Every step's tokens are copied to the
+/// host, as generation does (streaming, end-of-text checks). One untimed step first (it records
+/// the graph).
+pub fn bench_decode_device<B: Backend>(
+    model: &Mamba<B>,
+    batch: usize,
+    tokens: usize,
+    repeats: usize,
+    limits: &Limits,
+    mode: DecodeMode,
+) -> Result<DeviceDecodeReport> {
+    check_counts("bench decode", &[("batch", batch), ("tokens", tokens), ("repeats", repeats)])?;
+    let vocab = model.cfg.vocab_size;
+    let prompt = token_ids(batch * DECODE_PROMPT, vocab, 1);
+    let histories: Vec<Vec<u32>> = prompt.chunks_exact(DECODE_PROMPT).map(<[u32]>::to_vec).collect();
+    let greedy = SamplingParams { temperature: 0.0, ..SamplingParams::default() };
+    let mut best = f64::INFINITY;
+    let (mut graph, mut fallback) = (false, None);
+    for _ in 0..repeats {
+        let mut state = model.new_state(batch)?;
+        let logits = model.prefill(&prompt, batch, DECODE_PROMPT, &mut state, DECODE_PROMPT)?;
+        let mut dec = Decoder::new(model, state, &logits, &histories, greedy.clone(), mode)?;
+        dec.step()?;
+        std::hint::black_box(dec.tokens()?);
+        let t = Instant::now();
+        for _ in 0..tokens {
+            dec.step()?;
+            std::hint::black_box(dec.tokens()?);
+        }
+        best = best.min(t.elapsed().as_secs_f64());
+        graph = dec.uses_graph();
+        fallback = dec.fallback_reason().map(str::to_string);
+    }
+    let weight_bytes_per_step = decode_weight_bytes(model, batch);
+    let report = DecodeReport {
+        batch,
+        tokens,
+        tok_per_s: (batch * tokens) as f64 / best,
+        weight_bytes_per_step,
+        limit_tok_per_s: limits.read_gb_s * 1e9 / weight_bytes_per_step as f64 * batch as f64,
+    };
+    Ok(DeviceDecodeReport { report, graph, fallback })
 }
 
 /// Times [`Mamba::prefill`] (one chunk, last-position logits only) of `seqlen` random tokens per

@@ -3,8 +3,10 @@
 use anyhow::{bail, Result};
 use s6::backend::Backend;
 use s6::bench::{
-    bench_decode, bench_prefill, bench_scan, bench_scan_backward, measure_device_limits, measure_limits, random_model,
+    bench_decode, bench_decode_device, bench_prefill, bench_scan, bench_scan_backward, measure_device_limits,
+    measure_limits, random_model, DecodeReport,
 };
+use s6::model::mamba1::DecodeMode;
 use s6::model::Mamba;
 
 use super::{model_dir, on_device, parse_device, Device, OnDevice};
@@ -126,14 +128,20 @@ fn bench_on<B: Backend>(be: B, a: &Args) -> Result<()> {
         "decode" => {
             for &b in &a.batch {
                 let r = bench_decode(&model, b, a.tokens, a.repeats, &limits)?;
-                println!(
-                    "decode batch {:>3}: {:>8.1} tok/s   limit {:>8.1} tok/s ({:.0}%; {:.0} MB of weights per step)",
-                    r.batch,
-                    r.tok_per_s,
-                    r.limit_tok_per_s,
-                    100.0 * r.tok_per_s / r.limit_tok_per_s,
-                    r.weight_bytes_per_step as f64 / 1e6
-                );
+                print_decode(&r, "");
+                if model.backend.records_graphs() {
+                    // Tokens fed back and sampled (greedy) on the device, op by op, then as a graph.
+                    for (mode, label) in [(DecodeMode::Eager, "device, eager"), (DecodeMode::Graph, "device, graph")] {
+                        let d = bench_decode_device(&model, b, a.tokens, a.repeats, &limits, mode)?;
+                        if let Some(why) = &d.fallback {
+                            eprintln!("decode batch {b}: no CUDA graph, measured op by op: {why}");
+                        }
+                        print_decode(
+                            &d.report,
+                            if d.graph || mode == DecodeMode::Eager { label } else { "device, graph failed" },
+                        );
+                    }
+                }
             }
         }
         "prefill" => {
@@ -178,4 +186,17 @@ fn bench_on<B: Backend>(be: B, a: &Args) -> Result<()> {
         other => bail!("unknown benchmark '{other}'; expected decode, prefill, train or scan"),
     }
     Ok(())
+}
+
+/// One line of `s6 bench decode`; `how` names the decode path ("" for the host-sampled one).
+fn print_decode(r: &DecodeReport, how: &str) {
+    let how = if how.is_empty() { String::new() } else { format!(" ({how})") };
+    println!(
+        "decode batch {:>3}{how}: {:>8.1} tok/s   limit {:>8.1} tok/s ({:.0}%; {:.0} MB of weights per step)",
+        r.batch,
+        r.tok_per_s,
+        r.limit_tok_per_s,
+        100.0 * r.tok_per_s / r.limit_tok_per_s,
+        r.weight_bytes_per_step as f64 / 1e6
+    );
 }

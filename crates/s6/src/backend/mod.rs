@@ -185,6 +185,12 @@ impl AttnDims {
 pub trait Backend: Send + Sync + Clone {
     /// A flat buffer of `f32` on the device.
     type Buf: Send + Sync;
+    /// A flat buffer of `u32` on the device: token ids, and the per-sequence sampling state of
+    /// [`Backend::sample`] (seen-token masks, draw counters). Decoding keeps them on the device so
+    /// that a step needs no host→device copy ([`Backend::embedding_ids`]).
+    type Ids: Send + Sync;
+    /// Device work recorded once and replayed ([`Backend::capture`]): a CUDA graph on CUDA.
+    type Graph;
 
     /// Short description ("cpu (2 threads, avx2+fma)").
     fn name(&self) -> String;
@@ -200,6 +206,64 @@ pub trait Backend: Send + Sync + Clone {
 
     /// `out[i, :] = table[ids[i], :]`; ids were validated by the caller.
     fn embedding(&self, table: &Self::Buf, ids: &[u32], dim: usize, out: &mut Self::Buf) -> Result<()>;
+
+    /// Moves `u32` values to the device (see [`Backend::Ids`]).
+    fn ids_from_slice(&self, ids: &[u32]) -> Result<Self::Ids>;
+    /// Copies `u32` values back to the host (waits for the queued work that writes them).
+    fn ids_to_vec(&self, ids: &Self::Ids) -> Result<Vec<u32>>;
+
+    /// [`Backend::embedding`] with the ids already on the device: one row per id of `ids`.
+    /// Ids must be in the table (the caller validated them, or [`Backend::sample`] wrote them);
+    /// the device does not check them, nothing is copied from the host.
+    fn embedding_ids(&self, table: &Self::Buf, ids: &Self::Ids, dim: usize, out: &mut Self::Buf) -> Result<()>;
+
+    /// Picks the next token of each of `rows = len(out)` sequences from `logits` (`[rows, vocab]`)
+    /// and writes it to `out`, all on the device, with the semantics of
+    /// [`crate::generate::Sampler::sample`]: repetition penalty, then temperature (0 = argmax,
+    /// ties to the lowest id), top-k, top-p, min-p (each a prefix of the tokens ordered by
+    /// probability, ties to the lowest id), then a seeded draw.
+    ///
+    /// - `seen`: `[rows, vocab]`, 1 where a token is in the sequence's history (prompt and
+    ///   generated), 0 elsewhere; read when `params.repetition_penalty != 1`, which also marks the
+    ///   picked token in it (otherwise it may be empty).
+    /// - `draws`: `[rows]`, the number of draws made so far per sequence; incremented. The draw
+    ///   of row `r` is a counter-based random number of `(params.seed + r, draws[r])`: the same seed
+    ///   gives the same tokens, whatever the device. The random numbers are not those of the CPU
+    ///   [`crate::generate::Sampler`]; greedy picks and the filtered sets are the same.
+    ///
+    /// Unlike the host sampler this does not fail on NaN logits (they are never picked) or on
+    /// all `-inf` rows (token 0 then).
+    fn sample(
+        &self,
+        logits: &Self::Buf,
+        vocab: usize,
+        params: &crate::generate::SamplingParams,
+        seen: &mut Self::Ids,
+        draws: &mut Self::Ids,
+        out: &mut Self::Ids,
+    ) -> Result<()>;
+
+    /// Records the device work `work` issues, without running it, as a [`Backend::Graph`] to be
+    /// run by [`Backend::replay`]: every replay runs the same operations on the same buffers
+    /// (same addresses) with the same arguments, so `work` must not allocate, free, or copy from
+    /// the host. `Ok(None)`: this backend does not record (the default; the caller runs `work`
+    /// itself each time). An error says why recording failed; the backend is usable afterwards.
+    fn capture(&self, work: &mut dyn FnMut() -> Result<()>) -> Result<Option<Self::Graph>> {
+        let _ = work;
+        Ok(None)
+    }
+
+    /// Whether [`Backend::capture`] records graphs here: decoding then keeps tokens and sampling
+    /// on the device ([`crate::model::mamba1::Decoder`]) instead of sampling on the host.
+    fn records_graphs(&self) -> bool {
+        false
+    }
+
+    /// Runs a recorded graph once (queued, like every op).
+    fn replay(&self, graph: &Self::Graph) -> Result<()> {
+        let _ = graph;
+        Err(crate::Error::Backend(format!("{}: no recorded graphs to replay", self.name())))
+    }
 
     /// `out[rows, n] = x[rows, k] · wᵀ + bias` with `w` in PyTorch `Linear` layout `[n, k]`.
     fn linear(

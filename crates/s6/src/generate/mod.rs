@@ -1,5 +1,8 @@
 //! Text generation: prefill each prompt (chunked), then decode all sequences together, one
 //! batched [`Mamba::step`] per token, sampling each sequence with its own seeded [`Sampler`].
+//! On a backend that records graphs (CUDA) the decode loop runs on the device instead
+//! ([`crate::model::mamba1::Decoder`]): sampling there, one recorded step per token, only the
+//! sampled ids copied back; greedy output is the same, seeded sampling draws other numbers.
 
 pub mod sampler;
 
@@ -7,6 +10,7 @@ use std::time::Instant;
 
 use crate::backend::Backend;
 use crate::formats::tokenizer::{StreamDecoder, Tokenizer};
+use crate::model::mamba1::{DecodeMode, Decoder};
 use crate::model::{Mamba, MambaState};
 use crate::{Error, Result};
 pub use sampler::{Sampler, SamplingParams};
@@ -55,6 +59,8 @@ pub struct GenStats {
     pub prefill_secs: f64,
     pub decode_tokens: usize,
     pub decode_secs: f64,
+    /// Whether decoding replayed a recorded graph ([`crate::model::mamba1::Decoder`]).
+    pub decode_graph: bool,
 }
 
 impl GenStats {
@@ -119,6 +125,10 @@ pub fn generate_tokens<B: Backend>(
         if n == 1 { states.pop().ok_or_else(|| Error::input("no prompts"))? } else { model.stack_states(&states)? };
     stats.prefill_secs = t.elapsed().as_secs_f64();
 
+    if be.records_graphs() {
+        return decode_on_device(model, prompts, opts, state, &first_logits, stats, on_token);
+    }
+
     let t = Instant::now();
     let mut history: Vec<Vec<u32>> = prompts.to_vec();
     let mut out: Vec<Vec<u32>> = vec![Vec::new(); n];
@@ -148,6 +158,59 @@ pub fn generate_tokens<B: Backend>(
         logits = be.to_vec(&model.step(&next, &mut state)?)?;
     }
     stats.decode_secs = t.elapsed().as_secs_f64();
+    let reasons = finish.into_iter().map(|f| f.unwrap_or(FinishReason::Length)).collect();
+    Ok((out, reasons, stats))
+}
+
+/// The decode loop of [`generate_tokens`] on a backend that records graphs: tokens sampled on
+/// the device ([`Decoder`]), one recorded step replayed per token, only the sampled ids copied
+/// back. Same options, callbacks and stopping rules as the host loop.
+fn decode_on_device<B: Backend>(
+    model: &Mamba<B>,
+    prompts: &[Vec<u32>],
+    opts: &GenerateOptions,
+    state: MambaState<B>,
+    first_logits: &[f32],
+    mut stats: GenStats,
+    mut on_token: impl FnMut(usize, u32) -> Result<Flow>,
+) -> Result<(Vec<Vec<u32>>, Vec<FinishReason>, GenStats)> {
+    let be = &model.backend;
+    let n = prompts.len();
+    let t = Instant::now();
+    let logits = be.from_vec(first_logits.to_vec())?;
+    let mut dec = Decoder::new(model, state, &logits, prompts, opts.sampling.clone(), DecodeMode::Graph)?;
+    let mut out: Vec<Vec<u32>> = vec![Vec::new(); n];
+    let mut finish: Vec<Option<FinishReason>> = vec![None; n];
+    let mut reported = false;
+    loop {
+        let next = dec.tokens()?;
+        for i in 0..n {
+            if finish[i].is_some() {
+                continue; // finished sequences are still stepped (batch shape), their tokens ignored
+            }
+            let tok = next[i];
+            out[i].push(tok);
+            stats.decode_tokens += 1;
+            let flow = if Some(tok) == opts.eos { Flow::Finish(FinishReason::Eos) } else { on_token(i, tok)? };
+            finish[i] = match flow {
+                Flow::Finish(r) => Some(r),
+                Flow::Continue if out[i].len() >= opts.max_tokens => Some(FinishReason::Length),
+                Flow::Continue => None,
+            };
+        }
+        if finish.iter().all(Option::is_some) {
+            break;
+        }
+        dec.step()?;
+        if let Some(why) = dec.fallback_reason() {
+            if !reported {
+                eprintln!("s6: decoding without a CUDA graph (slower): {why}");
+                reported = true;
+            }
+        }
+    }
+    stats.decode_secs = t.elapsed().as_secs_f64();
+    stats.decode_graph = dec.uses_graph();
     let reasons = finish.into_iter().map(|f| f.unwrap_or(FinishReason::Length)).collect();
     Ok((out, reasons, stats))
 }

@@ -207,6 +207,62 @@ impl Sampler {
     }
 }
 
+/// The seed of draw `draw` of a sequence seeded with `seed`: counter-based sampling
+/// ([`sample_rows`], [`crate::backend::Backend::sample`]) derives every draw from the pair alone,
+/// so the same seed gives the same tokens without a generator state to carry.
+pub fn draw_seed(seed: u64, draw: u64) -> u64 {
+    let mix = |mut z: u64| {
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    };
+    mix(mix(seed.wrapping_add(0x9e37_79b9_7f4a_7c15u64.wrapping_mul(draw.wrapping_add(1)))) ^ 0xd1b5_4a32_d192_ed03)
+}
+
+/// The host implementation of [`crate::backend::Backend::sample`] (the CPU backend's): row `r`
+/// of `logits` (`[out.len(), vocab]`) is sampled by a [`Sampler`] seeded with
+/// `draw_seed(params.seed + r, draws[r])`, with the tokens marked in `seen` (`[rows, vocab]`,
+/// read and updated only when the repetition penalty is on) as its history; `draws[r]` is
+/// incremented.
+pub fn sample_rows(
+    logits: &[f32],
+    vocab: usize,
+    params: &SamplingParams,
+    seen: &mut [u32],
+    draws: &mut [u32],
+    out: &mut [u32],
+) -> Result<()> {
+    params.validate()?;
+    let rows = out.len();
+    let penalty = params.repetition_penalty != 1.0;
+    if logits.len() < rows * vocab || draws.len() < rows || (penalty && seen.len() < rows * vocab) {
+        return Err(Error::input(format!(
+            "sample: {rows} rows of {vocab} need {} logits, {rows} draw counters{}; got {}, {}, {}",
+            rows * vocab,
+            if penalty { format!(" and {} seen flags", rows * vocab) } else { String::new() },
+            logits.len(),
+            draws.len(),
+            seen.len()
+        )));
+    }
+    for r in 0..rows {
+        let history: Vec<u32> = if penalty {
+            (0..vocab as u32).filter(|&i| seen[r * vocab + i as usize] != 0).collect()
+        } else {
+            Vec::new()
+        };
+        let seed = draw_seed(params.seed.wrapping_add(r as u64), u64::from(draws[r]));
+        let mut s = Sampler::new(SamplingParams { seed, ..params.clone() })?;
+        let tok = s.sample(&logits[r * vocab..(r + 1) * vocab], &history)?;
+        out[r] = tok;
+        draws[r] = draws[r].wrapping_add(1);
+        if penalty {
+            seen[r * vocab + tok as usize] = 1;
+        }
+    }
+    Ok(())
+}
+
 /// Index and value of the largest element; ties to the lowest index.
 fn argmax(xs: &[f32]) -> (usize, f32) {
     let mut best = (0, xs[0]);
@@ -417,6 +473,31 @@ mod tests {
         assert_eq!(greedy(2.0).sample(&[4.0, 1.5], &[0, 0, 0]).unwrap(), 0);
         // A penalty below 1 favours repeats; out-of-vocabulary history ids are ignored.
         assert_eq!(greedy(0.5).sample(&[2.0, 1.5], &[1, 99]).unwrap(), 1);
+    }
+
+    #[test]
+    fn sample_rows_is_counter_based_and_marks_seen() {
+        let logits = [2.0f32, 1.9, -1.0, 0.0, 0.5, 3.0];
+        let greedy = SamplingParams { temperature: 0.0, repetition_penalty: 2.0, ..Default::default() };
+        let (mut seen, mut draws, mut out) = (vec![0u32; 6], vec![0u32; 2], vec![9u32; 2]);
+        sample_rows(&logits, 3, &greedy, &mut seen, &mut draws, &mut out).unwrap();
+        assert_eq!((out.clone(), draws.clone()), (vec![0, 2], vec![1, 1]));
+        assert_eq!(seen, vec![1, 0, 0, 0, 0, 1]);
+        // Token 0 of row 0 is now penalised: 2.0 / 2 < 1.9.
+        sample_rows(&logits, 3, &greedy, &mut seen, &mut draws, &mut out).unwrap();
+        assert_eq!(out[0], 1);
+        // The same (seed, row, draw) gives the same token; the draw counter moves it on.
+        let p = SamplingParams { seed: 3, ..Default::default() };
+        let flat: Vec<f32> = vec![0.0; 1000];
+        let run = |d: u32| {
+            let (mut s, mut dr, mut o) = (vec![], vec![d], vec![0]);
+            sample_rows(&flat, 1000, &p, &mut s, &mut dr, &mut o).unwrap();
+            o[0]
+        };
+        assert_eq!(run(4), run(4));
+        assert!((0..8).map(run).collect::<std::collections::HashSet<_>>().len() > 1);
+        assert_ne!(draw_seed(1, 0), draw_seed(1, 1));
+        assert!(sample_rows(&logits, 3, &greedy, &mut [], &mut draws, &mut out).is_err());
     }
 
     #[test]

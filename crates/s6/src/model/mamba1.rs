@@ -31,6 +31,9 @@ use crate::config::MambaConfig;
 use crate::formats::tensors::TensorFile;
 use crate::{Error, Result};
 
+mod decode;
+pub use decode::{DecodeMode, Decoder};
+
 /// One Mamba block with its pre-norm. Field names follow the checkpoint names.
 pub struct MambaLayer<B: Backend> {
     pub norm: B::Buf,
@@ -373,17 +376,36 @@ impl<B: Backend> Mamba<B> {
         // One set of scratch buffers serves every layer.
         let mut acts = self.layer_buffers(rows)?;
         let mut out = be.zeros(rows * d)?;
+        let mut normed = be.zeros(rows * d)?;
+        self.layers_into(batch, seqlen, state, &mut residual, &mut acts, &mut out, &mut normed)?;
+        Ok(normed)
+    }
+
+    /// Every layer and the final norm, in caller-provided buffers (no allocation): `residual`
+    /// holds the embedded input `[batch * seqlen, d_model]` and is used as the residual stream;
+    /// `acts` and `out` are scratch; `normed` receives the final normed hidden states.
+    #[allow(clippy::too_many_arguments)]
+    fn layers_into(
+        &self,
+        batch: usize,
+        seqlen: usize,
+        state: &mut MambaState<B>,
+        residual: &mut B::Buf,
+        acts: &mut LayerActs<B>,
+        out: &mut B::Buf,
+        normed: &mut B::Buf,
+    ) -> Result<()> {
+        let be = &self.backend;
+        let (rows, d) = (batch * seqlen, self.cfg.d_model);
         for (i, l) in self.layers.iter().enumerate() {
             // The previous block's output joins the residual stream here, fused with the norm.
-            let prev = if i == 0 { None } else { Some(&out) };
-            be.add_rmsnorm(&mut residual, prev, &l.norm, self.eps(), rows, d, &mut acts.normed)?;
-            self.mixer_forward(l, batch, seqlen, &mut acts, &mut state.conv[i], &mut state.ssm[i])?;
+            let prev = if i == 0 { None } else { Some(&*out) };
+            be.add_rmsnorm(residual, prev, &l.norm, self.eps(), rows, d, &mut acts.normed)?;
+            self.mixer_forward(l, batch, seqlen, acts, &mut state.conv[i], &mut state.ssm[i])?;
             let di = self.cfg.d_inner;
-            be.linear(View::full(&acts.y, di), rows, di, &l.out_proj, d, l.out_proj_bias.as_ref(), &mut out)?;
+            be.linear(View::full(&acts.y, di), rows, di, &l.out_proj, d, l.out_proj_bias.as_ref(), out)?;
         }
-        let mut normed = be.zeros(rows * d)?;
-        be.add_rmsnorm(&mut residual, Some(&out), &self.norm_f, self.eps(), rows, d, &mut normed)?;
-        Ok(normed)
+        be.add_rmsnorm(residual, Some(&*out), &self.norm_f, self.eps(), rows, d, normed)
     }
 
     /// Mean cross-entropy of `targets` (`u32::MAX` = ignored) without gradients, from a zero state:

@@ -57,6 +57,33 @@ fn check_view_bcast(what: &str, v: &View<'_, Vec<f32>>, rows: usize, cols: usize
 
 impl Backend for Cpu {
     type Buf = Vec<f32>;
+    type Ids = Vec<u32>;
+    /// The CPU records nothing ([`Backend::capture`] returns `None`).
+    type Graph = ();
+
+    fn ids_from_slice(&self, ids: &[u32]) -> Result<Vec<u32>> {
+        Ok(ids.to_vec())
+    }
+
+    fn ids_to_vec(&self, ids: &Vec<u32>) -> Result<Vec<u32>> {
+        Ok(ids.clone())
+    }
+
+    fn embedding_ids(&self, table: &Vec<f32>, ids: &Vec<u32>, dim: usize, out: &mut Vec<f32>) -> Result<()> {
+        self.embedding(table, ids, dim, out)
+    }
+
+    fn sample(
+        &self,
+        logits: &Vec<f32>,
+        vocab: usize,
+        params: &crate::generate::SamplingParams,
+        seen: &mut Vec<u32>,
+        draws: &mut Vec<u32>,
+        out: &mut Vec<u32>,
+    ) -> Result<()> {
+        crate::generate::sampler::sample_rows(logits, vocab, params, seen, draws, out)
+    }
 
     fn name(&self) -> String {
         let isa = if simd::has_avx2_fma() { "avx2+fma" } else { "portable" };

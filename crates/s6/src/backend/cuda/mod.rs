@@ -23,7 +23,9 @@ use cudarc::nvrtc::{compile_ptx_with_opts, CompileOptions, Ptx};
 use super::{AdamW, AttnDims, Backend, ScanArgs, ScanGrads, View, ViewMut};
 use crate::{Error, Result};
 
+mod decode;
 pub mod nccl;
+pub use decode::CudaIds;
 
 /// The kernels' sources, compiled together into one module.
 const KERNEL_SOURCES: &[&str] = &[
@@ -109,7 +111,14 @@ struct Inner {
     funcs: HashMap<&'static str, CudaFunction>,
     name: String,
     arch: String,
+    /// The sampling kernel, compiled on first use (`decode.rs`).
+    decode: decode::DecodeSlot,
+    /// cuBLAS's workspace, ours so that cuBLAS never allocates while a graph is recorded.
+    _blas_workspace: CudaSlice<u8>,
 }
+
+/// Bytes of the cuBLAS workspace (NVIDIA recommends 32 MiB on Hopper).
+const BLAS_WORKSPACE_BYTES: usize = 32 << 20;
 
 /// PTX per architecture ("sm_90"), compiled once per process.
 fn ptx_for(arch: &str) -> Result<String> {
@@ -204,7 +213,9 @@ impl Cuda {
         // One stream: ordering is the stream's; no per-buffer events needed.
         // SAFETY: all work of this backend is issued on the one stream below.
         unsafe { ctx.disable_event_tracking() };
-        let stream = ctx.default_stream();
+        // A stream of our own, not the legacy default stream: only such streams can be captured
+        // into CUDA graphs (decode.rs).
+        let stream = ctx.new_stream().map_err(driver_err("stream creation"))?;
         keep_pool_memory(&ctx);
         let (major, minor) = ctx.compute_capability().map_err(driver_err("compute capability"))?;
         let arch = format!("sm_{major}{minor}");
@@ -223,7 +234,30 @@ impl Cuda {
                 .result()
                 .map_err(blas_err)?;
         }
-        Ok(Cuda { inner: Arc::new(Inner { ctx, stream, blas, funcs, name, arch }) })
+        let blas_workspace = stream.alloc_zeros::<u8>(BLAS_WORKSPACE_BYTES).map_err(driver_err("allocation"))?;
+        {
+            let (wp, _s) = blas_workspace.device_ptr(&stream);
+            // SAFETY: a valid handle and a live allocation of that size, kept in `Inner` as long
+            // as the handle.
+            unsafe {
+                blas_sys::cublasSetWorkspace_v2(*blas.handle(), wp as *mut std::ffi::c_void, BLAS_WORKSPACE_BYTES)
+                    .result()
+                    .map_err(blas_err)?;
+            }
+        }
+        let decode = decode::DecodeSlot::new();
+        Ok(Cuda {
+            inner: Arc::new(Inner {
+                ctx,
+                stream,
+                blas,
+                funcs,
+                name,
+                arch,
+                decode,
+                _blas_workspace: blas_workspace,
+            }),
+        })
     }
 
     fn stream(&self) -> &Arc<CudaStream> {
@@ -348,6 +382,39 @@ mod train_ops;
 
 impl Backend for Cuda {
     type Buf = CudaBuf;
+    type Ids = CudaIds;
+    type Graph = cudarc::driver::CudaGraph;
+
+    // Decoding ops: in decode.rs.
+    fn ids_from_slice(&self, ids: &[u32]) -> Result<CudaIds> {
+        self.ids_from_slice_impl(ids)
+    }
+    fn ids_to_vec(&self, ids: &CudaIds) -> Result<Vec<u32>> {
+        self.ids_to_vec_impl(ids)
+    }
+    fn embedding_ids(&self, table: &CudaBuf, ids: &CudaIds, dim: usize, out: &mut CudaBuf) -> Result<()> {
+        self.embedding_ids_impl(table, ids, dim, out)
+    }
+    fn sample(
+        &self,
+        logits: &CudaBuf,
+        vocab: usize,
+        params: &crate::generate::SamplingParams,
+        seen: &mut CudaIds,
+        draws: &mut CudaIds,
+        out: &mut CudaIds,
+    ) -> Result<()> {
+        self.sample_impl(logits, vocab, params, seen, draws, out)
+    }
+    fn capture(&self, work: &mut dyn FnMut() -> Result<()>) -> Result<Option<Self::Graph>> {
+        self.capture_impl(work)
+    }
+    fn replay(&self, graph: &Self::Graph) -> Result<()> {
+        self.replay_impl(graph)
+    }
+    fn records_graphs(&self) -> bool {
+        true
+    }
 
     fn name(&self) -> String {
         format!("cuda:{} ({}, {})", self.inner.ctx.ordinal(), self.inner.name, self.inner.arch)

@@ -1,0 +1,318 @@
+//! Decoding on the GPU (`Decoder`: device token ids, the recorded CUDA graph, the sampling
+//! kernel) against the CPU. Compiled only with the `cuda` feature; each test prints
+//! "skipped: no CUDA device" and passes when no GPU (or driver) is present.
+#![cfg(feature = "cuda")]
+
+use std::path::{Path, PathBuf};
+
+use s6::backend::cpu::Cpu;
+use s6::backend::cuda::Cuda;
+use s6::backend::Backend;
+use s6::formats::tensors::TensorFile;
+use s6::generate::{generate_tokens, Flow, GenerateOptions, SamplingParams};
+use s6::model::mamba1::{DecodeMode, Decoder};
+use s6::model::Mamba;
+
+fn gpu() -> Option<Cuda> {
+    match Cuda::new(0) {
+        Ok(g) => Some(g),
+        Err(e) => {
+            println!("skipped: no CUDA device ({e})");
+            None
+        }
+    }
+}
+
+/// SplitMix64 values in `[0, 1)`.
+struct Rng(u64);
+impl Rng {
+    fn next(&mut self) -> f32 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        ((z ^ (z >> 31)) >> 40) as f32 / (1u64 << 24) as f32
+    }
+    fn vec(&mut self, n: usize, lo: f32, hi: f32) -> Vec<f32> {
+        (0..n).map(|_| lo + (hi - lo) * self.next()).collect()
+    }
+}
+
+fn greedy() -> SamplingParams {
+    SamplingParams { temperature: 0.0, ..Default::default() }
+}
+
+/// `tokens` new tokens per prompt with a GPU [`Decoder`] (prompts prefilled one by one, as
+/// `generate_tokens` does), checking that the graph was (or was not) used as asked.
+fn decode_gpu(
+    model: &Mamba<Cuda>,
+    prompts: &[Vec<u32>],
+    tokens: usize,
+    params: SamplingParams,
+    mode: DecodeMode,
+) -> Vec<Vec<u32>> {
+    let be = &model.backend;
+    let mut states = Vec::new();
+    let mut logits = Vec::new();
+    for p in prompts {
+        let mut st = model.new_state(1).unwrap();
+        logits.extend(be.to_vec(&model.prefill(p, 1, p.len(), &mut st, 16).unwrap()).unwrap());
+        states.push(st);
+    }
+    let state = model.stack_states(&states).unwrap();
+    let logits = be.from_vec(logits).unwrap();
+    let mut dec = Decoder::new(model, state, &logits, prompts, params, mode).unwrap();
+    let mut out = vec![Vec::new(); prompts.len()];
+    for t in 0..tokens {
+        if t > 0 {
+            dec.step().unwrap();
+        }
+        for (o, tok) in out.iter_mut().zip(dec.tokens().unwrap()) {
+            o.push(tok);
+        }
+    }
+    if tokens > 2 {
+        match mode {
+            DecodeMode::Graph => {
+                assert!(dec.uses_graph(), "CUDA graph not used: {:?}", dec.fallback_reason())
+            }
+            DecodeMode::Eager => assert!(!dec.uses_graph()),
+        }
+    }
+    out
+}
+
+fn model_from<B: Backend>(
+    be: B,
+    cfg: &s6::config::MambaConfig,
+    params: &[(s6::model::mamba1::ParamSpec, Vec<f32>)],
+) -> Mamba<B> {
+    let mut it = params.iter();
+    Mamba::from_params(be, cfg.clone(), |_| Ok(it.next().map(|p| p.1.clone()).unwrap_or_default())).unwrap()
+}
+
+fn cpu_greedy(model: &Mamba<Cpu>, prompts: &[Vec<u32>], tokens: usize) -> Vec<Vec<u32>> {
+    let opts = GenerateOptions { max_tokens: tokens, sampling: greedy(), ..Default::default() };
+    generate_tokens(model, prompts, &opts, |_, _| Ok(Flow::Continue)).unwrap().0
+}
+
+#[test]
+fn graph_greedy_equals_cpu_on_a_random_model() {
+    let Some(g) = gpu() else { return };
+    // mamba-130m's block sizes (d_inner 1536, d_state 16), 2 layers, a small vocabulary.
+    let mut cfg = s6::config::MambaConfig::preset("mamba-130m").unwrap();
+    cfg.n_layer = 2;
+    cfg.vocab_size = 512;
+    let params = s6::model::init::init_params(&cfg, &s6::config::InitConfig::default(), 11);
+    let cpu = model_from(Cpu, &cfg, &params);
+    let gpu = model_from(g.clone(), &cfg, &params);
+    let prompts: Vec<Vec<u32>> = vec![(0..300).map(|i| (i * 7 % 512) as u32).collect(), vec![5, 9, 200], vec![77]];
+    for batch in [1, 3] {
+        let p = &prompts[..batch];
+        let want = cpu_greedy(&cpu, p, 40);
+        for mode in [DecodeMode::Graph, DecodeMode::Eager] {
+            let got = decode_gpu(&gpu, p, 40, greedy(), mode);
+            assert_eq!(got, want, "batch {batch}, {mode:?}: GPU greedy decoding differs from the CPU");
+        }
+        // generate_tokens on CUDA takes the same device path.
+        let opts = GenerateOptions { max_tokens: 40, sampling: greedy(), ..Default::default() };
+        let (got, _, stats) = generate_tokens(&gpu, p, &opts, |_, _| Ok(Flow::Continue)).unwrap();
+        assert_eq!(got, want, "batch {batch}: generate_tokens on CUDA differs from the CPU");
+        assert!(stats.decode_graph, "generate_tokens on CUDA did not use a graph");
+    }
+}
+
+fn fixture(name: &str) -> PathBuf {
+    let built = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
+    let dir = if built.is_dir() { built } else { PathBuf::from("crates/s6/tests/fixtures") };
+    dir.join(name)
+}
+
+fn id_rows(file: &TensorFile, name: &str) -> Vec<Vec<u32>> {
+    let (v, shape) = file.i64(name).unwrap();
+    v.chunks(shape[1]).map(|r| r.iter().map(|&x| x as u32).collect()).collect()
+}
+
+#[test]
+fn graph_greedy_equals_hf_fixtures() {
+    let Some(g) = gpu() else { return };
+    for name in ["mamba-tiny", "mamba-odd", "mamba-bf16", "mamba-rank-auto", "mamba-sharded"] {
+        let dir = fixture(name);
+        let model = Mamba::load(g.clone(), &dir).unwrap();
+        let exp = TensorFile::open(&dir.join("expected.safetensors")).unwrap();
+        let prompts = id_rows(&exp, "greedy_prompt");
+        let want = id_rows(&exp, "greedy");
+        let n = want[0].len();
+        // Batch 1 (each prompt alone), 2, and 3 (the first prompt twice).
+        for (i, p) in prompts.iter().enumerate() {
+            let got = decode_gpu(&model, std::slice::from_ref(p), n, greedy(), DecodeMode::Graph);
+            assert_eq!(got[0], want[i], "{name}: batch 1, prompt {i}: graph greedy differs from HF");
+        }
+        let got = decode_gpu(&model, &prompts, n, greedy(), DecodeMode::Graph);
+        assert_eq!(got, want, "{name}: batch {}: graph greedy differs from HF", prompts.len());
+        let three = vec![prompts[0].clone(), prompts[1].clone(), prompts[0].clone()];
+        let got = decode_gpu(&model, &three, n, greedy(), DecodeMode::Graph);
+        assert_eq!(got, vec![want[0].clone(), want[1].clone(), want[0].clone()], "{name}: batch 3");
+    }
+}
+
+/// Runs the sampling kernel once over `rows` rows of `logits` with fresh draw counters.
+fn sample_gpu(g: &Cuda, logits: &[f32], vocab: usize, params: &SamplingParams, seen: Option<&[u32]>) -> Vec<u32> {
+    let rows = logits.len() / vocab;
+    let l = g.from_vec(logits.to_vec()).unwrap();
+    let mut seen = g.ids_from_slice(seen.unwrap_or(&[0])).unwrap();
+    let mut draws = g.ids_from_slice(&vec![0; rows]).unwrap();
+    let mut out = g.ids_from_slice(&vec![u32::MAX; rows]).unwrap();
+    g.sample(&l, vocab, params, &mut seen, &mut draws, &mut out).unwrap();
+    let d = g.ids_to_vec(&draws).unwrap();
+    assert!(d.iter().all(|&c| c == 1), "draw counters not incremented: {d:?}");
+    g.ids_to_vec(&out).unwrap()
+}
+
+/// The host's allowed set of one row: the CPU sampler's filters (penalty none), as id flags.
+fn allowed(row: &[f32], p: &SamplingParams) -> Vec<bool> {
+    let v = row.len();
+    let max = row.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
+    let inv_t = 1.0 / p.temperature;
+    let w: Vec<f32> = row.iter().map(|&x| ((x - max) * inv_t).exp()).collect();
+    let mut order: Vec<usize> = (0..v).collect();
+    order.sort_by(|&a, &b| w[b].total_cmp(&w[a]).then(a.cmp(&b)));
+    let mut keep = if p.top_k > 0 && p.top_k < v { p.top_k } else { v };
+    if p.top_p < 1.0 {
+        let total: f64 = order[..keep].iter().map(|&i| f64::from(w[i])).sum();
+        let target = f64::from(p.top_p) * total;
+        let mut cum = 0.0;
+        for (n, &i) in order[..keep].iter().enumerate() {
+            cum += f64::from(w[i]);
+            if cum >= target {
+                keep = n + 1;
+                break;
+            }
+        }
+    }
+    let mut ok = vec![false; v];
+    for &i in &order[..keep] {
+        ok[i] = w[i] >= p.min_p;
+    }
+    ok
+}
+
+#[test]
+fn sampling_kernel_greedy_and_top_k_one_equal_cpu_argmax() {
+    let Some(g) = gpu() else { return };
+    let mut r = Rng(3);
+    for vocab in [1, 7, 1001, 50280] {
+        let rows = 5;
+        let mut logits = r.vec(rows * vocab, -8.0, 8.0);
+        // Ties: the lowest id must win.
+        if vocab > 10 {
+            logits[vocab + 3] = 20.0;
+            logits[vocab + 9] = 20.0;
+        }
+        let mut want = vec![0u32; rows];
+        let (mut seen, mut draws) = (vec![0u32; 1], vec![0u32; rows]);
+        s6::generate::sampler::sample_rows(&logits, vocab, &greedy(), &mut seen, &mut draws, &mut want).unwrap();
+        assert_eq!(sample_gpu(&g, &logits, vocab, &greedy(), None), want, "vocab {vocab}: greedy");
+        let k1 = SamplingParams { top_k: 1, temperature: 1.5, seed: 9, ..Default::default() };
+        assert_eq!(sample_gpu(&g, &logits, vocab, &k1, None), want, "vocab {vocab}: top_k = 1");
+        let tiny_p = SamplingParams { top_p: 1e-6, seed: 9, ..Default::default() };
+        assert_eq!(sample_gpu(&g, &logits, vocab, &tiny_p, None), want, "vocab {vocab}: tiny top_p");
+    }
+}
+
+#[test]
+fn sampling_kernel_stays_in_the_filtered_sets() {
+    let Some(g) = gpu() else { return };
+    let mut r = Rng(5);
+    let vocab = 50280;
+    // One logits row, repeated: each row draws with its own seed (seed + row).
+    let row: Vec<f32> = r.vec(vocab, -6.0, 6.0).iter().map(|x| x * x.abs() * 0.5).collect();
+    let rows = 256;
+    let logits: Vec<f32> = (0..rows).flat_map(|_| row.iter().copied()).collect();
+    let cases = [
+        SamplingParams { top_k: 20, seed: 1, ..Default::default() },
+        SamplingParams { top_p: 0.5, seed: 2, ..Default::default() },
+        SamplingParams { top_p: 0.9, temperature: 0.7, seed: 3, ..Default::default() },
+        SamplingParams { min_p: 0.05, seed: 4, ..Default::default() },
+        SamplingParams { top_k: 50, top_p: 0.8, min_p: 0.02, temperature: 1.3, seed: 5, ..Default::default() },
+        SamplingParams { seed: 6, ..Default::default() },
+    ];
+    for p in &cases {
+        let ok = allowed(&row, p);
+        let set = ok.iter().filter(|&&b| b).count();
+        let got = sample_gpu(&g, &logits, vocab, p, None);
+        let mut distinct: Vec<u32> = got.clone();
+        distinct.sort_unstable();
+        distinct.dedup();
+        for &t in &got {
+            assert!((t as usize) < vocab && ok[t as usize], "{p:?}: token {t} is outside the host's set of {set}");
+        }
+        if set > 4 {
+            assert!(distinct.len() > 1, "{p:?}: {rows} draws from a set of {set} all gave {:?}", distinct);
+        }
+        // Same seed, same tokens; another seed, other tokens.
+        assert_eq!(sample_gpu(&g, &logits, vocab, p, None), got, "{p:?}: same seed gave other tokens");
+        if set > 4 {
+            let other = SamplingParams { seed: p.seed + 1000, ..p.clone() };
+            assert_ne!(sample_gpu(&g, &logits, vocab, &other, None), got, "{p:?}: another seed gave the same tokens");
+        }
+    }
+}
+
+#[test]
+fn sampling_kernel_frequencies_match_the_distribution() {
+    let Some(g) = gpu() else { return };
+    let probs = [0.1f32, 0.2, 0.3, 0.4];
+    let row: Vec<f32> = probs.iter().map(|p| p.ln()).collect();
+    let rows = 20_000;
+    let logits: Vec<f32> = (0..rows).flat_map(|_| row.iter().copied()).collect();
+    let got = sample_gpu(&g, &logits, 4, &SamplingParams { seed: 7, ..Default::default() }, None);
+    for (i, &p) in probs.iter().enumerate() {
+        let f = got.iter().filter(|&&t| t as usize == i).count() as f32 / rows as f32;
+        assert!((f - p).abs() < 0.02, "token {i}: frequency {f}, expected {p}");
+    }
+}
+
+#[test]
+fn sampling_kernel_repetition_penalty() {
+    let Some(g) = gpu() else { return };
+    let rp = |r: f32| SamplingParams { temperature: 0.0, repetition_penalty: r, ..Default::default() };
+    let logits = [2.0f32, 1.5, -1.0];
+    // Token 0 seen: 2.0 / 2 = 1.0 < 1.5.
+    assert_eq!(sample_gpu(&g, &logits, 3, &rp(2.0), Some(&[1, 0, 0])), vec![1]);
+    assert_eq!(sample_gpu(&g, &logits, 3, &rp(1.0), Some(&[1, 0, 0])), vec![0]);
+    // Negative logits are multiplied: -1.0 * 2 = -2.0 < -1.5.
+    assert_eq!(sample_gpu(&g, &[-1.0, -1.5], 2, &rp(2.0), Some(&[1, 0])), vec![1]);
+    // The picked token is marked as seen, so the next draw avoids it.
+    let l = g.from_vec(vec![2.0, 1.9, -1.0]).unwrap();
+    let mut seen = g.ids_from_slice(&[0, 0, 0]).unwrap();
+    let mut draws = g.ids_from_slice(&[0]).unwrap();
+    let mut out = g.ids_from_slice(&[9]).unwrap();
+    g.sample(&l, 3, &rp(2.0), &mut seen, &mut draws, &mut out).unwrap();
+    assert_eq!(g.ids_to_vec(&out).unwrap(), vec![0]);
+    assert_eq!(g.ids_to_vec(&seen).unwrap(), vec![1, 0, 0], "picked token not marked as seen");
+    g.sample(&l, 3, &rp(2.0), &mut seen, &mut draws, &mut out).unwrap();
+    assert_eq!(g.ids_to_vec(&out).unwrap(), vec![1], "the penalty did not move the argmax");
+}
+
+#[test]
+fn graph_sampling_is_seeded_and_penalty_is_kept_on_device() {
+    let Some(g) = gpu() else { return };
+    let mut cfg = s6::config::MambaConfig::preset("mamba-130m").unwrap();
+    cfg.n_layer = 2;
+    cfg.vocab_size = 512;
+    let params = s6::model::init::init_params(&cfg, &s6::config::InitConfig::default(), 12);
+    let gpu = model_from(g.clone(), &cfg, &params);
+    let prompts = vec![vec![1u32, 2, 3], vec![4, 5]];
+    let p = SamplingParams { temperature: 0.9, top_k: 40, top_p: 0.95, seed: 17, ..Default::default() };
+    let a = decode_gpu(&gpu, &prompts, 30, p.clone(), DecodeMode::Graph);
+    assert_eq!(decode_gpu(&gpu, &prompts, 30, p.clone(), DecodeMode::Graph), a, "same seed, other tokens");
+    assert_eq!(decode_gpu(&gpu, &prompts, 30, p.clone(), DecodeMode::Eager), a, "graph and eager differ");
+    // Greedy with a repetition penalty equals the CPU (the history is kept by the kernel in the
+    // seen-token mask across replays).
+    let cpu = model_from(Cpu, &cfg, &params);
+    let rp = SamplingParams { temperature: 0.0, repetition_penalty: 1.3, ..Default::default() };
+    let opts = GenerateOptions { max_tokens: 30, sampling: rp.clone(), ..Default::default() };
+    let want = generate_tokens(&cpu, &prompts, &opts, |_, _| Ok(Flow::Continue)).unwrap().0;
+    assert_eq!(decode_gpu(&gpu, &prompts, 30, rp, DecodeMode::Graph), want, "penalised greedy differs from CPU");
+}
