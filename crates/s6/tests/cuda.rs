@@ -109,6 +109,32 @@ fn linear_matches_cpu() {
     }
 }
 
+/// `Compute::Tf32` really switches the products to TF32 (errors of a 10-bit mantissa, far above
+/// fp32's) and stays within bf16-like tolerances; `Compute::F32` switches back.
+#[test]
+fn tf32_products_are_close_and_switchable() {
+    let Some(g) = gpu() else { return };
+    let mut r = Rng(12);
+    let (rows, k, n) = (256, 1024, 512);
+    let x = r.vec(rows * k, -1.0, 1.0);
+    let w = r.vec(n * k, -1.0, 1.0);
+    let mut want = vec![0.0; rows * n];
+    Cpu.linear(View::full(&x, k), rows, k, &w, n, None, &mut want).unwrap();
+    let scale = want.iter().fold(0f32, |m, v| m.max(v.abs()));
+    let (xg, wg) = (up(&g, &x), up(&g, &w));
+    let mut err = |compute| {
+        g.set_compute(compute).unwrap();
+        let mut out = poisoned(&g, rows * n);
+        g.linear(View::full(&xg, k), rows, k, &wg, n, None, &mut out).unwrap();
+        g.to_vec(&out).unwrap().iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max) / scale
+    };
+    let tf32 = err(s6::backend::Compute::Tf32);
+    let f32 = err(s6::backend::Compute::F32);
+    println!("max error relative to the largest output: tf32 {tf32:.2e}, f32 {f32:.2e}");
+    assert!(tf32 > 1e-5 && tf32 < 1e-2, "tf32 error {tf32}");
+    assert!(f32 < 1e-5, "f32 error {f32}");
+}
+
 #[test]
 fn add_rmsnorm_matches_cpu() {
     let Some(g) = gpu() else { return };

@@ -7,10 +7,10 @@ use anyhow::{bail, Context, Result};
 use s6::formats::tokenizer::Tokenizer;
 use s6::generate::{generate_text, GenerateOptions, SamplingParams};
 
-use s6::backend::Backend;
+use s6::backend::{Backend, Compute};
 use s6::model::Mamba;
 
-use super::{model_dir, on_device, parse_device, Device, OnDevice};
+use super::{model_dir, on_device, parse_compute, parse_device, Device, OnDevice};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -57,6 +57,10 @@ pub struct Args {
     /// cpu, cuda or cuda:N.
     #[arg(long, default_value = "cpu", value_parser = parse_device)]
     device: Device,
+    /// How matrix products are computed: f32, or tf32 on CUDA (fp32 weights and activations,
+    /// products on TF32 tensor cores). bf16/f16 are not implemented yet.
+    #[arg(long, default_value = "f32", value_parser = parse_compute)]
+    dtype: Compute,
 }
 
 pub fn run(a: Args) -> Result<()> {
@@ -84,8 +88,8 @@ pub fn run(a: Args) -> Result<()> {
         seed: a.seed,
     };
     sampling.validate()?;
-    let device = a.device.clone();
-    on_device(&device, Generate { a, prompts, sampling })
+    let (device, dtype) = (a.device.clone(), a.dtype);
+    on_device(&device, dtype, Generate { a, prompts, sampling })
 }
 
 /// The part of the command that runs on the chosen backend.

@@ -4,11 +4,11 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use anyhow::{bail, Result};
-use s6::backend::Backend;
+use s6::backend::{Backend, Compute};
 use s6::formats::tensors::{write_safetensors, OutTensor, SaveDType, TensorFile};
 use s6::model::{Logits, Mamba};
 
-use super::{model_dir, on_device, parse_device, Device, OnDevice};
+use super::{model_dir, on_device, parse_compute, parse_device, Device, OnDevice};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -24,11 +24,15 @@ pub struct Args {
     /// cpu, cuda or cuda:N.
     #[arg(long, default_value = "cpu", value_parser = parse_device)]
     device: Device,
+    /// How matrix products are computed: f32, or tf32 on CUDA (fp32 weights and activations,
+    /// products on TF32 tensor cores). bf16/f16 are not implemented yet.
+    #[arg(long, default_value = "f32", value_parser = parse_compute)]
+    dtype: Compute,
 }
 
 pub fn run(a: Args) -> Result<()> {
-    let device = a.device.clone();
-    on_device(&device, a)
+    let (device, dtype) = (a.device.clone(), a.dtype);
+    on_device(&device, dtype, a)
 }
 
 impl OnDevice for Args {

@@ -13,7 +13,7 @@ use std::path::PathBuf;
 use anyhow::{bail, Result};
 use s6::backend::collective::{Collective, HostCollective};
 use s6::backend::cpu::Cpu;
-use s6::backend::Backend;
+use s6::backend::{Backend, Compute};
 
 /// `--device`: where the model runs.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -56,14 +56,19 @@ pub trait OnDevice {
     fn run<B: Backend>(self, backend: B) -> Result<()>;
 }
 
-/// Opens the backend of `device` and runs `job` on it.
-pub fn on_device(device: &Device, job: impl OnDevice) -> Result<()> {
+/// Opens the backend of `device`, set to compute matrix products as `compute` says, and runs
+/// `job` on it.
+pub fn on_device(device: &Device, compute: Compute, job: impl OnDevice) -> Result<()> {
     match device {
-        Device::Cpu => job.run(Cpu),
+        Device::Cpu => {
+            cpu_compute(compute)?;
+            job.run(Cpu)
+        }
         #[cfg(feature = "cuda")]
         Device::Cuda(i) => {
             let backend = s6::backend::cuda::Cuda::new(*i)
                 .map_err(|e| anyhow::anyhow!("device cuda:{i} is not available: {e}; use --device cpu"))?;
+            backend.set_compute(compute)?;
             job.run(backend)
         }
         #[cfg(not(feature = "cuda"))]
@@ -71,6 +76,19 @@ pub fn on_device(device: &Device, job: impl OnDevice) -> Result<()> {
             "device cuda:{i} is not available: this s6 was built without CUDA support (rebuild with `cargo build --release -p s6-cli --features cuda`); use --device cpu"
         ),
     }
+}
+
+/// The CPU computes in f32 only.
+fn cpu_compute(compute: Compute) -> Result<()> {
+    if compute != Compute::F32 {
+        bail!("--dtype {compute:?} is a CUDA option (TF32 tensor cores); the CPU computes in f32: use --dtype f32");
+    }
+    Ok(())
+}
+
+/// `--dtype`: f32 or tf32.
+pub fn parse_compute(s: &str) -> Result<Compute, String> {
+    s.parse().map_err(|e: s6::Error| e.to_string())
 }
 
 /// A command body written once for any backend that runs on several devices of one kind (data
@@ -81,11 +99,12 @@ pub trait OnDevices {
 
 /// Opens every device of `devices` (all CPU or all CUDA) and runs `job` on them: CPU ranks are
 /// joined through the host, CUDA ranks through NCCL.
-pub fn on_devices(devices: &[Device], job: impl OnDevices) -> Result<()> {
+pub fn on_devices(devices: &[Device], compute: Compute, job: impl OnDevices) -> Result<()> {
     if devices.is_empty() {
         bail!("--devices: no device given");
     }
     if devices.iter().all(|d| *d == Device::Cpu) {
+        cpu_compute(compute)?;
         return job.run(vec![Cpu; devices.len()], Box::new(HostCollective { ranks: devices.len() }));
     }
     let ordinals: Vec<usize> = devices
@@ -102,6 +121,9 @@ pub fn on_devices(devices: &[Device], job: impl OnDevices) -> Result<()> {
             .iter()
             .map(|&i| Cuda::new(i).map_err(|e| anyhow::anyhow!("device cuda:{i} is not available: {e}")))
             .collect::<Result<Vec<_>>>()?;
+        for g in &gpus {
+            g.set_compute(compute)?;
+        }
         let nccl = Nccl::new(&gpus)?;
         job.run(gpus, Box::new(nccl))
     }

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
 use indicatif::{ProgressBar, ProgressStyle};
-use s6::backend::Backend;
+use s6::backend::{Backend, Compute};
 use s6::config::{InitConfig, MambaConfig};
 use s6::formats::tensors::SaveDType;
 use s6::formats::tokenizer::Tokenizer;
@@ -15,7 +15,7 @@ use s6::train::{data, train_data_parallel, Event, Replicas, TrainOptions};
 
 use s6::backend::collective::Collective;
 
-use super::{first_gpus, on_device, on_devices, parse_device, Device, OnDevice, OnDevices};
+use super::{first_gpus, on_device, on_devices, parse_compute, parse_device, Device, OnDevice, OnDevices};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -110,6 +110,10 @@ pub struct Args {
     /// cpu, cuda or cuda:N.
     #[arg(long, default_value = "cpu", value_parser = parse_device)]
     device: Device,
+    /// How matrix products are computed: f32, or tf32 on CUDA (fp32 weights and activations,
+    /// products on TF32 tensor cores). bf16/f16 are not implemented yet.
+    #[arg(long, default_value = "f32", value_parser = parse_compute)]
+    dtype: Compute,
     /// Data-parallel training over these devices, comma-separated (e.g. cuda:0,cuda:1): one model
     /// replica per device, each step's batch split evenly over them, gradients summed through
     /// NCCL (through the host for cpu devices). Replaces --device.
@@ -144,10 +148,13 @@ pub fn run(a: Args) -> Result<()> {
     let devices = a.devices.clone().or(a.gpus.map(first_gpus));
     let job = Job { a, b1, b2, schedule, save_dtype };
     match devices {
-        Some(list) => on_devices(&list, job),
+        Some(list) => {
+            let dtype = job.a.dtype;
+            on_devices(&list, dtype, job)
+        }
         None => {
-            let device = job.a.device.clone();
-            on_device(&device, job)
+            let (device, dtype) = (job.a.device.clone(), job.a.dtype);
+            on_device(&device, dtype, job)
         }
     }
 }

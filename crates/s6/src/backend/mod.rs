@@ -105,6 +105,32 @@ pub struct ScanGrads<'a, Buf> {
     pub ddelta_bias: &'a mut Buf,
 }
 
+/// How a device computes matrix products: the CLI's `--dtype`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum Compute {
+    /// fp32 weights and activations, fp32 products (bit-comparable across backends).
+    #[default]
+    F32,
+    /// fp32 weights and activations, products on TF32 tensor cores (CUDA): inputs rounded to a
+    /// 10-bit mantissa, fp32 accumulation. The scan, norms and softmax stay fp32.
+    Tf32,
+}
+
+impl std::str::FromStr for Compute {
+    type Err = crate::Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "f32" | "fp32" => Ok(Compute::F32),
+            "tf32" => Ok(Compute::Tf32),
+            "bf16" | "f16" | "fp16" => Err(crate::Error::input(format!(
+                "--dtype {s}: 16-bit weights and activations are not implemented yet; use f32, or tf32 on CUDA \
+                 (fp32 storage, TF32 tensor-core matmuls)"
+            ))),
+            o => Err(crate::Error::input(format!("--dtype '{o}': expected f32 or tf32"))),
+        }
+    }
+}
+
 /// Shapes of one selective-scan call.
 #[derive(Clone, Copy, Debug)]
 pub struct ScanDims {

@@ -82,7 +82,6 @@ const KERNELS: &[&str] = &[
 /// The largest `d_state` the scan kernels hold in registers.
 pub const MAX_D_STATE: usize = 64;
 
-
 /// A flat `f32` buffer in device memory (`len` floats; the allocation holds at least one, since
 /// the driver refuses empty ones).
 pub struct CudaBuf {
@@ -247,16 +246,7 @@ impl Cuda {
         }
         let decode = decode::DecodeSlot::new();
         Ok(Cuda {
-            inner: Arc::new(Inner {
-                ctx,
-                stream,
-                blas,
-                funcs,
-                name,
-                arch,
-                decode,
-                _blas_workspace: blas_workspace,
-            }),
+            inner: Arc::new(Inner { ctx, stream, blas, funcs, name, arch, decode, _blas_workspace: blas_workspace }),
         })
     }
 
@@ -333,6 +323,17 @@ impl Cuda {
             };
             (r == sys::CUresult::CUDA_SUCCESS).then_some(v)
         }
+    }
+
+    /// Sets how matrix products are computed ([`Compute`]) by every clone of this backend:
+    /// TF32 tensor cores or plain fp32 (the default).
+    pub fn set_compute(&self, compute: super::Compute) -> Result<()> {
+        let mode = match compute {
+            super::Compute::F32 => blas_sys::cublasMath_t::CUBLAS_DEFAULT_MATH,
+            super::Compute::Tf32 => blas_sys::cublasMath_t::CUBLAS_TF32_TENSOR_OP_MATH,
+        };
+        // SAFETY: a valid handle; the mode applies to the calls issued after it.
+        unsafe { blas_sys::cublasSetMathMode(*self.inner.blas.handle(), mode).result().map_err(blas_err) }
     }
 
     /// The device's ordinal (`N` of `cuda:N`).
