@@ -122,7 +122,7 @@ fn tf32_products_are_close_and_switchable() {
     Cpu.linear(View::full(&x, k), rows, k, &w, n, None, &mut want).unwrap();
     let scale = want.iter().fold(0f32, |m, v| m.max(v.abs()));
     let (xg, wg) = (up(&g, &x), up(&g, &w));
-    let mut err = |compute| {
+    let err = |compute| {
         g.set_compute(compute).unwrap();
         let mut out = poisoned(&g, rows * n);
         g.linear(View::full(&xg, k), rows, k, &wg, n, None, &mut out).unwrap();
