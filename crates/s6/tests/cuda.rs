@@ -3,7 +3,9 @@
 //! each test prints "skipped: no CUDA device" and passes when no GPU (or driver) is present.
 #![cfg(feature = "cuda")]
 
-use std::path::{Path, PathBuf};
+mod common;
+
+use common::{fixture, gpu, id_rows, Rng};
 
 use s6::backend::cpu::Cpu;
 use s6::backend::cuda::Cuda;
@@ -15,31 +17,6 @@ use s6::model::{Logits, Mamba};
 /// fp32 tolerances of the official kernels' tests.
 const RTOL: f32 = 6e-4;
 const ATOL: f32 = 2e-3;
-
-fn gpu() -> Option<Cuda> {
-    match Cuda::new(0) {
-        Ok(g) => Some(g),
-        Err(e) => {
-            println!("skipped: no CUDA device ({e})");
-            None
-        }
-    }
-}
-
-/// SplitMix64 values in `[lo, hi)`.
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> f32 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        ((z ^ (z >> 31)) >> 40) as f32 / (1u64 << 24) as f32
-    }
-    fn vec(&mut self, n: usize, lo: f32, hi: f32) -> Vec<f32> {
-        (0..n).map(|_| lo + (hi - lo) * self.next()).collect()
-    }
-}
 
 #[track_caller]
 fn assert_close(what: &str, got: &[f32], want: &[f32]) {
@@ -315,20 +292,6 @@ fn clone_add_fill() {
     let empty = g.zeros(0).unwrap();
     assert_eq!(g.len(&empty), 0);
     assert!(g.to_vec(&empty).unwrap().is_empty());
-}
-
-/// The fixtures beside this file; when the test binary runs on another machine (the GPU machine
-/// gets a prebuilt binary and a copy of the repository), `crates/s6/tests/fixtures` under the
-/// current directory.
-fn fixture(name: &str) -> PathBuf {
-    let built = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
-    let dir = if built.is_dir() { built } else { PathBuf::from("crates/s6/tests/fixtures") };
-    dir.join(name)
-}
-
-fn id_rows(file: &TensorFile, name: &str) -> Vec<Vec<u32>> {
-    let (v, shape) = file.i64(name).unwrap();
-    v.chunks(shape[1]).map(|r| r.iter().map(|&x| x as u32).collect()).collect()
 }
 
 fn max_rel_err(got: &[f32], want: &[f32]) -> f32 {

@@ -4,6 +4,10 @@
 //! the `cuda` feature; each test prints "skipped: no CUDA device" and passes without a GPU.
 #![cfg(feature = "cuda")]
 
+mod common;
+
+use common::{gpu, Rng};
+
 use s6::backend::cpu::Cpu;
 use s6::backend::cuda::{Cuda, CudaBuf};
 use s6::backend::{Backend, ScanArgs, ScanDims, ScanGrads, Strided, View, ViewMut};
@@ -12,31 +16,6 @@ use s6::backend::{Backend, ScanArgs, ScanDims, ScanGrads, Strided, View, ViewMut
 /// magnitude of the gradient compared (long reverse sums lose absolute precision).
 const RTOL: f32 = 6e-4;
 const ATOL: f32 = 2e-3;
-
-fn gpu() -> Option<Cuda> {
-    match Cuda::new(0) {
-        Ok(g) => Some(g),
-        Err(e) => {
-            println!("skipped: no CUDA device ({e})");
-            None
-        }
-    }
-}
-
-/// SplitMix64 values in `[lo, hi)`.
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> f32 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        ((z ^ (z >> 31)) >> 40) as f32 / (1u64 << 24) as f32
-    }
-    fn vec(&mut self, n: usize, lo: f32, hi: f32) -> Vec<f32> {
-        (0..n).map(|_| lo + (hi - lo) * self.next()).collect()
-    }
-}
 
 /// Every element within `RTOL·|want| + ATOL·max|want|`; on failure, names the worst element
 /// (index and, for matrices, row and column) and the gradient's scale.

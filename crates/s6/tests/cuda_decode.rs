@@ -3,7 +3,9 @@
 //! "skipped: no CUDA device" and passes when no GPU (or driver) is present.
 #![cfg(feature = "cuda")]
 
-use std::path::{Path, PathBuf};
+mod common;
+
+use common::{fixture, gpu, id_rows, Rng};
 
 use s6::backend::cpu::Cpu;
 use s6::backend::cuda::Cuda;
@@ -12,31 +14,6 @@ use s6::formats::tensors::TensorFile;
 use s6::generate::{generate_tokens, Flow, GenerateOptions, SamplingParams};
 use s6::model::mamba1::{DecodeMode, Decoder};
 use s6::model::Mamba;
-
-fn gpu() -> Option<Cuda> {
-    match Cuda::new(0) {
-        Ok(g) => Some(g),
-        Err(e) => {
-            println!("skipped: no CUDA device ({e})");
-            None
-        }
-    }
-}
-
-/// SplitMix64 values in `[0, 1)`.
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> f32 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        ((z ^ (z >> 31)) >> 40) as f32 / (1u64 << 24) as f32
-    }
-    fn vec(&mut self, n: usize, lo: f32, hi: f32) -> Vec<f32> {
-        (0..n).map(|_| lo + (hi - lo) * self.next()).collect()
-    }
-}
 
 fn greedy() -> SamplingParams {
     SamplingParams { temperature: 0.0, ..Default::default() }
@@ -120,17 +97,6 @@ fn graph_greedy_equals_cpu_on_a_random_model() {
         assert_eq!(got, want, "batch {batch}: generate_tokens on CUDA differs from the CPU");
         assert!(stats.decode_graph, "generate_tokens on CUDA did not use a graph");
     }
-}
-
-fn fixture(name: &str) -> PathBuf {
-    let built = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
-    let dir = if built.is_dir() { built } else { PathBuf::from("crates/s6/tests/fixtures") };
-    dir.join(name)
-}
-
-fn id_rows(file: &TensorFile, name: &str) -> Vec<Vec<u32>> {
-    let (v, shape) = file.i64(name).unwrap();
-    v.chunks(shape[1]).map(|r| r.iter().map(|&x| x as u32).collect()).collect()
 }
 
 #[test]

@@ -5,6 +5,10 @@
 //! feature; each test prints "skipped: no CUDA device" and passes when no GPU is present.
 #![cfg(feature = "cuda")]
 
+mod common;
+
+use common::{gpu, Rng};
+
 use s6::backend::cpu::Cpu;
 use s6::backend::cuda::{Cuda, CudaBuf};
 use s6::backend::{AdamW, AttnDims, Backend, View, ViewMut};
@@ -16,34 +20,6 @@ use s6::train::optim::{adamw_update, global_norm, AdamState, OptimConfig, Schedu
 /// fp32 tolerances of the official kernels' tests.
 const RTOL: f32 = 6e-4;
 const ATOL: f32 = 2e-3;
-
-fn gpu() -> Option<Cuda> {
-    match Cuda::new(0) {
-        Ok(g) => Some(g),
-        Err(e) => {
-            println!("skipped: no CUDA device ({e})");
-            None
-        }
-    }
-}
-
-/// SplitMix64 values in `[lo, hi)`.
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> f32 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        ((z ^ (z >> 31)) >> 40) as f32 / (1u64 << 24) as f32
-    }
-    fn vec(&mut self, n: usize, lo: f32, hi: f32) -> Vec<f32> {
-        (0..n).map(|_| lo + (hi - lo) * self.next()).collect()
-    }
-    fn below(&mut self, n: usize) -> usize {
-        ((self.next() * n as f32) as usize).min(n - 1)
-    }
-}
 
 /// `|got − want| ≤ atol·unit + rtol·|want|` elementwise, `unit` = 1 or (for long sums) the
 /// largest `|want|`. Reports the worst element.
