@@ -412,115 +412,60 @@ impl ScanReport {
     }
 }
 
-/// Times the selective scan alone (Δ softplus with bias, `D` skip and `z` gate, as in the
-/// model) on random inputs: `rounds` rounds of `repeats` back-to-back scans between two device
-/// synchronizations, after one warm-up scan; the median round's time per scan is reported.
-pub fn bench_scan<B: Backend>(
-    be: &B,
-    batch: usize,
-    seqlen: usize,
-    d_inner: usize,
-    d_state: usize,
-    repeats: usize,
-) -> Result<ScanReport> {
-    check_counts(
-        "bench scan",
-        &[("batch", batch), ("seqlen", seqlen), ("d_inner", d_inner), ("d_state", d_state), ("repeats", repeats)],
-    )?;
-    let rows = batch * seqlen;
-    let (di, n) = (d_inner, d_state);
-    let u = be.from_vec(random_values(rows * di, 21, -2.0, 2.0))?;
-    let delta = be.from_vec(random_values(rows * di, 22, -3.0, 0.0))?;
-    let delta_bias = be.from_vec(random_values(di, 23, -3.0, -1.0))?;
-    // S4D-real A = -(1..=N), as Mamba initializes it.
-    let a = be.from_vec((0..di * n).map(|i| -((i % n) as f32 + 1.0)).collect())?;
-    let bc = be.from_vec(random_values(rows * 2 * n, 24, -1.0, 1.0))?;
-    let d = be.from_vec(random_values(di, 25, -1.0, 1.0))?;
-    let z = be.from_vec(random_values(rows * di, 26, -3.0, 3.0))?;
-    let mut state = be.zeros(batch * di * n)?;
-    let mut y = be.zeros(rows * di)?;
-    let args = ScanArgs {
-        dims: ScanDims { batch, seqlen, d_inner: di, d_state: n },
-        u: &u,
-        delta: &delta,
-        delta_bias: &delta_bias,
-        a: &a,
-        b: View::cols(&bc, 0, 2 * n),
-        c: View::cols(&bc, n, 2 * n),
-        d: &d,
-        z: Some(View::full(&z, di)),
-    };
-    be.selective_scan(&args, &mut state, &mut y)?;
-    let mut times = Vec::new();
-    for _ in 0..5 {
-        be.synchronize()?;
-        let t = Instant::now();
-        for _ in 0..repeats {
-            be.selective_scan(&args, &mut state, &mut y)?;
-        }
-        be.synchronize()?;
-        times.push(t.elapsed().as_secs_f64() / repeats as f64);
-    }
-    times.sort_by(f64::total_cmp);
-    let bytes = 4 * (4 * rows * di + 2 * rows * n + 2 * batch * di * n + di * (n + 2));
-    Ok(ScanReport { batch, seqlen, d_inner: di, d_state: n, ms: times[times.len() / 2] * 1e3, bytes })
+/// Random inputs of the benchmarked scan (Δ softplus with bias, `D` skip, `z` gate, selective
+/// `B`/`C` as columns of one matrix, as in the model), on a backend.
+struct ScanInputs<B: Backend> {
+    dims: ScanDims,
+    u: B::Buf,
+    delta: B::Buf,
+    delta_bias: B::Buf,
+    a: B::Buf,
+    bc: B::Buf,
+    d: B::Buf,
+    z: B::Buf,
 }
 
-/// Times the selective-scan backward alone (gated, selective `B`/`C` as columns of one matrix, as
-/// in the model) on the same random inputs as [`bench_scan`], the same way. `bytes` counts the
-/// fewest bytes it must move: `u`, `Δ`, `z`, `dy` read and `du`, `dΔ`, `dz` written
-/// (`[rows, d_inner]` f32 each), `B`, `C` read and `dB`, `dC` written (`[rows, d_state]` each),
-/// plus parameters and their gradients (read and written).
-pub fn bench_scan_backward<B: Backend>(
-    be: &B,
-    batch: usize,
-    seqlen: usize,
-    d_inner: usize,
-    d_state: usize,
-    repeats: usize,
-) -> Result<ScanReport> {
-    check_counts(
-        "bench scan backward",
-        &[("batch", batch), ("seqlen", seqlen), ("d_inner", d_inner), ("d_state", d_state), ("repeats", repeats)],
-    )?;
-    let rows = batch * seqlen;
-    let (di, n) = (d_inner, d_state);
-    let u = be.from_vec(random_values(rows * di, 21, -2.0, 2.0))?;
-    let delta = be.from_vec(random_values(rows * di, 22, -3.0, 0.0))?;
-    let delta_bias = be.from_vec(random_values(di, 23, -3.0, -1.0))?;
-    let a = be.from_vec((0..di * n).map(|i| -((i % n) as f32 + 1.0)).collect())?;
-    let bc = be.from_vec(random_values(rows * 2 * n, 24, -1.0, 1.0))?;
-    let d = be.from_vec(random_values(di, 25, -1.0, 1.0))?;
-    let z = be.from_vec(random_values(rows * di, 26, -3.0, 3.0))?;
-    let dy = be.from_vec(random_values(rows * di, 27, -1.0, 1.0))?;
-    let args = ScanArgs {
-        dims: ScanDims { batch, seqlen, d_inner: di, d_state: n },
-        u: &u,
-        delta: &delta,
-        delta_bias: &delta_bias,
-        a: &a,
-        b: View::cols(&bc, 0, 2 * n),
-        c: View::cols(&bc, n, 2 * n),
-        d: &d,
-        z: Some(View::full(&z, di)),
-    };
-    let (mut du, mut ddelta, mut dz) = (be.zeros(rows * di)?, be.zeros(rows * di)?, be.zeros(rows * di)?);
-    let mut dbc = be.zeros(rows * 2 * n)?;
-    let (mut da, mut dd, mut dbias) = (be.zeros(di * n)?, be.zeros(di)?, be.zeros(di)?);
-    let mut run = || -> Result<()> {
-        let grads = ScanGrads {
-            du: &mut du,
-            ddelta: &mut ddelta,
-            dbc: &mut dbc,
-            db: Strided { offset: 0, ld: 2 * n },
-            dc: Strided { offset: n, ld: 2 * n },
-            dz: Some(ViewMut::full(&mut dz, di)),
-            da: &mut da,
-            dd: &mut dd,
-            ddelta_bias: &mut dbias,
-        };
-        be.selective_scan_backward(&args, &dy, grads)
-    };
+impl<B: Backend> ScanInputs<B> {
+    fn new(be: &B, what: &str, batch: usize, seqlen: usize, d_inner: usize, d_state: usize) -> Result<Self> {
+        check_counts(what, &[("batch", batch), ("seqlen", seqlen), ("d_inner", d_inner), ("d_state", d_state)])?;
+        let (rows, di, n) = (batch * seqlen, d_inner, d_state);
+        Ok(ScanInputs {
+            dims: ScanDims { batch, seqlen, d_inner, d_state },
+            u: be.from_vec(random_values(rows * di, 21, -2.0, 2.0))?,
+            delta: be.from_vec(random_values(rows * di, 22, -3.0, 0.0))?,
+            delta_bias: be.from_vec(random_values(di, 23, -3.0, -1.0))?,
+            // S4D-real A = -(1..=N), as Mamba initializes it.
+            a: be.from_vec((0..di * n).map(|i| -((i % n) as f32 + 1.0)).collect())?,
+            bc: be.from_vec(random_values(rows * 2 * n, 24, -1.0, 1.0))?,
+            d: be.from_vec(random_values(di, 25, -1.0, 1.0))?,
+            z: be.from_vec(random_values(rows * di, 26, -3.0, 3.0))?,
+        })
+    }
+
+    fn args(&self) -> ScanArgs<'_, B::Buf> {
+        let n = self.dims.d_state;
+        ScanArgs {
+            dims: self.dims,
+            u: &self.u,
+            delta: &self.delta,
+            delta_bias: &self.delta_bias,
+            a: &self.a,
+            b: View::cols(&self.bc, 0, 2 * n),
+            c: View::cols(&self.bc, n, 2 * n),
+            d: &self.d,
+            z: Some(View::full(&self.z, self.dims.d_inner)),
+        }
+    }
+
+    fn rows(&self) -> usize {
+        self.dims.batch * self.dims.seqlen
+    }
+}
+
+/// Median seconds per call of `run`: one warm-up call, then 5 rounds of `repeats` back-to-back
+/// calls between two device synchronizations.
+fn median_seconds<B: Backend>(be: &B, repeats: usize, mut run: impl FnMut() -> Result<()>) -> Result<f64> {
+    check_counts("bench", &[("repeats", repeats)])?;
     run()?;
     let mut times = Vec::new();
     for _ in 0..5 {
@@ -533,8 +478,65 @@ pub fn bench_scan_backward<B: Backend>(
         times.push(t.elapsed().as_secs_f64() / repeats as f64);
     }
     times.sort_by(f64::total_cmp);
+    Ok(times[times.len() / 2])
+}
+
+/// Times the selective scan alone (Δ softplus with bias, `D` skip and `z` gate, as in the
+/// model) on random inputs: `rounds` rounds of `repeats` back-to-back scans between two device
+/// synchronizations, after one warm-up scan; the median round's time per scan is reported.
+pub fn bench_scan<B: Backend>(
+    be: &B,
+    batch: usize,
+    seqlen: usize,
+    d_inner: usize,
+    d_state: usize,
+    repeats: usize,
+) -> Result<ScanReport> {
+    let inputs = ScanInputs::new(be, "bench scan", batch, seqlen, d_inner, d_state)?;
+    let (rows, di, n) = (inputs.rows(), d_inner, d_state);
+    let mut state = be.zeros(batch * di * n)?;
+    let mut y = be.zeros(rows * di)?;
+    let args = inputs.args();
+    let secs = median_seconds(be, repeats, || be.selective_scan(&args, &mut state, &mut y))?;
+    let bytes = 4 * (4 * rows * di + 2 * rows * n + 2 * batch * di * n + di * (n + 2));
+    Ok(ScanReport { batch, seqlen, d_inner: di, d_state: n, ms: secs * 1e3, bytes })
+}
+
+/// Times the selective-scan backward alone on the same random inputs as [`bench_scan`], the same
+/// way. `bytes` counts the fewest bytes it must move: `u`, `Δ`, `z`, `dy` read and `du`, `dΔ`,
+/// `dz` written (`[rows, d_inner]` f32 each), `B`, `C` read and `dB`, `dC` written
+/// (`[rows, d_state]` each), plus parameters and their gradients (read and written).
+pub fn bench_scan_backward<B: Backend>(
+    be: &B,
+    batch: usize,
+    seqlen: usize,
+    d_inner: usize,
+    d_state: usize,
+    repeats: usize,
+) -> Result<ScanReport> {
+    let inputs = ScanInputs::new(be, "bench scan backward", batch, seqlen, d_inner, d_state)?;
+    let (rows, di, n) = (inputs.rows(), d_inner, d_state);
+    let dy = be.from_vec(random_values(rows * di, 27, -1.0, 1.0))?;
+    let args = inputs.args();
+    let (mut du, mut ddelta, mut dz) = (be.zeros(rows * di)?, be.zeros(rows * di)?, be.zeros(rows * di)?);
+    let mut dbc = be.zeros(rows * 2 * n)?;
+    let (mut da, mut dd, mut dbias) = (be.zeros(di * n)?, be.zeros(di)?, be.zeros(di)?);
+    let secs = median_seconds(be, repeats, || {
+        let grads = ScanGrads {
+            du: &mut du,
+            ddelta: &mut ddelta,
+            dbc: &mut dbc,
+            db: Strided { offset: 0, ld: 2 * n },
+            dc: Strided { offset: n, ld: 2 * n },
+            dz: Some(ViewMut::full(&mut dz, di)),
+            da: &mut da,
+            dd: &mut dd,
+            ddelta_bias: &mut dbias,
+        };
+        be.selective_scan_backward(&args, &dy, grads)
+    })?;
     let bytes = 4 * (7 * rows * di + 4 * rows * n + 2 * di * (n + 4));
-    Ok(ScanReport { batch, seqlen, d_inner: di, d_state: n, ms: times[times.len() / 2] * 1e3, bytes })
+    Ok(ScanReport { batch, seqlen, d_inner: di, d_state: n, ms: secs * 1e3, bytes })
 }
 
 /// Builds a randomly initialized model of a preset (e.g. `"mamba-130m"`) on `backend`, with the
