@@ -1,6 +1,8 @@
 // Backward kernels (training) of the fused selective scan and of the causal depthwise conv1d + SiLU,
 // from a zero initial state. Semantics: the CPU backend (crates/s6/src/backend/cpu/backward.rs).
 //
+// Selective scan, d_state 9 ..= 16: s6_scan_bwd_n16p (described where it is defined below; the
+// same three phases without warp shuffles in the time loops). Other d_state:
 // Selective scan (s6_scan_bwd_nX): a block of 128 threads owns CPB = 128 / SPLIT channels of one
 // sequence; each channel's N states are split over SPLIT consecutive lanes of a warp, NPT states
 // per lane, in registers. The sequence is cut into chunks of T steps.
@@ -297,9 +299,291 @@ __device__ __forceinline__ void s6_scan_bwd_body(
 // block; T keeps the static shared memory under 48 KB.
 S6_SCAN_BWD_KERNEL(s6_scan_bwd_n4, 1, 4, 16)
 S6_SCAN_BWD_KERNEL(s6_scan_bwd_n8, 1, 8, 16)
-S6_SCAN_BWD_KERNEL(s6_scan_bwd_n16, 2, 8, 16)
 S6_SCAN_BWD_KERNEL(s6_scan_bwd_n32, 2, 16, 16)
 S6_SCAN_BWD_KERNEL(s6_scan_bwd_n64, 4, 16, 8)
+
+// d_state 9 ..= 16: s6_scan_bwd_n16p, the structure of the forward's s6_scan_n16_pipe8x. 8 lanes per
+// channel, 2 states per lane, 16 channels per block, chunks of T = 12 steps. No warp shuffles in the
+// time loops: every per-step partial sum goes through shared memory and is reduced once per chunk.
+//   - Forward (checkpoints) and reverse passes load the next chunk's raw inputs (and, in reverse,
+//     its checkpoint) into registers before running the current chunk, hiding their latency.
+//   - The recompute stores h_t and exp(ΔA) per lane (s_hd); the reverse step reads both instead of
+//     a third exp, and gets h_{t-1} exp(ΔA) as h_t - Δ u B_t.
+//   - Each reverse step writes its lane's dB_t, dC_t partials over its 2 states in place of the
+//     s_hd slot it has just read, and Σ_s dhs B, Σ_s q A, Σ_s C h to s_p2 / s_p1; after the chunk,
+//     du, dΔ, dz are summed over each channel's 8 lanes and dB_t, dC_t over the block's 16
+//     channels (the per-block partials pbc, as in the other kernels).
+extern "C" __global__ void __launch_bounds__(128)
+    s6_scan_bwd_n16p(const float* __restrict__ u, const float* __restrict__ delta, const float* __restrict__ delta_bias,
+                     const float* __restrict__ a, const float* __restrict__ bm, unsigned int ldb,
+                     const float* __restrict__ cm, unsigned int ldc, const float* __restrict__ dskip,
+                     const float* __restrict__ z, unsigned int ldz, const float* __restrict__ dy, float* __restrict__ du,
+                     float* __restrict__ ddelta, float* __restrict__ dz, unsigned int lddz, float* __restrict__ ckpt,
+                     float* __restrict__ pbc, float* __restrict__ pparam, unsigned int seqlen, unsigned int dim,
+                     unsigned int n) {
+    constexpr int NT = 128, SPLIT = 8, CPB = 16, NMAX = 16, T = 12;
+    constexpr int E = (T * CPB + NT - 1) / NT;  // T * NMAX == T * CPB elements staged per array
+    __shared__ float4 s_hd[T][NT];  // (h_t, exp(Δ A)) of the lane's 2 states; then its dB_t, dC_t partials
+    __shared__ float2 s_p2[T][NT];  // (Σ dhs B, Σ q A) over the lane's states
+    __shared__ float s_p1[T][NT];   // Σ C h over the lane's states
+    __shared__ float s_u[T][CPB];
+    __shared__ float s_dt[T][CPB];
+    __shared__ float s_sp[T][CPB];
+    __shared__ float s_g[T][CPB];
+    __shared__ float s_gz[T][CPB];
+    __shared__ float2 s_b[T][NMAX / 2];
+    __shared__ float2 s_c[T][NMAX / 2];
+
+    const int tid = threadIdx.x;
+    const int ch = tid / SPLIT, part = tid % SPLIT;
+    const unsigned int b = blockIdx.y;
+    const unsigned int d0 = blockIdx.x * CPB;
+    const unsigned int d = d0 + ch;
+    const bool active = d < dim;
+    const unsigned long long rows = (unsigned long long)gridDim.y * seqlen;
+    const unsigned long long row0 = (unsigned long long)b * seqlen;
+    const unsigned int nck = (seqlen + T - 1) / T;
+    const unsigned long long ck0 = ((unsigned long long)b * dim + d) * nck;
+    // The channel this thread reduces and stores in the store phase (T * CPB rows of CPB channels).
+    const int rc = tid % CPB;
+    const unsigned int rd = d0 + rc;
+    const float rdsk = rd < dim ? dskip[rd] : 0.0f;
+    const float rbias = rd < dim ? delta_bias[rd] : 0.0f;
+
+    float h[2], dh[2], av[2], a2[2], da[2];
+#pragma unroll
+    for (int i = 0; i < 2; i++) {
+        const int s = part * 2 + i;
+        const bool ok = active && s < (int)n;
+        av[i] = ok ? a[(unsigned long long)d * n + s] : 0.0f;
+        a2[i] = av[i] * 1.4426950408889634f;
+        h[i] = 0.0f;
+        dh[i] = 0.0f;
+        da[i] = 0.0f;
+    }
+
+    // Raw inputs of chunk k in registers; `full` adds those only the reverse pass needs.
+    float ru[E], rdl[E], rz[E], rg[E], rb[E], rcc[E], rck[2];
+    auto load = [&](unsigned int k, bool full) {
+        const unsigned int t0 = k * T;
+        const int tl = seqlen - t0 < (unsigned int)T ? (int)(seqlen - t0) : T;
+#pragma unroll
+        for (int e = 0; e < E; e++) {
+            const int idx = tid + e * NT;
+            const int t = idx / CPB, c = idx % CPB;
+            const unsigned int dd = d0 + c;
+            const unsigned long long r = row0 + t0 + t;
+            const bool okc = idx < T * CPB && t < tl && dd < dim;
+            const bool oks = idx < T * NMAX && t < tl && c < (int)n;
+            ru[e] = okc ? u[r * dim + dd] : 0.0f;
+            rdl[e] = okc ? delta[r * dim + dd] : 0.0f;
+            rb[e] = oks ? bm[r * ldb + c] : 0.0f;
+            if (full) {
+                rg[e] = okc ? dy[r * dim + dd] : 0.0f;
+                rz[e] = okc && z != nullptr ? z[r * ldz + dd] : 0.0f;
+                rcc[e] = oks ? cm[r * ldc + c] : 0.0f;
+            }
+        }
+        if (full && k + 1 < nck) {
+#pragma unroll
+            for (int i = 0; i < 2; i++) {
+                const int s = part * 2 + i;
+                rck[i] = active && s < (int)n ? ckpt[(ck0 + k) * n + s] : 0.0f;
+            }
+        }
+    };
+
+    // 1. Forward over the chunks 0 .. nck-2: checkpoints.
+    load(0, nck == 1);
+    for (unsigned int k = 0; k + 1 < nck; k++) {
+        __syncthreads();  // shared memory free again
+#pragma unroll
+        for (int e = 0; e < E; e++) {
+            const int idx = tid + e * NT;
+            if (idx < T * CPB) {
+                const int t = idx / CPB, c = idx % CPB;
+                s_u[t][c] = ru[e];
+                s_dt[t][c] = d0 + c < dim ? s6b_softplus(rdl[e] + rbias) : 0.0f;
+                reinterpret_cast<float*>(s_b)[idx] = rb[e];
+            }
+        }
+        __syncthreads();
+        load(k + 1, k + 2 == nck);
+#pragma unroll
+        for (int i = 0; i < 2; i++) {
+            const int s = part * 2 + i;
+            if (active && s < (int)n) ckpt[(ck0 + k) * n + s] = h[i];
+        }
+#pragma unroll 4
+        for (int t = 0; t < T; t++) {
+            const float dt = s_dt[t][ch];
+            const float dx = dt * s_u[t][ch];
+            const float2 bb = s_b[t][part];
+            h[0] = fmaf(s6b_ex2(dt * a2[0]), h[0], dx * bb.x);
+            h[1] = fmaf(s6b_ex2(dt * a2[1]), h[1], dx * bb.y);
+        }
+    }
+
+    // 2. The chunks in reverse.
+    float dd_acc = 0.0f, dbias_acc = 0.0f;
+    const int w2 = 2 * (int)n;
+    for (int k = (int)nck - 1; k >= 0; k--) {
+        const unsigned int t0 = (unsigned int)k * T;
+        const int tl = seqlen - t0 < (unsigned int)T ? (int)(seqlen - t0) : T;
+        __syncthreads();  // the previous chunk's store phase is done with shared memory
+#pragma unroll
+        for (int e = 0; e < E; e++) {
+            const int idx = tid + e * NT;
+            if (idx < T * CPB) {
+                const int t = idx / CPB, c = idx % CPB;
+                float dtv = 0.0f, spv = 0.0f, gv = 0.0f, gzv = 0.0f;
+                if (d0 + c < dim) {
+                    const float v = rdl[e] + rbias;
+                    dtv = s6b_softplus(v);
+                    spv = v > 20.0f ? 1.0f : s6b_sigmoid(v);
+                    if (z != nullptr) {
+                        const float zz = rz[e];
+                        const float sg = s6b_sigmoid(zz);
+                        gv = rg[e] * zz * sg;
+                        gzv = rg[e] * sg * fmaf(zz, 1.0f - sg, 1.0f);
+                    } else {
+                        gv = rg[e];
+                    }
+                }
+                s_u[t][c] = ru[e];
+                s_dt[t][c] = dtv;
+                s_sp[t][c] = spv;
+                s_g[t][c] = gv;
+                s_gz[t][c] = gzv;
+                reinterpret_cast<float*>(s_b)[idx] = rb[e];
+                reinterpret_cast<float*>(s_c)[idx] = rcc[e];
+            }
+        }
+        float hh0 = h[0], hh1 = h[1];
+        if (k + 1 < (int)nck) {
+            hh0 = rck[0];
+            hh1 = rck[1];
+        }
+        __syncthreads();
+        if (k > 0) load((unsigned int)k - 1, true);
+
+        // Recompute the chunk's states (each lane writes and later reads only its own slots).
+#pragma unroll 4
+        for (int t = 0; t < tl; t++) {
+            const float dt = s_dt[t][ch];
+            const float dx = dt * s_u[t][ch];
+            const float2 bb = s_b[t][part];
+            const float e0 = s6b_ex2(dt * a2[0]), e1 = s6b_ex2(dt * a2[1]);
+            hh0 = fmaf(e0, hh0, dx * bb.x);
+            hh1 = fmaf(e1, hh1, dx * bb.y);
+            float4 v;
+            v.x = hh0;
+            v.y = hh1;
+            v.z = e0;
+            v.w = e1;
+            s_hd[t][tid] = v;
+        }
+
+        // Walk the chunk backward.
+#pragma unroll 4
+        for (int t = tl - 1; t >= 0; t--) {
+            const float dt = s_dt[t][ch];
+            const float x = s_u[t][ch];
+            const float g = s_g[t][ch];
+            const float dtx = dt * x;
+            const float2 bb = s_b[t][part], cc = s_c[t][part];
+            const float4 hd = s_hd[t][tid];
+            const float bs[2] = {bb.x, bb.y}, cs[2] = {cc.x, cc.y}, hc[2] = {hd.x, hd.y}, dec[2] = {hd.z, hd.w};
+            float pb[2], pc[2], pout = 0.0f, pbs = 0.0f, pqa = 0.0f;
+#pragma unroll
+            for (int i = 0; i < 2; i++) {
+                const float dhs = fmaf(g, cs[i], dh[i]);
+                pb[i] = dhs * dtx;
+                pc[i] = g * hc[i];
+                pout = fmaf(cs[i], hc[i], pout);
+                pbs = fmaf(dhs, bs[i], pbs);
+                // h_{t-1} exp(ΔA) = h_t - Δu B (the product rounded as in the recompute: exact 0 from h_{t-1} = 0)
+                const float q = dhs * (hc[i] - __fmul_rn(dtx, bs[i]));
+                da[i] = fmaf(q, dt, da[i]);
+                pqa = fmaf(q, av[i], pqa);
+                dh[i] = dhs * dec[i];
+            }
+            float4 vb;
+            vb.x = pb[0];
+            vb.y = pb[1];
+            vb.z = pc[0];
+            vb.w = pc[1];
+            s_hd[t][tid] = vb;
+            float2 vq;
+            vq.x = pbs;
+            vq.y = pqa;
+            s_p2[t][tid] = vq;
+            s_p1[t][tid] = pout;
+        }
+        __syncthreads();
+
+        // du, dΔ, dz: sums over each channel's 8 lanes (the lane order rotated against bank conflicts).
+#pragma unroll
+        for (int e = 0; e < E; e++) {
+            const int idx = tid + e * NT;
+            if (idx < tl * CPB) {
+                const int t = idx / CPB, c = idx % CPB;
+                float sbs = 0.0f, sqa = 0.0f, sout = 0.0f;
+#pragma unroll
+                for (int p = 0; p < SPLIT; p++) {
+                    const float2 v = s_p2[t][c * SPLIT + ((p + c + (c >> 3)) & 7)];
+                    sbs += v.x;
+                    sqa += v.y;
+                    sout += s_p1[t][c * SPLIT + ((p + (c >> 2) + 4 * (t & 1)) & 7)];
+                }
+                const float dt = s_dt[t][c], x = s_u[t][c], g = s_g[t][c];
+                const float ddt = fmaf(x, sbs, sqa) * s_sp[t][c];
+                if (rd < dim) {
+                    const unsigned long long r = row0 + t0 + t;
+                    du[r * dim + rd] = fmaf(dt, sbs, g * rdsk);
+                    ddelta[r * dim + rd] = ddt;
+                    if (dz != nullptr) dz[r * lddz + rd] = fmaf(rdsk, x, sout) * s_gz[t][c];
+                }
+                dd_acc = fmaf(g, x, dd_acc);
+                dbias_acc += ddt;
+            }
+        }
+        // dB_t, dC_t: sums over the block's channels.
+        for (int idx = tid; idx < tl * w2; idx += NT) {
+            const int t = idx / w2, j = idx % w2;
+            const int s = j < (int)n ? j : j - (int)n;
+            const int comp = (j < (int)n ? 0 : 2) + (s & 1);
+            const float* src = reinterpret_cast<const float*>(&s_hd[t][s >> 1]) + comp;
+            float sum = 0.0f;
+#pragma unroll
+            for (int c = 0; c < CPB; c++) sum += src[c * SPLIT * 4];
+            pbc[((unsigned long long)blockIdx.x * rows + row0 + t0 + t) * w2 + j] = sum;
+        }
+    }
+
+    // 3. This sequence's parameter-gradient partials: pparam[b] = [dA (dim × n), dD (dim), dΔbias (dim)].
+    float* pp = pparam + (unsigned long long)b * dim * (n + 2);
+#pragma unroll
+    for (int i = 0; i < 2; i++) {
+        const int s = part * 2 + i;
+        if (active && s < (int)n) pp[(unsigned long long)d * n + s] = da[i];
+    }
+    __syncthreads();
+    float* s_red = &s_p1[0][0];
+    s_red[tid] = dd_acc;
+    s_red[NT + tid] = dbias_acc;
+    __syncthreads();
+    if (tid < CPB && rd < dim) {
+        float sd = 0.0f, sb = 0.0f;
+#pragma unroll
+        for (int j = 0; j < NT / CPB; j++) {
+            sd += s_red[tid + j * CPB];
+            sb += s_red[NT + tid + j * CPB];
+        }
+        pp[(unsigned long long)dim * n + rd] = sd;
+        pp[(unsigned long long)dim * n + dim + rd] = sb;
+    }
+}
 
 // dB / dC: sum of the per-block partials pbc[blk][row][2n] over the blocks, in order; written to
 // db[row * ldb + s] and dc[row * ldc + s] (offsets applied by the caller).
