@@ -303,17 +303,31 @@ S6_SCAN_BWD_KERNEL(s6_scan_bwd_n32, 2, 16, 16)
 S6_SCAN_BWD_KERNEL(s6_scan_bwd_n64, 4, 16, 8)
 
 // d_state 9 ..= 16: s6_scan_bwd_n16p, the structure of the forward's s6_scan_n16_pipe8x. 8 lanes per
-// channel, 2 states per lane, 16 channels per block, chunks of T = 12 steps. No warp shuffles in the
-// time loops: every per-step partial sum goes through shared memory and is reduced once per chunk.
-//   - Forward (checkpoints) and reverse passes load the next chunk's raw inputs (and, in reverse,
-//     its checkpoint) into registers before running the current chunk, hiding their latency.
+// channel, 2 states per lane, 16 channels per block, chunks of T = 12 steps (what the static shared
+// memory holds). No warp shuffles in the time loops: every per-step partial sum goes through
+// shared memory and is reduced once per chunk.
+//   - The forward pass (checkpoints) runs in spans of 4 chunks staged in the then unused s_hd
+//     region; it and the reverse pass load the next span's / chunk's raw inputs (and, in reverse,
+//     its checkpoint) into registers before running the current one, hiding their latency.
 //   - The recompute stores h_t and exp(ΔA) per lane (s_hd); the reverse step reads both instead of
 //     a third exp, and gets h_{t-1} exp(ΔA) as h_t - Δ u B_t.
 //   - Each reverse step writes its lane's dB_t, dC_t partials over its 2 states in place of the
 //     s_hd slot it has just read, and Σ_s dhs B, Σ_s q A, Σ_s C h to s_p2 / s_p1; after the chunk,
 //     du, dΔ, dz are summed over each channel's 8 lanes and dB_t, dC_t over the block's 16
-//     channels (the per-block partials pbc, as in the other kernels).
-extern "C" __global__ void __launch_bounds__(128)
+//     channels (float4 loads; the per-block partials pbc, as in the other kernels).
+//   - softplus and the sigmoids of the staged inputs use the fast intrinsics (__expf, __logf).
+//   - Registers decide the speed: 4 blocks of 128 threads per SM (128 registers) and no spills;
+//     the unroll factors and the span length were chosen on the H200 for that (full unrolling
+//     or longer spans spill and cost ~35%).
+template <int V>
+struct s6b_ic {
+    static constexpr int value = V;
+};
+__device__ __forceinline__ float s6b_fast_softplus(float x) {
+    return x > 20.0f ? x : x < -15.0f ? __expf(x) : __logf(1.0f + __expf(x));
+}
+__device__ __forceinline__ float s6b_fast_sigmoid(float x) { return __fdividef(1.0f, 1.0f + __expf(-x)); }
+extern "C" __global__ void __launch_bounds__(128, 4)
     s6_scan_bwd_n16p(const float* __restrict__ u, const float* __restrict__ delta, const float* __restrict__ delta_bias,
                      const float* __restrict__ a, const float* __restrict__ bm, unsigned int ldb,
                      const float* __restrict__ cm, unsigned int ldc, const float* __restrict__ dskip,
@@ -322,6 +336,9 @@ extern "C" __global__ void __launch_bounds__(128)
                      float* __restrict__ pbc, float* __restrict__ pparam, unsigned int seqlen, unsigned int dim,
                      unsigned int n) {
     constexpr int NT = 128, SPLIT = 8, CPB = 16, NMAX = 16, T = 12;
+    constexpr int FT = 4 * T;  // forward staging: FT steps of u, Δ, B in the s_hd region
+    constexpr int EF = FT * CPB / NT;
+    static_assert(EF * NT == FT * CPB, "FT * CPB must be a multiple of NT");
     constexpr int E = (T * CPB + NT - 1) / NT;  // T * NMAX == T * CPB elements staged per array
     __shared__ float4 s_hd[T][NT];  // (h_t, exp(Δ A)) of the lane's 2 states; then its dB_t, dC_t partials
     __shared__ float2 s_p2[T][NT];  // (Σ dhs B, Σ q A) over the lane's states
@@ -393,34 +410,58 @@ extern "C" __global__ void __launch_bounds__(128)
         }
     };
 
-    // 1. Forward over the chunks 0 .. nck-2: checkpoints.
-    load(0, nck == 1);
-    for (unsigned int k = 0; k + 1 < nck; k++) {
-        __syncthreads();  // shared memory free again
+    // 1. Forward over the steps of the chunks 0 .. nck-2 (checkpoints), in spans of FT steps
+    //    staged in the (still unused) s_hd region; the last chunk's inputs are loaded meanwhile.
+    load(nck - 1, true);
+    {
+        float* f_u = reinterpret_cast<float*>(s_hd);
+        float* f_dt = f_u + FT * CPB;
+        float* f_b = f_dt + FT * CPB;
+        float fu[EF], fd[EF], fb[EF];
+        const unsigned int nf = (nck - 1) * T;
+        auto loadf = [&](unsigned int f0) {
 #pragma unroll
-        for (int e = 0; e < E; e++) {
-            const int idx = tid + e * NT;
-            if (idx < T * CPB) {
+            for (int e = 0; e < EF; e++) {
+                const int idx = tid + e * NT;
                 const int t = idx / CPB, c = idx % CPB;
-                s_u[t][c] = ru[e];
-                s_dt[t][c] = d0 + c < dim ? s6b_softplus(rdl[e] + rbias) : 0.0f;
-                reinterpret_cast<float*>(s_b)[idx] = rb[e];
+                const unsigned int dd = d0 + c;
+                const unsigned long long r = row0 + f0 + t;
+                const bool in = f0 + t < nf;
+                fu[e] = in && dd < dim ? u[r * dim + dd] : 0.0f;
+                fd[e] = in && dd < dim ? delta[r * dim + dd] : 0.0f;
+                fb[e] = in && c < (int)n ? bm[r * ldb + c] : 0.0f;
             }
-        }
-        __syncthreads();
-        load(k + 1, k + 2 == nck);
+        };
+        if (nf > 0) loadf(0);
+        for (unsigned int f0 = 0; f0 < nf; f0 += FT) {
+            const int nk = (nf - f0 < (unsigned int)FT ? (int)(nf - f0) : FT) / T;
+            __syncthreads();  // shared memory free again
 #pragma unroll
-        for (int i = 0; i < 2; i++) {
-            const int s = part * 2 + i;
-            if (active && s < (int)n) ckpt[(ck0 + k) * n + s] = h[i];
-        }
+            for (int e = 0; e < EF; e++) {
+                const int idx = tid + e * NT;
+                f_u[idx] = fu[e];
+                f_dt[idx] = d0 + (idx % CPB) < dim ? s6b_fast_softplus(fd[e] + rbias) : 0.0f;
+                f_b[idx] = fb[e];
+            }
+            __syncthreads();
+            if (f0 + FT < nf) loadf(f0 + FT);
+            for (int kk = 0; kk < nk; kk++) {
+                const unsigned int k = f0 / T + kk;
+#pragma unroll
+                for (int i = 0; i < 2; i++) {
+                    const int s = part * 2 + i;
+                    if (active && s < (int)n) ckpt[(ck0 + k) * n + s] = h[i];
+                }
 #pragma unroll 4
-        for (int t = 0; t < T; t++) {
-            const float dt = s_dt[t][ch];
-            const float dx = dt * s_u[t][ch];
-            const float2 bb = s_b[t][part];
-            h[0] = fmaf(s6b_ex2(dt * a2[0]), h[0], dx * bb.x);
-            h[1] = fmaf(s6b_ex2(dt * a2[1]), h[1], dx * bb.y);
+                for (int tt = 0; tt < T; tt++) {
+                    const int t = kk * T + tt;
+                    const float dt = f_dt[t * CPB + ch];
+                    const float dx = dt * f_u[t * CPB + ch];
+                    const float2 bb = reinterpret_cast<const float2*>(f_b)[t * (NMAX / 2) + part];
+                    h[0] = fmaf(s6b_ex2(dt * a2[0]), h[0], dx * bb.x);
+                    h[1] = fmaf(s6b_ex2(dt * a2[1]), h[1], dx * bb.y);
+                }
+            }
         }
     }
 
@@ -439,11 +480,11 @@ extern "C" __global__ void __launch_bounds__(128)
                 float dtv = 0.0f, spv = 0.0f, gv = 0.0f, gzv = 0.0f;
                 if (d0 + c < dim) {
                     const float v = rdl[e] + rbias;
-                    dtv = s6b_softplus(v);
-                    spv = v > 20.0f ? 1.0f : s6b_sigmoid(v);
+                    dtv = s6b_fast_softplus(v);
+                    spv = v > 20.0f ? 1.0f : s6b_fast_sigmoid(v);
                     if (z != nullptr) {
                         const float zz = rz[e];
-                        const float sg = s6b_sigmoid(zz);
+                        const float sg = s6b_fast_sigmoid(zz);
                         gv = rg[e] * zz * sg;
                         gzv = rg[e] * sg * fmaf(zz, 1.0f - sg, 1.0f);
                     } else {
@@ -467,9 +508,12 @@ extern "C" __global__ void __launch_bounds__(128)
         __syncthreads();
         if (k > 0) load((unsigned int)k - 1, true);
 
+        // The chunk's recompute and reverse walk; fully unrolled for a full chunk.
+        auto walk = [&](auto full) {
+            const int nt = decltype(full)::value ? T : tl;
         // Recompute the chunk's states (each lane writes and later reads only its own slots).
-#pragma unroll 4
-        for (int t = 0; t < tl; t++) {
+#pragma unroll 6
+        for (int t = 0; t < nt; t++) {
             const float dt = s_dt[t][ch];
             const float dx = dt * s_u[t][ch];
             const float2 bb = s_b[t][part];
@@ -485,8 +529,8 @@ extern "C" __global__ void __launch_bounds__(128)
         }
 
         // Walk the chunk backward.
-#pragma unroll 4
-        for (int t = tl - 1; t >= 0; t--) {
+#pragma unroll 6
+        for (int t = nt - 1; t >= 0; t--) {
             const float dt = s_dt[t][ch];
             const float x = s_u[t][ch];
             const float g = s_g[t][ch];
@@ -520,6 +564,12 @@ extern "C" __global__ void __launch_bounds__(128)
             s_p2[t][tid] = vq;
             s_p1[t][tid] = pout;
         }
+        };
+        if (tl == T) {
+            walk(s6b_ic<1>());
+        } else {
+            walk(s6b_ic<0>());
+        }
         __syncthreads();
 
         // du, dΔ, dz: sums over each channel's 8 lanes (the lane order rotated against bank conflicts).
@@ -548,16 +598,33 @@ extern "C" __global__ void __launch_bounds__(128)
                 dbias_acc += ddt;
             }
         }
-        // dB_t, dC_t: sums over the block's channels.
-        for (int idx = tid; idx < tl * w2; idx += NT) {
-            const int t = idx / w2, j = idx % w2;
-            const int s = j < (int)n ? j : j - (int)n;
-            const int comp = (j < (int)n ? 0 : 2) + (s & 1);
-            const float* src = reinterpret_cast<const float*>(&s_hd[t][s >> 1]) + comp;
-            float sum = 0.0f;
+        // dB_t, dC_t: sums over the block's channels; a thread sums the float4 partials (dB, dC of
+        // 2 states) of one lane position over the 16 channels.
+        if (tid < tl * SPLIT) {
+            const int t = tid / SPLIT, p = tid % SPLIT;
+            float4 s0 = s_hd[t][p], s1 = s_hd[t][SPLIT + p];
 #pragma unroll
-            for (int c = 0; c < CPB; c++) sum += src[c * SPLIT * 4];
-            pbc[((unsigned long long)blockIdx.x * rows + row0 + t0 + t) * w2 + j] = sum;
+            for (int c = 2; c < CPB; c += 2) {
+                const float4 v0 = s_hd[t][c * SPLIT + p], v1 = s_hd[t][(c + 1) * SPLIT + p];
+                s0.x += v0.x;
+                s0.y += v0.y;
+                s0.z += v0.z;
+                s0.w += v0.w;
+                s1.x += v1.x;
+                s1.y += v1.y;
+                s1.z += v1.z;
+                s1.w += v1.w;
+            }
+            float* out = pbc + ((unsigned long long)blockIdx.x * rows + row0 + t0 + t) * w2;
+            const int s = 2 * p;
+            if (s < (int)n) {
+                out[s] = s0.x + s1.x;
+                out[n + s] = s0.z + s1.z;
+            }
+            if (s + 1 < (int)n) {
+                out[s + 1] = s0.y + s1.y;
+                out[n + s + 1] = s0.w + s1.w;
+            }
         }
     }
 
