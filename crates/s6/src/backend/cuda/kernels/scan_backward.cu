@@ -318,7 +318,7 @@ S6_SCAN_BWD_KERNEL(s6_scan_bwd_n64, 4, 16, 8)
 //   - softplus and the sigmoids of the staged inputs use the fast intrinsics (__expf, __logf).
 //   - Registers decide the speed: 4 blocks of 128 threads per SM (128 registers) and no spills;
 //     the unroll factors and the span length were chosen on the H200 for that (full unrolling
-//     or longer spans spill and cost ~35%).
+//     or longer spans spill and cost ~35%); full chunks: recompute unrolled by 6, reverse by 4.
 template <int V>
 struct s6b_ic {
     static constexpr int value = V;
@@ -511,59 +511,60 @@ extern "C" __global__ void __launch_bounds__(128, 4)
         // The chunk's recompute and reverse walk; fully unrolled for a full chunk.
         auto walk = [&](auto full) {
             const int nt = decltype(full)::value ? T : tl;
-        // Recompute the chunk's states (each lane writes and later reads only its own slots).
+            // Recompute the chunk's states (each lane writes and later reads only its own slots).
 #pragma unroll 6
-        for (int t = 0; t < nt; t++) {
-            const float dt = s_dt[t][ch];
-            const float dx = dt * s_u[t][ch];
-            const float2 bb = s_b[t][part];
-            const float e0 = s6b_ex2(dt * a2[0]), e1 = s6b_ex2(dt * a2[1]);
-            hh0 = fmaf(e0, hh0, dx * bb.x);
-            hh1 = fmaf(e1, hh1, dx * bb.y);
-            float4 v;
-            v.x = hh0;
-            v.y = hh1;
-            v.z = e0;
-            v.w = e1;
-            s_hd[t][tid] = v;
-        }
-
-        // Walk the chunk backward.
-#pragma unroll 6
-        for (int t = nt - 1; t >= 0; t--) {
-            const float dt = s_dt[t][ch];
-            const float x = s_u[t][ch];
-            const float g = s_g[t][ch];
-            const float dtx = dt * x;
-            const float2 bb = s_b[t][part], cc = s_c[t][part];
-            const float4 hd = s_hd[t][tid];
-            const float bs[2] = {bb.x, bb.y}, cs[2] = {cc.x, cc.y}, hc[2] = {hd.x, hd.y}, dec[2] = {hd.z, hd.w};
-            float pb[2], pc[2], pout = 0.0f, pbs = 0.0f, pqa = 0.0f;
-#pragma unroll
-            for (int i = 0; i < 2; i++) {
-                const float dhs = fmaf(g, cs[i], dh[i]);
-                pb[i] = dhs * dtx;
-                pc[i] = g * hc[i];
-                pout = fmaf(cs[i], hc[i], pout);
-                pbs = fmaf(dhs, bs[i], pbs);
-                // h_{t-1} exp(ΔA) = h_t - Δu B (the product rounded as in the recompute: exact 0 from h_{t-1} = 0)
-                const float q = dhs * (hc[i] - __fmul_rn(dtx, bs[i]));
-                da[i] = fmaf(q, dt, da[i]);
-                pqa = fmaf(q, av[i], pqa);
-                dh[i] = dhs * dec[i];
+            for (int t = 0; t < nt; t++) {
+                const float dt = s_dt[t][ch];
+                const float dx = dt * s_u[t][ch];
+                const float2 bb = s_b[t][part];
+                const float e0 = s6b_ex2(dt * a2[0]), e1 = s6b_ex2(dt * a2[1]);
+                hh0 = fmaf(e0, hh0, dx * bb.x);
+                hh1 = fmaf(e1, hh1, dx * bb.y);
+                float4 v;
+                v.x = hh0;
+                v.y = hh1;
+                v.z = e0;
+                v.w = e1;
+                s_hd[t][tid] = v;
             }
-            float4 vb;
-            vb.x = pb[0];
-            vb.y = pb[1];
-            vb.z = pc[0];
-            vb.w = pc[1];
-            s_hd[t][tid] = vb;
-            float2 vq;
-            vq.x = pbs;
-            vq.y = pqa;
-            s_p2[t][tid] = vq;
-            s_p1[t][tid] = pout;
-        }
+
+            // Walk the chunk backward.
+#pragma unroll 4
+            for (int t = nt - 1; t >= 0; t--) {
+                const float dt = s_dt[t][ch];
+                const float x = s_u[t][ch];
+                const float g = s_g[t][ch];
+                const float dtx = dt * x;
+                const float2 bb = s_b[t][part], cc = s_c[t][part];
+                const float4 hd = s_hd[t][tid];
+                const float bs[2] = {bb.x, bb.y}, cs[2] = {cc.x, cc.y}, hc[2] = {hd.x, hd.y}, dec[2] = {hd.z, hd.w};
+                float pb[2], pc[2], pout = 0.0f, pbs = 0.0f, pqa = 0.0f;
+#pragma unroll
+                for (int i = 0; i < 2; i++) {
+                    const float dhs = fmaf(g, cs[i], dh[i]);
+                    pb[i] = dhs * dtx;
+                    pc[i] = g * hc[i];
+                    pout = fmaf(cs[i], hc[i], pout);
+                    pbs = fmaf(dhs, bs[i], pbs);
+                    // h_{t-1} exp(ΔA) = h_t - Δu B, the product rounded as in the recompute
+                    // (exactly 0 from h_{t-1} = 0).
+                    const float q = dhs * (hc[i] - __fmul_rn(dtx, bs[i]));
+                    da[i] = fmaf(q, dt, da[i]);
+                    pqa = fmaf(q, av[i], pqa);
+                    dh[i] = dhs * dec[i];
+                }
+                float4 vb;
+                vb.x = pb[0];
+                vb.y = pb[1];
+                vb.z = pc[0];
+                vb.w = pc[1];
+                s_hd[t][tid] = vb;
+                float2 vq;
+                vq.x = pbs;
+                vq.y = pqa;
+                s_p2[t][tid] = vq;
+                s_p1[t][tid] = pout;
+            }
         };
         if (tl == T) {
             walk(s6b_ic<1>());
