@@ -20,7 +20,7 @@ impl Cuda {
         let (name, split, chunk) = match n {
             0..=4 => ("s6_scan_bwd_n4", 4, 16),
             5..=8 => ("s6_scan_bwd_n8", 8, 16),
-            9..=16 => ("s6_scan_bwd_n16", 8, 16),
+            9..=16 => ("s6_scan_bwd_n16p", 8, 12),
             17..=32 => ("s6_scan_bwd_n32", 16, 16),
             33..=MAX_D_STATE => ("s6_scan_bwd_n64", 16, 8),
             _ => {

@@ -53,7 +53,7 @@ const KERNELS: &[&str] = &[
     // scan_backward.cu
     "s6_scan_bwd_n4",
     "s6_scan_bwd_n8",
-    "s6_scan_bwd_n16",
+    "s6_scan_bwd_n16p",
     "s6_scan_bwd_n32",
     "s6_scan_bwd_n64",
     "s6_scan_bwd_reduce_bc",
