@@ -7,11 +7,16 @@ use std::path::{Path, PathBuf};
 use s6::backend::cuda::Cuda;
 use s6::formats::tensors::TensorFile;
 
-/// CUDA device 0, or `None` after printing "skipped: no CUDA device" (no GPU, driver or toolkit).
+/// CUDA device 0, or `None` after printing "skipped: no CUDA device" when there is no GPU, driver
+/// or toolkit library. Any other failure to open the device (a kernel NVRTC cannot compile, a
+/// driver error) fails the test instead of hiding behind a skip.
 pub fn gpu() -> Option<Cuda> {
     match Cuda::new(0) {
         Ok(g) => Some(g),
         Err(e) => {
+            let msg = e.to_string();
+            let absent = ["CUDA is not available", "device(s) are visible", "device count"];
+            assert!(absent.iter().any(|a| msg.contains(a)), "the CUDA device exists but cannot be used: {msg}");
             println!("skipped: no CUDA device ({e})");
             None
         }

@@ -6,12 +6,11 @@
 //! by the caller (so that cuBLAS does not allocate while recording): [`super::Cuda::new`] provides
 //! both.
 
-use std::collections::HashMap;
-use std::sync::{Mutex, OnceLock};
+use std::sync::OnceLock;
 
 use cudarc::driver::sys::{CUgraphInstantiate_flags, CUstreamCaptureMode};
 use cudarc::driver::{CudaFunction, CudaGraph, CudaSlice, DevicePtr, DevicePtrMut, LaunchConfig, PushKernelArg};
-use cudarc::nvrtc::{compile_ptx_with_opts, CompileOptions, Ptx};
+use cudarc::nvrtc::Ptx;
 
 use super::{driver_err, grid_1d, u32_of, Cuda, CudaBuf};
 use crate::generate::SamplingParams;
@@ -46,21 +45,9 @@ pub(super) struct DecodeKernels {
 /// The lazily compiled decoding kernels (`Err`: why they are unavailable).
 pub(super) type DecodeSlot = OnceLock<std::result::Result<DecodeKernels, String>>;
 
-/// PTX of the sampling kernel per architecture, compiled once per process.
-fn sample_ptx(arch: &str) -> Result<String> {
-    static CACHE: OnceLock<Mutex<HashMap<String, String>>> = OnceLock::new();
-    let cache = CACHE.get_or_init(|| Mutex::new(HashMap::new()));
-    let mut map = cache.lock().map_err(|_| Error::Backend("CUDA kernel cache poisoned".into()))?;
-    if let Some(p) = map.get(arch) {
-        return Ok(p.clone());
-    }
-    let arch_static: &'static str = Box::leak(arch.to_string().into_boxed_str());
-    let opts = CompileOptions { arch: Some(arch_static), ..Default::default() };
-    let ptx = compile_ptx_with_opts(SAMPLE_SOURCE, opts)
-        .map_err(|e| Error::Backend(format!("NVRTC could not compile the sampling kernel for {arch}: {e}")))?;
-    let src = ptx.to_src();
-    map.insert(arch.to_string(), src.clone());
-    Ok(src)
+/// PTX of the sampling kernel for one architecture, compiled once per process.
+pub(super) fn sample_ptx(arch: &str) -> Result<String> {
+    super::compile_cached("the sampling kernel", SAMPLE_SOURCE, arch)
 }
 
 fn load_kernels(be: &Cuda) -> Result<DecodeKernels> {

@@ -119,22 +119,41 @@ struct Inner {
 /// Bytes of the cuBLAS workspace (NVIDIA recommends 32 MiB on Hopper).
 const BLAS_WORKSPACE_BYTES: usize = 32 << 20;
 
-/// PTX per architecture ("sm_90"), compiled once per process.
-fn ptx_for(arch: &str) -> Result<String> {
-    static CACHE: OnceLock<Mutex<HashMap<String, String>>> = OnceLock::new();
+/// PTX of one set of kernel sources (`what` names it in errors and keys the cache) for one
+/// architecture ("sm_90"), compiled by NVRTC once per process.
+fn compile_cached(what: &'static str, source: &str, arch: &str) -> Result<String> {
+    static CACHE: OnceLock<Mutex<HashMap<(&'static str, String), String>>> = OnceLock::new();
     let cache = CACHE.get_or_init(|| Mutex::new(HashMap::new()));
     let mut map = cache.lock().map_err(|_| Error::Backend("CUDA kernel cache poisoned".into()))?;
-    if let Some(p) = map.get(arch) {
+    if let Some(p) = map.get(&(what, arch.to_string())) {
         return Ok(p.clone());
     }
-    // NVRTC wants a &'static str for the architecture; one leak per architecture and process.
+    // NVRTC wants a &'static str for the architecture; one leak per compilation and process.
     let arch_static: &'static str = Box::leak(arch.to_string().into_boxed_str());
     let opts = CompileOptions { arch: Some(arch_static), ..Default::default() };
-    let ptx = compile_ptx_with_opts(KERNEL_SOURCES.concat(), opts)
-        .map_err(|e| Error::Backend(format!("NVRTC could not compile the CUDA kernels for {arch}: {e}")))?;
+    let ptx = compile_ptx_with_opts(source, opts)
+        .map_err(|e| Error::Backend(format!("NVRTC could not compile {what} for {arch}: {e}")))?;
     let src = ptx.to_src();
-    map.insert(arch.to_string(), src.clone());
+    map.insert((what, arch.to_string()), src.clone());
     Ok(src)
+}
+
+/// PTX of the model kernels (`kernels/*.cu` but the sampling kernel) for one architecture.
+fn ptx_for(arch: &str) -> Result<String> {
+    compile_cached("the CUDA kernels", &KERNEL_SOURCES.concat(), arch)
+}
+
+/// Compiles every kernel source of the backend with NVRTC for `arch` (e.g. "sm_90") without a
+/// GPU: NVRTC is a library of the CUDA toolkit and needs no device. For checking the `.cu` files
+/// on machines that have NVRTC but no GPU; errors carry the compiler's log.
+pub fn compile_all_kernels(arch: &str) -> Result<()> {
+    // SAFETY: only tries to dlopen the library.
+    if !unsafe { cudarc::nvrtc::sys::is_culib_present() } {
+        return Err(Error::Backend("NVRTC (libnvrtc.so) cannot be loaded".into()));
+    }
+    ptx_for(arch)?;
+    decode::sample_ptx(arch)?;
+    Ok(())
 }
 
 /// Names of the CUDA libraries that cannot be loaded (dynamic loading: checked before any call,

@@ -319,10 +319,6 @@ S6_SCAN_BWD_KERNEL(s6_scan_bwd_n64, 4, 16, 8)
 //   - Registers decide the speed: 4 blocks of 128 threads per SM (128 registers) and no spills;
 //     the unroll factors and the span length were chosen on the H200 for that (full unrolling
 //     or longer spans spill and cost ~35%); full chunks: recompute unrolled by 6, reverse by 4.
-template <int V>
-struct s6b_ic {
-    static constexpr int value = V;
-};
 __device__ __forceinline__ float s6b_fast_softplus(float x) {
     return x > 20.0f ? x : x < -15.0f ? __expf(x) : __logf(1.0f + __expf(x));
 }
@@ -509,8 +505,9 @@ extern "C" __global__ void __launch_bounds__(128, 4)
         if (k > 0) load((unsigned int)k - 1, true);
 
         // The chunk's recompute and reverse walk; fully unrolled for a full chunk.
-        auto walk = [&](auto full) {
-            const int nt = decltype(full)::value ? T : tl;
+        // (`nt` is a literal T at the first call site: NVRTC rejects generic lambdas in device code,
+        // so the full-chunk specialization comes from inlining, not from a template.)
+        auto walk = [&](const int nt) {
             // Recompute the chunk's states (each lane writes and later reads only its own slots).
 #pragma unroll 6
             for (int t = 0; t < nt; t++) {
@@ -567,9 +564,9 @@ extern "C" __global__ void __launch_bounds__(128, 4)
             }
         };
         if (tl == T) {
-            walk(s6b_ic<1>());
+            walk(T);
         } else {
-            walk(s6b_ic<0>());
+            walk(tl);
         }
         __syncthreads();
 
