@@ -142,15 +142,8 @@ pub fn generate_tokens<B: Backend>(
             }
             let tok = samplers[i].sample(&logits[i * vocab..(i + 1) * vocab], &history[i])?;
             next[i] = tok;
-            out[i].push(tok);
             history[i].push(tok);
-            stats.decode_tokens += 1;
-            let flow = if Some(tok) == opts.eos { Flow::Finish(FinishReason::Eos) } else { on_token(i, tok)? };
-            finish[i] = match flow {
-                Flow::Finish(r) => Some(r),
-                Flow::Continue if out[i].len() >= opts.max_tokens => Some(FinishReason::Length),
-                Flow::Continue => None,
-            };
+            finish[i] = accept_token(i, tok, &mut out[i], opts, &mut stats, &mut on_token)?;
         }
         if finish.iter().all(Option::is_some) {
             break;
@@ -160,6 +153,26 @@ pub fn generate_tokens<B: Backend>(
     stats.decode_secs = t.elapsed().as_secs_f64();
     let reasons = finish.into_iter().map(|f| f.unwrap_or(FinishReason::Length)).collect();
     Ok((out, reasons, stats))
+}
+
+/// Records sequence `seq`'s sampled token (appended to `out`, counted, shown to `on_token`) and
+/// says whether the sequence ends with it (EOS, the callback's verdict, or `max_tokens`).
+fn accept_token(
+    seq: usize,
+    tok: u32,
+    out: &mut Vec<u32>,
+    opts: &GenerateOptions,
+    stats: &mut GenStats,
+    on_token: &mut impl FnMut(usize, u32) -> Result<Flow>,
+) -> Result<Option<FinishReason>> {
+    out.push(tok);
+    stats.decode_tokens += 1;
+    let flow = if Some(tok) == opts.eos { Flow::Finish(FinishReason::Eos) } else { on_token(seq, tok)? };
+    Ok(match flow {
+        Flow::Finish(r) => Some(r),
+        Flow::Continue if out.len() >= opts.max_tokens => Some(FinishReason::Length),
+        Flow::Continue => None,
+    })
 }
 
 /// The decode loop of [`generate_tokens`] on a backend that records graphs: tokens sampled on
@@ -188,15 +201,7 @@ fn decode_on_device<B: Backend>(
             if finish[i].is_some() {
                 continue; // finished sequences are still stepped (batch shape), their tokens ignored
             }
-            let tok = next[i];
-            out[i].push(tok);
-            stats.decode_tokens += 1;
-            let flow = if Some(tok) == opts.eos { Flow::Finish(FinishReason::Eos) } else { on_token(i, tok)? };
-            finish[i] = match flow {
-                Flow::Finish(r) => Some(r),
-                Flow::Continue if out[i].len() >= opts.max_tokens => Some(FinishReason::Length),
-                Flow::Continue => None,
-            };
+            finish[i] = accept_token(i, next[i], &mut out[i], opts, &mut stats, &mut on_token)?;
         }
         if finish.iter().all(Option::is_some) {
             break;
