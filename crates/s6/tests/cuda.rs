@@ -86,6 +86,44 @@ fn linear_matches_cpu() {
     }
 }
 
+/// `linear` with 1..=8 rows (the matrix-vector kernel, `s6_gemv_r*`) and 9 (cuBLAS) against the
+/// CPU, every element: k with and without the 16-byte path (k % 4, odd view offsets), n from one
+/// column to a vocabulary, with and without bias. The output starts as NaN, so a column the
+/// kernel skips shows.
+#[test]
+fn linear_small_rows_matches_cpu() {
+    let Some(g) = gpu() else { return };
+    let mut r = Rng(21);
+    for &k in &[5usize, 768, 1536, 2049] {
+        for &n in &[1usize, 33, 1536, 50280] {
+            // The vocabulary-sized product only for one k, and fewer row counts: keeps it fast.
+            if n == 50280 && k != 768 {
+                continue;
+            }
+            let w = r.vec(n * k, -0.5, 0.5);
+            let b = r.vec(n, -1.0, 1.0);
+            let (wg, bg) = (up(&g, &w), up(&g, &b));
+            let all: &[usize] = if n == 50280 { &[1, 3, 8] } else { &[1, 2, 3, 5, 8, 9] };
+            for (case, &rows) in all.iter().enumerate() {
+                // Alternate: aligned dense rows without bias / odd offset and padded ld with bias.
+                for &(off, pad, bias) in &[(0usize, 0usize, case % 2 == 0), (3, 7, case % 2 == 1)] {
+                    let ld = k + pad;
+                    let x = r.vec(off + rows * ld, -1.0, 1.0);
+                    let mut want = vec![0.0; rows * n];
+                    Cpu.linear(View { buf: &x, offset: off, ld }, rows, k, &w, n, bias.then_some(&b), &mut want)
+                        .unwrap();
+                    let xg = up(&g, &x);
+                    let mut out = poisoned(&g, rows * n);
+                    g.linear(View { buf: &xg, offset: off, ld }, rows, k, &wg, n, bias.then_some(&bg), &mut out)
+                        .unwrap();
+                    let what = format!("linear rows {rows} k {k} n {n} offset {off} ld {ld} bias {bias}");
+                    assert_close(&what, &g.to_vec(&out).unwrap(), &want);
+                }
+            }
+        }
+    }
+}
+
 /// `Compute::Tf32` really switches the products to TF32 (errors of a 10-bit mantissa, far above
 /// fp32's) and stays within bf16-like tolerances; `Compute::F32` switches back.
 #[test]

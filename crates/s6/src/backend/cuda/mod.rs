@@ -1,6 +1,8 @@
 //! The CUDA backend (feature `cuda`): buffers in device memory, kernels written in CUDA C++
 //! (`kernels/*.cu`) compiled by NVRTC at run time for the device's architecture, once per process,
-//! and cuBLAS for the matrix products.
+//! and cuBLAS for the matrix products, except `linear` with at most [`GEMV_MAX_ROWS`] rows
+//! (decoding), which runs a matrix-vector kernel of ours (`kernels/gemv.cu`); the environment
+//! variable `S6_GEMV=0` sends those to cuBLAS too.
 //!
 //! The CUDA libraries are loaded when a [`Cuda`] is created, not when the program starts: a build
 //! with the feature runs on machines without a GPU, and [`Cuda::new`] then returns an error naming
@@ -33,6 +35,7 @@ const KERNEL_SOURCES: &[&str] = &[
     include_str!("kernels/scan.cu"),
     include_str!("kernels/scan_backward.cu"),
     include_str!("kernels/train.cu"),
+    include_str!("kernels/gemv.cu"),
 ];
 
 /// Every kernel the module defines (looked up once when the backend is created).
@@ -77,7 +80,32 @@ const KERNELS: &[&str] = &[
     "s6_attn_bwd_delta",
     "s6_attn_bwd_dq",
     "s6_attn_bwd_dkv",
+    // kernels/gemv.cu
+    "s6_gemv_r1",
+    "s6_gemv_r2",
+    "s6_gemv_r3",
+    "s6_gemv_r4",
+    "s6_gemv_r5",
+    "s6_gemv_r6",
+    "s6_gemv_r7",
+    "s6_gemv_r8",
 ];
+
+/// `linear` with at most this many rows runs the matrix-vector kernel `s6_gemv_r{rows}`
+/// (`kernels/gemv.cu`) instead of cuBLAS: decoding with batch 1..8 is bound by reading the
+/// weights, which the kernel streams once at close to full bandwidth, while cuBLAS's sgemm tiles
+/// are built for many rows. Setting the environment variable `S6_GEMV=0` turns the kernel off
+/// (every `linear` then uses cuBLAS), for side-by-side measurements; it is read once per process.
+pub const GEMV_MAX_ROWS: usize = 8;
+
+/// Warps per block of `s6_gemv_r*` (`S6_GEMV_WARPS` in the kernel).
+const GEMV_WARPS: usize = 8;
+
+/// Whether `S6_GEMV=0` turned the matrix-vector kernel off.
+fn gemv_enabled() -> bool {
+    static ON: OnceLock<bool> = OnceLock::new();
+    *ON.get_or_init(|| std::env::var("S6_GEMV").map(|v| v.trim() != "0").unwrap_or(true))
+}
 
 /// The largest `d_state` the scan kernels hold in registers.
 pub const MAX_D_STATE: usize = 64;
@@ -397,6 +425,60 @@ macro_rules! launch {
     }};
 }
 
+impl Cuda {
+    /// `linear` for `1..=GEMV_MAX_ROWS` rows and `k > 0` by `s6_gemv_r{rows}` (see
+    /// [`GEMV_MAX_ROWS`]); plain fp32 FMA whatever [`Cuda::set_compute`] says.
+    #[allow(clippy::too_many_arguments)]
+    fn gemv(
+        &self,
+        x: View<'_, CudaBuf>,
+        rows: usize,
+        k: usize,
+        w: &CudaBuf,
+        n: usize,
+        bias: Option<&CudaBuf>,
+        out: &mut CudaBuf,
+    ) -> Result<()> {
+        debug_assert!((1..=GEMV_MAX_ROWS).contains(&rows) && k > 0 && n > 0);
+        let xp = self.ptr(x.buf, x.offset, Self::view_extent(x.ld, rows, k), "linear x")?;
+        let wp = self.ptr(w, 0, n * k, "linear weight")?;
+        let bp = match bias {
+            Some(b) => self.ptr(b, 0, n, "linear bias")?,
+            None => 0,
+        };
+        let o = self.ptr_mut(out, 0, rows * n, "linear out")?;
+        // 16-byte loads need every row of x and w 16-byte aligned.
+        let vec =
+            u32::from(k.is_multiple_of(4) && x.ld.is_multiple_of(4) && xp.is_multiple_of(16) && wp.is_multiple_of(16));
+        // Columns per warp group (as in the kernel's entry points), then the fewest warps per
+        // column (1, 2, 4 or 8) that still give about two blocks per SM on a large GPU.
+        let nc = if rows <= 4 { 1 } else { 2 };
+        let mut split = 1;
+        while split < GEMV_WARPS && n.div_ceil(nc * GEMV_WARPS / split) < 264 {
+            split *= 2;
+        }
+        let blocks = n.div_ceil(nc * GEMV_WARPS / split);
+        let cfg = LaunchConfig {
+            grid_dim: (u32_of("linear blocks", blocks)?, 1, 1),
+            block_dim: (32 * GEMV_WARPS as u32, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        let name = [
+            "s6_gemv_r1",
+            "s6_gemv_r2",
+            "s6_gemv_r3",
+            "s6_gemv_r4",
+            "s6_gemv_r5",
+            "s6_gemv_r6",
+            "s6_gemv_r7",
+            "s6_gemv_r8",
+        ][rows - 1];
+        let (ld, nn, kk, sp) = (u32_of("ld", x.ld)?, u32_of("n", n)?, u32_of("k", k)?, split as u32);
+        launch!(self, self.func(name)?, cfg, "gemv"; xp, ld, wp, bp, o, nn, kk, sp, vec);
+        Ok(())
+    }
+}
+
 mod backward;
 mod train_ops;
 
@@ -496,6 +578,9 @@ impl Backend for Cuda {
     ) -> Result<()> {
         if rows == 0 || n == 0 {
             return Ok(());
+        }
+        if k > 0 && rows <= GEMV_MAX_ROWS && gemv_enabled() {
+            return self.gemv(x, rows, k, w, n, bias, out);
         }
         let o = self.ptr_mut(out, 0, rows * n, "linear out")?;
         let beta: f32 = match bias {

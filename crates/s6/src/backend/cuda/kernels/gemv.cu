@@ -1,0 +1,124 @@
+// Small-batch matrix-vector product for `linear` with few rows (decoding):
+//   out[r, j] = sum_i x[r, i] * w[j, i] (+ bias[j]),  r < R (1..8), j < n
+// w is [n, k] row-major (PyTorch layout); x has row stride ld. Memory-bound on w, so every weight
+// element is read exactly once, with coalesced 16-byte loads when `vec` is set (k % 4 == 0, x and
+// w 16-byte aligned, ld % 4 == 0; the host checks), 4-byte loads otherwise.
+//
+// Work split: a block of S6_GEMV_WARPS warps is cut into groups of `split` warps (split divides
+// S6_GEMV_WARPS); each group owns NC consecutive columns j and its warps interleave over k. Every
+// lane accumulates R x NC partial dot products in registers, the warp reduces them with shuffles,
+// and the group's partials meet in shared memory. x (R x k floats) is read through the read-only
+// cache: each group reads it once per NC columns. The host picks `split` so that the grid fills the
+// device even for small n. Plain fp32 FMA accumulation.
+
+#define S6_GEMV_WARPS 8
+
+template <int R, int NC>
+__device__ __forceinline__ void s6_gemv_impl(const float* __restrict__ x, unsigned int ld,
+                                             const float* __restrict__ w, const float* __restrict__ bias,
+                                             float* __restrict__ out, unsigned int n, unsigned int k,
+                                             unsigned int split, unsigned int vec) {
+    __shared__ float part[S6_GEMV_WARPS][NC * R];
+    const unsigned int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    const unsigned int groups = S6_GEMV_WARPS / split;
+    const unsigned int g = warp / split, s = warp % split;
+    const unsigned long long j0 = ((unsigned long long)blockIdx.x * groups + g) * NC;
+
+    // Columns past n read the last row (valid memory) and are never written.
+    const float* wr[NC];
+#pragma unroll
+    for (int c = 0; c < NC; ++c) {
+        unsigned long long j = j0 + c;
+        if (j >= n) j = n - 1;
+        wr[c] = w + j * k;
+    }
+    float acc[NC][R];
+#pragma unroll
+    for (int c = 0; c < NC; ++c)
+#pragma unroll
+        for (int r = 0; r < R; ++r) acc[c][r] = 0.0f;
+
+    const unsigned int t = s * 32 + lane, stride = split * 32;
+    if (vec) {
+        const unsigned int k4 = k >> 2;
+#pragma unroll 4
+        for (unsigned int i = t; i < k4; i += stride) {
+            float4 wv[NC];
+#pragma unroll
+            for (int c = 0; c < NC; ++c) wv[c] = __ldg(reinterpret_cast<const float4*>(wr[c]) + i);
+#pragma unroll
+            for (int r = 0; r < R; ++r) {
+                const float4 xv = __ldg(reinterpret_cast<const float4*>(x + (unsigned long long)r * ld) + i);
+#pragma unroll
+                for (int c = 0; c < NC; ++c) {
+                    acc[c][r] = fmaf(wv[c].x, xv.x, acc[c][r]);
+                    acc[c][r] = fmaf(wv[c].y, xv.y, acc[c][r]);
+                    acc[c][r] = fmaf(wv[c].z, xv.z, acc[c][r]);
+                    acc[c][r] = fmaf(wv[c].w, xv.w, acc[c][r]);
+                }
+            }
+        }
+    } else {
+#pragma unroll 4
+        for (unsigned int i = t; i < k; i += stride) {
+            float wv[NC];
+#pragma unroll
+            for (int c = 0; c < NC; ++c) wv[c] = __ldg(wr[c] + i);
+#pragma unroll
+            for (int r = 0; r < R; ++r) {
+                const float xv = __ldg(x + (unsigned long long)r * ld + i);
+#pragma unroll
+                for (int c = 0; c < NC; ++c) acc[c][r] = fmaf(wv[c], xv, acc[c][r]);
+            }
+        }
+    }
+
+    // Warp reduction: every lane ends with the warp's sums.
+#pragma unroll
+    for (int c = 0; c < NC; ++c)
+#pragma unroll
+        for (int r = 0; r < R; ++r) {
+            float v = acc[c][r];
+#pragma unroll
+            for (int off = 16; off > 0; off >>= 1) v += __shfl_xor_sync(0xffffffffu, v, off);
+            acc[c][r] = v;
+        }
+    if (lane == 0) {
+#pragma unroll
+        for (int c = 0; c < NC; ++c)
+#pragma unroll
+            for (int r = 0; r < R; ++r) part[warp][c * R + r] = acc[c][r];
+    }
+    __syncthreads();
+    // The group's first warp sums its warps' partials: lane l < NC*R handles (c, r) = (l / R, l % R).
+    if (s == 0 && lane < NC * R) {
+        const unsigned int c = lane / R, r = lane % R;
+        const unsigned long long j = j0 + c;
+        if (j < n) {
+            float v = 0.0f;
+            for (unsigned int q = 0; q < split; ++q) v += part[warp + q][lane];
+            if (bias != nullptr) v += bias[j];
+            out[(unsigned long long)r * n + j] = v;
+        }
+    }
+}
+
+// One entry point per row count R (1..8); NC = 1 column per group up to 4 rows, 2 above (halves
+// the x reads per weight byte, which otherwise load the L1 as hard as the weights load DRAM).
+// Block: S6_GEMV_WARPS * 32 threads; grid: ceil(n / (NC * S6_GEMV_WARPS / split)) blocks.
+#define S6_GEMV_ENTRY(R, NC)                                                                                    \
+    extern "C" __global__ void __launch_bounds__(S6_GEMV_WARPS * 32)                                           \
+        s6_gemv_r##R(const float* __restrict__ x, unsigned int ld, const float* __restrict__ w,                \
+                     const float* __restrict__ bias, float* __restrict__ out, unsigned int n, unsigned int k,  \
+                     unsigned int split, unsigned int vec) {                                                   \
+        s6_gemv_impl<R, NC>(x, ld, w, bias, out, n, k, split, vec);                                            \
+    }
+
+S6_GEMV_ENTRY(1, 1)
+S6_GEMV_ENTRY(2, 1)
+S6_GEMV_ENTRY(3, 1)
+S6_GEMV_ENTRY(4, 1)
+S6_GEMV_ENTRY(5, 2)
+S6_GEMV_ENTRY(6, 2)
+S6_GEMV_ENTRY(7, 2)
+S6_GEMV_ENTRY(8, 2)
