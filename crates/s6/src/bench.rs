@@ -149,6 +149,20 @@ pub struct DecodeReport {
     pub limit_tok_per_s: f64,
 }
 
+impl DecodeReport {
+    /// The report of `tokens` decode steps of `batch` sequences that took `secs` (best repeat).
+    fn from_timing<B: Backend>(model: &Mamba<B>, batch: usize, tokens: usize, secs: f64, limits: &Limits) -> Self {
+        let weight_bytes_per_step = decode_weight_bytes(model, batch);
+        DecodeReport {
+            batch,
+            tokens,
+            tok_per_s: (batch * tokens) as f64 / secs,
+            weight_bytes_per_step,
+            limit_tok_per_s: limits.read_gb_s * 1e9 / weight_bytes_per_step as f64 * batch as f64,
+        }
+    }
+}
+
 /// Result of [`bench_prefill`].
 #[derive(Clone, Debug, PartialEq)]
 pub struct PrefillReport {
@@ -248,14 +262,7 @@ pub fn bench_decode<B: Backend>(
         model.backend.synchronize()?;
         best = best.min(t.elapsed().as_secs_f64());
     }
-    let weight_bytes_per_step = decode_weight_bytes(model, batch);
-    Ok(DecodeReport {
-        batch,
-        tokens,
-        tok_per_s: (batch * tokens) as f64 / best,
-        weight_bytes_per_step,
-        limit_tok_per_s: limits.read_gb_s * 1e9 / weight_bytes_per_step as f64 * batch as f64,
-    })
+    Ok(DecodeReport::from_timing(model, batch, tokens, best, limits))
 }
 
 /// Result of [`bench_decode_device`]: the report and how the steps ran.
@@ -303,14 +310,7 @@ pub fn bench_decode_device<B: Backend>(
         graph = dec.uses_graph();
         fallback = dec.fallback_reason().map(str::to_string);
     }
-    let weight_bytes_per_step = decode_weight_bytes(model, batch);
-    let report = DecodeReport {
-        batch,
-        tokens,
-        tok_per_s: (batch * tokens) as f64 / best,
-        weight_bytes_per_step,
-        limit_tok_per_s: limits.read_gb_s * 1e9 / weight_bytes_per_step as f64 * batch as f64,
-    };
+    let report = DecodeReport::from_timing(model, batch, tokens, best, limits);
     Ok(DeviceDecodeReport { report, graph, fallback })
 }
 
