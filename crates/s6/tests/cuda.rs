@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::{fixture, gpu, id_rows, Rng};
+use common::{fixture, gpu, id_rows, model_from, Rng};
 
 use s6::backend::cpu::Cpu;
 use s6::backend::cuda::Cuda;
@@ -397,15 +397,6 @@ fn greedy_decoding_equals_cpu() {
         let err = max_rel_err(&l, &full[t * 512..(t + 1) * 512]);
         assert!(err <= 1e-4, "step {t}: differs from the full forward by {err:.2e}");
     }
-}
-
-fn model_from<B: Backend>(
-    be: B,
-    cfg: &s6::config::MambaConfig,
-    params: &[(s6::model::mamba1::ParamSpec, Vec<f32>)],
-) -> Mamba<B> {
-    let mut it = params.iter();
-    Mamba::from_params(be, cfg.clone(), |_| Ok(it.next().map(|p| p.1.clone()).unwrap_or_default())).unwrap()
 }
 
 /// Every `.cu` file compiles with NVRTC for the H200's architecture. Runs wherever NVRTC can be

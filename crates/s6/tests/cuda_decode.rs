@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::{fixture, gpu, id_rows, Rng};
+use common::{fixture, gpu, id_rows, model_from, Rng};
 
 use s6::backend::cpu::Cpu;
 use s6::backend::cuda::Cuda;
@@ -57,15 +57,6 @@ fn decode_gpu(
         }
     }
     out
-}
-
-fn model_from<B: Backend>(
-    be: B,
-    cfg: &s6::config::MambaConfig,
-    params: &[(s6::model::mamba1::ParamSpec, Vec<f32>)],
-) -> Mamba<B> {
-    let mut it = params.iter();
-    Mamba::from_params(be, cfg.clone(), |_| Ok(it.next().map(|p| p.1.clone()).unwrap_or_default())).unwrap()
 }
 
 fn cpu_greedy(model: &Mamba<Cpu>, prompts: &[Vec<u32>], tokens: usize) -> Vec<Vec<u32>> {

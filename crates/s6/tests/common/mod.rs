@@ -5,7 +5,11 @@
 use std::path::{Path, PathBuf};
 
 use s6::backend::cuda::Cuda;
+use s6::backend::Backend;
+use s6::config::MambaConfig;
 use s6::formats::tensors::TensorFile;
+use s6::model::mamba1::ParamSpec;
+use s6::model::Mamba;
 
 /// CUDA device 0, or `None` after printing "skipped: no CUDA device" when there is no GPU, driver
 /// or toolkit library. Any other failure to open the device (a kernel NVRTC cannot compile, a
@@ -57,4 +61,11 @@ pub fn fixture(name: &str) -> PathBuf {
 pub fn id_rows(file: &TensorFile, name: &str) -> Vec<Vec<u32>> {
     let (v, shape) = file.i64(name).unwrap();
     v.chunks(shape[1]).map(|r| r.iter().map(|&x| x as u32).collect()).collect()
+}
+
+/// A Mamba built on `be` from host parameters (e.g. `init_params`), the same values on every
+/// backend.
+pub fn model_from<B: Backend>(be: B, cfg: &MambaConfig, params: &[(ParamSpec, Vec<f32>)]) -> Mamba<B> {
+    let mut it = params.iter();
+    Mamba::from_params(be, cfg.clone(), |_| Ok(it.next().map(|p| p.1.clone()).unwrap_or_default())).unwrap()
 }
