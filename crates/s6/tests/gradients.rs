@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use s6::backend::cpu::Cpu;
 use s6::backend::Backend;
 use s6::formats::tensors::TensorFile;
-use s6::model::Mamba;
+use s6::model::{Mamba, Recompute};
 
 fn fixture(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(name)
@@ -24,9 +24,18 @@ fn shifted_targets(ids: &[u32], batch: usize, seqlen: usize) -> Vec<u32> {
     t
 }
 
+/// Checks both [`Recompute`] modes: what the backward recomputes must not change a gradient.
 fn check_grads(name: &str) {
+    for recompute in [Recompute::Light, Recompute::Full] {
+        check_grads_with(name, recompute);
+    }
+}
+
+fn check_grads_with(name: &str, recompute: Recompute) {
     let dir = fixture(name);
-    let model = Mamba::load(Cpu, &dir).unwrap();
+    let mut model = Mamba::load(Cpu, &dir).unwrap();
+    model.recompute = recompute;
+    let name = &format!("{name} ({recompute:?})");
     let exp = TensorFile::open(&dir.join("expected_grads.safetensors")).unwrap();
     let (ids, shape) = exp.i64("input_ids").unwrap();
     let ids: Vec<u32> = ids.iter().map(|&x| x as u32).collect();

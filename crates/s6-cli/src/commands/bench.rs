@@ -58,6 +58,11 @@ pub struct Args {
     /// products on TF32 tensor cores). bf16/f16 are not implemented yet.
     #[arg(long, default_value = "f32", value_parser = parse_compute)]
     dtype: Compute,
+    /// What a training step keeps for its backward pass: `light` keeps the residual stream,
+    /// in_proj's output and the scan output per layer and recomputes the rest; `full` also
+    /// recomputes the scan output (least memory, a few percent slower). Same results.
+    #[arg(long, default_value = "light")]
+    recompute: s6::model::Recompute,
 }
 
 pub fn run(a: Args) -> Result<()> {
@@ -105,7 +110,7 @@ fn bench_on<B: Backend>(be: B, a: &Args) -> Result<()> {
     if a.what == "scan" {
         return scan_on(&be, a, on_cpu);
     }
-    let model: Mamba<B> = match &a.model {
+    let mut model: Mamba<B> = match &a.model {
         Some(m) => Mamba::load(be, &model_dir(m)?)?,
         None => match &a.config {
             Some(c) => {
@@ -117,6 +122,7 @@ fn bench_on<B: Backend>(be: B, a: &Args) -> Result<()> {
             None => random_model(be, &a.preset, 0)?,
         },
     };
+    model.recompute = a.recompute;
     let c = &model.cfg;
     eprintln!(
         "model: {} layers × d_model {}, {:.1}M parameters, backend {}",

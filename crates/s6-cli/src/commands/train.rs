@@ -114,6 +114,11 @@ pub struct Args {
     /// products on TF32 tensor cores). bf16/f16 are not implemented yet.
     #[arg(long, default_value = "f32", value_parser = parse_compute)]
     dtype: Compute,
+    /// What a training step keeps for its backward pass: `light` keeps the residual stream,
+    /// in_proj's output and the scan output per layer and recomputes the rest; `full` also
+    /// recomputes the scan output (least memory, a few percent slower). Same results.
+    #[arg(long, default_value = "light")]
+    recompute: s6::model::Recompute,
     /// Data-parallel training over these devices, comma-separated (e.g. cuda:0,cuda:1): one model
     /// replica per device, each step's batch split evenly over them, gradients summed through
     /// NCCL (through the host for cpu devices). Replaces --device.
@@ -258,6 +263,7 @@ fn train_on<B: Backend>(backends: Vec<B>, collective: Option<Box<dyn Collective<
         metrics: a.metrics.clone(),
         save_dtype,
         stop_at: a.stop_at,
+        recompute: a.recompute,
     };
     eprintln!(
         "training {:.2}M parameters on {} ({} tokens, {} held out) of {}; {} steps × {} × {} tokens",

@@ -69,6 +69,37 @@ pub struct Mamba<B: Backend> {
     pub norm_f: B::Buf,
     /// `None` when tied to the embedding.
     pub lm_head: Option<B::Buf>,
+    /// What a training step keeps for its backward pass (not a parameter; [`Recompute::Light`]
+    /// when built).
+    pub recompute: Recompute,
+}
+
+/// What [`Mamba::loss_and_grads`] keeps of each layer's activations for the backward pass; the
+/// rest is recomputed there, layer by layer, from what was kept (results are the same, bit for
+/// bit: the same ops run on the same inputs). Nothing of size `d_inner × d_state` is ever kept
+/// either way: the scan backward recomputes the states.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Recompute {
+    /// Keep the residual stream, in_proj's output `xz` and the scan output `y`
+    /// (`d_model + 3·d_inner` floats per token and layer); recompute the norm, the conv, x_proj
+    /// and dt_proj (a few percent of a step's FLOPs).
+    #[default]
+    Light,
+    /// Keep only the residual stream and `xz` (`d_model + 2·d_inner` floats per token and layer)
+    /// and also recompute `y` with a second scan forward per layer: the least memory, for a
+    /// few percent more time.
+    Full,
+}
+
+impl std::str::FromStr for Recompute {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "light" => Ok(Recompute::Light),
+            "full" => Ok(Recompute::Full),
+            o => Err(Error::input(format!("--recompute '{o}': expected light or full"))),
+        }
+    }
 }
 
 /// Which positions get logits.
@@ -89,19 +120,27 @@ pub struct MambaState<B: Backend> {
     pub ssm: Vec<B::Buf>,
 }
 
-/// Activations of one layer kept for the backward pass (training) or reused as scratch
-/// (inference). Per token: `2·d_model + 5·d_inner + dt_rank + 2·d_state` floats (fewer for
-/// ablations) — nothing of size `d_inner × d_state`: the scan backward recomputes the states.
-/// `delta` stays zero when Δ is not selective (the scan then adds the bias only).
+/// Activations of one layer: what a forward writes on its way through the block. Per token
+/// `d_model + 5·d_inner + dt_rank + 2·d_state` floats (fewer for ablations); a training step
+/// keeps only part of them per layer ([`Recompute`]). `delta` stays zero when Δ is not
+/// selective (the scan then adds the bias only).
 pub struct LayerActs<B: Backend> {
-    /// The residual stream after the add, before this layer's norm (training only).
-    pub residual: Option<B::Buf>,
     pub normed: B::Buf,
     pub xz: B::Buf,
     pub u: B::Buf,
     pub xdbl: B::Buf,
     pub delta: B::Buf,
     pub y: B::Buf,
+}
+
+/// What the training forward keeps of one layer for the backward ([`Recompute`]).
+struct Kept<B: Backend> {
+    /// The residual stream after the add: the layer norm's input.
+    residual: B::Buf,
+    /// in_proj's output `[rows, 2·d_inner]`.
+    xz: B::Buf,
+    /// The scan output; `None` under [`Recompute::Full`].
+    y: Option<B::Buf>,
 }
 
 /// One parameter: HF name and shape.
@@ -217,7 +256,7 @@ impl<B: Backend> Mamba<B> {
         }
         let norm_f = next(&backend)?;
         let lm_head = if cfg.tie_embeddings { None } else { Some(next(&backend)?) };
-        Ok(Mamba { cfg, backend, embedding, layers, norm_f, lm_head })
+        Ok(Mamba { cfg, backend, embedding, layers, norm_f, lm_head, recompute: Recompute::default() })
     }
 
     /// Loads a model directory (config.json + weights in either published layout).
@@ -453,7 +492,6 @@ impl<B: Backend> Mamba<B> {
         let be = &self.backend;
         let (d, di) = (c.d_model, c.d_inner);
         Ok(LayerActs {
-            residual: None,
             normed: be.zeros(rows * d)?,
             xz: be.zeros(rows * c.in_proj_width())?,
             u: be.zeros(rows * di)?,
@@ -475,11 +513,39 @@ impl<B: Backend> Mamba<B> {
         ssm_state: &mut B::Buf,
     ) -> Result<()> {
         let c = &self.cfg;
+        let rows = batch * seqlen;
+        let (d, iw) = (c.d_model, c.in_proj_width());
+        self.backend.linear(
+            View::full(&acts.normed, d),
+            rows,
+            d,
+            &l.in_proj,
+            iw,
+            l.in_proj_bias.as_ref(),
+            &mut acts.xz,
+        )?;
+        self.mixer_inner(l, batch, seqlen, acts, conv_state, ssm_state, true)
+    }
+
+    /// The Mamba block from in_proj's output (`acts.xz`): conv → `acts.u`, x_proj → `acts.xdbl`,
+    /// dt_proj → `acts.delta`, and, with `scan`, the scan → `acts.y`. Also the training backward's
+    /// recomputation ([`Recompute`]).
+    #[allow(clippy::too_many_arguments)]
+    fn mixer_inner(
+        &self,
+        l: &MambaLayer<B>,
+        batch: usize,
+        seqlen: usize,
+        acts: &mut LayerActs<B>,
+        conv_state: &mut B::Buf,
+        ssm_state: &mut B::Buf,
+        scan: bool,
+    ) -> Result<()> {
+        let c = &self.cfg;
         let be = &self.backend;
         let rows = batch * seqlen;
-        let (d, di, r, iw) = (c.d_model, c.d_inner, c.dt_rank, c.in_proj_width());
+        let (di, r, iw) = (c.d_inner, c.dt_rank, c.in_proj_width());
         let cols = c.x_proj_cols();
-        be.linear(View::full(&acts.normed, d), rows, d, &l.in_proj, iw, l.in_proj_bias.as_ref(), &mut acts.xz)?;
         let x = View::cols(&acts.xz, 0, iw);
         be.conv1d_silu(x, batch, seqlen, di, c.d_conv, &l.conv1d, l.conv1d_bias.as_ref(), conv_state, &mut acts.u)?;
         if let Some(x_proj) = &l.x_proj {
@@ -489,6 +555,9 @@ impl<B: Backend> Mamba<B> {
         // Δ, `acts.delta` stays zero: Δ = softplus(bias).
         if let (Some(dt_proj), Some(c0)) = (&l.dt_proj, cols.dt) {
             be.linear(View::cols(&acts.xdbl, c0, cols.width), rows, r, dt_proj, di, None, &mut acts.delta)?;
+        }
+        if !scan {
+            return Ok(());
         }
         let args = self.scan_args(l, batch, seqlen, [&acts.u, &acts.delta, &acts.xdbl, &acts.xz]);
         be.selective_scan(&args, ssm_state, &mut acts.y)
@@ -608,16 +677,28 @@ impl<B: Backend> Mamba<B> {
         let mut state = self.new_state(batch)?;
         let mut residual = be.zeros(rows * d)?;
         be.embedding(&self.embedding, ids, d, &mut residual)?;
-        let mut saved: Vec<LayerActs<B>> = Vec::with_capacity(c.n_layer);
+        // Every layer runs in `work`; what `self.recompute` says to keep moves to `kept`.
+        let mut work = self.layer_buffers(rows)?;
+        let mut kept: Vec<Kept<B>> = Vec::with_capacity(c.n_layer);
         let mut out = be.zeros(rows * d)?;
         for (i, l) in self.layers.iter().enumerate() {
-            let mut acts = self.layer_buffers(rows)?;
             let prev = if i == 0 { None } else { Some(&out) };
-            be.add_rmsnorm(&mut residual, prev, &l.norm, eps, rows, d, &mut acts.normed)?;
-            acts.residual = Some(be.clone_buf(&residual)?);
-            self.mixer_forward(l, batch, seqlen, &mut acts, &mut state.conv[i], &mut state.ssm[i])?;
-            be.linear(View::full(&acts.y, di), rows, di, &l.out_proj, d, l.out_proj_bias.as_ref(), &mut out)?;
-            saved.push(acts);
+            be.add_rmsnorm(&mut residual, prev, &l.norm, eps, rows, d, &mut work.normed)?;
+            let residual_in = be.clone_buf(&residual)?;
+            self.mixer_forward(l, batch, seqlen, &mut work, &mut state.conv[i], &mut state.ssm[i])?;
+            be.linear(View::full(&work.y, di), rows, di, &l.out_proj, d, l.out_proj_bias.as_ref(), &mut out)?;
+            let last = i + 1 == c.n_layer;
+            let take = |buf: &mut B::Buf, len: usize| -> Result<B::Buf> {
+                // The last layer's buffers stay in `work`, where its backward starts.
+                let fresh = if last { be.zeros(0)? } else { be.zeros(len)? };
+                Ok(std::mem::replace(buf, fresh))
+            };
+            let xz = take(&mut work.xz, rows * iw)?;
+            let y = match self.recompute {
+                Recompute::Light => Some(take(&mut work.y, rows * di)?),
+                Recompute::Full => None,
+            };
+            kept.push(Kept { residual: residual_in, xz, y });
         }
         let mut normed = be.zeros(rows * d)?;
         be.add_rmsnorm(&mut residual, Some(&out), &self.norm_f, eps, rows, d, &mut normed)?;
@@ -652,8 +733,20 @@ impl<B: Backend> Mamba<B> {
         };
         let mut dxz = be.zeros(rows * iw)?;
         let mut dnorm_in = be.zeros(rows * d)?;
-        for i in (0..c.n_layer).rev() {
-            let (l, gl, acts) = (&self.layers[i], &mut g.layers[i], &saved[i]);
+        while let Some(mut k) = kept.pop() {
+            let i = kept.len();
+            let (l, gl) = (&self.layers[i], &mut g.layers[i]);
+            // Back in `work`: what was kept, then what was not, recomputed from it from a zero
+            // state, as the forward ran (the forward's final states are no longer needed).
+            std::mem::swap(&mut work.xz, &mut k.xz);
+            be.add_rmsnorm(&mut k.residual, None, &l.norm, eps, rows, d, &mut work.normed)?;
+            be.fill_zero(&mut state.conv[i])?;
+            be.fill_zero(&mut state.ssm[i])?;
+            if let Some(y) = k.y.as_mut() {
+                std::mem::swap(&mut work.y, y);
+            }
+            self.mixer_inner(l, batch, seqlen, &mut work, &mut state.conv[i], &mut state.ssm[i], k.y.is_none())?;
+            let acts = &work;
             // dres holds ∂L/∂(residual after this block), which is also ∂L/∂(block output).
             let y = View::full(&acts.y, di);
             be.linear_backward(
@@ -727,8 +820,7 @@ impl<B: Backend> Mamba<B> {
                 gl.in_proj_bias.as_mut(),
             )?;
             // The norm's input is the residual before this block: its gradient joins the skip path in dres.
-            let res_in = acts.residual.as_ref().ok_or_else(|| Error::Backend("missing saved residual".into()))?;
-            be.rmsnorm_backward(res_in, &l.norm, eps, rows, d, &dnorm_in, &mut dres, &mut gl.norm)?;
+            be.rmsnorm_backward(&k.residual, &l.norm, eps, rows, d, &dnorm_in, &mut dres, &mut gl.norm)?;
         }
         be.embedding_backward(ids, d, &dres, &mut g.embedding)?;
 

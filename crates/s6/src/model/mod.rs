@@ -9,7 +9,7 @@ pub mod mamba1;
 pub mod save;
 
 pub use attention::{Transformer, TransformerConfig};
-pub use mamba1::{Logits, Mamba, MambaState};
+pub use mamba1::{Logits, Mamba, MambaState, Recompute};
 
 use crate::backend::{Backend, View, ViewMut};
 use crate::Result;

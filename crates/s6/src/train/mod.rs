@@ -21,7 +21,7 @@ use crate::config::InitConfig;
 use crate::formats::tensors::{write_safetensors, OutTensor, SaveDType, TensorFile};
 use crate::model::mamba1::param_specs;
 use crate::model::save::save_hf;
-use crate::model::Mamba;
+use crate::model::{Mamba, Recompute};
 use crate::{Error, Result};
 use data::Batcher;
 use optim::{adamw_update, AdamState, OptimConfig};
@@ -48,6 +48,8 @@ pub struct TrainOptions {
     /// End this invocation (with a checkpoint) after this step, though the schedule runs to
     /// `steps`: for time-limited jobs that `--resume` later.
     pub stop_at: Option<u64>,
+    /// What each step keeps for its backward pass (memory against time; same results).
+    pub recompute: Recompute,
 }
 
 /// What the loop reports to its caller (progress display).
@@ -107,6 +109,9 @@ pub fn train_data_parallel<B: Backend>(
     }
     if opts.grad_accum == 0 {
         return Err(Error::input("--grad-accum must be at least 1"));
+    }
+    for m in replicas.models_mut() {
+        m.recompute = opts.recompute;
     }
     let batcher = Batcher::new(train_tokens, opts.seq_len, opts.batch_size, opts.shuffle, opts.seed)?;
     let val = if val_tokens.len() > opts.seq_len {

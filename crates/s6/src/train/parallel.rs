@@ -193,6 +193,7 @@ mod tests {
             metrics: None,
             save_dtype: crate::formats::tensors::SaveDType::F32,
             stop_at: None,
+            recompute: crate::model::Recompute::Light,
         }
     }
 
