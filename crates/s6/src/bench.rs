@@ -314,6 +314,69 @@ pub fn bench_decode_device<B: Backend>(
     Ok(DeviceDecodeReport { report, graph, fallback })
 }
 
+/// One context length of [`bench_scaling`].
+#[derive(Clone, Debug, PartialEq)]
+pub struct ScalingPoint {
+    /// Tokens of context per sequence before decoding.
+    pub context: usize,
+    /// Seconds to prefill the context (chunked).
+    pub prefill_s: f64,
+    /// Seconds per decode step after it (every sequence advances one token).
+    pub decode_s_per_step: f64,
+    /// Bytes of recurrent state per sequence: what decoding carries, whatever the context.
+    pub state_bytes: usize,
+    /// The device pool's high-water mark over prefill and decode, weights included, when the
+    /// backend can tell ([`Backend::peak_memory`]).
+    pub peak_memory: Option<u64>,
+}
+
+/// How cost grows with the context: for each length in `contexts`, prefills that many random
+/// tokens per sequence in chunks of `chunk` (bounded activations), then times `tokens` decode
+/// steps of a [`Decoder`] (a replayed graph where the backend records graphs; greedy sampling on
+/// the device). A linear-time model shows prefill time proportional to the context and the same
+/// time per decode step and the same memory at every length. One run per length.
+pub fn bench_scaling<B: Backend>(
+    model: &Mamba<B>,
+    batch: usize,
+    contexts: &[usize],
+    tokens: usize,
+    chunk: usize,
+) -> Result<Vec<ScalingPoint>> {
+    check_counts("bench scaling", &[("batch", batch), ("tokens", tokens), ("chunk", chunk)])?;
+    let be = &model.backend;
+    let greedy = SamplingParams { temperature: 0.0, ..SamplingParams::default() };
+    let mut points = Vec::with_capacity(contexts.len());
+    for &context in contexts {
+        check_counts("bench scaling", &[("context length", context)])?;
+        let ids = token_ids(batch * context, model.cfg.vocab_size, 4);
+        be.synchronize()?;
+        be.reset_peak_memory();
+        let mut state = model.new_state(batch)?;
+        let t = Instant::now();
+        let logits = model.prefill(&ids, batch, context, &mut state, chunk)?;
+        be.synchronize()?;
+        let prefill_s = t.elapsed().as_secs_f64();
+        let histories = vec![Vec::new(); batch];
+        let mut dec = Decoder::new(model, state, &logits, &histories, greedy.clone(), DecodeMode::Graph)?;
+        dec.step()?;
+        std::hint::black_box(dec.tokens()?);
+        let t = Instant::now();
+        for _ in 0..tokens {
+            dec.step()?;
+        }
+        std::hint::black_box(dec.tokens()?);
+        let decode_s_per_step = t.elapsed().as_secs_f64() / tokens as f64;
+        points.push(ScalingPoint {
+            context,
+            prefill_s,
+            decode_s_per_step,
+            state_bytes: model.state_bytes_per_sequence(),
+            peak_memory: be.peak_memory(),
+        });
+    }
+    Ok(points)
+}
+
 /// Times [`Mamba::prefill`] (one chunk, last-position logits only) of `seqlen` random tokens per
 /// sequence from a fresh state; best of `repeats`.
 pub fn bench_prefill<B: Backend>(
@@ -595,6 +658,11 @@ mod tests {
         let p = bench_prefill(&m, 1, 8, 2, &lim).unwrap();
         assert!(p.tok_per_s > 0.0 && p.flop_per_token > 0.0);
         assert!(bench_decode(&m, 0, 3, 1, &lim).is_err());
+        let pts = bench_scaling(&m, 2, &[5, 40], 3, 16).unwrap();
+        assert_eq!(pts.iter().map(|p| p.context).collect::<Vec<_>>(), [5, 40]);
+        assert!(pts.iter().all(|p| p.prefill_s > 0.0 && p.decode_s_per_step > 0.0));
+        assert_eq!(pts[0].state_bytes, pts[1].state_bytes);
+        assert!(bench_scaling(&m, 1, &[0], 3, 16).is_err());
         assert!(bench_prefill(&m, 1, 8, 0, &lim).is_err());
     }
 }

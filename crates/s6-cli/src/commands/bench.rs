@@ -1,10 +1,10 @@
-//! `s6 bench decode|prefill|train|scan`: throughput beside the machine's measured limits.
+//! `s6 bench decode|prefill|train|scan|scaling`: throughput beside the machine's measured limits.
 
 use anyhow::{bail, Result};
 use s6::backend::{Backend, Compute};
 use s6::bench::{
-    bench_decode, bench_decode_device, bench_prefill, bench_scan, bench_scan_backward, measure_device_limits,
-    measure_limits, random_model, DecodeReport,
+    bench_decode, bench_decode_device, bench_prefill, bench_scaling, bench_scan, bench_scan_backward,
+    measure_device_limits, measure_limits, random_model, DecodeReport,
 };
 use s6::model::mamba1::DecodeMode;
 use s6::model::Mamba;
@@ -13,7 +13,8 @@ use super::{model_dir, on_device, parse_compute, parse_device, Device, OnDevice}
 
 #[derive(clap::Args)]
 pub struct Args {
-    /// decode, prefill, train or scan (the selective scan alone).
+    /// decode, prefill, train, scan (the selective scan alone) or scaling (prefill of each
+    /// --seqlen as context, then --tokens decode steps: time per step and memory against context).
     what: String,
     /// Model directory or HF repo id (default: a random model of --preset).
     #[arg(long)]
@@ -27,12 +28,15 @@ pub struct Args {
     /// Batch sizes, comma-separated.
     #[arg(long, default_value = "1,8", value_delimiter = ',')]
     batch: Vec<usize>,
-    /// Decode: tokens generated per sequence.
+    /// Decode and scaling: tokens generated per sequence.
     #[arg(long, default_value_t = 32)]
     tokens: usize,
-    /// Prefill: prompt lengths, comma-separated.
+    /// Prefill, train and scaling: prompt (context) lengths, comma-separated.
     #[arg(long, default_value = "512,2048", value_delimiter = ',')]
     seqlen: Vec<usize>,
+    /// Scaling: tokens per prefill chunk (bounds the activations whatever the context).
+    #[arg(long, default_value_t = 8192)]
+    chunk: usize,
     /// Runs per measurement; the best is reported.
     #[arg(long, default_value_t = 3)]
     repeats: usize,
@@ -154,6 +158,23 @@ fn bench_on<B: Backend>(be: B, a: &Args) -> Result<()> {
                 }
             }
         }
+        "scaling" => {
+            for &b in &a.batch {
+                let pts = bench_scaling(&model, b, &a.seqlen, a.tokens, a.chunk)?;
+                for p in pts {
+                    let peak =
+                        p.peak_memory.map(|m| format!("   peak memory {:.3} GB", m as f64 / 1e9)).unwrap_or_default();
+                    println!(
+                        "scaling batch {b:>3}, context {:>8}: prefill {:>9.3} s ({:>9.1} tok/s)   decode {:>8.3} ms/step   state {:.2} MB/sequence{peak}",
+                        p.context,
+                        p.prefill_s,
+                        (b * p.context) as f64 / p.prefill_s,
+                        p.decode_s_per_step * 1e3,
+                        p.state_bytes as f64 / 1e6,
+                    );
+                }
+            }
+        }
         "prefill" => {
             for &b in &a.batch {
                 for &l in &a.seqlen {
@@ -193,7 +214,7 @@ fn bench_on<B: Backend>(be: B, a: &Args) -> Result<()> {
                 }
             }
         }
-        other => bail!("unknown benchmark '{other}'; expected decode, prefill, train or scan"),
+        other => bail!("unknown benchmark '{other}'; expected decode, prefill, train, scan or scaling"),
     }
     Ok(())
 }
