@@ -150,6 +150,144 @@ fn tf32_products_are_close_and_switchable() {
     assert!(f32 < 1e-5, "f32 error {f32}");
 }
 
+/// `linear` in f64 on the host from bf16-rounded `x` and `w` (what `Compute::Bf16` multiplies),
+/// plus the unrounded bias.
+#[allow(clippy::too_many_arguments)]
+fn linear_bf16_reference(
+    x: &[f32],
+    off: usize,
+    ld: usize,
+    rows: usize,
+    k: usize,
+    w: &[f32],
+    n: usize,
+    bias: Option<&[f32]>,
+) -> Vec<f32> {
+    use s6::backend::bf16_round;
+    let wr: Vec<f64> = w.iter().map(|&v| bf16_round(v) as f64).collect();
+    let mut out = vec![0.0f32; rows * n];
+    for r in 0..rows {
+        let xr: Vec<f64> = x[off + r * ld..off + r * ld + k].iter().map(|&v| bf16_round(v) as f64).collect();
+        for j in 0..n {
+            let dot: f64 = xr.iter().zip(&wr[j * k..(j + 1) * k]).map(|(a, b)| a * b).sum();
+            out[r * n + j] = (dot + bias.map_or(0.0, |b| b[j] as f64)) as f32;
+        }
+    }
+    out
+}
+
+/// Largest `|got − want|` relative to the largest `|want|`; NaN (an unwritten element) fails.
+#[track_caller]
+fn bf16_rel_err(what: &str, got: &[f32], want: &[f32]) -> f32 {
+    assert_eq!(got.len(), want.len(), "{what}: lengths");
+    let scale = want.iter().fold(0f32, |m, v| m.max(v.abs())).max(1e-30);
+    got.iter()
+        .zip(want)
+        .enumerate()
+        .map(|(i, (g, w))| {
+            assert!(g.is_finite(), "{what}: element {i} is {g}");
+            (g - w).abs()
+        })
+        .fold(0f32, f32::max)
+        / scale
+}
+
+/// `Compute::Bf16` `linear`: the bf16 matrix-vector kernel (1..=8 rows, its 16-byte, 8-byte and
+/// 2-byte paths: k % 8, k % 4, odd k) and cuBLAS GemmEx (9, 17, 300 rows), dense and strided x,
+/// with and without bias, against an f64 product of the bf16-rounded inputs (fp32 accumulation
+/// noise only), and far from the fp32 product (the mode really rounds); `F32` switches back.
+#[test]
+fn bf16_linear_matches_rounded_reference() {
+    use s6::backend::Compute;
+    let Some(g) = gpu() else { return };
+    let mut r = Rng(31);
+    let mut worst_bf16 = 0f32;
+    for &k in &[5usize, 45, 36, 1024] {
+        for &n in &[33usize, 301] {
+            let w = r.vec(n * k, -0.5, 0.5);
+            let b = r.vec(n, -1.0, 1.0);
+            let (wg, bg) = (up(&g, &w), up(&g, &b));
+            for (case, &rows) in [1usize, 2, 3, 4, 5, 6, 7, 8, 9, 17, 300].iter().enumerate() {
+                for &(off, pad, bias) in &[(0usize, 0usize, case % 2 == 0), (3, 7, case % 2 == 1)] {
+                    let ld = k + pad;
+                    let x = r.vec(off + rows * ld, -1.0, 1.0);
+                    let bias_h = bias.then_some(&b[..]);
+                    let want = linear_bf16_reference(&x, off, ld, rows, k, &w, n, bias_h);
+                    let mut want_f32 = vec![0.0; rows * n];
+                    Cpu.linear(View { buf: &x, offset: off, ld }, rows, k, &w, n, bias.then_some(&b), &mut want_f32)
+                        .unwrap();
+                    let xg = up(&g, &x);
+                    let what = format!("bf16 linear rows {rows} k {k} n {n} offset {off} ld {ld} bias {bias}");
+                    let run = |compute| {
+                        g.set_compute(compute).unwrap();
+                        let mut out = poisoned(&g, rows * n);
+                        g.linear(View { buf: &xg, offset: off, ld }, rows, k, &wg, n, bias.then_some(&bg), &mut out)
+                            .unwrap();
+                        g.to_vec(&out).unwrap()
+                    };
+                    let got = run(Compute::Bf16);
+                    let err = bf16_rel_err(&what, &got, &want);
+                    worst_bf16 = worst_bf16.max(err);
+                    assert!(err < 1e-5, "{what}: error {err:.2e} against the rounded-input reference");
+                    let vs_f32 = bf16_rel_err(&what, &got, &want_f32);
+                    assert!(vs_f32 > 1e-4, "{what}: only {vs_f32:.2e} from the fp32 product: not rounded to bf16?");
+                    let f32_err = bf16_rel_err(&what, &run(Compute::F32), &want_f32);
+                    assert!(f32_err < 1e-5, "{what}: F32 after Bf16: error {f32_err:.2e}");
+                }
+            }
+        }
+    }
+    println!("worst bf16 error relative to the largest output: {worst_bf16:.2e}");
+}
+
+/// The weights' bf16 copies follow every write to the weights (add_assign, AdamW, fill_zero,
+/// a copy into a view through `linear`'s own output path): the next product uses the new values,
+/// for the matrix-vector kernel (1 row) and cuBLAS (20 rows).
+#[test]
+fn bf16_weight_copies_follow_weight_updates() {
+    use s6::backend::{AdamW, Compute};
+    let Some(g) = gpu() else { return };
+    g.set_compute(Compute::Bf16).unwrap();
+    let mut r = Rng(32);
+    let (k, n) = (64, 40);
+    let mut wg = up(&g, &r.vec(n * k, -0.5, 0.5));
+    for &rows in &[1usize, 20] {
+        let x = r.vec(rows * k, -1.0, 1.0);
+        let xg = up(&g, &x);
+        let check = |wg: &s6::backend::cuda::CudaBuf, step: &str| {
+            let w = g.to_vec(wg).unwrap();
+            let want = linear_bf16_reference(&x, 0, k, rows, k, &w, n, None);
+            let mut out = poisoned(&g, rows * n);
+            g.linear(View::full(&xg, k), rows, k, wg, n, None, &mut out).unwrap();
+            let got = g.to_vec(&out).unwrap();
+            if want.iter().all(|&v| v == 0.0) {
+                assert!(got.iter().all(|&v| v == 0.0), "rows {rows}, after {step}: zero weights, nonzero output");
+            } else {
+                let err = bf16_rel_err(step, &got, &want);
+                assert!(err < 1e-5, "rows {rows}, after {step}: error {err:.2e}: stale bf16 weight copy?");
+            }
+        };
+        check(&wg, "upload");
+        check(&wg, "a second use");
+        g.add_assign(&mut wg, &up(&g, &r.vec(n * k, -0.5, 0.5))).unwrap();
+        check(&wg, "add_assign");
+        let grad = up(&g, &r.vec(n * k, -1.0, 1.0));
+        let (mut m, mut v) = (g.zeros(n * k).unwrap(), g.zeros(n * k).unwrap());
+        let hp = AdamW { lr: 0.05, beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 0.1, step: 1, grad_scale: 1.0 };
+        g.adamw_step(&mut wg, &grad, &mut m, &mut v, &hp).unwrap();
+        check(&wg, "adamw_step");
+        g.fill_zero(&mut wg).unwrap();
+        check(&wg, "fill_zero");
+        // A weight written as the output of a product (through ptr_mut).
+        let src = r.vec(n * k, -1.0, 1.0);
+        let eye: Vec<f32> = (0..k * k).map(|i| if i / k == i % k { 1.0 } else { 0.0 }).collect();
+        g.set_compute(Compute::F32).unwrap();
+        g.linear(View::full(&up(&g, &src), k), n, k, &up(&g, &eye), k, None, &mut wg).unwrap();
+        g.set_compute(Compute::Bf16).unwrap();
+        check(&wg, "being a product's output");
+    }
+}
+
 #[test]
 fn add_rmsnorm_matches_cpu() {
     let Some(g) = gpu() else { return };

@@ -109,6 +109,101 @@ fn linear_backward_matches_cpu() {
     }
 }
 
+/// `Compute::Bf16` `linear_backward` against f64 sums of the bf16-rounded inputs: `dx = dy·W`
+/// (through its view), `dW += dyᵀ·x` onto non-zero values; `db` stays an fp32 sum of the
+/// unrounded `dy`. The bigger cases must also differ from fp32 (the mode really rounds).
+#[test]
+fn bf16_linear_backward_matches_rounded_reference() {
+    use s6::backend::{bf16_round, Compute};
+    let Some(g) = gpu() else { return };
+    g.set_compute(Compute::Bf16).unwrap();
+    let mut r = Rng(41);
+    let bf = |v: &[f32]| v.iter().map(|&a| bf16_round(a) as f64).collect::<Vec<f64>>();
+    for &(rows, k, n, with_dx, with_db) in &[
+        (37usize, 45usize, 29usize, true, true),
+        (130, 64, 257, true, false),
+        (300, 96, 40, true, true),
+        (5, 3, 7, false, true),
+        (1, 1, 1, true, true),
+    ] {
+        let (ldx, offx, lddx, offdx) = (k + 7, 3, k + 5, 2);
+        let x = r.vec(rows * ldx, -1.0, 1.0);
+        let w = r.vec(n * k, -0.5, 0.5);
+        let dy = r.vec(rows * n, -1.0, 1.0);
+        let dw0 = r.vec(n * k, -1.0, 1.0);
+        let db0 = r.vec(n, -1.0, 1.0);
+        let dx0 = r.vec(rows * lddx, -1.0, 1.0);
+        let (xr, wr, dyr) = (bf(&x), bf(&w), bf(&dy));
+
+        // f64 references (dx outside its view keeps dx0; dw and db accumulate).
+        let mut dx_want = dx0.clone();
+        let mut dw_want = vec![0.0f32; n * k];
+        let mut db_want = vec![0.0f32; n];
+        for rr in 0..rows {
+            for c in 0..k {
+                let s: f64 = (0..n).map(|j| dyr[rr * n + j] * wr[j * k + c]).sum();
+                dx_want[rr * lddx + offdx + c] = s as f32;
+            }
+        }
+        for j in 0..n {
+            for c in 0..k {
+                let s: f64 = (0..rows).map(|rr| dyr[rr * n + j] * xr[rr * ldx + offx + c]).sum();
+                dw_want[j * k + c] = (dw0[j * k + c] as f64 + s) as f32;
+            }
+            db_want[j] = (db0[j] as f64 + (0..rows).map(|rr| dy[rr * n + j] as f64).sum::<f64>()) as f32;
+        }
+
+        let (xg, wg, dyg) = (up(&g, &x), up(&g, &w), up(&g, &dy));
+        let (mut dwg, mut dbg, mut dxg) = (up(&g, &dw0), up(&g, &db0), up(&g, &dx0));
+        g.linear_backward(
+            View::cols(&xg, offx, ldx),
+            rows,
+            k,
+            &wg,
+            n,
+            &dyg,
+            with_dx.then(|| ViewMut::cols(&mut dxg, offdx, lddx)),
+            &mut dwg,
+            with_db.then_some(&mut dbg),
+        )
+        .unwrap();
+        let tag = format!("bf16 linear_backward rows {rows} k {k} n {n}");
+        let rel = |what: &str, got: &[f32], want: &[f32]| {
+            let scale = want.iter().fold(0f32, |m, v| m.max(v.abs())).max(1e-30);
+            got.iter()
+                .zip(want)
+                .enumerate()
+                .map(|(i, (a, b))| {
+                    assert!(a.is_finite(), "{tag} {what}: element {i} is {a}");
+                    (a - b).abs()
+                })
+                .fold(0f32, f32::max)
+                / scale
+        };
+        if with_dx {
+            let e = rel("dx", &down(&g, &dxg), &dx_want);
+            assert!(e < 1e-5, "{tag}: dx error {e:.2e} against the rounded-input reference");
+        } else {
+            assert_eq!(down(&g, &dxg), dx0, "{tag}: dx written though not asked for");
+        }
+        let dw_got = down(&g, &dwg);
+        let e = rel("dw", &dw_got, &dw_want);
+        assert!(e < 1e-5, "{tag}: dw error {e:.2e} against the rounded-input reference");
+        if with_db {
+            check(&format!("{tag} db (+=, fp32)"), &down(&g, &dbg), &db_want, true);
+        }
+        if rows * k * n > 10_000 {
+            // The fp32 gradient of the same inputs is measurably different.
+            let mut dw_f32 = dw0.clone();
+            Cpu.linear_backward(View::cols(&x, offx, ldx), rows, k, &w, n, &dy, None, &mut dw_f32, None).unwrap();
+            let dw_delta: Vec<f32> = dw_f32.iter().zip(&dw0).map(|(a, b)| a - b).collect();
+            let got_delta: Vec<f32> = dw_got.iter().zip(&dw0).map(|(a, b)| a - b).collect();
+            let e = rel("dw vs fp32", &got_delta, &dw_delta);
+            assert!(e > 1e-4, "{tag}: dw only {e:.2e} from fp32: not rounded to bf16?");
+        }
+    }
+}
+
 #[test]
 fn rmsnorm_backward_matches_cpu() {
     let Some(g) = gpu() else { return };
@@ -488,6 +583,54 @@ fn mamba_loss_and_grads_match_cpu() {
     }
 }
 
+/// Loss and gradients of `loss_and_grads` under `Compute::Bf16` against `F32` on the same GPU
+/// model: close within bf16 tolerances (loss within 3e-2 relative; every gradient within
+/// 5e-2 × its max |grad| + 3e-2 × |grad|), and not equal (the products really are bf16).
+fn compare_bf16_grads<M: LanguageModel<Cuda>>(what: &str, model: &M, ids: &[u32], targets: &[u32], b: usize, l: usize) {
+    use s6::backend::Compute;
+    let g = model.backend();
+    let run = |compute| {
+        g.set_compute(compute).unwrap();
+        let mut grads = model.zero_grads().unwrap();
+        let (loss, _) = model.loss_and_grads(ids, targets, b, l, 0.5, &mut grads).unwrap();
+        (loss, grads.params().iter().map(|p| g.to_vec(p).unwrap()).collect::<Vec<_>>())
+    };
+    let (lf, gf) = run(Compute::F32);
+    let (lb, gb) = run(Compute::Bf16);
+    let (lf2, _) = run(Compute::F32);
+    assert_eq!(lf, lf2, "{what}: F32 after Bf16 gives another loss");
+    assert!((lf - lb).abs() <= 3e-2 * lf.abs(), "{what}: loss bf16 {lb} vs f32 {lf}");
+    let mut max_rel_diff = 0f32;
+    for ((spec, f), bb) in model.param_specs().iter().zip(&gf).zip(&gb) {
+        let max = f.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+        for (i, (x, y)) in bb.iter().zip(f).enumerate() {
+            assert!(x.is_finite(), "{what}: {} element {i} is {x}", spec.name);
+            let e = (x - y).abs();
+            assert!(
+                e <= 5e-2 * max + 3e-2 * y.abs() + 1e-7,
+                "{what}: gradient of {} element {i}: bf16 {x} vs f32 {y} (max |grad| {max:.3e})",
+                spec.name
+            );
+            max_rel_diff = max_rel_diff.max(e / max.max(1e-30));
+        }
+    }
+    println!("{what}: loss f32 {lf} bf16 {lb}; largest gradient difference relative to its max {max_rel_diff:.2e}");
+    assert!(max_rel_diff > 1e-5, "{what}: bf16 gradients equal the fp32 ones: the mode did not switch");
+}
+
+#[test]
+fn bf16_mamba_loss_and_grads_close_to_f32() {
+    let Some(g) = gpu() else { return };
+    let mut r = Rng(42);
+    let cfg = small_mamba(Ablation::MAMBA);
+    let (b, l) = (3, 45);
+    let (ids, targets) = batch(&mut r, cfg.vocab_size, b, l);
+    compare_bf16_grads("Mamba", &mamba_on(g.clone(), &cfg, 5), &ids, &targets, b, l);
+    let cfg = TransformerConfig::new(32, 2, 4, 37);
+    let (ids, targets) = batch(&mut r, cfg.vocab_size, 2, 41);
+    compare_bf16_grads("Transformer", &Transformer::init(g, cfg, 9).unwrap(), &ids, &targets, 2, 41);
+}
+
 #[test]
 fn transformer_loss_and_grads_match_cpu() {
     let Some(g) = gpu() else { return };
@@ -565,6 +708,42 @@ fn training_200_steps_matches_cpu() {
         assert_eq!(back, g.to_vec(pg).unwrap());
         assert_eq!(back.len(), pc.len());
     }
+}
+
+/// 120 training steps under `Compute::Bf16` (weights updated by AdamW every step, so their bf16
+/// copies are re-cast every step) learn as the fp32 run does: a stale copy would freeze the
+/// products' weights and stop the loss from falling.
+#[test]
+fn bf16_training_follows_f32() {
+    use s6::backend::Compute;
+    let Some(gf) = gpu() else { return };
+    let Some(gb) = gpu() else { return };
+    gb.set_compute(Compute::Bf16).unwrap();
+    let cfg = small_mamba(Ablation::MAMBA);
+    let (b, l) = (4, 32);
+    let mut r = Rng(43);
+    let data: Vec<(Vec<u32>, Vec<u32>)> = (0..16)
+        .map(|_| {
+            let ids: Vec<u32> = (0..b * l).map(|_| r.below(cfg.vocab_size) as u32).collect();
+            let targets = (0..b * l)
+                .map(|i| {
+                    let prev = if i % l == 0 { 0 } else { ids[i - 1] };
+                    (ids[i] * 7 + prev) % cfg.vocab_size as u32
+                })
+                .collect();
+            (ids, targets)
+        })
+        .collect();
+    let steps = 120;
+    let fc = train_curve(&mut mamba_on(gf, &cfg, 7), steps, &data, b, l);
+    let bc = train_curve(&mut mamba_on(gb, &cfg, 7), steps, &data, b, l);
+    let tail = |c: &[f64]| c[c.len() - 20..].iter().sum::<f64>() / 20.0;
+    let (tf, tb) = (tail(&fc), tail(&bc));
+    println!("loss: f32 {:.4} -> {tf:.4}, bf16 {:.4} -> {tb:.4}", fc[0], bc[0]);
+    assert!((fc[0] - bc[0]).abs() <= 1e-2 * fc[0], "first loss: bf16 {} vs f32 {}", bc[0], fc[0]);
+    assert!(tf < fc[0] - 0.1, "the f32 run did not learn: {} -> {tf}", fc[0]);
+    assert!(tb < bc[0] - 0.1, "the bf16 run did not learn: {} -> {tb}", bc[0]);
+    assert!((tf - tb).abs() <= 5e-2 * tf, "last 20 steps' mean loss: bf16 {tb} vs f32 {tf}");
 }
 
 #[test]

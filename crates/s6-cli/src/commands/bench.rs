@@ -58,8 +58,9 @@ pub struct Args {
     /// cpu, cuda or cuda:N.
     #[arg(long, default_value = "cpu", value_parser = parse_device)]
     device: Device,
-    /// How matrix products are computed: f32, or tf32 on CUDA (fp32 weights and activations,
-    /// products on TF32 tensor cores). bf16/f16 are not implemented yet.
+    /// How matrix products are computed: f32, or on CUDA tf32 (products on TF32 tensor cores) or
+    /// bf16 (products with bf16 inputs, fp32 accumulation); weights and activations stay fp32 in
+    /// memory. fp16 is not implemented.
     #[arg(long, default_value = "f32", value_parser = parse_compute)]
     dtype: Compute,
     /// What a training step keeps for its backward pass: `light` keeps the residual stream,

@@ -81,12 +81,14 @@ pub fn on_device(device: &Device, compute: Compute, job: impl OnDevice) -> Resul
 /// The CPU computes in f32 only.
 fn cpu_compute(compute: Compute) -> Result<()> {
     if compute != Compute::F32 {
-        bail!("--dtype {compute:?} is a CUDA option (TF32 tensor cores); the CPU computes in f32: use --dtype f32");
+        bail!(
+            "--dtype {compute:?} is a CUDA option (TF32 or bf16 tensor-core products); the CPU computes in f32: use --dtype f32"
+        );
     }
     Ok(())
 }
 
-/// `--dtype`: f32 or tf32.
+/// `--dtype`: f32, tf32 or bf16.
 pub fn parse_compute(s: &str) -> Result<Compute, String> {
     s.parse().map_err(|e: s6::Error| e.to_string())
 }

@@ -114,6 +114,12 @@ pub enum Compute {
     /// fp32 weights and activations, products on TF32 tensor cores (CUDA): inputs rounded to a
     /// 10-bit mantissa, fp32 accumulation. The scan, norms and softmax stay fp32.
     Tf32,
+    /// fp32 weights, activations and optimizer state in memory (fp32 master weights); every matrix
+    /// product (`linear`, `linear_backward`) rounds its two inputs to bf16 (round to nearest even,
+    /// [`bf16_round`]) and accumulates in fp32 into an fp32 output, like PyTorch autocast's
+    /// matmuls but with fp32 outputs (CUDA). The weights' bf16 copies are cached on the device and
+    /// refreshed after the weights change. The scan, conv, norms, softmax and loss stay fp32.
+    Bf16,
 }
 
 impl std::str::FromStr for Compute {
@@ -122,13 +128,27 @@ impl std::str::FromStr for Compute {
         match s {
             "f32" | "fp32" => Ok(Compute::F32),
             "tf32" => Ok(Compute::Tf32),
-            "bf16" | "f16" | "fp16" => Err(crate::Error::input(format!(
-                "--dtype {s}: 16-bit weights and activations are not implemented yet; use f32, or tf32 on CUDA \
-                 (fp32 storage, TF32 tensor-core matmuls)"
+            "bf16" => Ok(Compute::Bf16),
+            "f16" | "fp16" => Err(crate::Error::input(format!(
+                "--dtype {s}: fp16 is not implemented; use f32, or on CUDA tf32 (TF32 tensor-core matmuls) or bf16 \
+                 (bf16 matmul inputs, fp32 accumulation and storage)"
             ))),
-            o => Err(crate::Error::input(format!("--dtype '{o}': expected f32 or tf32"))),
+            o => Err(crate::Error::input(format!("--dtype '{o}': expected f32, tf32 or bf16"))),
         }
     }
+}
+
+/// `v` rounded to the nearest bf16 (8-bit mantissa; ties to even), returned as the f32 of the
+/// same value: the rounding [`Compute::Bf16`] applies to the inputs of matrix products (the CUDA
+/// kernel `s6_f32_to_bf16` does the same bit operations). NaN stays NaN; values past bf16's
+/// largest finite round to infinity as in IEEE.
+pub fn bf16_round(v: f32) -> f32 {
+    let u = v.to_bits();
+    if v.is_nan() {
+        return f32::from_bits((u | 0x0040_0000) & 0xffff_0000);
+    }
+    let r = u.wrapping_add(0x7fff + ((u >> 16) & 1));
+    f32::from_bits(r & 0xffff_0000)
 }
 
 /// Shapes of one selective-scan call.
@@ -554,4 +574,44 @@ pub trait Backend: Send + Sync + Clone {
 
     /// Starts a new [`Backend::peak_memory`] measurement.
     fn reset_peak_memory(&self) {}
+}
+
+#[cfg(test)]
+mod compute_tests {
+    use super::{bf16_round, Compute};
+
+    #[test]
+    fn bf16_round_is_round_to_nearest_even() {
+        // Exactly representable values stay.
+        for v in [0.0f32, -0.0, 1.0, -2.5, 0.15625, 2f32.powi(127), f32::INFINITY, f32::NEG_INFINITY] {
+            assert_eq!(bf16_round(v).to_bits(), (v.to_bits() & 0xffff_0000), "{v}");
+        }
+        // 1 + 2^-8 lies halfway between 1 and 1 + 2^-7: ties to the even mantissa (1).
+        assert_eq!(bf16_round(1.0 + 2f32.powi(-8)), 1.0);
+        // 1 + 3·2^-8 lies halfway between 1 + 2^-7 (odd) and 1 + 2^-6 (even): up.
+        assert_eq!(bf16_round(1.0 + 3.0 * 2f32.powi(-8)), 1.0 + 2f32.powi(-6));
+        // Just above the halfway point rounds up, just below rounds down.
+        assert_eq!(bf16_round(1.0 + 2f32.powi(-8) + 2f32.powi(-20)), 1.0 + 2f32.powi(-7));
+        assert_eq!(bf16_round(1.0 + 2f32.powi(-8) - 2f32.powi(-20)), 1.0);
+        assert_eq!(bf16_round(-(1.0 + 2f32.powi(-8) + 2f32.powi(-20))), -(1.0 + 2f32.powi(-7)));
+        // The largest finite f32 rounds past bf16's largest finite: infinity.
+        assert_eq!(bf16_round(f32::MAX), f32::INFINITY);
+        assert!(bf16_round(f32::NAN).is_nan());
+        // Relative error at most half a bf16 ulp (2^-8 of the leading power of two) for normal values.
+        let mut x = 1.0e-30f32;
+        while x < 1.0e30 {
+            let r = bf16_round(x * 1.2345);
+            assert!(((r - x * 1.2345) / (x * 1.2345)).abs() <= 2f32.powi(-8), "{x}");
+            x *= 3.7;
+        }
+    }
+
+    #[test]
+    fn dtype_parses_bf16_and_refuses_fp16() {
+        assert_eq!("bf16".parse::<Compute>().unwrap(), Compute::Bf16);
+        assert_eq!("tf32".parse::<Compute>().unwrap(), Compute::Tf32);
+        let e = "fp16".parse::<Compute>().unwrap_err().to_string();
+        assert!(e.contains("fp16 is not implemented"), "{e}");
+        assert!("int8".parse::<Compute>().is_err());
+    }
 }

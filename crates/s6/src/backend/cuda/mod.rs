@@ -14,6 +14,7 @@
 //! in `train_ops.rs` (kernels in `kernels/train.cu`).
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 
 use cudarc::cublas::{result as blas_result, sys as blas_sys, CudaBlas};
@@ -22,7 +23,7 @@ use cudarc::driver::{
 };
 use cudarc::nvrtc::{compile_ptx_with_opts, CompileOptions, Ptx};
 
-use super::{AdamW, AttnDims, Backend, ScanArgs, ScanGrads, View, ViewMut};
+use super::{AdamW, AttnDims, Backend, Compute, ScanArgs, ScanGrads, View, ViewMut};
 use crate::{Error, Result};
 
 mod decode;
@@ -35,6 +36,7 @@ const KERNEL_SOURCES: &[&str] = &[
     include_str!("kernels/scan.cu"),
     include_str!("kernels/scan_backward.cu"),
     include_str!("kernels/train.cu"),
+    include_str!("kernels/bf16.cu"),
     include_str!("kernels/gemv.cu"),
 ];
 
@@ -89,6 +91,16 @@ const KERNELS: &[&str] = &[
     "s6_gemv_r6",
     "s6_gemv_r7",
     "s6_gemv_r8",
+    // kernels/bf16.cu
+    "s6_cast_bf16",
+    "s6_gemv_bf16_r1",
+    "s6_gemv_bf16_r2",
+    "s6_gemv_bf16_r3",
+    "s6_gemv_bf16_r4",
+    "s6_gemv_bf16_r5",
+    "s6_gemv_bf16_r6",
+    "s6_gemv_bf16_r7",
+    "s6_gemv_bf16_r8",
 ];
 
 /// `linear` with at most this many rows runs the matrix-vector kernel `s6_gemv_r{rows}`
@@ -112,16 +124,52 @@ pub const MAX_D_STATE: usize = 64;
 
 /// A flat `f32` buffer in device memory (`len` floats; the allocation holds at least one, since
 /// the driver refuses empty ones).
+///
+/// Under [`Compute::Bf16`] a buffer used as the weight of a matrix product also carries a bf16
+/// copy ("shadow"), created on first such use and re-cast, into the same allocation, on the
+/// first use after any mutable access to the buffer (every mutable access goes through
+/// [`CudaBuf::data_mut`], which marks the copy stale).
 pub struct CudaBuf {
     data: CudaSlice<f32>,
     len: usize,
+    shadow: Mutex<Option<Shadow>>,
+}
+
+/// The bf16 copy of a weight buffer (`len` values, bit patterns), and whether it still equals the
+/// f32 values rounded. Its allocation never moves while the buffer lives, so CUDA graphs that
+/// read it stay valid.
+struct Shadow {
+    data: CudaSlice<u16>,
+    valid: bool,
 }
 
 impl CudaBuf {
+    fn new(data: CudaSlice<f32>, len: usize) -> Self {
+        CudaBuf { data, len, shadow: Mutex::new(None) }
+    }
+
     /// The underlying device slice.
     pub fn slice(&self) -> &CudaSlice<f32> {
         &self.data
     }
+
+    /// The device slice for writing: marks the bf16 copy, if any, stale.
+    fn data_mut(&mut self) -> &mut CudaSlice<f32> {
+        let shadow = self.shadow.get_mut().unwrap_or_else(|e| e.into_inner());
+        if let Some(s) = shadow {
+            s.valid = false;
+        }
+        &mut self.data
+    }
+}
+
+/// Contiguous bf16 copies of activations for [`Compute::Bf16`] products: slot 0 for `x`, slot 1
+/// for `dy` (`linear_backward` needs both at once). Grow-only, and an outgrown allocation is kept
+/// (in `retired`) as long as the backend lives: a recorded CUDA graph may still read it.
+#[derive(Default)]
+struct Bf16Scratch {
+    slots: [Option<CudaSlice<u16>>; 2],
+    retired: Vec<CudaSlice<u16>>,
 }
 
 /// One CUDA device: its context, one stream, a cuBLAS handle and the compiled kernels. Clones
@@ -142,6 +190,18 @@ struct Inner {
     decode: decode::DecodeSlot,
     /// cuBLAS's workspace, ours so that cuBLAS never allocates while a graph is recorded.
     _blas_workspace: CudaSlice<u8>,
+    /// [`Compute`] as set by [`Cuda::set_compute`] (`compute_code`), shared by the clones.
+    compute: AtomicU8,
+    /// Activation scratch of the bf16 products; locked for the whole of one product.
+    bf16: Mutex<Bf16Scratch>,
+}
+
+fn compute_code(c: Compute) -> u8 {
+    match c {
+        Compute::F32 => 0,
+        Compute::Tf32 => 1,
+        Compute::Bf16 => 2,
+    }
 }
 
 /// Bytes of the cuBLAS workspace (NVIDIA recommends 32 MiB on Hopper).
@@ -293,7 +353,18 @@ impl Cuda {
         }
         let decode = decode::DecodeSlot::new();
         Ok(Cuda {
-            inner: Arc::new(Inner { ctx, stream, blas, funcs, name, arch, decode, _blas_workspace: blas_workspace }),
+            inner: Arc::new(Inner {
+                ctx,
+                stream,
+                blas,
+                funcs,
+                name,
+                arch,
+                decode,
+                _blas_workspace: blas_workspace,
+                compute: AtomicU8::new(compute_code(Compute::F32)),
+                bf16: Mutex::new(Bf16Scratch::default()),
+            }),
         })
     }
 
@@ -327,7 +398,7 @@ impl Cuda {
             )));
         }
         let stream = self.inner.stream.clone();
-        let (p, _sync) = buf.data.device_ptr_mut(&stream);
+        let (p, _sync) = buf.data_mut().device_ptr_mut(&stream);
         Ok(p + 4 * offset as u64)
     }
 
@@ -373,14 +444,26 @@ impl Cuda {
     }
 
     /// Sets how matrix products are computed ([`Compute`]) by every clone of this backend:
-    /// TF32 tensor cores or plain fp32 (the default).
-    pub fn set_compute(&self, compute: super::Compute) -> Result<()> {
+    /// plain fp32 (the default), TF32 tensor cores, or bf16 inputs with fp32 accumulation
+    /// ([`Compute::Bf16`]: cached bf16 copies of the weights, activations cast per product).
+    pub fn set_compute(&self, compute: Compute) -> Result<()> {
         let mode = match compute {
-            super::Compute::F32 => blas_sys::cublasMath_t::CUBLAS_DEFAULT_MATH,
-            super::Compute::Tf32 => blas_sys::cublasMath_t::CUBLAS_TF32_TENSOR_OP_MATH,
+            Compute::F32 | Compute::Bf16 => blas_sys::cublasMath_t::CUBLAS_DEFAULT_MATH,
+            Compute::Tf32 => blas_sys::cublasMath_t::CUBLAS_TF32_TENSOR_OP_MATH,
         };
         // SAFETY: a valid handle; the mode applies to the calls issued after it.
-        unsafe { blas_sys::cublasSetMathMode(*self.inner.blas.handle(), mode).result().map_err(blas_err) }
+        unsafe { blas_sys::cublasSetMathMode(*self.inner.blas.handle(), mode).result().map_err(blas_err)? };
+        self.inner.compute.store(compute_code(compute), Ordering::SeqCst);
+        Ok(())
+    }
+
+    /// How matrix products are computed now ([`Cuda::set_compute`]).
+    pub fn compute(&self) -> Compute {
+        match self.inner.compute.load(Ordering::SeqCst) {
+            1 => Compute::Tf32,
+            2 => Compute::Bf16,
+            _ => Compute::F32,
+        }
     }
 
     /// The device's ordinal (`N` of `cuda:N`).
@@ -427,7 +510,8 @@ macro_rules! launch {
 
 impl Cuda {
     /// `linear` for `1..=GEMV_MAX_ROWS` rows and `k > 0` by `s6_gemv_r{rows}` (see
-    /// [`GEMV_MAX_ROWS`]); plain fp32 FMA whatever [`Cuda::set_compute`] says.
+    /// [`GEMV_MAX_ROWS`]); plain fp32 FMA under `F32` and `Tf32` (`Bf16` has its own kernel,
+    /// `bf16.rs`).
     #[allow(clippy::too_many_arguments)]
     fn gemv(
         &self,
@@ -450,8 +534,26 @@ impl Cuda {
         // 16-byte loads need every row of x and w 16-byte aligned.
         let vec =
             u32::from(k.is_multiple_of(4) && x.ld.is_multiple_of(4) && xp.is_multiple_of(16) && wp.is_multiple_of(16));
-        // Columns per warp group (as in the kernel's entry points), then the fewest warps per
-        // column (1, 2, 4 or 8) that still give about two blocks per SM on a large GPU.
+        let (cfg, sp) = Self::gemv_cfg(rows, n)?;
+        let name = [
+            "s6_gemv_r1",
+            "s6_gemv_r2",
+            "s6_gemv_r3",
+            "s6_gemv_r4",
+            "s6_gemv_r5",
+            "s6_gemv_r6",
+            "s6_gemv_r7",
+            "s6_gemv_r8",
+        ][rows - 1];
+        let (ld, nn, kk) = (u32_of("ld", x.ld)?, u32_of("n", n)?, u32_of("k", k)?);
+        launch!(self, self.func(name)?, cfg, "gemv"; xp, ld, wp, bp, o, nn, kk, sp, vec);
+        Ok(())
+    }
+
+    /// Launch shape of the `s6_gemv*` kernels for `rows` rows and `n` columns, and their `split`:
+    /// columns per warp group as in the kernels' entry points, then the fewest warps per column
+    /// (1, 2, 4 or 8) that still give about two blocks per SM on a large GPU.
+    fn gemv_cfg(rows: usize, n: usize) -> Result<(LaunchConfig, u32)> {
         let nc = if rows <= 4 { 1 } else { 2 };
         let mut split = 1;
         while split < GEMV_WARPS && n.div_ceil(nc * GEMV_WARPS / split) < 264 {
@@ -463,23 +565,12 @@ impl Cuda {
             block_dim: (32 * GEMV_WARPS as u32, 1, 1),
             shared_mem_bytes: 0,
         };
-        let name = [
-            "s6_gemv_r1",
-            "s6_gemv_r2",
-            "s6_gemv_r3",
-            "s6_gemv_r4",
-            "s6_gemv_r5",
-            "s6_gemv_r6",
-            "s6_gemv_r7",
-            "s6_gemv_r8",
-        ][rows - 1];
-        let (ld, nn, kk, sp) = (u32_of("ld", x.ld)?, u32_of("n", n)?, u32_of("k", k)?, split as u32);
-        launch!(self, self.func(name)?, cfg, "gemv"; xp, ld, wp, bp, o, nn, kk, sp, vec);
-        Ok(())
+        Ok((cfg, split as u32))
     }
 }
 
 mod backward;
+mod bf16;
 mod train_ops;
 
 impl Backend for Cuda {
@@ -524,7 +615,7 @@ impl Backend for Cuda {
 
     fn zeros(&self, n: usize) -> Result<CudaBuf> {
         let data = self.stream().alloc_zeros::<f32>(n.max(1)).map_err(driver_err("allocation"))?;
-        Ok(CudaBuf { data, len: n })
+        Ok(CudaBuf::new(data, n))
     }
 
     fn from_vec(&self, data: Vec<f32>) -> Result<CudaBuf> {
@@ -532,7 +623,7 @@ impl Backend for Cuda {
             return self.zeros(0);
         }
         let len = data.len();
-        Ok(CudaBuf { data: self.stream().clone_htod(&data).map_err(driver_err("upload"))?, len })
+        Ok(CudaBuf::new(self.stream().clone_htod(&data).map_err(driver_err("upload"))?, len))
     }
 
     fn to_vec(&self, buf: &CudaBuf) -> Result<Vec<f32>> {
@@ -579,6 +670,9 @@ impl Backend for Cuda {
         if rows == 0 || n == 0 {
             return Ok(());
         }
+        if k > 0 && self.compute() == Compute::Bf16 {
+            return self.linear_bf16(x, rows, k, w, n, bias, out, gemv_enabled());
+        }
         if k > 0 && rows <= GEMV_MAX_ROWS && gemv_enabled() {
             return self.gemv(x, rows, k, w, n, bias, out);
         }
@@ -594,7 +688,7 @@ impl Backend for Cuda {
         };
         if k == 0 {
             if bias.is_none() {
-                self.stream().memset_zeros(&mut out.data.slice_mut(0..rows * n)).map_err(driver_err("memset"))?;
+                self.stream().memset_zeros(&mut out.data_mut().slice_mut(0..rows * n)).map_err(driver_err("memset"))?;
             }
             return Ok(());
         }
@@ -826,7 +920,7 @@ impl Backend for Cuda {
         if buf.len == 0 {
             return self.zeros(0);
         }
-        Ok(CudaBuf { data: self.stream().clone_dtod(&buf.data).map_err(driver_err("copy"))?, len: buf.len })
+        Ok(CudaBuf::new(self.stream().clone_dtod(&buf.data).map_err(driver_err("copy"))?, buf.len))
     }
 
     fn add_assign(&self, dst: &mut CudaBuf, src: &CudaBuf) -> Result<()> {
@@ -848,7 +942,7 @@ impl Backend for Cuda {
         if buf.len == 0 {
             return Ok(());
         }
-        self.stream().memset_zeros(&mut buf.data).map_err(driver_err("memset"))
+        self.stream().memset_zeros(buf.data_mut()).map_err(driver_err("memset"))
     }
 
     fn gather_rows(&self, src: &CudaBuf, rows: &[usize], dim: usize, out: &mut CudaBuf) -> Result<()> {

@@ -69,7 +69,7 @@ impl Collective<Cuda> for Nccl {
         let mut outcome = Ok(());
         'ranks: for (comm, list) in self.comms.iter().zip(bufs) {
             for buf in list {
-                if let Err(e) = comm.all_reduce_in_place(&mut buf.data, &ReduceOp::Sum) {
+                if let Err(e) = comm.all_reduce_in_place(buf.data_mut(), &ReduceOp::Sum) {
                     outcome = Err(nccl_err("all-reduce")(e));
                     break 'ranks;
                 }

@@ -9,7 +9,7 @@ use cudarc::cublas::{result as blas_result, sys as blas_sys};
 use cudarc::driver::{DevicePtr, LaunchConfig, PushKernelArg};
 
 use super::{blas_err, driver_err, grid_1d, u32_of, Cuda, CudaBuf};
-use crate::backend::{AdamW, AttnDims, Backend, View, ViewMut};
+use crate::backend::{AdamW, AttnDims, Backend, Compute, View, ViewMut};
 use crate::{Error, Result};
 
 /// Warps per block of the attention kernels (`S6_ATT_WARPS`) and their largest head size.
@@ -115,6 +115,9 @@ impl Cuda {
                 self.copy_strided(z, k, p, ld, rows, k)?;
             }
             return Ok(());
+        }
+        if self.compute() == Compute::Bf16 {
+            return self.linear_backward_bf16((xp, x.ld), rows, k, w, n, dyp, dxp, dwp);
         }
         self.inner.ctx.bind_to_thread().map_err(driver_err("bind"))?;
         let (one, zero) = (1.0f32, 0.0f32);

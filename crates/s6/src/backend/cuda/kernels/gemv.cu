@@ -13,6 +13,43 @@
 
 #define S6_GEMV_WARPS 8
 
+// The end of both kernels: warp shuffles reduce every lane's R x NC partial sums, the group's
+// warps meet in shared memory, and the group's first warp writes (plus bias) the columns below n.
+template <int R, int NC>
+__device__ __forceinline__ void s6_gemv_store(float (&acc)[NC][R], float (*part)[NC * R], unsigned int warp,
+                                              unsigned int lane, unsigned int s, unsigned int split,
+                                              unsigned long long j0, const float* __restrict__ bias,
+                                              float* __restrict__ out, unsigned int n) {
+    // Warp reduction: every lane ends with the warp's sums.
+#pragma unroll
+    for (int c = 0; c < NC; ++c)
+#pragma unroll
+        for (int r = 0; r < R; ++r) {
+            float v = acc[c][r];
+#pragma unroll
+            for (int off = 16; off > 0; off >>= 1) v += __shfl_xor_sync(0xffffffffu, v, off);
+            acc[c][r] = v;
+        }
+    if (lane == 0) {
+#pragma unroll
+        for (int c = 0; c < NC; ++c)
+#pragma unroll
+            for (int r = 0; r < R; ++r) part[warp][c * R + r] = acc[c][r];
+    }
+    __syncthreads();
+    // The group's first warp sums its warps' partials: lane l < NC*R handles (c, r) = (l / R, l % R).
+    if (s == 0 && lane < NC * R) {
+        const unsigned int c = lane / R, r = lane % R;
+        const unsigned long long j = j0 + c;
+        if (j < n) {
+            float v = 0.0f;
+            for (unsigned int q = 0; q < split; ++q) v += part[warp + q][lane];
+            if (bias != nullptr) v += bias[j];
+            out[(unsigned long long)r * n + j] = v;
+        }
+    }
+}
+
 template <int R, int NC>
 __device__ __forceinline__ void s6_gemv_impl(const float* __restrict__ x, unsigned int ld,
                                              const float* __restrict__ w, const float* __restrict__ bias,
@@ -73,34 +110,7 @@ __device__ __forceinline__ void s6_gemv_impl(const float* __restrict__ x, unsign
         }
     }
 
-    // Warp reduction: every lane ends with the warp's sums.
-#pragma unroll
-    for (int c = 0; c < NC; ++c)
-#pragma unroll
-        for (int r = 0; r < R; ++r) {
-            float v = acc[c][r];
-#pragma unroll
-            for (int off = 16; off > 0; off >>= 1) v += __shfl_xor_sync(0xffffffffu, v, off);
-            acc[c][r] = v;
-        }
-    if (lane == 0) {
-#pragma unroll
-        for (int c = 0; c < NC; ++c)
-#pragma unroll
-            for (int r = 0; r < R; ++r) part[warp][c * R + r] = acc[c][r];
-    }
-    __syncthreads();
-    // The group's first warp sums its warps' partials: lane l < NC*R handles (c, r) = (l / R, l % R).
-    if (s == 0 && lane < NC * R) {
-        const unsigned int c = lane / R, r = lane % R;
-        const unsigned long long j = j0 + c;
-        if (j < n) {
-            float v = 0.0f;
-            for (unsigned int q = 0; q < split; ++q) v += part[warp + q][lane];
-            if (bias != nullptr) v += bias[j];
-            out[(unsigned long long)r * n + j] = v;
-        }
-    }
+    s6_gemv_store<R, NC>(acc, part, warp, lane, s, split, j0, bias, out, n);
 }
 
 // One entry point per row count R (1..8); NC = 1 column per group up to 4 rows, 2 above (halves
@@ -122,3 +132,120 @@ S6_GEMV_ENTRY(5, 2)
 S6_GEMV_ENTRY(6, 2)
 S6_GEMV_ENTRY(7, 2)
 S6_GEMV_ENTRY(8, 2)
+
+// The bf16 variant for `Compute::Bf16`: w and x are bf16 (bit patterns, the weights' cached bf16
+// copy and x cast into a contiguous scratch, row stride ld), products accumulated in fp32, fp32
+// output: half the weight bytes of the f32 kernel. `vec`: 2 = 16-byte loads (8 values; k % 8 == 0,
+// ld % 8 == 0, 16-byte aligned rows), 1 = 8-byte loads (4 values; k % 4, ld % 4, 8-byte aligned),
+// 0 = 2-byte loads. Same work split and grid as the f32 kernel.
+template <int R, int NC>
+__device__ __forceinline__ void s6_gemv_bf16_impl(const unsigned short* __restrict__ x, unsigned int ld,
+                                                  const unsigned short* __restrict__ w,
+                                                  const float* __restrict__ bias, float* __restrict__ out,
+                                                  unsigned int n, unsigned int k, unsigned int split,
+                                                  unsigned int vec) {
+    __shared__ float part[S6_GEMV_WARPS][NC * R];
+    const unsigned int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    const unsigned int groups = S6_GEMV_WARPS / split;
+    const unsigned int g = warp / split, s = warp % split;
+    const unsigned long long j0 = ((unsigned long long)blockIdx.x * groups + g) * NC;
+
+    const unsigned short* wr[NC];
+#pragma unroll
+    for (int c = 0; c < NC; ++c) {
+        unsigned long long j = j0 + c;
+        if (j >= n) j = n - 1;
+        wr[c] = w + j * k;
+    }
+    float acc[NC][R];
+#pragma unroll
+    for (int c = 0; c < NC; ++c)
+#pragma unroll
+        for (int r = 0; r < R; ++r) acc[c][r] = 0.0f;
+
+    const unsigned int t = s * 32 + lane, stride = split * 32;
+    if (vec == 2) {
+        const unsigned int k8 = k >> 3;
+#pragma unroll 2
+        for (unsigned int i = t; i < k8; i += stride) {
+            uint4 wv[NC];
+#pragma unroll
+            for (int c = 0; c < NC; ++c) wv[c] = __ldg(reinterpret_cast<const uint4*>(wr[c]) + i);
+#pragma unroll
+            for (int r = 0; r < R; ++r) {
+                const uint4 xv = __ldg(reinterpret_cast<const uint4*>(x + (unsigned long long)r * ld) + i);
+                const float x0 = s6_bf16_lo(xv.x), x1 = s6_bf16_hi(xv.x), x2 = s6_bf16_lo(xv.y),
+                            x3 = s6_bf16_hi(xv.y), x4 = s6_bf16_lo(xv.z), x5 = s6_bf16_hi(xv.z),
+                            x6 = s6_bf16_lo(xv.w), x7 = s6_bf16_hi(xv.w);
+#pragma unroll
+                for (int c = 0; c < NC; ++c) {
+                    float a = acc[c][r];
+                    a = fmaf(s6_bf16_lo(wv[c].x), x0, a);
+                    a = fmaf(s6_bf16_hi(wv[c].x), x1, a);
+                    a = fmaf(s6_bf16_lo(wv[c].y), x2, a);
+                    a = fmaf(s6_bf16_hi(wv[c].y), x3, a);
+                    a = fmaf(s6_bf16_lo(wv[c].z), x4, a);
+                    a = fmaf(s6_bf16_hi(wv[c].z), x5, a);
+                    a = fmaf(s6_bf16_lo(wv[c].w), x6, a);
+                    a = fmaf(s6_bf16_hi(wv[c].w), x7, a);
+                    acc[c][r] = a;
+                }
+            }
+        }
+    } else if (vec == 1) {
+        const unsigned int k4 = k >> 2;
+#pragma unroll 4
+        for (unsigned int i = t; i < k4; i += stride) {
+            uint2 wv[NC];
+#pragma unroll
+            for (int c = 0; c < NC; ++c) wv[c] = __ldg(reinterpret_cast<const uint2*>(wr[c]) + i);
+#pragma unroll
+            for (int r = 0; r < R; ++r) {
+                const uint2 xv = __ldg(reinterpret_cast<const uint2*>(x + (unsigned long long)r * ld) + i);
+                const float x0 = s6_bf16_lo(xv.x), x1 = s6_bf16_hi(xv.x), x2 = s6_bf16_lo(xv.y),
+                            x3 = s6_bf16_hi(xv.y);
+#pragma unroll
+                for (int c = 0; c < NC; ++c) {
+                    float a = acc[c][r];
+                    a = fmaf(s6_bf16_lo(wv[c].x), x0, a);
+                    a = fmaf(s6_bf16_hi(wv[c].x), x1, a);
+                    a = fmaf(s6_bf16_lo(wv[c].y), x2, a);
+                    a = fmaf(s6_bf16_hi(wv[c].y), x3, a);
+                    acc[c][r] = a;
+                }
+            }
+        }
+    } else {
+#pragma unroll 4
+        for (unsigned int i = t; i < k; i += stride) {
+            float wv[NC];
+#pragma unroll
+            for (int c = 0; c < NC; ++c) wv[c] = s6_bf16_to_f32(__ldg(wr[c] + i));
+#pragma unroll
+            for (int r = 0; r < R; ++r) {
+                const float xv = s6_bf16_to_f32(__ldg(x + (unsigned long long)r * ld + i));
+#pragma unroll
+                for (int c = 0; c < NC; ++c) acc[c][r] = fmaf(wv[c], xv, acc[c][r]);
+            }
+        }
+    }
+    s6_gemv_store<R, NC>(acc, part, warp, lane, s, split, j0, bias, out, n);
+}
+
+#define S6_GEMV_BF16_ENTRY(R, NC)                                                                               \
+    extern "C" __global__ void __launch_bounds__(S6_GEMV_WARPS * 32)                                           \
+        s6_gemv_bf16_r##R(const unsigned short* __restrict__ x, unsigned int ld,                               \
+                          const unsigned short* __restrict__ w, const float* __restrict__ bias,                \
+                          float* __restrict__ out, unsigned int n, unsigned int k, unsigned int split,         \
+                          unsigned int vec) {                                                                  \
+        s6_gemv_bf16_impl<R, NC>(x, ld, w, bias, out, n, k, split, vec);                                       \
+    }
+
+S6_GEMV_BF16_ENTRY(1, 1)
+S6_GEMV_BF16_ENTRY(2, 1)
+S6_GEMV_BF16_ENTRY(3, 1)
+S6_GEMV_BF16_ENTRY(4, 1)
+S6_GEMV_BF16_ENTRY(5, 2)
+S6_GEMV_BF16_ENTRY(6, 2)
+S6_GEMV_BF16_ENTRY(7, 2)
+S6_GEMV_BF16_ENTRY(8, 2)

@@ -1,0 +1,249 @@
+//! [`Compute::Bf16`](crate::backend::Compute::Bf16) products: fp32 in memory, bf16 inputs (round
+//! to nearest even, `kernels/bf16.cu`), fp32 accumulation and fp32 outputs.
+//!
+//! - Weights: each weight buffer gets a bf16 copy on first use (`CudaBuf`'s shadow), re-cast into
+//!   the same allocation on the first use after the buffer was written (an optimizer step), so
+//!   that CUDA graphs holding its address stay valid.
+//! - Activations: cast per product into contiguous bf16 scratch owned by the backend (grow-only;
+//!   outgrown allocations live as long as the backend, since a recorded graph may read them).
+//! - `linear` with at most [`GEMV_MAX_ROWS`] rows: `s6_gemv_bf16_r{rows}` (half the weight bytes
+//!   of the fp32 kernel); more rows, and `linear_backward`: cuBLAS `GemmEx`, bf16 A and B, fp32
+//!   C, `CUBLAS_COMPUTE_32F`.
+//!
+//! While a CUDA graph is being recorded nothing may be allocated: a shadow or scratch slot that
+//! would have to be created or grown then is an error (the decoder runs a step eagerly before it
+//! records one, which creates them). A stale shadow found while recording is re-cast inside the
+//! graph and stays marked stale, so eager calls after the recording cast it again.
+
+use std::ffi::c_void;
+use std::sync::MutexGuard;
+
+use cudarc::cublas::{result as blas_result, sys as blas_sys};
+use cudarc::driver::{sys as driver_sys, DevicePtr, PushKernelArg};
+
+use super::{blas_err, driver_err, grid_1d, u32_of, Bf16Scratch, Cuda, CudaBuf, Shadow, GEMV_MAX_ROWS};
+use crate::backend::View;
+use crate::{Error, Result};
+
+/// Scratch slot of `x` and of `dy`.
+const SLOT_X: usize = 0;
+const SLOT_DY: usize = 1;
+
+fn int(what: &str, v: usize) -> Result<i32> {
+    i32::try_from(v).map_err(|_| Error::Backend(format!("cuBLAS: {what} = {v} exceeds i32")))
+}
+
+impl Cuda {
+    /// Whether the stream is being recorded into a CUDA graph.
+    fn capturing(&self) -> Result<bool> {
+        let status = self.stream().capture_status().map_err(driver_err("capture status"))?;
+        Ok(status != driver_sys::CUstreamCaptureStatus::CU_STREAM_CAPTURE_STATUS_NONE)
+    }
+
+    pub(super) fn lock_bf16(&self) -> Result<MutexGuard<'_, Bf16Scratch>> {
+        self.inner.bf16.lock().map_err(|_| Error::Backend("CUDA bf16 scratch poisoned".into()))
+    }
+
+    /// `dst[r * cols + c] = bf16(src[r * ld + c])` (device pointers, bounds checked by the caller).
+    fn cast_bf16(&self, src: u64, ld: usize, rows: usize, cols: usize, dst: u64) -> Result<()> {
+        if rows * cols == 0 {
+            return Ok(());
+        }
+        let (ld, r, c) = (ld as u64, rows as u64, cols as u64);
+        launch!(self, self.func("s6_cast_bf16")?, grid_1d(rows * cols), "cast to bf16"; src, ld, r, c, dst);
+        Ok(())
+    }
+
+    /// Device pointer of the bf16 copy of weight `w` (its first `needed` values are bounds
+    /// checked), created or re-cast first when missing or stale.
+    pub(super) fn weight_bf16(&self, w: &CudaBuf, needed: usize, what: &str) -> Result<u64> {
+        let src = self.ptr(w, 0, needed, what)?;
+        let mut guard = w.shadow.lock().map_err(|_| Error::Backend("CUDA bf16 weight copy poisoned".into()))?;
+        let capturing = self.capturing()?;
+        if guard.is_none() {
+            if capturing {
+                return Err(Error::Backend(format!(
+                    "CUDA {what}: the bf16 copy of a weight would be allocated while a CUDA graph is recorded; \
+                     run the step once outside the graph first"
+                )));
+            }
+            let data = self.stream().alloc_zeros::<u16>(w.len.max(1)).map_err(driver_err("allocation"))?;
+            *guard = Some(Shadow { data, valid: false });
+        }
+        let Some(shadow) = guard.as_mut() else { unreachable!("created above") };
+        let (sp, _s) = shadow.data.device_ptr(self.stream());
+        if !shadow.valid {
+            self.cast_bf16(src, w.len, 1, w.len, sp)?;
+            // Cast inside a graph: done only when the graph is replayed, so still stale for eager
+            // calls.
+            shadow.valid = !capturing;
+        }
+        Ok(sp)
+    }
+
+    /// Casts `rows × cols` of `x` (row stride `ld`, device pointer bounds checked by the caller)
+    /// into scratch slot `slot` as a contiguous bf16 matrix; returns its device pointer.
+    fn cast_to_scratch(
+        &self,
+        scratch: &mut Bf16Scratch,
+        slot: usize,
+        x: u64,
+        ld: usize,
+        rows: usize,
+        cols: usize,
+    ) -> Result<u64> {
+        let elems = rows * cols;
+        let have = scratch.slots[slot].as_ref().map_or(0, |s| s.len());
+        if have < elems {
+            if self.capturing()? {
+                return Err(Error::Backend(
+                    "CUDA bf16 product: its activation scratch would grow while a CUDA graph is recorded; \
+                     run the step once outside the graph first"
+                        .into(),
+                ));
+            }
+            let size = elems.max(have + have / 2);
+            let fresh = self.stream().alloc_zeros::<u16>(size).map_err(driver_err("allocation"))?;
+            if let Some(old) = scratch.slots[slot].replace(fresh) {
+                scratch.retired.push(old);
+            }
+        }
+        let Some(buf) = scratch.slots[slot].as_ref() else { unreachable!("allocated above") };
+        let (p, _s) = buf.device_ptr(self.stream());
+        self.cast_bf16(x, ld, rows, cols, p)?;
+        Ok(p)
+    }
+
+    /// `C = A·B + beta·C` in cuBLAS's column-major terms with bf16 `A` and `B`, fp32 `C`, fp32
+    /// accumulation. Pointers must be valid for the shapes and strides given.
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn gemm_bf16(
+        &self,
+        ta: blas_sys::cublasOperation_t,
+        tb: blas_sys::cublasOperation_t,
+        (m, n, k): (usize, usize, usize),
+        a: u64,
+        lda: usize,
+        b: u64,
+        ldb: usize,
+        beta: f32,
+        c: u64,
+        ldc: usize,
+    ) -> Result<()> {
+        self.inner.ctx.bind_to_thread().map_err(driver_err("bind"))?;
+        let alpha = 1.0f32;
+        use blas_sys::cudaDataType_t::{CUDA_R_16BF, CUDA_R_32F};
+        blas_result::gemm_ex(
+            *self.inner.blas.handle(),
+            ta,
+            tb,
+            int("m", m)?,
+            int("n", n)?,
+            int("k", k)?,
+            (&alpha as *const f32).cast::<c_void>(),
+            a as *const c_void,
+            CUDA_R_16BF,
+            int("lda", lda)?,
+            b as *const c_void,
+            CUDA_R_16BF,
+            int("ldb", ldb)?,
+            (&beta as *const f32).cast::<c_void>(),
+            c as *mut c_void,
+            CUDA_R_32F,
+            int("ldc", ldc)?,
+            blas_sys::cublasComputeType_t::CUBLAS_COMPUTE_32F,
+            blas_sys::cublasGemmAlgo_t::CUBLAS_GEMM_DEFAULT,
+        )
+        .map_err(blas_err)
+    }
+
+    /// `linear` under `Compute::Bf16` (`rows, k, n > 0`).
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn linear_bf16(
+        &self,
+        x: View<'_, CudaBuf>,
+        rows: usize,
+        k: usize,
+        w: &CudaBuf,
+        n: usize,
+        bias: Option<&CudaBuf>,
+        out: &mut CudaBuf,
+        gemv: bool,
+    ) -> Result<()> {
+        debug_assert!(rows > 0 && k > 0 && n > 0);
+        let mut scratch = self.lock_bf16()?;
+        let xp = self.ptr(x.buf, x.offset, Self::view_extent(x.ld, rows, k), "linear x")?;
+        let bp = match bias {
+            Some(b) => self.ptr(b, 0, n, "linear bias")?,
+            None => 0,
+        };
+        let wp = self.weight_bf16(w, n * k, "linear weight")?;
+        let o = self.ptr_mut(out, 0, rows * n, "linear out")?;
+        let xs = self.cast_to_scratch(&mut scratch, SLOT_X, xp, x.ld, rows, k)?;
+        if gemv && rows <= GEMV_MAX_ROWS {
+            // Scratch and shadow allocations are 256-byte aligned and their rows k values apart.
+            let vec: u32 = if k.is_multiple_of(8) {
+                2
+            } else if k.is_multiple_of(4) {
+                1
+            } else {
+                0
+            };
+            let (cfg, split) = Self::gemv_cfg(rows, n)?;
+            let name = [
+                "s6_gemv_bf16_r1",
+                "s6_gemv_bf16_r2",
+                "s6_gemv_bf16_r3",
+                "s6_gemv_bf16_r4",
+                "s6_gemv_bf16_r5",
+                "s6_gemv_bf16_r6",
+                "s6_gemv_bf16_r7",
+                "s6_gemv_bf16_r8",
+            ][rows - 1];
+            let (ld, nn, kk) = (u32_of("k", k)?, u32_of("n", n)?, u32_of("k", k)?);
+            launch!(self, self.func(name)?, cfg, "gemv bf16"; xs, ld, wp, bp, o, nn, kk, split, vec);
+            return Ok(());
+        }
+        let beta = if bias.is_some() {
+            let (r, nn) = (u32_of("rows", rows)?, u32_of("n", n)?);
+            launch!(self, self.func("s6_fill_bias")?, grid_1d(rows * n), "bias"; o, bp, r, nn);
+            1.0
+        } else {
+            0.0
+        };
+        use blas_sys::cublasOperation_t::{CUBLAS_OP_N, CUBLAS_OP_T};
+        // Column-major: outᵀ [n × rows] = W (col-major k × n, op T) · xᵀ (k × rows, ld k).
+        // SAFETY: the weight copy holds w.len ≥ n·k values, the scratch rows·k, out rows·n.
+        unsafe { self.gemm_bf16(CUBLAS_OP_T, CUBLAS_OP_N, (n, rows, k), wp, k, xs, k, beta, o, n) }
+    }
+
+    /// The products of `linear_backward` under `Compute::Bf16` (`rows, k, n > 0`; pointers bounds
+    /// checked by the caller): `dx = dy·W` (written through its row stride) when asked, and
+    /// `dW += dyᵀ·x`, both with bf16 inputs and fp32 accumulation.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn linear_backward_bf16(
+        &self,
+        (xp, ldx): (u64, usize),
+        rows: usize,
+        k: usize,
+        w: &CudaBuf,
+        n: usize,
+        dyp: u64,
+        dx: Option<(u64, usize)>,
+        dwp: u64,
+    ) -> Result<()> {
+        let mut scratch = self.lock_bf16()?;
+        let dys = self.cast_to_scratch(&mut scratch, SLOT_DY, dyp, n, rows, n)?;
+        use blas_sys::cublasOperation_t::{CUBLAS_OP_N, CUBLAS_OP_T};
+        if let Some((p, ld)) = dx {
+            let wp = self.weight_bf16(w, n * k, "linear_backward weight")?;
+            // dxᵀ [k × rows] = W (col-major k × n, ld k) · dyᵀ (n × rows, ld n).
+            // SAFETY: shapes as bounds checked by the caller; scratch and copy sized above.
+            unsafe { self.gemm_bf16(CUBLAS_OP_N, CUBLAS_OP_N, (k, rows, n), wp, k, dys, n, 0.0, p, ld.max(k))? };
+        }
+        let xs = self.cast_to_scratch(&mut scratch, SLOT_X, xp, ldx, rows, k)?;
+        // dWᵀ [k × n] += xᵀ (k × rows, ld k) · dy (op T of dyᵀ, n × rows, ld n).
+        // SAFETY: as above.
+        unsafe { self.gemm_bf16(CUBLAS_OP_N, CUBLAS_OP_T, (k, n, rows), xs, k, dys, n, 1.0, dwp, k) }
+    }
+}

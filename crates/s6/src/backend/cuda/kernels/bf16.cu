@@ -1,0 +1,35 @@
+// bf16 helpers for `Compute::Bf16` (fp32 storage, bf16 inputs of the matrix products). bf16 values
+// are held as `unsigned short` bit patterns: the upper 16 bits of an f32. NVRTC gets no
+// cuda_bf16.h here, so the conversions are done by hand.
+
+// f32 -> bf16, round to nearest even (as `s6::backend::bf16_round` on the host); NaN stays a
+// (quiet) NaN.
+__device__ __forceinline__ unsigned short s6_f32_to_bf16(float f) {
+    unsigned int u = __float_as_uint(f);
+    if ((u & 0x7fffffffu) > 0x7f800000u) return (unsigned short)((u >> 16) | 0x40u);
+    u += 0x7fffu + ((u >> 16) & 1u);
+    return (unsigned short)(u >> 16);
+}
+
+__device__ __forceinline__ float s6_bf16_to_f32(unsigned short h) { return __uint_as_float(((unsigned int)h) << 16); }
+
+// The two bf16 of a 32-bit word (element 2i in the low half, 2i+1 in the high half) as floats.
+__device__ __forceinline__ float s6_bf16_lo(unsigned int u) { return __uint_as_float(u << 16); }
+__device__ __forceinline__ float s6_bf16_hi(unsigned int u) { return __uint_as_float(u & 0xffff0000u); }
+
+// dst[r * cols + c] = bf16(src[r * ld + c]) for r < rows, c < cols: a strided f32 matrix into a
+// contiguous bf16 one. Grid-stride loop over rows * cols.
+extern "C" __global__ void s6_cast_bf16(const float* __restrict__ src, unsigned long long ld, unsigned long long rows,
+                                        unsigned long long cols, unsigned short* __restrict__ dst) {
+    const unsigned long long total = rows * cols;
+    const unsigned long long step = (unsigned long long)gridDim.x * blockDim.x;
+    unsigned long long i = (unsigned long long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (ld == cols) {
+        for (; i < total; i += step) dst[i] = s6_f32_to_bf16(src[i]);
+    } else {
+        for (; i < total; i += step) {
+            const unsigned long long r = i / cols, c = i - r * cols;
+            dst[i] = s6_f32_to_bf16(src[r * ld + c]);
+        }
+    }
+}
