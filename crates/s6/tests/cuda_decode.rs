@@ -9,7 +9,7 @@ use common::{fixture, gpu, id_rows, model_from, Rng};
 
 use s6::backend::cpu::Cpu;
 use s6::backend::cuda::Cuda;
-use s6::backend::Backend;
+use s6::backend::{Backend, MixerStepArgs, MixerStepOut, ScanArgs, ScanDims, View};
 use s6::formats::tensors::TensorFile;
 use s6::generate::{generate_tokens, Flow, GenerateOptions, SamplingParams};
 use s6::model::mamba1::{DecodeMode, Decoder};
@@ -300,4 +300,257 @@ fn graph_sampling_is_seeded_and_penalty_is_kept_on_device() {
     let opts = GenerateOptions { max_tokens: 30, sampling: rp.clone(), ..Default::default() };
     let want = generate_tokens(&cpu, &prompts, &opts, |_, _| Ok(Flow::Continue)).unwrap().0;
     assert_eq!(decode_gpu(&gpu, &prompts, 30, rp, DecodeMode::Graph), want, "penalised greedy differs from CPU");
+}
+
+// ----- the fused single-token mixer step (`Backend::mixer_step`, cuda/mixer_step.rs) -----
+
+/// Asserts `got ≈ want` elementwise (fp32 tolerances: different summation orders).
+fn assert_close(got: &[f32], want: &[f32], what: &str) {
+    assert_eq!(got.len(), want.len(), "{what}: lengths differ");
+    for (i, (&g, &w)) in got.iter().zip(want).enumerate() {
+        assert!(
+            (g - w).abs() <= 1e-3 + 5e-4 * w.abs() && g.is_finite(),
+            "{what}[{i}]: GPU {g}, CPU {w} (difference {})",
+            (g - w).abs()
+        );
+    }
+}
+
+/// Host values of one layer's mixer and of its state, uploaded to any backend.
+struct MixerCase {
+    batch: usize,
+    di: usize,
+    n: usize,
+    k: usize,
+    r: usize,
+    conv_w: Vec<f32>,
+    conv_b: Option<Vec<f32>>,
+    x_proj: Vec<f32>,
+    dt_proj: Vec<f32>,
+    dt_bias: Vec<f32>,
+    a: Vec<f32>,
+    d: Vec<f32>,
+    conv_state: Vec<f32>,
+    ssm_state: Vec<f32>,
+}
+
+impl MixerCase {
+    fn random(rng: &mut Rng, batch: usize, di: usize, n: usize, k: usize, r: usize, conv_bias: bool) -> Self {
+        let w = r + 2 * n;
+        let sx = 1.0 / (di as f32).sqrt();
+        let sd = 1.0 / (r as f32).sqrt();
+        MixerCase {
+            batch,
+            di,
+            n,
+            k,
+            r,
+            conv_w: rng.vec(di * k, -0.6, 0.6),
+            conv_b: conv_bias.then(|| rng.vec(di, -0.2, 0.2)),
+            x_proj: rng.vec(w * di, -2.0 * sx, 2.0 * sx),
+            dt_proj: rng.vec(di * r, -sd, sd),
+            dt_bias: rng.vec(di, -5.0, 0.5),
+            // A = -exp(A_log), A_log ~ log(1..n) (S4D-real), jittered.
+            a: (0..di * n).map(|i| -((1 + i % n) as f32) * (0.8 + 0.4 * rng.next())).collect(),
+            d: rng.vec(di, 0.5, 1.5),
+            conv_state: rng.vec(batch * (k - 1) * di, -1.5, 1.5),
+            ssm_state: rng.vec(batch * di * n, -1.0, 1.0),
+        }
+    }
+}
+
+/// One backend's buffers of a [`MixerCase`]: parameters, state and the step's outputs.
+struct MixerBufs<B: Backend> {
+    conv_w: B::Buf,
+    conv_b: Option<B::Buf>,
+    x_proj: B::Buf,
+    dt_proj: B::Buf,
+    dt_bias: B::Buf,
+    a: B::Buf,
+    d: B::Buf,
+    conv_state: B::Buf,
+    ssm_state: B::Buf,
+    u: B::Buf,
+    xdbl: B::Buf,
+    delta: B::Buf,
+    y: B::Buf,
+}
+
+impl<B: Backend> MixerBufs<B> {
+    fn new(be: &B, c: &MixerCase) -> Self {
+        let up = |v: &Vec<f32>| be.from_vec(v.clone()).unwrap();
+        let rows = c.batch;
+        MixerBufs {
+            conv_w: up(&c.conv_w),
+            conv_b: c.conv_b.as_ref().map(up),
+            x_proj: up(&c.x_proj),
+            dt_proj: up(&c.dt_proj),
+            dt_bias: up(&c.dt_bias),
+            a: up(&c.a),
+            d: up(&c.d),
+            conv_state: up(&c.conv_state),
+            ssm_state: up(&c.ssm_state),
+            // Garbage in the outputs: every value must be written.
+            u: up(&vec![7.0; rows * c.di]),
+            xdbl: up(&vec![7.0; rows * (c.r + 2 * c.n)]),
+            delta: up(&vec![7.0; rows * c.di]),
+            y: up(&vec![7.0; rows * c.di]),
+        }
+    }
+
+    /// One step of `xz` (`[batch, 2·d_inner]`): fused when `fused`, else the op-by-op path of
+    /// `Mamba::mixer_forward` (conv1d_silu → x_proj → dt_proj → selective_scan).
+    fn step(&mut self, be: &B, c: &MixerCase, xz: &B::Buf, fused: bool) {
+        let (batch, di, n, k, r) = (c.batch, c.di, c.n, c.k, c.r);
+        let w = r + 2 * n;
+        if fused {
+            let args = MixerStepArgs {
+                batch,
+                d_inner: di,
+                d_state: n,
+                d_conv: k,
+                dt_rank: r,
+                xz,
+                conv_weight: &self.conv_w,
+                conv_bias: self.conv_b.as_ref(),
+                x_proj: &self.x_proj,
+                dt_proj: &self.dt_proj,
+                dt_bias: &self.dt_bias,
+                a: &self.a,
+                d: &self.d,
+            };
+            let out = MixerStepOut {
+                u: &mut self.u,
+                xdbl: &mut self.xdbl,
+                delta: &mut self.delta,
+                y: &mut self.y,
+                conv_state: &mut self.conv_state,
+                ssm_state: &mut self.ssm_state,
+            };
+            assert!(be.mixer_step(&args, out).unwrap(), "{}: the fused step was not taken", be.name());
+            return;
+        }
+        let x = View::cols(xz, 0, 2 * di);
+        be.conv1d_silu(x, batch, 1, di, k, &self.conv_w, self.conv_b.as_ref(), &mut self.conv_state, &mut self.u)
+            .unwrap();
+        be.linear(View::full(&self.u, di), batch, di, &self.x_proj, w, None, &mut self.xdbl).unwrap();
+        be.linear(View::cols(&self.xdbl, 0, w), batch, r, &self.dt_proj, di, None, &mut self.delta).unwrap();
+        let args = ScanArgs {
+            dims: ScanDims { batch, seqlen: 1, d_inner: di, d_state: n },
+            u: &self.u,
+            delta: &self.delta,
+            delta_bias: &self.dt_bias,
+            a: &self.a,
+            b: View::cols(&self.xdbl, r, w),
+            c: View::cols(&self.xdbl, r + n, w),
+            d: &self.d,
+            z: Some(View::cols(xz, di, 2 * di)),
+        };
+        be.selective_scan(&args, &mut self.ssm_state, &mut self.y).unwrap();
+    }
+}
+
+#[test]
+fn fused_mixer_step_equals_cpu_op_by_op() {
+    let Some(g) = gpu() else { return };
+    if !s6::backend::cuda::mixer_step::fused_step_enabled() {
+        println!("skipped: S6_FUSED_STEP=0");
+        return;
+    }
+    let mut rng = Rng(21);
+    // (d_inner, d_state, d_conv, dt_rank, conv bias): mamba-130m's block; d_inner not a multiple
+    // of 32 (nor of 4) with an odd d_state and dt_rank; d_state 64; a shorter conv, no bias.
+    let shapes = [
+        (1536, 16, 4, 48, true),
+        (333, 5, 4, 7, true),
+        (100, 64, 4, 9, true),
+        (250, 16, 3, 13, false),
+        (64, 16, 1, 4, true),
+    ];
+    for &(di, n, k, r, bias) in &shapes {
+        for batch in [1, 3, 8] {
+            let case = MixerCase::random(&mut rng, batch, di, n, k, r, bias);
+            let mut cpu = MixerBufs::new(&Cpu, &case);
+            let mut gpu = MixerBufs::new(&g, &case);
+            for step in 0..5 {
+                let what = format!("d_inner {di}, d_state {n}, d_conv {k}, dt_rank {r}, batch {batch}, step {step}");
+                let xz = rng.vec(batch * 2 * di, -2.0, 2.0);
+                cpu.step(&Cpu, &case, &xz, false);
+                gpu.step(&g, &case, &g.from_vec(xz.clone()).unwrap(), true);
+                let pairs: [(&str, &Vec<f32>, &s6::backend::cuda::CudaBuf); 6] = [
+                    ("u", &cpu.u, &gpu.u),
+                    ("xdbl", &cpu.xdbl, &gpu.xdbl),
+                    ("delta", &cpu.delta, &gpu.delta),
+                    ("y", &cpu.y, &gpu.y),
+                    ("conv state", &cpu.conv_state, &gpu.conv_state),
+                    ("ssm state", &cpu.ssm_state, &gpu.ssm_state),
+                ];
+                for (name, want, got) in pairs {
+                    assert_close(&g.to_vec(got).unwrap(), want, &format!("{what}: {name}"));
+                }
+            }
+        }
+    }
+}
+
+/// A small random Mamba with odd block sizes (d_inner not a multiple of 32, odd dt_rank and d_state).
+fn odd_config(d_state: usize) -> s6::config::MambaConfig {
+    let mut cfg = s6::config::MambaConfig::new(40, 2, 300);
+    cfg.d_inner = 101;
+    cfg.dt_rank = 5;
+    cfg.d_state = d_state;
+    cfg
+}
+
+#[test]
+fn fused_step_model_logits_equal_cpu() {
+    let Some(g) = gpu() else { return };
+    for d_state in [16, 5, 64] {
+        let cfg = odd_config(d_state);
+        let params = s6::model::init::init_params(&cfg, &s6::config::InitConfig::default(), 31);
+        let cpu = model_from(Cpu, &cfg, &params);
+        let gpu = model_from(g.clone(), &cfg, &params);
+        for batch in [1, 3, 8] {
+            let mut rng = Rng(batch as u64);
+            let mut sc = cpu.new_state(batch).unwrap();
+            let mut sg = gpu.new_state(batch).unwrap();
+            // A short prompt (seqlen > 1: the op-by-op path), then single tokens (the fused step).
+            let prompt: Vec<u32> = (0..batch * 4).map(|_| rng.below(300) as u32).collect();
+            let lc = cpu.forward(&prompt, batch, 4, &mut sc, s6::model::mamba1::Logits::Last).unwrap();
+            let lg = gpu.forward(&prompt, batch, 4, &mut sg, s6::model::mamba1::Logits::Last).unwrap();
+            assert_close(&g.to_vec(&lg).unwrap(), &lc, &format!("d_state {d_state}, batch {batch}: prompt"));
+            for step in 0..6 {
+                let ids: Vec<u32> = (0..batch).map(|_| rng.below(300) as u32).collect();
+                let lc = cpu.step(&ids, &mut sc).unwrap();
+                let lg = gpu.step(&ids, &mut sg).unwrap();
+                let what = format!("d_state {d_state}, batch {batch}, step {step}");
+                assert_close(&g.to_vec(&lg).unwrap(), &lc, &format!("{what}: logits"));
+                for i in 0..cfg.n_layer {
+                    assert_close(&g.to_vec(&sg.conv[i]).unwrap(), &sc.conv[i], &format!("{what}: conv state {i}"));
+                    assert_close(&g.to_vec(&sg.ssm[i]).unwrap(), &sc.ssm[i], &format!("{what}: ssm state {i}"));
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn fused_step_graph_greedy_equals_cpu_on_odd_models() {
+    let Some(g) = gpu() else { return };
+    for d_state in [16, 5] {
+        let cfg = odd_config(d_state);
+        let params = s6::model::init::init_params(&cfg, &s6::config::InitConfig::default(), 41);
+        let cpu = model_from(Cpu, &cfg, &params);
+        let gpu = model_from(g.clone(), &cfg, &params);
+        let prompts: Vec<Vec<u32>> = vec![(0..50).map(|i| (i * 13 % 300) as u32).collect(), vec![5, 9, 200], vec![77]];
+        for batch in [1, 3] {
+            let p = &prompts[..batch];
+            let want = cpu_greedy(&cpu, p, 30);
+            let got = decode_gpu(&gpu, p, 30, greedy(), DecodeMode::Graph);
+            assert_eq!(
+                got, want,
+                "d_state {d_state}, batch {batch}: graph greedy with the fused step differs from the CPU"
+            );
+        }
+    }
 }

@@ -189,6 +189,49 @@ pub struct ScanArgs<'a, Buf> {
     pub z: Option<View<'a, Buf>>,
 }
 
+/// Inputs of [`Backend::mixer_step`]: one token per sequence (`seqlen = 1`) through the part of a
+/// full Mamba block (Δ, B, C selective, gated) between `in_proj` and `out_proj`. Shapes as in
+/// [`crate::model::mamba1::MambaLayer`].
+pub struct MixerStepArgs<'a, Buf> {
+    pub batch: usize,
+    pub d_inner: usize,
+    pub d_state: usize,
+    pub d_conv: usize,
+    pub dt_rank: usize,
+    /// `in_proj`'s output, contiguous `[batch, 2·d_inner]`: `x`, then the gate `z`.
+    pub xz: &'a Buf,
+    /// `[d_inner, d_conv]`.
+    pub conv_weight: &'a Buf,
+    pub conv_bias: Option<&'a Buf>,
+    /// `[dt_rank + 2·d_state, d_inner]`, output columns `[δ, B, C]`.
+    pub x_proj: &'a Buf,
+    /// `[d_inner, dt_rank]`.
+    pub dt_proj: &'a Buf,
+    /// Δ bias `[d_inner]`.
+    pub dt_bias: &'a Buf,
+    /// `A = -exp(A_log)`, `[d_inner, d_state]`.
+    pub a: &'a Buf,
+    /// `[d_inner]`.
+    pub d: &'a Buf,
+}
+
+/// Outputs of [`Backend::mixer_step`]: exactly what the op-by-op path
+/// (conv1d_silu → x_proj → dt_proj → selective_scan) writes.
+pub struct MixerStepOut<'a, Buf> {
+    /// Written: `u = silu(conv1d(x))`, `[batch, d_inner]`.
+    pub u: &'a mut Buf,
+    /// Written: `x_proj(u)`, `[batch, dt_rank + 2·d_state]`.
+    pub xdbl: &'a mut Buf,
+    /// Written: `dt_proj(δ)` without its bias, `[batch, d_inner]`.
+    pub delta: &'a mut Buf,
+    /// Written: the gated scan output, `[batch, d_inner]`.
+    pub y: &'a mut Buf,
+    /// Updated: the conv window `[batch, d_conv - 1, d_inner]`.
+    pub conv_state: &'a mut Buf,
+    /// Updated: the SSM state `[batch, d_inner, d_state]`.
+    pub ssm_state: &'a mut Buf,
+}
+
 /// Hyperparameters of one AdamW update (see [`Backend::adamw_step`]).
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct AdamW {
@@ -357,6 +400,16 @@ pub trait Backend: Send + Sync + Clone {
     /// The fused selective scan (see [`ScanArgs`]). `state` (`[batch, d_inner, d_state]`) holds the
     /// initial state and receives the final one; `y`: `[batch * seqlen, d_inner]`.
     fn selective_scan(&self, args: &ScanArgs<'_, Self::Buf>, state: &mut Self::Buf, y: &mut Self::Buf) -> Result<()>;
+
+    /// Optional fast path for decoding: conv1d + SiLU with the conv-state update, `x_proj`,
+    /// `dt_proj` and one selective-scan step with `D` and the gate, for one token per sequence,
+    /// fused into fewer device calls. `Ok(true)`: done, with the same outputs and state updates as
+    /// [`Backend::conv1d_silu`], [`Backend::linear`] (twice) and [`Backend::selective_scan`] would
+    /// give; `Ok(false)` (the default): nothing was done, the caller runs those ops one by one.
+    fn mixer_step(&self, args: &MixerStepArgs<'_, Self::Buf>, out: MixerStepOut<'_, Self::Buf>) -> Result<bool> {
+        let _ = (args, out);
+        Ok(false)
+    }
 
     // ----- backward ops (training). Zero initial conv/SSM state is assumed: training runs whole
     // sequences from their start. -----

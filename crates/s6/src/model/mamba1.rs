@@ -26,7 +26,7 @@
 
 use std::path::Path;
 
-use crate::backend::{Backend, ScanArgs, ScanDims, ScanGrads, Strided, View, ViewMut};
+use crate::backend::{Backend, MixerStepArgs, MixerStepOut, ScanArgs, ScanDims, ScanGrads, Strided, View, ViewMut};
 use crate::config::MambaConfig;
 use crate::formats::tensors::TensorFile;
 use crate::{Error, Result};
@@ -546,6 +546,38 @@ impl<B: Backend> Mamba<B> {
         let rows = batch * seqlen;
         let (di, r, iw) = (c.d_inner, c.dt_rank, c.in_proj_width());
         let cols = c.x_proj_cols();
+        // One token per sequence: the backend may fuse the rest of the block (a fast path with
+        // the same outputs; `false` = not done here, go op by op).
+        if scan && seqlen == 1 && c.ablation == crate::config::Ablation::MAMBA {
+            if let (Some(x_proj), Some(dt_proj)) = (&l.x_proj, &l.dt_proj) {
+                let args = MixerStepArgs {
+                    batch,
+                    d_inner: di,
+                    d_state: c.d_state,
+                    d_conv: c.d_conv,
+                    dt_rank: r,
+                    xz: &acts.xz,
+                    conv_weight: &l.conv1d,
+                    conv_bias: l.conv1d_bias.as_ref(),
+                    x_proj,
+                    dt_proj,
+                    dt_bias: &l.dt_proj_bias,
+                    a: &l.a,
+                    d: &l.d,
+                };
+                let out = MixerStepOut {
+                    u: &mut acts.u,
+                    xdbl: &mut acts.xdbl,
+                    delta: &mut acts.delta,
+                    y: &mut acts.y,
+                    conv_state: &mut *conv_state,
+                    ssm_state: &mut *ssm_state,
+                };
+                if be.mixer_step(&args, out)? {
+                    return Ok(());
+                }
+            }
+        }
         let x = View::cols(&acts.xz, 0, iw);
         be.conv1d_silu(x, batch, seqlen, di, c.d_conv, &l.conv1d, l.conv1d_bias.as_ref(), conv_state, &mut acts.u)?;
         if let Some(x_proj) = &l.x_proj {

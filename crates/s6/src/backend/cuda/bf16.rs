@@ -7,7 +7,7 @@
 //! - Activations: cast per product into contiguous bf16 scratch owned by the backend (grow-only;
 //!   outgrown allocations live as long as the backend, since a recorded graph may read them).
 //! - `linear` with at most [`GEMV_MAX_ROWS`] rows: `s6_gemv_bf16_r{rows}` (half the weight bytes
-//!   of the fp32 kernel); more rows, and `linear_backward`: cuBLAS `GemmEx`, bf16 A and B, fp32
+//!   of the fp32 kernel; x is rounded to bf16 in registers, no cast launch); more rows, and `linear_backward`: cuBLAS `GemmEx`, bf16 A and B, fp32
 //!   C, `CUBLAS_COMPUTE_32F`.
 //!
 //! While a CUDA graph is being recorded nothing may be allocated: a shadow or scratch slot that
@@ -171,7 +171,6 @@ impl Cuda {
         gemv: bool,
     ) -> Result<()> {
         debug_assert!(rows > 0 && k > 0 && n > 0);
-        let mut scratch = self.lock_bf16()?;
         let xp = self.ptr(x.buf, x.offset, Self::view_extent(x.ld, rows, k), "linear x")?;
         let bp = match bias {
             Some(b) => self.ptr(b, 0, n, "linear bias")?,
@@ -179,12 +178,13 @@ impl Cuda {
         };
         let wp = self.weight_bf16(w, n * k, "linear weight")?;
         let o = self.ptr_mut(out, 0, rows * n, "linear out")?;
-        let xs = self.cast_to_scratch(&mut scratch, SLOT_X, xp, x.ld, rows, k)?;
         if gemv && rows <= GEMV_MAX_ROWS {
-            // Scratch and shadow allocations are 256-byte aligned and their rows k values apart.
-            let vec: u32 = if k.is_multiple_of(8) {
+            // x stays f32 and is rounded in registers; the weight copy is 256-byte aligned with
+            // rows k values apart. float4 loads of x need its rows 16-byte aligned.
+            let x_vec = xp.is_multiple_of(16) && x.ld.is_multiple_of(4);
+            let vec: u32 = if x_vec && k.is_multiple_of(8) {
                 2
-            } else if k.is_multiple_of(4) {
+            } else if x_vec && k.is_multiple_of(4) {
                 1
             } else {
                 0
@@ -200,10 +200,12 @@ impl Cuda {
                 "s6_gemv_bf16_r7",
                 "s6_gemv_bf16_r8",
             ][rows - 1];
-            let (ld, nn, kk) = (u32_of("k", k)?, u32_of("n", n)?, u32_of("k", k)?);
-            launch!(self, self.func(name)?, cfg, "gemv bf16"; xs, ld, wp, bp, o, nn, kk, split, vec);
+            let (ld, nn, kk) = (u32_of("ld", x.ld)?, u32_of("n", n)?, u32_of("k", k)?);
+            launch!(self, self.func(name)?, cfg, "gemv bf16"; xp, ld, wp, bp, o, nn, kk, split, vec);
             return Ok(());
         }
+        let mut scratch = self.lock_bf16()?;
+        let xs = self.cast_to_scratch(&mut scratch, SLOT_X, xp, x.ld, rows, k)?;
         let beta = if bias.is_some() {
             let (r, nn) = (u32_of("rows", rows)?, u32_of("n", n)?);
             launch!(self, self.func("s6_fill_bias")?, grid_1d(rows * n), "bias"; o, bp, r, nn);

@@ -4,6 +4,9 @@
 //! (decoding), which runs a matrix-vector kernel of ours (`kernels/gemv.cu`); the environment
 //! variable `S6_GEMV=0` sends those to cuBLAS too.
 //!
+//! Decoding (one token per sequence) runs the mixer between `in_proj` and `out_proj` as two fused
+//! kernels ([`mixer_step`], `kernels/mixer_step.cu`); `S6_FUSED_STEP=0` turns that off.
+//!
 //! The CUDA libraries are loaded when a [`Cuda`] is created, not when the program starts: a build
 //! with the feature runs on machines without a GPU, and [`Cuda::new`] then returns an error naming
 //! the missing library or device. Everything runs in order on one stream; results are read back
@@ -23,7 +26,7 @@ use cudarc::driver::{
 };
 use cudarc::nvrtc::{compile_ptx_with_opts, CompileOptions, Ptx};
 
-use super::{AdamW, AttnDims, Backend, Compute, ScanArgs, ScanGrads, View, ViewMut};
+use super::{AdamW, AttnDims, Backend, Compute, MixerStepArgs, MixerStepOut, ScanArgs, ScanGrads, View, ViewMut};
 use crate::{Error, Result};
 
 mod decode;
@@ -38,6 +41,7 @@ const KERNEL_SOURCES: &[&str] = &[
     include_str!("kernels/train.cu"),
     include_str!("kernels/bf16.cu"),
     include_str!("kernels/gemv.cu"),
+    include_str!("kernels/mixer_step.cu"),
 ];
 
 /// Every kernel the module defines (looked up once when the backend is created).
@@ -101,6 +105,9 @@ const KERNELS: &[&str] = &[
     "s6_gemv_bf16_r6",
     "s6_gemv_bf16_r7",
     "s6_gemv_bf16_r8",
+    // kernels/mixer_step.cu
+    "s6_mixer_step_xproj",
+    "s6_mixer_step_scan",
 ];
 
 /// `linear` with at most this many rows runs the matrix-vector kernel `s6_gemv_r{rows}`
@@ -571,6 +578,7 @@ impl Cuda {
 
 mod backward;
 mod bf16;
+pub mod mixer_step;
 mod train_ops;
 
 impl Backend for Cuda {
@@ -828,6 +836,10 @@ impl Backend for Cuda {
         };
         launch!(self, func, cfg, "selective_scan"; u, dl, db, a, bm, ldb, cm, ldc, d, zp, ldz, sp, yp, l, dd, nn);
         Ok(())
+    }
+
+    fn mixer_step(&self, args: &MixerStepArgs<'_, CudaBuf>, out: MixerStepOut<'_, CudaBuf>) -> Result<bool> {
+        self.mixer_step_dev(args, out)
     }
 
     fn linear_backward(

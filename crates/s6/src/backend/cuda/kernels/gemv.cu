@@ -133,13 +133,17 @@ S6_GEMV_ENTRY(6, 2)
 S6_GEMV_ENTRY(7, 2)
 S6_GEMV_ENTRY(8, 2)
 
-// The bf16 variant for `Compute::Bf16`: w and x are bf16 (bit patterns, the weights' cached bf16
-// copy and x cast into a contiguous scratch, row stride ld), products accumulated in fp32, fp32
-// output: half the weight bytes of the f32 kernel. `vec`: 2 = 16-byte loads (8 values; k % 8 == 0,
-// ld % 8 == 0, 16-byte aligned rows), 1 = 8-byte loads (4 values; k % 4, ld % 4, 8-byte aligned),
-// 0 = 2-byte loads. Same work split and grid as the f32 kernel.
+// The bf16 variant for `Compute::Bf16`: w is bf16 (bit patterns: the weight's cached bf16 copy),
+// x stays f32 in memory and is rounded to bf16 in registers (exactly what the cast kernel would
+// store, so the result equals a product of bf16 inputs, without a cast launch per product), fp32
+// accumulation, fp32 output: half the weight bytes of the f32 kernel. `vec`: 2 = 16-byte weight
+// loads (8 values; k % 8 == 0), 1 = 8-byte weight loads (4 values; k % 4 == 0), both with float4
+// loads of x (x 16-byte aligned, ld % 4 == 0); 0 = scalar loads. Same work split and grid as the
+// f32 kernel.
+__device__ __forceinline__ float s6_rbf16(float v) { return s6_bf16_to_f32(s6_f32_to_bf16(v)); }
+
 template <int R, int NC>
-__device__ __forceinline__ void s6_gemv_bf16_impl(const unsigned short* __restrict__ x, unsigned int ld,
+__device__ __forceinline__ void s6_gemv_bf16_impl(const float* __restrict__ x, unsigned int ld,
                                                   const unsigned short* __restrict__ w,
                                                   const float* __restrict__ bias, float* __restrict__ out,
                                                   unsigned int n, unsigned int k, unsigned int split,
@@ -173,10 +177,10 @@ __device__ __forceinline__ void s6_gemv_bf16_impl(const unsigned short* __restri
             for (int c = 0; c < NC; ++c) wv[c] = __ldg(reinterpret_cast<const uint4*>(wr[c]) + i);
 #pragma unroll
             for (int r = 0; r < R; ++r) {
-                const uint4 xv = __ldg(reinterpret_cast<const uint4*>(x + (unsigned long long)r * ld) + i);
-                const float x0 = s6_bf16_lo(xv.x), x1 = s6_bf16_hi(xv.x), x2 = s6_bf16_lo(xv.y),
-                            x3 = s6_bf16_hi(xv.y), x4 = s6_bf16_lo(xv.z), x5 = s6_bf16_hi(xv.z),
-                            x6 = s6_bf16_lo(xv.w), x7 = s6_bf16_hi(xv.w);
+                const float4* xr = reinterpret_cast<const float4*>(x + (unsigned long long)r * ld) + 2 * i;
+                const float4 xa = __ldg(xr), xb = __ldg(xr + 1);
+                const float x0 = s6_rbf16(xa.x), x1 = s6_rbf16(xa.y), x2 = s6_rbf16(xa.z), x3 = s6_rbf16(xa.w),
+                            x4 = s6_rbf16(xb.x), x5 = s6_rbf16(xb.y), x6 = s6_rbf16(xb.z), x7 = s6_rbf16(xb.w);
 #pragma unroll
                 for (int c = 0; c < NC; ++c) {
                     float a = acc[c][r];
@@ -201,9 +205,8 @@ __device__ __forceinline__ void s6_gemv_bf16_impl(const unsigned short* __restri
             for (int c = 0; c < NC; ++c) wv[c] = __ldg(reinterpret_cast<const uint2*>(wr[c]) + i);
 #pragma unroll
             for (int r = 0; r < R; ++r) {
-                const uint2 xv = __ldg(reinterpret_cast<const uint2*>(x + (unsigned long long)r * ld) + i);
-                const float x0 = s6_bf16_lo(xv.x), x1 = s6_bf16_hi(xv.x), x2 = s6_bf16_lo(xv.y),
-                            x3 = s6_bf16_hi(xv.y);
+                const float4 xv = __ldg(reinterpret_cast<const float4*>(x + (unsigned long long)r * ld) + i);
+                const float x0 = s6_rbf16(xv.x), x1 = s6_rbf16(xv.y), x2 = s6_rbf16(xv.z), x3 = s6_rbf16(xv.w);
 #pragma unroll
                 for (int c = 0; c < NC; ++c) {
                     float a = acc[c][r];
@@ -223,7 +226,7 @@ __device__ __forceinline__ void s6_gemv_bf16_impl(const unsigned short* __restri
             for (int c = 0; c < NC; ++c) wv[c] = s6_bf16_to_f32(__ldg(wr[c] + i));
 #pragma unroll
             for (int r = 0; r < R; ++r) {
-                const float xv = s6_bf16_to_f32(__ldg(x + (unsigned long long)r * ld + i));
+                const float xv = s6_rbf16(__ldg(x + (unsigned long long)r * ld + i));
 #pragma unroll
                 for (int c = 0; c < NC; ++c) acc[c][r] = fmaf(wv[c], xv, acc[c][r]);
             }
@@ -234,10 +237,9 @@ __device__ __forceinline__ void s6_gemv_bf16_impl(const unsigned short* __restri
 
 #define S6_GEMV_BF16_ENTRY(R, NC)                                                                               \
     extern "C" __global__ void __launch_bounds__(S6_GEMV_WARPS * 32)                                           \
-        s6_gemv_bf16_r##R(const unsigned short* __restrict__ x, unsigned int ld,                               \
-                          const unsigned short* __restrict__ w, const float* __restrict__ bias,                \
-                          float* __restrict__ out, unsigned int n, unsigned int k, unsigned int split,         \
-                          unsigned int vec) {                                                                  \
+        s6_gemv_bf16_r##R(const float* __restrict__ x, unsigned int ld, const unsigned short* __restrict__ w,  \
+                          const float* __restrict__ bias, float* __restrict__ out, unsigned int n,             \
+                          unsigned int k, unsigned int split, unsigned int vec) {                              \
         s6_gemv_bf16_impl<R, NC>(x, ld, w, bias, out, n, k, split, vec);                                       \
     }
 

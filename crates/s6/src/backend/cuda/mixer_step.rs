@@ -1,0 +1,86 @@
+//! The fused single-token mixer step ([`Backend::mixer_step`], `kernels/mixer_step.cu`): for
+//! decoding (`seqlen = 1`), conv1d + SiLU, `x_proj`, `dt_proj` and the selective-scan step with
+//! `D` and the gate in two kernels instead of five (conv, conv-state update, two GEMVs, scan).
+//! The environment variable `S6_FUSED_STEP=0` turns it off (the model then runs the ops one by
+//! one), for side-by-side measurements; it is read once per process.
+//!
+//! [`Backend::mixer_step`]: crate::backend::Backend::mixer_step
+
+use std::sync::OnceLock;
+
+use cudarc::driver::{LaunchConfig, PushKernelArg};
+
+use super::{driver_err, u32_of, Cuda, CudaBuf, MAX_D_STATE};
+use crate::backend::{MixerStepArgs, MixerStepOut};
+use crate::Result;
+
+/// Warps (one `x_proj` output column each) per block of `s6_mixer_step_xproj` (`S6_MS_WARPS`).
+const XPROJ_WARPS: usize = 4;
+/// Channels per block of `s6_mixer_step_scan` (`S6_MS_CPB`) and lanes per channel (`S6_MS_G`).
+const SCAN_CPB: usize = 32;
+const SCAN_LANES: usize = 8;
+/// Dynamic shared memory the kernels may use without opting in (bytes).
+const MAX_SHARED: usize = 48 << 10;
+/// The longest conv kernel handled (Mamba uses 4).
+pub const MAX_D_CONV: usize = 16;
+
+/// Whether the fused step is on: not turned off by `S6_FUSED_STEP=0`.
+pub fn fused_step_enabled() -> bool {
+    static ON: OnceLock<bool> = OnceLock::new();
+    *ON.get_or_init(|| std::env::var("S6_FUSED_STEP").map(|v| v.trim() != "0").unwrap_or(true))
+}
+
+impl Cuda {
+    pub(super) fn mixer_step_dev(&self, a: &MixerStepArgs<'_, CudaBuf>, o: MixerStepOut<'_, CudaBuf>) -> Result<bool> {
+        let (batch, di, n, k, r) = (a.batch, a.d_inner, a.d_state, a.d_conv, a.dt_rank);
+        let width = r + 2 * n;
+        let covered = fused_step_enabled()
+            && batch > 0
+            && batch <= 65535
+            && di > 0
+            && (1..=MAX_D_STATE).contains(&n)
+            && (1..=MAX_D_CONV).contains(&k)
+            && 4 * di <= MAX_SHARED
+            && 4 * width <= MAX_SHARED;
+        if !covered {
+            return Ok(false);
+        }
+        let ldxz = 2 * di;
+        let xz = self.ptr(a.xz, 0, batch * ldxz, "mixer step xz")?;
+        let cw = self.ptr(a.conv_weight, 0, di * k, "mixer step conv weight")?;
+        let cb = match a.conv_bias {
+            Some(b) => self.ptr(b, 0, di, "mixer step conv bias")?,
+            None => 0u64,
+        };
+        let xw = self.ptr(a.x_proj, 0, width * di, "mixer step x_proj")?;
+        let dtw = self.ptr(a.dt_proj, 0, di * r, "mixer step dt_proj")?;
+        let dtb = self.ptr(a.dt_bias, 0, di, "mixer step dt bias")?;
+        let ap = self.ptr(a.a, 0, di * n, "mixer step A")?;
+        let dp = self.ptr(a.d, 0, di, "mixer step D")?;
+        let up = self.ptr_mut(o.u, 0, batch * di, "mixer step u")?;
+        let xdbl = self.ptr_mut(o.xdbl, 0, batch * width, "mixer step xdbl")?;
+        let delta = self.ptr_mut(o.delta, 0, batch * di, "mixer step delta")?;
+        let yp = self.ptr_mut(o.y, 0, batch * di, "mixer step y")?;
+        let conv = self.ptr_mut(o.conv_state, 0, batch * (k - 1) * di, "mixer step conv state")?;
+        let ssm = self.ptr_mut(o.ssm_state, 0, batch * di * n, "mixer step ssm state")?;
+        let (ldxz, kk, ww, rr) =
+            (u32_of("ld xz", ldxz)?, u32_of("d_conv", k)?, u32_of("width", width)?, u32_of("dt_rank", r)?);
+        let (dd, nn, bb) = (u32_of("d_inner", di)?, u32_of("d_state", n)?, u32_of("batch", batch)?);
+
+        let cfg1 = LaunchConfig {
+            grid_dim: (u32_of("blocks", width.div_ceil(XPROJ_WARPS))?, bb, 1),
+            block_dim: ((32 * XPROJ_WARPS) as u32, 1, 1),
+            shared_mem_bytes: u32_of("shared", 4 * di)?,
+        };
+        launch!(self, self.func("s6_mixer_step_xproj")?, cfg1, "mixer step x_proj";
+            xz, ldxz, cw, cb, conv, kk, xw, ww, up, xdbl, dd);
+        let cfg2 = LaunchConfig {
+            grid_dim: (u32_of("blocks", di.div_ceil(SCAN_CPB))?, bb, 1),
+            block_dim: ((SCAN_CPB * SCAN_LANES) as u32, 1, 1),
+            shared_mem_bytes: u32_of("shared", 4 * width)?,
+        };
+        launch!(self, self.func("s6_mixer_step_scan")?, cfg2, "mixer step scan";
+            xz, ldxz, up, xdbl, ww, rr, dtw, dtb, ap, dp, conv, kk, ssm, delta, yp, dd, nn);
+        Ok(true)
+    }
+}
