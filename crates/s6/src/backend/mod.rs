@@ -268,6 +268,41 @@ impl AttnDims {
     }
 }
 
+/// Checks the arguments of [`Backend::adamw_step_many`] before anything is updated: the lists
+/// have one entry per tensor, each tensor's four buffers have the same length, steps count from 1.
+pub fn check_adamw_many<B: Backend>(
+    be: &B,
+    params: &[&mut B::Buf],
+    grads: &[&B::Buf],
+    m: &[B::Buf],
+    v: &[B::Buf],
+    hps: &[AdamW],
+) -> Result<()> {
+    let n = params.len();
+    if grads.len() != n || m.len() != n || v.len() != n || hps.len() != n {
+        return Err(crate::Error::Backend(format!(
+            "adamw_step_many: {n} parameters but {} gradients, {} first moments, {} second moments, {} hyperparameter sets",
+            grads.len(),
+            m.len(),
+            v.len(),
+            hps.len()
+        )));
+    }
+    for i in 0..n {
+        let len = be.len(&*params[i]);
+        let (g, mm, vv) = (be.len(grads[i]), be.len(&m[i]), be.len(&v[i]));
+        if g != len || mm != len || vv != len {
+            return Err(crate::Error::Backend(format!(
+                "adamw_step_many: tensor {i}: lengths differ: param {len}, grad {g}, m {mm}, v {vv}"
+            )));
+        }
+        if hps[i].step == 0 {
+            return Err(crate::Error::input("adamw_step: step counts from 1"));
+        }
+    }
+    Ok(())
+}
+
 /// The operations a device offers to the models.
 ///
 /// Every op is checked against the f64 reference in `backend::reference` on random inputs.
@@ -490,6 +525,27 @@ pub trait Backend: Send + Sync + Clone {
     /// Sum of squares of a buffer (f64 accumulation), for global-norm clipping.
     fn sum_squares(&self, buf: &Self::Buf) -> Result<f64>;
 
+    /// Sums of squares of several buffers, one per buffer, in order: the values
+    /// [`Backend::sum_squares`] returns for each (bitwise). A device backend reads them back
+    /// together, once.
+    fn sum_squares_each(&self, bufs: &[&Self::Buf]) -> Result<Vec<f64>> {
+        bufs.iter().map(|b| self.sum_squares(b)).collect()
+    }
+
+    /// The sum of squares over several buffers, for the global gradient norm: the per-buffer sums
+    /// of [`Backend::sum_squares`] added in order from 0 (bitwise the same as that loop). A device
+    /// backend reduces on the device and reads back one value.
+    fn sum_squares_many(&self, bufs: &[&Self::Buf]) -> Result<f64> {
+        let mut total = 0.0;
+        for b in bufs {
+            total += self.sum_squares(b)?;
+        }
+        Ok(total)
+    }
+
+    /// `dst = -exp(src)` elementwise (same lengths): `A = -exp(A_log)`.
+    fn neg_exp(&self, src: &Self::Buf, dst: &mut Self::Buf) -> Result<()>;
+
     /// One AdamW step with PyTorch semantics on one parameter tensor: `grad` is scaled by
     /// `grad_scale` first (clipping / accumulation); decoupled weight decay
     /// `p -= lr·wd·p`; bias-corrected moments with `step` counted from 1.
@@ -501,6 +557,24 @@ pub trait Backend: Send + Sync + Clone {
         v: &mut Self::Buf,
         hp: &AdamW,
     ) -> Result<()>;
+
+    /// [`Backend::adamw_step`] on many tensors: `params[i]` with `grads[i]`, `m[i]`, `v[i]` and
+    /// `hps[i]`, every list the same length. Results are bitwise those of the per-tensor calls; a
+    /// device backend updates all tensors in one launch. Checks every tensor before it updates any.
+    fn adamw_step_many(
+        &self,
+        params: Vec<&mut Self::Buf>,
+        grads: &[&Self::Buf],
+        m: &mut [Self::Buf],
+        v: &mut [Self::Buf],
+        hps: &[AdamW],
+    ) -> Result<()> {
+        check_adamw_many(self, &params, grads, m, v, hps)?;
+        for ((((p, g), m), v), hp) in params.into_iter().zip(grads).zip(m.iter_mut()).zip(v.iter_mut()).zip(hps) {
+            self.adamw_step(p, g, m, v, hp)?;
+        }
+        Ok(())
+    }
 
     /// A copy of a buffer on the same device.
     fn clone_buf(&self, buf: &Self::Buf) -> Result<Self::Buf>;

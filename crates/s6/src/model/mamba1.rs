@@ -230,7 +230,8 @@ impl<B: Backend> Mamba<B> {
             let dt_proj = if ab.selective_delta { Some(next(&backend)?) } else { None };
             let dt_proj_bias = next(&backend)?;
             let a_log = next(&backend)?;
-            let a = backend.from_vec(backend.to_vec(&a_log)?.iter().map(|v| -v.exp()).collect())?;
+            let mut a = backend.zeros(backend.len(&a_log))?;
+            backend.neg_exp(&a_log, &mut a)?;
             let b = if ab.selective_b { None } else { Some(next(&backend)?) };
             let c = if ab.selective_c { None } else { Some(next(&backend)?) };
             let d = next(&backend)?;
@@ -652,9 +653,9 @@ impl<B: Backend> Mamba<B> {
 
     /// Recomputes derived tensors (`A = -exp(A_log)`) after the parameters changed.
     pub fn refresh_derived(&mut self) -> Result<()> {
+        // On the device, in place: no host round trip.
         for l in &mut self.layers {
-            let a: Vec<f32> = self.backend.to_vec(&l.a_log)?.iter().map(|v| -v.exp()).collect();
-            l.a = self.backend.from_vec(a)?;
+            self.backend.neg_exp(&l.a_log, &mut l.a)?;
         }
         Ok(())
     }

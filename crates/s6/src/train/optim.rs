@@ -99,13 +99,10 @@ impl<B: Backend> AdamState<B> {
     }
 }
 
-/// Global L2 norm of a set of gradients (f64 accumulation, deterministic).
+/// Global L2 norm of a set of gradients (f64 accumulation, deterministic): one
+/// [`Backend::sum_squares_many`], so a device backend reads back one value per call.
 pub fn global_norm<B: Backend>(be: &B, grads: &[&B::Buf]) -> Result<f64> {
-    let mut sq = 0.0;
-    for g in grads {
-        sq += be.sum_squares(g)?;
-    }
-    Ok(sq.sqrt())
+    Ok(be.sum_squares_many(grads)?.sqrt())
 }
 
 impl OptimConfig {
@@ -132,19 +129,20 @@ pub fn adamw_update<B: Backend>(
     grads: &[&B::Buf],
     state: &mut AdamState<B>,
 ) -> Result<()> {
-    for (i, p) in params.into_iter().enumerate() {
-        let hp = AdamW {
+    let hps: Vec<AdamW> = names
+        .iter()
+        .take(params.len())
+        .map(|name| AdamW {
             lr,
             beta1: cfg.beta1,
             beta2: cfg.beta2,
             eps: cfg.eps,
-            weight_decay: if decays(&names[i]) { cfg.weight_decay } else { 0.0 },
+            weight_decay: if decays(name) { cfg.weight_decay } else { 0.0 },
             step,
             grad_scale,
-        };
-        be.adamw_step(p, grads[i], &mut state.m[i], &mut state.v[i], &hp)?;
-    }
-    Ok(())
+        })
+        .collect();
+    be.adamw_step_many(params, grads, &mut state.m, &mut state.v, &hps)
 }
 
 #[cfg(test)]

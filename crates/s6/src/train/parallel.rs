@@ -145,8 +145,10 @@ impl<B: Backend> Replicas<B> {
         if self.world_size() == 1 {
             return Ok(());
         }
+        // One readback per rank (sum_squares_each), not one per tensor.
         let fingerprint = |m: &Mamba<B>| -> Result<Vec<f64>> {
-            m.params().into_iter().map(|(_, b)| m.backend.sum_squares(b)).collect()
+            let bufs: Vec<&B::Buf> = m.params().into_iter().map(|(_, b)| b).collect();
+            m.backend.sum_squares_each(&bufs)
         };
         let want = fingerprint(&self.models[0])?;
         for (r, m) in self.models.iter().enumerate().skip(1) {

@@ -301,6 +301,15 @@ impl Backend for Cpu {
         Ok(partials.iter().sum())
     }
 
+    fn neg_exp(&self, src: &Vec<f32>, dst: &mut Vec<f32>) -> Result<()> {
+        if dst.len() != src.len() {
+            return Err(Error::Backend(format!("cpu: neg_exp of {} elements into {}", src.len(), dst.len())));
+        }
+        // The host `f32::exp`, as the models derived `A = -exp(A_log)` before this op existed.
+        dst.iter_mut().zip(src).for_each(|(d, s)| *d = -s.exp());
+        Ok(())
+    }
+
     fn adamw_step(
         &self,
         param: &mut Vec<f32>,

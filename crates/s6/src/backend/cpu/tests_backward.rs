@@ -749,6 +749,78 @@ fn adamw_matches_reference_on_random_tensors() {
     assert_close(&v, &vr, 1e-6, "adamw v");
 }
 
+#[test]
+fn adamw_step_many_equals_per_tensor_steps() {
+    let mut rng = Rand::new(702);
+    let sizes = [1usize, 0, 17, 40_003, 255];
+    let hps: Vec<AdamW> = (0..sizes.len())
+        .map(|i| AdamW {
+            lr: 3e-3,
+            beta1: 0.9,
+            beta2: 0.95,
+            eps: 1e-8,
+            weight_decay: if i % 2 == 0 { 0.1 } else { 0.0 },
+            step: 4,
+            grad_scale: 0.6,
+        })
+        .collect();
+    let p0: Vec<Vec<f32>> = sizes.iter().map(|&n| rng.vec(n, 1.0)).collect();
+    let g: Vec<Vec<f32>> = sizes.iter().map(|&n| rng.vec(n, 2.0)).collect();
+    let m0: Vec<Vec<f32>> = sizes.iter().map(|&n| rng.vec(n, 0.1)).collect();
+    let v0: Vec<Vec<f32>> = sizes.iter().map(|&n| rng.vec(n, 0.01).iter().map(|x| x.abs()).collect()).collect();
+    let (mut p1, mut m1, mut v1) = (p0.clone(), m0.clone(), v0.clone());
+    for i in 0..sizes.len() {
+        Cpu.adamw_step(&mut p1[i], &g[i], &mut m1[i], &mut v1[i], &hps[i]).unwrap();
+    }
+    let (mut p2, mut m2, mut v2) = (p0.clone(), m0.clone(), v0.clone());
+    let grefs: Vec<&Vec<f32>> = g.iter().collect();
+    Cpu.adamw_step_many(p2.iter_mut().collect(), &grefs, &mut m2, &mut v2, &hps).unwrap();
+    assert_eq!((p1, m1, v1), (p2, m2, v2));
+    // Checked before anything is updated: a bad last tensor leaves the first unchanged.
+    let mut p3 = p0.clone();
+    let mut bad = m0.clone();
+    bad[4].push(0.0);
+    let e = Cpu.adamw_step_many(p3.iter_mut().collect(), &grefs, &mut bad, &mut v0.clone(), &hps).unwrap_err();
+    assert!(matches!(e, Error::Backend(_)) && e.to_string().contains("tensor 4"), "{e}");
+    assert_eq!(p3, p0);
+    let e = Cpu.adamw_step_many(p3.iter_mut().collect(), &grefs[..4], &mut m0.clone(), &mut v0.clone(), &hps);
+    assert!(e.is_err());
+    let step0: Vec<AdamW> = hps.iter().map(|h| AdamW { step: 0, ..*h }).collect();
+    let e = Cpu.adamw_step_many(p3.iter_mut().collect(), &grefs, &mut m0.clone(), &mut v0.clone(), &step0);
+    assert!(e.is_err());
+}
+
+#[test]
+fn sum_squares_many_and_each_equal_per_tensor_sums() {
+    let mut rng = Rand::new(703);
+    let bufs: Vec<Vec<f32>> = [3usize, 0, 70_001, 65_536, 1].iter().map(|&n| rng.vec(n, 3.0)).collect();
+    let refs: Vec<&Vec<f32>> = bufs.iter().collect();
+    let each: Vec<f64> = bufs.iter().map(|b| Cpu.sum_squares(b).unwrap()).collect();
+    assert_eq!(Cpu.sum_squares_each(&refs).unwrap(), each);
+    let mut total = 0.0;
+    for s in &each {
+        total += s;
+    }
+    assert_eq!(Cpu.sum_squares_many(&refs).unwrap().to_bits(), total.to_bits());
+    assert_eq!(Cpu.sum_squares_many(&[]).unwrap(), 0.0);
+    let want: f64 = bufs.iter().flatten().map(|&v| v as f64 * v as f64).sum();
+    assert!((total - want).abs() <= 1e-12 * want);
+}
+
+#[test]
+fn neg_exp_equals_host_exp() {
+    let mut rng = Rand::new(704);
+    let src: Vec<f32> = rng.vec(1001, 6.0);
+    let mut dst = vec![0.0; 1001];
+    Cpu.neg_exp(&src, &mut dst).unwrap();
+    let want: Vec<f32> = src.iter().map(|v| -v.exp()).collect();
+    assert_eq!(
+        dst.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+        want.iter().map(|v| v.to_bits()).collect::<Vec<_>>()
+    );
+    assert!(Cpu.neg_exp(&src, &mut vec![0.0; 3]).is_err());
+}
+
 // ----------------------------------------------------------------------------------------------
 // errors
 

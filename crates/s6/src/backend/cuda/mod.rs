@@ -78,7 +78,12 @@ const KERNELS: &[&str] = &[
     "s6_cross_entropy",
     "s6_sum_f64",
     "s6_sum_squares",
+    "s6_sum_squares_many",
+    "s6_sum_f64_many",
+    "s6_sum_in_order",
+    "s6_neg_exp",
     "s6_adamw",
+    "s6_adamw_many",
     "s6_rope",
     "s6_swiglu",
     "s6_swiglu_bwd",
@@ -917,6 +922,18 @@ impl Backend for Cuda {
         self.sum_squares_dev(buf)
     }
 
+    fn sum_squares_each(&self, bufs: &[&CudaBuf]) -> Result<Vec<f64>> {
+        self.sum_squares_each_dev(bufs)
+    }
+
+    fn sum_squares_many(&self, bufs: &[&CudaBuf]) -> Result<f64> {
+        self.sum_squares_many_dev(bufs)
+    }
+
+    fn neg_exp(&self, src: &CudaBuf, dst: &mut CudaBuf) -> Result<()> {
+        self.neg_exp_dev(src, dst)
+    }
+
     fn adamw_step(
         &self,
         param: &mut CudaBuf,
@@ -926,6 +943,17 @@ impl Backend for Cuda {
         hp: &AdamW,
     ) -> Result<()> {
         self.adamw_step_dev(param, grad, m, v, hp)
+    }
+
+    fn adamw_step_many(
+        &self,
+        params: Vec<&mut CudaBuf>,
+        grads: &[&CudaBuf],
+        m: &mut [CudaBuf],
+        v: &mut [CudaBuf],
+        hps: &[AdamW],
+    ) -> Result<()> {
+        self.adamw_step_many_dev(params, grads, m, v, hps)
     }
 
     fn clone_buf(&self, buf: &CudaBuf) -> Result<CudaBuf> {

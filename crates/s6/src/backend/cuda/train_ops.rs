@@ -6,10 +6,10 @@
 //! validates token ids and targets on the host, as the CPU backend does.
 
 use cudarc::cublas::{result as blas_result, sys as blas_sys};
-use cudarc::driver::{DevicePtr, LaunchConfig, PushKernelArg};
+use cudarc::driver::{CudaSlice, DevicePtr, LaunchConfig, PushKernelArg};
 
 use super::{blas_err, driver_err, grid_1d, u32_of, Cuda, CudaBuf};
-use crate::backend::{AdamW, AttnDims, Backend, Compute, View, ViewMut};
+use crate::backend::{check_adamw_many, AdamW, AttnDims, Backend, Compute, View, ViewMut};
 use crate::{Error, Result};
 
 /// Warps per block of the attention kernels (`S6_ATT_WARPS`) and their largest head size.
@@ -27,6 +27,28 @@ fn row_threads(width: usize) -> u32 {
 
 fn rows_cfg(rows: usize, threads: u32) -> Result<LaunchConfig> {
     Ok(LaunchConfig { grid_dim: (u32_of("rows", rows)?, 1, 1), block_dim: (threads, 1, 1), shared_mem_bytes: 0 })
+}
+
+/// Blocks (of 256 threads) of `s6_sum_squares` for `n > 0` values.
+fn sum_squares_blocks(n: usize) -> usize {
+    n.div_ceil(256).clamp(1, 1024)
+}
+
+/// u64 fields per tensor of the `s6_adamw_many` table (`S6_ADAMW_W` in `kernels/train.cu`).
+const ADAMW_TAB_WIDTH: usize = 15;
+/// The most blocks `s6_adamw_many` gives one tensor (they stride over larger ones).
+const ADAMW_MAX_BLOCKS: usize = 2048;
+
+/// The scalars of an AdamW step, computed on the host exactly as the CPU backend does:
+/// `(lr / bc1, sqrt(bc2), 1 − lr·wd)`.
+fn adamw_scalars(hp: &AdamW) -> (f32, f32, f32) {
+    let step = hp.step as f64;
+    let bc1 = 1.0 - (hp.beta1 as f64).powf(step);
+    let bc2 = 1.0 - (hp.beta2 as f64).powf(step);
+    let step_size = (hp.lr as f64 / bc1) as f32;
+    let bc2_sqrt = bc2.sqrt() as f32;
+    let decay = (1.0 - hp.lr as f64 * hp.weight_decay as f64) as f32;
+    (step_size, bc2_sqrt, decay)
 }
 
 fn check_attn(what: &str, dims: AttnDims) -> Result<()> {
@@ -297,7 +319,7 @@ impl Cuda {
         if n == 0 {
             return Ok(0.0);
         }
-        let blocks = n.div_ceil(256).clamp(1, 1024);
+        let blocks = sum_squares_blocks(n);
         let partial = self.stream().alloc_zeros::<f64>(blocks).map_err(driver_err("allocation"))?;
         let total = self.stream().alloc_zeros::<f64>(1).map_err(driver_err("allocation"))?;
         let (pp, _s) = partial.device_ptr(self.stream());
@@ -311,6 +333,79 @@ impl Cuda {
         let host = self.stream().clone_dtoh(&total).map_err(driver_err("download"))?;
         self.synchronize()?;
         Ok(host[0])
+    }
+
+    /// Device f64 array of `bufs.len() + 1` values: each buffer's sum of squares (the value
+    /// [`Cuda::sum_squares_dev`] computes, from the same partial sums added the same way), then
+    /// their sum in order. Four launches whatever the number of buffers, nothing read back.
+    fn sum_squares_totals(&self, bufs: &[&CudaBuf]) -> Result<CudaSlice<f64>> {
+        let what = "sum_squares_many";
+        let tensors = bufs.len();
+        let mut tab: Vec<u64> = Vec::with_capacity(4 * tensors);
+        let mut first = 0usize;
+        for b in bufs {
+            let n = b.len;
+            let blocks = if n == 0 { 0 } else { sum_squares_blocks(n) };
+            tab.extend([self.ptr(b, 0, n, what)?, n as u64, first as u64, blocks as u64]);
+            first += blocks;
+        }
+        let nt = u32_of("tensors", tensors)?;
+        let totals = self.stream().alloc_zeros::<f64>(tensors + 1).map_err(driver_err("allocation"))?;
+        {
+            let (tp, _s) = totals.device_ptr(self.stream());
+            if first > 0 {
+                let tab_d = self.stream().clone_htod(&tab).map_err(driver_err("upload"))?;
+                let partial = self.stream().alloc_zeros::<f64>(first).map_err(driver_err("allocation"))?;
+                let (tabp, _s1) = tab_d.device_ptr(self.stream());
+                let (pp, _s2) = partial.device_ptr(self.stream());
+                let cfg = LaunchConfig {
+                    grid_dim: (u32_of("sum_squares blocks", first)?, 1, 1),
+                    block_dim: (256, 1, 1),
+                    shared_mem_bytes: 0,
+                };
+                launch!(self, self.func("s6_sum_squares_many")?, cfg, what; tabp, nt, pp);
+                launch!(self, self.func("s6_sum_f64_many")?, rows_cfg(tensors, 1024)?, what; pp, tabp, tp);
+            }
+            let out = tp + 8 * tensors as u64;
+            launch!(self, self.func("s6_sum_in_order")?, rows_cfg(1, 32)?, what; tp, nt, out);
+        }
+        Ok(totals)
+    }
+
+    /// [`crate::backend::Backend::sum_squares_each`]: one readback.
+    pub(super) fn sum_squares_each_dev(&self, bufs: &[&CudaBuf]) -> Result<Vec<f64>> {
+        if bufs.is_empty() {
+            return Ok(Vec::new());
+        }
+        let totals = self.sum_squares_totals(bufs)?;
+        let mut host = self.stream().clone_dtoh(&totals).map_err(driver_err("download"))?;
+        self.synchronize()?;
+        host.truncate(bufs.len());
+        Ok(host)
+    }
+
+    /// [`crate::backend::Backend::sum_squares_many`]: one readback of one value.
+    pub(super) fn sum_squares_many_dev(&self, bufs: &[&CudaBuf]) -> Result<f64> {
+        let totals = self.sum_squares_totals(bufs)?;
+        let host = self.stream().clone_dtoh(&totals.slice(bufs.len()..)).map_err(driver_err("download"))?;
+        self.synchronize()?;
+        Ok(host[0])
+    }
+
+    /// [`crate::backend::Backend::neg_exp`].
+    pub(super) fn neg_exp_dev(&self, src: &CudaBuf, dst: &mut CudaBuf) -> Result<()> {
+        let n = src.len;
+        if dst.len != n {
+            return Err(Error::Backend(format!("CUDA neg_exp of {n} elements into {}", dst.len)));
+        }
+        if n == 0 {
+            return Ok(());
+        }
+        let sp = self.ptr(src, 0, n, "neg_exp src")?;
+        let dp = self.ptr_mut(dst, 0, n, "neg_exp dst")?;
+        let nn = n as u64;
+        launch!(self, self.func("s6_neg_exp")?, grid_1d(n), "neg_exp"; sp, dp, nn);
+        Ok(())
     }
 
     pub(super) fn adamw_step_dev(
@@ -334,13 +429,7 @@ impl Cuda {
         if n == 0 {
             return Ok(());
         }
-        // The scalars exactly as the CPU backend computes them.
-        let step = hp.step as f64;
-        let bc1 = 1.0 - (hp.beta1 as f64).powf(step);
-        let bc2 = 1.0 - (hp.beta2 as f64).powf(step);
-        let step_size = (hp.lr as f64 / bc1) as f32;
-        let bc2_sqrt = bc2.sqrt() as f32;
-        let decay = (1.0 - hp.lr as f64 * hp.weight_decay as f64) as f32;
+        let (step_size, bc2_sqrt, decay) = adamw_scalars(hp);
         let pp = self.ptr_mut(param, 0, n, "adamw param")?;
         let gp = self.ptr(grad, 0, n, "adamw grad")?;
         let mp = self.ptr_mut(m, 0, n, "adamw m")?;
@@ -348,6 +437,52 @@ impl Cuda {
         let nn = n as u64;
         let (b1, b2, eps, gs) = (hp.beta1, hp.beta2, hp.eps, hp.grad_scale);
         launch!(self, self.func("s6_adamw")?, grid_1d(n), "adamw_step"; pp, gp, mp, vp, nn, b1, b2, eps, gs, step_size, bc2_sqrt, decay);
+        Ok(())
+    }
+
+    /// [`crate::backend::Backend::adamw_step_many`]: one launch of `s6_adamw_many` over a table of
+    /// the tensors (pointers, sizes and scalars, uploaded per call).
+    pub(super) fn adamw_step_many_dev(
+        &self,
+        params: Vec<&mut CudaBuf>,
+        grads: &[&CudaBuf],
+        m: &mut [CudaBuf],
+        v: &mut [CudaBuf],
+        hps: &[AdamW],
+    ) -> Result<()> {
+        check_adamw_many(self, &params, grads, m, v, hps)?;
+        let mut tab: Vec<u64> = Vec::with_capacity(ADAMW_TAB_WIDTH * params.len());
+        let mut first = 0usize;
+        for ((((p, g), m), v), hp) in params.into_iter().zip(grads).zip(m.iter_mut()).zip(v.iter_mut()).zip(hps) {
+            let n = p.len;
+            if n == 0 {
+                continue;
+            }
+            let blocks = n.div_ceil(256).min(ADAMW_MAX_BLOCKS);
+            let (step_size, bc2_sqrt, decay) = adamw_scalars(hp);
+            tab.extend([n as u64, 0, first as u64, blocks as u64]);
+            tab.extend([
+                self.ptr_mut(p, 0, n, "adamw_many param")?,
+                self.ptr(g, 0, n, "adamw_many grad")?,
+                self.ptr_mut(m, 0, n, "adamw_many m")?,
+                self.ptr_mut(v, 0, n, "adamw_many v")?,
+            ]);
+            let scalars = [hp.beta1, hp.beta2, hp.eps, hp.grad_scale, step_size, bc2_sqrt, decay];
+            tab.extend(scalars.map(|x| x.to_bits() as u64));
+            first += blocks;
+        }
+        if first == 0 {
+            return Ok(());
+        }
+        let nt = u32_of("tensors", tab.len() / ADAMW_TAB_WIDTH)?;
+        let tab_d = self.stream().clone_htod(&tab).map_err(driver_err("upload"))?;
+        let (tabp, _s) = tab_d.device_ptr(self.stream());
+        let cfg = LaunchConfig {
+            grid_dim: (u32_of("adamw blocks", first)?, 1, 1),
+            block_dim: (256, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        launch!(self, self.func("s6_adamw_many")?, cfg, "adamw_step_many"; tabp, nt);
         Ok(())
     }
 

@@ -151,13 +151,32 @@ extern "C" __global__ void s6_cross_entropy(const float* __restrict__ logits, co
     if (threadIdx.x == 0) losses[blockIdx.x] = (double)m + log(s) - (double)x[t];
 }
 
+// Sum of v[0..n) by one block of up to 1024 threads (f64, fixed order); every thread gets it.
+__device__ __forceinline__ double s6_sum_f64_block(const double* __restrict__ v, unsigned int n,
+                                                   double* scratch /* [33] */) {
+    double s = 0.0;
+    for (unsigned int i = threadIdx.x; i < n; i += blockDim.x) s += v[i];
+    return s6_block_sum_d(s, scratch);
+}
+
 // out[0] = sum of v[0..n) (one block of up to 1024 threads, f64, fixed order).
 extern "C" __global__ void s6_sum_f64(const double* __restrict__ v, unsigned int n, double* __restrict__ out) {
     __shared__ double scratch[33];
-    double s = 0.0;
-    for (unsigned int i = threadIdx.x; i < n; i += blockDim.x) s += v[i];
-    s = s6_block_sum_d(s, scratch);
+    const double s = s6_sum_f64_block(v, n, scratch);
     if (threadIdx.x == 0) out[0] = s;
+}
+
+// Sum of squares (f64) of block `b` of `nb` blocks' grid-stride share of x[0..n); every thread
+// gets it. The one body of s6_sum_squares and s6_sum_squares_many: the same partial sums.
+__device__ __forceinline__ double s6_sum_squares_block(const float* __restrict__ x, unsigned long long n,
+                                                       unsigned int b, unsigned int nb, double* scratch) {
+    double s = 0.0;
+    unsigned long long i = (unsigned long long)b * blockDim.x + threadIdx.x;
+    for (; i < n; i += (unsigned long long)nb * blockDim.x) {
+        const double v = (double)x[i];
+        s += v * v;
+    }
+    return s6_block_sum_d(s, scratch);
 }
 
 // partial[blockIdx.x] = sum of squares of this block's grid-stride share of x (f64). A second
@@ -165,14 +184,81 @@ extern "C" __global__ void s6_sum_f64(const double* __restrict__ v, unsigned int
 extern "C" __global__ void s6_sum_squares(const float* __restrict__ x, unsigned long long n,
                                           double* __restrict__ partial) {
     __shared__ double scratch[33];
-    double s = 0.0;
-    unsigned long long i = (unsigned long long)blockIdx.x * blockDim.x + threadIdx.x;
-    for (; i < n; i += (unsigned long long)gridDim.x * blockDim.x) {
-        const double v = (double)x[i];
-        s += v * v;
-    }
-    s = s6_block_sum_d(s, scratch);
+    const double s = s6_sum_squares_block(x, n, blockIdx.x, gridDim.x, scratch);
     if (threadIdx.x == 0) partial[blockIdx.x] = s;
+}
+
+// Multi-tensor tables: row t of `tab` holds `width` u64 fields, field S6_MT_FIRST the first
+// global block of tensor t and S6_MT_BLOCKS its block count (blocks are numbered tensor after
+// tensor). The tensor of block b: the last t with first <= b (tensors of no blocks share their
+// first block with the next one, so the last such t is the one that owns b).
+#define S6_MT_FIRST 2
+#define S6_MT_BLOCKS 3
+
+__device__ __forceinline__ unsigned int s6_mt_tensor(const unsigned long long* __restrict__ tab, unsigned int width,
+                                                     unsigned int tensors, unsigned long long b) {
+    unsigned int lo = 0, hi = tensors - 1;
+    while (lo < hi) {
+        const unsigned int mid = lo + (hi - lo + 1) / 2;
+        if (tab[(unsigned long long)mid * width + S6_MT_FIRST] <= b) lo = mid; else hi = mid - 1;
+    }
+    return lo;
+}
+
+// Sum of squares of many tensors: tab rows (width 4) = {x pointer, n, first block, blocks}, the
+// blocks of tensor t laid out exactly as s6_sum_squares's grid for it (256 threads each).
+// partial[b] = the partial sum of block b: partial[first .. first + blocks) of tensor t equal
+// the partials s6_sum_squares writes for it alone.
+extern "C" __global__ void s6_sum_squares_many(const unsigned long long* __restrict__ tab, unsigned int tensors,
+                                               double* __restrict__ partial) {
+    __shared__ double scratch[33];
+    const unsigned int t = s6_mt_tensor(tab, 4, tensors, blockIdx.x);
+    const unsigned long long* row = tab + (unsigned long long)t * 4;
+    const float* x = (const float*)row[0];
+    const unsigned int b = (unsigned int)(blockIdx.x - row[S6_MT_FIRST]);
+    const double s = s6_sum_squares_block(x, row[1], b, (unsigned int)row[S6_MT_BLOCKS], scratch);
+    if (threadIdx.x == 0) partial[blockIdx.x] = s;
+}
+
+// totals[t] = sum of tensor t's partials (one block of 1024 threads per tensor, as s6_sum_f64
+// adds one tensor's partials; tab as in s6_sum_squares_many): the value s6_sum_squares gives.
+extern "C" __global__ void s6_sum_f64_many(const double* __restrict__ partial,
+                                           const unsigned long long* __restrict__ tab,
+                                           double* __restrict__ totals) {
+    __shared__ double scratch[33];
+    const unsigned long long* row = tab + (unsigned long long)blockIdx.x * 4;
+    const double s = s6_sum_f64_block(partial + row[S6_MT_FIRST], (unsigned int)row[S6_MT_BLOCKS], scratch);
+    if (threadIdx.x == 0) totals[blockIdx.x] = s;
+}
+
+// out[0] = ((0 + v[0]) + v[1]) + ... + v[n-1], one thread: the order a host loop adds them in.
+extern "C" __global__ void s6_sum_in_order(const double* __restrict__ v, unsigned int n, double* __restrict__ out) {
+    if (blockIdx.x != 0 || threadIdx.x != 0) return;
+    double s = 0.0;
+    for (unsigned int i = 0; i < n; i++) s += v[i];
+    out[0] = s;
+}
+
+// dst = -exp(src), in f64 and rounded once: the correctly rounded -expf (the host's f32 exp
+// gives the same value but in rare halfway cases).
+extern "C" __global__ void s6_neg_exp(const float* __restrict__ src, float* __restrict__ dst, unsigned long long n) {
+    unsigned long long i = (unsigned long long)blockIdx.x * blockDim.x + threadIdx.x;
+    for (; i < n; i += (unsigned long long)gridDim.x * blockDim.x) dst[i] = -(float)exp((double)src[i]);
+}
+
+// One AdamW element (PyTorch semantics), the one body of s6_adamw and s6_adamw_many.
+__device__ __forceinline__ void s6_adamw_elem(float* __restrict__ p, const float* __restrict__ grad,
+                                              float* __restrict__ m, float* __restrict__ v, unsigned long long i,
+                                              float b1, float b2, float eps, float gs, float step_size,
+                                              float bc2_sqrt, float decay) {
+    const float c1 = 1.0f - b1, c2 = 1.0f - b2;
+    const float g = grad[i] * gs;
+    const float mi = b1 * m[i] + c1 * g;
+    const float vi = b2 * v[i] + c2 * (g * g);
+    m[i] = mi;
+    v[i] = vi;
+    const float denom = sqrtf(vi) / bc2_sqrt + eps;
+    p[i] = p[i] * decay - step_size * (mi / denom);
 }
 
 // One AdamW step (PyTorch semantics; the scalars are precomputed on the host as the CPU does).
@@ -180,16 +266,30 @@ extern "C" __global__ void s6_adamw(float* __restrict__ p, const float* __restri
                                     float* __restrict__ v, unsigned long long n, float b1, float b2, float eps,
                                     float gs, float step_size, float bc2_sqrt, float decay) {
     unsigned long long i = (unsigned long long)blockIdx.x * blockDim.x + threadIdx.x;
-    const float c1 = 1.0f - b1, c2 = 1.0f - b2;
-    for (; i < n; i += (unsigned long long)gridDim.x * blockDim.x) {
-        const float g = grad[i] * gs;
-        const float mi = b1 * m[i] + c1 * g;
-        const float vi = b2 * v[i] + c2 * (g * g);
-        m[i] = mi;
-        v[i] = vi;
-        const float denom = sqrtf(vi) / bc2_sqrt + eps;
-        p[i] = p[i] * decay - step_size * (mi / denom);
-    }
+    for (; i < n; i += (unsigned long long)gridDim.x * blockDim.x)
+        s6_adamw_elem(p, grad, m, v, i, b1, b2, eps, gs, step_size, bc2_sqrt, decay);
+}
+
+// AdamW over many tensors in one launch. tab rows (width S6_ADAMW_W) = {n, unused, first block,
+// blocks, param, grad, m, v pointers, then the bits of b1, b2, eps, gs, step_size, bc2_sqrt,
+// decay as f32}; each tensor's blocks stride over it (256 threads each). Elementwise, so the
+// values are those of s6_adamw whatever the grid.
+#define S6_ADAMW_W 15
+extern "C" __global__ void s6_adamw_many(const unsigned long long* __restrict__ tab, unsigned int tensors) {
+    const unsigned int t = s6_mt_tensor(tab, S6_ADAMW_W, tensors, blockIdx.x);
+    const unsigned long long* row = tab + (unsigned long long)t * S6_ADAMW_W;
+    const unsigned long long n = row[0];
+    const unsigned long long nb = row[S6_MT_BLOCKS];
+    float* p = (float*)row[4];
+    const float* g = (const float*)row[5];
+    float* m = (float*)row[6];
+    float* v = (float*)row[7];
+    const float b1 = __uint_as_float((unsigned int)row[8]), b2 = __uint_as_float((unsigned int)row[9]);
+    const float eps = __uint_as_float((unsigned int)row[10]), gs = __uint_as_float((unsigned int)row[11]);
+    const float step_size = __uint_as_float((unsigned int)row[12]);
+    const float bc2_sqrt = __uint_as_float((unsigned int)row[13]), decay = __uint_as_float((unsigned int)row[14]);
+    unsigned long long i = (blockIdx.x - row[S6_MT_FIRST]) * blockDim.x + threadIdx.x;
+    for (; i < n; i += nb * blockDim.x) s6_adamw_elem(p, g, m, v, i, b1, b2, eps, gs, step_size, bc2_sqrt, decay);
 }
 
 // RoPE in place (HF Llama rotate_half). x: [rows, n_head * head_dim] with row stride ld. One
