@@ -19,15 +19,15 @@ run ih256-att-d128 induction-heads --variant attention --d-model 128 --heads 4 -
 cd - > /dev/null
 for t in dev-out/test-*; do
   n=$(basename $t)
-  timeout 150 $t --test-threads=1 > $OUT/$n.log 2>&1; echo "$n exit $?" >> $OUT/$n.log
+  timeout 120 $t --test-threads=1 > $OUT/$n.log 2>&1; echo "$n exit $?" >> $OUT/$n.log
   grep -E "test result|exit" $OUT/$n.log; grep -E "FAILED|panicked" -A8 $OUT/$n.log | head -30
 done
 date -u
 wait
 date -u
 {
-for dt in f32 tf32 bf16; do
-  for f in 1 0; do echo "dtype $dt S6_FUSED_STEP=$f"; S6_FUSED_STEP=$f timeout 40 $S6 bench decode --device cuda --dtype $dt --preset mamba-130m --batch 1,8,128 --tokens 128 --repeats 3; done
+for cfg in "f32 1" "bf16 1" "bf16 0"; do
+  set -- $cfg; echo "dtype $1 S6_FUSED_STEP=$2"; S6_FUSED_STEP=$2 timeout 40 $S6 bench decode --device cuda --dtype $1 --preset mamba-130m --batch 1,8,128 --tokens 128 --repeats 3
 done
 for dt in tf32 bf16; do timeout 50 $S6 bench train --device cuda --dtype $dt --preset mamba-130m --batch 16 --seqlen 2048 --repeats 2; done
 timeout 50 $S6 bench train --device cuda --dtype bf16 --recompute full --preset mamba-130m --batch 16 --seqlen 2048 --repeats 2
