@@ -15,7 +15,7 @@ use crate::backend::{MixerStepArgs, MixerStepOut};
 use crate::Result;
 
 /// Warps (one `x_proj` output column each) per block of `s6_mixer_step_xproj` (`S6_MS_WARPS`).
-const XPROJ_WARPS: usize = 4;
+const XPROJ_WARPS: usize = 16;
 /// Channels per block of `s6_mixer_step_scan` (`S6_MS_CPB`) and lanes per channel (`S6_MS_G`).
 const SCAN_CPB: usize = 32;
 const SCAN_LANES: usize = 8;

@@ -15,7 +15,7 @@
 // Layouts: xz [batch, ldxz] with x at column 0 and z at column di; conv state
 // [batch, k - 1, di]; ssm state [batch, di, n]; xdbl [batch, width] = [δ (r) | B (n) | C (n)].
 
-#define S6_MS_WARPS 4
+#define S6_MS_WARPS 16
 #define S6_MS_G 8
 #define S6_MS_CPB 32
 
@@ -31,12 +31,24 @@ extern "C" __global__ void s6_mixer_step_xproj(const float* __restrict__ xz, uns
     const unsigned int b = blockIdx.y;
     const float* x = xz + (unsigned long long)b * ldxz;
     const float* st = conv_state + (unsigned long long)b * (k - 1) * di;
+    // Latency-bound (a few channels per thread, every load from L2): with Mamba's k = 4 all of a
+    // channel's loads are independent and issued together.
+#pragma unroll 2
     for (unsigned int c = threadIdx.x; c < di; c += blockDim.x) {
         // Same order as s6_conv1d_silu: bias, then taps from the oldest input to x.
         float s = conv_b != nullptr ? conv_b[c] : 0.0f;
         const float* wc = conv_w + (unsigned long long)c * k;
-        for (unsigned int j = 0; j + 1 < k; j++) s = fmaf(wc[j], st[(unsigned long long)j * di + c], s);
-        s = fmaf(wc[k - 1], x[c], s);
+        if (k == 4) {
+            const float w0 = wc[0], w1 = wc[1], w2 = wc[2], w3 = wc[3];
+            const float s0 = st[c], s1 = st[(unsigned long long)di + c], s2 = st[2ull * di + c], xc = x[c];
+            s = fmaf(w0, s0, s);
+            s = fmaf(w1, s1, s);
+            s = fmaf(w2, s2, s);
+            s = fmaf(w3, xc, s);
+        } else {
+            for (unsigned int j = 0; j + 1 < k; j++) s = fmaf(wc[j], st[(unsigned long long)j * di + c], s);
+            s = fmaf(wc[k - 1], x[c], s);
+        }
         const float v = s6_silu(s);
         s6_ms_u[c] = v;
         if (blockIdx.x == 0) u_out[(unsigned long long)b * di + c] = v;
@@ -51,8 +63,9 @@ extern "C" __global__ void s6_mixer_step_xproj(const float* __restrict__ xz, uns
         // Rows start 16-byte aligned (allocations are 256-byte aligned, di a multiple of 4).
         const float4* w4 = reinterpret_cast<const float4*>(w);
         const float4* u4 = reinterpret_cast<const float4*>(s6_ms_u);
+#pragma unroll 4
         for (unsigned int i = lane; i < di / 4; i += 32) {
-            const float4 a = w4[i], v = u4[i];
+            const float4 a = __ldg(w4 + i), v = u4[i];
             acc = fmaf(a.x, v.x, acc);
             acc = fmaf(a.y, v.y, acc);
             acc = fmaf(a.z, v.z, acc);
@@ -89,19 +102,24 @@ extern "C" __global__ void s6_mixer_step_scan(const float* __restrict__ xz, unsi
     const bool active = c < di;
     const unsigned long long bc = (unsigned long long)b * di + c;
 
-    float dt = 0.0f;
+    // Every global load that does not depend on dt first, so that their latencies overlap.
+    float dt = 0.0f, bias_c = 0.0f, uv = 0.0f, d_c = 0.0f, zc = 0.0f;
     if (active) {
+        bias_c = dt_bias[c];
+        uv = u[bc];
+        d_c = dskip[c];
+        zc = xz[(unsigned long long)b * ldxz + di + c];
         const float* wr = dt_proj + (unsigned long long)c * r;
-        for (unsigned int i = part; i < r; i += S6_MS_G) dt = fmaf(s6_ms_x[i], wr[i], dt);
+#pragma unroll 4
+        for (unsigned int i = part; i < r; i += S6_MS_G) dt = fmaf(s6_ms_x[i], __ldg(wr + i), dt);
     }
 #pragma unroll
     for (int off = S6_MS_G / 2; off > 0; off >>= 1) dt += __shfl_xor_sync(0xffffffffu, dt, off);
 
-    float acc = 0.0f, uv = 0.0f;
+    float acc = 0.0f;
     if (active) {
         if (part == 0) delta_out[bc] = dt;
-        const float dl = s6_softplus(dt + dt_bias[c]);
-        uv = u[bc];
+        const float dl = s6_softplus(dt + bias_c);
         const float du = dl * uv;
         const float* ac = a + (unsigned long long)c * n;
         float* h = ssm_state + bc * n;
@@ -122,7 +140,6 @@ extern "C" __global__ void s6_mixer_step_scan(const float* __restrict__ xz, unsi
 #pragma unroll
     for (int off = S6_MS_G / 2; off > 0; off >>= 1) acc += __shfl_xor_sync(0xffffffffu, acc, off);
     if (active && part == 0) {
-        const float z = xz[(unsigned long long)b * ldxz + di + c];
-        y[bc] = (acc + dskip[c] * uv) * s6_silu(z);
+        y[bc] = (acc + d_c * uv) * s6_silu(zc);
     }
 }

@@ -251,14 +251,17 @@ __device__ __forceinline__ void s6_adamw_elem(float* __restrict__ p, const float
                                               float* __restrict__ m, float* __restrict__ v, unsigned long long i,
                                               float b1, float b2, float eps, float gs, float step_size,
                                               float bc2_sqrt, float decay) {
-    const float c1 = 1.0f - b1, c2 = 1.0f - b2;
-    const float g = grad[i] * gs;
-    const float mi = b1 * m[i] + c1 * g;
-    const float vi = b2 * v[i] + c2 * (g * g);
+    // Explicitly rounded operations, no contraction into FMAs: the same f32 operations in the same
+    // order as the CPU backend, so every caller (one tensor, many tensors) and the CPU agree bit
+    // for bit, whatever the compiler would fuse.
+    const float c1 = __fsub_rn(1.0f, b1), c2 = __fsub_rn(1.0f, b2);
+    const float g = __fmul_rn(grad[i], gs);
+    const float mi = __fadd_rn(__fmul_rn(b1, m[i]), __fmul_rn(c1, g));
+    const float vi = __fadd_rn(__fmul_rn(b2, v[i]), __fmul_rn(c2, __fmul_rn(g, g)));
     m[i] = mi;
     v[i] = vi;
-    const float denom = sqrtf(vi) / bc2_sqrt + eps;
-    p[i] = p[i] * decay - step_size * (mi / denom);
+    const float denom = __fadd_rn(__fdiv_rn(__fsqrt_rn(vi), bc2_sqrt), eps);
+    p[i] = __fsub_rn(__fmul_rn(p[i], decay), __fmul_rn(step_size, __fdiv_rn(mi, denom)));
 }
 
 // One AdamW step (PyTorch semantics; the scalars are precomputed on the host as the CPU does).
