@@ -1,6 +1,9 @@
 //! The fused single-token mixer step ([`Backend::mixer_step`], `kernels/mixer_step.cu`): for
 //! decoding (`seqlen = 1`), conv1d + SiLU, `x_proj`, `dt_proj` and the selective-scan step with
-//! `D` and the gate in two kernels instead of five (conv, conv-state update, two GEMVs, scan).
+//! `D` and the gate in three kernels instead of five: the conv (without its state update), the
+//! `x_proj` product (the small-batch GEMV), and `s6_mixer_step_scan`, which does `dt_proj`, the
+//! conv-state update and the scan step per channel. (A first version also fused the conv into
+//! `x_proj`: every block recomputed the conv, and on 1.4B it was slower than op by op.)
 //! The environment variable `S6_FUSED_STEP=0` turns it off (the model then runs the ops one by
 //! one), for side-by-side measurements; it is read once per process.
 //!
@@ -10,12 +13,10 @@ use std::sync::OnceLock;
 
 use cudarc::driver::{LaunchConfig, PushKernelArg};
 
-use super::{driver_err, u32_of, Cuda, CudaBuf, MAX_D_STATE};
-use crate::backend::{MixerStepArgs, MixerStepOut};
+use super::{driver_err, grid_1d, u32_of, Cuda, CudaBuf, MAX_D_STATE};
+use crate::backend::{Backend, MixerStepArgs, MixerStepOut, View};
 use crate::Result;
 
-/// Warps (one `x_proj` output column each) per block of `s6_mixer_step_xproj` (`S6_MS_WARPS`).
-const XPROJ_WARPS: usize = 16;
 /// Channels per block of `s6_mixer_step_scan` (`S6_MS_CPB`) and lanes per channel (`S6_MS_G`).
 const SCAN_CPB: usize = 32;
 const SCAN_LANES: usize = 8;
@@ -40,7 +41,6 @@ impl Cuda {
             && di > 0
             && (1..=MAX_D_STATE).contains(&n)
             && (1..=MAX_D_CONV).contains(&k)
-            && 4 * di <= MAX_SHARED
             && 4 * width <= MAX_SHARED;
         if !covered {
             return Ok(false);
@@ -52,7 +52,6 @@ impl Cuda {
             Some(b) => self.ptr(b, 0, di, "mixer step conv bias")?,
             None => 0u64,
         };
-        let xw = self.ptr(a.x_proj, 0, width * di, "mixer step x_proj")?;
         let dtw = self.ptr(a.dt_proj, 0, di * r, "mixer step dt_proj")?;
         let dtb = self.ptr(a.dt_bias, 0, di, "mixer step dt bias")?;
         let ap = self.ptr(a.a, 0, di * n, "mixer step A")?;
@@ -67,13 +66,13 @@ impl Cuda {
             (u32_of("ld xz", ldxz)?, u32_of("d_conv", k)?, u32_of("width", width)?, u32_of("dt_rank", r)?);
         let (dd, nn, bb) = (u32_of("d_inner", di)?, u32_of("d_state", n)?, u32_of("batch", batch)?);
 
-        let cfg1 = LaunchConfig {
-            grid_dim: (u32_of("blocks", width.div_ceil(XPROJ_WARPS))?, bb, 1),
-            block_dim: ((32 * XPROJ_WARPS) as u32, 1, 1),
-            shared_mem_bytes: u32_of("shared", 4 * di)?,
-        };
-        launch!(self, self.func("s6_mixer_step_xproj")?, cfg1, "mixer step x_proj";
-            xz, ldxz, cw, cb, conv, kk, xw, ww, up, xdbl, dd);
+        // conv + SiLU → u: the op-by-op path's kernel (one thread per channel), without its
+        // state update, which moves into the scan kernel (the window is still read here).
+        let one = 1u32;
+        launch!(self, self.func("s6_conv1d_silu")?, grid_1d(batch * di), "mixer step conv";
+            xz, ldxz, cw, cb, conv, up, bb, one, dd, kk);
+        // x_proj as any product: the small-batch GEMV for few rows, under the chosen `Compute`.
+        self.linear(View::full(&*o.u, di), batch, di, a.x_proj, width, None, &mut *o.xdbl)?;
         let cfg2 = LaunchConfig {
             grid_dim: (u32_of("blocks", di.div_ceil(SCAN_CPB))?, bb, 1),
             block_dim: ((SCAN_CPB * SCAN_LANES) as u32, 1, 1),

@@ -111,7 +111,6 @@ const KERNELS: &[&str] = &[
     "s6_gemv_bf16_r7",
     "s6_gemv_bf16_r8",
     // kernels/mixer_step.cu
-    "s6_mixer_step_xproj",
     "s6_mixer_step_scan",
 ];
 

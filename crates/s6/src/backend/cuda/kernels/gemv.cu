@@ -140,7 +140,18 @@ S6_GEMV_ENTRY(8, 2)
 // loads (8 values; k % 8 == 0), 1 = 8-byte weight loads (4 values; k % 4 == 0), both with float4
 // loads of x (x 16-byte aligned, ld % 4 == 0); 0 = scalar loads. Same work split and grid as the
 // f32 kernel.
-__device__ __forceinline__ float s6_rbf16(float v) { return s6_bf16_to_f32(s6_f32_to_bf16(v)); }
+// One instruction (cvt.rn.bf16.f32, sm_80 and later): the rounding is per x value and weight
+// column group, so with 5-8 rows the bit-twiddling version made the kernel compute-bound. Round to
+// nearest even like s6_f32_to_bf16 for every non-NaN value.
+__device__ __forceinline__ float s6_rbf16(float v) {
+#if __CUDA_ARCH__ >= 800
+    unsigned short h;
+    asm("cvt.rn.bf16.f32 %0, %1;" : "=h"(h) : "f"(v));
+    return s6_bf16_to_f32(h);
+#else
+    return s6_bf16_to_f32(s6_f32_to_bf16(v));
+#endif
+}
 
 template <int R, int NC>
 __device__ __forceinline__ void s6_gemv_bf16_impl(const float* __restrict__ x, unsigned int ld,
