@@ -82,7 +82,8 @@ pub fn on_device(device: &Device, compute: Compute, job: impl OnDevice) -> Resul
 fn cpu_compute(compute: Compute) -> Result<()> {
     if compute != Compute::F32 {
         bail!(
-            "--dtype {compute:?} is a CUDA option (TF32 or bf16 tensor-core products); the CPU computes in f32: use --dtype f32"
+            "--dtype {} is a CUDA option (TF32 or bf16 tensor-core products); the CPU computes in f32: use --dtype f32",
+            format!("{compute:?}").to_lowercase()
         );
     }
     Ok(())
