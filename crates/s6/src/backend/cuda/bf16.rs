@@ -21,7 +21,7 @@ use std::sync::MutexGuard;
 use cudarc::cublas::{result as blas_result, sys as blas_sys};
 use cudarc::driver::{sys as driver_sys, DevicePtr, PushKernelArg};
 
-use super::{blas_err, driver_err, grid_1d, u32_of, Bf16Scratch, Cuda, CudaBuf, Shadow, GEMV_MAX_ROWS};
+use super::{blas_err, driver_err, grid_1d, u32_of, Bf16Scratch, Cuda, CudaBuf, Shadow, GEMV_KERNELS, GEMV_MAX_ROWS};
 use crate::backend::View;
 use crate::{Error, Result};
 
@@ -190,16 +190,7 @@ impl Cuda {
                 0
             };
             let (cfg, split) = Self::gemv_cfg(rows, n)?;
-            let name = [
-                "s6_gemv_bf16_r1",
-                "s6_gemv_bf16_r2",
-                "s6_gemv_bf16_r3",
-                "s6_gemv_bf16_r4",
-                "s6_gemv_bf16_r5",
-                "s6_gemv_bf16_r6",
-                "s6_gemv_bf16_r7",
-                "s6_gemv_bf16_r8",
-            ][rows - 1];
+            let name = GEMV_KERNELS[1][rows - 1];
             let (ld, nn, kk) = (u32_of("ld", x.ld)?, u32_of("n", n)?, u32_of("k", k)?);
             launch!(self, self.func(name)?, cfg, "gemv bf16"; xp, ld, wp, bp, o, nn, kk, split, vec);
             return Ok(());

@@ -91,7 +91,7 @@ const KERNELS: &[&str] = &[
     "s6_attn_bwd_delta",
     "s6_attn_bwd_dq",
     "s6_attn_bwd_dkv",
-    // kernels/gemv.cu
+    // kernels/gemv.cu (GEMV_F32, GEMV_BF16)
     "s6_gemv_r1",
     "s6_gemv_r2",
     "s6_gemv_r3",
@@ -100,8 +100,6 @@ const KERNELS: &[&str] = &[
     "s6_gemv_r6",
     "s6_gemv_r7",
     "s6_gemv_r8",
-    // kernels/bf16.cu
-    "s6_cast_bf16",
     "s6_gemv_bf16_r1",
     "s6_gemv_bf16_r2",
     "s6_gemv_bf16_r3",
@@ -110,6 +108,8 @@ const KERNELS: &[&str] = &[
     "s6_gemv_bf16_r6",
     "s6_gemv_bf16_r7",
     "s6_gemv_bf16_r8",
+    // kernels/bf16.cu
+    "s6_cast_bf16",
     // kernels/mixer_step.cu
     "s6_mixer_step_scan",
 ];
@@ -120,6 +120,21 @@ const KERNELS: &[&str] = &[
 /// are built for many rows. Setting the environment variable `S6_GEMV=0` turns the kernel off
 /// (every `linear` then uses cuBLAS), for side-by-side measurements; it is read once per process.
 pub const GEMV_MAX_ROWS: usize = 8;
+
+/// The matrix-vector kernels by weight type (f32, bf16) and rows (1..=8).
+const GEMV_KERNELS: [[&str; GEMV_MAX_ROWS]; 2] = [
+    ["s6_gemv_r1", "s6_gemv_r2", "s6_gemv_r3", "s6_gemv_r4", "s6_gemv_r5", "s6_gemv_r6", "s6_gemv_r7", "s6_gemv_r8"],
+    [
+        "s6_gemv_bf16_r1",
+        "s6_gemv_bf16_r2",
+        "s6_gemv_bf16_r3",
+        "s6_gemv_bf16_r4",
+        "s6_gemv_bf16_r5",
+        "s6_gemv_bf16_r6",
+        "s6_gemv_bf16_r7",
+        "s6_gemv_bf16_r8",
+    ],
+];
 
 /// Warps per block of `s6_gemv_r*` (`S6_GEMV_WARPS` in the kernel).
 const GEMV_WARPS: usize = 8;
@@ -546,16 +561,7 @@ impl Cuda {
         let vec =
             u32::from(k.is_multiple_of(4) && x.ld.is_multiple_of(4) && xp.is_multiple_of(16) && wp.is_multiple_of(16));
         let (cfg, sp) = Self::gemv_cfg(rows, n)?;
-        let name = [
-            "s6_gemv_r1",
-            "s6_gemv_r2",
-            "s6_gemv_r3",
-            "s6_gemv_r4",
-            "s6_gemv_r5",
-            "s6_gemv_r6",
-            "s6_gemv_r7",
-            "s6_gemv_r8",
-        ][rows - 1];
+        let name = GEMV_KERNELS[0][rows - 1];
         let (ld, nn, kk) = (u32_of("ld", x.ld)?, u32_of("n", n)?, u32_of("k", k)?);
         launch!(self, self.func(name)?, cfg, "gemv"; xp, ld, wp, bp, o, nn, kk, sp, vec);
         Ok(())
