@@ -178,7 +178,7 @@ pub struct PrefillReport {
     pub limit_tok_per_s: f64,
 }
 
-/// Bytes of parameters read by one decode step of `batch` sequences (f32): every parameter once,
+/// Bytes of parameters read by one decode step of `batch` sequences: every parameter once,
 /// the vocabulary matrix once as `lm_head` (tied or not), and of the embedding table only the
 /// `batch` looked-up rows. State traffic (`batch × state_bytes_per_sequence`, read and written)
 /// is not included: 2.8 MB per sequence for the 130M model, against 516 MB of weights.
@@ -188,7 +188,12 @@ pub fn decode_weight_bytes<B: Backend>(model: &Mamba<B>, batch: usize) -> usize 
     // num_params counts the table once (tied) or table + head (untied); either way the table's
     // full read is the head's, and the embedding lookup adds `batch` rows.
     let untied_table = if c.tie_embeddings { 0 } else { table };
-    4 * (c.num_params() - untied_table + batch * c.d_model)
+    // The products read their weights at the backend's width (bf16 copies under `--dtype bf16`
+    // on CUDA); norms, conv, A, D and the embedding rows stay f32 (a small share).
+    let matmul = c.num_params() - untied_table;
+    let small = c.n_layer * (c.d_model + c.d_inner * (c.d_conv + c.d_state + 3));
+    let wide = model.backend.matmul_weight_bytes();
+    wide * matmul.saturating_sub(small) + 4 * (small.min(matmul) + batch * c.d_model)
 }
 
 /// FLOP per token of a prefill of `seqlen` tokens per sequence with last-position logits only:

@@ -686,6 +686,13 @@ pub trait Backend: Send + Sync + Clone {
         Ok(())
     }
 
+    /// Bytes a matrix product reads per weight element (4 for f32; 2 where products read bf16
+    /// copies of the weights, [`Compute::Bf16`] on CUDA): for the decode benchmarks' bandwidth
+    /// limit.
+    fn matmul_weight_bytes(&self) -> usize {
+        4
+    }
+
     /// How many logits (`rows × vocab` floats) the language-model head computes at once in the
     /// loss (`model::head_cross_entropy`): a memory/overhead trade-off. 4M floats (16 MB, cache
     /// friendly) by default; devices with much memory and a per-call readback ask for more.

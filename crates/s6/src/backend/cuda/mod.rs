@@ -1079,6 +1079,14 @@ impl Backend for Cuda {
         self.sum_rows_dev(src, rows, n, dst)
     }
 
+    fn matmul_weight_bytes(&self) -> usize {
+        if self.compute() == Compute::Bf16 {
+            2
+        } else {
+            4
+        }
+    }
+
     fn logits_chunk_elems(&self) -> usize {
         // 64M floats (256 MB of logits plus as much of their gradient): few chunks, so few
         // cross-entropy readbacks, at any realistic batch.
