@@ -34,6 +34,10 @@ pub struct Args {
     /// Prefill, train and scaling: prompt (context) lengths, comma-separated.
     #[arg(long, default_value = "512,2048", value_delimiter = ',')]
     seqlen: Vec<usize>,
+    /// Time every backend op on its own (synchronizing around each; no graphs) and print where
+    /// the time went, products per shape. Slows the run down; for finding what to optimize.
+    #[arg(long)]
+    profile: bool,
     /// Scaling: tokens per prefill chunk (bounds the activations whatever the context).
     #[arg(long, default_value_t = 8192)]
     chunk: usize,
@@ -77,7 +81,29 @@ pub fn run(a: Args) -> Result<()> {
 
 impl OnDevice for Args {
     fn run<B: Backend>(self, backend: B) -> Result<()> {
-        bench_on(backend, &self)
+        if !self.profile {
+            return bench_on(backend, &self);
+        }
+        let timed = s6::backend::timed::Timed::new(backend);
+        bench_on(timed.clone(), &self)?;
+        print_profile(&timed.report());
+        Ok(())
+    }
+}
+
+/// The `--profile` table: every op (products per shape), slowest in total first.
+fn print_profile(rows: &[(String, s6::backend::timed::OpTime)]) {
+    let total: f64 = rows.iter().map(|(_, t)| t.seconds).sum();
+    println!("\nprofile (each op timed alone, waiting for the device before and after; total {total:.3} s):");
+    println!("{:<44} {:>8} {:>10} {:>7} {:>12}", "op", "calls", "seconds", "share", "µs per call");
+    for (name, t) in rows {
+        println!(
+            "{name:<44} {:>8} {:>10.4} {:>6.1}% {:>12.1}",
+            t.calls,
+            t.seconds,
+            100.0 * t.seconds / total.max(1e-12),
+            1e6 * t.seconds / t.calls.max(1) as f64
+        );
     }
 }
 

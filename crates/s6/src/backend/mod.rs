@@ -15,6 +15,7 @@ pub mod cpu;
 pub mod cuda;
 #[cfg(test)]
 pub(crate) mod reference;
+pub mod timed;
 
 use crate::Result;
 
