@@ -4,7 +4,7 @@
 
 use cudarc::driver::{CudaSlice, DevicePtr, LaunchConfig, PushKernelArg};
 
-use super::{driver_err, grid_1d, u32_of, Cuda, CudaBuf, MAX_D_STATE};
+use super::{driver_err, grid_1d, rows_channels_grid, u32_of, Cuda, CudaBuf, MAX_D_STATE};
 use crate::backend::{ScanArgs, ScanGrads, View, ViewMut};
 use crate::{Error, Result};
 
@@ -178,20 +178,18 @@ impl Cuda {
         );
         let dpre = self.scratch(rows * channels)?;
         let (dpp, _s1) = dpre.device_ptr(self.stream());
-        launch!(self, self.func("s6_conv_bwd_dpre")?, grid_1d(rows * channels), "conv1d backward dpre";
+        let grid = rows_channels_grid(rows, channels)?;
+        launch!(self, self.func("s6_conv_bwd_dpre")?, grid, "conv1d backward dpre";
             xp, ldx, wp, bp, gp, dpp, b, l, c, k);
-        launch!(self, self.func("s6_conv_bwd_dx")?, grid_1d(rows * channels), "conv1d backward dx";
+        launch!(self, self.func("s6_conv_bwd_dx")?, grid, "conv1d backward dx";
             dpp, wp, dxp, lddx, b, l, c, k);
-        let nseg = rows.div_ceil(CONV_DW_ROWS);
+        // Segments of at least CONV_DW_ROWS rows, at most 65,535 of them (the grid's height).
+        let seg_rows = CONV_DW_ROWS.max(rows.div_ceil(65535));
+        let nseg = rows.div_ceil(seg_rows);
         let part = self.scratch(nseg * channels * (kernel + 1))?;
         let (pp, _s2) = part.device_ptr(self.stream());
-        let (r32, seg, nseg32) = (u32_of("rows", rows)?, CONV_DW_ROWS as u32, u32_of("segments", nseg)?);
-        let threads = nseg * channels;
-        let cfg = LaunchConfig {
-            grid_dim: (u32_of("conv1d backward blocks", threads.div_ceil(256))?, 1, 1),
-            block_dim: (256, 1, 1),
-            shared_mem_bytes: 0,
-        };
+        let (r32, seg, nseg32) = (u32_of("rows", rows)?, u32_of("segment rows", seg_rows)?, u32_of("segments", nseg)?);
+        let cfg = LaunchConfig { grid_dim: (grid.grid_dim.0, nseg32, 1), ..grid };
         launch!(self, self.func("s6_conv_bwd_dw_partial")?, cfg, "conv1d backward dweight";
             xp, ldx, dpp, pp, r32, l, c, k, seg, nseg32);
         launch!(self, self.func("s6_conv_bwd_dw_reduce")?, grid_1d(channels * (kernel + 1)), "conv1d backward dweight sum";

@@ -13,7 +13,7 @@ use std::sync::OnceLock;
 
 use cudarc::driver::{LaunchConfig, PushKernelArg};
 
-use super::{driver_err, grid_1d, u32_of, Cuda, CudaBuf, MAX_D_STATE};
+use super::{driver_err, rows_channels_grid, u32_of, Cuda, CudaBuf, MAX_D_STATE};
 use crate::backend::{Backend, MixerStepArgs, MixerStepOut, View};
 use crate::Result;
 
@@ -69,7 +69,7 @@ impl Cuda {
         // conv + SiLU → u: the op-by-op path's kernel (one thread per channel), without its
         // state update, which moves into the scan kernel (the window is still read here).
         let one = 1u32;
-        launch!(self, self.func("s6_conv1d_silu")?, grid_1d(batch * di), "mixer step conv";
+        launch!(self, self.func("s6_conv1d_silu")?, rows_channels_grid(batch, di)?, "mixer step conv";
             xz, ldxz, cw, cb, conv, up, bb, one, dd, kk);
         // x_proj as any product: the small-batch GEMV for few rows, under the chosen `Compute`.
         self.linear(View::full(&*o.u, di), batch, di, a.x_proj, width, None, &mut *o.xdbl)?;

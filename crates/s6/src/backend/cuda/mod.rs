@@ -72,7 +72,8 @@ const KERNELS: &[&str] = &[
     "s6_conv_bwd_dw_partial",
     "s6_conv_bwd_dw_reduce",
     // kernels/train.cu
-    "s6_col_sums",
+    "s6_col_sums_part",
+    "s6_col_sums_finish",
     "s6_rmsnorm_bwd",
     "s6_embedding_bwd",
     "s6_cross_entropy",
@@ -320,6 +321,16 @@ fn keep_pool_memory(ctx: &CudaContext) {
 fn grid_1d(n: usize) -> LaunchConfig {
     let blocks = n.div_ceil(256).clamp(1, 65535 * 8) as u32;
     LaunchConfig { grid_dim: (blocks, 1, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 }
+}
+
+/// Grid of the conv kernels: x over `ch` channels (128 per block), y over `rows` rows (the
+/// kernels stride by the grid's height past 65,535).
+fn rows_channels_grid(rows: usize, ch: usize) -> Result<LaunchConfig> {
+    Ok(LaunchConfig {
+        grid_dim: (u32_of("channel blocks", ch.div_ceil(128))?, rows.clamp(1, 65535) as u32, 1),
+        block_dim: (128, 1, 1),
+        shared_mem_bytes: 0,
+    })
 }
 
 fn u32_of(what: &str, v: usize) -> Result<u32> {
@@ -805,7 +816,7 @@ impl Backend for Cuda {
             u32_of("channels", channels)?,
             u32_of("kernel", kernel)?,
         );
-        launch!(self, self.func("s6_conv1d_silu")?, grid_1d(rows * channels), "conv1d_silu"; xp, ld, wp, bp, sp, o, b, l, c, k);
+        launch!(self, self.func("s6_conv1d_silu")?, rows_channels_grid(rows, channels)?, "conv1d_silu"; xp, ld, wp, bp, sp, o, b, l, c, k);
         if kernel > 1 {
             launch!(self, self.func("s6_conv_state_update")?, grid_1d(batch * channels), "conv state"; xp, ld, sp, b, l, c, k);
         }

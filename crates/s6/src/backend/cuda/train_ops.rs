@@ -12,6 +12,9 @@ use super::{blas_err, driver_err, grid_1d, u32_of, Cuda, CudaBuf};
 use crate::backend::{check_adamw_many, AdamW, AttnDims, Backend, Compute, View, ViewMut};
 use crate::{Error, Result};
 
+/// Rows per chunk of the column sums' first pass.
+const COL_SUM_ROWS: usize = 256;
+
 /// Warps per block of the attention kernels (`S6_ATT_WARPS`) and their largest head size.
 const ATT_WARPS: usize = 4;
 const ATT_MAX_HEAD_DIM: usize = 128;
@@ -78,13 +81,22 @@ impl Cuda {
         }
         let sp = self.ptr(src.buf, src.offset, Self::view_extent(src.ld, rows, n), what)?;
         let dp = self.ptr_mut(dst, 0, n, what)?;
+        // Chunks of COL_SUM_ROWS rows (more when there would be over 65,535 chunks), one block
+        // row each: enough blocks to fill the device even for the 768 columns of a norm weight.
+        let chunk_rows = COL_SUM_ROWS.max(rows.div_ceil(65535));
+        let chunks = rows.div_ceil(chunk_rows);
+        // SAFETY: every value is written by s6_col_sums_part before s6_col_sums_finish reads it.
+        let part = unsafe { self.stream().alloc::<f64>(chunks * n) }.map_err(driver_err("allocation"))?;
+        let (pp, _s) = part.device_ptr(self.stream());
         let cfg = LaunchConfig {
-            grid_dim: (u32_of("columns", n.div_ceil(32))?, 1, 1),
+            grid_dim: (u32_of("columns", n.div_ceil(32))?, u32_of("chunks", chunks)?, 1),
             block_dim: (32, 8, 1),
             shared_mem_bytes: 0,
         };
         let (ld, r, nn) = (u32_of("ld", src.ld)?, u32_of("rows", rows)?, u32_of("n", n)?);
-        launch!(self, self.func("s6_col_sums")?, cfg, what; sp, ld, r, nn, dp);
+        let (cr, ch) = (u32_of("chunk rows", chunk_rows)?, u32_of("chunks", chunks)?);
+        launch!(self, self.func("s6_col_sums_part")?, cfg, what; sp, ld, r, nn, cr, pp);
+        launch!(self, self.func("s6_col_sums_finish")?, grid_1d(n), what; pp, ch, nn, dp);
         Ok(())
     }
 

@@ -78,25 +78,27 @@ extern "C" __global__ void s6_conv1d_silu(const float* __restrict__ x, unsigned 
                                           const float* __restrict__ bias, const float* __restrict__ state,
                                           float* __restrict__ out, unsigned int batch, unsigned int seqlen,
                                           unsigned int ch, unsigned int k) {
-    unsigned long long i = (unsigned long long)blockIdx.x * blockDim.x + threadIdx.x;
-    unsigned long long total = (unsigned long long)batch * seqlen * ch;
-    for (; i < total; i += (unsigned long long)gridDim.x * blockDim.x) {
-        const unsigned int c = (unsigned int)(i % ch);
-        const unsigned long long row = i / ch;
-        const unsigned int b = (unsigned int)(row / seqlen), t = (unsigned int)(row % seqlen);
-        float s = bias != nullptr ? bias[c] : 0.0f;
+    // 2-D grid (s6_rows_channels_grid): x over channels, y striding over rows. No 64-bit
+    // division per element (it cost more than the arithmetic).
+    const unsigned int c = blockIdx.x * blockDim.x + threadIdx.x;
+    if (c >= ch) return;
+    const unsigned int rows = batch * seqlen;
+    const float b0 = bias != nullptr ? bias[c] : 0.0f;
+    for (unsigned int row = blockIdx.y; row < rows; row += gridDim.y) {
+        const unsigned int b = row / seqlen, t = row - b * seqlen;
+        float s = b0;
         for (unsigned int j = 0; j < k; j++) {
             // Tap j reads input step t + j - (k-1).
-            long long tt = (long long)t + j - (long long)(k - 1);
+            const int tt = (int)t + (int)j - (int)(k - 1);
             float v;
             if (tt < 0) {
-                v = state[((unsigned long long)b * (k - 1) + (unsigned long long)(tt + (k - 1))) * ch + c];
+                v = state[((unsigned long long)b * (k - 1) + (unsigned long long)(tt + (int)(k - 1))) * ch + c];
             } else {
-                v = x[((unsigned long long)b * seqlen + tt) * ldx + c];
+                v = x[((unsigned long long)b * seqlen + (unsigned int)tt) * ldx + c];
             }
             s = fmaf(w[c * k + j], v, s);
         }
-        out[i] = s6_silu(s);
+        out[(unsigned long long)row * ch + c] = s6_silu(s);
     }
 }
 

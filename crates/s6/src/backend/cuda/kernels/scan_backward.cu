@@ -695,21 +695,25 @@ extern "C" __global__ void s6_scan_bwd_reduce_params(const float* __restrict__ p
 // ----- causal depthwise conv1d + SiLU backward (zero initial state) -----
 // x: element (row, c) at x[row * ldx + c]; weight [ch, k]; dout, dpre contiguous [rows, ch].
 
+// The three kernels below run on a 2-D grid (s6_rows_channels_grid): x over channels, y striding
+// over rows, so that no element needs a 64-bit division.
+
 // dpre = dout * silu'(pre), the pre-activation recomputed.
 extern "C" __global__ void s6_conv_bwd_dpre(const float* __restrict__ x, unsigned int ldx, const float* __restrict__ w,
                                             const float* __restrict__ bias, const float* __restrict__ dout,
                                             float* __restrict__ dpre, unsigned int batch, unsigned int seqlen,
                                             unsigned int ch, unsigned int k) {
-    unsigned long long i = (unsigned long long)blockIdx.x * blockDim.x + threadIdx.x;
-    const unsigned long long total = (unsigned long long)batch * seqlen * ch;
-    for (; i < total; i += (unsigned long long)gridDim.x * blockDim.x) {
-        const unsigned int c = (unsigned int)(i % ch);
-        const unsigned long long row = i / ch;
-        const unsigned int t = (unsigned int)(row % seqlen);
-        float pre = bias != nullptr ? bias[c] : 0.0f;
+    const unsigned int c = blockIdx.x * blockDim.x + threadIdx.x;
+    if (c >= ch) return;
+    const unsigned int rows = batch * seqlen;
+    const float b0 = bias != nullptr ? bias[c] : 0.0f;
+    for (unsigned int row = blockIdx.y; row < rows; row += gridDim.y) {
+        const unsigned int t = row % seqlen;
+        const unsigned long long i = (unsigned long long)row * ch + c;
+        float pre = b0;
         for (unsigned int j = 0; j < k; j++) {
             // Tap j reads input step t + j - (k-1); zeros before the sequence start.
-            if (t + j >= k - 1) pre = fmaf(w[(unsigned long long)c * k + j], x[(row + j - (k - 1)) * ldx + c], pre);
+            if (t + j >= k - 1) pre = fmaf(w[c * k + j], x[((unsigned long long)row + j - (k - 1)) * ldx + c], pre);
         }
         const float s = s6b_sigmoid(pre);
         dpre[i] = dout[i] * s * fmaf(pre, 1.0f - s, 1.0f);
@@ -720,45 +724,92 @@ extern "C" __global__ void s6_conv_bwd_dpre(const float* __restrict__ x, unsigne
 extern "C" __global__ void s6_conv_bwd_dx(const float* __restrict__ dpre, const float* __restrict__ w,
                                           float* __restrict__ dx, unsigned int lddx, unsigned int batch,
                                           unsigned int seqlen, unsigned int ch, unsigned int k) {
-    unsigned long long i = (unsigned long long)blockIdx.x * blockDim.x + threadIdx.x;
-    const unsigned long long total = (unsigned long long)batch * seqlen * ch;
-    for (; i < total; i += (unsigned long long)gridDim.x * blockDim.x) {
-        const unsigned int c = (unsigned int)(i % ch);
-        const unsigned long long row = i / ch;
-        const unsigned int t = (unsigned int)(row % seqlen);
+    const unsigned int c = blockIdx.x * blockDim.x + threadIdx.x;
+    if (c >= ch) return;
+    const unsigned int rows = batch * seqlen;
+    for (unsigned int row = blockIdx.y; row < rows; row += gridDim.y) {
+        const unsigned int t = row % seqlen;
         float acc = 0.0f;
         for (unsigned int j = 0; j < k; j++) {
             if (t + (k - 1) - j < seqlen) {
-                acc = fmaf(w[(unsigned long long)c * k + j], dpre[(row + (k - 1) - j) * ch + c], acc);
+                acc = fmaf(w[c * k + j], dpre[((unsigned long long)row + (k - 1) - j) * ch + c], acc);
             }
         }
-        dx[row * lddx + c] = acc;
+        dx[(unsigned long long)row * lddx + c] = acc;
     }
 }
 
 // Partial dweight / dbias over segments of `seg` rows: part[sg][c][j] = Σ_rows dpre·x(tap j) for
-// j < k, and Σ_rows dpre for j = k. One thread per (segment, channel).
+// j < k, and Σ_rows dpre for j = k. Grid (channels, segments): one pass over the segment's rows
+// with the last k inputs in a register window (k <= S6_CONV_BWD_MAXK; longer kernels take one
+// pass per tap).
+#define S6_CONV_BWD_MAXK 8
 extern "C" __global__ void s6_conv_bwd_dw_partial(const float* __restrict__ x, unsigned int ldx,
                                                   const float* __restrict__ dpre, float* __restrict__ part,
                                                   unsigned int rows, unsigned int seqlen, unsigned int ch,
                                                   unsigned int k, unsigned int seg, unsigned int nseg) {
-    const unsigned long long i = (unsigned long long)blockIdx.x * blockDim.x + threadIdx.x;
-    if (i >= (unsigned long long)nseg * ch) return;
-    const unsigned int c = (unsigned int)(i % ch), sg = (unsigned int)(i / ch);
-    const unsigned long long r0 = (unsigned long long)sg * seg;
-    const unsigned long long r1 = r0 + seg < rows ? r0 + seg : rows;
+    const unsigned int c = blockIdx.x * blockDim.x + threadIdx.x;
+    const unsigned int sg = blockIdx.y;
+    if (c >= ch || sg >= nseg) return;
+    const unsigned int r0 = sg * seg;
+    const unsigned int r1 = r0 + seg < rows ? r0 + seg : rows;
+    float* out = part + ((unsigned long long)sg * ch + c) * (k + 1);
+    if (k <= S6_CONV_BWD_MAXK) {
+        // win[j] = the input tap j reads for the current row (0 before the sequence start).
+        float win[S6_CONV_BWD_MAXK], acc[S6_CONV_BWD_MAXK + 1];
+#pragma unroll
+        for (int j = 0; j <= S6_CONV_BWD_MAXK; j++) acc[j] = 0.0f;
+        unsigned int t = r0 % seqlen;
+#pragma unroll
+        for (int j = 0; j < S6_CONV_BWD_MAXK; j++) {
+            // Taps j < k - 1 read earlier rows of the same sequence.
+            float v = 0.0f;
+            if (j + 1 < (int)k && t + j + 1 >= k) v = x[((unsigned long long)r0 + j + 1 - k) * ldx + c];
+            win[j] = v;
+        }
+        for (unsigned int row = r0; row < r1; row++) {
+            if (t == 0) {
+#pragma unroll
+                for (int j = 0; j < S6_CONV_BWD_MAXK; j++) win[j] = 0.0f;
+            }
+            // The newest input is tap k - 1.
+            const float xn = x[(unsigned long long)row * ldx + c];
+#pragma unroll
+            for (int j = 0; j < S6_CONV_BWD_MAXK; j++) {
+                if (j == (int)k - 1) win[j] = xn;
+            }
+            const float g = dpre[(unsigned long long)row * ch + c];
+#pragma unroll
+            for (int j = 0; j < S6_CONV_BWD_MAXK; j++) {
+                if (j < (int)k) acc[j] = fmaf(g, win[j], acc[j]);
+            }
+            acc[S6_CONV_BWD_MAXK] += g;
+            // Shift: tap j of the next row is tap j + 1 of this one.
+#pragma unroll
+            for (int j = 0; j + 1 < S6_CONV_BWD_MAXK; j++) win[j] = win[j + 1];
+            t = t + 1 == seqlen ? 0 : t + 1;
+        }
+        for (unsigned int j = 0; j < k; j++) {
+#pragma unroll
+            for (int q = 0; q < S6_CONV_BWD_MAXK; q++) {
+                if (q == (int)j) out[j] = acc[q];
+            }
+        }
+        out[k] = acc[S6_CONV_BWD_MAXK];
+        return;
+    }
     for (unsigned int j = 0; j <= k; j++) {
         float acc = 0.0f;
-        for (unsigned long long row = r0; row < r1; row++) {
-            const float g = dpre[row * ch + c];
+        for (unsigned int row = r0; row < r1; row++) {
+            const float g = dpre[(unsigned long long)row * ch + c];
             if (j == k) {
                 acc += g;
             } else {
-                const unsigned int t = (unsigned int)(row % seqlen);
-                if (t + j >= k - 1) acc = fmaf(g, x[(row + j - (k - 1)) * ldx + c], acc);
+                const unsigned int t = row % seqlen;
+                if (t + j >= k - 1) acc = fmaf(g, x[((unsigned long long)row + j - (k - 1)) * ldx + c], acc);
             }
         }
-        part[((unsigned long long)sg * ch + c) * (k + 1) + j] = acc;
+        out[j] = acc;
     }
 }
 

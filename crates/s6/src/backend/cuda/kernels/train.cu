@@ -55,29 +55,42 @@ __device__ float s6_block_max_f(float v, float* scratch /* [33] */) {
     return scratch[32];
 }
 
-// dst[j] += sum_r src[r * ld + j] for r < rows, j < n (ld = 0: the same row every time).
-// Block (32, 8): threadIdx.x picks the column within a block of 32 columns (grid.x), threadIdx.y
-// strides over rows; sums in f64, added in a fixed order (deterministic).
-extern "C" __global__ void s6_col_sums(const float* __restrict__ src, unsigned int ld, unsigned int rows,
-                                       unsigned int n, float* __restrict__ dst) {
-    __shared__ double part[8][33];
+// Column sums in two passes, deterministic (fixed chunks, fixed order; f64 sums):
+// s6_col_sums_part: part[chunk, j] = sum over rows r of the chunk (chunk_rows rows from
+// chunk * chunk_rows) of src[r * ld + j] (ld = 0: the same row every time). Grid (ceil(n / 32),
+// chunks), block (32, 8): threadIdx.x picks the column, threadIdx.y strides over the chunk's rows.
+extern "C" __global__ void s6_col_sums_part(const float* __restrict__ src, unsigned int ld, unsigned int rows,
+                                            unsigned int n, unsigned int chunk_rows, double* __restrict__ part) {
+    __shared__ double acc[8][33];
     const unsigned int j = blockIdx.x * 32 + threadIdx.x;
+    const unsigned int r0 = blockIdx.y * chunk_rows;
+    const unsigned int r1 = r0 + chunk_rows < rows ? r0 + chunk_rows : rows;
     double s = 0.0;
     if (j < n) {
-        for (unsigned int r = threadIdx.y; r < rows; r += 8) s += (double)src[(unsigned long long)r * ld + j];
+        for (unsigned int r = r0 + threadIdx.y; r < r1; r += 8) s += (double)src[(unsigned long long)r * ld + j];
     }
-    part[threadIdx.y][threadIdx.x] = s;
+    acc[threadIdx.y][threadIdx.x] = s;
     __syncthreads();
     if (threadIdx.y == 0 && j < n) {
         double t = 0.0;
-        for (int y = 0; y < 8; y++) t += part[y][threadIdx.x];
-        dst[j] += (float)t;
+        for (int y = 0; y < 8; y++) t += acc[y][threadIdx.x];
+        part[(unsigned long long)blockIdx.y * n + j] = t;
     }
+}
+
+// dst[j] += sum over chunks c (in order) of part[c, j].
+extern "C" __global__ void s6_col_sums_finish(const double* __restrict__ part, unsigned int chunks, unsigned int n,
+                                              float* __restrict__ dst) {
+    const unsigned int j = blockIdx.x * blockDim.x + threadIdx.x;
+    if (j >= n) return;
+    double t = 0.0;
+    for (unsigned int c = 0; c < chunks; c++) t += part[(unsigned long long)c * n + j];
+    dst[j] += (float)t;
 }
 
 // RMSNorm backward, one block per row (block size a multiple of 32, at most 1024):
 // r = rsqrt(mean(x²) + eps), dres += r·(g·w) − x·r³·mean((g·w)·x); wpart[row, i] = g_i·x_i·r
-// (the per-row terms of dweight, summed over rows by s6_col_sums).
+// (the per-row terms of dweight, summed over rows by s6_col_sums_part / _finish).
 extern "C" __global__ void s6_rmsnorm_bwd(const float* __restrict__ x_all, const float* __restrict__ w,
                                           const float* __restrict__ dy_all, float* __restrict__ dres_all,
                                           float* __restrict__ wpart, unsigned int dim, float eps) {
@@ -131,20 +144,24 @@ extern "C" __global__ void s6_cross_entropy(const float* __restrict__ logits, co
         if (threadIdx.x == 0) losses[blockIdx.x] = 0.0;
         return;
     }
-    float m = S6_NEG_INF;
-    for (unsigned int i = threadIdx.x; i < vocab; i += blockDim.x) m = fmaxf(m, x[i]);
-    m = s6_block_max_f(m, fscratch);
-    double s = 0.0;
+    // Two passes over the row (it is read twice and written once): an online max and sum of
+    // exponentials per thread, combined over the block in f64, then the gradient.
+    float mt = S6_NEG_INF, st = 0.0f;
     for (unsigned int i = threadIdx.x; i < vocab; i += blockDim.x) {
-        const float e = expf(x[i] - m);
-        d[i] = e;
-        s += (double)e;
+        const float v = x[i];
+        if (v > mt) {
+            st = st * expf(mt - v) + 1.0f;
+            mt = v;
+        } else if (v > S6_NEG_INF) {
+            st += expf(v - mt);
+        }
     }
+    const float m = s6_block_max_f(mt, fscratch);
+    double s = mt == S6_NEG_INF ? 0.0 : (double)st * (double)expf(mt - m);
     s = s6_block_sum_d(s, dscratch);
     const float f = (float)((double)scale / s);
-    // Each thread rescales the elements it wrote itself: no barrier needed before this loop.
     for (unsigned int i = threadIdx.x; i < vocab; i += blockDim.x) {
-        float v = d[i] * f;
+        float v = expf(x[i] - m) * f;
         if (i == t) v -= scale;
         d[i] = v;
     }
