@@ -319,6 +319,8 @@ fn conv1d_silu_matches_cpu() {
         (3, 2, 64, 4, true),
         (2, 1000, 96, 2, true),
         (1, 5, 7, 1, false),
+        (3, 41, 33, 9, true),
+        (2, 300, 130, 4, false),
     ] {
         let ld = 2 * ch;
         let x = r.vec(batch * seqlen * ld, -2.0, 2.0);

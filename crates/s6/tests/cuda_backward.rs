@@ -359,6 +359,9 @@ fn conv_backward_matches_cpu() {
         ((1, 3, 8, 6), true, 0, 8),
         ((2, 130, 64, 3), false, 0, 64),
         ((1, 5000, 24, 4), true, 0, 48),
+        ((3, 41, 33, 9), true, 0, 33),
+        ((4, 17, 130, 4), false, 130, 260),
+        ((5, 3, 20, 5), true, 0, 20),
     ] {
         check_conv_backward(&g, &mut r, shape, bias, off, ld);
     }
