@@ -323,14 +323,11 @@ fn grid_1d(n: usize) -> LaunchConfig {
     LaunchConfig { grid_dim: (blocks, 1, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 }
 }
 
-/// Rows per thread of the conv kernels (`S6_CONV_SEG` in `kernels/elementwise.cu`).
-const CONV_SEG: usize = 16;
-
-/// Grid of the conv kernels: x over `ch` channels (128 per block), y over segments of
-/// [`CONV_SEG`] rows (the kernels stride by the grid's height past 65,535).
+/// Grid of the conv kernels: x over `ch` channels (128 per block), y over `rows` rows (the
+/// kernels stride by the grid's height past 65,535).
 fn rows_channels_grid(rows: usize, ch: usize) -> Result<LaunchConfig> {
     Ok(LaunchConfig {
-        grid_dim: (u32_of("channel blocks", ch.div_ceil(128))?, rows.div_ceil(CONV_SEG).clamp(1, 65535) as u32, 1),
+        grid_dim: (u32_of("channel blocks", ch.div_ceil(128))?, rows.clamp(1, 65535) as u32, 1),
         block_dim: (128, 1, 1),
         shared_mem_bytes: 0,
     })

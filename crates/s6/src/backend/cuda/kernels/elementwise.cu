@@ -74,83 +74,31 @@ extern "C" __global__ void s6_add_rmsnorm(float* __restrict__ residual, const fl
 
 // Causal depthwise conv1d + SiLU. x: element (row, c) at x[row * ldx + c] (offset applied by the
 // caller); weight [ch, k]; state [batch, k-1, ch] = the inputs before t = 0. One thread per output.
-// Rows per thread of the conv kernels (a register window carries the last inputs along them).
-#define S6_CONV_SEG 16
-#define S6_CONV_MAXK 8
-
 extern "C" __global__ void s6_conv1d_silu(const float* __restrict__ x, unsigned int ldx, const float* __restrict__ w,
                                           const float* __restrict__ bias, const float* __restrict__ state,
                                           float* __restrict__ out, unsigned int batch, unsigned int seqlen,
                                           unsigned int ch, unsigned int k) {
-    // Grid (s6_conv_grid): x over channels, y over segments of S6_CONV_SEG rows, striding by the
-    // grid's height. Each input is read once per thread: the last k - 1 inputs ride along in
-    // registers (k <= S6_CONV_MAXK; longer kernels read every tap). No 64-bit division.
+    // 2-D grid (s6_rows_channels_grid): x over channels, y striding over rows. No 64-bit
+    // division per element (it cost more than the arithmetic).
     const unsigned int c = blockIdx.x * blockDim.x + threadIdx.x;
     if (c >= ch) return;
     const unsigned int rows = batch * seqlen;
     const float b0 = bias != nullptr ? bias[c] : 0.0f;
-    float wr[S6_CONV_MAXK];
-#pragma unroll
-    for (int j = 0; j < S6_CONV_MAXK; j++) wr[j] = j < (int)k ? w[c * k + j] : 0.0f;
-    for (unsigned int r0 = blockIdx.y * S6_CONV_SEG; r0 < rows; r0 += gridDim.y * S6_CONV_SEG) {
-        const unsigned int r1 = r0 + S6_CONV_SEG < rows ? r0 + S6_CONV_SEG : rows;
-        if (k > S6_CONV_MAXK) {
-            for (unsigned int row = r0; row < r1; row++) {
-                const unsigned int b = row / seqlen, t = row - b * seqlen;
-                float s = b0;
-                for (unsigned int j = 0; j < k; j++) {
-                    // Tap j reads input step t + j - (k-1): the state before the sequence.
-                    const int tt = (int)t + (int)j - (int)(k - 1);
-                    const float v = tt < 0 ? state[((unsigned long long)b * (k - 1) + (unsigned long long)(tt + (int)(k - 1))) * ch + c]
-                                           : x[((unsigned long long)b * seqlen + (unsigned int)tt) * ldx + c];
-                    s = fmaf(w[c * k + j], v, s);
-                }
-                out[(unsigned long long)row * ch + c] = s6_silu(s);
+    for (unsigned int row = blockIdx.y; row < rows; row += gridDim.y) {
+        const unsigned int b = row / seqlen, t = row - b * seqlen;
+        float s = b0;
+        for (unsigned int j = 0; j < k; j++) {
+            // Tap j reads input step t + j - (k-1).
+            const int tt = (int)t + (int)j - (int)(k - 1);
+            float v;
+            if (tt < 0) {
+                v = state[((unsigned long long)b * (k - 1) + (unsigned long long)(tt + (int)(k - 1))) * ch + c];
+            } else {
+                v = x[((unsigned long long)b * seqlen + (unsigned int)tt) * ldx + c];
             }
-            continue;
+            s = fmaf(w[c * k + j], v, s);
         }
-        // win[j] (j < k - 1): the input tap j reads at the current row.
-        float win[S6_CONV_MAXK];
-        unsigned int b = r0 / seqlen, t = r0 - b * seqlen;
-        for (unsigned int row = r0; row < r1; row++) {
-            if (row == r0 || t == 0) {
-#pragma unroll
-                for (int j = 0; j + 1 < S6_CONV_MAXK; j++) {
-                    float v = 0.0f;
-                    if (j + 1 < (int)k) {
-                        const int tt = (int)t + j - (int)(k - 1);
-                        v = tt < 0 ? state[((unsigned long long)b * (k - 1) + (unsigned long long)(tt + (int)(k - 1))) * ch + c]
-                                   : x[((unsigned long long)row - (k - 1) + j) * ldx + c];
-                    }
-                    win[j] = v;
-                }
-            }
-            const float xn = x[(unsigned long long)row * ldx + c];
-            // Same order as the tap loop above: bias, then taps from the oldest input to x.
-            float s = b0;
-#pragma unroll
-            for (int j = 0; j + 1 < S6_CONV_MAXK; j++) {
-                if (j + 1 < (int)k) s = fmaf(wr[j], win[j], s);
-            }
-#pragma unroll
-            for (int j = 0; j < S6_CONV_MAXK; j++) {
-                if (j == (int)k - 1) s = fmaf(wr[j], xn, s);
-            }
-            out[(unsigned long long)row * ch + c] = s6_silu(s);
-            // Slide: tap j of the next row is tap j + 1 of this one; x becomes tap k - 2.
-#pragma unroll
-            for (int j = 0; j + 1 < S6_CONV_MAXK; j++) {
-                if (j + 2 < (int)k) {
-                    win[j] = win[j + 1];
-                } else if (j + 2 == (int)k) {
-                    win[j] = xn;
-                }
-            }
-            if (++t == seqlen) {
-                t = 0;
-                b++;
-            }
-        }
+        out[(unsigned long long)row * ch + c] = s6_silu(s);
     }
 }
 

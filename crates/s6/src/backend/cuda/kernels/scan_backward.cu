@@ -695,11 +695,10 @@ extern "C" __global__ void s6_scan_bwd_reduce_params(const float* __restrict__ p
 // ----- causal depthwise conv1d + SiLU backward (zero initial state) -----
 // x: element (row, c) at x[row * ldx + c]; weight [ch, k]; dout, dpre contiguous [rows, ch].
 
-// dpre and dx run on the grid of s6_conv1d_silu (s6_conv_grid: x over channels, y over segments
-// of S6_CONV_SEG rows, defined in elementwise.cu) with the inputs they need carried along the
-// segment in registers (k <= S6_CONV_MAXK; longer kernels read every tap).
+// The three kernels below run on a 2-D grid (s6_rows_channels_grid): x over channels, y striding
+// over rows, so that no element needs a 64-bit division.
 
-// dpre = dout * silu'(pre), the pre-activation recomputed from a zero initial state.
+// dpre = dout * silu'(pre), the pre-activation recomputed.
 extern "C" __global__ void s6_conv_bwd_dpre(const float* __restrict__ x, unsigned int ldx, const float* __restrict__ w,
                                             const float* __restrict__ bias, const float* __restrict__ dout,
                                             float* __restrict__ dpre, unsigned int batch, unsigned int seqlen,
@@ -708,119 +707,35 @@ extern "C" __global__ void s6_conv_bwd_dpre(const float* __restrict__ x, unsigne
     if (c >= ch) return;
     const unsigned int rows = batch * seqlen;
     const float b0 = bias != nullptr ? bias[c] : 0.0f;
-    float wr[S6_CONV_MAXK];
-#pragma unroll
-    for (int j = 0; j < S6_CONV_MAXK; j++) wr[j] = j < (int)k ? w[c * k + j] : 0.0f;
-    for (unsigned int r0 = blockIdx.y * S6_CONV_SEG; r0 < rows; r0 += gridDim.y * S6_CONV_SEG) {
-        const unsigned int r1 = r0 + S6_CONV_SEG < rows ? r0 + S6_CONV_SEG : rows;
-        unsigned int t = r0 % seqlen;
-        float win[S6_CONV_MAXK];
-        for (unsigned int row = r0; row < r1; row++) {
-            const unsigned long long i = (unsigned long long)row * ch + c;
-            float pre = b0;
-            if (k > S6_CONV_MAXK) {
-                for (unsigned int j = 0; j < k; j++) {
-                    // Tap j reads input step t + j - (k-1); zeros before the sequence start.
-                    if (t + j >= k - 1) pre = fmaf(w[c * k + j], x[((unsigned long long)row + j - (k - 1)) * ldx + c], pre);
-                }
-            } else {
-                if (row == r0 || t == 0) {
-#pragma unroll
-                    for (int j = 0; j + 1 < S6_CONV_MAXK; j++) {
-                        float v = 0.0f;
-                        if (j + 1 < (int)k && t + j + 1 >= k) v = x[((unsigned long long)row + j + 1 - k) * ldx + c];
-                        win[j] = v;
-                    }
-                }
-                const float xn = x[(unsigned long long)row * ldx + c];
-                // Taps before the sequence start are skipped, as in the loop above (same sums).
-#pragma unroll
-                for (int j = 0; j + 1 < S6_CONV_MAXK; j++) {
-                    if (j + 1 < (int)k && t + j + 1 >= k) pre = fmaf(wr[j], win[j], pre);
-                }
-#pragma unroll
-                for (int j = 0; j < S6_CONV_MAXK; j++) {
-                    if (j == (int)k - 1) pre = fmaf(wr[j], xn, pre);
-                }
-#pragma unroll
-                for (int j = 0; j + 1 < S6_CONV_MAXK; j++) {
-                    if (j + 2 < (int)k) {
-                        win[j] = win[j + 1];
-                    } else if (j + 2 == (int)k) {
-                        win[j] = xn;
-                    }
-                }
-            }
-            const float s = s6b_sigmoid(pre);
-            dpre[i] = dout[i] * s * fmaf(pre, 1.0f - s, 1.0f);
-            if (++t == seqlen) t = 0;
+    for (unsigned int row = blockIdx.y; row < rows; row += gridDim.y) {
+        const unsigned int t = row % seqlen;
+        const unsigned long long i = (unsigned long long)row * ch + c;
+        float pre = b0;
+        for (unsigned int j = 0; j < k; j++) {
+            // Tap j reads input step t + j - (k-1); zeros before the sequence start.
+            if (t + j >= k - 1) pre = fmaf(w[c * k + j], x[((unsigned long long)row + j - (k - 1)) * ldx + c], pre);
         }
+        const float s = s6b_sigmoid(pre);
+        dpre[i] = dout[i] * s * fmaf(pre, 1.0f - s, 1.0f);
     }
 }
 
-// dx[t] = Σ_j w[j] dpre[t + (k-1) - j] over the steps inside the sequence. The window holds
-// dpre of this row and the next k - 1 rows of the same sequence (zero past its end).
+// dx[t] = Σ_j w[j] dpre[t + (k-1) - j] over the steps inside the sequence.
 extern "C" __global__ void s6_conv_bwd_dx(const float* __restrict__ dpre, const float* __restrict__ w,
                                           float* __restrict__ dx, unsigned int lddx, unsigned int batch,
                                           unsigned int seqlen, unsigned int ch, unsigned int k) {
     const unsigned int c = blockIdx.x * blockDim.x + threadIdx.x;
     if (c >= ch) return;
     const unsigned int rows = batch * seqlen;
-    float wr[S6_CONV_MAXK];
-#pragma unroll
-    for (int j = 0; j < S6_CONV_MAXK; j++) wr[j] = j < (int)k ? w[c * k + j] : 0.0f;
-    for (unsigned int r0 = blockIdx.y * S6_CONV_SEG; r0 < rows; r0 += gridDim.y * S6_CONV_SEG) {
-        const unsigned int r1 = r0 + S6_CONV_SEG < rows ? r0 + S6_CONV_SEG : rows;
-        unsigned int t = r0 % seqlen;
-        // ahead[q] = dpre[row + q] (q < k), 0 past the sequence's end.
-        float ahead[S6_CONV_MAXK];
-        for (unsigned int row = r0; row < r1; row++) {
-            float acc = 0.0f;
-            if (k > S6_CONV_MAXK) {
-                for (unsigned int j = 0; j < k; j++) {
-                    if (t + (k - 1) - j < seqlen) {
-                        acc = fmaf(w[c * k + j], dpre[((unsigned long long)row + (k - 1) - j) * ch + c], acc);
-                    }
-                }
-            } else {
-                if (row == r0) {
-#pragma unroll
-                    for (int q = 0; q < S6_CONV_MAXK; q++) {
-                        ahead[q] = q < (int)k && t + q < seqlen ? dpre[((unsigned long long)row + q) * ch + c] : 0.0f;
-                    }
-                }
-                // Same terms in the same order as the loop above (out-of-sequence taps skipped).
-#pragma unroll
-                for (int j = 0; j < S6_CONV_MAXK; j++) {
-                    if (j < (int)k && t + (k - 1) - j < seqlen) {
-#pragma unroll
-                        for (int q = 0; q < S6_CONV_MAXK; q++) {
-                            if (q == (int)k - 1 - j) acc = fmaf(wr[j], ahead[q], acc);
-                        }
-                    }
-                }
-                // Slide one row on: the new last slot is dpre[row + k] if in the same sequence.
-#pragma unroll
-                for (int q = 0; q + 1 < S6_CONV_MAXK; q++) ahead[q] = ahead[q + 1];
-                const bool next_in = t + k < seqlen;
-                const float nv = next_in ? dpre[((unsigned long long)row + k) * ch + c] : 0.0f;
-#pragma unroll
-                for (int q = 0; q < S6_CONV_MAXK; q++) {
-                    if (q == (int)k - 1) ahead[q] = nv;
-                }
-            }
-            dx[(unsigned long long)row * lddx + c] = acc;
-            if (++t == seqlen) {
-                t = 0;
-                // A new sequence: its window starts from its own rows.
-                if (k <= S6_CONV_MAXK && row + 1 < r1) {
-#pragma unroll
-                    for (int q = 0; q < S6_CONV_MAXK; q++) {
-                        ahead[q] = q < (int)k && (unsigned int)q < seqlen ? dpre[((unsigned long long)row + 1 + q) * ch + c] : 0.0f;
-                    }
-                }
+    for (unsigned int row = blockIdx.y; row < rows; row += gridDim.y) {
+        const unsigned int t = row % seqlen;
+        float acc = 0.0f;
+        for (unsigned int j = 0; j < k; j++) {
+            if (t + (k - 1) - j < seqlen) {
+                acc = fmaf(w[c * k + j], dpre[((unsigned long long)row + (k - 1) - j) * ch + c], acc);
             }
         }
+        dx[(unsigned long long)row * lddx + c] = acc;
     }
 }
 
