@@ -33,18 +33,23 @@ pub(crate) fn head_cross_entropy<B: Backend>(
 ) -> Result<(f64, usize)> {
     let chunk = (be.logits_chunk_elems() / vocab.max(1)).max(1);
     let (mut sum, mut count, mut r0) = (0.0, 0, 0);
+    // One pair of chunk buffers for all full chunks (both are overwritten whole by each chunk);
+    // a shorter last chunk gets its own.
+    let mut bufs: Option<(usize, B::Buf, B::Buf)> = None;
     while r0 < rows {
         let nr = chunk.min(rows - r0);
         let x = View { buf: normed, offset: r0 * d, ld: d };
-        let mut logits = be.zeros(nr * vocab)?;
-        be.linear(x, nr, d, head, vocab, None, &mut logits)?;
-        let mut dlogits = be.zeros(nr * vocab)?;
-        let (s, c) = be.cross_entropy(&logits, nr, vocab, &targets[r0..r0 + nr], scale, &mut dlogits)?;
+        if bufs.as_ref().is_none_or(|b| b.0 != nr) {
+            bufs = Some((nr, be.zeros(nr * vocab)?, be.zeros(nr * vocab)?));
+        }
+        let Some((_, logits, dlogits)) = bufs.as_mut() else { unreachable!("allocated above") };
+        be.linear(x, nr, d, head, vocab, None, logits)?;
+        let (s, c) = be.cross_entropy(logits, nr, vocab, &targets[r0..r0 + nr], scale, dlogits)?;
         sum += s;
         count += c;
         if let Some((dhead, dnormed)) = grads.as_mut() {
             let dx = ViewMut { buf: &mut **dnormed, offset: r0 * d, ld: d };
-            be.linear_backward(x, nr, d, head, vocab, &dlogits, Some(dx), dhead, None)?;
+            be.linear_backward(x, nr, d, head, vocab, dlogits, Some(dx), dhead, None)?;
         }
         r0 += nr;
     }
@@ -117,5 +122,53 @@ mod tests {
             }
         }
         assert!(m.logits_at(&ids, batch, seqlen, &[seqlen]).is_err());
+    }
+
+    /// Three chunks of the CPU's 4M-logit budget (two full, one shorter, reusing buffers) against
+    /// an f64 reference of the loss and both gradients, with ignored targets in every chunk.
+    #[test]
+    fn head_cross_entropy_in_chunks_matches_reference() {
+        let (rows, d, vocab) = (2500usize, 8usize, 4096usize);
+        assert!(rows * vocab > 2 * Cpu.logits_chunk_elems());
+        let mut r = crate::testutil::Rand::new(9);
+        let normed = r.vec(rows * d, 1.0);
+        let head = r.vec(vocab * d, 1.0);
+        let targets: Vec<u32> =
+            (0..rows).map(|i| if i % 97 == 5 { u32::MAX } else { (r.next_u64() % vocab as u64) as u32 }).collect();
+        let scale = 0.5f32;
+        let (mut dhead, mut dnormed) = (vec![0.0f32; vocab * d], vec![0.0f32; rows * d]);
+        let (sum, count) =
+            head_cross_entropy(&Cpu, &normed, rows, d, &head, vocab, &targets, scale, Some((&mut dhead, &mut dnormed)))
+                .unwrap();
+        let (mut want_sum, mut want_count) = (0.0f64, 0usize);
+        let mut want_dhead = vec![0.0f64; vocab * d];
+        let mut want_dnormed = vec![0.0f64; rows * d];
+        for (i, &t) in targets.iter().enumerate() {
+            if t == u32::MAX {
+                continue;
+            }
+            let x = &normed[i * d..][..d];
+            let logits: Vec<f64> = (0..vocab)
+                .map(|v| x.iter().zip(&head[v * d..][..d]).map(|(a, b)| *a as f64 * *b as f64).sum())
+                .collect();
+            let m = logits.iter().cloned().fold(f64::MIN, f64::max);
+            let z: f64 = logits.iter().map(|l| (l - m).exp()).sum();
+            want_sum += m + z.ln() - logits[t as usize];
+            want_count += 1;
+            for v in 0..vocab {
+                let g = scale as f64 * ((logits[v] - m).exp() / z - if v == t as usize { 1.0 } else { 0.0 });
+                for j in 0..d {
+                    want_dhead[v * d + j] += g * x[j] as f64;
+                    want_dnormed[i * d + j] += g * head[v * d + j] as f64;
+                }
+            }
+        }
+        assert_eq!(count, want_count);
+        assert!((sum - want_sum).abs() <= 1e-6 * want_sum.abs(), "loss sum {sum} vs {want_sum}");
+        for (what, got, want) in [("dhead", &dhead, &want_dhead), ("dnormed", &dnormed, &want_dnormed)] {
+            let scale = want.iter().fold(0.0f64, |m, v| m.max(v.abs()));
+            let err = got.iter().zip(want.iter()).map(|(a, b)| (*a as f64 - b).abs()).fold(0.0, f64::max);
+            assert!(err <= 1e-4 * scale, "{what}: max error {err:.3e} of {scale:.3e}");
+        }
     }
 }
