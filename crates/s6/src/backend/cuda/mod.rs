@@ -78,7 +78,6 @@ const KERNELS: &[&str] = &[
     "s6_embedding_bwd",
     "s6_cross_entropy",
     "s6_sum_f64",
-    "s6_sum_squares",
     "s6_sum_squares_many",
     "s6_sum_f64_many",
     "s6_sum_in_order",

@@ -32,7 +32,7 @@ fn rows_cfg(rows: usize, threads: u32) -> Result<LaunchConfig> {
     Ok(LaunchConfig { grid_dim: (u32_of("rows", rows)?, 1, 1), block_dim: (threads, 1, 1), shared_mem_bytes: 0 })
 }
 
-/// Blocks (of 256 threads) of `s6_sum_squares` for `n > 0` values.
+/// Blocks (of 256 threads) of one tensor in `s6_sum_squares_many` for `n > 0` values.
 fn sum_squares_blocks(n: usize) -> usize {
     n.div_ceil(256).clamp(1, 1024)
 }
@@ -326,30 +326,14 @@ impl Cuda {
         Ok((host[0], counted))
     }
 
+    /// [`crate::backend::Backend::sum_squares`]: the many-tensor path with one tensor (one
+    /// readback), so that a tensor's sum is the same value whichever op asks.
     pub(super) fn sum_squares_dev(&self, buf: &CudaBuf) -> Result<f64> {
-        let n = buf.len;
-        if n == 0 {
-            return Ok(0.0);
-        }
-        let blocks = sum_squares_blocks(n);
-        let partial = self.stream().alloc_zeros::<f64>(blocks).map_err(driver_err("allocation"))?;
-        let total = self.stream().alloc_zeros::<f64>(1).map_err(driver_err("allocation"))?;
-        let (pp, _s) = partial.device_ptr(self.stream());
-        let (tp, _s2) = total.device_ptr(self.stream());
-        let xp = self.ptr(buf, 0, n, "sum_squares")?;
-        let nn = n as u64;
-        let cfg = LaunchConfig { grid_dim: (blocks as u32, 1, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 };
-        launch!(self, self.func("s6_sum_squares")?, cfg, "sum_squares"; xp, nn, pp);
-        let nb = blocks as u32;
-        launch!(self, self.func("s6_sum_f64")?, rows_cfg(1, 1024)?, "sum_squares total"; pp, nb, tp);
-        let host = self.stream().clone_dtoh(&total).map_err(driver_err("download"))?;
-        self.synchronize()?;
-        Ok(host[0])
+        Ok(self.sum_squares_each_dev(&[buf])?[0])
     }
 
-    /// Device f64 array of `bufs.len() + 1` values: each buffer's sum of squares (the value
-    /// [`Cuda::sum_squares_dev`] computes, from the same partial sums added the same way), then
-    /// their sum in order. Four launches whatever the number of buffers, nothing read back.
+    /// Device f64 array of `bufs.len() + 1` values: each buffer's sum of squares (block partials
+    /// added in a fixed order), then their sum in order. Four launches whatever the number of buffers, nothing read back.
     fn sum_squares_totals(&self, bufs: &[&CudaBuf]) -> Result<CudaSlice<f64>> {
         let what = "sum_squares_many";
         let tensors = bufs.len();

@@ -184,7 +184,7 @@ extern "C" __global__ void s6_sum_f64(const double* __restrict__ v, unsigned int
 }
 
 // Sum of squares (f64) of block `b` of `nb` blocks' grid-stride share of x[0..n); every thread
-// gets it. The one body of s6_sum_squares and s6_sum_squares_many: the same partial sums.
+// gets it (s6_sum_squares_many).
 __device__ __forceinline__ double s6_sum_squares_block(const float* __restrict__ x, unsigned long long n,
                                                        unsigned int b, unsigned int nb, double* scratch) {
     double s = 0.0;
@@ -194,15 +194,6 @@ __device__ __forceinline__ double s6_sum_squares_block(const float* __restrict__
         s += v * v;
     }
     return s6_block_sum_d(s, scratch);
-}
-
-// partial[blockIdx.x] = sum of squares of this block's grid-stride share of x (f64). A second
-// pass (s6_sum_f64) adds the partials: deterministic.
-extern "C" __global__ void s6_sum_squares(const float* __restrict__ x, unsigned long long n,
-                                          double* __restrict__ partial) {
-    __shared__ double scratch[33];
-    const double s = s6_sum_squares_block(x, n, blockIdx.x, gridDim.x, scratch);
-    if (threadIdx.x == 0) partial[blockIdx.x] = s;
 }
 
 // Multi-tensor tables: row t of `tab` holds `width` u64 fields, field S6_MT_FIRST the first
@@ -223,9 +214,9 @@ __device__ __forceinline__ unsigned int s6_mt_tensor(const unsigned long long* _
 }
 
 // Sum of squares of many tensors: tab rows (width 4) = {x pointer, n, first block, blocks}, the
-// blocks of tensor t laid out exactly as s6_sum_squares's grid for it (256 threads each).
+// blocks of tensor t grid-striding over it (256 threads each).
 // partial[b] = the partial sum of block b: partial[first .. first + blocks) of tensor t equal
-// the partials s6_sum_squares writes for it alone.
+// that tensor's partial sums.
 extern "C" __global__ void s6_sum_squares_many(const unsigned long long* __restrict__ tab, unsigned int tensors,
                                                double* __restrict__ partial) {
     __shared__ double scratch[33];
@@ -238,7 +229,7 @@ extern "C" __global__ void s6_sum_squares_many(const unsigned long long* __restr
 }
 
 // totals[t] = sum of tensor t's partials (one block of 1024 threads per tensor, as s6_sum_f64
-// adds one tensor's partials; tab as in s6_sum_squares_many): the value s6_sum_squares gives.
+// adds one tensor's partials; tab as in s6_sum_squares_many).
 extern "C" __global__ void s6_sum_f64_many(const double* __restrict__ partial,
                                            const unsigned long long* __restrict__ tab,
                                            double* __restrict__ totals) {
