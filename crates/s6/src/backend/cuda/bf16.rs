@@ -59,9 +59,11 @@ impl Cuda {
     pub(super) fn weight_bf16(&self, w: &CudaBuf, needed: usize, what: &str) -> Result<u64> {
         let src = self.ptr(w, 0, needed, what)?;
         let mut guard = w.shadow.lock().map_err(|_| Error::Backend("CUDA bf16 weight copy poisoned".into()))?;
-        let capturing = self.capturing()?;
+        // The capture status is asked only when there is something to create or cast: a valid
+        // copy (every product of a decode step, every product between optimizer steps) costs
+        // no driver call.
         if guard.is_none() {
-            if capturing {
+            if self.capturing()? {
                 return Err(Error::Backend(format!(
                     "CUDA {what}: the bf16 copy of a weight would be allocated while a CUDA graph is recorded; \
                      run the step once outside the graph first"
@@ -76,7 +78,7 @@ impl Cuda {
             self.cast_bf16(src, w.len, 1, w.len, sp)?;
             // Cast inside a graph: done only when the graph is replayed, so still stale for eager
             // calls.
-            shadow.valid = !capturing;
+            shadow.valid = !self.capturing()?;
         }
         Ok(sp)
     }
