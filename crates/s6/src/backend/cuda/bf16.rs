@@ -21,7 +21,7 @@ use std::sync::MutexGuard;
 use cudarc::cublas::{result as blas_result, sys as blas_sys};
 use cudarc::driver::{sys as driver_sys, DevicePtr, PushKernelArg};
 
-use super::{blas_err, driver_err, grid_1d, u32_of, Bf16Scratch, Cuda, CudaBuf, Shadow, GEMV_KERNELS, GEMV_MAX_ROWS};
+use super::{blas_err, driver_err, grid_1d, u32_of, Bf16Scratch, Cuda, CudaBuf, Shadow, GEMV_MAX_ROWS};
 use crate::backend::View;
 use crate::{Error, Result};
 
@@ -191,11 +191,7 @@ impl Cuda {
             } else {
                 0
             };
-            let (cfg, split) = Self::gemv_cfg(rows, n)?;
-            let name = GEMV_KERNELS[1][rows - 1];
-            let (ld, nn, kk) = (u32_of("ld", x.ld)?, u32_of("n", n)?, u32_of("k", k)?);
-            launch!(self, self.func(name)?, cfg, "gemv bf16"; xp, ld, wp, bp, o, nn, kk, split, vec);
-            return Ok(());
+            return self.launch_gemv(1, (xp, x.ld), wp, (rows, k, n), bp, o, vec);
         }
         let mut scratch = self.lock_bf16()?;
         let xs = self.cast_to_scratch(&mut scratch, SLOT_X, xp, x.ld, rows, k)?;

@@ -570,17 +570,25 @@ impl Cuda {
         // 16-byte loads need every row of x and w 16-byte aligned.
         let vec =
             u32::from(k.is_multiple_of(4) && x.ld.is_multiple_of(4) && xp.is_multiple_of(16) && wp.is_multiple_of(16));
-        let (cfg, sp) = Self::gemv_cfg(rows, n)?;
-        let name = GEMV_KERNELS[0][rows - 1];
-        let (ld, nn, kk) = (u32_of("ld", x.ld)?, u32_of("n", n)?, u32_of("k", k)?);
-        launch!(self, self.func(name)?, cfg, "gemv"; xp, ld, wp, bp, o, nn, kk, sp, vec);
-        Ok(())
+        self.launch_gemv(0, (xp, x.ld), wp, (rows, k, n), bp, o, vec)
     }
 
-    /// Launch shape of the `s6_gemv*` kernels for `rows` rows and `n` columns, and their `split`:
-    /// columns per warp group as in the kernels' entry points, then the fewest warps per column
-    /// (1, 2, 4 or 8) that still give about two blocks per SM on a large GPU.
-    fn gemv_cfg(rows: usize, n: usize) -> Result<(LaunchConfig, u32)> {
+    /// Launches `GEMV_KERNELS[set][rows - 1]` (`set` 0: f32 weights, 1: their bf16 copies) on
+    /// bounds-checked device pointers: x with row stride `ld`, the weight, the bias (0: none),
+    /// the output; `vec` is the kernels' load width. The grid: columns per warp group as in the
+    /// kernels' entry points, then the fewest warps per column (1, 2, 4 or 8) that still give
+    /// about two blocks per SM on a large GPU.
+    #[allow(clippy::too_many_arguments)]
+    fn launch_gemv(
+        &self,
+        set: usize,
+        (xp, ld): (u64, usize),
+        wp: u64,
+        (rows, k, n): (usize, usize, usize),
+        bp: u64,
+        o: u64,
+        vec: u32,
+    ) -> Result<()> {
         let nc = if rows <= 4 { 1 } else { 2 };
         let mut split = 1;
         while split < GEMV_WARPS && n.div_ceil(nc * GEMV_WARPS / split) < 264 {
@@ -592,7 +600,9 @@ impl Cuda {
             block_dim: (32 * GEMV_WARPS as u32, 1, 1),
             shared_mem_bytes: 0,
         };
-        Ok((cfg, split as u32))
+        let (ld, nn, kk, sp) = (u32_of("ld", ld)?, u32_of("n", n)?, u32_of("k", k)?, split as u32);
+        launch!(self, self.func(GEMV_KERNELS[set][rows - 1])?, cfg, "gemv"; xp, ld, wp, bp, o, nn, kk, sp, vec);
+        Ok(())
     }
 }
 
