@@ -154,10 +154,7 @@ impl Cuda {
         let ext = Self::view_extent;
         let xp = self.ptr(x.buf, x.offset, ext(x.ld, rows, channels), "conv1d backward x")?;
         let wp = self.ptr(weight, 0, channels * kernel, "conv1d backward weight")?;
-        let bp = match bias {
-            Some(b) => self.ptr(b, 0, channels, "conv1d backward bias")?,
-            None => 0u64,
-        };
+        let bp = self.ptr_opt(bias, channels, "conv1d backward bias")?;
         let gp = self.ptr(dout, 0, rows * channels, "conv1d backward dout")?;
         let lddx = dx.ld;
         let dxp = self.ptr_mut(dx.buf, dx.offset, ext(lddx, rows, channels), "conv1d backward dx")?;

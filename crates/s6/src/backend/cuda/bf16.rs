@@ -21,7 +21,7 @@ use std::sync::MutexGuard;
 use cudarc::cublas::{result as blas_result, sys as blas_sys};
 use cudarc::driver::{sys as driver_sys, DevicePtr, PushKernelArg};
 
-use super::{blas_err, driver_err, grid_1d, u32_of, Bf16Scratch, Cuda, CudaBuf, Shadow, GEMV_MAX_ROWS};
+use super::{blas_err, driver_err, grid_1d, Bf16Scratch, Cuda, CudaBuf, Shadow, GEMV_MAX_ROWS};
 use crate::backend::View;
 use crate::{Error, Result};
 
@@ -174,10 +174,7 @@ impl Cuda {
     ) -> Result<()> {
         debug_assert!(rows > 0 && k > 0 && n > 0);
         let xp = self.ptr(x.buf, x.offset, Self::view_extent(x.ld, rows, k), "linear x")?;
-        let bp = match bias {
-            Some(b) => self.ptr(b, 0, n, "linear bias")?,
-            None => 0,
-        };
+        let bp = self.ptr_opt(bias, n, "linear bias")?;
         let wp = self.weight_bf16(w, n * k, "linear weight")?;
         let o = self.ptr_mut(out, 0, rows * n, "linear out")?;
         if gemv && rows <= GEMV_MAX_ROWS {
@@ -195,13 +192,7 @@ impl Cuda {
         }
         let mut scratch = self.lock_bf16()?;
         let xs = self.cast_to_scratch(&mut scratch, SLOT_X, xp, x.ld, rows, k)?;
-        let beta = if bias.is_some() {
-            let (r, nn) = (u32_of("rows", rows)?, u32_of("n", n)?);
-            launch!(self, self.func("s6_fill_bias")?, grid_1d(rows * n), "bias"; o, bp, r, nn);
-            1.0
-        } else {
-            0.0
-        };
+        let beta = self.bias_beta(o, bp, rows, n)?;
         use blas_sys::cublasOperation_t::{CUBLAS_OP_N, CUBLAS_OP_T};
         // Column-major: outᵀ [n × rows] = W (col-major k × n, op T) · xᵀ (k × rows, ld k).
         // SAFETY: the weight copy holds w.len ≥ n·k values, the scratch rows·k, out rows·n.

@@ -48,10 +48,7 @@ impl Cuda {
         let ldxz = 2 * di;
         let xz = self.ptr(a.xz, 0, batch * ldxz, "mixer step xz")?;
         let cw = self.ptr(a.conv_weight, 0, di * k, "mixer step conv weight")?;
-        let cb = match a.conv_bias {
-            Some(b) => self.ptr(b, 0, di, "mixer step conv bias")?,
-            None => 0u64,
-        };
+        let cb = self.ptr_opt(a.conv_bias, di, "mixer step conv bias")?;
         let dtw = self.ptr(a.dt_proj, 0, di * r, "mixer step dt_proj")?;
         let dtb = self.ptr(a.dt_bias, 0, di, "mixer step dt bias")?;
         let ap = self.ptr(a.a, 0, di * n, "mixer step A")?;

@@ -425,6 +425,11 @@ impl Cuda {
         Ok(p + 4 * offset as u64)
     }
 
+    /// [`Cuda::ptr`] of an optional buffer from its start; 0 (the kernels' "none") without one.
+    fn ptr_opt(&self, buf: Option<&CudaBuf>, needed: usize, what: &str) -> Result<u64> {
+        buf.map_or(Ok(0), |b| self.ptr(b, 0, needed, what))
+    }
+
     fn ptr_mut(&self, buf: &mut CudaBuf, offset: usize, needed: usize, what: &str) -> Result<u64> {
         if offset + needed > buf.len {
             return Err(Error::Backend(format!(
@@ -562,15 +567,24 @@ impl Cuda {
         debug_assert!((1..=GEMV_MAX_ROWS).contains(&rows) && k > 0 && n > 0);
         let xp = self.ptr(x.buf, x.offset, Self::view_extent(x.ld, rows, k), "linear x")?;
         let wp = self.ptr(w, 0, n * k, "linear weight")?;
-        let bp = match bias {
-            Some(b) => self.ptr(b, 0, n, "linear bias")?,
-            None => 0,
-        };
+        let bp = self.ptr_opt(bias, n, "linear bias")?;
         let o = self.ptr_mut(out, 0, rows * n, "linear out")?;
         // 16-byte loads need every row of x and w 16-byte aligned.
         let vec =
             u32::from(k.is_multiple_of(4) && x.ld.is_multiple_of(4) && xp.is_multiple_of(16) && wp.is_multiple_of(16));
         self.launch_gemv(0, (xp, x.ld), wp, (rows, k, n), bp, o, vec)
+    }
+
+    /// The `beta` of a product written into `o` (`rows × n`, device pointer bounds checked by the
+    /// caller) by cuBLAS: with a bias (`bp` non-zero) the rows are first filled with it and the
+    /// product added (1), else written (0).
+    fn bias_beta(&self, o: u64, bp: u64, rows: usize, n: usize) -> Result<f32> {
+        if bp == 0 {
+            return Ok(0.0);
+        }
+        let (r, nn) = (u32_of("rows", rows)?, u32_of("n", n)?);
+        launch!(self, self.func("s6_fill_bias")?, grid_1d(rows * n), "bias"; o, bp, r, nn);
+        Ok(1.0)
     }
 
     /// Launches `GEMV_KERNELS[set][rows - 1]` (`set` 0: f32 weights, 1: their bf16 copies) on
@@ -715,15 +729,8 @@ impl Backend for Cuda {
             return self.gemv(x, rows, k, w, n, bias, out);
         }
         let o = self.ptr_mut(out, 0, rows * n, "linear out")?;
-        let beta: f32 = match bias {
-            Some(bb) => {
-                let bp = self.ptr(bb, 0, n, "linear bias")?;
-                let (r, nn) = (u32_of("rows", rows)?, u32_of("n", n)?);
-                launch!(self, self.func("s6_fill_bias")?, grid_1d(rows * n), "bias"; o, bp, r, nn);
-                1.0
-            }
-            None => 0.0,
-        };
+        let bp = self.ptr_opt(bias, n, "linear bias")?;
+        let beta = self.bias_beta(o, bp, rows, n)?;
         if k == 0 {
             if bias.is_none() {
                 self.stream().memset_zeros(&mut out.data_mut().slice_mut(0..rows * n)).map_err(driver_err("memset"))?;
@@ -777,10 +784,7 @@ impl Backend for Cuda {
             return Ok(());
         }
         let r = self.ptr_mut(residual, 0, rows * dim, "rmsnorm residual")?;
-        let dp = match delta {
-            Some(d) => self.ptr(d, 0, rows * dim, "rmsnorm delta")?,
-            None => 0u64,
-        };
+        let dp = self.ptr_opt(delta, rows * dim, "rmsnorm delta")?;
         let wp = self.ptr(weight, 0, dim, "rmsnorm weight")?;
         let o = self.ptr_mut(out, 0, rows * dim, "rmsnorm out")?;
         let threads = (dim.div_ceil(32) * 32).next_power_of_two().clamp(32, 1024) as u32;
@@ -812,10 +816,7 @@ impl Backend for Cuda {
         }
         let xp = self.ptr(x.buf, x.offset, Self::view_extent(x.ld, rows, channels), "conv1d x")?;
         let wp = self.ptr(weight, 0, channels * kernel, "conv1d weight")?;
-        let bp = match bias {
-            Some(b) => self.ptr(b, 0, channels, "conv1d bias")?,
-            None => 0u64,
-        };
+        let bp = self.ptr_opt(bias, channels, "conv1d bias")?;
         let sp = self.ptr_mut(state, 0, batch * (kernel - 1) * channels, "conv1d state")?;
         let o = self.ptr_mut(out, 0, rows * channels, "conv1d out")?;
         let (ld, b, l, c, k) = (
