@@ -50,6 +50,25 @@ __device__ __forceinline__ void s6_gemv_store(float (&acc)[NC][R], float (*part)
     }
 }
 
+// The start of both kernels: the warp's rank `s` in its group of `split` warps, the group's first
+// column (returned) and its NC weight rows `wr` (columns past n read the last row: valid memory,
+// never written).
+template <typename W, int NC>
+__device__ __forceinline__ unsigned long long s6_gemv_rows(const W* w, unsigned int n, unsigned int k,
+                                                            unsigned int split, unsigned int warp, unsigned int& s,
+                                                            const W* (&wr)[NC]) {
+    const unsigned int groups = S6_GEMV_WARPS / split;
+    s = warp % split;
+    const unsigned long long j0 = ((unsigned long long)blockIdx.x * groups + warp / split) * NC;
+#pragma unroll
+    for (int c = 0; c < NC; ++c) {
+        unsigned long long j = j0 + c;
+        if (j >= n) j = n - 1;
+        wr[c] = w + j * k;
+    }
+    return j0;
+}
+
 template <int R, int NC>
 __device__ __forceinline__ void s6_gemv_impl(const float* __restrict__ x, unsigned int ld,
                                              const float* __restrict__ w, const float* __restrict__ bias,
@@ -57,23 +76,10 @@ __device__ __forceinline__ void s6_gemv_impl(const float* __restrict__ x, unsign
                                              unsigned int split, unsigned int vec) {
     __shared__ float part[S6_GEMV_WARPS][NC * R];
     const unsigned int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-    const unsigned int groups = S6_GEMV_WARPS / split;
-    const unsigned int g = warp / split, s = warp % split;
-    const unsigned long long j0 = ((unsigned long long)blockIdx.x * groups + g) * NC;
-
-    // Columns past n read the last row (valid memory) and are never written.
+    unsigned int s;
     const float* wr[NC];
-#pragma unroll
-    for (int c = 0; c < NC; ++c) {
-        unsigned long long j = j0 + c;
-        if (j >= n) j = n - 1;
-        wr[c] = w + j * k;
-    }
-    float acc[NC][R];
-#pragma unroll
-    for (int c = 0; c < NC; ++c)
-#pragma unroll
-        for (int r = 0; r < R; ++r) acc[c][r] = 0.0f;
+    const unsigned long long j0 = s6_gemv_rows<float, NC>(w, n, k, split, warp, s, wr);
+    float acc[NC][R] = {};
 
     const unsigned int t = s * 32 + lane, stride = split * 32;
     if (vec) {
@@ -161,22 +167,10 @@ __device__ __forceinline__ void s6_gemv_bf16_impl(const float* __restrict__ x, u
                                                   unsigned int vec) {
     __shared__ float part[S6_GEMV_WARPS][NC * R];
     const unsigned int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-    const unsigned int groups = S6_GEMV_WARPS / split;
-    const unsigned int g = warp / split, s = warp % split;
-    const unsigned long long j0 = ((unsigned long long)blockIdx.x * groups + g) * NC;
-
+    unsigned int s;
     const unsigned short* wr[NC];
-#pragma unroll
-    for (int c = 0; c < NC; ++c) {
-        unsigned long long j = j0 + c;
-        if (j >= n) j = n - 1;
-        wr[c] = w + j * k;
-    }
-    float acc[NC][R];
-#pragma unroll
-    for (int c = 0; c < NC; ++c)
-#pragma unroll
-        for (int r = 0; r < R; ++r) acc[c][r] = 0.0f;
+    const unsigned long long j0 = s6_gemv_rows<unsigned short, NC>(w, n, k, split, warp, s, wr);
+    float acc[NC][R] = {};
 
     const unsigned int t = s * 32 + lane, stride = split * 32;
     if (vec == 2) {
