@@ -468,7 +468,8 @@ fn fused_mixer_step_equals_cpu_op_by_op() {
         (64, 16, 1, 4, true),
     ];
     for &(di, n, k, r, bias) in &shapes {
-        for batch in [1, 3, 8] {
+        // 20: from 16 sequences on, dt_proj runs as one product before the scan kernel.
+        for batch in [1, 3, 8, 20] {
             let case = MixerCase::random(&mut rng, batch, di, n, k, r, bias);
             let mut cpu = MixerBufs::new(&Cpu, &case);
             let mut gpu = MixerBufs::new(&g, &case);
@@ -510,7 +511,7 @@ fn fused_step_model_logits_equal_cpu() {
         let params = s6::model::init::init_params(&cfg, &s6::config::InitConfig::default(), 31);
         let cpu = model_from(Cpu, &cfg, &params);
         let gpu = model_from(g.clone(), &cfg, &params);
-        for batch in [1, 3, 8] {
+        for batch in [1, 3, 8, 20] {
             let mut rng = Rng(batch as u64);
             let mut sc = cpu.new_state(batch).unwrap();
             let mut sg = gpu.new_state(batch).unwrap();

@@ -381,6 +381,23 @@ fn neg_exp_matches_host() {
 }
 
 #[test]
+fn add_product_equals_cpu_bitwise() {
+    let Some(g) = gpu() else { return };
+    let mut r = Rng(34);
+    for &n in &[1usize, 255, 257, 100_003] {
+        let (d0, x, y) = (r.vec(n, -3.0, 3.0), r.vec(n, -3.0, 3.0), r.vec(n, -20.0, 0.0));
+        let mut want = d0.clone();
+        Cpu.add_product(&mut want, &x, &y).unwrap();
+        let mut got = up(&g, &d0);
+        g.add_product(&mut got, &up(&g, &x), &up(&g, &y)).unwrap();
+        let got = down(&g, &got);
+        let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+        assert_eq!(bits(&got), bits(&want), "add_product n {n}: the GPU differs from the CPU");
+    }
+    assert!(g.add_product(&mut g.zeros(3).unwrap(), &up(&g, &[1.0, 2.0]), &g.zeros(3).unwrap()).is_err());
+}
+
+#[test]
 fn adamw_step_many_equals_per_tensor_bitwise() {
     let Some(g) = gpu() else { return };
     let mut r = Rng(33);

@@ -321,6 +321,11 @@ pub trait Backend: Send + Sync + Clone {
     fn name(&self) -> String;
     /// A buffer of `n` zeros.
     fn zeros(&self, n: usize) -> Result<Self::Buf>;
+    /// A buffer of `n` floats whose contents are unspecified (zeros unless the backend can skip
+    /// clearing it): only for outputs that an op overwrites whole before anything reads them.
+    fn uninit(&self, n: usize) -> Result<Self::Buf> {
+        self.zeros(n)
+    }
     /// Moves host data to the device (no copy on CPU).
     #[allow(clippy::wrong_self_convention)]
     fn from_vec(&self, data: Vec<f32>) -> Result<Self::Buf>;
@@ -546,6 +551,10 @@ pub trait Backend: Send + Sync + Clone {
 
     /// `dst = -exp(src)` elementwise (same lengths): `A = -exp(A_log)`.
     fn neg_exp(&self, src: &Self::Buf, dst: &mut Self::Buf) -> Result<()>;
+
+    /// `dst += x ⊙ y` elementwise (same lengths), the product rounded to f32 before the sum (no
+    /// fused multiply-add, so that every backend gives the same bits): `∂A_log += ∂A ⊙ A`.
+    fn add_product(&self, dst: &mut Self::Buf, x: &Self::Buf, y: &Self::Buf) -> Result<()>;
 
     /// One AdamW step with PyTorch semantics on one parameter tensor: `grad` is scaled by
     /// `grad_scale` first (clipping / accumulation); decoupled weight decay

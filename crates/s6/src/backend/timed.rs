@@ -81,6 +81,9 @@ impl<B: Backend> Backend for Timed<B> {
     fn zeros(&self, n: usize) -> Result<Self::Buf> {
         self.time(named("zeros"), || self.inner.zeros(n))
     }
+    fn uninit(&self, n: usize) -> Result<Self::Buf> {
+        self.time(named("uninit"), || self.inner.uninit(n))
+    }
     fn from_vec(&self, data: Vec<f32>) -> Result<Self::Buf> {
         self.time(named("from_vec (upload)"), || self.inner.from_vec(data))
     }
@@ -242,6 +245,9 @@ impl<B: Backend> Backend for Timed<B> {
     }
     fn neg_exp(&self, src: &Self::Buf, dst: &mut Self::Buf) -> Result<()> {
         self.time(named("neg_exp"), || self.inner.neg_exp(src, dst))
+    }
+    fn add_product(&self, dst: &mut Self::Buf, x: &Self::Buf, y: &Self::Buf) -> Result<()> {
+        self.time(named("add_product"), || self.inner.add_product(dst, x, y))
     }
     fn adamw_step(
         &self,

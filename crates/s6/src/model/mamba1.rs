@@ -492,13 +492,15 @@ impl<B: Backend> Mamba<B> {
         let c = &self.cfg;
         let be = &self.backend;
         let (d, di) = (c.d_model, c.d_inner);
+        // normed, xz, u and y are written whole by the norm, in_proj, the conv and the scan;
+        // xdbl and delta stay zero in the ablations without x_proj or dt_proj.
         Ok(LayerActs {
-            normed: be.zeros(rows * d)?,
-            xz: be.zeros(rows * c.in_proj_width())?,
-            u: be.zeros(rows * di)?,
+            normed: be.uninit(rows * d)?,
+            xz: be.uninit(rows * c.in_proj_width())?,
+            u: be.uninit(rows * di)?,
             xdbl: be.zeros(rows * c.x_proj_cols().width)?,
             delta: be.zeros(rows * di)?,
-            y: be.zeros(rows * di)?,
+            y: be.uninit(rows * di)?,
         })
     }
 
@@ -722,8 +724,9 @@ impl<B: Backend> Mamba<B> {
             be.linear(View::full(&work.y, di), rows, di, &l.out_proj, d, l.out_proj_bias.as_ref(), &mut out)?;
             let last = i + 1 == c.n_layer;
             let take = |buf: &mut B::Buf, len: usize| -> Result<B::Buf> {
-                // The last layer's buffers stay in `work`, where its backward starts.
-                let fresh = if last { be.zeros(0)? } else { be.zeros(len)? };
+                // The last layer's buffers stay in `work`, where its backward starts. The next
+                // layer overwrites the fresh ones whole (in_proj, the scan).
+                let fresh = if last { be.zeros(0)? } else { be.uninit(len)? };
                 Ok(std::mem::replace(buf, fresh))
             };
             let xz = take(&mut work.xz, rows * iw)?;
@@ -859,10 +862,7 @@ impl<B: Backend> Mamba<B> {
 
         // ∂L/∂A_log = ∂L/∂A ⊙ A (A = -exp(A_log)); the scratch ∂L/∂A is consumed.
         for (l, gl) in self.layers.iter().zip(g.layers.iter_mut()) {
-            let a = be.to_vec(&l.a)?;
-            let da = be.to_vec(&gl.a)?;
-            let prod: Vec<f32> = da.iter().zip(&a).map(|(x, y)| x * y).collect();
-            be.add_assign(&mut gl.a_log, &be.from_vec(prod)?)?;
+            be.add_product(&mut gl.a_log, &gl.a, &l.a)?;
             be.fill_zero(&mut gl.a)?;
         }
         Ok((loss_sum / count as f64, count))

@@ -310,6 +310,19 @@ impl Backend for Cpu {
         Ok(())
     }
 
+    fn add_product(&self, dst: &mut Vec<f32>, x: &Vec<f32>, y: &Vec<f32>) -> Result<()> {
+        if x.len() != dst.len() || y.len() != dst.len() {
+            return Err(Error::Backend(format!(
+                "cpu: add_product of {} and {} elements into {}",
+                x.len(),
+                y.len(),
+                dst.len()
+            )));
+        }
+        dst.iter_mut().zip(x.iter().zip(y)).for_each(|(d, (a, b))| *d += a * b);
+        Ok(())
+    }
+
     fn adamw_step(
         &self,
         param: &mut Vec<f32>,

@@ -2,7 +2,8 @@
 //! decoding (`seqlen = 1`), conv1d + SiLU, `x_proj`, `dt_proj` and the selective-scan step with
 //! `D` and the gate in three kernels instead of five: the conv (without its state update), the
 //! `x_proj` product (the small-batch GEMV), and `s6_mixer_step_scan`, which does `dt_proj`, the
-//! conv-state update and the scan step per channel. (A first version also fused the conv into
+//! conv-state update and the scan step per channel (from 16 sequences on, `dt_proj` is one more
+//! product before it: see [`DT_PRODUCT_MIN_BATCH`]). (A first version also fused the conv into
 //! `x_proj`: every block recomputed the conv, and on 1.4B it was slower than op by op.)
 //! The environment variable `S6_FUSED_STEP=0` turns it off (the model then runs the ops one by
 //! one), for side-by-side measurements; it is read once per process.
@@ -20,6 +21,10 @@ use crate::Result;
 /// Channels per block of `s6_mixer_step_scan` (`S6_MS_CPB`) and lanes per channel (`S6_MS_G`).
 const SCAN_CPB: usize = 32;
 const SCAN_LANES: usize = 8;
+/// From this batch size on, `dt_proj` runs as one product for the whole batch before the scan
+/// kernel: computed per channel inside the kernel, every sequence's blocks would read the whole
+/// `dt_proj` matrix again from L2 (268 MB per layer at 1.4B, batch 128).
+const DT_PRODUCT_MIN_BATCH: usize = 16;
 /// Dynamic shared memory the kernels may use without opting in (bytes).
 const MAX_SHARED: usize = 48 << 10;
 /// The longest conv kernel handled (Mamba uses 4).
@@ -70,13 +75,19 @@ impl Cuda {
             xz, ldxz, cw, cb, conv, up, bb, one, dd, kk);
         // x_proj as any product: the small-batch GEMV for few rows, under the chosen `Compute`.
         self.linear(View::full(&*o.u, di), batch, di, a.x_proj, width, None, &mut *o.xdbl)?;
+        let dt_given = batch >= DT_PRODUCT_MIN_BATCH;
+        if dt_given {
+            // dt without its bias into `delta`, as the op-by-op path writes it.
+            self.linear(View::cols(&*o.xdbl, 0, width), batch, r, a.dt_proj, di, None, &mut *o.delta)?;
+        }
+        let dt_given = u32::from(dt_given);
         let cfg2 = LaunchConfig {
             grid_dim: (u32_of("blocks", di.div_ceil(SCAN_CPB))?, bb, 1),
             block_dim: ((SCAN_CPB * SCAN_LANES) as u32, 1, 1),
             shared_mem_bytes: u32_of("shared", 4 * width)?,
         };
         launch!(self, self.func("s6_mixer_step_scan")?, cfg2, "mixer step scan";
-            xz, ldxz, up, xdbl, ww, rr, dtw, dtb, ap, dp, conv, kk, ssm, delta, yp, dd, nn);
+            xz, ldxz, up, xdbl, ww, rr, dtw, dtb, ap, dp, conv, kk, ssm, delta, yp, dd, nn, dt_given);
         Ok(true)
     }
 }

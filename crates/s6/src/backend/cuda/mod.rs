@@ -82,6 +82,7 @@ const KERNELS: &[&str] = &[
     "s6_sum_f64_many",
     "s6_sum_in_order",
     "s6_neg_exp",
+    "s6_add_product",
     "s6_adamw",
     "s6_adamw_many",
     "s6_rope",
@@ -670,6 +671,13 @@ impl Backend for Cuda {
         Ok(CudaBuf::new(data, n))
     }
 
+    fn uninit(&self, n: usize) -> Result<CudaBuf> {
+        // SAFETY: f32 has no invalid bit patterns; the trait's contract is that an op writes the
+        // whole buffer before it is read (no memset: a training step allocates gigabytes).
+        let data = unsafe { self.stream().alloc::<f32>(n.max(1)) }.map_err(driver_err("allocation"))?;
+        Ok(CudaBuf::new(data, n))
+    }
+
     fn from_vec(&self, data: Vec<f32>) -> Result<CudaBuf> {
         if data.is_empty() {
             return self.zeros(0);
@@ -960,6 +968,10 @@ impl Backend for Cuda {
         self.neg_exp_dev(src, dst)
     }
 
+    fn add_product(&self, dst: &mut CudaBuf, x: &CudaBuf, y: &CudaBuf) -> Result<()> {
+        self.add_product_dev(dst, x, y)
+    }
+
     fn adamw_step(
         &self,
         param: &mut CudaBuf,
@@ -1109,9 +1121,10 @@ impl Backend for Cuda {
     }
 
     fn logits_chunk_elems(&self) -> usize {
-        // 64M floats (256 MB of logits plus as much of their gradient): few chunks, so few
-        // cross-entropy readbacks, at any realistic batch.
-        1 << 26
+        // 128M floats (512 MB of logits plus as much of their gradient): few chunks, so few
+        // cross-entropy readbacks, and the head's weight gradient (read and written whole by
+        // every chunk) costs little beside the chunk's products.
+        1 << 27
     }
 
     fn peak_memory(&self) -> Option<u64> {

@@ -388,6 +388,23 @@ impl Cuda {
         Ok(host[0])
     }
 
+    /// [`crate::backend::Backend::add_product`].
+    pub(super) fn add_product_dev(&self, dst: &mut CudaBuf, x: &CudaBuf, y: &CudaBuf) -> Result<()> {
+        let n = dst.len;
+        if x.len != n || y.len != n {
+            return Err(Error::Backend(format!("CUDA add_product of {} and {} elements into {n}", x.len, y.len)));
+        }
+        if n == 0 {
+            return Ok(());
+        }
+        let xp = self.ptr(x, 0, n, "add_product x")?;
+        let yp = self.ptr(y, 0, n, "add_product y")?;
+        let dp = self.ptr_mut(dst, 0, n, "add_product dst")?;
+        let nn = n as u64;
+        launch!(self, self.func("s6_add_product")?, grid_1d(n), "add_product"; dp, xp, yp, nn);
+        Ok(())
+    }
+
     /// [`crate::backend::Backend::neg_exp`].
     pub(super) fn neg_exp_dev(&self, src: &CudaBuf, dst: &mut CudaBuf) -> Result<()> {
         let n = src.len;

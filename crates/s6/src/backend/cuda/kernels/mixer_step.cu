@@ -2,7 +2,8 @@
 // mixer_step.rs), after the conv (s6_conv1d_silu, without its state update) and x_proj:
 //
 //   s6_mixer_step_scan: per (sequence, channel), S6_MS_G lanes: dt = dt_proj[c, :] · δ (written
-//     without its bias, as the op-by-op path does), Δ = softplus(dt + bias), the conv window
+//     without its bias, as the op-by-op path does; or, with dt_given, read from delta_out, where
+//     a product for the whole batch wrote it), Δ = softplus(dt + bias), the conv window
 //     shifted by one with x appended, h = exp(Δ·A) h + Δ·B·u over d_state,
 //     y = (C·h + D·u) · silu(z).
 //
@@ -24,7 +25,7 @@ extern "C" __global__ void s6_mixer_step_scan(const float* __restrict__ xz, unsi
                                               const float* __restrict__ dskip, float* __restrict__ conv_state,
                                               unsigned int k, float* __restrict__ ssm_state,
                                               float* __restrict__ delta_out, float* __restrict__ y,
-                                              unsigned int di, unsigned int n) {
+                                              unsigned int di, unsigned int n, unsigned int dt_given) {
     extern __shared__ float s6_ms_x[];
     const unsigned int b = blockIdx.y;
     for (unsigned int i = threadIdx.x; i < width; i += blockDim.x) {
@@ -44,16 +45,21 @@ extern "C" __global__ void s6_mixer_step_scan(const float* __restrict__ xz, unsi
         uv = u[bc];
         d_c = dskip[c];
         zc = xz[(unsigned long long)b * ldxz + di + c];
-        const float* wr = dt_proj + (unsigned long long)c * r;
+        if (dt_given) {
+            // Every lane reads it: the shuffle sum below must see it on one lane only.
+            dt = part == 0 ? delta_out[bc] : 0.0f;
+        } else {
+            const float* wr = dt_proj + (unsigned long long)c * r;
 #pragma unroll 4
-        for (unsigned int i = part; i < r; i += S6_MS_G) dt = fmaf(s6_ms_x[i], __ldg(wr + i), dt);
+            for (unsigned int i = part; i < r; i += S6_MS_G) dt = fmaf(s6_ms_x[i], __ldg(wr + i), dt);
+        }
     }
 #pragma unroll
     for (int off = S6_MS_G / 2; off > 0; off >>= 1) dt += __shfl_xor_sync(0xffffffffu, dt, off);
 
     float acc = 0.0f;
     if (active) {
-        if (part == 0) delta_out[bc] = dt;
+        if (part == 0 && !dt_given) delta_out[bc] = dt;
         const float dl = s6_softplus(dt + bias_c);
         const float du = dl * uv;
         const float* ac = a + (unsigned long long)c * n;

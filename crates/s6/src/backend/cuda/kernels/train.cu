@@ -254,6 +254,13 @@ extern "C" __global__ void s6_neg_exp(const float* __restrict__ src, float* __re
     for (; i < n; i += (unsigned long long)gridDim.x * blockDim.x) dst[i] = -(float)exp((double)src[i]);
 }
 
+// dst += x * y with the product rounded first (no FMA contraction): the CPU's bits.
+extern "C" __global__ void s6_add_product(float* __restrict__ dst, const float* __restrict__ x,
+                                          const float* __restrict__ y, unsigned long long n) {
+    unsigned long long i = (unsigned long long)blockIdx.x * blockDim.x + threadIdx.x;
+    for (; i < n; i += (unsigned long long)gridDim.x * blockDim.x) dst[i] = __fadd_rn(dst[i], __fmul_rn(x[i], y[i]));
+}
+
 // One AdamW element (PyTorch semantics), the one body of s6_adamw and s6_adamw_many.
 __device__ __forceinline__ void s6_adamw_elem(float* __restrict__ p, const float* __restrict__ grad,
                                               float* __restrict__ m, float* __restrict__ v, unsigned long long i,
