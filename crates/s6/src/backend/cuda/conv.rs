@@ -28,7 +28,9 @@ const BWD_KERNELS: [[&str; 2]; 2] =
 
 /// The kernel of `kernels` (`FWD_KERNELS` or `BWD_KERNELS`) for kernel size `k` and its channels
 /// per thread: float4 accesses when the channel count and every row stride are multiples of 4
-/// floats and every row pointer is 16-byte aligned (then every row start is), else floats.
+/// floats and every pointer is 16-byte aligned (then every row start is, and every thread's
+/// weights), else floats. The weight and bias are whole buffers, so in practice only the strides
+/// and the offsets of x, dx and out decide.
 fn conv_kernel(
     kernels: &[[&'static str; 2]; 2],
     k: usize,
@@ -98,7 +100,7 @@ impl Cuda {
         op: u64,
         (batch, seqlen, ch, k): (usize, usize, usize, usize),
     ) -> Result<()> {
-        let (name, vec) = conv_kernel(&FWD_KERNELS, k, ch, &[ldx], &[xp, sp, op]);
+        let (name, vec) = conv_kernel(&FWD_KERNELS, k, ch, &[ldx], &[xp, wp, bp, sp, op]);
         let cfg = LaunchConfig {
             grid_dim: (
                 u32_of("conv channel blocks", (ch / vec).div_ceil(FWD_THREADS))?,
@@ -158,7 +160,7 @@ impl Cuda {
         if rows * channels == 0 {
             return Ok(());
         }
-        let (name, vec) = conv_kernel(&BWD_KERNELS, kernel, channels, &[x.ld, lddx], &[xp, gp, dxp]);
+        let (name, vec) = conv_kernel(&BWD_KERNELS, kernel, channels, &[x.ld, lddx], &[xp, wp, bp, gp, dxp]);
         // One partial sum per sequence and block of segments: a few MB at training sizes.
         let nsb = seqlen.div_ceil(BWD_SEGMENTS * BWD_SEGMENT_STEPS);
         let np = batch * nsb;

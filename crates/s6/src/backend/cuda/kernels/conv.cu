@@ -5,11 +5,11 @@
 // x: element (row, c) at x[row * ldx + c] (the column offset applied by the caller), rows = tokens,
 // batch * seqlen of them; weight [ch, k]; state [batch, k-1, ch] = the inputs before t = 0.
 //
-// Both directions are bound by memory traffic. A thread owns VEC consecutive channels (VEC = 4:
-// float4 loads and stores, when the launcher found every row 16-byte aligned; else VEC = 1) of one
-// sequence over several consecutive time steps, and keeps the inputs of its steps in registers, so
-// that each input comes from DRAM once (the few rows shared with the next thread's steps come from
-// L2) and each thread has many independent loads in flight. The kernel size k = 4 (Mamba) is a
+// Both directions are bound by memory traffic. A thread owns VEC consecutive channels of one
+// sequence over several consecutive time steps (VEC = 4: float4 loads and stores, when the
+// launcher found every row, the weight and the bias 16-byte aligned; else VEC = 1) and keeps the
+// inputs of its steps in registers, so that each input comes from DRAM once (the few rows shared
+// with the next thread's steps come from L2) and each thread has many independent loads in flight. The kernel size k = 4 (Mamba) is a
 // compile-time constant (K = 4: fully unrolled register windows); K = 0 is the path for any other
 // k, which reads every tap from memory (L1) instead of a register window.
 
@@ -46,6 +46,32 @@ __device__ __forceinline__ void s6c_zero(float (&v)[VEC]) {
     for (int i = 0; i < VEC; i++) v[i] = 0.0f;
 }
 
+// wr[j][v] = w[(c + v) * K + j], b0[v] = bias[c + v] (0 without a bias). The thread's VEC·K
+// weights are contiguous: K float4 loads for VEC = 4 (w and bias 16-byte aligned) instead of 4K
+// scalar loads that each touch 32 lines per warp.
+template <int VEC, int K>
+__device__ __forceinline__ void s6c_params(const float* __restrict__ w, const float* __restrict__ bias,
+                                           unsigned int c, float (&wr)[K][VEC], float (&b0)[VEC]) {
+    float flat[VEC * K];
+#pragma unroll
+    for (int q = 0; q < K; q++) {
+        float v4[VEC];
+        s6c_load<VEC>(w + (unsigned long long)c * K + q * VEC, v4);
+#pragma unroll
+        for (int v = 0; v < VEC; v++) flat[q * VEC + v] = v4[v];
+    }
+#pragma unroll
+    for (int j = 0; j < K; j++) {
+#pragma unroll
+        for (int v = 0; v < VEC; v++) wr[j][v] = flat[v * K + j];
+    }
+    if (bias != nullptr) {
+        s6c_load<VEC>(bias + c, b0);
+    } else {
+        s6c_zero<VEC>(b0);
+    }
+}
+
 // The conv input at step t of the sequence whose first row is seq_row (t may be negative or past
 // the end): x inside the sequence; before it the state's rows (st points at the sequence's
 // [k-1, ch] state at channel c), or zeros without a state (st == nullptr: the backward's zero
@@ -76,17 +102,14 @@ __device__ __forceinline__ void s6_conv_fwd(const float* __restrict__ x, unsigne
     const unsigned int k = K > 0 ? K : k_any;
     const unsigned int c = (blockIdx.x * blockDim.x + threadIdx.x) * VEC;
     if (c >= ch) return;
-    float b0[VEC];
-#pragma unroll
-    for (int v = 0; v < VEC; v++) b0[v] = bias != nullptr ? bias[c + v] : 0.0f;
     // wr[j][v]: tap j of channel c + v (K = 4 only; the K = 0 path reads w per tap).
-    float wr[K > 0 ? K : 1][VEC];
+    float b0[VEC], wr[K > 0 ? K : 1][VEC];
     if constexpr (K > 0) {
-#pragma unroll
-        for (int j = 0; j < K; j++) {
-#pragma unroll
-            for (int v = 0; v < VEC; v++) wr[j][v] = w[(c + v) * K + j];
-        }
+        s6c_params<VEC, K>(w, bias, c, wr, b0);
+    } else if (bias != nullptr) {
+        s6c_load<VEC>(bias + c, b0);
+    } else {
+        s6c_zero<VEC>(b0);
     }
     for (unsigned int b = blockIdx.z; b < batch; b += gridDim.z) {
         const unsigned long long seq_row = (unsigned long long)b * seqlen;
@@ -240,14 +263,14 @@ __device__ __forceinline__ void s6_conv_bwd(const float* __restrict__ x, unsigne
     const unsigned int c = (blockIdx.x * 32 + threadIdx.x) * VEC;
     const bool owner = c < ch;  // no early return: every thread takes part in s6c_block_sum
     float b0[VEC], wr[K > 0 ? K : 1][VEC];
-#pragma unroll
-    for (int v = 0; v < VEC; v++) b0[v] = owner && bias != nullptr ? bias[c + v] : 0.0f;
-    if constexpr (K > 0) {
-#pragma unroll
-        for (int j = 0; j < K; j++) {
-#pragma unroll
-            for (int v = 0; v < VEC; v++) wr[j][v] = owner ? w[(c + v) * K + j] : 0.0f;
-        }
+    if (!owner) {
+        s6c_zero<VEC>(b0);  // (wr unused)
+    } else if constexpr (K > 0) {
+        s6c_params<VEC, K>(w, bias, c, wr, b0);
+    } else if (bias != nullptr) {
+        s6c_load<VEC>(bias + c, b0);
+    } else {
+        s6c_zero<VEC>(b0);
     }
     for (unsigned int b = blockIdx.z; b < batch; b += gridDim.z) {
         const unsigned long long seq_row = (unsigned long long)b * seqlen;
