@@ -9,9 +9,10 @@
 // sequence over several consecutive time steps (VEC = 4: float4 loads and stores, when the
 // launcher found every row, the weight and the bias 16-byte aligned; else VEC = 1) and keeps the
 // inputs of its steps in registers, so that each input comes from DRAM once (the few rows shared
-// with the next thread's steps come from L2) and each thread has many independent loads in flight. The kernel size k = 4 (Mamba) is a
-// compile-time constant (K = 4: fully unrolled register windows); K = 0 is the path for any other
-// k, which reads every tap from memory (L1) instead of a register window.
+// with the next thread's steps come from L2) and each thread has many independent loads in
+// flight. The kernel size k = 4 (Mamba) is a compile-time constant (K = 4: fully unrolled
+// register windows); K = 0 is the path for any other k, which reads every tap from memory (L1)
+// instead of a register window.
 
 #define S6_CONV_R 8  // time steps per forward thread, and per tile of a backward thread's walk
 
@@ -183,8 +184,8 @@ S6_CONV_FWD(s6_conv_fwd_vec1, 1, 0)
 // part[p][j][c], j = k for dbias; s6_conv_bwd_dw_reduce adds the partials in order. No atomics:
 // the results are the same on every run.
 
-#define S6_CONV_BWD_BY 4                        // segments per block (threadIdx.y)
-#define S6_CONV_BWD_SEG (8 * S6_CONV_R)         // steps per segment: a multiple of S6_CONV_R
+#define S6_CONV_BWD_BY 4                 // segments per block (threadIdx.y)
+#define S6_CONV_BWD_SEG (8 * S6_CONV_R)  // steps per segment: a multiple of S6_CONV_R
 
 __device__ __forceinline__ float s6c_dsilu(float dout, float pre) {
     const float s = 1.0f / (1.0f + expf(-pre));
