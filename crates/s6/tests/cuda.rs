@@ -308,35 +308,66 @@ fn add_rmsnorm_matches_cpu() {
     }
 }
 
+/// The conv forward's shapes: `(batch, seqlen, channels, kernel, bias, col, ld, fresh)`; x is
+/// columns `col..col + channels` of a `[rows, ld]` matrix; `fresh`: a zero initial state (a new
+/// sequence), else a random one (a continued sequence). The kernels take float4 accesses when
+/// channels, ld and col are multiples of 4 (x's pointer 16-byte aligned), else floats; k = 4 is
+/// compiled for, other k take the general path; each thread covers 8 steps of one sequence.
+type ConvCase = (usize, usize, usize, usize, bool, usize, usize, bool);
+const CONV_SHAPES: &[ConvCase] = &[
+    // k = 4, float4: seqlen not a multiple of 8, one tile, exact tiles, a tile plus one step.
+    (2, 37, 136, 4, true, 0, 272, false),
+    (3, 8, 64, 4, false, 0, 128, true),
+    (2, 16, 32, 4, true, 32, 64, false),
+    (2, 17, 32, 4, true, 0, 64, true),
+    // k = 4: seqlen < k and seqlen = 1 (decoding) with a state, float4 and float.
+    (3, 2, 64, 4, true, 0, 128, false),
+    (3, 3, 64, 4, false, 64, 128, false),
+    (4, 1, 1536, 4, true, 0, 3072, false),
+    (3, 1, 37, 4, true, 0, 74, false),
+    (2, 1, 64, 4, false, 2, 136, false),
+    // k = 4, float: channels not a multiple of 4; x unaligned (col 2, ld a multiple of 4); ld
+    // not a multiple of 4 (col 0, channels a multiple of 4).
+    (2, 300, 130, 4, false, 0, 260, false),
+    (2, 19, 64, 4, true, 2, 136, false),
+    (3, 21, 32, 4, true, 0, 34, true),
+    // More than one block of channels (128 threads × 4), the last one partial.
+    (2, 45, 1028, 4, true, 0, 2056, false),
+    (1, 70, 1540, 4, false, 0, 3080, true),
+    // Other k (the general path), float4 and float, bias or not, fresh or not.
+    (2, 37, 135, 3, false, 0, 270, false),
+    (2, 23, 64, 3, true, 64, 128, true),
+    (2, 1000, 96, 2, true, 0, 192, false),
+    (3, 9, 20, 2, false, 1, 40, false),
+    (2, 3, 40, 5, true, 0, 80, false),
+    (3, 2, 12, 5, false, 0, 24, false),
+    (2, 13, 44, 5, true, 0, 88, true),
+    (1, 5, 7, 1, false, 0, 14, false),
+    (2, 9, 16, 1, true, 0, 32, false),
+    (3, 41, 33, 9, true, 0, 66, false),
+    (2, 30, 8, 17, true, 0, 16, false),
+];
+
 #[test]
 fn conv1d_silu_matches_cpu() {
     let Some(g) = gpu() else { return };
     let mut r = Rng(4);
-    // (batch, seqlen, channels, kernel, bias); x is the first half of a [rows, 2·channels] matrix.
-    for &(batch, seqlen, ch, k, bias) in &[
-        (2, 37, 135, 3, false),
-        (1, 1, 1536, 4, true),
-        (3, 2, 64, 4, true),
-        (2, 1000, 96, 2, true),
-        (1, 5, 7, 1, false),
-        (3, 41, 33, 9, true),
-        (2, 300, 130, 4, false),
-    ] {
-        let ld = 2 * ch;
-        let x = r.vec(batch * seqlen * ld, -2.0, 2.0);
+    for &(batch, seqlen, ch, k, bias, col, ld, fresh) in CONV_SHAPES {
+        let rows = batch * seqlen;
+        let x = r.vec(rows * ld, -2.0, 2.0);
         let w = r.vec(ch * k, -1.0, 1.0);
         let b = r.vec(ch, -1.0, 1.0);
-        let state = r.vec(batch * (k - 1) * ch, -2.0, 2.0);
+        let state = if fresh { vec![0.0; batch * (k - 1) * ch] } else { r.vec(batch * (k - 1) * ch, -2.0, 2.0) };
         let mut st_cpu = state.clone();
-        let mut want = vec![0.0; batch * seqlen * ch];
-        Cpu.conv1d_silu(View::cols(&x, 0, ld), batch, seqlen, ch, k, &w, bias.then_some(&b), &mut st_cpu, &mut want)
+        let mut want = vec![0.0; rows * ch];
+        Cpu.conv1d_silu(View::cols(&x, col, ld), batch, seqlen, ch, k, &w, bias.then_some(&b), &mut st_cpu, &mut want)
             .unwrap();
         let xg = up(&g, &x);
         let bg = up(&g, &b);
         let mut sg = up(&g, &state);
-        let mut out = poisoned(&g, batch * seqlen * ch);
+        let mut out = poisoned(&g, rows * ch);
         g.conv1d_silu(
-            View::cols(&xg, 0, ld),
+            View::cols(&xg, col, ld),
             batch,
             seqlen,
             ch,
@@ -347,7 +378,7 @@ fn conv1d_silu_matches_cpu() {
             &mut out,
         )
         .unwrap();
-        let what = format!("conv1d b{batch} l{seqlen} c{ch} k{k}");
+        let what = format!("conv1d b{batch} l{seqlen} c{ch} k{k} bias {bias} cols {col}.. of {ld} fresh {fresh}");
         assert_close(&what, &g.to_vec(&out).unwrap(), &want);
         assert_close(&format!("{what} state"), &g.to_vec(&sg).unwrap(), &st_cpu);
     }

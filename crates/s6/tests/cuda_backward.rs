@@ -346,23 +346,102 @@ fn check_conv_backward(
     }
 }
 
+/// The conv backward's shapes: `((batch, seqlen, channels, kernel), bias, col, ld)`; x and dx are
+/// columns `col..col + channels` of `[rows, ld]` matrices. The kernels take float4 accesses when
+/// channels, ld and col are multiples of 4 (the pointers 16-byte aligned), else floats; k = 4 is
+/// compiled for, other k take the general path. A thread walks a segment of 64 steps in tiles of
+/// 8, a block 4 segments (256 steps) of one sequence: the lengths below cross those edges.
+type ConvCase = ((usize, usize, usize, usize), bool, usize, usize);
+const CONV_BWD_SHAPES: &[ConvCase] = &[
+    // k = 4, float4: lengths around the tile (8), segment (64) and block (256) edges.
+    ((2, 37, 136, 4), true, 0, 272),
+    ((3, 8, 64, 4), false, 64, 128),
+    ((2, 9, 32, 4), true, 0, 32),
+    ((2, 64, 32, 4), true, 0, 64),
+    ((2, 65, 32, 4), false, 32, 64),
+    ((2, 256, 16, 4), true, 0, 16),
+    ((2, 300, 136, 4), true, 0, 136),
+    ((2, 100, 300, 4), true, 0, 600),
+    ((1, 5000, 24, 4), true, 0, 48),
+    // k = 4: seqlen < k and seqlen = 1, float4 and float.
+    ((3, 1, 64, 4), true, 0, 64),
+    ((2, 2, 16, 4), true, 0, 32),
+    ((3, 3, 64, 4), false, 4, 72),
+    ((1, 1, 5, 4), true, 0, 5),
+    ((2, 3, 6, 4), true, 0, 6),
+    // k = 4, float: channels not a multiple of 4; x/dx unaligned (col 1 or 2, ld a multiple of
+    // 4); ld not a multiple of 4 (col 0, channels a multiple of 4).
+    ((3, 7, 37, 4), true, 0, 74),
+    ((3, 7, 37, 4), false, 37, 74),
+    ((4, 17, 130, 4), false, 130, 260),
+    ((2, 65, 64, 4), false, 1, 72),
+    ((2, 70, 64, 4), true, 2, 136),
+    ((3, 33, 32, 4), true, 0, 34),
+    // More than one block of channels (32 threads × 4), the last one partial.
+    ((2, 45, 1028, 4), true, 0, 2056),
+    ((2, 80, 1540, 4), false, 1540, 3080),
+    // Other k (the general path), float4 and float, bias or not.
+    ((2, 5, 16, 1), true, 3, 20),
+    ((2, 20, 16, 1), false, 0, 16),
+    ((2, 130, 64, 3), false, 0, 64),
+    ((2, 70, 40, 3), true, 0, 80),
+    ((2, 70, 40, 2), false, 0, 40),
+    ((3, 9, 21, 2), true, 0, 21),
+    ((5, 3, 20, 5), true, 0, 20),
+    ((2, 300, 12, 5), true, 12, 24),
+    ((2, 4, 8, 5), false, 0, 8),
+    ((1, 3, 8, 6), true, 0, 8),
+    ((3, 41, 33, 9), true, 0, 33),
+    ((2, 40, 8, 17), true, 0, 8),
+    ((1, 12, 9, 17), false, 0, 9),
+];
+
 #[test]
 fn conv_backward_matches_cpu() {
     let Some(g) = gpu() else { return };
     let mut r = Rng(104);
-    for &(shape, bias, off, ld) in &[
-        ((1, 1, 5, 4), true, 0, 5),
-        ((3, 7, 37, 4), true, 0, 74),
-        ((3, 7, 37, 4), false, 37, 74),
-        ((2, 100, 300, 4), true, 0, 600),
-        ((2, 5, 16, 1), true, 3, 20),
-        ((1, 3, 8, 6), true, 0, 8),
-        ((2, 130, 64, 3), false, 0, 64),
-        ((1, 5000, 24, 4), true, 0, 48),
-        ((3, 41, 33, 9), true, 0, 33),
-        ((4, 17, 130, 4), false, 130, 260),
-        ((5, 3, 20, 5), true, 0, 20),
-    ] {
+    for &(shape, bias, off, ld) in CONV_BWD_SHAPES {
         check_conv_backward(&g, &mut r, shape, bias, off, ld);
+    }
+}
+
+/// The conv backward's weight gradient is a sum over every step of the batch: the kernels add it
+/// in a fixed order (no atomics), so two runs on the same inputs agree to the bit.
+#[test]
+fn conv_backward_is_deterministic() {
+    let Some(g) = gpu() else { return };
+    let mut r = Rng(105);
+    for &((batch, seqlen, ch, k), col, ld) in
+        &[((4, 1000, 136, 4), 0, 272), ((3, 700, 37, 4), 37, 74), ((2, 600, 64, 3), 0, 64)]
+    {
+        let rows = batch * seqlen;
+        let (xg, wg, bg) =
+            (up(&g, &r.vec(rows * ld, -2.0, 2.0)), up(&g, &r.vec(ch * k, -0.7, 0.7)), up(&g, &r.vec(ch, -0.5, 0.5)));
+        let gg = up(&g, &r.vec(rows * ch, -1.0, 1.0));
+        let run = || {
+            let mut dx = up(&g, &vec![0.0; rows * ld]);
+            let (mut dw, mut db) = (up(&g, &vec![0.0; ch * k]), up(&g, &vec![0.0; ch]));
+            g.conv1d_silu_backward(
+                View::cols(&xg, col, ld),
+                batch,
+                seqlen,
+                ch,
+                k,
+                &wg,
+                Some(&bg),
+                &gg,
+                ViewMut::cols(&mut dx, col, ld),
+                &mut dw,
+                Some(&mut db),
+            )
+            .unwrap();
+            (g.to_vec(&dx).unwrap(), g.to_vec(&dw).unwrap(), g.to_vec(&db).unwrap())
+        };
+        let (first, second) = (run(), run());
+        let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+        let label = format!("conv backward batch {batch} L {seqlen} ch {ch} k {k}");
+        assert_eq!(bits(&first.0), bits(&second.0), "{label}: dx differs between runs");
+        assert_eq!(bits(&first.1), bits(&second.1), "{label}: dweight differs between runs");
+        assert_eq!(bits(&first.2), bits(&second.2), "{label}: dbias differs between runs");
     }
 }

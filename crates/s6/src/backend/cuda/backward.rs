@@ -1,18 +1,15 @@
-//! Launches of the backward kernels of the selective scan and of the causal conv1d + SiLU
-//! (`kernels/scan_backward.cu`; the design is described there). Both start from a zero initial
-//! state, as the [`Backend`](crate::backend::Backend) trait specifies for training.
+//! Launches of the backward kernels of the selective scan (`kernels/scan_backward.cu`; the design
+//! is described there), from a zero initial state, as the [`Backend`](crate::backend::Backend)
+//! trait specifies for training (the conv's backward is in `conv.rs`).
 
 use cudarc::driver::{CudaSlice, DevicePtr, LaunchConfig, PushKernelArg};
 
-use super::{driver_err, grid_1d, rows_channels_grid, u32_of, Cuda, CudaBuf, MAX_D_STATE};
-use crate::backend::{ScanArgs, ScanGrads, View, ViewMut};
+use super::{driver_err, grid_1d, u32_of, Cuda, CudaBuf, MAX_D_STATE};
+use crate::backend::{ScanArgs, ScanGrads};
 use crate::{Error, Result};
 
 /// Threads per block of the scan backward kernels.
 const SCAN_BWD_THREADS: u32 = 128;
-
-/// Rows per partial sum of the conv weight gradient.
-const CONV_DW_ROWS: usize = 64;
 
 impl Cuda {
     /// `(kernel, lanes per channel, chunk length)` of the scan backward for `d_state = n`.
@@ -34,7 +31,7 @@ impl Cuda {
 
     /// Uninitialized device scratch of `n` floats (at least one); every element the kernels read
     /// was written by them first.
-    fn scratch(&self, n: usize) -> Result<CudaSlice<f32>> {
+    pub(super) fn scratch(&self, n: usize) -> Result<CudaSlice<f32>> {
         // SAFETY: the scratch buffers are written before they are read (see the kernels).
         unsafe { self.stream().alloc::<f32>(n.max(1)) }.map_err(driver_err("scratch allocation"))
     }
@@ -126,71 +123,6 @@ impl Cuda {
             launch!(self, self.func("s6_scan_bwd_reduce_bc")?, grid_1d(rows * 2 * n), "scan backward dB/dC";
                 dbp, zero, r32, n32, dbp, ldb, dcp, ldc);
         }
-        Ok(())
-    }
-
-    /// [`Backend::conv1d_silu_backward`](crate::backend::Backend::conv1d_silu_backward).
-    pub(super) fn conv_backward(
-        &self,
-        x: View<'_, CudaBuf>,
-        batch: usize,
-        seqlen: usize,
-        channels: usize,
-        kernel: usize,
-        weight: &CudaBuf,
-        bias: Option<&CudaBuf>,
-        dout: &CudaBuf,
-        dx: ViewMut<'_, CudaBuf>,
-        dweight: &mut CudaBuf,
-        dbias: Option<&mut CudaBuf>,
-    ) -> Result<()> {
-        if kernel == 0 {
-            return Err(Error::Backend("CUDA conv1d backward: kernel size 0".into()));
-        }
-        if dx.ld < channels {
-            return Err(Error::Backend(format!("CUDA conv1d backward: dx row stride {} < {channels} channels", dx.ld)));
-        }
-        let rows = batch * seqlen;
-        let ext = Self::view_extent;
-        let xp = self.ptr(x.buf, x.offset, ext(x.ld, rows, channels), "conv1d backward x")?;
-        let wp = self.ptr(weight, 0, channels * kernel, "conv1d backward weight")?;
-        let bp = self.ptr_opt(bias, channels, "conv1d backward bias")?;
-        let gp = self.ptr(dout, 0, rows * channels, "conv1d backward dout")?;
-        let lddx = dx.ld;
-        let dxp = self.ptr_mut(dx.buf, dx.offset, ext(lddx, rows, channels), "conv1d backward dx")?;
-        let dwp = self.ptr_mut(dweight, 0, channels * kernel, "conv1d backward dweight")?;
-        let dbp = match dbias {
-            Some(b) => self.ptr_mut(b, 0, channels, "conv1d backward dbias")?,
-            None => 0u64,
-        };
-        if rows * channels == 0 {
-            return Ok(());
-        }
-        let (ldx, lddx) = (u32_of("ld x", x.ld)?, u32_of("ld dx", lddx)?);
-        let (b, l, c, k) = (
-            u32_of("batch", batch)?,
-            u32_of("seqlen", seqlen)?,
-            u32_of("channels", channels)?,
-            u32_of("kernel", kernel)?,
-        );
-        let dpre = self.scratch(rows * channels)?;
-        let (dpp, _s1) = dpre.device_ptr(self.stream());
-        let grid = rows_channels_grid(rows, channels)?;
-        launch!(self, self.func("s6_conv_bwd_dpre")?, grid, "conv1d backward dpre";
-            xp, ldx, wp, bp, gp, dpp, b, l, c, k);
-        launch!(self, self.func("s6_conv_bwd_dx")?, grid, "conv1d backward dx";
-            dpp, wp, dxp, lddx, b, l, c, k);
-        // Segments of at least CONV_DW_ROWS rows, at most 65,535 of them (the grid's height).
-        let seg_rows = CONV_DW_ROWS.max(rows.div_ceil(65535));
-        let nseg = rows.div_ceil(seg_rows);
-        let part = self.scratch(nseg * channels * (kernel + 1))?;
-        let (pp, _s2) = part.device_ptr(self.stream());
-        let (r32, seg, nseg32) = (u32_of("rows", rows)?, u32_of("segment rows", seg_rows)?, u32_of("segments", nseg)?);
-        let cfg = LaunchConfig { grid_dim: (grid.grid_dim.0, nseg32, 1), ..grid };
-        launch!(self, self.func("s6_conv_bwd_dw_partial")?, cfg, "conv1d backward dweight";
-            xp, ldx, dpp, pp, r32, l, c, k, seg, nseg32);
-        launch!(self, self.func("s6_conv_bwd_dw_reduce")?, grid_1d(channels * (kernel + 1)), "conv1d backward dweight sum";
-            pp, nseg32, c, k, dwp, dbp);
         Ok(())
     }
 }

@@ -14,7 +14,7 @@ use std::sync::OnceLock;
 
 use cudarc::driver::{LaunchConfig, PushKernelArg};
 
-use super::{driver_err, rows_channels_grid, u32_of, Cuda, CudaBuf, MAX_D_STATE};
+use super::{driver_err, u32_of, Cuda, CudaBuf, MAX_D_STATE};
 use crate::backend::{Backend, MixerStepArgs, MixerStepOut, View};
 use crate::Result;
 
@@ -68,11 +68,9 @@ impl Cuda {
             (u32_of("ld xz", ldxz)?, u32_of("d_conv", k)?, u32_of("width", width)?, u32_of("dt_rank", r)?);
         let (dd, nn, bb) = (u32_of("d_inner", di)?, u32_of("d_state", n)?, u32_of("batch", batch)?);
 
-        // conv + SiLU → u: the op-by-op path's kernel (one thread per channel), without its
-        // state update, which moves into the scan kernel (the window is still read here).
-        let one = 1u32;
-        launch!(self, self.func("s6_conv1d_silu")?, rows_channels_grid(batch, di)?, "mixer step conv";
-            xz, ldxz, cw, cb, conv, up, bb, one, dd, kk);
+        // conv + SiLU → u: the op-by-op path's kernel, without its state update, which moves into
+        // the scan kernel (the window is still read here).
+        self.launch_conv_forward((xz, 2 * di), cw, cb, conv, up, (batch, 1, di, k))?;
         // x_proj as any product: the small-batch GEMV for few rows, under the chosen `Compute`.
         self.linear(View::full(&*o.u, di), batch, di, a.x_proj, width, None, &mut *o.xdbl)?;
         let dt_given = batch >= DT_PRODUCT_MIN_BATCH;

@@ -12,8 +12,9 @@
 //! the missing library or device. Everything runs in order on one stream; results are read back
 //! by [`Backend::to_vec`], which waits for the stream.
 //!
-//! Training: the selective-scan and conv1d backward ops run in `backward.rs` (kernels in
-//! `kernels/scan_backward.cu`); the other backward ops, the optimizer and the attention-baseline ops
+//! Training: the selective-scan backward runs in `backward.rs` (kernels in
+//! `kernels/scan_backward.cu`), the conv1d + SiLU forward and backward in `conv.rs` (kernels in
+//! `kernels/conv.cu`); the other backward ops, the optimizer and the attention-baseline ops
 //! in `train_ops.rs` (kernels in `kernels/train.cu`).
 
 use std::collections::HashMap;
@@ -36,6 +37,7 @@ pub use decode::CudaIds;
 /// The kernels' sources, compiled together into one module.
 const KERNEL_SOURCES: &[&str] = &[
     include_str!("kernels/elementwise.cu"),
+    include_str!("kernels/conv.cu"),
     include_str!("kernels/scan.cu"),
     include_str!("kernels/scan_backward.cu"),
     include_str!("kernels/train.cu"),
@@ -51,8 +53,17 @@ const KERNELS: &[&str] = &[
     "s6_fill_bias",
     "s6_add_assign",
     "s6_add_rmsnorm",
-    "s6_conv1d_silu",
     "s6_conv_state_update",
+    // kernels/conv.cu (conv.rs: FWD_KERNELS, BWD_KERNELS)
+    "s6_conv_fwd_k4_vec4",
+    "s6_conv_fwd_k4_vec1",
+    "s6_conv_fwd_vec4",
+    "s6_conv_fwd_vec1",
+    "s6_conv_bwd_k4_vec4",
+    "s6_conv_bwd_k4_vec1",
+    "s6_conv_bwd_vec4",
+    "s6_conv_bwd_vec1",
+    "s6_conv_bwd_dw_reduce",
     "s6_scan_n4",
     "s6_scan_n8",
     "s6_scan_n16",
@@ -67,10 +78,6 @@ const KERNELS: &[&str] = &[
     "s6_scan_bwd_n64",
     "s6_scan_bwd_reduce_bc",
     "s6_scan_bwd_reduce_params",
-    "s6_conv_bwd_dpre",
-    "s6_conv_bwd_dx",
-    "s6_conv_bwd_dw_partial",
-    "s6_conv_bwd_dw_reduce",
     // kernels/train.cu
     "s6_col_sums_part",
     "s6_col_sums_finish",
@@ -321,16 +328,6 @@ fn keep_pool_memory(ctx: &CudaContext) {
 fn grid_1d(n: usize) -> LaunchConfig {
     let blocks = n.div_ceil(256).clamp(1, 65535 * 8) as u32;
     LaunchConfig { grid_dim: (blocks, 1, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 }
-}
-
-/// Grid of the conv kernels: x over `ch` channels (128 per block), y over `rows` rows (the
-/// kernels stride by the grid's height past 65,535).
-fn rows_channels_grid(rows: usize, ch: usize) -> Result<LaunchConfig> {
-    Ok(LaunchConfig {
-        grid_dim: (u32_of("channel blocks", ch.div_ceil(128))?, rows.clamp(1, 65535) as u32, 1),
-        block_dim: (128, 1, 1),
-        shared_mem_bytes: 0,
-    })
 }
 
 fn u32_of(what: &str, v: usize) -> Result<u32> {
@@ -623,6 +620,7 @@ impl Cuda {
 
 mod backward;
 mod bf16;
+mod conv;
 pub mod mixer_step;
 mod train_ops;
 
@@ -815,30 +813,7 @@ impl Backend for Cuda {
         state: &mut CudaBuf,
         out: &mut CudaBuf,
     ) -> Result<()> {
-        let rows = batch * seqlen;
-        if rows * channels == 0 {
-            return Ok(());
-        }
-        if kernel == 0 {
-            return Err(Error::Backend("CUDA conv1d: kernel size 0".into()));
-        }
-        let xp = self.ptr(x.buf, x.offset, Self::view_extent(x.ld, rows, channels), "conv1d x")?;
-        let wp = self.ptr(weight, 0, channels * kernel, "conv1d weight")?;
-        let bp = self.ptr_opt(bias, channels, "conv1d bias")?;
-        let sp = self.ptr_mut(state, 0, batch * (kernel - 1) * channels, "conv1d state")?;
-        let o = self.ptr_mut(out, 0, rows * channels, "conv1d out")?;
-        let (ld, b, l, c, k) = (
-            u32_of("ld", x.ld)?,
-            u32_of("batch", batch)?,
-            u32_of("seqlen", seqlen)?,
-            u32_of("channels", channels)?,
-            u32_of("kernel", kernel)?,
-        );
-        launch!(self, self.func("s6_conv1d_silu")?, rows_channels_grid(rows, channels)?, "conv1d_silu"; xp, ld, wp, bp, sp, o, b, l, c, k);
-        if kernel > 1 {
-            launch!(self, self.func("s6_conv_state_update")?, grid_1d(batch * channels), "conv state"; xp, ld, sp, b, l, c, k);
-        }
-        Ok(())
+        self.conv_forward(x, batch, seqlen, channels, kernel, weight, bias, state, out)
     }
 
     fn selective_scan(&self, args: &ScanArgs<'_, CudaBuf>, state: &mut CudaBuf, y: &mut CudaBuf) -> Result<()> {

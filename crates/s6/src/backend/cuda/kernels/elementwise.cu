@@ -1,5 +1,5 @@
 // Element-wise and row-wise kernels of the CUDA backend: embedding lookup, row gather, bias
-// broadcast, add, fused residual add + RMSNorm, fused causal depthwise conv1d + SiLU.
+// broadcast, add, fused residual add + RMSNorm, the conv state update (the conv itself: conv.cu).
 // Layouts as in the Backend trait (crates/s6/src/backend/mod.rs): row-major, rows are tokens.
 
 __device__ __forceinline__ float s6_silu(float x) { return x / (1.0f + expf(-x)); }
@@ -70,36 +70,6 @@ extern "C" __global__ void s6_add_rmsnorm(float* __restrict__ residual, const fl
     __syncthreads();
     const float inv = rsqrtf(partial[0] / (float)dim + eps);
     for (unsigned int i = threadIdx.x; i < dim; i += blockDim.x) out[base + i] = r[i] * inv * w[i];
-}
-
-// Causal depthwise conv1d + SiLU. x: element (row, c) at x[row * ldx + c] (offset applied by the
-// caller); weight [ch, k]; state [batch, k-1, ch] = the inputs before t = 0. One thread per output.
-extern "C" __global__ void s6_conv1d_silu(const float* __restrict__ x, unsigned int ldx, const float* __restrict__ w,
-                                          const float* __restrict__ bias, const float* __restrict__ state,
-                                          float* __restrict__ out, unsigned int batch, unsigned int seqlen,
-                                          unsigned int ch, unsigned int k) {
-    // 2-D grid (s6_rows_channels_grid): x over channels, y striding over rows. No 64-bit
-    // division per element (it cost more than the arithmetic).
-    const unsigned int c = blockIdx.x * blockDim.x + threadIdx.x;
-    if (c >= ch) return;
-    const unsigned int rows = batch * seqlen;
-    const float b0 = bias != nullptr ? bias[c] : 0.0f;
-    for (unsigned int row = blockIdx.y; row < rows; row += gridDim.y) {
-        const unsigned int b = row / seqlen, t = row - b * seqlen;
-        float s = b0;
-        for (unsigned int j = 0; j < k; j++) {
-            // Tap j reads input step t + j - (k-1).
-            const int tt = (int)t + (int)j - (int)(k - 1);
-            float v;
-            if (tt < 0) {
-                v = state[((unsigned long long)b * (k - 1) + (unsigned long long)(tt + (int)(k - 1))) * ch + c];
-            } else {
-                v = x[((unsigned long long)b * seqlen + (unsigned int)tt) * ldx + c];
-            }
-            s = fmaf(w[c * k + j], v, s);
-        }
-        out[(unsigned long long)row * ch + c] = s6_silu(s);
-    }
 }
 
 // The conv state after the call: the last k-1 inputs (state then x). One thread per (batch,

@@ -1,5 +1,5 @@
 // The fused single-token Mamba mixer step (decoding, seqlen = 1; crates/s6/src/backend/cuda/
-// mixer_step.rs), after the conv (s6_conv1d_silu, without its state update) and x_proj:
+// mixer_step.rs), after the conv (conv.cu's forward, without its state update) and x_proj:
 //
 //   s6_mixer_step_scan: per (sequence, channel), S6_MS_G lanes: dt = dt_proj[c, :] · δ (written
 //     without its bias, as the op-by-op path does; or, with dt_given, read from delta_out, where

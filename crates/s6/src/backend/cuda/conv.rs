@@ -1,0 +1,199 @@
+//! Launches of the causal depthwise conv1d + SiLU kernels (`kernels/conv.cu`; the design is
+//! described there): the forward, for every sequence length (decoding's fused step in
+//! `mixer_step.rs` launches it too), and the backward, from a zero initial state as the
+//! [`Backend`](crate::backend::Backend) trait specifies for training.
+
+use cudarc::driver::{DevicePtr, LaunchConfig, PushKernelArg};
+
+use super::{driver_err, grid_1d, u32_of, Cuda, CudaBuf};
+use crate::backend::{View, ViewMut};
+use crate::{Error, Result};
+
+/// Time steps per forward thread and per tile of a backward thread's walk (`S6_CONV_R`).
+const CONV_STEPS: usize = 8;
+/// Threads per forward block (the kernels' `__launch_bounds__`).
+const FWD_THREADS: usize = 128;
+/// The backward block: 32 threads over channels × `BWD_SEGMENTS` segments (`S6_CONV_BWD_BY`) of
+/// `BWD_SEGMENT_STEPS` steps each (`S6_CONV_BWD_SEG`).
+const BWD_SEGMENTS: usize = 4;
+const BWD_SEGMENT_STEPS: usize = 8 * CONV_STEPS;
+/// Block of `s6_conv_bwd_dw_reduce`: 32 sums × 8 threads over the partials.
+const REDUCE_BLOCK: (u32, u32, u32) = (32, 8, 1);
+
+/// The forward and backward kernels, `[kernel size 4 (compiled for it) | any][float4 | float]`.
+const FWD_KERNELS: [[&str; 2]; 2] =
+    [["s6_conv_fwd_k4_vec4", "s6_conv_fwd_k4_vec1"], ["s6_conv_fwd_vec4", "s6_conv_fwd_vec1"]];
+const BWD_KERNELS: [[&str; 2]; 2] =
+    [["s6_conv_bwd_k4_vec4", "s6_conv_bwd_k4_vec1"], ["s6_conv_bwd_vec4", "s6_conv_bwd_vec1"]];
+
+/// The kernel of `kernels` (`FWD_KERNELS` or `BWD_KERNELS`) for kernel size `k` and its channels
+/// per thread: float4 accesses when the channel count and every row stride are multiples of 4
+/// floats and every pointer is 16-byte aligned (then every row start is, and every thread's
+/// weights), else floats. The weight and bias are whole buffers, so in practice only the strides
+/// and the offsets of x, dx and out decide.
+fn conv_kernel(
+    kernels: &[[&'static str; 2]; 2],
+    k: usize,
+    ch: usize,
+    strides: &[usize],
+    ptrs: &[u64],
+) -> (&'static str, usize) {
+    let vec4 = ch.is_multiple_of(4)
+        && strides.iter().all(|ld| ld.is_multiple_of(4))
+        && ptrs.iter().all(|p| p.is_multiple_of(16));
+    (kernels[usize::from(k != 4)][usize::from(!vec4)], if vec4 { 4 } else { 1 })
+}
+
+impl Cuda {
+    /// [`Backend::conv1d_silu`](crate::backend::Backend::conv1d_silu): the conv, then the state
+    /// update (a separate kernel: the conv reads the old state).
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn conv_forward(
+        &self,
+        x: View<'_, CudaBuf>,
+        batch: usize,
+        seqlen: usize,
+        channels: usize,
+        kernel: usize,
+        weight: &CudaBuf,
+        bias: Option<&CudaBuf>,
+        state: &mut CudaBuf,
+        out: &mut CudaBuf,
+    ) -> Result<()> {
+        let rows = batch * seqlen;
+        if rows * channels == 0 {
+            return Ok(());
+        }
+        if kernel == 0 {
+            return Err(Error::Backend("CUDA conv1d: kernel size 0".into()));
+        }
+        let xp = self.ptr(x.buf, x.offset, Self::view_extent(x.ld, rows, channels), "conv1d x")?;
+        let wp = self.ptr(weight, 0, channels * kernel, "conv1d weight")?;
+        let bp = self.ptr_opt(bias, channels, "conv1d bias")?;
+        let sp = self.ptr_mut(state, 0, batch * (kernel - 1) * channels, "conv1d state")?;
+        let o = self.ptr_mut(out, 0, rows * channels, "conv1d out")?;
+        self.launch_conv_forward((xp, x.ld), wp, bp, sp, o, (batch, seqlen, channels, kernel))?;
+        if kernel > 1 {
+            let (ld, b, l, c, k) = (
+                u32_of("ld", x.ld)?,
+                u32_of("batch", batch)?,
+                u32_of("seqlen", seqlen)?,
+                u32_of("channels", channels)?,
+                u32_of("kernel", kernel)?,
+            );
+            launch!(self, self.func("s6_conv_state_update")?, grid_1d(batch * channels), "conv state"; xp, ld, sp, b, l, c, k);
+        }
+        Ok(())
+    }
+
+    /// The conv forward (without the state update) on bounds-checked device pointers: x with row
+    /// stride `ldx`, the weight, the bias (0: none), the state `[batch, k-1, ch]` (the inputs
+    /// before `t = 0`; 0: zeros) and the output `[batch * seqlen, ch]`. Grid: x over blocks of
+    /// 128 threads × 1 or 4 channels, y over tiles of [`CONV_STEPS`] steps, z over the sequences
+    /// (the kernels stride past 65,535 in y and z).
+    pub(super) fn launch_conv_forward(
+        &self,
+        (xp, ldx): (u64, usize),
+        wp: u64,
+        bp: u64,
+        sp: u64,
+        op: u64,
+        (batch, seqlen, ch, k): (usize, usize, usize, usize),
+    ) -> Result<()> {
+        let (name, vec) = conv_kernel(&FWD_KERNELS, k, ch, &[ldx], &[xp, wp, bp, sp, op]);
+        let cfg = LaunchConfig {
+            grid_dim: (
+                u32_of("conv channel blocks", (ch / vec).div_ceil(FWD_THREADS))?,
+                seqlen.div_ceil(CONV_STEPS).clamp(1, 65535) as u32,
+                batch.clamp(1, 65535) as u32,
+            ),
+            block_dim: (FWD_THREADS as u32, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        let (ld, b, l, c, kk) = (
+            u32_of("ld", ldx)?,
+            u32_of("batch", batch)?,
+            u32_of("seqlen", seqlen)?,
+            u32_of("channels", ch)?,
+            u32_of("kernel", k)?,
+        );
+        launch!(self, self.func(name)?, cfg, "conv1d_silu"; xp, ld, wp, bp, sp, op, b, l, c, kk);
+        Ok(())
+    }
+
+    /// [`Backend::conv1d_silu_backward`](crate::backend::Backend::conv1d_silu_backward): one kernel
+    /// for dx and the per-block partial sums of dweight/dbias, then their ordered reduction.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn conv_backward(
+        &self,
+        x: View<'_, CudaBuf>,
+        batch: usize,
+        seqlen: usize,
+        channels: usize,
+        kernel: usize,
+        weight: &CudaBuf,
+        bias: Option<&CudaBuf>,
+        dout: &CudaBuf,
+        dx: ViewMut<'_, CudaBuf>,
+        dweight: &mut CudaBuf,
+        dbias: Option<&mut CudaBuf>,
+    ) -> Result<()> {
+        if kernel == 0 {
+            return Err(Error::Backend("CUDA conv1d backward: kernel size 0".into()));
+        }
+        if dx.ld < channels {
+            return Err(Error::Backend(format!("CUDA conv1d backward: dx row stride {} < {channels} channels", dx.ld)));
+        }
+        let rows = batch * seqlen;
+        let ext = Self::view_extent;
+        let xp = self.ptr(x.buf, x.offset, ext(x.ld, rows, channels), "conv1d backward x")?;
+        let wp = self.ptr(weight, 0, channels * kernel, "conv1d backward weight")?;
+        let bp = self.ptr_opt(bias, channels, "conv1d backward bias")?;
+        let gp = self.ptr(dout, 0, rows * channels, "conv1d backward dout")?;
+        let lddx = dx.ld;
+        let dxp = self.ptr_mut(dx.buf, dx.offset, ext(lddx, rows, channels), "conv1d backward dx")?;
+        let dwp = self.ptr_mut(dweight, 0, channels * kernel, "conv1d backward dweight")?;
+        let dbp = match dbias {
+            Some(b) => self.ptr_mut(b, 0, channels, "conv1d backward dbias")?,
+            None => 0u64,
+        };
+        if rows * channels == 0 {
+            return Ok(());
+        }
+        let (name, vec) = conv_kernel(&BWD_KERNELS, kernel, channels, &[x.ld, lddx], &[xp, wp, bp, gp, dxp]);
+        // One partial sum per sequence and block of segments: a few MB at training sizes.
+        let nsb = seqlen.div_ceil(BWD_SEGMENTS * BWD_SEGMENT_STEPS);
+        let np = batch * nsb;
+        let part = self.scratch(np * (kernel + 1) * channels)?;
+        let (pp, _s) = part.device_ptr(self.stream());
+        let cfg = LaunchConfig {
+            grid_dim: (
+                u32_of("conv channel blocks", (channels / vec).div_ceil(32))?,
+                nsb.clamp(1, 65535) as u32,
+                batch.clamp(1, 65535) as u32,
+            ),
+            block_dim: (32, BWD_SEGMENTS as u32, 1),
+            shared_mem_bytes: 0,
+        };
+        let (ldx, lddx) = (u32_of("ld x", x.ld)?, u32_of("ld dx", lddx)?);
+        let (b, l, c, k, nsb32) = (
+            u32_of("batch", batch)?,
+            u32_of("seqlen", seqlen)?,
+            u32_of("channels", channels)?,
+            u32_of("kernel", kernel)?,
+            u32_of("segment blocks", nsb)?,
+        );
+        launch!(self, self.func(name)?, cfg, "conv1d backward";
+            xp, ldx, wp, bp, gp, dxp, lddx, pp, b, l, c, k, nsb32);
+        let sums = channels * (kernel + 1);
+        let cfg = LaunchConfig {
+            grid_dim: (u32_of("conv dweight blocks", sums.div_ceil(REDUCE_BLOCK.0 as usize))?, 1, 1),
+            block_dim: REDUCE_BLOCK,
+            shared_mem_bytes: 0,
+        };
+        let np32 = u32_of("conv partial sums", np)?;
+        launch!(self, self.func("s6_conv_bwd_dw_reduce")?, cfg, "conv1d backward dweight sum";
+            pp, np32, c, k, dwp, dbp);
+        Ok(())
+    }
+}
