@@ -133,12 +133,24 @@ pub struct LayerActs<B: Backend> {
     pub y: B::Buf,
 }
 
+/// Which steps of [`Mamba::mixer_inner`] run (the conv and dt_proj always do).
+#[derive(Clone, Copy)]
+struct InnerSteps {
+    /// x_proj's product (false: `acts.xdbl` was kept from the forward).
+    x_proj: bool,
+    /// The scan (false: the backward of [`Recompute::Light`] kept `acts.y`).
+    scan: bool,
+}
+
 /// What the training forward keeps of one layer for the backward ([`Recompute`]).
 struct Kept<B: Backend> {
     /// The residual stream after the add: the layer norm's input.
     residual: B::Buf,
     /// in_proj's output `[rows, 2·d_inner]`.
     xz: B::Buf,
+    /// x_proj's output `[rows, dt_rank + 2·d_state]`: few floats per token, and keeping it
+    /// spares the backward x_proj's product (a thin one that runs far from the GPU's peak).
+    xdbl: B::Buf,
     /// The scan output; `None` under [`Recompute::Full`].
     y: Option<B::Buf>,
 }
@@ -527,12 +539,13 @@ impl<B: Backend> Mamba<B> {
             l.in_proj_bias.as_ref(),
             &mut acts.xz,
         )?;
-        self.mixer_inner(l, batch, seqlen, acts, conv_state, ssm_state, true)
+        self.mixer_inner(l, batch, seqlen, acts, conv_state, ssm_state, InnerSteps { x_proj: true, scan: true })
     }
 
-    /// The Mamba block from in_proj's output (`acts.xz`): conv → `acts.u`, x_proj → `acts.xdbl`,
-    /// dt_proj → `acts.delta`, and, with `scan`, the scan → `acts.y`. Also the training backward's
-    /// recomputation ([`Recompute`]).
+    /// The Mamba block from in_proj's output (`acts.xz`): conv → `acts.u`, x_proj → `acts.xdbl`
+    /// (unless `steps.x_proj` is false: `acts.xdbl` already holds it), dt_proj → `acts.delta`,
+    /// and, with `steps.scan`, the scan → `acts.y`. Also the training backward's recomputation
+    /// ([`Recompute`]).
     #[allow(clippy::too_many_arguments)]
     fn mixer_inner(
         &self,
@@ -542,8 +555,9 @@ impl<B: Backend> Mamba<B> {
         acts: &mut LayerActs<B>,
         conv_state: &mut B::Buf,
         ssm_state: &mut B::Buf,
-        scan: bool,
+        steps: InnerSteps,
     ) -> Result<()> {
+        let InnerSteps { x_proj: run_x_proj, scan } = steps;
         let c = &self.cfg;
         let be = &self.backend;
         let rows = batch * seqlen;
@@ -551,7 +565,7 @@ impl<B: Backend> Mamba<B> {
         let cols = c.x_proj_cols();
         // One token per sequence: the backend may fuse the rest of the block (a fast path with
         // the same outputs; `false` = not done here, go op by op).
-        if scan && seqlen == 1 && c.ablation == crate::config::Ablation::MAMBA {
+        if scan && run_x_proj && seqlen == 1 && c.ablation == crate::config::Ablation::MAMBA {
             if let (Some(x_proj), Some(dt_proj)) = (&l.x_proj, &l.dt_proj) {
                 let args = MixerStepArgs {
                     batch,
@@ -583,7 +597,7 @@ impl<B: Backend> Mamba<B> {
         }
         let x = View::cols(&acts.xz, 0, iw);
         be.conv1d_silu(x, batch, seqlen, di, c.d_conv, &l.conv1d, l.conv1d_bias.as_ref(), conv_state, &mut acts.u)?;
-        if let Some(x_proj) = &l.x_proj {
+        if let (Some(x_proj), true) = (&l.x_proj, run_x_proj) {
             be.linear(View::full(&acts.u, di), rows, di, x_proj, cols.width, None, &mut acts.xdbl)?;
         }
         // dt_proj's bias is applied inside the scan, fused with the softplus. Without a selective
@@ -730,11 +744,17 @@ impl<B: Backend> Mamba<B> {
                 Ok(std::mem::replace(buf, fresh))
             };
             let xz = take(&mut work.xz, rows * iw)?;
+            // xdbl is written whole by x_proj only where the layer has one; else it stays zero.
+            let xdbl = if l.x_proj.is_none() {
+                be.clone_buf(&work.xdbl)?
+            } else {
+                take(&mut work.xdbl, rows * xw)?
+            };
             let y = match self.recompute {
                 Recompute::Light => Some(take(&mut work.y, rows * di)?),
                 Recompute::Full => None,
             };
-            kept.push(Kept { residual: residual_in, xz, y });
+            kept.push(Kept { residual: residual_in, xz, xdbl, y });
         }
         let mut normed = be.zeros(rows * d)?;
         be.add_rmsnorm(&mut residual, Some(&out), &self.norm_f, eps, rows, d, &mut normed)?;
@@ -775,13 +795,15 @@ impl<B: Backend> Mamba<B> {
             // Back in `work`: what was kept, then what was not, recomputed from it from a zero
             // state, as the forward ran (the forward's final states are no longer needed).
             std::mem::swap(&mut work.xz, &mut k.xz);
+            std::mem::swap(&mut work.xdbl, &mut k.xdbl);
             be.add_rmsnorm(&mut k.residual, None, &l.norm, eps, rows, d, &mut work.normed)?;
             be.fill_zero(&mut state.conv[i])?;
             be.fill_zero(&mut state.ssm[i])?;
             if let Some(y) = k.y.as_mut() {
                 std::mem::swap(&mut work.y, y);
             }
-            self.mixer_inner(l, batch, seqlen, &mut work, &mut state.conv[i], &mut state.ssm[i], k.y.is_none())?;
+            let steps = InnerSteps { x_proj: false, scan: k.y.is_none() };
+            self.mixer_inner(l, batch, seqlen, &mut work, &mut state.conv[i], &mut state.ssm[i], steps)?;
             let acts = &work;
             // dres holds ∂L/∂(residual after this block), which is also ∂L/∂(block output).
             let y = View::full(&acts.y, di);

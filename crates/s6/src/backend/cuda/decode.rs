@@ -47,7 +47,9 @@ pub(super) type DecodeSlot = OnceLock<std::result::Result<DecodeKernels, String>
 
 /// PTX of the sampling kernel for one architecture, compiled once per process.
 pub(super) fn sample_ptx(arch: &str) -> Result<String> {
-    super::compile_cached("the sampling kernel", SAMPLE_SOURCE, arch)
+    static SOURCE: OnceLock<String> = OnceLock::new();
+    let source = SOURCE.get_or_init(|| [super::PRELUDE_SOURCE, SAMPLE_SOURCE].concat());
+    super::compile_cached("the sampling kernel", source, arch)
 }
 
 fn load_kernels(be: &Cuda) -> Result<DecodeKernels> {

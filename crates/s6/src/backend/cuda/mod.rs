@@ -34,8 +34,12 @@ mod decode;
 pub mod nccl;
 pub use decode::CudaIds;
 
+/// What every kernel module starts with (`S6_PDL_ENTRY`).
+const PRELUDE_SOURCE: &str = include_str!("kernels/prelude.cu");
+
 /// The kernels' sources, compiled together into one module.
 const KERNEL_SOURCES: &[&str] = &[
+    PRELUDE_SOURCE,
     include_str!("kernels/elementwise.cu"),
     include_str!("kernels/conv.cu"),
     include_str!("kernels/scan.cu"),
@@ -228,6 +232,8 @@ struct Inner {
     compute: AtomicU8,
     /// Activation scratch of the bf16 products; locked for the whole of one product.
     bf16: Mutex<Bf16Scratch>,
+    /// Kernels launch with programmatic dependent launch ([`Cuda::pdl`]).
+    pdl: bool,
 }
 
 fn compute_code(c: Compute) -> u8 {
@@ -398,12 +404,58 @@ impl Cuda {
                 _blas_workspace: blas_workspace,
                 compute: AtomicU8::new(compute_code(Compute::F32)),
                 bf16: Mutex::new(Bf16Scratch::default()),
+                pdl: major >= 9 && pdl_wanted(),
             }),
         })
     }
 
     fn stream(&self) -> &Arc<CudaStream> {
         &self.inner.stream
+    }
+
+    /// Whether `launch!` uses programmatic dependent launch: a kernel may then be scheduled
+    /// while the previous one in the stream still runs (every kernel of ours opens with
+    /// `S6_PDL_ENTRY()`, kernels/prelude.cu, which waits for the previous one before touching
+    /// memory), so that the launch latency between the many small kernels of a decoding step
+    /// overlaps the work. Hopper (sm_90) and newer.
+    fn pdl(&self) -> bool {
+        self.inner.pdl
+    }
+
+    /// `cuLaunchKernelEx` with the programmatic-stream-serialization attribute.
+    ///
+    /// # Safety
+    /// `args` must match the kernel's parameters in number and types, and every pointer in them
+    /// must be valid for what the kernel does with it.
+    unsafe fn launch_pdl(
+        &self,
+        func: &CudaFunction,
+        cfg: LaunchConfig,
+        args: &mut KernelArgs,
+    ) -> std::result::Result<(), cudarc::driver::DriverError> {
+        use cudarc::driver::sys;
+        self.inner.ctx.bind_to_thread()?;
+        // SAFETY: a zeroed attribute is a valid plain-data value; the id and union field set
+        // below are the ones the driver reads.
+        let mut attr: sys::CUlaunchAttribute = unsafe { std::mem::zeroed() };
+        attr.id = sys::CUlaunchAttributeID::CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION;
+        attr.value.programmaticStreamSerializationAllowed = 1;
+        let config = sys::CUlaunchConfig {
+            gridDimX: cfg.grid_dim.0,
+            gridDimY: cfg.grid_dim.1,
+            gridDimZ: cfg.grid_dim.2,
+            blockDimX: cfg.block_dim.0,
+            blockDimY: cfg.block_dim.1,
+            blockDimZ: cfg.block_dim.2,
+            sharedMemBytes: cfg.shared_mem_bytes,
+            hStream: self.stream().cu_stream(),
+            attrs: &mut attr,
+            numAttrs: 1,
+        };
+        // SAFETY: the caller's contract; `config`, `attr` and `args` outlive the call.
+        unsafe {
+            sys::cuLaunchKernelEx(&config, func.cu_function(), args.ptrs.as_mut_ptr(), std::ptr::null_mut()).result()
+        }
     }
 
     fn func(&self, name: &str) -> Result<&CudaFunction> {
@@ -536,15 +588,51 @@ impl Cuda {
     }
 }
 
+/// Launches a kernel of ours on the backend's stream: `launch!(self, func, cfg, what; args…)`,
+/// every argument a plain value (pointers as `u64`). With programmatic dependent launch (see
+/// [`Cuda::pdl`]) through `cuLaunchKernelEx`, else through cudarc's launch builder.
 macro_rules! launch {
     ($self:expr, $func:expr, $cfg:expr, $what:expr; $($arg:expr),* $(,)?) => {{
         let func = $func;
-        let mut b = $self.stream().launch_builder(func);
-        $( b.arg(&$arg); )*
-        // SAFETY: argument types and counts match the kernel signatures in kernels/*.cu; every
-        // pointer was bounds-checked against its buffer by `ptr`/`ptr_mut`.
-        unsafe { b.launch($cfg) }.map_err(driver_err($what))?;
+        if $self.pdl() {
+            let mut args = $crate::backend::cuda::KernelArgs::default();
+            $( args.push(&$arg); )*
+            // SAFETY: as below; `args` outlives the call, which copies the values.
+            unsafe { $self.launch_pdl(func, $cfg, &mut args) }.map_err(driver_err($what))?;
+        } else {
+            let mut b = $self.stream().launch_builder(func);
+            $( b.arg(&$arg); )*
+            // SAFETY: argument types and counts match the kernel signatures in kernels/*.cu; every
+            // pointer was bounds-checked against its buffer by `ptr`/`ptr_mut`.
+            unsafe { b.launch($cfg) }.map_err(driver_err($what))?;
+        }
     }};
+}
+
+/// The argument values of one kernel launch, each boxed so that its address is stable, and
+/// the array of those addresses that `cuLaunchKernelEx` reads.
+#[derive(Default)]
+pub(crate) struct KernelArgs {
+    values: Vec<Box<dyn std::any::Any>>,
+    ptrs: Vec<*mut std::ffi::c_void>,
+}
+
+impl KernelArgs {
+    /// Appends a copy of `v` (a `u64` pointer, `u32`, `f32`, …: what the kernel's parameter is).
+    pub(crate) fn push<T: Copy + 'static>(&mut self, v: &T) {
+        let mut b: Box<dyn std::any::Any> = Box::new(*v);
+        let p: *mut dyn std::any::Any = &mut *b;
+        self.ptrs.push(p as *mut std::ffi::c_void);
+        self.values.push(b);
+    }
+}
+
+/// Whether kernels launch with programmatic dependent launch where the device has it (compute
+/// capability 9.0 and newer); `S6_PDL=0` turns it off, for side-by-side measurements. Read once
+/// per process.
+fn pdl_wanted() -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ON.get_or_init(|| std::env::var("S6_PDL").map(|v| v.trim() != "0").unwrap_or(true))
 }
 
 impl Cuda {

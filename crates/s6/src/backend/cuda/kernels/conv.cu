@@ -162,6 +162,7 @@ __device__ __forceinline__ void s6_conv_fwd(const float* __restrict__ x, unsigne
         name(const float* __restrict__ x, unsigned int ldx, const float* __restrict__ w,                           \
              const float* __restrict__ bias, const float* __restrict__ state, float* __restrict__ out,             \
              unsigned int batch, unsigned int seqlen, unsigned int ch, unsigned int k) {                           \
+        S6_PDL_ENTRY();    \
         s6_conv_fwd<VEC, K>(x, ldx, w, bias, state, out, batch, seqlen, ch, k);                                    \
     }
 S6_CONV_FWD(s6_conv_fwd_k4_vec4, 4, 4)
@@ -403,6 +404,7 @@ __device__ __forceinline__ void s6_conv_bwd(const float* __restrict__ x, unsigne
              const float* __restrict__ bias, const float* __restrict__ dout, float* __restrict__ dx,               \
              unsigned int lddx, float* __restrict__ part, unsigned int batch, unsigned int seqlen,                 \
              unsigned int ch, unsigned int k, unsigned int nsb) {                                                  \
+        S6_PDL_ENTRY();    \
         s6_conv_bwd<VEC, K>(x, ldx, w, bias, dout, dx, lddx, part, batch, seqlen, ch, k, nsb);                     \
     }
 S6_CONV_BWD(s6_conv_bwd_k4_vec4, 4, 4)
@@ -416,6 +418,7 @@ S6_CONV_BWD(s6_conv_bwd_vec1, 1, 0)
 extern "C" __global__ void __launch_bounds__(256)
     s6_conv_bwd_dw_reduce(const float* __restrict__ part, unsigned int np, unsigned int ch, unsigned int k,
                           float* __restrict__ dw, float* __restrict__ dbias) {
+    S6_PDL_ENTRY();
     __shared__ float red[8][32];
     const unsigned long long per = (unsigned long long)ch * (k + 1);
     const unsigned long long i = (unsigned long long)blockIdx.x * 32 + threadIdx.x;

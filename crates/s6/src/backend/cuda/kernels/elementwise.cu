@@ -7,6 +7,7 @@ __device__ __forceinline__ float s6_silu(float x) { return x / (1.0f + expf(-x))
 // out[i, :] = table[ids[i], :]
 extern "C" __global__ void s6_embedding(const float* __restrict__ table, const unsigned int* __restrict__ ids,
                                         float* __restrict__ out, unsigned int rows, unsigned int dim) {
+    S6_PDL_ENTRY();
     unsigned long long i = (unsigned long long)blockIdx.x * blockDim.x + threadIdx.x;
     unsigned long long total = (unsigned long long)rows * dim;
     for (; i < total; i += (unsigned long long)gridDim.x * blockDim.x) {
@@ -18,6 +19,7 @@ extern "C" __global__ void s6_embedding(const float* __restrict__ table, const u
 // out[i, :] = src[rows[i], :]  (same kernel shape as the embedding, separate name for clarity)
 extern "C" __global__ void s6_gather_rows(const float* __restrict__ src, const unsigned int* __restrict__ rows_idx,
                                           float* __restrict__ out, unsigned int rows, unsigned int dim) {
+    S6_PDL_ENTRY();
     unsigned long long i = (unsigned long long)blockIdx.x * blockDim.x + threadIdx.x;
     unsigned long long total = (unsigned long long)rows * dim;
     for (; i < total; i += (unsigned long long)gridDim.x * blockDim.x) {
@@ -29,6 +31,7 @@ extern "C" __global__ void s6_gather_rows(const float* __restrict__ src, const u
 // out[r, j] = bias[j] for a [rows, n] matrix (the GEMM then accumulates onto it).
 extern "C" __global__ void s6_fill_bias(float* __restrict__ out, const float* __restrict__ bias, unsigned int rows,
                                         unsigned int n) {
+    S6_PDL_ENTRY();
     unsigned long long i = (unsigned long long)blockIdx.x * blockDim.x + threadIdx.x;
     unsigned long long total = (unsigned long long)rows * n;
     for (; i < total; i += (unsigned long long)gridDim.x * blockDim.x) out[i] = bias[i % n];
@@ -36,6 +39,7 @@ extern "C" __global__ void s6_fill_bias(float* __restrict__ out, const float* __
 
 // dst += src
 extern "C" __global__ void s6_add_assign(float* __restrict__ dst, const float* __restrict__ src, unsigned long long n) {
+    S6_PDL_ENTRY();
     unsigned long long i = (unsigned long long)blockIdx.x * blockDim.x + threadIdx.x;
     for (; i < n; i += (unsigned long long)gridDim.x * blockDim.x) dst[i] += src[i];
 }
@@ -45,6 +49,7 @@ extern "C" __global__ void s6_add_assign(float* __restrict__ dst, const float* _
 extern "C" __global__ void s6_add_rmsnorm(float* __restrict__ residual, const float* __restrict__ delta,
                                           const float* __restrict__ w, float* __restrict__ out, unsigned int dim,
                                           float eps) {
+    S6_PDL_ENTRY();
     __shared__ float partial[32];
     const unsigned long long base = (unsigned long long)blockIdx.x * dim;
     float* r = residual + base;
@@ -77,6 +82,7 @@ extern "C" __global__ void s6_add_rmsnorm(float* __restrict__ residual, const fl
 extern "C" __global__ void s6_conv_state_update(const float* __restrict__ x, unsigned int ldx, float* state,
                                                 unsigned int batch, unsigned int seqlen, unsigned int ch,
                                                 unsigned int k) {
+    S6_PDL_ENTRY();
     unsigned long long i = (unsigned long long)blockIdx.x * blockDim.x + threadIdx.x;
     if (i >= (unsigned long long)batch * ch) return;
     const unsigned int c = (unsigned int)(i % ch), b = (unsigned int)(i / ch);

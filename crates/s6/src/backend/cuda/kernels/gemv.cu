@@ -127,6 +127,7 @@ __device__ __forceinline__ void s6_gemv_impl(const float* __restrict__ x, unsign
         s6_gemv_r##R(const float* __restrict__ x, unsigned int ld, const float* __restrict__ w,                \
                      const float* __restrict__ bias, float* __restrict__ out, unsigned int n, unsigned int k,  \
                      unsigned int split, unsigned int vec) {                                                   \
+        S6_PDL_ENTRY();    \
         s6_gemv_impl<R, NC>(x, ld, w, bias, out, n, k, split, vec);                                            \
     }
 
@@ -245,6 +246,7 @@ __device__ __forceinline__ void s6_gemv_bf16_impl(const float* __restrict__ x, u
         s6_gemv_bf16_r##R(const float* __restrict__ x, unsigned int ld, const unsigned short* __restrict__ w,  \
                           const float* __restrict__ bias, float* __restrict__ out, unsigned int n,             \
                           unsigned int k, unsigned int split, unsigned int vec) {                              \
+        S6_PDL_ENTRY();    \
         s6_gemv_bf16_impl<R, NC>(x, ld, w, bias, out, n, k, split, vec);                                       \
     }
 

@@ -26,6 +26,7 @@ extern "C" __global__ void s6_mixer_step_scan(const float* __restrict__ xz, unsi
                                               unsigned int k, float* __restrict__ ssm_state,
                                               float* __restrict__ delta_out, float* __restrict__ y,
                                               unsigned int di, unsigned int n, unsigned int dt_given) {
+    S6_PDL_ENTRY();
     extern __shared__ float s6_ms_x[];
     const unsigned int b = blockIdx.y;
     for (unsigned int i = threadIdx.x; i < width; i += blockDim.x) {

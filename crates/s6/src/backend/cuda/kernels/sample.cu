@@ -189,6 +189,7 @@ extern "C" __global__ void __launch_bounds__(S6_SAMPLE_THREADS)
 s6_sample(const float* __restrict__ logits, unsigned int vocab, float temperature, unsigned int top_k, float top_p,
           float min_p, float rep_penalty, unsigned long long seed, unsigned int* seen, unsigned int* draws,
           unsigned int* out) {
+    S6_PDL_ENTRY();
     __shared__ double shd[32];
     __shared__ unsigned int shu[32];
     __shared__ float sh_val[32];

@@ -116,6 +116,7 @@ __device__ __forceinline__ void s6_scan_body(const float* __restrict__ u, const 
              const float* __restrict__ cm, unsigned int ldc, const float* __restrict__ dskip,                        \
              const float* __restrict__ z, unsigned int ldz, float* __restrict__ state, float* __restrict__ y,        \
              unsigned int seqlen, unsigned int dim, unsigned int n) {                                                \
+        S6_PDL_ENTRY();    \
         s6_scan_body<NPT, SPLIT, CPB, T>(u, delta, delta_bias, a, bm, ldb, cm, ldc, dskip, z, ldz, state, y, seqlen, \
                                          dim, n);                                                                    \
     }
@@ -277,6 +278,7 @@ __device__ __forceinline__ void s6_scan_body_pipe(const float* __restrict__ u, c
              const float* __restrict__ cm, unsigned int ldc, const float* __restrict__ dskip,                        \
              const float* __restrict__ z, unsigned int ldz, float* __restrict__ state, float* __restrict__ y,        \
              unsigned int seqlen, unsigned int dim, unsigned int n) {                                                \
+        S6_PDL_ENTRY();    \
         s6_scan_body_pipe<NPT, SPLIT, CPB, T, FAST, UNROLL>(u, delta, delta_bias, a, bm, ldb, cm, ldc, dskip, z, ldz, \
                                                             state, y,                                               \
                                               seqlen, dim, n);                                                       \

@@ -291,6 +291,7 @@ __device__ __forceinline__ void s6_scan_bwd_body(
              float* __restrict__ ddelta, float* __restrict__ dz, unsigned int lddz, float* __restrict__ ckpt,       \
              float* __restrict__ pbc, float* __restrict__ pparam, unsigned int seqlen, unsigned int dim,            \
              unsigned int n) {                                                                                      \
+        S6_PDL_ENTRY();    \
         s6_scan_bwd_body<NPT, SPLIT, T>(u, delta, delta_bias, a, bm, ldb, cm, ldc, dskip, z, ldz, dy, du, ddelta,  \
                                         dz, lddz, ckpt, pbc, pparam, seqlen, dim, n);                               \
     }
@@ -331,6 +332,7 @@ extern "C" __global__ void __launch_bounds__(128, 4)
                      float* __restrict__ ddelta, float* __restrict__ dz, unsigned int lddz, float* __restrict__ ckpt,
                      float* __restrict__ pbc, float* __restrict__ pparam, unsigned int seqlen, unsigned int dim,
                      unsigned int n) {
+    S6_PDL_ENTRY();
     constexpr int NT = 128, SPLIT = 8, CPB = 16, NMAX = 16, T = 12;
     constexpr int FT = 4 * T;  // forward staging: FT steps of u, Δ, B in the s_hd region
     constexpr int EF = FT * CPB / NT;
@@ -655,6 +657,7 @@ extern "C" __global__ void __launch_bounds__(128, 4)
 extern "C" __global__ void s6_scan_bwd_reduce_bc(const float* __restrict__ pbc, unsigned int nblk, unsigned int rows,
                                                  unsigned int n, float* db, unsigned int ldb, float* dc,
                                                  unsigned int ldc) {
+    S6_PDL_ENTRY();
     const unsigned long long w2 = 2ull * n;
     const unsigned long long total = (unsigned long long)rows * w2;
     const unsigned long long stride = total;
@@ -676,6 +679,7 @@ extern "C" __global__ void s6_scan_bwd_reduce_bc(const float* __restrict__ pbc, 
 extern "C" __global__ void s6_scan_bwd_reduce_params(const float* __restrict__ pparam, unsigned int batch,
                                                      unsigned int dim, unsigned int n, float* __restrict__ da,
                                                      float* __restrict__ dd, float* __restrict__ ddelta_bias) {
+    S6_PDL_ENTRY();
     const unsigned long long an = (unsigned long long)dim * n;
     const unsigned long long per = an + 2ull * dim;
     unsigned long long i = (unsigned long long)blockIdx.x * blockDim.x + threadIdx.x;

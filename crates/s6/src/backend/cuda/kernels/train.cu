@@ -61,6 +61,7 @@ __device__ float s6_block_max_f(float v, float* scratch /* [33] */) {
 // chunks), block (32, 8): threadIdx.x picks the column, threadIdx.y strides over the chunk's rows.
 extern "C" __global__ void s6_col_sums_part(const float* __restrict__ src, unsigned int ld, unsigned int rows,
                                             unsigned int n, unsigned int chunk_rows, double* __restrict__ part) {
+    S6_PDL_ENTRY();
     __shared__ double acc[8][33];
     const unsigned int j = blockIdx.x * 32 + threadIdx.x;
     const unsigned int r0 = blockIdx.y * chunk_rows;
@@ -81,6 +82,7 @@ extern "C" __global__ void s6_col_sums_part(const float* __restrict__ src, unsig
 // dst[j] += sum over chunks c (in order) of part[c, j].
 extern "C" __global__ void s6_col_sums_finish(const double* __restrict__ part, unsigned int chunks, unsigned int n,
                                               float* __restrict__ dst) {
+    S6_PDL_ENTRY();
     const unsigned int j = blockIdx.x * blockDim.x + threadIdx.x;
     if (j >= n) return;
     double t = 0.0;
@@ -94,6 +96,7 @@ extern "C" __global__ void s6_col_sums_finish(const double* __restrict__ part, u
 extern "C" __global__ void s6_rmsnorm_bwd(const float* __restrict__ x_all, const float* __restrict__ w,
                                           const float* __restrict__ dy_all, float* __restrict__ dres_all,
                                           float* __restrict__ wpart, unsigned int dim, float eps) {
+    S6_PDL_ENTRY();
     __shared__ double scratch[33];
     const unsigned long long base = (unsigned long long)blockIdx.x * dim;
     const float* x = x_all + base;
@@ -119,6 +122,7 @@ extern "C" __global__ void s6_rmsnorm_bwd(const float* __restrict__ x_all, const
 // dtable[ids[i], c] += dout[i, c] (atomics: duplicate ids add up).
 extern "C" __global__ void s6_embedding_bwd(const unsigned int* __restrict__ ids, const float* __restrict__ dout,
                                             float* __restrict__ dtable, unsigned int rows, unsigned int dim) {
+    S6_PDL_ENTRY();
     unsigned long long i = (unsigned long long)blockIdx.x * blockDim.x + threadIdx.x;
     const unsigned long long total = (unsigned long long)rows * dim;
     for (; i < total; i += (unsigned long long)gridDim.x * blockDim.x) {
@@ -133,6 +137,7 @@ extern "C" __global__ void s6_embedding_bwd(const unsigned int* __restrict__ ids
 extern "C" __global__ void s6_cross_entropy(const float* __restrict__ logits, const unsigned int* __restrict__ targets,
                                             float* __restrict__ dlogits, double* __restrict__ losses,
                                             unsigned int vocab, float scale) {
+    S6_PDL_ENTRY();
     __shared__ float fscratch[33];
     __shared__ double dscratch[33];
     const unsigned long long base = (unsigned long long)blockIdx.x * vocab;
@@ -178,6 +183,7 @@ __device__ __forceinline__ double s6_sum_f64_block(const double* __restrict__ v,
 
 // out[0] = sum of v[0..n) (one block of up to 1024 threads, f64, fixed order).
 extern "C" __global__ void s6_sum_f64(const double* __restrict__ v, unsigned int n, double* __restrict__ out) {
+    S6_PDL_ENTRY();
     __shared__ double scratch[33];
     const double s = s6_sum_f64_block(v, n, scratch);
     if (threadIdx.x == 0) out[0] = s;
@@ -219,6 +225,7 @@ __device__ __forceinline__ unsigned int s6_mt_tensor(const unsigned long long* _
 // that tensor's partial sums.
 extern "C" __global__ void s6_sum_squares_many(const unsigned long long* __restrict__ tab, unsigned int tensors,
                                                double* __restrict__ partial) {
+    S6_PDL_ENTRY();
     __shared__ double scratch[33];
     const unsigned int t = s6_mt_tensor(tab, 4, tensors, blockIdx.x);
     const unsigned long long* row = tab + (unsigned long long)t * 4;
@@ -233,6 +240,7 @@ extern "C" __global__ void s6_sum_squares_many(const unsigned long long* __restr
 extern "C" __global__ void s6_sum_f64_many(const double* __restrict__ partial,
                                            const unsigned long long* __restrict__ tab,
                                            double* __restrict__ totals) {
+    S6_PDL_ENTRY();
     __shared__ double scratch[33];
     const unsigned long long* row = tab + (unsigned long long)blockIdx.x * 4;
     const double s = s6_sum_f64_block(partial + row[S6_MT_FIRST], (unsigned int)row[S6_MT_BLOCKS], scratch);
@@ -241,6 +249,7 @@ extern "C" __global__ void s6_sum_f64_many(const double* __restrict__ partial,
 
 // out[0] = ((0 + v[0]) + v[1]) + ... + v[n-1], one thread: the order a host loop adds them in.
 extern "C" __global__ void s6_sum_in_order(const double* __restrict__ v, unsigned int n, double* __restrict__ out) {
+    S6_PDL_ENTRY();
     if (blockIdx.x != 0 || threadIdx.x != 0) return;
     double s = 0.0;
     for (unsigned int i = 0; i < n; i++) s += v[i];
@@ -250,6 +259,7 @@ extern "C" __global__ void s6_sum_in_order(const double* __restrict__ v, unsigne
 // dst = -exp(src), in f64 and rounded once: the correctly rounded -expf (the host's f32 exp
 // gives the same value but in rare halfway cases).
 extern "C" __global__ void s6_neg_exp(const float* __restrict__ src, float* __restrict__ dst, unsigned long long n) {
+    S6_PDL_ENTRY();
     unsigned long long i = (unsigned long long)blockIdx.x * blockDim.x + threadIdx.x;
     for (; i < n; i += (unsigned long long)gridDim.x * blockDim.x) dst[i] = -(float)exp((double)src[i]);
 }
@@ -257,6 +267,7 @@ extern "C" __global__ void s6_neg_exp(const float* __restrict__ src, float* __re
 // dst += x * y with the product rounded first (no FMA contraction): the CPU's bits.
 extern "C" __global__ void s6_add_product(float* __restrict__ dst, const float* __restrict__ x,
                                           const float* __restrict__ y, unsigned long long n) {
+    S6_PDL_ENTRY();
     unsigned long long i = (unsigned long long)blockIdx.x * blockDim.x + threadIdx.x;
     for (; i < n; i += (unsigned long long)gridDim.x * blockDim.x) dst[i] = __fadd_rn(dst[i], __fmul_rn(x[i], y[i]));
 }
@@ -283,6 +294,7 @@ __device__ __forceinline__ void s6_adamw_elem(float* __restrict__ p, const float
 extern "C" __global__ void s6_adamw(float* __restrict__ p, const float* __restrict__ grad, float* __restrict__ m,
                                     float* __restrict__ v, unsigned long long n, float b1, float b2, float eps,
                                     float gs, float step_size, float bc2_sqrt, float decay) {
+    S6_PDL_ENTRY();
     unsigned long long i = (unsigned long long)blockIdx.x * blockDim.x + threadIdx.x;
     for (; i < n; i += (unsigned long long)gridDim.x * blockDim.x)
         s6_adamw_elem(p, grad, m, v, i, b1, b2, eps, gs, step_size, bc2_sqrt, decay);
@@ -294,6 +306,7 @@ extern "C" __global__ void s6_adamw(float* __restrict__ p, const float* __restri
 // values are those of s6_adamw whatever the grid.
 #define S6_ADAMW_W 15
 extern "C" __global__ void s6_adamw_many(const unsigned long long* __restrict__ tab, unsigned int tensors) {
+    S6_PDL_ENTRY();
     const unsigned int t = s6_mt_tensor(tab, S6_ADAMW_W, tensors, blockIdx.x);
     const unsigned long long* row = tab + (unsigned long long)t * S6_ADAMW_W;
     const unsigned long long n = row[0];
@@ -316,6 +329,7 @@ extern "C" __global__ void s6_adamw_many(const unsigned long long* __restrict__ 
 extern "C" __global__ void s6_rope(float* __restrict__ x, unsigned int ld, const float* __restrict__ inv_freq,
                                    unsigned int rows, unsigned int seqlen, unsigned int n_head,
                                    unsigned int head_dim, unsigned int pos0, float sign) {
+    S6_PDL_ENTRY();
     const unsigned int half = head_dim / 2;
     unsigned long long i = (unsigned long long)blockIdx.x * blockDim.x + threadIdx.x;
     const unsigned long long total = (unsigned long long)rows * n_head * half;
@@ -339,6 +353,7 @@ extern "C" __global__ void s6_rope(float* __restrict__ x, unsigned int ld, const
 // out = silu(gate) · up; gate, up with row strides, out contiguous.
 extern "C" __global__ void s6_swiglu(const float* __restrict__ g, unsigned int ldg, const float* __restrict__ u,
                                      unsigned int ldu, float* __restrict__ out, unsigned int rows, unsigned int cols) {
+    S6_PDL_ENTRY();
     unsigned long long i = (unsigned long long)blockIdx.x * blockDim.x + threadIdx.x;
     const unsigned long long total = (unsigned long long)rows * cols;
     for (; i < total; i += (unsigned long long)gridDim.x * blockDim.x) {
@@ -353,6 +368,7 @@ extern "C" __global__ void s6_swiglu_bwd(const float* __restrict__ g, unsigned i
                                          unsigned int ldu, const float* __restrict__ dout, float* __restrict__ dg,
                                          unsigned int lddg, float* __restrict__ du, unsigned int lddu,
                                          unsigned int rows, unsigned int cols) {
+    S6_PDL_ENTRY();
     unsigned long long i = (unsigned long long)blockIdx.x * blockDim.x + threadIdx.x;
     const unsigned long long total = (unsigned long long)rows * cols;
     for (; i < total; i += (unsigned long long)gridDim.x * blockDim.x) {
@@ -377,6 +393,7 @@ extern "C" __global__ void __launch_bounds__(32 * S6_ATT_WARPS)
     s6_attn_fwd(const float* __restrict__ q, unsigned int ldq, const float* __restrict__ k, unsigned int ldk,
                 const float* __restrict__ v, unsigned int ldv, float* __restrict__ out, float* __restrict__ lse,
                 unsigned int B, unsigned int L, unsigned int H, unsigned int D, float scale) {
+    S6_PDL_ENTRY();
     __shared__ float qs[S6_ATT_WARPS][S6_ATT_MAXD];
     const unsigned int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
     const unsigned long long gw = (unsigned long long)blockIdx.x * S6_ATT_WARPS + warp;
@@ -428,6 +445,7 @@ extern "C" __global__ void __launch_bounds__(32 * S6_ATT_WARPS)
 extern "C" __global__ void __launch_bounds__(32 * S6_ATT_WARPS)
     s6_attn_bwd_delta(const float* __restrict__ out, const float* __restrict__ dout, float* __restrict__ delta,
                       unsigned int B, unsigned int L, unsigned int H, unsigned int D) {
+    S6_PDL_ENTRY();
     const unsigned int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
     const unsigned long long gw = (unsigned long long)blockIdx.x * S6_ATT_WARPS + warp;
     if (gw >= (unsigned long long)B * H * L) return;
@@ -447,6 +465,7 @@ extern "C" __global__ void __launch_bounds__(32 * S6_ATT_WARPS)
                    const float* __restrict__ v, unsigned int ldv, const float* __restrict__ dout,
                    const float* __restrict__ lse, const float* __restrict__ delta, float* __restrict__ dq,
                    unsigned int lddq, unsigned int B, unsigned int L, unsigned int H, unsigned int D, float scale) {
+    S6_PDL_ENTRY();
     __shared__ float qs[S6_ATT_WARPS][S6_ATT_MAXD];
     __shared__ float ds_[S6_ATT_WARPS][S6_ATT_MAXD];
     const unsigned int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
@@ -501,6 +520,7 @@ extern "C" __global__ void __launch_bounds__(32 * S6_ATT_WARPS)
                     const float* __restrict__ lse, const float* __restrict__ delta, float* __restrict__ dk,
                     unsigned int lddk, float* __restrict__ dv, unsigned int lddv, unsigned int B, unsigned int L,
                     unsigned int H, unsigned int D, float scale) {
+    S6_PDL_ENTRY();
     __shared__ float ks[S6_ATT_WARPS][S6_ATT_MAXD];
     __shared__ float vs[S6_ATT_WARPS][S6_ATT_MAXD];
     const unsigned int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
