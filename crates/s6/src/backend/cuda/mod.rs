@@ -222,6 +222,8 @@ struct Inner {
     stream: Arc<CudaStream>,
     blas: CudaBlas,
     funcs: HashMap<&'static str, CudaFunction>,
+    /// Dynamic shared memory `s6_cross_entropy` may use for its row cache (`train_ops.rs`).
+    ce_shared_bytes: usize,
     name: String,
     arch: String,
     /// The sampling kernel, compiled on first use (`decode.rs`).
@@ -372,6 +374,7 @@ impl Cuda {
         for &k in KERNELS {
             funcs.insert(k, module.load_function(k).map_err(driver_err(k))?);
         }
+        let ce_shared_bytes = train_ops::enable_cross_entropy_row_cache(&ctx, &funcs["s6_cross_entropy"])?;
         let blas = CudaBlas::new(stream.clone()).map_err(blas_err)?;
         // Plain fp32 products (no TF32): results comparable with the CPU backend.
         // SAFETY: a valid handle.
@@ -398,6 +401,7 @@ impl Cuda {
                 stream,
                 blas,
                 funcs,
+                ce_shared_bytes,
                 name,
                 arch,
                 decode,

@@ -6,7 +6,7 @@
 //! validates token ids and targets on the host, as the CPU backend does.
 
 use cudarc::cublas::{result as blas_result, sys as blas_sys};
-use cudarc::driver::{CudaSlice, DevicePtr, LaunchConfig, PushKernelArg};
+use cudarc::driver::{CudaContext, CudaFunction, CudaSlice, DevicePtr, LaunchConfig, PushKernelArg};
 
 use super::{blas_err, driver_err, grid_1d, u32_of, Cuda, CudaBuf};
 use crate::backend::{check_adamw_many, AdamW, AttnDims, Backend, Compute, View, ViewMut};
@@ -14,6 +14,16 @@ use crate::{Error, Result};
 
 /// Rows per chunk of the column sums' first pass.
 const COL_SUM_ROWS: usize = 256;
+
+/// Rows per block of `s6_rmsnorm_bwd` (one f64 partial row of dweight each): 512 blocks for the
+/// 32,768 rows of a 130M training step, a few per SM, while the partial rows stay ~1.5% of the
+/// traffic. More rows per block when there would be over NORM_MAX_CHUNKS blocks.
+const NORM_CHUNK_ROWS: usize = 64;
+const NORM_MAX_CHUNKS: usize = 2048;
+/// Warps per block of `s6_rmsnorm_bwd` (`S6_NORM_WARPS`): the rows reduced at once.
+const NORM_WARPS: u32 = 8;
+/// Shared memory available to a block without opting in to more.
+const NORM_MAX_SHARED_BYTES: usize = 48 * 1024;
 
 /// Warps per block of the attention kernels (`S6_ATT_WARPS`) and their largest head size.
 const ATT_WARPS: usize = 4;
@@ -23,9 +33,26 @@ fn int(what: &str, v: usize) -> Result<i32> {
     i32::try_from(v).map_err(|_| Error::Backend(format!("cuBLAS: {what} = {v} exceeds i32")))
 }
 
-/// Threads of a one-block-per-row kernel for rows of `width` values.
-fn row_threads(width: usize) -> u32 {
-    (width.div_ceil(32) * 32).next_power_of_two().clamp(32, 1024) as u32
+/// Threads of `s6_cross_entropy` for rows of `vocab` values: about 16 values (4 float4 groups,
+/// `S6_CE_UNROLL`) per thread, 128 to 1024.
+fn ce_threads(vocab: usize) -> u32 {
+    vocab.div_ceil(16).next_power_of_two().clamp(128, 1024) as u32
+}
+
+/// Lets `s6_cross_entropy` use all the shared memory a block may opt in to and returns the bytes
+/// of dynamic shared memory it may then ask for (the row cache).
+pub(super) fn enable_cross_entropy_row_cache(ctx: &CudaContext, func: &CudaFunction) -> Result<usize> {
+    use cudarc::driver::sys::{CUdevice_attribute, CUfunction_attribute};
+    let optin = ctx
+        .attribute(CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN)
+        .map_err(driver_err("shared memory limit"))?;
+    let fixed = func
+        .get_attribute(CUfunction_attribute::CU_FUNC_ATTRIBUTE_SHARED_SIZE_BYTES)
+        .map_err(driver_err("cross_entropy shared memory"))?;
+    let dynamic = (optin - fixed).max(0);
+    func.set_attribute(CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, dynamic)
+        .map_err(driver_err("cross_entropy shared memory"))?;
+    Ok(dynamic as usize)
 }
 
 fn rows_cfg(rows: usize, threads: u32) -> Result<LaunchConfig> {
@@ -257,12 +284,30 @@ impl Cuda {
         if rows * dim == 0 {
             return Ok(());
         }
-        // Per-row weight-gradient terms, summed over rows in a fixed order (deterministic).
-        let mut part = self.zeros(rows * dim)?;
-        let pp = self.ptr_mut(&mut part, 0, rows * dim, "rmsnorm_backward scratch")?;
-        let d = u32_of("dim", dim)?;
-        launch!(self, self.func("s6_rmsnorm_bwd")?, rows_cfg(rows, row_threads(dim))?, "rmsnorm_backward"; x, w, dy, dr, pp, d, eps);
-        self.col_sums(View::full(&part, dim), rows, dim, dweight, "rmsnorm_backward dweight")
+        // One block per chunk of rows writes the chunk's f64 dweight terms into part[chunk, dim];
+        // s6_col_sums_finish adds the chunks in order (deterministic run to run).
+        let chunk_rows = NORM_CHUNK_ROWS.max(rows.div_ceil(NORM_MAX_CHUNKS));
+        let chunks = rows.div_ceil(chunk_rows);
+        // SAFETY: s6_rmsnorm_bwd writes every value of its chunk's row before s6_col_sums_finish
+        // reads it.
+        let part = unsafe { self.stream().alloc::<f64>(chunks * dim) }.map_err(driver_err("allocation"))?;
+        let (pp, _s) = part.device_ptr(self.stream());
+        // The per-column accumulators in shared memory when they fit the default 48 KB, else in
+        // the block's own row of `part` (global memory, same order, same values).
+        let acc_bytes = dim * std::mem::size_of::<f64>();
+        let use_shared = acc_bytes <= NORM_MAX_SHARED_BYTES;
+        let cfg = LaunchConfig {
+            grid_dim: (u32_of("chunks", chunks)?, 1, 1),
+            block_dim: (32 * NORM_WARPS, 1, 1),
+            shared_mem_bytes: if use_shared { acc_bytes as u32 } else { 0 },
+        };
+        let (r, d, cr, sh) =
+            (u32_of("rows", rows)?, u32_of("dim", dim)?, u32_of("chunk rows", chunk_rows)?, use_shared as u32);
+        launch!(self, self.func("s6_rmsnorm_bwd")?, cfg, "rmsnorm_backward"; x, w, dy, dr, pp, r, d, cr, eps, sh);
+        let dwp = self.ptr_mut(dweight, 0, dim, "rmsnorm_backward dweight")?;
+        let ch = u32_of("chunks", chunks)?;
+        launch!(self, self.func("s6_col_sums_finish")?, grid_1d(dim), "rmsnorm_backward dweight"; pp, ch, d, dwp);
+        Ok(())
     }
 
     pub(super) fn embedding_backward_dev(
@@ -318,7 +363,13 @@ impl Cuda {
         let (lsp, _s2) = losses.device_ptr(self.stream());
         let (totp, _s3) = total.device_ptr(self.stream());
         let v = u32_of("vocab", vocab)?;
-        launch!(self, self.func("s6_cross_entropy")?, rows_cfg(rows, row_threads(vocab).clamp(128, 256))?, "cross_entropy"; lp, tp, dp, lsp, v, scale);
+        // The row in shared memory (read from DRAM once) when it fits what the kernel may use.
+        let cache_bytes = (vocab + 3) * std::mem::size_of::<f32>();
+        let cache_row = cache_bytes <= self.inner.ce_shared_bytes;
+        let mut cfg = rows_cfg(rows, ce_threads(vocab))?;
+        cfg.shared_mem_bytes = if cache_row { cache_bytes as u32 } else { 0 };
+        let cr = cache_row as u32;
+        launch!(self, self.func("s6_cross_entropy")?, cfg, "cross_entropy"; lp, tp, dp, lsp, v, scale, cr);
         let r = u32_of("rows", rows)?;
         launch!(self, self.func("s6_sum_f64")?, rows_cfg(1, 1024)?, "cross_entropy sum"; lsp, r, totp);
         let host = self.stream().clone_dtoh(&total).map_err(driver_err("download"))?;

@@ -90,32 +90,123 @@ extern "C" __global__ void s6_col_sums_finish(const double* __restrict__ part, u
     dst[j] += (float)t;
 }
 
-// RMSNorm backward, one block per row (block size a multiple of 32, at most 1024):
-// r = rsqrt(mean(x²) + eps), dres += r·(g·w) − x·r³·mean((g·w)·x); wpart[row, i] = g_i·x_i·r
-// (the per-row terms of dweight, summed over rows by s6_col_sums_part / _finish).
-extern "C" __global__ void s6_rmsnorm_bwd(const float* __restrict__ x_all, const float* __restrict__ w,
-                                          const float* __restrict__ dy_all, float* __restrict__ dres_all,
-                                          float* __restrict__ wpart, unsigned int dim, float eps) {
+// RMSNorm backward: r = rsqrt(mean(x²) + eps), dres += r·(g·w) − x·r³·mean((g·w)·x) and
+// part[chunk, i] = Σ over the chunk's rows of g_i·x_i·r (f64; s6_col_sums_finish then adds the
+// chunks in order into dweight). One block of S6_NORM_WARPS warps per chunk of chunk_rows rows,
+// in batches of S6_NORM_WARPS rows: first each warp reduces one row (ss, dot in f64, shuffles),
+// then each thread walks its own columns down the batch, so that the dweight terms of a column
+// are summed by one thread in row order (deterministic) and no [rows, dim] scratch is needed. The
+// second walk re-reads the batch's x and dy just read by the first, from L1/L2, not DRAM.
+// acc: dim doubles of dynamic shared memory when use_shared, else the block's own part row
+// (dims too large for shared memory); each column is touched only by the thread that owns it.
+#define S6_NORM_WARPS 8
+
+__device__ __forceinline__ bool s6_aligned16(const void* p) { return ((unsigned long long)p & 15) == 0; }
+
+extern "C" __global__ void __launch_bounds__(32 * S6_NORM_WARPS)
+    s6_rmsnorm_bwd(const float* __restrict__ x_all, const float* __restrict__ w, const float* __restrict__ dy_all,
+                   float* __restrict__ dres_all, double* __restrict__ part, unsigned int rows, unsigned int dim,
+                   unsigned int chunk_rows, float eps, unsigned int use_shared) {
     S6_PDL_ENTRY();
-    __shared__ double scratch[33];
-    const unsigned long long base = (unsigned long long)blockIdx.x * dim;
-    const float* x = x_all + base;
-    const float* dy = dy_all + base;
-    double ss = 0.0, dot = 0.0;
-    for (unsigned int i = threadIdx.x; i < dim; i += blockDim.x) {
-        const float xi = x[i];
-        ss += (double)xi * (double)xi;
-        dot += (double)(dy[i] * w[i]) * (double)xi;
+    extern __shared__ double acc_shared[];
+    __shared__ float row_r[S6_NORM_WARPS], row_coef[S6_NORM_WARPS];
+    const unsigned int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+    const unsigned int r0 = blockIdx.x * chunk_rows;
+    const unsigned int r1 = min(r0 + chunk_rows, rows);
+    double* acc = use_shared ? acc_shared : part + (unsigned long long)blockIdx.x * dim;
+    // float4 accesses when every row starts 16-byte aligned (dim % 4 == 0 and aligned bases).
+    const bool vec = dim % 4 == 0 && s6_aligned16(x_all) && s6_aligned16(dy_all) && s6_aligned16(dres_all) &&
+                     s6_aligned16(w);
+    // A thread owns columns 4·q .. 4·q + 3 (vec) or column q, for q = threadIdx.x + k·blockDim.x.
+    const unsigned int groups = vec ? dim / 4 : dim;
+    for (unsigned int q = threadIdx.x; q < groups; q += blockDim.x) {
+        if (vec) {
+            for (int c = 0; c < 4; c++) acc[4 * q + c] = 0.0;
+        } else {
+            acc[q] = 0.0;
+        }
     }
-    ss = s6_block_sum_d(ss, scratch);
-    dot = s6_block_sum_d(dot, scratch);
-    const double r = 1.0 / sqrt(ss / (double)dim + (double)eps);
-    const double mean = dot / (double)dim;
-    const float rf = (float)r, coef = (float)(r * r * r * mean);
-    for (unsigned int i = threadIdx.x; i < dim; i += blockDim.x) {
-        const float xi = x[i], g = dy[i];
-        dres_all[base + i] += rf * (g * w[i]) - xi * coef;
-        wpart[base + i] = g * xi * rf;
+    for (unsigned int b0 = r0; b0 < r1; b0 += S6_NORM_WARPS) {
+        const unsigned int row = b0 + warp;
+        if (row < r1) {
+            const unsigned long long base = (unsigned long long)row * dim;
+            double ss = 0.0, dot = 0.0;
+            if (vec) {
+                const float4* x4 = (const float4*)(x_all + base);
+                const float4* dy4 = (const float4*)(dy_all + base);
+                const float4* w4 = (const float4*)w;
+#pragma unroll 4
+                for (unsigned int q = lane; q < groups; q += 32) {
+                    const float4 xv = x4[q], gv = dy4[q], wv = w4[q];
+                    ss += (double)xv.x * (double)xv.x + (double)xv.y * (double)xv.y;
+                    ss += (double)xv.z * (double)xv.z + (double)xv.w * (double)xv.w;
+                    dot += (double)(gv.x * wv.x) * (double)xv.x + (double)(gv.y * wv.y) * (double)xv.y;
+                    dot += (double)(gv.z * wv.z) * (double)xv.z + (double)(gv.w * wv.w) * (double)xv.w;
+                }
+            } else {
+                const float* x = x_all + base;
+                const float* dy = dy_all + base;
+#pragma unroll 4
+                for (unsigned int i = lane; i < dim; i += 32) {
+                    const float xi = x[i];
+                    ss += (double)xi * (double)xi;
+                    dot += (double)(dy[i] * w[i]) * (double)xi;
+                }
+            }
+            ss = s6_warp_sum_d(ss);
+            dot = s6_warp_sum_d(dot);
+            if (lane == 0) {
+                const double r = 1.0 / sqrt(ss / (double)dim + (double)eps);
+                const double mean = dot / (double)dim;
+                row_r[warp] = (float)r;
+                row_coef[warp] = (float)(r * r * r * mean);
+            }
+        }
+        __syncthreads();
+        const unsigned int nb = min((unsigned int)S6_NORM_WARPS, r1 - b0);
+        const unsigned long long base0 = (unsigned long long)b0 * dim;
+        for (unsigned int q = threadIdx.x; q < groups; q += blockDim.x) {
+            if (vec) {
+                const float4 wv = ((const float4*)w)[q];
+                double a0 = 0.0, a1 = 0.0, a2 = 0.0, a3 = 0.0;
+                for (unsigned int k = 0; k < nb; k++) {
+                    const unsigned long long at = (base0 + (unsigned long long)k * dim) / 4 + q;
+                    const float rf = row_r[k], coef = row_coef[k];
+                    const float4 xv = ((const float4*)x_all)[at], gv = ((const float4*)dy_all)[at];
+                    float4 dv = ((float4*)dres_all)[at];
+                    dv.x += rf * (gv.x * wv.x) - xv.x * coef;
+                    dv.y += rf * (gv.y * wv.y) - xv.y * coef;
+                    dv.z += rf * (gv.z * wv.z) - xv.z * coef;
+                    dv.w += rf * (gv.w * wv.w) - xv.w * coef;
+                    ((float4*)dres_all)[at] = dv;
+                    a0 += (double)(gv.x * xv.x * rf);
+                    a1 += (double)(gv.y * xv.y * rf);
+                    a2 += (double)(gv.z * xv.z * rf);
+                    a3 += (double)(gv.w * xv.w * rf);
+                }
+                acc[4 * q] += a0;
+                acc[4 * q + 1] += a1;
+                acc[4 * q + 2] += a2;
+                acc[4 * q + 3] += a3;
+            } else {
+                const float wi = w[q];
+                double a = 0.0;
+                for (unsigned int k = 0; k < nb; k++) {
+                    const unsigned long long at = base0 + (unsigned long long)k * dim + q;
+                    const float rf = row_r[k], coef = row_coef[k];
+                    const float xi = x_all[at], g = dy_all[at];
+                    dres_all[at] += rf * (g * wi) - xi * coef;
+                    a += (double)(g * xi * rf);
+                }
+                acc[q] += a;
+            }
+        }
+        __syncthreads();  // row_r / row_coef are rewritten by the next batch
+    }
+    if (use_shared) {
+        __syncthreads();  // in the vec layout a column's owner is not the thread that copies it
+        for (unsigned int i = threadIdx.x; i < dim; i += blockDim.x)
+            part[(unsigned long long)blockIdx.x * dim + i] = acc_shared[i];
     }
 }
 
@@ -131,46 +222,131 @@ extern "C" __global__ void s6_embedding_bwd(const unsigned int* __restrict__ ids
     }
 }
 
+// One element of a running (max, sum of exp(v − max)); -inf values add nothing.
+__device__ __forceinline__ void s6_lse_add(float& m, float& s, float v) {
+    if (v > m) {
+        s = s * expf(m - v) + 1.0f;
+        m = v;
+    } else if (v > S6_NEG_INF) {
+        s += expf(v - m);
+    }
+}
+
+__device__ __forceinline__ void s6_lse_add4(float& m, float& s, float4 v) {
+    s6_lse_add(m, s, v.x);
+    s6_lse_add(m, s, v.y);
+    s6_lse_add(m, s, v.z);
+    s6_lse_add(m, s, v.w);
+}
+
+// scale·(softmax − onehot) of element i with value v (f = scale / Σ exp).
+__device__ __forceinline__ float s6_ce_grad(float v, unsigned int i, float m, float f, unsigned int t, float scale) {
+    float g = expf(v - m) * f;
+    if (i == t) g -= scale;
+    return g;
+}
+
+// Float4 groups a thread has in flight at once in the cross-entropy passes (memory-level
+// parallelism: the row is streamed from DRAM).
+#define S6_CE_UNROLL 4
+
 // Softmax cross-entropy, one block per row (block size a multiple of 32, at most 1024). Writes
 // dlogits = scale·(softmax − onehot) (a zero row when the target is 0xffffffff) and the row's
 // loss logsumexp(x) − x[t] (0 when ignored) into losses[row].
-extern "C" __global__ void s6_cross_entropy(const float* __restrict__ logits, const unsigned int* __restrict__ targets,
-                                            float* __restrict__ dlogits, double* __restrict__ losses,
-                                            unsigned int vocab, float scale) {
+// Memory-bound: the row is read as float4 where x and dlogits rows have the same offset mod 16
+// bytes (a scalar head up to the first aligned element, float4 groups, a scalar tail; all scalar
+// otherwise). Pass 1 keeps a running max and sum of exponentials per thread (combined over the
+// block, the sum in f64); pass 2 writes the gradient. cache_row != 0: pass 1 also keeps the row in
+// dynamic shared memory (vocab + 3 floats, element i at i + the row's float offset mod 4, so that
+// the groups stay 16-byte aligned) and pass 2 reads it from there: DRAM is read once. Otherwise
+// pass 2 reads the row again from global memory.
+extern "C" __global__ void __launch_bounds__(1024)
+    s6_cross_entropy(const float* __restrict__ logits, const unsigned int* __restrict__ targets,
+                     float* __restrict__ dlogits, double* __restrict__ losses, unsigned int vocab, float scale,
+                     unsigned int cache_row) {
     S6_PDL_ENTRY();
+    extern __shared__ float4 row_cache4[];
+    float* row_cache = (float*)row_cache4;
     __shared__ float fscratch[33];
     __shared__ double dscratch[33];
     const unsigned long long base = (unsigned long long)blockIdx.x * vocab;
     const float* x = logits + base;
     float* d = dlogits + base;
     const unsigned int t = targets[blockIdx.x];
+    const unsigned int tid = threadIdx.x, bs = blockDim.x;
+    const unsigned int mis = (unsigned int)(((unsigned long long)x / 4) & 3);
+    const bool vec = (((unsigned long long)x ^ (unsigned long long)d) & 15) == 0;
+    // Row split: [0, head) scalar, [head, tail) float4 groups, [tail, vocab) scalar.
+    const unsigned int head = vec ? min((4 - mis) & 3, vocab) : vocab;
+    const unsigned int groups = vec ? (vocab - head) / 4 : 0;
+    const unsigned int tail = head + 4 * groups;
+    const float4* x4 = (const float4*)(x + head);
+    float4* d4 = (float4*)(d + head);
+    float4* c4 = (float4*)(row_cache + head + mis);
     if (t == 0xffffffffu) {
-        for (unsigned int i = threadIdx.x; i < vocab; i += blockDim.x) d[i] = 0.0f;
-        if (threadIdx.x == 0) losses[blockIdx.x] = 0.0;
+        const float4 z = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+        for (unsigned int i = tid; i < head; i += bs) d[i] = 0.0f;
+        for (unsigned int g = tid; g < groups; g += bs) d4[g] = z;
+        for (unsigned int i = tail + tid; i < vocab; i += bs) d[i] = 0.0f;
+        if (tid == 0) losses[blockIdx.x] = 0.0;
         return;
     }
-    // Two passes over the row (it is read twice and written once): an online max and sum of
-    // exponentials per thread, combined over the block in f64, then the gradient.
     float mt = S6_NEG_INF, st = 0.0f;
-    for (unsigned int i = threadIdx.x; i < vocab; i += blockDim.x) {
+    for (unsigned int i = tid; i < head; i += bs) {
         const float v = x[i];
-        if (v > mt) {
-            st = st * expf(mt - v) + 1.0f;
-            mt = v;
-        } else if (v > S6_NEG_INF) {
-            st += expf(v - mt);
+        if (cache_row) row_cache[i + mis] = v;
+        s6_lse_add(mt, st, v);
+    }
+    unsigned int g = tid;
+    for (; g + (S6_CE_UNROLL - 1) * bs < groups; g += S6_CE_UNROLL * bs) {
+        float4 v[S6_CE_UNROLL];
+#pragma unroll
+        for (int u = 0; u < S6_CE_UNROLL; u++) v[u] = x4[g + u * bs];
+#pragma unroll
+        for (int u = 0; u < S6_CE_UNROLL; u++) {
+            if (cache_row) c4[g + u * bs] = v[u];
+            s6_lse_add4(mt, st, v[u]);
         }
     }
+    for (; g < groups; g += bs) {
+        const float4 v = x4[g];
+        if (cache_row) c4[g] = v;
+        s6_lse_add4(mt, st, v);
+    }
+    for (unsigned int i = tail + tid; i < vocab; i += bs) {
+        const float v = x[i];
+        if (cache_row) row_cache[i + mis] = v;
+        s6_lse_add(mt, st, v);
+    }
+    // The block reductions' barriers also make the cached row visible to every thread.
     const float m = s6_block_max_f(mt, fscratch);
     double s = mt == S6_NEG_INF ? 0.0 : (double)st * (double)expf(mt - m);
     s = s6_block_sum_d(s, dscratch);
     const float f = (float)((double)scale / s);
-    for (unsigned int i = threadIdx.x; i < vocab; i += blockDim.x) {
-        float v = expf(x[i] - m) * f;
-        if (i == t) v -= scale;
-        d[i] = v;
+    // Pass 2 from the cache (shared) or the row again (global).
+    const float* src = cache_row ? row_cache + mis : x;
+    const float4* src4 = cache_row ? (const float4*)c4 : x4;
+    for (unsigned int i = tid; i < head; i += bs) d[i] = s6_ce_grad(src[i], i, m, f, t, scale);
+    g = tid;
+    for (; g + (S6_CE_UNROLL - 1) * bs < groups; g += S6_CE_UNROLL * bs) {
+        float4 v[S6_CE_UNROLL];
+#pragma unroll
+        for (int u = 0; u < S6_CE_UNROLL; u++) v[u] = src4[g + u * bs];
+#pragma unroll
+        for (int u = 0; u < S6_CE_UNROLL; u++) {
+            const unsigned int i = head + 4 * (g + u * bs);
+            d4[g + u * bs] = make_float4(s6_ce_grad(v[u].x, i, m, f, t, scale), s6_ce_grad(v[u].y, i + 1, m, f, t, scale),
+                                         s6_ce_grad(v[u].z, i + 2, m, f, t, scale), s6_ce_grad(v[u].w, i + 3, m, f, t, scale));
+        }
     }
-    if (threadIdx.x == 0) losses[blockIdx.x] = (double)m + log(s) - (double)x[t];
+    for (; g < groups; g += bs) {
+        const float4 v = src4[g];
+        const unsigned int i = head + 4 * g;
+        d4[g] = make_float4(s6_ce_grad(v.x, i, m, f, t, scale), s6_ce_grad(v.y, i + 1, m, f, t, scale),
+                            s6_ce_grad(v.z, i + 2, m, f, t, scale), s6_ce_grad(v.w, i + 3, m, f, t, scale));
+    }
+    for (unsigned int i = tail + tid; i < vocab; i += bs) d[i] = s6_ce_grad(src[i], i, m, f, t, scale);
+    if (tid == 0) losses[blockIdx.x] = (double)m + log(s) - (double)x[t];
 }
 
 // Sum of v[0..n) by one block of up to 1024 threads (f64, fixed order); every thread gets it.
