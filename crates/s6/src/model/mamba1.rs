@@ -745,11 +745,7 @@ impl<B: Backend> Mamba<B> {
             };
             let xz = take(&mut work.xz, rows * iw)?;
             // xdbl is written whole by x_proj only where the layer has one; else it stays zero.
-            let xdbl = if l.x_proj.is_none() {
-                be.clone_buf(&work.xdbl)?
-            } else {
-                take(&mut work.xdbl, rows * xw)?
-            };
+            let xdbl = if l.x_proj.is_none() { be.clone_buf(&work.xdbl)? } else { take(&mut work.xdbl, rows * xw)? };
             let y = match self.recompute {
                 Recompute::Light => Some(take(&mut work.y, rows * di)?),
                 Recompute::Full => None,

@@ -22,8 +22,10 @@ const NORM_CHUNK_ROWS: usize = 64;
 const NORM_MAX_CHUNKS: usize = 2048;
 /// Warps per block of `s6_rmsnorm_bwd` (`S6_NORM_WARPS`): the rows reduced at once.
 const NORM_WARPS: u32 = 8;
-/// Shared memory available to a block without opting in to more.
-const NORM_MAX_SHARED_BYTES: usize = 48 * 1024;
+/// Dynamic shared memory `s6_rmsnorm_bwd` asks for at most: 48 KB (what a launch may ask without
+/// opting in) less the kernel's static shared memory (the rows' r and coefficients) and a
+/// margin; asking for the whole 48 KB fails the launch.
+const NORM_MAX_SHARED_BYTES: usize = 47 * 1024;
 
 /// Warps per block of the attention kernels (`S6_ATT_WARPS`) and their largest head size.
 const ATT_WARPS: usize = 4;
