@@ -138,8 +138,15 @@ fn batch_of_different_sequences_equals_each_alone() {
         let alone = Cpu.to_vec(&model.forward(row, 1, seqlen, &mut s1, Logits::All).unwrap()).unwrap();
         assert!(max_rel_err(&together[b * n..(b + 1) * n], &alone) <= 1e-6);
     }
-    // Generation: prompts of different lengths decoded as one batch equal each decoded alone.
-    let prompts = vec![ids[0][..5].to_vec(), ids[1][..11].to_vec(), ids[0][3..4].to_vec()];
+    // Generation: prompts decoded as one batch equal each decoded alone; prompts 0 and 3 (and 1
+    // and 4) have the same length and are prefilled together.
+    let prompts = vec![
+        ids[0][..5].to_vec(),
+        ids[1][..11].to_vec(),
+        ids[0][3..4].to_vec(),
+        ids[1][2..7].to_vec(),
+        ids[0][..11].to_vec(),
+    ];
     let opts = GenerateOptions {
         max_tokens: 8,
         sampling: SamplingParams { temperature: 0.8, top_k: 50, seed: 7, ..Default::default() },

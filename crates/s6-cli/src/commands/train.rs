@@ -116,7 +116,7 @@ pub struct Args {
     #[arg(long, default_value = "f32", value_parser = parse_compute)]
     dtype: Compute,
     /// What a training step keeps for its backward pass: `light` keeps the residual stream,
-    /// in_proj's output and the scan output per layer and recomputes the rest; `full` also
+    /// in_proj's output, x_proj's output and the scan output per layer and recomputes the rest; `full` also
     /// recomputes the scan output (least memory, a few percent slower). Same results.
     #[arg(long, default_value = "light")]
     recompute: s6::model::Recompute,

@@ -1,5 +1,6 @@
-//! Text generation: prefill each prompt (chunked), then decode all sequences together, one
-//! batched [`Mamba::step`] per token, sampling each sequence with its own seeded [`Sampler`].
+//! Text generation: prefill the prompts (chunked; those of equal length as one batch), then
+//! decode all sequences together, one batched [`Mamba::step`] per token, sampling each sequence
+//! with its own seeded [`Sampler`].
 //! On a backend that records graphs (CUDA) the decode loop runs on the device instead
 //! ([`crate::model::mamba1::Decoder`]): sampling there, one recorded step per token, only the
 //! sampled ids copied back; greedy output is the same, seeded sampling draws other numbers.
@@ -110,17 +111,29 @@ pub fn generate_tokens<B: Backend>(
         .collect::<Result<_>>()?;
     let mut stats = GenStats::default();
 
-    // Prefill each prompt alone (they differ in length), then decode them as one batch.
+    // Prefill the prompts of each length together, as one batch (a state carries no padding, so
+    // prompts of different lengths go in different batches), then decode them all as one batch.
     let t = Instant::now();
-    let mut states: Vec<MambaState<B>> = Vec::with_capacity(n);
-    let mut first_logits: Vec<f32> = Vec::with_capacity(n * vocab);
-    for p in prompts {
-        let mut st = model.new_state(1)?;
-        let logits = model.prefill(p, 1, p.len(), &mut st, opts.prefill_chunk)?;
-        first_logits.extend(be.to_vec(&logits)?);
-        states.push(st);
-        stats.prefill_tokens += p.len();
+    let mut by_len: std::collections::BTreeMap<usize, Vec<usize>> = std::collections::BTreeMap::new();
+    for (i, p) in prompts.iter().enumerate() {
+        by_len.entry(p.len()).or_default().push(i);
     }
+    let mut states: Vec<Option<MambaState<B>>> = (0..n).map(|_| None).collect();
+    let mut first_logits = vec![0.0f32; n * vocab];
+    for (&len, group) in &by_len {
+        let ids: Vec<u32> = group.iter().flat_map(|&i| prompts[i].iter().copied()).collect();
+        let mut st = model.new_state(group.len())?;
+        let logits = be.to_vec(&model.prefill(&ids, group.len(), len, &mut st, opts.prefill_chunk)?)?;
+        for ((&i, row), one) in group.iter().zip(logits.chunks_exact(vocab)).zip(model.unstack_state(st)?) {
+            first_logits[i * vocab..(i + 1) * vocab].copy_from_slice(row);
+            states[i] = Some(one);
+        }
+        stats.prefill_tokens += len * group.len();
+    }
+    let mut states: Vec<MambaState<B>> = states
+        .into_iter()
+        .map(|s| s.ok_or_else(|| Error::input("a prompt was not prefilled")))
+        .collect::<Result<_>>()?;
     let mut state =
         if n == 1 { states.pop().ok_or_else(|| Error::input("no prompts"))? } else { model.stack_states(&states)? };
     stats.prefill_secs = t.elapsed().as_secs_f64();

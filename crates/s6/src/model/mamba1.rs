@@ -80,14 +80,14 @@ pub struct Mamba<B: Backend> {
 /// either way: the scan backward recomputes the states.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum Recompute {
-    /// Keep the residual stream, in_proj's output `xz` and the scan output `y`
-    /// (`d_model + 3·d_inner` floats per token and layer); recompute the norm, the conv, x_proj
-    /// and dt_proj (a few percent of a step's FLOPs).
+    /// Keep the residual stream, in_proj's output `xz`, x_proj's output `xdbl` and the scan
+    /// output `y` (`d_model + 3·d_inner + dt_rank + 2·d_state` floats per token and layer);
+    /// recompute the norm, the conv and dt_proj (a few percent of a step's FLOPs).
     #[default]
     Light,
-    /// Keep only the residual stream and `xz` (`d_model + 2·d_inner` floats per token and layer)
-    /// and also recompute `y` with a second scan forward per layer: the least memory, for a
-    /// few percent more time.
+    /// Keep only the residual stream, `xz` and `xdbl` (`d_model + 2·d_inner + dt_rank +
+    /// 2·d_state` floats per token and layer) and also recompute `y` with a second scan forward
+    /// per layer: the least memory, for a few percent more time.
     Full,
 }
 
@@ -919,6 +919,27 @@ impl<B: Backend> Mamba<B> {
 
     /// Concatenates single-sequence states into one batched state (prompts prefilled separately,
     /// then decoded together).
+    /// The states of a batch, one per sequence, in order (the inverse of [`Mamba::stack_states`];
+    /// through the host).
+    pub fn unstack_state(&self, state: MambaState<B>) -> Result<Vec<MambaState<B>>> {
+        if state.batch == 1 {
+            return Ok(vec![state]);
+        }
+        let be = &self.backend;
+        let b = state.batch;
+        let mut out: Vec<MambaState<B>> =
+            (0..b).map(|_| MambaState { batch: 1, conv: Vec::new(), ssm: Vec::new() }).collect();
+        for (conv, ssm) in state.conv.iter().zip(&state.ssm) {
+            let (c, s) = (be.to_vec(conv)?, be.to_vec(ssm)?);
+            let (cn, sn) = (c.len() / b, s.len() / b);
+            for (i, st) in out.iter_mut().enumerate() {
+                st.conv.push(be.from_vec(c[i * cn..(i + 1) * cn].to_vec())?);
+                st.ssm.push(be.from_vec(s[i * sn..(i + 1) * sn].to_vec())?);
+            }
+        }
+        Ok(out)
+    }
+
     pub fn stack_states(&self, states: &[MambaState<B>]) -> Result<MambaState<B>> {
         let be = &self.backend;
         let batch = states.iter().map(|s| s.batch).sum();

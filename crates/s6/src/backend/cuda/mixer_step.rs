@@ -2,7 +2,7 @@
 //! decoding (`seqlen = 1`), conv1d + SiLU, `x_proj`, `dt_proj` and the selective-scan step with
 //! `D` and the gate in three kernels instead of five: the conv (without its state update), the
 //! `x_proj` product (the small-batch GEMV), and `s6_mixer_step_scan`, which does `dt_proj`, the
-//! conv-state update and the scan step per channel (from 16 sequences on, `dt_proj` is one more
+//! conv-state update and the scan step per channel (for large batches `dt_proj` is one more
 //! product before it: see [`DT_PRODUCT_MIN_BATCH`]). (A first version also fused the conv into
 //! `x_proj`: every block recomputed the conv, and on 1.4B it was slower than op by op.)
 //! The environment variable `S6_FUSED_STEP=0` turns it off (the model then runs the ops one by
@@ -21,10 +21,14 @@ use crate::Result;
 /// Channels per block of `s6_mixer_step_scan` (`S6_MS_CPB`) and lanes per channel (`S6_MS_G`).
 const SCAN_CPB: usize = 32;
 const SCAN_LANES: usize = 8;
-/// From this batch size on, `dt_proj` runs as one product for the whole batch before the scan
-/// kernel: computed per channel inside the kernel, every sequence's blocks would read the whole
-/// `dt_proj` matrix again from L2 (268 MB per layer at 1.4B, batch 128).
+/// `dt_proj` runs as one product for the whole batch before the scan kernel from
+/// `DT_PRODUCT_MIN_BATCH` sequences on when the batch would otherwise read at least
+/// `DT_PRODUCT_MIN_BYTES` of it: computed per channel inside the kernel, every sequence's blocks
+/// read the whole `dt_proj` matrix again from L2 (268 MB per layer at 1.4B, batch 128: the
+/// product took the step from 15,307 to 21,742 tok/s on an H100), while for a small matrix the
+/// extra kernel costs more than it saves (130M, batch 16: 4.7 MB, 4% slower).
 const DT_PRODUCT_MIN_BATCH: usize = 16;
+const DT_PRODUCT_MIN_BYTES: usize = 8 << 20;
 /// Dynamic shared memory the kernels may use without opting in (bytes).
 const MAX_SHARED: usize = 48 << 10;
 /// The longest conv kernel handled (Mamba uses 4).
@@ -73,7 +77,7 @@ impl Cuda {
         self.launch_conv_forward((xz, 2 * di), cw, cb, conv, up, (batch, 1, di, k))?;
         // x_proj as any product: the small-batch GEMV for few rows, under the chosen `Compute`.
         self.linear(View::full(&*o.u, di), batch, di, a.x_proj, width, None, &mut *o.xdbl)?;
-        let dt_given = batch >= DT_PRODUCT_MIN_BATCH;
+        let dt_given = batch >= DT_PRODUCT_MIN_BATCH && batch * di * r * 4 >= DT_PRODUCT_MIN_BYTES;
         if dt_given {
             // dt without its bias into `delta`, as the op-by-op path writes it.
             self.linear(View::cols(&*o.xdbl, 0, width), batch, r, a.dt_proj, di, None, &mut *o.delta)?;

@@ -73,6 +73,20 @@ __device__ __forceinline__ void s6c_params(const float* __restrict__ w, const fl
     }
 }
 
+// The thread's weights and bias: wr and b0 as s6c_params for K > 0; for K = 0 (any k, whose path
+// reads w per tap) only b0, from the bias or zero.
+template <int VEC, int K>
+__device__ __forceinline__ void s6c_thread_params(const float* __restrict__ w, const float* __restrict__ bias,
+                                                  unsigned int c, float (&wr)[K > 0 ? K : 1][VEC], float (&b0)[VEC]) {
+    if constexpr (K > 0) {
+        s6c_params<VEC, K>(w, bias, c, wr, b0);
+    } else if (bias != nullptr) {
+        s6c_load<VEC>(bias + c, b0);
+    } else {
+        s6c_zero<VEC>(b0);
+    }
+}
+
 // The conv input at step t of the sequence whose first row is seq_row (t may be negative or past
 // the end): x inside the sequence; before it the state's rows (st points at the sequence's
 // [k-1, ch] state at channel c), or zeros without a state (st == nullptr: the backward's zero
@@ -105,13 +119,7 @@ __device__ __forceinline__ void s6_conv_fwd(const float* __restrict__ x, unsigne
     if (c >= ch) return;
     // wr[j][v]: tap j of channel c + v (K = 4 only; the K = 0 path reads w per tap).
     float b0[VEC], wr[K > 0 ? K : 1][VEC];
-    if constexpr (K > 0) {
-        s6c_params<VEC, K>(w, bias, c, wr, b0);
-    } else if (bias != nullptr) {
-        s6c_load<VEC>(bias + c, b0);
-    } else {
-        s6c_zero<VEC>(b0);
-    }
+    s6c_thread_params<VEC, K>(w, bias, c, wr, b0);
     for (unsigned int b = blockIdx.z; b < batch; b += gridDim.z) {
         const unsigned long long seq_row = (unsigned long long)b * seqlen;
         const float* st = state != nullptr ? state + (unsigned long long)b * (k - 1) * ch + c : nullptr;
@@ -267,12 +275,8 @@ __device__ __forceinline__ void s6_conv_bwd(const float* __restrict__ x, unsigne
     float b0[VEC], wr[K > 0 ? K : 1][VEC];
     if (!owner) {
         s6c_zero<VEC>(b0);  // (wr unused)
-    } else if constexpr (K > 0) {
-        s6c_params<VEC, K>(w, bias, c, wr, b0);
-    } else if (bias != nullptr) {
-        s6c_load<VEC>(bias + c, b0);
     } else {
-        s6c_zero<VEC>(b0);
+        s6c_thread_params<VEC, K>(w, bias, c, wr, b0);
     }
     for (unsigned int b = blockIdx.z; b < batch; b += gridDim.z) {
         const unsigned long long seq_row = (unsigned long long)b * seqlen;
