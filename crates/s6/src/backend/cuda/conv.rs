@@ -103,8 +103,8 @@ impl Cuda {
         let (name, vec) = if seqlen == 1 {
             // Decoding: one step per sequence, bound by latency, not bytes. One thread per channel
             // reading its k taps spreads the work over 4× more threads than the float4 tiles
-            // (whose windows would be mostly past the end): 1,964 against 1,874 tok/s at 130M,
-            // batch 1 (H100).
+            // (whose windows would be mostly past the end); with the tiles the 130M batch-1
+            // step was 5% slower (1,874 against 1,964 tok/s, H100).
             (FWD_KERNELS[1][1], 1)
         } else {
             conv_kernel(&FWD_KERNELS, k, ch, &[ldx], &[xp, wp, bp, sp, op])
