@@ -35,7 +35,8 @@ pub struct Args {
     #[arg(long, default_value = "512,2048", value_delimiter = ',')]
     seqlen: Vec<usize>,
     /// Time every backend op on its own (synchronizing around each; no graphs) and print where
-    /// the time went, products per shape. Slows the run down; for finding what to optimize.
+    /// the time went, products per shape, over a second run of the benchmark (the first warms
+    /// up). Slows the run down; for finding what to optimize.
     #[arg(long)]
     profile: bool,
     /// Scaling: tokens per prefill chunk (bounds the activations whatever the context).
@@ -85,6 +86,12 @@ impl OnDevice for Args {
             return bench_on(backend, &self);
         }
         let timed = s6::backend::timed::Timed::new(backend);
+        // A first pass warms up (the memory pool's first allocations, cuBLAS's first calls);
+        // only the second is reported, so that the table shows steady-state costs.
+        println!("profile: warm-up pass");
+        bench_on(timed.clone(), &self)?;
+        timed.reset();
+        println!("profile: timed pass");
         bench_on(timed.clone(), &self)?;
         print_profile(&timed.report());
         Ok(())
