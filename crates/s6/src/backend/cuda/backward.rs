@@ -2,7 +2,7 @@
 //! is described there), from a zero initial state, as the [`Backend`](crate::backend::Backend)
 //! trait specifies for training (the conv's backward is in `conv.rs`).
 
-use cudarc::driver::{CudaSlice, DevicePtr, LaunchConfig, PushKernelArg};
+use cudarc::driver::{DevicePtr, LaunchConfig, PushKernelArg};
 
 use super::{driver_err, grid_1d, u32_of, Cuda, CudaBuf, MAX_D_STATE};
 use crate::backend::{ScanArgs, ScanGrads};
@@ -27,13 +27,6 @@ impl Cuda {
             }
         };
         Ok((self.func(name)?, split, chunk))
-    }
-
-    /// Uninitialized device scratch of `n` floats (at least one); every element the kernels read
-    /// was written by them first.
-    pub(super) fn scratch(&self, n: usize) -> Result<CudaSlice<f32>> {
-        // SAFETY: the scratch buffers are written before they are read (see the kernels).
-        unsafe { self.stream().alloc::<f32>(n.max(1)) }.map_err(driver_err("scratch allocation"))
     }
 
     /// [`Backend::selective_scan_backward`](crate::backend::Backend::selective_scan_backward).
@@ -94,9 +87,9 @@ impl Cuda {
         let (ldb, ldc) = (u32_of("ld dB", grads.db.ld)?, u32_of("ld dC", grads.dc.ld)?);
         if di > 0 {
             let nck = seqlen.div_ceil(chunk);
-            let ckpt = self.scratch(batch * di * nck * n)?;
-            let pbc = self.scratch(nblk * rows * 2 * n)?;
-            let pparam = self.scratch(batch * di * (n + 2))?;
+            let ckpt = self.scratch::<f32>(batch * di * nck * n)?;
+            let pbc = self.scratch::<f32>(nblk * rows * 2 * n)?;
+            let pparam = self.scratch::<f32>(batch * di * (n + 2))?;
             let (ckp, _s1) = ckpt.device_ptr(self.stream());
             let (pbcp, _s2) = pbc.device_ptr(self.stream());
             let (ppp, _s3) = pparam.device_ptr(self.stream());

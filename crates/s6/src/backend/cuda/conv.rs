@@ -172,7 +172,7 @@ impl Cuda {
         // One partial sum per sequence and block of segments: a few MB at training sizes.
         let nsb = seqlen.div_ceil(BWD_SEGMENTS * BWD_SEGMENT_STEPS);
         let np = batch * nsb;
-        let part = self.scratch(np * (kernel + 1) * channels)?;
+        let part = self.scratch::<f32>(np * (kernel + 1) * channels)?;
         let (pp, _s) = part.device_ptr(self.stream());
         let cfg = LaunchConfig {
             grid_dim: (

@@ -462,6 +462,13 @@ impl Cuda {
         }
     }
 
+    /// Uninitialized device memory for `n` values (at least one), for scratch and outputs that
+    /// the kernels write whole before anything reads them (no memset).
+    fn scratch<T: cudarc::driver::DeviceRepr>(&self, n: usize) -> Result<CudaSlice<T>> {
+        // SAFETY: every caller's kernels write the values before they are read (see each use).
+        unsafe { self.stream().alloc::<T>(n.max(1)) }.map_err(driver_err("scratch allocation"))
+    }
+
     fn func(&self, name: &str) -> Result<&CudaFunction> {
         self.inner.funcs.get(name).ok_or_else(|| Error::Backend(format!("CUDA kernel {name} not loaded")))
     }
@@ -762,10 +769,9 @@ impl Backend for Cuda {
     }
 
     fn uninit(&self, n: usize) -> Result<CudaBuf> {
-        // SAFETY: f32 has no invalid bit patterns; the trait's contract is that an op writes the
-        // whole buffer before it is read (no memset: a training step allocates gigabytes).
-        let data = unsafe { self.stream().alloc::<f32>(n.max(1)) }.map_err(driver_err("allocation"))?;
-        Ok(CudaBuf::new(data, n))
+        // No memset (a training step allocates gigabytes): the trait's contract is that an op
+        // writes the whole buffer before it is read, as for the kernels' scratch.
+        Ok(CudaBuf::new(self.scratch(n)?, n))
     }
 
     fn from_vec(&self, data: Vec<f32>) -> Result<CudaBuf> {

@@ -114,8 +114,8 @@ impl Cuda {
         // row each: enough blocks to fill the device even for the 768 columns of a norm weight.
         let chunk_rows = COL_SUM_ROWS.max(rows.div_ceil(65535));
         let chunks = rows.div_ceil(chunk_rows);
-        // SAFETY: every value is written by s6_col_sums_part before s6_col_sums_finish reads it.
-        let part = unsafe { self.stream().alloc::<f64>(chunks * n) }.map_err(driver_err("allocation"))?;
+        // Every value is written by s6_col_sums_part before s6_col_sums_finish reads it.
+        let part = self.scratch::<f64>(chunks * n)?;
         let (pp, _s) = part.device_ptr(self.stream());
         let cfg = LaunchConfig {
             grid_dim: (u32_of("columns", n.div_ceil(32))?, u32_of("chunks", chunks)?, 1),
@@ -123,9 +123,16 @@ impl Cuda {
             shared_mem_bytes: 0,
         };
         let (ld, r, nn) = (u32_of("ld", src.ld)?, u32_of("rows", rows)?, u32_of("n", n)?);
-        let (cr, ch) = (u32_of("chunk rows", chunk_rows)?, u32_of("chunks", chunks)?);
+        let cr = u32_of("chunk rows", chunk_rows)?;
         launch!(self, self.func("s6_col_sums_part")?, cfg, what; sp, ld, r, nn, cr, pp);
-        launch!(self, self.func("s6_col_sums_finish")?, grid_1d(n), what; pp, ch, nn, dp);
+        self.col_sums_finish(pp, chunks, n, dp, what)
+    }
+
+    /// `dst[j] += Σ_c part[c, j]` over `chunks` f64 partial rows of `n` columns, in chunk order
+    /// (`s6_col_sums_finish`): the second pass of [`Cuda::col_sums`] and of the RMSNorm backward.
+    fn col_sums_finish(&self, part: u64, chunks: usize, n: usize, dst: u64, what: &str) -> Result<()> {
+        let (ch, nn) = (u32_of("chunks", chunks)?, u32_of("n", n)?);
+        launch!(self, self.func("s6_col_sums_finish")?, grid_1d(n), what; part, ch, nn, dst);
         Ok(())
     }
 
@@ -290,9 +297,8 @@ impl Cuda {
         // s6_col_sums_finish adds the chunks in order (deterministic run to run).
         let chunk_rows = NORM_CHUNK_ROWS.max(rows.div_ceil(NORM_MAX_CHUNKS));
         let chunks = rows.div_ceil(chunk_rows);
-        // SAFETY: s6_rmsnorm_bwd writes every value of its chunk's row before s6_col_sums_finish
-        // reads it.
-        let part = unsafe { self.stream().alloc::<f64>(chunks * dim) }.map_err(driver_err("allocation"))?;
+        // s6_rmsnorm_bwd writes every value of its chunk's row before s6_col_sums_finish reads it.
+        let part = self.scratch::<f64>(chunks * dim)?;
         let (pp, _s) = part.device_ptr(self.stream());
         // The per-column accumulators in shared memory when they fit the default 48 KB, else in
         // the block's own row of `part` (global memory, same order, same values).
@@ -307,9 +313,7 @@ impl Cuda {
             (u32_of("rows", rows)?, u32_of("dim", dim)?, u32_of("chunk rows", chunk_rows)?, use_shared as u32);
         launch!(self, self.func("s6_rmsnorm_bwd")?, cfg, "rmsnorm_backward"; x, w, dy, dr, pp, r, d, cr, eps, sh);
         let dwp = self.ptr_mut(dweight, 0, dim, "rmsnorm_backward dweight")?;
-        let ch = u32_of("chunks", chunks)?;
-        launch!(self, self.func("s6_col_sums_finish")?, grid_1d(dim), "rmsnorm_backward dweight"; pp, ch, d, dwp);
-        Ok(())
+        self.col_sums_finish(pp, chunks, dim, dwp, "rmsnorm_backward dweight")
     }
 
     pub(super) fn embedding_backward_dev(
