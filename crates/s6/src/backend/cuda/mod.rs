@@ -456,10 +456,9 @@ impl Cuda {
             attrs: &mut attr,
             numAttrs: 1,
         };
-        // SAFETY: the caller's contract; `config`, `attr` and `args` outlive the call.
-        unsafe {
-            sys::cuLaunchKernelEx(&config, func.cu_function(), args.ptrs.as_mut_ptr(), std::ptr::null_mut()).result()
-        }
+        let mut ptrs = args.pointers();
+        // SAFETY: the caller's contract; `config`, `attr`, `args` and `ptrs` outlive the call.
+        unsafe { sys::cuLaunchKernelEx(&config, func.cu_function(), ptrs.as_mut_ptr(), std::ptr::null_mut()).result() }
     }
 
     /// Uninitialized device memory for `n` values (at least one), for scratch and outputs that
@@ -620,21 +619,39 @@ macro_rules! launch {
     }};
 }
 
-/// The argument values of one kernel launch, each boxed so that its address is stable, and
-/// the array of those addresses that `cuLaunchKernelEx` reads.
+/// The argument values of one kernel launch, each copied into the start of an 8-byte slot (our
+/// kernels take pointers as `u64`, sizes as `u32`/`u64` and scalars as `f32`): one allocation
+/// per launch, however many arguments. `cuLaunchKernelEx` reads the slots' addresses
+/// ([`KernelArgs::pointers`]), taken once every argument is in.
 #[derive(Default)]
 pub(crate) struct KernelArgs {
-    values: Vec<Box<dyn std::any::Any>>,
-    ptrs: Vec<*mut std::ffi::c_void>,
+    slots: Vec<u64>,
 }
 
 impl KernelArgs {
-    /// Appends a copy of `v` (a `u64` pointer, `u32`, `f32`, …: what the kernel's parameter is).
+    /// Appends a copy of `v` (at most 8 bytes).
     pub(crate) fn push<T: Copy + 'static>(&mut self, v: &T) {
-        let mut b: Box<dyn std::any::Any> = Box::new(*v);
-        let p: *mut dyn std::any::Any = &mut *b;
-        self.ptrs.push(p as *mut std::ffi::c_void);
-        self.values.push(b);
+        const { assert!(std::mem::size_of::<T>() <= 8, "kernel arguments are at most 8 bytes") };
+        if self.slots.capacity() == 0 {
+            self.slots.reserve(24);
+        }
+        let mut slot = 0u64;
+        // SAFETY: T is Copy and at most 8 bytes; its bytes go to the start of the slot, where
+        // the kernel reads a parameter of T's size.
+        unsafe {
+            std::ptr::copy_nonoverlapping(
+                (v as *const T).cast::<u8>(),
+                (&mut slot as *mut u64).cast::<u8>(),
+                std::mem::size_of::<T>(),
+            )
+        };
+        self.slots.push(slot);
+    }
+
+    /// The address of every argument's slot, in order (valid while `self` is neither moved into
+    /// nor pushed to).
+    fn pointers(&mut self) -> Vec<*mut std::ffi::c_void> {
+        self.slots.iter_mut().map(|s| (s as *mut u64).cast::<std::ffi::c_void>()).collect()
     }
 }
 
@@ -1207,5 +1224,31 @@ impl Backend for Cuda {
 
     fn reset_peak_memory(&self) {
         let _ = self.pool_attr(cudarc::driver::sys::CUmemPool_attribute::CU_MEMPOOL_ATTR_USED_MEM_HIGH, Some(0));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::KernelArgs;
+
+    /// The kernel reads each parameter at its slot's address with the parameter's size: every
+    /// value must be there, whatever its type, in push order.
+    #[test]
+    fn kernel_args_hold_each_value_at_its_slot_address() {
+        let mut a = KernelArgs::default();
+        let (p, n, x, k) = (0x0123_4567_89ab_cdefu64, 4_000_000_000u32, -1.5f32, 7u64);
+        a.push(&p);
+        a.push(&n);
+        a.push(&x);
+        a.push(&k);
+        let ptrs = a.pointers();
+        assert_eq!(ptrs.len(), 4);
+        // SAFETY: each pointer addresses a live 8-byte slot holding the pushed value's bytes.
+        unsafe {
+            assert_eq!(*(ptrs[0] as *const u64), p);
+            assert_eq!(*(ptrs[1] as *const u32), n);
+            assert_eq!((*(ptrs[2] as *const f32)).to_bits(), x.to_bits());
+            assert_eq!(*(ptrs[3] as *const u64), k);
+        }
     }
 }
