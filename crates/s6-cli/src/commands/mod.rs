@@ -149,3 +149,11 @@ pub fn say(bar: &indicatif::ProgressBar, line: String) {
         bar.println(line);
     }
 }
+
+/// Parses `--betas B1,B2` (each in [0, 1)).
+pub fn parse_betas(s: &str) -> anyhow::Result<(f32, f32)> {
+    match s.split_once(',').map(|(x, y)| (x.trim().parse::<f32>(), y.trim().parse::<f32>())) {
+        Some((Ok(x), Ok(y))) if (0.0..1.0).contains(&x) && (0.0..1.0).contains(&y) => Ok((x, y)),
+        _ => anyhow::bail!("--betas must be two numbers in [0, 1) like 0.9,0.95, got '{s}'"),
+    }
+}

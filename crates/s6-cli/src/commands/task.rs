@@ -7,7 +7,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use s6::backend::{Backend, Compute};
 use s6::tasks::{self, plot, Task, TaskEvent, TaskOptions, TaskReport, Variant};
 
-use super::{on_device, parse_compute, parse_device, say, Device, OnDevice};
+use super::{on_device, parse_betas, parse_compute, parse_device, say, Device, OnDevice};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -34,13 +34,20 @@ pub struct Args {
     steps: u64,
     #[arg(long, default_value_t = 32)]
     batch_size: usize,
-    /// Peak learning rate (linear warmup, cosine decay to a tenth).
+    /// Peak learning rate (after the linear warmup; see --lr-schedule).
     #[arg(long, default_value_t = 1e-3)]
     lr: f32,
+    /// After the warmup: `cosine` decay to a tenth of --lr at the last step, or `constant` (the
+    /// paper's synthetic-task recipe trains at a constant rate).
+    #[arg(long, default_value = "cosine")]
+    lr_schedule: String,
     #[arg(long, default_value_t = 100)]
     warmup_steps: u64,
     #[arg(long, default_value_t = 0.0)]
     weight_decay: f32,
+    /// AdamW betas as B1,B2 (PyTorch's Adam, which the paper used, has 0.9,0.999).
+    #[arg(long, default_value = "0.9,0.98")]
+    betas: String,
     #[arg(long, default_value_t = 0)]
     seed: u64,
     /// Vocabulary size (default 16; MQAR 64).
@@ -121,6 +128,8 @@ pub fn run(a: Args) -> Result<()> {
     }
     opts.optim.lr = a.lr;
     opts.optim.min_lr = a.lr / 10.0;
+    opts.optim.schedule = a.lr_schedule.parse()?;
+    (opts.optim.beta1, opts.optim.beta2) = parse_betas(&a.betas)?;
     opts.optim.warmup_steps = a.warmup_steps.min(a.steps / 2);
     opts.optim.weight_decay = a.weight_decay;
     opts.seed = a.seed;

@@ -15,7 +15,7 @@ use s6::train::{data, train_data_parallel, Event, Replicas, TrainOptions};
 
 use s6::backend::collective::Collective;
 
-use super::{first_gpus, on_device, on_devices, parse_compute, parse_device, Device, OnDevice, OnDevices};
+use super::{first_gpus, on_device, on_devices, parse_betas, parse_compute, parse_device, Device, OnDevice, OnDevices};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -134,10 +134,7 @@ pub fn run(a: Args) -> Result<()> {
     if !(0.0..1.0).contains(&a.val_fraction) {
         bail!("--val-fraction must be in [0, 1), got {}", a.val_fraction);
     }
-    let (b1, b2) = match a.betas.split_once(',').map(|(x, y)| (x.trim().parse::<f32>(), y.trim().parse::<f32>())) {
-        Some((Ok(x), Ok(y))) if (0.0..1.0).contains(&x) && (0.0..1.0).contains(&y) => (x, y),
-        _ => bail!("--betas must be two numbers in [0, 1) like 0.9,0.95, got '{}'", a.betas),
-    };
+    let (b1, b2) = parse_betas(&a.betas)?;
     for (flag, v) in [
         ("--lr", a.lr),
         ("--min-lr", a.min_lr),

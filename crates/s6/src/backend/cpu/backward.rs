@@ -8,8 +8,8 @@
 //!
 //! The selective-scan backward is fused like the forward: one task walks one sequence for a block
 //! of [`LANES`] channels with the state in a small local array. It runs the recurrence forward once,
-//! saving the state only every [`SCAN_CHUNK`] steps, then walks the chunks in reverse, recomputing
-//! each chunk's states (and decays) from its checkpoint into a `SCAN_CHUNK × d_state × LANES`
+//! saving the state at the start of every chunk of [`scan_chunk`] steps, then walks the chunks in
+//! reverse, recomputing each chunk's states (and decays) from its checkpoint into a `chunk × d_state × LANES`
 //! buffer before stepping backward through it. Nothing of size `(L, D, N)` ever exists.
 
 use rayon::prelude::*;
@@ -19,9 +19,16 @@ use super::{check_view, check_view_bcast, need, view_extent};
 use crate::backend::{AdamW, ScanArgs, ScanDims, ScanGrads, Strided, View, ViewMut};
 use crate::{Error, Result};
 
-/// Steps between saved states in the scan backward: the reverse pass recomputes at most this many
-/// states at a time.
-pub const SCAN_CHUNK: usize = 64;
+/// Steps between saved states in the scan backward at `d_state ≤ 16`: the reverse pass recomputes
+/// at most this many states at a time. Larger states get shorter chunks ([`scan_chunk`]).
+pub const SCAN_CHUNK: usize = 256;
+
+/// Steps per chunk of the scan backward for state size `n`: the chunk's states and decays
+/// (`2 · chunk · n · LANES` floats, 256 KiB at most) stay in the core's L2 cache. A sequence of at
+/// most one chunk needs no forward pass to find checkpoints.
+pub fn scan_chunk(n: usize) -> usize {
+    (SCAN_CHUNK * 16 / n.max(16)).max(16)
+}
 
 /// Channels per task of the conv backward.
 const CONV_CW: usize = 32;
@@ -521,6 +528,9 @@ struct ScanWork {
     decay: Vec<Lanes>,
     /// `Δ` of the current chunk, `[CHUNK]`.
     dt: Vec<Lanes>,
+    /// One step's per-channel terms of `∂B` then `∂C`, `[2 · d_state]`, before they are summed
+    /// over the block's channels (AVX2 path).
+    dbc: Vec<Lanes>,
 }
 
 impl ScanWork {
@@ -530,10 +540,11 @@ impl ScanWork {
             a: vec![z; n],
             h: vec![z; n],
             da: vec![z; n],
-            ckpt: vec![z; seqlen.div_ceil(SCAN_CHUNK) * n],
-            hs: vec![z; (SCAN_CHUNK + 1) * n],
-            decay: vec![z; SCAN_CHUNK * n],
-            dt: vec![z; SCAN_CHUNK],
+            ckpt: vec![z; seqlen.div_ceil(scan_chunk(n)) * n],
+            hs: vec![z; (scan_chunk(n) + 1) * n],
+            decay: vec![z; scan_chunk(n) * n],
+            dt: vec![z; scan_chunk(n)],
+            dbc: vec![z; 2 * n],
         }
     }
 }
@@ -747,7 +758,9 @@ unsafe fn scan_bwd_block<const FMA: bool, const GATE: bool>(
     let ScanDims { seqlen, d_inner, d_state: n, .. } = dims;
     let c0 = blk * LANES;
     let width = LANES.min(d_inner - c0);
-    let ScanWork { a, h, da, ckpt, hs, decay, dt: dts } = work;
+    let chunk = scan_chunk(n);
+    let chunks = seqlen.div_ceil(chunk);
+    let ScanWork { a, h, da, ckpt, hs, decay, dt: dts, dbc } = work;
     // Padding lanes: A = 0, bias = 0, D = 0 and zero inputs and gradients, so they stay inert.
     let mut bias: Lanes = [0.0; LANES];
     let mut dskip: Lanes = [0.0; LANES];
@@ -765,10 +778,11 @@ unsafe fn scan_bwd_block<const FMA: bool, const GATE: bool>(
         dskip[l] = *p.d.add(ch);
     }
 
-    // Forward: the state at the start of every chunk.
-    for t in 0..seqlen {
-        if t % SCAN_CHUNK == 0 {
-            ckpt[(t / SCAN_CHUNK) * n..][..n].copy_from_slice(h);
+    // Forward: the state at the start of every chunk (the first is zero; nothing after the last
+    // chunk's start is needed).
+    for t in 0..(chunks - 1) * chunk {
+        if t % chunk == 0 {
+            ckpt[(t / chunk) * n..][..n].copy_from_slice(h);
         }
         let row = b * seqlen + t;
         let (dt, x) = step_inputs::<FMA>(p, row * d_inner + c0, width, &bias);
@@ -781,6 +795,8 @@ unsafe fn scan_bwd_block<const FMA: bool, const GATE: bool>(
             }
         }
     }
+    // The last chunk's start (with one chunk, the zero state).
+    ckpt[(chunks - 1) * n..][..n].copy_from_slice(h);
 
     // Reverse, chunk by chunk; `h` now carries ∂L/∂h_t (times the decay of step t+1).
     let dh = h;
@@ -789,9 +805,9 @@ unsafe fn scan_bwd_block<const FMA: bool, const GATE: bool>(
     }
     let mut dd_acc: Lanes = [0.0; LANES];
     let mut dbias_acc: Lanes = [0.0; LANES];
-    for ck in (0..seqlen.div_ceil(SCAN_CHUNK)).rev() {
-        let t0 = ck * SCAN_CHUNK;
-        let len = SCAN_CHUNK.min(seqlen - t0);
+    for ck in (0..chunks).rev() {
+        let t0 = ck * chunk;
+        let len = chunk.min(seqlen - t0);
         hs[..n].copy_from_slice(&ckpt[ck * n..][..n]);
         for i in 0..len {
             let row = b * seqlen + t0 + i;
@@ -809,6 +825,14 @@ unsafe fn scan_bwd_block<const FMA: bool, const GATE: bool>(
                 }
             }
         }
+        #[cfg(target_arch = "x86_64")]
+        if FMA {
+            let blk = BlockParams { b, c0, width, bias, dskip };
+            let sums = (&mut dd_acc, &mut dbias_acc);
+            reverse_chunk_avx2::<GATE>(p, dims, &blk, t0, len, (a, dh, da, hs, decay, dts, dbc), sums, acc);
+            continue;
+        }
+        let _ = &dbc;
         for i in (0..len).rev() {
             let t = t0 + i;
             let row = b * seqlen + t;
@@ -899,6 +923,159 @@ unsafe fn scan_bwd_block<const FMA: bool, const GATE: bool>(
         *p.dd.add(ch) += dd_acc[l];
         *p.ddelta_bias.add(ch) += dbias_acc[l];
     }
+}
+
+/// The constants of one (sequence, channel block) of the scan backward.
+#[cfg(target_arch = "x86_64")]
+struct BlockParams {
+    b: usize,
+    c0: usize,
+    width: usize,
+    bias: Lanes,
+    dskip: Lanes,
+}
+
+/// The per-block buffers of [`ScanWork`] the reverse pass reads and writes: `A`, the running `∂h`,
+/// the accumulated `∂A`, the chunk's states, decays and `Δ`, and one step's `∂B`/`∂C` terms.
+#[cfg(target_arch = "x86_64")]
+type ReverseBufs<'a> =
+    (&'a [Lanes], &'a mut [Lanes], &'a mut [Lanes], &'a [Lanes], &'a [Lanes], &'a [Lanes], &'a mut [Lanes]);
+
+/// `v[j]` summed over its lanes, for eight vectors at once: lane `j` of the result.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+#[inline]
+unsafe fn lane_sums8(v: &[Lanes]) -> std::arch::x86_64::__m256 {
+    use std::arch::x86_64::*;
+    macro_rules! l {
+        ($j:expr) => {
+            _mm256_loadu_ps(v[$j].as_ptr())
+        };
+    }
+    // hadd works within 128-bit halves: after two rounds, half h of u0 holds the sums of half h
+    // of v[0..4], u1 those of v[4..8].
+    let u0 = _mm256_hadd_ps(_mm256_hadd_ps(l!(0), l!(1)), _mm256_hadd_ps(l!(2), l!(3)));
+    let u1 = _mm256_hadd_ps(_mm256_hadd_ps(l!(4), l!(5)), _mm256_hadd_ps(l!(6), l!(7)));
+    _mm256_add_ps(_mm256_permute2f128_ps::<0x20>(u0, u1), _mm256_permute2f128_ps::<0x31>(u0, u1))
+}
+
+/// The reverse steps of one chunk, AVX2 + FMA: the generic loop of [`scan_bwd_block`] step for
+/// step and operation for operation, in intrinsics (the compiler left that loop mostly scalar), except
+/// that a step's `∂B`/`∂C` terms are summed over the block's channels eight states at a time
+/// ([`lane_sums8`]) rather than one horizontal sum per state.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn reverse_chunk_avx2<const GATE: bool>(
+    p: &ScanBwdPtrs,
+    dims: ScanDims,
+    blk: &BlockParams,
+    t0: usize,
+    len: usize,
+    bufs: ReverseBufs<'_>,
+    sums: (&mut Lanes, &mut Lanes),
+    acc: &mut [f32],
+) {
+    use std::arch::x86_64::*;
+    let ScanDims { seqlen, d_inner, d_state: n, .. } = dims;
+    let (a, dh, da, hs, decay, dts, dbc) = bufs;
+    let (dd_acc, dbias_acc) = sums;
+    // Macros rather than closures: a closure does not get this function's target features, so
+    // the intrinsics in it would not inline.
+    macro_rules! ld {
+        ($v:expr) => {
+            _mm256_loadu_ps($v.as_ptr())
+        };
+    }
+    macro_rules! st {
+        ($dst:expr, $v:expr) => {
+            _mm256_storeu_ps($dst.as_mut_ptr(), $v)
+        };
+    }
+    let mask = _mm256_cmpgt_epi32(_mm256_set1_epi32(blk.width as i32), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+    macro_rules! load {
+        ($ptr:expr) => {
+            _mm256_maskload_ps($ptr, mask)
+        };
+    }
+    let one = _mm256_set1_ps(1.0);
+    macro_rules! sigmoid {
+        ($x:expr) => {
+            _mm256_div_ps(one, _mm256_add_ps(one, simd::x86::exp(_mm256_sub_ps(_mm256_setzero_ps(), $x))))
+        };
+    }
+    let (bias, dskip) = (ld!(&blk.bias), ld!(&blk.dskip));
+    let (mut vdd, mut vdbias) = (ld!(dd_acc), ld!(dbias_acc));
+    for i in (0..len).rev() {
+        let t = t0 + i;
+        let row = blk.b * seqlen + t;
+        let at = row * d_inner + blk.c0;
+        let dt = ld!(&dts[i]);
+        let x = load!(p.u.add(at));
+        let raw = load!(p.delta.add(at));
+        let g_y = load!(p.dy.add(at));
+        let brow = p.b.add(row * p.b_ld);
+        let crow = p.c.add(row * p.c_ld);
+        let prev = &hs[i * n..][..n];
+        let cur = &hs[(i + 1) * n..][..n];
+        let decs = &decay[i * n..][..n];
+
+        // out = C·h + D·u; the gate's gradients.
+        let (g, dz) = if GATE {
+            let z = load!(p.z.add(row * p.z_ld + blk.c0));
+            let mut out = _mm256_mul_ps(dskip, x);
+            for (s, hc) in cur.iter().enumerate() {
+                out = _mm256_fmadd_ps(ld!(hc), _mm256_set1_ps(*crow.add(s)), out);
+            }
+            let sg = sigmoid!(z);
+            let silu = _mm256_mul_ps(z, sg);
+            let dsilu = _mm256_mul_ps(sg, _mm256_fmadd_ps(z, _mm256_sub_ps(one, sg), one));
+            (_mm256_mul_ps(g_y, silu), _mm256_mul_ps(_mm256_mul_ps(g_y, out), dsilu))
+        } else {
+            (g_y, _mm256_setzero_ps())
+        };
+        vdd = _mm256_fmadd_ps(g, x, vdd);
+        let mut du = _mm256_mul_ps(g, dskip);
+        let dtu = _mm256_mul_ps(dt, x);
+
+        let mut ddt = _mm256_setzero_ps();
+        for s in 0..n {
+            let (bs, cs) = (_mm256_set1_ps(*brow.add(s)), _mm256_set1_ps(*crow.add(s)));
+            // Total ∂L/∂h_t: through y_t, and through h_{t+1} (already times its decay).
+            let dhs = _mm256_fmadd_ps(g, cs, ld!(&dh[s]));
+            let dec = ld!(&decs[s]);
+            st!(&mut dbc[n + s], _mm256_mul_ps(g, ld!(&cur[s])));
+            st!(&mut dbc[s], _mm256_mul_ps(dhs, dtu));
+            du = _mm256_fmadd_ps(_mm256_mul_ps(dhs, dt), bs, du);
+            // ∂L/∂(Δ·A) of this step's decay.
+            let q = _mm256_mul_ps(_mm256_mul_ps(dhs, ld!(&prev[s])), dec);
+            let da_s = _mm256_fmadd_ps(q, dt, ld!(&da[s]));
+            st!(&mut da[s], da_s);
+            ddt = _mm256_fmadd_ps(q, ld!(&a[s]), _mm256_fmadd_ps(_mm256_mul_ps(dhs, bs), x, ddt));
+            st!(&mut dh[s], _mm256_mul_ps(dhs, dec));
+        }
+        let arow = &mut acc[t * 2 * n..][..2 * n];
+        let whole = 2 * n / LANES * LANES;
+        for j in (0..whole).step_by(LANES) {
+            let dst = arow[j..].as_mut_ptr();
+            _mm256_storeu_ps(dst, _mm256_add_ps(_mm256_loadu_ps(dst), lane_sums8(&dbc[j..j + LANES])));
+        }
+        for j in whole..2 * n {
+            arow[j] += hsum(&dbc[j]);
+        }
+        // Δ = softplus(raw + bias): ∂/∂raw = sigmoid(raw + bias), 1 past softplus's threshold.
+        let v = _mm256_add_ps(raw, bias);
+        let sp = _mm256_blendv_ps(sigmoid!(v), one, _mm256_cmp_ps::<_CMP_GT_OQ>(v, _mm256_set1_ps(20.0)));
+        let ddelta = _mm256_mul_ps(ddt, sp);
+        vdbias = _mm256_add_ps(vdbias, ddelta);
+        _mm256_maskstore_ps(p.du.add(at), mask, du);
+        _mm256_maskstore_ps(p.ddelta.add(at), mask, ddelta);
+        if GATE {
+            _mm256_maskstore_ps(p.dz.add(row * p.dz_ld + blk.c0), mask, dz);
+        }
+    }
+    st!(dd_acc, vdd);
+    st!(dbias_acc, vdbias);
 }
 
 // ----------------------------------------------------------------------------------------------

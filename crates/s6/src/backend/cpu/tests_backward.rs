@@ -6,7 +6,7 @@
 //! ones are overwritten. Plus cross-entropy with ignored targets, AdamW against PyTorch's formula,
 //! and errors instead of out-of-bounds access.
 
-use super::backward::{self, SCAN_CHUNK};
+use super::backward::{self, scan_chunk, SCAN_CHUNK};
 use super::Cpu;
 use crate::backend::{reference as r, AdamW, Backend, ScanArgs, ScanDims, ScanGrads, Strided, View, ViewMut};
 use crate::testutil::{assert_close, Rand};
@@ -492,6 +492,9 @@ fn selective_scan_backward_matches_reference() {
         (3, 7, 13, 4),
         (1, SCAN_CHUNK, 5, 1),
         (2, 2 * SCAN_CHUNK + 1, 21, 4),
+        // Larger states take shorter chunks: several chunks, and one plus a step.
+        (2, 3 * scan_chunk(64) + 5, 11, 64),
+        (1, scan_chunk(40) + 1, 8, 40),
         (1, 130, 130, 1),
         (3, 65, 3, 16),
     ] {
