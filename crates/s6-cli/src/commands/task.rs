@@ -30,6 +30,7 @@ pub struct Args {
     /// Training sequence length (default: 256, or 4 × the copy count for the copying tasks).
     #[arg(long)]
     seq_len: Option<usize>,
+    /// Training steps (0: evaluate a --load model only).
     #[arg(long, default_value_t = 2000)]
     steps: u64,
     #[arg(long, default_value_t = 32)]
@@ -72,6 +73,14 @@ pub struct Args {
     /// Print accuracy at the training length every this many steps (0 = off).
     #[arg(long, default_value_t = 250)]
     eval_every: u64,
+    /// Save each trained model (config.json + model.safetensors) into this directory, at every
+    /// --eval-every step and at the end; with several variants, into DIR/<variant>.
+    #[arg(long)]
+    save: Option<PathBuf>,
+    /// Start from a model saved by --save (in DIR, or DIR/<variant> with several variants)
+    /// instead of a fresh one; `--steps 0` evaluates it only. The optimizer starts afresh.
+    #[arg(long)]
+    load: Option<PathBuf>,
     /// Write the results as JSON (one object; an array of objects for several variants).
     #[arg(long)]
     json: Option<PathBuf>,
@@ -144,6 +153,8 @@ pub fn run(a: Args) -> Result<()> {
     opts.eval_samples = a.eval_samples.max(1);
     opts.eval_tokens = a.eval_tokens.max(1);
     opts.eval_time_budget_s = a.eval_budget;
+    opts.load_from = a.load.clone();
+    opts.save_to = a.save.clone();
     let plot_path = a.plot.clone().unwrap_or_else(|| PathBuf::from(format!("s6-{}.svg", task.name())));
     run_variants(&opts, &variants, &a.device, a.dtype, a.json.as_deref(), &plot_path).map(|_| ())
 }
@@ -192,18 +203,32 @@ fn run_variants_on<B: Backend>(
     reports: &mut Vec<TaskReport>,
 ) -> Result<()> {
     let task = opts.spec.task;
-    eprintln!(
-        "{}: train at length {} for {} steps of {} samples (vocab {}, {} items), {} layers × d_model {}",
-        task.name(),
-        opts.seq_len,
-        opts.steps,
-        opts.batch_size,
-        opts.spec.vocab,
-        opts.spec.items,
-        opts.size.layers,
-        opts.size.d_model
-    );
+    if opts.steps == 0 {
+        eprintln!("{}: evaluating the loaded model (no training)", task.name());
+    } else {
+        eprintln!(
+            "{}: train at length {} for {} steps of {} samples (vocab {}, {} items), {} layers × d_model {}",
+            task.name(),
+            opts.seq_len,
+            opts.steps,
+            opts.batch_size,
+            opts.spec.vocab,
+            opts.spec.items,
+            opts.size.layers,
+            opts.size.d_model
+        );
+    }
     for &variant in variants {
+        // Several variants: each saves and loads in its own subdirectory.
+        let per_variant = |dir: &Option<PathBuf>| match dir {
+            Some(d) if variants.len() > 1 => Some(d.join(variant.name())),
+            d => d.clone(),
+        };
+        let opts = &TaskOptions {
+            load_from: per_variant(&opts.load_from),
+            save_to: per_variant(&opts.save_to),
+            ..opts.clone()
+        };
         let bar = ProgressBar::new(opts.steps);
         bar.set_style(
             ProgressStyle::with_template("{prefix:>10} {bar:30} {pos}/{len} [{elapsed_precise}<{eta_precise}] {msg}")
@@ -238,7 +263,17 @@ fn run_variants_on<B: Backend>(
             }
         })?;
         bar.finish_and_clear();
-        eprintln!("{}: trained in {:.1} s, final loss {:.4}", variant.name(), report.train_seconds, report.final_loss);
+        if opts.steps > 0 {
+            eprintln!(
+                "{}: trained in {:.1} s, final loss {:.4}",
+                variant.name(),
+                report.train_seconds,
+                report.final_loss
+            );
+        }
+        if let Some(dir) = &opts.save_to {
+            eprintln!("{}: model saved in {}", variant.name(), dir.display());
+        }
         reports.push(report);
     }
     Ok(())

@@ -943,6 +943,9 @@ impl<B: Backend> LanguageModel<B> for Transformer<B> {
     /// [`Transformer::forward_bytes`] and returns [`Error::OutOfMemory`], without computing
     /// anything, when that exceeds [`Transformer::memory_budget`] — the runtimes report such
     /// lengths as out of memory, as the paper's tables do for attention.
+    fn save(&self, dir: &Path) -> Result<()> {
+        Transformer::save(self, dir)
+    }
     fn logits_at(&self, ids: &[u32], batch: usize, seqlen: usize, positions: &[usize]) -> Result<Vec<f32>> {
         self.check_ids(ids, batch, seqlen)?;
         if let Some(&p) = positions.iter().find(|&&p| p >= seqlen) {

@@ -283,6 +283,23 @@ impl<B: Backend> Mamba<B> {
         Self::from_tensor_file(backend, cfg, &file)
     }
 
+    /// Writes `config.json` and `model.safetensors` (f32) into `dir` (created if needed), each
+    /// atomically: loadable by [`Mamba::load`] and by transformers' `MambaForCausalLM` (the
+    /// ablations' extra `s6_ablation` field aside).
+    pub fn save(&self, dir: &Path) -> Result<()> {
+        let mut params = Vec::new();
+        for (spec, buf) in self.params() {
+            params.push((spec, self.backend.to_vec(buf)?));
+        }
+        crate::model::save::save_hf(
+            dir,
+            &self.cfg,
+            &crate::config::InitConfig::default(),
+            &params,
+            crate::formats::tensors::SaveDType::F32,
+        )
+    }
+
     /// Builds the model from an opened checkpoint, checking names and shapes.
     pub fn from_tensor_file(backend: B, cfg: MambaConfig, file: &TensorFile) -> Result<Self> {
         let specs = param_specs(&cfg);
@@ -1000,6 +1017,10 @@ impl<B: Backend> super::LanguageModel<B> for Mamba<B> {
         grads: &mut Self,
     ) -> Result<(f64, usize)> {
         Mamba::loss_and_grads(self, ids, targets, batch, seqlen, grad_scale, grads)
+    }
+
+    fn save(&self, dir: &Path) -> Result<()> {
+        Mamba::save(self, dir)
     }
 
     /// Streams the sequences through the recurrent state in chunks of [`STREAM_CHUNK`] tokens:

@@ -94,6 +94,9 @@ pub trait LanguageModel<B: Backend>: Sized + Send + Sync {
     /// linearly return [`crate::Error::OutOfMemory`] when the sequence does not fit their memory
     /// budget, without trying.
     fn logits_at(&self, ids: &[u32], batch: usize, seqlen: usize, positions: &[usize]) -> Result<Vec<f32>>;
+    /// Writes the model as a loadable directory (`config.json` + `model.safetensors`, f32, each
+    /// file atomically).
+    fn save(&self, dir: &std::path::Path) -> Result<()>;
 }
 
 #[cfg(test)]

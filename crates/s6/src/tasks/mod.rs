@@ -9,6 +9,7 @@
 pub mod data;
 pub mod plot;
 
+use std::path::PathBuf;
 use std::time::Instant;
 
 use crate::backend::Backend;
@@ -125,6 +126,11 @@ pub struct TaskOptions {
     pub eval_tokens: usize,
     /// Skip a length whose predicted evaluation time exceeds this many seconds.
     pub eval_time_budget_s: f64,
+    /// Start from the model saved in this directory (by `save_to`) instead of a fresh
+    /// initialization; with `steps = 0`, evaluate it only. The optimizer starts afresh.
+    pub load_from: Option<PathBuf>,
+    /// Save the model into this directory at every `eval_every` step and after training.
+    pub save_to: Option<PathBuf>,
 }
 
 impl TaskOptions {
@@ -154,6 +160,8 @@ impl TaskOptions {
             eval_samples: 256,
             eval_tokens: 1 << 22,
             eval_time_budget_s: 600.0,
+            load_from: None,
+            save_to: None,
         }
     }
 }
@@ -251,13 +259,17 @@ pub enum TaskEvent {
     Length(LengthResult),
 }
 
-/// Builds the model of `variant` (seeded initialization) and runs [`train_and_evaluate`].
+/// Builds the model of `variant` (seeded initialization, or loaded from `opts.load_from`) and
+/// runs [`train_and_evaluate`].
 pub fn run<B: Backend>(
     backend: B,
     variant: Variant,
     opts: &TaskOptions,
     on_event: &mut dyn FnMut(TaskEvent),
 ) -> Result<TaskReport> {
+    if let Some(dir) = &opts.load_from {
+        return run_loaded(backend, variant, dir, opts, on_event);
+    }
     let size = opts.size;
     if size.layers == 0 || size.d_model == 0 {
         return Err(Error::input("--layers and --d-model must be at least 1"));
@@ -290,6 +302,42 @@ pub fn run<B: Backend>(
     }
 }
 
+/// [`run`] from a saved model: checks that it is a model of `variant` for this task's
+/// vocabulary.
+fn run_loaded<B: Backend>(
+    backend: B,
+    variant: Variant,
+    dir: &std::path::Path,
+    opts: &TaskOptions,
+    on_event: &mut dyn FnMut(TaskEvent),
+) -> Result<TaskReport> {
+    let mismatch = |what: String| {
+        Error::input(format!("--load {}: {what}; use the variant and task it was trained with", dir.display()))
+    };
+    let vocab = opts.spec.vocab;
+    match variant.ablation() {
+        Some(ablation) => {
+            let model = Mamba::load(backend, dir)?;
+            if model.cfg.ablation != ablation {
+                let found = Variant::ALL.iter().find(|v| v.ablation() == Some(model.cfg.ablation));
+                let found = found.map_or("an unnamed ablation", |v| v.name());
+                return Err(mismatch(format!("holds the {found} variant, not {}", variant.name())));
+            }
+            if model.cfg.vocab_size != vocab {
+                return Err(mismatch(format!("vocabulary {} where this task has {vocab}", model.cfg.vocab_size)));
+            }
+            train_and_evaluate(model, variant, opts, on_event)
+        }
+        None => {
+            let model = Transformer::load(backend, dir)?;
+            if model.cfg.vocab_size != vocab {
+                return Err(mismatch(format!("vocabulary {} where this task has {vocab}", model.cfg.vocab_size)));
+            }
+            train_and_evaluate(model, variant, opts, on_event)
+        }
+    }
+}
+
 /// Trains `model` on fresh samples of the task, then evaluates it at every length of
 /// `opts.eval_lengths`.
 pub fn train_and_evaluate<B: Backend, M: LanguageModel<B>>(
@@ -302,8 +350,8 @@ pub fn train_and_evaluate<B: Backend, M: LanguageModel<B>>(
     for &l in &opts.eval_lengths {
         opts.spec.validate(l)?;
     }
-    if opts.batch_size == 0 || opts.steps == 0 {
-        return Err(Error::input("--batch-size and --steps must be at least 1"));
+    if opts.batch_size == 0 || (opts.steps == 0 && opts.load_from.is_none()) {
+        return Err(Error::input("--batch-size and --steps must be at least 1 (--steps 0 only with --load)"));
     }
     let params: usize = model.param_specs().iter().map(|s| s.shape.iter().product::<usize>()).sum();
     on_event(TaskEvent::Start { variant, params });
@@ -366,6 +414,11 @@ pub fn train<B: Backend, M: LanguageModel<B>>(
             if step % opts.eval_every == 0 || step == opts.steps {
                 let (right, total) = score(model, p)?;
                 on_event(TaskEvent::Eval { step, accuracy: right as f64 / total.max(1) as f64 });
+            }
+        }
+        if let Some(dir) = &opts.save_to {
+            if step == opts.steps || (opts.eval_every > 0 && step % opts.eval_every == 0) {
+                model.save(dir)?;
             }
         }
     }
@@ -562,6 +615,36 @@ mod tests {
         let b = run(Cpu, Variant::S6, &o, &mut |_| {}).unwrap();
         assert_eq!(a.final_loss, b.final_loss);
         assert_eq!(a.results[0].accuracy, b.results[0].accuracy);
+    }
+
+    #[test]
+    fn a_saved_model_loads_and_scores_the_same() {
+        let dir = std::env::temp_dir().join(format!("s6-task-save-{}", std::process::id()));
+        for (variant, other) in [(Variant::NoGate, Variant::S6), (Variant::Attention, Variant::Lti)] {
+            let sub = dir.join(variant.name());
+            let mut o = tiny_opts(Task::InductionHeads, 16);
+            o.eval_samples = 32;
+            o.save_to = Some(sub.clone());
+            let trained = run(Cpu, variant, &o, &mut |_| {}).unwrap();
+            let mut o = tiny_opts(Task::InductionHeads, 16);
+            o.eval_samples = 32;
+            o.steps = 0;
+            o.load_from = Some(sub.clone());
+            let loaded = run(Cpu, variant, &o, &mut |_| {}).unwrap();
+            assert_eq!(trained.results[0].accuracy, loaded.results[0].accuracy, "{variant:?}");
+            assert_eq!(trained.results[0].answers, 32);
+            // A different variant, or another task's vocabulary, is refused by name.
+            let e = run(Cpu, other, &o, &mut |_| {}).unwrap_err().to_string();
+            assert!(e.contains(&sub.display().to_string()), "{e}");
+            o.spec.vocab = 20;
+            let e = run(Cpu, variant, &o, &mut |_| {}).unwrap_err().to_string();
+            assert!(e.contains("vocabulary 16"), "{e}");
+        }
+        // Without --load, 0 steps is an error.
+        let mut o = tiny_opts(Task::InductionHeads, 16);
+        o.steps = 0;
+        assert!(run(Cpu, Variant::S6, &o, &mut |_| {}).unwrap_err().to_string().contains("--steps"));
+        std::fs::remove_dir_all(&dir).ok();
     }
 
     #[test]
