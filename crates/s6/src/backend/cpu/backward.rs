@@ -32,6 +32,7 @@ pub fn scan_chunk(n: usize) -> usize {
 
 /// Channels per task of the conv backward.
 const CONV_CW: usize = 32;
+const _: () = assert!(CONV_CW % LANES == 0, "the conv backward works in whole SIMD lanes");
 
 /// Rows per task of row-parallel reductions (rmsnorm weight gradient, bias column sums): fixed, so
 /// that the summation order does not depend on the thread count.
@@ -442,8 +443,16 @@ unsafe fn conv_bwd_block<const FMA: bool>(a: &ConvBwd<'_>, c0: usize) -> (Vec<La
             }
             let g = load32(&a.dout[row * ch + c0..], cw);
             let mut dp = [0.0f32; CONV_CW];
+            // sigmoid(pre) eight lanes at a time (one scalar exp per channel dominated the step).
+            let mut sg = [0.0f32; CONV_CW];
+            for (sg8, pre8) in sg.chunks_exact_mut(LANES).zip(pre.chunks_exact(LANES)) {
+                let e = simd::exp8::<FMA>(std::array::from_fn(|l| -pre8[l]));
+                for l in 0..LANES {
+                    sg8[l] = 1.0 / (1.0 + e[l]);
+                }
+            }
             for c in 0..CONV_CW {
-                let s = sigmoid::<FMA>(pre[c]);
+                let s = sg[c];
                 dp[c] = g[c] * s * madd::<FMA>(pre[c], 1.0 - s, 1.0);
                 db[c] += dp[c];
             }
