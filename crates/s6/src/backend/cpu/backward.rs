@@ -32,7 +32,7 @@ pub fn scan_chunk(n: usize) -> usize {
 
 /// Channels per task of the conv backward.
 const CONV_CW: usize = 32;
-const _: () = assert!(CONV_CW % LANES == 0, "the conv backward works in whole SIMD lanes");
+const _: () = assert!(CONV_CW.is_multiple_of(LANES), "the conv backward works in whole SIMD lanes");
 
 /// Rows per task of row-parallel reductions (rmsnorm weight gradient, bias column sums): fixed, so
 /// that the summation order does not depend on the thread count.
@@ -360,6 +360,8 @@ pub fn conv1d_silu_backward(
     let parts: Vec<(Vec<Lanes32>, Lanes32)> = (0..tasks)
         .into_par_iter()
         .map(|task| {
+            // Gradients of a loss with few targets pass through the subnormal range.
+            let _flush = simd::FlushSubnormals::new();
             // SAFETY: each task writes only its own channels of dx (extent checked above).
             unsafe {
                 #[cfg(target_arch = "x86_64")]
@@ -654,6 +656,7 @@ pub fn selective_scan_backward_with(
     let tasks: Vec<(Vec<f32>, Vec<f32>)> = (0..batch * groups)
         .into_par_iter()
         .map(|task| {
+            let _flush = simd::FlushSubnormals::new();
             let (b, g) = (task / groups, task % groups);
             let mut acc = vec![0.0f32; seqlen * 2 * n];
             let mut params = vec![0.0f32; d_inner * (n + 2)];

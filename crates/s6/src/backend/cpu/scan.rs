@@ -59,6 +59,8 @@ pub fn selective_scan(args: &ScanArgs<'_, Vec<f32>>, state: &mut [f32], y: &mut 
     let gate = args.z.is_some();
     // SAFETY: each task touches channels [g*CHANNELS, g*CHANNELS+width) of sequence b only.
     let run = |task: usize| unsafe {
+        // Decaying states pass through the subnormal range (see FlushSubnormals).
+        let _flush = simd::FlushSubnormals::new();
         let (b, g) = (task / groups, task % groups);
         #[cfg(target_arch = "x86_64")]
         if fma {
