@@ -191,12 +191,19 @@ pub struct TaskReport {
     pub final_loss: f64,
     pub train_seconds: f64,
     pub results: Vec<LengthResult>,
+    /// How it was trained: samples per step, seed, optimizer and schedule, and the directory of
+    /// the model it started from (if loaded).
+    pub batch_size: usize,
+    pub seed: u64,
+    pub optim: OptimConfig,
+    pub loaded_from: Option<PathBuf>,
 }
 
 impl TaskReport {
     /// `{"task", "variant", "train_seq_len", "steps", "results": [{"seq_len", "accuracy"}]}` plus
     /// details (`params`, `final_loss`, `train_seconds`, per length `samples`, `answers`,
-    /// `seconds`, `skipped`). A skipped length has `"accuracy": null`.
+    /// `seconds`, `skipped`; `training`: batch size, seed, optimizer, schedule, the loaded
+    /// model's directory). A skipped length has `"accuracy": null`.
     pub fn to_json(&self) -> serde_json::Value {
         let results: Vec<serde_json::Value> = self
             .results
@@ -224,6 +231,21 @@ impl TaskReport {
             "final_loss": self.final_loss,
             "train_seconds": self.train_seconds,
             "results": results,
+            "training": {
+                "batch_size": self.batch_size,
+                "seed": self.seed,
+                "lr": self.optim.lr,
+                "lr_schedule": match self.optim.schedule {
+                    Schedule::Cosine => "cosine",
+                    Schedule::Constant => "constant",
+                },
+                "min_lr": self.optim.min_lr,
+                "warmup_steps": self.optim.warmup_steps,
+                "betas": [self.optim.beta1, self.optim.beta2],
+                "weight_decay": self.optim.weight_decay,
+                "grad_clip": self.optim.grad_clip,
+                "loaded_from": self.loaded_from.as_ref().map(|p| p.display().to_string()),
+            },
         })
     }
 }
@@ -368,6 +390,10 @@ pub fn train_and_evaluate<B: Backend, M: LanguageModel<B>>(
         final_loss,
         train_seconds,
         results,
+        batch_size: opts.batch_size,
+        seed: opts.seed,
+        optim: opts.optim.clone(),
+        loaded_from: opts.load_from.clone(),
     })
 }
 
@@ -592,6 +618,9 @@ mod tests {
         assert_eq!(v["steps"], 3);
         assert_eq!(v["results"][1]["seq_len"], 32);
         assert!(v["results"][0]["accuracy"].is_number());
+        assert_eq!(v["training"]["batch_size"], 4);
+        assert_eq!(v["training"]["lr_schedule"], "cosine");
+        assert_eq!(v["training"]["loaded_from"], serde_json::Value::Null);
         let two: serde_json::Value = serde_json::from_str(&reports_json(&[r.clone(), r])).unwrap();
         assert_eq!(two.as_array().map(Vec::len), Some(2));
     }

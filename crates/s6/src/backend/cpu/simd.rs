@@ -526,4 +526,28 @@ mod tests {
             }
         }
     }
+
+    #[test]
+    fn subnormals_flush_inside_the_guard_only() {
+        use std::hint::black_box;
+        // 1e-30 · 1e-10 = 1e-40 is subnormal (the smallest normal f32 is 1.18e-38).
+        let product = || black_box(1e-30f32) * black_box(1e-10f32);
+        let subnormal = black_box(1e-40f32);
+        assert!(product() > 0.0 && product().is_subnormal());
+        {
+            let _flush = FlushSubnormals::new();
+            if cfg!(target_arch = "x86_64") {
+                assert_eq!(product(), 0.0, "flush to zero");
+                assert_eq!(subnormal * black_box(1.0f32), 0.0, "subnormal inputs read as zero");
+            }
+            {
+                // Nested guards restore the outer mode, not the original one.
+                let _inner = FlushSubnormals::new();
+            }
+            if cfg!(target_arch = "x86_64") {
+                assert_eq!(product(), 0.0);
+            }
+        }
+        assert!(product().is_subnormal(), "the previous mode is restored");
+    }
 }
