@@ -1,0 +1,28 @@
+#!/bin/bash
+# GPU run 22 (prepared in session 6, which had no GPU): first every CUDA test (commits 862cd22 and
+# d0da30d of session 5 have not run on a GPU yet), then the paper's induction-heads recipe on the
+# GPU (constant lr 1e-3, batch 8, Adam betas 0.9/0.999, 204,800 steps at L = 256; session 6 ran it
+# on the CPU) and the same recipe for selective copying at the paper's L = 4096, both saving the
+# model every 5,000 steps so that a cut-off run can be evaluated later with --load --steps 0.
+# Binaries in dev-out/ (s6, test-*), built with --features cuda.
+NV=/opt/torch/.venv/lib/python3.12/site-packages/nvidia
+export LD_LIBRARY_PATH=$(ls -d $NV/*/lib 2>/dev/null | tr '\n' ':')$LD_LIBRARY_PATH
+date -u
+for n in test-cuda_decode test-cuda test-cuda_backward test-cuda_train; do
+  timeout 150 dev-out/$n --test-threads=1 > $OUT/$n.log 2>&1; echo "$n exit $?" >> $OUT/$n.log
+  grep -E "test result|exit" $OUT/$n.log; grep -E "FAILED|panicked" -A8 $OUT/$n.log | head -30
+done
+L="2^6,2^7,2^8,2^9,2^10,2^11,2^12,2^13,2^14,2^15,2^16,2^17,2^18,2^19,2^20"
+RECIPE="--batch-size 8 --lr 1e-3 --lr-schedule constant --betas 0.9,0.999 --eval-every 5000"
+timeout 420 dev-out/s6 task induction-heads --device cuda --seq-len 256 --steps 204800 $RECIPE \
+  --save $OUT/ih-model --eval-lengths $L --eval-samples 64 --eval-tokens 8388608 \
+  --json $OUT/ih.json --plot $OUT/ih.svg > $OUT/ih.log 2>&1 &
+for v in s6 lti; do
+  timeout 420 dev-out/s6 task selective-copying --device cuda --variant $v --items 16 --seq-len 4096 \
+    --steps 400000 $RECIPE --save $OUT/sc-$v-model --eval-samples 256 --json $OUT/sc-$v.json > $OUT/sc-$v.log 2>&1 &
+done
+wait
+# A run cut off by the timeout left its last saved model: evaluate it with
+#   s6 task ... --load $OUT/<model> --steps 0 --eval-lengths ...
+tail -5 $OUT/ih.log $OUT/sc-*.log
+date -u
