@@ -82,7 +82,6 @@ def forward(cfg, w, ids, keep_state_at=None):
 
 
 def main():
-    rng = np.random.default_rng(7)
     length, at = 1024, 8
     print(
         "What the model wrote about x: per layer, the state difference between two copies of a "
@@ -93,6 +92,7 @@ def main():
     print("model | answered (length 1024) | per layer: fraction left after 2^12 / 2^16 / 2^20 tokens")
     for dir_ in sys.argv[1:]:
         cfg, w = load(dir_)
+        rng = np.random.default_rng(7)  # the same sequences for every model
         right, total = 0, 0
         left = None
         for _ in range(8):
