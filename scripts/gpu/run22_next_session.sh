@@ -5,13 +5,9 @@
 # on the CPU) and the same recipe for selective copying at the paper's L = 4096, both saving the
 # model every 5,000 steps so that a cut-off run can be evaluated later with --load --steps 0.
 # Binaries in dev-out/ (s6, test-*), built with --features cuda.
-NV=/opt/torch/.venv/lib/python3.12/site-packages/nvidia
-export LD_LIBRARY_PATH=$(ls -d $NV/*/lib 2>/dev/null | tr '\n' ':')$LD_LIBRARY_PATH
+. "$(dirname "$0")/cuda_tests.sh"
 date -u
-for n in test-cuda_decode test-cuda test-cuda_backward test-cuda_train; do
-  timeout 150 dev-out/$n --test-threads=1 > $OUT/$n.log 2>&1; echo "$n exit $?" >> $OUT/$n.log
-  grep -E "test result|exit" $OUT/$n.log; grep -E "FAILED|panicked" -A8 $OUT/$n.log | head -30
-done
+run_cuda_tests
 L="2^6,2^7,2^8,2^9,2^10,2^11,2^12,2^13,2^14,2^15,2^16,2^17,2^18,2^19,2^20"
 RECIPE="--batch-size 8 --lr 1e-3 --lr-schedule constant --betas 0.9,0.999 --eval-every 5000"
 timeout 420 dev-out/s6 task induction-heads --device cuda --seq-len 256 --steps 204800 $RECIPE \

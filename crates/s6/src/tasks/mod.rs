@@ -324,8 +324,8 @@ pub fn run<B: Backend>(
     }
 }
 
-/// [`run`] from a saved model: checks that it is a model of `variant` for this task's
-/// vocabulary.
+/// [`run`] from a saved model: checks that it is a model of `variant` (the vocabulary is checked
+/// by [`train_and_evaluate`]).
 fn run_loaded<B: Backend>(
     backend: B,
     variant: Variant,
@@ -336,7 +336,6 @@ fn run_loaded<B: Backend>(
     let mismatch = |what: String| {
         Error::input(format!("--load {}: {what}; use the variant and task it was trained with", dir.display()))
     };
-    let vocab = opts.spec.vocab;
     match variant.ablation() {
         Some(ablation) => {
             let model = Mamba::load(backend, dir)?;
@@ -345,16 +344,10 @@ fn run_loaded<B: Backend>(
                 let found = found.map_or("an unnamed ablation", |v| v.name());
                 return Err(mismatch(format!("holds the {found} variant, not {}", variant.name())));
             }
-            if model.cfg.vocab_size != vocab {
-                return Err(mismatch(format!("vocabulary {} where this task has {vocab}", model.cfg.vocab_size)));
-            }
             train_and_evaluate(model, variant, opts, on_event)
         }
         None => {
             let model = Transformer::load(backend, dir)?;
-            if model.cfg.vocab_size != vocab {
-                return Err(mismatch(format!("vocabulary {} where this task has {vocab}", model.cfg.vocab_size)));
-            }
             train_and_evaluate(model, variant, opts, on_event)
         }
     }
@@ -368,6 +361,14 @@ pub fn train_and_evaluate<B: Backend, M: LanguageModel<B>>(
     opts: &TaskOptions,
     on_event: &mut dyn FnMut(TaskEvent),
 ) -> Result<TaskReport> {
+    if model.vocab_size() != opts.spec.vocab {
+        let from = opts.load_from.as_ref().map_or(String::new(), |d| format!("--load {}: ", d.display()));
+        return Err(Error::input(format!(
+            "{from}vocabulary {} where this task has {}; use the variant and task it was trained with",
+            model.vocab_size(),
+            opts.spec.vocab
+        )));
+    }
     opts.spec.validate(opts.seq_len)?;
     for &l in &opts.eval_lengths {
         opts.spec.validate(l)?;

@@ -1,0 +1,12 @@
+# Sourced by the GPU run scripts: the NVIDIA libraries of the GPU machine's torch install on the
+# library path, and `run_cuda_tests`, which runs the four CUDA test binaries in dev-out/ (built
+# with `cargo test -p s6 --features cuda --no-run`), logging each into $OUT and printing results
+# and failures.
+NV=/opt/torch/.venv/lib/python3.12/site-packages/nvidia
+export LD_LIBRARY_PATH=$(ls -d $NV/*/lib 2>/dev/null | tr '\n' ':')$LD_LIBRARY_PATH
+run_cuda_tests() {
+  for n in test-cuda_decode test-cuda test-cuda_backward test-cuda_train; do
+    timeout 150 dev-out/$n --test-threads=1 > $OUT/$n.log 2>&1; echo "$n exit $?" >> $OUT/$n.log
+    grep -E "test result|exit" $OUT/$n.log; grep -E "FAILED|panicked" -A8 $OUT/$n.log | head -30
+  done
+}
