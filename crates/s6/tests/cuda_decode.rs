@@ -9,7 +9,9 @@ use common::{fixture, gpu, id_rows, model_from, Rng};
 
 use s6::backend::cpu::Cpu;
 use s6::backend::cuda::Cuda;
-use s6::backend::{Backend, MixerStepArgs, MixerStepOut, ScanArgs, ScanDims, View};
+use s6::backend::{
+    Backend, BlockStepArgs, BlockStepOut, Compute, MixerStepArgs, MixerStepOut, MixerWeights, ScanArgs, ScanDims, View,
+};
 use s6::formats::tensors::TensorFile;
 use s6::generate::{generate_tokens, Flow, GenerateOptions, SamplingParams};
 use s6::model::mamba1::{DecodeMode, Decoder};
@@ -398,35 +400,41 @@ impl<B: Backend> MixerBufs<B> {
         }
     }
 
+    /// The weights (shared) and the step's outputs (lent), disjoint fields of `self`.
+    fn split<'a>(&'a mut self, c: &MixerCase) -> (MixerWeights<'a, B::Buf>, MixerStepOut<'a, B::Buf>) {
+        let weights = MixerWeights {
+            batch: c.batch,
+            d_inner: c.di,
+            d_state: c.n,
+            d_conv: c.k,
+            dt_rank: c.r,
+            conv_weight: &self.conv_w,
+            conv_bias: self.conv_b.as_ref(),
+            x_proj: &self.x_proj,
+            dt_proj: &self.dt_proj,
+            dt_bias: &self.dt_bias,
+            a: &self.a,
+            d: &self.d,
+        };
+        let out = MixerStepOut {
+            u: &mut self.u,
+            xdbl: &mut self.xdbl,
+            delta: &mut self.delta,
+            y: &mut self.y,
+            conv_state: &mut self.conv_state,
+            ssm_state: &mut self.ssm_state,
+        };
+        (weights, out)
+    }
+
     /// One step of `xz` (`[batch, 2·d_inner]`): fused when `fused`, else the op-by-op path of
     /// `Mamba::mixer_forward` (conv1d_silu → x_proj → dt_proj → selective_scan).
     fn step(&mut self, be: &B, c: &MixerCase, xz: &B::Buf, fused: bool) {
         let (batch, di, n, k, r) = (c.batch, c.di, c.n, c.k, c.r);
         let w = r + 2 * n;
         if fused {
-            let args = MixerStepArgs {
-                batch,
-                d_inner: di,
-                d_state: n,
-                d_conv: k,
-                dt_rank: r,
-                xz,
-                conv_weight: &self.conv_w,
-                conv_bias: self.conv_b.as_ref(),
-                x_proj: &self.x_proj,
-                dt_proj: &self.dt_proj,
-                dt_bias: &self.dt_bias,
-                a: &self.a,
-                d: &self.d,
-            };
-            let out = MixerStepOut {
-                u: &mut self.u,
-                xdbl: &mut self.xdbl,
-                delta: &mut self.delta,
-                y: &mut self.y,
-                conv_state: &mut self.conv_state,
-                ssm_state: &mut self.ssm_state,
-            };
+            let (mixer, out) = self.split(c);
+            let args = MixerStepArgs { mixer, xz };
             assert!(be.mixer_step(&args, out).unwrap(), "{}: the fused step was not taken", be.name());
             return;
         }
@@ -494,6 +502,127 @@ fn fused_mixer_step_equals_cpu_op_by_op() {
             }
         }
     }
+}
+
+// ----- the fused block step (`Backend::block_step`: RMSNorm in in_proj's GEMV, the conv in its
+// epilogue, the residual add in out_proj's) -----
+
+/// One decoding step of a whole block on the GPU, fused (`block_step`) or as the ops it replaces
+/// (`add_rmsnorm`, `linear`, the fused `mixer_step`, `linear`, and the residual add).
+#[allow(clippy::too_many_arguments)]
+fn block_step_on(
+    g: &Cuda,
+    c: &MixerCase,
+    bufs: &mut MixerBufs<Cuda>,
+    d: usize,
+    [norm, in_proj, out_proj]: [&s6::backend::cuda::CudaBuf; 3],
+    biases: (Option<&s6::backend::cuda::CudaBuf>, Option<&s6::backend::cuda::CudaBuf>),
+    residual: &mut s6::backend::cuda::CudaBuf,
+    xz: &mut s6::backend::cuda::CudaBuf,
+    fused: bool,
+) {
+    let (batch, di) = (c.batch, c.di);
+    let eps = 1e-5;
+    if fused {
+        let (mixer, mixer_out) = bufs.split(c);
+        let args = BlockStepArgs {
+            d_model: d,
+            norm,
+            eps,
+            in_proj,
+            in_proj_bias: biases.0,
+            mixer,
+            out_proj,
+            out_proj_bias: biases.1,
+        };
+        let out = BlockStepOut { residual, xz, mixer: mixer_out };
+        assert!(g.block_step(&args, out).unwrap(), "the fused block step was not taken");
+        return;
+    }
+    let mut normed = g.from_vec(vec![0.0; batch * d]).unwrap();
+    g.add_rmsnorm(residual, None, norm, eps, batch, d, &mut normed).unwrap();
+    g.linear(View::full(&normed, d), batch, d, in_proj, 2 * di, biases.0, xz).unwrap();
+    bufs.step(g, c, xz, true);
+    let mut out = g.from_vec(vec![0.0; batch * d]).unwrap();
+    g.linear(View::full(&bufs.y, di), batch, di, out_proj, d, biases.1, &mut out).unwrap();
+    g.add_assign(residual, &out).unwrap();
+}
+
+#[test]
+fn fused_block_step_equals_the_ops_it_replaces_bitwise() {
+    let Some(g) = gpu() else { return };
+    if !s6::backend::cuda::mixer_step::fused_step_enabled() {
+        println!("skipped: S6_FUSED_STEP=0");
+        return;
+    }
+    let mut rng = Rng(23);
+    // (d_model, d_inner, d_state, d_conv, dt_rank, conv bias, projection biases): mamba-130m's
+    // block; d_model 40 (k % 8 != 0: the bf16 kernel's 8-byte loads) and 37 (scalar loads) with
+    // odd d_inner, d_state and dt_rank; a shorter conv without bias, with in/out_proj biases.
+    let shapes = [
+        (768, 1536, 16, 4, 48, true, false),
+        (40, 101, 5, 4, 5, true, false),
+        (37, 333, 16, 4, 7, true, true),
+        (64, 250, 16, 3, 13, false, true),
+    ];
+    for compute in [Compute::F32, Compute::Bf16] {
+        g.set_compute(compute).unwrap();
+        for &(d, di, n, k, r, conv_bias, proj_bias) in &shapes {
+            for batch in [1, 3, 8] {
+                let case = MixerCase::random(&mut rng, batch, di, n, k, r, conv_bias);
+                let up = |v: Vec<f32>| g.from_vec(v).unwrap();
+                let norm = up(rng.vec(d, 0.5, 1.5));
+                let sd = 1.0 / (d as f32).sqrt();
+                let si = 1.0 / (di as f32).sqrt();
+                let in_proj = up(rng.vec(2 * di * d, -sd, sd));
+                let out_proj = up(rng.vec(d * di, -si, si));
+                let in_b = proj_bias.then(|| up(rng.vec(2 * di, -0.1, 0.1)));
+                let out_b = proj_bias.then(|| up(rng.vec(d, -0.1, 0.1)));
+                let residual0 = rng.vec(batch * d, -3.0, 3.0);
+                let mut runs = Vec::new();
+                for fused in [false, true] {
+                    let mut bufs = MixerBufs::new(&g, &case);
+                    let mut residual = up(residual0.clone());
+                    let mut xz = up(vec![7.0; batch * 2 * di]);
+                    for _ in 0..3 {
+                        block_step_on(
+                            &g,
+                            &case,
+                            &mut bufs,
+                            d,
+                            [&norm, &in_proj, &out_proj],
+                            (in_b.as_ref(), out_b.as_ref()),
+                            &mut residual,
+                            &mut xz,
+                            fused,
+                        );
+                    }
+                    let v = |b: &s6::backend::cuda::CudaBuf| g.to_vec(b).unwrap();
+                    runs.push([
+                        v(&residual),
+                        v(&xz),
+                        v(&bufs.u),
+                        v(&bufs.xdbl),
+                        v(&bufs.delta),
+                        v(&bufs.y),
+                        v(&bufs.conv_state),
+                        v(&bufs.ssm_state),
+                    ]);
+                }
+                let names = ["residual", "xz", "u", "xdbl", "delta", "y", "conv state", "ssm state"];
+                for (i, name) in names.iter().enumerate() {
+                    let (want, got) = (&runs[0][i], &runs[1][i]);
+                    let diff = want.iter().zip(got).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
+                    assert!(
+                        want.iter().zip(got).all(|(a, b)| a.to_bits() == b.to_bits()),
+                        "{compute:?}, d_model {d}, d_inner {di}, d_state {n}, d_conv {k}, batch {batch}: {name} differs \
+                         from the unfused ops after 3 steps (largest difference {diff:e})"
+                    );
+                }
+            }
+        }
+    }
+    g.set_compute(Compute::F32).unwrap();
 }
 
 /// A small random Mamba with odd block sizes (d_inner not a multiple of 32, odd dt_rank and d_state).

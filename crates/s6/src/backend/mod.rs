@@ -190,17 +190,15 @@ pub struct ScanArgs<'a, Buf> {
     pub z: Option<View<'a, Buf>>,
 }
 
-/// Inputs of [`Backend::mixer_step`]: one token per sequence (`seqlen = 1`) through the part of a
-/// full Mamba block (Δ, B, C selective, gated) between `in_proj` and `out_proj`. Shapes as in
-/// [`crate::model::mamba1::MambaLayer`].
-pub struct MixerStepArgs<'a, Buf> {
+/// The weights and sizes of a full Mamba block's mixer (Δ, B, C selective, gated) between
+/// `in_proj` and `out_proj`, for the decoding fast paths ([`Backend::mixer_step`],
+/// [`Backend::block_step`]). Shapes as in [`crate::model::mamba1::MambaLayer`].
+pub struct MixerWeights<'a, Buf> {
     pub batch: usize,
     pub d_inner: usize,
     pub d_state: usize,
     pub d_conv: usize,
     pub dt_rank: usize,
-    /// `in_proj`'s output, contiguous `[batch, 2·d_inner]`: `x`, then the gate `z`.
-    pub xz: &'a Buf,
     /// `[d_inner, d_conv]`.
     pub conv_weight: &'a Buf,
     pub conv_bias: Option<&'a Buf>,
@@ -214,6 +212,39 @@ pub struct MixerStepArgs<'a, Buf> {
     pub a: &'a Buf,
     /// `[d_inner]`.
     pub d: &'a Buf,
+}
+
+/// Inputs of [`Backend::mixer_step`]: one token per sequence (`seqlen = 1`) through the mixer,
+/// from `in_proj`'s output.
+pub struct MixerStepArgs<'a, Buf> {
+    pub mixer: MixerWeights<'a, Buf>,
+    /// `in_proj`'s output, contiguous `[batch, 2·d_inner]`: `x`, then the gate `z`.
+    pub xz: &'a Buf,
+}
+
+/// Inputs of [`Backend::block_step`]: one token per sequence through a whole Mamba block.
+pub struct BlockStepArgs<'a, Buf> {
+    pub d_model: usize,
+    /// The block's RMSNorm weight `[d_model]` and epsilon.
+    pub norm: &'a Buf,
+    pub eps: f32,
+    /// `[2·d_inner, d_model]` and its optional bias.
+    pub in_proj: &'a Buf,
+    pub in_proj_bias: Option<&'a Buf>,
+    pub mixer: MixerWeights<'a, Buf>,
+    /// `[d_model, d_inner]` and its optional bias.
+    pub out_proj: &'a Buf,
+    pub out_proj_bias: Option<&'a Buf>,
+}
+
+/// Outputs of [`Backend::block_step`].
+pub struct BlockStepOut<'a, Buf> {
+    /// Updated: the residual stream `[batch, d_model]`, to which the block's output is added.
+    pub residual: &'a mut Buf,
+    /// Written: `in_proj`'s output `[batch, 2·d_inner]`.
+    pub xz: &'a mut Buf,
+    /// Written and updated as by [`Backend::mixer_step`].
+    pub mixer: MixerStepOut<'a, Buf>,
 }
 
 /// Outputs of [`Backend::mixer_step`]: exactly what the op-by-op path
@@ -448,6 +479,17 @@ pub trait Backend: Send + Sync + Clone {
     /// [`Backend::conv1d_silu`], [`Backend::linear`] (twice) and [`Backend::selective_scan`] would
     /// give; `Ok(false)` (the default): nothing was done, the caller runs those ops one by one.
     fn mixer_step(&self, args: &MixerStepArgs<'_, Self::Buf>, out: MixerStepOut<'_, Self::Buf>) -> Result<bool> {
+        let _ = (args, out);
+        Ok(false)
+    }
+
+    /// Optional fast path for decoding, a whole block: `residual += out_proj(mixer(rmsnorm(residual)))`
+    /// for one token per sequence, with the conv and SSM states updated, in fewer device calls
+    /// than [`Backend::add_rmsnorm`], [`Backend::linear`], [`Backend::mixer_step`] and
+    /// [`Backend::linear`] again. `Ok(true)`: done, with the same results as those ops (`xz` and
+    /// the mixer's outputs written as they write them); `Ok(false)` (the default): nothing was
+    /// done.
+    fn block_step(&self, args: &BlockStepArgs<'_, Self::Buf>, out: BlockStepOut<'_, Self::Buf>) -> Result<bool> {
         let _ = (args, out);
         Ok(false)
     }

@@ -8,7 +8,10 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use super::{AdamW, AttnDims, Backend, MixerStepArgs, MixerStepOut, ScanArgs, ScanGrads, View, ViewMut};
+use super::{
+    AdamW, AttnDims, Backend, BlockStepArgs, BlockStepOut, MixerStepArgs, MixerStepOut, ScanArgs, ScanGrads, View,
+    ViewMut,
+};
 use crate::Result;
 
 /// Calls and seconds of one op (or one product shape).
@@ -161,6 +164,9 @@ impl<B: Backend> Backend for Timed<B> {
     }
     fn mixer_step(&self, args: &MixerStepArgs<'_, Self::Buf>, out: MixerStepOut<'_, Self::Buf>) -> Result<bool> {
         self.time(named("mixer_step (fused)"), || self.inner.mixer_step(args, out))
+    }
+    fn block_step(&self, args: &BlockStepArgs<'_, Self::Buf>, out: BlockStepOut<'_, Self::Buf>) -> Result<bool> {
+        self.time(named("block_step (fused)"), || self.inner.block_step(args, out))
     }
     fn linear_backward(
         &self,

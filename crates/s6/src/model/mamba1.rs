@@ -26,7 +26,10 @@
 
 use std::path::Path;
 
-use crate::backend::{Backend, MixerStepArgs, MixerStepOut, ScanArgs, ScanDims, ScanGrads, Strided, View, ViewMut};
+use crate::backend::{
+    Backend, BlockStepArgs, BlockStepOut, MixerStepArgs, MixerStepOut, MixerWeights, ScanArgs, ScanDims, ScanGrads,
+    Strided, View, ViewMut,
+};
 use crate::config::MambaConfig;
 use crate::formats::tensors::TensorFile;
 use crate::{Error, Result};
@@ -466,15 +469,74 @@ impl<B: Backend> Mamba<B> {
     ) -> Result<()> {
         let be = &self.backend;
         let (rows, d) = (batch * seqlen, self.cfg.d_model);
+        // Whether `out` holds a block's output not yet added to the residual stream.
+        let mut pending = false;
         for (i, l) in self.layers.iter().enumerate() {
+            // Decoding: the backend may run the whole block, adding its output to the residual
+            // itself (the same results). A backend that declines does so for every layer alike.
+            if seqlen == 1 && !pending {
+                if let Some(mixer) = self.mixer_weights(l, batch) {
+                    let args = BlockStepArgs {
+                        d_model: d,
+                        norm: &l.norm,
+                        eps: self.eps(),
+                        in_proj: &l.in_proj,
+                        in_proj_bias: l.in_proj_bias.as_ref(),
+                        mixer,
+                        out_proj: &l.out_proj,
+                        out_proj_bias: l.out_proj_bias.as_ref(),
+                    };
+                    let o = BlockStepOut {
+                        residual: &mut *residual,
+                        xz: &mut acts.xz,
+                        mixer: MixerStepOut {
+                            u: &mut acts.u,
+                            xdbl: &mut acts.xdbl,
+                            delta: &mut acts.delta,
+                            y: &mut acts.y,
+                            conv_state: &mut state.conv[i],
+                            ssm_state: &mut state.ssm[i],
+                        },
+                    };
+                    if be.block_step(&args, o)? {
+                        continue;
+                    }
+                }
+            }
             // The previous block's output joins the residual stream here, fused with the norm.
-            let prev = if i == 0 { None } else { Some(&*out) };
+            let prev = if pending { Some(&*out) } else { None };
             be.add_rmsnorm(residual, prev, &l.norm, self.eps(), rows, d, &mut acts.normed)?;
             self.mixer_forward(l, batch, seqlen, acts, &mut state.conv[i], &mut state.ssm[i])?;
             let di = self.cfg.d_inner;
             be.linear(View::full(&acts.y, di), rows, di, &l.out_proj, d, l.out_proj_bias.as_ref(), out)?;
+            pending = true;
         }
-        be.add_rmsnorm(residual, Some(&*out), &self.norm_f, self.eps(), rows, d, normed)
+        let prev = if pending { Some(&*out) } else { None };
+        be.add_rmsnorm(residual, prev, &self.norm_f, self.eps(), rows, d, normed)
+    }
+
+    /// The weights of a full Mamba block's mixer for the decoding fast paths; `None` for the
+    /// ablations, which those paths do not cover.
+    fn mixer_weights<'a>(&self, l: &'a MambaLayer<B>, batch: usize) -> Option<MixerWeights<'a, B::Buf>> {
+        let c = &self.cfg;
+        if c.ablation != crate::config::Ablation::MAMBA {
+            return None;
+        }
+        let (x_proj, dt_proj) = (l.x_proj.as_ref()?, l.dt_proj.as_ref()?);
+        Some(MixerWeights {
+            batch,
+            d_inner: c.d_inner,
+            d_state: c.d_state,
+            d_conv: c.d_conv,
+            dt_rank: c.dt_rank,
+            conv_weight: &l.conv1d,
+            conv_bias: l.conv1d_bias.as_ref(),
+            x_proj,
+            dt_proj,
+            dt_bias: &l.dt_proj_bias,
+            a: &l.a,
+            d: &l.d,
+        })
     }
 
     /// Mean cross-entropy of `targets` (`u32::MAX` = ignored) without gradients, from a zero state:
@@ -582,23 +644,9 @@ impl<B: Backend> Mamba<B> {
         let cols = c.x_proj_cols();
         // One token per sequence: the backend may fuse the rest of the block (a fast path with
         // the same outputs; `false` = not done here, go op by op).
-        if scan && run_x_proj && seqlen == 1 && c.ablation == crate::config::Ablation::MAMBA {
-            if let (Some(x_proj), Some(dt_proj)) = (&l.x_proj, &l.dt_proj) {
-                let args = MixerStepArgs {
-                    batch,
-                    d_inner: di,
-                    d_state: c.d_state,
-                    d_conv: c.d_conv,
-                    dt_rank: r,
-                    xz: &acts.xz,
-                    conv_weight: &l.conv1d,
-                    conv_bias: l.conv1d_bias.as_ref(),
-                    x_proj,
-                    dt_proj,
-                    dt_bias: &l.dt_proj_bias,
-                    a: &l.a,
-                    d: &l.d,
-                };
+        if scan && run_x_proj && seqlen == 1 {
+            if let Some(mixer) = self.mixer_weights(l, batch) {
+                let args = MixerStepArgs { mixer, xz: &acts.xz };
                 let out = MixerStepOut {
                     u: &mut acts.u,
                     xdbl: &mut acts.xdbl,

@@ -178,17 +178,9 @@ impl Cuda {
         let wp = self.weight_bf16(w, n * k, "linear weight")?;
         let o = self.ptr_mut(out, 0, rows * n, "linear out")?;
         if gemv && rows <= GEMV_MAX_ROWS {
-            // x stays f32 and is rounded in registers; the weight copy is 256-byte aligned with
-            // rows k values apart. float4 loads of x need its rows 16-byte aligned.
-            let x_vec = xp.is_multiple_of(16) && x.ld.is_multiple_of(4);
-            let vec: u32 = if x_vec && k.is_multiple_of(8) {
-                2
-            } else if x_vec && k.is_multiple_of(4) {
-                1
-            } else {
-                0
-            };
-            return self.launch_gemv(1, (xp, x.ld), wp, (rows, k, n), bp, o, vec);
+            // x stays f32 and is rounded in registers.
+            let vec = Self::gemv_vec(1, (xp, x.ld), wp, k, None);
+            return self.launch_gemv(1, (xp, x.ld), wp, (rows, k, n), bp, o, vec, super::GemvMode::Write);
         }
         let mut scratch = self.lock_bf16()?;
         let xs = self.cast_to_scratch(&mut scratch, SLOT_X, xp, x.ld, rows, k)?;

@@ -5,17 +5,26 @@
 //! conv-state update and the scan step per channel (for large batches `dt_proj` is one more
 //! product before it: see [`DT_PRODUCT_MIN_BATCH`]). (A first version also fused the conv into
 //! `x_proj`: every block recomputed the conv, and on 1.4B it was slower than op by op.)
-//! The environment variable `S6_FUSED_STEP=0` turns it off (the model then runs the ops one by
+//!
+//! [`Backend::block_step`] goes further for 1 to [`GEMV_MAX_ROWS`] sequences: the block's RMSNorm
+//! moves into in_proj's GEMV (every block of that kernel computes the row scales it needs), the
+//! conv into the same kernel's epilogue (depthwise: the thread that writes column j of x has all
+//! the conv of channel j needs), and the residual add into out_proj's GEMV, which adds its
+//! product to the residual stream. Four kernels per block instead of six, each giving the same
+//! bits as the kernels it replaces.
+//!
+//! The environment variable `S6_FUSED_STEP=0` turns both off (the model then runs the ops one by
 //! one), for side-by-side measurements; it is read once per process.
 //!
 //! [`Backend::mixer_step`]: crate::backend::Backend::mixer_step
+//! [`Backend::block_step`]: crate::backend::Backend::block_step
 
 use std::sync::OnceLock;
 
 use cudarc::driver::{LaunchConfig, PushKernelArg};
 
-use super::{driver_err, u32_of, Cuda, CudaBuf, MAX_D_STATE};
-use crate::backend::{Backend, MixerStepArgs, MixerStepOut, View};
+use super::{driver_err, gemv_enabled, u32_of, Compute, Cuda, CudaBuf, GemvMode, NormConv, GEMV_MAX_ROWS, MAX_D_STATE};
+use crate::backend::{Backend, BlockStepArgs, BlockStepOut, MixerStepArgs, MixerStepOut, MixerWeights, View};
 use crate::Result;
 
 /// Channels per block of `s6_mixer_step_scan` (`S6_MS_CPB`) and lanes per channel (`S6_MS_G`).
@@ -41,29 +50,55 @@ pub fn fused_step_enabled() -> bool {
 }
 
 impl Cuda {
+    /// Whether the fused step covers a mixer of these sizes.
+    fn mixer_step_covers(a: &MixerWeights<'_, CudaBuf>) -> bool {
+        let width = a.dt_rank + 2 * a.d_state;
+        fused_step_enabled()
+            && a.batch > 0
+            && a.batch <= 65535
+            && a.d_inner > 0
+            && (1..=MAX_D_STATE).contains(&a.d_state)
+            && (1..=MAX_D_CONV).contains(&a.d_conv)
+            && 4 * width <= MAX_SHARED
+    }
+
     pub(super) fn mixer_step_dev(&self, a: &MixerStepArgs<'_, CudaBuf>, o: MixerStepOut<'_, CudaBuf>) -> Result<bool> {
-        let (batch, di, n, k, r) = (a.batch, a.d_inner, a.d_state, a.d_conv, a.dt_rank);
-        let width = r + 2 * n;
-        let covered = fused_step_enabled()
-            && batch > 0
-            && batch <= 65535
-            && di > 0
-            && (1..=MAX_D_STATE).contains(&n)
-            && (1..=MAX_D_CONV).contains(&k)
-            && 4 * width <= MAX_SHARED;
-        if !covered {
+        let m = &a.mixer;
+        if !Self::mixer_step_covers(m) {
             return Ok(false);
         }
-        let ldxz = 2 * di;
-        let xz = self.ptr(a.xz, 0, batch * ldxz, "mixer step xz")?;
-        let cw = self.ptr(a.conv_weight, 0, di * k, "mixer step conv weight")?;
-        let cb = self.ptr_opt(a.conv_bias, di, "mixer step conv bias")?;
-        let dtw = self.ptr(a.dt_proj, 0, di * r, "mixer step dt_proj")?;
-        let dtb = self.ptr(a.dt_bias, 0, di, "mixer step dt bias")?;
-        let ap = self.ptr(a.a, 0, di * n, "mixer step A")?;
-        let dp = self.ptr(a.d, 0, di, "mixer step D")?;
+        let (batch, di, k) = (m.batch, m.d_inner, m.d_conv);
+        let xz = self.ptr(a.xz, 0, batch * 2 * di, "mixer step xz")?;
+        let cw = self.ptr(m.conv_weight, 0, di * k, "mixer step conv weight")?;
+        let cb = self.ptr_opt(m.conv_bias, di, "mixer step conv bias")?;
+        let conv = self.ptr(o.conv_state, 0, batch * (k - 1) * di, "mixer step conv state")?;
         let up = self.ptr_mut(o.u, 0, batch * di, "mixer step u")?;
-        let xdbl = self.ptr_mut(o.xdbl, 0, batch * width, "mixer step xdbl")?;
+        // conv + SiLU → u: the op-by-op path's kernel, without its state update, which moves into
+        // the scan kernel (the window is still read here).
+        self.launch_conv_forward((xz, 2 * di), cw, cb, conv, up, (batch, 1, di, k))?;
+        self.mixer_step_rest(m, xz, o)?;
+        Ok(true)
+    }
+
+    /// The fused step after the conv (`o.u` written): x_proj, dt_proj and the scan step, from
+    /// in_proj's output at the device pointer `xz` (`[batch, 2·d_inner]`, bounds checked).
+    fn mixer_step_rest(&self, m: &MixerWeights<'_, CudaBuf>, xz: u64, o: MixerStepOut<'_, CudaBuf>) -> Result<()> {
+        let (batch, di, n, k, r) = (m.batch, m.d_inner, m.d_state, m.d_conv, m.dt_rank);
+        let width = r + 2 * n;
+        let ldxz = 2 * di;
+        let dtw = self.ptr(m.dt_proj, 0, di * r, "mixer step dt_proj")?;
+        let dtb = self.ptr(m.dt_bias, 0, di, "mixer step dt bias")?;
+        let ap = self.ptr(m.a, 0, di * n, "mixer step A")?;
+        let dp = self.ptr(m.d, 0, di, "mixer step D")?;
+        let up = self.ptr(o.u, 0, batch * di, "mixer step u")?;
+        // x_proj as any product: the small-batch GEMV for few rows, under the chosen `Compute`.
+        self.linear(View::full(&*o.u, di), batch, di, m.x_proj, width, None, &mut *o.xdbl)?;
+        let dt_given = batch >= DT_PRODUCT_MIN_BATCH && batch * di * r * 4 >= DT_PRODUCT_MIN_BYTES;
+        if dt_given {
+            // dt without its bias into `delta`, as the op-by-op path writes it.
+            self.linear(View::cols(&*o.xdbl, 0, width), batch, r, m.dt_proj, di, None, &mut *o.delta)?;
+        }
+        let xdbl = self.ptr(o.xdbl, 0, batch * width, "mixer step xdbl")?;
         let delta = self.ptr_mut(o.delta, 0, batch * di, "mixer step delta")?;
         let yp = self.ptr_mut(o.y, 0, batch * di, "mixer step y")?;
         let conv = self.ptr_mut(o.conv_state, 0, batch * (k - 1) * di, "mixer step conv state")?;
@@ -71,17 +106,6 @@ impl Cuda {
         let (ldxz, kk, ww, rr) =
             (u32_of("ld xz", ldxz)?, u32_of("d_conv", k)?, u32_of("width", width)?, u32_of("dt_rank", r)?);
         let (dd, nn, bb) = (u32_of("d_inner", di)?, u32_of("d_state", n)?, u32_of("batch", batch)?);
-
-        // conv + SiLU → u: the op-by-op path's kernel, without its state update, which moves into
-        // the scan kernel (the window is still read here).
-        self.launch_conv_forward((xz, 2 * di), cw, cb, conv, up, (batch, 1, di, k))?;
-        // x_proj as any product: the small-batch GEMV for few rows, under the chosen `Compute`.
-        self.linear(View::full(&*o.u, di), batch, di, a.x_proj, width, None, &mut *o.xdbl)?;
-        let dt_given = batch >= DT_PRODUCT_MIN_BATCH && batch * di * r * 4 >= DT_PRODUCT_MIN_BYTES;
-        if dt_given {
-            // dt without its bias into `delta`, as the op-by-op path writes it.
-            self.linear(View::cols(&*o.xdbl, 0, width), batch, r, a.dt_proj, di, None, &mut *o.delta)?;
-        }
         let dt_given = u32::from(dt_given);
         let cfg2 = LaunchConfig {
             grid_dim: (u32_of("blocks", di.div_ceil(SCAN_CPB))?, bb, 1),
@@ -90,6 +114,51 @@ impl Cuda {
         };
         launch!(self, self.func("s6_mixer_step_scan")?, cfg2, "mixer step scan";
             xz, ldxz, up, xdbl, ww, rr, dtw, dtb, ap, dp, conv, kk, ssm, delta, yp, dd, nn, dt_given);
+        Ok(())
+    }
+
+    pub(super) fn block_step_dev(&self, a: &BlockStepArgs<'_, CudaBuf>, o: BlockStepOut<'_, CudaBuf>) -> Result<bool> {
+        let m = &a.mixer;
+        let (batch, d, di, k) = (m.batch, a.d_model, m.d_inner, m.d_conv);
+        if !Self::mixer_step_covers(m) || batch > GEMV_MAX_ROWS || !gemv_enabled() || d == 0 {
+            return Ok(false);
+        }
+        // f32 weights under F32 and Tf32 (the GEMV computes in plain fp32 either way, as `linear`
+        // does for few rows), their bf16 copies under Bf16.
+        let set = usize::from(self.compute() == Compute::Bf16);
+        let weight = |w: &CudaBuf, len: usize, what: &str| {
+            if set == 1 {
+                self.weight_bf16(w, len, what)
+            } else {
+                self.ptr(w, 0, len, what)
+            }
+        };
+        let iw = 2 * di;
+        let res = self.ptr_mut(o.residual, 0, batch * d, "block step residual")?;
+        let norm = self.ptr(a.norm, 0, d, "block step norm weight")?;
+        let w_in = weight(a.in_proj, iw * d, "block step in_proj")?;
+        let b_in = self.ptr_opt(a.in_proj_bias, iw, "block step in_proj bias")?;
+        let w_out = weight(a.out_proj, d * di, "block step out_proj")?;
+        let b_out = self.ptr_opt(a.out_proj_bias, d, "block step out_proj bias")?;
+        let xz = self.ptr_mut(o.xz, 0, batch * iw, "block step xz")?;
+        let nc = NormConv {
+            norm,
+            eps: a.eps,
+            conv_w: self.ptr(m.conv_weight, 0, di * k, "block step conv weight")?,
+            conv_b: self.ptr_opt(m.conv_bias, di, "block step conv bias")?,
+            conv_state: self.ptr(o.mixer.conv_state, 0, batch * (k - 1) * di, "block step conv state")?,
+            u: self.ptr_mut(o.mixer.u, 0, batch * di, "block step u")?,
+            ch: u32_of("d_inner", di)?,
+            kconv: u32_of("d_conv", k)?,
+        };
+        // RMSNorm → in_proj → xz, and conv + SiLU → u.
+        let vec = Self::gemv_vec(set, (res, d), w_in, d, Some(norm));
+        self.launch_gemv(set, (res, d), w_in, (batch, d, iw), b_in, xz, vec, GemvMode::NormConv(nc))?;
+        let y = self.ptr(o.mixer.y, 0, batch * di, "block step y")?;
+        self.mixer_step_rest(m, xz, o.mixer)?;
+        // residual += out_proj(y).
+        let vec = Self::gemv_vec(set, (y, di), w_out, di, None);
+        self.launch_gemv(set, (y, di), w_out, (batch, di, d), b_out, res, vec, GemvMode::Accumulate)?;
         Ok(true)
     }
 }

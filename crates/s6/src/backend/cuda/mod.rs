@@ -27,7 +27,10 @@ use cudarc::driver::{
 };
 use cudarc::nvrtc::{compile_ptx_with_opts, CompileOptions, Ptx};
 
-use super::{AdamW, AttnDims, Backend, Compute, MixerStepArgs, MixerStepOut, ScanArgs, ScanGrads, View, ViewMut};
+use super::{
+    AdamW, AttnDims, Backend, BlockStepArgs, BlockStepOut, Compute, MixerStepArgs, MixerStepOut, ScanArgs, ScanGrads,
+    View, ViewMut,
+};
 use crate::{Error, Result};
 
 mod decode;
@@ -120,6 +123,22 @@ const KERNELS: &[&str] = &[
     "s6_gemv_bf16_r6",
     "s6_gemv_bf16_r7",
     "s6_gemv_bf16_r8",
+    "s6_gemv_norm_r1",
+    "s6_gemv_norm_r2",
+    "s6_gemv_norm_r3",
+    "s6_gemv_norm_r4",
+    "s6_gemv_norm_r5",
+    "s6_gemv_norm_r6",
+    "s6_gemv_norm_r7",
+    "s6_gemv_norm_r8",
+    "s6_gemv_bf16_norm_r1",
+    "s6_gemv_bf16_norm_r2",
+    "s6_gemv_bf16_norm_r3",
+    "s6_gemv_bf16_norm_r4",
+    "s6_gemv_bf16_norm_r5",
+    "s6_gemv_bf16_norm_r6",
+    "s6_gemv_bf16_norm_r7",
+    "s6_gemv_bf16_norm_r8",
     // kernels/bf16.cu
     "s6_cast_bf16",
     // kernels/mixer_step.cu
@@ -148,8 +167,63 @@ const GEMV_KERNELS: [[&str; GEMV_MAX_ROWS]; 2] = [
     ],
 ];
 
+/// The entries of `kernels/gemv.cu` with the RMSNorm prologue and the conv epilogue
+/// ([`GemvMode::NormConv`]), indexed as [`GEMV_KERNELS`].
+const GEMV_NORM_KERNELS: [[&str; GEMV_MAX_ROWS]; 2] = [
+    [
+        "s6_gemv_norm_r1",
+        "s6_gemv_norm_r2",
+        "s6_gemv_norm_r3",
+        "s6_gemv_norm_r4",
+        "s6_gemv_norm_r5",
+        "s6_gemv_norm_r6",
+        "s6_gemv_norm_r7",
+        "s6_gemv_norm_r8",
+    ],
+    [
+        "s6_gemv_bf16_norm_r1",
+        "s6_gemv_bf16_norm_r2",
+        "s6_gemv_bf16_norm_r3",
+        "s6_gemv_bf16_norm_r4",
+        "s6_gemv_bf16_norm_r5",
+        "s6_gemv_bf16_norm_r6",
+        "s6_gemv_bf16_norm_r7",
+        "s6_gemv_bf16_norm_r8",
+    ],
+];
+
 /// Warps per block of `s6_gemv_r*` (`S6_GEMV_WARPS` in the kernel).
 const GEMV_WARPS: usize = 8;
+
+/// Threads per row of `s6_add_rmsnorm`: the GEMV's block, whose RMSNorm prologue
+/// ([`GemvMode::NormConv`]) must sum a row in the same order to give the same bits.
+const RMSNORM_THREADS: u32 = 32 * GEMV_WARPS as u32;
+
+/// What a GEMV launch does besides `out = x·Wᵀ + bias` (`kernels/gemv.cu`; device pointers bounds
+/// checked by the caller).
+pub(crate) enum GemvMode {
+    /// Plain product.
+    Write,
+    /// `out += x·Wᵀ + bias`: the residual add of a decoding block.
+    Accumulate,
+    /// x is the residual stream, RMSNormed on the fly, and the columns below `conv.ch` also get
+    /// the causal conv1d + SiLU of the step (in_proj of a decoding block).
+    NormConv(NormConv),
+}
+
+/// The extra inputs of [`GemvMode::NormConv`]: the norm weight (`[k]`) and epsilon; the conv
+/// weight `[ch, kconv]`, optional bias (0: none), state `[rows, kconv - 1, ch]` (read only) and
+/// its output `u` `[rows, ch]`.
+pub(crate) struct NormConv {
+    pub norm: u64,
+    pub eps: f32,
+    pub conv_w: u64,
+    pub conv_b: u64,
+    pub conv_state: u64,
+    pub u: u64,
+    pub ch: u32,
+    pub kconv: u32,
+}
 
 /// Whether `S6_GEMV=0` turned the matrix-vector kernel off.
 fn gemv_enabled() -> bool {
@@ -684,9 +758,8 @@ impl Cuda {
         let bp = self.ptr_opt(bias, n, "linear bias")?;
         let o = self.ptr_mut(out, 0, rows * n, "linear out")?;
         // 16-byte loads need every row of x and w 16-byte aligned.
-        let vec =
-            u32::from(k.is_multiple_of(4) && x.ld.is_multiple_of(4) && xp.is_multiple_of(16) && wp.is_multiple_of(16));
-        self.launch_gemv(0, (xp, x.ld), wp, (rows, k, n), bp, o, vec)
+        let vec = Self::gemv_vec(0, (xp, x.ld), wp, k, None);
+        self.launch_gemv(0, (xp, x.ld), wp, (rows, k, n), bp, o, vec, GemvMode::Write)
     }
 
     /// The `beta` of a product written into `o` (`rows × n`, device pointer bounds checked by the
@@ -701,13 +774,32 @@ impl Cuda {
         Ok(1.0)
     }
 
-    /// Launches `GEMV_KERNELS[set][rows - 1]` (`set` 0: f32 weights, 1: their bf16 copies) on
-    /// bounds-checked device pointers: x with row stride `ld`, the weight, the bias (0: none),
-    /// the output; `vec` is the kernels' load width. The grid: columns per warp group as in the
-    /// kernels' entry points, then the fewest warps per column (1, 2, 4 or 8) that still give
-    /// about two blocks per SM on a large GPU.
+    /// The load width (`vec`) of a GEMV of `set` (0: f32 weights, 1: bf16) over x (pointer, row
+    /// stride), the weight and `k`, and the norm weight of [`GemvMode::NormConv`], whose float4
+    /// loads go with x's: the widest whose alignment every pointer and row allows.
+    pub(crate) fn gemv_vec(set: usize, (xp, ld): (u64, usize), wp: u64, k: usize, norm: Option<u64>) -> u32 {
+        let x_vec = xp.is_multiple_of(16) && ld.is_multiple_of(4) && norm.is_none_or(|p| p.is_multiple_of(16));
+        if set == 0 {
+            return u32::from(x_vec && k.is_multiple_of(4) && wp.is_multiple_of(16));
+        }
+        // The bf16 copy is 256-byte aligned with rows k values apart.
+        if x_vec && k.is_multiple_of(8) {
+            2
+        } else if x_vec && k.is_multiple_of(4) {
+            1
+        } else {
+            0
+        }
+    }
+
+    /// Launches `GEMV_KERNELS[set][rows - 1]` (`set` 0: f32 weights, 1: their bf16 copies), or
+    /// its `GEMV_NORM_KERNELS` twin, on bounds-checked device pointers: x with row stride `ld`,
+    /// the weight, the bias (0: none), the output; `vec` is the kernels' load width
+    /// ([`Cuda::gemv_vec`]). The grid: columns per warp group as in the kernels' entry points,
+    /// then the fewest warps per column (1, 2, 4 or 8) that still give about two blocks per SM on
+    /// a large GPU.
     #[allow(clippy::too_many_arguments)]
-    fn launch_gemv(
+    pub(crate) fn launch_gemv(
         &self,
         set: usize,
         (xp, ld): (u64, usize),
@@ -716,6 +808,7 @@ impl Cuda {
         bp: u64,
         o: u64,
         vec: u32,
+        mode: GemvMode,
     ) -> Result<()> {
         let nc = if rows <= 4 { 1 } else { 2 };
         let mut split = 1;
@@ -729,7 +822,17 @@ impl Cuda {
             shared_mem_bytes: 0,
         };
         let (ld, nn, kk, sp) = (u32_of("ld", ld)?, u32_of("n", n)?, u32_of("k", k)?, split as u32);
-        launch!(self, self.func(GEMV_KERNELS[set][rows - 1])?, cfg, "gemv"; xp, ld, wp, bp, o, nn, kk, sp, vec);
+        match mode {
+            GemvMode::Write | GemvMode::Accumulate => {
+                let acc = u32::from(matches!(mode, GemvMode::Accumulate));
+                launch!(self, self.func(GEMV_KERNELS[set][rows - 1])?, cfg, "gemv"; xp, ld, wp, bp, o, nn, kk, sp, vec, acc);
+            }
+            GemvMode::NormConv(c) => {
+                let NormConv { norm, eps, conv_w, conv_b, conv_state, u, ch, kconv } = c;
+                launch!(self, self.func(GEMV_NORM_KERNELS[set][rows - 1])?, cfg, "gemv (norm, conv)";
+                    xp, ld, wp, bp, o, nn, kk, sp, vec, norm, eps, conv_w, conv_b, conv_state, u, ch, kconv);
+            }
+        }
         Ok(())
     }
 }
@@ -908,9 +1011,11 @@ impl Backend for Cuda {
         let dp = self.ptr_opt(delta, rows * dim, "rmsnorm delta")?;
         let wp = self.ptr(weight, 0, dim, "rmsnorm weight")?;
         let o = self.ptr_mut(out, 0, rows * dim, "rmsnorm out")?;
-        let threads = (dim.div_ceil(32) * 32).next_power_of_two().clamp(32, 1024) as u32;
-        let cfg =
-            LaunchConfig { grid_dim: (u32_of("rows", rows)?, 1, 1), block_dim: (threads, 1, 1), shared_mem_bytes: 0 };
+        let cfg = LaunchConfig {
+            grid_dim: (u32_of("rows", rows)?, 1, 1),
+            block_dim: (RMSNORM_THREADS, 1, 1),
+            shared_mem_bytes: 0,
+        };
         let d = u32_of("dim", dim)?;
         launch!(self, self.func("s6_add_rmsnorm")?, cfg, "add_rmsnorm"; r, dp, wp, o, d, eps);
         Ok(())
@@ -969,6 +1074,9 @@ impl Backend for Cuda {
 
     fn mixer_step(&self, args: &MixerStepArgs<'_, CudaBuf>, out: MixerStepOut<'_, CudaBuf>) -> Result<bool> {
         self.mixer_step_dev(args, out)
+    }
+    fn block_step(&self, args: &BlockStepArgs<'_, CudaBuf>, out: BlockStepOut<'_, CudaBuf>) -> Result<bool> {
+        self.block_step_dev(args, out)
     }
 
     fn linear_backward(

@@ -46,6 +46,30 @@ extern "C" __global__ void s6_add_assign(float* __restrict__ dst, const float* _
 
 // One block per row: residual += delta (when delta != 0), out = residual * rsqrt(mean(residual²) + eps) * w.
 // Block size: a power of two up to 1024.
+// The sum over a block of every thread's v (blockDim.x a multiple of 32, at most 1024), returned to
+// every thread: warp shuffles, then the warps' sums by the first warp. `partial`: 32 floats of
+// shared memory, free again on return. The order is fixed by the thread count, so that kernels
+// that sum the same row with the same count get the same bits (s6_add_rmsnorm and gemv.cu's NORM).
+__device__ __forceinline__ float s6_block_sum(float v, float* partial) {
+    for (int off = 16; off > 0; off >>= 1) v += __shfl_xor_sync(0xffffffffu, v, off);
+    const unsigned int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+    if (lane == 0) partial[warp] = v;
+    __syncthreads();
+    if (warp == 0) {
+        const unsigned int nwarps = (blockDim.x + 31) / 32;
+        v = lane < nwarps ? partial[lane] : 0.0f;
+        for (int off = 16; off > 0; off >>= 1) v += __shfl_xor_sync(0xffffffffu, v, off);
+        if (lane == 0) partial[0] = v;
+    }
+    __syncthreads();
+    const float total = partial[0];
+    __syncthreads();
+    return total;
+}
+
+// One block per row of RMSNORM_THREADS threads (cuda/mod.rs: the GEMV's block size, so that
+// gemv.cu's NORM prologue sums a row in the same order): residual += delta (when given), then
+// out = residual * rsqrt(mean(residual^2) + eps) * w.
 extern "C" __global__ void s6_add_rmsnorm(float* __restrict__ residual, const float* __restrict__ delta,
                                           const float* __restrict__ w, float* __restrict__ out, unsigned int dim,
                                           float eps) {
@@ -62,18 +86,8 @@ extern "C" __global__ void s6_add_rmsnorm(float* __restrict__ residual, const fl
         }
         ss += v * v;
     }
-    for (int off = 16; off > 0; off >>= 1) ss += __shfl_xor_sync(0xffffffffu, ss, off);
-    const unsigned int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-    if (lane == 0) partial[warp] = ss;
-    __syncthreads();
-    if (warp == 0) {
-        const unsigned int nwarps = (blockDim.x + 31) / 32;
-        ss = lane < nwarps ? partial[lane] : 0.0f;
-        for (int off = 16; off > 0; off >>= 1) ss += __shfl_xor_sync(0xffffffffu, ss, off);
-        if (lane == 0) partial[0] = ss;
-    }
-    __syncthreads();
-    const float inv = rsqrtf(partial[0] / (float)dim + eps);
+    ss = s6_block_sum(ss, partial);
+    const float inv = rsqrtf(ss / (float)dim + eps);
     for (unsigned int i = threadIdx.x; i < dim; i += blockDim.x) out[base + i] = r[i] * inv * w[i];
 }
 

@@ -10,16 +10,91 @@
 // and the group's partials meet in shared memory. x (R x k floats) is read through the read-only
 // cache: each group reads it once per NC columns. The host picks `split` so that the grid fills the
 // device even for small n. Plain fp32 FMA accumulation.
+//
+// Two fusions for the decoding step of a Mamba block (`Backend::block_step`, cuda/mixer_step.rs),
+// each giving bit for bit what the separate kernels give:
+// - NORM (the `s6_gemv*_norm_r*` entries, for in_proj): x is the residual stream and every block
+//   first computes each row's RMSNorm scale itself, with s6_add_rmsnorm's reduction (same thread
+//   count, same order), then multiplies x by the scale and the norm weight as it loads it. Its
+//   epilogue also runs the causal conv1d + SiLU for the columns j < conv_ch (the x half of xz):
+//   the conv is depthwise, so the thread that owns column j has all it needs (the conv state is
+//   read, not updated: the scan kernel moves the window, as in the unfused step).
+// - accumulate (out_proj): out += product, the residual add of s6_add_rmsnorm (residual + delta).
 
 #define S6_GEMV_WARPS 8
 
+// Where a product goes: out[r, j] (+ bias[j]; added to out when accumulate), and, for the columns
+// j < conv_ch, u[r, j] = silu(conv1d of the window conv_state[r, :, j] then out[r, j]), with the
+// weights cw [conv_ch, kconv] and bias cb (nullable), as conv.cu's forward computes it.
+struct S6GemvOut {
+    const float* bias;
+    float* out;
+    unsigned int n;
+    unsigned int accumulate;
+    const float* cw;
+    const float* cb;
+    const float* conv_state;
+    float* u;
+    unsigned int conv_ch;
+    unsigned int kconv;
+};
+
+// x as the kernels read it: row r at x + r * ld; with NORM, each value times the row's RMSNorm
+// scale (shared memory) and the norm weight nw, in s6_add_rmsnorm's order (x * scale * w).
+struct S6GemvIn {
+    const float* x;
+    unsigned int ld;
+    const float* nw;
+    const float* scale;
+};
+
+template <bool NORM>
+__device__ __forceinline__ float4 s6_gemv_x4(const S6GemvIn& in, int r, unsigned int q) {
+    float4 v = __ldg(reinterpret_cast<const float4*>(in.x + (unsigned long long)r * in.ld) + q);
+    if constexpr (NORM) {
+        const float4 g = __ldg(reinterpret_cast<const float4*>(in.nw) + q);
+        const float sc = in.scale[r];
+        v.x = v.x * sc * g.x;
+        v.y = v.y * sc * g.y;
+        v.z = v.z * sc * g.z;
+        v.w = v.w * sc * g.w;
+    }
+    return v;
+}
+
+template <bool NORM>
+__device__ __forceinline__ float s6_gemv_x1(const S6GemvIn& in, int r, unsigned int i) {
+    float v = __ldg(in.x + (unsigned long long)r * in.ld + i);
+    if constexpr (NORM) v = v * in.scale[r] * __ldg(in.nw + i);
+    return v;
+}
+
+// NORM's prologue: scale[r] = rsqrt(mean(x[r]^2) + eps) for the R rows, each summed exactly as
+// s6_add_rmsnorm sums a row (its launcher uses the same S6_GEMV_WARPS * 32 threads).
+template <int R>
+__device__ __forceinline__ void s6_gemv_norm_scales(const float* __restrict__ x, unsigned int ld, unsigned int k,
+                                                    float eps, float* scale) {
+    __shared__ float partial[32];
+    for (int r = 0; r < R; ++r) {
+        const float* row = x + (unsigned long long)r * ld;
+        float ss = 0.0f;
+        for (unsigned int i = threadIdx.x; i < k; i += blockDim.x) {
+            const float v = row[i];
+            ss += v * v;
+        }
+        ss = s6_block_sum(ss, partial);
+        if (threadIdx.x == 0) scale[r] = rsqrtf(ss / (float)k + eps);
+    }
+    __syncthreads();
+}
+
 // The end of both kernels: warp shuffles reduce every lane's R x NC partial sums, the group's
-// warps meet in shared memory, and the group's first warp writes (plus bias) the columns below n.
+// warps meet in shared memory, and the group's first warp writes the columns below n (S6GemvOut).
 template <int R, int NC>
 __device__ __forceinline__ void s6_gemv_store(float (&acc)[NC][R], float (*part)[NC * R], unsigned int warp,
                                               unsigned int lane, unsigned int s, unsigned int split,
-                                              unsigned long long j0, const float* __restrict__ bias,
-                                              float* __restrict__ out, unsigned int n) {
+                                              unsigned long long j0, const S6GemvOut& o) {
+    const unsigned int n = o.n;
     // Warp reduction: every lane ends with the warp's sums.
 #pragma unroll
     for (int c = 0; c < NC; ++c)
@@ -44,8 +119,21 @@ __device__ __forceinline__ void s6_gemv_store(float (&acc)[NC][R], float (*part)
         if (j < n) {
             float v = 0.0f;
             for (unsigned int q = 0; q < split; ++q) v += part[warp + q][lane];
-            if (bias != nullptr) v += bias[j];
-            out[(unsigned long long)r * n + j] = v;
+            if (o.bias != nullptr) v += o.bias[j];
+            float* dst = o.out + (unsigned long long)r * n + j;
+            if (o.accumulate) v = *dst + v;
+            *dst = v;
+            if (j < o.conv_ch) {
+                // Tap t of the window: the state's slots, then this step's x (ascending t from
+                // the bias, as conv.cu).
+                const unsigned int kc = o.kconv, ch = o.conv_ch;
+                const float* st = o.conv_state + (unsigned long long)r * (kc - 1) * ch + j;
+                const float* wj = o.cw + j * kc;
+                float a = o.cb != nullptr ? o.cb[j] : 0.0f;
+                for (unsigned int t = 0; t + 1 < kc; ++t) a = fmaf(wj[t], st[(unsigned long long)t * ch], a);
+                a = fmaf(wj[kc - 1], v, a);
+                o.u[(unsigned long long)r * ch + j] = s6_silu(a);
+            }
         }
     }
 }
@@ -69,16 +157,14 @@ __device__ __forceinline__ unsigned long long s6_gemv_rows(const W* w, unsigned 
     return j0;
 }
 
-template <int R, int NC>
-__device__ __forceinline__ void s6_gemv_impl(const float* __restrict__ x, unsigned int ld,
-                                             const float* __restrict__ w, const float* __restrict__ bias,
-                                             float* __restrict__ out, unsigned int n, unsigned int k,
-                                             unsigned int split, unsigned int vec) {
+template <int R, int NC, bool NORM>
+__device__ __forceinline__ void s6_gemv_impl(const S6GemvIn& in, const float* __restrict__ w, const S6GemvOut& o,
+                                             unsigned int k, unsigned int split, unsigned int vec) {
     __shared__ float part[S6_GEMV_WARPS][NC * R];
     const unsigned int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
     unsigned int s;
     const float* wr[NC];
-    const unsigned long long j0 = s6_gemv_rows<float, NC>(w, n, k, split, warp, s, wr);
+    const unsigned long long j0 = s6_gemv_rows<float, NC>(w, o.n, k, split, warp, s, wr);
     float acc[NC][R] = {};
 
     const unsigned int t = s * 32 + lane, stride = split * 32;
@@ -91,7 +177,7 @@ __device__ __forceinline__ void s6_gemv_impl(const float* __restrict__ x, unsign
             for (int c = 0; c < NC; ++c) wv[c] = __ldg(reinterpret_cast<const float4*>(wr[c]) + i);
 #pragma unroll
             for (int r = 0; r < R; ++r) {
-                const float4 xv = __ldg(reinterpret_cast<const float4*>(x + (unsigned long long)r * ld) + i);
+                const float4 xv = s6_gemv_x4<NORM>(in, r, i);
 #pragma unroll
                 for (int c = 0; c < NC; ++c) {
                     acc[c][r] = fmaf(wv[c].x, xv.x, acc[c][r]);
@@ -109,36 +195,56 @@ __device__ __forceinline__ void s6_gemv_impl(const float* __restrict__ x, unsign
             for (int c = 0; c < NC; ++c) wv[c] = __ldg(wr[c] + i);
 #pragma unroll
             for (int r = 0; r < R; ++r) {
-                const float xv = __ldg(x + (unsigned long long)r * ld + i);
+                const float xv = s6_gemv_x1<NORM>(in, r, i);
 #pragma unroll
                 for (int c = 0; c < NC; ++c) acc[c][r] = fmaf(wv[c], xv, acc[c][r]);
             }
         }
     }
 
-    s6_gemv_store<R, NC>(acc, part, warp, lane, s, split, j0, bias, out, n);
+    s6_gemv_store<R, NC>(acc, part, warp, lane, s, split, j0, o);
 }
 
-// One entry point per row count R (1..8); NC = 1 column per group up to 4 rows, 2 above (halves
-// the x reads per weight byte, which otherwise load the L1 as hard as the weights load DRAM).
-// Block: S6_GEMV_WARPS * 32 threads; grid: ceil(n / (NC * S6_GEMV_WARPS / split)) blocks.
-#define S6_GEMV_ENTRY(R, NC)                                                                                    \
-    extern "C" __global__ void __launch_bounds__(S6_GEMV_WARPS * 32)                                           \
-        s6_gemv_r##R(const float* __restrict__ x, unsigned int ld, const float* __restrict__ w,                \
-                     const float* __restrict__ bias, float* __restrict__ out, unsigned int n, unsigned int k,  \
-                     unsigned int split, unsigned int vec) {                                                   \
-        S6_PDL_ENTRY();    \
-        s6_gemv_impl<R, NC>(x, ld, w, bias, out, n, k, split, vec);                                            \
+// The entry points' arguments, shared by the f32 and bf16 kernels (W: the weight element type).
+#define S6_GEMV_PLAIN_PARAMS(W)                                                                             \
+    const float *__restrict__ x, unsigned int ld, const W *__restrict__ w, const float *__restrict__ bias,   \
+        float *__restrict__ out, unsigned int n, unsigned int k, unsigned int split, unsigned int vec,       \
+        unsigned int accumulate
+#define S6_GEMV_NORM_PARAMS(W)                                                                              \
+    const float *__restrict__ x, unsigned int ld, const W *__restrict__ w, const float *__restrict__ bias,   \
+        float *__restrict__ out, unsigned int n, unsigned int k, unsigned int split, unsigned int vec,       \
+        const float *__restrict__ nw, float eps, const float *__restrict__ cw, const float *__restrict__ cb, \
+        const float *__restrict__ conv_state, float *__restrict__ u, unsigned int conv_ch, unsigned int kconv
+
+// One pair of entry points per row count R (1..8): plain (`out = x·Wᵀ + bias`, or `out +=` with
+// accumulate) and NORM with the conv epilogue. NC = 1 column per group up to 4 rows, 2 above
+// (halves the x reads per weight byte, which otherwise load the L1 as hard as the weights load
+// DRAM). Block: S6_GEMV_WARPS * 32 threads; grid: ceil(n / (NC * S6_GEMV_WARPS / split)) blocks.
+#define S6_GEMV_ENTRIES(PREFIX, IMPL, W, R, NC)                                                             \
+    extern "C" __global__ void __launch_bounds__(S6_GEMV_WARPS * 32) PREFIX##_r##R(S6_GEMV_PLAIN_PARAMS(W)) { \
+        S6_PDL_ENTRY();                                                                                     \
+        const S6GemvIn in{x, ld, nullptr, nullptr};                                                         \
+        const S6GemvOut o{bias, out, n, accumulate, nullptr, nullptr, nullptr, nullptr, 0, 0};              \
+        IMPL<R, NC, false>(in, w, o, k, split, vec);                                                        \
+    }                                                                                                       \
+    extern "C" __global__ void __launch_bounds__(S6_GEMV_WARPS * 32)                                        \
+        PREFIX##_norm_r##R(S6_GEMV_NORM_PARAMS(W)) {                                                        \
+        S6_PDL_ENTRY();                                                                                     \
+        __shared__ float scale[R];                                                                          \
+        s6_gemv_norm_scales<R>(x, ld, k, eps, scale);                                                       \
+        const S6GemvIn in{x, ld, nw, scale};                                                                \
+        const S6GemvOut o{bias, out, n, 0, cw, cb, conv_state, u, conv_ch, kconv};                          \
+        IMPL<R, NC, true>(in, w, o, k, split, vec);                                                         \
     }
 
-S6_GEMV_ENTRY(1, 1)
-S6_GEMV_ENTRY(2, 1)
-S6_GEMV_ENTRY(3, 1)
-S6_GEMV_ENTRY(4, 1)
-S6_GEMV_ENTRY(5, 2)
-S6_GEMV_ENTRY(6, 2)
-S6_GEMV_ENTRY(7, 2)
-S6_GEMV_ENTRY(8, 2)
+S6_GEMV_ENTRIES(s6_gemv, s6_gemv_impl, float, 1, 1)
+S6_GEMV_ENTRIES(s6_gemv, s6_gemv_impl, float, 2, 1)
+S6_GEMV_ENTRIES(s6_gemv, s6_gemv_impl, float, 3, 1)
+S6_GEMV_ENTRIES(s6_gemv, s6_gemv_impl, float, 4, 1)
+S6_GEMV_ENTRIES(s6_gemv, s6_gemv_impl, float, 5, 2)
+S6_GEMV_ENTRIES(s6_gemv, s6_gemv_impl, float, 6, 2)
+S6_GEMV_ENTRIES(s6_gemv, s6_gemv_impl, float, 7, 2)
+S6_GEMV_ENTRIES(s6_gemv, s6_gemv_impl, float, 8, 2)
 
 // The bf16 variant for `Compute::Bf16`: w is bf16 (bit patterns: the weight's cached bf16 copy),
 // x stays f32 in memory and is rounded to bf16 in registers (exactly what the cast kernel would
@@ -160,17 +266,15 @@ __device__ __forceinline__ float s6_rbf16(float v) {
 #endif
 }
 
-template <int R, int NC>
-__device__ __forceinline__ void s6_gemv_bf16_impl(const float* __restrict__ x, unsigned int ld,
-                                                  const unsigned short* __restrict__ w,
-                                                  const float* __restrict__ bias, float* __restrict__ out,
-                                                  unsigned int n, unsigned int k, unsigned int split,
+template <int R, int NC, bool NORM>
+__device__ __forceinline__ void s6_gemv_bf16_impl(const S6GemvIn& in, const unsigned short* __restrict__ w,
+                                                  const S6GemvOut& o, unsigned int k, unsigned int split,
                                                   unsigned int vec) {
     __shared__ float part[S6_GEMV_WARPS][NC * R];
     const unsigned int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
     unsigned int s;
     const unsigned short* wr[NC];
-    const unsigned long long j0 = s6_gemv_rows<unsigned short, NC>(w, n, k, split, warp, s, wr);
+    const unsigned long long j0 = s6_gemv_rows<unsigned short, NC>(w, o.n, k, split, warp, s, wr);
     float acc[NC][R] = {};
 
     const unsigned int t = s * 32 + lane, stride = split * 32;
@@ -183,8 +287,7 @@ __device__ __forceinline__ void s6_gemv_bf16_impl(const float* __restrict__ x, u
             for (int c = 0; c < NC; ++c) wv[c] = __ldg(reinterpret_cast<const uint4*>(wr[c]) + i);
 #pragma unroll
             for (int r = 0; r < R; ++r) {
-                const float4* xr = reinterpret_cast<const float4*>(x + (unsigned long long)r * ld) + 2 * i;
-                const float4 xa = __ldg(xr), xb = __ldg(xr + 1);
+                const float4 xa = s6_gemv_x4<NORM>(in, r, 2 * i), xb = s6_gemv_x4<NORM>(in, r, 2 * i + 1);
                 const float x0 = s6_rbf16(xa.x), x1 = s6_rbf16(xa.y), x2 = s6_rbf16(xa.z), x3 = s6_rbf16(xa.w),
                             x4 = s6_rbf16(xb.x), x5 = s6_rbf16(xb.y), x6 = s6_rbf16(xb.z), x7 = s6_rbf16(xb.w);
 #pragma unroll
@@ -211,7 +314,7 @@ __device__ __forceinline__ void s6_gemv_bf16_impl(const float* __restrict__ x, u
             for (int c = 0; c < NC; ++c) wv[c] = __ldg(reinterpret_cast<const uint2*>(wr[c]) + i);
 #pragma unroll
             for (int r = 0; r < R; ++r) {
-                const float4 xv = __ldg(reinterpret_cast<const float4*>(x + (unsigned long long)r * ld) + i);
+                const float4 xv = s6_gemv_x4<NORM>(in, r, i);
                 const float x0 = s6_rbf16(xv.x), x1 = s6_rbf16(xv.y), x2 = s6_rbf16(xv.z), x3 = s6_rbf16(xv.w);
 #pragma unroll
                 for (int c = 0; c < NC; ++c) {
@@ -232,29 +335,20 @@ __device__ __forceinline__ void s6_gemv_bf16_impl(const float* __restrict__ x, u
             for (int c = 0; c < NC; ++c) wv[c] = s6_bf16_to_f32(__ldg(wr[c] + i));
 #pragma unroll
             for (int r = 0; r < R; ++r) {
-                const float xv = s6_rbf16(__ldg(x + (unsigned long long)r * ld + i));
+                const float xv = s6_rbf16(s6_gemv_x1<NORM>(in, r, i));
 #pragma unroll
                 for (int c = 0; c < NC; ++c) acc[c][r] = fmaf(wv[c], xv, acc[c][r]);
             }
         }
     }
-    s6_gemv_store<R, NC>(acc, part, warp, lane, s, split, j0, bias, out, n);
+    s6_gemv_store<R, NC>(acc, part, warp, lane, s, split, j0, o);
 }
 
-#define S6_GEMV_BF16_ENTRY(R, NC)                                                                               \
-    extern "C" __global__ void __launch_bounds__(S6_GEMV_WARPS * 32)                                           \
-        s6_gemv_bf16_r##R(const float* __restrict__ x, unsigned int ld, const unsigned short* __restrict__ w,  \
-                          const float* __restrict__ bias, float* __restrict__ out, unsigned int n,             \
-                          unsigned int k, unsigned int split, unsigned int vec) {                              \
-        S6_PDL_ENTRY();    \
-        s6_gemv_bf16_impl<R, NC>(x, ld, w, bias, out, n, k, split, vec);                                       \
-    }
-
-S6_GEMV_BF16_ENTRY(1, 1)
-S6_GEMV_BF16_ENTRY(2, 1)
-S6_GEMV_BF16_ENTRY(3, 1)
-S6_GEMV_BF16_ENTRY(4, 1)
-S6_GEMV_BF16_ENTRY(5, 2)
-S6_GEMV_BF16_ENTRY(6, 2)
-S6_GEMV_BF16_ENTRY(7, 2)
-S6_GEMV_BF16_ENTRY(8, 2)
+S6_GEMV_ENTRIES(s6_gemv_bf16, s6_gemv_bf16_impl, unsigned short, 1, 1)
+S6_GEMV_ENTRIES(s6_gemv_bf16, s6_gemv_bf16_impl, unsigned short, 2, 1)
+S6_GEMV_ENTRIES(s6_gemv_bf16, s6_gemv_bf16_impl, unsigned short, 3, 1)
+S6_GEMV_ENTRIES(s6_gemv_bf16, s6_gemv_bf16_impl, unsigned short, 4, 1)
+S6_GEMV_ENTRIES(s6_gemv_bf16, s6_gemv_bf16_impl, unsigned short, 5, 2)
+S6_GEMV_ENTRIES(s6_gemv_bf16, s6_gemv_bf16_impl, unsigned short, 6, 2)
+S6_GEMV_ENTRIES(s6_gemv_bf16, s6_gemv_bf16_impl, unsigned short, 7, 2)
+S6_GEMV_ENTRIES(s6_gemv_bf16, s6_gemv_bf16_impl, unsigned short, 8, 2)
