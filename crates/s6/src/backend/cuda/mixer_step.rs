@@ -27,9 +27,23 @@ use super::{driver_err, gemv_enabled, u32_of, Compute, Cuda, CudaBuf, GemvMode, 
 use crate::backend::{Backend, BlockStepArgs, BlockStepOut, MixerStepArgs, MixerStepOut, MixerWeights, View};
 use crate::Result;
 
-/// Channels per block of `s6_mixer_step_scan` (`S6_MS_CPB`) and lanes per channel (`S6_MS_G`).
-const SCAN_CPB: usize = 32;
-const SCAN_LANES: usize = 8;
+/// Threads per block of the scan-step kernels (`S6_MS_THREADS`): `s6_mixer_step_scan` gives each
+/// channel 8 lanes, `s6_mixer_step_scan_g2` 2.
+const SCAN_THREADS: usize = 256;
+/// From this many sequences on the scan step runs with 2 lanes per channel instead of 8: a
+/// thread's fixed work (its loads, the softplus, the shuffles) and their latencies bound the
+/// 8-lane kernel once the batch gives plenty of channels. `S6_STEP_LANES=8` or `=2` forces one
+/// kernel (read once per process), for side-by-side measurements.
+const FEW_LANES_MIN_BATCH: usize = 16;
+
+/// Lanes per channel of the scan step for `batch` sequences (8 or 2).
+fn scan_lanes(batch: usize) -> usize {
+    static FORCED: OnceLock<Option<usize>> = OnceLock::new();
+    let forced = *FORCED.get_or_init(|| {
+        std::env::var("S6_STEP_LANES").ok().and_then(|v| v.trim().parse().ok()).filter(|&l| l == 2 || l == 8)
+    });
+    forced.unwrap_or(if batch >= FEW_LANES_MIN_BATCH { 2 } else { 8 })
+}
 /// `dt_proj` runs as one product for the whole batch before the scan kernel from
 /// `DT_PRODUCT_MIN_BATCH` sequences on when the batch would otherwise read at least
 /// `DT_PRODUCT_MIN_BYTES` of it: computed per channel inside the kernel, every sequence's blocks
@@ -107,12 +121,14 @@ impl Cuda {
             (u32_of("ld xz", ldxz)?, u32_of("d_conv", k)?, u32_of("width", width)?, u32_of("dt_rank", r)?);
         let (dd, nn, bb) = (u32_of("d_inner", di)?, u32_of("d_state", n)?, u32_of("batch", batch)?);
         let dt_given = u32::from(dt_given);
+        let lanes = scan_lanes(batch);
         let cfg2 = LaunchConfig {
-            grid_dim: (u32_of("blocks", di.div_ceil(SCAN_CPB))?, bb, 1),
-            block_dim: ((SCAN_CPB * SCAN_LANES) as u32, 1, 1),
+            grid_dim: (u32_of("blocks", di.div_ceil(SCAN_THREADS / lanes))?, bb, 1),
+            block_dim: (SCAN_THREADS as u32, 1, 1),
             shared_mem_bytes: u32_of("shared", 4 * width)?,
         };
-        launch!(self, self.func("s6_mixer_step_scan")?, cfg2, "mixer step scan";
+        let kernel = if lanes == 2 { "s6_mixer_step_scan_g2" } else { "s6_mixer_step_scan" };
+        launch!(self, self.func(kernel)?, cfg2, "mixer step scan";
             xz, ldxz, up, xdbl, ww, rr, dtw, dtb, ap, dp, conv, kk, ssm, delta, yp, dd, nn, dt_given);
         Ok(())
     }

@@ -12,21 +12,26 @@
 // with x at column 0 and z at column di; conv state [batch, k - 1, di]; ssm state [batch, di, n];
 // xdbl [batch, width] = [δ (r) | B (n) | C (n)].
 
-#define S6_MS_G 8
-#define S6_MS_CPB 32
+// S6_MS_G lanes per channel and 256 / S6_MS_G channels per block: 8 lanes (2 of 16 states each)
+// for small batches, whose few channels need every lane to fill the device; 2 lanes (8 states
+// each) for large ones, where the threads' fixed work (loads, softplus, shuffles) and their
+// dependent latencies, not the state's bytes, bound the 8-lane kernel (crates/s6/src/backend/cuda/
+// mixer_step.rs picks).
+#define S6_MS_THREADS 256
 
-// grid (ceil(di / S6_MS_CPB), batch), block S6_MS_CPB * S6_MS_G, dynamic shared memory width
-// floats (the sequence's xdbl row).
-extern "C" __global__ void s6_mixer_step_scan(const float* __restrict__ xz, unsigned int ldxz,
-                                              const float* __restrict__ u, const float* __restrict__ xdbl,
-                                              unsigned int width, unsigned int r,
-                                              const float* __restrict__ dt_proj,
-                                              const float* __restrict__ dt_bias, const float* __restrict__ a,
-                                              const float* __restrict__ dskip, float* __restrict__ conv_state,
-                                              unsigned int k, float* __restrict__ ssm_state,
-                                              float* __restrict__ delta_out, float* __restrict__ y,
-                                              unsigned int di, unsigned int n, unsigned int dt_given) {
-    S6_PDL_ENTRY();
+// grid (ceil(di / (S6_MS_THREADS / S6_MS_G)), batch), block S6_MS_THREADS, dynamic shared memory
+// width floats (the sequence's xdbl row).
+template <int S6_MS_G>
+__device__ __forceinline__ void s6_mixer_step_scan_impl(const float* __restrict__ xz, unsigned int ldxz,
+                                                   const float* __restrict__ u, const float* __restrict__ xdbl,
+                                                   unsigned int width, unsigned int r,
+                                                   const float* __restrict__ dt_proj,
+                                                   const float* __restrict__ dt_bias, const float* __restrict__ a,
+                                                   const float* __restrict__ dskip, float* __restrict__ conv_state,
+                                                   unsigned int k, float* __restrict__ ssm_state,
+                                                   float* __restrict__ delta_out, float* __restrict__ y,
+                                                   unsigned int di, unsigned int n, unsigned int dt_given) {
+    constexpr unsigned int S6_MS_CPB = S6_MS_THREADS / S6_MS_G;
     extern __shared__ float s6_ms_x[];
     const unsigned int b = blockIdx.y;
     for (unsigned int i = threadIdx.x; i < width; i += blockDim.x) {
@@ -85,3 +90,19 @@ extern "C" __global__ void s6_mixer_step_scan(const float* __restrict__ xz, unsi
         y[bc] = (acc + d_c * uv) * s6_silu(zc);
     }
 }
+
+#define S6_MIXER_STEP_SCAN(NAME, G)                                                                              \
+    extern "C" __global__ void __launch_bounds__(S6_MS_THREADS)                                                  \
+        NAME(const float* __restrict__ xz, unsigned int ldxz, const float* __restrict__ u,                        \
+             const float* __restrict__ xdbl, unsigned int width, unsigned int r, const float* __restrict__ dt_proj, \
+             const float* __restrict__ dt_bias, const float* __restrict__ a, const float* __restrict__ dskip,      \
+             float* __restrict__ conv_state, unsigned int k, float* __restrict__ ssm_state,                       \
+             float* __restrict__ delta_out, float* __restrict__ y, unsigned int di, unsigned int n,               \
+             unsigned int dt_given) {                                                                             \
+        S6_PDL_ENTRY();                                                                                           \
+        s6_mixer_step_scan_impl<G>(xz, ldxz, u, xdbl, width, r, dt_proj, dt_bias, a, dskip, conv_state, k, ssm_state,  \
+                                   delta_out, y, di, n, dt_given);                                                \
+    }
+
+S6_MIXER_STEP_SCAN(s6_mixer_step_scan, 8)
+S6_MIXER_STEP_SCAN(s6_mixer_step_scan_g2, 2)
