@@ -465,6 +465,15 @@ fn fused_mixer_step_equals_cpu_op_by_op() {
         println!("skipped: S6_FUSED_STEP=0");
         return;
     }
+    // The scan step's 8-lane kernel (the default) and its 2-lane twin.
+    for lanes in [8, 2] {
+        s6::backend::cuda::mixer_step::set_step_lanes(lanes);
+        fused_mixer_step_cases(&g);
+    }
+    s6::backend::cuda::mixer_step::set_step_lanes(8);
+}
+
+fn fused_mixer_step_cases(g: &Cuda) {
     let mut rng = Rng(21);
     // (d_inner, d_state, d_conv, dt_rank, conv bias): mamba-130m's block; d_inner not a multiple
     // of 32 (nor of 4) with an odd d_state and dt_rank; d_state 64; a shorter conv, no bias.
@@ -482,12 +491,15 @@ fn fused_mixer_step_equals_cpu_op_by_op() {
         for &batch in batches {
             let case = MixerCase::random(&mut rng, batch, di, n, k, r, bias);
             let mut cpu = MixerBufs::new(&Cpu, &case);
-            let mut gpu = MixerBufs::new(&g, &case);
+            let mut gpu = MixerBufs::new(g, &case);
             for step in 0..5 {
-                let what = format!("d_inner {di}, d_state {n}, d_conv {k}, dt_rank {r}, batch {batch}, step {step}");
+                let lanes = s6::backend::cuda::mixer_step::step_lanes();
+                let what = format!(
+                    "{lanes} lanes, d_inner {di}, d_state {n}, d_conv {k}, dt_rank {r}, batch {batch}, step {step}"
+                );
                 let xz = rng.vec(batch * 2 * di, -2.0, 2.0);
                 cpu.step(&Cpu, &case, &xz, false);
-                gpu.step(&g, &case, &g.from_vec(xz.clone()).unwrap(), true);
+                gpu.step(g, &case, &g.from_vec(xz.clone()).unwrap(), true);
                 let pairs: [(&str, &Vec<f32>, &s6::backend::cuda::CudaBuf); 6] = [
                     ("u", &cpu.u, &gpu.u),
                     ("xdbl", &cpu.xdbl, &gpu.xdbl),
@@ -555,6 +567,7 @@ fn fused_block_step_equals_the_ops_it_replaces_bitwise() {
         println!("skipped: S6_FUSED_STEP=0");
         return;
     }
+    s6::backend::cuda::mixer_step::set_block_step(true);
     let mut rng = Rng(23);
     // (d_model, d_inner, d_state, d_conv, dt_rank, conv bias, projection biases): mamba-130m's
     // block; d_model 40 (k % 8 != 0: the bf16 kernel's 8-byte loads) and 37 (scalar loads) with
@@ -623,6 +636,7 @@ fn fused_block_step_equals_the_ops_it_replaces_bitwise() {
         }
     }
     g.set_compute(Compute::F32).unwrap();
+    s6::backend::cuda::mixer_step::set_block_step(false);
 }
 
 /// A small random Mamba with odd block sizes (d_inner not a multiple of 32, odd dt_rank and d_state).
@@ -637,6 +651,15 @@ fn odd_config(d_state: usize) -> s6::config::MambaConfig {
 #[test]
 fn fused_step_model_logits_equal_cpu() {
     let Some(g) = gpu() else { return };
+    // The mixer step (any batch), then the whole-block step (batches up to 8).
+    for block in [false, true] {
+        s6::backend::cuda::mixer_step::set_block_step(block);
+        fused_step_model_cases(&g, block);
+    }
+    s6::backend::cuda::mixer_step::set_block_step(false);
+}
+
+fn fused_step_model_cases(g: &Cuda, block: bool) {
     for d_state in [16, 5, 64] {
         let cfg = odd_config(d_state);
         let params = s6::model::init::init_params(&cfg, &s6::config::InitConfig::default(), 31);
@@ -655,7 +678,7 @@ fn fused_step_model_logits_equal_cpu() {
                 let ids: Vec<u32> = (0..batch).map(|_| rng.below(300) as u32).collect();
                 let lc = cpu.step(&ids, &mut sc).unwrap();
                 let lg = gpu.step(&ids, &mut sg).unwrap();
-                let what = format!("d_state {d_state}, batch {batch}, step {step}");
+                let what = format!("block step {block}, d_state {d_state}, batch {batch}, step {step}");
                 assert_close(&g.to_vec(&lg).unwrap(), &lc, &format!("{what}: logits"));
                 for i in 0..cfg.n_layer {
                     assert_close(&g.to_vec(&sg.conv[i]).unwrap(), &sc.conv[i], &format!("{what}: conv state {i}"));
@@ -669,6 +692,14 @@ fn fused_step_model_logits_equal_cpu() {
 #[test]
 fn fused_step_graph_greedy_equals_cpu_on_odd_models() {
     let Some(g) = gpu() else { return };
+    for block in [false, true] {
+        s6::backend::cuda::mixer_step::set_block_step(block);
+        fused_step_graph_cases(&g, block);
+    }
+    s6::backend::cuda::mixer_step::set_block_step(false);
+}
+
+fn fused_step_graph_cases(g: &Cuda, block: bool) {
     for d_state in [16, 5] {
         let cfg = odd_config(d_state);
         let params = s6::model::init::init_params(&cfg, &s6::config::InitConfig::default(), 41);
@@ -681,7 +712,7 @@ fn fused_step_graph_greedy_equals_cpu_on_odd_models() {
             let got = decode_gpu(&gpu, p, 30, greedy(), DecodeMode::Graph);
             assert_eq!(
                 got, want,
-                "d_state {d_state}, batch {batch}: graph greedy with the fused step differs from the CPU"
+                "block step {block}, d_state {d_state}, batch {batch}: graph greedy with the fused step differs from the CPU"
             );
         }
     }

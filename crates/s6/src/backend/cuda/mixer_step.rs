@@ -11,7 +11,7 @@
 //! conv into the same kernel's epilogue (depthwise: the thread that writes column j of x has all
 //! the conv of channel j needs), and the residual add into out_proj's GEMV, which adds its
 //! product to the residual stream. Four kernels per block instead of six, each giving the same
-//! bits as the kernels it replaces.
+//! bits as the kernels it replaces. Off by default until it has run on a GPU: see [`BLOCK_STEP`].
 //!
 //! The environment variable `S6_FUSED_STEP=0` turns both off (the model then runs the ops one by
 //! one), for side-by-side measurements; it is read once per process.
@@ -19,6 +19,7 @@
 //! [`Backend::mixer_step`]: crate::backend::Backend::mixer_step
 //! [`Backend::block_step`]: crate::backend::Backend::block_step
 
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::OnceLock;
 
 use cudarc::driver::{LaunchConfig, PushKernelArg};
@@ -30,20 +31,51 @@ use crate::Result;
 /// Threads per block of the scan-step kernels (`S6_MS_THREADS`): `s6_mixer_step_scan` gives each
 /// channel 8 lanes, `s6_mixer_step_scan_g2` 2.
 const SCAN_THREADS: usize = 256;
-/// From this many sequences on the scan step runs with 2 lanes per channel instead of 8: a
-/// thread's fixed work (its loads, the softplus, the shuffles) and their latencies bound the
-/// 8-lane kernel once the batch gives plenty of channels. `S6_STEP_LANES=8` or `=2` forces one
-/// kernel (read once per process), for side-by-side measurements.
-const FEW_LANES_MIN_BATCH: usize = 16;
+/// Not yet run on a GPU (written in session 7, which the `device` tool lent no machine after its
+/// first call), so off by default until the CUDA tests have passed with them on:
+/// - [`Backend::block_step`] (`S6_BLOCK_STEP=1` or [`set_block_step`]);
+/// - the scan step with 2 lanes per channel instead of 8 for large batches, where a thread's fixed
+///   work (its loads, the softplus, the shuffles) and their latencies, not the state's bytes, are
+///   expected to bound the 8-lane kernel (`S6_STEP_LANES=2` or [`set_step_lanes`]: every batch
+///   then uses it; the intended default is 2 lanes from 16 sequences on, once measured).
+///
+/// The variables are read once per process; the setters are for tests and benchmarks.
+static BLOCK_STEP: AtomicU8 = AtomicU8::new(UNSET);
+static STEP_LANES: AtomicU8 = AtomicU8::new(UNSET);
+const UNSET: u8 = u8::MAX;
 
-/// Lanes per channel of the scan step for `batch` sequences (8 or 2).
-fn scan_lanes(batch: usize) -> usize {
-    static FORCED: OnceLock<Option<usize>> = OnceLock::new();
-    let forced = *FORCED.get_or_init(|| {
-        std::env::var("S6_STEP_LANES").ok().and_then(|v| v.trim().parse().ok()).filter(|&l| l == 2 || l == 8)
-    });
-    forced.unwrap_or(if batch >= FEW_LANES_MIN_BATCH { 2 } else { 8 })
+/// Whether [`Backend::block_step`] runs fused (see [`BLOCK_STEP`]).
+pub fn block_step_enabled() -> bool {
+    let v = BLOCK_STEP.load(Ordering::Relaxed);
+    if v != UNSET {
+        return v == 1;
+    }
+    let on = std::env::var("S6_BLOCK_STEP").map(|v| v.trim() == "1").unwrap_or(false);
+    set_block_step(on);
+    on
 }
+
+/// Turns [`Backend::block_step`]'s fused path on or off for this process.
+pub fn set_block_step(on: bool) {
+    BLOCK_STEP.store(u8::from(on), Ordering::Relaxed);
+}
+
+/// Lanes per channel of the scan step, 8 or 2 (see [`BLOCK_STEP`]).
+pub fn step_lanes() -> usize {
+    let v = STEP_LANES.load(Ordering::Relaxed);
+    if v != UNSET {
+        return v as usize;
+    }
+    let lanes = std::env::var("S6_STEP_LANES").map(|v| if v.trim() == "2" { 2 } else { 8 }).unwrap_or(8);
+    set_step_lanes(lanes);
+    lanes
+}
+
+/// Sets the scan step's lanes per channel for this process: 2, or 8 for anything else.
+pub fn set_step_lanes(lanes: usize) {
+    STEP_LANES.store(if lanes == 2 { 2 } else { 8 }, Ordering::Relaxed);
+}
+
 /// `dt_proj` runs as one product for the whole batch before the scan kernel from
 /// `DT_PRODUCT_MIN_BATCH` sequences on when the batch would otherwise read at least
 /// `DT_PRODUCT_MIN_BYTES` of it: computed per channel inside the kernel, every sequence's blocks
@@ -121,7 +153,7 @@ impl Cuda {
             (u32_of("ld xz", ldxz)?, u32_of("d_conv", k)?, u32_of("width", width)?, u32_of("dt_rank", r)?);
         let (dd, nn, bb) = (u32_of("d_inner", di)?, u32_of("d_state", n)?, u32_of("batch", batch)?);
         let dt_given = u32::from(dt_given);
-        let lanes = scan_lanes(batch);
+        let lanes = step_lanes();
         let cfg2 = LaunchConfig {
             grid_dim: (u32_of("blocks", di.div_ceil(SCAN_THREADS / lanes))?, bb, 1),
             block_dim: (SCAN_THREADS as u32, 1, 1),
@@ -136,7 +168,7 @@ impl Cuda {
     pub(super) fn block_step_dev(&self, a: &BlockStepArgs<'_, CudaBuf>, o: BlockStepOut<'_, CudaBuf>) -> Result<bool> {
         let m = &a.mixer;
         let (batch, d, di, k) = (m.batch, a.d_model, m.d_inner, m.d_conv);
-        if !Self::mixer_step_covers(m) || batch > GEMV_MAX_ROWS || !gemv_enabled() || d == 0 {
+        if !block_step_enabled() || !Self::mixer_step_covers(m) || batch > GEMV_MAX_ROWS || !gemv_enabled() || d == 0 {
             return Ok(false);
         }
         // f32 weights under F32 and Tf32 (the GEMV computes in plain fp32 either way, as `linear`

@@ -15,8 +15,8 @@
 // S6_MS_G lanes per channel and 256 / S6_MS_G channels per block: 8 lanes (2 of 16 states each)
 // for small batches, whose few channels need every lane to fill the device; 2 lanes (8 states
 // each) for large ones, where the threads' fixed work (loads, softplus, shuffles) and their
-// dependent latencies, not the state's bytes, bound the 8-lane kernel (crates/s6/src/backend/cuda/
-// mixer_step.rs picks).
+// dependent latencies, not the state's bytes, are expected to bound the 8-lane kernel (crates/s6/
+// src/backend/cuda/mixer_step.rs picks; the 2-lane kernel is off by default until measured).
 #define S6_MS_THREADS 256
 
 // grid (ceil(di / (S6_MS_THREADS / S6_MS_G)), batch), block S6_MS_THREADS, dynamic shared memory
