@@ -222,6 +222,13 @@ impl TaskReport {
                 v
             })
             .collect();
+        // An evaluation-only run (`--steps 0`) trained nothing: its optimizer settings would only
+        // be the defaults, so it records the loaded model alone.
+        let training = if self.steps == 0 {
+            serde_json::json!({ "loaded_from": self.loaded_from.as_ref().map(|p| p.display().to_string()) })
+        } else {
+            self.training_json()
+        };
         serde_json::json!({
             "task": self.task.name(),
             "variant": self.variant.name(),
@@ -231,21 +238,26 @@ impl TaskReport {
             "final_loss": self.final_loss,
             "train_seconds": self.train_seconds,
             "results": results,
-            "training": {
-                "batch_size": self.batch_size,
-                "seed": self.seed,
-                "lr": self.optim.lr,
-                "lr_schedule": match self.optim.schedule {
-                    Schedule::Cosine => "cosine",
-                    Schedule::Constant => "constant",
-                },
-                "min_lr": self.optim.min_lr,
-                "warmup_steps": self.optim.warmup_steps,
-                "betas": [self.optim.beta1, self.optim.beta2],
-                "weight_decay": self.optim.weight_decay,
-                "grad_clip": self.optim.grad_clip,
-                "loaded_from": self.loaded_from.as_ref().map(|p| p.display().to_string()),
+            "training": training,
+        })
+    }
+
+    /// The `training` object of a run that trained.
+    fn training_json(&self) -> serde_json::Value {
+        serde_json::json!({
+            "batch_size": self.batch_size,
+            "seed": self.seed,
+            "lr": self.optim.lr,
+            "lr_schedule": match self.optim.schedule {
+                Schedule::Cosine => "cosine",
+                Schedule::Constant => "constant",
             },
+            "min_lr": self.optim.min_lr,
+            "warmup_steps": self.optim.warmup_steps,
+            "betas": [self.optim.beta1, self.optim.beta2],
+            "weight_decay": self.optim.weight_decay,
+            "grad_clip": self.optim.grad_clip,
+            "loaded_from": self.loaded_from.as_ref().map(|p| p.display().to_string()),
         })
     }
 }
@@ -663,6 +675,10 @@ mod tests {
             let loaded = run(Cpu, variant, &o, &mut |_| {}).unwrap();
             assert_eq!(trained.results[0].accuracy, loaded.results[0].accuracy, "{variant:?}");
             assert_eq!(trained.results[0].answers, 32);
+            // The evaluation-only JSON names the loaded model and claims no optimizer settings.
+            let v = loaded.to_json();
+            assert_eq!(v["training"]["loaded_from"], sub.display().to_string());
+            assert!(v["training"].get("lr").is_none(), "{v}");
             // A different variant, or another task's vocabulary, is refused by name.
             let e = run(Cpu, other, &o, &mut |_| {}).unwrap_err().to_string();
             assert!(e.contains(&sub.display().to_string()), "{e}");
