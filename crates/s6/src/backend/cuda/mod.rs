@@ -106,39 +106,7 @@ const KERNELS: &[&str] = &[
     "s6_attn_bwd_delta",
     "s6_attn_bwd_dq",
     "s6_attn_bwd_dkv",
-    // kernels/gemv.cu (GEMV_F32, GEMV_BF16)
-    "s6_gemv_r1",
-    "s6_gemv_r2",
-    "s6_gemv_r3",
-    "s6_gemv_r4",
-    "s6_gemv_r5",
-    "s6_gemv_r6",
-    "s6_gemv_r7",
-    "s6_gemv_r8",
-    "s6_gemv_bf16_r1",
-    "s6_gemv_bf16_r2",
-    "s6_gemv_bf16_r3",
-    "s6_gemv_bf16_r4",
-    "s6_gemv_bf16_r5",
-    "s6_gemv_bf16_r6",
-    "s6_gemv_bf16_r7",
-    "s6_gemv_bf16_r8",
-    "s6_gemv_norm_r1",
-    "s6_gemv_norm_r2",
-    "s6_gemv_norm_r3",
-    "s6_gemv_norm_r4",
-    "s6_gemv_norm_r5",
-    "s6_gemv_norm_r6",
-    "s6_gemv_norm_r7",
-    "s6_gemv_norm_r8",
-    "s6_gemv_bf16_norm_r1",
-    "s6_gemv_bf16_norm_r2",
-    "s6_gemv_bf16_norm_r3",
-    "s6_gemv_bf16_norm_r4",
-    "s6_gemv_bf16_norm_r5",
-    "s6_gemv_bf16_norm_r6",
-    "s6_gemv_bf16_norm_r7",
-    "s6_gemv_bf16_norm_r8",
+    // kernels/gemv.cu: GEMV_KERNELS and GEMV_NORM_KERNELS, loaded with these.
     // kernels/bf16.cu
     "s6_cast_bf16",
     // kernels/mixer_step.cu
@@ -446,7 +414,8 @@ impl Cuda {
         let module =
             ctx.load_module(Ptx::from_src(ptx_for(&arch)?)).map_err(driver_err("loading the compiled kernels"))?;
         let mut funcs = HashMap::new();
-        for &k in KERNELS {
+        let gemv = GEMV_KERNELS.iter().chain(&GEMV_NORM_KERNELS).flatten();
+        for &k in KERNELS.iter().chain(gemv) {
             funcs.insert(k, module.load_function(k).map_err(driver_err(k))?);
         }
         let ce_shared_bytes = train_ops::enable_cross_entropy_row_cache(&ctx, &funcs["s6_cross_entropy"])?;
