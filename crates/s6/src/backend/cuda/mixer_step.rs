@@ -11,10 +11,21 @@
 //! conv into the same kernel's epilogue (depthwise: the thread that writes column j of x has all
 //! the conv of channel j needs), and the residual add into out_proj's GEMV, which adds its
 //! product to the residual stream. Four kernels per block instead of six, each giving the same
-//! bits as the kernels it replaces. Off by default until it has run on a GPU: see [`BLOCK_STEP`].
+//! bits as the kernels it replaces.
 //!
-//! The environment variable `S6_FUSED_STEP=0` turns both off (the model then runs the ops one by
-//! one), for side-by-side measurements; it is read once per process.
+//! Not yet run on a GPU (written in session 7, when the `device` tool lent no machine after its
+//! first call), so off by default until the CUDA tests have passed with them on:
+//! - [`Backend::block_step`] (`S6_BLOCK_STEP=1` or [`set_block_step`]);
+//! - the scan step with 2 lanes per channel instead of 8 for large batches, where a thread's fixed
+//!   work (its loads, the softplus, the shuffles) and their latencies, not the state's bytes, are
+//!   expected to bound the 8-lane kernel (`S6_STEP_LANES=2` or [`set_step_lanes`]: every batch then
+//!   uses it; the intended default is 2 lanes from 16 sequences on, once measured).
+//!
+//! The variables are read once per process; the setters are for tests and benchmarks.
+//!
+//! The environment variable `S6_FUSED_STEP=0` turns the mixer step and the block step off (the
+//! model then runs the ops one by one), for side-by-side measurements; it is read once per
+//! process.
 //!
 //! [`Backend::mixer_step`]: crate::backend::Backend::mixer_step
 //! [`Backend::block_step`]: crate::backend::Backend::block_step
@@ -31,20 +42,12 @@ use crate::Result;
 /// Threads per block of the scan-step kernels (`S6_MS_THREADS`): `s6_mixer_step_scan` gives each
 /// channel 8 lanes, `s6_mixer_step_scan_g2` 2.
 const SCAN_THREADS: usize = 256;
-/// Not yet run on a GPU (written in session 7, which the `device` tool lent no machine after its
-/// first call), so off by default until the CUDA tests have passed with them on:
-/// - [`Backend::block_step`] (`S6_BLOCK_STEP=1` or [`set_block_step`]);
-/// - the scan step with 2 lanes per channel instead of 8 for large batches, where a thread's fixed
-///   work (its loads, the softplus, the shuffles) and their latencies, not the state's bytes, are
-///   expected to bound the 8-lane kernel (`S6_STEP_LANES=2` or [`set_step_lanes`]: every batch
-///   then uses it; the intended default is 2 lanes from 16 sequences on, once measured).
-///
-/// The variables are read once per process; the setters are for tests and benchmarks.
+/// Settings of the two paths not yet run on a GPU (module documentation); `UNSET` until read.
 static BLOCK_STEP: AtomicU8 = AtomicU8::new(UNSET);
 static STEP_LANES: AtomicU8 = AtomicU8::new(UNSET);
 const UNSET: u8 = u8::MAX;
 
-/// Whether [`Backend::block_step`] runs fused (see [`BLOCK_STEP`]).
+/// Whether [`Backend::block_step`] runs fused (see the module documentation).
 pub fn block_step_enabled() -> bool {
     let v = BLOCK_STEP.load(Ordering::Relaxed);
     if v != UNSET {
@@ -60,7 +63,7 @@ pub fn set_block_step(on: bool) {
     BLOCK_STEP.store(u8::from(on), Ordering::Relaxed);
 }
 
-/// Lanes per channel of the scan step, 8 or 2 (see [`BLOCK_STEP`]).
+/// Lanes per channel of the scan step, 8 or 2 (see the module documentation).
 pub fn step_lanes() -> usize {
     let v = STEP_LANES.load(Ordering::Relaxed);
     if v != UNSET {
