@@ -1071,7 +1071,7 @@ impl<B: Backend> super::LanguageModel<B> for Mamba<B> {
         Mamba::save(self, dir)
     }
 
-    /// Streams the sequences through the recurrent state in chunks of [`STREAM_CHUNK`] tokens:
+    /// Streams the sequences through the recurrent state in chunks of `STREAM_CHUNK` (4,096) tokens:
     /// linear time, memory independent of `seqlen`.
     fn logits_at(&self, ids: &[u32], batch: usize, seqlen: usize, positions: &[usize]) -> Result<Vec<f32>> {
         self.check_ids(ids, batch, seqlen)?;

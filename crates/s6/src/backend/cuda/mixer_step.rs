@@ -3,7 +3,7 @@
 //! `D` and the gate in three kernels instead of five: the conv (without its state update), the
 //! `x_proj` product (the small-batch GEMV), and `s6_mixer_step_scan`, which does `dt_proj`, the
 //! conv-state update and the scan step per channel (for large batches `dt_proj` is one more
-//! product before it: see [`DT_PRODUCT_MIN_BATCH`]). (A first version also fused the conv into
+//! product before it: see `DT_PRODUCT_MIN_BATCH`). (A first version also fused the conv into
 //! `x_proj`: every block recomputed the conv, and on 1.4B it was slower than op by op.)
 //!
 //! [`Backend::block_step`] goes further for 1 to [`GEMV_MAX_ROWS`] sequences: the block's RMSNorm

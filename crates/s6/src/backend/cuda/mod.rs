@@ -209,7 +209,7 @@ pub const MAX_D_STATE: usize = 64;
 /// Under [`Compute::Bf16`] a buffer used as the weight of a matrix product also carries a bf16
 /// copy ("shadow"), created on first such use and re-cast, into the same allocation, on the
 /// first use after any mutable access to the buffer (every mutable access goes through
-/// [`CudaBuf::data_mut`], which marks the copy stale).
+/// `CudaBuf::data_mut`, which marks the copy stale).
 pub struct CudaBuf {
     data: CudaSlice<f32>,
     len: usize,
