@@ -74,17 +74,17 @@ pub struct Args {
     #[arg(long, default_value_t = 250)]
     eval_every: u64,
     /// Save each trained model (config.json + model.safetensors) into this directory, at every
-    /// --eval-every step and at the end; with several variants, into DIR/<variant>.
+    /// --eval-every step and at the end; with several variants, into DIR/VARIANT.
     #[arg(long)]
     save: Option<PathBuf>,
-    /// Start from a model saved by --save (in DIR, or DIR/<variant> with several variants)
+    /// Start from a model saved by --save (in DIR, or DIR/VARIANT with several variants)
     /// instead of a fresh one; `--steps 0` evaluates it only. The optimizer starts afresh.
     #[arg(long)]
     load: Option<PathBuf>,
     /// Write the results as JSON (one object; an array of objects for several variants).
     #[arg(long)]
     json: Option<PathBuf>,
-    /// Where to draw accuracy against length (SVG). Default: s6-<task>.svg in the current directory.
+    /// Where to draw accuracy against length (SVG). Default: s6-TASK.svg in the current directory.
     #[arg(long)]
     plot: Option<PathBuf>,
     #[arg(long, default_value = "cpu", value_parser = parse_device)]
