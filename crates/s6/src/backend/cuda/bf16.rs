@@ -179,8 +179,7 @@ impl Cuda {
         let o = self.ptr_mut(out, 0, rows * n, "linear out")?;
         if gemv && rows <= GEMV_MAX_ROWS {
             // x stays f32 and is rounded in registers.
-            let vec = Self::gemv_vec(1, (xp, x.ld), wp, k, None);
-            return self.launch_gemv(1, (xp, x.ld), wp, (rows, k, n), bp, o, vec, super::GemvMode::Write);
+            return self.launch_gemv(1, (xp, x.ld), wp, (rows, k, n), bp, o, super::GemvMode::Write);
         }
         let mut scratch = self.lock_bf16()?;
         let xs = self.cast_to_scratch(&mut scratch, SLOT_X, xp, x.ld, rows, k)?;

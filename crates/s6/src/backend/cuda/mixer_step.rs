@@ -203,13 +203,11 @@ impl Cuda {
             kconv: u32_of("d_conv", k)?,
         };
         // RMSNorm → in_proj → xz, and conv + SiLU → u.
-        let vec = Self::gemv_vec(set, (res, d), w_in, d, Some(norm));
-        self.launch_gemv(set, (res, d), w_in, (batch, d, iw), b_in, xz, vec, GemvMode::NormConv(nc))?;
+        self.launch_gemv(set, (res, d), w_in, (batch, d, iw), b_in, xz, GemvMode::NormConv(nc))?;
         let y = self.ptr(o.mixer.y, 0, batch * di, "block step y")?;
         self.mixer_step_rest(m, xz, o.mixer)?;
         // residual += out_proj(y).
-        let vec = Self::gemv_vec(set, (y, di), w_out, di, None);
-        self.launch_gemv(set, (y, di), w_out, (batch, di, d), b_out, res, vec, GemvMode::Accumulate)?;
+        self.launch_gemv(set, (y, di), w_out, (batch, di, d), b_out, res, GemvMode::Accumulate)?;
         Ok(true)
     }
 }

@@ -170,7 +170,7 @@ const RMSNORM_THREADS: u32 = 32 * GEMV_WARPS as u32;
 
 /// What a GEMV launch does besides `out = x·Wᵀ + bias` (`kernels/gemv.cu`; device pointers bounds
 /// checked by the caller).
-pub(crate) enum GemvMode {
+enum GemvMode {
     /// Plain product.
     Write,
     /// `out += x·Wᵀ + bias`: the residual add of a decoding block.
@@ -183,15 +183,15 @@ pub(crate) enum GemvMode {
 /// The extra inputs of [`GemvMode::NormConv`]: the norm weight (`[k]`) and epsilon; the conv
 /// weight `[ch, kconv]`, optional bias (0: none), state `[rows, kconv - 1, ch]` (read only) and
 /// its output `u` `[rows, ch]`.
-pub(crate) struct NormConv {
-    pub norm: u64,
-    pub eps: f32,
-    pub conv_w: u64,
-    pub conv_b: u64,
-    pub conv_state: u64,
-    pub u: u64,
-    pub ch: u32,
-    pub kconv: u32,
+struct NormConv {
+    norm: u64,
+    eps: f32,
+    conv_w: u64,
+    conv_b: u64,
+    conv_state: u64,
+    u: u64,
+    ch: u32,
+    kconv: u32,
 }
 
 /// Whether `S6_GEMV=0` turned the matrix-vector kernel off.
@@ -728,8 +728,7 @@ impl Cuda {
         let bp = self.ptr_opt(bias, n, "linear bias")?;
         let o = self.ptr_mut(out, 0, rows * n, "linear out")?;
         // 16-byte loads need every row of x and w 16-byte aligned.
-        let vec = Self::gemv_vec(0, (xp, x.ld), wp, k, None);
-        self.launch_gemv(0, (xp, x.ld), wp, (rows, k, n), bp, o, vec, GemvMode::Write)
+        self.launch_gemv(0, (xp, x.ld), wp, (rows, k, n), bp, o, GemvMode::Write)
     }
 
     /// The `beta` of a product written into `o` (`rows × n`, device pointer bounds checked by the
@@ -747,7 +746,7 @@ impl Cuda {
     /// The load width (`vec`) of a GEMV of `set` (0: f32 weights, 1: bf16) over x (pointer, row
     /// stride), the weight and `k`, and the norm weight of [`GemvMode::NormConv`], whose float4
     /// loads go with x's: the widest whose alignment every pointer and row allows.
-    pub(crate) fn gemv_vec(set: usize, (xp, ld): (u64, usize), wp: u64, k: usize, norm: Option<u64>) -> u32 {
+    fn gemv_vec(set: usize, (xp, ld): (u64, usize), wp: u64, k: usize, norm: Option<u64>) -> u32 {
         let x_vec = xp.is_multiple_of(16) && ld.is_multiple_of(4) && norm.is_none_or(|p| p.is_multiple_of(16));
         if set == 0 {
             return u32::from(x_vec && k.is_multiple_of(4) && wp.is_multiple_of(16));
@@ -764,12 +763,12 @@ impl Cuda {
 
     /// Launches `GEMV_KERNELS[set][rows - 1]` (`set` 0: f32 weights, 1: their bf16 copies), or
     /// its `GEMV_NORM_KERNELS` twin, on bounds-checked device pointers: x with row stride `ld`,
-    /// the weight, the bias (0: none), the output; `vec` is the kernels' load width
+    /// the weight, the bias (0: none), the output, at the widest loads the pointers allow
     /// ([`Cuda::gemv_vec`]). The grid: columns per warp group as in the kernels' entry points,
     /// then the fewest warps per column (1, 2, 4 or 8) that still give about two blocks per SM on
     /// a large GPU.
     #[allow(clippy::too_many_arguments)]
-    pub(crate) fn launch_gemv(
+    fn launch_gemv(
         &self,
         set: usize,
         (xp, ld): (u64, usize),
@@ -777,9 +776,13 @@ impl Cuda {
         (rows, k, n): (usize, usize, usize),
         bp: u64,
         o: u64,
-        vec: u32,
         mode: GemvMode,
     ) -> Result<()> {
+        let norm = match &mode {
+            GemvMode::NormConv(c) => Some(c.norm),
+            GemvMode::Write | GemvMode::Accumulate => None,
+        };
+        let vec = Self::gemv_vec(set, (xp, ld), wp, k, norm);
         let nc = if rows <= 4 { 1 } else { 2 };
         let mut split = 1;
         while split < GEMV_WARPS && n.div_ceil(nc * GEMV_WARPS / split) < 264 {
