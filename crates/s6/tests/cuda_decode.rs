@@ -465,15 +465,6 @@ fn fused_mixer_step_equals_cpu_op_by_op() {
         println!("skipped: S6_FUSED_STEP=0");
         return;
     }
-    // The scan step's 8-lane kernel (the default) and its 2-lane twin.
-    for lanes in [8, 2] {
-        s6::backend::cuda::mixer_step::set_step_lanes(lanes);
-        fused_mixer_step_cases(&g);
-    }
-    s6::backend::cuda::mixer_step::set_step_lanes(8);
-}
-
-fn fused_mixer_step_cases(g: &Cuda) {
     let mut rng = Rng(21);
     // (d_inner, d_state, d_conv, dt_rank, conv bias): mamba-130m's block; d_inner not a multiple
     // of 32 (nor of 4) with an odd d_state and dt_rank; d_state 64; a shorter conv, no bias.
@@ -491,15 +482,12 @@ fn fused_mixer_step_cases(g: &Cuda) {
         for &batch in batches {
             let case = MixerCase::random(&mut rng, batch, di, n, k, r, bias);
             let mut cpu = MixerBufs::new(&Cpu, &case);
-            let mut gpu = MixerBufs::new(g, &case);
+            let mut gpu = MixerBufs::new(&g, &case);
             for step in 0..5 {
-                let lanes = s6::backend::cuda::mixer_step::step_lanes();
-                let what = format!(
-                    "{lanes} lanes, d_inner {di}, d_state {n}, d_conv {k}, dt_rank {r}, batch {batch}, step {step}"
-                );
+                let what = format!("d_inner {di}, d_state {n}, d_conv {k}, dt_rank {r}, batch {batch}, step {step}");
                 let xz = rng.vec(batch * 2 * di, -2.0, 2.0);
                 cpu.step(&Cpu, &case, &xz, false);
-                gpu.step(g, &case, &g.from_vec(xz.clone()).unwrap(), true);
+                gpu.step(&g, &case, &g.from_vec(xz.clone()).unwrap(), true);
                 let pairs: [(&str, &Vec<f32>, &s6::backend::cuda::CudaBuf); 6] = [
                     ("u", &cpu.u, &gpu.u),
                     ("xdbl", &cpu.xdbl, &gpu.xdbl),
@@ -636,7 +624,6 @@ fn fused_block_step_equals_the_ops_it_replaces_bitwise() {
         }
     }
     g.set_compute(Compute::F32).unwrap();
-    s6::backend::cuda::mixer_step::set_block_step(false);
 }
 
 /// A small random Mamba with odd block sizes (d_inner not a multiple of 32, odd dt_rank and d_state).
@@ -651,12 +638,12 @@ fn odd_config(d_state: usize) -> s6::config::MambaConfig {
 #[test]
 fn fused_step_model_logits_equal_cpu() {
     let Some(g) = gpu() else { return };
-    // The mixer step (any batch), then the whole-block step (batches up to 8).
+    // The mixer step (any batch), then the whole-block step (batches up to 8; the default, on
+    // again after the loop).
     for block in [false, true] {
         s6::backend::cuda::mixer_step::set_block_step(block);
         fused_step_model_cases(&g, block);
     }
-    s6::backend::cuda::mixer_step::set_block_step(false);
 }
 
 fn fused_step_model_cases(g: &Cuda, block: bool) {
@@ -696,7 +683,6 @@ fn fused_step_graph_greedy_equals_cpu_on_odd_models() {
         s6::backend::cuda::mixer_step::set_block_step(block);
         fused_step_graph_cases(&g, block);
     }
-    s6::backend::cuda::mixer_step::set_block_step(false);
 }
 
 fn fused_step_graph_cases(g: &Cuda, block: bool) {

@@ -13,15 +13,9 @@
 //! product to the residual stream. Four kernels per block instead of six, each giving the same
 //! bits as the kernels it replaces.
 //!
-//! Not yet run on a GPU (written in session 7, when the `device` tool lent no machine after its
-//! first call), so off by default until the CUDA tests have passed with them on:
-//! - [`Backend::block_step`] (`S6_BLOCK_STEP=1` or [`set_block_step`]);
-//! - the scan step with 2 lanes per channel instead of 8 for large batches, where a thread's fixed
-//!   work (its loads, the softplus, the shuffles) and their latencies, not the state's bytes, are
-//!   expected to bound the 8-lane kernel (`S6_STEP_LANES=2` or [`set_step_lanes`]: every batch then
-//!   uses it; the intended default is 2 lanes from 16 sequences on, once measured).
-//!
-//! The variables are read once per process; the setters are for tests and benchmarks.
+//! [`Backend::block_step`] is on by default (first run on a GPU in session 8); `S6_BLOCK_STEP=0`
+//! or [`set_block_step`] turns it off (the variable is read once per process; the setter is for
+//! tests and benchmarks).
 //!
 //! The environment variable `S6_FUSED_STEP=0` turns the mixer step and the block step off (the
 //! model then runs the ops one by one), for side-by-side measurements; it is read once per
@@ -39,12 +33,12 @@ use super::{driver_err, gemv_enabled, u32_of, Compute, Cuda, CudaBuf, GemvMode, 
 use crate::backend::{Backend, BlockStepArgs, BlockStepOut, MixerStepArgs, MixerStepOut, MixerWeights, View};
 use crate::Result;
 
-/// Threads per block of the scan-step kernels (`S6_MS_THREADS`): `s6_mixer_step_scan` gives each
-/// channel 8 lanes, `s6_mixer_step_scan_g2` 2.
+/// Threads per block of the scan-step kernel (`S6_MS_THREADS`; 8 lanes per channel).
 const SCAN_THREADS: usize = 256;
-/// Settings of the two paths not yet run on a GPU (module documentation); `UNSET` until read.
+/// Lanes per channel of `s6_mixer_step_scan` (`S6_MS_G`).
+const SCAN_LANES: usize = 8;
+/// [`Backend::block_step`]'s setting (module documentation); `UNSET` until read.
 static BLOCK_STEP: AtomicU8 = AtomicU8::new(UNSET);
-static STEP_LANES: AtomicU8 = AtomicU8::new(UNSET);
 const UNSET: u8 = u8::MAX;
 
 /// Whether [`Backend::block_step`] runs fused (see the module documentation).
@@ -53,7 +47,7 @@ pub fn block_step_enabled() -> bool {
     if v != UNSET {
         return v == 1;
     }
-    let on = std::env::var("S6_BLOCK_STEP").map(|v| v.trim() == "1").unwrap_or(false);
+    let on = std::env::var("S6_BLOCK_STEP").map(|v| v.trim() != "0").unwrap_or(true);
     set_block_step(on);
     on
 }
@@ -61,22 +55,6 @@ pub fn block_step_enabled() -> bool {
 /// Turns [`Backend::block_step`]'s fused path on or off for this process.
 pub fn set_block_step(on: bool) {
     BLOCK_STEP.store(u8::from(on), Ordering::Relaxed);
-}
-
-/// Lanes per channel of the scan step, 8 or 2 (see the module documentation).
-pub fn step_lanes() -> usize {
-    let v = STEP_LANES.load(Ordering::Relaxed);
-    if v != UNSET {
-        return v as usize;
-    }
-    let lanes = std::env::var("S6_STEP_LANES").map(|v| if v.trim() == "2" { 2 } else { 8 }).unwrap_or(8);
-    set_step_lanes(lanes);
-    lanes
-}
-
-/// Sets the scan step's lanes per channel for this process: 2, or 8 for anything else.
-pub fn set_step_lanes(lanes: usize) {
-    STEP_LANES.store(if lanes == 2 { 2 } else { 8 }, Ordering::Relaxed);
 }
 
 /// `dt_proj` runs as one product for the whole batch before the scan kernel from
@@ -156,14 +134,12 @@ impl Cuda {
             (u32_of("ld xz", ldxz)?, u32_of("d_conv", k)?, u32_of("width", width)?, u32_of("dt_rank", r)?);
         let (dd, nn, bb) = (u32_of("d_inner", di)?, u32_of("d_state", n)?, u32_of("batch", batch)?);
         let dt_given = u32::from(dt_given);
-        let lanes = step_lanes();
         let cfg2 = LaunchConfig {
-            grid_dim: (u32_of("blocks", di.div_ceil(SCAN_THREADS / lanes))?, bb, 1),
+            grid_dim: (u32_of("blocks", di.div_ceil(SCAN_THREADS / SCAN_LANES))?, bb, 1),
             block_dim: (SCAN_THREADS as u32, 1, 1),
             shared_mem_bytes: u32_of("shared", 4 * width)?,
         };
-        let kernel = if lanes == 2 { "s6_mixer_step_scan_g2" } else { "s6_mixer_step_scan" };
-        launch!(self, self.func(kernel)?, cfg2, "mixer step scan";
+        launch!(self, self.func("s6_mixer_step_scan")?, cfg2, "mixer step scan";
             xz, ldxz, up, xdbl, ww, rr, dtw, dtb, ap, dp, conv, kk, ssm, delta, yp, dd, nn, dt_given);
         Ok(())
     }

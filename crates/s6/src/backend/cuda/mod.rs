@@ -111,7 +111,6 @@ const KERNELS: &[&str] = &[
     "s6_cast_bf16",
     // kernels/mixer_step.cu
     "s6_mixer_step_scan",
-    "s6_mixer_step_scan_g2",
 ];
 
 /// `linear` with at most this many rows runs the matrix-vector kernel `s6_gemv_r{rows}`
@@ -192,6 +191,14 @@ struct NormConv {
     u: u64,
     ch: u32,
     kconv: u32,
+}
+
+/// Whether the GEMV kernels prefetch their weights into L2 before waiting for the previous kernel
+/// (`kernels/gemv.cu`, `s6_gemv_prefetch_l2`); `S6_GEMV_PREFETCH=0` turns it off, for side-by-side
+/// measurements. Read once per process.
+fn gemv_prefetch() -> u32 {
+    static ON: OnceLock<bool> = OnceLock::new();
+    u32::from(*ON.get_or_init(|| std::env::var("S6_GEMV_PREFETCH").map(|v| v.trim() != "0").unwrap_or(true)))
 }
 
 /// Whether `S6_GEMV=0` turned the matrix-vector kernel off.
@@ -794,16 +801,16 @@ impl Cuda {
             block_dim: (32 * GEMV_WARPS as u32, 1, 1),
             shared_mem_bytes: 0,
         };
-        let (ld, nn, kk, sp) = (u32_of("ld", ld)?, u32_of("n", n)?, u32_of("k", k)?, split as u32);
+        let (ld, nn, kk, sp, pf) = (u32_of("ld", ld)?, u32_of("n", n)?, u32_of("k", k)?, split as u32, gemv_prefetch());
         match mode {
             GemvMode::Write | GemvMode::Accumulate => {
                 let acc = u32::from(matches!(mode, GemvMode::Accumulate));
-                launch!(self, self.func(GEMV_KERNELS[set][rows - 1])?, cfg, "gemv"; xp, ld, wp, bp, o, nn, kk, sp, vec, acc);
+                launch!(self, self.func(GEMV_KERNELS[set][rows - 1])?, cfg, "gemv"; xp, ld, wp, bp, o, nn, kk, sp, vec, pf, acc);
             }
             GemvMode::NormConv(c) => {
                 let NormConv { norm, eps, conv_w, conv_b, conv_state, u, ch, kconv } = c;
                 launch!(self, self.func(GEMV_NORM_KERNELS[set][rows - 1])?, cfg, "gemv (norm, conv)";
-                    xp, ld, wp, bp, o, nn, kk, sp, vec, norm, eps, conv_w, conv_b, conv_state, u, ch, kconv);
+                    xp, ld, wp, bp, o, nn, kk, sp, vec, pf, norm, eps, conv_w, conv_b, conv_state, u, ch, kconv);
             }
         }
         Ok(())

@@ -44,27 +44,33 @@ extern "C" __global__ void s6_add_assign(float* __restrict__ dst, const float* _
     for (; i < n; i += (unsigned long long)gridDim.x * blockDim.x) dst[i] += src[i];
 }
 
-// One block per row: residual += delta (when delta != 0), out = residual * rsqrt(mean(residual²) + eps) * w.
-// Block size: a power of two up to 1024.
-// The sum over a block of every thread's v (blockDim.x a multiple of 32, at most 1024), returned to
-// every thread: warp shuffles, then the warps' sums by the first warp. `partial`: 32 floats of
-// shared memory, free again on return. The order is fixed by the thread count, so that kernels
-// that sum the same row with the same count get the same bits (s6_add_rmsnorm and gemv.cu's NORM).
-__device__ __forceinline__ float s6_block_sum(float v, float* partial) {
-    for (int off = 16; off > 0; off >>= 1) v += __shfl_xor_sync(0xffffffffu, v, off);
+// The sums over a block of every thread's v[r], r < R (blockDim.x a multiple of 32, at most 1024),
+// returned to every thread in v: warp shuffles, then the warps' sums by the first warp, each r on
+// its own. `partial`: R x 32 floats of shared memory, free again on return. The order is fixed by
+// the thread count, so that kernels that sum the same row with the same count get the same bits
+// (s6_add_rmsnorm and gemv.cu's NORM).
+template <int R>
+__device__ __forceinline__ void s6_block_sum_rows(float (&v)[R], float (*partial)[32]) {
     const unsigned int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-    if (lane == 0) partial[warp] = v;
+#pragma unroll
+    for (int r = 0; r < R; ++r) {
+        for (int off = 16; off > 0; off >>= 1) v[r] += __shfl_xor_sync(0xffffffffu, v[r], off);
+        if (lane == 0) partial[r][warp] = v[r];
+    }
     __syncthreads();
     if (warp == 0) {
         const unsigned int nwarps = (blockDim.x + 31) / 32;
-        v = lane < nwarps ? partial[lane] : 0.0f;
-        for (int off = 16; off > 0; off >>= 1) v += __shfl_xor_sync(0xffffffffu, v, off);
-        if (lane == 0) partial[0] = v;
+#pragma unroll
+        for (int r = 0; r < R; ++r) {
+            float t = lane < nwarps ? partial[r][lane] : 0.0f;
+            for (int off = 16; off > 0; off >>= 1) t += __shfl_xor_sync(0xffffffffu, t, off);
+            if (lane == 0) partial[r][0] = t;
+        }
     }
     __syncthreads();
-    const float total = partial[0];
+#pragma unroll
+    for (int r = 0; r < R; ++r) v[r] = partial[r][0];
     __syncthreads();
-    return total;
 }
 
 // One block per row of RMSNORM_THREADS threads (cuda/mod.rs: the GEMV's block size, so that
@@ -74,21 +80,28 @@ extern "C" __global__ void s6_add_rmsnorm(float* __restrict__ residual, const fl
                                           const float* __restrict__ w, float* __restrict__ out, unsigned int dim,
                                           float eps) {
     S6_PDL_ENTRY();
-    __shared__ float partial[32];
+    __shared__ float partial[1][32];
     const unsigned long long base = (unsigned long long)blockIdx.x * dim;
     float* r = residual + base;
-    float ss = 0.0f;
+    float ss[1] = {0.0f};
+    // Loads only, unrolled, so that a thread's loads are in flight together rather than one L2
+    // round trip per element (at batch 1 this kernel's latency is what counts); the residual is
+    // written in the second pass.
+#pragma unroll 4
+    for (unsigned int i = threadIdx.x; i < dim; i += blockDim.x) {
+        const float v = delta != nullptr ? r[i] + delta[base + i] : r[i];
+        ss[0] = fmaf(v, v, ss[0]);
+    }
+    s6_block_sum_rows<1>(ss, partial);
+    const float inv = rsqrtf(ss[0] / (float)dim + eps);
     for (unsigned int i = threadIdx.x; i < dim; i += blockDim.x) {
         float v = r[i];
         if (delta != nullptr) {
             v += delta[base + i];
             r[i] = v;
         }
-        ss += v * v;
+        out[base + i] = v * inv * w[i];
     }
-    ss = s6_block_sum(ss, partial);
-    const float inv = rsqrtf(ss / (float)dim + eps);
-    for (unsigned int i = threadIdx.x; i < dim; i += blockDim.x) out[base + i] = r[i] * inv * w[i];
 }
 
 // The conv state after the call: the last k-1 inputs (state then x). One thread per (batch,

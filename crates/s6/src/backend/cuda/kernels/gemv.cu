@@ -70,22 +70,50 @@ __device__ __forceinline__ float s6_gemv_x1(const S6GemvIn& in, int r, unsigned 
 }
 
 // NORM's prologue: scale[r] = rsqrt(mean(x[r]^2) + eps) for the R rows, each summed exactly as
-// s6_add_rmsnorm sums a row (its launcher uses the same S6_GEMV_WARPS * 32 threads).
+// s6_add_rmsnorm sums a row (its launcher uses the same S6_GEMV_WARPS * 32 threads): the R rows in
+// one pass and one block reduction, each row in the order
+// s6_add_rmsnorm's s6_block_sum_rows<1> gives it.
 template <int R>
 __device__ __forceinline__ void s6_gemv_norm_scales(const float* __restrict__ x, unsigned int ld, unsigned int k,
                                                     float eps, float* scale) {
-    __shared__ float partial[32];
-    for (int r = 0; r < R; ++r) {
-        const float* row = x + (unsigned long long)r * ld;
-        float ss = 0.0f;
-        for (unsigned int i = threadIdx.x; i < k; i += blockDim.x) {
-            const float v = row[i];
-            ss += v * v;
+    __shared__ float partial[R][32];
+    float ss[R] = {};
+#pragma unroll 4
+    for (unsigned int i = threadIdx.x; i < k; i += blockDim.x)
+#pragma unroll
+        for (int r = 0; r < R; ++r) {
+            const float v = x[(unsigned long long)r * ld + i];
+            ss[r] = fmaf(v, v, ss[r]);
         }
-        ss = s6_block_sum(ss, partial);
-        if (threadIdx.x == 0) scale[r] = rsqrtf(ss / (float)k + eps);
-    }
+    s6_block_sum_rows<R>(ss, partial);
+    if (threadIdx.x == 0)
+#pragma unroll
+        for (int r = 0; r < R; ++r) scale[r] = rsqrtf(ss[r] / (float)k + eps);
     __syncthreads();
+}
+
+// Before S6_PDL_WAIT: the block's weight rows (the columns its warp groups own, a contiguous range
+// of w) are prefetched into L2, so that the weight stream, the bulk of a small-batch product's
+// traffic, starts while the previous kernel (a latency-bound scan step, another product's tail)
+// still runs. A hint (16-byte aligned, whole 16-byte units, 16 KB per instruction, warp 0's
+// lanes); off when `prefetch` is 0.
+template <typename W, int NC>
+__device__ __forceinline__ void s6_gemv_prefetch_l2(const W* w, unsigned int n, unsigned int k, unsigned int split,
+                                                    unsigned int prefetch) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    if (!prefetch || threadIdx.x >= 32) return;
+    const unsigned long long cols = (unsigned long long)(S6_GEMV_WARPS / split) * NC;
+    const unsigned long long j0 = (unsigned long long)blockIdx.x * cols;
+    if (j0 >= n) return;
+    const unsigned long long j1 = j0 + cols < n ? j0 + cols : n;
+    const unsigned long long lo = ((unsigned long long)(w + j0 * k) + 15) & ~15ull;
+    const unsigned long long hi = (unsigned long long)(w + j1 * k) & ~15ull;
+    const unsigned long long chunk = 16384;
+    for (unsigned long long p = lo + threadIdx.x * chunk; p < hi; p += 32 * chunk) {
+        const unsigned int bytes = (unsigned int)(hi - p < chunk ? hi - p : chunk);
+        asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;" ::"l"(p), "r"(bytes) : "memory");
+    }
+#endif
 }
 
 // The end of both kernels: warp shuffles reduce every lane's R x NC partial sums, the group's
@@ -209,11 +237,11 @@ __device__ __forceinline__ void s6_gemv_impl(const S6GemvIn& in, const float* __
 #define S6_GEMV_PLAIN_PARAMS(W)                                                                             \
     const float *__restrict__ x, unsigned int ld, const W *__restrict__ w, const float *__restrict__ bias,   \
         float *__restrict__ out, unsigned int n, unsigned int k, unsigned int split, unsigned int vec,       \
-        unsigned int accumulate
+        unsigned int prefetch, unsigned int accumulate
 #define S6_GEMV_NORM_PARAMS(W)                                                                              \
     const float *__restrict__ x, unsigned int ld, const W *__restrict__ w, const float *__restrict__ bias,   \
         float *__restrict__ out, unsigned int n, unsigned int k, unsigned int split, unsigned int vec,       \
-        const float *__restrict__ nw, float eps, const float *__restrict__ cw, const float *__restrict__ cb, \
+        unsigned int prefetch, const float *__restrict__ nw, float eps, const float *__restrict__ cw, const float *__restrict__ cb, \
         const float *__restrict__ conv_state, float *__restrict__ u, unsigned int conv_ch, unsigned int kconv
 
 // One pair of entry points per row count R (1..8): plain (`out = x·Wᵀ + bias`, or `out +=` with
@@ -222,14 +250,18 @@ __device__ __forceinline__ void s6_gemv_impl(const S6GemvIn& in, const float* __
 // DRAM). Block: S6_GEMV_WARPS * 32 threads; grid: ceil(n / (NC * S6_GEMV_WARPS / split)) blocks.
 #define S6_GEMV_ENTRIES(PREFIX, IMPL, W, R, NC)                                                             \
     extern "C" __global__ void __launch_bounds__(S6_GEMV_WARPS * 32) PREFIX##_r##R(S6_GEMV_PLAIN_PARAMS(W)) { \
-        S6_PDL_ENTRY();                                                                                     \
+        S6_PDL_LAUNCH();                                                                                    \
+        s6_gemv_prefetch_l2<W, NC>(w, n, k, split, prefetch);                                               \
+        S6_PDL_WAIT();                                                                                      \
         const S6GemvIn in{x, ld, nullptr, nullptr};                                                         \
         const S6GemvOut o{bias, out, n, accumulate, nullptr, nullptr, nullptr, nullptr, 0, 0};              \
         IMPL<R, NC, false>(in, w, o, k, split, vec);                                                        \
     }                                                                                                       \
     extern "C" __global__ void __launch_bounds__(S6_GEMV_WARPS * 32)                                        \
         PREFIX##_norm_r##R(S6_GEMV_NORM_PARAMS(W)) {                                                        \
-        S6_PDL_ENTRY();                                                                                     \
+        S6_PDL_LAUNCH();                                                                                    \
+        s6_gemv_prefetch_l2<W, NC>(w, n, k, split, prefetch);                                               \
+        S6_PDL_WAIT();                                                                                      \
         __shared__ float scale[R];                                                                          \
         s6_gemv_norm_scales<R>(x, ld, k, eps, scale);                                                       \
         const S6GemvIn in{x, ld, nw, scale};                                                                \

@@ -12,11 +12,10 @@
 // with x at column 0 and z at column di; conv state [batch, k - 1, di]; ssm state [batch, di, n];
 // xdbl [batch, width] = [δ (r) | B (n) | C (n)].
 
-// S6_MS_G lanes per channel and 256 / S6_MS_G channels per block: 8 lanes (2 of 16 states each)
-// for small batches, whose few channels need every lane to fill the device; 2 lanes (8 states
-// each) for large ones, where the threads' fixed work (loads, softplus, shuffles) and their
-// dependent latencies, not the state's bytes, are expected to bound the 8-lane kernel (crates/s6/
-// src/backend/cuda/mixer_step.rs picks; the 2-lane kernel is off by default until measured).
+// S6_MS_G lanes per channel and 256 / S6_MS_G channels per block: 8 lanes (2 of 16 states each).
+// (A 2-lane twin for large batches, session 7, measured slower on an H100 in session 8: 130M at
+// 16 and 128 sequences 20,105 and 90,751 tok/s against 22,021 and 97,845; 1.4B at 128, 20,517
+// against 21,189. Removed.)
 #define S6_MS_THREADS 256
 
 // grid (ceil(di / (S6_MS_THREADS / S6_MS_G)), batch), block S6_MS_THREADS, dynamic shared memory
@@ -105,4 +104,3 @@ __device__ __forceinline__ void s6_mixer_step_scan_impl(const float* __restrict_
     }
 
 S6_MIXER_STEP_SCAN(s6_mixer_step_scan, 8)
-S6_MIXER_STEP_SCAN(s6_mixer_step_scan_g2, 2)

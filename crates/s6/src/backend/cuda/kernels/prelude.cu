@@ -4,14 +4,22 @@
 // that bounds small-batch decoding. It first lets the next kernel be scheduled too, then waits
 // until the previous kernel has finished and its writes are visible: nothing of a kernel reads
 // or writes global memory before that wait. Without the launch attribute both are no-ops.
+// S6_PDL_LAUNCH() and S6_PDL_WAIT() are its two halves, for kernels that do something between
+// them that reads nothing into the SM (gemv.cu: an L2 prefetch of its weights, which cannot see
+// stale data: every SM's writes reach L2, the device's point of coherence).
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-#define S6_PDL_ENTRY()                                          \
-    do {                                                        \
-        asm volatile("griddepcontrol.launch_dependents;");      \
-        asm volatile("griddepcontrol.wait;" ::: "memory");      \
-    } while (0)
+#define S6_PDL_LAUNCH() asm volatile("griddepcontrol.launch_dependents;")
+#define S6_PDL_WAIT() asm volatile("griddepcontrol.wait;" ::: "memory")
 #else
-#define S6_PDL_ENTRY() \
-    do {               \
+#define S6_PDL_LAUNCH() \
+    do {                \
+    } while (0)
+#define S6_PDL_WAIT() \
+    do {              \
     } while (0)
 #endif
+#define S6_PDL_ENTRY()   \
+    do {                 \
+        S6_PDL_LAUNCH(); \
+        S6_PDL_WAIT();   \
+    } while (0)
