@@ -193,12 +193,12 @@ struct NormConv {
     kconv: u32,
 }
 
-/// Whether the GEMV kernels prefetch their weights into L2 before waiting for the previous kernel
-/// (`kernels/gemv.cu`, `s6_gemv_prefetch_l2`); `S6_GEMV_PREFETCH=0` turns it off, for side-by-side
-/// measurements. Read once per process.
-fn gemv_prefetch() -> u32 {
+/// Whether the decoding kernels (the GEMV, the scan step) prefetch their weights into L2 before
+/// waiting for the previous kernel (`s6_prefetch_l2` in `kernels/prelude.cu`): 1 unless
+/// `S6_PREFETCH=0` turned it off, for side-by-side measurements. Read once per process.
+fn prefetch_weights() -> u32 {
     static ON: OnceLock<bool> = OnceLock::new();
-    u32::from(*ON.get_or_init(|| std::env::var("S6_GEMV_PREFETCH").map(|v| v.trim() != "0").unwrap_or(true)))
+    u32::from(*ON.get_or_init(|| std::env::var("S6_PREFETCH").map(|v| v.trim() != "0").unwrap_or(true)))
 }
 
 /// Whether `S6_GEMV=0` turned the matrix-vector kernel off.
@@ -801,7 +801,8 @@ impl Cuda {
             block_dim: (32 * GEMV_WARPS as u32, 1, 1),
             shared_mem_bytes: 0,
         };
-        let (ld, nn, kk, sp, pf) = (u32_of("ld", ld)?, u32_of("n", n)?, u32_of("k", k)?, split as u32, gemv_prefetch());
+        let (ld, nn, kk, sp, pf) =
+            (u32_of("ld", ld)?, u32_of("n", n)?, u32_of("k", k)?, split as u32, prefetch_weights());
         match mode {
             GemvMode::Write | GemvMode::Accumulate => {
                 let acc = u32::from(matches!(mode, GemvMode::Accumulate));

@@ -93,27 +93,18 @@ __device__ __forceinline__ void s6_gemv_norm_scales(const float* __restrict__ x,
 }
 
 // Before S6_PDL_WAIT: the block's weight rows (the columns its warp groups own, a contiguous range
-// of w) are prefetched into L2, so that the weight stream, the bulk of a small-batch product's
-// traffic, starts while the previous kernel (a latency-bound scan step, another product's tail)
-// still runs. A hint (16-byte aligned, whole 16-byte units, 16 KB per instruction, warp 0's
-// lanes); off when `prefetch` is 0.
+// of w) are prefetched into L2 by warp 0, so that the weight stream, the bulk of a small-batch
+// product's traffic, starts while the previous kernel (a latency-bound scan step, another
+// product's tail) still runs. Off when `prefetch` is 0.
 template <typename W, int NC>
 __device__ __forceinline__ void s6_gemv_prefetch_l2(const W* w, unsigned int n, unsigned int k, unsigned int split,
                                                     unsigned int prefetch) {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
     if (!prefetch || threadIdx.x >= 32) return;
     const unsigned long long cols = (unsigned long long)(S6_GEMV_WARPS / split) * NC;
     const unsigned long long j0 = (unsigned long long)blockIdx.x * cols;
     if (j0 >= n) return;
     const unsigned long long j1 = j0 + cols < n ? j0 + cols : n;
-    const unsigned long long lo = ((unsigned long long)(w + j0 * k) + 15) & ~15ull;
-    const unsigned long long hi = (unsigned long long)(w + j1 * k) & ~15ull;
-    const unsigned long long chunk = 16384;
-    for (unsigned long long p = lo + threadIdx.x * chunk; p < hi; p += 32 * chunk) {
-        const unsigned int bytes = (unsigned int)(hi - p < chunk ? hi - p : chunk);
-        asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;" ::"l"(p), "r"(bytes) : "memory");
-    }
-#endif
+    s6_prefetch_l2(w + j0 * k, (j1 - j0) * k * sizeof(W));
 }
 
 // The end of both kernels: warp shuffles reduce every lane's R x NC partial sums, the group's

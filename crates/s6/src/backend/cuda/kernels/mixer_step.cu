@@ -97,8 +97,16 @@ __device__ __forceinline__ void s6_mixer_step_scan_impl(const float* __restrict_
              const float* __restrict__ dt_bias, const float* __restrict__ a, const float* __restrict__ dskip,      \
              float* __restrict__ conv_state, unsigned int k, float* __restrict__ ssm_state,                       \
              float* __restrict__ delta_out, float* __restrict__ y, unsigned int di, unsigned int n,               \
-             unsigned int dt_given) {                                                                             \
-        S6_PDL_ENTRY();                                                                                           \
+             unsigned int dt_given, unsigned int prefetch) {                                                      \
+        S6_PDL_LAUNCH();                                                                                          \
+        if (prefetch && blockIdx.y == 0 && threadIdx.x < 32) {                                                                \
+            /* The block's rows of dt_proj and A, read by every sequence (s6_prefetch_l2). */                      \
+            const unsigned long long c0 = (unsigned long long)blockIdx.x * (S6_MS_THREADS / G);                    \
+            const unsigned long long nc = c0 + S6_MS_THREADS / G < di ? S6_MS_THREADS / G : di - c0;               \
+            if (!dt_given) s6_prefetch_l2(dt_proj + c0 * r, nc * r * sizeof(float));                             \
+            s6_prefetch_l2(a + c0 * n, nc * n * sizeof(float));                                                   \
+        }                                                                                                         \
+        S6_PDL_WAIT();                                                                                            \
         s6_mixer_step_scan_impl<G>(xz, ldxz, u, xdbl, width, r, dt_proj, dt_bias, a, dskip, conv_state, k, ssm_state,  \
                                    delta_out, y, di, n, dt_given);                                                \
     }

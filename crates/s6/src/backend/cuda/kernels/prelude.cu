@@ -23,3 +23,19 @@
         S6_PDL_LAUNCH(); \
         S6_PDL_WAIT();   \
     } while (0)
+
+
+// A hint that bytes [p, p + bytes) will be read soon: prefetched into L2, 16 KB per instruction,
+// by the calling warp's lanes (call it from one warp; the part of the range in whole aligned
+// 16-byte units). For the window between S6_PDL_LAUNCH and S6_PDL_WAIT (see above).
+__device__ __forceinline__ void s6_prefetch_l2(const void* p, unsigned long long bytes) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    const unsigned long long lo = ((unsigned long long)p + 15) & ~15ull;
+    const unsigned long long hi = ((unsigned long long)p + bytes) & ~15ull;
+    const unsigned long long chunk = 16384;
+    for (unsigned long long q = lo + (threadIdx.x % 32) * chunk; q < hi; q += 32 * chunk) {
+        const unsigned int len = (unsigned int)(hi - q < chunk ? hi - q : chunk);
+        asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;" ::"l"(q), "r"(len) : "memory");
+    }
+#endif
+}
