@@ -71,8 +71,7 @@ __device__ __forceinline__ float s6_gemv_x1(const S6GemvIn& in, int r, unsigned 
 
 // NORM's prologue: scale[r] = rsqrt(mean(x[r]^2) + eps) for the R rows, each summed exactly as
 // s6_add_rmsnorm sums a row (its launcher uses the same S6_GEMV_WARPS * 32 threads): the R rows in
-// one pass and one block reduction, each row in the order
-// s6_add_rmsnorm's s6_block_sum_rows<1> gives it.
+// one pass and one block reduction, each row in the order s6_block_sum_rows<1> gives it there.
 template <int R>
 __device__ __forceinline__ void s6_gemv_norm_scales(const float* __restrict__ x, unsigned int ld, unsigned int k,
                                                     float eps, float* scale) {
@@ -232,8 +231,9 @@ __device__ __forceinline__ void s6_gemv_impl(const S6GemvIn& in, const float* __
 #define S6_GEMV_NORM_PARAMS(W)                                                                              \
     const float *__restrict__ x, unsigned int ld, const W *__restrict__ w, const float *__restrict__ bias,   \
         float *__restrict__ out, unsigned int n, unsigned int k, unsigned int split, unsigned int vec,       \
-        unsigned int prefetch, const float *__restrict__ nw, float eps, const float *__restrict__ cw, const float *__restrict__ cb, \
-        const float *__restrict__ conv_state, float *__restrict__ u, unsigned int conv_ch, unsigned int kconv
+        unsigned int prefetch, const float *__restrict__ nw, float eps, const float *__restrict__ cw,         \
+        const float *__restrict__ cb, const float *__restrict__ conv_state, float *__restrict__ u,            \
+        unsigned int conv_ch, unsigned int kconv
 
 // One pair of entry points per row count R (1..8): plain (`out = x·Wᵀ + bias`, or `out +=` with
 // accumulate) and NORM with the conv epilogue. NC = 1 column per group up to 4 rows, 2 above
