@@ -194,11 +194,13 @@ struct NormConv {
 }
 
 /// Whether the decoding kernels (the GEMV, the scan step) prefetch their weights into L2 before
-/// waiting for the previous kernel (`s6_prefetch_l2` in `kernels/prelude.cu`): 1 unless
-/// `S6_PREFETCH=0` turned it off, for side-by-side measurements. Read once per process.
+/// waiting for the previous kernel (`s6_prefetch_l2` in `kernels/prelude.cu`): only with
+/// `S6_PREFETCH=1` until it has been measured on a GPU (written in session 8, when the `device`
+/// tool started no machine after the first call; `scripts/gpu/run26_decode_prefetch.sh`). Read
+/// once per process.
 fn prefetch_weights() -> u32 {
     static ON: OnceLock<bool> = OnceLock::new();
-    u32::from(*ON.get_or_init(|| std::env::var("S6_PREFETCH").map(|v| v.trim() != "0").unwrap_or(true)))
+    u32::from(*ON.get_or_init(|| std::env::var("S6_PREFETCH").map(|v| v.trim() == "1").unwrap_or(false)))
 }
 
 /// Whether `S6_GEMV=0` turned the matrix-vector kernel off.
