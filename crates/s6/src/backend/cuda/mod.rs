@@ -195,9 +195,10 @@ struct NormConv {
 
 /// Whether the decoding kernels (the GEMV, the scan step) prefetch their weights into L2 before
 /// waiting for the previous kernel (`s6_prefetch_l2` in `kernels/prelude.cu`): only with
-/// `S6_PREFETCH=1` until it has been measured on a GPU (written in session 8, when the `device`
-/// tool started no machine after the first call; `scripts/gpu/run26_decode_prefetch.sh`). Read
-/// once per process.
+/// `S6_PREFETCH=1`. Measured on an H100 (docs/BENCHMARKS.md, session 8) it helps a small model
+/// and hurts a large one: bf16 batch 1, 130M 2,300 → 2,484 tok/s, 1.4B 492 → 465 (a 1.4B layer's
+/// products, 50 MB, fill the 50 MB L2, and kernels resident ahead of their turn evict each
+/// other's lines). Read once per process.
 fn prefetch_weights() -> u32 {
     static ON: OnceLock<bool> = OnceLock::new();
     u32::from(*ON.get_or_init(|| std::env::var("S6_PREFETCH").map(|v| v.trim() == "1").unwrap_or(false)))
