@@ -1,4 +1,6 @@
 #!/bin/bash
+# (Historical: run in session 8. S6_STEP_LANES and the 2-lane kernel were removed after it, and
+# the block step is now on by default.)
 # GPU run 24, prepared in session 7 and NOT RUN (the device tool started no machine after run 23):
 # the first thing for the next session with a GPU. The fused decoding block (`Backend::block_step`: RMSNorm in in_proj's
 # GEMV, conv in its epilogue, residual add in out_proj's GEMV; 4 kernels per block instead of 6),
