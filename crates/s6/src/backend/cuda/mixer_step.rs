@@ -29,10 +29,7 @@ use std::sync::OnceLock;
 
 use cudarc::driver::{LaunchConfig, PushKernelArg};
 
-use super::{
-    driver_err, gemv_enabled, prefetch_weights, u32_of, Compute, Cuda, CudaBuf, GemvMode, NormConv, GEMV_MAX_ROWS,
-    MAX_D_STATE,
-};
+use super::{driver_err, gemv_enabled, u32_of, Compute, Cuda, CudaBuf, GemvMode, NormConv, GEMV_MAX_ROWS, MAX_D_STATE};
 use crate::backend::{Backend, BlockStepArgs, BlockStepOut, MixerStepArgs, MixerStepOut, MixerWeights, View};
 use crate::Result;
 
@@ -136,7 +133,8 @@ impl Cuda {
         let (ldxz, kk, ww, rr) =
             (u32_of("ld xz", ldxz)?, u32_of("d_conv", k)?, u32_of("width", width)?, u32_of("dt_rank", r)?);
         let (dd, nn, bb) = (u32_of("d_inner", di)?, u32_of("d_state", n)?, u32_of("batch", batch)?);
-        let (dt_given, pf) = (u32::from(dt_given), prefetch_weights());
+        let pf = self.prefetch_for(4 * di * (if dt_given { n } else { n + r }));
+        let dt_given = u32::from(dt_given);
         let cfg2 = LaunchConfig {
             grid_dim: (u32_of("blocks", di.div_ceil(SCAN_THREADS / SCAN_LANES))?, bb, 1),
             block_dim: (SCAN_THREADS as u32, 1, 1),

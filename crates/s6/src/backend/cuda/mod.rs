@@ -193,15 +193,28 @@ struct NormConv {
     kconv: u32,
 }
 
-/// Whether the decoding kernels (the GEMV, the scan step) prefetch their weights into L2 before
-/// waiting for the previous kernel (`s6_prefetch_l2` in `kernels/prelude.cu`): only with
-/// `S6_PREFETCH=1`. Measured on an H100 (docs/BENCHMARKS.md, session 8) it helps a small model
-/// and hurts a large one: bf16 batch 1, 130M 2,300 → 2,484 tok/s, 1.4B 492 → 465 (a 1.4B layer's
-/// products, 50 MB, fill the 50 MB L2, and kernels resident ahead of their turn evict each
-/// other's lines). Read once per process.
-fn prefetch_weights() -> u32 {
-    static ON: OnceLock<bool> = OnceLock::new();
-    u32::from(*ON.get_or_init(|| std::env::var("S6_PREFETCH").map(|v| v.trim() == "1").unwrap_or(false)))
+/// Which decoding kernels (the GEMV, the scan step) prefetch their weights into L2 before waiting
+/// for the previous kernel (`s6_prefetch_l2` in `kernels/prelude.cu`), from `S6_PREFETCH`: `0`
+/// (or unset) none, `1` all, `small` those whose weights take at most an eighth of the L2
+/// ([`Cuda::prefetch_for`]). Measured on an H100 (docs/BENCHMARKS.md, session 8) prefetching
+/// helps a small model and hurts a large one: bf16 batch 1, 130M 2,300 → 2,484 tok/s, 1.4B 492 →
+/// 465 (a 1.4B layer's products, 50 MB, fill the 50 MB L2, and kernels resident ahead of their
+/// turn evict each other's lines); so it stays off by default until a rule is measured. Read once
+/// per process.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Prefetch {
+    Off,
+    Small,
+    All,
+}
+
+fn prefetch_mode() -> Prefetch {
+    static MODE: OnceLock<Prefetch> = OnceLock::new();
+    *MODE.get_or_init(|| match std::env::var("S6_PREFETCH").as_deref().map(str::trim) {
+        Ok("1") | Ok("all") => Prefetch::All,
+        Ok("small") => Prefetch::Small,
+        _ => Prefetch::Off,
+    })
 }
 
 /// Whether `S6_GEMV=0` turned the matrix-vector kernel off.
@@ -289,6 +302,8 @@ struct Inner {
     bf16: Mutex<Bf16Scratch>,
     /// Kernels launch with programmatic dependent launch ([`Cuda::pdl`]).
     pdl: bool,
+    /// The device's L2 cache, bytes ([`Cuda::prefetch_for`]).
+    l2_bytes: usize,
 }
 
 fn compute_code(c: Compute) -> u8 {
@@ -449,6 +464,10 @@ impl Cuda {
             }
         }
         let decode = decode::DecodeSlot::new();
+        let l2_bytes = ctx
+            .attribute(cudarc::driver::sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_L2_CACHE_SIZE)
+            .map_err(driver_err("L2 cache size"))?
+            .max(0) as usize;
         Ok(Cuda {
             inner: Arc::new(Inner {
                 ctx,
@@ -463,7 +482,17 @@ impl Cuda {
                 compute: AtomicU8::new(compute_code(Compute::F32)),
                 bf16: Mutex::new(Bf16Scratch::default()),
                 pdl: major >= 9 && pdl_wanted(),
+                l2_bytes,
             }),
+        })
+    }
+
+    /// The `prefetch` argument of a decoding kernel whose weights take `bytes` ([`Prefetch`]).
+    fn prefetch_for(&self, bytes: usize) -> u32 {
+        u32::from(match prefetch_mode() {
+            Prefetch::Off => false,
+            Prefetch::All => true,
+            Prefetch::Small => bytes.saturating_mul(8) <= self.inner.l2_bytes,
         })
     }
 
@@ -804,8 +833,13 @@ impl Cuda {
             block_dim: (32 * GEMV_WARPS as u32, 1, 1),
             shared_mem_bytes: 0,
         };
-        let (ld, nn, kk, sp, pf) =
-            (u32_of("ld", ld)?, u32_of("n", n)?, u32_of("k", k)?, split as u32, prefetch_weights());
+        let (ld, nn, kk, sp, pf) = (
+            u32_of("ld", ld)?,
+            u32_of("n", n)?,
+            u32_of("k", k)?,
+            split as u32,
+            self.prefetch_for(n * k * if set == 1 { 2 } else { 4 }),
+        );
         match mode {
             GemvMode::Write | GemvMode::Accumulate => {
                 let acc = u32::from(matches!(mode, GemvMode::Accumulate));
