@@ -4,7 +4,8 @@ kernel name the backend loads (crates/s6/src/backend/cuda/mod.rs: KERNELS, GEMV_
 GEMV_NORM_KERNELS) is an entry of the PTX. For catching kernel compile errors before a device call.
 
 Setup once: python3 -m venv /tmp/venv && /tmp/venv/bin/pip install "nvidia-cuda-nvrtc==13.0.*"
-Run: /tmp/venv/bin/python scripts/nvrtc_check.py   (sets the library path itself)
+Run: /tmp/venv/bin/python scripts/nvrtc_check.py [--ptx FILE]   (sets the library path itself;
+--ptx also writes the PTX, to read what a kernel compiles to)
 """
 import ctypes, glob, os, re, sys
 
@@ -41,6 +42,8 @@ lib.nvrtcGetPTXSize(prog, ctypes.byref(n))
 ptx = ctypes.create_string_buffer(n.value)
 lib.nvrtcGetPTX(prog, ptx)
 entries = set(re.findall(r"\.entry (\w+)\(", ptx.value.decode()))
+if "--ptx" in sys.argv:
+    open(sys.argv[sys.argv.index("--ptx") + 1], "wb").write(ptx.value)
 
 names = []
 for table in ["const KERNELS", "const GEMV_KERNELS", "const GEMV_NORM_KERNELS"]:
