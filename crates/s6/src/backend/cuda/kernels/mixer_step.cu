@@ -12,25 +12,34 @@
 // with x at column 0 and z at column di; conv state [batch, k - 1, di]; ssm state [batch, di, n];
 // xdbl [batch, width] = [δ (r) | B (n) | C (n)].
 
-// S6_MS_G lanes per channel and 256 / S6_MS_G channels per block: 8 lanes (2 of 16 states each).
-// (A 2-lane twin for large batches, session 7, measured slower on an H100 in session 8: 130M at
-// 16 and 128 sequences 20,105 and 90,751 tok/s against 22,021 and 97,845; 1.4B at 128, 20,517
-// against 21,189. Removed.)
+// S6_MS_G lanes per channel (2 of 16 states each), S6_MS_CPB channels per block. (A 2-lane twin
+// for large batches, session 7, measured slower on an H100 in session 8: 130M at 16 and 128
+// sequences 20,105 and 90,751 tok/s against 22,021 and 97,845; 1.4B at 128, 20,517 against
+// 21,189. Removed.)
+#define S6_MS_G 8
 #define S6_MS_THREADS 256
+#define S6_MS_CPB (S6_MS_THREADS / S6_MS_G)
 
-// grid (ceil(di / (S6_MS_THREADS / S6_MS_G)), batch), block S6_MS_THREADS, dynamic shared memory
-// width floats (the sequence's xdbl row).
-template <int S6_MS_G>
-__device__ __forceinline__ void s6_mixer_step_scan_impl(const float* __restrict__ xz, unsigned int ldxz,
-                                                   const float* __restrict__ u, const float* __restrict__ xdbl,
-                                                   unsigned int width, unsigned int r,
-                                                   const float* __restrict__ dt_proj,
-                                                   const float* __restrict__ dt_bias, const float* __restrict__ a,
-                                                   const float* __restrict__ dskip, float* __restrict__ conv_state,
-                                                   unsigned int k, float* __restrict__ ssm_state,
-                                                   float* __restrict__ delta_out, float* __restrict__ y,
-                                                   unsigned int di, unsigned int n, unsigned int dt_given) {
-    constexpr unsigned int S6_MS_CPB = S6_MS_THREADS / S6_MS_G;
+// grid (ceil(di / S6_MS_CPB), batch), block S6_MS_THREADS, dynamic shared memory width floats
+// (the sequence's xdbl row). Before the PDL wait, with `prefetch`, the first sequence's blocks
+// prefetch their channels' rows of dt_proj and A into L2 (s6_prefetch_l2): every sequence reads
+// them, and no kernel writes them.
+extern "C" __global__ void __launch_bounds__(S6_MS_THREADS)
+    s6_mixer_step_scan(const float* __restrict__ xz, unsigned int ldxz, const float* __restrict__ u,
+                       const float* __restrict__ xdbl, unsigned int width, unsigned int r,
+                       const float* __restrict__ dt_proj, const float* __restrict__ dt_bias,
+                       const float* __restrict__ a, const float* __restrict__ dskip, float* __restrict__ conv_state,
+                       unsigned int k, float* __restrict__ ssm_state, float* __restrict__ delta_out,
+                       float* __restrict__ y, unsigned int di, unsigned int n, unsigned int dt_given,
+                       unsigned int prefetch) {
+    S6_PDL_LAUNCH();
+    if (prefetch && blockIdx.y == 0 && threadIdx.x < 32) {
+        const unsigned long long c0 = (unsigned long long)blockIdx.x * S6_MS_CPB;
+        const unsigned long long nc = c0 + S6_MS_CPB < di ? S6_MS_CPB : di - c0;
+        if (!dt_given) s6_prefetch_l2(dt_proj + c0 * r, nc * r * sizeof(float));
+        s6_prefetch_l2(a + c0 * n, nc * n * sizeof(float));
+    }
+    S6_PDL_WAIT();
     extern __shared__ float s6_ms_x[];
     const unsigned int b = blockIdx.y;
     for (unsigned int i = threadIdx.x; i < width; i += blockDim.x) {
@@ -90,25 +99,3 @@ __device__ __forceinline__ void s6_mixer_step_scan_impl(const float* __restrict_
     }
 }
 
-#define S6_MIXER_STEP_SCAN(NAME, G)                                                                              \
-    extern "C" __global__ void __launch_bounds__(S6_MS_THREADS)                                                  \
-        NAME(const float* __restrict__ xz, unsigned int ldxz, const float* __restrict__ u,                        \
-             const float* __restrict__ xdbl, unsigned int width, unsigned int r, const float* __restrict__ dt_proj, \
-             const float* __restrict__ dt_bias, const float* __restrict__ a, const float* __restrict__ dskip,      \
-             float* __restrict__ conv_state, unsigned int k, float* __restrict__ ssm_state,                       \
-             float* __restrict__ delta_out, float* __restrict__ y, unsigned int di, unsigned int n,               \
-             unsigned int dt_given, unsigned int prefetch) {                                                      \
-        S6_PDL_LAUNCH();                                                                                          \
-        if (prefetch && blockIdx.y == 0 && threadIdx.x < 32) {                                                                \
-            /* The block's rows of dt_proj and A, read by every sequence (s6_prefetch_l2). */                      \
-            const unsigned long long c0 = (unsigned long long)blockIdx.x * (S6_MS_THREADS / G);                    \
-            const unsigned long long nc = c0 + S6_MS_THREADS / G < di ? S6_MS_THREADS / G : di - c0;               \
-            if (!dt_given) s6_prefetch_l2(dt_proj + c0 * r, nc * r * sizeof(float));                             \
-            s6_prefetch_l2(a + c0 * n, nc * n * sizeof(float));                                                   \
-        }                                                                                                         \
-        S6_PDL_WAIT();                                                                                            \
-        s6_mixer_step_scan_impl<G>(xz, ldxz, u, xdbl, width, r, dt_proj, dt_bias, a, dskip, conv_state, k, ssm_state,  \
-                                   delta_out, y, di, n, dt_given);                                                \
-    }
-
-S6_MIXER_STEP_SCAN(s6_mixer_step_scan, 8)

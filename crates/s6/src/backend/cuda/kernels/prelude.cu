@@ -24,7 +24,6 @@
         S6_PDL_WAIT();   \
     } while (0)
 
-
 // A hint that bytes [p, p + bytes) will be read soon: prefetched into L2, 16 KB per instruction,
 // by the calling warp's lanes (call it from one warp; the part of the range in whole aligned
 // 16-byte units). For the window between S6_PDL_LAUNCH and S6_PDL_WAIT (see above).
