@@ -20,23 +20,7 @@ for m in 130m 1.4b; do
     --metrics gpu__time_duration.sum,dram__bytes_read.sum,dram__bytes_write.sum \
     dev-out/s6 bench decode --device cuda --dtype bf16 --preset mamba-$m --batch 1 --tokens 16 --repeats 1 \
     > $OUT/ncu-$m.csv 2> $OUT/ncu-$m.err
-  python3 - $OUT/ncu-$m.csv > $OUT/ncu-$m.txt <<'PY'
-import csv, sys, collections
-rows = [r for r in csv.reader(open(sys.argv[1])) if len(r) > 5]
-h = rows[0]; data = rows[2:]
-ki = h.index("Kernel Name"); ti = h.index("gpu__time_duration.sum")
-ri = h.index("dram__bytes_read.sum"); wi = h.index("dram__bytes_write.sum")
-g = collections.defaultdict(lambda: [0, 0.0, 0.0, 0.0])
-def num(s):
-    try: return float(s.replace(",", ""))
-    except ValueError: return 0.0
-for r in data:
-    a = g[r[ki]]; a[0] += 1; a[1] += num(r[ti]); a[2] += num(r[ri]); a[3] += num(r[wi])
-print("units:", rows[1][ti], rows[1][ri])
-tot = sum(a[1] for a in g.values())
-for k, a in sorted(g.items(), key=lambda kv: -kv[1][1]):
-    print(f"{k:40s} n={a[0]:4d} mean_time={a[1]/a[0]:10.2f} mean_read={a[2]/a[0]:12.1f} mean_write={a[3]/a[0]:10.1f} share={a[1]/tot:.3f}")
-PY
+  python3 scripts/gpu/ncu_summary.py $OUT/ncu-$m.csv > $OUT/ncu-$m.txt
   cat $OUT/ncu-$m.txt; tail -3 $OUT/ncu-$m.err
 done
 date -u

@@ -195,12 +195,12 @@ struct NormConv {
 
 /// Which decoding kernels (the GEMV, the scan step) prefetch their weights into L2 before waiting
 /// for the previous kernel (`s6_prefetch_l2` in `kernels/prelude.cu`), from `S6_PREFETCH`: `0`
-/// (or unset) none, `1` all, `small` those whose weights take at most an eighth of the L2
-/// ([`Cuda::prefetch_for`]). Measured on an H100 (docs/BENCHMARKS.md, session 8) prefetching
-/// helps a small model and hurts a large one: bf16 batch 1, 130M 2,300 → 2,484 tok/s, 1.4B 492 →
-/// 465 (a 1.4B layer's products, 50 MB, fill the 50 MB L2, and kernels resident ahead of their
-/// turn evict each other's lines); so it stays off by default until a rule is measured. Read once
-/// per process.
+/// none, `1` (or `all`) all, `small` (the default) those whose weights take at most an eighth of
+/// the L2 ([`Cuda::prefetch_for`]). Measured on an H100 (docs/BENCHMARKS.md, sessions 8 and 9),
+/// bf16, tok/s, none / small / all: 130M batch 1 2,294 / 2,463 / 2,459, batch 8 12,032 / 12,511 /
+/// 12,533; 1.4B batch 1 486 / 502 / 461, batch 8 2,186 / 2,204 / 2,171 (at 1.4B a layer's
+/// products, 50 MB, fill the 50 MB L2, and kernels resident ahead of their turn evict each
+/// other's lines when all prefetch). Read once per process.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 enum Prefetch {
     Off,
@@ -212,8 +212,8 @@ fn prefetch_mode() -> Prefetch {
     static MODE: OnceLock<Prefetch> = OnceLock::new();
     *MODE.get_or_init(|| match std::env::var("S6_PREFETCH").as_deref().map(str::trim) {
         Ok("1") | Ok("all") => Prefetch::All,
-        Ok("small") => Prefetch::Small,
-        _ => Prefetch::Off,
+        Ok("0") | Ok("off") => Prefetch::Off,
+        _ => Prefetch::Small,
     })
 }
 

@@ -21,7 +21,9 @@ __device__ __forceinline__ float s6_bf16_hi(unsigned int u) { return __uint_as_f
 // contiguous bf16 one. Grid-stride loop over rows * cols.
 extern "C" __global__ void s6_cast_bf16(const float* __restrict__ src, unsigned long long ld, unsigned long long rows,
                                         unsigned long long cols, unsigned short* __restrict__ dst) {
-    S6_PDL_ENTRY();
+    // It may write a weight's bf16 copy, which the decoding kernels load before their PDL wait:
+    // no early trigger (prelude.cu).
+    S6_PDL_WAIT();
     const unsigned long long total = rows * cols;
     const unsigned long long step = (unsigned long long)gridDim.x * blockDim.x;
     unsigned long long i = (unsigned long long)blockIdx.x * blockDim.x + threadIdx.x;

@@ -91,6 +91,66 @@ __device__ __forceinline__ void s6_gemv_norm_scales(const float* __restrict__ x,
     __syncthreads();
 }
 
+// The PDL wait, then, with NORM, the R rows' RMSNorm scales into `scale` (shared memory): x is
+// the previous kernel's output, so both come after the wait. Every thread of the block calls it.
+template <int R, bool NORM>
+__device__ __forceinline__ S6GemvIn s6_gemv_begin(S6GemvIn in, unsigned int k, float eps, float* scale) {
+    S6_PDL_WAIT();
+    if constexpr (NORM) {
+        s6_gemv_norm_scales<R>(in.x, in.ld, k, eps, scale);
+        in.scale = scale;
+    }
+    return in;
+}
+
+// Weight elements in flight per lane: the main loops of the 16-byte paths load a batch of U
+// vectors per weight row (indices i0, i0 + stride, ... below `count`; zeros past it, never used)
+// before the first FMA, and the kernels issue their first batch before the PDL wait. The weights
+// are constants during a kernel's lifetime and no kernel that may still be running writes them
+// (prelude.cu), so that load overlaps the previous kernel: at batch 1 a 130M product's whole
+// share of weights per lane is one batch. One batch of 8 keeps four times the bytes in flight
+// of the 2-deep unrolled loop it replaces, which left a 1.4B product at ~1.4 TB/s.
+template <int NC>
+struct S6GemvBatch {
+    static constexpr int U = NC == 1 ? 8 : 4;
+};
+
+template <typename V, int U, int NC, typename W>
+__device__ __forceinline__ void s6_gemv_load_batch(const W* const (&wr)[NC], unsigned int i0, unsigned int stride,
+                                                   unsigned int count, V (&wv)[U][NC]) {
+#pragma unroll
+    for (int u = 0; u < U; ++u) {
+        const unsigned int i = i0 + u * stride;
+#pragma unroll
+        for (int c = 0; c < NC; ++c) wv[u][c] = i < count ? __ldg(reinterpret_cast<const V*>(wr[c]) + i) : V{};
+    }
+}
+
+// The conv epilogue's weights (cw row and bias of the thread's column), loaded before the PDL
+// wait by the threads that will run it (see s6_gemv_store), for kernels of up to
+// S6_GEMV_CONV_PRE taps; longer kernels load them in the epilogue.
+#define S6_GEMV_CONV_PRE 4
+struct S6ConvPre {
+    float w[S6_GEMV_CONV_PRE];
+    float b;
+};
+
+template <int R, int NC>
+__device__ __forceinline__ S6ConvPre s6_gemv_conv_preload(const S6GemvOut& o, unsigned long long j0, unsigned int s,
+                                                          unsigned int lane) {
+    S6ConvPre p{};
+    if (s == 0 && lane < NC * R && o.kconv <= S6_GEMV_CONV_PRE) {
+        const unsigned long long j = j0 + lane / R;
+        if (j < o.n && j < o.conv_ch) {
+#pragma unroll
+            for (unsigned int t = 0; t < S6_GEMV_CONV_PRE; ++t)
+                if (t < o.kconv) p.w[t] = __ldg(o.cw + j * o.kconv + t);
+            p.b = o.cb != nullptr ? __ldg(o.cb + j) : 0.0f;
+        }
+    }
+    return p;
+}
+
 // Before S6_PDL_WAIT: the block's weight rows (the columns its warp groups own, a contiguous range
 // of w) are prefetched into L2 by warp 0, so that the weight stream, the bulk of a small-batch
 // product's traffic, starts while the previous kernel (a latency-bound scan step, another
@@ -111,7 +171,7 @@ __device__ __forceinline__ void s6_gemv_prefetch_l2(const W* w, unsigned int n, 
 template <int R, int NC>
 __device__ __forceinline__ void s6_gemv_store(float (&acc)[NC][R], float (*part)[NC * R], unsigned int warp,
                                               unsigned int lane, unsigned int s, unsigned int split,
-                                              unsigned long long j0, const S6GemvOut& o) {
+                                              unsigned long long j0, const S6GemvOut& o, const S6ConvPre& pre) {
     const unsigned int n = o.n;
     // Warp reduction: every lane ends with the warp's sums.
 #pragma unroll
@@ -146,10 +206,25 @@ __device__ __forceinline__ void s6_gemv_store(float (&acc)[NC][R], float (*part)
                 // the bias, as conv.cu).
                 const unsigned int kc = o.kconv, ch = o.conv_ch;
                 const float* st = o.conv_state + (unsigned long long)r * (kc - 1) * ch + j;
-                const float* wj = o.cw + j * kc;
-                float a = o.cb != nullptr ? o.cb[j] : 0.0f;
-                for (unsigned int t = 0; t + 1 < kc; ++t) a = fmaf(wj[t], st[(unsigned long long)t * ch], a);
-                a = fmaf(wj[kc - 1], v, a);
+                float a;
+                if (kc <= S6_GEMV_CONV_PRE) {
+                    // The state's slots first, all in flight together, then the same FMAs.
+                    float sv[S6_GEMV_CONV_PRE] = {};
+#pragma unroll
+                    for (unsigned int t = 0; t + 1 < S6_GEMV_CONV_PRE; ++t)
+                        if (t + 1 < kc) sv[t] = st[(unsigned long long)t * ch];
+                    a = pre.b;
+#pragma unroll
+                    for (unsigned int t = 0; t < S6_GEMV_CONV_PRE; ++t) {
+                        if (t + 1 < kc) a = fmaf(pre.w[t], sv[t], a);
+                        else if (t + 1 == kc) a = fmaf(pre.w[t], v, a);
+                    }
+                } else {
+                    const float* wj = o.cw + j * kc;
+                    a = o.cb != nullptr ? o.cb[j] : 0.0f;
+                    for (unsigned int t = 0; t + 1 < kc; ++t) a = fmaf(wj[t], st[(unsigned long long)t * ch], a);
+                    a = fmaf(wj[kc - 1], v, a);
+                }
                 o.u[(unsigned long long)r * ch + j] = s6_silu(a);
             }
         }
@@ -176,36 +251,45 @@ __device__ __forceinline__ unsigned long long s6_gemv_rows(const W* w, unsigned 
 }
 
 template <int R, int NC, bool NORM>
-__device__ __forceinline__ void s6_gemv_impl(const S6GemvIn& in, const float* __restrict__ w, const S6GemvOut& o,
-                                             unsigned int k, unsigned int split, unsigned int vec) {
+__device__ __forceinline__ void s6_gemv_impl(S6GemvIn in, const float* __restrict__ w, const S6GemvOut& o,
+                                             unsigned int k, unsigned int split, unsigned int vec, float eps) {
     __shared__ float part[S6_GEMV_WARPS][NC * R];
+    __shared__ float scale[R];
     const unsigned int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
     unsigned int s;
     const float* wr[NC];
     const unsigned long long j0 = s6_gemv_rows<float, NC>(w, o.n, k, split, warp, s, wr);
+    const S6ConvPre pre = s6_gemv_conv_preload<R, NC>(o, j0, s, lane);
     float acc[NC][R] = {};
 
     const unsigned int t = s * 32 + lane, stride = split * 32;
     if (vec) {
+        constexpr int U = S6GemvBatch<NC>::U;
         const unsigned int k4 = k >> 2;
-#pragma unroll 4
-        for (unsigned int i = t; i < k4; i += stride) {
-            float4 wv[NC];
+        float4 wv[U][NC];
+        s6_gemv_load_batch<float4, U, NC>(wr, t, stride, k4, wv);
+        in = s6_gemv_begin<R, NORM>(in, k, eps, scale);
+        for (unsigned int i0 = t; i0 < k4; i0 += U * stride) {
+            if (i0 != t) s6_gemv_load_batch<float4, U, NC>(wr, i0, stride, k4, wv);
 #pragma unroll
-            for (int c = 0; c < NC; ++c) wv[c] = __ldg(reinterpret_cast<const float4*>(wr[c]) + i);
+            for (int b = 0; b < U; ++b) {
+                const unsigned int i = i0 + b * stride;
+                if (i >= k4) break;
 #pragma unroll
-            for (int r = 0; r < R; ++r) {
-                const float4 xv = s6_gemv_x4<NORM>(in, r, i);
+                for (int r = 0; r < R; ++r) {
+                    const float4 xv = s6_gemv_x4<NORM>(in, r, i);
 #pragma unroll
-                for (int c = 0; c < NC; ++c) {
-                    acc[c][r] = fmaf(wv[c].x, xv.x, acc[c][r]);
-                    acc[c][r] = fmaf(wv[c].y, xv.y, acc[c][r]);
-                    acc[c][r] = fmaf(wv[c].z, xv.z, acc[c][r]);
-                    acc[c][r] = fmaf(wv[c].w, xv.w, acc[c][r]);
+                    for (int c = 0; c < NC; ++c) {
+                        acc[c][r] = fmaf(wv[b][c].x, xv.x, acc[c][r]);
+                        acc[c][r] = fmaf(wv[b][c].y, xv.y, acc[c][r]);
+                        acc[c][r] = fmaf(wv[b][c].z, xv.z, acc[c][r]);
+                        acc[c][r] = fmaf(wv[b][c].w, xv.w, acc[c][r]);
+                    }
                 }
             }
         }
     } else {
+        in = s6_gemv_begin<R, NORM>(in, k, eps, scale);
 #pragma unroll 4
         for (unsigned int i = t; i < k; i += stride) {
             float wv[NC];
@@ -220,7 +304,7 @@ __device__ __forceinline__ void s6_gemv_impl(const S6GemvIn& in, const float* __
         }
     }
 
-    s6_gemv_store<R, NC>(acc, part, warp, lane, s, split, j0, o);
+    s6_gemv_store<R, NC>(acc, part, warp, lane, s, split, j0, o, pre);
 }
 
 // The entry points' arguments, shared by the f32 and bf16 kernels (W: the weight element type).
@@ -243,21 +327,17 @@ __device__ __forceinline__ void s6_gemv_impl(const S6GemvIn& in, const float* __
     extern "C" __global__ void __launch_bounds__(S6_GEMV_WARPS * 32) PREFIX##_r##R(S6_GEMV_PLAIN_PARAMS(W)) { \
         S6_PDL_LAUNCH();                                                                                    \
         s6_gemv_prefetch_l2<W, NC>(w, n, k, split, prefetch);                                               \
-        S6_PDL_WAIT();                                                                                      \
         const S6GemvIn in{x, ld, nullptr, nullptr};                                                         \
         const S6GemvOut o{bias, out, n, accumulate, nullptr, nullptr, nullptr, nullptr, 0, 0};              \
-        IMPL<R, NC, false>(in, w, o, k, split, vec);                                                        \
+        IMPL<R, NC, false>(in, w, o, k, split, vec, 0.0f);                                                  \
     }                                                                                                       \
     extern "C" __global__ void __launch_bounds__(S6_GEMV_WARPS * 32)                                        \
         PREFIX##_norm_r##R(S6_GEMV_NORM_PARAMS(W)) {                                                        \
         S6_PDL_LAUNCH();                                                                                    \
         s6_gemv_prefetch_l2<W, NC>(w, n, k, split, prefetch);                                               \
-        S6_PDL_WAIT();                                                                                      \
-        __shared__ float scale[R];                                                                          \
-        s6_gemv_norm_scales<R>(x, ld, k, eps, scale);                                                       \
-        const S6GemvIn in{x, ld, nw, scale};                                                                \
+        const S6GemvIn in{x, ld, nw, nullptr};                                                              \
         const S6GemvOut o{bias, out, n, 0, cw, cb, conv_state, u, conv_ch, kconv};                          \
-        IMPL<R, NC, true>(in, w, o, k, split, vec);                                                         \
+        IMPL<R, NC, true>(in, w, o, k, split, vec, eps);                                                    \
     }
 
 S6_GEMV_ENTRIES(s6_gemv, s6_gemv_impl, float, 1, 1)
@@ -290,45 +370,55 @@ __device__ __forceinline__ float s6_rbf16(float v) {
 }
 
 template <int R, int NC, bool NORM>
-__device__ __forceinline__ void s6_gemv_bf16_impl(const S6GemvIn& in, const unsigned short* __restrict__ w,
+__device__ __forceinline__ void s6_gemv_bf16_impl(S6GemvIn in, const unsigned short* __restrict__ w,
                                                   const S6GemvOut& o, unsigned int k, unsigned int split,
-                                                  unsigned int vec) {
+                                                  unsigned int vec, float eps) {
     __shared__ float part[S6_GEMV_WARPS][NC * R];
+    __shared__ float scale[R];
     const unsigned int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
     unsigned int s;
     const unsigned short* wr[NC];
     const unsigned long long j0 = s6_gemv_rows<unsigned short, NC>(w, o.n, k, split, warp, s, wr);
+    const S6ConvPre pre = s6_gemv_conv_preload<R, NC>(o, j0, s, lane);
     float acc[NC][R] = {};
 
     const unsigned int t = s * 32 + lane, stride = split * 32;
     if (vec == 2) {
+        constexpr int U = S6GemvBatch<NC>::U;
         const unsigned int k8 = k >> 3;
-#pragma unroll 2
-        for (unsigned int i = t; i < k8; i += stride) {
-            uint4 wv[NC];
+        uint4 wv[U][NC];
+        s6_gemv_load_batch<uint4, U, NC>(wr, t, stride, k8, wv);
+        in = s6_gemv_begin<R, NORM>(in, k, eps, scale);
+        for (unsigned int i0 = t; i0 < k8; i0 += U * stride) {
+            if (i0 != t) s6_gemv_load_batch<uint4, U, NC>(wr, i0, stride, k8, wv);
 #pragma unroll
-            for (int c = 0; c < NC; ++c) wv[c] = __ldg(reinterpret_cast<const uint4*>(wr[c]) + i);
+            for (int b = 0; b < U; ++b) {
+                const unsigned int i = i0 + b * stride;
+                if (i >= k8) break;
 #pragma unroll
-            for (int r = 0; r < R; ++r) {
-                const float4 xa = s6_gemv_x4<NORM>(in, r, 2 * i), xb = s6_gemv_x4<NORM>(in, r, 2 * i + 1);
-                const float x0 = s6_rbf16(xa.x), x1 = s6_rbf16(xa.y), x2 = s6_rbf16(xa.z), x3 = s6_rbf16(xa.w),
-                            x4 = s6_rbf16(xb.x), x5 = s6_rbf16(xb.y), x6 = s6_rbf16(xb.z), x7 = s6_rbf16(xb.w);
+                for (int r = 0; r < R; ++r) {
+                    const float4 xa = s6_gemv_x4<NORM>(in, r, 2 * i), xb = s6_gemv_x4<NORM>(in, r, 2 * i + 1);
+                    const float x0 = s6_rbf16(xa.x), x1 = s6_rbf16(xa.y), x2 = s6_rbf16(xa.z), x3 = s6_rbf16(xa.w),
+                                x4 = s6_rbf16(xb.x), x5 = s6_rbf16(xb.y), x6 = s6_rbf16(xb.z), x7 = s6_rbf16(xb.w);
 #pragma unroll
-                for (int c = 0; c < NC; ++c) {
-                    float a = acc[c][r];
-                    a = fmaf(s6_bf16_lo(wv[c].x), x0, a);
-                    a = fmaf(s6_bf16_hi(wv[c].x), x1, a);
-                    a = fmaf(s6_bf16_lo(wv[c].y), x2, a);
-                    a = fmaf(s6_bf16_hi(wv[c].y), x3, a);
-                    a = fmaf(s6_bf16_lo(wv[c].z), x4, a);
-                    a = fmaf(s6_bf16_hi(wv[c].z), x5, a);
-                    a = fmaf(s6_bf16_lo(wv[c].w), x6, a);
-                    a = fmaf(s6_bf16_hi(wv[c].w), x7, a);
-                    acc[c][r] = a;
+                    for (int c = 0; c < NC; ++c) {
+                        const uint4 q = wv[b][c];
+                        float a = acc[c][r];
+                        a = fmaf(s6_bf16_lo(q.x), x0, a);
+                        a = fmaf(s6_bf16_hi(q.x), x1, a);
+                        a = fmaf(s6_bf16_lo(q.y), x2, a);
+                        a = fmaf(s6_bf16_hi(q.y), x3, a);
+                        a = fmaf(s6_bf16_lo(q.z), x4, a);
+                        a = fmaf(s6_bf16_hi(q.z), x5, a);
+                        a = fmaf(s6_bf16_lo(q.w), x6, a);
+                        a = fmaf(s6_bf16_hi(q.w), x7, a);
+                        acc[c][r] = a;
+                    }
                 }
             }
         }
     } else if (vec == 1) {
+        in = s6_gemv_begin<R, NORM>(in, k, eps, scale);
         const unsigned int k4 = k >> 2;
 #pragma unroll 4
         for (unsigned int i = t; i < k4; i += stride) {
@@ -351,6 +441,7 @@ __device__ __forceinline__ void s6_gemv_bf16_impl(const S6GemvIn& in, const unsi
             }
         }
     } else {
+        in = s6_gemv_begin<R, NORM>(in, k, eps, scale);
 #pragma unroll 4
         for (unsigned int i = t; i < k; i += stride) {
             float wv[NC];
@@ -364,7 +455,7 @@ __device__ __forceinline__ void s6_gemv_bf16_impl(const S6GemvIn& in, const unsi
             }
         }
     }
-    s6_gemv_store<R, NC>(acc, part, warp, lane, s, split, j0, o);
+    s6_gemv_store<R, NC>(acc, part, warp, lane, s, split, j0, o, pre);
 }
 
 S6_GEMV_ENTRIES(s6_gemv_bf16, s6_gemv_bf16_impl, unsigned short, 1, 1)

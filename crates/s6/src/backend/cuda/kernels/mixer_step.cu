@@ -20,10 +20,18 @@
 #define S6_MS_THREADS 256
 #define S6_MS_CPB (S6_MS_THREADS / S6_MS_G)
 
+// Registers for the weights a lane loads before the PDL wait (weights only: prelude.cu): its
+// dt_proj row entries i = part + S6_MS_G * q for q < S6_MS_RPRE (dt_rank up to 128; the rest, if
+// any, after the wait) and its A entries s = part + S6_MS_G * q (d_state up to MAX_D_STATE = 64).
+// The recurrent state and the conv window are read only after the wait, all at once.
+#define S6_MS_RPRE 16
+#define S6_MS_SPRE 8
+
 // grid (ceil(di / S6_MS_CPB), batch), block S6_MS_THREADS, dynamic shared memory width floats
 // (the sequence's xdbl row). Before the PDL wait, with `prefetch`, the first sequence's blocks
-// prefetch their channels' rows of dt_proj and A into L2 (s6_prefetch_l2): every sequence reads
-// them, and no kernel writes them.
+// prefetch their channels' rows of dt_proj and A into L2 (s6_prefetch_l2), and every lane loads
+// its own weights into registers. Each lane sums in the same order as a plain loop over its
+// entries would, so the results do not depend on what was loaded early.
 extern "C" __global__ void __launch_bounds__(S6_MS_THREADS)
     s6_mixer_step_scan(const float* __restrict__ xz, unsigned int ldxz, const float* __restrict__ u,
                        const float* __restrict__ xdbl, unsigned int width, unsigned int r,
@@ -39,33 +47,70 @@ extern "C" __global__ void __launch_bounds__(S6_MS_THREADS)
         if (!dt_given) s6_prefetch_l2(dt_proj + c0 * r, nc * r * sizeof(float));
         s6_prefetch_l2(a + c0 * n, nc * n * sizeof(float));
     }
-    S6_PDL_WAIT();
-    extern __shared__ float s6_ms_x[];
     const unsigned int b = blockIdx.y;
-    for (unsigned int i = threadIdx.x; i < width; i += blockDim.x) {
-        s6_ms_x[i] = xdbl[(unsigned long long)b * width + i];
-    }
-    __syncthreads();
     const unsigned int part = threadIdx.x % S6_MS_G;
     const unsigned int c = blockIdx.x * S6_MS_CPB + threadIdx.x / S6_MS_G;
     // Inactive channels (c >= di) still take part in the shuffles, with zeros.
     const bool active = c < di;
     const unsigned long long bc = (unsigned long long)b * di + c;
 
-    // Every global load that does not depend on dt first, so that their latencies overlap.
-    float dt = 0.0f, bias_c = 0.0f, uv = 0.0f, d_c = 0.0f, zc = 0.0f;
+    // The weights, before the wait.
+    float bias_c = 0.0f, d_c = 0.0f, wdt[S6_MS_RPRE], av[S6_MS_SPRE];
+    const float* wr = dt_proj + (unsigned long long)c * r;
+    const float* ac = a + (unsigned long long)c * n;
+#pragma unroll
+    for (int q = 0; q < S6_MS_RPRE; ++q) {
+        const unsigned int i = part + S6_MS_G * q;
+        wdt[q] = active && !dt_given && i < r ? __ldg(wr + i) : 0.0f;
+    }
+#pragma unroll
+    for (int q = 0; q < S6_MS_SPRE; ++q) {
+        const unsigned int st = part + S6_MS_G * q;
+        av[q] = active && st < n ? __ldg(ac + st) : 0.0f;
+    }
     if (active) {
-        bias_c = dt_bias[c];
+        bias_c = __ldg(dt_bias + c);
+        d_c = __ldg(dskip + c);
+    }
+    S6_PDL_WAIT();
+
+    // Everything the step reads that does not depend on dt, issued together: the previous
+    // kernels' outputs (u, z, x, xdbl), the state and the conv window.
+    extern __shared__ float s6_ms_x[];
+    float* h = ssm_state + bc * n;
+    float uv = 0.0f, zc = 0.0f, hv[S6_MS_SPRE];
+#pragma unroll
+    for (int q = 0; q < S6_MS_SPRE; ++q) {
+        const unsigned int st = part + S6_MS_G * q;
+        hv[q] = active && st < n ? h[st] : 0.0f;
+    }
+    if (active) {
         uv = u[bc];
-        d_c = dskip[c];
         zc = xz[(unsigned long long)b * ldxz + di + c];
+        if (part == 0 && k > 1) {
+            // The window moves by one step: slot j takes slot j + 1, the last slot takes x.
+            float* sw = conv_state + (unsigned long long)b * (k - 1) * di + c;
+            for (unsigned int j = 0; j + 2 < k; j++) sw[(unsigned long long)j * di] = sw[(unsigned long long)(j + 1) * di];
+            sw[(unsigned long long)(k - 2) * di] = xz[(unsigned long long)b * ldxz + c];
+        }
+    }
+    for (unsigned int i = threadIdx.x; i < width; i += blockDim.x) {
+        s6_ms_x[i] = xdbl[(unsigned long long)b * width + i];
+    }
+    __syncthreads();
+
+    float dt = 0.0f;
+    if (active) {
         if (dt_given) {
             // Every lane reads it: the shuffle sum below must see it on one lane only.
             dt = part == 0 ? delta_out[bc] : 0.0f;
         } else {
-            const float* wr = dt_proj + (unsigned long long)c * r;
-#pragma unroll 4
-            for (unsigned int i = part; i < r; i += S6_MS_G) dt = fmaf(s6_ms_x[i], __ldg(wr + i), dt);
+#pragma unroll
+            for (int q = 0; q < S6_MS_RPRE; ++q) {
+                const unsigned int i = part + S6_MS_G * q;
+                if (i < r) dt = fmaf(s6_ms_x[i], wdt[q], dt);
+            }
+            for (unsigned int i = part + S6_MS_G * S6_MS_RPRE; i < r; i += S6_MS_G) dt = fmaf(s6_ms_x[i], __ldg(wr + i), dt);
         }
     }
 #pragma unroll
@@ -76,20 +121,16 @@ extern "C" __global__ void __launch_bounds__(S6_MS_THREADS)
         if (part == 0 && !dt_given) delta_out[bc] = dt;
         const float dl = s6_softplus(dt + bias_c);
         const float du = dl * uv;
-        const float* ac = a + (unsigned long long)c * n;
-        float* h = ssm_state + bc * n;
         const float* bm = s6_ms_x + r;
         const float* cm = s6_ms_x + r + n;
-        for (unsigned int s = part; s < n; s += S6_MS_G) {
-            const float hv = fmaf(expf(dl * ac[s]), h[s], du * bm[s]);
-            h[s] = hv;
-            acc = fmaf(cm[s], hv, acc);
-        }
-        if (part == 0 && k > 1) {
-            // The window moves by one step: slot j takes slot j + 1, the last slot takes x.
-            float* st = conv_state + (unsigned long long)b * (k - 1) * di + c;
-            for (unsigned int j = 0; j + 2 < k; j++) st[(unsigned long long)j * di] = st[(unsigned long long)(j + 1) * di];
-            st[(unsigned long long)(k - 2) * di] = xz[(unsigned long long)b * ldxz + c];
+#pragma unroll
+        for (int q = 0; q < S6_MS_SPRE; ++q) {
+            const unsigned int st = part + S6_MS_G * q;
+            if (st < n) {
+                const float hn = fmaf(expf(dl * av[q]), hv[q], du * bm[st]);
+                h[st] = hn;
+                acc = fmaf(cm[st], hn, acc);
+            }
         }
     }
 #pragma unroll
@@ -98,4 +139,3 @@ extern "C" __global__ void __launch_bounds__(S6_MS_THREADS)
         y[bc] = (acc + d_c * uv) * s6_silu(zc);
     }
 }
-

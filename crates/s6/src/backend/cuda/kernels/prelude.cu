@@ -5,8 +5,17 @@
 // until the previous kernel has finished and its writes are visible: nothing of a kernel reads
 // or writes global memory before that wait. Without the launch attribute both are no-ops.
 // S6_PDL_LAUNCH() and S6_PDL_WAIT() are its two halves, for kernels that do something between
-// them that reads nothing into the SM (gemv.cu: an L2 prefetch of its weights, which cannot see
-// stale data: every SM's writes reach L2, the device's point of coherence).
+// them: an L2 prefetch of their weights (which cannot see stale data: every SM's writes reach L2,
+// the device's point of coherence), and loads of their weights into registers (gemv.cu,
+// mixer_step.cu), so that the weight stream overlaps the previous kernel.
+//
+// Those early loads read only weights, and they are safe because of one rule: a kernel that
+// writes weights (the bf16 cast of a weight, the optimizer step) opens with S6_PDL_WAIT() alone,
+// never letting its dependents start early. A dependent then starts only after every block of
+// it has exited, so every kernel after it (each starts no earlier than its predecessor) sees the
+// new weights before its wait. Activations and recurrent states are read only after the wait:
+// with early triggers a chain of small kernels can all be resident at once, so "the kernel that
+// wrote it ran long ago" is no guarantee.
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
 #define S6_PDL_LAUNCH() asm volatile("griddepcontrol.launch_dependents;")
 #define S6_PDL_WAIT() asm volatile("griddepcontrol.wait;" ::: "memory")

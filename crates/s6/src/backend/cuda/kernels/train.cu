@@ -435,7 +435,7 @@ extern "C" __global__ void s6_sum_in_order(const double* __restrict__ v, unsigne
 // dst = -exp(src), in f64 and rounded once: the correctly rounded -expf (the host's f32 exp
 // gives the same value but in rare halfway cases).
 extern "C" __global__ void s6_neg_exp(const float* __restrict__ src, float* __restrict__ dst, unsigned long long n) {
-    S6_PDL_ENTRY();
+    S6_PDL_WAIT();  // writes A, a weight of the decoding step: no early trigger (prelude.cu)
     unsigned long long i = (unsigned long long)blockIdx.x * blockDim.x + threadIdx.x;
     for (; i < n; i += (unsigned long long)gridDim.x * blockDim.x) dst[i] = -(float)exp((double)src[i]);
 }
@@ -470,7 +470,7 @@ __device__ __forceinline__ void s6_adamw_elem(float* __restrict__ p, const float
 extern "C" __global__ void s6_adamw(float* __restrict__ p, const float* __restrict__ grad, float* __restrict__ m,
                                     float* __restrict__ v, unsigned long long n, float b1, float b2, float eps,
                                     float gs, float step_size, float bc2_sqrt, float decay) {
-    S6_PDL_ENTRY();
+    S6_PDL_WAIT();  // writes weights: no early trigger (prelude.cu)
     unsigned long long i = (unsigned long long)blockIdx.x * blockDim.x + threadIdx.x;
     for (; i < n; i += (unsigned long long)gridDim.x * blockDim.x)
         s6_adamw_elem(p, grad, m, v, i, b1, b2, eps, gs, step_size, bc2_sqrt, decay);
@@ -482,7 +482,7 @@ extern "C" __global__ void s6_adamw(float* __restrict__ p, const float* __restri
 // values are those of s6_adamw whatever the grid.
 #define S6_ADAMW_W 15
 extern "C" __global__ void s6_adamw_many(const unsigned long long* __restrict__ tab, unsigned int tensors) {
-    S6_PDL_ENTRY();
+    S6_PDL_WAIT();  // writes weights: no early trigger (prelude.cu)
     const unsigned int t = s6_mt_tensor(tab, S6_ADAMW_W, tensors, blockIdx.x);
     const unsigned long long* row = tab + (unsigned long long)t * S6_ADAMW_W;
     const unsigned long long n = row[0];
