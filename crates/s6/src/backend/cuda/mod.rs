@@ -328,12 +328,22 @@ fn compile_cached(what: &'static str, source: &str, arch: &str) -> Result<String
     }
     // NVRTC wants a &'static str for the architecture; one leak per compilation and process.
     let arch_static: &'static str = Box::leak(arch.to_string().into_boxed_str());
-    let opts = CompileOptions { arch: Some(arch_static), ..Default::default() };
+    let opts = CompileOptions { arch: Some(arch_static), options: gemv_batch_define(), ..Default::default() };
     let ptx = compile_ptx_with_opts(source, opts)
         .map_err(|e| Error::Backend(format!("NVRTC could not compile {what} for {arch}: {e}")))?;
     let src = ptx.to_src();
     map.insert((what, arch.to_string()), src.clone());
     Ok(src)
+}
+
+/// `-DS6_GEMV_BATCH=N` when the environment variable `S6_GEMV_BATCH` asks for N (1 to 8) weight
+/// vectors in flight per lane in the small-batch GEMV (`kernels/gemv.cu`; default 2), for
+/// measurements. Read once per process, like the kernels' compilation.
+fn gemv_batch_define() -> Vec<String> {
+    match std::env::var("S6_GEMV_BATCH").ok().and_then(|v| v.trim().parse::<u32>().ok()) {
+        Some(n @ 1..=8) => vec![format!("-DS6_GEMV_BATCH={n}")],
+        _ => Vec::new(),
+    }
 }
 
 /// PTX of the model kernels (`kernels/*.cu` but the sampling kernel) for one architecture.

@@ -103,16 +103,20 @@ __device__ __forceinline__ S6GemvIn s6_gemv_begin(S6GemvIn in, unsigned int k, f
     return in;
 }
 
-// Weight elements in flight per lane: the main loops of the 16-byte paths load a batch of U
+// Weight vectors in flight per lane: the main loops of the 16-byte paths load a batch of U
 // vectors per weight row (indices i0, i0 + stride, ... below `count`; zeros past it, never used)
 // before the first FMA, and the kernels issue their first batch before the PDL wait. The weights
 // are constants during a kernel's lifetime and no kernel that may still be running writes them
-// (prelude.cu), so that load overlaps the previous kernel: at batch 1 a 130M product's whole
-// share of weights per lane is one batch. One batch of 8 keeps four times the bytes in flight
-// of the 2-deep unrolled loop it replaces, which left a 1.4B product at ~1.4 TB/s.
+// (prelude.cu), so that load overlaps the previous kernel. Measured on an H100 (session 9): a
+// batch of 8 doubled the kernels' registers (32 → 60-64), halved their occupancy and made the
+// 1.4B products slower (in_proj 23 → 28 µs alone); S6_GEMV_BATCH is the default batch (the host
+// can define it for measurements: the `S6_GEMV_BATCH` environment variable).
+#ifndef S6_GEMV_BATCH
+#define S6_GEMV_BATCH 2
+#endif
 template <int NC>
 struct S6GemvBatch {
-    static constexpr int U = NC == 1 ? 8 : 4;
+    static constexpr int U = S6_GEMV_BATCH;
 };
 
 template <typename V, int U, int NC, typename W>
