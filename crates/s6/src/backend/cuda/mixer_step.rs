@@ -141,7 +141,9 @@ impl Cuda {
             block_dim: (SCAN_THREADS as u32, 1, 1),
             shared_mem_bytes: u32_of("shared", 4 * width)?,
         };
-        launch!(self, self.func("s6_mixer_step_scan")?, cfg2, "mixer step scan";
+        // One sequence: the entry that loads its weights before the PDL wait (mixer_step.cu).
+        let name = if batch == 1 { "s6_mixer_step_scan_b1" } else { "s6_mixer_step_scan" };
+        launch!(self, self.func(name)?, cfg2, "mixer step scan";
             xz, ldxz, up, xdbl, ww, rr, dtw, dtb, ap, dp, conv, kk, ssm, delta, yp, dd, nn, dt_given, pf);
         Ok(())
     }

@@ -111,6 +111,7 @@ const KERNELS: &[&str] = &[
     "s6_cast_bf16",
     // kernels/mixer_step.cu
     "s6_mixer_step_scan",
+    "s6_mixer_step_scan_b1",
 ];
 
 /// `linear` with at most this many rows runs the matrix-vector kernel `s6_gemv_r{rows}`

@@ -103,20 +103,24 @@ __device__ __forceinline__ S6GemvIn s6_gemv_begin(S6GemvIn in, unsigned int k, f
     return in;
 }
 
-// Weight vectors in flight per lane: the main loops of the 16-byte paths load a batch of U
-// vectors per weight row (indices i0, i0 + stride, ... below `count`; zeros past it, never used)
-// before the first FMA, and the kernels issue their first batch before the PDL wait. The weights
-// are constants during a kernel's lifetime and no kernel that may still be running writes them
-// (prelude.cu), so that load overlaps the previous kernel. Measured on an H100 (session 9): a
-// batch of 8 doubled the kernels' registers (32 → 60-64), halved their occupancy and made the
-// 1.4B products slower (in_proj 23 → 28 µs alone); S6_GEMV_BATCH is the default batch (the host
-// can define it for measurements: the `S6_GEMV_BATCH` environment variable).
+// Batch 1 (R = 1, the latency-bound case): the main loops of the 16-byte paths load a batch of
+// S6_GEMV_BATCH vectors per weight row (indices i0, i0 + stride, ... below `count`; zeros past it,
+// never used) before their FMAs, and the first batch is issued before the PDL wait, as are the
+// conv epilogue's weights. The weights are constants during a kernel's lifetime and no kernel
+// that may still be running writes them (prelude.cu), so those loads overlap the previous
+// kernel. Larger batches keep the plain loops: measured on an H100 (session 9, runs 30-31) the
+// early loads made 8 rows slower (130M 12,504 → 11,571 tok/s: every register held across the
+// wait is held by blocks resident ahead of their turn), and a batch of 8 vectors doubled the
+// registers (32 → 60) and slowed the 1.4B products alone (in_proj 23 → 28 µs); at batch 1 a
+// batch of 1 was best for 1.4B (536 against 509 tok/s for the loop without early loads) and
+// within 4% of the best for 130M. `S6_GEMV_BATCH` may be defined by the host for measurements
+// (the environment variable of the same name).
 #ifndef S6_GEMV_BATCH
-#define S6_GEMV_BATCH 2
+#define S6_GEMV_BATCH 1
 #endif
-template <int NC>
-struct S6GemvBatch {
-    static constexpr int U = S6_GEMV_BATCH;
+template <int R>
+struct S6GemvEarly {
+    static constexpr bool on = R == 1;
 };
 
 template <typename V, int U, int NC, typename W>
@@ -143,7 +147,7 @@ template <int R, int NC>
 __device__ __forceinline__ S6ConvPre s6_gemv_conv_preload(const S6GemvOut& o, unsigned long long j0, unsigned int s,
                                                           unsigned int lane) {
     S6ConvPre p{};
-    if (s == 0 && lane < NC * R && o.kconv <= S6_GEMV_CONV_PRE) {
+    if (S6GemvEarly<R>::on && s == 0 && lane < NC * R && o.kconv <= S6_GEMV_CONV_PRE) {
         const unsigned long long j = j0 + lane / R;
         if (j < o.n && j < o.conv_ch) {
 #pragma unroll
@@ -211,7 +215,7 @@ __device__ __forceinline__ void s6_gemv_store(float (&acc)[NC][R], float (*part)
                 const unsigned int kc = o.kconv, ch = o.conv_ch;
                 const float* st = o.conv_state + (unsigned long long)r * (kc - 1) * ch + j;
                 float a;
-                if (kc <= S6_GEMV_CONV_PRE) {
+                if (S6GemvEarly<R>::on && kc <= S6_GEMV_CONV_PRE) {
                     // The state's slots first, all in flight together, then the same FMAs.
                     float sv[S6_GEMV_CONV_PRE] = {};
 #pragma unroll
@@ -254,6 +258,23 @@ __device__ __forceinline__ unsigned long long s6_gemv_rows(const W* w, unsigned 
     return j0;
 }
 
+// One 16-byte step of the f32 kernel: 4 weights of each of the NC rows times x[r, 4i .. 4i+3].
+template <int R, int NC, bool NORM>
+__device__ __forceinline__ void s6_gemv_fma4(const S6GemvIn& in, unsigned int i, const float4 (&wv)[NC],
+                                             float (&acc)[NC][R]) {
+#pragma unroll
+    for (int r = 0; r < R; ++r) {
+        const float4 xv = s6_gemv_x4<NORM>(in, r, i);
+#pragma unroll
+        for (int c = 0; c < NC; ++c) {
+            acc[c][r] = fmaf(wv[c].x, xv.x, acc[c][r]);
+            acc[c][r] = fmaf(wv[c].y, xv.y, acc[c][r]);
+            acc[c][r] = fmaf(wv[c].z, xv.z, acc[c][r]);
+            acc[c][r] = fmaf(wv[c].w, xv.w, acc[c][r]);
+        }
+    }
+}
+
 template <int R, int NC, bool NORM>
 __device__ __forceinline__ void s6_gemv_impl(S6GemvIn in, const float* __restrict__ w, const S6GemvOut& o,
                                              unsigned int k, unsigned int split, unsigned int vec, float eps) {
@@ -268,28 +289,28 @@ __device__ __forceinline__ void s6_gemv_impl(S6GemvIn in, const float* __restric
 
     const unsigned int t = s * 32 + lane, stride = split * 32;
     if (vec) {
-        constexpr int U = S6GemvBatch<NC>::U;
         const unsigned int k4 = k >> 2;
-        float4 wv[U][NC];
-        s6_gemv_load_batch<float4, U, NC>(wr, t, stride, k4, wv);
-        in = s6_gemv_begin<R, NORM>(in, k, eps, scale);
-        for (unsigned int i0 = t; i0 < k4; i0 += U * stride) {
-            if (i0 != t) s6_gemv_load_batch<float4, U, NC>(wr, i0, stride, k4, wv);
+        if constexpr (S6GemvEarly<R>::on) {
+            constexpr int U = S6_GEMV_BATCH;
+            float4 wv[U][NC];
+            s6_gemv_load_batch<float4, U, NC>(wr, t, stride, k4, wv);
+            in = s6_gemv_begin<R, NORM>(in, k, eps, scale);
+            for (unsigned int i0 = t; i0 < k4; i0 += U * stride) {
+                if (i0 != t) s6_gemv_load_batch<float4, U, NC>(wr, i0, stride, k4, wv);
 #pragma unroll
-            for (int b = 0; b < U; ++b) {
-                const unsigned int i = i0 + b * stride;
-                if (i >= k4) break;
-#pragma unroll
-                for (int r = 0; r < R; ++r) {
-                    const float4 xv = s6_gemv_x4<NORM>(in, r, i);
-#pragma unroll
-                    for (int c = 0; c < NC; ++c) {
-                        acc[c][r] = fmaf(wv[b][c].x, xv.x, acc[c][r]);
-                        acc[c][r] = fmaf(wv[b][c].y, xv.y, acc[c][r]);
-                        acc[c][r] = fmaf(wv[b][c].z, xv.z, acc[c][r]);
-                        acc[c][r] = fmaf(wv[b][c].w, xv.w, acc[c][r]);
-                    }
+                for (int b = 0; b < U; ++b) {
+                    if (i0 + b * stride >= k4) break;
+                    s6_gemv_fma4<R, NC, NORM>(in, i0 + b * stride, wv[b], acc);
                 }
+            }
+        } else {
+            in = s6_gemv_begin<R, NORM>(in, k, eps, scale);
+#pragma unroll 4
+            for (unsigned int i = t; i < k4; i += stride) {
+                float4 wv[NC];
+#pragma unroll
+                for (int c = 0; c < NC; ++c) wv[c] = __ldg(reinterpret_cast<const float4*>(wr[c]) + i);
+                s6_gemv_fma4<R, NC, NORM>(in, i, wv, acc);
             }
         }
     } else {
@@ -373,6 +394,33 @@ __device__ __forceinline__ float s6_rbf16(float v) {
 #endif
 }
 
+// One 16-byte step of the bf16 kernel: 8 weights of each of the NC rows times x[r, 8i .. 8i+7]
+// rounded to bf16.
+template <int R, int NC, bool NORM>
+__device__ __forceinline__ void s6_gemv_bf16_fma8(const S6GemvIn& in, unsigned int i, const uint4 (&wv)[NC],
+                                                  float (&acc)[NC][R]) {
+#pragma unroll
+    for (int r = 0; r < R; ++r) {
+        const float4 xa = s6_gemv_x4<NORM>(in, r, 2 * i), xb = s6_gemv_x4<NORM>(in, r, 2 * i + 1);
+        const float x0 = s6_rbf16(xa.x), x1 = s6_rbf16(xa.y), x2 = s6_rbf16(xa.z), x3 = s6_rbf16(xa.w),
+                    x4 = s6_rbf16(xb.x), x5 = s6_rbf16(xb.y), x6 = s6_rbf16(xb.z), x7 = s6_rbf16(xb.w);
+#pragma unroll
+        for (int c = 0; c < NC; ++c) {
+            const uint4 q = wv[c];
+            float a = acc[c][r];
+            a = fmaf(s6_bf16_lo(q.x), x0, a);
+            a = fmaf(s6_bf16_hi(q.x), x1, a);
+            a = fmaf(s6_bf16_lo(q.y), x2, a);
+            a = fmaf(s6_bf16_hi(q.y), x3, a);
+            a = fmaf(s6_bf16_lo(q.z), x4, a);
+            a = fmaf(s6_bf16_hi(q.z), x5, a);
+            a = fmaf(s6_bf16_lo(q.w), x6, a);
+            a = fmaf(s6_bf16_hi(q.w), x7, a);
+            acc[c][r] = a;
+        }
+    }
+}
+
 template <int R, int NC, bool NORM>
 __device__ __forceinline__ void s6_gemv_bf16_impl(S6GemvIn in, const unsigned short* __restrict__ w,
                                                   const S6GemvOut& o, unsigned int k, unsigned int split,
@@ -388,37 +436,28 @@ __device__ __forceinline__ void s6_gemv_bf16_impl(S6GemvIn in, const unsigned sh
 
     const unsigned int t = s * 32 + lane, stride = split * 32;
     if (vec == 2) {
-        constexpr int U = S6GemvBatch<NC>::U;
         const unsigned int k8 = k >> 3;
-        uint4 wv[U][NC];
-        s6_gemv_load_batch<uint4, U, NC>(wr, t, stride, k8, wv);
-        in = s6_gemv_begin<R, NORM>(in, k, eps, scale);
-        for (unsigned int i0 = t; i0 < k8; i0 += U * stride) {
-            if (i0 != t) s6_gemv_load_batch<uint4, U, NC>(wr, i0, stride, k8, wv);
+        if constexpr (S6GemvEarly<R>::on) {
+            constexpr int U = S6_GEMV_BATCH;
+            uint4 wv[U][NC];
+            s6_gemv_load_batch<uint4, U, NC>(wr, t, stride, k8, wv);
+            in = s6_gemv_begin<R, NORM>(in, k, eps, scale);
+            for (unsigned int i0 = t; i0 < k8; i0 += U * stride) {
+                if (i0 != t) s6_gemv_load_batch<uint4, U, NC>(wr, i0, stride, k8, wv);
 #pragma unroll
-            for (int b = 0; b < U; ++b) {
-                const unsigned int i = i0 + b * stride;
-                if (i >= k8) break;
-#pragma unroll
-                for (int r = 0; r < R; ++r) {
-                    const float4 xa = s6_gemv_x4<NORM>(in, r, 2 * i), xb = s6_gemv_x4<NORM>(in, r, 2 * i + 1);
-                    const float x0 = s6_rbf16(xa.x), x1 = s6_rbf16(xa.y), x2 = s6_rbf16(xa.z), x3 = s6_rbf16(xa.w),
-                                x4 = s6_rbf16(xb.x), x5 = s6_rbf16(xb.y), x6 = s6_rbf16(xb.z), x7 = s6_rbf16(xb.w);
-#pragma unroll
-                    for (int c = 0; c < NC; ++c) {
-                        const uint4 q = wv[b][c];
-                        float a = acc[c][r];
-                        a = fmaf(s6_bf16_lo(q.x), x0, a);
-                        a = fmaf(s6_bf16_hi(q.x), x1, a);
-                        a = fmaf(s6_bf16_lo(q.y), x2, a);
-                        a = fmaf(s6_bf16_hi(q.y), x3, a);
-                        a = fmaf(s6_bf16_lo(q.z), x4, a);
-                        a = fmaf(s6_bf16_hi(q.z), x5, a);
-                        a = fmaf(s6_bf16_lo(q.w), x6, a);
-                        a = fmaf(s6_bf16_hi(q.w), x7, a);
-                        acc[c][r] = a;
-                    }
+                for (int b = 0; b < U; ++b) {
+                    if (i0 + b * stride >= k8) break;
+                    s6_gemv_bf16_fma8<R, NC, NORM>(in, i0 + b * stride, wv[b], acc);
                 }
+            }
+        } else {
+            in = s6_gemv_begin<R, NORM>(in, k, eps, scale);
+#pragma unroll 2
+            for (unsigned int i = t; i < k8; i += stride) {
+                uint4 wv[NC];
+#pragma unroll
+                for (int c = 0; c < NC; ++c) wv[c] = __ldg(reinterpret_cast<const uint4*>(wr[c]) + i);
+                s6_gemv_bf16_fma8<R, NC, NORM>(in, i, wv, acc);
             }
         }
     } else if (vec == 1) {

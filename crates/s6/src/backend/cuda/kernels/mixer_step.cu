@@ -20,26 +20,28 @@
 #define S6_MS_THREADS 256
 #define S6_MS_CPB (S6_MS_THREADS / S6_MS_G)
 
-// Registers for the weights a lane loads before the PDL wait (weights only: prelude.cu): its
-// dt_proj row entries i = part + S6_MS_G * q for q < S6_MS_RPRE (dt_rank up to 128; the rest, if
-// any, after the wait) and its A entries s = part + S6_MS_G * q (d_state up to MAX_D_STATE = 64).
-// The recurrent state and the conv window are read only after the wait, all at once.
+// With EARLY (the batch-1 entry), registers for the weights a lane loads before the PDL wait
+// (weights only: prelude.cu): its dt_proj row entries i = part + S6_MS_G * q for q < S6_MS_RPRE
+// (dt_rank up to 128; the rest, if any, after the wait) and its A entries s = part + S6_MS_G * q
+// (d_state up to MAX_D_STATE = 64); the recurrent state is then read right after the wait, all
+// at once. Measured on an H100 (session 9): 7.5 → 5.6 µs per call alone at 130M batch 1, 10.5
+// → 6.1 µs at 1.4B; but the registers (32 → 80) are held by blocks resident ahead of their turn,
+// and at batch 8 (384 blocks, every SM's register file) that slowed decoding, so larger batches
+// use the plain loops.
 #define S6_MS_RPRE 16
 #define S6_MS_SPRE 8
 
 // grid (ceil(di / S6_MS_CPB), batch), block S6_MS_THREADS, dynamic shared memory width floats
 // (the sequence's xdbl row). Before the PDL wait, with `prefetch`, the first sequence's blocks
-// prefetch their channels' rows of dt_proj and A into L2 (s6_prefetch_l2), and every lane loads
-// its own weights into registers. Each lane sums in the same order as a plain loop over its
-// entries would, so the results do not depend on what was loaded early.
-extern "C" __global__ void __launch_bounds__(S6_MS_THREADS)
-    s6_mixer_step_scan(const float* __restrict__ xz, unsigned int ldxz, const float* __restrict__ u,
-                       const float* __restrict__ xdbl, unsigned int width, unsigned int r,
-                       const float* __restrict__ dt_proj, const float* __restrict__ dt_bias,
-                       const float* __restrict__ a, const float* __restrict__ dskip, float* __restrict__ conv_state,
-                       unsigned int k, float* __restrict__ ssm_state, float* __restrict__ delta_out,
-                       float* __restrict__ y, unsigned int di, unsigned int n, unsigned int dt_given,
-                       unsigned int prefetch) {
+// prefetch their channels' rows of dt_proj and A into L2 (s6_prefetch_l2). Each lane sums in the
+// same order in both variants, so the results do not depend on what was loaded early.
+template <bool EARLY>
+__device__ __forceinline__ void s6_mixer_step_scan_impl(
+    const float* __restrict__ xz, unsigned int ldxz, const float* __restrict__ u, const float* __restrict__ xdbl,
+    unsigned int width, unsigned int r, const float* __restrict__ dt_proj, const float* __restrict__ dt_bias,
+    const float* __restrict__ a, const float* __restrict__ dskip, float* __restrict__ conv_state, unsigned int k,
+    float* __restrict__ ssm_state, float* __restrict__ delta_out, float* __restrict__ y, unsigned int di,
+    unsigned int n, unsigned int dt_given, unsigned int prefetch) {
     S6_PDL_LAUNCH();
     if (prefetch && blockIdx.y == 0 && threadIdx.x < 32) {
         const unsigned long long c0 = (unsigned long long)blockIdx.x * S6_MS_CPB;
@@ -53,21 +55,25 @@ extern "C" __global__ void __launch_bounds__(S6_MS_THREADS)
     // Inactive channels (c >= di) still take part in the shuffles, with zeros.
     const bool active = c < di;
     const unsigned long long bc = (unsigned long long)b * di + c;
-
-    // The weights, before the wait.
-    float bias_c = 0.0f, d_c = 0.0f, wdt[S6_MS_RPRE], av[S6_MS_SPRE];
     const float* wr = dt_proj + (unsigned long long)c * r;
     const float* ac = a + (unsigned long long)c * n;
+    float* h = ssm_state + bc * n;
+
+    // EARLY: the weights before the wait.
+    float wdt[EARLY ? S6_MS_RPRE : 1], av[EARLY ? S6_MS_SPRE : 1];
+    if constexpr (EARLY) {
 #pragma unroll
-    for (int q = 0; q < S6_MS_RPRE; ++q) {
-        const unsigned int i = part + S6_MS_G * q;
-        wdt[q] = active && !dt_given && i < r ? __ldg(wr + i) : 0.0f;
-    }
+        for (int q = 0; q < S6_MS_RPRE; ++q) {
+            const unsigned int i = part + S6_MS_G * q;
+            wdt[q] = active && !dt_given && i < r ? __ldg(wr + i) : 0.0f;
+        }
 #pragma unroll
-    for (int q = 0; q < S6_MS_SPRE; ++q) {
-        const unsigned int st = part + S6_MS_G * q;
-        av[q] = active && st < n ? __ldg(ac + st) : 0.0f;
+        for (int q = 0; q < S6_MS_SPRE; ++q) {
+            const unsigned int st = part + S6_MS_G * q;
+            av[q] = active && st < n ? __ldg(ac + st) : 0.0f;
+        }
     }
+    float bias_c = 0.0f, d_c = 0.0f;
     if (active) {
         bias_c = __ldg(dt_bias + c);
         d_c = __ldg(dskip + c);
@@ -75,14 +81,15 @@ extern "C" __global__ void __launch_bounds__(S6_MS_THREADS)
     S6_PDL_WAIT();
 
     // Everything the step reads that does not depend on dt, issued together: the previous
-    // kernels' outputs (u, z, x, xdbl), the state and the conv window.
+    // kernels' outputs (u, z, x, xdbl), with EARLY the state, and the conv window.
     extern __shared__ float s6_ms_x[];
-    float* h = ssm_state + bc * n;
-    float uv = 0.0f, zc = 0.0f, hv[S6_MS_SPRE];
+    float uv = 0.0f, zc = 0.0f, hv[EARLY ? S6_MS_SPRE : 1];
+    if constexpr (EARLY) {
 #pragma unroll
-    for (int q = 0; q < S6_MS_SPRE; ++q) {
-        const unsigned int st = part + S6_MS_G * q;
-        hv[q] = active && st < n ? h[st] : 0.0f;
+        for (int q = 0; q < S6_MS_SPRE; ++q) {
+            const unsigned int st = part + S6_MS_G * q;
+            hv[q] = active && st < n ? h[st] : 0.0f;
+        }
     }
     if (active) {
         uv = u[bc];
@@ -104,13 +111,16 @@ extern "C" __global__ void __launch_bounds__(S6_MS_THREADS)
         if (dt_given) {
             // Every lane reads it: the shuffle sum below must see it on one lane only.
             dt = part == 0 ? delta_out[bc] : 0.0f;
-        } else {
+        } else if constexpr (EARLY) {
 #pragma unroll
             for (int q = 0; q < S6_MS_RPRE; ++q) {
                 const unsigned int i = part + S6_MS_G * q;
                 if (i < r) dt = fmaf(s6_ms_x[i], wdt[q], dt);
             }
             for (unsigned int i = part + S6_MS_G * S6_MS_RPRE; i < r; i += S6_MS_G) dt = fmaf(s6_ms_x[i], __ldg(wr + i), dt);
+        } else {
+#pragma unroll 4
+            for (unsigned int i = part; i < r; i += S6_MS_G) dt = fmaf(s6_ms_x[i], __ldg(wr + i), dt);
         }
     }
 #pragma unroll
@@ -123,11 +133,19 @@ extern "C" __global__ void __launch_bounds__(S6_MS_THREADS)
         const float du = dl * uv;
         const float* bm = s6_ms_x + r;
         const float* cm = s6_ms_x + r + n;
+        if constexpr (EARLY) {
 #pragma unroll
-        for (int q = 0; q < S6_MS_SPRE; ++q) {
-            const unsigned int st = part + S6_MS_G * q;
-            if (st < n) {
-                const float hn = fmaf(expf(dl * av[q]), hv[q], du * bm[st]);
+            for (int q = 0; q < S6_MS_SPRE; ++q) {
+                const unsigned int st = part + S6_MS_G * q;
+                if (st < n) {
+                    const float hn = fmaf(expf(dl * av[q]), hv[q], du * bm[st]);
+                    h[st] = hn;
+                    acc = fmaf(cm[st], hn, acc);
+                }
+            }
+        } else {
+            for (unsigned int st = part; st < n; st += S6_MS_G) {
+                const float hn = fmaf(expf(dl * ac[st]), h[st], du * bm[st]);
                 h[st] = hn;
                 acc = fmaf(cm[st], hn, acc);
             }
@@ -138,4 +156,19 @@ extern "C" __global__ void __launch_bounds__(S6_MS_THREADS)
     if (active && part == 0) {
         y[bc] = (acc + d_c * uv) * s6_silu(zc);
     }
+}
+
+#define S6_MS_PARAMS                                                                                          \
+    const float *__restrict__ xz, unsigned int ldxz, const float *__restrict__ u, const float *__restrict__ xdbl, \
+        unsigned int width, unsigned int r, const float *__restrict__ dt_proj, const float *__restrict__ dt_bias, \
+        const float *__restrict__ a, const float *__restrict__ dskip, float *__restrict__ conv_state,            \
+        unsigned int k, float *__restrict__ ssm_state, float *__restrict__ delta_out, float *__restrict__ y,     \
+        unsigned int di, unsigned int n, unsigned int dt_given, unsigned int prefetch
+#define S6_MS_ARGS xz, ldxz, u, xdbl, width, r, dt_proj, dt_bias, a, dskip, conv_state, k, ssm_state, delta_out, y, di, n, dt_given, prefetch
+
+extern "C" __global__ void __launch_bounds__(S6_MS_THREADS) s6_mixer_step_scan(S6_MS_PARAMS) {
+    s6_mixer_step_scan_impl<false>(S6_MS_ARGS);
+}
+extern "C" __global__ void __launch_bounds__(S6_MS_THREADS) s6_mixer_step_scan_b1(S6_MS_PARAMS) {
+    s6_mixer_step_scan_impl<true>(S6_MS_ARGS);
 }
