@@ -4,7 +4,7 @@ kernel name the backend loads (crates/s6/src/backend/cuda/mod.rs: KERNELS, GEMV_
 GEMV_NORM_KERNELS) is an entry of the PTX. For catching kernel compile errors before a device call.
 
 Setup once: python3 -m venv /tmp/venv && /tmp/venv/bin/pip install "nvidia-cuda-nvrtc==13.0.*"
-Run: /tmp/venv/bin/python scripts/nvrtc_check.py [--ptx FILE]   (sets the library path itself;
+Run: /tmp/venv/bin/python scripts/nvrtc_check.py [--ptx FILE] [-DNAME=VALUE ...]   (sets the library path itself;
 --ptx also writes the PTX, to read what a kernel compiles to)
 """
 import ctypes, glob, os, re, sys
@@ -28,8 +28,10 @@ src = "\n".join(open(os.path.join(kdir, f)).read() for f in files).encode()
 
 prog = ctypes.c_void_p()
 assert lib.nvrtcCreateProgram(ctypes.byref(prog), src, b"s6.cu", 0, None, None) == 0
-opts = (ctypes.c_char_p * 1)(b"--gpu-architecture=sm_90")
-rc = lib.nvrtcCompileProgram(prog, 1, opts)
+# -DNAME=VALUE arguments pass through (the backend defines some from the environment).
+flags = [b"--gpu-architecture=sm_90"] + [a.encode() for a in sys.argv[1:] if a.startswith("-D")]
+opts = (ctypes.c_char_p * len(flags))(*flags)
+rc = lib.nvrtcCompileProgram(prog, len(flags), opts)
 n = ctypes.c_size_t()
 lib.nvrtcGetProgramLogSize(prog, ctypes.byref(n))
 log = ctypes.create_string_buffer(n.value)

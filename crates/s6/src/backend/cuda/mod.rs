@@ -329,7 +329,7 @@ fn compile_cached(what: &'static str, source: &str, arch: &str) -> Result<String
     }
     // NVRTC wants a &'static str for the architecture; one leak per compilation and process.
     let arch_static: &'static str = Box::leak(arch.to_string().into_boxed_str());
-    let opts = CompileOptions { arch: Some(arch_static), options: gemv_batch_define(), ..Default::default() };
+    let opts = CompileOptions { arch: Some(arch_static), options: kernel_defines(), ..Default::default() };
     let ptx = compile_ptx_with_opts(source, opts)
         .map_err(|e| Error::Backend(format!("NVRTC could not compile {what} for {arch}: {e}")))?;
     let src = ptx.to_src();
@@ -337,14 +337,33 @@ fn compile_cached(what: &'static str, source: &str, arch: &str) -> Result<String
     Ok(src)
 }
 
-/// `-DS6_GEMV_BATCH=N` when the environment variable `S6_GEMV_BATCH` asks for N (1 to 8) weight
-/// vectors in flight per lane in the small-batch GEMV (`kernels/gemv.cu`; default 2), for
-/// measurements. Read once per process, like the kernels' compilation.
-fn gemv_batch_define() -> Vec<String> {
-    match std::env::var("S6_GEMV_BATCH").ok().and_then(|v| v.trim().parse::<u32>().ok()) {
-        Some(n @ 1..=8) => vec![format!("-DS6_GEMV_BATCH={n}")],
-        _ => Vec::new(),
+/// Compile-time settings of the small-batch GEMV (`kernels/gemv.cu`) from the environment, for
+/// measurements: `S6_GEMV_BATCH` (1 to 8 weight vectors in flight per lane at batch 1; default
+/// 1) and `S6_GEMV_NC1` ([`gemv_nc1`]). Read once per process, like the kernels' compilation.
+fn kernel_defines() -> Vec<String> {
+    let mut defs = Vec::new();
+    if let Some(n @ 1..=8) = std::env::var("S6_GEMV_BATCH").ok().and_then(|v| v.trim().parse::<u32>().ok()) {
+        defs.push(format!("-DS6_GEMV_BATCH={n}"));
     }
+    defs.push(format!("-DS6_GEMV_NC1={}", gemv_nc1()));
+    defs
+}
+
+/// Whether the bf16 one-row GEMV gets shared memory to round x into once per block
+/// (`S6_GEMV_XS=1`; off by default until measured).
+fn gemv_xs() -> bool {
+    static ON: OnceLock<bool> = OnceLock::new();
+    *ON.get_or_init(|| std::env::var("S6_GEMV_XS").map(|v| v.trim() == "1").unwrap_or(false))
+}
+
+/// Columns per warp group of the one-row GEMV (`S6_GEMV_NC1` = 1, 2 or 4; default 1): the kernel
+/// is compiled with it and the grid sized by it.
+fn gemv_nc1() -> usize {
+    static NC: OnceLock<usize> = OnceLock::new();
+    *NC.get_or_init(|| match std::env::var("S6_GEMV_NC1").ok().and_then(|v| v.trim().parse::<usize>().ok()) {
+        Some(n @ (1 | 2 | 4)) => n,
+        _ => 1,
+    })
 }
 
 /// PTX of the model kernels (`kernels/*.cu` but the sampling kernel) for one architecture.
@@ -833,16 +852,23 @@ impl Cuda {
             GemvMode::Write | GemvMode::Accumulate => None,
         };
         let vec = Self::gemv_vec(set, (xp, ld), wp, k, norm);
-        let nc = if rows <= 4 { 1 } else { 2 };
+        let nc = match rows {
+            1 => gemv_nc1(),
+            2..=4 => 1,
+            _ => 2,
+        };
         let mut split = 1;
         while split < GEMV_WARPS && n.div_ceil(nc * GEMV_WARPS / split) < 264 {
             split *= 2;
         }
         let blocks = n.div_ceil(nc * GEMV_WARPS / split);
+        // The bf16 one-row kernel rounds x once per block into this much shared memory, if
+        // given (`S6_GEMV_XS=1`, for measurements; kernels/gemv.cu).
+        let xs = if rows == 1 && set == 1 && vec == 2 && gemv_xs() && 4 * k <= 48 << 10 { 4 * k } else { 0 };
         let cfg = LaunchConfig {
             grid_dim: (u32_of("linear blocks", blocks)?, 1, 1),
             block_dim: (32 * GEMV_WARPS as u32, 1, 1),
-            shared_mem_bytes: 0,
+            shared_mem_bytes: xs as u32,
         };
         let (ld, nn, kk, sp, pf) = (
             u32_of("ld", ld)?,
