@@ -360,9 +360,9 @@ fn gemv_xs() -> bool {
 /// is compiled with it and the grid sized by it.
 fn gemv_nc1() -> usize {
     static NC: OnceLock<usize> = OnceLock::new();
-    *NC.get_or_init(|| match std::env::var("S6_GEMV_NC1").ok().and_then(|v| v.trim().parse::<usize>().ok()) {
-        Some(n @ (1 | 2 | 4)) => n,
-        _ => 1,
+    *NC.get_or_init(|| {
+        let n = std::env::var("S6_GEMV_NC1").ok().and_then(|v| v.trim().parse::<usize>().ok());
+        n.filter(|n| matches!(n, 1 | 2 | 4)).unwrap_or(1)
     })
 }
 
