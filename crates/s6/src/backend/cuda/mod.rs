@@ -349,20 +349,13 @@ fn kernel_defines() -> Vec<String> {
     defs
 }
 
-/// Whether the bf16 one-row GEMV gets shared memory to round x into once per block
-/// (`S6_GEMV_XS=1`; off by default until measured).
-fn gemv_xs() -> bool {
-    static ON: OnceLock<bool> = OnceLock::new();
-    *ON.get_or_init(|| std::env::var("S6_GEMV_XS").map(|v| v.trim() == "1").unwrap_or(false))
-}
-
-/// Columns per warp group of the one-row GEMV (`S6_GEMV_NC1` = 1, 2 or 4; default 1): the kernel
-/// is compiled with it and the grid sized by it.
+/// Columns per warp group of the one-row GEMV (`S6_GEMV_NC1` = 1, 2 or 4; default 2, measured in
+/// kernels/gemv.cu): the kernel is compiled with it and the grid sized by it.
 fn gemv_nc1() -> usize {
     static NC: OnceLock<usize> = OnceLock::new();
     *NC.get_or_init(|| {
         let n = std::env::var("S6_GEMV_NC1").ok().and_then(|v| v.trim().parse::<usize>().ok());
-        n.filter(|n| matches!(n, 1 | 2 | 4)).unwrap_or(1)
+        n.filter(|n| matches!(n, 1 | 2 | 4)).unwrap_or(2)
     })
 }
 
@@ -862,13 +855,10 @@ impl Cuda {
             split *= 2;
         }
         let blocks = n.div_ceil(nc * GEMV_WARPS / split);
-        // The bf16 one-row kernel rounds x once per block into this much shared memory, if
-        // given (`S6_GEMV_XS=1`, for measurements; kernels/gemv.cu).
-        let xs = if rows == 1 && set == 1 && vec == 2 && gemv_xs() && 4 * k <= 48 << 10 { 4 * k } else { 0 };
         let cfg = LaunchConfig {
             grid_dim: (u32_of("linear blocks", blocks)?, 1, 1),
             block_dim: (32 * GEMV_WARPS as u32, 1, 1),
-            shared_mem_bytes: xs as u32,
+            shared_mem_bytes: 0,
         };
         let (ld, nn, kk, sp, pf) = (
             u32_of("ld", ld)?,

@@ -347,11 +347,13 @@ __device__ __forceinline__ void s6_gemv_impl(S6GemvIn in, const float* __restric
 // One pair of entry points per row count R (1..8): plain (`out = x·Wᵀ + bias`, or `out +=` with
 // accumulate) and NORM with the conv epilogue. NC = 1 column per group up to 4 rows, 2 above
 // (halves the x reads per weight byte, which otherwise load the L1 as hard as the weights load
-// DRAM); for one row S6_GEMV_NC1 (default 1; the host may define it for measurements, the
-// `S6_GEMV_NC1` environment variable, and sizes the grid with the same value). Block:
+// DRAM); for one row S6_GEMV_NC1 (2 by default: each x value then feeds two columns; on an H100,
+// session 9, 1 → 2 took bf16 decoding at batch 1 from 2,575 to 2,880 tok/s at 130M and from 534
+// to 619 at 1.4B; the host defines it, from the `S6_GEMV_NC1` environment variable for
+// measurements, and sizes the grid with the same value). Block:
 // S6_GEMV_WARPS * 32 threads; grid: ceil(n / (NC * S6_GEMV_WARPS / split)) blocks.
 #ifndef S6_GEMV_NC1
-#define S6_GEMV_NC1 1
+#define S6_GEMV_NC1 2
 #endif
 #define S6_GEMV_ENTRIES(PREFIX, IMPL, W, R, NC)                                                             \
     extern "C" __global__ void __launch_bounds__(S6_GEMV_WARPS * 32) PREFIX##_r##R(S6_GEMV_PLAIN_PARAMS(W)) { \
@@ -447,48 +449,12 @@ __device__ __forceinline__ void s6_gemv_bf16_impl(S6GemvIn in, const unsigned sh
             uint4 wv[U][NC];
             s6_gemv_load_batch<uint4, U, NC>(wr, t, stride, k8, wv);
             in = s6_gemv_begin<R, NORM>(in, k, eps, scale);
-            // With dynamic shared memory for the row (the host gives it under S6_GEMV_XS=1),
-            // the block rounds x (normed) to bf16 once, instead of every warp for its columns.
-            unsigned int xs_bytes;
-            asm("mov.u32 %0, %%dynamic_smem_size;" : "=r"(xs_bytes));
-            if (xs_bytes >= 4 * k) {
-                extern __shared__ float4 s6_gemv_xs[];
-                for (unsigned int q = threadIdx.x; q < (k >> 2); q += blockDim.x) {
-                    const float4 v = s6_gemv_x4<NORM>(in, 0, q);
-                    s6_gemv_xs[q] = make_float4(s6_rbf16(v.x), s6_rbf16(v.y), s6_rbf16(v.z), s6_rbf16(v.w));
-                }
-                __syncthreads();
-                for (unsigned int i0 = t; i0 < k8; i0 += U * stride) {
-                    if (i0 != t) s6_gemv_load_batch<uint4, U, NC>(wr, i0, stride, k8, wv);
+            for (unsigned int i0 = t; i0 < k8; i0 += U * stride) {
+                if (i0 != t) s6_gemv_load_batch<uint4, U, NC>(wr, i0, stride, k8, wv);
 #pragma unroll
-                    for (int b = 0; b < U; ++b) {
-                        const unsigned int i = i0 + b * stride;
-                        if (i >= k8) break;
-                        const float4 xa = s6_gemv_xs[2 * i], xb = s6_gemv_xs[2 * i + 1];
-#pragma unroll
-                        for (int c = 0; c < NC; ++c) {
-                            const uint4 q = wv[b][c];
-                            float a = acc[c][0];
-                            a = fmaf(s6_bf16_lo(q.x), xa.x, a);
-                            a = fmaf(s6_bf16_hi(q.x), xa.y, a);
-                            a = fmaf(s6_bf16_lo(q.y), xa.z, a);
-                            a = fmaf(s6_bf16_hi(q.y), xa.w, a);
-                            a = fmaf(s6_bf16_lo(q.z), xb.x, a);
-                            a = fmaf(s6_bf16_hi(q.z), xb.y, a);
-                            a = fmaf(s6_bf16_lo(q.w), xb.z, a);
-                            a = fmaf(s6_bf16_hi(q.w), xb.w, a);
-                            acc[c][0] = a;
-                        }
-                    }
-                }
-            } else {
-                for (unsigned int i0 = t; i0 < k8; i0 += U * stride) {
-                    if (i0 != t) s6_gemv_load_batch<uint4, U, NC>(wr, i0, stride, k8, wv);
-#pragma unroll
-                    for (int b = 0; b < U; ++b) {
-                        if (i0 + b * stride >= k8) break;
-                        s6_gemv_bf16_fma8<R, NC, NORM>(in, i0 + b * stride, wv[b], acc);
-                    }
+                for (int b = 0; b < U; ++b) {
+                    if (i0 + b * stride >= k8) break;
+                    s6_gemv_bf16_fma8<R, NC, NORM>(in, i0 + b * stride, wv[b], acc);
                 }
             }
         } else {
