@@ -134,6 +134,27 @@ __device__ __forceinline__ void s6_gemv_load_batch(const W* const (&wr)[NC], uns
     }
 }
 
+// The one-row main loop of a 16-byte path (S6GemvEarly): the first batch of weight vectors
+// before the PDL wait (s6_gemv_begin), then batch after batch, `fma(in, i, vectors)` for every
+// index i = t, t + stride, ... below `count`, in that order.
+template <typename V, int R, int NC, bool NORM, typename W, typename Fma>
+__device__ __forceinline__ void s6_gemv_early(const W* const (&wr)[NC], unsigned int t, unsigned int stride,
+                                              unsigned int count, S6GemvIn& in, unsigned int k, float eps,
+                                              float* scale, Fma fma) {
+    constexpr int U = S6_GEMV_BATCH;
+    V wv[U][NC];
+    s6_gemv_load_batch<V, U, NC>(wr, t, stride, count, wv);
+    in = s6_gemv_begin<R, NORM>(in, k, eps, scale);
+    for (unsigned int i0 = t; i0 < count; i0 += U * stride) {
+        if (i0 != t) s6_gemv_load_batch<V, U, NC>(wr, i0, stride, count, wv);
+#pragma unroll
+        for (int b = 0; b < U; ++b) {
+            if (i0 + b * stride >= count) break;
+            fma(in, i0 + b * stride, wv[b]);
+        }
+    }
+}
+
 // The conv epilogue's weights (cw row and bias of the thread's column), loaded before the PDL
 // wait by the threads that will run it (see s6_gemv_store), for kernels of up to
 // S6_GEMV_CONV_PRE taps; longer kernels load them in the epilogue.
@@ -291,18 +312,10 @@ __device__ __forceinline__ void s6_gemv_impl(S6GemvIn in, const float* __restric
     if (vec) {
         const unsigned int k4 = k >> 2;
         if constexpr (S6GemvEarly<R>::on) {
-            constexpr int U = S6_GEMV_BATCH;
-            float4 wv[U][NC];
-            s6_gemv_load_batch<float4, U, NC>(wr, t, stride, k4, wv);
-            in = s6_gemv_begin<R, NORM>(in, k, eps, scale);
-            for (unsigned int i0 = t; i0 < k4; i0 += U * stride) {
-                if (i0 != t) s6_gemv_load_batch<float4, U, NC>(wr, i0, stride, k4, wv);
-#pragma unroll
-                for (int b = 0; b < U; ++b) {
-                    if (i0 + b * stride >= k4) break;
-                    s6_gemv_fma4<R, NC, NORM>(in, i0 + b * stride, wv[b], acc);
-                }
-            }
+            s6_gemv_early<float4, R, NC, NORM>(wr, t, stride, k4, in, k, eps, scale,
+                                               [&](const S6GemvIn& x, unsigned int i, const float4(&wv)[NC]) {
+                                                   s6_gemv_fma4<R, NC, NORM>(x, i, wv, acc);
+                                               });
         } else {
             in = s6_gemv_begin<R, NORM>(in, k, eps, scale);
 #pragma unroll 4
@@ -445,18 +458,10 @@ __device__ __forceinline__ void s6_gemv_bf16_impl(S6GemvIn in, const unsigned sh
     if (vec == 2) {
         const unsigned int k8 = k >> 3;
         if constexpr (S6GemvEarly<R>::on) {
-            constexpr int U = S6_GEMV_BATCH;
-            uint4 wv[U][NC];
-            s6_gemv_load_batch<uint4, U, NC>(wr, t, stride, k8, wv);
-            in = s6_gemv_begin<R, NORM>(in, k, eps, scale);
-            for (unsigned int i0 = t; i0 < k8; i0 += U * stride) {
-                if (i0 != t) s6_gemv_load_batch<uint4, U, NC>(wr, i0, stride, k8, wv);
-#pragma unroll
-                for (int b = 0; b < U; ++b) {
-                    if (i0 + b * stride >= k8) break;
-                    s6_gemv_bf16_fma8<R, NC, NORM>(in, i0 + b * stride, wv[b], acc);
-                }
-            }
+            s6_gemv_early<uint4, R, NC, NORM>(wr, t, stride, k8, in, k, eps, scale,
+                                              [&](const S6GemvIn& x, unsigned int i, const uint4(&wv)[NC]) {
+                                                  s6_gemv_bf16_fma8<R, NC, NORM>(x, i, wv, acc);
+                                              });
         } else {
             in = s6_gemv_begin<R, NORM>(in, k, eps, scale);
 #pragma unroll 2
