@@ -18,6 +18,11 @@
 //! or [`set_block_step`] turns it off (the variable is read once per process; the setter is for
 //! tests and benchmarks).
 //!
+//! For one sequence the scan step runs as `s6_mixer_step_scan_b1`, which loads its weights
+//! (dt_proj's row, A, D, the bias) before waiting for the previous kernel (programmatic dependent
+//! launch); with more sequences those registers, held by blocks resident ahead of their turn,
+//! cost more than they save (docs/BENCHMARKS.md, session 9).
+//!
 //! The environment variable `S6_FUSED_STEP=0` turns the mixer step and the block step off (the
 //! model then runs the ops one by one), for side-by-side measurements; it is read once per
 //! process.
