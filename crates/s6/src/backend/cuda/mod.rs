@@ -366,14 +366,24 @@ fn ptx_for(arch: &str) -> Result<String> {
 
 /// Compiles every kernel source of the backend with NVRTC for `arch` (e.g. "sm_90") without a
 /// GPU: NVRTC is a library of the CUDA toolkit and needs no device. For checking the `.cu` files
-/// on machines that have NVRTC but no GPU; errors carry the compiler's log.
+/// on machines that have NVRTC but no GPU (CI does, `.ci/run`); errors carry the compiler's log,
+/// or name the kernels the backend loads that the compiled modules lack.
 pub fn compile_all_kernels(arch: &str) -> Result<()> {
     // SAFETY: only tries to dlopen the library.
     if !unsafe { cudarc::nvrtc::sys::is_culib_present() } {
         return Err(Error::Backend("NVRTC (libnvrtc.so) cannot be loaded".into()));
     }
-    ptx_for(arch)?;
-    decode::sample_ptx(arch)?;
+    let ptx = ptx_for(arch)?;
+    let sample = decode::sample_ptx(arch)?;
+    // Every kernel the backend loads by name is an entry of the module it loads it from.
+    let names = KERNELS.iter().chain(GEMV_KERNELS.iter().flatten()).chain(GEMV_NORM_KERNELS.iter().flatten());
+    let missing: Vec<&str> = names.filter(|n| !ptx.contains(&format!(".entry {n}("))).copied().collect();
+    if !missing.is_empty() || !sample.contains(".entry s6_sample(") {
+        return Err(Error::Backend(format!(
+            "NVRTC compiled the CUDA kernels for {arch}, but kernels the backend loads are missing from them: {}",
+            if missing.is_empty() { "s6_sample".to_string() } else { missing.join(", ") }
+        )));
+    }
     Ok(())
 }
 
