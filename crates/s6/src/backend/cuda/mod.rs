@@ -339,14 +339,26 @@ fn compile_cached(what: &'static str, source: &str, arch: &str) -> Result<String
 
 /// Compile-time settings of the small-batch GEMV (`kernels/gemv.cu`) from the environment, for
 /// measurements: `S6_GEMV_BATCH` (1 to 8 weight vectors in flight per lane at batch 1; default
-/// 1) and `S6_GEMV_NC1` ([`gemv_nc1`]). Read once per process, like the kernels' compilation.
+/// 1), `S6_GEMV_NC1` ([`gemv_nc1`]) and `S6_GEMV_NC24` ([`gemv_nc24`]). Read once per process,
+/// like the kernels' compilation.
 fn kernel_defines() -> Vec<String> {
     let mut defs = Vec::new();
     if let Some(n @ 1..=8) = std::env::var("S6_GEMV_BATCH").ok().and_then(|v| v.trim().parse::<u32>().ok()) {
         defs.push(format!("-DS6_GEMV_BATCH={n}"));
     }
     defs.push(format!("-DS6_GEMV_NC1={}", gemv_nc1()));
+    defs.push(format!("-DS6_GEMV_NC24={}", gemv_nc24()));
     defs
+}
+
+/// Columns per warp group of the GEMV for 2 to 4 rows (`S6_GEMV_NC24` = 1, 2 or 4; default 1,
+/// for measurements): the kernels are compiled with it and the grid sized by it.
+fn gemv_nc24() -> usize {
+    static NC: OnceLock<usize> = OnceLock::new();
+    *NC.get_or_init(|| {
+        let n = std::env::var("S6_GEMV_NC24").ok().and_then(|v| v.trim().parse::<usize>().ok());
+        n.filter(|n| matches!(n, 1 | 2 | 4)).unwrap_or(1)
+    })
 }
 
 /// Columns per warp group of the one-row GEMV (`S6_GEMV_NC1` = 1, 2 or 4; default 2, measured in
@@ -857,7 +869,7 @@ impl Cuda {
         let vec = Self::gemv_vec(set, (xp, ld), wp, k, norm);
         let nc = match rows {
             1 => gemv_nc1(),
-            2..=4 => 1,
+            2..=4 => gemv_nc24(),
             _ => 2,
         };
         let mut split = 1;

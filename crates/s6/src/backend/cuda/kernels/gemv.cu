@@ -368,6 +368,11 @@ __device__ __forceinline__ void s6_gemv_impl(S6GemvIn in, const float* __restric
 #ifndef S6_GEMV_NC1
 #define S6_GEMV_NC1 2
 #endif
+// For 2 to 4 rows S6_GEMV_NC24 (1 by default; defined by the host from `S6_GEMV_NC24`, for
+// measurements: two columns helped one row, not yet measured for these).
+#ifndef S6_GEMV_NC24
+#define S6_GEMV_NC24 1
+#endif
 #define S6_GEMV_ENTRIES(PREFIX, IMPL, W, R, NC)                                                             \
     extern "C" __global__ void __launch_bounds__(S6_GEMV_WARPS * 32) PREFIX##_r##R(S6_GEMV_PLAIN_PARAMS(W)) { \
         S6_PDL_LAUNCH();                                                                                    \
@@ -386,9 +391,9 @@ __device__ __forceinline__ void s6_gemv_impl(S6GemvIn in, const float* __restric
     }
 
 S6_GEMV_ENTRIES(s6_gemv, s6_gemv_impl, float, 1, S6_GEMV_NC1)
-S6_GEMV_ENTRIES(s6_gemv, s6_gemv_impl, float, 2, 1)
-S6_GEMV_ENTRIES(s6_gemv, s6_gemv_impl, float, 3, 1)
-S6_GEMV_ENTRIES(s6_gemv, s6_gemv_impl, float, 4, 1)
+S6_GEMV_ENTRIES(s6_gemv, s6_gemv_impl, float, 2, S6_GEMV_NC24)
+S6_GEMV_ENTRIES(s6_gemv, s6_gemv_impl, float, 3, S6_GEMV_NC24)
+S6_GEMV_ENTRIES(s6_gemv, s6_gemv_impl, float, 4, S6_GEMV_NC24)
 S6_GEMV_ENTRIES(s6_gemv, s6_gemv_impl, float, 5, 2)
 S6_GEMV_ENTRIES(s6_gemv, s6_gemv_impl, float, 6, 2)
 S6_GEMV_ENTRIES(s6_gemv, s6_gemv_impl, float, 7, 2)
@@ -514,9 +519,9 @@ __device__ __forceinline__ void s6_gemv_bf16_impl(S6GemvIn in, const unsigned sh
 }
 
 S6_GEMV_ENTRIES(s6_gemv_bf16, s6_gemv_bf16_impl, unsigned short, 1, S6_GEMV_NC1)
-S6_GEMV_ENTRIES(s6_gemv_bf16, s6_gemv_bf16_impl, unsigned short, 2, 1)
-S6_GEMV_ENTRIES(s6_gemv_bf16, s6_gemv_bf16_impl, unsigned short, 3, 1)
-S6_GEMV_ENTRIES(s6_gemv_bf16, s6_gemv_bf16_impl, unsigned short, 4, 1)
+S6_GEMV_ENTRIES(s6_gemv_bf16, s6_gemv_bf16_impl, unsigned short, 2, S6_GEMV_NC24)
+S6_GEMV_ENTRIES(s6_gemv_bf16, s6_gemv_bf16_impl, unsigned short, 3, S6_GEMV_NC24)
+S6_GEMV_ENTRIES(s6_gemv_bf16, s6_gemv_bf16_impl, unsigned short, 4, S6_GEMV_NC24)
 S6_GEMV_ENTRIES(s6_gemv_bf16, s6_gemv_bf16_impl, unsigned short, 5, 2)
 S6_GEMV_ENTRIES(s6_gemv_bf16, s6_gemv_bf16_impl, unsigned short, 6, 2)
 S6_GEMV_ENTRIES(s6_gemv_bf16, s6_gemv_bf16_impl, unsigned short, 7, 2)
