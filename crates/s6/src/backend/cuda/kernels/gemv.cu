@@ -119,9 +119,7 @@ __device__ __forceinline__ S6GemvIn s6_gemv_begin(S6GemvIn in, unsigned int k, f
 #define S6_GEMV_BATCH 1
 #endif
 template <int R>
-struct S6GemvEarly {
-    static constexpr bool on = R == 1;
-};
+constexpr bool s6_gemv_early_loads = R == 1;
 
 template <typename V, int U, int NC, typename W>
 __device__ __forceinline__ void s6_gemv_load_batch(const W* const (&wr)[NC], unsigned int i0, unsigned int stride,
@@ -134,7 +132,7 @@ __device__ __forceinline__ void s6_gemv_load_batch(const W* const (&wr)[NC], uns
     }
 }
 
-// The one-row main loop of a 16-byte path (S6GemvEarly): the first batch of weight vectors
+// The one-row main loop of a 16-byte path (s6_gemv_early_loads): the first batch of weight vectors
 // before the PDL wait (s6_gemv_begin), then batch after batch, `fma(in, i, vectors)` for every
 // index i = t, t + stride, ... below `count`, in that order.
 template <typename V, int R, int NC, bool NORM, typename W, typename Fma>
@@ -168,7 +166,7 @@ template <int R, int NC>
 __device__ __forceinline__ S6ConvPre s6_gemv_conv_preload(const S6GemvOut& o, unsigned long long j0, unsigned int s,
                                                           unsigned int lane) {
     S6ConvPre p{};
-    if (S6GemvEarly<R>::on && s == 0 && lane < NC * R && o.kconv <= S6_GEMV_CONV_PRE) {
+    if (s6_gemv_early_loads<R> && s == 0 && lane < NC * R && o.kconv <= S6_GEMV_CONV_PRE) {
         const unsigned long long j = j0 + lane / R;
         if (j < o.n && j < o.conv_ch) {
 #pragma unroll
@@ -236,7 +234,7 @@ __device__ __forceinline__ void s6_gemv_store(float (&acc)[NC][R], float (*part)
                 const unsigned int kc = o.kconv, ch = o.conv_ch;
                 const float* st = o.conv_state + (unsigned long long)r * (kc - 1) * ch + j;
                 float a;
-                if (S6GemvEarly<R>::on && kc <= S6_GEMV_CONV_PRE) {
+                if (s6_gemv_early_loads<R> && kc <= S6_GEMV_CONV_PRE) {
                     // The state's slots first, all in flight together, then the same FMAs.
                     float sv[S6_GEMV_CONV_PRE] = {};
 #pragma unroll
@@ -311,7 +309,7 @@ __device__ __forceinline__ void s6_gemv_impl(S6GemvIn in, const float* __restric
     const unsigned int t = s * 32 + lane, stride = split * 32;
     if (vec) {
         const unsigned int k4 = k >> 2;
-        if constexpr (S6GemvEarly<R>::on) {
+        if constexpr (s6_gemv_early_loads<R>) {
             s6_gemv_early<float4, R, NC, NORM>(wr, t, stride, k4, in, k, eps, scale,
                                                [&](const S6GemvIn& x, unsigned int i, const float4(&wv)[NC]) {
                                                    s6_gemv_fma4<R, NC, NORM>(x, i, wv, acc);
@@ -462,7 +460,7 @@ __device__ __forceinline__ void s6_gemv_bf16_impl(S6GemvIn in, const unsigned sh
     const unsigned int t = s * 32 + lane, stride = split * 32;
     if (vec == 2) {
         const unsigned int k8 = k >> 3;
-        if constexpr (S6GemvEarly<R>::on) {
+        if constexpr (s6_gemv_early_loads<R>) {
             s6_gemv_early<uint4, R, NC, NORM>(wr, t, stride, k8, in, k, eps, scale,
                                               [&](const S6GemvIn& x, unsigned int i, const uint4(&wv)[NC]) {
                                                   s6_gemv_bf16_fma8<R, NC, NORM>(x, i, wv, acc);

@@ -5,7 +5,8 @@
 //     without its bias, as the op-by-op path does; or, with dt_given, read from delta_out, where
 //     a product for the whole batch wrote it), Δ = softplus(dt + bias), the conv window
 //     shifted by one with x appended, h = exp(Δ·A) h + Δ·B·u over d_state,
-//     y = (C·h + D·u) · silu(z).
+//     y = (C·h + D·u) · silu(z). Two entries of one body: s6_mixer_step_scan_b1 for one sequence
+//     (its weights loaded before the PDL wait, below) and s6_mixer_step_scan for more.
 //
 // Semantics as s6_conv_state_update (elementwise.cu) and the scan (scan.cu), whose helpers s6_silu
 // and s6_softplus this file uses (the sources are compiled together). Layouts: xz [batch, ldxz]

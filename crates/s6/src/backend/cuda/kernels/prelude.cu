@@ -13,9 +13,10 @@
 // writes weights (the bf16 cast of a weight, the optimizer step) opens with S6_PDL_WAIT() alone,
 // never letting its dependents start early. A dependent then starts only after every block of
 // it has exited (the implicit trigger), its stores written through to L2, so every kernel after
-// it (each starts no earlier than its predecessor) reads the new weights even before its wait. Activations and recurrent states are read only after the wait:
-// with early triggers a chain of small kernels can all be resident at once, so "the kernel that
-// wrote it ran long ago" is no guarantee.
+// it (each starts no earlier than its predecessor) reads the new weights even before its wait.
+// Activations and recurrent states are read only after the wait: with early triggers a chain of
+// small kernels can all be resident at once, so "the kernel that wrote it ran long ago" is no
+// guarantee.
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
 #define S6_PDL_LAUNCH() asm volatile("griddepcontrol.launch_dependents;")
 #define S6_PDL_WAIT() asm volatile("griddepcontrol.wait;" ::: "memory")
