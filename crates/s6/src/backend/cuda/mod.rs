@@ -351,24 +351,24 @@ fn kernel_defines() -> Vec<String> {
     defs
 }
 
-/// Columns per warp group of the GEMV for 2 to 4 rows (`S6_GEMV_NC24` = 1, 2 or 4; default 1,
-/// for measurements): the kernels are compiled with it and the grid sized by it.
-fn gemv_nc24() -> usize {
-    static NC: OnceLock<usize> = OnceLock::new();
-    *NC.get_or_init(|| {
-        let n = std::env::var("S6_GEMV_NC24").ok().and_then(|v| v.trim().parse::<usize>().ok());
-        n.filter(|n| matches!(n, 1 | 2 | 4)).unwrap_or(1)
-    })
-}
-
 /// Columns per warp group of the one-row GEMV (`S6_GEMV_NC1` = 1, 2 or 4; default 2, measured in
 /// kernels/gemv.cu): the kernel is compiled with it and the grid sized by it.
 fn gemv_nc1() -> usize {
     static NC: OnceLock<usize> = OnceLock::new();
-    *NC.get_or_init(|| {
-        let n = std::env::var("S6_GEMV_NC1").ok().and_then(|v| v.trim().parse::<usize>().ok());
-        n.filter(|n| matches!(n, 1 | 2 | 4)).unwrap_or(2)
-    })
+    *NC.get_or_init(|| gemv_columns_from_env("S6_GEMV_NC1", 2))
+}
+
+/// Columns per warp group of the GEMV for 2 to 4 rows (`S6_GEMV_NC24` = 1, 2 or 4; default 1,
+/// for measurements): the kernels are compiled with it and the grid sized by it.
+fn gemv_nc24() -> usize {
+    static NC: OnceLock<usize> = OnceLock::new();
+    *NC.get_or_init(|| gemv_columns_from_env("S6_GEMV_NC24", 1))
+}
+
+/// The environment variable `name` if it holds 1, 2 or 4, else `default`.
+fn gemv_columns_from_env(name: &str, default: usize) -> usize {
+    let n = std::env::var(name).ok().and_then(|v| v.trim().parse::<usize>().ok());
+    n.filter(|n| matches!(n, 1 | 2 | 4)).unwrap_or(default)
 }
 
 /// PTX of the model kernels (`kernels/*.cu` but the sampling kernel) for one architecture.
