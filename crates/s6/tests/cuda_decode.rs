@@ -468,17 +468,20 @@ fn fused_mixer_step_equals_cpu_op_by_op() {
     let mut rng = Rng(21);
     // (d_inner, d_state, d_conv, dt_rank, conv bias): mamba-130m's block; d_inner not a multiple
     // of 32 (nor of 4) with an odd d_state and dt_rank; d_state 64; a shorter conv, no bias.
-    let shapes = [
-        (1536, 16, 4, 48, true),
-        (333, 5, 4, 7, true),
-        (100, 64, 4, 9, true),
-        (250, 16, 3, 13, false),
-        (64, 16, 1, 4, true),
+    // The last number of each list is large enough for the batch to read at least 8 MB of
+    // dt_proj: dt_proj then runs as one product before the scan kernel (mixer_step.rs), and at
+    // d_state 16 the scan step is `s6_mixer_step_scan_n16` (d_inner not a multiple of its 64
+    // channels per block; conv windows of 0, 2, 3 and 6 slots, more than its 4 lanes).
+    let shapes: [(usize, usize, usize, usize, bool, &[usize]); 7] = [
+        (1536, 16, 4, 48, true, &[1, 3, 8, 20, 64]),
+        (333, 5, 4, 7, true, &[1, 3, 8, 20]),
+        (100, 64, 4, 9, true, &[1, 3, 8, 20]),
+        (250, 16, 3, 13, false, &[1, 3, 8, 20, 700]),
+        (64, 16, 1, 4, true, &[1, 3, 8, 20, 8200]),
+        (1000, 16, 4, 80, true, &[32]),
+        (300, 16, 7, 64, false, &[128]),
     ];
-    for (i, &(di, n, k, r, bias)) in shapes.iter().enumerate() {
-        // 64 sequences of the first shape read 19 MB of dt_proj: dt_proj then runs as one
-        // product before the scan kernel (mixer_step.rs); 20 sequences of the others do not.
-        let batches: &[usize] = if i == 0 { &[1, 3, 8, 20, 64] } else { &[1, 3, 8, 20] };
+    for &(di, n, k, r, bias, batches) in &shapes {
         for &batch in batches {
             let case = MixerCase::random(&mut rng, batch, di, n, k, r, bias);
             let mut cpu = MixerBufs::new(&Cpu, &case);

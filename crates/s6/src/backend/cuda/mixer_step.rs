@@ -43,6 +43,10 @@ use crate::Result;
 const SCAN_THREADS: usize = 256;
 /// Lanes per channel of `s6_mixer_step_scan` (`S6_MS_G`).
 const SCAN_LANES: usize = 8;
+/// Threads per block and lanes per channel of `s6_mixer_step_scan_n16` (`S6_MSW_THREADS`,
+/// `S6_MSW_LANES`), the scan step for large batches at d_state 16.
+const WIDE_THREADS: usize = 256;
+const WIDE_LANES: usize = 4;
 /// [`Backend::block_step`]'s setting (module documentation); `UNSET` until read.
 static BLOCK_STEP: AtomicU8 = AtomicU8::new(UNSET);
 const UNSET: u8 = u8::MAX;
@@ -139,6 +143,18 @@ impl Cuda {
         let (ldxz, kk, ww, rr) =
             (u32_of("ld xz", ldxz)?, u32_of("d_conv", k)?, u32_of("width", width)?, u32_of("dt_rank", r)?);
         let (dd, nn, bb) = (u32_of("d_inner", di)?, u32_of("d_state", n)?, u32_of("batch", batch)?);
+        if dt_given && n == 16 {
+            // Large batches, Mamba's d_state: 4 lanes of 4 states per channel, every load at once
+            // (kernels/mixer_step.cu).
+            let cfg = LaunchConfig {
+                grid_dim: (u32_of("blocks", di.div_ceil(WIDE_THREADS / WIDE_LANES))?, bb, 1),
+                block_dim: (WIDE_THREADS as u32, 1, 1),
+                shared_mem_bytes: 0,
+            };
+            launch!(self, self.func("s6_mixer_step_scan_n16")?, cfg, "mixer step scan";
+                xz, ldxz, up, xdbl, ww, rr, dtb, ap, dp, conv, kk, ssm, delta, yp, dd);
+            return Ok(());
+        }
         let pf = self.prefetch_for(4 * di * (if dt_given { n } else { n + r }));
         let dt_given = u32::from(dt_given);
         let cfg2 = LaunchConfig {

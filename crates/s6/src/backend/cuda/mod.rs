@@ -112,6 +112,7 @@ const KERNELS: &[&str] = &[
     // kernels/mixer_step.cu
     "s6_mixer_step_scan",
     "s6_mixer_step_scan_b1",
+    "s6_mixer_step_scan_n16",
 ];
 
 /// `linear` with at most this many rows runs the matrix-vector kernel `s6_gemv_r{rows}`
@@ -358,11 +359,11 @@ fn gemv_nc1() -> usize {
     *NC.get_or_init(|| gemv_columns_from_env("S6_GEMV_NC1", 2))
 }
 
-/// Columns per warp group of the GEMV for 2 to 4 rows (`S6_GEMV_NC24` = 1, 2 or 4; default 1,
-/// for measurements): the kernels are compiled with it and the grid sized by it.
+/// Columns per warp group of the GEMV for 2 to 4 rows (`S6_GEMV_NC24` = 1, 2 or 4; default 2,
+/// measured in kernels/gemv.cu): the kernels are compiled with it and the grid sized by it.
 fn gemv_nc24() -> usize {
     static NC: OnceLock<usize> = OnceLock::new();
-    *NC.get_or_init(|| gemv_columns_from_env("S6_GEMV_NC24", 1))
+    *NC.get_or_init(|| gemv_columns_from_env("S6_GEMV_NC24", 2))
 }
 
 /// The environment variable `name` if it holds 1, 2 or 4, else `default`.

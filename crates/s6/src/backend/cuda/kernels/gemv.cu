@@ -356,20 +356,21 @@ __device__ __forceinline__ void s6_gemv_impl(S6GemvIn in, const float* __restric
         unsigned int conv_ch, unsigned int kconv
 
 // One pair of entry points per row count R (1..8): plain (`out = x·Wᵀ + bias`, or `out +=` with
-// accumulate) and NORM with the conv epilogue. NC = 1 column per group up to 4 rows, 2 above
-// (halves the x reads per weight byte, which otherwise load the L1 as hard as the weights load
-// DRAM); for one row S6_GEMV_NC1 (2 by default: each x value then feeds two columns; on an H100,
-// session 9, 1 → 2 took bf16 decoding at batch 1 from 2,575 to 2,880 tok/s at 130M and from 534
-// to 619 at 1.4B; the host defines it, from the `S6_GEMV_NC1` environment variable for
-// measurements, and sizes the grid with the same value). Block:
+// accumulate) and NORM with the conv epilogue. NC = 2 columns per group (each x value loaded
+// and rounded once for two weight rows: halves the x reads per weight byte, which otherwise load
+// the L1 as hard as the weights load DRAM). For one row S6_GEMV_NC1 and for 2 to 4 rows
+// S6_GEMV_NC24, both 2 by default, defined by the host (which sizes the grid with the same value)
+// from the `S6_GEMV_NC1` / `S6_GEMV_NC24` environment variables for measurements (1, 2 or 4).
+// Measured on an H100, bf16 decoding: one row, 1 → 2 columns took 130M from 2,575 to 2,880 tok/s
+// and 1.4B from 534 to 619 (session 9); 2 and 4 rows, 1 → 2 columns took 130M from 4,101 / 6,795
+// to 4,780 / 7,877 tok/s and 1.4B from 805 / 1,242 to 1,045 / 1,842 (session 10; 4 columns: 4,624
+// / 7,458 and 1,057 / 1,790). Block:
 // S6_GEMV_WARPS * 32 threads; grid: ceil(n / (NC * S6_GEMV_WARPS / split)) blocks.
 #ifndef S6_GEMV_NC1
 #define S6_GEMV_NC1 2
 #endif
-// For 2 to 4 rows S6_GEMV_NC24 (1 by default; defined by the host from `S6_GEMV_NC24`, for
-// measurements: two columns helped one row, not yet measured for these).
 #ifndef S6_GEMV_NC24
-#define S6_GEMV_NC24 1
+#define S6_GEMV_NC24 2
 #endif
 #define S6_GEMV_ENTRIES(PREFIX, IMPL, W, R, NC)                                                             \
     extern "C" __global__ void __launch_bounds__(S6_GEMV_WARPS * 32) PREFIX##_r##R(S6_GEMV_PLAIN_PARAMS(W)) { \
