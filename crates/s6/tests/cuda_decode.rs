@@ -472,7 +472,8 @@ fn fused_mixer_step_equals_cpu_op_by_op() {
     // dt_proj: dt_proj then runs as one product before the scan kernel (mixer_step.rs), and at
     // d_state 16 the scan step is `s6_mixer_step_scan_n16` (d_inner not a multiple of its 64
     // channels per block; conv windows of 0, 2, 3 and 6 slots, more than its 4 lanes).
-    let shapes: [(usize, usize, usize, usize, bool, &[usize]); 7] = [
+    type Shape = (usize, usize, usize, usize, bool, &'static [usize]);
+    let shapes: [Shape; 7] = [
         (1536, 16, 4, 48, true, &[1, 3, 8, 20, 64]),
         (333, 5, 4, 7, true, &[1, 3, 8, 20]),
         (100, 64, 4, 9, true, &[1, 3, 8, 20]),
