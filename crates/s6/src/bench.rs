@@ -570,6 +570,49 @@ pub fn bench_scan<B: Backend>(
     Ok(ScanReport { batch, seqlen, d_inner: di, d_state: n, ms: secs * 1e3, bytes })
 }
 
+/// [`bench_scan`] with bf16 activations on the CUDA backend
+/// ([`Cuda::selective_scan_bf16`](crate::backend::cuda::Cuda::selective_scan_bf16)): the same
+/// random values rounded to bf16 (B and C as two contiguous `[rows, d_state]` tensors), timed the
+/// same way. `bytes` counts `u`, `Δ`, `z` read and `y` written in bf16 (2 bytes each), `B`, `C` in
+/// bf16, the fp32 state read and written and the fp32 parameters.
+#[cfg(feature = "cuda")]
+pub fn bench_scan_bf16(
+    be: &crate::backend::cuda::Cuda,
+    batch: usize,
+    seqlen: usize,
+    d_inner: usize,
+    d_state: usize,
+    repeats: usize,
+) -> Result<ScanReport> {
+    use crate::backend::cuda::scan_bf16::ScanBf16Args;
+    check_counts("bench scan", &[("batch", batch), ("seqlen", seqlen), ("d_inner", d_inner), ("d_state", d_state)])?;
+    let (rows, di, n) = (batch * seqlen, d_inner, d_state);
+    let u = be.bf16_tensor(&random_values(rows * di, 21, -2.0, 2.0))?;
+    let delta = be.bf16_tensor(&random_values(rows * di, 22, -3.0, 0.0))?;
+    let delta_bias = be.from_vec(random_values(di, 23, -3.0, -1.0))?;
+    let a = be.from_vec((0..di * n).map(|i| -((i % n) as f32 + 1.0)).collect())?;
+    let b = be.bf16_tensor(&random_values(rows * n, 24, -1.0, 1.0))?;
+    let c = be.bf16_tensor(&random_values(rows * n, 28, -1.0, 1.0))?;
+    let d = be.from_vec(random_values(di, 25, -1.0, 1.0))?;
+    let z = be.bf16_tensor(&random_values(rows * di, 26, -3.0, 3.0))?;
+    let mut state = be.zeros(batch * di * n)?;
+    let mut y = be.bf16_zeros(rows * di)?;
+    let args = ScanBf16Args {
+        dims: ScanDims { batch, seqlen, d_inner, d_state },
+        u: &u,
+        delta: &delta,
+        delta_bias: &delta_bias,
+        a: &a,
+        b: &b,
+        c: &c,
+        d: &d,
+        z: Some(&z),
+    };
+    let secs = median_seconds(be, repeats, || be.selective_scan_bf16(&args, &mut state, &mut y))?;
+    let bytes = 2 * (4 * rows * di + 2 * rows * n) + 4 * (2 * batch * di * n + di * (n + 2));
+    Ok(ScanReport { batch, seqlen, d_inner: di, d_state: n, ms: secs * 1e3, bytes })
+}
+
 /// Times the selective-scan backward alone on the same random inputs as [`bench_scan`], the same
 /// way. `bytes` counts the fewest bytes it must move: `u`, `Δ`, `z`, `dy` read and `du`, `dΔ`,
 /// `dz` written (`[rows, d_inner]` f32 each), `B`, `C` read and `dB`, `dC` written

@@ -475,12 +475,115 @@ fn selective_scan_matches_cpu() {
 
 #[test]
 fn selective_scan_n16_matches_cpu() {
-    // N = 16 runs its own kernel (`s6_scan_n16_pipe8x`); N = 9..15 the general one.
+    // N = 16 runs its own kernels (the vector scan: 16 channels per block and chunks of 64 steps
+    // below 16,384 channels, 32 and 32 from there; `S6_SCAN_N16` forces one); N = 9..15 the
+    // general one.
     let Some(g) = gpu() else { return };
     let mut r = Rng(6);
     check_scan(&g, &mut r, 2, 150, 100, 16);
     check_scan(&g, &mut r, 1, 3, 1536, 16);
     check_scan(&g, &mut r, 1, 70, 40, 12);
+    // 16,386 channels: the 32-channel kernel, d_inner not a multiple of 32.
+    check_scan(&g, &mut r, 2, 45, 8193, 16);
+}
+
+/// bf16 activations (`Cuda::selective_scan_bf16`): against the CPU scan of the same bf16 values
+/// (bf16 tolerances: y is rounded to bf16), and, when no `S6_SCAN_N16` forces a kernel, bit for
+/// bit against the fp32 kernel on those values with its y rounded to bf16 (the two are one
+/// template: same operations, same order).
+#[test]
+fn selective_scan_bf16_matches_cpu_and_the_fp32_kernel() {
+    use s6::backend::bf16_round;
+    use s6::backend::cuda::scan_bf16::ScanBf16Args;
+    let Some(g) = gpu() else { return };
+    let same_kernel = std::env::var_os("S6_SCAN_N16").is_none();
+    let mut r = Rng(8);
+    let n = 16;
+    for &(batch, seqlen, di, gate) in
+        &[(2, 150, 100, true), (1, 3, 1536, true), (3, 65, 48, false), (2, 45, 8193, true)]
+    {
+        let rows = batch * seqlen;
+        let rounded = |v: Vec<f32>| v.into_iter().map(bf16_round).collect::<Vec<f32>>();
+        let u = rounded(r.vec(rows * di, -2.0, 2.0));
+        let delta = rounded(r.vec(rows * di, -3.0, 1.0));
+        let z = rounded(r.vec(rows * di, -3.0, 3.0));
+        let b = rounded(r.vec(rows * n, -1.5, 1.5));
+        let c = rounded(r.vec(rows * n, -1.5, 1.5));
+        let delta_bias = r.vec(di, -2.0, 0.5);
+        let a: Vec<f32> = r.vec(di * n, -1.0, 3.0).iter().map(|v| -v.exp()).collect();
+        let dskip = r.vec(di, -1.0, 1.0);
+        let state = r.vec(batch * di * n, -1.0, 1.0);
+        let dims = ScanDims { batch, seqlen, d_inner: di, d_state: n };
+        let what = format!("bf16 scan b{batch} l{seqlen} d{di} gate {gate}");
+
+        let cpu_args = ScanArgs {
+            dims,
+            u: &u,
+            delta: &delta,
+            delta_bias: &delta_bias,
+            a: &a,
+            b: View::full(&b, n),
+            c: View::full(&c, n),
+            d: &dskip,
+            z: gate.then(|| View::full(&z, di)),
+        };
+        let (mut st_cpu, mut want) = (state.clone(), vec![0.0; rows * di]);
+        Cpu.selective_scan(&cpu_args, &mut st_cpu, &mut want).unwrap();
+
+        let (ub, db, zb) = (g.bf16_tensor(&u).unwrap(), g.bf16_tensor(&delta).unwrap(), g.bf16_tensor(&z).unwrap());
+        let (bb, cb) = (g.bf16_tensor(&b).unwrap(), g.bf16_tensor(&c).unwrap());
+        let (dbg, ag, dsg) = (up(&g, &delta_bias), up(&g, &a), up(&g, &dskip));
+        let args = ScanBf16Args {
+            dims,
+            u: &ub,
+            delta: &db,
+            delta_bias: &dbg,
+            a: &ag,
+            b: &bb,
+            c: &cb,
+            d: &dsg,
+            z: gate.then_some(&zb),
+        };
+        let mut sg = up(&g, &state);
+        let mut y = g.bf16_tensor(&vec![7.0; rows * di]).unwrap();
+        g.selective_scan_bf16(&args, &mut sg, &mut y).unwrap();
+        let got = g.bf16_to_vec(&y).unwrap();
+        for (i, (&gv, &w)) in got.iter().zip(&want).enumerate() {
+            assert!(
+                (gv - w).abs() <= 5e-2 + 3e-2 * w.abs(),
+                "{what}: y[{i}] = {gv}, CPU {w} (beyond the bf16 tolerances rtol 3e-2 / atol 5e-2)"
+            );
+        }
+        let st = g.to_vec(&sg).unwrap();
+        assert_close(&format!("{what} state"), &st, &st_cpu);
+
+        if same_kernel {
+            let (uf, df, zf, bf, cf) = (up(&g, &u), up(&g, &delta), up(&g, &z), up(&g, &b), up(&g, &c));
+            let f32_args = ScanArgs {
+                dims,
+                u: &uf,
+                delta: &df,
+                delta_bias: &dbg,
+                a: &ag,
+                b: View::full(&bf, n),
+                c: View::full(&cf, n),
+                d: &dsg,
+                z: gate.then(|| View::full(&zf, di)),
+            };
+            let mut sf = up(&g, &state);
+            let mut yf = poisoned(&g, rows * di);
+            g.selective_scan(&f32_args, &mut sf, &mut yf).unwrap();
+            let yf: Vec<f32> = g.to_vec(&yf).unwrap().into_iter().map(bf16_round).collect();
+            assert!(
+                got.iter().zip(&yf).all(|(a, b)| a.to_bits() == b.to_bits()),
+                "{what}: y differs from the fp32 kernel's, rounded"
+            );
+            assert!(
+                g.to_vec(&sf).unwrap().iter().zip(&st).all(|(a, b)| a.to_bits() == b.to_bits()),
+                "{what}: state differs from the fp32 kernel's"
+            );
+        }
+    }
 }
 
 #[test]

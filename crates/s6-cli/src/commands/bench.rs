@@ -65,7 +65,8 @@ pub struct Args {
     device: Device,
     /// How matrix products are computed: f32, or on CUDA tf32 (products on TF32 tensor cores) or
     /// bf16 (products with bf16 inputs, fp32 accumulation); weights and activations stay fp32 in
-    /// memory. fp16 is not implemented.
+    /// memory. fp16 is not implemented. For `scan`, bf16 times the CUDA scan with bf16
+    /// activations (u, Δ, z, B, C in and y out; fp32 state and arithmetic).
     #[arg(long, default_value = "f32", value_parser = parse_compute)]
     dtype: Compute,
     /// What a training step keeps for its backward pass: `light` keeps the residual stream,
@@ -76,6 +77,9 @@ pub struct Args {
 }
 
 pub fn run(a: Args) -> Result<()> {
+    if a.what == "scan" && a.dtype == Compute::Bf16 {
+        return scan_bf16(&a);
+    }
     let (device, dtype) = (a.device.clone(), a.dtype);
     on_device(&device, dtype, a)
 }
@@ -112,6 +116,35 @@ fn print_profile(rows: &[(String, s6::backend::timed::OpTime)]) {
             1e6 * t.seconds / t.calls.max(1) as f64
         );
     }
+}
+
+/// `bench scan --dtype bf16`: the CUDA scan with bf16 activations
+/// ([`s6::bench::bench_scan_bf16`]), beside the device's copy bandwidth.
+#[cfg_attr(not(feature = "cuda"), allow(unused_variables))]
+fn scan_bf16(a: &Args) -> Result<()> {
+    #[cfg(feature = "cuda")]
+    if let Device::Cuda(i) = a.device {
+        let be = s6::backend::cuda::Cuda::new(i)
+            .map_err(|e| anyhow::anyhow!("device cuda:{i} is not available: {e}; use --device cpu"))?;
+        eprintln!("backend {}", be.name());
+        let copy_gb_s = measure_device_limits(&be)?.read_gb_s;
+        println!("limits: copy/read bandwidth {copy_gb_s:.1} GB/s");
+        let (b, d, n) = (a.scan_batch, a.scan_d_inner, a.scan_d_state);
+        for &l in &a.scan_seqlen {
+            let r = s6::bench::bench_scan_bf16(&be, b, l, d, n, a.repeats.max(1))?;
+            println!(
+                "scan bf16 B={b} D={d} N={n} L={l:>6}: {:>9.4} ms  {:>7.1} GB/s ({:.0}% of {copy_gb_s:.0}; {:.1} MB moved)",
+                r.ms,
+                r.gb_s(),
+                100.0 * r.gb_s() / copy_gb_s,
+                r.bytes as f64 / 1e6
+            );
+        }
+        return Ok(());
+    }
+    bail!(
+        "`bench scan --dtype bf16` times the CUDA scan with bf16 activations: use --device cuda (an s6 built with --features cuda)"
+    )
 }
 
 /// The selective scan alone, beside the device's copy bandwidth.

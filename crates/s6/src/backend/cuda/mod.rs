@@ -77,6 +77,13 @@ const KERNELS: &[&str] = &[
     "s6_scan_n32",
     "s6_scan_n64",
     "s6_scan_n16_pipe8x",
+    "s6_scan_n16_v4c32",
+    "s6_scan_n16_v4c16",
+    "s6_scan_n16_v4c16t64",
+    "s6_scan_n16_v2c16",
+    "s6_scan_n16_v4c32u8",
+    "s6_scan_n16_bf16_v4c32",
+    "s6_scan_n16_bf16_v4c16t64",
     // scan_backward.cu
     "s6_scan_bwd_n4",
     "s6_scan_bwd_n8",
@@ -706,12 +713,11 @@ impl Cuda {
         &self.inner.arch
     }
 
-    fn scan_kernel(&self, n: usize) -> Result<(&CudaFunction, u32, u32)> {
+    fn scan_kernel(&self, n: usize, channels: usize) -> Result<(&CudaFunction, u32, u32)> {
         // (kernel, lanes per channel, channels per block)
         let (name, split, cpb) = match n {
             0 => return Err(Error::Backend("CUDA scan: d_state must be at least 1".into())),
-            // The fastest measured on the H200 (docs/BENCHMARKS.md).
-            16 => ("s6_scan_n16_pipe8x", 8, 16),
+            16 => scan_n16_kernel(channels),
             1..=4 => ("s6_scan_n4", 4, 32),
             5..=8 => ("s6_scan_n8", 4, 32),
             9..=16 => ("s6_scan_n16", 4, 32),
@@ -726,6 +732,42 @@ impl Cuda {
         Ok((self.func(name)?, split, cpb))
     }
 }
+
+/// The forward scan kernel for d_state 16 and `channels` = batch · d_inner (kernels/scan.cu):
+/// (name, lanes per channel, channels per block). By default the vector kernel with 32 channels
+/// per block and chunks of 32 steps from 16,384 channels on ([`scan_n16_wide`]), else 16
+/// channels per block and chunks of 64 steps (more blocks, fewer barriers per step).
+/// `S6_SCAN_N16` picks one variant for every size, for measurements (read once per process):
+/// `pipe8x` (sessions 2-9), `v4c32`, `v4c16`, `v4c16t64`, `v2c16`, `v4c32u8`.
+fn scan_n16_kernel(channels: usize) -> (&'static str, u32, u32) {
+    static K: OnceLock<Option<(&'static str, u32, u32)>> = OnceLock::new();
+    let forced = K.get_or_init(|| match std::env::var("S6_SCAN_N16").as_deref().map(str::trim) {
+        Ok("pipe8x") => Some(("s6_scan_n16_pipe8x", 8, 16)),
+        Ok("v4c32") => Some(("s6_scan_n16_v4c32", 4, 32)),
+        Ok("v4c16") => Some(("s6_scan_n16_v4c16", 4, 16)),
+        Ok("v4c16t64") => Some(("s6_scan_n16_v4c16t64", 4, 16)),
+        Ok("v2c16") => Some(("s6_scan_n16_v2c16", 8, 16)),
+        Ok("v4c32u8") => Some(("s6_scan_n16_v4c32u8", 4, 32)),
+        _ => None,
+    });
+    match forced {
+        Some(k) => *k,
+        None if scan_n16_wide(channels) => ("s6_scan_n16_v4c32", 4, 32),
+        None => ("s6_scan_n16_v4c16t64", 4, 16),
+    }
+}
+
+/// Whether a d_state-16 scan over `channels` = batch · d_inner channels uses the kernels with 32
+/// channels per block (else 16, with longer chunks).
+pub(crate) fn scan_n16_wide(channels: usize) -> bool {
+    channels >= SCAN_WIDE_CHANNELS
+}
+
+/// From this many channels on the d_state-16 scans use 32 channels per block. Measured on an H100
+/// (docs/BENCHMARKS.md, session 10), L = 2048: with 16 per block and chunks of 64, 0.271 ms
+/// against 0.303 at 8,192 channels (B = 4, D = 2048), but 0.80 ms against 0.58 at 24,576 (B = 16,
+/// D = 1536) and 1.07 against 0.70 at 32,768 (B = 8, D = 4096).
+const SCAN_WIDE_CHANNELS: usize = 1 << 14;
 
 /// Launches a kernel of ours on the backend's stream: `launch!(self, func, cfg, what; args…)`,
 /// every argument a plain value (pointers as `u64`). With programmatic dependent launch (see
@@ -909,6 +951,7 @@ mod backward;
 mod bf16;
 mod conv;
 pub mod mixer_step;
+pub mod scan_bf16;
 mod train_ops;
 
 impl Backend for Cuda {
@@ -1111,7 +1154,7 @@ impl Backend for Cuda {
         if batch * di == 0 {
             return Ok(());
         }
-        let (func, split, cpb) = self.scan_kernel(n)?;
+        let (func, split, cpb) = self.scan_kernel(n, batch * di)?;
         let sp = self.ptr_mut(state, 0, batch * di * n, "scan state")?;
         if seqlen == 0 {
             return Ok(());

@@ -285,3 +285,203 @@ __device__ __forceinline__ void s6_scan_body_pipe(const float* __restrict__ u, c
     }
 
 S6_SCAN_KERNEL_PIPE(s6_scan_n16_pipe8x, 2, 8, 16, 32, true, 4)
+
+// Third structure, N = 16 only (session 10): NPT states per lane as one vector (SPLIT = 16 / NPT
+// lanes per channel), the step's inputs read from shared memory as vectors: (Δ, Δ·u) as one
+// float2 per channel, B_t and C_t as float4 (or float2) per lane; per state and step that leaves
+// the exp's multiply and the SFU exp, Δu·B, the state FMA and the output FMA. The per-(t, channel)
+// work is cheaper too: softplus's exp and silu's exp and reciprocal on the SFU (log1p stays the
+// accurate libdevice one: Δ is typically 1e-3..1e-1, where an approximate log would lose digits),
+// the channel's bias and D loaded once. Pipelined global loads and partial sums through shared
+// memory as in the second structure. The activations (u, Δ, z, B, C in, y out) are TI: f32 for the
+// model; bf16.cu instantiates a bf16 entry (bf16 in and out, fp32 state and arithmetic).
+// The scan's activations as floats: f32 here; bf16 (`unsigned short` bit patterns) in bf16.cu,
+// for the bf16 entry point there. Values stay in their stored type until used, so that the
+// pipelined loads have no consumer before the next chunk (a conversion right after a load would
+// stall the warp there, undoing the pipelining).
+template <typename T>
+struct S6Io;
+template <>
+struct S6Io<float> {
+    __device__ static float f(float v) { return v; }
+    __device__ static float of(float v) { return v; }
+};
+
+__device__ __forceinline__ float s6_rcp_ftz(float x) {
+    float y;
+    asm("rcp.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
+    return y;
+}
+
+template <int NPT>
+struct S6Vec;
+template <>
+struct S6Vec<4> {
+    using T = float4;
+    __device__ static float get(const float4& v, int i) { return i == 0 ? v.x : i == 1 ? v.y : i == 2 ? v.z : v.w; }
+};
+template <>
+struct S6Vec<2> {
+    using T = float2;
+    __device__ static float get(const float2& v, int i) { return i == 0 ? v.x : v.y; }
+};
+
+template <typename TI, int NPT, int CPB, int T, int UNROLL>
+__device__ __forceinline__ void s6_scan_n16_vec_body(const TI* __restrict__ u, const TI* __restrict__ delta,
+                                                     const float* __restrict__ delta_bias,
+                                                     const float* __restrict__ a, const TI* __restrict__ bm,
+                                                     unsigned int ldb, const TI* __restrict__ cm, unsigned int ldc,
+                                                     const float* __restrict__ dskip, const TI* __restrict__ z,
+                                                     unsigned int ldz, float* __restrict__ state, TI* __restrict__ y,
+                                                     unsigned int seqlen, unsigned int dim) {
+    constexpr int N = 16;
+    constexpr int SPLIT = N / NPT;
+    constexpr int NT = CPB * SPLIT;
+    constexpr int E1 = (T * CPB) / NT;  // (t, channel) elements per thread and chunk
+    constexpr int E2 = (T * N + NT - 1) / NT;
+    static_assert((T * CPB) % NT == 0, "whole (t, channel) rounds");
+    using V = typename S6Vec<NPT>::T;
+    __shared__ float2 s_dx[T][CPB];  // (Δ, Δ·u)
+    __shared__ float s_u[T][CPB];
+    __shared__ float s_g[T][CPB];  // silu(z), or 1
+    __shared__ __align__(16) float s_b[T][N];
+    __shared__ __align__(16) float s_c[T][N];
+    __shared__ __align__(16) float s_part[T][CPB][SPLIT];
+
+    const int tid = threadIdx.x;
+    const int ch = tid / SPLIT, part = tid % SPLIT;
+    const unsigned int b = blockIdx.y;
+    const unsigned int d0 = blockIdx.x * CPB;
+    const bool active = d0 + ch < dim;
+    const unsigned long long row0 = (unsigned long long)b * seqlen;
+    // The channel this thread stages and stores (NT is a multiple of CPB).
+    const int sc = tid % CPB;
+    const unsigned int sd = d0 + sc;
+    const bool s_active = sd < dim;
+    const float bias_s = s_active ? delta_bias[sd] : 0.0f;
+    const float dsk_s = s_active ? dskip[sd] : 0.0f;
+
+    float h[NPT], a2[NPT];
+    float* hp = state + ((unsigned long long)b * dim + d0 + ch) * N + part * NPT;
+    {
+        V hv, av;
+        if (active) {
+            hv = *reinterpret_cast<const V*>(hp);
+            av = *reinterpret_cast<const V*>(a + (unsigned long long)(d0 + ch) * N + part * NPT);
+        }
+#pragma unroll
+        for (int i = 0; i < NPT; i++) {
+            h[i] = active ? S6Vec<NPT>::get(hv, i) : 0.0f;
+            a2[i] = active ? S6Vec<NPT>::get(av, i) * 1.4426950408889634f : 0.0f;
+        }
+    }
+
+    TI pu[E1], pd[E1], pz[E1], pb[E2], pc[E2];
+    auto load = [&](unsigned int t0) {
+        const int tl = seqlen - t0 < (unsigned int)T ? (int)(seqlen - t0) : T;
+#pragma unroll
+        for (int e = 0; e < E1; e++) {
+            const int t = (tid + e * NT) / CPB;
+            pu[e] = TI(0);
+            pd[e] = TI(0);
+            pz[e] = TI(0);
+            if (t < tl && s_active) {
+                const unsigned long long r = row0 + t0 + t;
+                pu[e] = u[r * dim + sd];
+                pd[e] = delta[r * dim + sd];
+                if (z != nullptr) pz[e] = z[r * ldz + sd];
+            }
+        }
+#pragma unroll
+        for (int e = 0; e < E2; e++) {
+            const int idx = tid + e * NT;
+            const int t = idx / N, s = idx % N;
+            pb[e] = TI(0);
+            pc[e] = TI(0);
+            if (t < tl) {
+                const unsigned long long r = row0 + t0 + t;
+                pb[e] = bm[r * ldb + s];
+                pc[e] = cm[r * ldc + s];
+            }
+        }
+    };
+
+    load(0);
+    for (unsigned int t0 = 0; t0 < seqlen; t0 += T) {
+        const int tl = seqlen - t0 < (unsigned int)T ? (int)(seqlen - t0) : T;
+        __syncthreads();  // the previous chunk's store phase is done with shared memory
+#pragma unroll
+        for (int e = 0; e < E1; e++) {
+            const int t = (tid + e * NT) / CPB;
+            const float x = S6Io<TI>::f(pd[e]) + bias_s, uv = S6Io<TI>::f(pu[e]), zv = S6Io<TI>::f(pz[e]);
+            const float dt = x > 20.0f ? x : log1pf(s6_ex2_ftz(x * 1.4426950408889634f));
+            s_dx[t][sc] = make_float2(dt, dt * uv);
+            s_u[t][sc] = uv;
+            s_g[t][sc] = z != nullptr ? zv * s6_rcp_ftz(1.0f + s6_ex2_ftz(-zv * 1.4426950408889634f)) : 1.0f;
+        }
+#pragma unroll
+        for (int e = 0; e < E2; e++) {
+            const int idx = tid + e * NT;
+            if (idx < T * N) {
+                const int t = idx / N, s = idx % N;
+                s_b[t][s] = S6Io<TI>::f(pb[e]);
+                s_c[t][s] = S6Io<TI>::f(pc[e]);
+            }
+        }
+        __syncthreads();
+        if (t0 + T < seqlen) load(t0 + T);
+#pragma unroll UNROLL
+        for (int t = 0; t < tl; t++) {
+            const float2 dx = s_dx[t][ch];
+            const V bv = *reinterpret_cast<const V*>(&s_b[t][part * NPT]);
+            const V cv = *reinterpret_cast<const V*>(&s_c[t][part * NPT]);
+            float acc = 0.0f;
+#pragma unroll
+            for (int i = 0; i < NPT; i++) {
+                h[i] = fmaf(s6_ex2_ftz(dx.x * a2[i]), h[i], dx.y * S6Vec<NPT>::get(bv, i));
+                acc = fmaf(h[i], S6Vec<NPT>::get(cv, i), acc);
+            }
+            s_part[t][ch][part] = acc;
+        }
+        __syncthreads();
+#pragma unroll
+        for (int e = 0; e < E1; e++) {
+            const int t = (tid + e * NT) / CPB;
+            if (t < tl && s_active) {
+                float acc = 0.0f;
+#pragma unroll
+                for (int p = 0; p < SPLIT; p++) acc += s_part[t][sc][p];
+                y[(row0 + t0 + t) * dim + sd] = S6Io<TI>::of(fmaf(dsk_s, s_u[t][sc], acc) * s_g[t][sc]);
+            }
+        }
+    }
+    if (active) {
+        V hv;
+        if constexpr (NPT == 4) {
+            hv = make_float4(h[0], h[1], h[2], h[3]);
+        } else {
+            hv = make_float2(h[0], h[1]);
+        }
+        *reinterpret_cast<V*>(hp) = hv;
+    }
+}
+
+#define S6_SCAN_KERNEL_VEC(NAME, NPT, CPB, T, UNROLL)                                                              \
+    extern "C" __global__ void __launch_bounds__(CPB * (16 / NPT))                                                 \
+        NAME(const float* __restrict__ u, const float* __restrict__ delta, const float* __restrict__ delta_bias,  \
+             const float* __restrict__ a, const float* __restrict__ bm, unsigned int ldb,                          \
+             const float* __restrict__ cm, unsigned int ldc, const float* __restrict__ dskip,                      \
+             const float* __restrict__ z, unsigned int ldz, float* __restrict__ state, float* __restrict__ y,      \
+             unsigned int seqlen, unsigned int dim, unsigned int n) {                                              \
+        S6_PDL_ENTRY();                                                                                            \
+        s6_scan_n16_vec_body<float, NPT, CPB, T, UNROLL>(u, delta, delta_bias, a, bm, ldb, cm, ldc, dskip, z, ldz, state, \
+                                                  y, seqlen, dim);                                                 \
+    }
+
+// Variants measured side by side (docs/BENCHMARKS.md, session 10): states per lane, channels per
+// block, steps per chunk.
+S6_SCAN_KERNEL_VEC(s6_scan_n16_v4c32, 4, 32, 32, 4)
+S6_SCAN_KERNEL_VEC(s6_scan_n16_v4c16, 4, 16, 32, 4)
+S6_SCAN_KERNEL_VEC(s6_scan_n16_v4c16t64, 4, 16, 64, 4)
+S6_SCAN_KERNEL_VEC(s6_scan_n16_v2c16, 2, 16, 32, 4)
+S6_SCAN_KERNEL_VEC(s6_scan_n16_v4c32u8, 4, 32, 32, 8)

@@ -1,0 +1,138 @@
+//! The selective scan with bf16 activations, for callers that hold their activations in bf16 (as
+//! the official kernels' bf16 path does): `u`, `Δ`, `z`, `B`, `C` read as bf16 and `y` written as
+//! bf16, while the state, `A`, `D`, the `Δ` bias and every operation stay fp32
+//! (`kernels/bf16.cu`, `s6_scan_n16_bf16_*`, the vector scan of `kernels/scan.cu` instantiated for
+//! bf16). d_state 16 only. The model itself keeps fp32 activations and uses
+//! [`Backend::selective_scan`](crate::backend::Backend::selective_scan); `s6 bench scan --device
+//! cuda --dtype bf16` times this one.
+
+use cudarc::driver::{CudaSlice, DevicePtr, DevicePtrMut, LaunchConfig, PushKernelArg};
+
+use super::{driver_err, u32_of, Cuda, CudaBuf};
+use crate::backend::{bf16_round, ScanDims};
+use crate::{Error, Result};
+
+/// A device tensor of bf16 values (bit patterns: the upper 16 bits of an f32).
+pub struct Bf16Tensor {
+    data: CudaSlice<u16>,
+    len: usize,
+}
+
+impl Bf16Tensor {
+    /// Number of values.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether it holds no value.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+}
+
+/// Inputs of [`Cuda::selective_scan_bf16`]: as [`ScanArgs`](crate::backend::ScanArgs) with the
+/// activations in bf16 and contiguous: `u`, `delta`, `z` `[batch·seqlen, d_inner]`, `b`, `c`
+/// `[batch·seqlen, d_state]`; `delta_bias`, `d` `[d_inner]` and `a` `[d_inner, d_state]` in fp32.
+pub struct ScanBf16Args<'a> {
+    pub dims: ScanDims,
+    pub u: &'a Bf16Tensor,
+    pub delta: &'a Bf16Tensor,
+    pub delta_bias: &'a CudaBuf,
+    pub a: &'a CudaBuf,
+    pub b: &'a Bf16Tensor,
+    pub c: &'a Bf16Tensor,
+    pub d: &'a CudaBuf,
+    pub z: Option<&'a Bf16Tensor>,
+}
+
+/// The bf16 scan kernel for `batch · d_inner` channels (the rule of `scan_n16_kernel` in mod.rs):
+/// (name, threads per block, channels per block).
+fn kernel_for(channels: usize) -> (&'static str, u32, u32) {
+    if super::scan_n16_wide(channels) {
+        ("s6_scan_n16_bf16_v4c32", 128, 32)
+    } else {
+        ("s6_scan_n16_bf16_v4c16t64", 64, 16)
+    }
+}
+
+impl Cuda {
+    /// Uploads `values` rounded to bf16 (nearest even).
+    pub fn bf16_tensor(&self, values: &[f32]) -> Result<Bf16Tensor> {
+        if values.is_empty() {
+            return self.bf16_zeros(0);
+        }
+        let bits: Vec<u16> = values.iter().map(|&v| (bf16_round(v).to_bits() >> 16) as u16).collect();
+        let data = self.stream().clone_htod(&bits).map_err(driver_err("upload"))?;
+        Ok(Bf16Tensor { data, len: values.len() })
+    }
+
+    /// `len` zeros.
+    pub fn bf16_zeros(&self, len: usize) -> Result<Bf16Tensor> {
+        let data = self.stream().alloc_zeros::<u16>(len.max(1)).map_err(driver_err("allocation"))?;
+        Ok(Bf16Tensor { data, len })
+    }
+
+    /// Downloads a bf16 tensor as f32 values (exact).
+    pub fn bf16_to_vec(&self, t: &Bf16Tensor) -> Result<Vec<f32>> {
+        if t.len == 0 {
+            return Ok(Vec::new());
+        }
+        let bits = self.stream().clone_dtoh(&t.data).map_err(driver_err("download"))?;
+        self.synchronize()?;
+        Ok(bits[..t.len].iter().map(|&b| f32::from_bits(u32::from(b) << 16)).collect())
+    }
+
+    fn bf16_ptr(&self, t: &Bf16Tensor, needed: usize, what: &str) -> Result<u64> {
+        if needed > t.len {
+            return Err(Error::Backend(format!("CUDA {what}: bf16 tensor of {} values, {needed} needed", t.len)));
+        }
+        let (p, _sync) = t.data.device_ptr(self.stream());
+        Ok(p)
+    }
+
+    /// The selective scan (as [`Backend::selective_scan`](crate::backend::Backend::selective_scan):
+    /// Δ = softplus(delta + delta_bias), h_t = exp(Δ·A) h_{t-1} + Δ·B_t·u_t,
+    /// y_t = (C_t·h_t + D·u_t)·silu(z_t)) with bf16 activations (module documentation). `state`
+    /// `[batch, d_inner, 16]` fp32, read and written; `y` `[batch·seqlen, d_inner]` bf16.
+    pub fn selective_scan_bf16(&self, args: &ScanBf16Args<'_>, state: &mut CudaBuf, y: &mut Bf16Tensor) -> Result<()> {
+        let ScanDims { batch, seqlen, d_inner: di, d_state: n } = args.dims;
+        if n != 16 {
+            return Err(Error::Backend(format!("CUDA bf16 scan: d_state {n}; only 16 is implemented")));
+        }
+        let rows = batch * seqlen;
+        if rows * di == 0 {
+            return Ok(());
+        }
+        let u = self.bf16_ptr(args.u, rows * di, "bf16 scan u")?;
+        let dl = self.bf16_ptr(args.delta, rows * di, "bf16 scan delta")?;
+        let bm = self.bf16_ptr(args.b, rows * n, "bf16 scan B")?;
+        let cm = self.bf16_ptr(args.c, rows * n, "bf16 scan C")?;
+        let zp = match args.z {
+            Some(z) => self.bf16_ptr(z, rows * di, "bf16 scan z")?,
+            None => 0,
+        };
+        let db = self.ptr(args.delta_bias, 0, di, "bf16 scan delta_bias")?;
+        let a = self.ptr(args.a, 0, di * n, "bf16 scan A")?;
+        let d = self.ptr(args.d, 0, di, "bf16 scan D")?;
+        let sp = self.ptr_mut(state, 0, batch * di * n, "bf16 scan state")?;
+        if y.len < rows * di {
+            return Err(Error::Backend(format!(
+                "CUDA bf16 scan y: bf16 tensor of {} values, {} needed",
+                y.len,
+                rows * di
+            )));
+        }
+        let stream = self.inner.stream.clone();
+        let (yp, _sync) = y.data.device_ptr_mut(&stream);
+        let (name, threads, cpb) = kernel_for(batch * di);
+        let (ldbc, ldz) = (u32_of("d_state", n)?, u32_of("d_inner", di)?);
+        let (l, dd, nn) = (u32_of("seqlen", seqlen)?, u32_of("d_inner", di)?, u32_of("d_state", n)?);
+        let cfg = LaunchConfig {
+            grid_dim: (u32_of("blocks", di.div_ceil(cpb as usize))?, u32_of("batch", batch)?, 1),
+            block_dim: (threads, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        launch!(self, self.func(name)?, cfg, "bf16 selective_scan"; u, dl, db, a, bm, ldbc, cm, ldbc, d, zp, ldz, sp, yp, l, dd, nn);
+        Ok(())
+    }
+}
