@@ -78,10 +78,7 @@ const KERNELS: &[&str] = &[
     "s6_scan_n64",
     "s6_scan_n16_pipe8x",
     "s6_scan_n16_v4c32",
-    "s6_scan_n16_v4c16",
     "s6_scan_n16_v4c16t64",
-    "s6_scan_n16_v2c16",
-    "s6_scan_n16_v4c32u8",
     "s6_scan_n16_bf16_v4c32",
     "s6_scan_n16_bf16_v4c16t64",
     // scan_backward.cu
@@ -737,17 +734,14 @@ impl Cuda {
 /// (name, lanes per channel, channels per block). By default the vector kernel with 32 channels
 /// per block and chunks of 32 steps from 16,384 channels on ([`scan_n16_wide`]), else 16
 /// channels per block and chunks of 64 steps (more blocks, fewer barriers per step).
-/// `S6_SCAN_N16` picks one variant for every size, for measurements (read once per process):
-/// `pipe8x` (sessions 2-9), `v4c32`, `v4c16`, `v4c16t64`, `v2c16`, `v4c32u8`.
+/// `S6_SCAN_N16` picks one kernel for every size, for measurements (read once per process):
+/// `v4c32`, `v4c16t64`, or `pipe8x` (sessions 2-9's kernel).
 fn scan_n16_kernel(channels: usize) -> (&'static str, u32, u32) {
     static K: OnceLock<Option<(&'static str, u32, u32)>> = OnceLock::new();
     let forced = K.get_or_init(|| match std::env::var("S6_SCAN_N16").as_deref().map(str::trim) {
         Ok("pipe8x") => Some(("s6_scan_n16_pipe8x", 8, 16)),
         Ok("v4c32") => Some(("s6_scan_n16_v4c32", 4, 32)),
-        Ok("v4c16") => Some(("s6_scan_n16_v4c16", 4, 16)),
         Ok("v4c16t64") => Some(("s6_scan_n16_v4c16t64", 4, 16)),
-        Ok("v2c16") => Some(("s6_scan_n16_v2c16", 8, 16)),
-        Ok("v4c32u8") => Some(("s6_scan_n16_v4c32u8", 4, 32)),
         _ => None,
     });
     match forced {

@@ -2,9 +2,11 @@
 //   dt = softplus(delta + delta_bias), h_t = exp(dt*A) h_{t-1} + dt*B_t*u_t,
 //   y_t = (C_t . h_t + D*u_t) * silu(z_t)          (gate optional: y_t = C_t . h_t + D*u_t)
 //
-// Two structures follow. N = 16 runs s6_scan_n16_pipe8x, the fastest of the variants measured on
-// the H200 (docs/BENCHMARKS.md): 8 lanes per channel, partial sums through shared memory,
-// pipelined loads, exp2 on the SFU alone. Other N use the first structure.
+// Three structures follow. N = 16 runs the third, the vector kernels (s6_scan_n16_v4c32 and
+// s6_scan_n16_v4c16t64, chosen by the number of channels on the host; session 10, 1.48x the
+// second on an H100); the second, s6_scan_n16_pipe8x (8 lanes per channel, partial sums through
+// shared memory, pipelined loads, exp2 on the SFU alone; sessions 2-9), stays for side-by-side
+// measurements (`S6_SCAN_N16=pipe8x`). Other N use the first structure.
 //
 // First structure — work split: a block owns CPB channels of one sequence; each channel's N states are split over
 // SPLIT consecutive lanes of a warp, NPT = N_MAX / SPLIT states per lane, held in registers for the
@@ -478,10 +480,10 @@ __device__ __forceinline__ void s6_scan_n16_vec_body(const TI* __restrict__ u, c
                                                   y, seqlen, dim);                                                 \
     }
 
-// Variants measured side by side (docs/BENCHMARKS.md, session 10): states per lane, channels per
-// block, steps per chunk.
+// The two kept of the variants measured side by side on an H100 (docs/BENCHMARKS.md, session 10;
+// ms at L = 2048 for B·D = 4·2048 / 16·1536 / 128·4096 channels): 32 channels per block, chunks
+// of 32 steps (0.303 / 0.583 / 10.4), and 16 channels per block, chunks of 64 (0.270 / 0.801 /
+// 16.5). Measured and dropped: 16 per block with chunks of 32 (0.296 / - / 12.1), the time loop
+// unrolled 8 (0.296), 2 states per lane (0.389 / - / 13.4); the old pipe8x: 0.400 / 0.803 / 15.4.
 S6_SCAN_KERNEL_VEC(s6_scan_n16_v4c32, 4, 32, 32, 4)
-S6_SCAN_KERNEL_VEC(s6_scan_n16_v4c16, 4, 16, 32, 4)
 S6_SCAN_KERNEL_VEC(s6_scan_n16_v4c16t64, 4, 16, 64, 4)
-S6_SCAN_KERNEL_VEC(s6_scan_n16_v2c16, 2, 16, 32, 4)
-S6_SCAN_KERNEL_VEC(s6_scan_n16_v4c32u8, 4, 32, 32, 8)
