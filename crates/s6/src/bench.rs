@@ -493,20 +493,46 @@ struct ScanInputs<B: Backend> {
     z: B::Buf,
 }
 
+/// The host values of [`ScanInputs`]: `bc` is `[rows, 2·d_state]` (B then C in each row).
+struct ScanValues {
+    u: Vec<f32>,
+    delta: Vec<f32>,
+    delta_bias: Vec<f32>,
+    a: Vec<f32>,
+    bc: Vec<f32>,
+    d: Vec<f32>,
+    z: Vec<f32>,
+}
+
+impl ScanValues {
+    fn new(what: &str, batch: usize, seqlen: usize, di: usize, n: usize) -> Result<Self> {
+        check_counts(what, &[("batch", batch), ("seqlen", seqlen), ("d_inner", di), ("d_state", n)])?;
+        let rows = batch * seqlen;
+        Ok(ScanValues {
+            u: random_values(rows * di, 21, -2.0, 2.0),
+            delta: random_values(rows * di, 22, -3.0, 0.0),
+            delta_bias: random_values(di, 23, -3.0, -1.0),
+            // S4D-real A = -(1..=N), as Mamba initializes it.
+            a: (0..di * n).map(|i| -((i % n) as f32 + 1.0)).collect(),
+            bc: random_values(rows * 2 * n, 24, -1.0, 1.0),
+            d: random_values(di, 25, -1.0, 1.0),
+            z: random_values(rows * di, 26, -3.0, 3.0),
+        })
+    }
+}
+
 impl<B: Backend> ScanInputs<B> {
     fn new(be: &B, what: &str, batch: usize, seqlen: usize, d_inner: usize, d_state: usize) -> Result<Self> {
-        check_counts(what, &[("batch", batch), ("seqlen", seqlen), ("d_inner", d_inner), ("d_state", d_state)])?;
-        let (rows, di, n) = (batch * seqlen, d_inner, d_state);
+        let v = ScanValues::new(what, batch, seqlen, d_inner, d_state)?;
         Ok(ScanInputs {
             dims: ScanDims { batch, seqlen, d_inner, d_state },
-            u: be.from_vec(random_values(rows * di, 21, -2.0, 2.0))?,
-            delta: be.from_vec(random_values(rows * di, 22, -3.0, 0.0))?,
-            delta_bias: be.from_vec(random_values(di, 23, -3.0, -1.0))?,
-            // S4D-real A = -(1..=N), as Mamba initializes it.
-            a: be.from_vec((0..di * n).map(|i| -((i % n) as f32 + 1.0)).collect())?,
-            bc: be.from_vec(random_values(rows * 2 * n, 24, -1.0, 1.0))?,
-            d: be.from_vec(random_values(di, 25, -1.0, 1.0))?,
-            z: be.from_vec(random_values(rows * di, 26, -3.0, 3.0))?,
+            u: be.from_vec(v.u)?,
+            delta: be.from_vec(v.delta)?,
+            delta_bias: be.from_vec(v.delta_bias)?,
+            a: be.from_vec(v.a)?,
+            bc: be.from_vec(v.bc)?,
+            d: be.from_vec(v.d)?,
+            z: be.from_vec(v.z)?,
         })
     }
 
@@ -585,16 +611,12 @@ pub fn bench_scan_bf16(
     repeats: usize,
 ) -> Result<ScanReport> {
     use crate::backend::cuda::scan_bf16::ScanBf16Args;
-    check_counts("bench scan", &[("batch", batch), ("seqlen", seqlen), ("d_inner", d_inner), ("d_state", d_state)])?;
+    let v = ScanValues::new("bench scan", batch, seqlen, d_inner, d_state)?;
     let (rows, di, n) = (batch * seqlen, d_inner, d_state);
-    let u = be.bf16_tensor(&random_values(rows * di, 21, -2.0, 2.0))?;
-    let delta = be.bf16_tensor(&random_values(rows * di, 22, -3.0, 0.0))?;
-    let delta_bias = be.from_vec(random_values(di, 23, -3.0, -1.0))?;
-    let a = be.from_vec((0..di * n).map(|i| -((i % n) as f32 + 1.0)).collect())?;
-    let b = be.bf16_tensor(&random_values(rows * n, 24, -1.0, 1.0))?;
-    let c = be.bf16_tensor(&random_values(rows * n, 28, -1.0, 1.0))?;
-    let d = be.from_vec(random_values(di, 25, -1.0, 1.0))?;
-    let z = be.bf16_tensor(&random_values(rows * di, 26, -3.0, 3.0))?;
+    let (bs, cs): (Vec<&[f32]>, Vec<&[f32]>) = v.bc.chunks_exact(2 * n).map(|r| r.split_at(n)).unzip();
+    let (u, delta, z) = (be.bf16_tensor(&v.u)?, be.bf16_tensor(&v.delta)?, be.bf16_tensor(&v.z)?);
+    let (b, c) = (be.bf16_tensor(&bs.concat())?, be.bf16_tensor(&cs.concat())?);
+    let (delta_bias, a, d) = (be.from_vec(v.delta_bias)?, be.from_vec(v.a)?, be.from_vec(v.d)?);
     let mut state = be.zeros(batch * di * n)?;
     let mut y = be.bf16_zeros(rows * di)?;
     let args = ScanBf16Args {
