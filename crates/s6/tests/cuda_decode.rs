@@ -120,6 +120,44 @@ fn bf16_graph_greedy_equals_eager() {
     }
 }
 
+/// bf16 activation copies (`S6_ACT_BF16=1`, `set_act_bf16`): the norm, the scan and the
+/// large-batch scan step also write their outputs rounded to bf16, and the next product reads
+/// that instead of casting them; the same rounding, so the same bits. Prefill logits (products of
+/// 2 × 40 rows: cuBLAS) and greedy decoding of 32 sequences (cuBLAS products, and the scan step
+/// `s6_mixer_step_scan_n16`: dt_proj is one product there), graph and eager, with copies on equal
+/// those with copies off.
+#[test]
+fn bf16_activation_copies_change_no_bit() {
+    let Some(g) = gpu() else { return };
+    g.set_compute(Compute::Bf16).unwrap();
+    let mut cfg = s6::config::MambaConfig::preset("mamba-130m").unwrap();
+    cfg.n_layer = 2;
+    cfg.vocab_size = 512;
+    let params = s6::model::init::init_params(&cfg, &s6::config::InitConfig::default(), 13);
+    let gpu = model_from(g.clone(), &cfg, &params);
+    let ids: Vec<u32> = (0..80).map(|i| (i * 11 % 512) as u32).collect();
+    let prompts: Vec<Vec<u32>> =
+        (0..32).map(|i| (0..10 + i % 7).map(|t| ((t * 13 + i * 5) % 512) as u32).collect()).collect();
+    let run = |on: bool| {
+        s6::backend::cuda::set_act_bf16(on);
+        let mut st = gpu.new_state(2).unwrap();
+        let logits = g.to_vec(&gpu.prefill(&ids, 2, 40, &mut st, 40).unwrap()).unwrap();
+        let graph = decode_gpu(&gpu, &prompts, 12, greedy(), DecodeMode::Graph);
+        let eager = decode_gpu(&gpu, &prompts, 12, greedy(), DecodeMode::Eager);
+        (logits, graph, eager)
+    };
+    let off = run(false);
+    let on = run(true);
+    let again = run(false);
+    s6::backend::cuda::set_act_bf16(false);
+    let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<u32>>();
+    assert_eq!(bits(&on.0), bits(&off.0), "prefill logits differ with bf16 activation copies");
+    assert_eq!(on.1, off.1, "graph decoding differs with bf16 activation copies");
+    assert_eq!(on.2, off.2, "eager decoding differs with bf16 activation copies");
+    assert_eq!(on.1, on.2, "with bf16 activation copies, graph and eager decoding differ");
+    assert_eq!(bits(&again.0), bits(&off.0), "prefill logits changed after the copies were turned off");
+}
+
 #[test]
 fn graph_greedy_equals_hf_fixtures() {
     let Some(g) = gpu() else { return };

@@ -16,14 +16,39 @@
 //! graph and stays marked stale, so eager calls after the recording cast it again.
 
 use std::ffi::c_void;
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::MutexGuard;
 
 use cudarc::cublas::{result as blas_result, sys as blas_sys};
 use cudarc::driver::{sys as driver_sys, DevicePtr, PushKernelArg};
 
-use super::{blas_err, driver_err, grid_1d, Bf16Scratch, Cuda, CudaBuf, Shadow, GEMV_MAX_ROWS};
-use crate::backend::View;
+use super::{blas_err, driver_err, grid_1d, ActCopy, Bf16Scratch, Cuda, CudaBuf, Shadow, GEMV_MAX_ROWS};
+use crate::backend::{Compute, View};
 use crate::{Error, Result};
+
+/// Whether the kernels that write a bf16 product's input (the norm, the scan, the large-batch scan
+/// step) also write it rounded to bf16, so that the product needs no cast (`S6_ACT_BF16=1`; off
+/// by default until measured on a GPU; read once per process). Costs 2 bytes per value of those
+/// buffers for as long as they live (training keeps a scan output per layer).
+pub fn act_bf16_enabled() -> bool {
+    let v = ACT_BF16.load(Ordering::Relaxed);
+    if v != UNSET {
+        return v == 1;
+    }
+    let on = std::env::var("S6_ACT_BF16").map(|v| v.trim() == "1").unwrap_or(false);
+    set_act_bf16(on);
+    on
+}
+
+/// Turns the bf16 activation copies ([`act_bf16_enabled`]) on or off for this process (for tests
+/// and benchmarks).
+pub fn set_act_bf16(on: bool) {
+    ACT_BF16.store(u8::from(on), Ordering::Relaxed);
+}
+
+/// [`act_bf16_enabled`]'s setting; `UNSET` until read.
+static ACT_BF16: AtomicU8 = AtomicU8::new(UNSET);
+const UNSET: u8 = u8::MAX;
 
 /// Scratch slot of `x` and of `dy`.
 const SLOT_X: usize = 0;
@@ -70,17 +95,80 @@ impl Cuda {
                 )));
             }
             let data = self.stream().alloc_zeros::<u16>(w.len.max(1)).map_err(driver_err("allocation"))?;
-            *guard = Some(Shadow { data, valid: false });
+            *guard = Some(Shadow { data, valid: false, act: None });
         }
         let Some(shadow) = guard.as_mut() else { unreachable!("created above") };
         let (sp, _s) = shadow.data.device_ptr(self.stream());
-        if !shadow.valid {
+        if !shadow.valid || shadow.act.is_some() {
+            shadow.act = None;
             self.cast_bf16(src, w.len, 1, w.len, sp)?;
             // Cast inside a graph: done only when the graph is replayed, so still stale for eager
             // calls.
             shadow.valid = !self.capturing()?;
         }
         Ok(sp)
+    }
+
+    /// For a kernel about to write `buf` (its f32 pointer already taken with `ptr_mut`, which
+    /// marked any copy stale) that can also write the values rounded to bf16: the device pointer
+    /// of `buf`'s bf16 copy, created when missing. `None` (the kernel then writes f32 only) unless
+    /// the products are bf16 and activation copies are on ([`act_bf16_enabled`]), or when the copy
+    /// would have to be allocated while a graph is recorded.
+    pub(super) fn act_bf16_target(&self, buf: &CudaBuf) -> Result<Option<u64>> {
+        if self.compute() != Compute::Bf16 || !act_bf16_enabled() || buf.len == 0 {
+            return Ok(None);
+        }
+        let mut guard = buf.shadow.lock().map_err(|_| Error::Backend("CUDA bf16 copy poisoned".into()))?;
+        if guard.is_none() {
+            if self.capturing()? {
+                return Ok(None);
+            }
+            let data = self.stream().alloc_zeros::<u16>(buf.len).map_err(driver_err("allocation"))?;
+            *guard = Some(Shadow { data, valid: false, act: None });
+        }
+        let Some(shadow) = guard.as_ref() else { unreachable!("created above") };
+        let (p, _s) = shadow.data.device_ptr(self.stream());
+        Ok(Some(p))
+    }
+
+    /// After a kernel that got `act_bf16_target(buf)` was launched: the copy holds `buf`'s first
+    /// `len` values rounded, for products issued in this recording epoch.
+    pub(super) fn act_bf16_written(&self, buf: &CudaBuf, len: usize) -> Result<()> {
+        let mut guard = buf.shadow.lock().map_err(|_| Error::Backend("CUDA bf16 copy poisoned".into()))?;
+        if let Some(shadow) = guard.as_mut() {
+            shadow.valid = true;
+            shadow.act = Some(ActCopy { epoch: self.shadow_epoch(), len });
+        }
+        Ok(())
+    }
+
+    /// The bf16 copy of the product input `x` (`rows × k`), when one written for this epoch
+    /// covers it whole and contiguous; else `None` (the product casts `x`).
+    fn act_bf16_source(&self, x: &View<'_, CudaBuf>, rows: usize, k: usize) -> Result<Option<u64>> {
+        if x.offset != 0 || x.ld != k {
+            return Ok(None);
+        }
+        let guard = x.buf.shadow.lock().map_err(|_| Error::Backend("CUDA bf16 copy poisoned".into()))?;
+        let Some(shadow) = guard.as_ref() else { return Ok(None) };
+        let fresh = match shadow.act {
+            Some(a) => a.epoch == self.shadow_epoch() && a.len >= rows * k,
+            None => false,
+        };
+        if !shadow.valid || !fresh {
+            return Ok(None);
+        }
+        let (p, _s) = shadow.data.device_ptr(self.stream());
+        Ok(Some(p))
+    }
+
+    /// The current graph-recording epoch (`Inner::shadow_epoch`).
+    fn shadow_epoch(&self) -> u64 {
+        self.inner.shadow_epoch.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// A recording begins or ends: activation copies written before serve no product after.
+    pub(super) fn next_shadow_epoch(&self) {
+        self.inner.shadow_epoch.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// Casts `rows × cols` of `x` (row stride `ld`, device pointer bounds checked by the caller)
@@ -182,7 +270,10 @@ impl Cuda {
             return self.launch_gemv(1, (xp, x.ld), wp, (rows, k, n), bp, o, super::GemvMode::Write);
         }
         let mut scratch = self.lock_bf16()?;
-        let xs = self.cast_to_scratch(&mut scratch, SLOT_X, xp, x.ld, rows, k)?;
+        let xs = match self.act_bf16_source(&x, rows, k)? {
+            Some(p) => p,
+            None => self.cast_to_scratch(&mut scratch, SLOT_X, xp, x.ld, rows, k)?,
+        };
         let beta = self.bias_beta(o, bp, rows, n)?;
         use blas_sys::cublasOperation_t::{CUBLAS_OP_N, CUBLAS_OP_T};
         // Column-major: outᵀ [n × rows] = W (col-major k × n, op T) · xᵀ (k × rows, ld k).

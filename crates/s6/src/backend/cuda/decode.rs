@@ -177,7 +177,11 @@ impl Cuda {
         stream
             .begin_capture(CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL)
             .map_err(driver_err("begin graph capture"))?;
+        // Activation copies written before the recording do not serve its products, nor those
+        // written in it the products after it (bf16.rs).
+        self.next_shadow_epoch();
         let recorded = work();
+        self.next_shadow_epoch();
         // Always end the capture, also after an error, so that the stream is usable again.
         let ended = stream.end_capture(CUgraphInstantiate_flags(0));
         let graph = match (recorded, ended) {

@@ -154,6 +154,12 @@ impl Cuda {
                 block_dim: (WIDE_THREADS as u32, 1, 1),
                 shared_mem_bytes: 0,
             };
+            // With bf16 activation copies (bf16.rs) y, out_proj's input, is written in bf16 too.
+            if let Some(y16) = self.act_bf16_target(o.y)? {
+                launch!(self, self.func("s6_mixer_step_scan_n16_b16")?, cfg, "mixer step scan";
+                    xz, ldxz, up, xdbl, ww, rr, dtb, ap, dp, conv, kk, ssm, delta, yp, y16, dd);
+                return self.act_bf16_written(o.y, batch * di);
+            }
             launch!(self, self.func("s6_mixer_step_scan_n16")?, cfg, "mixer step scan";
                 xz, ldxz, up, xdbl, ww, rr, dtb, ap, dp, conv, kk, ssm, delta, yp, dd);
             return Ok(());

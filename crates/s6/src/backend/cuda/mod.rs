@@ -60,6 +60,7 @@ const KERNELS: &[&str] = &[
     "s6_fill_bias",
     "s6_add_assign",
     "s6_add_rmsnorm",
+    "s6_add_rmsnorm_b16",
     "s6_conv_state_update",
     // kernels/conv.cu (conv.rs: FWD_KERNELS, BWD_KERNELS)
     "s6_conv_fwd_k4_vec4",
@@ -79,6 +80,8 @@ const KERNELS: &[&str] = &[
     "s6_scan_n16_pipe8x",
     "s6_scan_n16_v4c32",
     "s6_scan_n16_v4c16t64",
+    "s6_scan_n16_v4c32_b16",
+    "s6_scan_n16_v4c16t64_b16",
     "s6_scan_n16_bf16_v4c32",
     "s6_scan_n16_bf16_v4c16t64",
     // scan_backward.cu
@@ -117,6 +120,7 @@ const KERNELS: &[&str] = &[
     "s6_mixer_step_scan",
     "s6_mixer_step_scan_b1",
     "s6_mixer_step_scan_n16",
+    "s6_mixer_step_scan_n16_b16",
 ];
 
 /// `linear` with at most this many rows runs the matrix-vector kernel `s6_gemv_r{rows}`
@@ -245,12 +249,24 @@ pub struct CudaBuf {
     shadow: Mutex<Option<Shadow>>,
 }
 
-/// The bf16 copy of a weight buffer (`len` values, bit patterns), and whether it still equals the
-/// f32 values rounded. Its allocation never moves while the buffer lives, so CUDA graphs that
-/// read it stay valid.
+/// The bf16 copy of a buffer (`len` values, bit patterns), and whether it still equals the f32
+/// values rounded. Its allocation never moves while the buffer lives, so CUDA graphs that read it
+/// stay valid. A weight's copy (`act: None`) is cast from the whole buffer; an activation's
+/// (`act: Some`, bf16.rs: `act_bf16_target`) was written by the kernel that wrote the values.
 struct Shadow {
     data: CudaSlice<u16>,
     valid: bool,
+    act: Option<ActCopy>,
+}
+
+/// What an activation's bf16 copy holds: the first `len` values, written by a kernel issued in the
+/// graph-recording epoch `epoch` ([`Cuda`]'s `shadow_epoch`); it serves only products issued in
+/// the same epoch, so that neither a recording nor an eager call after it trusts a copy that only
+/// the other wrote.
+#[derive(Clone, Copy)]
+struct ActCopy {
+    epoch: u64,
+    len: usize,
 }
 
 impl CudaBuf {
@@ -310,6 +326,9 @@ struct Inner {
     pdl: bool,
     /// The device's L2 cache, bytes ([`Cuda::prefetch_for`]).
     l2_bytes: usize,
+    /// Incremented when a CUDA graph recording begins and when it ends (activation copies, see
+    /// [`ActCopy`]).
+    shadow_epoch: std::sync::atomic::AtomicU64,
 }
 
 fn compute_code(c: Compute) -> u8 {
@@ -532,6 +551,7 @@ impl Cuda {
                 compute: AtomicU8::new(compute_code(Compute::F32)),
                 bf16: Mutex::new(Bf16Scratch::default()),
                 pdl: major >= 9 && pdl_wanted(),
+                shadow_epoch: std::sync::atomic::AtomicU64::new(0),
                 l2_bytes,
             }),
         })
@@ -710,7 +730,7 @@ impl Cuda {
         &self.inner.arch
     }
 
-    fn scan_kernel(&self, n: usize, channels: usize) -> Result<(&CudaFunction, u32, u32)> {
+    fn scan_kernel(n: usize, channels: usize) -> Result<(&'static str, u32, u32)> {
         // (kernel, lanes per channel, channels per block)
         let (name, split, cpb) = match n {
             0 => return Err(Error::Backend("CUDA scan: d_state must be at least 1".into())),
@@ -726,7 +746,7 @@ impl Cuda {
                 )))
             }
         };
-        Ok((self.func(name)?, split, cpb))
+        Ok((name, split, cpb))
     }
 }
 
@@ -943,6 +963,7 @@ impl Cuda {
 
 mod backward;
 mod bf16;
+pub use bf16::{act_bf16_enabled, set_act_bf16};
 mod conv;
 pub mod mixer_step;
 pub mod scan_bf16;
@@ -1122,6 +1143,11 @@ impl Backend for Cuda {
             shared_mem_bytes: 0,
         };
         let d = u32_of("dim", dim)?;
+        // With bf16 activation copies (bf16.rs) the next product's input is written in bf16 too.
+        if let Some(o16) = self.act_bf16_target(out)? {
+            launch!(self, self.func("s6_add_rmsnorm_b16")?, cfg, "add_rmsnorm"; r, dp, wp, o, o16, d, eps);
+            return self.act_bf16_written(out, rows * dim);
+        }
         launch!(self, self.func("s6_add_rmsnorm")?, cfg, "add_rmsnorm"; r, dp, wp, o, d, eps);
         Ok(())
     }
@@ -1148,7 +1174,7 @@ impl Backend for Cuda {
         if batch * di == 0 {
             return Ok(());
         }
-        let (func, split, cpb) = self.scan_kernel(n, batch * di)?;
+        let (name, split, cpb) = Self::scan_kernel(n, batch * di)?;
         let sp = self.ptr_mut(state, 0, batch * di * n, "scan state")?;
         if seqlen == 0 {
             return Ok(());
@@ -1173,7 +1199,20 @@ impl Backend for Cuda {
             block_dim: (cpb * split, 1, 1),
             shared_mem_bytes: 0,
         };
-        launch!(self, func, cfg, "selective_scan"; u, dl, db, a, bm, ldb, cm, ldc, d, zp, ldz, sp, yp, l, dd, nn);
+        // The vector kernels can also write y in bf16, out_proj's input (bf16.rs).
+        let with_copy = match name {
+            "s6_scan_n16_v4c32" => Some("s6_scan_n16_v4c32_b16"),
+            "s6_scan_n16_v4c16t64" => Some("s6_scan_n16_v4c16t64_b16"),
+            _ => None,
+        };
+        if let Some(name16) = with_copy {
+            if let Some(y16) = self.act_bf16_target(y)? {
+                launch!(self, self.func(name16)?, cfg, "selective_scan";
+                    u, dl, db, a, bm, ldb, cm, ldc, d, zp, ldz, sp, yp, y16, l, dd, nn);
+                return self.act_bf16_written(y, rows * di);
+            }
+        }
+        launch!(self, self.func(name)?, cfg, "selective_scan"; u, dl, db, a, bm, ldb, cm, ldc, d, zp, ldz, sp, yp, l, dd, nn);
         Ok(())
     }
 

@@ -2,16 +2,7 @@
 // are held as `unsigned short` bit patterns: the upper 16 bits of an f32. NVRTC gets no
 // cuda_bf16.h here, so the conversions are done by hand.
 
-// f32 -> bf16, round to nearest even (as `s6::backend::bf16_round` on the host); NaN stays a
-// (quiet) NaN.
-__device__ __forceinline__ unsigned short s6_f32_to_bf16(float f) {
-    unsigned int u = __float_as_uint(f);
-    if ((u & 0x7fffffffu) > 0x7f800000u) return (unsigned short)((u >> 16) | 0x40u);
-    u += 0x7fffu + ((u >> 16) & 1u);
-    return (unsigned short)(u >> 16);
-}
-
-__device__ __forceinline__ float s6_bf16_to_f32(unsigned short h) { return __uint_as_float(((unsigned int)h) << 16); }
+// s6_f32_to_bf16 and s6_bf16_to_f32 are in prelude.cu (the scan and the norm write bf16 copies).
 
 // The two bf16 of a 32-bit word (element 2i in the low half, 2i+1 in the high half) as floats.
 __device__ __forceinline__ float s6_bf16_lo(unsigned int u) { return __uint_as_float(u << 16); }
@@ -54,8 +45,9 @@ struct S6Io<unsigned short> {
         const unsigned short* __restrict__ z, unsigned int ldz, float* __restrict__ state,                          \
         unsigned short* __restrict__ y, unsigned int seqlen, unsigned int dim, unsigned int n) {                    \
         S6_PDL_ENTRY();                                                                                             \
-        s6_scan_n16_vec_body<unsigned short, NPT, CPB, T, UNROLL>(u, delta, delta_bias, a, bm, ldb, cm, ldc, dskip, \
-                                                                  z, ldz, state, y, seqlen, dim);                   \
+        s6_scan_n16_vec_body<unsigned short, NPT, CPB, T, UNROLL, false>(u, delta, delta_bias, a, bm, ldb, cm, ldc, \
+                                                                         dskip, z, ldz, state, y, nullptr, seqlen,  \
+                                                                         dim);                                      \
     }
 S6_SCAN_KERNEL_BF16(s6_scan_n16_bf16_v4c32, 4, 32, 32, 4)
 S6_SCAN_KERNEL_BF16(s6_scan_n16_bf16_v4c16t64, 4, 16, 64, 4)

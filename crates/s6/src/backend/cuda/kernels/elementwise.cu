@@ -75,10 +75,12 @@ __device__ __forceinline__ void s6_block_sum_rows(float (&v)[R], float (*partial
 
 // One block per row of RMSNORM_THREADS threads (cuda/mod.rs: the GEMV's block size, so that
 // gemv.cu's NORM prologue sums a row in the same order): residual += delta (when given), then
-// out = residual * rsqrt(mean(residual^2) + eps) * w.
-extern "C" __global__ void s6_add_rmsnorm(float* __restrict__ residual, const float* __restrict__ delta,
-                                          const float* __restrict__ w, float* __restrict__ out, unsigned int dim,
-                                          float eps) {
+// out = residual * rsqrt(mean(residual^2) + eps) * w; s6_add_rmsnorm_b16 also writes out rounded
+// to bf16 into out16 (the input of a bf16 product, which then needs no cast: cuda/bf16.rs).
+template <bool W16>
+__device__ __forceinline__ void s6_add_rmsnorm_impl(float* __restrict__ residual, const float* __restrict__ delta,
+                                                    const float* __restrict__ w, float* __restrict__ out,
+                                                    unsigned short* __restrict__ out16, unsigned int dim, float eps) {
     S6_PDL_ENTRY();
     __shared__ float partial[1][32];
     const unsigned long long base = (unsigned long long)blockIdx.x * dim;
@@ -100,8 +102,21 @@ extern "C" __global__ void s6_add_rmsnorm(float* __restrict__ residual, const fl
             v += delta[base + i];
             r[i] = v;
         }
-        out[base + i] = v * inv * w[i];
+        const float o = v * inv * w[i];
+        out[base + i] = o;
+        if constexpr (W16) out16[base + i] = s6_f32_to_bf16(o);
     }
+}
+
+extern "C" __global__ void s6_add_rmsnorm(float* __restrict__ residual, const float* __restrict__ delta,
+                                          const float* __restrict__ w, float* __restrict__ out, unsigned int dim,
+                                          float eps) {
+    s6_add_rmsnorm_impl<false>(residual, delta, w, out, nullptr, dim, eps);
+}
+extern "C" __global__ void s6_add_rmsnorm_b16(float* __restrict__ residual, const float* __restrict__ delta,
+                                              const float* __restrict__ w, float* __restrict__ out,
+                                              unsigned short* __restrict__ out16, unsigned int dim, float eps) {
+    s6_add_rmsnorm_impl<true>(residual, delta, w, out, out16, dim, eps);
 }
 
 // The conv state after the call: the last k-1 inputs (state then x). One thread per (batch,

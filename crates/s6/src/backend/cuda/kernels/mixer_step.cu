@@ -192,12 +192,14 @@ extern "C" __global__ void __launch_bounds__(S6_MS_THREADS) s6_mixer_step_scan_b
 // Conv-window slots per lane: k - 1 ≤ 4 * S6_MSW_SLOTS (d_conv up to 17; MAX_D_CONV is 16).
 #define S6_MSW_SLOTS 4
 
-// grid (ceil(di / S6_MSW_CPB), batch), block S6_MSW_THREADS, no shared memory.
-extern "C" __global__ void __launch_bounds__(S6_MSW_THREADS) s6_mixer_step_scan_n16(
+// grid (ceil(di / S6_MSW_CPB), batch), block S6_MSW_THREADS, no shared memory. With W16 y is also
+// written rounded to bf16 into y16 (out_proj's input under bf16 products, then not cast again).
+template <bool W16>
+__device__ __forceinline__ void s6_mixer_step_scan_n16_impl(
     const float* __restrict__ xz, unsigned int ldxz, const float* __restrict__ u, const float* __restrict__ xdbl,
     unsigned int width, unsigned int r, const float* __restrict__ dt_bias, const float* __restrict__ a,
     const float* __restrict__ dskip, float* __restrict__ conv_state, unsigned int k, float* __restrict__ ssm_state,
-    const float* __restrict__ delta, float* __restrict__ y, unsigned int di) {
+    const float* __restrict__ delta, float* __restrict__ y, unsigned short* __restrict__ y16, unsigned int di) {
     S6_PDL_LAUNCH();
     const unsigned int b = blockIdx.y;
     const unsigned int part = threadIdx.x % S6_MSW_LANES;
@@ -263,6 +265,25 @@ extern "C" __global__ void __launch_bounds__(S6_MSW_THREADS) s6_mixer_step_scan_
             const unsigned int j = part + S6_MSW_LANES * q;
             if (j + 1 < k) sw[(unsigned long long)j * di] = win[q];
         }
-        if (part == 0) y[bc] = (acc + d_c * uv) * s6_silu(zc);
+        if (part == 0) {
+            const float yv = (acc + d_c * uv) * s6_silu(zc);
+            y[bc] = yv;
+            if constexpr (W16) y16[bc] = s6_f32_to_bf16(yv);
+        }
     }
+}
+
+#define S6_MSW_PARAMS                                                                                          \
+    const float *__restrict__ xz, unsigned int ldxz, const float *__restrict__ u, const float *__restrict__ xdbl, \
+        unsigned int width, unsigned int r, const float *__restrict__ dt_bias, const float *__restrict__ a,       \
+        const float *__restrict__ dskip, float *__restrict__ conv_state, unsigned int k,                         \
+        float *__restrict__ ssm_state, const float *__restrict__ delta, float *__restrict__ y
+extern "C" __global__ void __launch_bounds__(S6_MSW_THREADS) s6_mixer_step_scan_n16(S6_MSW_PARAMS, unsigned int di) {
+    s6_mixer_step_scan_n16_impl<false>(xz, ldxz, u, xdbl, width, r, dt_bias, a, dskip, conv_state, k, ssm_state, delta,
+                                       y, nullptr, di);
+}
+extern "C" __global__ void __launch_bounds__(S6_MSW_THREADS)
+    s6_mixer_step_scan_n16_b16(S6_MSW_PARAMS, unsigned short* __restrict__ y16, unsigned int di) {
+    s6_mixer_step_scan_n16_impl<true>(xz, ldxz, u, xdbl, width, r, dt_bias, a, dskip, conv_state, k, ssm_state, delta,
+                                      y, y16, di);
 }

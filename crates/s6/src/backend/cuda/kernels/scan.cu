@@ -328,14 +328,15 @@ struct S6Vec<2> {
     __device__ static float get(const float2& v, int i) { return i == 0 ? v.x : v.y; }
 };
 
-template <typename TI, int NPT, int CPB, int T, int UNROLL>
+template <typename TI, int NPT, int CPB, int T, int UNROLL, bool W16>
 __device__ __forceinline__ void s6_scan_n16_vec_body(const TI* __restrict__ u, const TI* __restrict__ delta,
                                                      const float* __restrict__ delta_bias,
                                                      const float* __restrict__ a, const TI* __restrict__ bm,
                                                      unsigned int ldb, const TI* __restrict__ cm, unsigned int ldc,
                                                      const float* __restrict__ dskip, const TI* __restrict__ z,
                                                      unsigned int ldz, float* __restrict__ state, TI* __restrict__ y,
-                                                     unsigned int seqlen, unsigned int dim) {
+                                                     unsigned short* __restrict__ y16, unsigned int seqlen,
+                                                     unsigned int dim) {
     constexpr int N = 16;
     constexpr int SPLIT = N / NPT;
     constexpr int NT = CPB * SPLIT;
@@ -453,7 +454,9 @@ __device__ __forceinline__ void s6_scan_n16_vec_body(const TI* __restrict__ u, c
                 float acc = 0.0f;
 #pragma unroll
                 for (int p = 0; p < SPLIT; p++) acc += s_part[t][sc][p];
-                y[(row0 + t0 + t) * dim + sd] = S6Io<TI>::of(fmaf(dsk_s, s_u[t][sc], acc) * s_g[t][sc]);
+                const float yv = fmaf(dsk_s, s_u[t][sc], acc) * s_g[t][sc];
+                y[(row0 + t0 + t) * dim + sd] = S6Io<TI>::of(yv);
+                if constexpr (W16) y16[(row0 + t0 + t) * dim + sd] = s6_f32_to_bf16(yv);
             }
         }
     }
@@ -476,8 +479,20 @@ __device__ __forceinline__ void s6_scan_n16_vec_body(const TI* __restrict__ u, c
              const float* __restrict__ z, unsigned int ldz, float* __restrict__ state, float* __restrict__ y,      \
              unsigned int seqlen, unsigned int dim, unsigned int n) {                                              \
         S6_PDL_ENTRY();                                                                                            \
-        s6_scan_n16_vec_body<float, NPT, CPB, T, UNROLL>(u, delta, delta_bias, a, bm, ldb, cm, ldc, dskip, z, ldz, state, \
-                                                  y, seqlen, dim);                                                 \
+        s6_scan_n16_vec_body<float, NPT, CPB, T, UNROLL, false>(u, delta, delta_bias, a, bm, ldb, cm, ldc, dskip,  \
+                                                                z, ldz, state, y, nullptr, seqlen, dim);           \
+    }                                                                                                              \
+    /* The same, also writing y rounded to bf16 into y16 (the input of a bf16 product: cuda/bf16.rs). */           \
+    extern "C" __global__ void __launch_bounds__(CPB * (16 / NPT))                                                 \
+        NAME##_b16(const float* __restrict__ u, const float* __restrict__ delta,                                   \
+                   const float* __restrict__ delta_bias, const float* __restrict__ a,                              \
+                   const float* __restrict__ bm, unsigned int ldb, const float* __restrict__ cm, unsigned int ldc,  \
+                   const float* __restrict__ dskip, const float* __restrict__ z, unsigned int ldz,                 \
+                   float* __restrict__ state, float* __restrict__ y, unsigned short* __restrict__ y16,             \
+                   unsigned int seqlen, unsigned int dim, unsigned int n) {                                        \
+        S6_PDL_ENTRY();                                                                                            \
+        s6_scan_n16_vec_body<float, NPT, CPB, T, UNROLL, true>(u, delta, delta_bias, a, bm, ldb, cm, ldc, dskip,   \
+                                                               z, ldz, state, y, y16, seqlen, dim);                \
     }
 
 // The two kept of the variants measured side by side on an H100 (docs/BENCHMARKS.md, session 10;
