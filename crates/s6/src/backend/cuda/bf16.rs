@@ -5,7 +5,10 @@
 //!   the same allocation on the first use after the buffer was written (an optimizer step), so
 //!   that CUDA graphs holding its address stay valid.
 //! - Activations: cast per product into contiguous bf16 scratch owned by the backend (grow-only;
-//!   outgrown allocations live as long as the backend, since a recorded graph may read them).
+//!   outgrown allocations live as long as the backend, since a recorded graph may read them). With
+//!   [`act_bf16_enabled`] the norm, the scan and the large-batch scan step write their outputs in
+//!   bf16 too, into a copy kept with the buffer (as a weight's), and a product whose whole input
+//!   is such a copy, written in the same graph-recording epoch, reads it instead of casting.
 //! - `linear` with at most [`GEMV_MAX_ROWS`] rows: `s6_gemv_bf16_r{rows}` (half the weight bytes
 //!   of the fp32 kernel; x is rounded to bf16 in registers, no cast launch); more rows, and `linear_backward`: cuBLAS `GemmEx`, bf16 A and B, fp32
 //!   C, `CUBLAS_COMPUTE_32F`.
@@ -27,9 +30,10 @@ use crate::backend::{Compute, View};
 use crate::{Error, Result};
 
 /// Whether the kernels that write a bf16 product's input (the norm, the scan, the large-batch scan
-/// step) also write it rounded to bf16, so that the product needs no cast (`S6_ACT_BF16=1`; off
-/// by default until measured on a GPU; read once per process). Costs 2 bytes per value of those
-/// buffers for as long as they live (training keeps a scan output per layer).
+/// step) also write it rounded to bf16, so that the product needs no cast (`S6_ACT_BF16=1`, read
+/// once per process; [`set_act_bf16`]). Off by default: on an H100 it made 1.4B prefill 5%
+/// faster and decoding no faster (docs/BENCHMARKS.md, session 10), and it costs 2 bytes per value
+/// of those buffers for as long as they live (training keeps a scan output per layer).
 pub fn act_bf16_enabled() -> bool {
     let v = ACT_BF16.load(Ordering::Relaxed);
     if v != UNSET {
@@ -163,12 +167,12 @@ impl Cuda {
 
     /// The current graph-recording epoch (`Inner::shadow_epoch`).
     fn shadow_epoch(&self) -> u64 {
-        self.inner.shadow_epoch.load(std::sync::atomic::Ordering::Relaxed)
+        self.inner.shadow_epoch.load(Ordering::Relaxed)
     }
 
     /// A recording begins or ends: activation copies written before serve no product after.
     pub(super) fn next_shadow_epoch(&self) {
-        self.inner.shadow_epoch.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.inner.shadow_epoch.fetch_add(1, Ordering::Relaxed);
     }
 
     /// Casts `rows × cols` of `x` (row stride `ld`, device pointer bounds checked by the caller)
