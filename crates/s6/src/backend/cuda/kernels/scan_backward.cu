@@ -652,6 +652,323 @@ extern "C" __global__ void __launch_bounds__(128, 4)
     }
 }
 
+// d_state 16 exactly: s6_scan_bwd_n16v, s6_scan_bwd_n16p's three phases in the vector layout of
+// the forward's third structure (scan.cu): 4 lanes per channel, 4 states per lane, 16 channels per
+// block (64 threads), chunks of T = 14 steps. Per lane and step the recompute stores (h_t,
+// exp(ΔA)) as two float4 and the reverse walk writes its dB_t, dC_t partials (4 states each) over
+// them; B_t and C_t are read as float4, du/dΔ/dz sum 4 lanes per channel instead of 8. Written in
+// session 10 without a GPU: selected only by `S6_SCAN_BWD=n16v` (backward.rs) until its tests
+// and timings have run.
+extern "C" __global__ void __launch_bounds__(64)
+    s6_scan_bwd_n16v(const float* __restrict__ u, const float* __restrict__ delta, const float* __restrict__ delta_bias,
+                     const float* __restrict__ a, const float* __restrict__ bm, unsigned int ldb,
+                     const float* __restrict__ cm, unsigned int ldc, const float* __restrict__ dskip,
+                     const float* __restrict__ z, unsigned int ldz, const float* __restrict__ dy, float* __restrict__ du,
+                     float* __restrict__ ddelta, float* __restrict__ dz, unsigned int lddz, float* __restrict__ ckpt,
+                     float* __restrict__ pbc, float* __restrict__ pparam, unsigned int seqlen, unsigned int dim,
+                     unsigned int n) {
+    S6_PDL_ENTRY();
+    constexpr int NT = 64, SPLIT = 4, NPT = 4, CPB = 16, N = 16, T = 14;
+    constexpr int FT = 4 * T;  // forward staging: FT steps of u, Δ, B in the s_hd region
+    constexpr int EF = FT * CPB / NT;
+    static_assert(EF * NT == FT * CPB, "FT * CPB must be a multiple of NT");
+    static_assert(CPB == N, "a staging index serves as channel and as state");
+    constexpr int E = (T * CPB + NT - 1) / NT;
+    __shared__ float4 s_hd[T][NT][2];  // (h_t, exp(Δ A)) of the lane's 4 states; then its dB_t, dC_t partials
+    __shared__ float2 s_p2[T][NT];     // (Σ dhs B, Σ q A) over the lane's states
+    __shared__ float s_p1[T][NT];      // Σ C h over the lane's states
+    __shared__ float s_u[T][CPB];
+    __shared__ float s_dt[T][CPB];
+    __shared__ float s_sp[T][CPB];
+    __shared__ float s_g[T][CPB];
+    __shared__ float s_gz[T][CPB];
+    __shared__ __align__(16) float s_b[T][N];
+    __shared__ __align__(16) float s_c[T][N];
+
+    const int tid = threadIdx.x;
+    const int ch = tid / SPLIT, part = tid % SPLIT;
+    const unsigned int b = blockIdx.y;
+    const unsigned int d0 = blockIdx.x * CPB;
+    const unsigned int d = d0 + ch;
+    const bool active = d < dim;
+    const unsigned long long rows = (unsigned long long)gridDim.y * seqlen;
+    const unsigned long long row0 = (unsigned long long)b * seqlen;
+    const unsigned int nck = (seqlen + T - 1) / T;
+    const unsigned long long ck0 = ((unsigned long long)b * dim + d) * nck;
+    // The channel this thread reduces and stores in the store phase (NT is a multiple of CPB).
+    const int rc = tid % CPB;
+    const unsigned int rd = d0 + rc;
+    const float rdsk = rd < dim ? dskip[rd] : 0.0f;
+    const float rbias = rd < dim ? delta_bias[rd] : 0.0f;
+
+    float h[NPT], dh[NPT], av[NPT], a2[NPT], da[NPT];
+#pragma unroll
+    for (int i = 0; i < NPT; i++) {
+        av[i] = active ? a[(unsigned long long)d * N + part * NPT + i] : 0.0f;
+        a2[i] = av[i] * 1.4426950408889634f;
+        h[i] = 0.0f;
+        dh[i] = 0.0f;
+        da[i] = 0.0f;
+    }
+
+    // Raw inputs of chunk k in registers; `full` adds those only the reverse pass needs.
+    float ru[E], rdl[E], rz[E], rg[E], rb[E], rcc[E], rck[NPT];
+    auto load = [&](unsigned int k, bool full) {
+        const unsigned int t0 = k * T;
+        const int tl = seqlen - t0 < (unsigned int)T ? (int)(seqlen - t0) : T;
+#pragma unroll
+        for (int e = 0; e < E; e++) {
+            const int idx = tid + e * NT;
+            const int t = idx / CPB, c = idx % CPB;
+            const unsigned int dd = d0 + c;
+            const unsigned long long r = row0 + t0 + t;
+            const bool in = idx < T * CPB && t < tl;
+            const bool okc = in && dd < dim;
+            ru[e] = okc ? u[r * dim + dd] : 0.0f;
+            rdl[e] = okc ? delta[r * dim + dd] : 0.0f;
+            rb[e] = in ? bm[r * ldb + c] : 0.0f;
+            if (full) {
+                rg[e] = okc ? dy[r * dim + dd] : 0.0f;
+                rz[e] = okc && z != nullptr ? z[r * ldz + dd] : 0.0f;
+                rcc[e] = in ? cm[r * ldc + c] : 0.0f;
+            }
+        }
+        if (full && k + 1 < nck) {
+            float4 v = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+            if (active) v = reinterpret_cast<const float4*>(ckpt + (ck0 + k) * N)[part];
+            rck[0] = v.x;
+            rck[1] = v.y;
+            rck[2] = v.z;
+            rck[3] = v.w;
+        }
+    };
+
+    // 1. Forward over the steps of the chunks 0 .. nck-2 (checkpoints), in spans of FT steps
+    //    staged in the (still unused) s_hd region; the last chunk's inputs are loaded meanwhile.
+    load(nck - 1, true);
+    {
+        float* f_u = reinterpret_cast<float*>(s_hd);
+        float* f_dt = f_u + FT * CPB;
+        float* f_b = f_dt + FT * CPB;
+        float fu[EF], fd[EF], fb[EF];
+        const unsigned int nf = (nck - 1) * T;
+        auto loadf = [&](unsigned int f0) {
+#pragma unroll
+            for (int e = 0; e < EF; e++) {
+                const int idx = tid + e * NT;
+                const int t = idx / CPB, c = idx % CPB;
+                const unsigned int dd = d0 + c;
+                const unsigned long long r = row0 + f0 + t;
+                const bool in = f0 + t < nf;
+                fu[e] = in && dd < dim ? u[r * dim + dd] : 0.0f;
+                fd[e] = in && dd < dim ? delta[r * dim + dd] : 0.0f;
+                fb[e] = in ? bm[r * ldb + c] : 0.0f;
+            }
+        };
+        if (nf > 0) loadf(0);
+        for (unsigned int f0 = 0; f0 < nf; f0 += FT) {
+            const int nk = (nf - f0 < (unsigned int)FT ? (int)(nf - f0) : FT) / T;
+            __syncthreads();  // shared memory free again
+#pragma unroll
+            for (int e = 0; e < EF; e++) {
+                const int idx = tid + e * NT;
+                f_u[idx] = fu[e];
+                f_dt[idx] = d0 + (idx % CPB) < dim ? s6b_fast_softplus(fd[e] + rbias) : 0.0f;
+                f_b[idx] = fb[e];
+            }
+            __syncthreads();
+            if (f0 + FT < nf) loadf(f0 + FT);
+            for (int kk = 0; kk < nk; kk++) {
+                const unsigned int k = f0 / T + kk;
+                if (active) reinterpret_cast<float4*>(ckpt + (ck0 + k) * N)[part] = make_float4(h[0], h[1], h[2], h[3]);
+#pragma unroll 2
+                for (int tt = 0; tt < T; tt++) {
+                    const int t = kk * T + tt;
+                    const float dt = f_dt[t * CPB + ch];
+                    const float dx = dt * f_u[t * CPB + ch];
+                    const float4 bb = reinterpret_cast<const float4*>(f_b)[t * (N / 4) + part];
+                    h[0] = fmaf(s6b_ex2(dt * a2[0]), h[0], dx * bb.x);
+                    h[1] = fmaf(s6b_ex2(dt * a2[1]), h[1], dx * bb.y);
+                    h[2] = fmaf(s6b_ex2(dt * a2[2]), h[2], dx * bb.z);
+                    h[3] = fmaf(s6b_ex2(dt * a2[3]), h[3], dx * bb.w);
+                }
+            }
+        }
+    }
+
+    // 2. The chunks in reverse.
+    float dd_acc = 0.0f, dbias_acc = 0.0f;
+    for (int k = (int)nck - 1; k >= 0; k--) {
+        const unsigned int t0 = (unsigned int)k * T;
+        const int tl = seqlen - t0 < (unsigned int)T ? (int)(seqlen - t0) : T;
+        __syncthreads();  // the previous chunk's store phase is done with shared memory
+#pragma unroll
+        for (int e = 0; e < E; e++) {
+            const int idx = tid + e * NT;
+            if (idx < T * CPB) {
+                const int t = idx / CPB, c = idx % CPB;
+                float dtv = 0.0f, spv = 0.0f, gv = 0.0f, gzv = 0.0f;
+                if (d0 + c < dim) {
+                    const float v = rdl[e] + rbias;
+                    dtv = s6b_fast_softplus(v);
+                    spv = v > 20.0f ? 1.0f : s6b_fast_sigmoid(v);
+                    if (z != nullptr) {
+                        const float zz = rz[e];
+                        const float sg = s6b_fast_sigmoid(zz);
+                        gv = rg[e] * zz * sg;
+                        gzv = rg[e] * sg * fmaf(zz, 1.0f - sg, 1.0f);
+                    } else {
+                        gv = rg[e];
+                    }
+                }
+                s_u[t][c] = ru[e];
+                s_dt[t][c] = dtv;
+                s_sp[t][c] = spv;
+                s_g[t][c] = gv;
+                s_gz[t][c] = gzv;
+                s_b[t][c] = rb[e];
+                s_c[t][c] = rcc[e];
+            }
+        }
+        float hh[NPT];
+#pragma unroll
+        for (int i = 0; i < NPT; i++) hh[i] = k + 1 < (int)nck ? rck[i] : h[i];
+        __syncthreads();
+        if (k > 0) load((unsigned int)k - 1, true);
+
+        // The chunk's recompute and reverse walk (see s6_scan_bwd_n16p).
+        auto walk = [&](const int nt) {
+#pragma unroll 2
+            for (int t = 0; t < nt; t++) {
+                const float dt = s_dt[t][ch];
+                const float dx = dt * s_u[t][ch];
+                const float4 bb = *reinterpret_cast<const float4*>(&s_b[t][part * NPT]);
+                const float bs[NPT] = {bb.x, bb.y, bb.z, bb.w};
+                float ev[NPT];
+#pragma unroll
+                for (int i = 0; i < NPT; i++) {
+                    ev[i] = s6b_ex2(dt * a2[i]);
+                    hh[i] = fmaf(ev[i], hh[i], dx * bs[i]);
+                }
+                s_hd[t][tid][0] = make_float4(hh[0], hh[1], hh[2], hh[3]);
+                s_hd[t][tid][1] = make_float4(ev[0], ev[1], ev[2], ev[3]);
+            }
+#pragma unroll 2
+            for (int t = nt - 1; t >= 0; t--) {
+                const float dt = s_dt[t][ch];
+                const float x = s_u[t][ch];
+                const float g = s_g[t][ch];
+                const float dtx = dt * x;
+                const float4 bb = *reinterpret_cast<const float4*>(&s_b[t][part * NPT]);
+                const float4 cc = *reinterpret_cast<const float4*>(&s_c[t][part * NPT]);
+                const float4 hv = s_hd[t][tid][0], ev = s_hd[t][tid][1];
+                const float bs[NPT] = {bb.x, bb.y, bb.z, bb.w}, cs[NPT] = {cc.x, cc.y, cc.z, cc.w};
+                const float hc[NPT] = {hv.x, hv.y, hv.z, hv.w}, dec[NPT] = {ev.x, ev.y, ev.z, ev.w};
+                float pb[NPT], pc[NPT], pout = 0.0f, pbs = 0.0f, pqa = 0.0f;
+#pragma unroll
+                for (int i = 0; i < NPT; i++) {
+                    const float dhs = fmaf(g, cs[i], dh[i]);
+                    pb[i] = dhs * dtx;
+                    pc[i] = g * hc[i];
+                    pout = fmaf(cs[i], hc[i], pout);
+                    pbs = fmaf(dhs, bs[i], pbs);
+                    // h_{t-1} exp(ΔA) = h_t - Δu B, the product rounded as in the recompute.
+                    const float q = dhs * (hc[i] - __fmul_rn(dtx, bs[i]));
+                    da[i] = fmaf(q, dt, da[i]);
+                    pqa = fmaf(q, av[i], pqa);
+                    dh[i] = dhs * dec[i];
+                }
+                s_hd[t][tid][0] = make_float4(pb[0], pb[1], pb[2], pb[3]);
+                s_hd[t][tid][1] = make_float4(pc[0], pc[1], pc[2], pc[3]);
+                s_p2[t][tid] = make_float2(pbs, pqa);
+                s_p1[t][tid] = pout;
+            }
+        };
+        if (tl == T) {
+            walk(T);
+        } else {
+            walk(tl);
+        }
+        __syncthreads();
+
+        // du, dΔ, dz: sums over each channel's 4 lanes.
+#pragma unroll
+        for (int e = 0; e < E; e++) {
+            const int idx = tid + e * NT;
+            if (idx < tl * CPB) {
+                const int t = idx / CPB, c = idx % CPB;
+                float sbs = 0.0f, sqa = 0.0f, sout = 0.0f;
+#pragma unroll
+                for (int p = 0; p < SPLIT; p++) {
+                    const float2 v = s_p2[t][c * SPLIT + p];
+                    sbs += v.x;
+                    sqa += v.y;
+                    sout += s_p1[t][c * SPLIT + p];
+                }
+                const float dt = s_dt[t][c], x = s_u[t][c], g = s_g[t][c];
+                const float ddt = fmaf(x, sbs, sqa) * s_sp[t][c];
+                if (rd < dim) {
+                    const unsigned long long r = row0 + t0 + t;
+                    du[r * dim + rd] = fmaf(dt, sbs, g * rdsk);
+                    ddelta[r * dim + rd] = ddt;
+                    if (dz != nullptr) dz[r * lddz + rd] = fmaf(rdsk, x, sout) * s_gz[t][c];
+                }
+                dd_acc = fmaf(g, x, dd_acc);
+                dbias_acc += ddt;
+            }
+        }
+        // dB_t, dC_t: a thread sums one lane position's partials (4 states of dB and of dC) over
+        // the block's 16 channels.
+        if (tid < tl * SPLIT) {
+            const int t = tid / SPLIT, p = tid % SPLIT;
+            float4 sb = s_hd[t][p][0], sc = s_hd[t][p][1];
+#pragma unroll
+            for (int c = 1; c < CPB; c++) {
+                const float4 vb = s_hd[t][c * SPLIT + p][0], vc = s_hd[t][c * SPLIT + p][1];
+                sb.x += vb.x;
+                sb.y += vb.y;
+                sb.z += vb.z;
+                sb.w += vb.w;
+                sc.x += vc.x;
+                sc.y += vc.y;
+                sc.z += vc.z;
+                sc.w += vc.w;
+            }
+            float* out = pbc + ((unsigned long long)blockIdx.x * rows + row0 + t0 + t) * (2 * N) + p * NPT;
+            out[0] = sb.x;
+            out[1] = sb.y;
+            out[2] = sb.z;
+            out[3] = sb.w;
+            out[N + 0] = sc.x;
+            out[N + 1] = sc.y;
+            out[N + 2] = sc.z;
+            out[N + 3] = sc.w;
+        }
+    }
+
+    // 3. This sequence's parameter-gradient partials: pparam[b] = [dA (dim × n), dD (dim), dΔbias (dim)].
+    float* pp = pparam + (unsigned long long)b * dim * (N + 2);
+    if (active) {
+#pragma unroll
+        for (int i = 0; i < NPT; i++) pp[(unsigned long long)d * N + part * NPT + i] = da[i];
+    }
+    __syncthreads();
+    float* s_red = &s_p1[0][0];
+    s_red[tid] = dd_acc;
+    s_red[NT + tid] = dbias_acc;
+    __syncthreads();
+    if (tid < CPB && rd < dim) {
+        float sd = 0.0f, sb = 0.0f;
+#pragma unroll
+        for (int j = 0; j < NT / CPB; j++) {
+            sd += s_red[tid + j * CPB];
+            sb += s_red[NT + tid + j * CPB];
+        }
+        pp[(unsigned long long)dim * N + rd] = sd;
+        pp[(unsigned long long)dim * N + dim + rd] = sb;
+    }
+}
+
 // dB / dC: sum of the per-block partials pbc[blk][row][2n] over the blocks, in order; written to
 // db[row * ldb + s] and dc[row * ldc + s] (offsets applied by the caller).
 extern "C" __global__ void s6_scan_bwd_reduce_bc(const float* __restrict__ pbc, unsigned int nblk, unsigned int rows,
