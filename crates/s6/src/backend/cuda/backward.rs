@@ -11,12 +11,16 @@ use crate::{Error, Result};
 /// Threads per block of the scan backward kernels (but `s6_scan_bwd_n16v`'s).
 const SCAN_BWD_THREADS: u32 = 128;
 
-/// Whether d_state 16 runs `s6_scan_bwd_n16v` (4 states per lane; written without a GPU in
-/// session 10, not yet tested or measured on one) instead of `s6_scan_bwd_n16p`:
-/// `S6_SCAN_BWD=n16v`, read once per process.
-fn scan_bwd_n16v() -> bool {
-    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *ON.get_or_init(|| std::env::var("S6_SCAN_BWD").map(|v| v.trim() == "n16v").unwrap_or(false))
+/// The d_state-16 scan backward with 4 states per lane (written without a GPU in session 10, not
+/// yet tested or measured on one) instead of `s6_scan_bwd_n16p`: `S6_SCAN_BWD=n16v` (chunks of 7
+/// steps) or `n16v14` (chunks of 14), read once per process. (kernel, chunk length).
+fn scan_bwd_n16v() -> Option<(&'static str, usize)> {
+    static K: std::sync::OnceLock<Option<(&'static str, usize)>> = std::sync::OnceLock::new();
+    *K.get_or_init(|| match std::env::var("S6_SCAN_BWD").as_deref().map(str::trim) {
+        Ok("n16v") => Some(("s6_scan_bwd_n16v", 7)),
+        Ok("n16v14") => Some(("s6_scan_bwd_n16v14", 14)),
+        _ => None,
+    })
 }
 
 impl Cuda {
@@ -24,13 +28,13 @@ impl Cuda {
     /// `d_state = n`.
     fn scan_bwd_kernel(&self, n: usize) -> Result<(&cudarc::driver::CudaFunction, u32, usize, u32)> {
         let t = SCAN_BWD_THREADS;
-        let (name, split, chunk, threads) = match n {
-            0..=4 => ("s6_scan_bwd_n4", 4, 16, t),
-            5..=8 => ("s6_scan_bwd_n8", 8, 16, t),
-            16 if scan_bwd_n16v() => ("s6_scan_bwd_n16v", 4, 14, 64),
-            9..=16 => ("s6_scan_bwd_n16p", 8, 12, t),
-            17..=32 => ("s6_scan_bwd_n32", 16, 16, t),
-            33..=MAX_D_STATE => ("s6_scan_bwd_n64", 16, 8, t),
+        let (name, split, chunk, threads) = match (n, scan_bwd_n16v()) {
+            (16, Some((name, chunk))) => (name, 4, chunk, 64),
+            (0..=4, _) => ("s6_scan_bwd_n4", 4, 16, t),
+            (5..=8, _) => ("s6_scan_bwd_n8", 8, 16, t),
+            (9..=16, _) => ("s6_scan_bwd_n16p", 8, 12, t),
+            (17..=32, _) => ("s6_scan_bwd_n32", 16, 16, t),
+            (33..=MAX_D_STATE, _) => ("s6_scan_bwd_n64", 16, 8, t),
             _ => {
                 return Err(Error::Backend(format!(
                     "CUDA scan backward: d_state {n} is over the kernels' maximum of {MAX_D_STATE}"

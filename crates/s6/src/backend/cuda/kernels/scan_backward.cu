@@ -2,7 +2,8 @@
 // backward is in conv.cu). Semantics: the CPU backend (crates/s6/src/backend/cpu/backward.rs).
 //
 // Selective scan, d_state 9 ..= 16: s6_scan_bwd_n16p (described where it is defined below; the
-// same three phases without warp shuffles in the time loops). Other d_state:
+// same three phases without warp shuffles in the time loops); for d_state 16, s6_scan_bwd_n16v
+// (4 states per lane; not yet run on a GPU, selected only by S6_SCAN_BWD). Other d_state:
 // Selective scan (s6_scan_bwd_nX): a block of 128 threads owns CPB = 128 / SPLIT channels of one
 // sequence; each channel's N states are split over SPLIT consecutive lanes of a warp, NPT states
 // per lane, in registers. The sequence is cut into chunks of T steps.
@@ -654,21 +655,21 @@ extern "C" __global__ void __launch_bounds__(128, 4)
 
 // d_state 16 exactly: s6_scan_bwd_n16v, s6_scan_bwd_n16p's three phases in the vector layout of
 // the forward's third structure (scan.cu): 4 lanes per channel, 4 states per lane, 16 channels per
-// block (64 threads), chunks of T = 14 steps. Per lane and step the recompute stores (h_t,
-// exp(ΔA)) as two float4 and the reverse walk writes its dB_t, dC_t partials (4 states each) over
-// them; B_t and C_t are read as float4, du/dΔ/dz sum 4 lanes per channel instead of 8. Written in
-// session 10 without a GPU: selected only by `S6_SCAN_BWD=n16v` (backward.rs) until its tests
-// and timings have run.
-extern "C" __global__ void __launch_bounds__(64)
-    s6_scan_bwd_n16v(const float* __restrict__ u, const float* __restrict__ delta, const float* __restrict__ delta_bias,
-                     const float* __restrict__ a, const float* __restrict__ bm, unsigned int ldb,
-                     const float* __restrict__ cm, unsigned int ldc, const float* __restrict__ dskip,
-                     const float* __restrict__ z, unsigned int ldz, const float* __restrict__ dy, float* __restrict__ du,
-                     float* __restrict__ ddelta, float* __restrict__ dz, unsigned int lddz, float* __restrict__ ckpt,
-                     float* __restrict__ pbc, float* __restrict__ pparam, unsigned int seqlen, unsigned int dim,
-                     unsigned int n) {
-    S6_PDL_ENTRY();
-    constexpr int NT = 64, SPLIT = 4, NPT = 4, CPB = 16, N = 16, T = 14;
+// block (64 threads), chunks of T steps (7, or 14 for s6_scan_bwd_n16v14: 23 or 46 KB of shared
+// memory, so 9 or 4 blocks per SM). Per lane and step the recompute stores (h_t, exp(ΔA)) as two
+// float4 and the reverse walk writes its dB_t, dC_t partials (4 states each) over them; B_t and
+// C_t are read as float4, du/dΔ/dz sum 4 lanes per channel instead of 8. Written in session 10
+// without a GPU: selected only by `S6_SCAN_BWD=n16v|n16v14` (backward.rs) until its tests and
+// timings have run.
+template <int T>
+__device__ __forceinline__ void s6_scan_bwd_n16v_body(
+    const float* __restrict__ u, const float* __restrict__ delta, const float* __restrict__ delta_bias,
+    const float* __restrict__ a, const float* __restrict__ bm, unsigned int ldb, const float* __restrict__ cm,
+    unsigned int ldc, const float* __restrict__ dskip, const float* __restrict__ z, unsigned int ldz,
+    const float* __restrict__ dy, float* __restrict__ du, float* __restrict__ ddelta, float* __restrict__ dz,
+    unsigned int lddz, float* __restrict__ ckpt, float* __restrict__ pbc, float* __restrict__ pparam,
+    unsigned int seqlen, unsigned int dim) {
+    constexpr int NT = 64, SPLIT = 4, NPT = 4, CPB = 16, N = 16;
     constexpr int FT = 4 * T;  // forward staging: FT steps of u, Δ, B in the s_hd region
     constexpr int EF = FT * CPB / NT;
     static_assert(EF * NT == FT * CPB, "FT * CPB must be a multiple of NT");
@@ -968,6 +969,22 @@ extern "C" __global__ void __launch_bounds__(64)
         pp[(unsigned long long)dim * N + dim + rd] = sb;
     }
 }
+
+#define S6_SCAN_BWD_N16V(NAME, T)                                                                                   \
+    extern "C" __global__ void __launch_bounds__(64)                                                                \
+        NAME(const float* __restrict__ u, const float* __restrict__ delta, const float* __restrict__ delta_bias,   \
+             const float* __restrict__ a, const float* __restrict__ bm, unsigned int ldb,                           \
+             const float* __restrict__ cm, unsigned int ldc, const float* __restrict__ dskip,                       \
+             const float* __restrict__ z, unsigned int ldz, const float* __restrict__ dy, float* __restrict__ du,   \
+             float* __restrict__ ddelta, float* __restrict__ dz, unsigned int lddz, float* __restrict__ ckpt,        \
+             float* __restrict__ pbc, float* __restrict__ pparam, unsigned int seqlen, unsigned int dim,            \
+             unsigned int n) {                                                                                      \
+        S6_PDL_ENTRY();                                                                                             \
+        s6_scan_bwd_n16v_body<T>(u, delta, delta_bias, a, bm, ldb, cm, ldc, dskip, z, ldz, dy, du, ddelta, dz, lddz, \
+                                 ckpt, pbc, pparam, seqlen, dim);                                                   \
+    }
+S6_SCAN_BWD_N16V(s6_scan_bwd_n16v, 7)
+S6_SCAN_BWD_N16V(s6_scan_bwd_n16v14, 14)
 
 // dB / dC: sum of the per-block partials pbc[blk][row][2n] over the blocks, in order; written to
 // db[row * ldb + s] and dc[row * ldc + s] (offsets applied by the caller).
