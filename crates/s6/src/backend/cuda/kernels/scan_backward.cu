@@ -660,7 +660,8 @@ extern "C" __global__ void __launch_bounds__(128, 4)
 // float4 and the reverse walk writes its dB_t, dC_t partials (4 states each) over them; B_t and
 // C_t are read as float4, du/dΔ/dz sum 4 lanes per channel instead of 8. Written in session 10
 // without a GPU: selected only by `S6_SCAN_BWD=n16v|n16v14` (backward.rs) until its tests and
-// timings have run.
+// timings have run (scripts/gpu/run42_scan_bwd_n16v.sh). Most of its lines are s6_scan_bwd_n16p's
+// with 4 states instead of 2: after that run one of the two goes.
 template <int T>
 __device__ __forceinline__ void s6_scan_bwd_n16v_body(
     const float* __restrict__ u, const float* __restrict__ delta, const float* __restrict__ delta_bias,
