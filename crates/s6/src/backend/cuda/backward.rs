@@ -8,40 +8,25 @@ use super::{driver_err, grid_1d, u32_of, Cuda, CudaBuf, MAX_D_STATE};
 use crate::backend::{ScanArgs, ScanGrads};
 use crate::{Error, Result};
 
-/// Threads per block of the scan backward kernels (but `s6_scan_bwd_n16v`'s).
+/// Threads per block of the scan backward kernels.
 const SCAN_BWD_THREADS: u32 = 128;
 
-/// The d_state-16 scan backward with 4 states per lane (written without a GPU in session 10, not
-/// yet tested or measured on one) instead of `s6_scan_bwd_n16p`: `S6_SCAN_BWD=n16v` (chunks of 7
-/// steps) or `n16v14` (chunks of 14), read once per process. (kernel, chunk length).
-fn scan_bwd_n16v() -> Option<(&'static str, usize)> {
-    static K: std::sync::OnceLock<Option<(&'static str, usize)>> = std::sync::OnceLock::new();
-    *K.get_or_init(|| match std::env::var("S6_SCAN_BWD").as_deref().map(str::trim) {
-        Ok("n16v") => Some(("s6_scan_bwd_n16v", 7)),
-        Ok("n16v14") => Some(("s6_scan_bwd_n16v14", 14)),
-        _ => None,
-    })
-}
-
 impl Cuda {
-    /// `(kernel, lanes per channel, chunk length, threads per block)` of the scan backward for
-    /// `d_state = n`.
-    fn scan_bwd_kernel(&self, n: usize) -> Result<(&cudarc::driver::CudaFunction, u32, usize, u32)> {
-        let t = SCAN_BWD_THREADS;
-        let (name, split, chunk, threads) = match (n, scan_bwd_n16v()) {
-            (16, Some((name, chunk))) => (name, 4, chunk, 64),
-            (0..=4, _) => ("s6_scan_bwd_n4", 4, 16, t),
-            (5..=8, _) => ("s6_scan_bwd_n8", 8, 16, t),
-            (9..=16, _) => ("s6_scan_bwd_n16p", 8, 12, t),
-            (17..=32, _) => ("s6_scan_bwd_n32", 16, 16, t),
-            (33..=MAX_D_STATE, _) => ("s6_scan_bwd_n64", 16, 8, t),
+    /// `(kernel, lanes per channel, chunk length)` of the scan backward for `d_state = n`.
+    fn scan_bwd_kernel(&self, n: usize) -> Result<(&cudarc::driver::CudaFunction, u32, usize)> {
+        let (name, split, chunk) = match n {
+            0..=4 => ("s6_scan_bwd_n4", 4, 16),
+            5..=8 => ("s6_scan_bwd_n8", 8, 16),
+            9..=16 => ("s6_scan_bwd_n16p", 8, 12),
+            17..=32 => ("s6_scan_bwd_n32", 16, 16),
+            33..=MAX_D_STATE => ("s6_scan_bwd_n64", 16, 8),
             _ => {
                 return Err(Error::Backend(format!(
                     "CUDA scan backward: d_state {n} is over the kernels' maximum of {MAX_D_STATE}"
                 )))
             }
         };
-        Ok((self.func(name)?, split, chunk, threads))
+        Ok((self.func(name)?, split, chunk))
     }
 
     /// [`Backend::selective_scan_backward`](crate::backend::Backend::selective_scan_backward).
@@ -57,7 +42,7 @@ impl Cuda {
         if args.z.is_some() != grads.dz.is_some() {
             return Err(Error::Backend("CUDA scan backward: z and dz must be both given or both absent".into()));
         }
-        let (func, split, chunk, threads) = self.scan_bwd_kernel(n)?;
+        let (func, split, chunk) = self.scan_bwd_kernel(n)?;
         let ext = Self::view_extent;
         let u = self.ptr(args.u, 0, rows * di, "scan backward u")?;
         let dl = self.ptr(args.delta, 0, rows * di, "scan backward delta")?;
@@ -96,7 +81,7 @@ impl Cuda {
         if rows == 0 {
             return Ok(());
         }
-        let cpb = (threads / split) as usize;
+        let cpb = (SCAN_BWD_THREADS / split) as usize;
         let nblk = di.div_ceil(cpb);
         let (r32, n32, nblk32) = (u32_of("rows", rows)?, u32_of("d_state", n)?, u32_of("channel blocks", nblk)?);
         let (ldb, ldc) = (u32_of("ld dB", grads.db.ld)?, u32_of("ld dC", grads.dc.ld)?);
@@ -113,7 +98,7 @@ impl Cuda {
             let (l, dd) = (u32_of("seqlen", seqlen)?, u32_of("d_inner", di)?);
             let cfg = LaunchConfig {
                 grid_dim: (nblk32, u32_of("batch", batch)?, 1),
-                block_dim: (threads, 1, 1),
+                block_dim: (SCAN_BWD_THREADS, 1, 1),
                 shared_mem_bytes: 0,
             };
             launch!(self, func, cfg, "selective_scan_backward";

@@ -88,8 +88,6 @@ const KERNELS: &[&str] = &[
     "s6_scan_bwd_n4",
     "s6_scan_bwd_n8",
     "s6_scan_bwd_n16p",
-    "s6_scan_bwd_n16v",
-    "s6_scan_bwd_n16v14",
     "s6_scan_bwd_n32",
     "s6_scan_bwd_n64",
     "s6_scan_bwd_reduce_bc",
