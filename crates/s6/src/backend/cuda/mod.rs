@@ -77,7 +77,6 @@ const KERNELS: &[&str] = &[
     "s6_scan_n16",
     "s6_scan_n32",
     "s6_scan_n64",
-    "s6_scan_n16_pipe8x",
     "s6_scan_n16_v4c32",
     "s6_scan_n16_v4c16t64",
     "s6_scan_n16_v4c32_b16",
@@ -755,11 +754,10 @@ impl Cuda {
 /// per block and chunks of 32 steps from 16,384 channels on ([`scan_n16_wide`]), else 16
 /// channels per block and chunks of 64 steps (more blocks, fewer barriers per step).
 /// `S6_SCAN_N16` picks one kernel for every size, for measurements (read once per process):
-/// `v4c32`, `v4c16t64`, or `pipe8x` (sessions 2-9's kernel).
+/// `v4c32` or `v4c16t64`.
 fn scan_n16_kernel(channels: usize) -> (&'static str, u32, u32) {
     static K: OnceLock<Option<(&'static str, u32, u32)>> = OnceLock::new();
     let forced = K.get_or_init(|| match std::env::var("S6_SCAN_N16").as_deref().map(str::trim) {
-        Ok("pipe8x") => Some(("s6_scan_n16_pipe8x", 8, 16)),
         Ok("v4c32") => Some(("s6_scan_n16_v4c32", 4, 32)),
         Ok("v4c16t64") => Some(("s6_scan_n16_v4c16t64", 4, 16)),
         _ => None,

@@ -2,11 +2,10 @@
 //   dt = softplus(delta + delta_bias), h_t = exp(dt*A) h_{t-1} + dt*B_t*u_t,
 //   y_t = (C_t . h_t + D*u_t) * silu(z_t)          (gate optional: y_t = C_t . h_t + D*u_t)
 //
-// Three structures follow. N = 16 runs the third, the vector kernels (s6_scan_n16_v4c32 and
+// Two structures follow. N = 16 runs the second, the vector kernels (s6_scan_n16_v4c32 and
 // s6_scan_n16_v4c16t64, chosen by the number of channels on the host; session 10, 1.48x the
-// second on an H100); the second, s6_scan_n16_pipe8x (8 lanes per channel, partial sums through
-// shared memory, pipelined loads, exp2 on the SFU alone; sessions 2-9), stays for side-by-side
-// measurements (`S6_SCAN_N16=pipe8x`). Other N use the first structure.
+// kernel of sessions 2-9, s6_scan_n16_pipe8x, on an H100: docs/BENCHMARKS.md). Other N use the
+// first structure.
 //
 // First structure — work split: a block owns CPB channels of one sequence; each channel's N states are split over
 // SPLIT consecutive lanes of a warp, NPT = N_MAX / SPLIT states per lane, held in registers for the
@@ -130,12 +129,6 @@ S6_SCAN_KERNEL(s6_scan_n16, 4, 4, 32, 64)
 S6_SCAN_KERNEL(s6_scan_n32, 8, 4, 32, 32)
 S6_SCAN_KERNEL(s6_scan_n64, 16, 4, 32, 16)
 
-// Second structure: no warp shuffles in the time loop; each lane writes its partial dot product
-// C_t . h_t (over its NPT states) to shared memory, and the SPLIT partials of a channel are summed
-// when the chunk's y is stored. The global loads are software-pipelined: the raw inputs of
-// chunk k+1 (u, delta, z, B, C) are loaded into registers before chunk k's recurrence runs, so
-// their latency is hidden behind it, and moved (with softplus and silu applied) into shared
-// memory after it.
 // 2^x on the special-function unit alone (flushes subnormal results to zero: a state decaying
 // below 1e-38 is zero either way at fp32 tolerances).
 __device__ __forceinline__ float s6_ex2_ftz(float x) {
@@ -144,158 +137,17 @@ __device__ __forceinline__ float s6_ex2_ftz(float x) {
     return y;
 }
 
-template <int NPT, int SPLIT, int CPB, int T, bool FAST_EXP, int UNROLL>
-__device__ __forceinline__ void s6_scan_body_pipe(const float* __restrict__ u, const float* __restrict__ delta,
-                                                  const float* __restrict__ delta_bias, const float* __restrict__ a,
-                                                  const float* __restrict__ bm, unsigned int ldb,
-                                                  const float* __restrict__ cm, unsigned int ldc,
-                                                  const float* __restrict__ dskip, const float* __restrict__ z,
-                                                  unsigned int ldz, float* __restrict__ state, float* __restrict__ y,
-                                                  unsigned int seqlen, unsigned int dim, unsigned int n) {
-    constexpr int NMAX = NPT * SPLIT;
-    constexpr int NT = CPB * SPLIT;
-    constexpr int E1 = (T * CPB + NT - 1) / NT;
-    constexpr int E2 = (T * NMAX + NT - 1) / NT;
-    constexpr int PS = SPLIT + 1;
-    __shared__ float s_u[T][CPB];
-    __shared__ float s_dt[T][CPB];
-    __shared__ float s_z[T][CPB];
-    __shared__ float s_b[T][NMAX];
-    __shared__ float s_c[T][NMAX];
-    __shared__ float s_part[T][CPB][PS];
-
-    const int tid = threadIdx.x;
-    const int ch = tid / SPLIT, part = tid % SPLIT;
-    const unsigned int b = blockIdx.y;
-    const unsigned int d0 = blockIdx.x * CPB;
-    const unsigned int d = d0 + ch;
-    const bool active = d < dim;
-    const unsigned long long row0 = (unsigned long long)b * seqlen;
-
-    float h[NPT], a2[NPT];
-#pragma unroll
-    for (int i = 0; i < NPT; i++) {
-        const int s = part * NPT + i;
-        const bool ok = active && s < (int)n;
-        h[i] = ok ? state[((unsigned long long)b * dim + d) * n + s] : 0.0f;
-        a2[i] = ok ? a[(unsigned long long)d * n + s] * 1.4426950408889634f : 0.0f;
-    }
-
-    float pu[E1], pd[E1], pz[E1], pb[E2], pc[E2];
-    // Raw loads of the chunk starting at t0 into registers (zeros outside the sequence / channels).
-    auto load = [&](unsigned int t0) {
-        const int tl = seqlen - t0 < (unsigned int)T ? (int)(seqlen - t0) : T;
-#pragma unroll
-        for (int e = 0; e < E1; e++) {
-            const int idx = tid + e * NT;
-            const int t = idx / CPB, c = idx % CPB;
-            const unsigned int dd = d0 + c;
-            pu[e] = 0.0f;
-            pd[e] = 0.0f;
-            pz[e] = 0.0f;
-            if (t < tl && dd < dim) {
-                const unsigned long long r = row0 + t0 + t;
-                pu[e] = u[r * dim + dd];
-                pd[e] = delta[r * dim + dd];
-                if (z != nullptr) pz[e] = z[r * ldz + dd];
-            }
-        }
-#pragma unroll
-        for (int e = 0; e < E2; e++) {
-            const int idx = tid + e * NT;
-            const int t = idx / NMAX, s = idx % NMAX;
-            pb[e] = 0.0f;
-            pc[e] = 0.0f;
-            if (t < tl && s < (int)n) {
-                const unsigned long long r = row0 + t0 + t;
-                pb[e] = bm[r * ldb + s];
-                pc[e] = cm[r * ldc + s];
-            }
-        }
-    };
-
-    load(0);
-    for (unsigned int t0 = 0; t0 < seqlen; t0 += T) {
-        const int tl = seqlen - t0 < (unsigned int)T ? (int)(seqlen - t0) : T;
-        __syncthreads();  // the previous chunk's store phase is done with shared memory
-#pragma unroll
-        for (int e = 0; e < E1; e++) {
-            const int idx = tid + e * NT;
-            if (idx < T * CPB) {
-                const int t = idx / CPB, c = idx % CPB;
-                const unsigned int dd = d0 + c;
-                s_u[t][c] = pu[e];
-                s_dt[t][c] = dd < dim ? s6_softplus(pd[e] + delta_bias[dd]) : 0.0f;
-                s_z[t][c] = z != nullptr ? pz[e] / (1.0f + expf(-pz[e])) : 1.0f;
-            }
-        }
-#pragma unroll
-        for (int e = 0; e < E2; e++) {
-            const int idx = tid + e * NT;
-            if (idx < T * NMAX) {
-                const int t = idx / NMAX, s = idx % NMAX;
-                s_b[t][s] = pb[e];
-                s_c[t][s] = pc[e];
-            }
-        }
-        __syncthreads();
-        if (t0 + T < seqlen) load(t0 + T);
-#pragma unroll UNROLL
-        for (int t = 0; t < tl; t++) {
-            const float dt = s_dt[t][ch];
-            const float dx = dt * s_u[t][ch];
-            float acc = 0.0f;
-#pragma unroll
-            for (int i = 0; i < NPT; i++) {
-                const int s = part * NPT + i;
-                const float decay = FAST_EXP ? s6_ex2_ftz(dt * a2[i]) : exp2f(dt * a2[i]);
-                h[i] = fmaf(decay, h[i], dx * s_b[t][s]);
-                acc = fmaf(h[i], s_c[t][s], acc);
-            }
-            s_part[t][ch][part] = acc;
-        }
-        __syncthreads();
-        for (int idx = tid; idx < tl * CPB; idx += NT) {
-            const int t = idx / CPB, c = idx % CPB;
-            const unsigned int dd = d0 + c;
-            if (dd < dim) {
-                float acc = 0.0f;
-#pragma unroll
-                for (int p = 0; p < SPLIT; p++) acc += s_part[t][c][p];
-                y[(row0 + t0 + t) * dim + dd] = fmaf(dskip[dd], s_u[t][c], acc) * s_z[t][c];
-            }
-        }
-    }
-#pragma unroll
-    for (int i = 0; i < NPT; i++) {
-        const int s = part * NPT + i;
-        if (active && s < (int)n) state[((unsigned long long)b * dim + d) * n + s] = h[i];
-    }
-}
-
-#define S6_SCAN_KERNEL_PIPE(NAME, NPT, SPLIT, CPB, T, FAST, UNROLL)                                                              \
-    extern "C" __global__ void __launch_bounds__(CPB * SPLIT)                                                        \
-        NAME(const float* __restrict__ u, const float* __restrict__ delta, const float* __restrict__ delta_bias,    \
-             const float* __restrict__ a, const float* __restrict__ bm, unsigned int ldb,                            \
-             const float* __restrict__ cm, unsigned int ldc, const float* __restrict__ dskip,                        \
-             const float* __restrict__ z, unsigned int ldz, float* __restrict__ state, float* __restrict__ y,        \
-             unsigned int seqlen, unsigned int dim, unsigned int n) {                                                \
-        S6_PDL_ENTRY();    \
-        s6_scan_body_pipe<NPT, SPLIT, CPB, T, FAST, UNROLL>(u, delta, delta_bias, a, bm, ldb, cm, ldc, dskip, z, ldz, \
-                                                            state, y,                                               \
-                                              seqlen, dim, n);                                                       \
-    }
-
-S6_SCAN_KERNEL_PIPE(s6_scan_n16_pipe8x, 2, 8, 16, 32, true, 4)
-
-// Third structure, N = 16 only (session 10): NPT states per lane as one vector (SPLIT = 16 / NPT
+// Second structure, N = 16 only (session 10): NPT states per lane as one vector (SPLIT = 16 / NPT
 // lanes per channel), the step's inputs read from shared memory as vectors: (Δ, Δ·u) as one
 // float2 per channel, B_t and C_t as float4 (or float2) per lane; per state and step that leaves
 // the exp's multiply and the SFU exp, Δu·B, the state FMA and the output FMA. The per-(t, channel)
 // work is cheaper too: softplus's exp and silu's exp and reciprocal on the SFU (log1p stays the
 // accurate libdevice one: Δ is typically 1e-3..1e-1, where an approximate log would lose digits),
-// the channel's bias and D loaded once. Pipelined global loads and partial sums through shared
-// memory as in the second structure. The activations (u, Δ, z, B, C in, y out) are TI: f32 for the
+// the channel's bias and D loaded once. No warp shuffles in the time loop: each lane writes its
+// partial dot product C_t . h_t to shared memory, and a channel's SPLIT partials are summed when
+// the chunk's y is stored. The global loads are software-pipelined: the raw inputs of chunk k+1
+// are loaded into registers before chunk k's recurrence runs, and moved (with softplus and silu
+// applied) into shared memory after it. The activations (u, Δ, z, B, C in, y out) are TI: f32 for the
 // model; bf16.cu instantiates a bf16 entry (bf16 in and out, fp32 state and arithmetic).
 // The scan's activations as floats: f32 here; bf16 (`unsigned short` bit patterns) in bf16.cu,
 // for the bf16 entry point there. Values stay in their stored type until used, so that the
@@ -499,6 +351,7 @@ __device__ __forceinline__ void s6_scan_n16_vec_body(const TI* __restrict__ u, c
 // ms at L = 2048 for B·D = 4·2048 / 16·1536 / 128·4096 channels): 32 channels per block, chunks
 // of 32 steps (0.303 / 0.583 / 10.4), and 16 channels per block, chunks of 64 (0.270 / 0.801 /
 // 16.5). Measured and dropped: 16 per block with chunks of 32 (0.296 / - / 12.1), the time loop
-// unrolled 8 (0.296), 2 states per lane (0.389 / - / 13.4); the old pipe8x: 0.400 / 0.803 / 15.4.
+// unrolled 8 (0.296), 2 states per lane (0.389 / - / 13.4); the kernel they replaced (8 lanes of 2
+// states, scalar shared-memory reads, pipe8x): 0.400 / 0.803 / 15.4.
 S6_SCAN_KERNEL_VEC(s6_scan_n16_v4c32, 4, 32, 32, 4)
 S6_SCAN_KERNEL_VEC(s6_scan_n16_v4c16t64, 4, 16, 64, 4)

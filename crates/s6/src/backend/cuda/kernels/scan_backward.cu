@@ -303,7 +303,7 @@ S6_SCAN_BWD_KERNEL(s6_scan_bwd_n8, 1, 8, 16)
 S6_SCAN_BWD_KERNEL(s6_scan_bwd_n32, 2, 16, 16)
 S6_SCAN_BWD_KERNEL(s6_scan_bwd_n64, 4, 16, 8)
 
-// d_state 9 ..= 16: s6_scan_bwd_n16p, the structure of the forward's s6_scan_n16_pipe8x. 8 lanes per
+// d_state 9 ..= 16: s6_scan_bwd_n16p, the structure of sessions 2-9's forward kernel. 8 lanes per
 // channel, 2 states per lane, 16 channels per block, chunks of T = 12 steps (what the static shared
 // memory holds). No warp shuffles in the time loops: every per-step partial sum goes through
 // shared memory and is reduced once per chunk.
