@@ -27,27 +27,3 @@ extern "C" __global__ void s6_cast_bf16(const float* __restrict__ src, unsigned 
         }
     }
 }
-
-// The scan with bf16 activations (scan.cu's third structure, d_state 16): u, Δ, z, B, C read as
-// bf16 and y written as bf16 (rounded to nearest even); the state, A, D, the Δ bias and all
-// arithmetic stay fp32, as in the official kernel's bf16 path. Layouts as s6_scan_n16_v4c32's.
-template <>
-struct S6Io<unsigned short> {
-    __device__ static float f(unsigned short v) { return s6_bf16_to_f32(v); }
-    __device__ static unsigned short of(float v) { return s6_f32_to_bf16(v); }
-};
-
-#define S6_SCAN_KERNEL_BF16(NAME, NPT, CPB, T, UNROLL)                                                              \
-    extern "C" __global__ void __launch_bounds__(CPB * (16 / NPT)) NAME(                                            \
-        const unsigned short* __restrict__ u, const unsigned short* __restrict__ delta,                             \
-        const float* __restrict__ delta_bias, const float* __restrict__ a, const unsigned short* __restrict__ bm,   \
-        unsigned int ldb, const unsigned short* __restrict__ cm, unsigned int ldc, const float* __restrict__ dskip,  \
-        const unsigned short* __restrict__ z, unsigned int ldz, float* __restrict__ state,                          \
-        unsigned short* __restrict__ y, unsigned int seqlen, unsigned int dim, unsigned int n) {                    \
-        S6_PDL_ENTRY();                                                                                             \
-        s6_scan_n16_vec_body<unsigned short, NPT, CPB, T, UNROLL, false>(u, delta, delta_bias, a, bm, ldb, cm, ldc, \
-                                                                         dskip, z, ldz, state, y, nullptr, seqlen,  \
-                                                                         dim);                                      \
-    }
-S6_SCAN_KERNEL_BF16(s6_scan_n16_bf16_v4c32, 4, 32, 32, 4)
-S6_SCAN_KERNEL_BF16(s6_scan_n16_bf16_v4c16t64, 4, 16, 64, 4)

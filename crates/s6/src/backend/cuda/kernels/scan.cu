@@ -137,9 +137,9 @@ __device__ __forceinline__ float s6_ex2_ftz(float x) {
     return y;
 }
 
-// Second structure, N = 16 only (session 10): NPT states per lane as one vector (SPLIT = 16 / NPT
-// lanes per channel), the step's inputs read from shared memory as vectors: (Δ, Δ·u) as one
-// float2 per channel, B_t and C_t as float4 (or float2) per lane; per state and step that leaves
+// Second structure, N = 16 only (session 10): 4 states per lane as one float4 (4 lanes per
+// channel), the step's inputs read from shared memory as vectors: (Δ, Δ·u) as one float2 per
+// channel, B_t and C_t as float4 per lane; per state and step that leaves
 // the exp's multiply and the SFU exp, Δu·B, the state FMA and the output FMA. The per-(t, channel)
 // work is cheaper too: softplus's exp and silu's exp and reciprocal on the SFU (log1p stays the
 // accurate libdevice one: Δ is typically 1e-3..1e-1, where an approximate log would lose digits),
@@ -148,17 +148,21 @@ __device__ __forceinline__ float s6_ex2_ftz(float x) {
 // the chunk's y is stored. The global loads are software-pipelined: the raw inputs of chunk k+1
 // are loaded into registers before chunk k's recurrence runs, and moved (with softplus and silu
 // applied) into shared memory after it. The activations (u, Δ, z, B, C in, y out) are TI: f32 for the
-// model; bf16.cu instantiates a bf16 entry (bf16 in and out, fp32 state and arithmetic).
-// The scan's activations as floats: f32 here; bf16 (`unsigned short` bit patterns) in bf16.cu,
-// for the bf16 entry point there. Values stay in their stored type until used, so that the
-// pipelined loads have no consumer before the next chunk (a conversion right after a load would
-// stall the warp there, undoing the pipelining).
+// model, or bf16 (`unsigned short` bit patterns, for Cuda::selective_scan_bf16: bf16 in and out,
+// fp32 state and arithmetic, as the official kernel's bf16 path). S6Io converts them; values stay
+// in their stored type until used, so that the pipelined loads have no consumer before the next
+// chunk (a conversion right after a load would stall the warp there, undoing the pipelining).
 template <typename T>
 struct S6Io;
 template <>
 struct S6Io<float> {
     __device__ static float f(float v) { return v; }
     __device__ static float of(float v) { return v; }
+};
+template <>
+struct S6Io<unsigned short> {
+    __device__ static float f(unsigned short v) { return s6_bf16_to_f32(v); }
+    __device__ static unsigned short of(float v) { return s6_f32_to_bf16(v); }
 };
 
 __device__ __forceinline__ float s6_rcp_ftz(float x) {
@@ -167,20 +171,7 @@ __device__ __forceinline__ float s6_rcp_ftz(float x) {
     return y;
 }
 
-template <int NPT>
-struct S6Vec;
-template <>
-struct S6Vec<4> {
-    using T = float4;
-    __device__ static float get(const float4& v, int i) { return i == 0 ? v.x : i == 1 ? v.y : i == 2 ? v.z : v.w; }
-};
-template <>
-struct S6Vec<2> {
-    using T = float2;
-    __device__ static float get(const float2& v, int i) { return i == 0 ? v.x : v.y; }
-};
-
-template <typename TI, int NPT, int CPB, int T, int UNROLL, bool W16>
+template <typename TI, int CPB, int T, bool W16>
 __device__ __forceinline__ void s6_scan_n16_vec_body(const TI* __restrict__ u, const TI* __restrict__ delta,
                                                      const float* __restrict__ delta_bias,
                                                      const float* __restrict__ a, const TI* __restrict__ bm,
@@ -189,13 +180,12 @@ __device__ __forceinline__ void s6_scan_n16_vec_body(const TI* __restrict__ u, c
                                                      unsigned int ldz, float* __restrict__ state, TI* __restrict__ y,
                                                      unsigned short* __restrict__ y16, unsigned int seqlen,
                                                      unsigned int dim) {
-    constexpr int N = 16;
+    constexpr int N = 16, NPT = 4;
     constexpr int SPLIT = N / NPT;
     constexpr int NT = CPB * SPLIT;
     constexpr int E1 = (T * CPB) / NT;  // (t, channel) elements per thread and chunk
     constexpr int E2 = (T * N + NT - 1) / NT;
     static_assert((T * CPB) % NT == 0, "whole (t, channel) rounds");
-    using V = typename S6Vec<NPT>::T;
     __shared__ float2 s_dx[T][CPB];  // (Δ, Δ·u)
     __shared__ float s_u[T][CPB];
     __shared__ float s_g[T][CPB];  // silu(z), or 1
@@ -219,15 +209,16 @@ __device__ __forceinline__ void s6_scan_n16_vec_body(const TI* __restrict__ u, c
     float h[NPT], a2[NPT];
     float* hp = state + ((unsigned long long)b * dim + d0 + ch) * N + part * NPT;
     {
-        V hv, av;
+        float4 hv, av;
         if (active) {
-            hv = *reinterpret_cast<const V*>(hp);
-            av = *reinterpret_cast<const V*>(a + (unsigned long long)(d0 + ch) * N + part * NPT);
+            hv = *reinterpret_cast<const float4*>(hp);
+            av = *reinterpret_cast<const float4*>(a + (unsigned long long)(d0 + ch) * N + part * NPT);
         }
+        const float hs[NPT] = {hv.x, hv.y, hv.z, hv.w}, as[NPT] = {av.x, av.y, av.z, av.w};
 #pragma unroll
         for (int i = 0; i < NPT; i++) {
-            h[i] = active ? S6Vec<NPT>::get(hv, i) : 0.0f;
-            a2[i] = active ? S6Vec<NPT>::get(av, i) * 1.4426950408889634f : 0.0f;
+            h[i] = active ? hs[i] : 0.0f;
+            a2[i] = active ? as[i] * 1.4426950408889634f : 0.0f;
         }
     }
 
@@ -285,16 +276,17 @@ __device__ __forceinline__ void s6_scan_n16_vec_body(const TI* __restrict__ u, c
         }
         __syncthreads();
         if (t0 + T < seqlen) load(t0 + T);
-#pragma unroll UNROLL
+#pragma unroll 4
         for (int t = 0; t < tl; t++) {
             const float2 dx = s_dx[t][ch];
-            const V bv = *reinterpret_cast<const V*>(&s_b[t][part * NPT]);
-            const V cv = *reinterpret_cast<const V*>(&s_c[t][part * NPT]);
+            const float4 bv = *reinterpret_cast<const float4*>(&s_b[t][part * NPT]);
+            const float4 cv = *reinterpret_cast<const float4*>(&s_c[t][part * NPT]);
+            const float bs[NPT] = {bv.x, bv.y, bv.z, bv.w}, cs[NPT] = {cv.x, cv.y, cv.z, cv.w};
             float acc = 0.0f;
 #pragma unroll
             for (int i = 0; i < NPT; i++) {
-                h[i] = fmaf(s6_ex2_ftz(dx.x * a2[i]), h[i], dx.y * S6Vec<NPT>::get(bv, i));
-                acc = fmaf(h[i], S6Vec<NPT>::get(cv, i), acc);
+                h[i] = fmaf(s6_ex2_ftz(dx.x * a2[i]), h[i], dx.y * bs[i]);
+                acc = fmaf(h[i], cs[i], acc);
             }
             s_part[t][ch][part] = acc;
         }
@@ -312,39 +304,30 @@ __device__ __forceinline__ void s6_scan_n16_vec_body(const TI* __restrict__ u, c
             }
         }
     }
-    if (active) {
-        V hv;
-        if constexpr (NPT == 4) {
-            hv = make_float4(h[0], h[1], h[2], h[3]);
-        } else {
-            hv = make_float2(h[0], h[1]);
-        }
-        *reinterpret_cast<V*>(hp) = hv;
-    }
+    if (active) *reinterpret_cast<float4*>(hp) = make_float4(h[0], h[1], h[2], h[3]);
 }
 
-#define S6_SCAN_KERNEL_VEC(NAME, NPT, CPB, T, UNROLL)                                                              \
-    extern "C" __global__ void __launch_bounds__(CPB * (16 / NPT))                                                 \
-        NAME(const float* __restrict__ u, const float* __restrict__ delta, const float* __restrict__ delta_bias,  \
-             const float* __restrict__ a, const float* __restrict__ bm, unsigned int ldb,                          \
-             const float* __restrict__ cm, unsigned int ldc, const float* __restrict__ dskip,                      \
-             const float* __restrict__ z, unsigned int ldz, float* __restrict__ state, float* __restrict__ y,      \
-             unsigned int seqlen, unsigned int dim, unsigned int n) {                                              \
+// Entries: grid (ceil(dim / CPB), batch), block 4 * CPB threads. NAME takes TI activations; the
+// f32 NAME_b16 also writes y rounded to bf16 into y16 (the input of a bf16 product: cuda/bf16.rs).
+#define S6_SCAN_VEC_PARAMS(TI)                                                                                  \
+    const TI *__restrict__ u, const TI *__restrict__ delta, const float *__restrict__ delta_bias,               \
+        const float *__restrict__ a, const TI *__restrict__ bm, unsigned int ldb, const TI *__restrict__ cm,     \
+        unsigned int ldc, const float *__restrict__ dskip, const TI *__restrict__ z, unsigned int ldz,            \
+        float *__restrict__ state, TI *__restrict__ y
+#define S6_SCAN_KERNEL_VEC(NAME, TI, CPB, T)                                                                       \
+    extern "C" __global__ void __launch_bounds__(CPB * 4)                                                         \
+        NAME(S6_SCAN_VEC_PARAMS(TI), unsigned int seqlen, unsigned int dim, unsigned int n) {                      \
         S6_PDL_ENTRY();                                                                                            \
-        s6_scan_n16_vec_body<float, NPT, CPB, T, UNROLL, false>(u, delta, delta_bias, a, bm, ldb, cm, ldc, dskip,  \
-                                                                z, ldz, state, y, nullptr, seqlen, dim);           \
-    }                                                                                                              \
-    /* The same, also writing y rounded to bf16 into y16 (the input of a bf16 product: cuda/bf16.rs). */           \
-    extern "C" __global__ void __launch_bounds__(CPB * (16 / NPT))                                                 \
-        NAME##_b16(const float* __restrict__ u, const float* __restrict__ delta,                                   \
-                   const float* __restrict__ delta_bias, const float* __restrict__ a,                              \
-                   const float* __restrict__ bm, unsigned int ldb, const float* __restrict__ cm, unsigned int ldc,  \
-                   const float* __restrict__ dskip, const float* __restrict__ z, unsigned int ldz,                 \
-                   float* __restrict__ state, float* __restrict__ y, unsigned short* __restrict__ y16,             \
-                   unsigned int seqlen, unsigned int dim, unsigned int n) {                                        \
+        s6_scan_n16_vec_body<TI, CPB, T, false>(u, delta, delta_bias, a, bm, ldb, cm, ldc, dskip, z, ldz, state,   \
+                                                y, nullptr, seqlen, dim);                                          \
+    }
+#define S6_SCAN_KERNEL_VEC_B16(NAME, CPB, T)                                                                       \
+    extern "C" __global__ void __launch_bounds__(CPB * 4) NAME(                                                    \
+        S6_SCAN_VEC_PARAMS(float), unsigned short* __restrict__ y16, unsigned int seqlen, unsigned int dim,        \
+        unsigned int n) {                                                                                          \
         S6_PDL_ENTRY();                                                                                            \
-        s6_scan_n16_vec_body<float, NPT, CPB, T, UNROLL, true>(u, delta, delta_bias, a, bm, ldb, cm, ldc, dskip,   \
-                                                               z, ldz, state, y, y16, seqlen, dim);                \
+        s6_scan_n16_vec_body<float, CPB, T, true>(u, delta, delta_bias, a, bm, ldb, cm, ldc, dskip, z, ldz, state, \
+                                                  y, y16, seqlen, dim);                                            \
     }
 
 // The two kept of the variants measured side by side on an H100 (docs/BENCHMARKS.md, session 10;
@@ -353,5 +336,9 @@ __device__ __forceinline__ void s6_scan_n16_vec_body(const TI* __restrict__ u, c
 // 16.5). Measured and dropped: 16 per block with chunks of 32 (0.296 / - / 12.1), the time loop
 // unrolled 8 (0.296), 2 states per lane (0.389 / - / 13.4); the kernel they replaced (8 lanes of 2
 // states, scalar shared-memory reads, pipe8x): 0.400 / 0.803 / 15.4.
-S6_SCAN_KERNEL_VEC(s6_scan_n16_v4c32, 4, 32, 32, 4)
-S6_SCAN_KERNEL_VEC(s6_scan_n16_v4c16t64, 4, 16, 64, 4)
+S6_SCAN_KERNEL_VEC(s6_scan_n16_v4c32, float, 32, 32)
+S6_SCAN_KERNEL_VEC(s6_scan_n16_v4c16t64, float, 16, 64)
+S6_SCAN_KERNEL_VEC_B16(s6_scan_n16_v4c32_b16, 32, 32)
+S6_SCAN_KERNEL_VEC_B16(s6_scan_n16_v4c16t64_b16, 16, 64)
+S6_SCAN_KERNEL_VEC(s6_scan_n16_bf16_v4c32, unsigned short, 32, 32)
+S6_SCAN_KERNEL_VEC(s6_scan_n16_bf16_v4c16t64, unsigned short, 16, 64)
