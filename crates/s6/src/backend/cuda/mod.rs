@@ -733,7 +733,10 @@ impl Cuda {
         // (kernel, lanes per channel, channels per block)
         let (name, split, cpb) = match n {
             0 => return Err(Error::Backend("CUDA scan: d_state must be at least 1".into())),
-            16 => scan_n16_kernel(channels),
+            16 => {
+                let k = scan_n16(channels);
+                (k.f32, 4, k.cpb)
+            }
             1..=4 => ("s6_scan_n4", 4, 32),
             5..=8 => ("s6_scan_n8", 4, 32),
             9..=16 => ("s6_scan_n16", 4, 32),
@@ -749,30 +752,46 @@ impl Cuda {
     }
 }
 
-/// The forward scan kernel for d_state 16 and `channels` = batch · d_inner (kernels/scan.cu):
-/// (name, lanes per channel, channels per block). By default the vector kernel with 32 channels
-/// per block and chunks of 32 steps from 16,384 channels on ([`scan_n16_wide`]), else 16
-/// channels per block and chunks of 64 steps (more blocks, fewer barriers per step).
-/// `S6_SCAN_N16` picks one kernel for every size, for measurements (read once per process):
-/// `v4c32` or `v4c16t64`.
-fn scan_n16_kernel(channels: usize) -> (&'static str, u32, u32) {
-    static K: OnceLock<Option<(&'static str, u32, u32)>> = OnceLock::new();
-    let forced = K.get_or_init(|| match std::env::var("S6_SCAN_N16").as_deref().map(str::trim) {
-        Ok("v4c32") => Some(("s6_scan_n16_v4c32", 4, 32)),
-        Ok("v4c16t64") => Some(("s6_scan_n16_v4c16t64", 4, 16)),
-        _ => None,
-    });
-    match forced {
-        Some(k) => *k,
-        None if scan_n16_wide(channels) => ("s6_scan_n16_v4c32", 4, 32),
-        None => ("s6_scan_n16_v4c16t64", 4, 16),
-    }
+/// The d_state-16 forward scan kernels of one block shape (kernels/scan.cu, second structure: 4
+/// lanes per channel, `4 · cpb` threads): the f32 entry, its variant that also writes y in bf16
+/// (bf16.rs: activation copies), and the entry with bf16 activations (scan_bf16.rs).
+pub(crate) struct ScanN16 {
+    pub f32: &'static str,
+    pub f32_with_copy: &'static str,
+    pub bf16: &'static str,
+    /// Channels per block.
+    pub cpb: u32,
 }
 
-/// Whether a d_state-16 scan over `channels` = batch · d_inner channels uses the kernels with 32
-/// channels per block (else 16, with longer chunks).
-pub(crate) fn scan_n16_wide(channels: usize) -> bool {
-    channels >= SCAN_WIDE_CHANNELS
+/// 32 channels per block and chunks of 32 steps; 16 per block and chunks of 64.
+const SCAN_N16: [ScanN16; 2] = [
+    ScanN16 {
+        f32: "s6_scan_n16_v4c32",
+        f32_with_copy: "s6_scan_n16_v4c32_b16",
+        bf16: "s6_scan_n16_bf16_v4c32",
+        cpb: 32,
+    },
+    ScanN16 {
+        f32: "s6_scan_n16_v4c16t64",
+        f32_with_copy: "s6_scan_n16_v4c16t64_b16",
+        bf16: "s6_scan_n16_bf16_v4c16t64",
+        cpb: 16,
+    },
+];
+
+/// The d_state-16 scan kernels for `channels` = batch · d_inner: 32 channels per block from
+/// [`SCAN_WIDE_CHANNELS`] on, else 16 with longer chunks (more blocks where there are few).
+/// `S6_SCAN_N16=v4c32|v4c16t64` forces one for every size, for measurements (read once per
+/// process).
+pub(crate) fn scan_n16(channels: usize) -> &'static ScanN16 {
+    static FORCED: OnceLock<Option<usize>> = OnceLock::new();
+    let forced = FORCED.get_or_init(|| match std::env::var("S6_SCAN_N16").as_deref().map(str::trim) {
+        Ok("v4c32") => Some(0),
+        Ok("v4c16t64") => Some(1),
+        _ => None,
+    });
+    let by_size = if channels >= SCAN_WIDE_CHANNELS { 0 } else { 1 };
+    &SCAN_N16[forced.unwrap_or(by_size)]
 }
 
 /// From this many channels on the d_state-16 scans use 32 channels per block. Measured on an H100
@@ -1197,14 +1216,10 @@ impl Backend for Cuda {
             block_dim: (cpb * split, 1, 1),
             shared_mem_bytes: 0,
         };
-        // The vector kernels can also write y in bf16, out_proj's input (bf16.rs).
-        let with_copy = match name {
-            "s6_scan_n16_v4c32" => Some("s6_scan_n16_v4c32_b16"),
-            "s6_scan_n16_v4c16t64" => Some("s6_scan_n16_v4c16t64_b16"),
-            _ => None,
-        };
-        if let Some(name16) = with_copy {
+        // The d_state-16 kernels can also write y in bf16, out_proj's input (bf16.rs).
+        if n == 16 {
             if let Some(y16) = self.act_bf16_target(y)? {
+                let name16 = scan_n16(batch * di).f32_with_copy;
                 launch!(self, self.func(name16)?, cfg, "selective_scan";
                     u, dl, db, a, bm, ldb, cm, ldc, d, zp, ldz, sp, yp, y16, l, dd, nn);
                 return self.act_bf16_written(y, rows * di);

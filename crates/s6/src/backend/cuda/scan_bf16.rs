@@ -45,16 +45,6 @@ pub struct ScanBf16Args<'a> {
     pub z: Option<&'a Bf16Tensor>,
 }
 
-/// The bf16 scan kernel for `batch · d_inner` channels (the rule of `scan_n16_kernel` in mod.rs):
-/// (name, threads per block, channels per block).
-fn kernel_for(channels: usize) -> (&'static str, u32, u32) {
-    if super::scan_n16_wide(channels) {
-        ("s6_scan_n16_bf16_v4c32", 128, 32)
-    } else {
-        ("s6_scan_n16_bf16_v4c16t64", 64, 16)
-    }
-}
-
 impl Cuda {
     /// Uploads `values` rounded to bf16 (nearest even).
     pub fn bf16_tensor(&self, values: &[f32]) -> Result<Bf16Tensor> {
@@ -124,15 +114,15 @@ impl Cuda {
         }
         let stream = self.inner.stream.clone();
         let (yp, _sync) = y.data.device_ptr_mut(&stream);
-        let (name, threads, cpb) = kernel_for(batch * di);
+        let k = super::scan_n16(batch * di);
         let (ldbc, ldz) = (u32_of("d_state", n)?, u32_of("d_inner", di)?);
         let (l, dd, nn) = (u32_of("seqlen", seqlen)?, u32_of("d_inner", di)?, u32_of("d_state", n)?);
         let cfg = LaunchConfig {
-            grid_dim: (u32_of("blocks", di.div_ceil(cpb as usize))?, u32_of("batch", batch)?, 1),
-            block_dim: (threads, 1, 1),
+            grid_dim: (u32_of("blocks", di.div_ceil(k.cpb as usize))?, u32_of("batch", batch)?, 1),
+            block_dim: (4 * k.cpb, 1, 1),
             shared_mem_bytes: 0,
         };
-        launch!(self, self.func(name)?, cfg, "bf16 selective_scan"; u, dl, db, a, bm, ldbc, cm, ldbc, d, zp, ldz, sp, yp, l, dd, nn);
+        launch!(self, self.func(k.bf16)?, cfg, "bf16 selective_scan"; u, dl, db, a, bm, ldbc, cm, ldbc, d, zp, ldz, sp, yp, l, dd, nn);
         Ok(())
     }
 }
