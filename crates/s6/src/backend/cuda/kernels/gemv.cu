@@ -153,6 +153,27 @@ __device__ __forceinline__ void s6_gemv_early(const W* const (&wr)[NC], unsigned
     }
 }
 
+// The main loop of a 16-byte path: at one row s6_gemv_early's, else the plain loop (one vector per
+// weight row per step, unrolled UNROLL times) after the wait; `fma(in, i, vectors)` for every
+// index i = t, t + stride, ... below `count`, in that order either way.
+template <typename V, int R, int NC, bool NORM, int UNROLL, typename W, typename Fma>
+__device__ __forceinline__ void s6_gemv_main(const W* const (&wr)[NC], unsigned int t, unsigned int stride,
+                                             unsigned int count, S6GemvIn& in, unsigned int k, float eps,
+                                             float* scale, Fma fma) {
+    if constexpr (s6_gemv_early_loads<R>) {
+        s6_gemv_early<V, R, NC, NORM>(wr, t, stride, count, in, k, eps, scale, fma);
+    } else {
+        in = s6_gemv_begin<R, NORM>(in, k, eps, scale);
+#pragma unroll UNROLL
+        for (unsigned int i = t; i < count; i += stride) {
+            V wv[NC];
+#pragma unroll
+            for (int c = 0; c < NC; ++c) wv[c] = __ldg(reinterpret_cast<const V*>(wr[c]) + i);
+            fma(in, i, wv);
+        }
+    }
+}
+
 // The conv epilogue's weights (cw row and bias of the thread's column), loaded before the PDL
 // wait by the threads that will run it (see s6_gemv_store), for kernels of up to
 // S6_GEMV_CONV_PRE taps; longer kernels load them in the epilogue.
@@ -309,21 +330,10 @@ __device__ __forceinline__ void s6_gemv_impl(S6GemvIn in, const float* __restric
     const unsigned int t = s * 32 + lane, stride = split * 32;
     if (vec) {
         const unsigned int k4 = k >> 2;
-        if constexpr (s6_gemv_early_loads<R>) {
-            s6_gemv_early<float4, R, NC, NORM>(wr, t, stride, k4, in, k, eps, scale,
-                                               [&](const S6GemvIn& x, unsigned int i, const float4(&wv)[NC]) {
-                                                   s6_gemv_fma4<R, NC, NORM>(x, i, wv, acc);
-                                               });
-        } else {
-            in = s6_gemv_begin<R, NORM>(in, k, eps, scale);
-#pragma unroll 4
-            for (unsigned int i = t; i < k4; i += stride) {
-                float4 wv[NC];
-#pragma unroll
-                for (int c = 0; c < NC; ++c) wv[c] = __ldg(reinterpret_cast<const float4*>(wr[c]) + i);
-                s6_gemv_fma4<R, NC, NORM>(in, i, wv, acc);
-            }
-        }
+        s6_gemv_main<float4, R, NC, NORM, 4>(wr, t, stride, k4, in, k, eps, scale,
+                                             [&](const S6GemvIn& x, unsigned int i, const float4(&wv)[NC]) {
+                                                 s6_gemv_fma4<R, NC, NORM>(x, i, wv, acc);
+                                             });
     } else {
         in = s6_gemv_begin<R, NORM>(in, k, eps, scale);
 #pragma unroll 4
@@ -461,21 +471,10 @@ __device__ __forceinline__ void s6_gemv_bf16_impl(S6GemvIn in, const unsigned sh
     const unsigned int t = s * 32 + lane, stride = split * 32;
     if (vec == 2) {
         const unsigned int k8 = k >> 3;
-        if constexpr (s6_gemv_early_loads<R>) {
-            s6_gemv_early<uint4, R, NC, NORM>(wr, t, stride, k8, in, k, eps, scale,
-                                              [&](const S6GemvIn& x, unsigned int i, const uint4(&wv)[NC]) {
-                                                  s6_gemv_bf16_fma8<R, NC, NORM>(x, i, wv, acc);
-                                              });
-        } else {
-            in = s6_gemv_begin<R, NORM>(in, k, eps, scale);
-#pragma unroll 2
-            for (unsigned int i = t; i < k8; i += stride) {
-                uint4 wv[NC];
-#pragma unroll
-                for (int c = 0; c < NC; ++c) wv[c] = __ldg(reinterpret_cast<const uint4*>(wr[c]) + i);
-                s6_gemv_bf16_fma8<R, NC, NORM>(in, i, wv, acc);
-            }
-        }
+        s6_gemv_main<uint4, R, NC, NORM, 2>(wr, t, stride, k8, in, k, eps, scale,
+                                            [&](const S6GemvIn& x, unsigned int i, const uint4(&wv)[NC]) {
+                                                s6_gemv_bf16_fma8<R, NC, NORM>(x, i, wv, acc);
+                                            });
     } else if (vec == 1) {
         in = s6_gemv_begin<R, NORM>(in, k, eps, scale);
         const unsigned int k4 = k >> 2;
