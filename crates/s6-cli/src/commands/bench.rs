@@ -4,7 +4,7 @@ use anyhow::{bail, Result};
 use s6::backend::{Backend, Compute};
 use s6::bench::{
     bench_decode, bench_decode_device, bench_prefill, bench_scaling, bench_scan, bench_scan_backward,
-    measure_device_limits, measure_limits, random_model, DecodeReport,
+    measure_device_limits, measure_limits, random_model, DecodeReport, ScanReport,
 };
 use s6::model::mamba1::DecodeMode;
 use s6::model::Mamba;
@@ -118,6 +118,19 @@ fn print_profile(rows: &[(String, s6::backend::timed::OpTime)]) {
     }
 }
 
+/// One line of `bench scan`: `what` (scan, scan backward, scan bf16), the shape, the time and the
+/// achieved bandwidth over the fewest bytes (`moved`: how the bytes are counted).
+fn print_scan(what: &str, r: &ScanReport, copy_gb_s: f64, moved: &str) {
+    let (b, d, n, l) = (r.batch, r.d_inner, r.d_state, r.seqlen);
+    println!(
+        "{what} B={b} D={d} N={n} L={l:>6}: {:>9.4} ms  {:>7.1} GB/s ({:.0}% of {copy_gb_s:.0}; {:.1} MB {moved})",
+        r.ms,
+        r.gb_s(),
+        100.0 * r.gb_s() / copy_gb_s,
+        r.bytes as f64 / 1e6
+    );
+}
+
 /// `bench scan --dtype bf16`: the CUDA scan with bf16 activations
 /// ([`s6::bench::bench_scan_bf16`]), beside the device's copy bandwidth.
 #[cfg_attr(not(feature = "cuda"), allow(unused_variables))]
@@ -131,13 +144,11 @@ fn scan_bf16(a: &Args) -> Result<()> {
         println!("limits: copy/read bandwidth {copy_gb_s:.1} GB/s");
         let (b, d, n) = (a.scan_batch, a.scan_d_inner, a.scan_d_state);
         for &l in &a.scan_seqlen {
-            let r = s6::bench::bench_scan_bf16(&be, b, l, d, n, a.repeats.max(1))?;
-            println!(
-                "scan bf16 B={b} D={d} N={n} L={l:>6}: {:>9.4} ms  {:>7.1} GB/s ({:.0}% of {copy_gb_s:.0}; {:.1} MB moved)",
-                r.ms,
-                r.gb_s(),
-                100.0 * r.gb_s() / copy_gb_s,
-                r.bytes as f64 / 1e6
+            print_scan(
+                "scan bf16",
+                &s6::bench::bench_scan_bf16(&be, b, l, d, n, a.repeats.max(1))?,
+                copy_gb_s,
+                "moved",
             );
         }
         return Ok(());
@@ -154,23 +165,10 @@ fn scan_on<B: Backend>(be: &B, a: &Args, on_cpu: bool) -> Result<()> {
     println!("limits: copy/read bandwidth {copy_gb_s:.1} GB/s");
     let (b, d, n) = (a.scan_batch, a.scan_d_inner, a.scan_d_state);
     for &l in &a.scan_seqlen {
-        let r = bench_scan(be, b, l, d, n, a.repeats.max(1))?;
-        println!(
-            "scan B={b} D={d} N={n} L={l:>6}: {:>9.4} ms  {:>7.1} GB/s ({:.0}% of {copy_gb_s:.0}; {:.1} MB moved)",
-            r.ms,
-            r.gb_s(),
-            100.0 * r.gb_s() / copy_gb_s,
-            r.bytes as f64 / 1e6
-        );
+        print_scan("scan", &bench_scan(be, b, l, d, n, a.repeats.max(1))?, copy_gb_s, "moved");
         if a.backward {
             let r = bench_scan_backward(be, b, l, d, n, a.repeats.max(1))?;
-            println!(
-                "scan backward B={b} D={d} N={n} L={l:>6}: {:>9.4} ms  {:>7.1} GB/s ({:.0}% of {copy_gb_s:.0}; {:.1} MB moved at least)",
-                r.ms,
-                r.gb_s(),
-                100.0 * r.gb_s() / copy_gb_s,
-                r.bytes as f64 / 1e6
-            );
+            print_scan("scan backward", &r, copy_gb_s, "moved at least");
         }
     }
     Ok(())
