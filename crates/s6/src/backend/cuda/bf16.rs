@@ -149,7 +149,7 @@ impl Cuda {
     /// The bf16 copy of the product input `x` (`rows × k`), when one written for this epoch
     /// covers it whole and contiguous; else `None` (the product casts `x`).
     fn act_bf16_source(&self, x: &View<'_, CudaBuf>, rows: usize, k: usize) -> Result<Option<u64>> {
-        if x.offset != 0 || x.ld != k {
+        if !act_bf16_enabled() || x.offset != 0 || x.ld != k {
             return Ok(None);
         }
         let guard = x.buf.shadow.lock().map_err(|_| Error::Backend("CUDA bf16 copy poisoned".into()))?;
