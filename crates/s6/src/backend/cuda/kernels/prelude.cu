@@ -50,8 +50,8 @@ __device__ __forceinline__ void s6_prefetch_l2(const void* p, unsigned long long
 }
 
 // bf16 values are held as `unsigned short` bit patterns, the upper 16 bits of an f32 (NVRTC gets
-// no cuda_bf16.h here). // f32 -> bf16, round to nearest even (as `s6::backend::bf16_round` on the host); NaN stays a
-// (quiet) NaN.
+// no cuda_bf16.h here). f32 -> bf16 rounds to nearest even (as `s6::backend::bf16_round` on the
+// host); NaN stays a (quiet) NaN.
 __device__ __forceinline__ unsigned short s6_f32_to_bf16(float f) {
     unsigned int u = __float_as_uint(f);
     if ((u & 0x7fffffffu) > 0x7f800000u) return (unsigned short)((u >> 16) | 0x40u);
