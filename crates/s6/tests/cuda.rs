@@ -240,6 +240,61 @@ fn bf16_linear_matches_rounded_reference() {
     println!("worst bf16 error relative to the largest output: {worst_bf16:.2e}");
 }
 
+/// `Compute::Bf16` `linear` through the tensor-core kernel (`s6_mma_bf16`: more rows than the
+/// GEMV takes, few columns or a short k; with and without splits of k, rows and columns that do
+/// not fill a tile, dense and strided x, with and without bias) against the f64 product of the
+/// bf16-rounded inputs, and against cuBLAS's path (`set_mma_max_rows(0)`, the default), which it
+/// must not merely be (its sums are ordered differently).
+#[test]
+fn bf16_tensor_core_products_match_rounded_reference() {
+    use s6::backend::cuda::set_mma_max_rows;
+    use s6::backend::Compute;
+    let Some(g) = gpu() else { return };
+    let mut r = Rng(37);
+    g.set_compute(Compute::Bf16).unwrap();
+    let mut differs = 0usize;
+    let shapes = [
+        (9usize, 16usize, 8usize),
+        (16, 48, 1536),
+        (31, 1536, 80),
+        (33, 128, 4096),
+        (100, 4096, 160),
+        (128, 128, 300),
+        (256, 64, 33),
+        (200, 512, 250),
+        (47, 2048, 7),
+        (40, 256, 96),
+    ];
+    for (case, &(rows, k, n)) in shapes.iter().enumerate() {
+        let w = r.vec(n * k, -0.5, 0.5);
+        let b = r.vec(n, -1.0, 1.0);
+        let (wg, bg) = (up(&g, &w), up(&g, &b));
+        // (offset, row stride, bias): dense; strided as x_proj's output feeds dt_proj.
+        for &(off, ld, bias) in &[(0usize, k, case % 2 == 0), (2, k + 6, case % 2 == 1)] {
+            let x = r.vec(off + rows * ld, -1.0, 1.0);
+            let want = linear_bf16_reference(&x, off, ld, rows, k, &w, n, bias.then_some(&b[..]));
+            let xg = up(&g, &x);
+            let what = format!("tensor-core linear rows {rows} k {k} n {n} offset {off} ld {ld} bias {bias}");
+            let run = |max_rows| {
+                set_mma_max_rows(max_rows);
+                let mut out = poisoned(&g, rows * n);
+                g.linear(View { buf: &xg, offset: off, ld }, rows, k, &wg, n, bias.then_some(&bg), &mut out).unwrap();
+                g.to_vec(&out).unwrap()
+            };
+            let got = run(256);
+            let blas = run(0);
+            let err = bf16_rel_err(&what, &got, &want);
+            assert!(err < 1e-5, "{what}: error {err:.2e} against the rounded-input reference");
+            let err_blas = bf16_rel_err(&what, &blas, &want);
+            assert!(err_blas < 1e-5, "{what}: cuBLAS path error {err_blas:.2e}");
+            differs += got.iter().zip(&blas).filter(|(a, b)| a.to_bits() != b.to_bits()).count();
+        }
+    }
+    g.set_compute(Compute::F32).unwrap();
+    set_mma_max_rows(0);
+    assert!(differs > 0, "the tensor-core path gave cuBLAS's bits everywhere: was it used?");
+}
+
 /// The weights' bf16 copies follow every write to the weights (add_assign, AdamW, fill_zero,
 /// a copy into a view through `linear`'s own output path): the next product uses the new values,
 /// for the matrix-vector kernel (1 row) and cuBLAS (20 rows).

@@ -10,8 +10,9 @@
 //!   bf16 too, into a copy kept with the buffer (as a weight's), and a product whose whole input
 //!   is such a copy, written in the same graph-recording epoch, reads it instead of casting.
 //! - `linear` with at most [`GEMV_MAX_ROWS`] rows: `s6_gemv_bf16_r{rows}` (half the weight bytes
-//!   of the fp32 kernel; x is rounded to bf16 in registers, no cast launch); more rows, and `linear_backward`: cuBLAS `GemmEx`, bf16 A and B, fp32
-//!   C, `CUBLAS_COMPUTE_32F`.
+//!   of the fp32 kernel; x is rounded to bf16 in registers, no cast launch); more rows, and
+//!   `linear_backward`: cuBLAS `GemmEx`, bf16 A and B, fp32 C, `CUBLAS_COMPUTE_32F` (or, opted
+//!   into, the tensor-core kernel of `mma.rs` for few columns or a short k).
 //!
 //! While a CUDA graph is being recorded nothing may be allocated: a shadow or scratch slot that
 //! would have to be created or grown then is an error (the decoder runs a step eagerly before it
@@ -54,7 +55,7 @@ pub fn set_act_bf16(on: bool) {
 static ACT_BF16: AtomicU8 = AtomicU8::new(UNSET);
 const UNSET: u8 = u8::MAX;
 
-/// Scratch slot of `x` and of `dy`.
+/// Scratch slot of `x` and of `dy` (and `mma.rs`'s `SLOT_SPLITS`).
 const SLOT_X: usize = 0;
 const SLOT_DY: usize = 1;
 
@@ -186,7 +187,14 @@ impl Cuda {
         rows: usize,
         cols: usize,
     ) -> Result<u64> {
-        let elems = rows * cols;
+        let p = self.scratch_slot(scratch, slot, rows * cols)?;
+        self.cast_bf16(x, ld, rows, cols, p)?;
+        Ok(p)
+    }
+
+    /// The device pointer of scratch slot `slot`, grown first to hold at least `elems` 16-bit
+    /// values (an error while a CUDA graph is recorded).
+    pub(super) fn scratch_slot(&self, scratch: &mut Bf16Scratch, slot: usize, elems: usize) -> Result<u64> {
         let have = scratch.slots[slot].as_ref().map_or(0, |s| s.len());
         if have < elems {
             if self.capturing()? {
@@ -204,7 +212,6 @@ impl Cuda {
         }
         let Some(buf) = scratch.slots[slot].as_ref() else { unreachable!("allocated above") };
         let (p, _s) = buf.device_ptr(self.stream());
-        self.cast_bf16(x, ld, rows, cols, p)?;
         Ok(p)
     }
 
@@ -274,6 +281,11 @@ impl Cuda {
             return self.launch_gemv(1, (xp, x.ld), wp, (rows, k, n), bp, o, super::GemvMode::Write);
         }
         let mut scratch = self.lock_bf16()?;
+        if self.mma_covers((xp, x.ld), wp, (rows, k, n)) {
+            // Few columns or a short k at a few hundred rows: the tensor-core kernel (mma.rs).
+            let beta = self.bias_beta(o, bp, rows, n)?;
+            return self.linear_mma(&mut scratch, (xp, x.ld), wp, (rows, k, n), (o, n), beta != 0.0);
+        }
         let xs = match self.act_bf16_source(&x, rows, k)? {
             Some(p) => p,
             None => self.cast_to_scratch(&mut scratch, SLOT_X, xp, x.ld, rows, k)?,

@@ -51,6 +51,7 @@ const KERNEL_SOURCES: &[&str] = &[
     include_str!("kernels/bf16.cu"),
     include_str!("kernels/gemv.cu"),
     include_str!("kernels/mixer_step.cu"),
+    include_str!("kernels/mma.cu"),
 ];
 
 /// Every kernel the module defines (looked up once when the backend is created).
@@ -115,6 +116,9 @@ const KERNELS: &[&str] = &[
     // kernels/gemv.cu: GEMV_KERNELS and GEMV_NORM_KERNELS, loaded with these.
     // kernels/bf16.cu
     "s6_cast_bf16",
+    // kernels/mma.cu
+    "s6_mma_bf16",
+    "s6_mma_split_sum",
     // kernels/mixer_step.cu
     "s6_mixer_step_scan",
     "s6_mixer_step_scan_b1",
@@ -293,7 +297,7 @@ impl CudaBuf {
 /// (in `retired`) as long as the backend lives: a recorded CUDA graph may still read it.
 #[derive(Default)]
 struct Bf16Scratch {
-    slots: [Option<CudaSlice<u16>>; 2],
+    slots: [Option<CudaSlice<u16>>; 3],
     retired: Vec<CudaSlice<u16>>,
 }
 
@@ -983,6 +987,8 @@ mod bf16;
 pub use bf16::{act_bf16_enabled, set_act_bf16};
 mod conv;
 pub mod mixer_step;
+mod mma;
+pub use mma::set_mma_max_rows;
 pub mod scan_bf16;
 mod train_ops;
 
