@@ -296,3 +296,75 @@ fn device_cuda_trains_like_the_cpu_or_says_unavailable() {
     resume.push("--resume");
     ok(&s6(&resume));
 }
+
+/// `(step, val_loss)` of every evaluation line of a metrics file.
+fn val_losses(path: &Path) -> Vec<(u64, f64)> {
+    std::fs::read_to_string(path)
+        .unwrap()
+        .lines()
+        .filter_map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).unwrap();
+            Some((v.get("step")?.as_u64()?, v.get("val_loss")?.as_f64()?))
+        })
+        .collect()
+}
+
+/// `--keep-best`: `OUT/best` holds the model of the evaluation with the lowest validation loss
+/// (the same bytes as a run stopped at that step), also across `--resume`; without held-out
+/// data it is refused. (A large constant rate makes the validation loss go up and down.)
+#[test]
+fn keep_best_exports_the_lowest_validation_loss() {
+    let tmp = TempDir::new("keep-best");
+    let data = corpus(&tmp);
+    let d = data.to_str().unwrap();
+    let run = |out: &str, metrics: &str, extra: &[&str]| {
+        let mut args = train_args(d, out, metrics, "30");
+        set(&mut args, "--eval-every", "2");
+        args.extend(["--lr", "0.2", "--lr-schedule", "constant"]);
+        args.extend(extra);
+        s6(&args)
+    };
+    let (a, ma) = (tmp.join("a"), tmp.join("a.jsonl"));
+    let o = run(a.to_str().unwrap(), ma.to_str().unwrap(), &["--keep-best"]);
+    ok(&o);
+    let evals = val_losses(&ma);
+    assert_eq!(evals.len(), 15);
+    let (best_step, best_loss) = evals.iter().fold((0, f64::INFINITY), |b, &(s, v)| if v < b.1 { (s, v) } else { b });
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        stderr.contains(&format!("best: val_loss {best_loss:.4} at step {best_step}")),
+        "no report of the best evaluation (step {best_step}, {best_loss}):\n{stderr}"
+    );
+    let best_model = std::fs::read(a.join("best/model.safetensors")).unwrap();
+    assert!(a.join("best/config.json").is_file());
+
+    // The same run stopped at the best step exports the same model.
+    let (b, mb) = (tmp.join("b"), tmp.join("b.jsonl"));
+    let stop = best_step.to_string();
+    ok(&run(b.to_str().unwrap(), mb.to_str().unwrap(), &["--stop-at", &stop]));
+    assert!(
+        std::fs::read(b.join("model.safetensors")).unwrap() == best_model,
+        "best/ is not the model of step {best_step}"
+    );
+    if best_step < 30 {
+        assert!(std::fs::read(a.join("model.safetensors")).unwrap() != best_model, "best/ holds the final model");
+    }
+
+    // Interrupted and resumed, with the best so far carried in the training state.
+    let (c, mc) = (tmp.join("c"), tmp.join("c.jsonl"));
+    let cs = c.to_str().unwrap();
+    ok(&run(cs, mc.to_str().unwrap(), &["--keep-best", "--stop-at", "20"]));
+    let o = run(cs, mc.to_str().unwrap(), &["--keep-best", "--resume"]);
+    ok(&o);
+    assert!(String::from_utf8_lossy(&o.stderr).contains(&format!("best: val_loss {best_loss:.4} at step {best_step}")));
+    assert!(std::fs::read(c.join("best/model.safetensors")).unwrap() == best_model, "resumed run's best/ differs");
+
+    // No held-out data: refused, naming the flag to set.
+    let (e, me) = (tmp.join("e"), tmp.join("e.jsonl"));
+    let mut args = train_args(d, e.to_str().unwrap(), me.to_str().unwrap(), "4");
+    set(&mut args, "--val-fraction", "0");
+    args.push("--keep-best");
+    let o = s6(&args);
+    assert!(!o.status.success());
+    assert!(String::from_utf8_lossy(&o.stderr).contains("--val-fraction"), "{}", String::from_utf8_lossy(&o.stderr));
+}

@@ -107,6 +107,11 @@ pub struct Args {
     /// dtype of the exported model.safetensors: f32, bf16 or f16.
     #[arg(long, default_value = "f32")]
     save_dtype: String,
+    /// Also export the model of the lowest validation loss so far to OUT/best at each evaluation
+    /// that improves on it (early stopping: the run goes on, the best model is kept). Needs
+    /// --val-fraction.
+    #[arg(long)]
+    keep_best: bool,
     /// cpu, cuda or cuda:N.
     #[arg(long, default_value = "cpu", value_parser = parse_device)]
     device: Device,
@@ -262,6 +267,7 @@ fn train_on<B: Backend>(backends: Vec<B>, collective: Option<Box<dyn Collective<
         save_dtype,
         stop_at: a.stop_at,
         recompute: a.recompute,
+        keep_best: a.keep_best,
     };
     eprintln!(
         "training {:.2}M parameters on {} ({} tokens, {} held out) of {}; {} steps × {} × {} tokens",
@@ -295,6 +301,9 @@ fn train_on<B: Backend>(backends: Vec<B>, collective: Option<Box<dyn Collective<
         }
         Event::Eval { step, val_loss } => super::say(&bar, format!("step {step}: val_loss {val_loss:.4}")),
         Event::Checkpoint { .. } => {}
+        Event::Best { step, val_loss, dir } => {
+            super::say(&bar, format!("step {step}: best val_loss so far ({val_loss:.4}), model in {}", dir.display()))
+        }
     })?;
     bar.finish();
     // Keep the tokenizer beside the checkpoint so `s6 generate --model OUT` finds it.
@@ -319,5 +328,8 @@ fn train_on<B: Backend>(backends: Vec<B>, collective: Option<Box<dyn Collective<
         summary.tokens_per_s,
         a.out.display()
     );
+    if let Some((step, v)) = summary.best {
+        eprintln!("best: val_loss {v:.4} at step {step}, model in {}", a.out.join(s6::train::BEST_DIR).display());
+    }
     Ok(())
 }

@@ -4,7 +4,9 @@
 //!
 //! Checkpoint layout of `--out DIR`: `config.json` + `model.safetensors` (HF layout, loadable by
 //! `s6 generate` and transformers) and `training_state.safetensors` (parameters, AdamW moments,
-//! step; the one file a resume reads, written atomically, so it is always self-consistent).
+//! step; the one file a resume reads, written atomically, so it is always self-consistent). With
+//! [`TrainOptions::keep_best`], `best/` holds the HF-layout model of the evaluation with the lowest
+//! validation loss so far (early stopping without stopping), exported when it is reached.
 
 pub mod data;
 pub mod optim;
@@ -50,13 +52,35 @@ pub struct TrainOptions {
     pub stop_at: Option<u64>,
     /// What each step keeps for its backward pass (memory against time; same results).
     pub recompute: Recompute,
+    /// Export the model of the lowest validation loss so far into `out/best` at each evaluation
+    /// that improves on it (needs validation data).
+    pub keep_best: bool,
 }
 
 /// What the loop reports to its caller (progress display).
 pub enum Event<'a> {
-    Step { step: u64, total: u64, loss: f64, lr: f32, grad_norm: f64, tokens_per_s: f64 },
-    Eval { step: u64, val_loss: f64 },
-    Checkpoint { step: u64, dir: &'a Path },
+    Step {
+        step: u64,
+        total: u64,
+        loss: f64,
+        lr: f32,
+        grad_norm: f64,
+        tokens_per_s: f64,
+    },
+    Eval {
+        step: u64,
+        val_loss: f64,
+    },
+    Checkpoint {
+        step: u64,
+        dir: &'a Path,
+    },
+    /// A new lowest validation loss, its model exported to `dir` ([`TrainOptions::keep_best`]).
+    Best {
+        step: u64,
+        val_loss: f64,
+        dir: &'a Path,
+    },
 }
 
 /// Summary of a finished run.
@@ -68,9 +92,14 @@ pub struct TrainSummary {
     pub final_val_loss: Option<f64>,
     pub tokens_per_s: f64,
     pub losses: Vec<f64>,
+    /// The evaluation with the lowest validation loss, `(step, val_loss)`, when
+    /// [`TrainOptions::keep_best`] is set (over the whole run, resumed parts included).
+    pub best: Option<(u64, f64)>,
 }
 
 const STATE_FILE: &str = "training_state.safetensors";
+/// The subdirectory of `--out` that [`TrainOptions::keep_best`] exports to.
+pub const BEST_DIR: &str = "best";
 
 /// Runs (or resumes) training. `model` is the starting point (ignored on resume, where the
 /// parameters come from the checkpoint). `val` holds validation tokens (may be empty).
@@ -119,6 +148,12 @@ pub fn train_data_parallel<B: Backend>(
     } else {
         None
     };
+    if opts.keep_best && val.is_none() {
+        return Err(Error::input(format!(
+            "--keep-best compares validation losses, and the held-out data is too short for one window of {} tokens: set --val-fraction (or a larger one)",
+            opts.seq_len
+        )));
+    }
     let specs = param_specs(&replicas.rank0().cfg);
     let names: Vec<String> = specs.iter().map(|s| s.name.clone()).collect();
     let sizes: Vec<usize> = specs.iter().map(|s| s.shape.iter().product()).collect();
@@ -126,10 +161,12 @@ pub fn train_data_parallel<B: Backend>(
     let mut adams =
         replicas.models_mut().iter().map(|m| AdamState::zeros(&m.backend, &sizes)).collect::<Result<Vec<_>>>()?;
     let mut start = 0u64;
+    let mut best: Option<(u64, f64)> = None;
     if resume {
         for (m, adam) in replicas.models_mut().iter_mut().zip(adams.iter_mut()) {
             start = load_state(&opts.out, m, adam)?;
         }
+        best = load_best(&opts.out)?;
         if start >= opts.steps {
             return Err(Error::input(format!(
                 "the checkpoint in {} is at step {start}; --steps {} leaves nothing to do",
@@ -209,13 +246,21 @@ pub fn train_data_parallel<B: Backend>(
                         .map_err(|e| Error::io(opts.metrics.as_deref().unwrap_or(Path::new("")), e))?;
                 }
                 on_event(Event::Eval { step, val_loss: vl });
+                if opts.keep_best && best.is_none_or(|(_, b)| vl < b) {
+                    let dir = opts.out.join(BEST_DIR);
+                    let model = replicas.rank0();
+                    save_hf(&dir, &model.cfg, &InitConfig::default(), &host_params(model)?, opts.save_dtype)?;
+                    best = Some((step, vl));
+                    on_event(Event::Best { step, val_loss: vl, dir: &dir });
+                }
             }
-            save_checkpoint(&opts.out, replicas.rank0(), &adams[0], step, opts.save_dtype)?;
+            save_checkpoint(&opts.out, replicas.rank0(), &adams[0], step, opts.save_dtype, best)?;
             plot::loss_curve(&opts.out.join("loss.svg"), &curve, &val_curve)?;
             on_event(Event::Checkpoint { step, dir: &opts.out });
         }
     }
     summary.last_step = end;
+    summary.best = best;
     summary.tokens_per_s = run_tokens as f64 / run_start.elapsed().as_secs_f64().max(1e-9);
     Ok((replicas.into_rank0(), summary))
 }
@@ -260,13 +305,20 @@ pub fn train_flop_per_token(cfg: &crate::config::MambaConfig) -> f64 {
     6.0 * (cfg.n_layer as f64 * per_layer + cfg.vocab_size as f64 * d)
 }
 
-/// Writes the HF-layout model and the training state (atomically, each file).
+/// The model's parameters on the host, with their specs (what [`save_hf`] writes).
+fn host_params<B: Backend>(model: &Mamba<B>) -> Result<Vec<(crate::model::mamba1::ParamSpec, Vec<f32>)>> {
+    model.params().into_iter().map(|(spec, buf)| Ok((spec, model.backend.to_vec(buf)?))).collect()
+}
+
+/// Writes the HF-layout model and the training state (atomically, each file); `best` (the step
+/// and validation loss of the model in `best/`) goes into the state's metadata.
 pub fn save_checkpoint<B: Backend>(
     dir: &Path,
     model: &Mamba<B>,
     adam: &AdamState<B>,
     step: u64,
     dtype: SaveDType,
+    best: Option<(u64, f64)>,
 ) -> Result<()> {
     let be = &model.backend;
     let mut params = Vec::new();
@@ -284,11 +336,31 @@ pub fn save_checkpoint<B: Backend>(
         );
         params.push((spec, values));
     }
-    let meta =
+    let mut meta =
         HashMap::from([("step".to_string(), step.to_string()), ("format".to_string(), "s6-train-v1".to_string())]);
+    if let Some((s, v)) = best {
+        meta.insert("best_step".to_string(), s.to_string());
+        // Rust's shortest round-trip form: read back to the same f64.
+        meta.insert("best_val_loss".to_string(), v.to_string());
+    }
     // The state file first: a crash after it but before the export leaves a resumable run.
     write_safetensors(&dir.join(STATE_FILE), &state, Some(meta))?;
     save_hf(dir, &model.cfg, &InitConfig::default(), &params, dtype)
+}
+
+/// The best evaluation recorded in `dir`'s training state (`None` if none was kept).
+fn load_best(dir: &Path) -> Result<Option<(u64, f64)>> {
+    let path = dir.join(STATE_FILE);
+    let bytes = std::fs::read(&path).map_err(|e| Error::io(&path, e))?;
+    let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes).map_err(|e| Error::format(&path, e.to_string()))?;
+    let Some(m) = meta.metadata().as_ref() else { return Ok(None) };
+    match (m.get("best_step"), m.get("best_val_loss")) {
+        (Some(s), Some(v)) => {
+            let bad = |what: &str, v: &str| Error::format(&path, format!("metadata '{what}' = '{v}' is not a number"));
+            Ok(Some((s.parse().map_err(|_| bad("best_step", s))?, v.parse().map_err(|_| bad("best_val_loss", v))?)))
+        }
+        _ => Ok(None),
+    }
 }
 
 /// Restores parameters and moments from `dir`; returns the step the checkpoint was taken at.

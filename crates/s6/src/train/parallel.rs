@@ -196,6 +196,7 @@ mod tests {
             save_dtype: crate::formats::tensors::SaveDType::F32,
             stop_at: None,
             recompute: crate::model::Recompute::Light,
+            keep_best: false,
         }
     }
 
