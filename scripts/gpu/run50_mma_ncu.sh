@@ -1,0 +1,24 @@
+#!/bin/bash
+# GPU run 50 (prepared in session 11, for the next one): where the tensor-core kernel for small
+# products (kernels/mma.cu, off by default) loses at 1.4B batch 128 (session 11, runs 44-48: -8%
+# with it on). Nsight Compute's per-kernel durations of a replayed decode step with it off and on
+# (S6_MMA_ROWS=256), each kernel alone with cold caches, summed per kernel by ncu_summary.py; then
+# the decode figures of both, and with 4 k-steps per warp and 1, 2 or 4 warps per tile over k.
+. "$(dirname "$0")/cuda_tests.sh"
+date -u; nvidia-smi --query-gpu=name --format=csv,noheader
+NCU=$(command -v ncu || ls /opt/nvidia/nsight-compute/*/ncu /usr/local/cuda/bin/ncu 2>/dev/null | head -1)
+for rows in 0 256; do
+  S6_MMA_ROWS=$rows timeout 150 $NCU --clock-control none --graph-profiling node --csv --page raw \
+    --launch-skip 2200 --launch-count 600 \
+    --metrics gpu__time_duration.sum,dram__bytes_read.sum,dram__bytes_write.sum,launch__registers_per_thread \
+    dev-out/s6 bench decode --device cuda --dtype bf16 --preset mamba-1.4b --batch 128 --tokens 4 --repeats 1 \
+    > $OUT/ncu-mma$rows.csv 2> $OUT/ncu-mma$rows.err
+  echo "== S6_MMA_ROWS=$rows"; python3 scripts/gpu/ncu_summary.py $OUT/ncu-mma$rows.csv | head -16
+done
+date -u
+for cfg in "0 2 8" "256 2 8" "256 4 8" "256 4 4" "256 4 2" "256 4 1"; do
+  set -- $cfg
+  echo "== S6_MMA_ROWS=$1 S6_MMA_SPW=$2 S6_MMA_WK=$3"
+  S6_MMA_ROWS=$1 S6_MMA_SPW=$2 S6_MMA_WK=$3 dev-out/s6 bench decode --device cuda --dtype bf16 --preset mamba-1.4b --batch 16,128 --tokens 64 --repeats 1 2>&1 | grep graph
+done
+date -u
