@@ -53,12 +53,17 @@ fn corpus(tmp: &TempDir) -> PathBuf {
 
 /// `(step, loss)` of every step line of a metrics file.
 fn losses(path: &Path) -> Vec<(u64, f64)> {
+    metric(path, "loss")
+}
+
+/// `(step, value of field)` of every line of a metrics file that has the field.
+fn metric(path: &Path, field: &str) -> Vec<(u64, f64)> {
     std::fs::read_to_string(path)
         .unwrap()
         .lines()
         .filter_map(|l| {
             let v: serde_json::Value = serde_json::from_str(l).unwrap();
-            Some((v.get("step")?.as_u64()?, v.get("loss")?.as_f64()?))
+            Some((v.get("step")?.as_u64()?, v.get(field)?.as_f64()?))
         })
         .collect()
 }
@@ -297,18 +302,6 @@ fn device_cuda_trains_like_the_cpu_or_says_unavailable() {
     ok(&s6(&resume));
 }
 
-/// `(step, val_loss)` of every evaluation line of a metrics file.
-fn val_losses(path: &Path) -> Vec<(u64, f64)> {
-    std::fs::read_to_string(path)
-        .unwrap()
-        .lines()
-        .filter_map(|l| {
-            let v: serde_json::Value = serde_json::from_str(l).unwrap();
-            Some((v.get("step")?.as_u64()?, v.get("val_loss")?.as_f64()?))
-        })
-        .collect()
-}
-
 /// `--keep-best`: `OUT/best` holds the model of the evaluation with the lowest validation loss
 /// (the same bytes as a run stopped at that step), also across `--resume`; without held-out
 /// data it is refused. (A large constant rate makes the validation loss go up and down.)
@@ -327,7 +320,7 @@ fn keep_best_exports_the_lowest_validation_loss() {
     let (a, ma) = (tmp.join("a"), tmp.join("a.jsonl"));
     let o = run(a.to_str().unwrap(), ma.to_str().unwrap(), &["--keep-best"]);
     ok(&o);
-    let evals = val_losses(&ma);
+    let evals = metric(&ma, "val_loss");
     assert_eq!(evals.len(), 15);
     let (best_step, best_loss) = evals.iter().fold((0, f64::INFINITY), |b, &(s, v)| if v < b.1 { (s, v) } else { b });
     let stderr = String::from_utf8_lossy(&o.stderr);
