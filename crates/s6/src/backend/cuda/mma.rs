@@ -74,6 +74,8 @@ impl Cuda {
         rows <= max_rows()
             && (n <= SMALL_DIM || k <= SMALL_DIM)
             && k.is_multiple_of(16)
+            // One split per k-step at most fits the grid's z (65,535).
+            && k / 16 <= 65535
             && ld.is_multiple_of(2)
             && xp.is_multiple_of(8)
             && wp.is_multiple_of(4)
@@ -96,7 +98,7 @@ impl Cuda {
         let steps = k / 16;
         // A block holds WARPS / wk column tiles of wk warps each; a split covers wk · spw steps.
         let (wk, spw) = split_shape();
-        let splits = steps.div_ceil(wk * spw).clamp(1, 65535);
+        let splits = steps.div_ceil(wk * spw).max(1);
         let part = if splits > 1 { self.scratch_slot(scratch, SLOT_SPLITS, 2 * splits * rows * n)? } else { 0 };
         let cfg = LaunchConfig {
             grid_dim: (
