@@ -3,7 +3,8 @@
 # products (kernels/mma.cu, off by default) loses at 1.4B batch 128 (session 11, runs 44-48: -8%
 # with it on). Nsight Compute's per-kernel durations of a replayed decode step with it off and on
 # (S6_MMA_ROWS=256), each kernel alone with cold caches, summed per kernel by ncu_summary.py; then
-# the decode figures of both, and with 4 k-steps per warp and 1, 2 or 4 warps per tile over k.
+# the decode figures of both, and with 4 k-steps per warp and 1, 2 or 4 warps per tile over k;
+# then training with and without bf16 activation copies (their memory).
 . "$(dirname "$0")/cuda_tests.sh"
 date -u; nvidia-smi --query-gpu=name --format=csv,noheader
 NCU=$(command -v ncu || ls /opt/nvidia/nsight-compute/*/ncu /usr/local/cuda/bin/ncu 2>/dev/null | head -1)
@@ -20,5 +21,12 @@ for cfg in "0 2 8" "256 2 8" "256 4 8" "256 4 4" "256 4 2" "256 4 1"; do
   set -- $cfg
   echo "== S6_MMA_ROWS=$1 S6_MMA_SPW=$2 S6_MMA_WK=$3"
   S6_MMA_ROWS=$1 S6_MMA_SPW=$2 S6_MMA_WK=$3 dev-out/s6 bench decode --device cuda --dtype bf16 --preset mamba-1.4b --batch 16,128 --tokens 64 --repeats 1 2>&1 | grep graph
+done
+date -u
+# Training with bf16 activation copies (S6_ACT_BF16=1; unmeasured in session 10: its memory).
+for act in 0 1; do
+  echo "== S6_ACT_BF16=$act"
+  S6_ACT_BF16=$act dev-out/s6 bench train --device cuda --dtype bf16 --preset mamba-130m --batch 16 --seqlen 2048 --repeats 2 2>&1 | grep -E "^train"
+  S6_ACT_BF16=$act dev-out/s6 bench train --device cuda --dtype bf16 --preset mamba-1.4b --batch 8 --seqlen 2048 --repeats 1 2>&1 | grep -E "^train"
 done
 date -u
