@@ -241,10 +241,10 @@ fn bf16_linear_matches_rounded_reference() {
 }
 
 /// `Compute::Bf16` `linear` through the tensor-core kernel (`s6_mma_bf16`: more rows than the
-/// GEMV takes, few columns or a short k; with and without splits of k, rows and columns that do
-/// not fill a tile, dense and strided x, with and without bias) against the f64 product of the
-/// bf16-rounded inputs, and against cuBLAS's path (`set_mma_max_rows(0)`, the default), which it
-/// must not merely be (its sums are ordered differently).
+/// GEMV takes, few columns or a short k; with and without splits of k, unsplit for many rows,
+/// rows and columns that do not fill a tile, dense and strided x, with and without bias) against
+/// the f64 product of the bf16-rounded inputs, and against cuBLAS's path (`set_mma_max_rows(0)`,
+/// the default), which it must not merely be (its sums are ordered differently).
 #[test]
 fn bf16_tensor_core_products_match_rounded_reference() {
     use s6::backend::cuda::set_mma_max_rows;
@@ -264,6 +264,9 @@ fn bf16_tensor_core_products_match_rounded_reference() {
         (200, 512, 250),
         (47, 2048, 7),
         (40, 256, 96),
+        // Enough tiles not to split k: each warp walks all of it (2 rounds of loads; 1 step).
+        (22000, 1024, 80),
+        (2048, 48, 1024),
     ];
     for (case, &(rows, k, n)) in shapes.iter().enumerate() {
         let w = r.vec(n * k, -0.5, 0.5);
@@ -281,7 +284,7 @@ fn bf16_tensor_core_products_match_rounded_reference() {
                 g.linear(View { buf: &xg, offset: off, ld }, rows, k, &wg, n, bias.then_some(&bg), &mut out).unwrap();
                 g.to_vec(&out).unwrap()
             };
-            let got = run(256);
+            let got = run(usize::MAX);
             let blas = run(0);
             let err = bf16_rel_err(&what, &got, &want);
             assert!(err < 1e-5, "{what}: error {err:.2e} against the rounded-input reference");

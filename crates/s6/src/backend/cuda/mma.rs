@@ -29,8 +29,14 @@ const SLOT_SPLITS: usize = 2;
 /// Warps per block (`S6_MMA_WARPS`), each on a tile of `TILE × TILE` over its own k-steps.
 const WARPS: usize = 8;
 const TILE: usize = 32;
-/// k-steps of 16 per warp at most (`S6_MMA_SPW`: the kernel loads that many steps at once).
+/// k-steps of 16 per warp at most where k is split (`S6_MMA_SPW`: the kernel loads that many
+/// steps at once).
 const MAX_SPW: usize = 4;
+/// Tiles from which a product is not split over k: they fill the device on their own, and each
+/// warp walks all of k in rounds of `MAX_SPW` steps (no partial products to add). Written after
+/// session 11's last device call: not yet run on a GPU (`scripts/gpu/run50_mma_ncu.sh` runs its
+/// test first).
+const UNSPLIT_TILES: usize = 2048;
 /// `n` or `k` at most this for the kernel to be used (beyond it cuBLAS's tiles fill the device).
 const SMALL_DIM: usize = 256;
 
@@ -79,8 +85,9 @@ impl Cuda {
             && ld.is_multiple_of(2)
             && xp.is_multiple_of(8)
             && wp.is_multiple_of(4)
-            // s6_mma_split_sum's grid (`grid_1d`: at most 65,535 · 8 blocks of 256) covers the output.
-            && rows.saturating_mul(n) <= 65535 * 8 * 256
+            // Row tiles fit the grid's y (s6_mma_split_sum's grid covers any output that is split:
+            // fewer than UNSPLIT_TILES tiles).
+            && rows.div_ceil(TILE) <= 65535
     }
 
     /// `out = x · Wᵀ (+ out when accumulate)` by `s6_mma_bf16` (pointers bounds checked by the
@@ -96,8 +103,12 @@ impl Cuda {
         accumulate: bool,
     ) -> Result<()> {
         let steps = k / 16;
-        // A block holds WARPS / wk column tiles of wk warps each; a split covers wk · spw steps.
-        let (wk, spw) = split_shape();
+        // A block holds WARPS / wk column tiles of wk warps each; a split covers wk · spw steps
+        // (all of k when the tiles alone fill the device).
+        let (wk, mut spw) = split_shape();
+        if rows.div_ceil(TILE) * n.div_ceil(TILE) >= UNSPLIT_TILES {
+            spw = steps.div_ceil(wk).max(1);
+        }
         let splits = steps.div_ceil(wk * spw).max(1);
         let part = if splits > 1 { self.scratch_slot(scratch, SLOT_SPLITS, 2 * splits * rows * n)? } else { 0 };
         let cfg = LaunchConfig {

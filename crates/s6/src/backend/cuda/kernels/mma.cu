@@ -5,11 +5,12 @@
 // cast kernel would write), W the weight's bf16 copy [n, k], fp32 accumulation, fp32 out (row
 // stride ldo). The cast of x and cuBLAS's split-K reduction launch disappear.
 //
-// A warp computes a tile of 32 rows × 32 columns (2 × 4 mma.sync.m16n8k16 tiles) over `spw` (1-4)
-// consecutive k-steps of 16, loading all of their fragments at once straight from global memory
+// A warp computes a tile of 32 rows × 32 columns (2 × 4 mma.sync.m16n8k16 tiles) over `spw`
+// consecutive k-steps of 16, in rounds of up to S6_MMA_SPW steps whose fragments it loads at once
+// straight from global memory
 // (L2; no shared memory for the operands: per k-step a row of x is 64 contiguous bytes and a row
 // of W 32, whole sectors), so that it waits for one round trip, not one per step: the products
-// are small and their time is latency. A block's 8 warps are 8 / wk tiles side by side in n, each
+// are small and their time is latency (a round per warp, when spw <= S6_MMA_SPW). A block's 8 warps are 8 / wk tiles side by side in n, each
 // with wk warps over consecutive ranges of k, whose sums are added in shared memory in warp order.
 // Grid x runs over groups of column tiles, y over row tiles, z over splits of k (wk · spw steps
 // each). With one split the tile is written to out; with several, split s writes its partial
@@ -18,7 +19,7 @@
 // {1, 2, 4, 8} (the launcher checks).
 
 #define S6_MMA_WARPS 8
-#define S6_MMA_SPW 4  // k-steps per warp at most
+#define S6_MMA_SPW 4  // k-steps per round of loads
 
 // Two floats rounded to bf16 and packed as one register of an mma fragment (the lower index in
 // the lower half).
