@@ -321,11 +321,10 @@ pub fn save_checkpoint<B: Backend>(
     best: Option<(u64, f64)>,
 ) -> Result<()> {
     let be = &model.backend;
-    let mut params = Vec::new();
+    let params = host_params(model)?;
     let mut state = BTreeMap::new();
-    for (i, (spec, buf)) in model.params().into_iter().enumerate() {
-        let values = be.to_vec(buf)?;
-        state.insert(format!("param.{}", spec.name), OutTensor::from_f32(&values, &spec.shape, SaveDType::F32));
+    for (i, (spec, values)) in params.iter().enumerate() {
+        state.insert(format!("param.{}", spec.name), OutTensor::from_f32(values, &spec.shape, SaveDType::F32));
         state.insert(
             format!("adam_m.{}", spec.name),
             OutTensor::from_f32(&be.to_vec(&adam.m[i])?, &spec.shape, SaveDType::F32),
@@ -334,7 +333,6 @@ pub fn save_checkpoint<B: Backend>(
             format!("adam_v.{}", spec.name),
             OutTensor::from_f32(&be.to_vec(&adam.v[i])?, &spec.shape, SaveDType::F32),
         );
-        params.push((spec, values));
     }
     let mut meta =
         HashMap::from([("step".to_string(), step.to_string()), ("format".to_string(), "s6-train-v1".to_string())]);
@@ -348,12 +346,20 @@ pub fn save_checkpoint<B: Backend>(
     save_hf(dir, &model.cfg, &InitConfig::default(), &params, dtype)
 }
 
+/// The metadata of the training-state file at `path` (its header only: the file is memory-mapped,
+/// not read, since it holds every parameter and moment).
+fn state_metadata(path: &Path) -> Result<HashMap<String, String>> {
+    let file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+    // SAFETY: read-only map of a file we replace only by rename (write_atomic).
+    let map = unsafe { memmap2::Mmap::map(&file) }.map_err(|e| Error::io(path, e))?;
+    let (_, meta) = safetensors::SafeTensors::read_metadata(&map).map_err(|e| Error::format(path, e.to_string()))?;
+    Ok(meta.metadata().clone().unwrap_or_default())
+}
+
 /// The best evaluation recorded in `dir`'s training state (`None` if none was kept).
 fn load_best(dir: &Path) -> Result<Option<(u64, f64)>> {
     let path = dir.join(STATE_FILE);
-    let bytes = std::fs::read(&path).map_err(|e| Error::io(&path, e))?;
-    let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes).map_err(|e| Error::format(&path, e.to_string()))?;
-    let Some(m) = meta.metadata().as_ref() else { return Ok(None) };
+    let m = state_metadata(&path)?;
     match (m.get("best_step"), m.get("best_val_loss")) {
         (Some(s), Some(v)) => {
             let bad = |what: &str, v: &str| Error::format(&path, format!("metadata '{what}' = '{v}' is not a number"));
@@ -370,12 +376,8 @@ pub fn load_state<B: Backend>(dir: &Path, model: &mut Mamba<B>, adam: &mut AdamS
         return Err(Error::input(format!("--resume: no {STATE_FILE} in {}; nothing to resume", dir.display())));
     }
     let file = TensorFile::open(&path)?;
-    let bytes = std::fs::read(&path).map_err(|e| Error::io(&path, e))?;
-    let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes).map_err(|e| Error::format(&path, e.to_string()))?;
-    let step: u64 = meta
-        .metadata()
-        .as_ref()
-        .and_then(|m| m.get("step"))
+    let step: u64 = state_metadata(&path)?
+        .get("step")
         .and_then(|s| s.parse().ok())
         .ok_or_else(|| Error::format(&path, "no 'step' in the metadata"))?;
     let be = model.backend.clone();
