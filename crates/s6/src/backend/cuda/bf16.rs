@@ -281,16 +281,15 @@ impl Cuda {
             return self.launch_gemv(1, (xp, x.ld), wp, (rows, k, n), bp, o, super::GemvMode::Write);
         }
         let mut scratch = self.lock_bf16()?;
+        let beta = self.bias_beta(o, bp, rows, n)?;
         if self.mma_covers((xp, x.ld), wp, (rows, k, n)) {
             // Few columns or a short k at a few hundred rows: the tensor-core kernel (mma.rs).
-            let beta = self.bias_beta(o, bp, rows, n)?;
             return self.linear_mma(&mut scratch, (xp, x.ld), wp, (rows, k, n), (o, n), beta != 0.0);
         }
         let xs = match self.act_bf16_source(&x, rows, k)? {
             Some(p) => p,
             None => self.cast_to_scratch(&mut scratch, SLOT_X, xp, x.ld, rows, k)?,
         };
-        let beta = self.bias_beta(o, bp, rows, n)?;
         use blas_sys::cublasOperation_t::{CUBLAS_OP_N, CUBLAS_OP_T};
         // Column-major: outᵀ [n × rows] = W (col-major k × n, op T) · xᵀ (k × rows, ld k).
         // SAFETY: the weight copy holds w.len ≥ n·k values, the scratch rows·k, out rows·n.
