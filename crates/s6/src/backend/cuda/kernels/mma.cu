@@ -7,16 +7,15 @@
 //
 // A warp computes a tile of 32 rows × 32 columns (2 × 4 mma.sync.m16n8k16 tiles) over `spw`
 // consecutive k-steps of 16, in rounds of up to S6_MMA_SPW steps whose fragments it loads at once
-// straight from global memory
-// (L2; no shared memory for the operands: per k-step a row of x is 64 contiguous bytes and a row
-// of W 32, whole sectors), so that it waits for one round trip, not one per step: the products
-// are small and their time is latency (a round per warp, when spw <= S6_MMA_SPW). A block's 8 warps are 8 / wk tiles side by side in n, each
-// with wk warps over consecutive ranges of k, whose sums are added in shared memory in warp order.
-// Grid x runs over groups of column tiles, y over row tiles, z over splits of k (wk · spw steps
-// each). With one split the tile is written to out; with several, split s writes its partial
-// tile to part[s] ([rows, n] each) and s6_mma_split_sum adds the splits in order: the result is
-// the same on every run. Needs k % 16 == 0, ldx even, x 8-byte and W 4-byte aligned, wk in
-// {1, 2, 4, 8} (the launcher checks).
+// straight from global memory (L2; no shared memory for the operands: per k-step a row of x is 64
+// contiguous bytes and a row of W 32, whole sectors), so that it waits for one round trip per
+// round, not one per step: the products are small and their time is latency. A block's 8 warps
+// are 8 / wk tiles side by side in n, each with wk warps over consecutive ranges of k, whose sums
+// are added in shared memory in warp order. Grid x runs over groups of column tiles, y over row
+// tiles, z over splits of k (wk · spw steps each). With one split the tile is written to out;
+// with several, split s writes its partial tile to part[s] ([rows, n] each) and s6_mma_split_sum
+// adds the splits in order: the result is the same on every run. Needs k % 16 == 0, ldx even, x
+// 8-byte and W 4-byte aligned, wk in {1, 2, 4, 8} (the launcher checks).
 
 #define S6_MMA_WARPS 8
 #define S6_MMA_SPW 4  // k-steps per round of loads
