@@ -14,7 +14,7 @@ for cfg in 4x256 6x320 8x384; do
   L=${cfg%x*}; W=${cfg#*x}
   # throughput probe (its own schedule; only the tok/s is used)
   tps=$(dev-out/s6 train $common --out /tmp/probe-$cfg --n-layer $L --d-model $W --steps 20 --warmup-steps 2 --eval-every 0 2>&1 | sed -nE 's/.* ([0-9]+) tok\/s; checkpoint.*/\1/p')
-  steps=$(( ${tps:-20000} * 140 / (32 * 256) ))
+  steps=$(( ${tps:-20000} * 130 / (32 * 256) ))
   echo "$cfg: probe $tps tok/s alone -> $steps steps"
   ( dev-out/s6 train $common --out $OUT/shakespeare-$cfg --n-layer $L --d-model $W --steps $steps \
       --lr 3e-3 --min-lr 3e-4 --warmup-steps 50 --eval-every $(( steps / 40 + 1 )) --keep-best \

@@ -384,6 +384,9 @@ const CONV_SHAPES: &[ConvCase] = &[
     (4, 1, 1536, 4, true, 0, 3072, false),
     (3, 1, 37, 4, true, 0, 74, false),
     (2, 1, 64, 4, false, 2, 136, false),
+    // Decoding many sequences (cuda/conv.rs: float4 from 16 on), float4 and float.
+    (40, 1, 1536, 4, true, 0, 3072, false),
+    (20, 1, 37, 4, false, 0, 74, false),
     // k = 4, float: channels not a multiple of 4; x unaligned (col 2, ld a multiple of 4); ld
     // not a multiple of 4 (col 0, channels a multiple of 4).
     (2, 300, 130, 4, false, 0, 260, false),

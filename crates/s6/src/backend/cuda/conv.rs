@@ -3,6 +3,8 @@
 //! `mixer_step.rs` launches it too), and the backward, from a zero initial state as the
 //! [`Backend`](crate::backend::Backend) trait specifies for training.
 
+use std::sync::OnceLock;
+
 use cudarc::driver::{DevicePtr, LaunchConfig, PushKernelArg};
 
 use super::{driver_err, grid_1d, u32_of, Cuda, CudaBuf};
@@ -31,6 +33,13 @@ const BWD_KERNELS: [[&str; 2]; 2] =
 /// floats and every pointer is 16-byte aligned (then every row start is, and every thread's
 /// weights), else floats. The weight and bias are whole buffers, so in practice only the strides
 /// and the offsets of x, dx and out decide.
+/// From how many sequences a decoding conv step uses the float4 kernel (4 channels per thread);
+/// fewer take one channel per thread. `S6_CONV_STEP_VEC4` (read once) sets it, for measurements.
+fn conv_step_vec4_min_batch() -> usize {
+    static MIN: OnceLock<usize> = OnceLock::new();
+    *MIN.get_or_init(|| std::env::var("S6_CONV_STEP_VEC4").ok().and_then(|v| v.trim().parse().ok()).unwrap_or(16))
+}
+
 fn conv_kernel(
     kernels: &[[&'static str; 2]; 2],
     k: usize,
@@ -72,7 +81,11 @@ impl Cuda {
         let bp = self.ptr_opt(bias, channels, "conv1d bias")?;
         let sp = self.ptr_mut(state, 0, batch * (kernel - 1) * channels, "conv1d state")?;
         let o = self.ptr_mut(out, 0, rows * channels, "conv1d out")?;
-        self.launch_conv_forward((xp, x.ld), wp, bp, sp, o, (batch, seqlen, channels, kernel))?;
+        // With bf16 activation copies, u's copy for x_proj (bf16.rs).
+        let o16 = self.act_bf16_target(out)?;
+        if self.launch_conv_forward((xp, x.ld), wp, bp, sp, (o, o16), (batch, seqlen, channels, kernel))? {
+            self.act_bf16_written(out, rows * channels)?;
+        }
         if kernel > 1 {
             let (ld, b, l, c, k) = (
                 u32_of("ld", x.ld)?,
@@ -88,31 +101,35 @@ impl Cuda {
 
     /// The conv forward (without the state update) on bounds-checked device pointers: x with row
     /// stride `ldx`, the weight, the bias (0: none), the state `[batch, k-1, ch]` (the inputs
-    /// before `t = 0`; 0: zeros) and the output `[batch * seqlen, ch]`. Grid: x over blocks of
-    /// 128 threads × 1 or 4 channels, y over tiles of [`CONV_STEPS`] steps, z over the sequences
-    /// (the kernels stride past 65,535 in y and z).
+    /// before `t = 0`; 0: zeros) and the output `[batch * seqlen, ch]`; `out16`, when given, the
+    /// bf16 copy of the output (bf16.rs: `act_bf16_target`). Returns whether that copy was written
+    /// (only the k = 4, float4 kernels write one). Grid: x over blocks of 128 threads × 1 or 4
+    /// channels, y over tiles of [`CONV_STEPS`] steps (one step when decoding), z over the
+    /// sequences (the kernels stride past 65,535 in y and z).
     pub(super) fn launch_conv_forward(
         &self,
         (xp, ldx): (u64, usize),
         wp: u64,
         bp: u64,
         sp: u64,
-        op: u64,
+        (op, out16): (u64, Option<u64>),
         (batch, seqlen, ch, k): (usize, usize, usize, usize),
-    ) -> Result<()> {
-        let (name, vec) = if seqlen == 1 {
-            // Decoding: one step per sequence, bound by latency, not bytes. One thread per channel
-            // reading its k taps spreads the work over 4× more threads than the float4 tiles
-            // (whose windows would be mostly past the end); with the tiles the 130M batch-1
-            // step was 5% slower (1,874 against 1,964 tok/s, H100).
-            (FWD_KERNELS[1][1], 1)
-        } else {
-            conv_kernel(&FWD_KERNELS, k, ch, &[ldx], &[xp, wp, bp, sp, op])
+    ) -> Result<bool> {
+        let (name, vec) = conv_kernel(&FWD_KERNELS, k, ch, &[ldx], &[xp, wp, bp, sp, op]);
+        let (name, vec, steps) = match (seqlen, k, vec) {
+            // Decoding, few sequences: bound by latency, not bytes. One thread per channel spreads
+            // the work over 4× more threads than float4 (130M batch 1 was 5% slower with the float4
+            // tiles: 1,874 against 1,964 tok/s, H100).
+            (1, 4, _) if batch < conv_step_vec4_min_batch() => ("s6_conv_step_k4_vec1", 1, 1),
+            (1, 4, 4) => ("s6_conv_step_k4_vec4", 4, 1),
+            (1, 4, 1) => ("s6_conv_step_k4_vec1", 1, 1),
+            (1, _, _) => (FWD_KERNELS[1][1], 1, CONV_STEPS),
+            _ => (name, vec, CONV_STEPS),
         };
         let cfg = LaunchConfig {
             grid_dim: (
                 u32_of("conv channel blocks", (ch / vec).div_ceil(FWD_THREADS))?,
-                seqlen.div_ceil(CONV_STEPS).clamp(1, 65535) as u32,
+                seqlen.div_ceil(steps).clamp(1, 65535) as u32,
                 batch.clamp(1, 65535) as u32,
             ),
             block_dim: (FWD_THREADS as u32, 1, 1),
@@ -125,8 +142,13 @@ impl Cuda {
             u32_of("channels", ch)?,
             u32_of("kernel", k)?,
         );
+        if let (Some(o16), 4, 4) = (out16, k, vec) {
+            let name = if seqlen == 1 { "s6_conv_step_k4_vec4_b16" } else { "s6_conv_fwd_k4_vec4_b16" };
+            launch!(self, self.func(name)?, cfg, "conv1d_silu"; xp, ld, wp, bp, sp, op, o16, b, l, c, kk);
+            return Ok(true);
+        }
         launch!(self, self.func(name)?, cfg, "conv1d_silu"; xp, ld, wp, bp, sp, op, b, l, c, kk);
-        Ok(())
+        Ok(false)
     }
 
     /// [`Backend::conv1d_silu_backward`](crate::backend::Backend::conv1d_silu_backward): one kernel

@@ -115,7 +115,10 @@ impl Cuda {
         let up = self.ptr_mut(o.u, 0, batch * di, "mixer step u")?;
         // conv + SiLU → u: the op-by-op path's kernel, without its state update, which moves into
         // the scan kernel (the window is still read here).
-        self.launch_conv_forward((xz, 2 * di), cw, cb, conv, up, (batch, 1, di, k))?;
+        let u16 = self.act_bf16_target(o.u)?;
+        if self.launch_conv_forward((xz, 2 * di), cw, cb, conv, (up, u16), (batch, 1, di, k))? {
+            self.act_bf16_written(o.u, batch * di)?;
+        }
         self.mixer_step_rest(m, xz, o)?;
         Ok(true)
     }

@@ -41,6 +41,19 @@ __device__ __forceinline__ void s6c_store(float* __restrict__ p, const float (&v
     }
 }
 
+// VEC floats rounded to bf16 at p: one 8-byte store for VEC = 4 (p 8-byte aligned).
+template <int VEC>
+__device__ __forceinline__ void s6c_store16(unsigned short* __restrict__ p, const float (&v)[VEC]) {
+    if constexpr (VEC == 4) {
+        const unsigned int lo = s6_f32_to_bf16(v[0]) | ((unsigned int)s6_f32_to_bf16(v[1]) << 16);
+        const unsigned int hi = s6_f32_to_bf16(v[2]) | ((unsigned int)s6_f32_to_bf16(v[3]) << 16);
+        *reinterpret_cast<uint2*>(p) = make_uint2(lo, hi);
+    } else {
+#pragma unroll
+        for (int i = 0; i < VEC; i++) p[i] = s6_f32_to_bf16(v[i]);
+    }
+}
+
 template <int VEC>
 __device__ __forceinline__ void s6c_zero(float (&v)[VEC]) {
 #pragma unroll
@@ -108,12 +121,15 @@ __device__ __forceinline__ void s6c_input(const float* __restrict__ x, unsigned 
 // Grid: x over groups of 128 threads × VEC channels, y over tiles of S6_CONV_R steps of a sequence,
 // z over the sequences (y and z stride past 65,535), so no thread's steps cross a sequence boundary.
 // A thread loads the R + k - 1 input rows its R outputs read once (K = 4) and writes R outputs.
-template <int VEC, int K>
+// R: steps per thread (S6_CONV_R; 1 for the decoding entries, whose one step would leave the
+// other R - 1 outputs' arithmetic unused). W16: also write each output rounded to bf16 into out16
+// (same layout: the bf16 copy that x_proj reads instead of casting u; cuda/bf16.rs).
+template <int VEC, int K, int R, bool W16>
 __device__ __forceinline__ void s6_conv_fwd(const float* __restrict__ x, unsigned int ldx, const float* __restrict__ w,
                                             const float* __restrict__ bias, const float* __restrict__ state,
-                                            float* __restrict__ out, unsigned int batch, unsigned int seqlen,
-                                            unsigned int ch, unsigned int k_any) {
-    constexpr int R = S6_CONV_R;
+                                            float* __restrict__ out, unsigned short* __restrict__ out16,
+                                            unsigned int batch, unsigned int seqlen, unsigned int ch,
+                                            unsigned int k_any) {
     const unsigned int k = K > 0 ? K : k_any;
     const unsigned int c = (blockIdx.x * blockDim.x + threadIdx.x) * VEC;
     if (c >= ch) return;
@@ -143,7 +159,10 @@ __device__ __forceinline__ void s6_conv_fwd(const float* __restrict__ x, unsigne
                         for (int j = 0; j < K; j++) s = fmaf(wr[j][v], win[i + j][v], s);
                         acc[v] = s6_silu(s);
                     }
-                    if (t0 + i < seqlen) s6c_store<VEC>(o + (unsigned long long)i * ch, acc);
+                    if (t0 + i < seqlen) {
+                        s6c_store<VEC>(o + (unsigned long long)i * ch, acc);
+                        if constexpr (W16) s6c_store16<VEC>(out16 + (o - out) + (unsigned long long)i * ch, acc);
+                    }
                 }
             } else {
                 for (unsigned int i = 0; i < R && t0 + i < seqlen; i++) {
@@ -159,24 +178,41 @@ __device__ __forceinline__ void s6_conv_fwd(const float* __restrict__ x, unsigne
 #pragma unroll
                     for (int v = 0; v < VEC; v++) acc[v] = s6_silu(acc[v]);
                     s6c_store<VEC>(o + (unsigned long long)i * ch, acc);
+                    if constexpr (W16) s6c_store16<VEC>(out16 + (o - out) + (unsigned long long)i * ch, acc);
                 }
             }
         }
     }
 }
 
-#define S6_CONV_FWD(name, VEC, K)                                                                                  \
+#define S6_CONV_FWD(name, VEC, K, R)                                                                               \
     extern "C" __global__ void __launch_bounds__(128)                                                              \
         name(const float* __restrict__ x, unsigned int ldx, const float* __restrict__ w,                           \
              const float* __restrict__ bias, const float* __restrict__ state, float* __restrict__ out,             \
              unsigned int batch, unsigned int seqlen, unsigned int ch, unsigned int k) {                           \
-        S6_PDL_ENTRY();    \
-        s6_conv_fwd<VEC, K>(x, ldx, w, bias, state, out, batch, seqlen, ch, k);                                    \
+        S6_PDL_ENTRY();                                                                                            \
+        s6_conv_fwd<VEC, K, R, false>(x, ldx, w, bias, state, out, nullptr, batch, seqlen, ch, k);                 \
     }
-S6_CONV_FWD(s6_conv_fwd_k4_vec4, 4, 4)
-S6_CONV_FWD(s6_conv_fwd_k4_vec1, 1, 4)
-S6_CONV_FWD(s6_conv_fwd_vec4, 4, 0)
-S6_CONV_FWD(s6_conv_fwd_vec1, 1, 0)
+S6_CONV_FWD(s6_conv_fwd_k4_vec4, 4, 4, S6_CONV_R)
+S6_CONV_FWD(s6_conv_fwd_k4_vec1, 1, 4, S6_CONV_R)
+S6_CONV_FWD(s6_conv_fwd_vec4, 4, 0, S6_CONV_R)
+S6_CONV_FWD(s6_conv_fwd_vec1, 1, 0, S6_CONV_R)
+// Decoding (seqlen 1): one step per thread.
+S6_CONV_FWD(s6_conv_step_k4_vec4, 4, 4, 1)
+S6_CONV_FWD(s6_conv_step_k4_vec1, 1, 4, 1)
+
+// The same with the bf16 copy of the output (k = 4, float4: the shapes of Mamba's products).
+#define S6_CONV_FWD_B16(name, R)                                                                                   \
+    extern "C" __global__ void __launch_bounds__(128)                                                              \
+        name(const float* __restrict__ x, unsigned int ldx, const float* __restrict__ w,                           \
+             const float* __restrict__ bias, const float* __restrict__ state, float* __restrict__ out,             \
+             unsigned short* __restrict__ out16, unsigned int batch, unsigned int seqlen, unsigned int ch,         \
+             unsigned int k) {                                                                                     \
+        S6_PDL_ENTRY();                                                                                            \
+        s6_conv_fwd<4, 4, R, true>(x, ldx, w, bias, state, out, out16, batch, seqlen, ch, k);                      \
+    }
+S6_CONV_FWD_B16(s6_conv_fwd_k4_vec4_b16, S6_CONV_R)
+S6_CONV_FWD_B16(s6_conv_step_k4_vec4_b16, 1)
 
 // ----- backward (zero initial state) -----
 // dout contiguous [rows, ch]; dx written at dx[row * lddx + c]; dweight and dbias accumulated.
