@@ -4,7 +4,7 @@
 # $OUT/winner. (2) The decoding conv step with one step per thread, float4 from 16 sequences on
 # (S6_CONV_STEP_VEC4), and the conv writing u's bf16 copy for x_proj with S6_ACT_BF16=1: the
 # conv, decode and copies tests, then decoding and prefill side by side with s6-prev (main
-# 89436a8), with the copies off and on.
+# 89436a8), with the copies off and on; training's peak memory with the copies' new default.
 . "$(dirname "$0")/cuda_tests.sh"
 date -u; nvidia-smi --query-gpu=name --format=csv,noheader
 D=dev-out/tinyshakespeare.txt
@@ -34,6 +34,12 @@ for b in s6-prev s6; do
     S6_ACT_BF16=$act dev-out/$b bench decode --device cuda --dtype bf16 --preset mamba-1.4b --batch 16,64,128 --tokens 64 --repeats 1 2>&1 | grep graph
     S6_ACT_BF16=$act dev-out/$b bench prefill --device cuda --dtype bf16 --preset mamba-1.4b --batch 128 --seqlen 2048 --repeats 2 2>&1 | grep -E "^prefill"
   done
+done
+# The copies' default (unset): off while training keeps activations (peak memory as with 0).
+for act in unset 1; do
+  echo "== s6 train S6_ACT_BF16=$act"
+  ( [ $act = unset ] && unset S6_ACT_BF16 || export S6_ACT_BF16=$act
+    dev-out/s6 bench train --device cuda --dtype bf16 --preset mamba-130m --batch 16 --seqlen 2048 --repeats 2 2>&1 | grep -E "^train" )
 done
 echo "== s6 S6_CONV_STEP_VEC4=1000000 (one channel per thread at every batch)"
 S6_CONV_STEP_VEC4=1000000 dev-out/s6 bench decode --device cuda --dtype bf16 --preset mamba-1.4b --batch 16,64,128 --tokens 64 --repeats 1 2>&1 | grep graph

@@ -760,6 +760,14 @@ pub trait Backend: Send + Sync + Clone {
 
     /// Starts a new [`Backend::peak_memory`] measurement.
     fn reset_peak_memory(&self) {}
+
+    /// A hint: whether the forward passes that follow keep their activations for a backward pass
+    /// (set by `loss_and_grads` for its duration). A backend may then choose less memory over
+    /// more speed: the CUDA backend writes no bf16 copies of activations (`cuda::act_bf16_enabled`),
+    /// which would live as long as the kept activations. Off until told; the default ignores it.
+    fn set_keeping_activations(&self, keeping: bool) {
+        let _ = keeping;
+    }
 }
 
 #[cfg(test)]

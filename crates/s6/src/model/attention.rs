@@ -788,6 +788,7 @@ impl<B: Backend> Transformer<B> {
         }
         let be = &self.backend;
         let c = &self.cfg;
+        let _keeping = super::KeepingActivations::new(be);
         let (rows, d, v) = (batch * seqlen, c.d_model, c.vocab_size);
         let eps = self.eps();
 

@@ -784,6 +784,7 @@ impl<B: Backend> Mamba<B> {
         let rows = batch * seqlen;
         let (d, di, n, r, v) = (c.d_model, c.d_inner, c.d_state, c.dt_rank, c.vocab_size);
         let (ab, iw, cols) = (c.ablation, c.in_proj_width(), c.x_proj_cols());
+        let _keeping = super::KeepingActivations::new(be);
         let xw = cols.width;
         let eps = self.eps();
 

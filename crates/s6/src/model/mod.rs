@@ -99,6 +99,23 @@ pub trait LanguageModel<B: Backend>: Sized + Send + Sync {
     fn save(&self, dir: &std::path::Path) -> Result<()>;
 }
 
+/// [`Backend::set_keeping_activations`] on for as long as it lives: a training step's forward and
+/// backward (off again when the step returns, early or not).
+pub(crate) struct KeepingActivations<'a, B: Backend>(&'a B);
+
+impl<'a, B: Backend> KeepingActivations<'a, B> {
+    pub(crate) fn new(backend: &'a B) -> Self {
+        backend.set_keeping_activations(true);
+        Self(backend)
+    }
+}
+
+impl<B: Backend> Drop for KeepingActivations<'_, B> {
+    fn drop(&mut self) {
+        self.0.set_keeping_activations(false);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

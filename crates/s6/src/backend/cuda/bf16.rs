@@ -6,7 +6,7 @@
 //!   that CUDA graphs holding its address stay valid.
 //! - Activations: cast per product into contiguous bf16 scratch owned by the backend (grow-only;
 //!   outgrown allocations live as long as the backend, since a recorded graph may read them). With
-//!   [`act_bf16_enabled`] the norm, the scan and the large-batch scan step write their outputs in
+//!   [`act_bf16_enabled`] the norm, the conv, the scan and the large-batch scan step write their outputs in
 //!   bf16 too, into a copy kept with the buffer (as a weight's), and a product whose whole input
 //!   is such a copy, written in the same graph-recording epoch, reads it instead of casting.
 //! - `linear` with at most [`GEMV_MAX_ROWS`] rows: `s6_gemv_bf16_r{rows}` (half the weight bytes
@@ -30,29 +30,46 @@ use super::{blas_err, driver_err, grid_1d, ActCopy, Bf16Scratch, Cuda, CudaBuf, 
 use crate::backend::{Compute, View};
 use crate::{Error, Result};
 
-/// Whether the kernels that write a bf16 product's input (the norm, the scan, the large-batch scan
-/// step) also write it rounded to bf16, so that the product needs no cast (`S6_ACT_BF16=1`, read
-/// once per process; [`set_act_bf16`]). Off by default: on an H100 it made 1.4B prefill 5%
-/// faster and decoding no faster (docs/BENCHMARKS.md, session 10), and it costs 2 bytes per value
-/// of those buffers for as long as they live (training keeps a scan output per layer).
+/// Whether the kernels that write a bf16 product's input (the norm, the conv, the scan, the
+/// large-batch scan step) may also write it rounded to bf16, so that the product needs no cast:
+/// `S6_ACT_BF16=1` always, `S6_ACT_BF16=0` never, and by default (unset) except while the forward
+/// keeps its activations for a backward pass ([`Backend::set_keeping_activations`]: training),
+/// since a copy costs 2 bytes per value for as long as its buffer lives (training keeps a scan
+/// output per layer). Read once per process; [`set_act_bf16`] forces it for tests and benchmarks.
+/// On an H100 the copies made 1.4B prefill 5% faster and decoding no slower (docs/BENCHMARKS.md,
+/// session 10).
+///
+/// [`Backend::set_keeping_activations`]: crate::backend::Backend::set_keeping_activations
 pub fn act_bf16_enabled() -> bool {
+    act_bf16_mode() != ACT_OFF
+}
+
+/// Forces the bf16 activation copies ([`act_bf16_enabled`]) on or off for this process, training
+/// included (for tests and benchmarks).
+pub fn set_act_bf16(on: bool) {
+    ACT_BF16.store(if on { ACT_ON } else { ACT_OFF }, Ordering::Relaxed);
+}
+
+fn act_bf16_mode() -> u8 {
     let v = ACT_BF16.load(Ordering::Relaxed);
     if v != UNSET {
-        return v == 1;
+        return v;
     }
-    let on = std::env::var("S6_ACT_BF16").map(|v| v.trim() == "1").unwrap_or(false);
-    set_act_bf16(on);
-    on
+    let mode = match std::env::var("S6_ACT_BF16").as_deref().map(str::trim) {
+        Ok("1") => ACT_ON,
+        Ok("0") => ACT_OFF,
+        _ => ACT_AUTO,
+    };
+    ACT_BF16.store(mode, Ordering::Relaxed);
+    mode
 }
 
-/// Turns the bf16 activation copies ([`act_bf16_enabled`]) on or off for this process (for tests
-/// and benchmarks).
-pub fn set_act_bf16(on: bool) {
-    ACT_BF16.store(u8::from(on), Ordering::Relaxed);
-}
-
-/// [`act_bf16_enabled`]'s setting; `UNSET` until read.
+/// [`act_bf16_enabled`]'s setting: one of the `ACT_*` values, `UNSET` until read.
 static ACT_BF16: AtomicU8 = AtomicU8::new(UNSET);
+const ACT_OFF: u8 = 0;
+const ACT_ON: u8 = 1;
+/// On except while activations are kept for a backward pass.
+const ACT_AUTO: u8 = 2;
 const UNSET: u8 = u8::MAX;
 
 /// Scratch slot of `x` and of `dy` (and `mma.rs`'s `SLOT_SPLITS`).
@@ -117,10 +134,15 @@ impl Cuda {
     /// For a kernel about to write `buf` (its f32 pointer already taken with `ptr_mut`, which
     /// marked any copy stale) that can also write the values rounded to bf16: the device pointer
     /// of `buf`'s bf16 copy, created when missing. `None` (the kernel then writes f32 only) unless
-    /// the products are bf16 and activation copies are on ([`act_bf16_enabled`]), or when the copy
+    /// the products are bf16 and activation copies are on now ([`act_bf16_enabled`]), or when the copy
     /// would have to be allocated while a graph is recorded.
     pub(super) fn act_bf16_target(&self, buf: &CudaBuf) -> Result<Option<u64>> {
-        if self.compute() != Compute::Bf16 || !act_bf16_enabled() || buf.len == 0 {
+        let on = match act_bf16_mode() {
+            ACT_ON => true,
+            ACT_OFF => false,
+            _ => !self.inner.keeping_activations.load(Ordering::Relaxed),
+        };
+        if self.compute() != Compute::Bf16 || !on || buf.len == 0 {
             return Ok(None);
         }
         let mut guard = buf.shadow.lock().map_err(|_| Error::Backend("CUDA bf16 copy poisoned".into()))?;

@@ -332,6 +332,9 @@ struct Inner {
     /// Incremented when a CUDA graph recording begins and when it ends (activation copies, see
     /// [`ActCopy`]).
     shadow_epoch: std::sync::atomic::AtomicU64,
+    /// [`Backend::set_keeping_activations`]'s hint: bf16 activation copies are then not written
+    /// unless forced (bf16.rs).
+    keeping_activations: std::sync::atomic::AtomicBool,
 }
 
 fn compute_code(c: Compute) -> u8 {
@@ -555,6 +558,7 @@ impl Cuda {
                 bf16: Mutex::new(Bf16Scratch::default()),
                 pdl: major >= 9 && pdl_wanted(),
                 shadow_epoch: std::sync::atomic::AtomicU64::new(0),
+                keeping_activations: std::sync::atomic::AtomicBool::new(false),
                 l2_bytes,
             }),
         })
@@ -1495,6 +1499,10 @@ impl Backend for Cuda {
 
     fn reset_peak_memory(&self) {
         let _ = self.pool_attr(cudarc::driver::sys::CUmemPool_attribute::CU_MEMPOOL_ATTR_USED_MEM_HIGH, Some(0));
+    }
+
+    fn set_keeping_activations(&self, keeping: bool) {
+        self.inner.keeping_activations.store(keeping, std::sync::atomic::Ordering::Relaxed);
     }
 }
 
