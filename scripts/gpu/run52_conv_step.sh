@@ -43,4 +43,7 @@ for act in unset 1; do
 done
 echo "== s6 S6_CONV_STEP_VEC4=1000000 (one channel per thread at every batch)"
 S6_CONV_STEP_VEC4=1000000 dev-out/s6 bench decode --device cuda --dtype bf16 --preset mamba-1.4b --batch 16,64,128 --tokens 64 --repeats 1 2>&1 | grep graph
+echo "== s6 batch 1"
+dev-out/s6 bench decode --device cuda --dtype bf16 --preset mamba-130m --batch 1 --tokens 128 --repeats 2 2>&1 | grep graph
+dev-out/s6 bench decode --device cuda --dtype bf16 --preset mamba-1.4b --batch 1 --tokens 64 --repeats 2 2>&1 | grep graph
 date -u
