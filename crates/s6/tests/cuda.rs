@@ -350,7 +350,22 @@ fn bf16_weight_copies_follow_weight_updates() {
 fn add_rmsnorm_matches_cpu() {
     let Some(g) = gpu() else { return };
     let mut r = Rng(3);
-    for &(rows, dim, with_delta) in &[(3, 45, true), (5, 768, false), (2, 2048, true), (1, 1, true), (4, 1500, true)] {
+    // Up to 8 rows the block-per-row kernel; from 9 the warp-per-row one (dim a multiple of 4, at
+    // most 2048), else the block-per-row one again.
+    let shapes = [
+        (3, 45, true),
+        (5, 768, false),
+        (2, 2048, true),
+        (1, 1, true),
+        (4, 1500, true),
+        (9, 2048, true),
+        (37, 768, false),
+        (20, 4, true),
+        (11, 1500, true),
+        (13, 2052, true),
+        (10, 46, true),
+    ];
+    for &(rows, dim, with_delta) in &shapes {
         let res = r.vec(rows * dim, -2.0, 2.0);
         let delta = r.vec(rows * dim, -2.0, 2.0);
         let w = r.vec(dim, 0.5, 1.5);

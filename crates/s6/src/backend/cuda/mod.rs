@@ -62,12 +62,18 @@ const KERNELS: &[&str] = &[
     "s6_add_assign",
     "s6_add_rmsnorm",
     "s6_add_rmsnorm_b16",
+    "s6_add_rmsnorm_warp",
+    "s6_add_rmsnorm_warp_b16",
     "s6_conv_state_update",
     // kernels/conv.cu (conv.rs: FWD_KERNELS, BWD_KERNELS)
     "s6_conv_fwd_k4_vec4",
     "s6_conv_fwd_k4_vec1",
     "s6_conv_fwd_vec4",
     "s6_conv_fwd_vec1",
+    "s6_conv_step_k4_vec4",
+    "s6_conv_step_k4_vec1",
+    "s6_conv_fwd_k4_vec4_b16",
+    "s6_conv_step_k4_vec4_b16",
     "s6_conv_bwd_k4_vec4",
     "s6_conv_bwd_k4_vec1",
     "s6_conv_bwd_vec4",
@@ -231,6 +237,18 @@ fn prefetch_mode() -> Prefetch {
 }
 
 /// Whether `S6_GEMV=0` turned the matrix-vector kernel off.
+/// Rows per block of `s6_add_rmsnorm_warp` (`S6_NORM_WARP_ROWS`), and the longest row it holds
+/// in registers (`128 * S6_NORM_WARP_V4`).
+const NORM_WARP_ROWS: usize = 8;
+const NORM_WARP_MAX_DIM: usize = 128 * 16;
+
+/// Whether RMSNorm over more than [`GEMV_MAX_ROWS`] rows uses the warp-per-row kernel (not turned
+/// off by `S6_NORM_WARP=0`, read once; for measurements).
+fn norm_warp_enabled() -> bool {
+    static ON: OnceLock<bool> = OnceLock::new();
+    *ON.get_or_init(|| std::env::var("S6_NORM_WARP").map(|v| v.trim() != "0").unwrap_or(true))
+}
+
 fn gemv_enabled() -> bool {
     static ON: OnceLock<bool> = OnceLock::new();
     *ON.get_or_init(|| std::env::var("S6_GEMV").map(|v| v.trim() != "0").unwrap_or(true))
@@ -1164,12 +1182,33 @@ impl Backend for Cuda {
         let dp = self.ptr_opt(delta, rows * dim, "rmsnorm delta")?;
         let wp = self.ptr(weight, 0, dim, "rmsnorm weight")?;
         let o = self.ptr_mut(out, 0, rows * dim, "rmsnorm out")?;
+        let d = u32_of("dim", dim)?;
+        // Many rows: a warp per row (elementwise.cu); up to GEMV_MAX_ROWS the block-per-row kernel,
+        // whose sums the fused decoding block's norm repeats bit for bit.
+        if rows > GEMV_MAX_ROWS
+            && norm_warp_enabled()
+            && dim.is_multiple_of(4)
+            && dim <= NORM_WARP_MAX_DIM
+            && [r, dp, wp, o].iter().all(|p| p.is_multiple_of(16))
+        {
+            let cfg = LaunchConfig {
+                grid_dim: (u32_of("norm blocks", rows.div_ceil(NORM_WARP_ROWS))?, 1, 1),
+                block_dim: (32 * NORM_WARP_ROWS as u32, 1, 1),
+                shared_mem_bytes: 0,
+            };
+            let n = u32_of("rows", rows)?;
+            if let Some(o16) = self.act_bf16_target(out)? {
+                launch!(self, self.func("s6_add_rmsnorm_warp_b16")?, cfg, "add_rmsnorm"; r, dp, wp, o, o16, n, d, eps);
+                return self.act_bf16_written(out, rows * dim);
+            }
+            launch!(self, self.func("s6_add_rmsnorm_warp")?, cfg, "add_rmsnorm"; r, dp, wp, o, n, d, eps);
+            return Ok(());
+        }
         let cfg = LaunchConfig {
             grid_dim: (u32_of("rows", rows)?, 1, 1),
             block_dim: (RMSNORM_THREADS, 1, 1),
             shared_mem_bytes: 0,
         };
-        let d = u32_of("dim", dim)?;
         // With bf16 activation copies (bf16.rs) the next product's input is written in bf16 too.
         if let Some(o16) = self.act_bf16_target(out)? {
             launch!(self, self.func("s6_add_rmsnorm_b16")?, cfg, "add_rmsnorm"; r, dp, wp, o, o16, d, eps);
