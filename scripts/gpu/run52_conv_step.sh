@@ -13,14 +13,14 @@ for n in test-cuda test-cuda_decode test-cuda_backward test-cuda_train; do
   grep -E "test result" /tmp/$n.log; grep -E "FAILED|panicked" -A8 /tmp/$n.log | head -30
 done
 date -u
-bench() {  # label, then env assignments; the binary in $B
+bench() {  # label, then env assignments; the binary in $B; 130M too when $SMALL is set
   echo "== $*"
-  env "${@:2}" dev-out/$B bench decode --device cuda --dtype bf16 --preset mamba-130m --batch 16,64,128 --tokens 128 --repeats 1 2>&1 | grep graph
+  [ -n "$SMALL" ] && env "${@:2}" dev-out/$B bench decode --device cuda --dtype bf16 --preset mamba-130m --batch 16,64,128 --tokens 128 --repeats 1 2>&1 | grep graph
   env "${@:2}" dev-out/$B bench decode --device cuda --dtype bf16 --preset mamba-1.4b --batch 16,64,128 --tokens 64 --repeats 1 2>&1 | grep graph
   env "${@:2}" dev-out/$B bench prefill --device cuda --dtype bf16 --preset mamba-1.4b --batch 128 --seqlen 2048 --repeats 2 2>&1 | grep -E "^prefill"
 }
-B=s6-prev bench s6-prev S6_ACT_BF16=0
-B=s6 bench s6-default
+SMALL=1 B=s6-prev bench s6-prev S6_ACT_BF16=0
+SMALL=1 B=s6 bench s6-default
 date -u
 D=dev-out/tinyshakespeare.txt
 common="--data $D --batch-size 32 --seq-len 256 --val-fraction 0.1 --eval-batches 40 --seed 0 --device cuda --dtype bf16 --save-dtype bf16 --lr 3e-3 --min-lr 3e-4 --warmup-steps 50 --keep-best"
