@@ -350,8 +350,8 @@ fn bf16_weight_copies_follow_weight_updates() {
 fn add_rmsnorm_matches_cpu() {
     let Some(g) = gpu() else { return };
     let mut r = Rng(3);
-    // Up to 8 rows the block-per-row kernel; from 9 the warp-per-row one (dim a multiple of 4, at
-    // most 2048), else the block-per-row one again.
+    // Below 1,024 rows the block-per-row kernel; from there the warp-per-row one (dim a multiple
+    // of 4, at most 2048), else the block-per-row one again.
     let shapes = [
         (3, 45, true),
         (5, 768, false),
@@ -360,10 +360,12 @@ fn add_rmsnorm_matches_cpu() {
         (4, 1500, true),
         (9, 2048, true),
         (37, 768, false),
-        (20, 4, true),
-        (11, 1500, true),
-        (13, 2052, true),
-        (10, 46, true),
+        (1024, 2048, true),
+        (1500, 768, false),
+        (1031, 4, true),
+        (1100, 1500, true),
+        (1030, 2052, true),
+        (1025, 46, true),
     ];
     for &(rows, dim, with_delta) in &shapes {
         let res = r.vec(rows * dim, -2.0, 2.0);

@@ -237,13 +237,14 @@ fn prefetch_mode() -> Prefetch {
 }
 
 /// Whether `S6_GEMV=0` turned the matrix-vector kernel off.
-/// Rows per block of `s6_add_rmsnorm_warp` (`S6_NORM_WARP_ROWS`), and the longest row it holds
-/// in registers (`128 * S6_NORM_WARP_V4`).
+/// Rows per block of `s6_add_rmsnorm_warp` (`S6_NORM_WARP_ROWS`), the longest row it holds in
+/// registers (`128 * S6_NORM_WARP_V4`), and the fewest rows it is used for.
 const NORM_WARP_ROWS: usize = 8;
 const NORM_WARP_MAX_DIM: usize = 128 * 16;
+const NORM_WARP_MIN_ROWS: usize = 1024;
 
-/// Whether RMSNorm over more than [`GEMV_MAX_ROWS`] rows uses the warp-per-row kernel (not turned
-/// off by `S6_NORM_WARP=0`, read once; for measurements).
+/// Whether RMSNorm over [`NORM_WARP_MIN_ROWS`] rows or more uses the warp-per-row kernel (not
+/// turned off by `S6_NORM_WARP=0`, read once; for measurements).
 fn norm_warp_enabled() -> bool {
     static ON: OnceLock<bool> = OnceLock::new();
     *ON.get_or_init(|| std::env::var("S6_NORM_WARP").map(|v| v.trim() != "0").unwrap_or(true))
@@ -1183,9 +1184,11 @@ impl Backend for Cuda {
         let wp = self.ptr(weight, 0, dim, "rmsnorm weight")?;
         let o = self.ptr_mut(out, 0, rows * dim, "rmsnorm out")?;
         let d = u32_of("dim", dim)?;
-        // Many rows: a warp per row (elementwise.cu); up to GEMV_MAX_ROWS the block-per-row kernel,
-        // whose sums the fused decoding block's norm repeats bit for bit.
-        if rows > GEMV_MAX_ROWS
+        // Many rows (prefill, training): a warp per row (elementwise.cu). Fewer: a block per row,
+        // whose sums the fused decoding block's norm repeats bit for bit, and which decodes
+        // faster: with the warp kernel at 16–128 sequences 1.4B decoding was 4–6% slower (H100,
+        // docs/BENCHMARKS.md, session 12), prefill 1.5% faster.
+        if rows >= NORM_WARP_MIN_ROWS
             && norm_warp_enabled()
             && dim.is_multiple_of(4)
             && dim <= NORM_WARP_MAX_DIM

@@ -119,12 +119,12 @@ extern "C" __global__ void s6_add_rmsnorm_b16(float* __restrict__ residual, cons
     s6_add_rmsnorm_impl<true>(residual, delta, w, out, out16, dim, eps);
 }
 
-// The same for many rows (cuda/mod.rs: from GEMV_MAX_ROWS + 1 rows, dim a multiple of 4 and at most
-// 128 * S6_NORM_WARP_V4, 16-byte aligned rows): one warp per row, S6_NORM_WARP_ROWS rows per block,
-// the row held in registers as float4s, so that all of a lane's loads are in flight at once and
-// the sum needs shuffles only, no shared memory or block barrier (decoding 128 sequences spent
-// 9 µs per layer in the block-per-row kernel for 2 MB). A lane sums its float4s in order, then the
-// warp in a fixed tree: the same bits on every run, not those of the block-per-row kernel.
+// The same for many rows (cuda/mod.rs: from NORM_WARP_MIN_ROWS rows, dim a multiple of 4 and at
+// most 128 * S6_NORM_WARP_V4, 16-byte aligned rows): one warp per row, S6_NORM_WARP_ROWS rows per
+// block, the row held in registers as float4s, so that all of a lane's loads are in flight at once
+// and the sum needs shuffles only, no shared memory or block barrier. A lane sums its float4s in
+// order, then the warp in a fixed tree: the same bits on every run, not those of the block-per-row
+// kernel. (Written for decoding, where it was slower: it serves prefill and training.)
 #define S6_NORM_WARP_V4 16
 #define S6_NORM_WARP_ROWS 8
 template <bool W16>
