@@ -36,8 +36,8 @@ use crate::{Error, Result};
 /// keeps its activations for a backward pass ([`Backend::set_keeping_activations`]: training),
 /// since a copy costs 2 bytes per value for as long as its buffer lives (training keeps a scan
 /// output per layer). Read once per process; [`set_act_bf16`] forces it for tests and benchmarks.
-/// On an H100 the copies made 1.4B prefill 5% faster and decoding no slower (docs/BENCHMARKS.md,
-/// session 10).
+/// On an H100 the copies made 1.4B prefill 12% faster and decoding no slower (docs/BENCHMARKS.md,
+/// session 12).
 ///
 /// [`Backend::set_keeping_activations`]: crate::backend::Backend::set_keeping_activations
 pub fn act_bf16_enabled() -> bool {

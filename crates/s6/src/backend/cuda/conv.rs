@@ -28,11 +28,6 @@ const FWD_KERNELS: [[&str; 2]; 2] =
 const BWD_KERNELS: [[&str; 2]; 2] =
     [["s6_conv_bwd_k4_vec4", "s6_conv_bwd_k4_vec1"], ["s6_conv_bwd_vec4", "s6_conv_bwd_vec1"]];
 
-/// The kernel of `kernels` (`FWD_KERNELS` or `BWD_KERNELS`) for kernel size `k` and its channels
-/// per thread: float4 accesses when the channel count and every row stride are multiples of 4
-/// floats and every pointer is 16-byte aligned (then every row start is, and every thread's
-/// weights), else floats. The weight and bias are whole buffers, so in practice only the strides
-/// and the offsets of x, dx and out decide.
 /// From how many sequences a decoding conv step uses the float4 kernel (4 channels per thread);
 /// fewer take one channel per thread. `S6_CONV_STEP_VEC4` (read once) sets it, for measurements.
 fn conv_step_vec4_min_batch() -> usize {
@@ -40,6 +35,11 @@ fn conv_step_vec4_min_batch() -> usize {
     *MIN.get_or_init(|| std::env::var("S6_CONV_STEP_VEC4").ok().and_then(|v| v.trim().parse().ok()).unwrap_or(16))
 }
 
+/// The kernel of `kernels` (`FWD_KERNELS` or `BWD_KERNELS`) for kernel size `k` and its channels
+/// per thread: float4 accesses when the channel count and every row stride are multiples of 4
+/// floats and every pointer is 16-byte aligned (then every row start is, and every thread's
+/// weights), else floats. The weight and bias are whole buffers, so in practice only the strides
+/// and the offsets of x, dx and out decide.
 fn conv_kernel(
     kernels: &[[&'static str; 2]; 2],
     k: usize,
