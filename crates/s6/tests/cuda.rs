@@ -298,6 +298,55 @@ fn bf16_tensor_core_products_match_rounded_reference() {
     assert!(differs > 0, "the tensor-core path gave cuBLAS's bits everywhere: was it used?");
 }
 
+/// cuBLASLt with a tuned algorithm per shape (`set_lt`, `S6_LT=1`; cuda/lt.rs) for bf16 products of
+/// 9–256 rows: the products of the rounded inputs within fp32 summation error, dense and strided x,
+/// with and without a bias, the same bits when a tuned shape runs again.
+#[test]
+fn bf16_cublaslt_products_match_rounded_reference() {
+    use s6::backend::cuda::set_lt;
+    use s6::backend::Compute;
+    let Some(g) = gpu() else { return };
+    let mut r = Rng(41);
+    g.set_compute(Compute::Bf16).unwrap();
+    // Decoding's shapes (1.4B x_proj, dt_proj, out_proj; 130M in_proj) and odd ones.
+    let shapes = [
+        (128usize, 4096usize, 160usize),
+        (128, 128, 4096),
+        (64, 4096, 2048),
+        (256, 768, 3072),
+        (9, 48, 1536),
+        (33, 100, 7),
+    ];
+    for (case, &(rows, k, n)) in shapes.iter().enumerate() {
+        let w = r.vec(n * k, -0.5, 0.5);
+        let b = r.vec(n, -1.0, 1.0);
+        let (wg, bg) = (up(&g, &w), up(&g, &b));
+        for &(off, ld, bias) in &[(0usize, k, case % 2 == 0), (2, k + 6, case % 2 == 1)] {
+            let x = r.vec(off + rows * ld, -1.0, 1.0);
+            let want = linear_bf16_reference(&x, off, ld, rows, k, &w, n, bias.then_some(&b[..]));
+            let xg = up(&g, &x);
+            let what = format!("cuBLASLt linear rows {rows} k {k} n {n} offset {off} ld {ld} bias {bias}");
+            let run = |lt| {
+                set_lt(lt);
+                let mut out = poisoned(&g, rows * n);
+                g.linear(View { buf: &xg, offset: off, ld }, rows, k, &wg, n, bias.then_some(&bg), &mut out).unwrap();
+                g.to_vec(&out).unwrap()
+            };
+            let got = run(true);
+            let again = run(true);
+            let blas = run(false);
+            let err = bf16_rel_err(&what, &got, &want);
+            assert!(err < 1e-5, "{what}: error {err:.2e} against the rounded-input reference");
+            let err_blas = bf16_rel_err(&what, &blas, &want);
+            assert!(err_blas < 1e-5, "{what}: GemmEx error {err_blas:.2e}");
+            let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<u32>>();
+            assert_eq!(bits(&got), bits(&again), "{what}: a tuned shape gave other bits when run again");
+        }
+    }
+    set_lt(false);
+    g.set_compute(Compute::F32).unwrap();
+}
+
 /// The weights' bf16 copies follow every write to the weights (add_assign, AdamW, fill_zero,
 /// a copy into a view through `linear`'s own output path): the next product uses the new values,
 /// for the matrix-vector kernel (1 row) and cuBLAS (20 rows).

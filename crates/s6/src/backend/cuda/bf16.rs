@@ -82,7 +82,7 @@ fn int(what: &str, v: usize) -> Result<i32> {
 
 impl Cuda {
     /// Whether the stream is being recorded into a CUDA graph.
-    fn capturing(&self) -> Result<bool> {
+    pub(super) fn capturing(&self) -> Result<bool> {
         let status = self.stream().capture_status().map_err(driver_err("capture status"))?;
         Ok(status != driver_sys::CUstreamCaptureStatus::CU_STREAM_CAPTURE_STATUS_NONE)
     }
@@ -254,6 +254,15 @@ impl Cuda {
         ldc: usize,
     ) -> Result<()> {
         self.inner.ctx.bind_to_thread().map_err(driver_err("bind"))?;
+        // `linear`'s forward product (W op T, xᵀ op N) of few rows (decoding), opted into:
+        // cuBLASLt with a tuned algorithm (lt.rs).
+        use blas_sys::cublasOperation_t::{CUBLAS_OP_N, CUBLAS_OP_T};
+        if ta == CUBLAS_OP_T && tb == CUBLAS_OP_N && n <= super::lt::LT_MAX_ROWS && super::lt::lt_enabled() {
+            let s = super::lt::LtShape { ta: true, tb: false, m, n, k, lda, ldb, ldc };
+            if self.gemm_bf16_lt(s, a, b, beta, c)? {
+                return Ok(());
+            }
+        }
         let alpha = 1.0f32;
         use blas_sys::cudaDataType_t::{CUDA_R_16BF, CUDA_R_32F};
         blas_result::gemm_ex(

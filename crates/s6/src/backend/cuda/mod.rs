@@ -339,7 +339,9 @@ struct Inner {
     /// The sampling kernel, compiled on first use (`decode.rs`).
     decode: decode::DecodeSlot,
     /// cuBLAS's workspace, ours so that cuBLAS never allocates while a graph is recorded.
-    _blas_workspace: CudaSlice<u8>,
+    blas_workspace: CudaSlice<u8>,
+    /// cuBLASLt's handle and tuned shapes, created on first use (`lt.rs`).
+    lt: Mutex<Option<lt::LtState>>,
     /// [`Compute`] as set by [`Cuda::set_compute`] (`compute_code`), shared by the clones.
     compute: AtomicU8,
     /// Activation scratch of the bf16 products; locked for the whole of one product.
@@ -572,7 +574,8 @@ impl Cuda {
                 name,
                 arch,
                 decode,
-                _blas_workspace: blas_workspace,
+                blas_workspace,
+                lt: Mutex::new(None),
                 compute: AtomicU8::new(compute_code(Compute::F32)),
                 bf16: Mutex::new(Bf16Scratch::default()),
                 pdl: major >= 9 && pdl_wanted(),
@@ -1009,7 +1012,9 @@ mod backward;
 mod bf16;
 pub use bf16::{act_bf16_enabled, set_act_bf16};
 mod conv;
+mod lt;
 pub mod mixer_step;
+pub use lt::{lt_enabled, set_lt};
 mod mma;
 pub use mma::set_mma_max_rows;
 pub mod scan_bf16;
