@@ -165,6 +165,12 @@ impl Cuda {
             return Ok(false);
         }
         if guard.is_none() {
+            // cudarc panics on a library it cannot load: ask first.
+            if !lt_sys::is_culib_present() {
+                return Err(Error::Backend(
+                    "S6_LT=1: the cuBLASLt library (libcublasLt) was not found on the library path".into(),
+                ));
+            }
             let handle = lt_result::create_handle().map_err(lt_err("handle"))?;
             *guard = Some(LtState { handle, plans: HashMap::new() });
         }
