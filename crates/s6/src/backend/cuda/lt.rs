@@ -160,6 +160,11 @@ impl Cuda {
     /// # Safety
     /// As `gemm_bf16`: the pointers hold the matrices the shape describes.
     pub(super) unsafe fn gemm_bf16_lt(&self, s: LtShape, a: u64, b: u64, beta: f32, c: u64) -> Result<bool> {
+        // The heuristic assumes 256-byte aligned matrices (its default preference), as every
+        // allocation is; anything else stays on GemmEx.
+        if [a, b, c].iter().any(|p| !p.is_multiple_of(256)) {
+            return Ok(false);
+        }
         let mut guard = self.inner.lt.lock().map_err(|_| Error::Backend("cuBLASLt state poisoned".into()))?;
         if guard.as_ref().is_none_or(|st| !st.plans.contains_key(&s)) && self.capturing()? {
             return Ok(false);
