@@ -240,6 +240,50 @@ fn bf16_linear_matches_rounded_reference() {
     println!("worst bf16 error relative to the largest output: {worst_bf16:.2e}");
 }
 
+/// `Compute::Bf16` `linear` for each shape `(rows, k, n)`, with dense and strided x (as x_proj's
+/// output feeds dt_proj) and a bias every other case, through the path under test (`path(true)`)
+/// and cuBLAS `GemmEx` (`path(false)`): both within 1e-5 of the largest output of the f64 product
+/// of the bf16-rounded inputs, and the path's bits the same when it runs again. Returns how many
+/// outputs differ in bits between the two paths.
+fn check_bf16_product_path(
+    g: &Cuda,
+    r: &mut Rng,
+    name: &str,
+    shapes: &[(usize, usize, usize)],
+    path: &dyn Fn(bool),
+) -> usize {
+    let mut differs = 0;
+    for (case, &(rows, k, n)) in shapes.iter().enumerate() {
+        let w = r.vec(n * k, -0.5, 0.5);
+        let b = r.vec(n, -1.0, 1.0);
+        let (wg, bg) = (up(g, &w), up(g, &b));
+        // (offset, row stride, bias)
+        for &(off, ld, bias) in &[(0usize, k, case % 2 == 0), (2, k + 6, case % 2 == 1)] {
+            let x = r.vec(off + rows * ld, -1.0, 1.0);
+            let want = linear_bf16_reference(&x, off, ld, rows, k, &w, n, bias.then_some(&b[..]));
+            let xg = up(g, &x);
+            let what = format!("{name} linear rows {rows} k {k} n {n} offset {off} ld {ld} bias {bias}");
+            let run = |on| {
+                path(on);
+                let mut out = poisoned(g, rows * n);
+                g.linear(View { buf: &xg, offset: off, ld }, rows, k, &wg, n, bias.then_some(&bg), &mut out).unwrap();
+                g.to_vec(&out).unwrap()
+            };
+            let got = run(true);
+            let again = run(true);
+            let blas = run(false);
+            let err = bf16_rel_err(&what, &got, &want);
+            assert!(err < 1e-5, "{what}: error {err:.2e} against the rounded-input reference");
+            let err_blas = bf16_rel_err(&what, &blas, &want);
+            assert!(err_blas < 1e-5, "{what}: GemmEx path error {err_blas:.2e}");
+            let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<u32>>();
+            assert_eq!(bits(&got), bits(&again), "{what}: other bits when run again");
+            differs += got.iter().zip(&blas).filter(|(a, b)| a.to_bits() != b.to_bits()).count();
+        }
+    }
+    differs
+}
+
 /// `Compute::Bf16` `linear` through the tensor-core kernel (`s6_mma_bf16`: more rows than the
 /// GEMV takes, few columns or a short k; with and without splits of k, unsplit for many rows,
 /// rows and columns that do not fill a tile, dense and strided x, with and without bias) against
@@ -252,7 +296,6 @@ fn bf16_tensor_core_products_match_rounded_reference() {
     let Some(g) = gpu() else { return };
     let mut r = Rng(37);
     g.set_compute(Compute::Bf16).unwrap();
-    let mut differs = 0usize;
     let shapes = [
         (9usize, 16usize, 8usize),
         (16, 48, 1536),
@@ -268,31 +311,8 @@ fn bf16_tensor_core_products_match_rounded_reference() {
         (22000, 1024, 80),
         (2048, 48, 1024),
     ];
-    for (case, &(rows, k, n)) in shapes.iter().enumerate() {
-        let w = r.vec(n * k, -0.5, 0.5);
-        let b = r.vec(n, -1.0, 1.0);
-        let (wg, bg) = (up(&g, &w), up(&g, &b));
-        // (offset, row stride, bias): dense; strided as x_proj's output feeds dt_proj.
-        for &(off, ld, bias) in &[(0usize, k, case % 2 == 0), (2, k + 6, case % 2 == 1)] {
-            let x = r.vec(off + rows * ld, -1.0, 1.0);
-            let want = linear_bf16_reference(&x, off, ld, rows, k, &w, n, bias.then_some(&b[..]));
-            let xg = up(&g, &x);
-            let what = format!("tensor-core linear rows {rows} k {k} n {n} offset {off} ld {ld} bias {bias}");
-            let run = |max_rows| {
-                set_mma_max_rows(max_rows);
-                let mut out = poisoned(&g, rows * n);
-                g.linear(View { buf: &xg, offset: off, ld }, rows, k, &wg, n, bias.then_some(&bg), &mut out).unwrap();
-                g.to_vec(&out).unwrap()
-            };
-            let got = run(usize::MAX);
-            let blas = run(0);
-            let err = bf16_rel_err(&what, &got, &want);
-            assert!(err < 1e-5, "{what}: error {err:.2e} against the rounded-input reference");
-            let err_blas = bf16_rel_err(&what, &blas, &want);
-            assert!(err_blas < 1e-5, "{what}: cuBLAS path error {err_blas:.2e}");
-            differs += got.iter().zip(&blas).filter(|(a, b)| a.to_bits() != b.to_bits()).count();
-        }
-    }
+    let path = |on: bool| set_mma_max_rows(if on { usize::MAX } else { 0 });
+    let differs = check_bf16_product_path(&g, &mut r, "tensor-core", &shapes, &path);
     g.set_compute(Compute::F32).unwrap();
     set_mma_max_rows(0);
     assert!(differs > 0, "the tensor-core path gave cuBLAS's bits everywhere: was it used?");
@@ -317,32 +337,7 @@ fn bf16_cublaslt_products_match_rounded_reference() {
         (9, 48, 1536),
         (33, 100, 7),
     ];
-    for (case, &(rows, k, n)) in shapes.iter().enumerate() {
-        let w = r.vec(n * k, -0.5, 0.5);
-        let b = r.vec(n, -1.0, 1.0);
-        let (wg, bg) = (up(&g, &w), up(&g, &b));
-        for &(off, ld, bias) in &[(0usize, k, case % 2 == 0), (2, k + 6, case % 2 == 1)] {
-            let x = r.vec(off + rows * ld, -1.0, 1.0);
-            let want = linear_bf16_reference(&x, off, ld, rows, k, &w, n, bias.then_some(&b[..]));
-            let xg = up(&g, &x);
-            let what = format!("cuBLASLt linear rows {rows} k {k} n {n} offset {off} ld {ld} bias {bias}");
-            let run = |lt| {
-                set_lt(lt);
-                let mut out = poisoned(&g, rows * n);
-                g.linear(View { buf: &xg, offset: off, ld }, rows, k, &wg, n, bias.then_some(&bg), &mut out).unwrap();
-                g.to_vec(&out).unwrap()
-            };
-            let got = run(true);
-            let again = run(true);
-            let blas = run(false);
-            let err = bf16_rel_err(&what, &got, &want);
-            assert!(err < 1e-5, "{what}: error {err:.2e} against the rounded-input reference");
-            let err_blas = bf16_rel_err(&what, &blas, &want);
-            assert!(err_blas < 1e-5, "{what}: GemmEx error {err_blas:.2e}");
-            let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<u32>>();
-            assert_eq!(bits(&got), bits(&again), "{what}: a tuned shape gave other bits when run again");
-        }
-    }
+    check_bf16_product_path(&g, &mut r, "cuBLASLt", &shapes, &|on| set_lt(on));
     set_lt(false);
     g.set_compute(Compute::F32).unwrap();
 }

@@ -263,6 +263,27 @@ impl Cuda {
                 return Ok(());
             }
         }
+        self.gemm_ex_bf16(ta, tb, (m, n, k), a, lda, b, ldb, beta, c, ldc)
+    }
+
+    /// `gemm_bf16` through cuBLAS `GemmEx` with its default algorithm (the context bound).
+    ///
+    /// # Safety
+    /// As `gemm_bf16`.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) unsafe fn gemm_ex_bf16(
+        &self,
+        ta: blas_sys::cublasOperation_t,
+        tb: blas_sys::cublasOperation_t,
+        (m, n, k): (usize, usize, usize),
+        a: u64,
+        lda: usize,
+        b: u64,
+        ldb: usize,
+        beta: f32,
+        c: u64,
+        ldc: usize,
+    ) -> Result<()> {
         let alpha = 1.0f32;
         use blas_sys::cudaDataType_t::{CUDA_R_16BF, CUDA_R_32F};
         blas_result::gemm_ex(

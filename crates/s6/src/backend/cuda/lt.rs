@@ -15,7 +15,7 @@ use std::collections::HashMap;
 use std::ffi::c_void;
 use std::sync::atomic::{AtomicU8, Ordering};
 
-use cudarc::cublas::{result as blas_result, sys as blas_sys};
+use cudarc::cublas::sys::cublasOperation_t::{CUBLAS_OP_N, CUBLAS_OP_T};
 use cudarc::cublaslt::{result as lt_result, sys as lt_sys};
 use cudarc::driver::{sys as driver_sys, DevicePtr};
 
@@ -92,9 +92,9 @@ impl Drop for LtPlan {
 /// cuBLAS's operation code (`cublasOperation_t`, an `int32_t` in cuBLASLt's attributes).
 fn op(t: bool) -> i32 {
     if t {
-        blas_sys::cublasOperation_t::CUBLAS_OP_T as i32
+        CUBLAS_OP_T as i32
     } else {
-        blas_sys::cublasOperation_t::CUBLAS_OP_N as i32
+        CUBLAS_OP_N as i32
     }
 }
 
@@ -185,10 +185,28 @@ impl Cuda {
             st.plans.insert(s, plan);
         }
         let Some(Some(plan)) = st.plans.get(&s) else { return Ok(false) };
-        let (ws, _ws) = self.inner.blas_workspace.device_ptr(self.stream());
+        self.lt_matmul(st.handle, plan, &plan.algo, (a, b, c), beta)?;
+        Ok(true)
+    }
+
+    /// `C = A·B + beta·C` of `plan`'s shape with algorithm `algo` (C is D), on the backend's stream
+    /// with cuBLAS's workspace (the two libraries run one after the other on the one stream).
+    ///
+    /// # Safety
+    /// The pointers hold the matrices `plan` describes.
+    unsafe fn lt_matmul(
+        &self,
+        handle: lt_sys::cublasLtHandle_t,
+        plan: &LtPlan,
+        algo: &lt_sys::cublasLtMatmulAlgo_t,
+        (a, b, c): (u64, u64, u64),
+        beta: f32,
+    ) -> Result<()> {
+        let stream = self.stream();
+        let (ws, _ws) = self.inner.blas_workspace.device_ptr(stream);
         let alpha = 1.0f32;
         lt_result::matmul(
-            st.handle,
+            handle,
             plan.desc,
             (&alpha as *const f32).cast(),
             (&beta as *const f32).cast(),
@@ -200,13 +218,12 @@ impl Cuda {
             plan.c,
             c as *mut c_void,
             plan.c,
-            &plan.algo,
+            algo,
             ws as *mut c_void,
             BLAS_WORKSPACE_BYTES,
-            self.stream().cu_stream() as _,
+            stream.cu_stream() as _,
         )
-        .map_err(lt_err("matmul"))?;
-        Ok(true)
+        .map_err(lt_err("matmul"))
     }
 
     /// Times `GemmEx`'s default and the heuristic's algorithms for `s` (module docs) and returns
@@ -254,62 +271,15 @@ impl Cuda {
         let stream = self.stream();
         let out = stream.alloc_zeros::<f32>(s.ldc * s.n).map_err(driver_err("allocation"))?;
         let mut flush = stream.alloc_zeros::<u8>(FLUSH_BYTES).map_err(driver_err("allocation"))?;
-        let (ws, _ws) = self.inner.blas_workspace.device_ptr(stream);
         let (op_out, _o) = out.device_ptr(stream);
-        let (alpha, beta) = (1.0f32, 0.0f32);
         // Candidate `None` is GemmEx's default.
         let run = |algo: Option<&lt_sys::cublasLtMatmulAlgo_t>| -> Result<()> {
             match algo {
-                Some(algo) => lt_result::matmul(
-                    handle,
-                    plan.desc,
-                    (&alpha as *const f32).cast(),
-                    (&beta as *const f32).cast(),
-                    a as *const c_void,
-                    plan.a,
-                    b as *const c_void,
-                    plan.b,
-                    op_out as *const c_void,
-                    plan.c,
-                    op_out as *mut c_void,
-                    plan.c,
-                    algo,
-                    ws as *mut c_void,
-                    BLAS_WORKSPACE_BYTES,
-                    stream.cu_stream() as _,
-                )
-                .map_err(lt_err("matmul (tuning)")),
+                Some(algo) => self.lt_matmul(handle, &plan, algo, (a, b, op_out), 0.0),
                 None => {
-                    use blas_sys::cudaDataType_t::{CUDA_R_16BF, CUDA_R_32F};
-                    let t = |t: bool| {
-                        if t {
-                            blas_sys::cublasOperation_t::CUBLAS_OP_T
-                        } else {
-                            blas_sys::cublasOperation_t::CUBLAS_OP_N
-                        }
-                    };
-                    blas_result::gemm_ex(
-                        *self.inner.blas.handle(),
-                        t(s.ta),
-                        t(s.tb),
-                        s.m as i32,
-                        s.n as i32,
-                        s.k as i32,
-                        (&alpha as *const f32).cast(),
-                        a as *const c_void,
-                        CUDA_R_16BF,
-                        s.lda as i32,
-                        b as *const c_void,
-                        CUDA_R_16BF,
-                        s.ldb as i32,
-                        (&beta as *const f32).cast(),
-                        op_out as *mut c_void,
-                        CUDA_R_32F,
-                        s.ldc as i32,
-                        blas_sys::cublasComputeType_t::CUBLAS_COMPUTE_32F,
-                        blas_sys::cublasGemmAlgo_t::CUBLAS_GEMM_DEFAULT,
-                    )
-                    .map_err(super::blas_err)
+                    let t = |t: bool| if t { CUBLAS_OP_T } else { CUBLAS_OP_N };
+                    let dims = (s.m, s.n, s.k);
+                    self.gemm_ex_bf16(t(s.ta), t(s.tb), dims, a, s.lda, b, s.ldb, 0.0, op_out, s.ldc)
                 }
             }
         };
