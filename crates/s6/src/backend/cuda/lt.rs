@@ -79,11 +79,13 @@ struct LtPlan {
 
 impl Drop for LtPlan {
     fn drop(&mut self) {
-        // SAFETY: created by `LtPlan::new`, destroyed once here.
+        // SAFETY: created by `LtPlan::new` (null where its creation failed), destroyed once here.
         unsafe {
-            let _ = lt_result::destroy_matrix_layout(self.c);
-            let _ = lt_result::destroy_matrix_layout(self.b);
-            let _ = lt_result::destroy_matrix_layout(self.a);
+            for layout in [self.c, self.b, self.a] {
+                if !layout.is_null() {
+                    let _ = lt_result::destroy_matrix_layout(layout);
+                }
+            }
             let _ = lt_result::destroy_matmul_desc(self.desc);
         }
     }
