@@ -1012,3 +1012,47 @@ fn peak_memory_is_reported() {
         println!("the driver does not report the pool's peak");
     }
 }
+
+/// bf16 activation copies by default (`S6_ACT_BF16` unset): off while `loss_and_grads` keeps
+/// activations for the backward (`Backend::set_keeping_activations`), so training takes the memory
+/// it took without them; forced on they cost memory and change no bit of the loss or gradients.
+#[test]
+fn bf16_activation_copies_stay_off_in_training_by_default() {
+    use s6::backend::Compute;
+    let Some(g) = gpu() else { return };
+    if std::env::var_os("S6_ACT_BF16").is_some() {
+        println!("skipped: S6_ACT_BF16 is set, so the default is not under test");
+        return;
+    }
+    g.set_compute(Compute::Bf16).unwrap();
+    let mut cfg = MambaConfig::preset("mamba-130m").unwrap();
+    cfg.n_layer = 2;
+    cfg.vocab_size = 512;
+    let model = mamba_on(g.clone(), &cfg, 3);
+    let (b, l) = (4, 512);
+    let (ids, targets) = batch(&mut Rng(9), cfg.vocab_size, b, l);
+    let run = || {
+        let mut grads = model.zero_grads().unwrap();
+        g.synchronize().unwrap();
+        g.reset_peak_memory();
+        let (loss, _) = model.loss_and_grads(&ids, &targets, b, l, 1.0, &mut grads).unwrap();
+        g.synchronize().unwrap();
+        let peak = g.peak_memory();
+        let bits: Vec<Vec<u32>> =
+            grads.params().iter().map(|(_, p)| g.to_vec(p).unwrap().iter().map(|x| x.to_bits()).collect()).collect();
+        (loss.to_bits(), bits, peak)
+    };
+    let by_default = run();
+    s6::backend::cuda::set_act_bf16(true);
+    let forced = run();
+    s6::backend::cuda::set_act_bf16(false);
+    g.set_compute(Compute::F32).unwrap();
+    assert_eq!(by_default.0, forced.0, "the loss changed with the copies forced on");
+    assert!(by_default.1 == forced.1, "a gradient changed with the copies forced on");
+    match (by_default.2, forced.2) {
+        (Some(off), Some(on)) => {
+            assert!(on > off, "peak memory {on} with the copies forced on, not above {off} by default")
+        }
+        _ => println!("the driver does not report the pool's peak"),
+    }
+}
