@@ -236,7 +236,6 @@ fn prefetch_mode() -> Prefetch {
     })
 }
 
-/// Whether `S6_GEMV=0` turned the matrix-vector kernel off.
 /// Rows per block of `s6_add_rmsnorm_warp` (`S6_NORM_WARP_ROWS`), the longest row it holds in
 /// registers (`128 * S6_NORM_WARP_V4`), and the fewest rows it is used for.
 const NORM_WARP_ROWS: usize = 8;
@@ -250,6 +249,7 @@ fn norm_warp_enabled() -> bool {
     *ON.get_or_init(|| std::env::var("S6_NORM_WARP").map(|v| v.trim() != "0").unwrap_or(true))
 }
 
+/// Whether `S6_GEMV=0` turned the matrix-vector kernel off.
 fn gemv_enabled() -> bool {
     static ON: OnceLock<bool> = OnceLock::new();
     *ON.get_or_init(|| std::env::var("S6_GEMV").map(|v| v.trim() != "0").unwrap_or(true))
