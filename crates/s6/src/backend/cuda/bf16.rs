@@ -240,7 +240,7 @@ impl Cuda {
     /// `C = A·B + beta·C` in cuBLAS's column-major terms with bf16 `A` and `B`, fp32 `C`, fp32
     /// accumulation. Pointers must be valid for the shapes and strides given.
     #[allow(clippy::too_many_arguments)]
-    unsafe fn gemm_bf16(
+    pub(super) unsafe fn gemm_bf16(
         &self,
         ta: blas_sys::cublasOperation_t,
         tb: blas_sys::cublasOperation_t,
@@ -254,36 +254,6 @@ impl Cuda {
         ldc: usize,
     ) -> Result<()> {
         self.inner.ctx.bind_to_thread().map_err(driver_err("bind"))?;
-        // `linear`'s forward product (W op T, xᵀ op N) of few rows (decoding), opted into:
-        // cuBLASLt with a tuned algorithm (lt.rs).
-        use blas_sys::cublasOperation_t::{CUBLAS_OP_N, CUBLAS_OP_T};
-        if ta == CUBLAS_OP_T && tb == CUBLAS_OP_N && n <= super::lt::LT_MAX_ROWS && super::lt::lt_enabled() {
-            let s = super::lt::LtShape { ta: true, tb: false, m, n, k, lda, ldb, ldc };
-            if self.gemm_bf16_lt(s, a, b, beta, c)? {
-                return Ok(());
-            }
-        }
-        self.gemm_ex_bf16(ta, tb, (m, n, k), a, lda, b, ldb, beta, c, ldc)
-    }
-
-    /// `gemm_bf16` through cuBLAS `GemmEx` with its default algorithm (the context bound).
-    ///
-    /// # Safety
-    /// As `gemm_bf16`.
-    #[allow(clippy::too_many_arguments)]
-    pub(super) unsafe fn gemm_ex_bf16(
-        &self,
-        ta: blas_sys::cublasOperation_t,
-        tb: blas_sys::cublasOperation_t,
-        (m, n, k): (usize, usize, usize),
-        a: u64,
-        lda: usize,
-        b: u64,
-        ldb: usize,
-        beta: f32,
-        c: u64,
-        ldc: usize,
-    ) -> Result<()> {
         let alpha = 1.0f32;
         use blas_sys::cudaDataType_t::{CUDA_R_16BF, CUDA_R_32F};
         blas_result::gemm_ex(
@@ -345,7 +315,16 @@ impl Cuda {
         use blas_sys::cublasOperation_t::{CUBLAS_OP_N, CUBLAS_OP_T};
         // Column-major: outᵀ [n × rows] = W (col-major k × n, op T) · xᵀ (k × rows, ld k).
         // SAFETY: the weight copy holds w.len ≥ n·k values, the scratch rows·k, out rows·n.
-        unsafe { self.gemm_bf16(CUBLAS_OP_T, CUBLAS_OP_N, (n, rows, k), wp, k, xs, k, beta, o, n) }
+        unsafe {
+            // Few rows (decoding), opted into: cuBLASLt with a tuned algorithm (lt.rs).
+            if rows <= super::lt::LT_MAX_ROWS && super::lt::lt_enabled() {
+                let s = super::lt::LtShape { ta: true, tb: false, m: n, n: rows, k, lda: k, ldb: k, ldc: n };
+                if self.gemm_bf16_lt(s, wp, xs, beta, o)? {
+                    return Ok(());
+                }
+            }
+            self.gemm_bf16(CUBLAS_OP_T, CUBLAS_OP_N, (n, rows, k), wp, k, xs, k, beta, o, n)
+        }
     }
 
     /// The products of `linear_backward` under `Compute::Bf16` (`rows, k, n > 0`; pointers bounds

@@ -155,18 +155,19 @@ impl Drop for LtState {
 }
 
 impl Cuda {
-    /// `C = A·B (+ C when beta = 1)` for `gemm_bf16`'s arguments through cuBLASLt, when the shape
+    /// `C = A·B (+ C when beta = 1)` of shape `s` (as `gemm_bf16` takes it) through cuBLASLt, when the shape
     /// has (or now gets) a tuned algorithm that beat `GemmEx`. `Ok(false)`: `GemmEx` should run
     /// it (slower here, or not tuned yet while a graph is being recorded).
     ///
     /// # Safety
-    /// As `gemm_bf16`: the pointers hold the matrices the shape describes.
+    /// The pointers hold the matrices the shape describes.
     pub(super) unsafe fn gemm_bf16_lt(&self, s: LtShape, a: u64, b: u64, beta: f32, c: u64) -> Result<bool> {
         // The heuristic assumes 256-byte aligned matrices (its default preference), as every
         // allocation is; anything else stays on GemmEx.
         if [a, b, c].iter().any(|p| !p.is_multiple_of(256)) {
             return Ok(false);
         }
+        self.inner.ctx.bind_to_thread().map_err(driver_err("bind"))?;
         let mut guard = self.inner.lt.lock().map_err(|_| Error::Backend("cuBLASLt state poisoned".into()))?;
         if guard.as_ref().is_none_or(|st| !st.plans.contains_key(&s)) && self.capturing()? {
             return Ok(false);
@@ -281,7 +282,7 @@ impl Cuda {
                 None => {
                     let t = |t: bool| if t { CUBLAS_OP_T } else { CUBLAS_OP_N };
                     let dims = (s.m, s.n, s.k);
-                    self.gemm_ex_bf16(t(s.ta), t(s.tb), dims, a, s.lda, b, s.ldb, 0.0, op_out, s.ldc)
+                    self.gemm_bf16(t(s.ta), t(s.tb), dims, a, s.lda, b, s.ldb, 0.0, op_out, s.ldc)
                 }
             }
         };
