@@ -13,13 +13,12 @@
 
 use std::collections::HashMap;
 use std::ffi::c_void;
-use std::sync::atomic::{AtomicU8, Ordering};
 
 use cudarc::cublas::sys::cublasOperation_t::{CUBLAS_OP_N, CUBLAS_OP_T};
 use cudarc::cublaslt::{result as lt_result, sys as lt_sys};
 use cudarc::driver::{sys as driver_sys, DevicePtr};
 
-use super::{driver_err, Cuda, BLAS_WORKSPACE_BYTES};
+use super::{driver_err, Cuda, Switch, BLAS_WORKSPACE_BYTES};
 use crate::{Error, Result};
 
 /// The most rows (columns of the column-major output) of a product sent through cuBLASLt.
@@ -31,24 +30,17 @@ const RUNS: usize = 5;
 /// Bytes rewritten before each timed run, more than the L2 of a Hopper GPU (50 MB).
 const FLUSH_BYTES: usize = 96 << 20;
 
-static LT: AtomicU8 = AtomicU8::new(UNSET);
-const UNSET: u8 = u8::MAX;
+static LT: Switch = Switch::new("S6_LT", false);
 
 /// Whether bf16 products of 9 to [`LT_MAX_ROWS`] rows go through cuBLASLt with a tuned algorithm
 /// (`S6_LT=1`, read once; off by default).
 pub fn lt_enabled() -> bool {
-    let v = LT.load(Ordering::Relaxed);
-    if v != UNSET {
-        return v == 1;
-    }
-    let on = std::env::var("S6_LT").map(|v| v.trim() == "1").unwrap_or(false);
-    set_lt(on);
-    on
+    LT.on()
 }
 
 /// Turns the cuBLASLt path ([`lt_enabled`]) on or off for this process.
 pub fn set_lt(on: bool) {
-    LT.store(u8::from(on), Ordering::Relaxed);
+    LT.set(on);
 }
 
 fn lt_err(what: &'static str) -> impl Fn(lt_result::CublasError) -> Error {

@@ -33,12 +33,11 @@
 //! [`Backend::mixer_step`]: crate::backend::Backend::mixer_step
 //! [`Backend::block_step`]: crate::backend::Backend::block_step
 
-use std::sync::atomic::{AtomicU8, Ordering};
-use std::sync::OnceLock;
-
 use cudarc::driver::{LaunchConfig, PushKernelArg};
 
-use super::{driver_err, gemv_enabled, u32_of, Compute, Cuda, CudaBuf, GemvMode, NormConv, GEMV_MAX_ROWS, MAX_D_STATE};
+use super::{
+    driver_err, gemv_enabled, u32_of, Compute, Cuda, CudaBuf, GemvMode, NormConv, Switch, GEMV_MAX_ROWS, MAX_D_STATE,
+};
 use crate::backend::{Backend, BlockStepArgs, BlockStepOut, MixerStepArgs, MixerStepOut, MixerWeights, View};
 use crate::Result;
 
@@ -50,24 +49,17 @@ const SCAN_LANES: usize = 8;
 /// `S6_MSW_LANES`), the scan step for large batches at d_state 16.
 const WIDE_THREADS: usize = 256;
 const WIDE_LANES: usize = 4;
-/// [`Backend::block_step`]'s setting (module documentation); `UNSET` until read.
-static BLOCK_STEP: AtomicU8 = AtomicU8::new(UNSET);
-const UNSET: u8 = u8::MAX;
+/// [`Backend::block_step`]'s setting (module documentation).
+static BLOCK_STEP: Switch = Switch::new("S6_BLOCK_STEP", true);
 
 /// Whether [`Backend::block_step`] runs fused (see the module documentation).
 pub fn block_step_enabled() -> bool {
-    let v = BLOCK_STEP.load(Ordering::Relaxed);
-    if v != UNSET {
-        return v == 1;
-    }
-    let on = std::env::var("S6_BLOCK_STEP").map(|v| v.trim() != "0").unwrap_or(true);
-    set_block_step(on);
-    on
+    BLOCK_STEP.on()
 }
 
 /// Turns [`Backend::block_step`]'s fused path on or off for this process.
 pub fn set_block_step(on: bool) {
-    BLOCK_STEP.store(u8::from(on), Ordering::Relaxed);
+    BLOCK_STEP.set(on);
 }
 
 /// `dt_proj` runs as one product for the whole batch before the scan kernel from
@@ -85,8 +77,8 @@ pub const MAX_D_CONV: usize = 16;
 
 /// Whether the fused step is on: not turned off by `S6_FUSED_STEP=0`.
 pub fn fused_step_enabled() -> bool {
-    static ON: OnceLock<bool> = OnceLock::new();
-    *ON.get_or_init(|| std::env::var("S6_FUSED_STEP").map(|v| v.trim() != "0").unwrap_or(true))
+    static ON: Switch = Switch::new("S6_FUSED_STEP", true);
+    ON.on()
 }
 
 impl Cuda {

@@ -236,23 +236,57 @@ fn prefetch_mode() -> Prefetch {
     })
 }
 
+/// A process-wide on/off setting of the backend, for measurements: read once from the environment
+/// variable `var` (unset: `default`; "0" turns off a setting that is on by default, "1" turns on
+/// one that is off), unless [`Switch::set`] stored a value first (tests and benchmarks).
+pub(crate) struct Switch {
+    var: &'static str,
+    default: bool,
+    /// 0 or 1 once read or set; `u8::MAX` before.
+    state: AtomicU8,
+}
+
+impl Switch {
+    pub(crate) const fn new(var: &'static str, default: bool) -> Self {
+        Switch { var, default, state: AtomicU8::new(u8::MAX) }
+    }
+
+    pub(crate) fn on(&self) -> bool {
+        let v = self.state.load(Ordering::Relaxed);
+        if v != u8::MAX {
+            return v == 1;
+        }
+        let on = match std::env::var(self.var) {
+            Ok(v) if self.default => v.trim() != "0",
+            Ok(v) => v.trim() == "1",
+            Err(_) => self.default,
+        };
+        self.set(on);
+        on
+    }
+
+    pub(crate) fn set(&self, on: bool) {
+        self.state.store(u8::from(on), Ordering::Relaxed);
+    }
+}
+
 /// Rows per block of `s6_add_rmsnorm_warp` (`S6_NORM_WARP_ROWS`), the longest row it holds in
 /// registers (`128 * S6_NORM_WARP_V4`), and the fewest rows it is used for.
 const NORM_WARP_ROWS: usize = 8;
 const NORM_WARP_MAX_DIM: usize = 128 * 16;
 const NORM_WARP_MIN_ROWS: usize = 1024;
 
-/// Whether RMSNorm over [`NORM_WARP_MIN_ROWS`] rows or more uses the warp-per-row kernel (not
-/// turned off by `S6_NORM_WARP=0`, read once; for measurements).
+/// Whether RMSNorm over [`NORM_WARP_MIN_ROWS`] rows or more uses the warp-per-row kernel
+/// (`S6_NORM_WARP=0` turns it off).
 fn norm_warp_enabled() -> bool {
-    static ON: OnceLock<bool> = OnceLock::new();
-    *ON.get_or_init(|| std::env::var("S6_NORM_WARP").map(|v| v.trim() != "0").unwrap_or(true))
+    static ON: Switch = Switch::new("S6_NORM_WARP", true);
+    ON.on()
 }
 
-/// Whether `S6_GEMV=0` turned the matrix-vector kernel off.
+/// Whether the matrix-vector kernel is on (`S6_GEMV=0` turns it off).
 fn gemv_enabled() -> bool {
-    static ON: OnceLock<bool> = OnceLock::new();
-    *ON.get_or_init(|| std::env::var("S6_GEMV").map(|v| v.trim() != "0").unwrap_or(true))
+    static ON: Switch = Switch::new("S6_GEMV", true);
+    ON.on()
 }
 
 /// The largest `d_state` the scan kernels hold in registers.
@@ -888,11 +922,10 @@ impl KernelArgs {
 }
 
 /// Whether kernels launch with programmatic dependent launch where the device has it (compute
-/// capability 9.0 and newer); `S6_PDL=0` turns it off, for side-by-side measurements. Read once
-/// per process.
+/// capability 9.0 and newer); `S6_PDL=0` turns it off, for side-by-side measurements.
 fn pdl_wanted() -> bool {
-    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *ON.get_or_init(|| std::env::var("S6_PDL").map(|v| v.trim() != "0").unwrap_or(true))
+    static ON: Switch = Switch::new("S6_PDL", true);
+    ON.on()
 }
 
 impl Cuda {
@@ -1555,7 +1588,31 @@ impl Backend for Cuda {
 
 #[cfg(test)]
 mod tests {
-    use super::KernelArgs;
+    use super::{KernelArgs, Switch};
+
+    /// A setting's environment variable: unset gives the default; "0" turns off one that is on by
+    /// default and nothing else does; "1" turns on one that is off; a setter wins over both.
+    #[test]
+    fn switches_read_their_variable_once_and_setters_win() {
+        let cases = [
+            ("S6_TEST_SWITCH_A", None, true, true),
+            ("S6_TEST_SWITCH_B", Some("0"), true, false),
+            ("S6_TEST_SWITCH_C", Some("yes"), true, true),
+            ("S6_TEST_SWITCH_D", None, false, false),
+            ("S6_TEST_SWITCH_E", Some(" 1 "), false, true),
+            ("S6_TEST_SWITCH_F", Some("true"), false, false),
+        ];
+        for (var, value, default, want) in cases {
+            if let Some(v) = value {
+                // SAFETY: a variable no other code reads, set before the only read of it.
+                unsafe { std::env::set_var(var, v) };
+            }
+            let s = Switch::new(var, default);
+            assert_eq!(s.on(), want, "{var}={value:?}, default {default}");
+            s.set(!want);
+            assert_eq!(s.on(), !want, "{var}: the setter");
+        }
+    }
 
     /// The kernel reads each parameter at its slot's address with the parameter's size: every
     /// value must be there, whatever its type, in push order.
