@@ -120,9 +120,8 @@ impl Cuda {
             // Decoding, few sequences: bound by latency, not bytes. One thread per channel spreads
             // the work over 4× more threads than float4 (130M batch 1 was 5% slower with the float4
             // tiles: 1,874 against 1,964 tok/s, H100).
-            (1, 4, _) if batch < conv_step_vec4_min_batch() => ("s6_conv_step_k4_vec1", 1, 1),
-            (1, 4, 4) => ("s6_conv_step_k4_vec4", 4, 1),
-            (1, 4, 1) => ("s6_conv_step_k4_vec1", 1, 1),
+            (1, 4, 4) if batch >= conv_step_vec4_min_batch() => ("s6_conv_step_k4_vec4", 4, 1),
+            (1, 4, _) => ("s6_conv_step_k4_vec1", 1, 1),
             (1, _, _) => (FWD_KERNELS[1][1], 1, CONV_STEPS),
             _ => (name, vec, CONV_STEPS),
         };
