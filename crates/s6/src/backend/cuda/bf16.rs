@@ -12,7 +12,8 @@
 //! - `linear` with at most [`GEMV_MAX_ROWS`] rows: `s6_gemv_bf16_r{rows}` (half the weight bytes
 //!   of the fp32 kernel; x is rounded to bf16 in registers, no cast launch); more rows, and
 //!   `linear_backward`: cuBLAS `GemmEx`, bf16 A and B, fp32 C, `CUBLAS_COMPUTE_32F` (or, opted
-//!   into, the tensor-core kernel of `mma.rs` for few columns or a short k).
+//!   into, the tensor-core kernel of `mma.rs` for few columns or a short k, and cuBLASLt with a
+//!   tuned algorithm, `lt.rs`, for `linear` of up to 256 rows).
 //!
 //! While a CUDA graph is being recorded nothing may be allocated: a shadow or scratch slot that
 //! would have to be created or grown then is an error (the decoder runs a step eagerly before it
