@@ -513,19 +513,27 @@ fn check_scan(g: &Cuda, r: &mut Rng, batch: usize, seqlen: usize, di: usize, n: 
 
 /// `gate`: with `z` (else `None`); `broadcast_bc`: `B` and `C` as one row for every step (`ld = 0`,
 /// the non-selective ablations).
-fn check_scan_with(
+fn check_scan_with(g: &Cuda, r: &mut Rng, dims: (usize, usize, usize, usize), gate: bool, broadcast_bc: bool) {
+    check_scan_decaying(g, r, dims, gate, broadcast_bc, false);
+}
+
+/// `slow`: small Δ and |A| (Δ 0.001–0.02, |A| 0.14–1.6), so that a state carries over hundreds
+/// of steps (with the default ranges it is forgotten within tens).
+fn check_scan_decaying(
     g: &Cuda,
     r: &mut Rng,
     (batch, seqlen, di, n): (usize, usize, usize, usize),
     gate: bool,
     broadcast_bc: bool,
+    slow: bool,
 ) {
     let rows = batch * seqlen;
     let xw = 3 + 2 * n; // x_proj's output: [δ (rank 3), B, C]
     let u = r.vec(rows * di, -2.0, 2.0);
-    let delta = r.vec(rows * di, -3.0, 1.0);
-    let delta_bias = r.vec(di, -2.0, 0.5);
-    let a: Vec<f32> = r.vec(di * n, -1.0, 3.0).iter().map(|v| -v.exp()).collect();
+    let delta = if slow { r.vec(rows * di, -5.0, -2.0) } else { r.vec(rows * di, -3.0, 1.0) };
+    let delta_bias = if slow { r.vec(di, -2.0, -2.0) } else { r.vec(di, -2.0, 0.5) };
+    let a_log = if slow { r.vec(di * n, -2.0, 0.5) } else { r.vec(di * n, -1.0, 3.0) };
+    let a: Vec<f32> = a_log.iter().map(|v| -v.exp()).collect();
     let xdbl = r.vec(rows * xw, -1.5, 1.5);
     let dskip = r.vec(di, -1.0, 1.0);
     let xz = r.vec(rows * 2 * di, -3.0, 3.0);
@@ -596,6 +604,25 @@ fn selective_scan_matches_cpu() {
 }
 
 #[test]
+fn selective_scan_segments_match_cpu() {
+    // Few channels: the d_state-16 scans cut the sequence into segments run side by side (the
+    // rule's choice, then 2, 3 and 7 forced), a state carrying across them (slow decay), segment
+    // lengths not multiples of the chunks and a last segment shorter than the others.
+    let Some(g) = gpu() else { return };
+    let mut r = Rng(11);
+    for forced in [None, Some(2), Some(3), Some(7)] {
+        s6::backend::cuda::set_scan_segments(forced);
+        for &(dims, gate) in
+            &[((2, 1000, 40, 16), true), ((1, 777, 33, 16), false), ((3, 321, 20, 16), true), ((1, 64, 17, 16), true)]
+        {
+            check_scan_decaying(&g, &mut r, dims, gate, false, true);
+        }
+        check_scan(&g, &mut r, 1, 900, 48, 16);
+    }
+    s6::backend::cuda::set_scan_segments(None);
+}
+
+#[test]
 fn selective_scan_n16_matches_cpu() {
     // N = 16 runs its own kernels (the vector scan: 16 channels per block and chunks of 64 steps
     // below 16,384 channels, 32 and 32 from there; `S6_SCAN_N16` forces one); N = 9..15 the
@@ -622,7 +649,7 @@ fn selective_scan_bf16_matches_cpu_and_the_fp32_kernel() {
     let mut r = Rng(8);
     let n = 16;
     for &(batch, seqlen, di, gate) in
-        &[(2, 150, 100, true), (1, 3, 1536, true), (3, 65, 48, false), (2, 45, 8193, true)]
+        &[(2, 150, 100, true), (1, 3, 1536, true), (3, 65, 48, false), (2, 45, 8193, true), (1, 1100, 24, true)]
     {
         let rows = batch * seqlen;
         let rounded = |v: Vec<f32>| v.into_iter().map(bf16_round).collect::<Vec<f32>>();

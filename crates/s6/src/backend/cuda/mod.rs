@@ -18,7 +18,7 @@
 //! in `train_ops.rs` (kernels in `kernels/train.cu`).
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 
 use cudarc::cublas::{result as blas_result, sys as blas_sys, CudaBlas};
@@ -90,6 +90,10 @@ const KERNELS: &[&str] = &[
     "s6_scan_n16_v4c16t64_b16",
     "s6_scan_n16_bf16_v4c32",
     "s6_scan_n16_bf16_v4c16t64",
+    "s6_scan_n16_seg_v4c32",
+    "s6_scan_n16_seg_v4c16t64",
+    "s6_scan_n16_seg_bf16_v4c32",
+    "s6_scan_n16_seg_bf16_v4c16t64",
     // scan_backward.cu
     "s6_scan_bwd_n4",
     "s6_scan_bwd_n8",
@@ -793,6 +797,33 @@ impl Cuda {
         &self.inner.arch
     }
 
+    /// The segments of a d_state-16 scan ([`scan_segment_count`]; the segment length a multiple
+    /// of 64 steps, whole chunks of both kernels) and their scratch.
+    pub(crate) fn scan_segments(&self, channels: usize, seqlen: usize) -> Result<ScanSegments> {
+        let wanted = scan_segment_count(channels, seqlen);
+        let len = seqlen.div_ceil(wanted).next_multiple_of(64).min(seqlen.max(1));
+        let count = seqlen.div_ceil(len).max(1);
+        let none = ScanSegments { count: 1, len: u32_of("seqlen", seqlen.max(1))?, h: 0, sum: 0, _scratch: None };
+        if count == 1 {
+            return Ok(none);
+        }
+        let entries = channels * (count - 1);
+        // Written whole by the first launch (every channel, segments 0..count-1) before the
+        // second reads it.
+        let scratch = self.scratch::<f32>(entries * 17)?;
+        let h = {
+            let (h, _sync) = scratch.device_ptr(self.stream());
+            h
+        };
+        Ok(ScanSegments {
+            count: u32_of("scan segments", count)?,
+            len: u32_of("scan segment length", len)?,
+            h,
+            sum: h + (entries * 16 * std::mem::size_of::<f32>()) as u64,
+            _scratch: Some(scratch),
+        })
+    }
+
     fn scan_kernel(n: usize, channels: usize) -> Result<(&'static str, u32, u32)> {
         // (kernel, lanes per channel, channels per block)
         let (name, split, cpb) = match n {
@@ -818,11 +849,14 @@ impl Cuda {
 
 /// The d_state-16 forward scan kernels of one block shape (kernels/scan.cu, second structure: 4
 /// lanes per channel, `4 · cpb` threads): the f32 entry, its variant that also writes y in bf16
-/// (bf16.rs: activation copies), and the entry with bf16 activations (scan_bf16.rs).
+/// (bf16.rs: activation copies), the entry with bf16 activations (scan_bf16.rs), and the two
+/// segments' first launches ([`ScanSegments`]: f32 and bf16 activations).
 pub(crate) struct ScanN16 {
     pub f32: &'static str,
     pub f32_with_copy: &'static str,
     pub bf16: &'static str,
+    pub seg_f32: &'static str,
+    pub seg_bf16: &'static str,
     /// Channels per block.
     pub cpb: u32,
 }
@@ -833,15 +867,66 @@ const SCAN_N16: [ScanN16; 2] = [
         f32: "s6_scan_n16_v4c32",
         f32_with_copy: "s6_scan_n16_v4c32_b16",
         bf16: "s6_scan_n16_bf16_v4c32",
+        seg_f32: "s6_scan_n16_seg_v4c32",
+        seg_bf16: "s6_scan_n16_seg_bf16_v4c32",
         cpb: 32,
     },
     ScanN16 {
         f32: "s6_scan_n16_v4c16t64",
         f32_with_copy: "s6_scan_n16_v4c16t64_b16",
         bf16: "s6_scan_n16_bf16_v4c16t64",
+        seg_f32: "s6_scan_n16_seg_v4c16t64",
+        seg_bf16: "s6_scan_n16_seg_bf16_v4c16t64",
         cpb: 16,
     },
 ];
+
+/// How a d_state-16 scan's sequence is cut into segments that run side by side (kernels/scan.cu,
+/// "Segments"): `count` segments of `len` steps (the last one shorter), and, with more than one,
+/// the scratch of the first launch (16 states and one ΣΔ per channel and segment but the last).
+pub(crate) struct ScanSegments {
+    pub count: u32,
+    pub len: u32,
+    pub h: u64,
+    pub sum: u64,
+    _scratch: Option<CudaSlice<f32>>,
+}
+
+/// Segments are wanted until channels · segments reaches this (the device then has enough warps
+/// to hide the scan's latencies) ...
+const SCAN_SEGMENT_TARGET: usize = 1 << 15;
+/// ... and are at least this many steps long (the first launch repeats most of a segment's work,
+/// so short ones cost more than the parallelism gives).
+const SCAN_SEGMENT_MIN_LEN: usize = 256;
+
+static SCAN_SEGMENTS_FORCED: AtomicUsize = AtomicUsize::new(usize::MAX);
+
+/// Forces the number of segments of the d_state-16 scans (`Some(1)`: never cut; `None`: back to
+/// `S6_SCAN_SEGMENTS` or the rule of [`scan_segment_count`]), for tests and measurements.
+pub fn set_scan_segments(count: Option<usize>) {
+    SCAN_SEGMENTS_FORCED.store(count.map_or(usize::MAX - 1, |c| c.max(1)), Ordering::Relaxed);
+}
+
+/// Segments for a d_state-16 scan of `channels` (batch · d_inner) over `seqlen` steps: enough
+/// for [`SCAN_SEGMENT_TARGET`] channel-segments, none shorter than [`SCAN_SEGMENT_MIN_LEN`];
+/// `S6_SCAN_SEGMENTS=N` (read once) or [`set_scan_segments`] force N (at most one per step).
+pub(crate) fn scan_segment_count(channels: usize, seqlen: usize) -> usize {
+    let forced = match SCAN_SEGMENTS_FORCED.load(Ordering::Relaxed) {
+        usize::MAX => {
+            let env = std::env::var("S6_SCAN_SEGMENTS").ok().and_then(|v| v.trim().parse::<usize>().ok());
+            let v = env.map_or(usize::MAX - 1, |c| c.max(1));
+            SCAN_SEGMENTS_FORCED.store(v, Ordering::Relaxed);
+            v
+        }
+        v => v,
+    };
+    let count = if forced != usize::MAX - 1 {
+        forced
+    } else {
+        SCAN_SEGMENT_TARGET.div_ceil(channels.max(1)).min(seqlen / SCAN_SEGMENT_MIN_LEN)
+    };
+    count.clamp(1, seqlen.max(1))
+}
 
 /// The d_state-16 scan kernels for `channels` = batch · d_inner: 32 channels per block from
 /// [`SCAN_WIDE_CHANNELS`] on, else 16 with longer chunks (more blocks where there are few).
@@ -1301,21 +1386,31 @@ impl Backend for Cuda {
         let yp = self.ptr_mut(y, 0, rows * di, "scan y")?;
         let (ldb, ldc, ldz) = (u32_of("ld B", args.b.ld)?, u32_of("ld C", args.c.ld)?, u32_of("ld z", ldz)?);
         let (l, dd, nn) = (u32_of("seqlen", seqlen)?, u32_of("d_inner", di)?, u32_of("d_state", n)?);
-        let cfg = LaunchConfig {
+        let mut cfg = LaunchConfig {
             grid_dim: (u32_of("blocks", di.div_ceil(cpb as usize))?, u32_of("batch", batch)?, 1),
             block_dim: (cpb * split, 1, 1),
             shared_mem_bytes: 0,
         };
-        // The d_state-16 kernels can also write y in bf16, out_proj's input (bf16.rs).
-        if n == 16 {
-            if let Some(y16) = self.act_bf16_target(y)? {
-                let name16 = scan_n16(batch * di).f32_with_copy;
-                launch!(self, self.func(name16)?, cfg, "selective_scan";
-                    u, dl, db, a, bm, ldb, cm, ldc, d, zp, ldz, sp, yp, y16, l, dd, nn);
-                return self.act_bf16_written(y, rows * di);
-            }
+        if n != 16 {
+            launch!(self, self.func(name)?, cfg, "selective_scan"; u, dl, db, a, bm, ldb, cm, ldc, d, zp, ldz, sp, yp, l, dd, nn);
+            return Ok(());
         }
-        launch!(self, self.func(name)?, cfg, "selective_scan"; u, dl, db, a, bm, ldb, cm, ldc, d, zp, ldz, sp, yp, l, dd, nn);
+        let k = scan_n16(batch * di);
+        let seg = self.scan_segments(batch * di, seqlen)?;
+        if seg.count > 1 {
+            cfg.grid_dim.2 = seg.count - 1;
+            launch!(self, self.func(k.seg_f32)?, cfg, "selective_scan segments";
+                u, dl, db, a, bm, ldb, cm, ldc, d, zp, ldz, sp, yp, seg.h, seg.sum, seg.len, l, dd, nn);
+            cfg.grid_dim.2 = seg.count;
+        }
+        // The d_state-16 kernels can also write y in bf16, out_proj's input (bf16.rs).
+        if let Some(y16) = self.act_bf16_target(y)? {
+            launch!(self, self.func(k.f32_with_copy)?, cfg, "selective_scan";
+                u, dl, db, a, bm, ldb, cm, ldc, d, zp, ldz, sp, yp, y16, seg.h, seg.sum, seg.len, l, dd, nn);
+            return self.act_bf16_written(y, rows * di);
+        }
+        launch!(self, self.func(k.f32)?, cfg, "selective_scan";
+            u, dl, db, a, bm, ldb, cm, ldc, d, zp, ldz, sp, yp, seg.h, seg.sum, seg.len, l, dd, nn);
         Ok(())
     }
 

@@ -117,12 +117,20 @@ impl Cuda {
         let k = super::scan_n16(batch * di);
         let (ldbc, ldz) = (u32_of("d_state", n)?, u32_of("d_inner", di)?);
         let (l, dd, nn) = (u32_of("seqlen", seqlen)?, u32_of("d_inner", di)?, u32_of("d_state", n)?);
-        let cfg = LaunchConfig {
+        let mut cfg = LaunchConfig {
             grid_dim: (u32_of("blocks", di.div_ceil(k.cpb as usize))?, u32_of("batch", batch)?, 1),
             block_dim: (4 * k.cpb, 1, 1),
             shared_mem_bytes: 0,
         };
-        launch!(self, self.func(k.bf16)?, cfg, "bf16 selective_scan"; u, dl, db, a, bm, ldbc, cm, ldbc, d, zp, ldz, sp, yp, l, dd, nn);
+        let seg = self.scan_segments(batch * di, seqlen)?;
+        if seg.count > 1 {
+            cfg.grid_dim.2 = seg.count - 1;
+            launch!(self, self.func(k.seg_bf16)?, cfg, "bf16 selective_scan segments";
+                u, dl, db, a, bm, ldbc, cm, ldbc, d, zp, ldz, sp, yp, seg.h, seg.sum, seg.len, l, dd, nn);
+            cfg.grid_dim.2 = seg.count;
+        }
+        launch!(self, self.func(k.bf16)?, cfg, "bf16 selective_scan";
+            u, dl, db, a, bm, ldbc, cm, ldbc, d, zp, ldz, sp, yp, seg.h, seg.sum, seg.len, l, dd, nn);
         Ok(())
     }
 }

@@ -171,15 +171,26 @@ __device__ __forceinline__ float s6_rcp_ftz(float x) {
     return y;
 }
 
-template <typename TI, int CPB, int T, bool W16>
+// Segments (session 13): with few channels (B·D) the kernel has too few warps to hide its
+// latencies, so the sequence can be cut into gridDim.z segments of seg_len steps, run side by side.
+// A first launch with LOCAL (s6_scan_n16_seg_*, segments 0..S-2) runs each segment's recurrence
+// from a zero state and writes its final state and the sum of its Δ (seg_h, seg_sum: one entry
+// of 16 + 1 floats per (channel, segment)); the main launch then starts segment s from
+//   h_s = exp(A·ΣΔ_{s-1}) h_{s-1} + hlocal_{s-1}   (h_0 = the state passed in),
+// folded over the segments before it (16 exps per segment and channel), and only the last
+// segment writes the final state. The linear recurrence makes this exact up to rounding: the
+// product of a segment's exp(Δ_t A) is exp(A ΣΔ_t). One segment (gridDim.z = 1, seg_len =
+// seqlen, null seg_h) is the plain scan.
+template <typename TI, int CPB, int T, bool W16, bool LOCAL>
 __device__ __forceinline__ void s6_scan_n16_vec_body(const TI* __restrict__ u, const TI* __restrict__ delta,
                                                      const float* __restrict__ delta_bias,
                                                      const float* __restrict__ a, const TI* __restrict__ bm,
                                                      unsigned int ldb, const TI* __restrict__ cm, unsigned int ldc,
                                                      const float* __restrict__ dskip, const TI* __restrict__ z,
                                                      unsigned int ldz, float* __restrict__ state, TI* __restrict__ y,
-                                                     unsigned short* __restrict__ y16, unsigned int seqlen,
-                                                     unsigned int dim) {
+                                                     unsigned short* __restrict__ y16, float* __restrict__ seg_h,
+                                                     float* __restrict__ seg_sum, unsigned int seg_len,
+                                                     unsigned int seqlen_total, unsigned int dim) {
     constexpr int N = 16, NPT = 4;
     constexpr int SPLIT = N / NPT;
     constexpr int NT = CPB * SPLIT;
@@ -198,7 +209,11 @@ __device__ __forceinline__ void s6_scan_n16_vec_body(const TI* __restrict__ u, c
     const unsigned int b = blockIdx.y;
     const unsigned int d0 = blockIdx.x * CPB;
     const bool active = d0 + ch < dim;
-    const unsigned long long row0 = (unsigned long long)b * seqlen;
+    // This block's segment: steps [t_first, t_first + seqlen) of the sequence.
+    const unsigned int seg = blockIdx.z, nseg = LOCAL ? gridDim.z + 1 : gridDim.z;
+    const unsigned int t_first = seg * seg_len;
+    const unsigned int seqlen = min(seg_len, seqlen_total - t_first);
+    const unsigned long long row0 = (unsigned long long)b * seqlen_total + t_first;
     // The channel this thread stages and stores (NT is a multiple of CPB).
     const int sc = tid % CPB;
     const unsigned int sd = d0 + sc;
@@ -217,10 +232,22 @@ __device__ __forceinline__ void s6_scan_n16_vec_body(const TI* __restrict__ u, c
         const float hs[NPT] = {hv.x, hv.y, hv.z, hv.w}, as[NPT] = {av.x, av.y, av.z, av.w};
 #pragma unroll
         for (int i = 0; i < NPT; i++) {
-            h[i] = active ? hs[i] : 0.0f;
+            h[i] = active && !LOCAL ? hs[i] : 0.0f;
             a2[i] = active ? as[i] * 1.4426950408889634f : 0.0f;
         }
     }
+    // Where this channel's segment entries are: (channel, segment) rows of 16 states / one sum.
+    const unsigned long long seg_row = ((unsigned long long)b * dim + d0 + ch) * (nseg - 1);
+    if (!LOCAL && active) {
+        for (unsigned int j = 0; j < seg; j++) {
+            const float sum = seg_sum[seg_row + j];
+            const float4 hl = *reinterpret_cast<const float4*>(seg_h + (seg_row + j) * N + part * NPT);
+            const float hls[NPT] = {hl.x, hl.y, hl.z, hl.w};
+#pragma unroll
+            for (int i = 0; i < NPT; i++) h[i] = fmaf(s6_ex2_ftz(sum * a2[i]), h[i], hls[i]);
+        }
+    }
+    float dt_sum = 0.0f;  // LOCAL: the segment's ΣΔ
 
     TI pu[E1], pd[E1], pz[E1], pb[E2], pc[E2];
     auto load = [&](unsigned int t0) {
@@ -235,7 +262,7 @@ __device__ __forceinline__ void s6_scan_n16_vec_body(const TI* __restrict__ u, c
                 const unsigned long long r = row0 + t0 + t;
                 pu[e] = u[r * dim + sd];
                 pd[e] = delta[r * dim + sd];
-                if (z != nullptr) pz[e] = z[r * ldz + sd];
+                if (!LOCAL && z != nullptr) pz[e] = z[r * ldz + sd];
             }
         }
 #pragma unroll
@@ -247,7 +274,7 @@ __device__ __forceinline__ void s6_scan_n16_vec_body(const TI* __restrict__ u, c
             if (t < tl) {
                 const unsigned long long r = row0 + t0 + t;
                 pb[e] = bm[r * ldb + s];
-                pc[e] = cm[r * ldc + s];
+                if (!LOCAL) pc[e] = cm[r * ldc + s];
             }
         }
     };
@@ -262,8 +289,10 @@ __device__ __forceinline__ void s6_scan_n16_vec_body(const TI* __restrict__ u, c
             const float x = S6Io<TI>::f(pd[e]) + bias_s, uv = S6Io<TI>::f(pu[e]), zv = S6Io<TI>::f(pz[e]);
             const float dt = x > 20.0f ? x : log1pf(s6_ex2_ftz(x * 1.4426950408889634f));
             s_dx[t][sc] = make_float2(dt, dt * uv);
-            s_u[t][sc] = uv;
-            s_g[t][sc] = z != nullptr ? zv * s6_rcp_ftz(1.0f + s6_ex2_ftz(-zv * 1.4426950408889634f)) : 1.0f;
+            if constexpr (!LOCAL) {
+                s_u[t][sc] = uv;
+                s_g[t][sc] = z != nullptr ? zv * s6_rcp_ftz(1.0f + s6_ex2_ftz(-zv * 1.4426950408889634f)) : 1.0f;
+            }
         }
 #pragma unroll
         for (int e = 0; e < E2; e++) {
@@ -271,63 +300,92 @@ __device__ __forceinline__ void s6_scan_n16_vec_body(const TI* __restrict__ u, c
             if (idx < T * N) {
                 const int t = idx / N, s = idx % N;
                 s_b[t][s] = S6Io<TI>::f(pb[e]);
-                s_c[t][s] = S6Io<TI>::f(pc[e]);
+                if constexpr (!LOCAL) s_c[t][s] = S6Io<TI>::f(pc[e]);
             }
         }
         __syncthreads();
         if (t0 + T < seqlen) load(t0 + T);
+        if constexpr (LOCAL) {
 #pragma unroll 4
-        for (int t = 0; t < tl; t++) {
-            const float2 dx = s_dx[t][ch];
-            const float4 bv = *reinterpret_cast<const float4*>(&s_b[t][part * NPT]);
-            const float4 cv = *reinterpret_cast<const float4*>(&s_c[t][part * NPT]);
-            const float bs[NPT] = {bv.x, bv.y, bv.z, bv.w}, cs[NPT] = {cv.x, cv.y, cv.z, cv.w};
-            float acc = 0.0f;
+            for (int t = 0; t < tl; t++) {
+                const float2 dx = s_dx[t][ch];
+                const float4 bv = *reinterpret_cast<const float4*>(&s_b[t][part * NPT]);
+                const float bs[NPT] = {bv.x, bv.y, bv.z, bv.w};
 #pragma unroll
-            for (int i = 0; i < NPT; i++) {
-                h[i] = fmaf(s6_ex2_ftz(dx.x * a2[i]), h[i], dx.y * bs[i]);
-                acc = fmaf(h[i], cs[i], acc);
+                for (int i = 0; i < NPT; i++) h[i] = fmaf(s6_ex2_ftz(dx.x * a2[i]), h[i], dx.y * bs[i]);
+                dt_sum += dx.x;
             }
-            s_part[t][ch][part] = acc;
-        }
-        __syncthreads();
-#pragma unroll
-        for (int e = 0; e < E1; e++) {
-            const int t = (tid + e * NT) / CPB;
-            if (t < tl && s_active) {
+        } else {
+#pragma unroll 4
+            for (int t = 0; t < tl; t++) {
+                const float2 dx = s_dx[t][ch];
+                const float4 bv = *reinterpret_cast<const float4*>(&s_b[t][part * NPT]);
+                const float4 cv = *reinterpret_cast<const float4*>(&s_c[t][part * NPT]);
+                const float bs[NPT] = {bv.x, bv.y, bv.z, bv.w}, cs[NPT] = {cv.x, cv.y, cv.z, cv.w};
                 float acc = 0.0f;
 #pragma unroll
-                for (int p = 0; p < SPLIT; p++) acc += s_part[t][sc][p];
-                const float yv = fmaf(dsk_s, s_u[t][sc], acc) * s_g[t][sc];
-                y[(row0 + t0 + t) * dim + sd] = S6Io<TI>::of(yv);
-                if constexpr (W16) y16[(row0 + t0 + t) * dim + sd] = s6_f32_to_bf16(yv);
+                for (int i = 0; i < NPT; i++) {
+                    h[i] = fmaf(s6_ex2_ftz(dx.x * a2[i]), h[i], dx.y * bs[i]);
+                    acc = fmaf(h[i], cs[i], acc);
+                }
+                s_part[t][ch][part] = acc;
+            }
+            __syncthreads();
+#pragma unroll
+            for (int e = 0; e < E1; e++) {
+                const int t = (tid + e * NT) / CPB;
+                if (t < tl && s_active) {
+                    float acc = 0.0f;
+#pragma unroll
+                    for (int p = 0; p < SPLIT; p++) acc += s_part[t][sc][p];
+                    const float yv = fmaf(dsk_s, s_u[t][sc], acc) * s_g[t][sc];
+                    y[(row0 + t0 + t) * dim + sd] = S6Io<TI>::of(yv);
+                    if constexpr (W16) y16[(row0 + t0 + t) * dim + sd] = s6_f32_to_bf16(yv);
+                }
             }
         }
     }
-    if (active) *reinterpret_cast<float4*>(hp) = make_float4(h[0], h[1], h[2], h[3]);
+    if (LOCAL) {
+        if (active) {
+            *reinterpret_cast<float4*>(seg_h + (seg_row + seg) * N + part * NPT) = make_float4(h[0], h[1], h[2], h[3]);
+            if (part == 0) seg_sum[seg_row + seg] = dt_sum;
+        }
+    } else if (active && seg + 1 == nseg) {
+        *reinterpret_cast<float4*>(hp) = make_float4(h[0], h[1], h[2], h[3]);
+    }
 }
 
-// Entries: grid (ceil(dim / CPB), batch), block 4 * CPB threads. NAME takes TI activations; the
-// f32 NAME_b16 also writes y rounded to bf16 into y16 (the input of a bf16 product: cuda/bf16.rs).
+// Entries: grid (ceil(dim / CPB), batch, segments), block 4 * CPB threads. NAME takes TI
+// activations; the f32 NAME_b16 also writes y rounded to bf16 into y16 (the input of a bf16
+// product: cuda/bf16.rs); s6_scan_n16_seg_* are the LOCAL launches for segments 0..S-2 (grid z =
+// S - 1), which write only seg_h and seg_sum.
 #define S6_SCAN_VEC_PARAMS(TI)                                                                                  \
     const TI *__restrict__ u, const TI *__restrict__ delta, const float *__restrict__ delta_bias,               \
         const float *__restrict__ a, const TI *__restrict__ bm, unsigned int ldb, const TI *__restrict__ cm,     \
         unsigned int ldc, const float *__restrict__ dskip, const TI *__restrict__ z, unsigned int ldz,            \
         float *__restrict__ state, TI *__restrict__ y
+#define S6_SCAN_SEG_PARAMS float *__restrict__ seg_h, float *__restrict__ seg_sum, unsigned int seg_len
 #define S6_SCAN_KERNEL_VEC(NAME, TI, CPB, T)                                                                       \
-    extern "C" __global__ void __launch_bounds__(CPB * 4)                                                         \
-        NAME(S6_SCAN_VEC_PARAMS(TI), unsigned int seqlen, unsigned int dim, unsigned int n) {                      \
+    extern "C" __global__ void __launch_bounds__(CPB * 4) NAME(                                                    \
+        S6_SCAN_VEC_PARAMS(TI), S6_SCAN_SEG_PARAMS, unsigned int seqlen, unsigned int dim, unsigned int n) {       \
         S6_PDL_ENTRY();                                                                                            \
-        s6_scan_n16_vec_body<TI, CPB, T, false>(u, delta, delta_bias, a, bm, ldb, cm, ldc, dskip, z, ldz, state,   \
-                                                y, nullptr, seqlen, dim);                                          \
+        s6_scan_n16_vec_body<TI, CPB, T, false, false>(u, delta, delta_bias, a, bm, ldb, cm, ldc, dskip, z, ldz,   \
+                                                       state, y, nullptr, seg_h, seg_sum, seg_len, seqlen, dim);   \
     }
 #define S6_SCAN_KERNEL_VEC_B16(NAME, CPB, T)                                                                       \
     extern "C" __global__ void __launch_bounds__(CPB * 4) NAME(                                                    \
-        S6_SCAN_VEC_PARAMS(float), unsigned short* __restrict__ y16, unsigned int seqlen, unsigned int dim,        \
-        unsigned int n) {                                                                                          \
+        S6_SCAN_VEC_PARAMS(float), unsigned short* __restrict__ y16, S6_SCAN_SEG_PARAMS, unsigned int seqlen,       \
+        unsigned int dim, unsigned int n) {                                                                        \
         S6_PDL_ENTRY();                                                                                            \
-        s6_scan_n16_vec_body<float, CPB, T, true>(u, delta, delta_bias, a, bm, ldb, cm, ldc, dskip, z, ldz, state, \
-                                                  y, y16, seqlen, dim);                                            \
+        s6_scan_n16_vec_body<float, CPB, T, true, false>(u, delta, delta_bias, a, bm, ldb, cm, ldc, dskip, z, ldz, \
+                                                         state, y, y16, seg_h, seg_sum, seg_len, seqlen, dim);     \
+    }
+#define S6_SCAN_KERNEL_VEC_SEG(NAME, TI, CPB, T)                                                                   \
+    extern "C" __global__ void __launch_bounds__(CPB * 4) NAME(                                                    \
+        S6_SCAN_VEC_PARAMS(TI), S6_SCAN_SEG_PARAMS, unsigned int seqlen, unsigned int dim, unsigned int n) {       \
+        S6_PDL_ENTRY();                                                                                            \
+        s6_scan_n16_vec_body<TI, CPB, T, false, true>(u, delta, delta_bias, a, bm, ldb, cm, ldc, dskip, z, ldz,    \
+                                                      state, y, nullptr, seg_h, seg_sum, seg_len, seqlen, dim);    \
     }
 
 // The two kept of the variants measured side by side on an H100 (docs/BENCHMARKS.md, session 10;
@@ -342,3 +400,7 @@ S6_SCAN_KERNEL_VEC_B16(s6_scan_n16_v4c32_b16, 32, 32)
 S6_SCAN_KERNEL_VEC_B16(s6_scan_n16_v4c16t64_b16, 16, 64)
 S6_SCAN_KERNEL_VEC(s6_scan_n16_bf16_v4c32, unsigned short, 32, 32)
 S6_SCAN_KERNEL_VEC(s6_scan_n16_bf16_v4c16t64, unsigned short, 16, 64)
+S6_SCAN_KERNEL_VEC_SEG(s6_scan_n16_seg_v4c32, float, 32, 32)
+S6_SCAN_KERNEL_VEC_SEG(s6_scan_n16_seg_v4c16t64, float, 16, 64)
+S6_SCAN_KERNEL_VEC_SEG(s6_scan_n16_seg_bf16_v4c32, unsigned short, 32, 32)
+S6_SCAN_KERNEL_VEC_SEG(s6_scan_n16_seg_bf16_v4c16t64, unsigned short, 16, 64)
