@@ -18,7 +18,7 @@
 //! in `train_ops.rs` (kernels in `kernels/train.cu`).
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 
 use cudarc::cublas::{result as blas_result, sys as blas_sys, CudaBlas};
@@ -85,15 +85,30 @@ const KERNELS: &[&str] = &[
     "s6_scan_n32",
     "s6_scan_n64",
     "s6_scan_n16_v4c32",
-    "s6_scan_n16_v4c16t64",
     "s6_scan_n16_v4c32_b16",
-    "s6_scan_n16_v4c16t64_b16",
     "s6_scan_n16_bf16_v4c32",
-    "s6_scan_n16_bf16_v4c16t64",
     "s6_scan_n16_seg_v4c32",
-    "s6_scan_n16_seg_v4c16t64",
     "s6_scan_n16_seg_bf16_v4c32",
+    "s6_scan_n16_v4c16t64",
+    "s6_scan_n16_v4c16t64_b16",
+    "s6_scan_n16_bf16_v4c16t64",
+    "s6_scan_n16_seg_v4c16t64",
     "s6_scan_n16_seg_bf16_v4c16t64",
+    "s6_scan_n16_v4c32t16",
+    "s6_scan_n16_v4c32t16_b16",
+    "s6_scan_n16_bf16_v4c32t16",
+    "s6_scan_n16_seg_v4c32t16",
+    "s6_scan_n16_seg_bf16_v4c32t16",
+    "s6_scan_n16_v4c16t32",
+    "s6_scan_n16_v4c16t32_b16",
+    "s6_scan_n16_bf16_v4c16t32",
+    "s6_scan_n16_seg_v4c16t32",
+    "s6_scan_n16_seg_bf16_v4c16t32",
+    "s6_scan_n16_v4c64t16",
+    "s6_scan_n16_v4c64t16_b16",
+    "s6_scan_n16_bf16_v4c64t16",
+    "s6_scan_n16_seg_v4c64t16",
+    "s6_scan_n16_seg_bf16_v4c64t16",
     // scan_backward.cu
     "s6_scan_bwd_n4",
     "s6_scan_bwd_n8",
@@ -408,7 +423,8 @@ fn compute_code(c: Compute) -> u8 {
 const BLAS_WORKSPACE_BYTES: usize = 32 << 20;
 
 /// PTX of one set of kernel sources (`what` names it in errors and keys the cache) for one
-/// architecture ("sm_90"), compiled by NVRTC once per process.
+/// architecture ("sm_90"), compiled by NVRTC once per process, and kept on disk between
+/// processes ([`kernel_cache_dir`]): compiling every kernel takes seconds, every process.
 fn compile_cached(what: &'static str, source: &str, arch: &str) -> Result<String> {
     static CACHE: OnceLock<Mutex<HashMap<(&'static str, String), String>>> = OnceLock::new();
     let cache = CACHE.get_or_init(|| Mutex::new(HashMap::new()));
@@ -416,20 +432,81 @@ fn compile_cached(what: &'static str, source: &str, arch: &str) -> Result<String
     if let Some(p) = map.get(&(what, arch.to_string())) {
         return Ok(p.clone());
     }
+    let defines = kernel_defines();
+    // The file's name is a hash of everything the PTX depends on: the sources, the options, the
+    // architecture and NVRTC's version (a new toolkit may compile differently).
+    let nvrtc_version = {
+        let (mut major, mut minor) = (0, 0);
+        // SAFETY: writes two ints; NVRTC is loaded (the caller checked it is present).
+        unsafe { cudarc::nvrtc::sys::nvrtcVersion(&mut major, &mut minor) };
+        format!("{major}.{minor}")
+    };
+    let key = fnv1a64([source, &defines.join(" "), arch, &nvrtc_version, env!("CARGO_PKG_VERSION")]);
+    let file = if COMPILE_CHECK.load(Ordering::Relaxed) { None } else { kernel_cache_dir() }
+        .map(|d| d.join(format!("{arch}-{key:016x}.ptx")));
+    if let Some(src) = file.as_ref().and_then(|f| std::fs::read_to_string(f).ok()) {
+        if src.contains(".entry") {
+            map.insert((what, arch.to_string()), src.clone());
+            return Ok(src);
+        }
+    }
     // NVRTC wants a &'static str for the architecture; one leak per compilation and process.
     let arch_static: &'static str = Box::leak(arch.to_string().into_boxed_str());
-    let opts = CompileOptions { arch: Some(arch_static), options: kernel_defines(), ..Default::default() };
+    let opts = CompileOptions { arch: Some(arch_static), options: defines, ..Default::default() };
     let ptx = compile_ptx_with_opts(source, opts)
         .map_err(|e| Error::Backend(format!("NVRTC could not compile {what} for {arch}: {e}")))?;
     let src = ptx.to_src();
+    if let Some(f) = &file {
+        // Best effort, written whole then renamed (a reader never sees half a file); a cache that
+        // cannot be written only costs the next process a compilation.
+        let tmp = f.with_extension(format!("tmp{}", std::process::id()));
+        let written = f.parent().is_some_and(|d| std::fs::create_dir_all(d).is_ok())
+            && std::fs::write(&tmp, &src).is_ok()
+            && std::fs::rename(&tmp, f).is_ok();
+        if !written {
+            let _ = std::fs::remove_file(&tmp);
+        }
+    }
     map.insert((what, arch.to_string()), src.clone());
     Ok(src)
 }
 
-/// Compile-time settings of the small-batch GEMV (`kernels/gemv.cu`) from the environment, for
-/// measurements: `S6_GEMV_BATCH` (1 to 8 weight vectors in flight per lane at batch 1; default
-/// 1), `S6_GEMV_NC1` ([`gemv_nc1`]) and `S6_GEMV_NC24` ([`gemv_nc24`]). Read once per process,
-/// like the kernels' compilation.
+/// Set by [`compile_all_kernels`], which checks the compiler's work: no cached PTX then.
+static COMPILE_CHECK: AtomicBool = AtomicBool::new(false);
+
+/// Where compiled kernels are kept between processes: `S6_KERNEL_CACHE` (a directory; empty or
+/// `0` turns the cache off), else `$XDG_CACHE_HOME/s6/kernels`, else `~/.cache/s6/kernels`.
+fn kernel_cache_dir() -> Option<std::path::PathBuf> {
+    use std::path::PathBuf;
+    match std::env::var_os("S6_KERNEL_CACHE") {
+        Some(v) if v.is_empty() || v == "0" => None,
+        Some(v) => Some(PathBuf::from(v)),
+        None => std::env::var_os("XDG_CACHE_HOME")
+            .filter(|v| !v.is_empty())
+            .map(PathBuf::from)
+            .or_else(|| std::env::var_os("HOME").filter(|v| !v.is_empty()).map(|h| PathBuf::from(h).join(".cache")))
+            .map(|c| c.join("s6").join("kernels")),
+    }
+}
+
+/// FNV-1a over the parts (each followed by a 0 byte, so that the split between parts counts):
+/// stable across builds and platforms, unlike std's hasher.
+fn fnv1a64<'a>(parts: impl IntoIterator<Item = &'a str>) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for part in parts {
+        for &byte in part.as_bytes().iter().chain(&[0u8]) {
+            h = (h ^ u64::from(byte)).wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+    h
+}
+
+/// Compile-time settings from the environment, for measurements: of the small-batch GEMV
+/// (`kernels/gemv.cu`), `S6_GEMV_BATCH` (1 to 8 weight vectors in flight per lane at batch 1;
+/// default 1), `S6_GEMV_NC1` ([`gemv_nc1`]) and `S6_GEMV_NC24` ([`gemv_nc24`]); of the
+/// d_state-16 scans (`kernels/scan.cu`), `S6_SCAN_WARPS` (warps per SM the compiler must fit
+/// through the registers; unset: its choice). Read once per process, like the kernels'
+/// compilation.
 fn kernel_defines() -> Vec<String> {
     let mut defs = Vec::new();
     if let Some(n @ 1..=8) = std::env::var("S6_GEMV_BATCH").ok().and_then(|v| v.trim().parse::<u32>().ok()) {
@@ -437,6 +514,9 @@ fn kernel_defines() -> Vec<String> {
     }
     defs.push(format!("-DS6_GEMV_NC1={}", gemv_nc1()));
     defs.push(format!("-DS6_GEMV_NC24={}", gemv_nc24()));
+    if let Some(w @ 1..=64) = std::env::var("S6_SCAN_WARPS").ok().and_then(|v| v.trim().parse::<u32>().ok()) {
+        defs.push(format!("-DS6_SCAN_WARPS={w}"));
+    }
     defs
 }
 
@@ -474,6 +554,7 @@ pub fn compile_all_kernels(arch: &str) -> Result<()> {
     if !unsafe { cudarc::nvrtc::sys::is_culib_present() } {
         return Err(Error::Backend("NVRTC (libnvrtc.so) cannot be loaded".into()));
     }
+    COMPILE_CHECK.store(true, Ordering::Relaxed);
     let ptx = ptx_for(arch)?;
     let sample = decode::sample_ptx(arch)?;
     // Every kernel the backend loads by name is an entry of the module it loads it from.
@@ -852,6 +933,8 @@ impl Cuda {
 /// (bf16.rs: activation copies), the entry with bf16 activations (scan_bf16.rs), and the two
 /// segments' first launches ([`ScanSegments`]: f32 and bf16 activations).
 pub(crate) struct ScanN16 {
+    /// The shape's name (`S6_SCAN_N16`).
+    pub name: &'static str,
     pub f32: &'static str,
     pub f32_with_copy: &'static str,
     pub bf16: &'static str,
@@ -861,9 +944,12 @@ pub(crate) struct ScanN16 {
     pub cpb: u32,
 }
 
-/// 32 channels per block and chunks of 32 steps; 16 per block and chunks of 64.
-const SCAN_N16: [ScanN16; 2] = [
+/// 32 channels per block and chunks of 32 steps; 16 per block and chunks of 64; then the shapes
+/// measured in session 13 (chunks of 16 or 32; 64 channels per block), reachable through
+/// `S6_SCAN_N16`.
+const SCAN_N16: [ScanN16; 5] = [
     ScanN16 {
+        name: "v4c32",
         f32: "s6_scan_n16_v4c32",
         f32_with_copy: "s6_scan_n16_v4c32_b16",
         bf16: "s6_scan_n16_bf16_v4c32",
@@ -872,12 +958,40 @@ const SCAN_N16: [ScanN16; 2] = [
         cpb: 32,
     },
     ScanN16 {
+        name: "v4c16t64",
         f32: "s6_scan_n16_v4c16t64",
         f32_with_copy: "s6_scan_n16_v4c16t64_b16",
         bf16: "s6_scan_n16_bf16_v4c16t64",
         seg_f32: "s6_scan_n16_seg_v4c16t64",
         seg_bf16: "s6_scan_n16_seg_bf16_v4c16t64",
         cpb: 16,
+    },
+    ScanN16 {
+        name: "v4c32t16",
+        f32: "s6_scan_n16_v4c32t16",
+        f32_with_copy: "s6_scan_n16_v4c32t16_b16",
+        bf16: "s6_scan_n16_bf16_v4c32t16",
+        seg_f32: "s6_scan_n16_seg_v4c32t16",
+        seg_bf16: "s6_scan_n16_seg_bf16_v4c32t16",
+        cpb: 32,
+    },
+    ScanN16 {
+        name: "v4c16t32",
+        f32: "s6_scan_n16_v4c16t32",
+        f32_with_copy: "s6_scan_n16_v4c16t32_b16",
+        bf16: "s6_scan_n16_bf16_v4c16t32",
+        seg_f32: "s6_scan_n16_seg_v4c16t32",
+        seg_bf16: "s6_scan_n16_seg_bf16_v4c16t32",
+        cpb: 16,
+    },
+    ScanN16 {
+        name: "v4c64t16",
+        f32: "s6_scan_n16_v4c64t16",
+        f32_with_copy: "s6_scan_n16_v4c64t16_b16",
+        bf16: "s6_scan_n16_bf16_v4c64t16",
+        seg_f32: "s6_scan_n16_seg_v4c64t16",
+        seg_bf16: "s6_scan_n16_seg_bf16_v4c64t16",
+        cpb: 64,
     },
 ];
 
@@ -930,14 +1044,13 @@ pub(crate) fn scan_segment_count(channels: usize, seqlen: usize) -> usize {
 
 /// The d_state-16 scan kernels for `channels` = batch · d_inner: 32 channels per block from
 /// [`SCAN_WIDE_CHANNELS`] on, else 16 with longer chunks (more blocks where there are few).
-/// `S6_SCAN_N16=v4c32|v4c16t64` forces one for every size, for measurements (read once per
+/// `S6_SCAN_N16=NAME` (a [`ScanN16::name`]) forces one for every size, for measurements (read once per
 /// process).
 pub(crate) fn scan_n16(channels: usize) -> &'static ScanN16 {
     static FORCED: OnceLock<Option<usize>> = OnceLock::new();
-    let forced = FORCED.get_or_init(|| match std::env::var("S6_SCAN_N16").as_deref().map(str::trim) {
-        Ok("v4c32") => Some(0),
-        Ok("v4c16t64") => Some(1),
-        _ => None,
+    let forced = FORCED.get_or_init(|| {
+        let v = std::env::var("S6_SCAN_N16").ok()?;
+        SCAN_N16.iter().position(|k| k.name == v.trim())
     });
     let by_size = if channels >= SCAN_WIDE_CHANNELS { 0 } else { 1 };
     &SCAN_N16[forced.unwrap_or(by_size)]

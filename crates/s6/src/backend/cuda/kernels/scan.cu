@@ -365,28 +365,37 @@ __device__ __forceinline__ void s6_scan_n16_vec_body(const TI* __restrict__ u, c
         unsigned int ldc, const float *__restrict__ dskip, const TI *__restrict__ z, unsigned int ldz,            \
         float *__restrict__ state, TI *__restrict__ y
 #define S6_SCAN_SEG_PARAMS float *__restrict__ seg_h, float *__restrict__ seg_sum, unsigned int seg_len
-#define S6_SCAN_KERNEL_VEC(NAME, TI, CPB, T)                                                                       \
-    extern "C" __global__ void __launch_bounds__(CPB * 4) NAME(                                                    \
+// S6_SCAN_WARPS (a compile-time setting, from the environment variable of that name, for
+// measurements) asks the compiler to fit that many warps per SM through the registers
+// (__launch_bounds__'s second argument); unset, it chooses freely.
+#ifdef S6_SCAN_WARPS
+#define S6_SCAN_BOUNDS(THREADS) __launch_bounds__(THREADS, (S6_SCAN_WARPS * 32 + THREADS - 1) / THREADS)
+#else
+#define S6_SCAN_BOUNDS(THREADS) __launch_bounds__(THREADS)
+#endif
+#define S6_SCAN_KERNEL_VEC(NAME, TI, CPB, T, LOCAL)                                                                \
+    extern "C" __global__ void S6_SCAN_BOUNDS(CPB * 4) NAME(                                                       \
         S6_SCAN_VEC_PARAMS(TI), S6_SCAN_SEG_PARAMS, unsigned int seqlen, unsigned int dim, unsigned int n) {       \
         S6_PDL_ENTRY();                                                                                            \
-        s6_scan_n16_vec_body<TI, CPB, T, false, false>(u, delta, delta_bias, a, bm, ldb, cm, ldc, dskip, z, ldz,   \
+        s6_scan_n16_vec_body<TI, CPB, T, false, LOCAL>(u, delta, delta_bias, a, bm, ldb, cm, ldc, dskip, z, ldz,   \
                                                        state, y, nullptr, seg_h, seg_sum, seg_len, seqlen, dim);   \
     }
 #define S6_SCAN_KERNEL_VEC_B16(NAME, CPB, T)                                                                       \
-    extern "C" __global__ void __launch_bounds__(CPB * 4) NAME(                                                    \
+    extern "C" __global__ void S6_SCAN_BOUNDS(CPB * 4) NAME(                                                       \
         S6_SCAN_VEC_PARAMS(float), unsigned short* __restrict__ y16, S6_SCAN_SEG_PARAMS, unsigned int seqlen,       \
         unsigned int dim, unsigned int n) {                                                                        \
         S6_PDL_ENTRY();                                                                                            \
         s6_scan_n16_vec_body<float, CPB, T, true, false>(u, delta, delta_bias, a, bm, ldb, cm, ldc, dskip, z, ldz, \
                                                          state, y, y16, seg_h, seg_sum, seg_len, seqlen, dim);     \
     }
-#define S6_SCAN_KERNEL_VEC_SEG(NAME, TI, CPB, T)                                                                   \
-    extern "C" __global__ void __launch_bounds__(CPB * 4) NAME(                                                    \
-        S6_SCAN_VEC_PARAMS(TI), S6_SCAN_SEG_PARAMS, unsigned int seqlen, unsigned int dim, unsigned int n) {       \
-        S6_PDL_ENTRY();                                                                                            \
-        s6_scan_n16_vec_body<TI, CPB, T, false, true>(u, delta, delta_bias, a, bm, ldb, cm, ldc, dskip, z, ldz,    \
-                                                      state, y, nullptr, seg_h, seg_sum, seg_len, seqlen, dim);    \
-    }
+// The five entries of one block shape (cuda/mod.rs, ScanN16): f32, f32 with a bf16 copy of y,
+// bf16 activations, and the segments' first launches for f32 and bf16.
+#define S6_SCAN_N16_SHAPE(SUFFIX, CPB, T)                                               \
+    S6_SCAN_KERNEL_VEC(s6_scan_n16_##SUFFIX, float, CPB, T, false)                      \
+    S6_SCAN_KERNEL_VEC_B16(s6_scan_n16_##SUFFIX##_b16, CPB, T)                          \
+    S6_SCAN_KERNEL_VEC(s6_scan_n16_bf16_##SUFFIX, unsigned short, CPB, T, false)        \
+    S6_SCAN_KERNEL_VEC(s6_scan_n16_seg_##SUFFIX, float, CPB, T, true)                   \
+    S6_SCAN_KERNEL_VEC(s6_scan_n16_seg_bf16_##SUFFIX, unsigned short, CPB, T, true)
 
 // The two kept of the variants measured side by side on an H100 (docs/BENCHMARKS.md, session 10;
 // ms at L = 2048 for B·D = 4·2048 / 16·1536 / 128·4096 channels): 32 channels per block, chunks
@@ -394,13 +403,10 @@ __device__ __forceinline__ void s6_scan_n16_vec_body(const TI* __restrict__ u, c
 // 16.5). Measured and dropped: 16 per block with chunks of 32 (0.296 / - / 12.1), the time loop
 // unrolled 8 (0.296), 2 states per lane (0.389 / - / 13.4); the kernel they replaced (8 lanes of 2
 // states, scalar shared-memory reads, pipe8x): 0.400 / 0.803 / 15.4.
-S6_SCAN_KERNEL_VEC(s6_scan_n16_v4c32, float, 32, 32)
-S6_SCAN_KERNEL_VEC(s6_scan_n16_v4c16t64, float, 16, 64)
-S6_SCAN_KERNEL_VEC_B16(s6_scan_n16_v4c32_b16, 32, 32)
-S6_SCAN_KERNEL_VEC_B16(s6_scan_n16_v4c16t64_b16, 16, 64)
-S6_SCAN_KERNEL_VEC(s6_scan_n16_bf16_v4c32, unsigned short, 32, 32)
-S6_SCAN_KERNEL_VEC(s6_scan_n16_bf16_v4c16t64, unsigned short, 16, 64)
-S6_SCAN_KERNEL_VEC_SEG(s6_scan_n16_seg_v4c32, float, 32, 32)
-S6_SCAN_KERNEL_VEC_SEG(s6_scan_n16_seg_v4c16t64, float, 16, 64)
-S6_SCAN_KERNEL_VEC_SEG(s6_scan_n16_seg_bf16_v4c32, unsigned short, 32, 32)
-S6_SCAN_KERNEL_VEC_SEG(s6_scan_n16_seg_bf16_v4c16t64, unsigned short, 16, 64)
+S6_SCAN_N16_SHAPE(v4c32, 32, 32)
+S6_SCAN_N16_SHAPE(v4c16t64, 16, 64)
+// Session 13, for measurements: shorter chunks (less shared memory and fewer registers per block,
+// so more warps per SM) and 64 channels per block.
+S6_SCAN_N16_SHAPE(v4c32t16, 32, 16)
+S6_SCAN_N16_SHAPE(v4c16t32, 16, 32)
+S6_SCAN_N16_SHAPE(v4c64t16, 64, 16)
