@@ -15,7 +15,7 @@ grep -E "test result" /tmp/t1b.log; grep -E "FAILED|panicked" -A8 /tmp/t1b.log |
 timeout 150 dev-out/test-cuda_train --test-threads=1 > /tmp/t2.log 2>&1; echo "test-cuda_train exit $?"
 grep -E "test result" /tmp/t2.log; grep -E "FAILED|panicked" -A8 /tmp/t2.log | head -20
 date -u
-b() { /usr/bin/time -f "(%es)" dev-out/s6 bench scan --device cuda "$@" 2>&1 | grep -E "^scan|s\)" | sed 's/  */ /g'; }
+b() { local t0=$(date +%s%N); dev-out/s6 bench scan --device cuda "$@" 2>&1 | grep -E "^scan" | sed 's/  */ /g'; echo "  ($(( ($(date +%s%N) - t0) / 1000000 )) ms)"; }
 for shape in v4c32 v4c16t64 v4c32t16 v4c16t32 v4c64t16; do
   for seg in 1 4; do
     echo "== $shape segments $seg"
