@@ -606,8 +606,9 @@ fn selective_scan_matches_cpu() {
 #[test]
 fn selective_scan_segments_match_cpu() {
     // Few channels: the d_state-16 scans cut the sequence into segments run side by side (the
-    // rule's choice, then 2, 3 and 7 forced), a state carrying across them (slow decay), segment
-    // lengths not multiples of the chunks and a last segment shorter than the others.
+    // rule's choice, 1 or 2 here, then 2, 3 and 7 forced), a state carrying across them (slow
+    // decay), segment lengths not multiples of the chunks and a last segment shorter than the
+    // others.
     let Some(g) = gpu() else { return };
     let mut r = Rng(11);
     for forced in [None, Some(2), Some(3), Some(7)] {

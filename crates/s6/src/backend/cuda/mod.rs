@@ -389,6 +389,8 @@ struct Inner {
     ce_shared_bytes: usize,
     name: String,
     arch: String,
+    /// Streaming multiprocessors (the scan's segments fill them: [`scan_segment_count`]).
+    sm_count: usize,
     /// The sampling kernel, compiled on first use (`decode.rs`).
     decode: decode::DecodeSlot,
     /// cuBLAS's workspace, ours so that cuBLAS never allocates while a graph is recorded.
@@ -683,6 +685,10 @@ impl Cuda {
             .attribute(cudarc::driver::sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_L2_CACHE_SIZE)
             .map_err(driver_err("L2 cache size"))?
             .max(0) as usize;
+        let sm_count = ctx
+            .attribute(cudarc::driver::sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)
+            .map_err(driver_err("multiprocessor count"))?
+            .max(1) as usize;
         Ok(Cuda {
             inner: Arc::new(Inner {
                 ctx,
@@ -692,6 +698,7 @@ impl Cuda {
                 ce_shared_bytes,
                 name,
                 arch,
+                sm_count,
                 decode,
                 blas_workspace,
                 lt: Mutex::new(None),
@@ -878,10 +885,12 @@ impl Cuda {
         &self.inner.arch
     }
 
-    /// The segments of a d_state-16 scan ([`scan_segment_count`]; the segment length a multiple
-    /// of 64 steps, whole chunks of both kernels) and their scratch.
-    pub(crate) fn scan_segments(&self, channels: usize, seqlen: usize) -> Result<ScanSegments> {
-        let wanted = scan_segment_count(channels, seqlen);
+    /// The segments of a d_state-16 scan with the kernels `k` ([`scan_segment_count`]; the
+    /// segment length a multiple of 64 steps, whole chunks of every block shape) and their
+    /// scratch.
+    pub(crate) fn scan_segments(&self, k: &ScanN16, batch: usize, di: usize, seqlen: usize) -> Result<ScanSegments> {
+        let channels = batch * di;
+        let wanted = scan_segment_count(batch * di.div_ceil(k.cpb as usize), seqlen, self.inner.sm_count);
         let len = seqlen.div_ceil(wanted).next_multiple_of(64).min(seqlen.max(1));
         let count = seqlen.div_ceil(len).max(1);
         let none = ScanSegments { count: 1, len: u32_of("seqlen", seqlen.max(1))?, h: 0, sum: 0, _scratch: None };
@@ -1006,12 +1015,9 @@ pub(crate) struct ScanSegments {
     _scratch: Option<CudaSlice<f32>>,
 }
 
-/// Segments are wanted until channels · segments reaches this (the device then has enough warps
-/// to hide the scan's latencies) ...
-const SCAN_SEGMENT_TARGET: usize = 1 << 15;
-/// ... and are at least this many steps long (the first launch repeats most of a segment's work,
-/// so short ones cost more than the parallelism gives).
-const SCAN_SEGMENT_MIN_LEN: usize = 256;
+/// Segments are at least this many steps long (the first launch repeats most of a segment's
+/// work, so short ones cost more than the parallelism gives).
+const SCAN_SEGMENT_MIN_LEN: usize = 512;
 
 static SCAN_SEGMENTS_FORCED: AtomicUsize = AtomicUsize::new(usize::MAX);
 
@@ -1021,10 +1027,13 @@ pub fn set_scan_segments(count: Option<usize>) {
     SCAN_SEGMENTS_FORCED.store(count.map_or(usize::MAX - 1, |c| c.max(1)), Ordering::Relaxed);
 }
 
-/// Segments for a d_state-16 scan of `channels` (batch · d_inner) over `seqlen` steps: enough
-/// for [`SCAN_SEGMENT_TARGET`] channel-segments, none shorter than [`SCAN_SEGMENT_MIN_LEN`];
-/// `S6_SCAN_SEGMENTS=N` (read once) or [`set_scan_segments`] force N (at most one per step).
-pub(crate) fn scan_segment_count(channels: usize, seqlen: usize) -> usize {
+/// Segments for a d_state-16 scan of `blocks` blocks (of channels) over `seqlen` steps on `sms`
+/// multiprocessors: only where the blocks do not cover the device once (a few long sequences),
+/// enough to cover it, none shorter than [`SCAN_SEGMENT_MIN_LEN`]. With a block or more per
+/// multiprocessor, segments measured slower on an H100 (docs/BENCHMARKS.md, session 13: B = 4,
+/// D = 2048, 512 blocks: 0.267 ms with none, 0.386 with 4). `S6_SCAN_SEGMENTS=N` (read once) or
+/// [`set_scan_segments`] force N (at most one per step).
+pub(crate) fn scan_segment_count(blocks: usize, seqlen: usize, sms: usize) -> usize {
     let forced = match SCAN_SEGMENTS_FORCED.load(Ordering::Relaxed) {
         usize::MAX => {
             let env = std::env::var("S6_SCAN_SEGMENTS").ok().and_then(|v| v.trim().parse::<usize>().ok());
@@ -1036,8 +1045,10 @@ pub(crate) fn scan_segment_count(channels: usize, seqlen: usize) -> usize {
     };
     let count = if forced != usize::MAX - 1 {
         forced
+    } else if blocks >= sms {
+        1
     } else {
-        SCAN_SEGMENT_TARGET.div_ceil(channels.max(1)).min(seqlen / SCAN_SEGMENT_MIN_LEN)
+        sms.div_ceil(blocks.max(1)).min(seqlen / SCAN_SEGMENT_MIN_LEN)
     };
     count.clamp(1, seqlen.max(1))
 }
@@ -1509,7 +1520,7 @@ impl Backend for Cuda {
             return Ok(());
         }
         let k = scan_n16(batch * di);
-        let seg = self.scan_segments(batch * di, seqlen)?;
+        let seg = self.scan_segments(k, batch, di, seqlen)?;
         if seg.count > 1 {
             cfg.grid_dim.2 = seg.count - 1;
             launch!(self, self.func(k.seg_f32)?, cfg, "selective_scan segments";

@@ -122,7 +122,7 @@ impl Cuda {
             block_dim: (4 * k.cpb, 1, 1),
             shared_mem_bytes: 0,
         };
-        let seg = self.scan_segments(batch * di, seqlen)?;
+        let seg = self.scan_segments(k, batch, di, seqlen)?;
         if seg.count > 1 {
             cfg.grid_dim.2 = seg.count - 1;
             launch!(self, self.func(k.seg_bf16)?, cfg, "bf16 selective_scan segments";
