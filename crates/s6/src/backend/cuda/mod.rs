@@ -94,16 +94,6 @@ const KERNELS: &[&str] = &[
     "s6_scan_n16_bf16_v4c16t64",
     "s6_scan_n16_seg_v4c16t64",
     "s6_scan_n16_seg_bf16_v4c16t64",
-    "s6_scan_n16_v4c32t16",
-    "s6_scan_n16_v4c32t16_b16",
-    "s6_scan_n16_bf16_v4c32t16",
-    "s6_scan_n16_seg_v4c32t16",
-    "s6_scan_n16_seg_bf16_v4c32t16",
-    "s6_scan_n16_v4c16t32",
-    "s6_scan_n16_v4c16t32_b16",
-    "s6_scan_n16_bf16_v4c16t32",
-    "s6_scan_n16_seg_v4c16t32",
-    "s6_scan_n16_seg_bf16_v4c16t32",
     "s6_scan_n16_v4c64t16",
     "s6_scan_n16_v4c64t16_b16",
     "s6_scan_n16_bf16_v4c64t16",
@@ -953,10 +943,9 @@ pub(crate) struct ScanN16 {
     pub cpb: u32,
 }
 
-/// 32 channels per block and chunks of 32 steps; 16 per block and chunks of 64; then the shapes
-/// measured in session 13 (chunks of 16 or 32; 64 channels per block), reachable through
-/// `S6_SCAN_N16`.
-const SCAN_N16: [ScanN16; 5] = [
+/// 32 channels per block and chunks of 32 steps (the wide default until session 13); 16 per block
+/// and chunks of 64; 64 per block and chunks of 16 ([`scan_n16`] chooses).
+const SCAN_N16: [ScanN16; 3] = [
     ScanN16 {
         name: "v4c32",
         f32: "s6_scan_n16_v4c32",
@@ -973,24 +962,6 @@ const SCAN_N16: [ScanN16; 5] = [
         bf16: "s6_scan_n16_bf16_v4c16t64",
         seg_f32: "s6_scan_n16_seg_v4c16t64",
         seg_bf16: "s6_scan_n16_seg_bf16_v4c16t64",
-        cpb: 16,
-    },
-    ScanN16 {
-        name: "v4c32t16",
-        f32: "s6_scan_n16_v4c32t16",
-        f32_with_copy: "s6_scan_n16_v4c32t16_b16",
-        bf16: "s6_scan_n16_bf16_v4c32t16",
-        seg_f32: "s6_scan_n16_seg_v4c32t16",
-        seg_bf16: "s6_scan_n16_seg_bf16_v4c32t16",
-        cpb: 32,
-    },
-    ScanN16 {
-        name: "v4c16t32",
-        f32: "s6_scan_n16_v4c16t32",
-        f32_with_copy: "s6_scan_n16_v4c16t32_b16",
-        bf16: "s6_scan_n16_bf16_v4c16t32",
-        seg_f32: "s6_scan_n16_seg_v4c16t32",
-        seg_bf16: "s6_scan_n16_seg_bf16_v4c16t32",
         cpb: 16,
     },
     ScanN16 {
@@ -1053,24 +1024,27 @@ pub(crate) fn scan_segment_count(blocks: usize, seqlen: usize, sms: usize) -> us
     count.clamp(1, seqlen.max(1))
 }
 
-/// The d_state-16 scan kernels for `channels` = batch · d_inner: 32 channels per block from
-/// [`SCAN_WIDE_CHANNELS`] on, else 16 with longer chunks (more blocks where there are few).
-/// `S6_SCAN_N16=NAME` (a [`ScanN16::name`]) forces one for every size, for measurements (read once per
-/// process).
+/// The d_state-16 scan kernels for `channels` = batch · d_inner: 64 channels per block and chunks
+/// of 16 steps from [`SCAN_WIDE_CHANNELS`] on, else 16 per block with chunks of 64 (more blocks
+/// where there are few). `S6_SCAN_N16=NAME` (a [`ScanN16::name`]) forces one for every size, for
+/// measurements (read once per process).
 pub(crate) fn scan_n16(channels: usize) -> &'static ScanN16 {
     static FORCED: OnceLock<Option<usize>> = OnceLock::new();
     let forced = FORCED.get_or_init(|| {
         let v = std::env::var("S6_SCAN_N16").ok()?;
         SCAN_N16.iter().position(|k| k.name == v.trim())
     });
-    let by_size = if channels >= SCAN_WIDE_CHANNELS { 0 } else { 1 };
+    let by_size = if channels >= SCAN_WIDE_CHANNELS { "v4c64t16" } else { "v4c16t64" };
+    let by_size = SCAN_N16.iter().position(|k| k.name == by_size).unwrap_or(0);
     &SCAN_N16[forced.unwrap_or(by_size)]
 }
 
-/// From this many channels on the d_state-16 scans use 32 channels per block. Measured on an H100
-/// (docs/BENCHMARKS.md, session 10), L = 2048: with 16 per block and chunks of 64, 0.271 ms
-/// against 0.303 at 8,192 channels (B = 4, D = 2048), but 0.80 ms against 0.58 at 24,576 (B = 16,
-/// D = 1536) and 1.07 against 0.70 at 32,768 (B = 8, D = 4096).
+/// From this many channels on the d_state-16 scans use the wide shape. Measured on an H100, L =
+/// 2048 (docs/BENCHMARKS.md): session 10, with 16 per block and chunks of 64, 0.271 ms against
+/// 0.303 for 32 per block at 8,192 channels (B = 4, D = 2048), but 0.80 ms against 0.58 at
+/// 24,576 (B = 16, D = 1536) and 1.07 against 0.70 at 32,768 (B = 8, D = 4096); session 13, 64
+/// per block with chunks of 16: 0.500 ms against 0.580 at 24,576 channels and 9.76 against 10.39
+/// at 524,288 (B = 128, D = 4096), but 0.307 against 0.267 at 8,192.
 const SCAN_WIDE_CHANNELS: usize = 1 << 14;
 
 /// Launches a kernel of ours on the backend's stream: `launch!(self, func, cfg, what; args…)`,

@@ -1,0 +1,64 @@
+// Just enough of CUDA to run s6's kernels on the CPU, for checking their logic (indexing,
+// predicates, barriers, the order of phases) where no GPU is at hand: a block's threads are
+// std::threads meeting at a std::barrier for __syncthreads, __shared__ variables are function
+// statics (one block runs at a time), and the SFU's approximate functions are the libm ones.
+// Warp-level operations are not emulated (they abort). Not a timing tool.
+#pragma once
+#include <barrier>
+#include <cmath>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <functional>
+#include <thread>
+#include <vector>
+#include <algorithm>
+
+#define S6_EMULATE 1
+#define __device__
+#define __global__
+#define __forceinline__ inline
+#define __restrict__
+#define __launch_bounds__(...)
+#define __shared__ static
+#define __align__(n) __attribute__((aligned(n)))
+
+struct s6emu_dim3 { unsigned int x = 0, y = 0, z = 0; };
+inline thread_local s6emu_dim3 threadIdx, blockIdx;
+inline s6emu_dim3 gridDim, blockDim;
+inline std::barrier<>* s6emu_block_barrier = nullptr;
+inline void __syncthreads() { s6emu_block_barrier->arrive_and_wait(); }
+template <typename T>
+T __shfl_xor_sync(unsigned, T, int) { std::fprintf(stderr, "warp shuffles are not emulated\n"); std::abort(); }
+
+struct float2 { float x, y; };
+struct alignas(16) float4 { float x, y, z, w; };
+inline float2 make_float2(float x, float y) { return {x, y}; }
+inline float4 make_float4(float x, float y, float z, float w) { return {x, y, z, w}; }
+inline unsigned int __float_as_uint(float f) { unsigned int u; std::memcpy(&u, &f, 4); return u; }
+inline float __uint_as_float(unsigned int u) { float f; std::memcpy(&f, &u, 4); return f; }
+inline float __expf(float x) { return std::exp(x); }
+inline float __logf(float x) { return std::log(x); }
+inline float __fdividef(float a, float b) { return a / b; }
+using std::min;
+using std::max;
+
+// Runs kernel() over a grid of blocks of `threads` threads, one block at a time.
+inline void s6emu_launch(s6emu_dim3 grid, unsigned int threads, const std::function<void()>& kernel) {
+    gridDim = grid;
+    blockDim = {threads, 1, 1};
+    for (unsigned int z = 0; z < grid.z; z++)
+        for (unsigned int y = 0; y < grid.y; y++)
+            for (unsigned int x = 0; x < grid.x; x++) {
+                std::barrier<> bar(threads);
+                s6emu_block_barrier = &bar;
+                std::vector<std::thread> ts;
+                for (unsigned int t = 0; t < threads; t++)
+                    ts.emplace_back([&, t] {
+                        threadIdx = {t, 0, 0};
+                        blockIdx = {x, y, z};
+                        kernel();
+                    });
+                for (auto& t : ts) t.join();
+            }
+}

@@ -1,0 +1,181 @@
+// The d_state-16 scan forward kernels (kernels/scan.cu: every block shape, f32 / bf16
+// activations / f32 with a bf16 copy of y, with and without segments and gate) run on the CPU
+// through cuda_emu.h, against an f64 reference of the selective scan on random inputs: odd
+// d_inner, sequence lengths not a multiple of the chunk, strided B, C and z, a state carried in
+// and out, a slowly decaying state that crosses segments. Run: scripts/emulate/run.sh
+#include "cuda_emu.h"
+#include "../../crates/s6/src/backend/cuda/kernels/prelude.cu"
+#include "../../crates/s6/src/backend/cuda/kernels/scan.cu"
+
+#include <random>
+#include <string>
+
+static std::mt19937_64 rng(7);
+static std::vector<float> rand_vec(size_t n, float lo, float hi) {
+    std::uniform_real_distribution<float> d(lo, hi);
+    std::vector<float> v(n);
+    for (auto& x : v) x = d(rng);
+    return v;
+}
+static float bf16_round(float f) { return s6_bf16_to_f32(s6_f32_to_bf16(f)); }
+
+struct Shape {
+    const char* name;
+    unsigned int cpb;
+    void (*f32)(S6_SCAN_VEC_PARAMS(float), S6_SCAN_SEG_PARAMS, unsigned int, unsigned int, unsigned int);
+    void (*b16)(S6_SCAN_VEC_PARAMS(float), unsigned short*, S6_SCAN_SEG_PARAMS, unsigned int, unsigned int,
+                unsigned int);
+    void (*bf16)(S6_SCAN_VEC_PARAMS(unsigned short), S6_SCAN_SEG_PARAMS, unsigned int, unsigned int, unsigned int);
+    void (*seg_f32)(S6_SCAN_VEC_PARAMS(float), S6_SCAN_SEG_PARAMS, unsigned int, unsigned int, unsigned int);
+    void (*seg_bf16)(S6_SCAN_VEC_PARAMS(unsigned short), S6_SCAN_SEG_PARAMS, unsigned int, unsigned int,
+                     unsigned int);
+};
+#define SHAPE(S, CPB)                                                                                        \
+    Shape {                                                                                                  \
+        #S, CPB, s6_scan_n16_##S, s6_scan_n16_##S##_b16, s6_scan_n16_bf16_##S, s6_scan_n16_seg_##S,           \
+            s6_scan_n16_seg_bf16_##S                                                                          \
+    }
+
+enum class Io { F32, F32Copy, Bf16 };
+
+static int failures = 0;
+
+// One case: returns the worst error relative to the tolerance (<= 1 passes).
+static void run_case(const Shape& k, Io io, unsigned batch, unsigned seqlen, unsigned dim, bool gate, unsigned segs,
+                     bool slow) {
+    const unsigned N = 16, xw = 3 + 2 * N, rows = batch * seqlen;
+    auto u = rand_vec((size_t)rows * dim, -2, 2);
+    auto delta = slow ? rand_vec((size_t)rows * dim, -5, -2) : rand_vec((size_t)rows * dim, -3, 1);
+    auto bias = slow ? rand_vec(dim, -2, -2) : rand_vec(dim, -2, 0.5);
+    auto a_log = slow ? rand_vec(dim * N, -2, 0.5) : rand_vec(dim * N, -1, 3);
+    std::vector<float> a(dim * N);
+    for (size_t i = 0; i < a.size(); i++) a[i] = -std::exp(a_log[i]);
+    auto xdbl = rand_vec((size_t)rows * xw, -1.5, 1.5);
+    auto dsk = rand_vec(dim, -1, 1);
+    auto xz = rand_vec((size_t)rows * 2 * dim, -3, 3);
+    auto state = rand_vec((size_t)batch * dim * N, -1, 1);
+    if (io == Io::Bf16) {
+        for (auto* v : {&u, &delta, &xdbl, &xz})
+            for (auto& x : *v) x = bf16_round(x);
+    }
+    // f64 reference.
+    std::vector<double> want((size_t)rows * dim), want_state(state.begin(), state.end());
+    for (unsigned b = 0; b < batch; b++)
+        for (unsigned d = 0; d < dim; d++) {
+            double* h = &want_state[((size_t)b * dim + d) * N];
+            for (unsigned t = 0; t < seqlen; t++) {
+                const size_t r = (size_t)b * seqlen + t;
+                const double x = (double)delta[r * dim + d] + bias[d];
+                const double dt = x > 20 ? x : std::log1p(std::exp(x));
+                const double uv = u[r * dim + d];
+                double acc = 0;
+                for (unsigned n = 0; n < N; n++) {
+                    h[n] = std::exp(dt * a[d * N + n]) * h[n] + dt * xdbl[r * xw + 3 + n] * uv;
+                    acc += xdbl[r * xw + 3 + N + n] * h[n];
+                }
+                const double zv = xz[r * 2 * dim + dim + d];
+                const double g = gate ? zv / (1 + std::exp(-zv)) : 1.0;
+                want[r * dim + d] = (acc + dsk[d] * uv) * g;
+            }
+        }
+    // The kernels, launched as cuda/mod.rs does.
+    unsigned len = seqlen, count = 1;
+    if (segs > 1) {
+        len = std::min(seqlen, ((seqlen + segs - 1) / segs + 63) / 64 * 64);
+        count = (seqlen + len - 1) / len;
+    }
+    std::vector<float> seg_buf((size_t)batch * dim * (count ? count - 1 : 0) * 17 + 1);
+    float* seg_h = seg_buf.data();
+    float* seg_sum = seg_h + (size_t)batch * dim * (count - 1) * N;
+    std::vector<float> st = state, y((size_t)rows * dim, 7.0f);
+    std::vector<unsigned short> y16((size_t)rows * dim, 0);
+    const float* zp = gate ? xz.data() + dim : nullptr;
+    const unsigned ldz = gate ? 2 * dim : 0;
+    s6emu_dim3 grid{(dim + k.cpb - 1) / k.cpb, batch, 1};
+    if (io == Io::Bf16) {
+        auto to16 = [](const std::vector<float>& v) {
+            std::vector<unsigned short> o(v.size());
+            for (size_t i = 0; i < v.size(); i++) o[i] = s6_f32_to_bf16(v[i]);
+            return o;
+        };
+        // The bf16 entry reads B, C and z as separate dense tensors (scan_bf16.rs).
+        std::vector<float> bmat((size_t)rows * N), cmat((size_t)rows * N), zmat((size_t)rows * dim);
+        for (size_t r = 0; r < rows; r++) {
+            for (unsigned n = 0; n < N; n++) {
+                bmat[r * N + n] = xdbl[r * xw + 3 + n];
+                cmat[r * N + n] = xdbl[r * xw + 3 + N + n];
+            }
+            for (unsigned d = 0; d < dim; d++) zmat[r * dim + d] = xz[r * 2 * dim + dim + d];
+        }
+        auto u16 = to16(u), d16 = to16(delta), b16 = to16(bmat), c16 = to16(cmat), z16 = to16(zmat);
+        std::vector<unsigned short> yb((size_t)rows * dim, 0);
+        const unsigned short* z16p = gate ? z16.data() : nullptr;
+        if (count > 1) {
+            grid.z = count - 1;
+            s6emu_launch(grid, 4 * k.cpb, [&] {
+                k.seg_bf16(u16.data(), d16.data(), bias.data(), a.data(), b16.data(), N, c16.data(), N, dsk.data(),
+                           z16p, dim, st.data(), yb.data(), seg_h, seg_sum, len, seqlen, dim, N);
+            });
+        }
+        grid.z = count;
+        s6emu_launch(grid, 4 * k.cpb, [&] {
+            k.bf16(u16.data(), d16.data(), bias.data(), a.data(), b16.data(), N, c16.data(), N, dsk.data(), z16p,
+                   dim, st.data(), yb.data(), seg_h, seg_sum, len, seqlen, dim, N);
+        });
+        for (size_t i = 0; i < y.size(); i++) y[i] = s6_bf16_to_f32(yb[i]);
+    } else {
+        if (count > 1) {
+            grid.z = count - 1;
+            s6emu_launch(grid, 4 * k.cpb, [&] {
+                k.seg_f32(u.data(), delta.data(), bias.data(), a.data(), xdbl.data() + 3, xw, xdbl.data() + 3 + N, xw,
+                          dsk.data(), zp, ldz, st.data(), y.data(), seg_h, seg_sum, len, seqlen, dim, N);
+            });
+        }
+        grid.z = count;
+        s6emu_launch(grid, 4 * k.cpb, [&] {
+            if (io == Io::F32Copy)
+                k.b16(u.data(), delta.data(), bias.data(), a.data(), xdbl.data() + 3, xw, xdbl.data() + 3 + N, xw,
+                      dsk.data(), zp, ldz, st.data(), y.data(), y16.data(), seg_h, seg_sum, len, seqlen, dim, N);
+            else
+                k.f32(u.data(), delta.data(), bias.data(), a.data(), xdbl.data() + 3, xw, xdbl.data() + 3 + N, xw,
+                      dsk.data(), zp, ldz, st.data(), y.data(), seg_h, seg_sum, len, seqlen, dim, N);
+        });
+    }
+    // fp32: far tighter than the official tolerances (rtol 6e-4 / atol 2e-3), since the emulated
+    // exp is libm's; bf16: y rounded to bf16.
+    const double rtol = io == Io::Bf16 ? 1e-2 : 5e-5, atol = io == Io::Bf16 ? 1e-2 : 5e-5;
+    double worst = 0;
+    size_t at = 0;
+    for (size_t i = 0; i < y.size(); i++) {
+        const double e = std::abs(y[i] - want[i]) / (atol + rtol * std::abs(want[i]));
+        if (!(e <= worst)) worst = e, at = i;
+        if (io == Io::F32Copy && y16[i] != s6_f32_to_bf16(y[i])) worst = 1e9, at = i;
+    }
+    double worst_state = 0;
+    for (size_t i = 0; i < st.size(); i++) {
+        const double e = std::abs(st[i] - want_state[i]) / (5e-5 + 5e-5 * std::abs(want_state[i]));
+        worst_state = std::max(worst_state, e);
+    }
+    const bool ok = worst <= 1 && worst_state <= 1;
+    if (!ok) failures++;
+    std::printf("%-4s %-9s %-6s b%u l%-5u d%-4u gate %d segments %u (asked %u) slow %d: y %.3f (at %zu: %g vs %g), state %.3f\n",
+                ok ? "ok" : "FAIL", k.name, io == Io::F32 ? "f32" : io == Io::Bf16 ? "bf16" : "f32+cp", batch, seqlen,
+                dim, gate, count, segs, slow, worst, at, y[at], want[at], worst_state);
+}
+
+int main() {
+    const Shape shapes[] = {SHAPE(v4c32, 32), SHAPE(v4c16t64, 16), SHAPE(v4c64t16, 64)};
+    for (const auto& k : shapes) {
+        run_case(k, Io::F32, 2, 150, 100, true, 1, false);
+        run_case(k, Io::F32, 1, 1000, 37, false, 1, true);
+        run_case(k, Io::F32Copy, 3, 65, 48, true, 1, false);
+        run_case(k, Io::Bf16, 2, 150, 100, true, 1, false);
+        run_case(k, Io::Bf16, 1, 97, 20, false, 1, false);
+        run_case(k, Io::F32, 2, 777, 33, true, 3, true);
+        run_case(k, Io::F32, 1, 321, 20, false, 7, true);
+        run_case(k, Io::Bf16, 1, 1100, 24, true, 2, true);
+        run_case(k, Io::F32Copy, 1, 3, 40, true, 1, false);
+    }
+    std::printf(failures ? "%d FAILED\n" : "all passed\n", failures);
+    return failures != 0;
+}
