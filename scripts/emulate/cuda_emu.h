@@ -27,7 +27,13 @@ struct s6emu_dim3 { unsigned int x = 0, y = 0, z = 0; };
 inline thread_local s6emu_dim3 threadIdx, blockIdx;
 inline s6emu_dim3 gridDim, blockDim;
 inline std::barrier<>* s6emu_block_barrier = nullptr;
-inline void __syncthreads() { s6emu_block_barrier->arrive_and_wait(); }
+inline void __syncthreads() {
+    if (!s6emu_block_barrier) {
+        std::fprintf(stderr, "__syncthreads in a kernel launched serially\n");
+        std::abort();
+    }
+    s6emu_block_barrier->arrive_and_wait();
+}
 template <typename T>
 T __shfl_xor_sync(unsigned, T, int) { std::fprintf(stderr, "warp shuffles are not emulated\n"); std::abort(); }
 
@@ -40,8 +46,26 @@ inline float __uint_as_float(unsigned int u) { float f; std::memcpy(&f, &u, 4); 
 inline float __expf(float x) { return std::exp(x); }
 inline float __logf(float x) { return std::log(x); }
 inline float __fdividef(float a, float b) { return a / b; }
+inline float __fmul_rn(float a, float b) { return a * b; }
+inline float __fadd_rn(float a, float b) { return a + b; }
 using std::min;
 using std::max;
+
+// Runs kernel() for every thread of the grid one after another, on this thread: for kernels
+// without __syncthreads (it aborts here), much faster than a thread per CUDA thread.
+inline void s6emu_launch_serial(s6emu_dim3 grid, unsigned int threads, const std::function<void()>& kernel) {
+    gridDim = grid;
+    blockDim = {threads, 1, 1};
+    s6emu_block_barrier = nullptr;
+    for (unsigned int z = 0; z < grid.z; z++)
+        for (unsigned int y = 0; y < grid.y; y++)
+            for (unsigned int x = 0; x < grid.x; x++)
+                for (unsigned int t = 0; t < threads; t++) {
+                    threadIdx = {t, 0, 0};
+                    blockIdx = {x, y, z};
+                    kernel();
+                }
+}
 
 // Runs kernel() over a grid of blocks of `threads` threads, one block at a time.
 inline void s6emu_launch(s6emu_dim3 grid, unsigned int threads, const std::function<void()>& kernel) {

@@ -1,6 +1,9 @@
 #!/bin/bash
-# Builds and runs the CPU emulation of the scan kernels (scan_emu.cpp; needs g++ with C++20).
+# Builds and runs the CPU emulations of the scan kernels (scan_emu.cpp: the forward against an
+# f64 reference; scan_bwd_emu.cpp: the backward against finite differences). Needs g++ (C++20).
 set -e
 cd "$(dirname "$0")"
-g++ -std=c++20 -O2 -pthread -Wno-unknown-pragmas -Wno-attributes -o /tmp/s6_scan_emu scan_emu.cpp
-/tmp/s6_scan_emu
+for t in scan_emu scan_bwd_emu; do
+  g++ -std=c++20 -O2 -pthread -Wno-unknown-pragmas -Wno-attributes -o /tmp/s6_$t $t.cpp
+  /tmp/s6_$t
+done

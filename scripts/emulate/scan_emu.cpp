@@ -7,16 +7,8 @@
 #include "../../crates/s6/src/backend/cuda/kernels/prelude.cu"
 #include "../../crates/s6/src/backend/cuda/kernels/scan.cu"
 
-#include <random>
-#include <string>
+#include "scan_ref.h"
 
-static std::mt19937_64 rng(7);
-static std::vector<float> rand_vec(size_t n, float lo, float hi) {
-    std::uniform_real_distribution<float> d(lo, hi);
-    std::vector<float> v(n);
-    for (auto& x : v) x = d(rng);
-    return v;
-}
 static float bf16_round(float f) { return s6_bf16_to_f32(s6_f32_to_bf16(f)); }
 
 struct Shape {
@@ -59,25 +51,9 @@ static void run_case(const Shape& k, Io io, unsigned batch, unsigned seqlen, uns
             for (auto& x : *v) x = bf16_round(x);
     }
     // f64 reference.
-    std::vector<double> want((size_t)rows * dim), want_state(state.begin(), state.end());
-    for (unsigned b = 0; b < batch; b++)
-        for (unsigned d = 0; d < dim; d++) {
-            double* h = &want_state[((size_t)b * dim + d) * N];
-            for (unsigned t = 0; t < seqlen; t++) {
-                const size_t r = (size_t)b * seqlen + t;
-                const double x = (double)delta[r * dim + d] + bias[d];
-                const double dt = x > 20 ? x : std::log1p(std::exp(x));
-                const double uv = u[r * dim + d];
-                double acc = 0;
-                for (unsigned n = 0; n < N; n++) {
-                    h[n] = std::exp(dt * a[d * N + n]) * h[n] + dt * xdbl[r * xw + 3 + n] * uv;
-                    acc += xdbl[r * xw + 3 + N + n] * h[n];
-                }
-                const double zv = xz[r * 2 * dim + dim + d];
-                const double g = gate ? zv / (1 + std::exp(-zv)) : 1.0;
-                want[r * dim + d] = (acc + dsk[d] * uv) * g;
-            }
-        }
+    std::vector<double> want, want_state(state.begin(), state.end());
+    scan_ref(batch, seqlen, dim, D(u), D(delta), D(bias), D(a), D(xdbl), xw, D(dsk), gate ? D(xz) : std::vector<double>{},
+             want_state, want);
     // The kernels, launched as cuda/mod.rs does.
     unsigned len = seqlen, count = 1;
     if (segs > 1) {

@@ -27,7 +27,11 @@ __device__ __forceinline__ float s6b_softplus(float x) { return x > 20.0f ? x : 
 // 2^x on the special-function unit (subnormal results flushed to zero).
 __device__ __forceinline__ float s6b_ex2(float x) {
     float y;
+#ifdef S6_EMULATE  // scripts/emulate
+    y = exp2f(x);
+#else
     asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
+#endif
     return y;
 }
 

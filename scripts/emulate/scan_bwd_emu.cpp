@@ -1,0 +1,111 @@
+// The d_state-16 scan backward (kernels/scan_backward.cu: s6_scan_bwd_n16p and its two reduction
+// kernels, launched as cuda/backward.rs does) run on the CPU through cuda_emu.h, against finite
+// differences of the f64 forward (scan_ref.h): for L = sum(dy * y) and each gradient G of an
+// input X (u, Δ, z, B, C, A, D, the Δ bias), G . V against (L(X + eV) - L(X - eV)) / 2e for
+// random directions V. Zero initial state, as the backward assumes. Run: scripts/emulate/run.sh
+#include "cuda_emu.h"
+#include "../../crates/s6/src/backend/cuda/kernels/prelude.cu"
+#include "../../crates/s6/src/backend/cuda/kernels/scan_backward.cu"
+#include "scan_ref.h"
+
+#include <functional>
+
+static int failures = 0;
+
+static void run_case(unsigned batch, unsigned seqlen, unsigned dim, bool gate) {
+    const unsigned N = 16, xw = 3 + 2 * N, rows = batch * seqlen;
+    auto u = rand_vec((size_t)rows * dim, -2, 2);
+    auto delta = rand_vec((size_t)rows * dim, -4, 0);
+    auto bias = rand_vec(dim, -2, 0.5);
+    auto a_log = rand_vec(dim * N, -2, 1);
+    std::vector<float> a(dim * N);
+    for (size_t i = 0; i < a.size(); i++) a[i] = -std::exp(a_log[i]);
+    auto xdbl = rand_vec((size_t)rows * xw, -1.5, 1.5);
+    auto dsk = rand_vec(dim, -1, 1);
+    auto xz = rand_vec((size_t)rows * 2 * dim, -3, 3);
+    auto dy = rand_vec((size_t)rows * dim, -1, 1);
+
+    // The kernels.
+    const unsigned split = 8, chunk = 12, cpb = 128 / split, nblk = (dim + cpb - 1) / cpb;
+    const unsigned nck = (seqlen + chunk - 1) / chunk;
+    std::vector<float> ckpt((size_t)batch * dim * nck * N), pbc((size_t)nblk * rows * 2 * N),
+        pparam((size_t)batch * dim * (N + 2));
+    std::vector<float> du((size_t)rows * dim, 7), ddelta((size_t)rows * dim, 7), dz((size_t)rows * 2 * dim, 0),
+        dbc((size_t)rows * 2 * N, 7), da(dim * N, 0), dd(dim, 0), dbias(dim, 0);
+    const float* zp = gate ? xz.data() + dim : nullptr;
+    float* dzp = gate ? dz.data() + dim : nullptr;
+    s6emu_launch({nblk, batch, 1}, 128, [&] {
+        s6_scan_bwd_n16p(u.data(), delta.data(), bias.data(), a.data(), xdbl.data() + 3, xw, xdbl.data() + 3 + N, xw,
+                         dsk.data(), zp, gate ? 2 * dim : 0, dy.data(), du.data(), ddelta.data(), dzp,
+                         gate ? 2 * dim : 0, ckpt.data(), pbc.data(), pparam.data(), seqlen, dim, N);
+    });
+    const unsigned per = dim * (N + 2);
+    s6emu_launch_serial({(per + 255) / 256, 1, 1}, 256, [&] {
+        s6_scan_bwd_reduce_params(pparam.data(), batch, dim, N, da.data(), dd.data(), dbias.data());
+    });
+    s6emu_launch_serial({(rows * 2 * N + 255) / 256, 1, 1}, 256, [&] {
+        s6_scan_bwd_reduce_bc(pbc.data(), nblk, rows, N, dbc.data(), 2 * N, dbc.data() + N, 2 * N);
+    });
+
+    // L(inputs) in f64.
+    auto loss = [&](const std::vector<double>& U, const std::vector<double>& DL, const std::vector<double>& BI,
+                    const std::vector<double>& A, const std::vector<double>& X, const std::vector<double>& DS,
+                    const std::vector<double>& Z) {
+        std::vector<double> st((size_t)batch * dim * N, 0.0), y;
+        scan_ref(batch, seqlen, dim, U, DL, BI, A, X, xw, DS, gate ? Z : std::vector<double>{}, st, y);
+        double l = 0;
+        for (size_t i = 0; i < y.size(); i++) l += dy[i] * y[i];
+        return l;
+    };
+    const auto U = D(u), DL = D(delta), BI = D(bias), A = D(a), X = D(xdbl), DS = D(dsk), Z = D(xz);
+    // One input perturbed along V: which vector, and where its gradient is (index map).
+    struct Check {
+        const char* name;
+        int which;  // 0 u, 1 delta, 2 bias, 3 A, 4 xdbl (B or C columns), 5 D, 6 xz (z columns)
+        std::function<double(size_t)> grad;  // gradient at an index of that input, NaN where none
+    };
+    const std::vector<Check> checks = {
+        {"du", 0, [&](size_t i) { return (double)du[i]; }},
+        {"ddelta", 1, [&](size_t i) { return (double)ddelta[i]; }},
+        {"ddelta_bias", 2, [&](size_t i) { return (double)dbias[i]; }},
+        {"dA", 3, [&](size_t i) { return (double)da[i]; }},
+        {"dB", 4, [&](size_t i) { size_t r = i / xw, c = i % xw; return c >= 3 && c < 3 + N ? (double)dbc[r * 2 * N + c - 3] : NAN; }},
+        {"dC", 4, [&](size_t i) { size_t r = i / xw, c = i % xw; return c >= 3 + N && c < 3 + 2 * N ? (double)dbc[r * 2 * N + N + c - 3 - N] : NAN; }},
+        {"dD", 5, [&](size_t i) { return (double)dd[i]; }},
+        {"dz", 6, [&](size_t i) { size_t c = i % (2 * dim); return gate && c >= dim ? (double)dz[i] : NAN; }},
+    };
+    for (const auto& c : checks) {
+        if (c.which == 6 && !gate) continue;
+        for (int rep = 0; rep < 2; rep++) {
+            std::vector<std::vector<double>> in = {U, DL, BI, A, X, DS, Z};
+            auto& base = in[c.which];
+            std::vector<double> v(base.size());
+            double analytic = 0, scale = 0;
+            std::uniform_real_distribution<double> dist(-1, 1);
+            for (size_t i = 0; i < v.size(); i++) {
+                const double g = c.grad(i);
+                v[i] = std::isnan(g) ? 0 : dist(rng);
+                if (!std::isnan(g)) analytic += g * v[i], scale += std::abs(g * v[i]);
+            }
+            const double eps = 1e-4;
+            auto plus = in, minus = in;
+            for (size_t i = 0; i < v.size(); i++) plus[c.which][i] += eps * v[i], minus[c.which][i] -= eps * v[i];
+            const double numeric = (loss(plus[0], plus[1], plus[2], plus[3], plus[4], plus[5], plus[6]) -
+                                    loss(minus[0], minus[1], minus[2], minus[3], minus[4], minus[5], minus[6])) /
+                                   (2 * eps);
+            const double err = std::abs(analytic - numeric) / (1e-4 * scale + 1e-6);
+            const bool ok = err <= 1;
+            if (!ok) failures++;
+            std::printf("%-4s b%u l%-4u d%-3u gate %d %-12s G.V %.6g, finite differences %.6g (%.3f of the tolerance)\n",
+                        ok ? "ok" : "FAIL", batch, seqlen, dim, gate, c.name, analytic, numeric, err);
+        }
+    }
+}
+
+int main() {
+    run_case(2, 100, 40, true);
+    run_case(1, 257, 17, false);
+    run_case(3, 13, 33, true);
+    std::printf(failures ? "%d FAILED\n" : "all passed\n", failures);
+    return failures != 0;
+}

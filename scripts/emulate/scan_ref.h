@@ -1,0 +1,44 @@
+// The f64 reference of the selective scan forward for the emulation harnesses (the semantics of
+// the CPU backend, crates/s6/src/backend/cpu): dt = softplus(delta + bias),
+// h_t = exp(dt A) h_{t-1} + dt B_t u_t, y_t = (C_t . h_t + D u_t) silu(z_t). B and C are columns
+// 3 .. 3+16 and 3+16 .. 3+32 of xdbl (row stride xw), z the second half of xz (row stride 2 dim;
+// empty: no gate); state [batch][dim][16] is read and written.
+#pragma once
+#include <cmath>
+#include <random>
+#include <vector>
+
+static std::mt19937_64 rng(7);
+static std::vector<float> rand_vec(size_t n, float lo, float hi) {
+    std::uniform_real_distribution<float> d(lo, hi);
+    std::vector<float> v(n);
+    for (auto& x : v) x = d(rng);
+    return v;
+}
+static std::vector<double> D(const std::vector<float>& v) { return std::vector<double>(v.begin(), v.end()); }
+
+static void scan_ref(unsigned batch, unsigned seqlen, unsigned dim, const std::vector<double>& u,
+                     const std::vector<double>& delta, const std::vector<double>& bias, const std::vector<double>& a,
+                     const std::vector<double>& xdbl, unsigned xw, const std::vector<double>& dsk,
+                     const std::vector<double>& xz, std::vector<double>& state, std::vector<double>& y) {
+    const unsigned N = 16;
+    const bool gate = !xz.empty();
+    y.assign((size_t)batch * seqlen * dim, 0.0);
+    for (unsigned b = 0; b < batch; b++)
+        for (unsigned d = 0; d < dim; d++) {
+            double* h = &state[((size_t)b * dim + d) * N];
+            for (unsigned t = 0; t < seqlen; t++) {
+                const size_t r = (size_t)b * seqlen + t;
+                const double x = delta[r * dim + d] + bias[d];
+                const double dt = x > 20 ? x : std::log1p(std::exp(x));
+                const double uv = u[r * dim + d];
+                double acc = 0;
+                for (unsigned n = 0; n < N; n++) {
+                    h[n] = std::exp(dt * a[d * N + n]) * h[n] + dt * xdbl[r * xw + 3 + n] * uv;
+                    acc += xdbl[r * xw + 3 + N + n] * h[n];
+                }
+                const double g = gate ? xz[r * 2 * dim + dim + d] / (1 + std::exp(-xz[r * 2 * dim + dim + d])) : 1.0;
+                y[r * dim + d] = (acc + dsk[d] * uv) * g;
+            }
+        }
+}
