@@ -680,10 +680,11 @@ pub fn bench_scan_backward<B: Backend>(
 }
 
 /// Builds a randomly initialized model of a preset (e.g. `"mamba-130m"`) on `backend`, with the
-/// paper's initialization: the weights benchmarks run on.
+/// paper's initialization: the weights benchmarks run on (generated in parallel,
+/// [`init_params_parallel`](crate::model::init::init_params_parallel)).
 pub fn random_model<B: Backend>(backend: B, preset: &str, seed: u64) -> Result<Mamba<B>> {
     let cfg = crate::config::MambaConfig::preset(preset)?;
-    let params = crate::model::init::init_params(&cfg, &crate::config::InitConfig::default(), seed);
+    let params = crate::model::init::init_params_parallel(&cfg, &crate::config::InitConfig::default(), seed);
     let mut it = params.into_iter();
     Mamba::from_params(backend, cfg, |spec| match it.next() {
         Some((s, v)) if s.name == spec.name => Ok(v),
