@@ -32,7 +32,8 @@ enum class Io { F32, F32Copy, Bf16 };
 
 static int failures = 0;
 
-// One case: returns the worst error relative to the tolerance (<= 1 passes).
+// One case: prints its worst error relative to the tolerance (at most 1 passes) and counts a
+// failure.
 static void run_case(const Shape& k, Io io, unsigned batch, unsigned seqlen, unsigned dim, bool gate, unsigned segs,
                      bool slow) {
     const unsigned N = 16, xw = 3 + 2 * N, rows = batch * seqlen;
