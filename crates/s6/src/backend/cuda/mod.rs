@@ -493,12 +493,10 @@ fn fnv1a64<'a>(parts: impl IntoIterator<Item = &'a str>) -> u64 {
     h
 }
 
-/// Compile-time settings from the environment, for measurements: of the small-batch GEMV
-/// (`kernels/gemv.cu`), `S6_GEMV_BATCH` (1 to 8 weight vectors in flight per lane at batch 1;
-/// default 1), `S6_GEMV_NC1` ([`gemv_nc1`]) and `S6_GEMV_NC24` ([`gemv_nc24`]); of the
-/// d_state-16 scans (`kernels/scan.cu`), `S6_SCAN_WARPS` (warps per SM the compiler must fit
-/// through the registers; unset: its choice). Read once per process, like the kernels'
-/// compilation.
+/// Compile-time settings of the small-batch GEMV (`kernels/gemv.cu`) from the environment, for
+/// measurements: `S6_GEMV_BATCH` (1 to 8 weight vectors in flight per lane at batch 1; default
+/// 1), `S6_GEMV_NC1` ([`gemv_nc1`]) and `S6_GEMV_NC24` ([`gemv_nc24`]). Read once per process,
+/// like the kernels' compilation.
 fn kernel_defines() -> Vec<String> {
     let mut defs = Vec::new();
     if let Some(n @ 1..=8) = std::env::var("S6_GEMV_BATCH").ok().and_then(|v| v.trim().parse::<u32>().ok()) {
@@ -506,9 +504,6 @@ fn kernel_defines() -> Vec<String> {
     }
     defs.push(format!("-DS6_GEMV_NC1={}", gemv_nc1()));
     defs.push(format!("-DS6_GEMV_NC24={}", gemv_nc24()));
-    if let Some(w @ 1..=64) = std::env::var("S6_SCAN_WARPS").ok().and_then(|v| v.trim().parse::<u32>().ok()) {
-        defs.push(format!("-DS6_SCAN_WARPS={w}"));
-    }
     defs
 }
 

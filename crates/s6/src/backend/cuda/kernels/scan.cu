@@ -374,23 +374,15 @@ __device__ __forceinline__ void s6_scan_n16_vec_body(const TI* __restrict__ u, c
         unsigned int ldc, const float *__restrict__ dskip, const TI *__restrict__ z, unsigned int ldz,            \
         float *__restrict__ state, TI *__restrict__ y
 #define S6_SCAN_SEG_PARAMS float *__restrict__ seg_h, float *__restrict__ seg_sum, unsigned int seg_len
-// S6_SCAN_WARPS (a compile-time setting, from the environment variable of that name, for
-// measurements) asks the compiler to fit that many warps per SM through the registers
-// (__launch_bounds__'s second argument); unset, it chooses freely.
-#ifdef S6_SCAN_WARPS
-#define S6_SCAN_BOUNDS(THREADS) __launch_bounds__(THREADS, (S6_SCAN_WARPS * 32 + THREADS - 1) / THREADS)
-#else
-#define S6_SCAN_BOUNDS(THREADS) __launch_bounds__(THREADS)
-#endif
 #define S6_SCAN_KERNEL_VEC(NAME, TI, CPB, T, LOCAL)                                                                \
-    extern "C" __global__ void S6_SCAN_BOUNDS(CPB * 4) NAME(                                                       \
+    extern "C" __global__ void __launch_bounds__(CPB * 4) NAME(                                                    \
         S6_SCAN_VEC_PARAMS(TI), S6_SCAN_SEG_PARAMS, unsigned int seqlen, unsigned int dim, unsigned int n) {       \
         S6_PDL_ENTRY();                                                                                            \
         s6_scan_n16_vec_body<TI, CPB, T, false, LOCAL>(u, delta, delta_bias, a, bm, ldb, cm, ldc, dskip, z, ldz,   \
                                                        state, y, nullptr, seg_h, seg_sum, seg_len, seqlen, dim);   \
     }
 #define S6_SCAN_KERNEL_VEC_B16(NAME, CPB, T)                                                                       \
-    extern "C" __global__ void S6_SCAN_BOUNDS(CPB * 4) NAME(                                                       \
+    extern "C" __global__ void __launch_bounds__(CPB * 4) NAME(                                                    \
         S6_SCAN_VEC_PARAMS(float), unsigned short* __restrict__ y16, S6_SCAN_SEG_PARAMS, unsigned int seqlen,       \
         unsigned int dim, unsigned int n) {                                                                        \
         S6_PDL_ENTRY();                                                                                            \
