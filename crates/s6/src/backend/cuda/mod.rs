@@ -878,9 +878,8 @@ impl Cuda {
         let wanted = scan_segment_count(batch * di.div_ceil(k.cpb as usize), seqlen, self.inner.sm_count);
         let len = seqlen.div_ceil(wanted).next_multiple_of(64).min(seqlen.max(1));
         let count = seqlen.div_ceil(len).max(1);
-        let none = ScanSegments { count: 1, len: u32_of("seqlen", seqlen.max(1))?, h: 0, sum: 0, _scratch: None };
         if count == 1 {
-            return Ok(none);
+            return Ok(ScanSegments { count: 1, len: u32_of("seqlen", seqlen.max(1))?, h: 0, sum: 0, _scratch: None });
         }
         let entries = channels * (count - 1);
         // Written whole by the first launch (every channel, segments 0..count-1) before the
@@ -899,14 +898,11 @@ impl Cuda {
         })
     }
 
-    fn scan_kernel(n: usize, channels: usize) -> Result<(&'static str, u32, u32)> {
+    /// The first structure's scan kernel for `n` states (d_state 16 has its own: [`scan_n16`]).
+    fn scan_kernel(n: usize) -> Result<(&'static str, u32, u32)> {
         // (kernel, lanes per channel, channels per block)
         let (name, split, cpb) = match n {
             0 => return Err(Error::Backend("CUDA scan: d_state must be at least 1".into())),
-            16 => {
-                let k = scan_n16(channels);
-                (k.f32, 4, k.cpb)
-            }
             1..=4 => ("s6_scan_n4", 4, 32),
             5..=8 => ("s6_scan_n8", 4, 32),
             9..=16 => ("s6_scan_n16", 4, 32),
@@ -1459,7 +1455,11 @@ impl Backend for Cuda {
         if batch * di == 0 {
             return Ok(());
         }
-        let (name, split, cpb) = Self::scan_kernel(n, batch * di)?;
+        let n16 = (n == 16).then(|| scan_n16(batch * di));
+        let (name, split, cpb) = match n16 {
+            Some(k) => (k.f32, 4, k.cpb),
+            None => Self::scan_kernel(n)?,
+        };
         let sp = self.ptr_mut(state, 0, batch * di * n, "scan state")?;
         if seqlen == 0 {
             return Ok(());
@@ -1484,11 +1484,10 @@ impl Backend for Cuda {
             block_dim: (cpb * split, 1, 1),
             shared_mem_bytes: 0,
         };
-        if n != 16 {
+        let Some(k) = n16 else {
             launch!(self, self.func(name)?, cfg, "selective_scan"; u, dl, db, a, bm, ldb, cm, ldc, d, zp, ldz, sp, yp, l, dd, nn);
             return Ok(());
-        }
-        let k = scan_n16(batch * di);
+        };
         let seg = self.scan_segments(k, batch, di, seqlen)?;
         if seg.count > 1 {
             cfg.grid_dim.2 = seg.count - 1;
