@@ -332,12 +332,37 @@ impl Cuda {
         if let Some(&bad) = ids.iter().find(|&&i| i as usize >= vocab) {
             return Err(Error::input(format!("token id {bad} is outside the vocabulary (size {vocab})")));
         }
-        let ids_dev = self.upload_u32(ids)?;
-        let (ip, _s) = ids_dev.device_ptr(self.stream());
+        // Rows grouped by id, in input order within an id (a stable sort): [seg (nseg + 1), uid
+        // (nseg), order (rows)] in one upload.
+        let mut order: Vec<u32> = (0..u32_of("rows", rows)?).collect();
+        order.sort_by_key(|&i| ids[i as usize]);
+        let mut seg = Vec::new();
+        let mut uid = Vec::new();
+        for (j, &i) in order.iter().enumerate() {
+            let id = ids[i as usize];
+            if uid.last() != Some(&id) {
+                seg.push(j as u32);
+                uid.push(id);
+            }
+        }
+        seg.push(rows as u32);
+        let nseg = uid.len();
+        let mut packed = seg;
+        packed.extend_from_slice(&uid);
+        packed.extend_from_slice(&order);
+        let packed_dev = self.upload_u32(&packed)?;
+        let (pp, _s) = packed_dev.device_ptr(self.stream());
+        let u32_bytes = std::mem::size_of::<u32>() as u64;
+        let (sp, up, op) = (pp, pp + (nseg as u64 + 1) * u32_bytes, pp + (2 * nseg as u64 + 1) * u32_bytes);
         let dp = self.ptr(dout, 0, rows * dim, "embedding_backward dout")?;
         let tp = self.ptr_mut(dtable, 0, vocab * dim, "embedding_backward dtable")?;
-        let (r, d) = (u32_of("rows", rows)?, u32_of("dim", dim)?);
-        launch!(self, self.func("s6_embedding_bwd")?, grid_1d(rows * dim), "embedding_backward"; ip, dp, tp, r, d);
+        let (ns, d) = (u32_of("ids", nseg)?, u32_of("dim", dim)?);
+        let cfg = LaunchConfig {
+            grid_dim: (d.div_ceil(128), ns.min(65_535), 1),
+            block_dim: (128, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        launch!(self, self.func("s6_embedding_bwd")?, cfg, "embedding_backward"; sp, up, op, dp, tp, ns, d);
         Ok(())
     }
 

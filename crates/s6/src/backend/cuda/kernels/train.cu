@@ -210,15 +210,21 @@ extern "C" __global__ void __launch_bounds__(32 * S6_NORM_WARPS)
     }
 }
 
-// dtable[ids[i], c] += dout[i, c] (atomics: duplicate ids add up).
-extern "C" __global__ void s6_embedding_bwd(const unsigned int* __restrict__ ids, const float* __restrict__ dout,
-                                            float* __restrict__ dtable, unsigned int rows, unsigned int dim) {
+// dtable[ids[i], c] += dout[i, c], without atomics so that training is reproducible bit for bit:
+// the host groups the rows by id (`order[seg[k] .. seg[k + 1]]` are the rows of id `uid[k]`, in
+// input order), and one thread adds a column's rows of one id in that order, as the CPU backend
+// does. Segments beyond the grid's height are taken in strides of it.
+extern "C" __global__ void s6_embedding_bwd(const unsigned int* __restrict__ seg, const unsigned int* __restrict__ uid,
+                                            const unsigned int* __restrict__ order, const float* __restrict__ dout,
+                                            float* __restrict__ dtable, unsigned int nseg, unsigned int dim) {
     S6_PDL_ENTRY();
-    unsigned long long i = (unsigned long long)blockIdx.x * blockDim.x + threadIdx.x;
-    const unsigned long long total = (unsigned long long)rows * dim;
-    for (; i < total; i += (unsigned long long)gridDim.x * blockDim.x) {
-        const unsigned int r = (unsigned int)(i / dim), c = (unsigned int)(i % dim);
-        atomicAdd(&dtable[(unsigned long long)ids[r] * dim + c], dout[i]);
+    const unsigned int c = blockIdx.x * blockDim.x + threadIdx.x;
+    if (c >= dim) return;
+    for (unsigned int k = blockIdx.y; k < nseg; k += gridDim.y) {
+        float* row = dtable + (unsigned long long)uid[k] * dim + c;
+        float acc = *row;
+        for (unsigned int j = seg[k]; j < seg[k + 1]; j++) acc += dout[(unsigned long long)order[j] * dim + c];
+        *row = acc;
     }
 }
 
