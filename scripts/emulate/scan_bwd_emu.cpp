@@ -1,4 +1,4 @@
-// The d_state-16 scan backward (kernels/scan_backward.cu: s6_scan_bwd_n16p and its two reduction
+// The d_state-16 scan backward (kernels/scan_backward.cu: s6_scan_bwd_n16p, n16r8, n16r8b4, n16r12 and its two reduction
 // kernels, launched as cuda/backward.rs does) run on the CPU through cuda_emu.h, against finite
 // differences of the f64 forward (scan_ref.h): for L = sum(dy * y) and each gradient G of an
 // input X (u, Δ, z, B, C, A, D, the Δ bias), G . V against (L(X + eV) - L(X - eV)) / 2e for
@@ -12,7 +12,17 @@
 
 static int failures = 0;
 
-static void run_case(unsigned batch, unsigned seqlen, unsigned dim, bool gate) {
+using BwdKernel = void (*)(const float*, const float*, const float*, const float*, const float*, unsigned int,
+                          const float*, unsigned int, const float*, const float*, unsigned int, const float*, float*,
+                          float*, float*, unsigned int, float*, float*, float*, unsigned int, unsigned int,
+                          unsigned int);
+struct Variant {
+    const char* name;
+    BwdKernel kernel;
+    unsigned chunk;
+};
+
+static void run_case(const Variant& kv, unsigned batch, unsigned seqlen, unsigned dim, bool gate) {
     const unsigned N = 16, xw = 3 + 2 * N, rows = batch * seqlen;
     auto u = rand_vec((size_t)rows * dim, -2, 2);
     auto delta = rand_vec((size_t)rows * dim, -4, 0);
@@ -26,7 +36,7 @@ static void run_case(unsigned batch, unsigned seqlen, unsigned dim, bool gate) {
     auto dy = rand_vec((size_t)rows * dim, -1, 1);
 
     // The kernels.
-    const unsigned split = 8, chunk = 12, cpb = 128 / split, nblk = (dim + cpb - 1) / cpb;
+    const unsigned split = 8, chunk = kv.chunk, cpb = 128 / split, nblk = (dim + cpb - 1) / cpb;
     const unsigned nck = (seqlen + chunk - 1) / chunk;
     std::vector<float> ckpt((size_t)batch * dim * nck * N), pbc((size_t)nblk * rows * 2 * N),
         pparam((size_t)batch * dim * (N + 2));
@@ -35,7 +45,7 @@ static void run_case(unsigned batch, unsigned seqlen, unsigned dim, bool gate) {
     const float* zp = gate ? xz.data() + dim : nullptr;
     float* dzp = gate ? dz.data() + dim : nullptr;
     s6emu_launch({nblk, batch, 1}, 128, [&] {
-        s6_scan_bwd_n16p(u.data(), delta.data(), bias.data(), a.data(), xdbl.data() + 3, xw, xdbl.data() + 3 + N, xw,
+        kv.kernel(u.data(), delta.data(), bias.data(), a.data(), xdbl.data() + 3, xw, xdbl.data() + 3 + N, xw,
                          dsk.data(), zp, gate ? 2 * dim : 0, dy.data(), du.data(), ddelta.data(), dzp,
                          gate ? 2 * dim : 0, ckpt.data(), pbc.data(), pparam.data(), seqlen, dim, N);
     });
@@ -96,16 +106,22 @@ static void run_case(unsigned batch, unsigned seqlen, unsigned dim, bool gate) {
             const double err = std::abs(analytic - numeric) / (1e-4 * scale + 1e-6);
             const bool ok = err <= 1;
             if (!ok) failures++;
-            std::printf("%-4s b%u l%-4u d%-3u gate %d %-12s G.V %.6g, finite differences %.6g (%.3f of the tolerance)\n",
-                        ok ? "ok" : "FAIL", batch, seqlen, dim, gate, c.name, analytic, numeric, err);
+            std::printf("%-4s %-7s b%u l%-4u d%-3u gate %d %-12s G.V %.6g, finite differences %.6g (%.3f of the tolerance)\n",
+                        ok ? "ok" : "FAIL", kv.name, batch, seqlen, dim, gate, c.name, analytic, numeric, err);
         }
     }
 }
 
 int main() {
-    run_case(2, 100, 40, true);
-    run_case(1, 257, 17, false);
-    run_case(3, 13, 33, true);
+    const Variant variants[] = {{"n16p", s6_scan_bwd_n16p, 12},
+                                {"n16r8", s6_scan_bwd_n16r8, 8},
+                                {"n16r8b4", s6_scan_bwd_n16r8b4, 8},
+                                {"n16r12", s6_scan_bwd_n16r12, 12}};
+    for (const Variant& v : variants) {
+        run_case(v, 2, 100, 40, true);
+        run_case(v, 1, 257, 17, false);
+        run_case(v, 3, 13, 33, true);
+    }
     std::printf(failures ? "%d FAILED\n" : "all passed\n", failures);
     return failures != 0;
 }

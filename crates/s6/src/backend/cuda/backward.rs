@@ -11,13 +11,27 @@ use crate::{Error, Result};
 /// Threads per block of the scan backward kernels.
 const SCAN_BWD_THREADS: u32 = 128;
 
+/// The d_state-16 scan backward `(kernel, lanes per channel, chunk length)`: `s6_scan_bwd_n16p`,
+/// or `S6_SCAN_BWD=n16r8|n16r8b4|n16r12` (the chunk's states in registers, chunks of 8 or 12 steps;
+/// b4: compiled for 4 blocks per SM instead of 3), for
+/// measurements (read once per process).
+fn scan_bwd_n16() -> (&'static str, u32, usize) {
+    static CHOSEN: std::sync::OnceLock<(&'static str, u32, usize)> = std::sync::OnceLock::new();
+    *CHOSEN.get_or_init(|| match std::env::var("S6_SCAN_BWD").ok().as_deref().map(str::trim) {
+        Some("n16r8") => ("s6_scan_bwd_n16r8", 8, 8),
+        Some("n16r8b4") => ("s6_scan_bwd_n16r8b4", 8, 8),
+        Some("n16r12") => ("s6_scan_bwd_n16r12", 8, 12),
+        _ => ("s6_scan_bwd_n16p", 8, 12),
+    })
+}
+
 impl Cuda {
     /// `(kernel, lanes per channel, chunk length)` of the scan backward for `d_state = n`.
     fn scan_bwd_kernel(&self, n: usize) -> Result<(&cudarc::driver::CudaFunction, u32, usize)> {
         let (name, split, chunk) = match n {
             0..=4 => ("s6_scan_bwd_n4", 4, 16),
             5..=8 => ("s6_scan_bwd_n8", 8, 16),
-            9..=16 => ("s6_scan_bwd_n16p", 8, 12),
+            9..=16 => scan_bwd_n16(),
             17..=32 => ("s6_scan_bwd_n32", 16, 16),
             33..=MAX_D_STATE => ("s6_scan_bwd_n64", 16, 8),
             _ => {

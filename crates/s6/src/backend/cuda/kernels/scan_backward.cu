@@ -656,6 +656,335 @@ extern "C" __global__ void __launch_bounds__(128, 4)
     }
 }
 
+// d_state 9 ..= 16, the chunk's states in registers: s6_scan_bwd_n16r<T> (kernels s6_scan_bwd_n16r8,
+// s6_scan_bwd_n16r12). n16p's layout (8 lanes per channel, 2 states per lane, 16 channels per
+// block) and phases, with less shared-memory traffic per state-step, which bounds n16p (every
+// step stored and read back (h_t, exp(ΔA)) and read Δ, u, g and B, C in five loads):
+//   - the recompute keeps h_t and exp(ΔA) of the chunk's T steps in registers (the loops are
+//     unrolled whole, so every index is a constant; a partial chunk masks the steps past its end);
+//   - a step's per-channel inputs are one float4 (Δ, u, g, Δu) and a lane's B and C one float4
+//     (B_2p, B_2p+1, C_2p, C_2p+1).
+// The reverse walk's arithmetic, the reductions after each chunk and the outputs are n16p's.
+template <int T>
+__device__ __forceinline__ void s6_scan_bwd_n16r_body(
+    const float* __restrict__ u, const float* __restrict__ delta, const float* __restrict__ delta_bias,
+    const float* __restrict__ a, const float* __restrict__ bm, unsigned int ldb, const float* __restrict__ cm,
+    unsigned int ldc, const float* __restrict__ dskip, const float* __restrict__ z, unsigned int ldz,
+    const float* __restrict__ dy, float* __restrict__ du, float* __restrict__ ddelta, float* __restrict__ dz,
+    unsigned int lddz, float* __restrict__ ckpt, float* __restrict__ pbc, float* __restrict__ pparam,
+    unsigned int seqlen, unsigned int dim, unsigned int n) {
+    constexpr int NT = 128, SPLIT = 8, CPB = 16, NMAX = 16;
+    constexpr int FT = 4 * T;  // forward staging: FT steps of u, Δ, B in the s_pp region
+    constexpr int EF = FT * CPB / NT;
+    static_assert(EF * NT == FT * CPB, "FT * CPB must be a multiple of NT");
+    static_assert(3 * FT * CPB <= 4 * T * NT, "the forward staging must fit s_pp");
+    constexpr int E = (T * CPB + NT - 1) / NT;  // T * NMAX == T * CPB elements staged per array
+    __shared__ float4 s_pp[T][NT];  // the lane's dB_t, dC_t partials of its 2 states
+    __shared__ float2 s_p2[T][NT];  // (Σ dhs B, Σ q A) over the lane's states
+    __shared__ float s_p1[T][NT];   // Σ C h over the lane's states
+    __shared__ float4 s_dug[T][CPB];  // (Δ, u, g, Δu)
+    __shared__ float s_sp[T][CPB];
+    __shared__ float s_gz[T][CPB];
+    __shared__ float4 s_bc[T][NMAX / 2];  // (B_2p, B_2p+1, C_2p, C_2p+1)
+
+    const int tid = threadIdx.x;
+    const int ch = tid / SPLIT, part = tid % SPLIT;
+    const unsigned int b = blockIdx.y;
+    const unsigned int d0 = blockIdx.x * CPB;
+    const unsigned int d = d0 + ch;
+    const bool active = d < dim;
+    const unsigned long long rows = (unsigned long long)gridDim.y * seqlen;
+    const unsigned long long row0 = (unsigned long long)b * seqlen;
+    const unsigned int nck = (seqlen + T - 1) / T;
+    const unsigned long long ck0 = ((unsigned long long)b * dim + d) * nck;
+    const int rc = tid % CPB;
+    const unsigned int rd = d0 + rc;
+    const float rdsk = rd < dim ? dskip[rd] : 0.0f;
+    const float rbias = rd < dim ? delta_bias[rd] : 0.0f;
+
+    float h[2], dh[2], av[2], a2[2], da[2];
+#pragma unroll
+    for (int i = 0; i < 2; i++) {
+        const int s = part * 2 + i;
+        const bool ok = active && s < (int)n;
+        av[i] = ok ? a[(unsigned long long)d * n + s] : 0.0f;
+        a2[i] = av[i] * 1.4426950408889634f;
+        h[i] = 0.0f;
+        dh[i] = 0.0f;
+        da[i] = 0.0f;
+    }
+
+    float ru[E], rdl[E], rz[E], rg[E], rb[E], rcc[E], rck[2];
+    auto load = [&](unsigned int k) {
+        const unsigned int t0 = k * T;
+        const int tl = seqlen - t0 < (unsigned int)T ? (int)(seqlen - t0) : T;
+#pragma unroll
+        for (int e = 0; e < E; e++) {
+            const int idx = tid + e * NT;
+            const int t = idx / CPB, c = idx % CPB;
+            const unsigned int dd = d0 + c;
+            const unsigned long long r = row0 + t0 + t;
+            const bool okc = idx < T * CPB && t < tl && dd < dim;
+            const bool oks = idx < T * NMAX && t < tl && c < (int)n;
+            ru[e] = okc ? u[r * dim + dd] : 0.0f;
+            rdl[e] = okc ? delta[r * dim + dd] : 0.0f;
+            rb[e] = oks ? bm[r * ldb + c] : 0.0f;
+            rg[e] = okc ? dy[r * dim + dd] : 0.0f;
+            rz[e] = okc && z != nullptr ? z[r * ldz + dd] : 0.0f;
+            rcc[e] = oks ? cm[r * ldc + c] : 0.0f;
+        }
+        if (k + 1 < nck) {
+#pragma unroll
+            for (int i = 0; i < 2; i++) {
+                const int s = part * 2 + i;
+                rck[i] = active && s < (int)n ? ckpt[(ck0 + k) * n + s] : 0.0f;
+            }
+        }
+    };
+
+    // 1. Forward over the steps of the chunks 0 .. nck-2 (checkpoints), as n16p.
+    load(nck - 1);
+    {
+        float* f_u = reinterpret_cast<float*>(s_pp);
+        float* f_dt = f_u + FT * CPB;
+        float* f_b = f_dt + FT * CPB;
+        float fu[EF], fd[EF], fb[EF];
+        const unsigned int nf = (nck - 1) * T;
+        auto loadf = [&](unsigned int f0) {
+#pragma unroll
+            for (int e = 0; e < EF; e++) {
+                const int idx = tid + e * NT;
+                const int t = idx / CPB, c = idx % CPB;
+                const unsigned int dd = d0 + c;
+                const unsigned long long r = row0 + f0 + t;
+                const bool in = f0 + t < nf;
+                fu[e] = in && dd < dim ? u[r * dim + dd] : 0.0f;
+                fd[e] = in && dd < dim ? delta[r * dim + dd] : 0.0f;
+                fb[e] = in && c < (int)n ? bm[r * ldb + c] : 0.0f;
+            }
+        };
+        if (nf > 0) loadf(0);
+        for (unsigned int f0 = 0; f0 < nf; f0 += FT) {
+            const int nk = (nf - f0 < (unsigned int)FT ? (int)(nf - f0) : FT) / T;
+            __syncthreads();
+#pragma unroll
+            for (int e = 0; e < EF; e++) {
+                const int idx = tid + e * NT;
+                f_u[idx] = fu[e];
+                f_dt[idx] = d0 + (idx % CPB) < dim ? s6b_fast_softplus(fd[e] + rbias) : 0.0f;
+                f_b[idx] = fb[e];
+            }
+            __syncthreads();
+            if (f0 + FT < nf) loadf(f0 + FT);
+            for (int kk = 0; kk < nk; kk++) {
+                const unsigned int k = f0 / T + kk;
+#pragma unroll
+                for (int i = 0; i < 2; i++) {
+                    const int s = part * 2 + i;
+                    if (active && s < (int)n) ckpt[(ck0 + k) * n + s] = h[i];
+                }
+#pragma unroll 4
+                for (int tt = 0; tt < T; tt++) {
+                    const int t = kk * T + tt;
+                    const float dt = f_dt[t * CPB + ch];
+                    const float dx = dt * f_u[t * CPB + ch];
+                    const float2 bb = reinterpret_cast<const float2*>(f_b)[t * (NMAX / 2) + part];
+                    h[0] = fmaf(s6b_ex2(dt * a2[0]), h[0], dx * bb.x);
+                    h[1] = fmaf(s6b_ex2(dt * a2[1]), h[1], dx * bb.y);
+                }
+            }
+        }
+    }
+
+    // 2. The chunks in reverse.
+    float dd_acc = 0.0f, dbias_acc = 0.0f;
+    const int w2 = 2 * (int)n;
+    for (int k = (int)nck - 1; k >= 0; k--) {
+        const unsigned int t0 = (unsigned int)k * T;
+        const int tl = seqlen - t0 < (unsigned int)T ? (int)(seqlen - t0) : T;
+        __syncthreads();  // the previous chunk's store phase is done with shared memory
+#pragma unroll
+        for (int e = 0; e < E; e++) {
+            const int idx = tid + e * NT;
+            if (idx < T * CPB) {
+                const int t = idx / CPB, c = idx % CPB;
+                float dtv = 0.0f, spv = 0.0f, gv = 0.0f, gzv = 0.0f;
+                if (d0 + c < dim) {
+                    const float v = rdl[e] + rbias;
+                    dtv = s6b_fast_softplus(v);
+                    spv = v > 20.0f ? 1.0f : s6b_fast_sigmoid(v);
+                    if (z != nullptr) {
+                        const float zz = rz[e];
+                        const float sg = s6b_fast_sigmoid(zz);
+                        gv = rg[e] * zz * sg;
+                        gzv = rg[e] * sg * fmaf(zz, 1.0f - sg, 1.0f);
+                    } else {
+                        gv = rg[e];
+                    }
+                }
+                s_dug[t][c] = make_float4(dtv, ru[e], gv, dtv * ru[e]);
+                s_sp[t][c] = spv;
+                s_gz[t][c] = gzv;
+                float* bc = reinterpret_cast<float*>(&s_bc[t][c >> 1]);
+                bc[c & 1] = rb[e];
+                bc[2 + (c & 1)] = rcc[e];
+            }
+        }
+        float hh0 = h[0], hh1 = h[1];
+        if (k + 1 < (int)nck) {
+            hh0 = rck[0];
+            hh1 = rck[1];
+        }
+        __syncthreads();
+        if (k > 0) load((unsigned int)k - 1);
+
+        // The chunk's recompute into registers and its reverse walk, unrolled whole (`nt` is a
+        // literal T at the first call site, so a full chunk has no masks).
+        auto walk = [&](const int nt) {
+            float hs[T][2], es[T][2];
+#pragma unroll
+            for (int t = 0; t < T; t++) {
+                if (t < nt) {
+                    const float4 v = s_dug[t][ch];
+                    const float4 bc = s_bc[t][part];
+                    es[t][0] = s6b_ex2(v.x * a2[0]);
+                    es[t][1] = s6b_ex2(v.x * a2[1]);
+                    hh0 = fmaf(es[t][0], hh0, v.w * bc.x);
+                    hh1 = fmaf(es[t][1], hh1, v.w * bc.y);
+                    hs[t][0] = hh0;
+                    hs[t][1] = hh1;
+                }
+            }
+#pragma unroll
+            for (int t = T - 1; t >= 0; t--) {
+                if (t < nt) {
+                    const float4 v = s_dug[t][ch];
+                    const float4 bc = s_bc[t][part];
+                    const float dt = v.x, g = v.z, dtx = v.w;
+                    const float bs[2] = {bc.x, bc.y}, cs[2] = {bc.z, bc.w};
+                    float pb[2], pc[2], pout = 0.0f, pbs = 0.0f, pqa = 0.0f;
+#pragma unroll
+                    for (int i = 0; i < 2; i++) {
+                        const float dhs = fmaf(g, cs[i], dh[i]);
+                        pb[i] = dhs * dtx;
+                        pc[i] = g * hs[t][i];
+                        pout = fmaf(cs[i], hs[t][i], pout);
+                        pbs = fmaf(dhs, bs[i], pbs);
+                        const float q = dhs * (hs[t][i] - __fmul_rn(dtx, bs[i]));
+                        da[i] = fmaf(q, dt, da[i]);
+                        pqa = fmaf(q, av[i], pqa);
+                        dh[i] = dhs * es[t][i];
+                    }
+                    s_pp[t][tid] = make_float4(pb[0], pb[1], pc[0], pc[1]);
+                    s_p2[t][tid] = make_float2(pbs, pqa);
+                    s_p1[t][tid] = pout;
+                }
+            }
+        };
+        if (tl == T) {
+            walk(T);
+        } else {
+            walk(tl);
+        }
+        __syncthreads();
+
+        // du, dΔ, dz: sums over each channel's 8 lanes (the lane order rotated against bank conflicts).
+#pragma unroll
+        for (int e = 0; e < E; e++) {
+            const int idx = tid + e * NT;
+            if (idx < tl * CPB) {
+                const int t = idx / CPB, c = idx % CPB;
+                float sbs = 0.0f, sqa = 0.0f, sout = 0.0f;
+#pragma unroll
+                for (int p = 0; p < SPLIT; p++) {
+                    const float2 v = s_p2[t][c * SPLIT + ((p + c + (c >> 3)) & 7)];
+                    sbs += v.x;
+                    sqa += v.y;
+                    sout += s_p1[t][c * SPLIT + ((p + (c >> 2) + 4 * (t & 1)) & 7)];
+                }
+                const float4 v = s_dug[t][c];
+                const float dt = v.x, x = v.y, g = v.z;
+                const float ddt = fmaf(x, sbs, sqa) * s_sp[t][c];
+                if (rd < dim) {
+                    const unsigned long long r = row0 + t0 + t;
+                    du[r * dim + rd] = fmaf(dt, sbs, g * rdsk);
+                    ddelta[r * dim + rd] = ddt;
+                    if (dz != nullptr) dz[r * lddz + rd] = fmaf(rdsk, x, sout) * s_gz[t][c];
+                }
+                dd_acc = fmaf(g, x, dd_acc);
+                dbias_acc += ddt;
+            }
+        }
+        // dB_t, dC_t: sums over the block's channels, as n16p.
+        if (tid < tl * SPLIT) {
+            const int t = tid / SPLIT, p = tid % SPLIT;
+            float4 s0 = s_pp[t][p], s1 = s_pp[t][SPLIT + p];
+#pragma unroll
+            for (int c = 2; c < CPB; c += 2) {
+                const float4 v0 = s_pp[t][c * SPLIT + p], v1 = s_pp[t][(c + 1) * SPLIT + p];
+                s0.x += v0.x;
+                s0.y += v0.y;
+                s0.z += v0.z;
+                s0.w += v0.w;
+                s1.x += v1.x;
+                s1.y += v1.y;
+                s1.z += v1.z;
+                s1.w += v1.w;
+            }
+            float* out = pbc + ((unsigned long long)blockIdx.x * rows + row0 + t0 + t) * w2;
+            const int s = 2 * p;
+            if (s < (int)n) {
+                out[s] = s0.x + s1.x;
+                out[n + s] = s0.z + s1.z;
+            }
+            if (s + 1 < (int)n) {
+                out[s + 1] = s0.y + s1.y;
+                out[n + s + 1] = s0.w + s1.w;
+            }
+        }
+    }
+
+    // 3. This sequence's parameter-gradient partials, as n16p.
+    float* pp = pparam + (unsigned long long)b * dim * (n + 2);
+#pragma unroll
+    for (int i = 0; i < 2; i++) {
+        const int s = part * 2 + i;
+        if (active && s < (int)n) pp[(unsigned long long)d * n + s] = da[i];
+    }
+    __syncthreads();
+    float* s_red = &s_p1[0][0];
+    s_red[tid] = dd_acc;
+    s_red[NT + tid] = dbias_acc;
+    __syncthreads();
+    if (tid < CPB && rd < dim) {
+        float sd = 0.0f, sb = 0.0f;
+#pragma unroll
+        for (int j = 0; j < NT / CPB; j++) {
+            sd += s_red[tid + j * CPB];
+            sb += s_red[NT + tid + j * CPB];
+        }
+        pp[(unsigned long long)dim * n + rd] = sd;
+        pp[(unsigned long long)dim * n + dim + rd] = sb;
+    }
+}
+
+#define S6_SCAN_BWD_N16R(NAME, T, MIN_BLOCKS)                                                                         \
+    extern "C" __global__ void __launch_bounds__(128, MIN_BLOCKS)                                                    \
+        NAME(const float* __restrict__ u, const float* __restrict__ delta, const float* __restrict__ delta_bias,      \
+             const float* __restrict__ a, const float* __restrict__ bm, unsigned int ldb,                             \
+             const float* __restrict__ cm, unsigned int ldc, const float* __restrict__ dskip,                         \
+             const float* __restrict__ z, unsigned int ldz, const float* __restrict__ dy, float* __restrict__ du,     \
+             float* __restrict__ ddelta, float* __restrict__ dz, unsigned int lddz, float* __restrict__ ckpt,         \
+             float* __restrict__ pbc, float* __restrict__ pparam, unsigned int seqlen, unsigned int dim,              \
+             unsigned int n) {                                                                                        \
+        S6_PDL_ENTRY();                                                                                               \
+        s6_scan_bwd_n16r_body<T>(u, delta, delta_bias, a, bm, ldb, cm, ldc, dskip, z, ldz, dy, du, ddelta, dz, lddz, \
+                                 ckpt, pbc, pparam, seqlen, dim, n);                                                  \
+    }
+S6_SCAN_BWD_N16R(s6_scan_bwd_n16r8, 8, 3)
+S6_SCAN_BWD_N16R(s6_scan_bwd_n16r8b4, 8, 4)
+S6_SCAN_BWD_N16R(s6_scan_bwd_n16r12, 12, 3)
+
 // dB / dC: sum of the per-block partials pbc[blk][row][2n] over the blocks, in order; written to
 // db[row * ldb + s] and dc[row * ldc + s] (offsets applied by the caller).
 extern "C" __global__ void s6_scan_bwd_reduce_bc(const float* __restrict__ pbc, unsigned int nblk, unsigned int rows,
