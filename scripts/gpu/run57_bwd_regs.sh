@@ -1,20 +1,22 @@
 #!/bin/bash
-# GPU run 57 (session 14): run 56's plan (the tests of main and of the scan forward's cheaper
-# stage, patches/scan-fwd-stage.patch, the scan benchmark, prefill and training of both) and the
-# scan backward with the chunk's states in registers (S6_SCAN_BWD=n16r8|n16r8b4|n16r12, checked on
-# the CPU by scripts/emulate/scan_bwd_emu.cpp): its tests, its time against n16p, training with it,
-# and Nsight Compute on n16p and the register variants. Binaries: dev-out/s6 and dev-out/test-*
-# (main), dev-out/s6-stage, dev-out/test-cuda-stage, dev-out/test-cuda_train-stage (main + the patch).
+# GPU run 57 (session 14): the scan backward with the chunk's states in registers
+# (S6_SCAN_BWD=n16r8|n16r8b4|n16r12, checked on the CPU by scripts/emulate/scan_bwd_emu.cpp): its
+# tests, its time against n16p, training with it; the training tests (the embedding's backward
+# without atomics, gradients the same bits run to run); run 56's plan for the scan forward's
+# cheaper stage (patches/scan-fwd-stage.patch: its tests, scan benchmark and prefill against main);
+# Nsight Compute on the backward kernels. Most important first. Binaries: dev-out/s6 and
+# dev-out/test-* (main), dev-out/s6-stage, dev-out/test-cuda-stage, dev-out/test-cuda_train-stage.
 . "$(dirname "$0")/cuda_tests.sh"
 date -u; nvidia-smi --query-gpu=name --format=csv,noheader
 export S6_KERNEL_CACHE=/tmp/s6-kernels
-run_cuda_tests
-for v in n16r8 n16r8b4 n16r12; do
-  for n in test-cuda_backward test-cuda_train; do
-    S6_SCAN_BWD=$v timeout 120 dev-out/$n --test-threads=1 > /tmp/$n-$v.log 2>&1; echo "$n ($v) exit $?"
-    grep -E "test result" /tmp/$n-$v.log; grep -E "FAILED|panicked" -A8 /tmp/$n-$v.log | head -20
-  done
-done
+t() {  # label, env assignment or -, binary, filter...
+  local label=$1 env=$2 bin=$3; shift 3
+  [ "$env" = - ] && env=X=1
+  env $env timeout 150 dev-out/$bin --test-threads=1 "$@" > $OUT/$label.log 2>&1; echo "$label exit $?"
+  grep -E "test result" $OUT/$label.log; grep -E "FAILED|panicked" -A8 $OUT/$label.log | head -20
+}
+t train - test-cuda_train
+for v in n16r8 n16r12; do t backward-$v S6_SCAN_BWD=$v test-cuda_backward; done
 date -u
 b() { local bin=$1; shift; $bin bench scan --device cuda "$@" 2>&1 | grep -E "^scan" | sed 's/  */ /g; s/ GB.s.*//'; }
 for v in n16p n16r8 n16r8b4 n16r12 n16p; do
@@ -23,30 +25,31 @@ for v in n16p n16r8 n16r8b4 n16r12 n16p; do
   S6_SCAN_BWD=$v b dev-out/s6 --repeats 3 --backward --scan-batch 16 --scan-d-inner 1536 --scan-seqlen 2048
 done
 date -u
-for v in n16p n16r8 n16r8b4 n16r12; do
-  echo "== train $v"
-  S6_SCAN_BWD=$v dev-out/s6 bench train --device cuda --dtype bf16 --preset mamba-130m --batch 16 --seqlen 2048 --repeats 2 2>&1 | grep -E "^train"
-done
-date -u
-for n in test-cuda-stage test-cuda_train-stage; do
-  timeout 150 dev-out/$n --test-threads=1 > /tmp/$n.log 2>&1; echo "$n exit $?"
-  grep -E "test result" /tmp/$n.log; grep -E "FAILED|panicked" -A8 /tmp/$n.log | head -20
-done
-S6_SCAN_N16=v4c64t16 timeout 100 dev-out/test-cuda-stage --test-threads=1 scan 2>&1 | grep -E "test result|FAILED|panicked"
+t fwd-stage - test-cuda-stage scan
+t fwd-stage-wide S6_SCAN_N16=v4c64t16 test-cuda-stage scan
 for bin in s6 s6-stage; do
   echo "== $bin"
   b dev-out/$bin --repeats 5 --scan-seqlen 512,2048,8192,32768
   b dev-out/$bin --repeats 5 --dtype bf16 --scan-seqlen 512,2048,8192,32768
   b dev-out/$bin --repeats 3 --scan-batch 16 --scan-d-inner 1536 --scan-seqlen 2048
-  b dev-out/$bin --repeats 2 --scan-batch 128 --scan-d-inner 4096 --scan-seqlen 2048
+done
+date -u
+for v in n16p n16r8 n16r12; do
+  echo "== train $v"
+  S6_SCAN_BWD=$v dev-out/s6 bench train --device cuda --dtype bf16 --preset mamba-130m --batch 16 --seqlen 2048 --repeats 2 2>&1 | grep -E "^train"
+done
+for bin in s6 s6-stage; do
   dev-out/$bin bench prefill --device cuda --dtype bf16 --preset mamba-1.4b --batch 128 --seqlen 2048 --repeats 1 2>&1 | grep -E "^prefill"
 done
+date -u
+for v in n16r8b4; do t backward-$v S6_SCAN_BWD=$v test-cuda_backward; done
+t train-n16r8 S6_SCAN_BWD=n16r8 test-cuda_train
 date -u
 NCU=$(command -v ncu || ls /opt/nvidia/nsight-compute/*/ncu /usr/local/cuda/bin/ncu 2>/dev/null | head -1)
 SECTIONS="--section SpeedOfLight --section ComputeWorkloadAnalysis --section MemoryWorkloadAnalysis --section MemoryWorkloadAnalysis_Tables --section WarpStateStats --section Occupancy --section SchedulerStats --section InstructionStats --section LaunchStats"
 prof() {  # name, binary, kernel regex, bench args...
   local name=$1 bin=$2 k=$3; shift 3
-  timeout 100 $NCU --clock-control none -k regex:$k -s 1 -c 1 $SECTIONS dev-out/$bin bench scan --device cuda --repeats 1 "$@" > $OUT/ncu-$name.txt 2>&1
+  timeout 80 $NCU --clock-control none -k regex:$k -s 1 -c 1 $SECTIONS dev-out/$bin bench scan --device cuda --repeats 1 "$@" > $OUT/ncu-$name.txt 2>&1
   echo "== $name: $(grep -E 'Duration|Executed Ipc Active|Issue Slots Busy|Achieved Occupancy|Registers Per|Executed Instructions  ' $OUT/ncu-$name.txt | tr -s ' ' | tr '\n' ';')"
 }
 prof bwd-n16p s6 s6_scan_bwd_n16p --scan-seqlen 2048 --backward
