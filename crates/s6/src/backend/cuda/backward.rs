@@ -11,27 +11,43 @@ use crate::{Error, Result};
 /// Threads per block of the scan backward kernels.
 const SCAN_BWD_THREADS: u32 = 128;
 
-/// The d_state-16 scan backward `(kernel, lanes per channel, chunk length)`: `s6_scan_bwd_n16p`,
-/// or `S6_SCAN_BWD=n16r8|n16r8b4|n16r12` (the chunk's states in registers, chunks of 8 or 12 steps;
-/// b4: compiled for 4 blocks per SM instead of 3), for
-/// measurements (read once per process).
-fn scan_bwd_n16() -> (&'static str, u32, usize) {
-    static CHOSEN: std::sync::OnceLock<(&'static str, u32, usize)> = std::sync::OnceLock::new();
-    *CHOSEN.get_or_init(|| match std::env::var("S6_SCAN_BWD").ok().as_deref().map(str::trim) {
-        Some("n16r8") => ("s6_scan_bwd_n16r8", 8, 8),
-        Some("n16r8b4") => ("s6_scan_bwd_n16r8b4", 8, 8),
-        Some("n16r12") => ("s6_scan_bwd_n16r12", 8, 12),
-        _ => ("s6_scan_bwd_n16p", 8, 12),
-    })
+/// A scan backward kernel: name, lanes per channel, chunk length.
+type ScanBwdKernel = (&'static str, u32, usize);
+
+/// The d_state-16 scan backward kernels (`kernels/scan_backward.cu`), by their `S6_SCAN_BWD` names.
+const SCAN_BWD_N16: [(&str, ScanBwdKernel); 5] = [
+    ("n16p", ("s6_scan_bwd_n16p", 8, 12)),
+    ("n16r8", ("s6_scan_bwd_n16r8", 8, 8)),
+    ("n16r8b4", ("s6_scan_bwd_n16r8b4", 8, 8)),
+    ("n16r12", ("s6_scan_bwd_n16r12", 8, 12)),
+    ("n16r6b4", ("s6_scan_bwd_n16r6b4", 8, 6)),
+];
+
+/// The d_state-16 scan backward for `blocks` blocks of 16 channels on `sm_count` SMs. `n16r8`
+/// (the chunk's states in registers, 3 blocks per SM) where the blocks fill the device at least
+/// twice over at n16p's 4 per SM, else `n16p`: measured on an H100 (docs/BENCHMARKS.md, session
+/// 14), n16r8 takes 14% less time at B = 16, D = 1536 (1,536 blocks) and gives 130M training 5%
+/// more tokens/s, but at B = 4, D = 2048 (512 blocks) n16p fits the device in one wave and n16r8
+/// needs two (3% more time). `S6_SCAN_BWD=NAME` forces one, for measurements (read once per
+/// process).
+fn scan_bwd_n16(blocks: usize, sm_count: usize) -> ScanBwdKernel {
+    static FORCED: std::sync::OnceLock<Option<ScanBwdKernel>> = std::sync::OnceLock::new();
+    let forced = FORCED.get_or_init(|| {
+        let v = std::env::var("S6_SCAN_BWD").ok()?;
+        SCAN_BWD_N16.iter().find(|(name, _)| *name == v.trim()).map(|(_, k)| *k)
+    });
+    let by_size = if blocks >= 8 * sm_count.max(1) { SCAN_BWD_N16[1].1 } else { SCAN_BWD_N16[0].1 };
+    forced.unwrap_or(by_size)
 }
 
 impl Cuda {
-    /// `(kernel, lanes per channel, chunk length)` of the scan backward for `d_state = n`.
-    fn scan_bwd_kernel(&self, n: usize) -> Result<(&cudarc::driver::CudaFunction, u32, usize)> {
+    /// `(kernel, lanes per channel, chunk length)` of the scan backward for `d_state = n`, where
+    /// the d_state-16 kernels would run `blocks16` blocks (batch · ⌈d_inner / 16⌉).
+    fn scan_bwd_kernel(&self, n: usize, blocks16: usize) -> Result<(&cudarc::driver::CudaFunction, u32, usize)> {
         let (name, split, chunk) = match n {
             0..=4 => ("s6_scan_bwd_n4", 4, 16),
             5..=8 => ("s6_scan_bwd_n8", 8, 16),
-            9..=16 => scan_bwd_n16(),
+            9..=16 => scan_bwd_n16(blocks16, self.inner.sm_count),
             17..=32 => ("s6_scan_bwd_n32", 16, 16),
             33..=MAX_D_STATE => ("s6_scan_bwd_n64", 16, 8),
             _ => {
@@ -56,7 +72,7 @@ impl Cuda {
         if args.z.is_some() != grads.dz.is_some() {
             return Err(Error::Backend("CUDA scan backward: z and dz must be both given or both absent".into()));
         }
-        let (func, split, chunk) = self.scan_bwd_kernel(n)?;
+        let (func, split, chunk) = self.scan_bwd_kernel(n, batch * di.div_ceil(16))?;
         let ext = Self::view_extent;
         let u = self.ptr(args.u, 0, rows * di, "scan backward u")?;
         let dl = self.ptr(args.delta, 0, rows * di, "scan backward delta")?;

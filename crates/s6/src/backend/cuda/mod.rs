@@ -106,6 +106,7 @@ const KERNELS: &[&str] = &[
     "s6_scan_bwd_n16r8",
     "s6_scan_bwd_n16r8b4",
     "s6_scan_bwd_n16r12",
+    "s6_scan_bwd_n16r6b4",
     "s6_scan_bwd_n32",
     "s6_scan_bwd_n64",
     "s6_scan_bwd_reduce_bc",

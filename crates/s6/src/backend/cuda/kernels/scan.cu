@@ -179,6 +179,25 @@ __device__ __forceinline__ float s6_rcp_ftz(float x) {
     return y;
 }
 
+// softplus(x) = max(x, 0) + log1p(exp(-|x|)) without branches: the exp on the SFU, and log1p(w)
+// for w in [0, 1] as w·Q(w), Q of degree 8 fitted to log1p's relative error (session 13: at most
+// 1.9e-7 in fp32 against log1p in f64, about 2 ulp; with the SFU exp's 2^-22, Δ within 5e-7 of
+// the exact softplus), so that small Δ (1e-3 .. 1e-1 in trained models) keep their digits.
+// libdevice's log1pf cost ~30 instructions and branches per element here.
+__device__ __forceinline__ float s6_softplus_fast(float x) {
+    const float w = s6_ex2_ftz(-fabsf(x) * 1.4426950408889634f);
+    float q = 0.005232690833508968f;
+    q = fmaf(q, w, -0.029505228623747826f);
+    q = fmaf(q, w, 0.07822594791650772f);
+    q = fmaf(q, w, -0.13663245737552643f);
+    q = fmaf(q, w, 0.19106008112430573f);
+    q = fmaf(q, w, -0.2484298199415207f);
+    q = fmaf(q, w, 0.3331909775733948f);
+    q = fmaf(q, w, -0.4999949336051941f);
+    q = fmaf(q, w, 0.9999999403953552f);
+    return fmaf(w, q, fmaxf(x, 0.0f));
+}
+
 // Segments (session 13): where a scan's blocks do not cover the device once (a few long
 // sequences), the sequence can be cut into gridDim.z segments of seg_len steps, run side by side
 // (cuda/mod.rs `scan_segment_count`; with a block or more per SM they measured slower).
@@ -203,15 +222,15 @@ __device__ __forceinline__ void s6_scan_n16_vec_body(const TI* __restrict__ u, c
     constexpr int N = 16, NPT = 4;
     constexpr int SPLIT = N / NPT;
     constexpr int NT = CPB * SPLIT;
-    constexpr int E1 = (T * CPB) / NT;  // (t, channel) elements per thread and chunk
+    // A thread stages and stores the (t, channel) elements of one channel, sc = tid % CPB, at
+    // steps tid / CPB + SPLIT·e of the chunk: its addresses are one base and a stride.
+    constexpr int E1 = T / SPLIT;
     constexpr int E2 = (T * N + NT - 1) / NT;
-    static_assert((T * CPB) % NT == 0, "whole (t, channel) rounds");
+    static_assert(T % SPLIT == 0, "whole (t, channel) rounds");
     __shared__ float2 s_dx[T][CPB];  // (Δ, Δ·u)
-    __shared__ float s_u[T][CPB];
-    __shared__ float s_g[T][CPB];  // silu(z), or 1
     __shared__ __align__(16) float s_b[T][N];
-    __shared__ __align__(16) float s_c[T][N];
-    __shared__ __align__(16) float s_part[T][CPB][SPLIT];
+    __shared__ __align__(16) float s_c[LOCAL ? 1 : T][N];
+    __shared__ __align__(16) float s_part[LOCAL ? 1 : T][CPB][SPLIT];
 
     const int tid = threadIdx.x;
     const int ch = tid / SPLIT, part = tid % SPLIT;
@@ -223,12 +242,13 @@ __device__ __forceinline__ void s6_scan_n16_vec_body(const TI* __restrict__ u, c
     const unsigned int t_first = seg * seg_len;
     const unsigned int seqlen = min(seg_len, seqlen_total - t_first);
     const unsigned long long row0 = (unsigned long long)b * seqlen_total + t_first;
-    // The channel this thread stages and stores (NT is a multiple of CPB).
-    const int sc = tid % CPB;
+    // The channel this thread stages and stores, and its first step in a chunk.
+    const int sc = tid % CPB, st = tid / CPB;
     const unsigned int sd = d0 + sc;
     const bool s_active = sd < dim;
     const float bias_s = s_active ? delta_bias[sd] : 0.0f;
     const float dsk_s = s_active ? dskip[sd] : 0.0f;
+    const unsigned int stride = SPLIT * dim, stride_z = SPLIT * ldz;
 
     float h[NPT], a2[NPT];
     float* hp = state + ((unsigned long long)b * dim + d0 + ch) * N + part * NPT;
@@ -259,32 +279,29 @@ __device__ __forceinline__ void s6_scan_n16_vec_body(const TI* __restrict__ u, c
     float dt_sum = 0.0f;  // LOCAL: the segment's ΣΔ
 
     TI pu[E1], pd[E1], pz[E1], pb[E2], pc[E2];
+    float ru[E1], rg[E1];  // u and silu(z) of this thread's elements, for the store after the chunk
     auto load = [&](unsigned int t0) {
         const int tl = seqlen - t0 < (unsigned int)T ? (int)(seqlen - t0) : T;
+        const unsigned long long r = row0 + t0 + st;
+        const TI* up = u + r * dim + sd;
+        const TI* dp = delta + r * dim + sd;
+        const TI* zp = z + r * ldz + sd;
 #pragma unroll
         for (int e = 0; e < E1; e++) {
-            const int t = (tid + e * NT) / CPB;
-            pu[e] = TI(0);
-            pd[e] = TI(0);
-            pz[e] = TI(0);
-            if (t < tl && s_active) {
-                const unsigned long long r = row0 + t0 + t;
-                pu[e] = u[r * dim + sd];
-                pd[e] = delta[r * dim + sd];
-                if (!LOCAL && z != nullptr) pz[e] = z[r * ldz + sd];
-            }
+            const bool ok = s_active && st + SPLIT * e < tl;
+            pu[e] = ok ? up[e * stride] : TI(0);
+            pd[e] = ok ? dp[e * stride] : TI(0);
+            if (!LOCAL) pz[e] = ok && z != nullptr ? zp[e * stride_z] : TI(0);
         }
+        const TI* bp = bm + (row0 + t0) * ldb;
+        const TI* cp = cm + (row0 + t0) * ldc;
 #pragma unroll
         for (int e = 0; e < E2; e++) {
             const int idx = tid + e * NT;
             const int t = idx / N, s = idx % N;
-            pb[e] = TI(0);
-            pc[e] = TI(0);
-            if (t < tl) {
-                const unsigned long long r = row0 + t0 + t;
-                pb[e] = bm[r * ldb + s];
-                if (!LOCAL) pc[e] = cm[r * ldc + s];
-            }
+            const bool ok = ((T * N) % NT == 0 || idx < T * N) && t < tl;
+            pb[e] = ok ? bp[t * ldb + s] : TI(0);
+            if (!LOCAL) pc[e] = ok ? cp[t * ldc + s] : TI(0);
         }
     };
 
@@ -294,19 +311,19 @@ __device__ __forceinline__ void s6_scan_n16_vec_body(const TI* __restrict__ u, c
         __syncthreads();  // the previous chunk's store phase is done with shared memory
 #pragma unroll
         for (int e = 0; e < E1; e++) {
-            const int t = (tid + e * NT) / CPB;
-            const float x = S6Io<TI>::f(pd[e]) + bias_s, uv = S6Io<TI>::f(pu[e]), zv = S6Io<TI>::f(pz[e]);
-            const float dt = x > 20.0f ? x : log1pf(s6_ex2_ftz(x * 1.4426950408889634f));
-            s_dx[t][sc] = make_float2(dt, dt * uv);
+            const float uv = S6Io<TI>::f(pu[e]);
+            const float dt = s6_softplus_fast(S6Io<TI>::f(pd[e]) + bias_s);
+            s_dx[st + SPLIT * e][sc] = make_float2(dt, dt * uv);
             if constexpr (!LOCAL) {
-                s_u[t][sc] = uv;
-                s_g[t][sc] = z != nullptr ? zv * s6_rcp_ftz(1.0f + s6_ex2_ftz(-zv * 1.4426950408889634f)) : 1.0f;
+                const float zv = S6Io<TI>::f(pz[e]);
+                ru[e] = uv;
+                rg[e] = z != nullptr ? zv * s6_rcp_ftz(1.0f + s6_ex2_ftz(-zv * 1.4426950408889634f)) : 1.0f;
             }
         }
 #pragma unroll
         for (int e = 0; e < E2; e++) {
             const int idx = tid + e * NT;
-            if (idx < T * N) {
+            if ((T * N) % NT == 0 || idx < T * N) {
                 const int t = idx / N, s = idx % N;
                 s_b[t][s] = S6Io<TI>::f(pb[e]);
                 if constexpr (!LOCAL) s_c[t][s] = S6Io<TI>::f(pc[e]);
@@ -340,16 +357,18 @@ __device__ __forceinline__ void s6_scan_n16_vec_body(const TI* __restrict__ u, c
                 s_part[t][ch][part] = acc;
             }
             __syncthreads();
+            const unsigned long long r = row0 + t0 + st;
+            TI* yp = y + r * dim + sd;
+            unsigned short* y16p = y16 + r * dim + sd;
 #pragma unroll
             for (int e = 0; e < E1; e++) {
-                const int t = (tid + e * NT) / CPB;
-                if (t < tl && s_active) {
-                    float acc = 0.0f;
-#pragma unroll
-                    for (int p = 0; p < SPLIT; p++) acc += s_part[t][sc][p];
-                    const float yv = fmaf(dsk_s, s_u[t][sc], acc) * s_g[t][sc];
-                    y[(row0 + t0 + t) * dim + sd] = S6Io<TI>::of(yv);
-                    if constexpr (W16) y16[(row0 + t0 + t) * dim + sd] = s6_f32_to_bf16(yv);
+                const int t = st + SPLIT * e;
+                if (s_active && t < tl) {
+                    const float4 p = *reinterpret_cast<const float4*>(&s_part[t][sc][0]);
+                    const float acc = ((p.x + p.y) + p.z) + p.w;
+                    const float yv = fmaf(dsk_s, ru[e], acc) * rg[e];
+                    yp[e * stride] = S6Io<TI>::of(yv);
+                    if constexpr (W16) y16p[e * stride] = s6_f32_to_bf16(yv);
                 }
             }
         }

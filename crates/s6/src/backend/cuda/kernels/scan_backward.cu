@@ -657,7 +657,7 @@ extern "C" __global__ void __launch_bounds__(128, 4)
 }
 
 // d_state 9 ..= 16, the chunk's states in registers: s6_scan_bwd_n16r<T> (kernels s6_scan_bwd_n16r8,
-// s6_scan_bwd_n16r12). n16p's layout (8 lanes per channel, 2 states per lane, 16 channels per
+// s6_scan_bwd_n16r12 for 3 blocks per SM; s6_scan_bwd_n16r8b4, s6_scan_bwd_n16r6b4 for 4). n16p's layout (8 lanes per channel, 2 states per lane, 16 channels per
 // block) and phases, with less shared-memory traffic per state-step, which bounds n16p (every
 // step stored and read back (h_t, exp(ΔA)) and read Δ, u, g and B, C in five loads):
 //   - the recompute keeps h_t and exp(ΔA) of the chunk's T steps in registers (the loops are
@@ -984,6 +984,7 @@ __device__ __forceinline__ void s6_scan_bwd_n16r_body(
 S6_SCAN_BWD_N16R(s6_scan_bwd_n16r8, 8, 3)
 S6_SCAN_BWD_N16R(s6_scan_bwd_n16r8b4, 8, 4)
 S6_SCAN_BWD_N16R(s6_scan_bwd_n16r12, 12, 3)
+S6_SCAN_BWD_N16R(s6_scan_bwd_n16r6b4, 6, 4)
 
 // dB / dC: sum of the per-block partials pbc[blk][row][2n] over the blocks, in order; written to
 // db[row * ldb + s] and dc[row * ldc + s] (offsets applied by the caller).
