@@ -2,7 +2,8 @@
 // and their two reduction kernels, launched as cuda/backward.rs does) run on the CPU through
 // cuda_emu.h, against finite differences of the f64 forward (scan_ref.h): for L = sum(dy * y)
 // and each gradient G of an input X (u, Δ, z, B, C, A, D, the Δ bias), G . V against
-// (L(X + eV) - L(X - eV)) / 2e for random directions V. Zero initial state, as the backward assumes. Run: scripts/emulate/run.sh
+// (L(X + eV) - L(X - eV)) / 2e for random directions V. Zero initial state, as the backward
+// assumes. Run: scripts/emulate/run.sh
 #include "cuda_emu.h"
 #include "../../crates/s6/src/backend/cuda/kernels/prelude.cu"
 #include "../../crates/s6/src/backend/cuda/kernels/scan_backward.cu"
