@@ -104,9 +104,6 @@ const KERNELS: &[&str] = &[
     "s6_scan_bwd_n8",
     "s6_scan_bwd_n16p",
     "s6_scan_bwd_n16r8",
-    "s6_scan_bwd_n16r8b4",
-    "s6_scan_bwd_n16r12",
-    "s6_scan_bwd_n16r6b4",
     "s6_scan_bwd_n32",
     "s6_scan_bwd_n64",
     "s6_scan_bwd_reduce_bc",
@@ -1019,28 +1016,39 @@ pub(crate) fn scan_segment_count(blocks: usize, seqlen: usize, sms: usize) -> us
     count.clamp(1, seqlen.max(1))
 }
 
-/// The d_state-16 scan kernels for `channels` = batch · d_inner: 64 channels per block and chunks
-/// of 16 steps from [`SCAN_WIDE_CHANNELS`] on, else 16 per block with chunks of 64 (more blocks
-/// where there are few). `S6_SCAN_N16=NAME` (a [`ScanN16::name`]) forces one for every size, for
-/// measurements (read once per process).
+/// The d_state-16 scan kernels for `channels` = batch · d_inner: 16 channels per block with chunks
+/// of 64 below [`SCAN_WIDE_CHANNELS`] (more blocks where there are few), 32 per block with chunks
+/// of 32 up to [`SCAN_WIDEST_CHANNELS`], 64 per block with chunks of 16 from there.
+/// `S6_SCAN_N16=NAME` (a [`ScanN16::name`]) forces one for every size, for measurements (read once
+/// per process).
 pub(crate) fn scan_n16(channels: usize) -> &'static ScanN16 {
     static FORCED: OnceLock<Option<usize>> = OnceLock::new();
     let forced = FORCED.get_or_init(|| {
         let v = std::env::var("S6_SCAN_N16").ok()?;
         SCAN_N16.iter().position(|k| k.name == v.trim())
     });
-    let by_size = if channels >= SCAN_WIDE_CHANNELS { "v4c64t16" } else { "v4c16t64" };
+    let by_size = match channels {
+        c if c >= SCAN_WIDEST_CHANNELS => "v4c64t16",
+        c if c >= SCAN_WIDE_CHANNELS => "v4c32",
+        _ => "v4c16t64",
+    };
     let by_size = SCAN_N16.iter().position(|k| k.name == by_size).unwrap_or(0);
     &SCAN_N16[forced.unwrap_or(by_size)]
 }
 
-/// From this many channels on the d_state-16 scans use the wide shape. Measured on an H100, L =
-/// 2048 (docs/BENCHMARKS.md): session 10, with 16 per block and chunks of 64, 0.271 ms against
-/// 0.303 for 32 per block at 8,192 channels (B = 4, D = 2048), but 0.80 ms against 0.58 at
-/// 24,576 (B = 16, D = 1536) and 1.07 against 0.70 at 32,768 (B = 8, D = 4096); session 13, 64
-/// per block with chunks of 16: 0.500 ms against 0.580 at 24,576 channels and 9.76 against 10.39
-/// at 524,288 (B = 128, D = 4096), but 0.307 against 0.267 at 8,192.
+/// From this many channels on the d_state-16 scans use 32 channels per block instead of 16.
+/// Measured on an H100, L = 2048 (docs/BENCHMARKS.md): session 10, 16 per block with chunks of
+/// 64 took 0.271 ms against 0.303 for 32 per block at 8,192 channels (B = 4, D = 2048), but 0.80 ms
+/// against 0.58 at 24,576 (B = 16, D = 1536) and 1.07 against 0.70 at 32,768 (B = 8, D = 4096);
+/// session 14 (run 58, after the per-step stage was made cheaper), bf16: 0.213 ms against 0.230 at
+/// 8,192 channels, 0.625 against 0.483 at 24,576.
 const SCAN_WIDE_CHANNELS: usize = 1 << 14;
+
+/// From this many channels on the d_state-16 scans use 64 channels per block with chunks of 16.
+/// Session 14 (run 58, H100, L = 2048, bf16): 8.43 ms against 8.84 for 32 per block at 524,288
+/// channels (B = 128, D = 4096, 1.4B prefill's shape), but 0.545 against 0.483 at 24,576; the
+/// threshold lies between (not measured there), at the geometric middle of 32,768 and 524,288.
+const SCAN_WIDEST_CHANNELS: usize = 1 << 17;
 
 /// Launches a kernel of ours on the backend's stream: `launch!(self, func, cfg, what; args…)`,
 /// every argument a plain value (pointers as `u64`). With programmatic dependent launch (see
