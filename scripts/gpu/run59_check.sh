@@ -13,8 +13,8 @@ for shape in v4c32 v4c16t32 v4c16t16 v4c32t16; do
   echo "scan tests, $shape: $(S6_SCAN_N16=$shape timeout 60 dev-out/test-cuda --test-threads=1 scan 2>&1 | grep -E "test result|FAILED|panicked" | tr '\n' ' ')"
 done
 date -u
-tr() { dev-out/s6 bench train --device cuda --dtype bf16 "$@" --seqlen 2048 --repeats 2 2>&1 | grep -E "^train"; }
-tr --preset mamba-130m --batch 16; tr --preset mamba-1.4b --batch 8
+trn() { dev-out/s6 bench train --device cuda --dtype bf16 "$@" --seqlen 2048 --repeats 2 2>&1 | grep -E "^train"; }
+trn --preset mamba-130m --batch 16; trn --preset mamba-1.4b --batch 8
 dev-out/s6 bench prefill --device cuda --dtype bf16 --preset mamba-1.4b --batch 128 --seqlen 2048 --repeats 1 2>&1 | grep -E "^prefill"
 date -u
 b() { dev-out/s6 bench scan --device cuda "$@" 2>&1 | grep -E "^scan" | sed 's/  */ /g; s/ GB.s.*//'; }
