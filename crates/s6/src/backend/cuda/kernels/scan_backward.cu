@@ -307,365 +307,34 @@ S6_SCAN_BWD_KERNEL(s6_scan_bwd_n8, 1, 8, 16)
 S6_SCAN_BWD_KERNEL(s6_scan_bwd_n32, 2, 16, 16)
 S6_SCAN_BWD_KERNEL(s6_scan_bwd_n64, 4, 16, 8)
 
-// d_state 9 ..= 16: s6_scan_bwd_n16p, the structure of sessions 2-9's forward kernel. 8 lanes per
-// channel, 2 states per lane, 16 channels per block, chunks of T = 12 steps (what the static shared
-// memory holds). No warp shuffles in the time loops: every per-step partial sum goes through
-// shared memory and is reduced once per chunk.
-//   - The forward pass (checkpoints) runs in spans of 4 chunks staged in the then unused s_hd
+// d_state 9 ..= 16: s6_scan_bwd_n16<T, REGS> (kernels s6_scan_bwd_n16p and s6_scan_bwd_n16r8), the
+// structure of sessions 2-9's forward kernel. 8 lanes per channel, 2 states per lane, 16 channels
+// per block, chunks of T steps. No warp shuffles in the time loops: every per-step partial sum
+// goes through shared memory and is reduced once per chunk.
+//   - The forward pass (checkpoints) runs in spans of 4 chunks staged in the then unused s_pp
 //     region; it and the reverse pass load the next span's / chunk's raw inputs (and, in reverse,
 //     its checkpoint) into registers before running the current one, hiding their latency.
-//   - The recompute stores h_t and exp(ΔA) per lane (s_hd); the reverse step reads both instead of
-//     a third exp, and gets h_{t-1} exp(ΔA) as h_t - Δ u B_t.
-//   - Each reverse step writes its lane's dB_t, dC_t partials over its 2 states in place of the
-//     s_hd slot it has just read, and Σ_s dhs B, Σ_s q A, Σ_s C h to s_p2 / s_p1; after the chunk,
-//     du, dΔ, dz are summed over each channel's 8 lanes and dB_t, dC_t over the block's 16
-//     channels (float4 loads; the per-block partials pbc, as in the other kernels).
+//   - A step's per-channel inputs are staged as one float4 (Δ, u, g, Δu), a lane's B and C as one
+//     float4 (B_2p, B_2p+1, C_2p, C_2p+1).
+//   - The recompute keeps h_t and exp(ΔA) per lane: in registers with REGS (the chunk's loops
+//     unrolled whole, so every index is a constant; a partial chunk masks the steps past its end),
+//     else in s_pp, where the reverse step reads them and writes its partials in their place. The
+//     reverse step reads them instead of a third exp, and gets h_{t-1} exp(ΔA) as h_t - Δ u B_t.
+//   - Each reverse step writes its lane's dB_t, dC_t partials over its 2 states to s_pp, and
+//     Σ_s dhs B, Σ_s q A, Σ_s C h to s_p2 / s_p1; after the chunk, du, dΔ, dz are summed over each
+//     channel's 8 lanes and dB_t, dC_t over the block's 16 channels (float4 loads; the per-block
+//     partials pbc, as in the other kernels).
 //   - softplus and the sigmoids of the staged inputs use the fast intrinsics (__expf, __logf).
-//   - Registers decide the speed: 4 blocks of 128 threads per SM (128 registers) and no spills;
-//     the unroll factors and the span length were chosen on the H200 for that (full unrolling
-//     or longer spans spill and cost ~35%); full chunks: recompute unrolled by 6, reverse by 4.
+//   - Shared memory bounds it (run 57's profile of the shared-state kernel: "Mem Busy" 82%, every
+//     state-step's (h_t, exp(ΔA)) stored and read back); registers, the other limit, decide
+//     between the two: n16p (T = 12, states in shared memory) runs 4 blocks of 128 threads per SM
+//     at 128 registers, n16r8 (T = 8, states in registers) 3 at 168 (cuda/backward.rs chooses).
 __device__ __forceinline__ float s6b_fast_softplus(float x) {
     return x > 20.0f ? x : x < -15.0f ? __expf(x) : __logf(1.0f + __expf(x));
 }
 __device__ __forceinline__ float s6b_fast_sigmoid(float x) { return __fdividef(1.0f, 1.0f + __expf(-x)); }
-extern "C" __global__ void __launch_bounds__(128, 4)
-    s6_scan_bwd_n16p(const float* __restrict__ u, const float* __restrict__ delta, const float* __restrict__ delta_bias,
-                     const float* __restrict__ a, const float* __restrict__ bm, unsigned int ldb,
-                     const float* __restrict__ cm, unsigned int ldc, const float* __restrict__ dskip,
-                     const float* __restrict__ z, unsigned int ldz, const float* __restrict__ dy, float* __restrict__ du,
-                     float* __restrict__ ddelta, float* __restrict__ dz, unsigned int lddz, float* __restrict__ ckpt,
-                     float* __restrict__ pbc, float* __restrict__ pparam, unsigned int seqlen, unsigned int dim,
-                     unsigned int n) {
-    S6_PDL_ENTRY();
-    constexpr int NT = 128, SPLIT = 8, CPB = 16, NMAX = 16, T = 12;
-    constexpr int FT = 4 * T;  // forward staging: FT steps of u, Δ, B in the s_hd region
-    constexpr int EF = FT * CPB / NT;
-    static_assert(EF * NT == FT * CPB, "FT * CPB must be a multiple of NT");
-    constexpr int E = (T * CPB + NT - 1) / NT;  // T * NMAX == T * CPB elements staged per array
-    __shared__ float4 s_hd[T][NT];  // (h_t, exp(Δ A)) of the lane's 2 states; then its dB_t, dC_t partials
-    __shared__ float2 s_p2[T][NT];  // (Σ dhs B, Σ q A) over the lane's states
-    __shared__ float s_p1[T][NT];   // Σ C h over the lane's states
-    __shared__ float s_u[T][CPB];
-    __shared__ float s_dt[T][CPB];
-    __shared__ float s_sp[T][CPB];
-    __shared__ float s_g[T][CPB];
-    __shared__ float s_gz[T][CPB];
-    __shared__ float2 s_b[T][NMAX / 2];
-    __shared__ float2 s_c[T][NMAX / 2];
-
-    const int tid = threadIdx.x;
-    const int ch = tid / SPLIT, part = tid % SPLIT;
-    const unsigned int b = blockIdx.y;
-    const unsigned int d0 = blockIdx.x * CPB;
-    const unsigned int d = d0 + ch;
-    const bool active = d < dim;
-    const unsigned long long rows = (unsigned long long)gridDim.y * seqlen;
-    const unsigned long long row0 = (unsigned long long)b * seqlen;
-    const unsigned int nck = (seqlen + T - 1) / T;
-    const unsigned long long ck0 = ((unsigned long long)b * dim + d) * nck;
-    // The channel this thread reduces and stores in the store phase (T * CPB rows of CPB channels).
-    const int rc = tid % CPB;
-    const unsigned int rd = d0 + rc;
-    const float rdsk = rd < dim ? dskip[rd] : 0.0f;
-    const float rbias = rd < dim ? delta_bias[rd] : 0.0f;
-
-    float h[2], dh[2], av[2], a2[2], da[2];
-#pragma unroll
-    for (int i = 0; i < 2; i++) {
-        const int s = part * 2 + i;
-        const bool ok = active && s < (int)n;
-        av[i] = ok ? a[(unsigned long long)d * n + s] : 0.0f;
-        a2[i] = av[i] * 1.4426950408889634f;
-        h[i] = 0.0f;
-        dh[i] = 0.0f;
-        da[i] = 0.0f;
-    }
-
-    // Raw inputs of chunk k in registers; `full` adds those only the reverse pass needs.
-    float ru[E], rdl[E], rz[E], rg[E], rb[E], rcc[E], rck[2];
-    auto load = [&](unsigned int k, bool full) {
-        const unsigned int t0 = k * T;
-        const int tl = seqlen - t0 < (unsigned int)T ? (int)(seqlen - t0) : T;
-#pragma unroll
-        for (int e = 0; e < E; e++) {
-            const int idx = tid + e * NT;
-            const int t = idx / CPB, c = idx % CPB;
-            const unsigned int dd = d0 + c;
-            const unsigned long long r = row0 + t0 + t;
-            const bool okc = idx < T * CPB && t < tl && dd < dim;
-            const bool oks = idx < T * NMAX && t < tl && c < (int)n;
-            ru[e] = okc ? u[r * dim + dd] : 0.0f;
-            rdl[e] = okc ? delta[r * dim + dd] : 0.0f;
-            rb[e] = oks ? bm[r * ldb + c] : 0.0f;
-            if (full) {
-                rg[e] = okc ? dy[r * dim + dd] : 0.0f;
-                rz[e] = okc && z != nullptr ? z[r * ldz + dd] : 0.0f;
-                rcc[e] = oks ? cm[r * ldc + c] : 0.0f;
-            }
-        }
-        if (full && k + 1 < nck) {
-#pragma unroll
-            for (int i = 0; i < 2; i++) {
-                const int s = part * 2 + i;
-                rck[i] = active && s < (int)n ? ckpt[(ck0 + k) * n + s] : 0.0f;
-            }
-        }
-    };
-
-    // 1. Forward over the steps of the chunks 0 .. nck-2 (checkpoints), in spans of FT steps
-    //    staged in the (still unused) s_hd region; the last chunk's inputs are loaded meanwhile.
-    load(nck - 1, true);
-    {
-        float* f_u = reinterpret_cast<float*>(s_hd);
-        float* f_dt = f_u + FT * CPB;
-        float* f_b = f_dt + FT * CPB;
-        float fu[EF], fd[EF], fb[EF];
-        const unsigned int nf = (nck - 1) * T;
-        auto loadf = [&](unsigned int f0) {
-#pragma unroll
-            for (int e = 0; e < EF; e++) {
-                const int idx = tid + e * NT;
-                const int t = idx / CPB, c = idx % CPB;
-                const unsigned int dd = d0 + c;
-                const unsigned long long r = row0 + f0 + t;
-                const bool in = f0 + t < nf;
-                fu[e] = in && dd < dim ? u[r * dim + dd] : 0.0f;
-                fd[e] = in && dd < dim ? delta[r * dim + dd] : 0.0f;
-                fb[e] = in && c < (int)n ? bm[r * ldb + c] : 0.0f;
-            }
-        };
-        if (nf > 0) loadf(0);
-        for (unsigned int f0 = 0; f0 < nf; f0 += FT) {
-            const int nk = (nf - f0 < (unsigned int)FT ? (int)(nf - f0) : FT) / T;
-            __syncthreads();  // shared memory free again
-#pragma unroll
-            for (int e = 0; e < EF; e++) {
-                const int idx = tid + e * NT;
-                f_u[idx] = fu[e];
-                f_dt[idx] = d0 + (idx % CPB) < dim ? s6b_fast_softplus(fd[e] + rbias) : 0.0f;
-                f_b[idx] = fb[e];
-            }
-            __syncthreads();
-            if (f0 + FT < nf) loadf(f0 + FT);
-            for (int kk = 0; kk < nk; kk++) {
-                const unsigned int k = f0 / T + kk;
-#pragma unroll
-                for (int i = 0; i < 2; i++) {
-                    const int s = part * 2 + i;
-                    if (active && s < (int)n) ckpt[(ck0 + k) * n + s] = h[i];
-                }
-#pragma unroll 4
-                for (int tt = 0; tt < T; tt++) {
-                    const int t = kk * T + tt;
-                    const float dt = f_dt[t * CPB + ch];
-                    const float dx = dt * f_u[t * CPB + ch];
-                    const float2 bb = reinterpret_cast<const float2*>(f_b)[t * (NMAX / 2) + part];
-                    h[0] = fmaf(s6b_ex2(dt * a2[0]), h[0], dx * bb.x);
-                    h[1] = fmaf(s6b_ex2(dt * a2[1]), h[1], dx * bb.y);
-                }
-            }
-        }
-    }
-
-    // 2. The chunks in reverse.
-    float dd_acc = 0.0f, dbias_acc = 0.0f;
-    const int w2 = 2 * (int)n;
-    for (int k = (int)nck - 1; k >= 0; k--) {
-        const unsigned int t0 = (unsigned int)k * T;
-        const int tl = seqlen - t0 < (unsigned int)T ? (int)(seqlen - t0) : T;
-        __syncthreads();  // the previous chunk's store phase is done with shared memory
-#pragma unroll
-        for (int e = 0; e < E; e++) {
-            const int idx = tid + e * NT;
-            if (idx < T * CPB) {
-                const int t = idx / CPB, c = idx % CPB;
-                float dtv = 0.0f, spv = 0.0f, gv = 0.0f, gzv = 0.0f;
-                if (d0 + c < dim) {
-                    const float v = rdl[e] + rbias;
-                    dtv = s6b_fast_softplus(v);
-                    spv = v > 20.0f ? 1.0f : s6b_fast_sigmoid(v);
-                    if (z != nullptr) {
-                        const float zz = rz[e];
-                        const float sg = s6b_fast_sigmoid(zz);
-                        gv = rg[e] * zz * sg;
-                        gzv = rg[e] * sg * fmaf(zz, 1.0f - sg, 1.0f);
-                    } else {
-                        gv = rg[e];
-                    }
-                }
-                s_u[t][c] = ru[e];
-                s_dt[t][c] = dtv;
-                s_sp[t][c] = spv;
-                s_g[t][c] = gv;
-                s_gz[t][c] = gzv;
-                reinterpret_cast<float*>(s_b)[idx] = rb[e];
-                reinterpret_cast<float*>(s_c)[idx] = rcc[e];
-            }
-        }
-        float hh0 = h[0], hh1 = h[1];
-        if (k + 1 < (int)nck) {
-            hh0 = rck[0];
-            hh1 = rck[1];
-        }
-        __syncthreads();
-        if (k > 0) load((unsigned int)k - 1, true);
-
-        // The chunk's recompute and reverse walk; fully unrolled for a full chunk.
-        // (`nt` is a literal T at the first call site: NVRTC rejects generic lambdas in device code,
-        // so the full-chunk specialization comes from inlining, not from a template.)
-        auto walk = [&](const int nt) {
-            // Recompute the chunk's states (each lane writes and later reads only its own slots).
-#pragma unroll 6
-            for (int t = 0; t < nt; t++) {
-                const float dt = s_dt[t][ch];
-                const float dx = dt * s_u[t][ch];
-                const float2 bb = s_b[t][part];
-                const float e0 = s6b_ex2(dt * a2[0]), e1 = s6b_ex2(dt * a2[1]);
-                hh0 = fmaf(e0, hh0, dx * bb.x);
-                hh1 = fmaf(e1, hh1, dx * bb.y);
-                float4 v;
-                v.x = hh0;
-                v.y = hh1;
-                v.z = e0;
-                v.w = e1;
-                s_hd[t][tid] = v;
-            }
-
-            // Walk the chunk backward.
-#pragma unroll 4
-            for (int t = nt - 1; t >= 0; t--) {
-                const float dt = s_dt[t][ch];
-                const float x = s_u[t][ch];
-                const float g = s_g[t][ch];
-                const float dtx = dt * x;
-                const float2 bb = s_b[t][part], cc = s_c[t][part];
-                const float4 hd = s_hd[t][tid];
-                const float bs[2] = {bb.x, bb.y}, cs[2] = {cc.x, cc.y}, hc[2] = {hd.x, hd.y}, dec[2] = {hd.z, hd.w};
-                float pb[2], pc[2], pout = 0.0f, pbs = 0.0f, pqa = 0.0f;
-#pragma unroll
-                for (int i = 0; i < 2; i++) {
-                    const float dhs = fmaf(g, cs[i], dh[i]);
-                    pb[i] = dhs * dtx;
-                    pc[i] = g * hc[i];
-                    pout = fmaf(cs[i], hc[i], pout);
-                    pbs = fmaf(dhs, bs[i], pbs);
-                    // h_{t-1} exp(ΔA) = h_t - Δu B, the product rounded as in the recompute
-                    // (exactly 0 from h_{t-1} = 0).
-                    const float q = dhs * (hc[i] - __fmul_rn(dtx, bs[i]));
-                    da[i] = fmaf(q, dt, da[i]);
-                    pqa = fmaf(q, av[i], pqa);
-                    dh[i] = dhs * dec[i];
-                }
-                float4 vb;
-                vb.x = pb[0];
-                vb.y = pb[1];
-                vb.z = pc[0];
-                vb.w = pc[1];
-                s_hd[t][tid] = vb;
-                float2 vq;
-                vq.x = pbs;
-                vq.y = pqa;
-                s_p2[t][tid] = vq;
-                s_p1[t][tid] = pout;
-            }
-        };
-        if (tl == T) {
-            walk(T);
-        } else {
-            walk(tl);
-        }
-        __syncthreads();
-
-        // du, dΔ, dz: sums over each channel's 8 lanes (the lane order rotated against bank conflicts).
-#pragma unroll
-        for (int e = 0; e < E; e++) {
-            const int idx = tid + e * NT;
-            if (idx < tl * CPB) {
-                const int t = idx / CPB, c = idx % CPB;
-                float sbs = 0.0f, sqa = 0.0f, sout = 0.0f;
-#pragma unroll
-                for (int p = 0; p < SPLIT; p++) {
-                    const float2 v = s_p2[t][c * SPLIT + ((p + c + (c >> 3)) & 7)];
-                    sbs += v.x;
-                    sqa += v.y;
-                    sout += s_p1[t][c * SPLIT + ((p + (c >> 2) + 4 * (t & 1)) & 7)];
-                }
-                const float dt = s_dt[t][c], x = s_u[t][c], g = s_g[t][c];
-                const float ddt = fmaf(x, sbs, sqa) * s_sp[t][c];
-                if (rd < dim) {
-                    const unsigned long long r = row0 + t0 + t;
-                    du[r * dim + rd] = fmaf(dt, sbs, g * rdsk);
-                    ddelta[r * dim + rd] = ddt;
-                    if (dz != nullptr) dz[r * lddz + rd] = fmaf(rdsk, x, sout) * s_gz[t][c];
-                }
-                dd_acc = fmaf(g, x, dd_acc);
-                dbias_acc += ddt;
-            }
-        }
-        // dB_t, dC_t: sums over the block's channels; a thread sums the float4 partials (dB, dC of
-        // 2 states) of one lane position over the 16 channels.
-        if (tid < tl * SPLIT) {
-            const int t = tid / SPLIT, p = tid % SPLIT;
-            float4 s0 = s_hd[t][p], s1 = s_hd[t][SPLIT + p];
-#pragma unroll
-            for (int c = 2; c < CPB; c += 2) {
-                const float4 v0 = s_hd[t][c * SPLIT + p], v1 = s_hd[t][(c + 1) * SPLIT + p];
-                s0.x += v0.x;
-                s0.y += v0.y;
-                s0.z += v0.z;
-                s0.w += v0.w;
-                s1.x += v1.x;
-                s1.y += v1.y;
-                s1.z += v1.z;
-                s1.w += v1.w;
-            }
-            float* out = pbc + ((unsigned long long)blockIdx.x * rows + row0 + t0 + t) * w2;
-            const int s = 2 * p;
-            if (s < (int)n) {
-                out[s] = s0.x + s1.x;
-                out[n + s] = s0.z + s1.z;
-            }
-            if (s + 1 < (int)n) {
-                out[s + 1] = s0.y + s1.y;
-                out[n + s + 1] = s0.w + s1.w;
-            }
-        }
-    }
-
-    // 3. This sequence's parameter-gradient partials: pparam[b] = [dA (dim × n), dD (dim), dΔbias (dim)].
-    float* pp = pparam + (unsigned long long)b * dim * (n + 2);
-#pragma unroll
-    for (int i = 0; i < 2; i++) {
-        const int s = part * 2 + i;
-        if (active && s < (int)n) pp[(unsigned long long)d * n + s] = da[i];
-    }
-    __syncthreads();
-    float* s_red = &s_p1[0][0];
-    s_red[tid] = dd_acc;
-    s_red[NT + tid] = dbias_acc;
-    __syncthreads();
-    if (tid < CPB && rd < dim) {
-        float sd = 0.0f, sb = 0.0f;
-#pragma unroll
-        for (int j = 0; j < NT / CPB; j++) {
-            sd += s_red[tid + j * CPB];
-            sb += s_red[NT + tid + j * CPB];
-        }
-        pp[(unsigned long long)dim * n + rd] = sd;
-        pp[(unsigned long long)dim * n + dim + rd] = sb;
-    }
-}
-
-// d_state 9 ..= 16, the chunk's states in registers: s6_scan_bwd_n16r<T> (the kernel s6_scan_bwd_n16r8). n16p's layout (8 lanes per channel, 2 states per lane, 16 channels per
-// block) and phases, with less shared-memory traffic per state-step, which bounds n16p (every
-// step stored and read back (h_t, exp(ΔA)) and read Δ, u, g and B, C in five loads):
-//   - the recompute keeps h_t and exp(ΔA) of the chunk's T steps in registers (the loops are
-//     unrolled whole, so every index is a constant; a partial chunk masks the steps past its end);
-//   - a step's per-channel inputs are one float4 (Δ, u, g, Δu) and a lane's B and C one float4
-//     (B_2p, B_2p+1, C_2p, C_2p+1).
-// The reverse walk's arithmetic, the reductions after each chunk and the outputs are n16p's.
-template <int T>
-__device__ __forceinline__ void s6_scan_bwd_n16r_body(
+template <int T, bool REGS>
+__device__ __forceinline__ void s6_scan_bwd_n16_body(
     const float* __restrict__ u, const float* __restrict__ delta, const float* __restrict__ delta_bias,
     const float* __restrict__ a, const float* __restrict__ bm, unsigned int ldb, const float* __restrict__ cm,
     unsigned int ldc, const float* __restrict__ dskip, const float* __restrict__ z, unsigned int ldz,
@@ -673,12 +342,15 @@ __device__ __forceinline__ void s6_scan_bwd_n16r_body(
     unsigned int lddz, float* __restrict__ ckpt, float* __restrict__ pbc, float* __restrict__ pparam,
     unsigned int seqlen, unsigned int dim, unsigned int n) {
     constexpr int NT = 128, SPLIT = 8, CPB = 16, NMAX = 16;
+    // Unrolled whole with the states in registers; else by 6 and 4 (full unrolling or longer
+    // spans spill at 128 registers and cost ~35%, measured on the H200 in session 6).
+    constexpr int UNROLL_RECOMPUTE = REGS ? T : 6, UNROLL_REVERSE = REGS ? T : 4;
     constexpr int FT = 4 * T;  // forward staging: FT steps of u, Δ, B in the s_pp region
     constexpr int EF = FT * CPB / NT;
     static_assert(EF * NT == FT * CPB, "FT * CPB must be a multiple of NT");
     static_assert(3 * FT * CPB <= 4 * T * NT, "the forward staging must fit s_pp");
     constexpr int E = (T * CPB + NT - 1) / NT;  // T * NMAX == T * CPB elements staged per array
-    __shared__ float4 s_pp[T][NT];  // the lane's dB_t, dC_t partials of its 2 states
+    __shared__ float4 s_pp[T][NT];  // (h_t, exp(ΔA)) of the lane's 2 states without REGS; its dB_t, dC_t partials
     __shared__ float2 s_p2[T][NT];  // (Σ dhs B, Σ q A) over the lane's states
     __shared__ float s_p1[T][NT];   // Σ C h over the lane's states
     __shared__ float4 s_dug[T][CPB];  // (Δ, u, g, Δu)
@@ -696,6 +368,7 @@ __device__ __forceinline__ void s6_scan_bwd_n16r_body(
     const unsigned long long row0 = (unsigned long long)b * seqlen;
     const unsigned int nck = (seqlen + T - 1) / T;
     const unsigned long long ck0 = ((unsigned long long)b * dim + d) * nck;
+    // The channel this thread reduces and stores in the store phase (T * CPB rows of CPB channels).
     const int rc = tid % CPB;
     const unsigned int rd = d0 + rc;
     const float rdsk = rd < dim ? dskip[rd] : 0.0f;
@@ -741,7 +414,8 @@ __device__ __forceinline__ void s6_scan_bwd_n16r_body(
         }
     };
 
-    // 1. Forward over the steps of the chunks 0 .. nck-2 (checkpoints), as n16p.
+    // 1. Forward over the steps of the chunks 0 .. nck-2 (checkpoints), in spans of FT steps
+    //    staged in the (still unused) s_pp region; the last chunk's inputs are loaded meanwhile.
     load(nck - 1);
     {
         float* f_u = reinterpret_cast<float*>(s_pp);
@@ -837,42 +511,63 @@ __device__ __forceinline__ void s6_scan_bwd_n16r_body(
         __syncthreads();
         if (k > 0) load((unsigned int)k - 1);
 
-        // The chunk's recompute into registers and its reverse walk, unrolled whole (`nt` is a
-        // literal T at the first call site, so a full chunk has no masks).
+        // The chunk's recompute and reverse walk (`nt` is a literal T at the first call site, so a
+        // full chunk has no masks; NVRTC rejects generic lambdas in device code, so the
+        // full-chunk specialization comes from inlining, not from a template).
         auto walk = [&](const int nt) {
-            float hs[T][2], es[T][2];
-#pragma unroll
-            for (int t = 0; t < T; t++) {
-                if (t < nt) {
+            float hs[REGS ? T : 1][2], es[REGS ? T : 1][2];
+#pragma unroll UNROLL_RECOMPUTE
+            for (int t = 0; t < (REGS ? T : nt); t++) {
+                if (!REGS || t < nt) {
                     const float4 v = s_dug[t][ch];
                     const float4 bc = s_bc[t][part];
-                    es[t][0] = s6b_ex2(v.x * a2[0]);
-                    es[t][1] = s6b_ex2(v.x * a2[1]);
-                    hh0 = fmaf(es[t][0], hh0, v.w * bc.x);
-                    hh1 = fmaf(es[t][1], hh1, v.w * bc.y);
-                    hs[t][0] = hh0;
-                    hs[t][1] = hh1;
+                    const float e0 = s6b_ex2(v.x * a2[0]), e1 = s6b_ex2(v.x * a2[1]);
+                    hh0 = fmaf(e0, hh0, v.w * bc.x);
+                    hh1 = fmaf(e1, hh1, v.w * bc.y);
+                    if constexpr (REGS) {
+                        hs[t][0] = hh0;
+                        hs[t][1] = hh1;
+                        es[t][0] = e0;
+                        es[t][1] = e1;
+                    } else {
+                        s_pp[t][tid] = make_float4(hh0, hh1, e0, e1);  // each lane only reads its own
+                    }
                 }
             }
-#pragma unroll
-            for (int t = T - 1; t >= 0; t--) {
-                if (t < nt) {
+#pragma unroll UNROLL_REVERSE
+            for (int t = (REGS ? T : nt) - 1; t >= 0; t--) {
+                if (!REGS || t < nt) {
                     const float4 v = s_dug[t][ch];
                     const float4 bc = s_bc[t][part];
                     const float dt = v.x, g = v.z, dtx = v.w;
                     const float bs[2] = {bc.x, bc.y}, cs[2] = {bc.z, bc.w};
+                    float hc[2], dec[2];
+                    if constexpr (REGS) {
+                        hc[0] = hs[t][0];
+                        hc[1] = hs[t][1];
+                        dec[0] = es[t][0];
+                        dec[1] = es[t][1];
+                    } else {
+                        const float4 hd = s_pp[t][tid];
+                        hc[0] = hd.x;
+                        hc[1] = hd.y;
+                        dec[0] = hd.z;
+                        dec[1] = hd.w;
+                    }
                     float pb[2], pc[2], pout = 0.0f, pbs = 0.0f, pqa = 0.0f;
 #pragma unroll
                     for (int i = 0; i < 2; i++) {
                         const float dhs = fmaf(g, cs[i], dh[i]);
                         pb[i] = dhs * dtx;
-                        pc[i] = g * hs[t][i];
-                        pout = fmaf(cs[i], hs[t][i], pout);
+                        pc[i] = g * hc[i];
+                        pout = fmaf(cs[i], hc[i], pout);
                         pbs = fmaf(dhs, bs[i], pbs);
-                        const float q = dhs * (hs[t][i] - __fmul_rn(dtx, bs[i]));
+                        // h_{t-1} exp(ΔA) = h_t - Δu B, the product rounded as in the recompute
+                        // (exactly 0 from h_{t-1} = 0).
+                        const float q = dhs * (hc[i] - __fmul_rn(dtx, bs[i]));
                         da[i] = fmaf(q, dt, da[i]);
                         pqa = fmaf(q, av[i], pqa);
-                        dh[i] = dhs * es[t][i];
+                        dh[i] = dhs * dec[i];
                     }
                     s_pp[t][tid] = make_float4(pb[0], pb[1], pc[0], pc[1]);
                     s_p2[t][tid] = make_float2(pbs, pqa);
@@ -914,7 +609,8 @@ __device__ __forceinline__ void s6_scan_bwd_n16r_body(
                 dbias_acc += ddt;
             }
         }
-        // dB_t, dC_t: sums over the block's channels, as n16p.
+        // dB_t, dC_t: sums over the block's channels; a thread sums the float4 partials (dB, dC of
+        // 2 states) of one lane position over the 16 channels.
         if (tid < tl * SPLIT) {
             const int t = tid / SPLIT, p = tid % SPLIT;
             float4 s0 = s_pp[t][p], s1 = s_pp[t][SPLIT + p];
@@ -943,7 +639,7 @@ __device__ __forceinline__ void s6_scan_bwd_n16r_body(
         }
     }
 
-    // 3. This sequence's parameter-gradient partials, as n16p.
+    // 3. This sequence's parameter-gradient partials: pparam[b] = [dA (dim × n), dD (dim), dΔbias (dim)].
     float* pp = pparam + (unsigned long long)b * dim * (n + 2);
 #pragma unroll
     for (int i = 0; i < 2; i++) {
@@ -967,7 +663,7 @@ __device__ __forceinline__ void s6_scan_bwd_n16r_body(
     }
 }
 
-#define S6_SCAN_BWD_N16R(NAME, T, MIN_BLOCKS)                                                                         \
+#define S6_SCAN_BWD_N16(NAME, T, REGS, MIN_BLOCKS)                                                                         \
     extern "C" __global__ void __launch_bounds__(128, MIN_BLOCKS)                                                    \
         NAME(const float* __restrict__ u, const float* __restrict__ delta, const float* __restrict__ delta_bias,      \
              const float* __restrict__ a, const float* __restrict__ bm, unsigned int ldb,                             \
@@ -977,13 +673,14 @@ __device__ __forceinline__ void s6_scan_bwd_n16r_body(
              float* __restrict__ pbc, float* __restrict__ pparam, unsigned int seqlen, unsigned int dim,              \
              unsigned int n) {                                                                                        \
         S6_PDL_ENTRY();                                                                                               \
-        s6_scan_bwd_n16r_body<T>(u, delta, delta_bias, a, bm, ldb, cm, ldc, dskip, z, ldz, dy, du, ddelta, dz, lddz, \
+        s6_scan_bwd_n16_body<T, REGS>(u, delta, delta_bias, a, bm, ldb, cm, ldc, dskip, z, ldz, dy, du, ddelta, dz, lddz, \
                                  ckpt, pbc, pparam, seqlen, dim, n);                                                  \
     }
-// Chunks of 8 at 3 blocks per SM (168 registers). Measured against it (session 14, H100, B = 16,
-// D = 1536, L = 2048): chunks of 12 at 3 blocks per SM 2.83 ms (spills), chunks of 8 at 4 blocks
-// 2.62 ms (68 bytes spilled), chunks of 6 at 4 blocks 2.99 ms, n16r8 2.37 ms, n16p 2.76 ms.
-S6_SCAN_BWD_N16R(s6_scan_bwd_n16r8, 8, 3)
+// Measured against the states in registers with chunks of 8 at 3 blocks per SM (n16r8, 2.37 ms at
+// B = 16, D = 1536, L = 2048 on an H100, session 14): chunks of 12 at 3 blocks per SM 2.83 ms
+// (spills), chunks of 8 at 4 blocks 2.62 ms (68 bytes spilled), chunks of 6 at 4 blocks 2.99 ms.
+S6_SCAN_BWD_N16(s6_scan_bwd_n16p, 12, false, 4)
+S6_SCAN_BWD_N16(s6_scan_bwd_n16r8, 8, true, 3)
 
 // dB / dC: sum of the per-block partials pbc[blk][row][2n] over the blocks, in order; written to
 // db[row * ldb + s] and dc[row * ldc + s] (offsets applied by the caller).
