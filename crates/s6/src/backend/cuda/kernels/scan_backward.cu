@@ -328,7 +328,7 @@ S6_SCAN_BWD_KERNEL(s6_scan_bwd_n64, 4, 16, 8)
 //   - Shared memory bounds it (run 57's profile of the shared-state kernel: "Mem Busy" 82%, every
 //     state-step's (h_t, exp(ΔA)) stored and read back); registers, the other limit, decide
 //     between the two: n16p (T = 12, states in shared memory) runs 4 blocks of 128 threads per SM
-//     at 128 registers, n16r8 (T = 8, states in registers) 3 at 168 (cuda/backward.rs chooses).
+//     (116 registers), n16r8 (T = 8, states in registers) 3 (168) (cuda/backward.rs chooses).
 __device__ __forceinline__ float s6b_fast_softplus(float x) {
     return x > 20.0f ? x : x < -15.0f ? __expf(x) : __logf(1.0f + __expf(x));
 }
