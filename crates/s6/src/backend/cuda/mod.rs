@@ -99,21 +99,6 @@ const KERNELS: &[&str] = &[
     "s6_scan_n16_bf16_v4c64t16",
     "s6_scan_n16_seg_v4c64t16",
     "s6_scan_n16_seg_bf16_v4c64t16",
-    "s6_scan_n16_v4c16t32",
-    "s6_scan_n16_bf16_v4c16t32",
-    "s6_scan_n16_seg_v4c16t32",
-    "s6_scan_n16_seg_bf16_v4c16t32",
-    "s6_scan_n16_v4c16t16",
-    "s6_scan_n16_bf16_v4c16t16",
-    "s6_scan_n16_seg_v4c16t16",
-    "s6_scan_n16_seg_bf16_v4c16t16",
-    "s6_scan_n16_v4c32t16",
-    "s6_scan_n16_bf16_v4c32t16",
-    "s6_scan_n16_seg_v4c32t16",
-    "s6_scan_n16_seg_bf16_v4c32t16",
-    "s6_scan_n16_v4c16t32_b16",
-    "s6_scan_n16_v4c16t16_b16",
-    "s6_scan_n16_v4c32t16_b16",
     // scan_backward.cu
     "s6_scan_bwd_n4",
     "s6_scan_bwd_n8",
@@ -950,10 +935,9 @@ pub(crate) struct ScanN16 {
     pub cpb: u32,
 }
 
-/// 32 channels per block and chunks of 32 steps; 16 per block and chunks of 64; 64 per block and
-/// chunks of 16 ([`scan_n16`] chooses among these three); 16 with chunks of 32 or 16 and 32 with
-/// chunks of 16 (fewer registers, more warps per SM; forced by `S6_SCAN_N16` only).
-const SCAN_N16: [ScanN16; 6] = [
+/// 32 channels per block and chunks of 32 steps (the wide default until session 13); 16 per block
+/// and chunks of 64; 64 per block and chunks of 16 ([`scan_n16`] chooses).
+const SCAN_N16: [ScanN16; 3] = [
     ScanN16 {
         name: "v4c32",
         f32: "s6_scan_n16_v4c32",
@@ -980,33 +964,6 @@ const SCAN_N16: [ScanN16; 6] = [
         seg_f32: "s6_scan_n16_seg_v4c64t16",
         seg_bf16: "s6_scan_n16_seg_bf16_v4c64t16",
         cpb: 64,
-    },
-    ScanN16 {
-        name: "v4c16t32",
-        f32: "s6_scan_n16_v4c16t32",
-        f32_with_copy: "s6_scan_n16_v4c16t32_b16",
-        bf16: "s6_scan_n16_bf16_v4c16t32",
-        seg_f32: "s6_scan_n16_seg_v4c16t32",
-        seg_bf16: "s6_scan_n16_seg_bf16_v4c16t32",
-        cpb: 16,
-    },
-    ScanN16 {
-        name: "v4c16t16",
-        f32: "s6_scan_n16_v4c16t16",
-        f32_with_copy: "s6_scan_n16_v4c16t16_b16",
-        bf16: "s6_scan_n16_bf16_v4c16t16",
-        seg_f32: "s6_scan_n16_seg_v4c16t16",
-        seg_bf16: "s6_scan_n16_seg_bf16_v4c16t16",
-        cpb: 16,
-    },
-    ScanN16 {
-        name: "v4c32t16",
-        f32: "s6_scan_n16_v4c32t16",
-        f32_with_copy: "s6_scan_n16_v4c32t16_b16",
-        bf16: "s6_scan_n16_bf16_v4c32t16",
-        seg_f32: "s6_scan_n16_seg_v4c32t16",
-        seg_bf16: "s6_scan_n16_seg_bf16_v4c32t16",
-        cpb: 32,
     },
 ];
 

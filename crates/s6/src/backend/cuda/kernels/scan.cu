@@ -430,8 +430,3 @@ S6_SCAN_N16_SHAPE(v4c16t64, 16, 64)
 // Measured and dropped (run 55): 32 channels with chunks of 16 (as fast at 524,288 channels,
 // slower at 24,576), 16 with chunks of 32.
 S6_SCAN_N16_SHAPE(v4c64t16, 64, 16)
-// Session 14, after the per-step stage was made cheaper (the kernel became latency-bound): fewer
-// registers per thread for more warps per SM where the channels are few (measured in run 59).
-S6_SCAN_N16_SHAPE(v4c16t32, 16, 32)
-S6_SCAN_N16_SHAPE(v4c16t16, 16, 16)
-S6_SCAN_N16_SHAPE(v4c32t16, 32, 16)
