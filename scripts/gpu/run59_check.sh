@@ -1,15 +1,16 @@
 #!/bin/bash
 # GPU run 59: prepared in session 14, not run (the device tool found no machine for the last three
-# calls and then had too little time left to start one); the next session's first call. Build dev-
-# out/s6 and the test binaries from main, dev-out/s6-old from 802f947 (n16p before the template),
-# then run it with carry ["dev-out"]. What it checks: the final build. The scan backward's two
-# kernels are one template now (n16p stages its inputs as n16r8 does, packed float4s: 116 registers,
-# no spills; checked on the CPU by scripts/emulate/scan_bwd_emu.cpp): its tests and its time against
-# the binary before (dev-out/s6-old) and n16r8. The forward's shapes by size (v4c16t64 / v4c32 /
-# v4c64t16 at 16,384 and 131,072 channels): the scan tests with v4c32 forced (not run by the tests
-# since the stage change), training and prefill with the defaults. Then, as time allows, the
-# forward's two wide shapes around the new threshold and segments at the benchmark's shape (B=4,
-# D=2048: ~8 warps per SM with 4 lanes per channel, latency-bound since the stage change).
+# calls and then had too little time left to start one); the next session's first call. Build
+# dev-out/s6 and the test binaries from main, dev-out/s6-old from 802f947 (n16p before the
+# template), then run it with carry ["dev-out"]. What it checks: the final build. The scan
+# backward's two kernels are one template now (n16p stages its inputs as n16r8 does, packed float4s:
+# 116 registers, no spills; checked on the CPU by scripts/emulate/scan_bwd_emu.cpp): its tests and
+# its time against the binary before (dev-out/s6-old) and n16r8. The forward's shapes by size
+# (v4c16t64 / v4c32 / v4c64t16 at 16,384 and 131,072 channels): the scan tests with v4c32 forced
+# (not run by the tests since the stage change), training and prefill with the defaults. Then, as
+# time allows, the forward's two wide shapes around the new threshold and segments at the
+# benchmark's shape (B=4, D=2048: ~8 warps per SM with 4 lanes per channel, latency-bound since the
+# stage change).
 . "$(dirname "$0")/cuda_tests.sh"
 date -u; nvidia-smi --query-gpu=name --format=csv,noheader
 export S6_KERNEL_CACHE=/tmp/s6-kernels
