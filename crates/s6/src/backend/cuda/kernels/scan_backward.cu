@@ -286,18 +286,21 @@ __device__ __forceinline__ void s6_scan_bwd_body(
     }
 }
 
-#define S6_SCAN_BWD_KERNEL(NAME, NPT, SPLIT, T)                                                                     \
-    extern "C" __global__ void __launch_bounds__(128)                                                               \
-        NAME(const float* __restrict__ u, const float* __restrict__ delta, const float* __restrict__ delta_bias,   \
-             const float* __restrict__ a, const float* __restrict__ bm, unsigned int ldb,                           \
-             const float* __restrict__ cm, unsigned int ldc, const float* __restrict__ dskip,                       \
-             const float* __restrict__ z, unsigned int ldz, const float* __restrict__ dy, float* __restrict__ du,   \
-             float* __restrict__ ddelta, float* __restrict__ dz, unsigned int lddz, float* __restrict__ ckpt,       \
-             float* __restrict__ pbc, float* __restrict__ pparam, unsigned int seqlen, unsigned int dim,            \
-             unsigned int n) {                                                                                      \
-        S6_PDL_ENTRY();    \
-        s6_scan_bwd_body<NPT, SPLIT, T>(u, delta, delta_bias, a, bm, ldb, cm, ldc, dskip, z, ldz, dy, du, ddelta,  \
-                                        dz, lddz, ckpt, pbc, pparam, seqlen, dim, n);                               \
+// The scan backward kernels' parameters and the arguments that pass them on to a body.
+#define S6_SCAN_BWD_PARAMS                                                                                          \
+    const float *__restrict__ u, const float *__restrict__ delta, const float *__restrict__ delta_bias,             \
+        const float *__restrict__ a, const float *__restrict__ bm, unsigned int ldb, const float *__restrict__ cm,  \
+        unsigned int ldc, const float *__restrict__ dskip, const float *__restrict__ z, unsigned int ldz,           \
+        const float *__restrict__ dy, float *__restrict__ du, float *__restrict__ ddelta, float *__restrict__ dz,   \
+        unsigned int lddz, float *__restrict__ ckpt, float *__restrict__ pbc, float *__restrict__ pparam,          \
+        unsigned int seqlen, unsigned int dim, unsigned int n
+#define S6_SCAN_BWD_ARGS \
+    u, delta, delta_bias, a, bm, ldb, cm, ldc, dskip, z, ldz, dy, du, ddelta, dz, lddz, ckpt, pbc, pparam, seqlen, dim, n
+
+#define S6_SCAN_BWD_KERNEL(NAME, NPT, SPLIT, T)                                       \
+    extern "C" __global__ void __launch_bounds__(128) NAME(S6_SCAN_BWD_PARAMS) {      \
+        S6_PDL_ENTRY();                                                               \
+        s6_scan_bwd_body<NPT, SPLIT, T>(S6_SCAN_BWD_ARGS);                            \
     }
 
 // (states per lane, lanes per channel, chunk length): N_MAX = NPT * SPLIT, 128 / SPLIT channels per
@@ -663,18 +666,10 @@ __device__ __forceinline__ void s6_scan_bwd_n16_body(
     }
 }
 
-#define S6_SCAN_BWD_N16(NAME, T, REGS, MIN_BLOCKS)                                                                         \
-    extern "C" __global__ void __launch_bounds__(128, MIN_BLOCKS)                                                    \
-        NAME(const float* __restrict__ u, const float* __restrict__ delta, const float* __restrict__ delta_bias,      \
-             const float* __restrict__ a, const float* __restrict__ bm, unsigned int ldb,                             \
-             const float* __restrict__ cm, unsigned int ldc, const float* __restrict__ dskip,                         \
-             const float* __restrict__ z, unsigned int ldz, const float* __restrict__ dy, float* __restrict__ du,     \
-             float* __restrict__ ddelta, float* __restrict__ dz, unsigned int lddz, float* __restrict__ ckpt,         \
-             float* __restrict__ pbc, float* __restrict__ pparam, unsigned int seqlen, unsigned int dim,              \
-             unsigned int n) {                                                                                        \
-        S6_PDL_ENTRY();                                                                                               \
-        s6_scan_bwd_n16_body<T, REGS>(u, delta, delta_bias, a, bm, ldb, cm, ldc, dskip, z, ldz, dy, du, ddelta, dz, lddz, \
-                                 ckpt, pbc, pparam, seqlen, dim, n);                                                  \
+#define S6_SCAN_BWD_N16(NAME, T, REGS, MIN_BLOCKS)                                       \
+    extern "C" __global__ void __launch_bounds__(128, MIN_BLOCKS) NAME(S6_SCAN_BWD_PARAMS) { \
+        S6_PDL_ENTRY();                                                                      \
+        s6_scan_bwd_n16_body<T, REGS>(S6_SCAN_BWD_ARGS);                                     \
     }
 // Measured against the states in registers with chunks of 8 at 3 blocks per SM (n16r8, 2.37 ms at
 // B = 16, D = 1536, L = 2048 on an H100, session 14): chunks of 12 at 3 blocks per SM 2.83 ms
