@@ -1,7 +1,8 @@
 # Sourced by the GPU run scripts: the NVIDIA libraries of the GPU machine's torch install on the
-# library path, and `run_cuda_tests`, which runs the four CUDA test binaries in dev-out/ (built
+# library path; `run_cuda_tests`, which runs the four CUDA test binaries in dev-out/ (built
 # with `cargo test -p s6 --features cuda --no-run`), logging each into $OUT and printing results
-# and failures.
+# and failures; and `t`, which runs one of them the same way under a label, with one environment
+# assignment (or -) and a test filter.
 NV=/opt/torch/.venv/lib/python3.12/site-packages/nvidia
 export LD_LIBRARY_PATH=$(ls -d $NV/*/lib 2>/dev/null | tr '\n' ':')$LD_LIBRARY_PATH
 run_cuda_tests() {
@@ -9,4 +10,10 @@ run_cuda_tests() {
     timeout 150 dev-out/$n --test-threads=1 > $OUT/$n.log 2>&1; echo "$n exit $?" >> $OUT/$n.log
     grep -E "test result|exit" $OUT/$n.log; grep -E "FAILED|panicked" -A8 $OUT/$n.log | head -30
   done
+}
+t() {  # label, env assignment or -, binary, filter...
+  local label=$1 env=$2 bin=$3; shift 3
+  [ "$env" = - ] && env=X=1
+  env $env timeout 150 dev-out/$bin --test-threads=1 "$@" > $OUT/$label.log 2>&1; echo "$label exit $?"
+  grep -E "test result" $OUT/$label.log; grep -E "FAILED|panicked" -A8 $OUT/$label.log | head -20
 }

@@ -14,12 +14,6 @@
 . "$(dirname "$0")/cuda_tests.sh"
 date -u; nvidia-smi --query-gpu=name --format=csv,noheader
 export S6_KERNEL_CACHE=/tmp/s6-kernels
-t() {  # label, env assignment or -, binary, filter...
-  local label=$1 env=$2 bin=$3; shift 3
-  [ "$env" = - ] && env=X=1
-  env $env timeout 120 dev-out/$bin --test-threads=1 "$@" > $OUT/$label.log 2>&1; echo "$label exit $?"
-  grep -E "test result" $OUT/$label.log; grep -E "FAILED|panicked" -A8 $OUT/$label.log | head -20
-}
 t backward - test-cuda_backward
 t backward-n16r8 S6_SCAN_BWD=n16r8 test-cuda_backward
 t train - test-cuda_train

@@ -35,14 +35,19 @@ __device__ __forceinline__ float s6b_ex2(float x) {
     return y;
 }
 
+// The scan backward kernels' parameters (and their bodies'), and the arguments that pass them on.
+#define S6_SCAN_BWD_PARAMS                                                                                          \
+    const float *__restrict__ u, const float *__restrict__ delta, const float *__restrict__ delta_bias,             \
+        const float *__restrict__ a, const float *__restrict__ bm, unsigned int ldb, const float *__restrict__ cm,  \
+        unsigned int ldc, const float *__restrict__ dskip, const float *__restrict__ z, unsigned int ldz,           \
+        const float *__restrict__ dy, float *__restrict__ du, float *__restrict__ ddelta, float *__restrict__ dz,   \
+        unsigned int lddz, float *__restrict__ ckpt, float *__restrict__ pbc, float *__restrict__ pparam,          \
+        unsigned int seqlen, unsigned int dim, unsigned int n
+#define S6_SCAN_BWD_ARGS \
+    u, delta, delta_bias, a, bm, ldb, cm, ldc, dskip, z, ldz, dy, du, ddelta, dz, lddz, ckpt, pbc, pparam, seqlen, dim, n
+
 template <int NPT, int SPLIT, int T>
-__device__ __forceinline__ void s6_scan_bwd_body(
-    const float* __restrict__ u, const float* __restrict__ delta, const float* __restrict__ delta_bias,
-    const float* __restrict__ a, const float* __restrict__ bm, unsigned int ldb, const float* __restrict__ cm,
-    unsigned int ldc, const float* __restrict__ dskip, const float* __restrict__ z, unsigned int ldz,
-    const float* __restrict__ dy, float* __restrict__ du, float* __restrict__ ddelta, float* __restrict__ dz,
-    unsigned int lddz, float* __restrict__ ckpt, float* __restrict__ pbc, float* __restrict__ pparam,
-    unsigned int seqlen, unsigned int dim, unsigned int n) {
+__device__ __forceinline__ void s6_scan_bwd_body(S6_SCAN_BWD_PARAMS) {
     constexpr int NT = 128;
     constexpr int CPB = NT / SPLIT;
     constexpr int NMAX = NPT * SPLIT;
@@ -286,17 +291,6 @@ __device__ __forceinline__ void s6_scan_bwd_body(
     }
 }
 
-// The scan backward kernels' parameters and the arguments that pass them on to a body.
-#define S6_SCAN_BWD_PARAMS                                                                                          \
-    const float *__restrict__ u, const float *__restrict__ delta, const float *__restrict__ delta_bias,             \
-        const float *__restrict__ a, const float *__restrict__ bm, unsigned int ldb, const float *__restrict__ cm,  \
-        unsigned int ldc, const float *__restrict__ dskip, const float *__restrict__ z, unsigned int ldz,           \
-        const float *__restrict__ dy, float *__restrict__ du, float *__restrict__ ddelta, float *__restrict__ dz,   \
-        unsigned int lddz, float *__restrict__ ckpt, float *__restrict__ pbc, float *__restrict__ pparam,          \
-        unsigned int seqlen, unsigned int dim, unsigned int n
-#define S6_SCAN_BWD_ARGS \
-    u, delta, delta_bias, a, bm, ldb, cm, ldc, dskip, z, ldz, dy, du, ddelta, dz, lddz, ckpt, pbc, pparam, seqlen, dim, n
-
 #define S6_SCAN_BWD_KERNEL(NAME, NPT, SPLIT, T)                                       \
     extern "C" __global__ void __launch_bounds__(128) NAME(S6_SCAN_BWD_PARAMS) {      \
         S6_PDL_ENTRY();                                                               \
@@ -337,13 +331,7 @@ __device__ __forceinline__ float s6b_fast_softplus(float x) {
 }
 __device__ __forceinline__ float s6b_fast_sigmoid(float x) { return __fdividef(1.0f, 1.0f + __expf(-x)); }
 template <int T, bool REGS>
-__device__ __forceinline__ void s6_scan_bwd_n16_body(
-    const float* __restrict__ u, const float* __restrict__ delta, const float* __restrict__ delta_bias,
-    const float* __restrict__ a, const float* __restrict__ bm, unsigned int ldb, const float* __restrict__ cm,
-    unsigned int ldc, const float* __restrict__ dskip, const float* __restrict__ z, unsigned int ldz,
-    const float* __restrict__ dy, float* __restrict__ du, float* __restrict__ ddelta, float* __restrict__ dz,
-    unsigned int lddz, float* __restrict__ ckpt, float* __restrict__ pbc, float* __restrict__ pparam,
-    unsigned int seqlen, unsigned int dim, unsigned int n) {
+__device__ __forceinline__ void s6_scan_bwd_n16_body(S6_SCAN_BWD_PARAMS) {
     constexpr int NT = 128, SPLIT = 8, CPB = 16, NMAX = 16;
     // Unrolled whole with the states in registers; else by 6 and 4 (full unrolling or longer
     // spans spill at 128 registers and cost ~35%, measured on the H200 in session 6).
