@@ -2,10 +2,11 @@
 # GPU run 57 (session 14): the scan backward with the chunk's states in registers
 # (S6_SCAN_BWD=n16r8|n16r8b4|n16r12, checked on the CPU by scripts/emulate/scan_bwd_emu.cpp): its
 # tests, its time against n16p, training with it; the training tests (the embedding's backward
-# without atomics, gradients the same bits run to run); session 13's plan (run 56, never run; folded in here) for the scan forward's
-# cheaper stage (patches/scan-fwd-stage.patch: its tests, scan benchmark and prefill against main);
-# Nsight Compute on the backward kernels. Most important first. Binaries: dev-out/s6 and
-# dev-out/test-* (main), dev-out/s6-stage, dev-out/test-cuda-stage, dev-out/test-cuda_train-stage.
+# without atomics, gradients the same bits run to run); session 13's plan (run 56, never run; folded
+# in here) for the scan forward's cheaper stage (patches/scan-fwd-stage.patch: its tests, scan
+# benchmark and prefill against main); Nsight Compute on the backward kernels. Most important first.
+# Binaries: dev-out/s6 and dev-out/test-* (main), dev-out/s6-stage, dev-out/test-cuda-stage,
+# dev-out/test-cuda_train-stage.
 . "$(dirname "$0")/cuda_tests.sh"
 date -u; nvidia-smi --query-gpu=name --format=csv,noheader
 export S6_KERNEL_CACHE=/tmp/s6-kernels
