@@ -152,6 +152,30 @@ pub fn bf16_round(v: f32) -> f32 {
     f32::from_bits(r & 0xffff_0000)
 }
 
+/// The rows of `ids` grouped by id, in input order within an id (a counting sort): the rows of
+/// id `v` are `order[start[v]..start[v + 1]]`. Every backend's embedding backward adds an id's
+/// rows in this order, so that their gradients agree bit for bit and do not vary from run to run.
+/// An id not below `vocab` is an error naming it.
+pub fn rows_by_id(ids: &[u32], vocab: usize) -> Result<(Vec<usize>, Vec<usize>)> {
+    if let Some(&bad) = ids.iter().find(|&&i| i as usize >= vocab) {
+        return Err(crate::Error::input(format!("token id {bad} is outside the vocabulary (size {vocab})")));
+    }
+    let mut start = vec![0usize; vocab + 1];
+    for &id in ids {
+        start[id as usize + 1] += 1;
+    }
+    for v in 0..vocab {
+        start[v + 1] += start[v];
+    }
+    let mut fill = start.clone();
+    let mut order = vec![0usize; ids.len()];
+    for (i, &id) in ids.iter().enumerate() {
+        order[fill[id as usize]] = i;
+        fill[id as usize] += 1;
+    }
+    Ok((start, order))
+}
+
 /// Shapes of one selective-scan call.
 #[derive(Clone, Copy, Debug)]
 pub struct ScanDims {

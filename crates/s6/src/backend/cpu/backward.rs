@@ -1094,31 +1094,15 @@ unsafe fn reverse_chunk_avx2<const GATE: bool>(
 // embedding, cross-entropy, AdamW
 
 /// `dtable[ids[i], :] += dout[i, :]`. Rows of `dtable` are split among tasks; each adds the
-/// gradients of its ids in the order they occur (a counting sort of the ids), so duplicates add up
-/// without races.
+/// gradients of its ids in the order they occur ([`rows_by_id`](crate::backend::rows_by_id)), so
+/// duplicates add up without races.
 pub fn embedding_backward(ids: &[u32], dim: usize, dout: &[f32], dtable: &mut [f32]) -> Result<()> {
     need("embedding_backward dout", dout.len(), ids.len() * dim)?;
     if dim == 0 || ids.is_empty() {
         return Ok(());
     }
     let vocab = dtable.len() / dim;
-    if let Some(&bad) = ids.iter().find(|&&i| i as usize >= vocab) {
-        return Err(Error::input(format!("token id {bad} is outside the vocabulary (size {vocab})")));
-    }
-    // Counting sort: occurrences of id v are order[start[v]..start[v + 1]], in input order.
-    let mut start = vec![0usize; vocab + 1];
-    for &id in ids {
-        start[id as usize + 1] += 1;
-    }
-    for v in 0..vocab {
-        start[v + 1] += start[v];
-    }
-    let mut fill = start.clone();
-    let mut order = vec![0usize; ids.len()];
-    for (i, &id) in ids.iter().enumerate() {
-        order[fill[id as usize]] = i;
-        fill[id as usize] += 1;
-    }
+    let (start, order) = crate::backend::rows_by_id(ids, vocab)?;
     dtable[..vocab * dim].par_chunks_mut(dim).with_min_len(64).enumerate().for_each(|(v, row)| {
         for &i in &order[start[v]..start[v + 1]] {
             row.iter_mut().zip(&dout[i * dim..][..dim]).for_each(|(d, g)| *d += g);

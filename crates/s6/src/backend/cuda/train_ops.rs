@@ -329,27 +329,16 @@ impl Cuda {
             return Ok(());
         }
         let vocab = dtable.len / dim;
-        if let Some(&bad) = ids.iter().find(|&&i| i as usize >= vocab) {
-            return Err(Error::input(format!("token id {bad} is outside the vocabulary (size {vocab})")));
-        }
-        // Rows grouped by id, in input order within an id (a stable sort): [seg (nseg + 1), uid
-        // (nseg), order (rows)] in one upload.
-        let mut order: Vec<u32> = (0..u32_of("rows", rows)?).collect();
-        order.sort_by_key(|&i| ids[i as usize]);
-        let mut seg = Vec::new();
-        let mut uid = Vec::new();
-        for (j, &i) in order.iter().enumerate() {
-            let id = ids[i as usize];
-            if uid.last() != Some(&id) {
-                seg.push(j as u32);
-                uid.push(id);
-            }
-        }
-        seg.push(rows as u32);
+        // The ids present, where their rows start in `order`, and `order` (rows grouped by id in
+        // input order, as on the CPU): [seg (nseg + 1), uid (nseg), order (rows)] in one upload.
+        let (start, order) = crate::backend::rows_by_id(ids, vocab)?;
+        let rows32 = u32_of("rows", rows)?;
+        let uid: Vec<u32> = (0..vocab).filter(|&v| start[v + 1] > start[v]).map(|v| v as u32).collect();
         let nseg = uid.len();
-        let mut packed = seg;
+        let mut packed: Vec<u32> = uid.iter().map(|&v| start[v as usize] as u32).collect();
+        packed.push(rows32);
         packed.extend_from_slice(&uid);
-        packed.extend_from_slice(&order);
+        packed.extend(order.iter().map(|&i| i as u32));
         let packed_dev = self.upload_u32(&packed)?;
         let (pp, _s) = packed_dev.device_ptr(self.stream());
         let u32_bytes = std::mem::size_of::<u32>() as u64;
