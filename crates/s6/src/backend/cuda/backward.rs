@@ -26,13 +26,10 @@ const SCAN_BWD_N16: [(&str, ScanBwdKernel); 2] =
 /// device in one wave and n16r8 needs two (3% more time). `S6_SCAN_BWD=n16p|n16r8` forces one,
 /// for measurements (read once per process).
 fn scan_bwd_n16(blocks: usize, sm_count: usize) -> ScanBwdKernel {
-    static FORCED: std::sync::OnceLock<Option<ScanBwdKernel>> = std::sync::OnceLock::new();
-    let forced = FORCED.get_or_init(|| {
-        let v = std::env::var("S6_SCAN_BWD").ok()?;
-        SCAN_BWD_N16.iter().find(|(name, _)| *name == v.trim()).map(|(_, k)| *k)
-    });
-    let by_size = if blocks >= 8 * sm_count.max(1) { SCAN_BWD_N16[1].1 } else { SCAN_BWD_N16[0].1 };
-    forced.unwrap_or(by_size)
+    static FORCED: std::sync::OnceLock<Option<usize>> = std::sync::OnceLock::new();
+    let forced = FORCED.get_or_init(|| super::forced_by_env("S6_SCAN_BWD", SCAN_BWD_N16.iter().map(|(name, _)| *name)));
+    let by_size = if blocks >= 8 * sm_count.max(1) { 1 } else { 0 }; // n16r8, n16p
+    SCAN_BWD_N16[forced.unwrap_or(by_size)].1
 }
 
 impl Cuda {

@@ -935,8 +935,8 @@ pub(crate) struct ScanN16 {
     pub cpb: u32,
 }
 
-/// 32 channels per block and chunks of 32 steps (the wide default until session 13); 16 per block
-/// and chunks of 64; 64 per block and chunks of 16 ([`scan_n16`] chooses).
+/// 32 channels per block and chunks of 32 steps; 16 per block and chunks of 64; 64 per block and
+/// chunks of 16 ([`scan_n16`] chooses by their index here).
 const SCAN_N16: [ScanN16; 3] = [
     ScanN16 {
         name: "v4c32",
@@ -1023,17 +1023,21 @@ pub(crate) fn scan_segment_count(blocks: usize, seqlen: usize, sms: usize) -> us
 /// per process).
 pub(crate) fn scan_n16(channels: usize) -> &'static ScanN16 {
     static FORCED: OnceLock<Option<usize>> = OnceLock::new();
-    let forced = FORCED.get_or_init(|| {
-        let v = std::env::var("S6_SCAN_N16").ok()?;
-        SCAN_N16.iter().position(|k| k.name == v.trim())
-    });
+    let forced = FORCED.get_or_init(|| forced_by_env("S6_SCAN_N16", SCAN_N16.iter().map(|k| k.name)));
     let by_size = match channels {
-        c if c >= SCAN_WIDEST_CHANNELS => "v4c64t16",
-        c if c >= SCAN_WIDE_CHANNELS => "v4c32",
-        _ => "v4c16t64",
+        c if c >= SCAN_WIDEST_CHANNELS => 2, // v4c64t16
+        c if c >= SCAN_WIDE_CHANNELS => 0,   // v4c32
+        _ => 1,                              // v4c16t64
     };
-    let by_size = SCAN_N16.iter().position(|k| k.name == by_size).unwrap_or(0);
     &SCAN_N16[forced.unwrap_or(by_size)]
+}
+
+/// Which of `names` the environment variable `var` holds (its index), for kernel choices forced
+/// in measurements (`S6_SCAN_N16`, `S6_SCAN_BWD`); `None` if unset or none of them. The callers
+/// read it once per process.
+pub(crate) fn forced_by_env<'a>(var: &str, names: impl IntoIterator<Item = &'a str>) -> Option<usize> {
+    let v = std::env::var(var).ok()?;
+    names.into_iter().position(|name| name == v.trim())
 }
 
 /// From this many channels on the d_state-16 scans use 32 channels per block instead of 16.
@@ -1787,7 +1791,23 @@ impl Backend for Cuda {
 
 #[cfg(test)]
 mod tests {
-    use super::{KernelArgs, Switch};
+    use super::{forced_by_env, scan_n16, KernelArgs, Switch};
+
+    /// The d_state-16 scan's block shape by size (when `S6_SCAN_N16` does not force one), and the
+    /// environment reader behind the forced choices.
+    #[test]
+    fn scan_shapes_by_size_and_forced_names() {
+        if std::env::var_os("S6_SCAN_N16").is_none() {
+            let names: Vec<_> =
+                [8_192, 16_384, 24_576, 131_071, 131_072, 524_288].iter().map(|&c| scan_n16(c).name).collect();
+            assert_eq!(names, ["v4c16t64", "v4c32", "v4c32", "v4c32", "v4c64t16", "v4c64t16"]);
+        }
+        // SAFETY: variables no other code reads, set before the only reads of them.
+        unsafe { std::env::set_var("S6_TEST_FORCED_A", " b ") };
+        assert_eq!(forced_by_env("S6_TEST_FORCED_A", ["a", "b"]), Some(1));
+        assert_eq!(forced_by_env("S6_TEST_FORCED_A", ["a", "c"]), None);
+        assert_eq!(forced_by_env("S6_TEST_FORCED_UNSET", ["a"]), None);
+    }
 
     /// A setting's environment variable: unset gives the default; "0" turns off one that is on by
     /// default and nothing else does; "1" turns on one that is off; a setter wins over both.
