@@ -626,14 +626,14 @@ fn selective_scan_segments_match_cpu() {
 #[test]
 fn selective_scan_n16_matches_cpu() {
     // N = 16 runs its own kernels (the vector scan: 16 channels per block and chunks of 64 steps
-    // below 16,384 channels, 64 and 16 from there; `S6_SCAN_N16` forces one); N = 9..15 the
-    // general one.
+    // below 16,384 channels, 32 and 32 below 131,072, 64 and 16 from there; `S6_SCAN_N16` forces
+    // one); N = 9..15 the general one.
     let Some(g) = gpu() else { return };
     let mut r = Rng(6);
     check_scan(&g, &mut r, 2, 150, 100, 16);
     check_scan(&g, &mut r, 1, 3, 1536, 16);
     check_scan(&g, &mut r, 1, 70, 40, 12);
-    // 16,386 channels: the wide kernel, d_inner not a multiple of its 64 channels per block.
+    // 16,386 channels: 32 channels per block, d_inner not a multiple of them.
     check_scan(&g, &mut r, 2, 45, 8193, 16);
 }
 

@@ -417,16 +417,17 @@ __device__ __forceinline__ void s6_scan_n16_vec_body(const TI* __restrict__ u, c
     S6_SCAN_KERNEL_VEC(s6_scan_n16_seg_##SUFFIX, float, CPB, T, true)                   \
     S6_SCAN_KERNEL_VEC(s6_scan_n16_seg_bf16_##SUFFIX, unsigned short, CPB, T, true)
 
-// The two kept of the variants measured side by side on an H100 (docs/BENCHMARKS.md, session 10;
-// ms at L = 2048 for B·D = 4·2048 / 16·1536 / 128·4096 channels): 32 channels per block, chunks
-// of 32 steps (0.303 / 0.583 / 10.4), and 16 channels per block, chunks of 64 (0.270 / 0.801 /
-// 16.5). Measured and dropped: 16 per block with chunks of 32 (0.296 / - / 12.1), the time loop
-// unrolled 8 (0.296), 2 states per lane (0.389 / - / 13.4); the kernel they replaced (8 lanes of 2
-// states, scalar shared-memory reads, pipe8x): 0.400 / 0.803 / 15.4.
+// The two kept of the variants measured side by side on an H100 (docs/BENCHMARKS.md, session 10,
+// before session 14's cheaper stage; ms at L = 2048 for B·D = 4·2048 / 16·1536 / 128·4096
+// channels): 32 channels per block, chunks of 32 steps (0.303 / 0.583 / 10.4), and 16 channels per
+// block, chunks of 64 (0.270 / 0.801 / 16.5). Measured and dropped: 16 per block with chunks of 32
+// (0.296 / - / 12.1), the time loop unrolled 8 (0.296), 2 states per lane (0.389 / - / 13.4); the
+// kernel they replaced (8 lanes of 2 states, scalar shared-memory reads, pipe8x): 0.400 / 0.803 /
+// 15.4.
 S6_SCAN_N16_SHAPE(v4c32, 32, 32)
 S6_SCAN_N16_SHAPE(v4c16t64, 16, 64)
-// Session 13: 64 channels per block and chunks of 16 steps (80 registers and 34 KB of shared
-// memory for 256 threads: 24 warps per SM against v4c32's 16), the default from 16,384 channels.
+// Session 13: 64 channels per block and chunks of 16 steps (since session 14's cheaper stage 64
+// registers and 26 KB of shared memory for 256 threads), the default from 131,072 channels.
 // Measured and dropped (run 55): 32 channels with chunks of 16 (as fast at 524,288 channels,
 // slower at 24,576), 16 with chunks of 32.
 S6_SCAN_N16_SHAPE(v4c64t16, 64, 16)

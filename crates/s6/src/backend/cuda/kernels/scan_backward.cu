@@ -304,10 +304,10 @@ S6_SCAN_BWD_KERNEL(s6_scan_bwd_n8, 1, 8, 16)
 S6_SCAN_BWD_KERNEL(s6_scan_bwd_n32, 2, 16, 16)
 S6_SCAN_BWD_KERNEL(s6_scan_bwd_n64, 4, 16, 8)
 
-// d_state 9 ..= 16: s6_scan_bwd_n16<T, REGS> (kernels s6_scan_bwd_n16p and s6_scan_bwd_n16r8), the
-// structure of sessions 2-9's forward kernel. 8 lanes per channel, 2 states per lane, 16 channels
-// per block, chunks of T steps. No warp shuffles in the time loops: every per-step partial sum
-// goes through shared memory and is reduced once per chunk.
+// d_state 9 ..= 16: s6_scan_bwd_n16_body<T, REGS> (kernels s6_scan_bwd_n16p and s6_scan_bwd_n16r8),
+// the structure of sessions 2-9's forward kernel. 8 lanes per channel, 2 states per lane, 16
+// channels per block, chunks of T steps. No warp shuffles in the time loops: every per-step partial
+// sum goes through shared memory and is reduced once per chunk.
 //   - The forward pass (checkpoints) runs in spans of 4 chunks staged in the then unused s_pp
 //     region; it and the reverse pass load the next span's / chunk's raw inputs (and, in reverse,
 //     its checkpoint) into registers before running the current one, hiding their latency.
