@@ -10,7 +10,7 @@
 # (not run by the tests since the stage change), training and prefill with the defaults. Then, as
 # time allows, the forward's two wide shapes around the new threshold and segments at the
 # benchmark's shape (B=4, D=2048: ~8 warps per SM with 4 lanes per channel, latency-bound since the
-# stage change).
+# stage change). Decoding (session 15): not measured on an H200 since session 11.
 . "$(dirname "$0")/cuda_tests.sh"
 date -u; nvidia-smi --query-gpu=name --format=csv,noheader
 export S6_KERNEL_CACHE=/tmp/s6-kernels
@@ -35,6 +35,10 @@ trn --preset mamba-130m --batch 16
 echo "n16p:"; S6_SCAN_BWD=n16p trn --preset mamba-130m --batch 16
 trn --preset mamba-1.4b --batch 8
 dev-out/s6 bench prefill --device cuda --dtype bf16 --preset mamba-1.4b --batch 128 --seqlen 2048 --repeats 1 2>&1 | grep -E "^prefill"
+date -u
+for p in mamba-130m mamba-1.4b; do
+  dev-out/s6 bench decode --device cuda --dtype bf16 --preset $p --batch 1,16,128 --tokens 128 --repeats 2 2>&1 | grep graph
+done
 date -u
 t cuda - test-cuda
 for shape in v4c16t64 v4c32; do
