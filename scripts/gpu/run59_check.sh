@@ -34,6 +34,7 @@ trn() { dev-out/s6 bench train --device cuda --dtype bf16 "$@" --seqlen 2048 --r
 trn --preset mamba-130m --batch 16
 echo "n16p:"; S6_SCAN_BWD=n16p trn --preset mamba-130m --batch 16
 trn --preset mamba-1.4b --batch 8
+echo "recompute full:"; trn --preset mamba-1.4b --batch 8 --recompute full
 dev-out/s6 bench prefill --device cuda --dtype bf16 --preset mamba-1.4b --batch 128 --seqlen 2048 --repeats 1 2>&1 | grep -E "^prefill"
 date -u
 for p in mamba-130m mamba-1.4b; do
