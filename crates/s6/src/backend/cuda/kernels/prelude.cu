@@ -60,3 +60,48 @@ __device__ __forceinline__ unsigned short s6_f32_to_bf16(float f) {
 }
 
 __device__ __forceinline__ float s6_bf16_to_f32(unsigned short h) { return __uint_as_float(((unsigned int)h) << 16); }
+
+// Math shared by the scan forward, its backward and the decode step.
+__device__ __forceinline__ float s6_softplus(float x) { return x > 20.0f ? x : log1pf(expf(x)); }
+
+// 2^x on the special-function unit alone (flushes subnormal results to zero: a state decaying
+// below 1e-38 is zero either way at fp32 tolerances).
+__device__ __forceinline__ float s6_ex2_ftz(float x) {
+    float y;
+#ifdef S6_EMULATE  // scripts/emulate: the kernels compiled for the CPU, for checking their logic
+    y = exp2f(x);
+#else
+    asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
+#endif
+    return y;
+}
+
+// 1/x on the special-function unit (subnormals flushed to zero).
+__device__ __forceinline__ float s6_rcp_ftz(float x) {
+    float y;
+#ifdef S6_EMULATE
+    y = 1.0f / x;
+#else
+    asm("rcp.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
+#endif
+    return y;
+}
+
+// softplus(x) = max(x, 0) + log1p(exp(-|x|)) without branches: the exp on the SFU, and log1p(w)
+// for w in [0, 1] as w·Q(w), Q of degree 8 fitted to log1p's relative error (session 13: at most
+// 1.9e-7 in fp32 against log1p in f64, about 2 ulp; with the SFU exp's 2^-22, Δ within 5e-7 of
+// the exact softplus), so that small Δ (1e-3 .. 1e-1 in trained models) keep their digits.
+// libdevice's log1pf cost ~30 instructions and branches per element here.
+__device__ __forceinline__ float s6_softplus_fast(float x) {
+    const float w = s6_ex2_ftz(-fabsf(x) * 1.4426950408889634f);
+    float q = 0.005232690833508968f;
+    q = fmaf(q, w, -0.029505228623747826f);
+    q = fmaf(q, w, 0.07822594791650772f);
+    q = fmaf(q, w, -0.13663245737552643f);
+    q = fmaf(q, w, 0.19106008112430573f);
+    q = fmaf(q, w, -0.2484298199415207f);
+    q = fmaf(q, w, 0.3331909775733948f);
+    q = fmaf(q, w, -0.4999949336051941f);
+    q = fmaf(q, w, 0.9999999403953552f);
+    return fmaf(w, q, fmaxf(x, 0.0f));
+}

@@ -17,8 +17,6 @@
 // Only y and the final state are written; any L works, the state is carried across chunks and,
 // through `state`, across calls.
 
-__device__ __forceinline__ float s6_softplus(float x) { return x > 20.0f ? x : log1pf(expf(x)); }
-
 template <int NPT, int SPLIT, int CPB, int T>
 __device__ __forceinline__ void s6_scan_body(const float* __restrict__ u, const float* __restrict__ delta,
                                              const float* __restrict__ delta_bias, const float* __restrict__ a,
@@ -129,18 +127,6 @@ S6_SCAN_KERNEL(s6_scan_n16, 4, 4, 32, 64)
 S6_SCAN_KERNEL(s6_scan_n32, 8, 4, 32, 32)
 S6_SCAN_KERNEL(s6_scan_n64, 16, 4, 32, 16)
 
-// 2^x on the special-function unit alone (flushes subnormal results to zero: a state decaying
-// below 1e-38 is zero either way at fp32 tolerances).
-__device__ __forceinline__ float s6_ex2_ftz(float x) {
-    float y;
-#ifdef S6_EMULATE  // scripts/emulate: the kernels compiled for the CPU, for checking their logic
-    y = exp2f(x);
-#else
-    asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
-#endif
-    return y;
-}
-
 // Second structure, N = 16 only (session 10): 4 states per lane as one float4 (4 lanes per
 // channel), the step's inputs read from shared memory as vectors: (Δ, Δ·u) as one float2 per
 // channel, B_t and C_t as float4 per lane; per state and step that leaves
@@ -168,35 +154,6 @@ struct S6Io<unsigned short> {
     __device__ static float f(unsigned short v) { return s6_bf16_to_f32(v); }
     __device__ static unsigned short of(float v) { return s6_f32_to_bf16(v); }
 };
-
-__device__ __forceinline__ float s6_rcp_ftz(float x) {
-    float y;
-#ifdef S6_EMULATE
-    y = 1.0f / x;
-#else
-    asm("rcp.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
-#endif
-    return y;
-}
-
-// softplus(x) = max(x, 0) + log1p(exp(-|x|)) without branches: the exp on the SFU, and log1p(w)
-// for w in [0, 1] as w·Q(w), Q of degree 8 fitted to log1p's relative error (session 13: at most
-// 1.9e-7 in fp32 against log1p in f64, about 2 ulp; with the SFU exp's 2^-22, Δ within 5e-7 of
-// the exact softplus), so that small Δ (1e-3 .. 1e-1 in trained models) keep their digits.
-// libdevice's log1pf cost ~30 instructions and branches per element here.
-__device__ __forceinline__ float s6_softplus_fast(float x) {
-    const float w = s6_ex2_ftz(-fabsf(x) * 1.4426950408889634f);
-    float q = 0.005232690833508968f;
-    q = fmaf(q, w, -0.029505228623747826f);
-    q = fmaf(q, w, 0.07822594791650772f);
-    q = fmaf(q, w, -0.13663245737552643f);
-    q = fmaf(q, w, 0.19106008112430573f);
-    q = fmaf(q, w, -0.2484298199415207f);
-    q = fmaf(q, w, 0.3331909775733948f);
-    q = fmaf(q, w, -0.4999949336051941f);
-    q = fmaf(q, w, 0.9999999403953552f);
-    return fmaf(w, q, fmaxf(x, 0.0f));
-}
 
 // Segments (session 13): where a scan's blocks do not cover the device once (a few long
 // sequences), the sequence can be cut into gridDim.z segments of seg_len steps, run side by side

@@ -23,17 +23,6 @@
 //      the batch in order to the accumulated gradients. No atomics: deterministic results.
 
 __device__ __forceinline__ float s6b_sigmoid(float x) { return 1.0f / (1.0f + expf(-x)); }
-__device__ __forceinline__ float s6b_softplus(float x) { return x > 20.0f ? x : log1pf(expf(x)); }
-// 2^x on the special-function unit (subnormal results flushed to zero).
-__device__ __forceinline__ float s6b_ex2(float x) {
-    float y;
-#ifdef S6_EMULATE  // scripts/emulate
-    y = exp2f(x);
-#else
-    asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
-#endif
-    return y;
-}
 
 // The scan backward kernels' parameters (and their bodies'), and the arguments that pass them on.
 #define S6_SCAN_BWD_PARAMS                                                                                          \
@@ -102,7 +91,7 @@ __device__ __forceinline__ void s6_scan_bwd_body(S6_SCAN_BWD_PARAMS) {
             if (dd < dim) {
                 const unsigned long long r = row0 + t0 + t;
                 uv = u[r * dim + dd];
-                dtv = s6b_softplus(delta[r * dim + dd] + delta_bias[dd]);
+                dtv = s6_softplus(delta[r * dim + dd] + delta_bias[dd]);
             }
             s_u[t][c] = uv;
             s_dt[t][c] = dtv;
@@ -123,7 +112,7 @@ __device__ __forceinline__ void s6_scan_bwd_body(S6_SCAN_BWD_PARAMS) {
             const float dt = s_dt[t][ch];
             const float dx = dt * s_u[t][ch];
 #pragma unroll
-            for (int i = 0; i < NPT; i++) h[i] = fmaf(s6b_ex2(dt * a2[i]), h[i], dx * s_b[t][part * NPT + i]);
+            for (int i = 0; i < NPT; i++) h[i] = fmaf(s6_ex2_ftz(dt * a2[i]), h[i], dx * s_b[t][part * NPT + i]);
         }
     }
 
@@ -141,7 +130,7 @@ __device__ __forceinline__ void s6_scan_bwd_body(S6_SCAN_BWD_PARAMS) {
                 const unsigned long long r = row0 + t0 + t;
                 uv = u[r * dim + dd];
                 const float v = delta[r * dim + dd] + delta_bias[dd];
-                dtv = s6b_softplus(v);
+                dtv = s6_softplus(v);
                 spv = v > 20.0f ? 1.0f : s6b_sigmoid(v);
                 const float g = dy[r * dim + dd];
                 if (z != nullptr) {
@@ -186,7 +175,7 @@ __device__ __forceinline__ void s6_scan_bwd_body(S6_SCAN_BWD_PARAMS) {
                 const float dx = dt * s_u[t][ch];
 #pragma unroll
                 for (int i = 0; i < NPT; i++) {
-                    hh[i] = fmaf(s6b_ex2(dt * a2[i]), hh[i], dx * s_b[t][part * NPT + i]);
+                    hh[i] = fmaf(s6_ex2_ftz(dt * a2[i]), hh[i], dx * s_b[t][part * NPT + i]);
                     s_h[t + 1][i][tid] = hh[i];
                 }
             }
@@ -212,7 +201,7 @@ __device__ __forceinline__ void s6_scan_bwd_body(S6_SCAN_BWD_PARAMS) {
                 pb[i] = dhs * dtx;
                 pout = fmaf(cs, hc, pout);
                 pdu = fmaf(dhs * dt, bs, pdu);
-                const float dec = s6b_ex2(dt * a2[i]);
+                const float dec = s6_ex2_ftz(dt * a2[i]);
                 const float q = dhs * hp * dec;
                 da[i] = fmaf(q, dt, da[i]);
                 pdt = fmaf(q, av[i], fmaf(dhs * bs, x, pdt));
@@ -321,14 +310,12 @@ S6_SCAN_BWD_KERNEL(s6_scan_bwd_n64, 4, 16, 8)
 //     Σ_s dhs B, Σ_s q A, Σ_s C h to s_p2 / s_p1; after the chunk, du, dΔ, dz are summed over each
 //     channel's 8 lanes and dB_t, dC_t over the block's 16 channels (float4 loads; the per-block
 //     partials pbc, as in the other kernels).
-//   - softplus and the sigmoids of the staged inputs use the fast intrinsics (__expf, __logf).
+//   - softplus is the forward's (s6_softplus_fast, prelude.cu), so that the recomputed states are
+//     the forward's to the bit; the sigmoids use the fast intrinsics (__expf, __fdividef).
 //   - Shared memory bounds it (run 57's profile of the shared-state kernel: "Mem Busy" 82%, every
 //     state-step's (h_t, exp(ΔA)) stored and read back); registers, the other limit, decide
 //     between the two: n16p (T = 12, states in shared memory) runs 4 blocks of 128 threads per SM
 //     (116 registers), n16r8 (T = 8, states in registers) 3 (168) (cuda/backward.rs chooses).
-__device__ __forceinline__ float s6b_fast_softplus(float x) {
-    return x > 20.0f ? x : x < -15.0f ? __expf(x) : __logf(1.0f + __expf(x));
-}
 __device__ __forceinline__ float s6b_fast_sigmoid(float x) { return __fdividef(1.0f, 1.0f + __expf(-x)); }
 template <int T, bool REGS>
 __device__ __forceinline__ void s6_scan_bwd_n16_body(S6_SCAN_BWD_PARAMS) {
@@ -435,7 +422,7 @@ __device__ __forceinline__ void s6_scan_bwd_n16_body(S6_SCAN_BWD_PARAMS) {
             for (int e = 0; e < EF; e++) {
                 const int idx = tid + e * NT;
                 f_u[idx] = fu[e];
-                f_dt[idx] = d0 + (idx % CPB) < dim ? s6b_fast_softplus(fd[e] + rbias) : 0.0f;
+                f_dt[idx] = d0 + (idx % CPB) < dim ? s6_softplus_fast(fd[e] + rbias) : 0.0f;
                 f_b[idx] = fb[e];
             }
             __syncthreads();
@@ -453,8 +440,8 @@ __device__ __forceinline__ void s6_scan_bwd_n16_body(S6_SCAN_BWD_PARAMS) {
                     const float dt = f_dt[t * CPB + ch];
                     const float dx = dt * f_u[t * CPB + ch];
                     const float2 bb = reinterpret_cast<const float2*>(f_b)[t * (NMAX / 2) + part];
-                    h[0] = fmaf(s6b_ex2(dt * a2[0]), h[0], dx * bb.x);
-                    h[1] = fmaf(s6b_ex2(dt * a2[1]), h[1], dx * bb.y);
+                    h[0] = fmaf(s6_ex2_ftz(dt * a2[0]), h[0], dx * bb.x);
+                    h[1] = fmaf(s6_ex2_ftz(dt * a2[1]), h[1], dx * bb.y);
                 }
             }
         }
@@ -475,7 +462,7 @@ __device__ __forceinline__ void s6_scan_bwd_n16_body(S6_SCAN_BWD_PARAMS) {
                 float dtv = 0.0f, spv = 0.0f, gv = 0.0f, gzv = 0.0f;
                 if (d0 + c < dim) {
                     const float v = rdl[e] + rbias;
-                    dtv = s6b_fast_softplus(v);
+                    dtv = s6_softplus_fast(v);
                     spv = v > 20.0f ? 1.0f : s6b_fast_sigmoid(v);
                     if (z != nullptr) {
                         const float zz = rz[e];
@@ -512,7 +499,7 @@ __device__ __forceinline__ void s6_scan_bwd_n16_body(S6_SCAN_BWD_PARAMS) {
                 if (!REGS || t < nt) {
                     const float4 v = s_dug[t][ch];
                     const float4 bc = s_bc[t][part];
-                    const float e0 = s6b_ex2(v.x * a2[0]), e1 = s6b_ex2(v.x * a2[1]);
+                    const float e0 = s6_ex2_ftz(v.x * a2[0]), e1 = s6_ex2_ftz(v.x * a2[1]);
                     hh0 = fmaf(e0, hh0, v.w * bc.x);
                     hh1 = fmaf(e1, hh1, v.w * bc.y);
                     if constexpr (REGS) {
