@@ -635,6 +635,9 @@ fn selective_scan_n16_matches_cpu() {
     check_scan(&g, &mut r, 1, 70, 40, 12);
     // 16,386 channels: 32 channels per block, d_inner not a multiple of them.
     check_scan(&g, &mut r, 2, 45, 8193, 16);
+    // 131,202 channels: 64 channels per block (chunks of 16), d_inner not a multiple of them and
+    // L not a multiple of the chunk.
+    check_scan(&g, &mut r, 2, 21, 65_601, 16);
 }
 
 /// bf16 activations (`Cuda::selective_scan_bf16`): against the CPU scan of the same bf16 values
@@ -649,9 +652,14 @@ fn selective_scan_bf16_matches_cpu_and_the_fp32_kernel() {
     let same_kernel = std::env::var_os("S6_SCAN_N16").is_none();
     let mut r = Rng(8);
     let n = 16;
-    for &(batch, seqlen, di, gate) in
-        &[(2, 150, 100, true), (1, 3, 1536, true), (3, 65, 48, false), (2, 45, 8193, true), (1, 1100, 24, true)]
-    {
+    for &(batch, seqlen, di, gate) in &[
+        (2, 150, 100, true),
+        (1, 3, 1536, true),
+        (3, 65, 48, false),
+        (2, 45, 8193, true),
+        (1, 1100, 24, true),
+        (2, 21, 65_601, true),
+    ] {
         let rows = batch * seqlen;
         let rounded = |v: Vec<f32>| v.into_iter().map(bf16_round).collect::<Vec<f32>>();
         let u = rounded(r.vec(rows * di, -2.0, 2.0));

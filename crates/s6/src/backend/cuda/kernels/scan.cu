@@ -237,28 +237,72 @@ __device__ __forceinline__ void s6_scan_n16_vec_body(const TI* __restrict__ u, c
 
     TI pu[E1], pd[E1], pz[E1], pb[E2], pc[E2];
     float ru[E1], rg[E1];  // u and silu(z) of this thread's elements, for the store after the chunk
+    // A thread's (t, channel) elements of a chunk are SPLIT rows apart, its B and C elements NT / N
+    // rows apart. With STEPPED, in a full chunk (every chunk but a sequence's last) the loads and
+    // stores are unmasked and their pointers stepped, one 64-bit add each; computing each address
+    // and mask costs ~6 instructions per access (session 15, H200: -11% at B=4 D=2048 with 16
+    // elements per thread, -9% at B=16 D=1536 with 8). With 4 elements per thread (64 channels per
+    // block) it saved less than its registers cost (+1.6% at B=128 D=4096 with 64 registers and
+    // spills, +25% with 70 registers and 3 blocks per SM), so there every chunk takes the masked
+    // path, which a partial chunk always takes.
+    static_assert(NT % N == 0, "B and C rows whole per thread");
+    constexpr bool STEPPED = E1 >= 8;
+    if constexpr (STEPPED && !LOCAL) {
+#pragma unroll
+        for (int e = 0; e < E1; e++) pz[e] = TI(0);  // stays 0 without a gate (unused then)
+    }
     auto load = [&](unsigned int t0) {
         const int tl = seqlen - t0 < (unsigned int)T ? (int)(seqlen - t0) : T;
         const unsigned long long r = row0 + t0 + st;
         const TI* up = u + r * dim + sd;
         const TI* dp = delta + r * dim + sd;
         const TI* zp = z + r * ldz + sd;
+        if (STEPPED && tl == T && s_active) {
 #pragma unroll
-        for (int e = 0; e < E1; e++) {
-            const bool ok = s_active && st + SPLIT * e < tl;
-            pu[e] = ok ? up[e * stride] : TI(0);
-            pd[e] = ok ? dp[e * stride] : TI(0);
-            if (!LOCAL) pz[e] = ok && z != nullptr ? zp[e * stride_z] : TI(0);
+            for (int e = 0; e < E1; e++) {
+                pu[e] = *up;
+                pd[e] = *dp;
+                up += stride;
+                dp += stride;
+                if (!LOCAL && z != nullptr) {
+                    pz[e] = *zp;
+                    zp += stride_z;
+                }
+            }
+        } else {
+#pragma unroll
+            for (int e = 0; e < E1; e++) {
+                const bool ok = s_active && st + SPLIT * e < tl;
+                pu[e] = ok ? up[e * stride] : TI(0);
+                pd[e] = ok ? dp[e * stride] : TI(0);
+                if (!LOCAL) pz[e] = ok && z != nullptr ? zp[e * stride_z] : TI(0);
+            }
         }
-        const TI* bp = bm + (row0 + t0) * ldb;
-        const TI* cp = cm + (row0 + t0) * ldc;
+        if (STEPPED && (T * N) % NT == 0 && tl == T) {
+            constexpr int BROWS = NT / N;  // rows between a thread's B (and C) elements
+            const TI* bp = bm + (row0 + t0 + tid / N) * ldb + tid % N;
+            const TI* cp = cm + (row0 + t0 + tid / N) * ldc + tid % N;
+            const unsigned long long bstep = (unsigned long long)BROWS * ldb, cstep = (unsigned long long)BROWS * ldc;
 #pragma unroll
-        for (int e = 0; e < E2; e++) {
-            const int idx = tid + e * NT;
-            const int t = idx / N, s = idx % N;
-            const bool ok = ((T * N) % NT == 0 || idx < T * N) && t < tl;
-            pb[e] = ok ? bp[t * ldb + s] : TI(0);
-            if (!LOCAL) pc[e] = ok ? cp[t * ldc + s] : TI(0);
+            for (int e = 0; e < E2; e++) {
+                pb[e] = *bp;
+                bp += bstep;
+                if (!LOCAL) {
+                    pc[e] = *cp;
+                    cp += cstep;
+                }
+            }
+        } else {
+            const TI* bp = bm + (row0 + t0) * ldb;
+            const TI* cp = cm + (row0 + t0) * ldc;
+#pragma unroll
+            for (int e = 0; e < E2; e++) {
+                const int idx = tid + e * NT;
+                const int t = idx / N, s = idx % N;
+                const bool ok = ((T * N) % NT == 0 || idx < T * N) && t < tl;
+                pb[e] = ok ? bp[t * ldb + s] : TI(0);
+                if (!LOCAL) pc[e] = ok ? cp[t * ldc + s] : TI(0);
+            }
         }
     };
 
@@ -317,15 +361,30 @@ __device__ __forceinline__ void s6_scan_n16_vec_body(const TI* __restrict__ u, c
             const unsigned long long r = row0 + t0 + st;
             TI* yp = y + r * dim + sd;
             unsigned short* y16p = y16 + r * dim + sd;
+            auto y_of = [&](int e) {
+                const float4 p = *reinterpret_cast<const float4*>(&s_part[st + SPLIT * e][sc][0]);
+                const float acc = ((p.x + p.y) + p.z) + p.w;
+                return fmaf(dsk_s, ru[e], acc) * rg[e];
+            };
+            if (STEPPED && tl == T && s_active) {  // as the loads: pointers stepped, no masks
 #pragma unroll
-            for (int e = 0; e < E1; e++) {
-                const int t = st + SPLIT * e;
-                if (s_active && t < tl) {
-                    const float4 p = *reinterpret_cast<const float4*>(&s_part[t][sc][0]);
-                    const float acc = ((p.x + p.y) + p.z) + p.w;
-                    const float yv = fmaf(dsk_s, ru[e], acc) * rg[e];
-                    yp[e * stride] = S6Io<TI>::of(yv);
-                    if constexpr (W16) y16p[e * stride] = s6_f32_to_bf16(yv);
+                for (int e = 0; e < E1; e++) {
+                    const float yv = y_of(e);
+                    *yp = S6Io<TI>::of(yv);
+                    yp += stride;
+                    if constexpr (W16) {
+                        *y16p = s6_f32_to_bf16(yv);
+                        y16p += stride;
+                    }
+                }
+            } else {
+#pragma unroll
+                for (int e = 0; e < E1; e++) {
+                    if (s_active && st + SPLIT * e < tl) {
+                        const float yv = y_of(e);
+                        yp[e * stride] = S6Io<TI>::of(yv);
+                        if constexpr (W16) y16p[e * stride] = s6_f32_to_bf16(yv);
+                    }
                 }
             }
         }
@@ -350,15 +409,15 @@ __device__ __forceinline__ void s6_scan_n16_vec_body(const TI* __restrict__ u, c
         unsigned int ldc, const float *__restrict__ dskip, const TI *__restrict__ z, unsigned int ldz,            \
         float *__restrict__ state, TI *__restrict__ y
 #define S6_SCAN_SEG_PARAMS float *__restrict__ seg_h, float *__restrict__ seg_sum, unsigned int seg_len
-#define S6_SCAN_KERNEL_VEC(NAME, TI, CPB, T, LOCAL)                                                                \
-    extern "C" __global__ void __launch_bounds__(CPB * 4) NAME(                                                    \
+#define S6_SCAN_KERNEL_VEC(NAME, TI, CPB, T, LOCAL, MINB)                                                          \
+    extern "C" __global__ void __launch_bounds__(CPB * 4, MINB) NAME(                                                    \
         S6_SCAN_VEC_PARAMS(TI), S6_SCAN_SEG_PARAMS, unsigned int seqlen, unsigned int dim, unsigned int n) {       \
         S6_PDL_ENTRY();                                                                                            \
         s6_scan_n16_vec_body<TI, CPB, T, false, LOCAL>(u, delta, delta_bias, a, bm, ldb, cm, ldc, dskip, z, ldz,   \
                                                        state, y, nullptr, seg_h, seg_sum, seg_len, seqlen, dim);   \
     }
-#define S6_SCAN_KERNEL_VEC_B16(NAME, CPB, T)                                                                       \
-    extern "C" __global__ void __launch_bounds__(CPB * 4) NAME(                                                    \
+#define S6_SCAN_KERNEL_VEC_B16(NAME, CPB, T, MINB)                                                                 \
+    extern "C" __global__ void __launch_bounds__(CPB * 4, MINB) NAME(                                                    \
         S6_SCAN_VEC_PARAMS(float), unsigned short* __restrict__ y16, S6_SCAN_SEG_PARAMS, unsigned int seqlen,       \
         unsigned int dim, unsigned int n) {                                                                        \
         S6_PDL_ENTRY();                                                                                            \
@@ -366,13 +425,15 @@ __device__ __forceinline__ void s6_scan_n16_vec_body(const TI* __restrict__ u, c
                                                          state, y, y16, seg_h, seg_sum, seg_len, seqlen, dim);     \
     }
 // The five entries of one block shape (cuda/mod.rs, ScanN16): f32, f32 with a bf16 copy of y,
-// bf16 activations, and the segments' first launches for f32 and bf16.
-#define S6_SCAN_N16_SHAPE(SUFFIX, CPB, T)                                               \
-    S6_SCAN_KERNEL_VEC(s6_scan_n16_##SUFFIX, float, CPB, T, false)                      \
-    S6_SCAN_KERNEL_VEC_B16(s6_scan_n16_##SUFFIX##_b16, CPB, T)                          \
-    S6_SCAN_KERNEL_VEC(s6_scan_n16_bf16_##SUFFIX, unsigned short, CPB, T, false)        \
-    S6_SCAN_KERNEL_VEC(s6_scan_n16_seg_##SUFFIX, float, CPB, T, true)                   \
-    S6_SCAN_KERNEL_VEC(s6_scan_n16_seg_bf16_##SUFFIX, unsigned short, CPB, T, true)
+// bf16 activations, and the segments' first launches for f32 and bf16. MINB is __launch_bounds__'
+// minimum of blocks per SM; 0 gives none, which is not the same as 1: ptxas then held v4c64t16 to
+// 64 registers (4 blocks of 256 threads per SM), where 1 let it take 88 (2 blocks).
+#define S6_SCAN_N16_SHAPE(SUFFIX, CPB, T, MINB)                                           \
+    S6_SCAN_KERNEL_VEC(s6_scan_n16_##SUFFIX, float, CPB, T, false, MINB)                  \
+    S6_SCAN_KERNEL_VEC_B16(s6_scan_n16_##SUFFIX##_b16, CPB, T, MINB)                      \
+    S6_SCAN_KERNEL_VEC(s6_scan_n16_bf16_##SUFFIX, unsigned short, CPB, T, false, MINB)    \
+    S6_SCAN_KERNEL_VEC(s6_scan_n16_seg_##SUFFIX, float, CPB, T, true, MINB)               \
+    S6_SCAN_KERNEL_VEC(s6_scan_n16_seg_bf16_##SUFFIX, unsigned short, CPB, T, true, MINB)
 
 // The two kept of the variants measured side by side on an H100 (docs/BENCHMARKS.md, session 10,
 // before session 14's cheaper stage; ms at L = 2048 for B·D = 4·2048 / 16·1536 / 128·4096
@@ -381,10 +442,10 @@ __device__ __forceinline__ void s6_scan_n16_vec_body(const TI* __restrict__ u, c
 // (0.296 / - / 12.1), the time loop unrolled 8 (0.296), 2 states per lane (0.389 / - / 13.4); the
 // kernel they replaced (8 lanes of 2 states, scalar shared-memory reads, pipe8x): 0.400 / 0.803 /
 // 15.4.
-S6_SCAN_N16_SHAPE(v4c32, 32, 32)
-S6_SCAN_N16_SHAPE(v4c16t64, 16, 64)
+S6_SCAN_N16_SHAPE(v4c32, 32, 32, 4)
+S6_SCAN_N16_SHAPE(v4c16t64, 16, 64, 1)
 // Session 13: 64 channels per block and chunks of 16 steps (since session 14's cheaper stage 64
 // registers and 26 KB of shared memory for 256 threads), the default from 131,072 channels.
 // Measured and dropped (run 55): 32 channels with chunks of 16 (as fast at 524,288 channels,
 // slower at 24,576), 16 with chunks of 32.
-S6_SCAN_N16_SHAPE(v4c64t16, 64, 16)
+S6_SCAN_N16_SHAPE(v4c64t16, 64, 16, 0)
