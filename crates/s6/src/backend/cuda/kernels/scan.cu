@@ -131,9 +131,9 @@ S6_SCAN_KERNEL(s6_scan_n64, 16, 4, 32, 16)
 // channel), the step's inputs read from shared memory as vectors: (Δ, Δ·u) as one float2 per
 // channel, B_t and C_t as float4 per lane; per state and step that leaves
 // the exp's multiply and the SFU exp, Δu·B, the state FMA and the output FMA. The per-(t, channel)
-// work is cheaper too: softplus's exp and silu's exp and reciprocal on the SFU (log1p stays the
-// accurate libdevice one: Δ is typically 1e-3..1e-1, where an approximate log would lose digits),
-// the channel's bias and D loaded once. No warp shuffles in the time loop: each lane writes its
+// work is cheaper too: softplus's exp and silu's exp and reciprocal on the SFU, log1p as a
+// polynomial accurate to ~2 ulp (s6_softplus_fast, prelude.cu: Δ is typically 1e-3..1e-1, where
+// an approximate log would lose digits), the channel's bias and D loaded once. No warp shuffles in the time loop: each lane writes its
 // partial dot product C_t . h_t to shared memory, and a channel's SPLIT partials are summed when
 // the chunk's y is stored. The global loads are software-pipelined: the raw inputs of chunk k+1
 // are loaded into registers before chunk k's recurrence runs, and moved (with softplus and silu

@@ -310,8 +310,9 @@ S6_SCAN_BWD_KERNEL(s6_scan_bwd_n64, 4, 16, 8)
 //     Σ_s dhs B, Σ_s q A, Σ_s C h to s_p2 / s_p1; after the chunk, du, dΔ, dz are summed over each
 //     channel's 8 lanes and dB_t, dC_t over the block's 16 channels (float4 loads; the per-block
 //     partials pbc, as in the other kernels).
-//   - softplus is the forward's (s6_softplus_fast, prelude.cu), so that the recomputed states are
-//     the forward's to the bit; the sigmoids use the fast intrinsics (__expf, __fdividef).
+//   - softplus is the forward's (s6_softplus_fast, prelude.cu): the recompute does the forward's
+//     operations on the same values, so its states are the forward's to the bit (where the
+//     forward ran without segments); the sigmoids use the fast intrinsics (__expf, __fdividef).
 //   - Shared memory bounds it (run 57's profile of the shared-state kernel: "Mem Busy" 82%, every
 //     state-step's (h_t, exp(ΔA)) stored and read back); registers, the other limit, decide
 //     between the two: n16p (T = 12, states in shared memory) runs 4 blocks of 128 threads per SM
