@@ -129,19 +129,20 @@ S6_SCAN_KERNEL(s6_scan_n64, 16, 4, 32, 16)
 
 // Second structure, N = 16 only (session 10): 4 states per lane as one float4 (4 lanes per
 // channel), the step's inputs read from shared memory as vectors: (Δ, Δ·u) as one float2 per
-// channel, B_t and C_t as float4 per lane; per state and step that leaves
-// the exp's multiply and the SFU exp, Δu·B, the state FMA and the output FMA. The per-(t, channel)
-// work is cheaper too: softplus's exp and silu's exp and reciprocal on the SFU, log1p as a
-// polynomial accurate to ~2 ulp (s6_softplus_fast, prelude.cu: Δ is typically 1e-3..1e-1, where
-// an approximate log would lose digits), the channel's bias and D loaded once. No warp shuffles in the time loop: each lane writes its
-// partial dot product C_t . h_t to shared memory, and a channel's SPLIT partials are summed when
-// the chunk's y is stored. The global loads are software-pipelined: the raw inputs of chunk k+1
-// are loaded into registers before chunk k's recurrence runs, and moved (with softplus and silu
-// applied) into shared memory after it. The activations (u, Δ, z, B, C in, y out) are TI: f32 for the
-// model, or bf16 (`unsigned short` bit patterns, for Cuda::selective_scan_bf16: bf16 in and out,
-// fp32 state and arithmetic, as the official kernel's bf16 path). S6Io converts them; values stay
-// in their stored type until used, so that the pipelined loads have no consumer before the next
-// chunk (a conversion right after a load would stall the warp there, undoing the pipelining).
+// channel, B_t and C_t as float4 per lane; per state and step that leaves the exp's multiply and
+// the SFU exp, Δu·B, the state FMA and the output FMA. The per-(t, channel) work is cheaper too:
+// softplus's exp and silu's exp and reciprocal on the SFU, log1p as a polynomial accurate to ~2 ulp
+// (s6_softplus_fast, prelude.cu: Δ is typically 1e-3..1e-1, where an approximate log would lose
+// digits), the channel's bias and D loaded once. No warp shuffles in the time loop: each lane
+// writes its partial dot product C_t . h_t to shared memory, and a channel's SPLIT partials are
+// summed when the chunk's y is stored. The global loads are software-pipelined: the raw inputs of
+// chunk k+1 are loaded into registers before chunk k's recurrence runs, and moved (with softplus
+// and silu applied) into shared memory after it. The activations (u, Δ, z, B, C in, y out) are TI:
+// f32 for the model, or bf16 (`unsigned short` bit patterns, for Cuda::selective_scan_bf16: bf16 in
+// and out, fp32 state and arithmetic, as the official kernel's bf16 path). S6Io converts them;
+// values stay in their stored type until used, so that the pipelined loads have no consumer before
+// the next chunk (a conversion right after a load would stall the warp there, undoing the
+// pipelining).
 template <typename T>
 struct S6Io;
 template <>
@@ -410,14 +411,14 @@ __device__ __forceinline__ void s6_scan_n16_vec_body(const TI* __restrict__ u, c
         float *__restrict__ state, TI *__restrict__ y
 #define S6_SCAN_SEG_PARAMS float *__restrict__ seg_h, float *__restrict__ seg_sum, unsigned int seg_len
 #define S6_SCAN_KERNEL_VEC(NAME, TI, CPB, T, LOCAL, MINB)                                                          \
-    extern "C" __global__ void __launch_bounds__(CPB * 4, MINB) NAME(                                                    \
+    extern "C" __global__ void __launch_bounds__(CPB * 4, MINB) NAME(                                              \
         S6_SCAN_VEC_PARAMS(TI), S6_SCAN_SEG_PARAMS, unsigned int seqlen, unsigned int dim, unsigned int n) {       \
         S6_PDL_ENTRY();                                                                                            \
         s6_scan_n16_vec_body<TI, CPB, T, false, LOCAL>(u, delta, delta_bias, a, bm, ldb, cm, ldc, dskip, z, ldz,   \
                                                        state, y, nullptr, seg_h, seg_sum, seg_len, seqlen, dim);   \
     }
 #define S6_SCAN_KERNEL_VEC_B16(NAME, CPB, T, MINB)                                                                 \
-    extern "C" __global__ void __launch_bounds__(CPB * 4, MINB) NAME(                                                    \
+    extern "C" __global__ void __launch_bounds__(CPB * 4, MINB) NAME(                                              \
         S6_SCAN_VEC_PARAMS(float), unsigned short* __restrict__ y16, S6_SCAN_SEG_PARAMS, unsigned int seqlen,       \
         unsigned int dim, unsigned int n) {                                                                        \
         S6_PDL_ENTRY();                                                                                            \
