@@ -283,8 +283,9 @@ pub struct DeviceDecodeReport {
 /// Like [`bench_decode`], but each step is a [`Decoder`] step: the sampled tokens are fed back on
 /// the device (greedy sampling there), and the step is a replayed graph when `mode` is
 /// [`DecodeMode::Graph`] and the backend records graphs. Every step's tokens are copied to the
-/// host, as generation does (streaming, end-of-text checks). One untimed step first (it records
-/// the graph).
+/// host, as generation does (streaming, end-of-text checks): with `overlap`, as generation reads
+/// them (the next step queued first: [`Decoder::start_tokens`]), else each step waited for
+/// before the next is queued. One untimed step first (it records the graph).
 pub fn bench_decode_device<B: Backend>(
     model: &Mamba<B>,
     batch: usize,
@@ -292,6 +293,7 @@ pub fn bench_decode_device<B: Backend>(
     repeats: usize,
     limits: &Limits,
     mode: DecodeMode,
+    overlap: bool,
 ) -> Result<DeviceDecodeReport> {
     check_counts("bench decode", &[("batch", batch), ("tokens", tokens), ("repeats", repeats)])?;
     let vocab = model.cfg.vocab_size;
@@ -307,9 +309,19 @@ pub fn bench_decode_device<B: Backend>(
         dec.step()?;
         std::hint::black_box(dec.tokens()?);
         let t = Instant::now();
-        for _ in 0..tokens {
-            dec.step()?;
-            std::hint::black_box(dec.tokens()?);
+        if overlap {
+            let mut pending = dec.start_tokens()?;
+            for _ in 0..tokens {
+                dec.step()?;
+                std::hint::black_box(dec.finish_tokens(pending)?);
+                pending = dec.start_tokens()?;
+            }
+            std::hint::black_box(dec.finish_tokens(pending)?);
+        } else {
+            for _ in 0..tokens {
+                dec.step()?;
+                std::hint::black_box(dec.tokens()?);
+            }
         }
         best = best.min(t.elapsed().as_secs_f64());
         graph = dec.uses_graph();

@@ -13,7 +13,7 @@ use s6::backend::{
     Backend, BlockStepArgs, BlockStepOut, Compute, MixerStepArgs, MixerStepOut, MixerWeights, ScanArgs, ScanDims, View,
 };
 use s6::formats::tensors::TensorFile;
-use s6::generate::{generate_tokens, Flow, GenerateOptions, SamplingParams};
+use s6::generate::{generate_tokens, FinishReason, Flow, GenerateOptions, SamplingParams};
 use s6::model::mamba1::{DecodeMode, Decoder};
 use s6::model::Mamba;
 
@@ -90,6 +90,69 @@ fn graph_greedy_equals_cpu_on_a_random_model() {
         assert_eq!(got, want, "batch {batch}: generate_tokens on CUDA differs from the CPU");
         assert!(stats.decode_graph, "generate_tokens on CUDA did not use a graph");
     }
+}
+
+/// Tokens read while the next step runs (`Decoder::start_tokens` / `finish_tokens`, as
+/// `generate_tokens` reads them) are the tokens of their own step, not of the step queued after
+/// the copy; and `generate_tokens` on CUDA, which queues a step ahead and discards it when
+/// sequences end, ends them where the CPU does: by EOS, by the callback, by length, each at a
+/// different token of a batch of three.
+#[test]
+fn overlapped_token_reads_and_early_ends_equal_cpu() {
+    let Some(g) = gpu() else { return };
+    let mut cfg = s6::config::MambaConfig::preset("mamba-130m").unwrap();
+    cfg.n_layer = 2;
+    cfg.vocab_size = 300;
+    let params = s6::model::init::init_params(&cfg, &s6::config::InitConfig::default(), 5);
+    let cpu = model_from(Cpu, &cfg, &params);
+    let gpu = model_from(g.clone(), &cfg, &params);
+    let prompts: Vec<Vec<u32>> = vec![vec![3, 1, 4, 1, 5], vec![9, 2, 6], vec![5, 3, 5, 8]];
+    let waited = decode_gpu(&gpu, &prompts, 30, greedy(), DecodeMode::Graph);
+    // The same steps, each step's tokens read after the next step is queued.
+    let be = &gpu.backend;
+    let mut states = Vec::new();
+    let mut logits = Vec::new();
+    for p in &prompts {
+        let mut st = gpu.new_state(1).unwrap();
+        logits.extend(be.to_vec(&gpu.prefill(p, 1, p.len(), &mut st, 16).unwrap()).unwrap());
+        states.push(st);
+    }
+    let state = gpu.stack_states(&states).unwrap();
+    let logits = be.from_vec(logits).unwrap();
+    let mut dec = Decoder::new(&gpu, state, &logits, &prompts, greedy(), DecodeMode::Graph).unwrap();
+    let mut overlapped = vec![Vec::new(); prompts.len()];
+    let mut pending = dec.start_tokens().unwrap();
+    for _ in 0..30 {
+        dec.step().unwrap();
+        for (o, tok) in overlapped.iter_mut().zip(dec.finish_tokens(pending).unwrap()) {
+            o.push(tok);
+        }
+        pending = dec.start_tokens().unwrap();
+    }
+    assert!(dec.uses_graph(), "CUDA graph not used: {:?}", dec.fallback_reason());
+    assert_eq!(overlapped, waited, "tokens read during the next step differ from tokens read after their own");
+
+    // Early ends: sequence 0 at the EOS id (its 7th greedy token), sequence 1 by the callback
+    // after 4 tokens, sequence 2 by length (12).
+    let eos = waited[0][6];
+    let opts = GenerateOptions { max_tokens: 12, eos: Some(eos), sampling: greedy(), ..Default::default() };
+    let ender = || {
+        let mut seen = [0usize; 3];
+        move |i: usize, _t: u32| -> s6::Result<Flow> {
+            seen[i] += 1;
+            Ok(if i == 1 && seen[i] == 4 { Flow::Finish(FinishReason::Stop) } else { Flow::Continue })
+        }
+    };
+    let (want, want_why, _) = generate_tokens(&cpu, &prompts, &opts, ender()).unwrap();
+    let (got, got_why, stats) = generate_tokens(&gpu, &prompts, &opts, ender()).unwrap();
+    assert!(stats.decode_graph, "generate_tokens on CUDA did not use a graph");
+    assert_eq!(got, want, "generate_tokens on CUDA ends sequences elsewhere than the CPU");
+    assert_eq!(got_why, want_why);
+    // Where the ends were set up: each sequence's greedy tokens up to its first EOS, at most 7,
+    // 4 and 12 of them.
+    let upto = |w: &[u32], most: usize| w.iter().position(|&t| t == eos).map_or(most, |p| (p + 1).min(most));
+    let lens: Vec<usize> = got.iter().map(Vec::len).collect();
+    assert_eq!(lens, [upto(&waited[0], 7), upto(&waited[1], 4), upto(&waited[2], 12)]);
 }
 
 /// Under `Compute::Bf16` (bf16 matrix-vector kernel for the decode steps, GemmEx for the

@@ -209,9 +209,15 @@ fn bench_on<B: Backend>(be: B, a: &Args) -> Result<()> {
                 let r = bench_decode(&model, b, a.tokens, a.repeats, &limits)?;
                 print_decode(&r, "");
                 if model.backend.records_graphs() {
-                    // Tokens fed back and sampled (greedy) on the device, op by op, then as a graph.
-                    for (mode, label) in [(DecodeMode::Eager, "device, eager"), (DecodeMode::Graph, "device, graph")] {
-                        let d = bench_decode_device(&model, b, a.tokens, a.repeats, &limits, mode)?;
+                    // Tokens fed back and sampled (greedy) on the device, op by op, then as a graph
+                    // (the host reading each step's tokens while the next runs, as generation does),
+                    // then as a graph waited for step by step (for comparison).
+                    for (mode, overlap, label) in [
+                        (DecodeMode::Eager, true, "device, eager"),
+                        (DecodeMode::Graph, true, "device, graph"),
+                        (DecodeMode::Graph, false, "device, graph, each step waited for"),
+                    ] {
+                        let d = bench_decode_device(&model, b, a.tokens, a.repeats, &limits, mode, overlap)?;
                         if let Some(why) = &d.fallback {
                             eprintln!("decode batch {b}: no CUDA graph, measured op by op: {why}");
                         }

@@ -371,6 +371,8 @@ pub trait Backend: Send + Sync + Clone {
     type Ids: Send + Sync;
     /// Device work recorded once and replayed ([`Backend::capture`]): a CUDA graph on CUDA.
     type Graph;
+    /// `u32` values on their way to the host ([`Backend::ids_read_start`]).
+    type IdsRead;
 
     /// Short description ("cpu (2 threads, avx2+fma)").
     fn name(&self) -> String;
@@ -396,6 +398,14 @@ pub trait Backend: Send + Sync + Clone {
     fn ids_from_slice(&self, ids: &[u32]) -> Result<Self::Ids>;
     /// Copies `u32` values back to the host (waits for the queued work that writes them).
     fn ids_to_vec(&self, ids: &Self::Ids) -> Result<Vec<u32>>;
+    /// Queues a copy of `ids` to the host behind the work queued so far and returns without
+    /// waiting; [`Backend::ids_read_finish`] waits for that copy only. Work queued after this
+    /// call, even work that overwrites `ids`, changes nothing read, and is not waited for:
+    /// decoding queues the next step before it reads the tokens of this one, so the device is
+    /// not idle while the host handles them.
+    fn ids_read_start(&self, ids: &Self::Ids) -> Result<Self::IdsRead>;
+    /// The values of a copy started by [`Backend::ids_read_start`] (waits for it).
+    fn ids_read_finish(&self, read: Self::IdsRead) -> Result<Vec<u32>>;
 
     /// [`Backend::embedding`] with the ids already on the device: one row per id of `ids`.
     /// Ids must be in the table (the caller validated them, or [`Backend::sample`] wrote them);

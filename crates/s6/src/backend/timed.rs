@@ -77,6 +77,7 @@ impl<B: Backend> Backend for Timed<B> {
     type Buf = B::Buf;
     type Ids = B::Ids;
     type Graph = B::Graph;
+    type IdsRead = B::IdsRead;
 
     fn name(&self) -> String {
         format!("{} (timed op by op)", self.inner.name())
@@ -104,6 +105,12 @@ impl<B: Backend> Backend for Timed<B> {
     }
     fn ids_to_vec(&self, ids: &Self::Ids) -> Result<Vec<u32>> {
         self.inner.ids_to_vec(ids)
+    }
+    fn ids_read_start(&self, ids: &Self::Ids) -> Result<Self::IdsRead> {
+        self.inner.ids_read_start(ids)
+    }
+    fn ids_read_finish(&self, read: Self::IdsRead) -> Result<Vec<u32>> {
+        self.inner.ids_read_finish(read)
     }
     fn embedding_ids(&self, table: &Self::Buf, ids: &Self::Ids, dim: usize, out: &mut Self::Buf) -> Result<()> {
         self.time(named("embedding"), || self.inner.embedding_ids(table, ids, dim, out))

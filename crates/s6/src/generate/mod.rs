@@ -208,8 +208,20 @@ fn decode_on_device<B: Backend>(
     let mut out: Vec<Vec<u32>> = vec![Vec::new(); n];
     let mut finish: Vec<Option<FinishReason>> = vec![None; n];
     let mut reported = false;
-    loop {
-        let next = dec.tokens()?;
+    let mut pending = Some(dec.start_tokens()?);
+    while let Some(read) = pending.take() {
+        // The next step is queued before this step's tokens are read, so the device works while
+        // the host handles them; unless every sequence left ends at this token by length, the one
+        // end known beforehand (then the loop ends here). When the sequences end otherwise (EOS,
+        // the callback), that step's work is discarded.
+        let last = (0..n).all(|i| finish[i].is_some() || out[i].len() + 1 >= opts.max_tokens);
+        if !last {
+            dec.step()?;
+        }
+        let next = dec.finish_tokens(read)?;
+        if !last {
+            pending = Some(dec.start_tokens()?);
+        }
         for i in 0..n {
             if finish[i].is_some() {
                 continue; // finished sequences are still stepped (batch shape), their tokens ignored
@@ -219,7 +231,6 @@ fn decode_on_device<B: Backend>(
         if finish.iter().all(Option::is_some) {
             break;
         }
-        dec.step()?;
         if let Some(why) = dec.fallback_reason() {
             if !reported {
                 eprintln!("s6: decoding without a CUDA graph (slower): {why}");

@@ -60,6 +60,8 @@ impl Backend for Cpu {
     type Ids = Vec<u32>;
     /// The CPU records nothing ([`Backend::capture`] returns `None`).
     type Graph = ();
+    /// Ops run when called: a read is the values themselves.
+    type IdsRead = Vec<u32>;
 
     fn ids_from_slice(&self, ids: &[u32]) -> Result<Vec<u32>> {
         Ok(ids.to_vec())
@@ -67,6 +69,14 @@ impl Backend for Cpu {
 
     fn ids_to_vec(&self, ids: &Vec<u32>) -> Result<Vec<u32>> {
         Ok(ids.clone())
+    }
+
+    fn ids_read_start(&self, ids: &Vec<u32>) -> Result<Vec<u32>> {
+        Ok(ids.clone())
+    }
+
+    fn ids_read_finish(&self, read: Vec<u32>) -> Result<Vec<u32>> {
+        Ok(read)
     }
 
     fn embedding_ids(&self, table: &Vec<f32>, ids: &Vec<u32>, dim: usize, out: &mut Vec<f32>) -> Result<()> {

@@ -37,6 +37,14 @@ impl CudaIds {
     }
 }
 
+/// Ids on their way to the host ([`Backend::ids_read_start`](crate::backend::Backend)): a
+/// page-locked buffer the copy writes, whose event marks the copy's end. Dropped unread, the buffer
+/// is freed once the copy is done.
+pub struct CudaIdsRead {
+    host: cudarc::driver::PinnedHostSlice<u32>,
+    len: usize,
+}
+
 /// The decoding kernels of one context.
 pub(super) struct DecodeKernels {
     sample: CudaFunction,
@@ -104,6 +112,38 @@ impl Cuda {
         let mut v = self.stream().clone_dtoh(&ids.data).map_err(driver_err("download"))?;
         self.synchronize()?;
         v.truncate(ids.len);
+        Ok(v)
+    }
+
+    pub(super) fn ids_read_start_impl(&self, ids: &CudaIds) -> Result<CudaIdsRead> {
+        let need = ids.data.len();
+        let pooled = {
+            let mut pool =
+                self.inner.pinned_ids.lock().map_err(|_| Error::Backend("pinned id buffers: lock".into()))?;
+            pool.iter().position(|h| h.len() >= need).map(|i| pool.swap_remove(i))
+        };
+        let mut host = match pooled {
+            Some(h) => h,
+            // SAFETY: plain page-locked memory (no flags: the host reads it), written by the copy
+            // below before anything reads it.
+            None => unsafe { self.inner.ctx.alloc_pinned_with_flags::<u32>(need, 0) }
+                .map_err(driver_err("page-locked allocation"))?,
+        };
+        // Queued on the stream; the buffer's event is recorded behind the copy.
+        self.stream().memcpy_dtoh(&ids.data, &mut host).map_err(driver_err("download"))?;
+        Ok(CudaIdsRead { host, len: ids.len })
+    }
+
+    pub(super) fn ids_read_finish_impl(&self, read: CudaIdsRead) -> Result<Vec<u32>> {
+        let CudaIdsRead { host, len } = read;
+        // Waits for the copy's event only, not for work queued after it.
+        let v = host.as_slice().map_err(driver_err("download"))?[..len].to_vec();
+        if let Ok(mut pool) = self.inner.pinned_ids.lock() {
+            // A few buffers are enough: decoding has one read in flight.
+            if pool.len() < 4 {
+                pool.push(host);
+            }
+        }
         Ok(v)
     }
 

@@ -388,6 +388,8 @@ struct Inner {
     blas_workspace: CudaSlice<u8>,
     /// cuBLASLt's handle and tuned shapes, created on first use (`lt.rs`).
     lt: Mutex<Option<lt::LtState>>,
+    /// Page-locked buffers of finished id reads, for the next ones (`decode.rs`).
+    pinned_ids: Mutex<Vec<cudarc::driver::PinnedHostSlice<u32>>>,
     /// [`Compute`] as set by [`Cuda::set_compute`] (`compute_code`), shared by the clones.
     compute: AtomicU8,
     /// Activation scratch of the bf16 products; locked for the whole of one product.
@@ -688,6 +690,7 @@ impl Cuda {
                 decode,
                 blas_workspace,
                 lt: Mutex::new(None),
+                pinned_ids: Mutex::new(Vec::new()),
                 compute: AtomicU8::new(compute_code(Compute::F32)),
                 bf16: Mutex::new(Bf16Scratch::default()),
                 pdl: major >= 9 && pdl_wanted(),
@@ -1247,6 +1250,7 @@ impl Backend for Cuda {
     type Buf = CudaBuf;
     type Ids = CudaIds;
     type Graph = cudarc::driver::CudaGraph;
+    type IdsRead = decode::CudaIdsRead;
 
     // Decoding ops: in decode.rs.
     fn ids_from_slice(&self, ids: &[u32]) -> Result<CudaIds> {
@@ -1254,6 +1258,12 @@ impl Backend for Cuda {
     }
     fn ids_to_vec(&self, ids: &CudaIds) -> Result<Vec<u32>> {
         self.ids_to_vec_impl(ids)
+    }
+    fn ids_read_start(&self, ids: &CudaIds) -> Result<decode::CudaIdsRead> {
+        self.ids_read_start_impl(ids)
+    }
+    fn ids_read_finish(&self, read: decode::CudaIdsRead) -> Result<Vec<u32>> {
+        self.ids_read_finish_impl(read)
     }
     fn embedding_ids(&self, table: &CudaBuf, ids: &CudaIds, dim: usize, out: &mut CudaBuf) -> Result<()> {
         self.embedding_ids_impl(table, ids, dim, out)

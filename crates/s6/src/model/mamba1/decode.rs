@@ -130,6 +130,19 @@ impl<'m, B: Backend> Decoder<'m, B> {
         self.model.backend.ids_to_vec(&self.bufs.ids)
     }
 
+    /// [`Decoder::tokens`] without the wait: queues a copy of the tokens sampled last to the
+    /// host. Queue the next [`Decoder::step`], then read them with [`Decoder::finish_tokens`]:
+    /// the device runs that step while the host handles these tokens (streams them, checks for
+    /// the end), instead of waiting idle between steps.
+    pub fn start_tokens(&self) -> Result<B::IdsRead> {
+        self.model.backend.ids_read_start(&self.bufs.ids)
+    }
+
+    /// The tokens of a [`Decoder::start_tokens`] (waits for that copy, not for later steps).
+    pub fn finish_tokens(&self, read: B::IdsRead) -> Result<Vec<u32>> {
+        self.model.backend.ids_read_finish(read)
+    }
+
     /// Feeds every sequence its last sampled token and samples the next one (queued on the
     /// device; [`Decoder::tokens`] reads the result).
     pub fn step(&mut self) -> Result<()> {
