@@ -498,12 +498,17 @@ fn fnv1a64<'a>(parts: impl IntoIterator<Item = &'a str>) -> u64 {
 
 /// Compile-time settings of the small-batch GEMV (`kernels/gemv.cu`) from the environment, for
 /// measurements: `S6_GEMV_BATCH` (1 to 8 weight vectors in flight per lane at batch 1; default
-/// 1), `S6_GEMV_NC1` ([`gemv_nc1`]) and `S6_GEMV_NC24` ([`gemv_nc24`]). Read once per process,
+/// 1), `S6_GEMV_NC1` ([`gemv_nc1`]) and `S6_GEMV_NC24` ([`gemv_nc24`]); of the scan forward
+/// (`kernels/scan.cu`), `S6_SCAN_AHEAD` (0, 1 or 2: where the recurrence loads a step's operands
+/// one step ahead; default 1). Read once per process,
 /// like the kernels' compilation.
 fn kernel_defines() -> Vec<String> {
     let mut defs = Vec::new();
     if let Some(n @ 1..=8) = std::env::var("S6_GEMV_BATCH").ok().and_then(|v| v.trim().parse::<u32>().ok()) {
         defs.push(format!("-DS6_GEMV_BATCH={n}"));
+    }
+    if let Some(n @ 0..=2) = std::env::var("S6_SCAN_AHEAD").ok().and_then(|v| v.trim().parse::<u32>().ok()) {
+        defs.push(format!("-DS6_SCAN_AHEAD={n}"));
     }
     defs.push(format!("-DS6_GEMV_NC1={}", gemv_nc1()));
     defs.push(format!("-DS6_GEMV_NC24={}", gemv_nc24()));

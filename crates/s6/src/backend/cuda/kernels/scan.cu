@@ -143,6 +143,13 @@ S6_SCAN_KERNEL(s6_scan_n64, 16, 4, 32, 16)
 // values stay in their stored type until used, so that the pipelined loads have no consumer before
 // the next chunk (a conversion right after a load would stall the warp there, undoing the
 // pipelining).
+// Whether the recurrence loads a step's shared-memory operands one step ahead: 0 never, 1 (the
+// default) in the shapes with 8 or more elements per thread (see AHEAD below), 2 in every shape;
+// the host defines it from `S6_SCAN_AHEAD` for measurements (cuda/mod.rs).
+#ifndef S6_SCAN_AHEAD
+#define S6_SCAN_AHEAD 1
+#endif
+
 template <typename T>
 struct S6Io;
 template <>
@@ -185,9 +192,11 @@ __device__ __forceinline__ void s6_scan_n16_vec_body(const TI* __restrict__ u, c
     constexpr int E1 = T / SPLIT;
     constexpr int E2 = (T * N + NT - 1) / NT;
     static_assert(T % SPLIT == 0, "whole (t, channel) rounds");
-    __shared__ float2 s_dx[T][CPB];  // (Δ, Δ·u)
-    __shared__ __align__(16) float s_b[T][N];
-    __shared__ __align__(16) float s_c[LOCAL ? 1 : T][N];
+    // One row more than a chunk: the recurrence reads step t + 1's operands during step t
+    // (S6_SCAN_AHEAD), also at t = T - 1, where the extra row's value is not used.
+    __shared__ float2 s_dx[T + 1][CPB];  // (Δ, Δ·u)
+    __shared__ __align__(16) float s_b[T + 1][N];
+    __shared__ __align__(16) float s_c[LOCAL ? 1 : T + 1][N];
     __shared__ __align__(16) float s_part[LOCAL ? 1 : T][CPB][SPLIT];
 
     const int tid = threadIdx.x;
@@ -248,6 +257,9 @@ __device__ __forceinline__ void s6_scan_n16_vec_body(const TI* __restrict__ u, c
     // path, which a partial chunk always takes.
     static_assert(NT % N == 0, "B and C rows whole per thread");
     constexpr bool STEPPED = E1 >= 8;
+    // Step t + 1's operands loaded during step t: 10 registers more, which v4c64t16 (4 elements
+    // per thread, 64 registers) cannot spare without losing a block per SM (72 registers).
+    constexpr bool AHEAD = S6_SCAN_AHEAD == 2 || (S6_SCAN_AHEAD == 1 && E1 >= 8);
     if constexpr (STEPPED && !LOCAL) {
 #pragma unroll
         for (int e = 0; e < E1; e++) pz[e] = TI(0);  // stays 0 without a gate (unused then)
@@ -333,11 +345,27 @@ __device__ __forceinline__ void s6_scan_n16_vec_body(const TI* __restrict__ u, c
         }
         __syncthreads();
         if (t0 + T < seqlen) load(t0 + T);
+        // A step's operands from shared memory: (Δ, Δu) of the channel, the lane's 4 of B and C.
+        auto step_dx = [&](int t) { return s_dx[t][ch]; };
+        auto step_b = [&](int t) { return *reinterpret_cast<const float4*>(&s_b[t][part * NPT]); };
+        auto step_c = [&](int t) { return *reinterpret_cast<const float4*>(&s_c[LOCAL ? 0 : t][part * NPT]); };
+        // AHEAD: step t + 1's operands are loaded during step t, so the loads' latency
+        // overlaps a step's arithmetic; without it ptxas reuses the registers and every step waits
+        // for its own loads (the SASS of session 16: LDS, then the step, then the next LDS).
+        float2 dxn = step_dx(0);
+        float4 bvn = step_b(0), cvn = LOCAL ? float4{} : step_c(0);
         if constexpr (LOCAL) {
 #pragma unroll 4
             for (int t = 0; t < tl; t++) {
-                const float2 dx = s_dx[t][ch];
-                const float4 bv = *reinterpret_cast<const float4*>(&s_b[t][part * NPT]);
+                float2 dx = dxn;
+                float4 bv = bvn;
+                if constexpr (AHEAD) {
+                    dxn = step_dx(t + 1);
+                    bvn = step_b(t + 1);
+                } else {
+                    dx = step_dx(t);
+                    bv = step_b(t);
+                }
                 const float bs[NPT] = {bv.x, bv.y, bv.z, bv.w};
 #pragma unroll
                 for (int i = 0; i < NPT; i++) h[i] = fmaf(s6_ex2_ftz(dx.x * a2[i]), h[i], dx.y * bs[i]);
@@ -346,9 +374,17 @@ __device__ __forceinline__ void s6_scan_n16_vec_body(const TI* __restrict__ u, c
         } else {
 #pragma unroll 4
             for (int t = 0; t < tl; t++) {
-                const float2 dx = s_dx[t][ch];
-                const float4 bv = *reinterpret_cast<const float4*>(&s_b[t][part * NPT]);
-                const float4 cv = *reinterpret_cast<const float4*>(&s_c[t][part * NPT]);
+                float2 dx = dxn;
+                float4 bv = bvn, cv = cvn;
+                if constexpr (AHEAD) {
+                    dxn = step_dx(t + 1);
+                    bvn = step_b(t + 1);
+                    cvn = step_c(t + 1);
+                } else {
+                    dx = step_dx(t);
+                    bv = step_b(t);
+                    cv = step_c(t);
+                }
                 const float bs[NPT] = {bv.x, bv.y, bv.z, bv.w}, cs[NPT] = {cv.x, cv.y, cv.z, cv.w};
                 float acc = 0.0f;
 #pragma unroll
