@@ -4,14 +4,16 @@
 # reading tokens while the next step runs), then the forward with its recurrence loading step
 # t + 1's shared-memory operands during step t (`S6_SCAN_AHEAD`: 0 = as before, 1 = default, in
 # the shapes with 8+ elements per thread, 2 = every shape) side by side, interleaved; the forward
-# at every L of the goal's table, fp32 and bf16; the block shapes at 24,576 and 16,384 channels
-# and `v4c32` against `v4c64t16` at 524,288 channels and in 1.4B prefill.
+# at every L of the goal's table, fp32 and bf16; the backward's n16p with the same look-ahead
+# (`S6_SCAN_BWD_AHEAD`, 0 = as before); `v4c32` against `v4c64t16` at 524,288 channels and in
+# 1.4B prefill.
 . "$(dirname "$0")/cuda_tests.sh"
 date -u; nvidia-smi --query-gpu=name --format=csv,noheader
 export S6_KERNEL_CACHE=/tmp/s6-kernels
 run_cuda_tests
 t scan-ahead0 S6_SCAN_AHEAD=0 test-cuda scan
 t scan-ahead2 S6_SCAN_AHEAD=2 test-cuda scan
+t backward-ahead0 S6_SCAN_BWD_AHEAD=0 test-cuda_backward
 date -u
 b() { dev-out/s6 bench scan --device cuda "$@" 2>&1 | grep -E "^scan" | sed 's/  */ /g; s/ GB.s.*//'; }
 for round in 1 2; do
@@ -27,12 +29,17 @@ for a in 1 2; do
   S6_SCAN_AHEAD=$a b --repeats 2 --dtype bf16 --scan-batch 128 --scan-d-inner 4096 --scan-seqlen 2048
 done
 date -u
+for round in 1 2; do
+  for a in 0 1; do
+    echo "== backward ahead $a, round $round (n16p at B=4 D=2048; forced at B=16 D=1536, where n16r8 is the rule's)"
+    S6_SCAN_BWD_AHEAD=$a b --repeats 5 --backward --scan-seqlen 2048 | grep backward
+    S6_SCAN_BWD_AHEAD=$a S6_SCAN_BWD=n16p b --repeats 3 --backward --scan-batch 16 --scan-d-inner 1536 --scan-seqlen 2048 | grep backward
+  done
+done
+b --repeats 3 --backward --scan-batch 16 --scan-d-inner 1536 --scan-seqlen 2048 | grep backward
+date -u
 b --repeats 5 --scan-seqlen 512,8192,32768
 b --repeats 5 --dtype bf16 --scan-seqlen 512,32768
-for shape in v4c16t64 v4c32 v4c64t16; do
-  echo "== $shape"
-  S6_SCAN_N16=$shape b --repeats 3 --dtype bf16 --scan-batch 8 --scan-d-inner 2048 --scan-seqlen 2048
-done
 for shape in v4c32 v4c64t16; do
   echo "== $shape, 524,288 channels, and 1.4B prefill"
   S6_SCAN_N16=$shape b --repeats 2 --dtype bf16 --scan-batch 128 --scan-d-inner 4096 --scan-seqlen 2048

@@ -500,7 +500,8 @@ fn fnv1a64<'a>(parts: impl IntoIterator<Item = &'a str>) -> u64 {
 /// measurements: `S6_GEMV_BATCH` (1 to 8 weight vectors in flight per lane at batch 1; default
 /// 1), `S6_GEMV_NC1` ([`gemv_nc1`]) and `S6_GEMV_NC24` ([`gemv_nc24`]); of the scan forward
 /// (`kernels/scan.cu`), `S6_SCAN_AHEAD` (0, 1 or 2: where the recurrence loads a step's operands
-/// one step ahead; default 1). Read once per process,
+/// one step ahead; default 1); of the scan backward, `S6_SCAN_BWD_AHEAD` (0 or 1: the same in
+/// n16p's reverse walk; default 1). Read once per process,
 /// like the kernels' compilation.
 fn kernel_defines() -> Vec<String> {
     let mut defs = Vec::new();
@@ -509,6 +510,9 @@ fn kernel_defines() -> Vec<String> {
     }
     if let Some(n @ 0..=2) = std::env::var("S6_SCAN_AHEAD").ok().and_then(|v| v.trim().parse::<u32>().ok()) {
         defs.push(format!("-DS6_SCAN_AHEAD={n}"));
+    }
+    if let Some(n @ 0..=1) = std::env::var("S6_SCAN_BWD_AHEAD").ok().and_then(|v| v.trim().parse::<u32>().ok()) {
+        defs.push(format!("-DS6_SCAN_BWD_AHEAD={n}"));
     }
     defs.push(format!("-DS6_GEMV_NC1={}", gemv_nc1()));
     defs.push(format!("-DS6_GEMV_NC24={}", gemv_nc24()));

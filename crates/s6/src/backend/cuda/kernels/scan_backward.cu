@@ -317,6 +317,12 @@ S6_SCAN_BWD_KERNEL(s6_scan_bwd_n64, 4, 16, 8)
 //     state-step's (h_t, exp(ΔA)) stored and read back); registers, the other limit, decide
 //     between the two: n16p (T = 12, states in shared memory) runs 4 blocks of 128 threads per SM
 //     (116 registers), n16r8 (T = 8, states in registers) 3 (168) (cuda/backward.rs chooses).
+// Whether n16p's recompute and reverse walk load a step's shared-memory operands one step ahead
+// (1, the default) or at the step (0); the host defines it from `S6_SCAN_BWD_AHEAD` for
+// measurements.
+#ifndef S6_SCAN_BWD_AHEAD
+#define S6_SCAN_BWD_AHEAD 1
+#endif
 __device__ __forceinline__ float s6b_fast_sigmoid(float x) { return __fdividef(1.0f, 1.0f + __expf(-x)); }
 template <int T, bool REGS>
 __device__ __forceinline__ void s6_scan_bwd_n16_body(S6_SCAN_BWD_PARAMS) {
@@ -495,62 +501,92 @@ __device__ __forceinline__ void s6_scan_bwd_n16_body(S6_SCAN_BWD_PARAMS) {
         // full-chunk specialization comes from inlining, not from a template).
         auto walk = [&](const int nt) {
             float hs[REGS ? T : 1][2], es[REGS ? T : 1][2];
+            // One recompute step from its shared-memory operands: (Δ, u, g, Δu), the lane's B and C.
+            auto fstep = [&](const int t, const float4 v, const float4 bc) {
+                const float e0 = s6_ex2_ftz(v.x * a2[0]), e1 = s6_ex2_ftz(v.x * a2[1]);
+                hh0 = fmaf(e0, hh0, v.w * bc.x);
+                hh1 = fmaf(e1, hh1, v.w * bc.y);
+                if constexpr (REGS) {
+                    hs[t][0] = hh0;
+                    hs[t][1] = hh1;
+                    es[t][0] = e0;
+                    es[t][1] = e1;
+                } else {
+                    s_pp[t][tid] = make_float4(hh0, hh1, e0, e1);  // each lane only reads its own
+                }
+            };
+            if constexpr (!REGS && S6_SCAN_BWD_AHEAD) {
+                // As the reverse walk below: step t + 1's operands loaded during step t, the last
+                // step peeled.
+                float4 vn = s_dug[0][ch], bcn = s_bc[0][part];
 #pragma unroll UNROLL_RECOMPUTE
-            for (int t = 0; t < (REGS ? T : nt); t++) {
-                if (!REGS || t < nt) {
-                    const float4 v = s_dug[t][ch];
-                    const float4 bc = s_bc[t][part];
-                    const float e0 = s6_ex2_ftz(v.x * a2[0]), e1 = s6_ex2_ftz(v.x * a2[1]);
-                    hh0 = fmaf(e0, hh0, v.w * bc.x);
-                    hh1 = fmaf(e1, hh1, v.w * bc.y);
-                    if constexpr (REGS) {
-                        hs[t][0] = hh0;
-                        hs[t][1] = hh1;
-                        es[t][0] = e0;
-                        es[t][1] = e1;
-                    } else {
-                        s_pp[t][tid] = make_float4(hh0, hh1, e0, e1);  // each lane only reads its own
-                    }
+                for (int t = 0; t + 1 < nt; t++) {
+                    const float4 v = vn, bc = bcn;
+                    vn = s_dug[t + 1][ch];
+                    bcn = s_bc[t + 1][part];
+                    fstep(t, v, bc);
+                }
+                fstep(nt - 1, vn, bcn);
+            } else {
+#pragma unroll UNROLL_RECOMPUTE
+                for (int t = 0; t < (REGS ? T : nt); t++) {
+                    if (!REGS || t < nt) fstep(t, s_dug[t][ch], s_bc[t][part]);
                 }
             }
-#pragma unroll UNROLL_REVERSE
-            for (int t = (REGS ? T : nt) - 1; t >= 0; t--) {
-                if (!REGS || t < nt) {
-                    const float4 v = s_dug[t][ch];
-                    const float4 bc = s_bc[t][part];
-                    const float dt = v.x, g = v.z, dtx = v.w;
-                    const float bs[2] = {bc.x, bc.y}, cs[2] = {bc.z, bc.w};
-                    float hc[2], dec[2];
-                    if constexpr (REGS) {
-                        hc[0] = hs[t][0];
-                        hc[1] = hs[t][1];
-                        dec[0] = es[t][0];
-                        dec[1] = es[t][1];
-                    } else {
-                        const float4 hd = s_pp[t][tid];
-                        hc[0] = hd.x;
-                        hc[1] = hd.y;
-                        dec[0] = hd.z;
-                        dec[1] = hd.w;
-                    }
-                    float pb[2], pc[2], pout = 0.0f, pbs = 0.0f, pqa = 0.0f;
+            // One reverse step from its shared-memory operands: (Δ, u, g, Δu), the lane's B and C,
+            // and without REGS its (h_t, exp(ΔA)).
+            auto rstep = [&](const int t, const float4 v, const float4 bc, const float4 hd) {
+                const float dt = v.x, g = v.z, dtx = v.w;
+                const float bs[2] = {bc.x, bc.y}, cs[2] = {bc.z, bc.w};
+                float hc[2], dec[2];
+                if constexpr (REGS) {
+                    hc[0] = hs[t][0];
+                    hc[1] = hs[t][1];
+                    dec[0] = es[t][0];
+                    dec[1] = es[t][1];
+                } else {
+                    hc[0] = hd.x;
+                    hc[1] = hd.y;
+                    dec[0] = hd.z;
+                    dec[1] = hd.w;
+                }
+                float pb[2], pc[2], pout = 0.0f, pbs = 0.0f, pqa = 0.0f;
 #pragma unroll
-                    for (int i = 0; i < 2; i++) {
-                        const float dhs = fmaf(g, cs[i], dh[i]);
-                        pb[i] = dhs * dtx;
-                        pc[i] = g * hc[i];
-                        pout = fmaf(cs[i], hc[i], pout);
-                        pbs = fmaf(dhs, bs[i], pbs);
-                        // h_{t-1} exp(ΔA) = h_t - Δu B, the product rounded as in the recompute
-                        // (exactly 0 from h_{t-1} = 0).
-                        const float q = dhs * (hc[i] - __fmul_rn(dtx, bs[i]));
-                        da[i] = fmaf(q, dt, da[i]);
-                        pqa = fmaf(q, av[i], pqa);
-                        dh[i] = dhs * dec[i];
-                    }
-                    s_pp[t][tid] = make_float4(pb[0], pb[1], pc[0], pc[1]);
-                    s_p2[t][tid] = make_float2(pbs, pqa);
-                    s_p1[t][tid] = pout;
+                for (int i = 0; i < 2; i++) {
+                    const float dhs = fmaf(g, cs[i], dh[i]);
+                    pb[i] = dhs * dtx;
+                    pc[i] = g * hc[i];
+                    pout = fmaf(cs[i], hc[i], pout);
+                    pbs = fmaf(dhs, bs[i], pbs);
+                    // h_{t-1} exp(ΔA) = h_t - Δu B, the product rounded as in the recompute
+                    // (exactly 0 from h_{t-1} = 0).
+                    const float q = dhs * (hc[i] - __fmul_rn(dtx, bs[i]));
+                    da[i] = fmaf(q, dt, da[i]);
+                    pqa = fmaf(q, av[i], pqa);
+                    dh[i] = dhs * dec[i];
+                }
+                s_pp[t][tid] = make_float4(pb[0], pb[1], pc[0], pc[1]);
+                s_p2[t][tid] = make_float2(pbs, pqa);
+                s_p1[t][tid] = pout;
+            };
+            if constexpr (!REGS && S6_SCAN_BWD_AHEAD) {
+                // Step t - 1's operands loaded during step t, before its stores (ptxas kept every
+                // load after the previous step's stores: a shared-memory round trip per step on
+                // the critical path). The last step (t = 0) is peeled: it loads nothing.
+                float4 vn = s_dug[nt - 1][ch], bcn = s_bc[nt - 1][part], hdn = s_pp[nt - 1][tid];
+#pragma unroll UNROLL_REVERSE
+                for (int t = nt - 1; t > 0; t--) {
+                    const float4 v = vn, bc = bcn, hd = hdn;
+                    vn = s_dug[t - 1][ch];
+                    bcn = s_bc[t - 1][part];
+                    hdn = s_pp[t - 1][tid];
+                    rstep(t, v, bc, hd);
+                }
+                rstep(0, vn, bcn, hdn);
+            } else {
+#pragma unroll UNROLL_REVERSE
+                for (int t = (REGS ? T : nt) - 1; t >= 0; t--) {
+                    if (!REGS || t < nt) rstep(t, s_dug[t][ch], s_bc[t][part], REGS ? float4{} : s_pp[t][tid]);
                 }
             }
         };
