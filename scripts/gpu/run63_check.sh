@@ -14,7 +14,6 @@ date -u; nvidia-smi --query-gpu=name --format=csv,noheader
 export S6_KERNEL_CACHE=/tmp/s6-kernels
 run_cuda_tests
 t scan-ahead0 S6_SCAN_AHEAD=0 test-cuda scan
-t scan-ahead2 S6_SCAN_AHEAD=2 test-cuda scan
 t backward-ahead0 S6_SCAN_BWD_AHEAD=0 test-cuda_backward
 date -u
 b() { dev-out/s6 bench scan --device cuda "$@" 2>&1 | grep -E "^scan" | sed 's/  */ /g; s/ GB.s.*//'; }
