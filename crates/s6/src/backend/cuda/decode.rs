@@ -38,11 +38,25 @@ impl CudaIds {
 }
 
 /// Ids on their way to the host ([`Backend::ids_read_start`](crate::backend::Backend)): a
-/// page-locked buffer the copy writes, whose event marks the copy's end. Dropped unread, the buffer
-/// is freed once the copy is done.
+/// page-locked buffer the copy writes and an event recorded behind the copy. (The buffer's own
+/// event is not recorded: the backend turns cudarc's event tracking off.) Dropped unread, the
+/// buffer is freed once the copy is done.
 pub struct CudaIdsRead {
-    host: cudarc::driver::PinnedHostSlice<u32>,
+    host: PinnedIds,
     len: usize,
+}
+
+/// A page-locked id buffer and the event that marks the end of the copy into it (reused).
+pub(super) struct PinnedIds {
+    buf: cudarc::driver::PinnedHostSlice<u32>,
+    done: cudarc::driver::CudaEvent,
+}
+
+impl Drop for PinnedIds {
+    fn drop(&mut self) {
+        // A copy may still be writing the buffer: wait for it before the buffer is freed.
+        let _ = self.done.synchronize();
+    }
 }
 
 /// The decoding kernels of one context.
@@ -120,24 +134,29 @@ impl Cuda {
         let pooled = {
             let mut pool =
                 self.inner.pinned_ids.lock().map_err(|_| Error::Backend("pinned id buffers: lock".into()))?;
-            pool.iter().position(|h| h.len() >= need).map(|i| pool.swap_remove(i))
+            pool.iter().position(|h| h.buf.len() >= need).map(|i| pool.swap_remove(i))
         };
         let mut host = match pooled {
             Some(h) => h,
-            // SAFETY: plain page-locked memory (no flags: the host reads it), written by the copy
-            // below before anything reads it.
-            None => unsafe { self.inner.ctx.alloc_pinned_with_flags::<u32>(need, 0) }
-                .map_err(driver_err("page-locked allocation"))?,
+            None => PinnedIds {
+                // SAFETY: plain page-locked memory (no flags: the host reads it), written by the
+                // copy below before anything reads it.
+                buf: unsafe { self.inner.ctx.alloc_pinned_with_flags::<u32>(need, 0) }
+                    .map_err(driver_err("page-locked allocation"))?,
+                done: self.inner.ctx.new_event(None).map_err(driver_err("event"))?,
+            },
         };
-        // Queued on the stream; the buffer's event is recorded behind the copy.
-        self.stream().memcpy_dtoh(&ids.data, &mut host).map_err(driver_err("download"))?;
+        // Queued on the stream, then the event behind it.
+        self.stream().memcpy_dtoh(&ids.data, &mut host.buf).map_err(driver_err("download"))?;
+        host.done.record(self.stream()).map_err(driver_err("event record"))?;
         Ok(CudaIdsRead { host, len: ids.len })
     }
 
     pub(super) fn ids_read_finish_impl(&self, read: CudaIdsRead) -> Result<Vec<u32>> {
         let CudaIdsRead { host, len } = read;
-        // Waits for the copy's event only, not for work queued after it.
-        let v = host.as_slice().map_err(driver_err("download"))?[..len].to_vec();
+        // Waits for the copy only, not for work queued after it.
+        host.done.synchronize().map_err(driver_err("download"))?;
+        let v = host.buf.as_slice().map_err(driver_err("download"))?[..len].to_vec();
         if let Ok(mut pool) = self.inner.pinned_ids.lock() {
             // A few buffers are enough: decoding has one read in flight.
             if pool.len() < 4 {

@@ -389,7 +389,7 @@ struct Inner {
     /// cuBLASLt's handle and tuned shapes, created on first use (`lt.rs`).
     lt: Mutex<Option<lt::LtState>>,
     /// Page-locked buffers of finished id reads, for the next ones (`decode.rs`).
-    pinned_ids: Mutex<Vec<cudarc::driver::PinnedHostSlice<u32>>>,
+    pinned_ids: Mutex<Vec<decode::PinnedIds>>,
     /// [`Compute`] as set by [`Cuda::set_compute`] (`compute_code`), shared by the clones.
     compute: AtomicU8,
     /// Activation scratch of the bf16 products; locked for the whole of one product.
