@@ -626,8 +626,8 @@ fn selective_scan_segments_match_cpu() {
 #[test]
 fn selective_scan_n16_matches_cpu() {
     // N = 16 runs its own kernels (the vector scan: 16 channels per block and chunks of 64 steps
-    // below 16,384 channels, 32 and 32 below 131,072, 64 and 16 from there; `S6_SCAN_N16` forces
-    // one); N = 9..15 the general one.
+    // while those blocks fit the device in one wave, 32 and 32 beyond; `S6_SCAN_N16` forces one);
+    // N = 9..15 the general one.
     let Some(g) = gpu() else { return };
     let mut r = Rng(6);
     check_scan(&g, &mut r, 2, 150, 100, 16);
@@ -635,8 +635,8 @@ fn selective_scan_n16_matches_cpu() {
     check_scan(&g, &mut r, 1, 70, 40, 12);
     // 16,386 channels: 32 channels per block, d_inner not a multiple of them.
     check_scan(&g, &mut r, 2, 45, 8193, 16);
-    // 131,202 channels: 64 channels per block (chunks of 16), d_inner not a multiple of them and
-    // L not a multiple of the chunk.
+    // 131,202 channels: many blocks per multiprocessor, d_inner not a multiple of the block's
+    // channels and L not a multiple of the chunk.
     check_scan(&g, &mut r, 2, 21, 65_601, 16);
 }
 

@@ -94,11 +94,6 @@ const KERNELS: &[&str] = &[
     "s6_scan_n16_bf16_v4c16t64",
     "s6_scan_n16_seg_v4c16t64",
     "s6_scan_n16_seg_bf16_v4c16t64",
-    "s6_scan_n16_v4c64t16",
-    "s6_scan_n16_v4c64t16_b16",
-    "s6_scan_n16_bf16_v4c64t16",
-    "s6_scan_n16_seg_v4c64t16",
-    "s6_scan_n16_seg_bf16_v4c64t16",
     // scan_backward.cu
     "s6_scan_bwd_n4",
     "s6_scan_bwd_n8",
@@ -499,7 +494,7 @@ fn fnv1a64<'a>(parts: impl IntoIterator<Item = &'a str>) -> u64 {
 /// Compile-time settings of the small-batch GEMV (`kernels/gemv.cu`) from the environment, for
 /// measurements: `S6_GEMV_BATCH` (1 to 8 weight vectors in flight per lane at batch 1; default
 /// 1), `S6_GEMV_NC1` ([`gemv_nc1`]) and `S6_GEMV_NC24` ([`gemv_nc24`]); of the scan forward
-/// (`kernels/scan.cu`), `S6_SCAN_AHEAD` (0, 1 or 2: where the recurrence loads a step's operands
+/// (`kernels/scan.cu`), `S6_SCAN_AHEAD` (0 or 1: whether the recurrence loads a step's operands
 /// one step ahead; default 1); of the scan backward, `S6_SCAN_BWD_AHEAD` (0 or 1: the same in
 /// n16p's reverse walk; default 1). Read once per process,
 /// like the kernels' compilation.
@@ -508,7 +503,7 @@ fn kernel_defines() -> Vec<String> {
     if let Some(n @ 1..=8) = std::env::var("S6_GEMV_BATCH").ok().and_then(|v| v.trim().parse::<u32>().ok()) {
         defs.push(format!("-DS6_GEMV_BATCH={n}"));
     }
-    if let Some(n @ 0..=2) = std::env::var("S6_SCAN_AHEAD").ok().and_then(|v| v.trim().parse::<u32>().ok()) {
+    if let Some(n @ 0..=1) = std::env::var("S6_SCAN_AHEAD").ok().and_then(|v| v.trim().parse::<u32>().ok()) {
         defs.push(format!("-DS6_SCAN_AHEAD={n}"));
     }
     if let Some(n @ 0..=1) = std::env::var("S6_SCAN_BWD_AHEAD").ok().and_then(|v| v.trim().parse::<u32>().ok()) {
@@ -947,9 +942,9 @@ pub(crate) struct ScanN16 {
     pub cpb: u32,
 }
 
-/// 32 channels per block and chunks of 32 steps; 16 per block and chunks of 64; 64 per block and
-/// chunks of 16 ([`scan_n16`] chooses by their index here).
-const SCAN_N16: [ScanN16; 3] = [
+/// 32 channels per block and chunks of 32 steps; 16 per block and chunks of 64 ([`scan_n16`]
+/// chooses).
+const SCAN_N16: [ScanN16; 2] = [
     ScanN16 {
         name: "v4c32",
         f32: "s6_scan_n16_v4c32",
@@ -967,15 +962,6 @@ const SCAN_N16: [ScanN16; 3] = [
         seg_f32: "s6_scan_n16_seg_v4c16t64",
         seg_bf16: "s6_scan_n16_seg_bf16_v4c16t64",
         cpb: 16,
-    },
-    ScanN16 {
-        name: "v4c64t16",
-        f32: "s6_scan_n16_v4c64t16",
-        f32_with_copy: "s6_scan_n16_v4c64t16_b16",
-        bf16: "s6_scan_n16_bf16_v4c64t16",
-        seg_f32: "s6_scan_n16_seg_v4c64t16",
-        seg_bf16: "s6_scan_n16_seg_bf16_v4c64t16",
-        cpb: 64,
     },
 ];
 
@@ -1028,19 +1014,16 @@ pub(crate) fn scan_segment_count(blocks: usize, seqlen: usize, sms: usize) -> us
     count.clamp(1, seqlen.max(1))
 }
 
-/// The d_state-16 scan kernels for `channels` = batch · d_inner: 16 channels per block with chunks
-/// of 64 below [`SCAN_WIDE_CHANNELS`] (more blocks where there are few), 32 per block with chunks
-/// of 32 up to [`SCAN_WIDEST_CHANNELS`], 64 per block with chunks of 16 from there.
-/// `S6_SCAN_N16=NAME` (a [`ScanN16::name`]) forces one for every size, for measurements (read once
-/// per process).
-pub(crate) fn scan_n16(channels: usize) -> &'static ScanN16 {
+/// The d_state-16 scan kernels for `channels` = batch · d_inner on a device of `sms`
+/// multiprocessors: 16 channels per block with chunks of 64 while those blocks fit the device in
+/// one wave ([`SCAN_NARROW_BLOCKS_PER_SM`] per multiprocessor), else 32 per block with chunks of
+/// 32. `S6_SCAN_N16=NAME` (a [`ScanN16::name`]) forces one for every size, for measurements (read
+/// once per process).
+pub(crate) fn scan_n16(channels: usize, sms: usize) -> &'static ScanN16 {
     static FORCED: OnceLock<Option<usize>> = OnceLock::new();
     let forced = FORCED.get_or_init(|| forced_by_env("S6_SCAN_N16", SCAN_N16.iter().map(|k| k.name)));
-    let by_size = match channels {
-        c if c >= SCAN_WIDEST_CHANNELS => 2, // v4c64t16
-        c if c >= SCAN_WIDE_CHANNELS => 0,   // v4c32
-        _ => 1,                              // v4c16t64
-    };
+    let narrow_blocks = channels.div_ceil(SCAN_N16[1].cpb as usize);
+    let by_size = if narrow_blocks <= SCAN_NARROW_BLOCKS_PER_SM * sms { 1 } else { 0 };
     &SCAN_N16[forced.unwrap_or(by_size)]
 }
 
@@ -1052,19 +1035,17 @@ pub(crate) fn forced_by_env<'a>(var: &str, names: impl IntoIterator<Item = &'a s
     names.into_iter().position(|name| name == v.trim())
 }
 
-/// From this many channels on the d_state-16 scans use 32 channels per block instead of 16.
-/// Measured on an H100, L = 2048 (docs/BENCHMARKS.md): session 10, 16 per block with chunks of
-/// 64 took 0.271 ms against 0.303 for 32 per block at 8,192 channels (B = 4, D = 2048), but 0.80 ms
-/// against 0.58 at 24,576 (B = 16, D = 1536) and 1.07 against 0.70 at 32,768 (B = 8, D = 4096);
-/// session 14 (run 58, after the per-step stage was made cheaper), bf16: 0.213 ms against 0.230 at
-/// 8,192 channels, 0.625 against 0.483 at 24,576.
-const SCAN_WIDE_CHANNELS: usize = 1 << 14;
-
-/// From this many channels on the d_state-16 scans use 64 channels per block with chunks of 16.
-/// Session 14 (run 58, H100, L = 2048, bf16): 8.43 ms against 8.84 for 32 per block at 524,288
-/// channels (B = 128, D = 4096, 1.4B prefill's shape), but 0.545 against 0.483 at 24,576; the
-/// threshold lies between (not measured there), at the geometric middle of 32,768 and 524,288.
-const SCAN_WIDEST_CHANNELS: usize = 1 << 17;
+/// Blocks of the narrow d_state-16 scan shape (`v4c16t64`: 64 threads of ~220 registers) one
+/// multiprocessor holds. Past one wave of them the wide shape (`v4c32`, 128 threads, 4 blocks per
+/// multiprocessor) is faster: measured on an H100 (docs/BENCHMARKS.md, session 16, L = 2048, bf16,
+/// with the recurrence's operands loaded a step ahead), 16 per block took 0.163 ms against 0.186
+/// for 32 at 8,192 channels (512 blocks, under one wave of 528), but 0.294 against 0.228 at 8,704
+/// (544 blocks), 0.306 against 0.249 at 12,288 and 0.475 against 0.406 at 24,576; at 8,448 (528
+/// blocks, one wave exactly) 0.165 against 0.154. Before session 16 the threshold was 16,384
+/// channels, and a third shape (64 channels per block, chunks of 16) ran from 131,072: it was
+/// slower than 32 per block everywhere once 32 per block loaded a step ahead (8.44 against 7.87 ms
+/// at 524,288 channels, 1.4B prefill's shape) and was removed.
+const SCAN_NARROW_BLOCKS_PER_SM: usize = 4;
 
 /// Launches a kernel of ours on the backend's stream: `launch!(self, func, cfg, what; args…)`,
 /// every argument a plain value (pointers as `u64`). With programmatic dependent launch (see
@@ -1490,7 +1471,7 @@ impl Backend for Cuda {
         if batch * di == 0 {
             return Ok(());
         }
-        let n16 = (n == 16).then(|| scan_n16(batch * di));
+        let n16 = (n == 16).then(|| scan_n16(batch * di, self.inner.sm_count));
         let (name, split, cpb) = match n16 {
             Some(k) => (k.f32, 4, k.cpb),
             None => Self::scan_kernel(n)?,
@@ -1817,9 +1798,10 @@ mod tests {
     #[test]
     fn scan_shapes_by_size_and_forced_names() {
         if std::env::var_os("S6_SCAN_N16").is_none() {
+            // 132 multiprocessors (an H100 or H200): one wave of 16-channel blocks is 8,448 channels.
             let names: Vec<_> =
-                [8_192, 16_384, 24_576, 131_071, 131_072, 524_288].iter().map(|&c| scan_n16(c).name).collect();
-            assert_eq!(names, ["v4c16t64", "v4c32", "v4c32", "v4c32", "v4c64t16", "v4c64t16"]);
+                [1, 8_192, 8_448, 8_449, 24_576, 524_288].iter().map(|&c| scan_n16(c, 132).name).collect();
+            assert_eq!(names, ["v4c16t64", "v4c16t64", "v4c16t64", "v4c32", "v4c32", "v4c32"]);
         }
         // SAFETY: variables no other code reads, set before the only reads of them.
         unsafe { std::env::set_var("S6_TEST_FORCED_A", " b ") };

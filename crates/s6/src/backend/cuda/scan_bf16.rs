@@ -114,7 +114,7 @@ impl Cuda {
         }
         let stream = self.inner.stream.clone();
         let (yp, _sync) = y.data.device_ptr_mut(&stream);
-        let k = super::scan_n16(batch * di);
+        let k = super::scan_n16(batch * di, self.inner.sm_count);
         let (ldbc, ldz) = (u32_of("d_state", n)?, u32_of("d_inner", di)?);
         let (l, dd, nn) = (u32_of("seqlen", seqlen)?, u32_of("d_inner", di)?, u32_of("d_state", n)?);
         let mut cfg = LaunchConfig {

@@ -143,9 +143,8 @@ S6_SCAN_KERNEL(s6_scan_n64, 16, 4, 32, 16)
 // values stay in their stored type until used, so that the pipelined loads have no consumer before
 // the next chunk (a conversion right after a load would stall the warp there, undoing the
 // pipelining).
-// Whether the recurrence loads a step's shared-memory operands one step ahead: 0 never, 1 (the
-// default) in the shapes with 8 or more elements per thread (see AHEAD below), 2 in every shape;
-// the host defines it from `S6_SCAN_AHEAD` for measurements (cuda/mod.rs).
+// Whether the recurrence loads a step's shared-memory operands one step ahead (1, the default) or
+// at the step (0); the host defines it from `S6_SCAN_AHEAD` for measurements (cuda/mod.rs).
 #ifndef S6_SCAN_AHEAD
 #define S6_SCAN_AHEAD 1
 #endif
@@ -251,15 +250,14 @@ __device__ __forceinline__ void s6_scan_n16_vec_body(const TI* __restrict__ u, c
     // rows apart. With STEPPED, in a full chunk (every chunk but a sequence's last) the loads and
     // stores are unmasked and their pointers stepped, one 64-bit add each; computing each address
     // and mask costs ~6 instructions per access (session 15, H200: -11% at B=4 D=2048 with 16
-    // elements per thread, -9% at B=16 D=1536 with 8). With 4 elements per thread (64 channels per
-    // block) it saved less than its registers cost (+1.6% at B=128 D=4096 with 64 registers and
-    // spills, +25% with 70 registers and 3 blocks per SM), so there every chunk takes the masked
-    // path, which a partial chunk always takes.
+    // elements per thread, -9% at B=16 D=1536 with 8). With 4 elements per thread (the 64-channel
+    // shape since dropped) it saved less than its registers cost (+1.6% at B=128 D=4096), so a
+    // shape with fewer than 8 takes the masked path in every chunk, as a partial chunk always does.
     static_assert(NT % N == 0, "B and C rows whole per thread");
     constexpr bool STEPPED = E1 >= 8;
-    // Step t + 1's operands loaded during step t: 10 registers more, which v4c64t16 (4 elements
-    // per thread, 64 registers) cannot spare without losing a block per SM (72 registers).
-    constexpr bool AHEAD = S6_SCAN_AHEAD == 2 || (S6_SCAN_AHEAD == 1 && E1 >= 8);
+    // Step t + 1's operands loaded during step t (measured in session 16 on an H100, bf16, L =
+    // 2048: 0.190 → 0.163 ms at B=4 D=2048, 0.444 → 0.409 at B=16 D=1536).
+    constexpr bool AHEAD = S6_SCAN_AHEAD != 0;
     if constexpr (STEPPED && !LOCAL) {
 #pragma unroll
         for (int e = 0; e < E1; e++) pz[e] = TI(0);  // stays 0 without a gate (unused then)
@@ -463,8 +461,8 @@ __device__ __forceinline__ void s6_scan_n16_vec_body(const TI* __restrict__ u, c
     }
 // The five entries of one block shape (cuda/mod.rs, ScanN16): f32, f32 with a bf16 copy of y,
 // bf16 activations, and the segments' first launches for f32 and bf16. MINB is __launch_bounds__'
-// minimum of blocks per SM; 0 gives none, which is not the same as 1: ptxas then held v4c64t16 to
-// 64 registers (4 blocks of 256 threads per SM), where 1 let it take 88 (2 blocks).
+// minimum of blocks per SM (0 would give none, which is not the same as 1 to ptxas: session 15
+// saw 64 registers against 88 for a 256-thread shape).
 #define S6_SCAN_N16_SHAPE(SUFFIX, CPB, T, MINB)                                           \
     S6_SCAN_KERNEL_VEC(s6_scan_n16_##SUFFIX, float, CPB, T, false, MINB)                  \
     S6_SCAN_KERNEL_VEC_B16(s6_scan_n16_##SUFFIX##_b16, CPB, T, MINB)                      \
@@ -478,11 +476,8 @@ __device__ __forceinline__ void s6_scan_n16_vec_body(const TI* __restrict__ u, c
 // block, chunks of 64 (0.270 / 0.801 / 16.5). Measured and dropped: 16 per block with chunks of 32
 // (0.296 / - / 12.1), the time loop unrolled 8 (0.296), 2 states per lane (0.389 / - / 13.4); the
 // kernel they replaced (8 lanes of 2 states, scalar shared-memory reads, pipe8x): 0.400 / 0.803 /
-// 15.4.
+// 15.4. Also dropped: 64 channels per block with chunks of 16 (sessions 13-15, the default from
+// 131,072 channels), slower than 32 per block everywhere once the recurrence loaded its operands
+// a step ahead (session 16: 8.44 against 7.87 ms at 524,288 channels).
 S6_SCAN_N16_SHAPE(v4c32, 32, 32, 4)
 S6_SCAN_N16_SHAPE(v4c16t64, 16, 64, 1)
-// Session 13: 64 channels per block and chunks of 16 steps (since session 14's cheaper stage 64
-// registers and 26 KB of shared memory for 256 threads), the default from 131,072 channels.
-// Measured and dropped (run 55): 32 channels with chunks of 16 (as fast at 524,288 channels,
-// slower at 24,576), 16 with chunks of 32.
-S6_SCAN_N16_SHAPE(v4c64t16, 64, 16, 0)
