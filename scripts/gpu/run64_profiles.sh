@@ -1,5 +1,5 @@
 #!/bin/bash
-# GPU run 64 (session 16): right after run 63 on the same machine, where time goes (`--profile`:
+# GPU run 64 (session 16): after runs 63 and 65 on the same machine, where time goes (`--profile`:
 # each op timed alone between synchronizations): 1.4B prefill of 128 × 2048, a 130M training
 # step (batch 16, L = 2048), 130M decoding at batch 1.
 . "$(dirname "$0")/cuda_tests.sh"
