@@ -21,15 +21,13 @@ fn greedy() -> SamplingParams {
     SamplingParams { temperature: 0.0, ..Default::default() }
 }
 
-/// `tokens` new tokens per prompt with a GPU [`Decoder`] (prompts prefilled one by one, as
-/// `generate_tokens` does), checking that the graph was (or was not) used as asked.
-fn decode_gpu(
-    model: &Mamba<Cuda>,
+/// A GPU [`Decoder`] for `prompts`, prefilled one by one (as `generate_tokens` does).
+fn prefilled_decoder<'m>(
+    model: &'m Mamba<Cuda>,
     prompts: &[Vec<u32>],
-    tokens: usize,
     params: SamplingParams,
     mode: DecodeMode,
-) -> Vec<Vec<u32>> {
+) -> Decoder<'m, Cuda> {
     let be = &model.backend;
     let mut states = Vec::new();
     let mut logits = Vec::new();
@@ -40,7 +38,19 @@ fn decode_gpu(
     }
     let state = model.stack_states(&states).unwrap();
     let logits = be.from_vec(logits).unwrap();
-    let mut dec = Decoder::new(model, state, &logits, prompts, params, mode).unwrap();
+    Decoder::new(model, state, &logits, prompts, params, mode).unwrap()
+}
+
+/// `tokens` new tokens per prompt with a GPU [`Decoder`] ([`prefilled_decoder`]), checking that
+/// the graph was (or was not) used as asked.
+fn decode_gpu(
+    model: &Mamba<Cuda>,
+    prompts: &[Vec<u32>],
+    tokens: usize,
+    params: SamplingParams,
+    mode: DecodeMode,
+) -> Vec<Vec<u32>> {
+    let mut dec = prefilled_decoder(model, prompts, params, mode);
     let mut out = vec![Vec::new(); prompts.len()];
     for t in 0..tokens {
         if t > 0 {
@@ -66,16 +76,20 @@ fn cpu_greedy(model: &Mamba<Cpu>, prompts: &[Vec<u32>], tokens: usize) -> Vec<Ve
     generate_tokens(model, prompts, &opts, |_, _| Ok(Flow::Continue)).unwrap().0
 }
 
+/// mamba-130m's block sizes (d_inner 1536, d_state 16), 2 layers and a vocabulary of `vocab`,
+/// random weights from `seed`, on the CPU and on the GPU.
+fn two_layer_models(g: &Cuda, vocab: usize, seed: u64) -> (Mamba<Cpu>, Mamba<Cuda>) {
+    let mut cfg = s6::config::MambaConfig::preset("mamba-130m").unwrap();
+    cfg.n_layer = 2;
+    cfg.vocab_size = vocab;
+    let params = s6::model::init::init_params(&cfg, &s6::config::InitConfig::default(), seed);
+    (model_from(Cpu, &cfg, &params), model_from(g.clone(), &cfg, &params))
+}
+
 #[test]
 fn graph_greedy_equals_cpu_on_a_random_model() {
     let Some(g) = gpu() else { return };
-    // mamba-130m's block sizes (d_inner 1536, d_state 16), 2 layers, a small vocabulary.
-    let mut cfg = s6::config::MambaConfig::preset("mamba-130m").unwrap();
-    cfg.n_layer = 2;
-    cfg.vocab_size = 512;
-    let params = s6::model::init::init_params(&cfg, &s6::config::InitConfig::default(), 11);
-    let cpu = model_from(Cpu, &cfg, &params);
-    let gpu = model_from(g.clone(), &cfg, &params);
+    let (cpu, gpu) = two_layer_models(&g, 512, 11);
     let prompts: Vec<Vec<u32>> = vec![(0..300).map(|i| (i * 7 % 512) as u32).collect(), vec![5, 9, 200], vec![77]];
     for batch in [1, 3] {
         let p = &prompts[..batch];
@@ -100,26 +114,11 @@ fn graph_greedy_equals_cpu_on_a_random_model() {
 #[test]
 fn overlapped_token_reads_and_early_ends_equal_cpu() {
     let Some(g) = gpu() else { return };
-    let mut cfg = s6::config::MambaConfig::preset("mamba-130m").unwrap();
-    cfg.n_layer = 2;
-    cfg.vocab_size = 300;
-    let params = s6::model::init::init_params(&cfg, &s6::config::InitConfig::default(), 5);
-    let cpu = model_from(Cpu, &cfg, &params);
-    let gpu = model_from(g.clone(), &cfg, &params);
+    let (cpu, gpu) = two_layer_models(&g, 300, 5);
     let prompts: Vec<Vec<u32>> = vec![vec![3, 1, 4, 1, 5], vec![9, 2, 6], vec![5, 3, 5, 8]];
     let waited = decode_gpu(&gpu, &prompts, 30, greedy(), DecodeMode::Graph);
     // The same steps, each step's tokens read after the next step is queued.
-    let be = &gpu.backend;
-    let mut states = Vec::new();
-    let mut logits = Vec::new();
-    for p in &prompts {
-        let mut st = gpu.new_state(1).unwrap();
-        logits.extend(be.to_vec(&gpu.prefill(p, 1, p.len(), &mut st, 16).unwrap()).unwrap());
-        states.push(st);
-    }
-    let state = gpu.stack_states(&states).unwrap();
-    let logits = be.from_vec(logits).unwrap();
-    let mut dec = Decoder::new(&gpu, state, &logits, &prompts, greedy(), DecodeMode::Graph).unwrap();
+    let mut dec = prefilled_decoder(&gpu, &prompts, greedy(), DecodeMode::Graph);
     let mut overlapped = vec![Vec::new(); prompts.len()];
     let mut pending = dec.start_tokens().unwrap();
     for _ in 0..30 {
