@@ -496,7 +496,7 @@ fn fnv1a64<'a>(parts: impl IntoIterator<Item = &'a str>) -> u64 {
 /// 1), `S6_GEMV_NC1` ([`gemv_nc1`]) and `S6_GEMV_NC24` ([`gemv_nc24`]); of the scan forward
 /// (`kernels/scan.cu`), `S6_SCAN_AHEAD` (0 or 1: whether the recurrence loads a step's operands
 /// one step ahead; default 1); of the scan backward, `S6_SCAN_BWD_AHEAD` (0 or 1: the same in
-/// n16p's reverse walk; default 1). Read once per process,
+/// n16p's recompute and reverse walk; default 1). Read once per process,
 /// like the kernels' compilation.
 fn kernel_defines() -> Vec<String> {
     let mut defs = Vec::new();
@@ -1022,8 +1022,11 @@ pub(crate) fn scan_segment_count(blocks: usize, seqlen: usize, sms: usize) -> us
 pub(crate) fn scan_n16(channels: usize, sms: usize) -> &'static ScanN16 {
     static FORCED: OnceLock<Option<usize>> = OnceLock::new();
     let forced = FORCED.get_or_init(|| forced_by_env("S6_SCAN_N16", SCAN_N16.iter().map(|k| k.name)));
-    let narrow_blocks = channels.div_ceil(SCAN_N16[1].cpb as usize);
-    let by_size = if narrow_blocks <= SCAN_NARROW_BLOCKS_PER_SM * sms { 1 } else { 0 };
+    // Indices into SCAN_N16.
+    const WIDE: usize = 0;
+    const NARROW: usize = 1;
+    let narrow_blocks = channels.div_ceil(SCAN_N16[NARROW].cpb as usize);
+    let by_size = if narrow_blocks <= SCAN_NARROW_BLOCKS_PER_SM * sms { NARROW } else { WIDE };
     &SCAN_N16[forced.unwrap_or(by_size)]
 }
 
