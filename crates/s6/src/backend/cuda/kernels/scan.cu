@@ -189,8 +189,9 @@ __device__ __forceinline__ void s6_scan_n16_vec_body(const TI* __restrict__ u, c
     // A thread stages and stores the (t, channel) elements of one channel, sc = tid % CPB, at
     // steps tid / CPB + SPLIT·e of the chunk: its addresses are one base and a stride.
     constexpr int E1 = T / SPLIT;
-    constexpr int E2 = (T * N + NT - 1) / NT;
+    constexpr int E2 = T * N / NT;
     static_assert(T % SPLIT == 0, "whole (t, channel) rounds");
+    static_assert((T * N) % NT == 0, "B and C of a chunk in whole rounds of the block's threads");
     // One row more than a chunk: the recurrence reads step t + 1's operands during step t
     // (S6_SCAN_AHEAD), also at t = T - 1, where the extra row's value is not used.
     __shared__ float2 s_dx[T + 1][CPB];  // (Δ, Δ·u)
@@ -247,18 +248,17 @@ __device__ __forceinline__ void s6_scan_n16_vec_body(const TI* __restrict__ u, c
     TI pu[E1], pd[E1], pz[E1], pb[E2], pc[E2];
     float ru[E1], rg[E1];  // u and silu(z) of this thread's elements, for the store after the chunk
     // A thread's (t, channel) elements of a chunk are SPLIT rows apart, its B and C elements NT / N
-    // rows apart. With STEPPED, in a full chunk (every chunk but a sequence's last) the loads and
-    // stores are unmasked and their pointers stepped, one 64-bit add each; computing each address
-    // and mask costs ~6 instructions per access (session 15, H200: -11% at B=4 D=2048 with 16
-    // elements per thread, -9% at B=16 D=1536 with 8). With 4 elements per thread (the 64-channel
-    // shape since dropped) it saved less than its registers cost (+1.6% at B=128 D=4096), so a
-    // shape with fewer than 8 takes the masked path in every chunk, as a partial chunk always does.
+    // rows apart. In a full chunk (every chunk but a sequence's last) the loads and stores are
+    // unmasked and their pointers stepped, one 64-bit add each; computing each address and mask
+    // costs ~6 instructions per access (session 15, H200: -11% at B=4 D=2048 with 16 elements per
+    // thread, -9% at B=16 D=1536 with 8); a partial chunk takes the masked path. (With 4 elements
+    // per thread, the 64-channel shape since dropped, it saved less than its registers cost.)
     static_assert(NT % N == 0, "B and C rows whole per thread");
-    constexpr bool STEPPED = E1 >= 8;
+    static_assert(E1 >= 8, "the stepped loads were measured to pay from 8 elements per thread");
     // Step t + 1's operands loaded during step t (measured in session 16 on an H100, bf16, L =
     // 2048: 0.190 → 0.163 ms at B=4 D=2048, 0.444 → 0.409 at B=16 D=1536).
     constexpr bool AHEAD = S6_SCAN_AHEAD != 0;
-    if constexpr (STEPPED && !LOCAL) {
+    if constexpr (!LOCAL) {
 #pragma unroll
         for (int e = 0; e < E1; e++) pz[e] = TI(0);  // stays 0 without a gate (unused then)
     }
@@ -268,7 +268,7 @@ __device__ __forceinline__ void s6_scan_n16_vec_body(const TI* __restrict__ u, c
         const TI* up = u + r * dim + sd;
         const TI* dp = delta + r * dim + sd;
         const TI* zp = z + r * ldz + sd;
-        if (STEPPED && tl == T && s_active) {
+        if (tl == T && s_active) {
 #pragma unroll
             for (int e = 0; e < E1; e++) {
                 pu[e] = *up;
@@ -289,7 +289,7 @@ __device__ __forceinline__ void s6_scan_n16_vec_body(const TI* __restrict__ u, c
                 if (!LOCAL) pz[e] = ok && z != nullptr ? zp[e * stride_z] : TI(0);
             }
         }
-        if (STEPPED && (T * N) % NT == 0 && tl == T) {
+        if (tl == T) {
             constexpr int BROWS = NT / N;  // rows between a thread's B (and C) elements
             const TI* bp = bm + (row0 + t0 + tid / N) * ldb + tid % N;
             const TI* cp = cm + (row0 + t0 + tid / N) * ldc + tid % N;
@@ -310,7 +310,7 @@ __device__ __forceinline__ void s6_scan_n16_vec_body(const TI* __restrict__ u, c
             for (int e = 0; e < E2; e++) {
                 const int idx = tid + e * NT;
                 const int t = idx / N, s = idx % N;
-                const bool ok = ((T * N) % NT == 0 || idx < T * N) && t < tl;
+                const bool ok = t < tl;
                 pb[e] = ok ? bp[t * ldb + s] : TI(0);
                 if (!LOCAL) pc[e] = ok ? cp[t * ldc + s] : TI(0);
             }
@@ -335,11 +335,9 @@ __device__ __forceinline__ void s6_scan_n16_vec_body(const TI* __restrict__ u, c
 #pragma unroll
         for (int e = 0; e < E2; e++) {
             const int idx = tid + e * NT;
-            if ((T * N) % NT == 0 || idx < T * N) {
-                const int t = idx / N, s = idx % N;
-                s_b[t][s] = S6Io<TI>::f(pb[e]);
-                if constexpr (!LOCAL) s_c[t][s] = S6Io<TI>::f(pc[e]);
-            }
+            const int t = idx / N, s = idx % N;
+            s_b[t][s] = S6Io<TI>::f(pb[e]);
+            if constexpr (!LOCAL) s_c[t][s] = S6Io<TI>::f(pc[e]);
         }
         __syncthreads();
         if (t0 + T < seqlen) load(t0 + T);
@@ -401,7 +399,7 @@ __device__ __forceinline__ void s6_scan_n16_vec_body(const TI* __restrict__ u, c
                 const float acc = ((p.x + p.y) + p.z) + p.w;
                 return fmaf(dsk_s, ru[e], acc) * rg[e];
             };
-            if (STEPPED && tl == T && s_active) {  // as the loads: pointers stepped, no masks
+            if (tl == T && s_active) {  // as the loads: pointers stepped, no masks
 #pragma unroll
                 for (int e = 0; e < E1; e++) {
                     const float yv = y_of(e);
