@@ -1,9 +1,10 @@
 # Sourced by the GPU run scripts: the NVIDIA libraries of the GPU machine's torch install on the
 # library path; `run_cuda_tests`, which runs the four CUDA test binaries in dev-out/ (built
 # with `cargo test -p s6 --features cuda --no-run`), logging each into $OUT and printing results
-# and failures; and `t`, which runs one of them the same way under a label, with one environment
-# assignment (or -) and a test filter. Binaries may come packed (carry limit 64 MiB): a
-# dev-pack/bins.tar.xz of dev-out/ (`tar cf - dev-out | xz -T2 > dev-pack/bins.tar.xz`) is unpacked.
+# and failures; `t`, which runs one of them the same way under a label, with one environment
+# assignment (or -) and a test filter; and `ncu_scan`, Nsight Compute on one kernel of `s6 bench
+# scan`. Binaries may come packed (carry limit 64 MiB): a dev-pack/bins.tar.xz of dev-out/ (`tar
+# cf - dev-out | xz -T2 > dev-pack/bins.tar.xz`) is unpacked.
 if [ -f dev-pack/bins.tar.xz ]; then
   python3 -c "import tarfile as t; t.open('dev-pack/bins.tar.xz').extractall(**({'filter': 'fully_trusted'} if hasattr(t, 'fully_trusted_filter') else {}))"
 fi
@@ -20,4 +21,12 @@ t() {  # label, env assignment or -, binary, filter...
   [ "$env" = - ] && env=X=1
   env $env timeout 150 dev-out/$bin --test-threads=1 "$@" > $OUT/$label.log 2>&1; echo "$label exit $?"
   grep -E "test result" $OUT/$label.log; grep -E "FAILED|panicked" -A8 $OUT/$label.log | head -20
+}
+ncu_scan() {  # name, kernel regex, bench scan args...: the profile into $OUT/ncu-<name>.txt, a summary printed
+  local name=$1 k=$2; shift 2
+  local ncu=$(command -v ncu || ls /opt/nvidia/nsight-compute/*/ncu /usr/local/cuda/bin/ncu 2>/dev/null | head -1)
+  local sections="--section SpeedOfLight --section ComputeWorkloadAnalysis --section WarpStateStats --section Occupancy --section SchedulerStats --section InstructionStats"
+  timeout 80 $ncu --clock-control none -k regex:$k -s 1 -c 1 $sections dev-out/s6 bench scan --device cuda --repeats 1 "$@" > $OUT/ncu-$name.txt 2>&1
+  echo "== $name: $(grep -E 'Duration|Executed Ipc Active|Issue Slots Busy|Achieved Occupancy|Registers Per|Executed Instructions  ' $OUT/ncu-$name.txt | tr -s ' ' | tr '\n' ';')"
+  grep -E "Stall|stall" $OUT/ncu-$name.txt | head -12
 }

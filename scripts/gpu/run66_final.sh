@@ -15,14 +15,6 @@ dev-out/s6 bench prefill --device cuda --dtype bf16 --preset mamba-1.4b --batch 
 date -u
 # Where the forward's time goes now (the next target: bf16 at L = 2048 is 1.89× the official,
 # 0.155 ms needed for 2×): Nsight Compute on the bf16 forward at B=4 D=2048 and on n16r8.
-NCU=$(command -v ncu || ls /opt/nvidia/nsight-compute/*/ncu /usr/local/cuda/bin/ncu 2>/dev/null | head -1)
-SECTIONS="--section SpeedOfLight --section ComputeWorkloadAnalysis --section WarpStateStats --section Occupancy --section SchedulerStats --section InstructionStats"
-prof() {  # name, kernel regex, bench args...
-  local name=$1 k=$2; shift 2
-  timeout 80 $NCU --clock-control none -k regex:$k -s 1 -c 1 $SECTIONS dev-out/s6 bench scan --device cuda --repeats 1 "$@" > $OUT/ncu-$name.txt 2>&1
-  echo "== $name: $(grep -E 'Duration|Executed Ipc Active|Issue Slots Busy|Achieved Occupancy|Registers Per|Executed Instructions  ' $OUT/ncu-$name.txt | tr -s ' ' | tr '\n' ';')"
-  grep -E "Stall|stall" $OUT/ncu-$name.txt | head -12
-}
-prof fwd-bf16 s6_scan_n16_bf16 --dtype bf16 --scan-seqlen 2048
-prof bwd-n16r8 s6_scan_bwd_n16r --backward --scan-batch 16 --scan-d-inner 1536 --scan-seqlen 2048
+ncu_scan fwd-bf16 s6_scan_n16_bf16 --dtype bf16 --scan-seqlen 2048
+ncu_scan bwd-n16r8 s6_scan_bwd_n16r --backward --scan-batch 16 --scan-d-inner 1536 --scan-seqlen 2048
 date -u
