@@ -1,5 +1,6 @@
 // The d_state-16 scan forward kernels (kernels/scan.cu: every block shape, f32 / bf16
-// activations / f32 with a bf16 copy of y, with and without segments and gate) run on the CPU
+// activations / f32 with a bf16 copy of y or y in bf16 alone / bf16 u, Δ, z and y with f32 B and C
+// (x16), with and without segments and gate) run on the CPU
 // through cuda_emu.h, against an f64 reference of the selective scan on random inputs: odd
 // d_inner, sequence lengths not a multiple of the chunk, strided B, C and z, a state carried in
 // and out, a slowly decaying state that crosses segments. Run: scripts/emulate/run.sh
@@ -14,21 +15,28 @@ static float bf16_round(float f) { return s6_bf16_to_f32(s6_f32_to_bf16(f)); }
 struct Shape {
     const char* name;
     unsigned int cpb;
-    void (*f32)(S6_SCAN_VEC_PARAMS(float), S6_SCAN_SEG_PARAMS, unsigned int, unsigned int, unsigned int);
-    void (*b16)(S6_SCAN_VEC_PARAMS(float), unsigned short*, S6_SCAN_SEG_PARAMS, unsigned int, unsigned int,
+    void (*f32)(S6_SCAN_VEC_PARAMS(float, float), S6_SCAN_SEG_PARAMS, unsigned int, unsigned int, unsigned int);
+    void (*b16)(S6_SCAN_VEC_PARAMS(float, float), unsigned short*, S6_SCAN_SEG_PARAMS, unsigned int, unsigned int,
                 unsigned int);
-    void (*bf16)(S6_SCAN_VEC_PARAMS(unsigned short), S6_SCAN_SEG_PARAMS, unsigned int, unsigned int, unsigned int);
-    void (*seg_f32)(S6_SCAN_VEC_PARAMS(float), S6_SCAN_SEG_PARAMS, unsigned int, unsigned int, unsigned int);
-    void (*seg_bf16)(S6_SCAN_VEC_PARAMS(unsigned short), S6_SCAN_SEG_PARAMS, unsigned int, unsigned int,
-                     unsigned int);
+    void (*bf16)(S6_SCAN_VEC_PARAMS(unsigned short, unsigned short), S6_SCAN_SEG_PARAMS, unsigned int, unsigned int,
+                 unsigned int);
+    void (*x16)(S6_SCAN_VEC_PARAMS(unsigned short, float), S6_SCAN_SEG_PARAMS, unsigned int, unsigned int,
+                unsigned int);
+    void (*seg_f32)(S6_SCAN_VEC_PARAMS(float, float), S6_SCAN_SEG_PARAMS, unsigned int, unsigned int, unsigned int);
+    void (*seg_bf16)(S6_SCAN_VEC_PARAMS(unsigned short, unsigned short), S6_SCAN_SEG_PARAMS, unsigned int,
+                     unsigned int, unsigned int);
+    void (*seg_x16)(S6_SCAN_VEC_PARAMS(unsigned short, float), S6_SCAN_SEG_PARAMS, unsigned int, unsigned int,
+                    unsigned int);
 };
 #define SHAPE(S, CPB)                                                                                        \
     Shape {                                                                                                  \
-        #S, CPB, s6_scan_n16_##S, s6_scan_n16_##S##_b16, s6_scan_n16_bf16_##S, s6_scan_n16_seg_##S,           \
-            s6_scan_n16_seg_bf16_##S                                                                          \
+        #S, CPB, s6_scan_n16_##S, s6_scan_n16_##S##_b16, s6_scan_n16_bf16_##S, s6_scan_n16_x16_##S,           \
+            s6_scan_n16_seg_##S, s6_scan_n16_seg_bf16_##S, s6_scan_n16_seg_x16_##S                            \
     }
 
-enum class Io { F32, F32Copy, Bf16 };
+// F32Only16: the f32 entry with a bf16 copy of y and y null (y in bf16 alone); X16: u, Δ, z in
+// bf16 (z a strided view of a bf16 xz, as in_proj's output held in bf16 alone), B and C f32.
+enum class Io { F32, F32Copy, F32Only16, Bf16, X16 };
 
 static int failures = 0;
 
@@ -51,6 +59,10 @@ static void run_case(const Shape& k, Io io, unsigned batch, unsigned seqlen, uns
         for (auto* v : {&u, &delta, &xdbl, &xz})
             for (auto& x : *v) x = bf16_round(x);
     }
+    if (io == Io::X16) {
+        for (auto* v : {&u, &delta, &xz})
+            for (auto& x : *v) x = bf16_round(x);
+    }
     // f64 reference.
     std::vector<double> want, want_state(state.begin(), state.end());
     scan_ref(batch, seqlen, dim, D(u), D(delta), D(bias), D(a), D(xdbl), xw, D(dsk), gate ? D(xz) : std::vector<double>{},
@@ -69,12 +81,31 @@ static void run_case(const Shape& k, Io io, unsigned batch, unsigned seqlen, uns
     const float* zp = gate ? xz.data() + dim : nullptr;
     const unsigned ldz = gate ? 2 * dim : 0;
     s6emu_dim3 grid{(dim + k.cpb - 1) / k.cpb, batch, 1};
-    if (io == Io::Bf16) {
-        auto to16 = [](const std::vector<float>& v) {
-            std::vector<unsigned short> o(v.size());
-            for (size_t i = 0; i < v.size(); i++) o[i] = s6_f32_to_bf16(v[i]);
-            return o;
-        };
+    auto to16 = [](const std::vector<float>& v) {
+        std::vector<unsigned short> o(v.size());
+        for (size_t i = 0; i < v.size(); i++) o[i] = s6_f32_to_bf16(v[i]);
+        return o;
+    };
+    if (io == Io::X16) {
+        // As cuda/scan_bf16.rs `selective_scan_x16`: B and C columns of the f32 xdbl, z the second
+        // half of the bf16 xz (row stride 2 * dim), y written in bf16 alone.
+        auto u16 = to16(u), d16 = to16(delta), xz16 = to16(xz);
+        std::vector<unsigned short> yb((size_t)rows * dim, 0);
+        const unsigned short* z16p = gate ? xz16.data() + dim : nullptr;
+        if (count > 1) {
+            grid.z = count - 1;
+            s6emu_launch(grid, 4 * k.cpb, [&] {
+                k.seg_x16(u16.data(), d16.data(), bias.data(), a.data(), xdbl.data() + 3, xw, xdbl.data() + 3 + N, xw,
+                          dsk.data(), z16p, ldz, st.data(), yb.data(), seg_h, seg_sum, len, seqlen, dim, N);
+            });
+        }
+        grid.z = count;
+        s6emu_launch(grid, 4 * k.cpb, [&] {
+            k.x16(u16.data(), d16.data(), bias.data(), a.data(), xdbl.data() + 3, xw, xdbl.data() + 3 + N, xw,
+                  dsk.data(), z16p, ldz, st.data(), yb.data(), seg_h, seg_sum, len, seqlen, dim, N);
+        });
+        for (size_t i = 0; i < y.size(); i++) y[i] = s6_bf16_to_f32(yb[i]);
+    } else if (io == Io::Bf16) {
         // The bf16 entry reads B, C and z as separate dense tensors (scan_bf16.rs).
         std::vector<float> bmat((size_t)rows * N), cmat((size_t)rows * N), zmat((size_t)rows * dim);
         for (size_t r = 0; r < rows; r++) {
@@ -110,17 +141,26 @@ static void run_case(const Shape& k, Io io, unsigned batch, unsigned seqlen, uns
         }
         grid.z = count;
         s6emu_launch(grid, 4 * k.cpb, [&] {
-            if (io == Io::F32Copy)
+            if (io == Io::F32Copy || io == Io::F32Only16)
                 k.b16(u.data(), delta.data(), bias.data(), a.data(), xdbl.data() + 3, xw, xdbl.data() + 3 + N, xw,
-                      dsk.data(), zp, ldz, st.data(), y.data(), y16.data(), seg_h, seg_sum, len, seqlen, dim, N);
+                      dsk.data(), zp, ldz, st.data(), io == Io::F32Copy ? y.data() : nullptr, y16.data(), seg_h,
+                      seg_sum, len, seqlen, dim, N);
             else
                 k.f32(u.data(), delta.data(), bias.data(), a.data(), xdbl.data() + 3, xw, xdbl.data() + 3 + N, xw,
                       dsk.data(), zp, ldz, st.data(), y.data(), seg_h, seg_sum, len, seqlen, dim, N);
         });
     }
+    if (io == Io::F32Only16) {
+        // Nothing but y16 written: y keeps its fill; the values checked are y16's.
+        for (size_t i = 0; i < y.size(); i++) {
+            if (y[i] != 7.0f) failures++, std::printf("FAIL f32 y written at %zu under y16 alone\n", i);
+            y[i] = s6_bf16_to_f32(y16[i]);
+        }
+    }
     // fp32: far tighter than the official tolerances (rtol 6e-4 / atol 2e-3), since the emulated
-    // exp is libm's; bf16: y rounded to bf16.
-    const double rtol = io == Io::Bf16 ? 1e-2 : 5e-5, atol = io == Io::Bf16 ? 1e-2 : 5e-5;
+    // exp is libm's; bf16 (y rounded to bf16): 1e-2.
+    const bool y_bf16 = io == Io::Bf16 || io == Io::X16 || io == Io::F32Only16;
+    const double rtol = y_bf16 ? 1e-2 : 5e-5, atol = y_bf16 ? 1e-2 : 5e-5;
     double worst = 0;
     size_t at = 0;
     for (size_t i = 0; i < y.size(); i++) {
@@ -136,7 +176,13 @@ static void run_case(const Shape& k, Io io, unsigned batch, unsigned seqlen, uns
     const bool ok = worst <= 1 && worst_state <= 1;
     if (!ok) failures++;
     std::printf("%-4s %-9s %-6s b%u l%-5u d%-4u gate %d segments %u (asked %u) slow %d: y %.3f (at %zu: %g vs %g), state %.3f\n",
-                ok ? "ok" : "FAIL", k.name, io == Io::F32 ? "f32" : io == Io::Bf16 ? "bf16" : "f32+cp", batch, seqlen,
+                ok ? "ok" : "FAIL", k.name,
+                io == Io::F32         ? "f32"
+                : io == Io::Bf16      ? "bf16"
+                : io == Io::X16       ? "x16"
+                : io == Io::F32Only16 ? "f32>16"
+                                      : "f32+cp",
+                batch, seqlen,
                 dim, gate, count, segs, slow, worst, at, y[at], want[at], worst_state);
 }
 
@@ -152,6 +198,10 @@ int main() {
         run_case(k, Io::F32, 1, 321, 20, false, 7, true);
         run_case(k, Io::Bf16, 1, 1100, 24, true, 2, true);
         run_case(k, Io::F32Copy, 1, 3, 40, true, 1, false);
+        run_case(k, Io::F32Only16, 2, 150, 100, true, 1, false);
+        run_case(k, Io::X16, 2, 150, 100, true, 1, false);
+        run_case(k, Io::X16, 1, 97, 20, false, 1, false);
+        run_case(k, Io::X16, 1, 1100, 24, true, 2, true);
     }
     std::printf(failures ? "%d FAILED\n" : "all passed\n", failures);
     return failures != 0;

@@ -187,11 +187,13 @@ fn bf16_graph_greedy_equals_eager() {
 /// that instead of casting them; the same rounding, so the same bits. Prefill logits (products of
 /// 2 × 40 rows: cuBLAS) and greedy decoding of 32 sequences (cuBLAS products, and the scan step
 /// `s6_mixer_step_scan_n16`: dt_proj is one product there), graph and eager, with copies on equal
-/// those with copies off.
+/// those with copies off. (Without prefill's bf16 storage, which rounds the scan's inputs too:
+/// `bf16_storage_prefill_follows_f32_activations`.)
 #[test]
 fn bf16_activation_copies_change_no_bit() {
     let Some(g) = gpu() else { return };
     g.set_compute(Compute::Bf16).unwrap();
+    s6::backend::cuda::set_bf16_storage(false);
     let mut cfg = s6::config::MambaConfig::preset("mamba-130m").unwrap();
     cfg.n_layer = 2;
     cfg.vocab_size = 512;
@@ -212,6 +214,7 @@ fn bf16_activation_copies_change_no_bit() {
     let on = run(true);
     let again = run(false);
     s6::backend::cuda::set_act_bf16(false);
+    s6::backend::cuda::set_bf16_storage(true);
     let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<u32>>();
     assert_eq!(bits(&on.0), bits(&off.0), "prefill logits differ with bf16 activation copies");
     assert_eq!(on.1, off.1, "graph decoding differs with bf16 activation copies");
@@ -806,4 +809,91 @@ fn fused_step_graph_cases(g: &Cuda, block: bool) {
             );
         }
     }
+}
+
+/// Prefill under `Compute::Bf16` with its activations held in bf16 alone (`allow_bf16_storage`:
+/// the norm, in_proj, the conv, dt_proj and the scan write only bf16; the conv and the scan read
+/// bf16 x, u, Δ and z) against the same prefill with f32 activations, and both against the CPU:
+/// close logits and states, but not the same bits (the scan's inputs are rounded: the path ran).
+/// Then greedy decoding from that state: graph and eager equal, and the decoding buffers are not
+/// held in bf16 (decoding equals decoding after an f32-activation prefill of the same state).
+#[test]
+fn bf16_storage_prefill_follows_f32_activations() {
+    let Some(g) = gpu() else { return };
+    let (cpu, gpu) = two_layer_models(&g, 512, 17);
+    g.set_compute(Compute::Bf16).unwrap();
+    s6::backend::cuda::set_act_bf16(true);
+    // 2 × 300 rows: the products go to cuBLAS (more rows than cuBLASLt's and the mma kernel's).
+    let (batch, seqlen) = (2, 300);
+    let ids: Vec<u32> = (0..batch * seqlen).map(|i| (i * 7 % 509) as u32).collect();
+    let prefill_gpu = |storage: bool| {
+        s6::backend::cuda::set_bf16_storage(storage);
+        let mut st = gpu.new_state(batch).unwrap();
+        let logits = g.to_vec(&gpu.prefill(&ids, batch, seqlen, &mut st, seqlen).unwrap()).unwrap();
+        let states: Vec<Vec<f32>> = st.ssm.iter().chain(&st.conv).map(|b| g.to_vec(b).unwrap()).collect();
+        (logits, states)
+    };
+    let (f32_logits, f32_states) = prefill_gpu(false);
+    let (b16_logits, b16_states) = prefill_gpu(true);
+    s6::backend::cuda::set_act_bf16(false);
+    let mut cst = cpu.new_state(batch).unwrap();
+    let cpu_logits = cpu.prefill(&ids, batch, seqlen, &mut cst, seqlen).unwrap();
+    let close = |a: &[f32], b: &[f32], tol: f32, what: &str| {
+        assert_eq!(a.len(), b.len(), "{what}: lengths");
+        let scale = b.iter().fold(0f32, |m, v| m.max(v.abs())).max(1e-3);
+        let worst = a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max);
+        assert!(worst <= tol * scale, "{what}: worst difference {worst} over {tol} × {scale}");
+        worst
+    };
+    close(&b16_logits, &cpu_logits, 0.03, "bf16-storage prefill logits against the CPU");
+    close(&f32_logits, &cpu_logits, 0.03, "f32-activation prefill logits against the CPU");
+    close(&b16_logits, &f32_logits, 0.03, "bf16-storage prefill logits against f32 activations");
+    for (i, (a, b)) in b16_states.iter().zip(&f32_states).enumerate() {
+        close(a, b, 0.03, &format!("state {i}"));
+    }
+    assert_ne!(b16_logits, f32_logits, "bf16 storage changed no logit: the bf16-only path did not run");
+    // Decoding after a bf16-storage prefill: graph equals eager, with bf16 storage on.
+    s6::backend::cuda::set_bf16_storage(true);
+    let prompts: Vec<Vec<u32>> = vec![(0..600).map(|i| (i * 3 % 512) as u32).collect(), vec![4, 8, 15, 16, 23]];
+    let graph = decode_gpu(&gpu, &prompts, 20, greedy(), DecodeMode::Graph);
+    let eager = decode_gpu(&gpu, &prompts, 20, greedy(), DecodeMode::Eager);
+    assert_eq!(graph, eager, "after a bf16-storage prefill, graph and eager decoding differ");
+    g.set_compute(Compute::F32).unwrap();
+}
+
+/// A buffer held in bf16 alone is read as f32 through every reader: the norm writes only the
+/// bf16 copy of a buffer allowed bf16 storage, and a download (and any f32 kernel after it) gets
+/// those values widened: the f32 norm's output rounded to bf16, bit for bit.
+#[test]
+fn bf16_storage_buffers_read_back_as_rounded_f32() {
+    let Some(g) = gpu() else { return };
+    g.set_compute(Compute::Bf16).unwrap();
+    s6::backend::cuda::set_act_bf16(true);
+    s6::backend::cuda::set_bf16_storage(true);
+    let (rows, dim) = (300, 768);
+    let mut rng = Rng(99);
+    let x: Vec<f32> = (0..rows * dim).map(|_| rng.next() * 4.0 - 2.0).collect();
+    let w: Vec<f32> = (0..dim).map(|_| rng.next() + 0.5).collect();
+    let wb = g.from_vec(w).unwrap();
+    let norm = |allow: bool| {
+        let mut res = g.from_vec(x.clone()).unwrap();
+        let mut out = g.zeros(rows * dim).unwrap();
+        if allow {
+            g.allow_bf16_storage(&mut out);
+        }
+        g.add_rmsnorm(&mut res, None, &wb, 1e-5, rows, dim, &mut out).unwrap();
+        // Read through a kernel too: out + 0 (add_assign reads the f32 values).
+        let mut copy = g.zeros(rows * dim).unwrap();
+        g.add_assign(&mut copy, &out).unwrap();
+        (g.to_vec(&out).unwrap(), g.to_vec(&copy).unwrap())
+    };
+    let (full, _) = norm(false);
+    let (held, through_kernel) = norm(true);
+    s6::backend::cuda::set_act_bf16(false);
+    g.set_compute(Compute::F32).unwrap();
+    let rounded: Vec<u32> = full.iter().map(|v| s6::backend::bf16_round(*v).to_bits()).collect();
+    let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<u32>>();
+    assert_eq!(bits(&held), rounded, "a bf16-held buffer's download is not the f32 values rounded");
+    assert_eq!(bits(&through_kernel), rounded, "a kernel read of a bf16-held buffer is not the values rounded");
+    assert_ne!(bits(&full), rounded, "the f32 norm's output was already bf16: the test shows nothing");
 }

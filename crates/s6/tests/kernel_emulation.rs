@@ -44,7 +44,7 @@ fn run_harness(name: &str, defines: &[&str], cases: usize) {
 
 #[test]
 fn scan_forward_kernels_match_f64_reference_on_the_cpu() {
-    run_harness("scan_emu", &[], 18);
+    run_harness("scan_emu", &[], 26);
 }
 
 #[test]
@@ -56,6 +56,6 @@ fn scan_backward_kernel_matches_finite_differences_on_the_cpu() {
 /// `S6_SCAN_BWD_AHEAD=0`: kept for side-by-side measurements), checked the same way.
 #[test]
 fn scan_kernels_without_the_look_ahead_match_too() {
-    run_harness("scan_emu", &["-DS6_SCAN_AHEAD=0"], 18);
+    run_harness("scan_emu", &["-DS6_SCAN_AHEAD=0"], 26);
     run_harness("scan_bwd_emu", &["-DS6_SCAN_BWD_AHEAD=0"], 46);
 }

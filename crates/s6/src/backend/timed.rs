@@ -370,6 +370,12 @@ impl<B: Backend> Backend for Timed<B> {
     fn reset_peak_memory(&self) {
         self.inner.reset_peak_memory()
     }
+    fn set_keeping_activations(&self, keeping: bool) {
+        self.inner.set_keeping_activations(keeping)
+    }
+    fn allow_bf16_storage(&self, buf: &mut Self::Buf) {
+        self.inner.allow_bf16_storage(buf)
+    }
 }
 
 #[cfg(test)]

@@ -65,6 +65,21 @@ fn act_bf16_mode() -> u8 {
     mode
 }
 
+/// Whether activations the model allows bf16 storage
+/// ([`Backend::allow_bf16_storage`](crate::backend::Backend::allow_bf16_storage): prefill's) are
+/// written in bf16 alone where the kernels can (`S6_BF16_STORAGE=0` turns it off, for side-by-side
+/// measurements). Only with bf16 products and activation copies on ([`act_bf16_enabled`]).
+pub fn bf16_storage_enabled() -> bool {
+    BF16_STORAGE.on()
+}
+
+/// Turns [`bf16_storage_enabled`] on or off for this process (tests, benchmarks).
+pub fn set_bf16_storage(on: bool) {
+    BF16_STORAGE.set(on);
+}
+
+static BF16_STORAGE: super::Switch = super::Switch::new("S6_BF16_STORAGE", true);
+
 /// [`act_bf16_enabled`]'s setting: one of the `ACT_*` values, `UNSET` until read.
 static ACT_BF16: AtomicU8 = AtomicU8::new(UNSET);
 const ACT_OFF: u8 = 0;
@@ -157,6 +172,70 @@ impl Cuda {
         let Some(shadow) = guard.as_ref() else { unreachable!("created above") };
         let (p, _s) = shadow.data.device_ptr(self.stream());
         Ok(Some(p))
+    }
+
+    /// For a kernel about to write `buf` that can write its values in bf16 alone: the device
+    /// pointer of `buf`'s bf16 copy when the model allows the buffer bf16 storage
+    /// ([`Backend::allow_bf16_storage`](crate::backend::Backend::allow_bf16_storage)), copies are
+    /// on ([`Cuda::act_bf16_target`]), [`bf16_storage_enabled`] and no graph is recorded (a
+    /// recording would have to track which replays left the f32 values stale). The kernel then
+    /// writes no f32 value and the caller reports it with [`Cuda::bf16_only_written`].
+    pub(super) fn bf16_only_target(&self, buf: &CudaBuf) -> Result<Option<u64>> {
+        if !buf.bf16_storage.load(Ordering::Relaxed) || !bf16_storage_enabled() || self.capturing()? {
+            return Ok(None);
+        }
+        self.act_bf16_target(buf)
+    }
+
+    /// After a kernel that got `bf16_only_target(buf)` wrote `buf`'s first `len` values in bf16
+    /// alone: the copy holds them, the f32 values are stale until an f32 reader needs them.
+    pub(super) fn bf16_only_written(&self, buf: &CudaBuf, len: usize) -> Result<()> {
+        self.act_bf16_written(buf, len)?;
+        buf.f32_stale.store(true, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Makes `buf`'s f32 values current where a kernel wrote only its bf16 copy
+    /// ([`Cuda::bf16_only_written`]): casts the copy's values back (rounded to bf16, as the
+    /// writer left them). A no-op for every other buffer.
+    pub(super) fn fresh(&self, buf: &CudaBuf, what: &str) -> Result<()> {
+        if !buf.f32_stale.load(Ordering::Relaxed) {
+            return Ok(());
+        }
+        if self.capturing()? {
+            return Err(Error::Backend(format!(
+                "CUDA {what}: a buffer held only in bf16 is read as f32 while a CUDA graph is recorded"
+            )));
+        }
+        let guard = buf.shadow.lock().map_err(|_| Error::Backend("CUDA bf16 copy poisoned".into()))?;
+        let Some((src, len)) = guard.as_ref().and_then(|s| s.act.map(|a| (s.data.device_ptr(self.stream()).0, a.len)))
+        else {
+            return Err(Error::Backend(format!("CUDA {what}: a buffer held only in bf16 lost its bf16 copy")));
+        };
+        let (dst, _s) = buf.data.device_ptr(self.stream());
+        let n = len as u64;
+        launch!(self, self.func("s6_uncast_bf16")?, grid_1d(len), "cast back to f32"; src, n, dst);
+        buf.f32_stale.store(false, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// The bf16 copy of the view `x` (`rows × cols`, row stride `x.ld`) at the view's offset, when
+    /// one written in this epoch covers it; else `None` (the reader takes the f32 values).
+    pub(super) fn act_bf16_view(&self, x: &View<'_, CudaBuf>, rows: usize, cols: usize) -> Result<Option<u64>> {
+        if rows * cols == 0 {
+            return Ok(None);
+        }
+        let guard = x.buf.shadow.lock().map_err(|_| Error::Backend("CUDA bf16 copy poisoned".into()))?;
+        let Some(shadow) = guard.as_ref() else { return Ok(None) };
+        let covers = match shadow.act {
+            Some(a) => a.epoch == self.shadow_epoch() && a.len >= x.offset + Self::view_extent(x.ld, rows, cols),
+            None => false,
+        };
+        if !shadow.valid || !covers {
+            return Ok(None);
+        }
+        let (p, _s) = shadow.data.device_ptr(self.stream());
+        Ok(Some(p + 2 * x.offset as u64))
     }
 
     /// After a kernel that got `act_bf16_target(buf)` was launched: the copy holds `buf`'s first
@@ -254,6 +333,24 @@ impl Cuda {
         c: u64,
         ldc: usize,
     ) -> Result<()> {
+        self.gemm_bf16_into(ta, tb, (m, n, k), a, lda, b, ldb, beta, (c, false), ldc)
+    }
+
+    /// [`Cuda::gemm_bf16`] with `C` in bf16 when `c16` (rounded from the fp32 accumulators).
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn gemm_bf16_into(
+        &self,
+        ta: blas_sys::cublasOperation_t,
+        tb: blas_sys::cublasOperation_t,
+        (m, n, k): (usize, usize, usize),
+        a: u64,
+        lda: usize,
+        b: u64,
+        ldb: usize,
+        beta: f32,
+        (c, c16): (u64, bool),
+        ldc: usize,
+    ) -> Result<()> {
         self.inner.ctx.bind_to_thread().map_err(driver_err("bind"))?;
         let alpha = 1.0f32;
         use blas_sys::cudaDataType_t::{CUDA_R_16BF, CUDA_R_32F};
@@ -273,7 +370,7 @@ impl Cuda {
             int("ldb", ldb)?,
             (&beta as *const f32).cast::<c_void>(),
             c as *mut c_void,
-            CUDA_R_32F,
+            if c16 { CUDA_R_16BF } else { CUDA_R_32F },
             int("ldc", ldc)?,
             blas_sys::cublasComputeType_t::CUBLAS_COMPUTE_32F,
             blas_sys::cublasGemmAlgo_t::CUBLAS_GEMM_DEFAULT,
@@ -295,30 +392,50 @@ impl Cuda {
         gemv: bool,
     ) -> Result<()> {
         debug_assert!(rows > 0 && k > 0 && n > 0);
-        let xp = self.ptr(x.buf, x.offset, Self::view_extent(x.ld, rows, k), "linear x")?;
+        // x's address only: its f32 values are made current below where a path reads them (a
+        // bf16 copy may hold them alone).
+        let xp = self.ptr_unread(x.buf, x.offset, Self::view_extent(x.ld, rows, k), "linear x")?;
         let bp = self.ptr_opt(bias, n, "linear bias")?;
         let wp = self.weight_bf16(w, n * k, "linear weight")?;
-        let o = self.ptr_mut(out, 0, rows * n, "linear out")?;
         if gemv && rows <= GEMV_MAX_ROWS {
             // x stays f32 and is rounded in registers.
+            self.fresh(x.buf, "linear x")?;
+            let o = self.ptr_mut(out, 0, rows * n, "linear out")?;
             return self.launch_gemv(1, (xp, x.ld), wp, (rows, k, n), bp, o, super::GemvMode::Write);
         }
         let mut scratch = self.lock_bf16()?;
-        let beta = self.bias_beta(o, bp, rows, n)?;
         if self.mma_covers((xp, x.ld), wp, (rows, k, n)) {
             // Few columns or a short k at a few hundred rows: the tensor-core kernel (mma.rs).
+            self.fresh(x.buf, "linear x")?;
+            let o = self.ptr_mut(out, 0, rows * n, "linear out")?;
+            let beta = self.bias_beta(o, bp, rows, n)?;
             return self.linear_mma(&mut scratch, (xp, x.ld), wp, (rows, k, n), (o, n), beta != 0.0);
         }
         let xs = match self.act_bf16_source(&x, rows, k)? {
             Some(p) => p,
-            None => self.cast_to_scratch(&mut scratch, SLOT_X, xp, x.ld, rows, k)?,
+            None => {
+                self.fresh(x.buf, "linear x")?;
+                self.cast_to_scratch(&mut scratch, SLOT_X, xp, x.ld, rows, k)?
+            }
         };
+        let lt = rows <= super::lt::LT_MAX_ROWS && super::lt::lt_enabled();
         use blas_sys::cublasOperation_t::{CUBLAS_OP_N, CUBLAS_OP_T};
+        // Without a bias and cuBLASLt, the product may be written in bf16 alone (bf16.rs).
+        if let (None, false, Some(o16)) = (bias, lt, self.bf16_only_target(out)?) {
+            self.ptr_unread(out, 0, rows * n, "linear out")?;
+            // SAFETY: as below; the copy holds out.len ≥ rows·n values.
+            unsafe {
+                self.gemm_bf16_into(CUBLAS_OP_T, CUBLAS_OP_N, (n, rows, k), wp, k, xs, k, 0.0, (o16, true), n)?;
+            }
+            return self.bf16_only_written(out, rows * n);
+        }
+        let o = self.ptr_mut(out, 0, rows * n, "linear out")?;
+        let beta = self.bias_beta(o, bp, rows, n)?;
         // Column-major: outᵀ [n × rows] = W (col-major k × n, op T) · xᵀ (k × rows, ld k).
         // SAFETY: the weight copy holds w.len ≥ n·k values, the scratch rows·k, out rows·n.
         unsafe {
             // Few rows (decoding), opted into: cuBLASLt with a tuned algorithm (lt.rs).
-            if rows <= super::lt::LT_MAX_ROWS && super::lt::lt_enabled() {
+            if lt {
                 let s = super::lt::LtShape { ta: true, tb: false, m: n, n: rows, k, lda: k, ldb: k, ldc: n };
                 if self.gemm_bf16_lt(s, wp, xs, beta, o)? {
                     return Ok(());

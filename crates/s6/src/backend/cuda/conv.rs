@@ -76,10 +76,43 @@ impl Cuda {
         if kernel == 0 {
             return Err(Error::Backend("CUDA conv1d: kernel size 0".into()));
         }
-        let xp = self.ptr(x.buf, x.offset, Self::view_extent(x.ld, rows, channels), "conv1d x")?;
+        let xp = self.ptr_unread(x.buf, x.offset, Self::view_extent(x.ld, rows, channels), "conv1d x")?;
         let wp = self.ptr(weight, 0, channels * kernel, "conv1d weight")?;
         let bp = self.ptr_opt(bias, channels, "conv1d bias")?;
         let sp = self.ptr_mut(state, 0, batch * (kernel - 1) * channels, "conv1d state")?;
+        let (ld, b, l, c, k) = (
+            u32_of("ld", x.ld)?,
+            u32_of("batch", batch)?,
+            u32_of("seqlen", seqlen)?,
+            u32_of("channels", channels)?,
+            u32_of("kernel", kernel)?,
+        );
+        // x held in bf16 alone (in_proj's output in prefill, bf16.rs): read as bf16 by the float4
+        // k = 4 kernel; any other shape makes x's f32 values current first.
+        let x16 = match x.buf.f32_stale.load(std::sync::atomic::Ordering::Relaxed) {
+            true => self.act_bf16_view(&x, rows, channels)?,
+            false => None,
+        };
+        let only16 = self.bf16_only_target(out)?;
+        let vec4 = conv_kernel(&FWD_KERNELS, kernel, channels, &[x.ld], &[xp, wp, bp, sp]).1 == 4;
+        if let (Some(x16), Some(o16), 4, true, true) = (x16, only16, kernel, vec4, seqlen > 1) {
+            self.ptr_unread(out, 0, rows * channels, "conv1d out")?;
+            let cfg = LaunchConfig {
+                grid_dim: (
+                    u32_of("conv channel blocks", (channels / 4).div_ceil(FWD_THREADS))?,
+                    seqlen.div_ceil(CONV_STEPS).clamp(1, 65535) as u32,
+                    batch.clamp(1, 65535) as u32,
+                ),
+                block_dim: (FWD_THREADS as u32, 1, 1),
+                shared_mem_bytes: 0,
+            };
+            let o = 0u64;
+            launch!(self, self.func("s6_conv_fwd_k4_vec4_x16")?, cfg, "conv1d_silu"; x16, ld, wp, bp, sp, o, o16, b, l, c, k);
+            self.bf16_only_written(out, rows * channels)?;
+            launch!(self, self.func("s6_conv_state_update_x16")?, grid_1d(batch * channels), "conv state"; x16, ld, sp, b, l, c, k);
+            return Ok(());
+        }
+        self.fresh(x.buf, "conv1d x")?;
         let o = self.ptr_mut(out, 0, rows * channels, "conv1d out")?;
         // With bf16 activation copies, u's copy for x_proj (bf16.rs).
         let o16 = self.act_bf16_target(out)?;
@@ -87,13 +120,6 @@ impl Cuda {
             self.act_bf16_written(out, rows * channels)?;
         }
         if kernel > 1 {
-            let (ld, b, l, c, k) = (
-                u32_of("ld", x.ld)?,
-                u32_of("batch", batch)?,
-                u32_of("seqlen", seqlen)?,
-                u32_of("channels", channels)?,
-                u32_of("kernel", kernel)?,
-            );
             launch!(self, self.func("s6_conv_state_update")?, grid_1d(batch * channels), "conv state"; xp, ld, sp, b, l, c, k);
         }
         Ok(())

@@ -65,6 +65,7 @@ const KERNELS: &[&str] = &[
     "s6_add_rmsnorm_warp",
     "s6_add_rmsnorm_warp_b16",
     "s6_conv_state_update",
+    "s6_conv_state_update_x16",
     // kernels/conv.cu (conv.rs: FWD_KERNELS, BWD_KERNELS)
     "s6_conv_fwd_k4_vec4",
     "s6_conv_fwd_k4_vec1",
@@ -74,6 +75,7 @@ const KERNELS: &[&str] = &[
     "s6_conv_step_k4_vec1",
     "s6_conv_fwd_k4_vec4_b16",
     "s6_conv_step_k4_vec4_b16",
+    "s6_conv_fwd_k4_vec4_x16",
     "s6_conv_bwd_k4_vec4",
     "s6_conv_bwd_k4_vec1",
     "s6_conv_bwd_vec4",
@@ -89,11 +91,15 @@ const KERNELS: &[&str] = &[
     "s6_scan_n16_bf16_v4c32",
     "s6_scan_n16_seg_v4c32",
     "s6_scan_n16_seg_bf16_v4c32",
+    "s6_scan_n16_x16_v4c32",
+    "s6_scan_n16_seg_x16_v4c32",
     "s6_scan_n16_v4c16t64",
     "s6_scan_n16_v4c16t64_b16",
     "s6_scan_n16_bf16_v4c16t64",
     "s6_scan_n16_seg_v4c16t64",
     "s6_scan_n16_seg_bf16_v4c16t64",
+    "s6_scan_n16_x16_v4c16t64",
+    "s6_scan_n16_seg_x16_v4c16t64",
     // scan_backward.cu
     "s6_scan_bwd_n4",
     "s6_scan_bwd_n8",
@@ -127,6 +133,7 @@ const KERNELS: &[&str] = &[
     // kernels/gemv.cu: GEMV_KERNELS and GEMV_NORM_KERNELS, loaded with these.
     // kernels/bf16.cu
     "s6_cast_bf16",
+    "s6_uncast_bf16",
     // kernels/mma.cu
     "s6_mma_bf16",
     "s6_mma_split_sum",
@@ -308,6 +315,12 @@ pub struct CudaBuf {
     data: CudaSlice<f32>,
     len: usize,
     shadow: Mutex<Option<Shadow>>,
+    /// The model allows the values to be held in bf16 only ([`Backend::allow_bf16_storage`]).
+    bf16_storage: AtomicBool,
+    /// The f32 values are not written: the bf16 copy (`shadow`, an activation's) holds them. Any
+    /// f32 access first casts the copy back (`Cuda::fresh`); set only by kernels that wrote the
+    /// copy alone (bf16.rs, `bf16_only_target`).
+    f32_stale: AtomicBool,
 }
 
 /// The bf16 copy of a buffer (`len` values, bit patterns), and whether it still equals the f32
@@ -332,20 +345,23 @@ struct ActCopy {
 
 impl CudaBuf {
     fn new(data: CudaSlice<f32>, len: usize) -> Self {
-        CudaBuf { data, len, shadow: Mutex::new(None) }
+        CudaBuf {
+            data,
+            len,
+            shadow: Mutex::new(None),
+            bf16_storage: AtomicBool::new(false),
+            f32_stale: AtomicBool::new(false),
+        }
     }
 
-    /// The underlying device slice.
-    pub fn slice(&self) -> &CudaSlice<f32> {
-        &self.data
-    }
-
-    /// The device slice for writing: marks the bf16 copy, if any, stale.
+    /// The device slice for writing: marks the bf16 copy, if any, stale. The f32 values are then
+    /// the buffer's: callers write it whole, or made it current first (`Cuda::ptr_mut`).
     fn data_mut(&mut self) -> &mut CudaSlice<f32> {
         let shadow = self.shadow.get_mut().unwrap_or_else(|e| e.into_inner());
         if let Some(s) = shadow {
             s.valid = false;
         }
+        *self.f32_stale.get_mut() = false;
         &mut self.data
     }
 }
@@ -773,8 +789,17 @@ impl Cuda {
         self.inner.funcs.get(name).ok_or_else(|| Error::Backend(format!("CUDA kernel {name} not loaded")))
     }
 
-    /// Device pointer of a buffer plus an element offset, checked against its length.
+    /// Device pointer of a buffer plus an element offset, checked against its length; the f32
+    /// values are made current first where only a bf16 copy held them ([`Cuda::fresh`]).
     fn ptr(&self, buf: &CudaBuf, offset: usize, needed: usize, what: &str) -> Result<u64> {
+        let p = self.ptr_unread(buf, offset, needed, what)?;
+        self.fresh(buf, what)?;
+        Ok(p)
+    }
+
+    /// [`Cuda::ptr`] for a kernel that will not read the f32 values behind it (it reads the bf16
+    /// copy instead): no cast back.
+    fn ptr_unread(&self, buf: &CudaBuf, offset: usize, needed: usize, what: &str) -> Result<u64> {
         if offset + needed > buf.len {
             return Err(Error::Backend(format!(
                 "CUDA {what}: buffer of {} floats, access to {} needed",
@@ -799,6 +824,8 @@ impl Cuda {
                 offset + needed
             )));
         }
+        // A write of part of the buffer keeps the rest: the rest must be current.
+        self.fresh(buf, what)?;
         let stream = self.inner.stream.clone();
         let (p, _sync) = buf.data_mut().device_ptr_mut(&stream);
         Ok(p + 4 * offset as u64)
@@ -936,8 +963,11 @@ pub(crate) struct ScanN16 {
     pub f32: &'static str,
     pub f32_with_copy: &'static str,
     pub bf16: &'static str,
+    /// u, Δ, z and y in bf16, B and C in f32 (activations held in bf16 alone, bf16.rs).
+    pub x16: &'static str,
     pub seg_f32: &'static str,
     pub seg_bf16: &'static str,
+    pub seg_x16: &'static str,
     /// Channels per block.
     pub cpb: u32,
 }
@@ -950,8 +980,10 @@ const SCAN_N16: [ScanN16; 2] = [
         f32: "s6_scan_n16_v4c32",
         f32_with_copy: "s6_scan_n16_v4c32_b16",
         bf16: "s6_scan_n16_bf16_v4c32",
+        x16: "s6_scan_n16_x16_v4c32",
         seg_f32: "s6_scan_n16_seg_v4c32",
         seg_bf16: "s6_scan_n16_seg_bf16_v4c32",
+        seg_x16: "s6_scan_n16_seg_x16_v4c32",
         cpb: 32,
     },
     ScanN16 {
@@ -959,8 +991,10 @@ const SCAN_N16: [ScanN16; 2] = [
         f32: "s6_scan_n16_v4c16t64",
         f32_with_copy: "s6_scan_n16_v4c16t64_b16",
         bf16: "s6_scan_n16_bf16_v4c16t64",
+        x16: "s6_scan_n16_x16_v4c16t64",
         seg_f32: "s6_scan_n16_seg_v4c16t64",
         seg_bf16: "s6_scan_n16_seg_bf16_v4c16t64",
+        seg_x16: "s6_scan_n16_seg_x16_v4c16t64",
         cpb: 16,
     },
 ];
@@ -1229,7 +1263,7 @@ impl Cuda {
 
 mod backward;
 mod bf16;
-pub use bf16::{act_bf16_enabled, set_act_bf16};
+pub use bf16::{act_bf16_enabled, bf16_storage_enabled, set_act_bf16, set_bf16_storage};
 mod conv;
 mod lt;
 pub mod mixer_step;
@@ -1309,6 +1343,7 @@ impl Backend for Cuda {
         if buf.len == 0 {
             return Ok(Vec::new());
         }
+        self.fresh(buf, "download")?;
         let v = self.stream().clone_dtoh(&buf.data).map_err(driver_err("download"))?;
         self.synchronize()?;
         Ok(v)
@@ -1413,7 +1448,20 @@ impl Backend for Cuda {
         let r = self.ptr_mut(residual, 0, rows * dim, "rmsnorm residual")?;
         let dp = self.ptr_opt(delta, rows * dim, "rmsnorm delta")?;
         let wp = self.ptr(weight, 0, dim, "rmsnorm weight")?;
-        let o = self.ptr_mut(out, 0, rows * dim, "rmsnorm out")?;
+        // Held in bf16 alone (bf16.rs): the kernels' f32 output pointer is null.
+        let only16 = self.bf16_only_target(out)?;
+        let o = match only16 {
+            Some(_) => self.ptr_unread(out, 0, rows * dim, "rmsnorm out").map(|_| 0)?,
+            None => self.ptr_mut(out, 0, rows * dim, "rmsnorm out")?,
+        };
+        let target = match only16 {
+            Some(p) => Some(p),
+            None => self.act_bf16_target(out)?,
+        };
+        let written = |len| match only16 {
+            Some(_) => self.bf16_only_written(out, len),
+            None => self.act_bf16_written(out, len),
+        };
         let d = u32_of("dim", dim)?;
         // Many rows (prefill, training): a warp per row (elementwise.cu). Fewer: a block per row,
         // whose sums the fused decoding block's norm repeats bit for bit, and which decodes
@@ -1431,9 +1479,9 @@ impl Backend for Cuda {
                 shared_mem_bytes: 0,
             };
             let n = u32_of("rows", rows)?;
-            if let Some(o16) = self.act_bf16_target(out)? {
+            if let Some(o16) = target {
                 launch!(self, self.func("s6_add_rmsnorm_warp_b16")?, cfg, "add_rmsnorm"; r, dp, wp, o, o16, n, d, eps);
-                return self.act_bf16_written(out, rows * dim);
+                return written(rows * dim);
             }
             launch!(self, self.func("s6_add_rmsnorm_warp")?, cfg, "add_rmsnorm"; r, dp, wp, o, n, d, eps);
             return Ok(());
@@ -1444,9 +1492,9 @@ impl Backend for Cuda {
             shared_mem_bytes: 0,
         };
         // With bf16 activation copies (bf16.rs) the next product's input is written in bf16 too.
-        if let Some(o16) = self.act_bf16_target(out)? {
+        if let Some(o16) = target {
             launch!(self, self.func("s6_add_rmsnorm_b16")?, cfg, "add_rmsnorm"; r, dp, wp, o, o16, d, eps);
-            return self.act_bf16_written(out, rows * dim);
+            return written(rows * dim);
         }
         launch!(self, self.func("s6_add_rmsnorm")?, cfg, "add_rmsnorm"; r, dp, wp, o, d, eps);
         Ok(())
@@ -1483,6 +1531,14 @@ impl Backend for Cuda {
         if seqlen == 0 {
             return Ok(());
         }
+        // Prefill with u, Δ and z held in bf16 alone and y allowed to be (bf16.rs): the x16
+        // entries read them as bf16 and write y in bf16 alone. Else their f32 values are made
+        // current and the f32 entries run.
+        if let Some(k) = n16 {
+            if self.selective_scan_x16(args, k, sp, y)? {
+                return Ok(());
+            }
+        }
         let u = self.ptr(args.u, 0, rows * di, "scan u")?;
         let dl = self.ptr(args.delta, 0, rows * di, "scan delta")?;
         let db = self.ptr(args.delta_bias, 0, di, "scan delta_bias")?;
@@ -1495,7 +1551,15 @@ impl Backend for Cuda {
             Some(z) => (self.ptr(z.buf, z.offset, Self::view_extent(z.ld, rows, di), "scan z")?, z.ld),
             None => (0u64, 0),
         };
-        let yp = self.ptr_mut(y, 0, rows * di, "scan y")?;
+        // y in bf16 alone (d_state 16: the kernels write y16 without y where y is null).
+        let only16 = match n16 {
+            Some(_) => self.bf16_only_target(y)?,
+            None => None,
+        };
+        let yp = match only16 {
+            Some(_) => self.ptr_unread(y, 0, rows * di, "scan y")?,
+            None => self.ptr_mut(y, 0, rows * di, "scan y")?,
+        };
         let (ldb, ldc, ldz) = (u32_of("ld B", args.b.ld)?, u32_of("ld C", args.c.ld)?, u32_of("ld z", ldz)?);
         let (l, dd, nn) = (u32_of("seqlen", seqlen)?, u32_of("d_inner", di)?, u32_of("d_state", n)?);
         let mut cfg = LaunchConfig {
@@ -1514,7 +1578,14 @@ impl Backend for Cuda {
                 u, dl, db, a, bm, ldb, cm, ldc, d, zp, ldz, sp, yp, seg.h, seg.sum, seg.len, l, dd, nn);
             cfg.grid_dim.2 = seg.count;
         }
-        // The d_state-16 kernels can also write y in bf16, out_proj's input (bf16.rs).
+        // The d_state-16 kernels can also write y in bf16, out_proj's input (bf16.rs), or only
+        // there (y null) where y may be held in bf16 alone.
+        if let Some(y16) = only16 {
+            let null = 0u64;
+            launch!(self, self.func(k.f32_with_copy)?, cfg, "selective_scan";
+                u, dl, db, a, bm, ldb, cm, ldc, d, zp, ldz, sp, null, y16, seg.h, seg.sum, seg.len, l, dd, nn);
+            return self.bf16_only_written(y, rows * di);
+        }
         if let Some(y16) = self.act_bf16_target(y)? {
             launch!(self, self.func(k.f32_with_copy)?, cfg, "selective_scan";
                 u, dl, db, a, bm, ldb, cm, ldc, d, zp, ldz, sp, yp, y16, seg.h, seg.sum, seg.len, l, dd, nn);
@@ -1649,6 +1720,7 @@ impl Backend for Cuda {
         if buf.len == 0 {
             return self.zeros(0);
         }
+        self.fresh(buf, "copy")?;
         Ok(CudaBuf::new(self.stream().clone_dtod(&buf.data).map_err(driver_err("copy"))?, buf.len))
     }
 
@@ -1789,6 +1861,10 @@ impl Backend for Cuda {
 
     fn set_keeping_activations(&self, keeping: bool) {
         self.inner.keeping_activations.store(keeping, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    fn allow_bf16_storage(&self, buf: &mut CudaBuf) {
+        buf.bf16_storage.store(true, std::sync::atomic::Ordering::Relaxed);
     }
 }
 

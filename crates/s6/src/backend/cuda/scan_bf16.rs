@@ -8,8 +8,10 @@
 
 use cudarc::driver::{CudaSlice, DevicePtr, DevicePtrMut, LaunchConfig, PushKernelArg};
 
-use super::{driver_err, u32_of, Cuda, CudaBuf};
-use crate::backend::{bf16_round, ScanDims};
+use std::sync::atomic::Ordering;
+
+use super::{driver_err, u32_of, Cuda, CudaBuf, ScanN16};
+use crate::backend::{bf16_round, ScanArgs, ScanDims, View};
 use crate::{Error, Result};
 
 /// A device tensor of bf16 values (bit patterns: the upper 16 bits of an f32).
@@ -132,5 +134,67 @@ impl Cuda {
         launch!(self, self.func(k.bf16)?, cfg, "bf16 selective_scan";
             u, dl, db, a, bm, ldbc, cm, ldbc, d, zp, ldz, sp, yp, seg.h, seg.sum, seg.len, l, dd, nn);
         Ok(())
+    }
+
+    /// [`Backend::selective_scan`](crate::backend::Backend::selective_scan) of d_state 16 by the
+    /// `x16` entries (`k`'s shape) where `u`, `Δ` and `z` are held in bf16 alone (their f32 values
+    /// stale: prefill, `Backend::allow_bf16_storage`) and `y` may be: they read those three as
+    /// bf16 (as `selective_scan_bf16` does) and B and C as f32, and write y in bf16 alone. `sp`:
+    /// the state's device pointer, bounds checked. `false` (nothing launched) for any other case.
+    pub(super) fn selective_scan_x16(
+        &self,
+        args: &ScanArgs<'_, CudaBuf>,
+        k: &ScanN16,
+        sp: u64,
+        y: &mut CudaBuf,
+    ) -> Result<bool> {
+        let ScanDims { batch, seqlen, d_inner: di, d_state: n } = args.dims;
+        let rows = batch * seqlen;
+        let held16 = |v: &View<'_, CudaBuf>| -> Result<Option<u64>> {
+            match v.buf.f32_stale.load(Ordering::Relaxed) {
+                true => self.act_bf16_view(v, rows, di),
+                false => Ok(None),
+            }
+        };
+        let (Some(u), Some(dl)) = (held16(&View::full(args.u, di))?, held16(&View::full(args.delta, di))?) else {
+            return Ok(false);
+        };
+        let (zp, ldz) = match args.z {
+            Some(z) => match held16(&z)? {
+                Some(p) => (p, z.ld),
+                None => return Ok(false),
+            },
+            None => (0, 0),
+        };
+        let Some(y16) = self.bf16_only_target(y)? else { return Ok(false) };
+        self.ptr_unread(args.u, 0, rows * di, "scan u")?;
+        self.ptr_unread(args.delta, 0, rows * di, "scan delta")?;
+        if let Some(z) = &args.z {
+            self.ptr_unread(z.buf, z.offset, Self::view_extent(z.ld, rows, di), "scan z")?;
+        }
+        self.ptr_unread(y, 0, rows * di, "scan y")?;
+        let db = self.ptr(args.delta_bias, 0, di, "scan delta_bias")?;
+        let a = self.ptr(args.a, 0, di * n, "scan A")?;
+        let bm = self.ptr(args.b.buf, args.b.offset, Self::view_extent(args.b.ld, rows, n), "scan B")?;
+        let cm = self.ptr(args.c.buf, args.c.offset, Self::view_extent(args.c.ld, rows, n), "scan C")?;
+        let d = self.ptr(args.d, 0, di, "scan D")?;
+        let (ldb, ldc, ldz) = (u32_of("ld B", args.b.ld)?, u32_of("ld C", args.c.ld)?, u32_of("ld z", ldz)?);
+        let (l, dd, nn) = (u32_of("seqlen", seqlen)?, u32_of("d_inner", di)?, u32_of("d_state", n)?);
+        let mut cfg = LaunchConfig {
+            grid_dim: (u32_of("blocks", di.div_ceil(k.cpb as usize))?, u32_of("batch", batch)?, 1),
+            block_dim: (4 * k.cpb, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        let seg = self.scan_segments(k, batch, di, seqlen)?;
+        if seg.count > 1 {
+            cfg.grid_dim.2 = seg.count - 1;
+            launch!(self, self.func(k.seg_x16)?, cfg, "selective_scan segments";
+                u, dl, db, a, bm, ldb, cm, ldc, d, zp, ldz, sp, y16, seg.h, seg.sum, seg.len, l, dd, nn);
+            cfg.grid_dim.2 = seg.count;
+        }
+        launch!(self, self.func(k.x16)?, cfg, "selective_scan";
+            u, dl, db, a, bm, ldb, cm, ldc, d, zp, ldz, sp, y16, seg.h, seg.sum, seg.len, l, dd, nn);
+        self.bf16_only_written(y, rows * di)?;
+        Ok(true)
     }
 }

@@ -27,3 +27,13 @@ extern "C" __global__ void s6_cast_bf16(const float* __restrict__ src, unsigned 
         }
     }
 }
+
+// dst[i] = float(src[i]) for i < n: an activation held only in bf16 (cuda/bf16.rs, `fresh`) cast
+// back to f32 for a reader that needs f32.
+extern "C" __global__ void s6_uncast_bf16(const unsigned short* __restrict__ src, unsigned long long n,
+                                          float* __restrict__ dst) {
+    S6_PDL_ENTRY();
+    const unsigned long long step = (unsigned long long)gridDim.x * blockDim.x;
+    for (unsigned long long i = (unsigned long long)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += step)
+        dst[i] = s6_bf16_to_f32(src[i]);
+}

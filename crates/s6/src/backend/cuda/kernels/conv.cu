@@ -31,6 +31,22 @@ __device__ __forceinline__ void s6c_load(const float* __restrict__ p, float (&v)
     }
 }
 
+// VEC consecutive bf16 values at p, widened: one 8-byte access for VEC = 4 (p 8-byte aligned). For
+// an input held in bf16 alone (cuda/bf16.rs).
+template <int VEC>
+__device__ __forceinline__ void s6c_load(const unsigned short* __restrict__ p, float (&v)[VEC]) {
+    if constexpr (VEC == 4) {
+        const uint2 q = __ldg(reinterpret_cast<const uint2*>(p));
+        v[0] = s6_bf16_to_f32((unsigned short)(q.x & 0xffffu));
+        v[1] = s6_bf16_to_f32((unsigned short)(q.x >> 16));
+        v[2] = s6_bf16_to_f32((unsigned short)(q.y & 0xffffu));
+        v[3] = s6_bf16_to_f32((unsigned short)(q.y >> 16));
+    } else {
+#pragma unroll
+        for (int i = 0; i < VEC; i++) v[i] = s6_bf16_to_f32(__ldg(p + i));
+    }
+}
+
 template <int VEC>
 __device__ __forceinline__ void s6c_store(float* __restrict__ p, const float (&v)[VEC]) {
     if constexpr (VEC == 4) {
@@ -104,8 +120,8 @@ __device__ __forceinline__ void s6c_thread_params(const float* __restrict__ w, c
 // the end): x inside the sequence; before it the state's rows (st points at the sequence's
 // [k-1, ch] state at channel c), or zeros without a state (st == nullptr: the backward's zero
 // initial state); zeros past the end, where the value only feeds outputs that are not kept.
-template <int VEC>
-__device__ __forceinline__ void s6c_input(const float* __restrict__ x, unsigned int ldx, unsigned long long seq_row,
+template <int VEC, typename TX = float>
+__device__ __forceinline__ void s6c_input(const TX* __restrict__ x, unsigned int ldx, unsigned long long seq_row,
                                           const float* __restrict__ st, unsigned int ch, unsigned int k, long long t,
                                           unsigned int seqlen, float (&v)[VEC]) {
     if (t >= 0 && t < (long long)seqlen) {
@@ -123,9 +139,10 @@ __device__ __forceinline__ void s6c_input(const float* __restrict__ x, unsigned 
 // A thread loads the R + k - 1 input rows its R outputs read once (K = 4) and writes R outputs.
 // R: steps per thread (S6_CONV_R; 1 for the decoding entries, whose one step would leave the
 // other R - 1 outputs' arithmetic unused). W16: also write each output rounded to bf16 into out16
-// (same layout: the bf16 copy that x_proj reads instead of casting u; cuda/bf16.rs).
-template <int VEC, int K, int R, bool W16>
-__device__ __forceinline__ void s6_conv_fwd(const float* __restrict__ x, unsigned int ldx, const float* __restrict__ w,
+// (same layout: the bf16 copy that x_proj reads instead of casting u; cuda/bf16.rs), or only there
+// when out is null (u held in bf16 alone). TX: x's type (bf16 bits where x is held in bf16 alone).
+template <int VEC, int K, int R, bool W16, typename TX = float>
+__device__ __forceinline__ void s6_conv_fwd(const TX* __restrict__ x, unsigned int ldx, const float* __restrict__ w,
                                             const float* __restrict__ bias, const float* __restrict__ state,
                                             float* __restrict__ out, unsigned short* __restrict__ out16,
                                             unsigned int batch, unsigned int seqlen, unsigned int ch,
@@ -140,13 +157,16 @@ __device__ __forceinline__ void s6_conv_fwd(const float* __restrict__ x, unsigne
         const unsigned long long seq_row = (unsigned long long)b * seqlen;
         const float* st = state != nullptr ? state + (unsigned long long)b * (k - 1) * ch + c : nullptr;
         for (unsigned int t0 = blockIdx.y * R; t0 < seqlen; t0 += gridDim.y * R) {
-            float* o = out + (seq_row + t0) * ch + c;
+            const unsigned long long o_at = (seq_row + t0) * ch + c;
+            float* o = out + o_at;
+            // A uniform branch: out is null for every thread or none.
+            const bool w32 = !W16 || out != nullptr;
             if constexpr (K > 0) {
                 // win[m] = input step t0 - (K-1) + m: every load issued before the first use.
                 float win[R + K - 1][VEC];
 #pragma unroll
                 for (int m = 0; m < R + K - 1; m++) {
-                    s6c_input<VEC>(x + c, ldx, seq_row, st, ch, K, (long long)t0 + m - (K - 1), seqlen, win[m]);
+                    s6c_input<VEC, TX>(x + c, ldx, seq_row, st, ch, K, (long long)t0 + m - (K - 1), seqlen, win[m]);
                 }
 #pragma unroll
                 for (int i = 0; i < R; i++) {
@@ -160,8 +180,8 @@ __device__ __forceinline__ void s6_conv_fwd(const float* __restrict__ x, unsigne
                         acc[v] = s6_silu(s);
                     }
                     if (t0 + i < seqlen) {
-                        s6c_store<VEC>(o + (unsigned long long)i * ch, acc);
-                        if constexpr (W16) s6c_store16<VEC>(out16 + (o - out) + (unsigned long long)i * ch, acc);
+                        if (w32) s6c_store<VEC>(o + (unsigned long long)i * ch, acc);
+                        if constexpr (W16) s6c_store16<VEC>(out16 + o_at + (unsigned long long)i * ch, acc);
                     }
                 }
             } else {
@@ -171,14 +191,14 @@ __device__ __forceinline__ void s6_conv_fwd(const float* __restrict__ x, unsigne
                     for (int v = 0; v < VEC; v++) acc[v] = b0[v];
                     for (unsigned int j = 0; j < k; j++) {
                         float in[VEC];
-                        s6c_input<VEC>(x + c, ldx, seq_row, st, ch, k, (long long)t0 + i + j - (k - 1), seqlen, in);
+                        s6c_input<VEC, TX>(x + c, ldx, seq_row, st, ch, k, (long long)t0 + i + j - (k - 1), seqlen, in);
 #pragma unroll
                         for (int v = 0; v < VEC; v++) acc[v] = fmaf(w[(c + v) * k + j], in[v], acc[v]);
                     }
 #pragma unroll
                     for (int v = 0; v < VEC; v++) acc[v] = s6_silu(acc[v]);
-                    s6c_store<VEC>(o + (unsigned long long)i * ch, acc);
-                    if constexpr (W16) s6c_store16<VEC>(out16 + (o - out) + (unsigned long long)i * ch, acc);
+                    if (w32) s6c_store<VEC>(o + (unsigned long long)i * ch, acc);
+                    if constexpr (W16) s6c_store16<VEC>(out16 + o_at + (unsigned long long)i * ch, acc);
                 }
             }
         }
@@ -213,6 +233,16 @@ S6_CONV_FWD(s6_conv_step_k4_vec1, 1, 4, 1)
     }
 S6_CONV_FWD_B16(s6_conv_fwd_k4_vec4_b16, S6_CONV_R)
 S6_CONV_FWD_B16(s6_conv_step_k4_vec4_b16, 1)
+// Prefill with x (in_proj's output) held in bf16 alone: x read as bf16, u written in bf16 (and in
+// f32 unless out is null).
+extern "C" __global__ void __launch_bounds__(128)
+    s6_conv_fwd_k4_vec4_x16(const unsigned short* __restrict__ x, unsigned int ldx, const float* __restrict__ w,
+                            const float* __restrict__ bias, const float* __restrict__ state, float* __restrict__ out,
+                            unsigned short* __restrict__ out16, unsigned int batch, unsigned int seqlen,
+                            unsigned int ch, unsigned int k) {
+    S6_PDL_ENTRY();
+    s6_conv_fwd<4, 4, S6_CONV_R, true, unsigned short>(x, ldx, w, bias, state, out, out16, batch, seqlen, ch, k);
+}
 
 // ----- backward (zero initial state) -----
 // dout contiguous [rows, ch]; dx written at dx[row * lddx + c]; dweight and dbias accumulated.

@@ -76,7 +76,8 @@ __device__ __forceinline__ void s6_block_sum_rows(float (&v)[R], float (*partial
 // One block per row of RMSNORM_THREADS threads (cuda/mod.rs: the GEMV's block size, so that
 // gemv.cu's NORM prologue sums a row in the same order): residual += delta (when given), then
 // out = residual * rsqrt(mean(residual^2) + eps) * w; s6_add_rmsnorm_b16 also writes out rounded
-// to bf16 into out16 (the input of a bf16 product, which then needs no cast: cuda/bf16.rs).
+// to bf16 into out16 (the input of a bf16 product, which then needs no cast: cuda/bf16.rs), or
+// only there when out is null (an activation held in bf16 alone).
 template <bool W16>
 __device__ __forceinline__ void s6_add_rmsnorm_impl(float* __restrict__ residual, const float* __restrict__ delta,
                                                     const float* __restrict__ w, float* __restrict__ out,
@@ -103,7 +104,7 @@ __device__ __forceinline__ void s6_add_rmsnorm_impl(float* __restrict__ residual
             r[i] = v;
         }
         const float o = v * inv * w[i];
-        out[base + i] = o;
+        if (!W16 || out != nullptr) out[base + i] = o;
         if constexpr (W16) out16[base + i] = s6_f32_to_bf16(o);
     }
 }
@@ -177,7 +178,7 @@ __device__ __forceinline__ void s6_add_rmsnorm_warp_impl(float* __restrict__ res
             if (d4 != nullptr) r4[q] = v[j];
             const float4 g = __ldg(w4 + q);
             const float4 o = make_float4(v[j].x * inv * g.x, v[j].y * inv * g.y, v[j].z * inv * g.z, v[j].w * inv * g.w);
-            o4[q] = o;
+            if (!W16 || out != nullptr) o4[q] = o;
             if constexpr (W16) {
                 const unsigned int lo = s6_f32_to_bf16(o.x) | ((unsigned int)s6_f32_to_bf16(o.y) << 16);
                 const unsigned int hi = s6_f32_to_bf16(o.z) | ((unsigned int)s6_f32_to_bf16(o.w) << 16);
@@ -200,10 +201,12 @@ extern "C" __global__ void __launch_bounds__(32 * S6_NORM_WARP_ROWS)
 }
 
 // The conv state after the call: the last k-1 inputs (state then x). One thread per (batch,
-// channel), ascending j, so that an in-place update never reads a slot it already wrote.
-extern "C" __global__ void s6_conv_state_update(const float* __restrict__ x, unsigned int ldx, float* state,
-                                                unsigned int batch, unsigned int seqlen, unsigned int ch,
-                                                unsigned int k) {
+// channel), ascending j, so that an in-place update never reads a slot it already wrote. TX: x's
+// type (float, or bf16 bits where x is held in bf16 alone: cuda/bf16.rs).
+template <typename TX>
+__device__ __forceinline__ void s6_conv_state_update_impl(const TX* __restrict__ x, unsigned int ldx, float* state,
+                                                          unsigned int batch, unsigned int seqlen, unsigned int ch,
+                                                          unsigned int k) {
     S6_PDL_ENTRY();
     unsigned long long i = (unsigned long long)blockIdx.x * blockDim.x + threadIdx.x;
     if (i >= (unsigned long long)batch * ch) return;
@@ -215,8 +218,18 @@ extern "C" __global__ void s6_conv_state_update(const float* __restrict__ x, uns
         if (tt < 0) {
             v = state[((unsigned long long)b * (k - 1) + (unsigned long long)(tt + (k - 1))) * ch + c];
         } else {
-            v = x[((unsigned long long)b * seqlen + tt) * ldx + c];
+            v = s6_widen(x[((unsigned long long)b * seqlen + tt) * ldx + c]);
         }
         state[((unsigned long long)b * (k - 1) + j) * ch + c] = v;
     }
+}
+extern "C" __global__ void s6_conv_state_update(const float* __restrict__ x, unsigned int ldx, float* state,
+                                                unsigned int batch, unsigned int seqlen, unsigned int ch,
+                                                unsigned int k) {
+    s6_conv_state_update_impl<float>(x, ldx, state, batch, seqlen, ch, k);
+}
+extern "C" __global__ void s6_conv_state_update_x16(const unsigned short* __restrict__ x, unsigned int ldx,
+                                                    float* state, unsigned int batch, unsigned int seqlen,
+                                                    unsigned int ch, unsigned int k) {
+    s6_conv_state_update_impl<unsigned short>(x, ldx, state, batch, seqlen, ch, k);
 }

@@ -60,6 +60,9 @@ __device__ __forceinline__ unsigned short s6_f32_to_bf16(float f) {
 }
 
 __device__ __forceinline__ float s6_bf16_to_f32(unsigned short h) { return __uint_as_float(((unsigned int)h) << 16); }
+// A float or bf16 bits as a float: the loads of kernels compiled for either storage.
+__device__ __forceinline__ float s6_widen(float v) { return v; }
+__device__ __forceinline__ float s6_widen(unsigned short h) { return s6_bf16_to_f32(h); }
 
 // Math shared by the scan forward, its backward and the decode step.
 __device__ __forceinline__ float s6_softplus(float x) { return x > 20.0f ? x : log1pf(expf(x)); }

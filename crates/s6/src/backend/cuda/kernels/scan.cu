@@ -173,11 +173,11 @@ struct S6Io<unsigned short> {
 // segment writes the final state. The linear recurrence makes this exact up to rounding: the
 // product of a segment's exp(Δ_t A) is exp(A ΣΔ_t). One segment (gridDim.z = 1, seg_len =
 // seqlen, null seg_h) is the plain scan.
-template <typename TI, int CPB, int T, bool W16, bool LOCAL>
+template <typename TI, typename TB, int CPB, int T, bool W16, bool LOCAL>
 __device__ __forceinline__ void s6_scan_n16_vec_body(const TI* __restrict__ u, const TI* __restrict__ delta,
                                                      const float* __restrict__ delta_bias,
-                                                     const float* __restrict__ a, const TI* __restrict__ bm,
-                                                     unsigned int ldb, const TI* __restrict__ cm, unsigned int ldc,
+                                                     const float* __restrict__ a, const TB* __restrict__ bm,
+                                                     unsigned int ldb, const TB* __restrict__ cm, unsigned int ldc,
                                                      const float* __restrict__ dskip, const TI* __restrict__ z,
                                                      unsigned int ldz, float* __restrict__ state, TI* __restrict__ y,
                                                      unsigned short* __restrict__ y16, float* __restrict__ seg_h,
@@ -245,7 +245,8 @@ __device__ __forceinline__ void s6_scan_n16_vec_body(const TI* __restrict__ u, c
     }
     float dt_sum = 0.0f;  // LOCAL: the segment's ΣΔ
 
-    TI pu[E1], pd[E1], pz[E1], pb[E2], pc[E2];
+    TI pu[E1], pd[E1], pz[E1];
+    TB pb[E2], pc[E2];
     float ru[E1], rg[E1];  // u and silu(z) of this thread's elements, for the store after the chunk
     // A thread's (t, channel) elements of a chunk are SPLIT rows apart, its B and C elements NT / N
     // rows apart. In a full chunk (every chunk but a sequence's last) the loads and stores are
@@ -291,8 +292,8 @@ __device__ __forceinline__ void s6_scan_n16_vec_body(const TI* __restrict__ u, c
         }
         if (tl == T) {
             constexpr int BROWS = NT / N;  // rows between a thread's B (and C) elements
-            const TI* bp = bm + (row0 + t0 + tid / N) * ldb + tid % N;
-            const TI* cp = cm + (row0 + t0 + tid / N) * ldc + tid % N;
+            const TB* bp = bm + (row0 + t0 + tid / N) * ldb + tid % N;
+            const TB* cp = cm + (row0 + t0 + tid / N) * ldc + tid % N;
             const unsigned long long bstep = (unsigned long long)BROWS * ldb, cstep = (unsigned long long)BROWS * ldc;
 #pragma unroll
             for (int e = 0; e < E2; e++) {
@@ -304,15 +305,15 @@ __device__ __forceinline__ void s6_scan_n16_vec_body(const TI* __restrict__ u, c
                 }
             }
         } else {
-            const TI* bp = bm + (row0 + t0) * ldb;
-            const TI* cp = cm + (row0 + t0) * ldc;
+            const TB* bp = bm + (row0 + t0) * ldb;
+            const TB* cp = cm + (row0 + t0) * ldc;
 #pragma unroll
             for (int e = 0; e < E2; e++) {
                 const int idx = tid + e * NT;
                 const int t = idx / N, s = idx % N;
                 const bool ok = t < tl;
-                pb[e] = ok ? bp[t * ldb + s] : TI(0);
-                if (!LOCAL) pc[e] = ok ? cp[t * ldc + s] : TI(0);
+                pb[e] = ok ? bp[t * ldb + s] : TB(0);
+                if (!LOCAL) pc[e] = ok ? cp[t * ldc + s] : TB(0);
             }
         }
     };
@@ -336,8 +337,8 @@ __device__ __forceinline__ void s6_scan_n16_vec_body(const TI* __restrict__ u, c
         for (int e = 0; e < E2; e++) {
             const int idx = tid + e * NT;
             const int t = idx / N, s = idx % N;
-            s_b[t][s] = S6Io<TI>::f(pb[e]);
-            if constexpr (!LOCAL) s_c[t][s] = S6Io<TI>::f(pc[e]);
+            s_b[t][s] = S6Io<TB>::f(pb[e]);
+            if constexpr (!LOCAL) s_c[t][s] = S6Io<TB>::f(pc[e]);
         }
         __syncthreads();
         if (t0 + T < seqlen) load(t0 + T);
@@ -399,11 +400,13 @@ __device__ __forceinline__ void s6_scan_n16_vec_body(const TI* __restrict__ u, c
                 const float acc = ((p.x + p.y) + p.z) + p.w;
                 return fmaf(dsk_s, ru[e], acc) * rg[e];
             };
+            // With W16, y may be null: y held in bf16 alone (cuda/bf16.rs; uniform over the grid).
+            const bool w32 = !W16 || y != nullptr;
             if (tl == T && s_active) {  // as the loads: pointers stepped, no masks
 #pragma unroll
                 for (int e = 0; e < E1; e++) {
                     const float yv = y_of(e);
-                    *yp = S6Io<TI>::of(yv);
+                    if (w32) *yp = S6Io<TI>::of(yv);
                     yp += stride;
                     if constexpr (W16) {
                         *y16p = s6_f32_to_bf16(yv);
@@ -415,7 +418,7 @@ __device__ __forceinline__ void s6_scan_n16_vec_body(const TI* __restrict__ u, c
                 for (int e = 0; e < E1; e++) {
                     if (s_active && st + SPLIT * e < tl) {
                         const float yv = y_of(e);
-                        yp[e * stride] = S6Io<TI>::of(yv);
+                        if (w32) yp[e * stride] = S6Io<TI>::of(yv);
                         if constexpr (W16) y16p[e * stride] = s6_f32_to_bf16(yv);
                     }
                 }
@@ -436,37 +439,43 @@ __device__ __forceinline__ void s6_scan_n16_vec_body(const TI* __restrict__ u, c
 // activations; the f32 NAME_b16 also writes y rounded to bf16 into y16 (the input of a bf16
 // product: cuda/bf16.rs); s6_scan_n16_seg_* are the LOCAL launches for segments 0..S-2 (grid z =
 // S - 1), which write only seg_h and seg_sum.
-#define S6_SCAN_VEC_PARAMS(TI)                                                                                  \
+#define S6_SCAN_VEC_PARAMS(TI, TB)                                                                              \
     const TI *__restrict__ u, const TI *__restrict__ delta, const float *__restrict__ delta_bias,               \
-        const float *__restrict__ a, const TI *__restrict__ bm, unsigned int ldb, const TI *__restrict__ cm,     \
+        const float *__restrict__ a, const TB *__restrict__ bm, unsigned int ldb, const TB *__restrict__ cm,     \
         unsigned int ldc, const float *__restrict__ dskip, const TI *__restrict__ z, unsigned int ldz,            \
         float *__restrict__ state, TI *__restrict__ y
 #define S6_SCAN_SEG_PARAMS float *__restrict__ seg_h, float *__restrict__ seg_sum, unsigned int seg_len
-#define S6_SCAN_KERNEL_VEC(NAME, TI, CPB, T, LOCAL, MINB)                                                          \
+#define S6_SCAN_KERNEL_VEC(NAME, TI, TB, CPB, T, LOCAL, MINB)                                                      \
     extern "C" __global__ void __launch_bounds__(CPB * 4, MINB) NAME(                                              \
-        S6_SCAN_VEC_PARAMS(TI), S6_SCAN_SEG_PARAMS, unsigned int seqlen, unsigned int dim, unsigned int n) {       \
+        S6_SCAN_VEC_PARAMS(TI, TB), S6_SCAN_SEG_PARAMS, unsigned int seqlen, unsigned int dim, unsigned int n) {   \
         S6_PDL_ENTRY();                                                                                            \
-        s6_scan_n16_vec_body<TI, CPB, T, false, LOCAL>(u, delta, delta_bias, a, bm, ldb, cm, ldc, dskip, z, ldz,   \
-                                                       state, y, nullptr, seg_h, seg_sum, seg_len, seqlen, dim);   \
+        s6_scan_n16_vec_body<TI, TB, CPB, T, false, LOCAL>(u, delta, delta_bias, a, bm, ldb, cm, ldc, dskip, z,    \
+                                                           ldz, state, y, nullptr, seg_h, seg_sum, seg_len, seqlen, \
+                                                           dim);                                                    \
     }
 #define S6_SCAN_KERNEL_VEC_B16(NAME, CPB, T, MINB)                                                                 \
     extern "C" __global__ void __launch_bounds__(CPB * 4, MINB) NAME(                                              \
-        S6_SCAN_VEC_PARAMS(float), unsigned short* __restrict__ y16, S6_SCAN_SEG_PARAMS, unsigned int seqlen,       \
-        unsigned int dim, unsigned int n) {                                                                        \
+        S6_SCAN_VEC_PARAMS(float, float), unsigned short* __restrict__ y16, S6_SCAN_SEG_PARAMS,                    \
+        unsigned int seqlen, unsigned int dim, unsigned int n) {                                                   \
         S6_PDL_ENTRY();                                                                                            \
-        s6_scan_n16_vec_body<float, CPB, T, true, false>(u, delta, delta_bias, a, bm, ldb, cm, ldc, dskip, z, ldz, \
-                                                         state, y, y16, seg_h, seg_sum, seg_len, seqlen, dim);     \
+        s6_scan_n16_vec_body<float, float, CPB, T, true, false>(u, delta, delta_bias, a, bm, ldb, cm, ldc, dskip,  \
+                                                                z, ldz, state, y, y16, seg_h, seg_sum, seg_len,    \
+                                                                seqlen, dim);                                      \
     }
-// The five entries of one block shape (cuda/mod.rs, ScanN16): f32, f32 with a bf16 copy of y,
-// bf16 activations, and the segments' first launches for f32 and bf16. MINB is __launch_bounds__'
-// minimum of blocks per SM (0 would give none, which is not the same as 1 to ptxas: session 15
-// saw 64 registers against 88 for a 256-thread shape).
-#define S6_SCAN_N16_SHAPE(SUFFIX, CPB, T, MINB)                                           \
-    S6_SCAN_KERNEL_VEC(s6_scan_n16_##SUFFIX, float, CPB, T, false, MINB)                  \
-    S6_SCAN_KERNEL_VEC_B16(s6_scan_n16_##SUFFIX##_b16, CPB, T, MINB)                      \
-    S6_SCAN_KERNEL_VEC(s6_scan_n16_bf16_##SUFFIX, unsigned short, CPB, T, false, MINB)    \
-    S6_SCAN_KERNEL_VEC(s6_scan_n16_seg_##SUFFIX, float, CPB, T, true, MINB)               \
-    S6_SCAN_KERNEL_VEC(s6_scan_n16_seg_bf16_##SUFFIX, unsigned short, CPB, T, true, MINB)
+// The seven entries of one block shape (cuda/mod.rs, ScanN16): f32; f32 with a bf16 copy of y (or,
+// y null, y in bf16 alone); bf16 activations; u, Δ, z and y in bf16 with f32 B and C (x16: the
+// model's prefill with activations held in bf16 alone, B and C columns of x_proj's f32 output);
+// and the segments' first launches for f32, bf16 and x16. MINB is __launch_bounds__' minimum of
+// blocks per SM (0 would give none, which is not the same as 1 to ptxas: session 15 saw 64
+// registers against 88 for a 256-thread shape).
+#define S6_SCAN_N16_SHAPE(SUFFIX, CPB, T, MINB)                                                          \
+    S6_SCAN_KERNEL_VEC(s6_scan_n16_##SUFFIX, float, float, CPB, T, false, MINB)                          \
+    S6_SCAN_KERNEL_VEC_B16(s6_scan_n16_##SUFFIX##_b16, CPB, T, MINB)                                     \
+    S6_SCAN_KERNEL_VEC(s6_scan_n16_bf16_##SUFFIX, unsigned short, unsigned short, CPB, T, false, MINB)   \
+    S6_SCAN_KERNEL_VEC(s6_scan_n16_x16_##SUFFIX, unsigned short, float, CPB, T, false, MINB)             \
+    S6_SCAN_KERNEL_VEC(s6_scan_n16_seg_##SUFFIX, float, float, CPB, T, true, MINB)                       \
+    S6_SCAN_KERNEL_VEC(s6_scan_n16_seg_bf16_##SUFFIX, unsigned short, unsigned short, CPB, T, true, MINB) \
+    S6_SCAN_KERNEL_VEC(s6_scan_n16_seg_x16_##SUFFIX, unsigned short, float, CPB, T, true, MINB)
 
 // The two kept of the variants measured side by side on an H100 (docs/BENCHMARKS.md, session 10,
 // before session 14's cheaper stage; ms at L = 2048 for B·D = 4·2048 / 16·1536 / 128·4096
