@@ -812,8 +812,9 @@ fn fused_step_graph_cases(g: &Cuda, block: bool) {
 }
 
 /// Prefill under `Compute::Bf16` with its activations held in bf16 alone (`allow_bf16_storage`:
-/// the norm, in_proj, the conv, dt_proj and the scan write only bf16; the conv and the scan read
-/// bf16 x, u, Δ and z) against the same prefill with f32 activations, and both against the CPU:
+/// the norm, in_proj, the conv, dt_proj, the scan and out_proj write only bf16; the conv, the scan
+/// and the next norm read bf16 x, u, Δ, z and the block output) against the same prefill with f32
+/// activations, and both against the CPU:
 /// close logits and states, but not the same bits (the scan's inputs are rounded: the path ran).
 /// Then greedy decoding from that state: graph and eager equal, and the decoding buffers are not
 /// held in bf16 (decoding equals decoding after an f32-activation prefill of the same state).

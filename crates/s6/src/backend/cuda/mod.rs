@@ -64,6 +64,7 @@ const KERNELS: &[&str] = &[
     "s6_add_rmsnorm_b16",
     "s6_add_rmsnorm_warp",
     "s6_add_rmsnorm_warp_b16",
+    "s6_add_rmsnorm_warp_d16",
     "s6_conv_state_update",
     "s6_conv_state_update_x16",
     // kernels/conv.cu (conv.rs: FWD_KERNELS, BWD_KERNELS)
@@ -1446,7 +1447,16 @@ impl Backend for Cuda {
             return Ok(());
         }
         let r = self.ptr_mut(residual, 0, rows * dim, "rmsnorm residual")?;
-        let dp = self.ptr_opt(delta, rows * dim, "rmsnorm delta")?;
+        // The block output held in bf16 alone (prefill, bf16.rs) is read as bf16 by the warp
+        // kernel; any other path makes its f32 values current.
+        let d16 = match delta {
+            Some(b) if b.f32_stale.load(Ordering::Relaxed) => self.act_bf16_view(&View::full(b, dim), rows, dim)?,
+            _ => None,
+        };
+        let dp = match (delta, d16) {
+            (Some(b), Some(_)) => self.ptr_unread(b, 0, rows * dim, "rmsnorm delta")?,
+            _ => self.ptr_opt(delta, rows * dim, "rmsnorm delta")?,
+        };
         let wp = self.ptr(weight, 0, dim, "rmsnorm weight")?;
         // Held in bf16 alone (bf16.rs): the kernels' f32 output pointer is null.
         let only16 = self.bf16_only_target(out)?;
@@ -1479,12 +1489,22 @@ impl Backend for Cuda {
                 shared_mem_bytes: 0,
             };
             let n = u32_of("rows", rows)?;
+            if let (Some(o16), Some(d16)) = (target, d16) {
+                launch!(self, self.func("s6_add_rmsnorm_warp_d16")?, cfg, "add_rmsnorm"; r, d16, wp, o, o16, n, d, eps);
+                return written(rows * dim);
+            }
+            if let Some(b) = delta {
+                self.fresh(b, "rmsnorm delta")?;
+            }
             if let Some(o16) = target {
                 launch!(self, self.func("s6_add_rmsnorm_warp_b16")?, cfg, "add_rmsnorm"; r, dp, wp, o, o16, n, d, eps);
                 return written(rows * dim);
             }
             launch!(self, self.func("s6_add_rmsnorm_warp")?, cfg, "add_rmsnorm"; r, dp, wp, o, n, d, eps);
             return Ok(());
+        }
+        if let Some(b) = delta {
+            self.fresh(b, "rmsnorm delta")?;
         }
         let cfg = LaunchConfig {
             grid_dim: (u32_of("rows", rows)?, 1, 1),

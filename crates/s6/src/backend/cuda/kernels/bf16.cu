@@ -2,11 +2,9 @@
 // are held as `unsigned short` bit patterns: the upper 16 bits of an f32. NVRTC gets no
 // cuda_bf16.h here, so the conversions are done by hand.
 
-// s6_f32_to_bf16 and s6_bf16_to_f32 are in prelude.cu (the scan and the norm write bf16 copies).
+// s6_f32_to_bf16, s6_bf16_to_f32, s6_bf16_lo and s6_bf16_hi are in prelude.cu (the scan, the conv
+// and the norm read and write bf16 too).
 
-// The two bf16 of a 32-bit word (element 2i in the low half, 2i+1 in the high half) as floats.
-__device__ __forceinline__ float s6_bf16_lo(unsigned int u) { return __uint_as_float(u << 16); }
-__device__ __forceinline__ float s6_bf16_hi(unsigned int u) { return __uint_as_float(u & 0xffff0000u); }
 
 // dst[r * cols + c] = bf16(src[r * ld + c]) for r < rows, c < cols: a strided f32 matrix into a
 // contiguous bf16 one. Grid-stride loop over rows * cols.

@@ -37,10 +37,10 @@ template <int VEC>
 __device__ __forceinline__ void s6c_load(const unsigned short* __restrict__ p, float (&v)[VEC]) {
     if constexpr (VEC == 4) {
         const uint2 q = __ldg(reinterpret_cast<const uint2*>(p));
-        v[0] = s6_bf16_to_f32((unsigned short)(q.x & 0xffffu));
-        v[1] = s6_bf16_to_f32((unsigned short)(q.x >> 16));
-        v[2] = s6_bf16_to_f32((unsigned short)(q.y & 0xffffu));
-        v[3] = s6_bf16_to_f32((unsigned short)(q.y >> 16));
+        v[0] = s6_bf16_lo(q.x);
+        v[1] = s6_bf16_hi(q.x);
+        v[2] = s6_bf16_lo(q.y);
+        v[3] = s6_bf16_hi(q.y);
     } else {
 #pragma unroll
         for (int i = 0; i < VEC; i++) v[i] = s6_bf16_to_f32(__ldg(p + i));

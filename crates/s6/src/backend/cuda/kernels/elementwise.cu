@@ -128,8 +128,9 @@ extern "C" __global__ void s6_add_rmsnorm_b16(float* __restrict__ residual, cons
 // kernel. (Written for decoding, where it was slower: it serves prefill and training.)
 #define S6_NORM_WARP_V4 16
 #define S6_NORM_WARP_ROWS 8
-template <bool W16>
-__device__ __forceinline__ void s6_add_rmsnorm_warp_impl(float* __restrict__ residual, const float* __restrict__ delta,
+// TD: delta's type (bf16 bits where the block output is held in bf16 alone: cuda/bf16.rs).
+template <bool W16, typename TD = float>
+__device__ __forceinline__ void s6_add_rmsnorm_warp_impl(float* __restrict__ residual, const TD* __restrict__ delta,
                                                          const float* __restrict__ w, float* __restrict__ out,
                                                          unsigned short* __restrict__ out16, unsigned int rows,
                                                          unsigned int dim, float eps) {
@@ -140,7 +141,7 @@ __device__ __forceinline__ void s6_add_rmsnorm_warp_impl(float* __restrict__ res
     const unsigned int nv = dim / 4;
     const unsigned long long base = row * dim;
     float4* r4 = reinterpret_cast<float4*>(residual + base);
-    const float4* d4 = delta != nullptr ? reinterpret_cast<const float4*>(delta + base) : nullptr;
+    const TD* d4 = delta != nullptr ? delta + base : nullptr;
     float4 v[S6_NORM_WARP_V4];
 #pragma unroll
     for (int j = 0; j < S6_NORM_WARP_V4; j++) {
@@ -152,7 +153,13 @@ __device__ __forceinline__ void s6_add_rmsnorm_warp_impl(float* __restrict__ res
         for (int j = 0; j < S6_NORM_WARP_V4; j++) {
             const unsigned int q = lane + 32 * j;
             if (q < nv) {
-                const float4 e = __ldg(d4 + q);
+                float4 e;
+                if constexpr (sizeof(TD) == 4) {
+                    e = __ldg(reinterpret_cast<const float4*>(d4) + q);
+                } else {
+                    const uint2 h = __ldg(reinterpret_cast<const uint2*>(d4) + q);
+                    e = make_float4(s6_bf16_lo(h.x), s6_bf16_hi(h.x), s6_bf16_lo(h.y), s6_bf16_hi(h.y));
+                }
                 v[j] = make_float4(v[j].x + e.x, v[j].y + e.y, v[j].z + e.z, v[j].w + e.w);
             }
         }
@@ -198,6 +205,13 @@ extern "C" __global__ void __launch_bounds__(32 * S6_NORM_WARP_ROWS)
                             float* __restrict__ out, unsigned short* __restrict__ out16, unsigned int rows,
                             unsigned int dim, float eps) {
     s6_add_rmsnorm_warp_impl<true>(residual, delta, w, out, out16, rows, dim, eps);
+}
+// delta (the previous block's output) held in bf16 alone.
+extern "C" __global__ void __launch_bounds__(32 * S6_NORM_WARP_ROWS)
+    s6_add_rmsnorm_warp_d16(float* __restrict__ residual, const unsigned short* __restrict__ delta,
+                            const float* __restrict__ w, float* __restrict__ out, unsigned short* __restrict__ out16,
+                            unsigned int rows, unsigned int dim, float eps) {
+    s6_add_rmsnorm_warp_impl<true, unsigned short>(residual, delta, w, out, out16, rows, dim, eps);
 }
 
 // The conv state after the call: the last k-1 inputs (state then x). One thread per (batch,

@@ -60,6 +60,9 @@ __device__ __forceinline__ unsigned short s6_f32_to_bf16(float f) {
 }
 
 __device__ __forceinline__ float s6_bf16_to_f32(unsigned short h) { return __uint_as_float(((unsigned int)h) << 16); }
+// The two bf16 of a 32-bit word (element 2i in the low half, 2i+1 in the high half) as floats.
+__device__ __forceinline__ float s6_bf16_lo(unsigned int u) { return __uint_as_float(u << 16); }
+__device__ __forceinline__ float s6_bf16_hi(unsigned int u) { return __uint_as_float(u & 0xffff0000u); }
 // A float or bf16 bits as a float: the loads of kernels compiled for either storage.
 __device__ __forceinline__ float s6_widen(float v) { return v; }
 __device__ __forceinline__ float s6_widen(unsigned short h) { return s6_bf16_to_f32(h); }
