@@ -20,3 +20,6 @@ b --repeats 5 --dtype bf16 --scan-seqlen 512,2048,8192
 date -u
 ncu_scan fwd-bf16 s6_scan_n16_bf16 --dtype bf16 --scan-seqlen 2048
 date -u
+# Where 1.4B decoding at batch 128 spends its step (every op timed alone; no graph).
+dev-out/s6 bench decode --device cuda --dtype bf16 --preset mamba-1.4b --batch 128 --tokens 16 --repeats 1 --profile 2>&1 | grep -vE "^\s*$" | head -70
+date -u
