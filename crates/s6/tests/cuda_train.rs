@@ -109,6 +109,19 @@ fn linear_backward_matches_cpu() {
         check(&format!("{tag} dx"), &down(&g, &dxg), &dx, false);
         check(&format!("{tag} dw (+=)"), &down(&g, &dwg), &dw, true);
         check(&format!("{tag} db (+=)"), &down(&g, &dbg), &db, true);
+        if with_dx {
+            // linear_backward_add_dx: dx accumulated into the view (beta = 1), as on the CPU.
+            let (mut dx_add, mut dw_add) = (dx0.clone(), dw0.clone());
+            let xv = View::cols(&x, offx, ldx);
+            let dxv = ViewMut::cols(&mut dx_add, offdx, lddx);
+            Cpu.linear_backward_add_dx(xv, rows, k, &w, n, &dy, dxv, &mut dw_add, None).unwrap();
+            let (mut dxg_add, mut dwg_add) = (up(&g, &dx0), up(&g, &dw0));
+            let dxv = ViewMut::cols(&mut dxg_add, offdx, lddx);
+            g.linear_backward_add_dx(View::cols(&xg, offx, ldx), rows, k, &wg, n, &dyg, dxv, &mut dwg_add, None)
+                .unwrap();
+            check(&format!("{tag} dx (added)"), &down(&g, &dxg_add), &dx_add, true);
+            check(&format!("{tag} dw (dx added)"), &down(&g, &dwg_add), &dw_add, true);
+        }
     }
 }
 
@@ -186,6 +199,21 @@ fn bf16_linear_backward_matches_rounded_reference() {
         if with_dx {
             let e = rel("dx", &down(&g, &dxg), &dx_want);
             assert!(e < 1e-5, "{tag}: dx error {e:.2e} against the rounded-input reference");
+            // linear_backward_add_dx: the same gradient added to dx0 inside the view.
+            let mut dxg_add = up(&g, &dx0);
+            let mut dw_scratch = up(&g, &dw0);
+            let dxv = ViewMut::cols(&mut dxg_add, offdx, lddx);
+            g.linear_backward_add_dx(View::cols(&xg, offx, ldx), rows, k, &wg, n, &dyg, dxv, &mut dw_scratch, None)
+                .unwrap();
+            let mut add_want = dx0.clone();
+            for rr in 0..rows {
+                for c in 0..k {
+                    let i = rr * lddx + offdx + c;
+                    add_want[i] = (dx0[i] as f64 + (dx_want[i] as f64)) as f32;
+                }
+            }
+            let e = rel("dx added", &down(&g, &dxg_add), &add_want);
+            assert!(e < 1e-5, "{tag}: added dx error {e:.2e} against the rounded-input reference");
         } else {
             assert_eq!(down(&g, &dxg), dx0, "{tag}: dx written though not asked for");
         }

@@ -546,6 +546,23 @@ pub trait Backend: Send + Sync + Clone {
         db: Option<&mut Self::Buf>,
     ) -> Result<()>;
 
+    /// [`Backend::linear_backward`] with `dx += dy · w`: the input's gradient *added* to what `dx`
+    /// holds (an input that also feeds another op: x_proj's input `u` feeds the scan), with no
+    /// scratch buffer and no separate add (a GEMM with beta = 1).
+    #[allow(clippy::too_many_arguments)]
+    fn linear_backward_add_dx(
+        &self,
+        x: View<'_, Self::Buf>,
+        rows: usize,
+        k: usize,
+        w: &Self::Buf,
+        n: usize,
+        dy: &Self::Buf,
+        dx: ViewMut<'_, Self::Buf>,
+        dw: &mut Self::Buf,
+        db: Option<&mut Self::Buf>,
+    ) -> Result<()>;
+
     /// Backward of the RMSNorm half of [`Backend::add_rmsnorm`]: `residual` is the residual after
     /// the add, `dout` the gradient of the normed output. `dresidual += ∂L/∂residual`,
     /// `dweight += ∂L/∂weight`.

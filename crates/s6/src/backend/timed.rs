@@ -370,6 +370,23 @@ impl<B: Backend> Backend for Timed<B> {
     fn reset_peak_memory(&self) {
         self.inner.reset_peak_memory()
     }
+    fn linear_backward_add_dx(
+        &self,
+        x: View<'_, Self::Buf>,
+        rows: usize,
+        k: usize,
+        w: &Self::Buf,
+        n: usize,
+        dy: &Self::Buf,
+        dx: ViewMut<'_, Self::Buf>,
+        dw: &mut Self::Buf,
+        db: Option<&mut Self::Buf>,
+    ) -> Result<()> {
+        self.time(
+            || format!("linear_backward (dx added) {rows}×{k}→{n}"),
+            || self.inner.linear_backward_add_dx(x, rows, k, w, n, dy, dx, dw, db),
+        )
+    }
     fn set_keeping_activations(&self, keeping: bool) {
         self.inner.set_keeping_activations(keeping)
     }

@@ -851,7 +851,6 @@ impl<B: Backend> Mamba<B> {
         be.rmsnorm_backward(&residual, &self.norm_f, eps, rows, d, &dnormed, &mut dres, &mut g.norm_f)?;
         let mut dy = be.zeros(rows * di)?;
         let mut du = be.zeros(rows * di)?;
-        let mut du_xproj = be.zeros(rows * di)?;
         let mut ddelta = be.zeros(rows * di)?;
         // x_proj's output gradient `[rows, xw]`, then one `[rows, d_state]` scratch matrix per
         // non-selective B / C: the scan writes per-row ∂B_t, ∂C_t wherever they belong.
@@ -920,11 +919,10 @@ impl<B: Backend> Mamba<B> {
                 let ddt_in = Some(ViewMut::cols(&mut dxdbl, c0, xw));
                 be.linear_backward(dt_in, rows, r, dt_proj, di, &ddelta, ddt_in, gdt, None)?;
             }
+            // u feeds x_proj and the scan: x_proj's part of ∂L/∂u is added to the scan's.
             if let (Some(x_proj), Some(gx)) = (&l.x_proj, gl.x_proj.as_mut()) {
                 let u = View::full(&acts.u, di);
-                let du_x = Some(ViewMut::full(&mut du_xproj, di));
-                be.linear_backward(u, rows, di, x_proj, xw, &dxdbl, du_x, gx, None)?;
-                be.add_assign(&mut du, &du_xproj)?;
+                be.linear_backward_add_dx(u, rows, di, x_proj, xw, &dxdbl, ViewMut::full(&mut du, di), gx, None)?;
             }
             let x = View::cols(&acts.xz, 0, iw);
             let dx = ViewMut::cols(&mut dxz, 0, iw);

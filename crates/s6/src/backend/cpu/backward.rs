@@ -111,6 +111,8 @@ fn hsum_f64(v: &[f64; LANES]) -> f64 {
 // linear
 
 /// `dx = dy · w` (written), `dw += dyᵀ · x`, `db += Σ_rows dy`.
+/// `dx` is written, or with `add_dx` accumulated (`Backend::linear_backward_add_dx`).
+#[allow(clippy::too_many_arguments)]
 pub fn linear_backward(
     x: View<'_, Vec<f32>>,
     rows: usize,
@@ -119,6 +121,7 @@ pub fn linear_backward(
     n: usize,
     dy: &[f32],
     dx: Option<ViewMut<'_, Vec<f32>>>,
+    add_dx: bool,
     dw: &mut [f32],
     db: Option<&mut Vec<f32>>,
 ) -> Result<()> {
@@ -138,11 +141,13 @@ pub fn linear_backward(
             let ld = dx.ld;
             let dst = &mut dx.buf[dx.offset..];
             if n == 0 {
-                for r in 0..rows {
-                    dst[r * ld..][..k].fill(0.0);
+                if !add_dx {
+                    for r in 0..rows {
+                        dst[r * ld..][..k].fill(0.0);
+                    }
                 }
             } else {
-                // dst[rows, k] (row stride ld) = dy[rows, n] · w[n, k].
+                // dst[rows, k] (row stride ld) = dy[rows, n] · w[n, k] (+ dst with add_dx).
                 // SAFETY: extents checked above: dst holds rows×k at stride ld, dy rows×n, w n×k.
                 unsafe {
                     gemm::gemm(
@@ -152,14 +157,14 @@ pub fn linear_backward(
                         dst.as_mut_ptr(),
                         1,
                         ld as isize,
-                        false,
+                        add_dx,
                         dy.as_ptr(),
                         1,
                         n as isize,
                         w.as_ptr(),
                         1,
                         k as isize,
-                        0.0,
+                        if add_dx { 1.0 } else { 0.0 },
                         1.0,
                         false,
                         false,

@@ -244,7 +244,22 @@ impl Backend for Cpu {
         dw: &mut Vec<f32>,
         db: Option<&mut Vec<f32>>,
     ) -> Result<()> {
-        backward::linear_backward(x, rows, k, w, n, dy, dx, dw, db)
+        backward::linear_backward(x, rows, k, w, n, dy, dx, false, dw, db)
+    }
+
+    fn linear_backward_add_dx(
+        &self,
+        x: View<'_, Vec<f32>>,
+        rows: usize,
+        k: usize,
+        w: &Vec<f32>,
+        n: usize,
+        dy: &Vec<f32>,
+        dx: ViewMut<'_, Vec<f32>>,
+        dw: &mut Vec<f32>,
+        db: Option<&mut Vec<f32>>,
+    ) -> Result<()> {
+        backward::linear_backward(x, rows, k, w, n, dy, Some(dx), true, dw, db)
     }
 
     fn rmsnorm_backward(

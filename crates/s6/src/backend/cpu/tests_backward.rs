@@ -124,6 +124,18 @@ fn linear_backward_matches_reference() {
             let got: Vec<f32> = cols(&dx, dxo, dxld, rows, k).iter().map(|&v| v as f32).collect();
             assert_close(&got, &want_dx, 1e-5, &format!("{what}: dx"));
             assert_outside_unchanged(&dx, &dx0, dxo, dxld, rows, k, &what);
+            // linear_backward_add_dx: the same gradient added to dx0's values in the view.
+            let mut dx_add = dx0.clone();
+            let (mut dw2, mut db2) = (vec![0.0; n * k], vec![0.0; n]);
+            let dxv = ViewMut { buf: &mut dx_add, offset: dxo, ld: dxld };
+            let xv = View { buf: &x, offset: xo, ld: xld };
+            Cpu.linear_backward_add_dx(xv, rows, k, &w, n, &dy, dxv, &mut dw2, with_db.then_some(&mut db2)).unwrap();
+            let before = cols(&dx0, dxo, dxld, rows, k);
+            let want_sum: Vec<f64> = want_dx.iter().zip(&before).map(|(a, b)| a + b).collect();
+            let got: Vec<f32> = cols(&dx_add, dxo, dxld, rows, k).iter().map(|&v| v as f32).collect();
+            assert_close(&got, &want_sum, 1e-5, &format!("{what}: dx added"));
+            assert_outside_unchanged(&dx_add, &dx0, dxo, dxld, rows, k, &what);
+            assert_close(&dw2, &want_dw, 1e-5, &format!("{what}: dw (dx added)"));
         } else {
             assert_eq!(dx, dx0, "{what}: dx written although not requested");
         }

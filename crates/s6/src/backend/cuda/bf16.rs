@@ -457,17 +457,18 @@ impl Cuda {
         w: &CudaBuf,
         n: usize,
         dyp: u64,
-        dx: Option<(u64, usize)>,
+        dx: Option<(u64, usize, bool)>,
         dwp: u64,
     ) -> Result<()> {
         let mut scratch = self.lock_bf16()?;
         let dys = self.cast_to_scratch(&mut scratch, SLOT_DY, dyp, n, rows, n)?;
         use blas_sys::cublasOperation_t::{CUBLAS_OP_N, CUBLAS_OP_T};
-        if let Some((p, ld)) = dx {
+        if let Some((p, ld, add)) = dx {
             let wp = self.weight_bf16(w, n * k, "linear_backward weight")?;
-            // dxᵀ [k × rows] = W (col-major k × n, ld k) · dyᵀ (n × rows, ld n).
+            // dxᵀ [k × rows] = W (col-major k × n, ld k) · dyᵀ (n × rows, ld n) (+ dxᵀ with `add`).
             // SAFETY: shapes as bounds checked by the caller; scratch and copy sized above.
-            unsafe { self.gemm_bf16(CUBLAS_OP_N, CUBLAS_OP_N, (k, rows, n), wp, k, dys, n, 0.0, p, ld.max(k))? };
+            let beta = if add { 1.0 } else { 0.0 };
+            unsafe { self.gemm_bf16(CUBLAS_OP_N, CUBLAS_OP_N, (k, rows, n), wp, k, dys, n, beta, p, ld.max(k))? };
         }
         let xs = self.cast_to_scratch(&mut scratch, SLOT_X, xp, ldx, rows, k)?;
         // dWᵀ [k × n] += xᵀ (k × rows, ld k) · dy (op T of dyᵀ, n × rows, ld n).

@@ -1635,7 +1635,22 @@ impl Backend for Cuda {
         dw: &mut CudaBuf,
         db: Option<&mut CudaBuf>,
     ) -> Result<()> {
-        self.linear_backward_dev(x, rows, k, w, n, dy, dx, dw, db)
+        self.linear_backward_dev(x, rows, k, w, n, dy, dx.map(|v| (v, false)), dw, db)
+    }
+
+    fn linear_backward_add_dx(
+        &self,
+        x: View<'_, CudaBuf>,
+        rows: usize,
+        k: usize,
+        w: &CudaBuf,
+        n: usize,
+        dy: &CudaBuf,
+        dx: ViewMut<'_, CudaBuf>,
+        dw: &mut CudaBuf,
+        db: Option<&mut CudaBuf>,
+    ) -> Result<()> {
+        self.linear_backward_dev(x, rows, k, w, n, dy, Some((dx, true)), dw, db)
     }
 
     fn rmsnorm_backward(

@@ -152,15 +152,17 @@ impl Cuda {
         w: &CudaBuf,
         n: usize,
         dy: &CudaBuf,
-        dx: Option<ViewMut<'_, CudaBuf>>,
+        dx: Option<(ViewMut<'_, CudaBuf>, bool)>,
         dw: &mut CudaBuf,
         db: Option<&mut CudaBuf>,
     ) -> Result<()> {
+        // dx with `true`: accumulated (beta = 1), `Backend::linear_backward_add_dx`.
+        let add_dx = dx.as_ref().is_some_and(|d| d.1);
         let wp = self.ptr(w, 0, n * k, "linear_backward weight")?;
         let dyp = self.ptr(dy, 0, rows * n, "linear_backward dy")?;
         let dwp = self.ptr_mut(dw, 0, n * k, "linear_backward dw")?;
         let xp = self.ptr(x.buf, x.offset, Self::view_extent(x.ld, rows, k), "linear_backward x")?;
-        let dxp = match dx {
+        let dxp = match dx.map(|d| d.0) {
             Some(v) => {
                 Some((self.ptr_mut(v.buf, v.offset, Self::view_extent(v.ld, rows, k), "linear_backward dx")?, v.ld))
             }
@@ -176,8 +178,8 @@ impl Cuda {
             return Ok(());
         }
         if n == 0 {
-            // dx = dy · w over an empty inner dimension: zeros.
-            if let Some((p, ld)) = dxp {
+            // dx = dy · w over an empty inner dimension: zeros (nothing to add).
+            if let (Some((p, ld)), false) = (dxp, add_dx) {
                 let zero = self.zeros(rows * k)?;
                 let z = self.ptr(&zero, 0, rows * k, "zeros")?;
                 // Copy a zero [rows, k] matrix into the strided view with cuBLAS' sgeam-free path:
@@ -187,10 +189,11 @@ impl Cuda {
             return Ok(());
         }
         if self.compute() == Compute::Bf16 {
-            return self.linear_backward_bf16((xp, x.ld), rows, k, w, n, dyp, dxp, dwp);
+            return self.linear_backward_bf16((xp, x.ld), rows, k, w, n, dyp, dxp.map(|(p, ld)| (p, ld, add_dx)), dwp);
         }
         self.inner.ctx.bind_to_thread().map_err(driver_err("bind"))?;
         let (one, zero) = (1.0f32, 0.0f32);
+        let dx_beta = if add_dx { one } else { zero };
         let h = *self.inner.blas.handle();
         use blas_sys::cublasOperation_t::{CUBLAS_OP_N, CUBLAS_OP_T};
         if let Some((p, ld)) = dxp {
@@ -210,7 +213,7 @@ impl Cuda {
                     int("k", k)?,
                     dyp as *const f32,
                     int("n", n)?,
-                    &zero,
+                    &dx_beta,
                     p as *mut f32,
                     int("ld dx", ld.max(k))?,
                 )
