@@ -12,16 +12,15 @@ t cuda - test-cuda
 t backward - test-cuda_backward
 t train - test-cuda_train
 pf() { dev-out/s6 bench prefill --device cuda --dtype bf16 "$@" 2>&1 | grep -E "^prefill"; }
-for r in 1 2; do
-  for s in 0 1; do echo "S6_BF16_STORAGE=$s"; S6_BF16_STORAGE=$s pf --preset mamba-1.4b --batch 128 --seqlen 2048 --repeats 1; done
-done
+for s in 0 1; do echo "S6_BF16_STORAGE=$s"; S6_BF16_STORAGE=$s pf --preset mamba-1.4b --batch 128 --seqlen 2048 --repeats 1; done
 for s in 0 1; do echo "S6_BF16_STORAGE=$s"; S6_BF16_STORAGE=$s pf --preset mamba-130m --batch 64 --seqlen 2048 --repeats 3; done
 dev-out/s6 bench train --device cuda --dtype bf16 --preset mamba-130m --batch 16 --seqlen 2048 --repeats 2 2>&1 | grep -E "^train"
 b() { dev-out/s6 bench scan --device cuda "$@" 2>&1 | grep -E "^scan" | sed 's/  */ /g; s/ GB.s.*//'; }
 b --repeats 5 --dtype bf16 --scan-seqlen 512,2048,8192
 date -u
-ncu_scan fwd-bf16 s6_scan_n16_bf16 --dtype bf16 --scan-seqlen 2048
-date -u
 # Where 1.4B decoding at batch 128 spends its step (every op timed alone; no graph).
 dev-out/s6 bench decode --device cuda --dtype bf16 --preset mamba-1.4b --batch 128 --tokens 16 --repeats 1 --profile 2>&1 | grep -vE "^\s*$" | head -70
 date -u
+ncu_scan fwd-bf16 s6_scan_n16_bf16 --dtype bf16 --scan-seqlen 2048
+date -u
+for s in 1 0; do echo "S6_BF16_STORAGE=$s"; S6_BF16_STORAGE=$s pf --preset mamba-1.4b --batch 128 --seqlen 2048 --repeats 1; done
