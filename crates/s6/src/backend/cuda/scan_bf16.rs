@@ -47,6 +47,25 @@ pub struct ScanBf16Args<'a> {
     pub z: Option<&'a Bf16Tensor>,
 }
 
+/// The arguments of the d_state-16 vector scan entries (`kernels/scan.cu`, `S6_SCAN_VEC_PARAMS`):
+/// device pointers, and the row strides of B, C and z in elements.
+#[derive(Clone, Copy)]
+struct N16Pointers {
+    u: u64,
+    dl: u64,
+    db: u64,
+    a: u64,
+    bm: u64,
+    ldb: usize,
+    cm: u64,
+    ldc: usize,
+    d: u64,
+    zp: u64,
+    ldz: usize,
+    sp: u64,
+    yp: u64,
+}
+
 impl Cuda {
     /// Uploads `values` rounded to bf16 (nearest even).
     pub fn bf16_tensor(&self, values: &[f32]) -> Result<Bf16Tensor> {
@@ -117,7 +136,23 @@ impl Cuda {
         let stream = self.inner.stream.clone();
         let (yp, _sync) = y.data.device_ptr_mut(&stream);
         let k = super::scan_n16(batch * di, self.inner.sm_count);
-        let (ldbc, ldz) = (u32_of("d_state", n)?, u32_of("d_inner", di)?);
+        let p = N16Pointers { u, dl, db, a, bm, ldb: n, cm, ldc: n, d, zp, ldz: di, sp, yp };
+        self.launch_scan_n16(k, (k.bf16, k.seg_bf16), &p, args.dims)
+    }
+
+    /// Launches the d_state-16 vector scan of shape `k` by the entry `main` (after the segments'
+    /// first launch, `seg_first`, where the sequence is cut into segments: `scan_segments`), for
+    /// entries whose parameters are `p`'s (device pointers bounds checked by the caller).
+    fn launch_scan_n16(
+        &self,
+        k: &ScanN16,
+        (main, seg_first): (&str, &str),
+        p: &N16Pointers,
+        dims: ScanDims,
+    ) -> Result<()> {
+        let ScanDims { batch, seqlen, d_inner: di, d_state: n } = dims;
+        let N16Pointers { u, dl, db, a, bm, cm, d, zp, sp, yp, .. } = *p;
+        let (ldb, ldc, ldz) = (u32_of("ld B", p.ldb)?, u32_of("ld C", p.ldc)?, u32_of("ld z", p.ldz)?);
         let (l, dd, nn) = (u32_of("seqlen", seqlen)?, u32_of("d_inner", di)?, u32_of("d_state", n)?);
         let mut cfg = LaunchConfig {
             grid_dim: (u32_of("blocks", di.div_ceil(k.cpb as usize))?, u32_of("batch", batch)?, 1),
@@ -127,12 +162,12 @@ impl Cuda {
         let seg = self.scan_segments(k, batch, di, seqlen)?;
         if seg.count > 1 {
             cfg.grid_dim.2 = seg.count - 1;
-            launch!(self, self.func(k.seg_bf16)?, cfg, "bf16 selective_scan segments";
-                u, dl, db, a, bm, ldbc, cm, ldbc, d, zp, ldz, sp, yp, seg.h, seg.sum, seg.len, l, dd, nn);
+            launch!(self, self.func(seg_first)?, cfg, "selective_scan segments";
+                u, dl, db, a, bm, ldb, cm, ldc, d, zp, ldz, sp, yp, seg.h, seg.sum, seg.len, l, dd, nn);
             cfg.grid_dim.2 = seg.count;
         }
-        launch!(self, self.func(k.bf16)?, cfg, "bf16 selective_scan";
-            u, dl, db, a, bm, ldbc, cm, ldbc, d, zp, ldz, sp, yp, seg.h, seg.sum, seg.len, l, dd, nn);
+        launch!(self, self.func(main)?, cfg, "selective_scan";
+            u, dl, db, a, bm, ldb, cm, ldc, d, zp, ldz, sp, yp, seg.h, seg.sum, seg.len, l, dd, nn);
         Ok(())
     }
 
@@ -178,22 +213,8 @@ impl Cuda {
         let bm = self.ptr(args.b.buf, args.b.offset, Self::view_extent(args.b.ld, rows, n), "scan B")?;
         let cm = self.ptr(args.c.buf, args.c.offset, Self::view_extent(args.c.ld, rows, n), "scan C")?;
         let d = self.ptr(args.d, 0, di, "scan D")?;
-        let (ldb, ldc, ldz) = (u32_of("ld B", args.b.ld)?, u32_of("ld C", args.c.ld)?, u32_of("ld z", ldz)?);
-        let (l, dd, nn) = (u32_of("seqlen", seqlen)?, u32_of("d_inner", di)?, u32_of("d_state", n)?);
-        let mut cfg = LaunchConfig {
-            grid_dim: (u32_of("blocks", di.div_ceil(k.cpb as usize))?, u32_of("batch", batch)?, 1),
-            block_dim: (4 * k.cpb, 1, 1),
-            shared_mem_bytes: 0,
-        };
-        let seg = self.scan_segments(k, batch, di, seqlen)?;
-        if seg.count > 1 {
-            cfg.grid_dim.2 = seg.count - 1;
-            launch!(self, self.func(k.seg_x16)?, cfg, "selective_scan segments";
-                u, dl, db, a, bm, ldb, cm, ldc, d, zp, ldz, sp, y16, seg.h, seg.sum, seg.len, l, dd, nn);
-            cfg.grid_dim.2 = seg.count;
-        }
-        launch!(self, self.func(k.x16)?, cfg, "selective_scan";
-            u, dl, db, a, bm, ldb, cm, ldc, d, zp, ldz, sp, y16, seg.h, seg.sum, seg.len, l, dd, nn);
+        let p = N16Pointers { u, dl, db, a, bm, ldb: args.b.ld, cm, ldc: args.c.ld, d, zp, ldz, sp, yp: y16 };
+        self.launch_scan_n16(k, (k.x16, k.seg_x16), &p, args.dims)?;
         self.bf16_only_written(y, rows * di)?;
         Ok(true)
     }
