@@ -1,0 +1,109 @@
+// The conv kernels that read or write activations held in bf16 alone (kernels/conv.cu, session
+// 17: s6_conv_fwd_k4_vec4_x16 and the state update s6_conv_state_update_x16; kernels/bf16.cu:
+// s6_uncast_bf16) run on the CPU through cuda_emu.h: on x rounded to bf16 they must give the bits
+// of the f32-input kernels run on the same values widened (the bf16 output, the new state), write
+// no f32 output when given none, and match an f64 reference of the conv + SiLU. Run:
+// scripts/emulate/run.sh
+#include "cuda_emu.h"
+#include "../../crates/s6/src/backend/cuda/kernels/prelude.cu"
+#include "../../crates/s6/src/backend/cuda/kernels/elementwise.cu"
+#include "../../crates/s6/src/backend/cuda/kernels/conv.cu"
+#include "../../crates/s6/src/backend/cuda/kernels/bf16.cu"
+
+#include "scan_ref.h"
+
+static int failures = 0;
+
+static void expect(bool ok, const char* what, unsigned batch, unsigned seqlen, unsigned ch) {
+    if (!ok) failures++;
+    std::printf("%-4s %s b%u l%u ch%u\n", ok ? "ok" : "FAIL", what, batch, seqlen, ch);
+}
+
+// One shape: x the first `ch` columns of a [rows, 2 ch] matrix (in_proj's xz), k = 4.
+static void run_case(unsigned batch, unsigned seqlen, unsigned ch, bool with_state, bool with_bias) {
+    const unsigned k = 4, ldx = 2 * ch, rows = batch * seqlen;
+    auto xf = rand_vec((size_t)rows * ldx, -3, 3);
+    std::vector<unsigned short> x16(xf.size());
+    for (size_t i = 0; i < xf.size(); i++) {
+        x16[i] = s6_f32_to_bf16(xf[i]);
+        xf[i] = s6_bf16_to_f32(x16[i]);  // the f32 kernels get the same (rounded) values
+    }
+    auto w = rand_vec((size_t)ch * k, -1, 1);
+    auto bias = rand_vec(ch, -0.5, 0.5);
+    auto state0 = rand_vec((size_t)batch * (k - 1) * ch, -2, 2);
+    const float* bp = with_bias ? bias.data() : nullptr;
+    s6emu_dim3 grid{(ch / 4 + 127) / 128, (seqlen + S6_CONV_R - 1) / S6_CONV_R, batch};
+
+    // f32 input, f32 + bf16 output (the existing kernel).
+    std::vector<float> out_f(rows * ch, 7.0f);
+    std::vector<unsigned short> out16_f(rows * ch, 0);
+    std::vector<float> st_f = state0;
+    s6emu_launch_serial(grid, 128, [&] {
+        s6_conv_fwd_k4_vec4_b16(xf.data(), ldx, w.data(), bp, with_state ? st_f.data() : nullptr, out_f.data(),
+                                out16_f.data(), batch, seqlen, ch, k);
+    });
+    // bf16 input, bf16 output alone.
+    std::vector<unsigned short> out16_x(rows * ch, 0);
+    std::vector<float> st_x = state0;
+    s6emu_launch_serial(grid, 128, [&] {
+        s6_conv_fwd_k4_vec4_x16(x16.data(), ldx, w.data(), bp, with_state ? st_x.data() : nullptr, nullptr,
+                                out16_x.data(), batch, seqlen, ch, k);
+    });
+    expect(out16_x == out16_f, "conv x16: bf16 output equals the f32-input kernel's", batch, seqlen, ch);
+    // And f32 written too when asked (out non-null), equal to the f32 kernel's.
+    std::vector<float> out_x(rows * ch, 7.0f);
+    s6emu_launch_serial(grid, 128, [&] {
+        s6_conv_fwd_k4_vec4_x16(x16.data(), ldx, w.data(), bp, with_state ? st_x.data() : nullptr, out_x.data(),
+                                out16_x.data(), batch, seqlen, ch, k);
+    });
+    expect(out_x == out_f, "conv x16: f32 output (when given) equals the f32-input kernel's", batch, seqlen, ch);
+    // f64 reference of silu(bias + Σ_j w[c, j] x[t + j - 3]) with the state before t = 0.
+    double worst = 0;
+    for (unsigned b = 0; b < batch; b++)
+        for (unsigned t = 0; t < seqlen; t++)
+            for (unsigned c = 0; c < ch; c++) {
+                double s = with_bias ? bias[c] : 0.0;
+                for (unsigned j = 0; j < k; j++) {
+                    const long long tt = (long long)t + j - (k - 1);
+                    double v = 0;
+                    if (tt >= 0)
+                        v = xf[((size_t)b * seqlen + tt) * ldx + c];
+                    else if (with_state)
+                        v = state0[((size_t)b * (k - 1) + (tt + k - 1)) * ch + c];
+                    s += (double)w[c * k + j] * v;
+                }
+                const double want = s / (1 + std::exp(-s));
+                const double got = s6_bf16_to_f32(out16_x[((size_t)b * seqlen + t) * ch + c]);
+                worst = std::max(worst, std::abs(got - want) / (1e-6 + std::abs(want)));
+            }
+    expect(worst < 1.0 / 128, "conv x16: within bf16 rounding of the f64 reference", batch, seqlen, ch);
+
+    // The state update from bf16 x against the f32 one on the same values.
+    if (with_state) {
+        std::vector<float> su_f = state0, su_x = state0;
+        s6emu_dim3 g1{(batch * ch + 255) / 256, 1, 1};
+        s6emu_launch_serial(g1, 256, [&] { s6_conv_state_update(xf.data(), ldx, su_f.data(), batch, seqlen, ch, k); });
+        s6emu_launch_serial(g1, 256, [&] { s6_conv_state_update_x16(x16.data(), ldx, su_x.data(), batch, seqlen, ch, k); });
+        expect(su_x == su_f && su_f != state0, "conv state update x16 equals the f32 one", batch, seqlen, ch);
+    }
+}
+
+int main() {
+    run_case(2, 37, 64, true, true);
+    run_case(1, 3, 520, true, false);   // shorter than the kernel: the state's rows shift
+    run_case(3, 8, 8, false, true);     // no state (zeros before t = 0)
+    run_case(1, 1, 16, true, true);     // one step
+    // s6_uncast_bf16: bf16 bits widened exactly.
+    {
+        auto v = rand_vec(1000, -1e4, 1e4);
+        std::vector<unsigned short> h(v.size());
+        for (size_t i = 0; i < v.size(); i++) h[i] = s6_f32_to_bf16(v[i]);
+        std::vector<float> back(v.size(), 0.0f);
+        s6emu_launch_serial({4, 1, 1}, 64, [&] { s6_uncast_bf16(h.data(), h.size(), back.data()); });
+        bool ok = true;
+        for (size_t i = 0; i < v.size(); i++) ok &= back[i] == s6_bf16_to_f32(h[i]);
+        expect(ok, "uncast bf16 widens every value exactly", 1, 1000, 1);
+    }
+    std::printf(failures ? "%d FAILED\n" : "all passed\n", failures);
+    return failures != 0;
+}
