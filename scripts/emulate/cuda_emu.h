@@ -2,7 +2,8 @@
 // predicates, barriers, the order of phases) where no GPU is at hand: a block's threads are
 // std::threads meeting at a std::barrier for __syncthreads, __shared__ variables are function
 // statics (one block runs at a time), and the SFU's approximate functions are the libm ones.
-// Warp-level operations are not emulated (they abort). Not a timing tool.
+// Warp shuffles (xor) are emulated with a barrier per warp; other warp-level operations are not.
+// Not a timing tool.
 #pragma once
 #include <barrier>
 #include <cmath>
@@ -10,6 +11,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <functional>
+#include <memory>
 #include <thread>
 #include <vector>
 #include <algorithm>
@@ -34,8 +36,26 @@ inline void __syncthreads() {
     }
     s6emu_block_barrier->arrive_and_wait();
 }
+// Warp shuffles (xor), for kernels launched by s6emu_launch whose warps' 32 lanes all take part:
+// each lane posts its value, the warp meets at its own barrier, reads its partner's, and meets
+// again before the slots are reused.
+inline std::vector<std::barrier<>*> s6emu_warp_barriers;
+inline std::vector<unsigned long long> s6emu_warp_slots;
 template <typename T>
-T __shfl_xor_sync(unsigned, T, int) { std::fprintf(stderr, "warp shuffles are not emulated\n"); std::abort(); }
+T __shfl_xor_sync(unsigned, T v, int lane_mask) {
+    static_assert(sizeof(T) <= sizeof(unsigned long long));
+    if (s6emu_warp_barriers.empty()) {
+        std::fprintf(stderr, "warp shuffles need s6emu_launch\n");
+        std::abort();
+    }
+    const unsigned t = threadIdx.x, w = t / 32;
+    std::memcpy(&s6emu_warp_slots[t], &v, sizeof(T));
+    s6emu_warp_barriers[w]->arrive_and_wait();
+    T out;
+    std::memcpy(&out, &s6emu_warp_slots[w * 32 + ((t % 32) ^ (unsigned)lane_mask)], sizeof(T));
+    s6emu_warp_barriers[w]->arrive_and_wait();
+    return out;
+}
 
 struct float2 { float x, y; };
 struct alignas(16) float4 { float x, y, z, w; };
@@ -81,6 +101,12 @@ inline void s6emu_launch(s6emu_dim3 grid, unsigned int threads, const std::funct
             for (unsigned int x = 0; x < grid.x; x++) {
                 std::barrier<> bar(threads);
                 s6emu_block_barrier = &bar;
+                std::vector<std::unique_ptr<std::barrier<>>> warps;
+                for (unsigned int w = 0; w * 32 < threads; w++)
+                    warps.push_back(std::make_unique<std::barrier<>>(std::min(32u, threads - w * 32)));
+                s6emu_warp_barriers.clear();
+                for (auto& b : warps) s6emu_warp_barriers.push_back(b.get());
+                s6emu_warp_slots.assign(threads, 0);
                 std::vector<std::thread> ts;
                 for (unsigned int t = 0; t < threads; t++)
                     ts.emplace_back([&, t] {
@@ -89,5 +115,6 @@ inline void s6emu_launch(s6emu_dim3 grid, unsigned int threads, const std::funct
                         kernel();
                     });
                 for (auto& t : ts) t.join();
+                s6emu_warp_barriers.clear();
             }
 }

@@ -1,10 +1,11 @@
 #!/bin/bash
 # Builds and runs the CPU emulations of the scan kernels (scan_emu.cpp: the forward against an
-# f64 reference; scan_bwd_emu.cpp: the backward against finite differences) and of the conv
-# kernels of prefill's bf16 storage (conv_emu.cpp: against the f32 ones). Needs g++ (C++20).
+# f64 reference; scan_bwd_emu.cpp: the backward against finite differences) and of the conv and
+# norm kernels of prefill's bf16 storage (bf16_storage_emu.cpp: against the f32 ones). Needs g++
+# (C++20).
 set -e
 cd "$(dirname "$0")"
-for t in scan_emu scan_bwd_emu conv_emu; do
+for t in scan_emu scan_bwd_emu bf16_storage_emu; do
   g++ -std=c++20 -O2 -pthread -Wno-unknown-pragmas -Wno-attributes -o /tmp/s6_$t $t.cpp
   /tmp/s6_$t
 done

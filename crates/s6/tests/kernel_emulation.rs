@@ -3,8 +3,8 @@
 //! as OS threads meeting at a barrier for `__syncthreads`, libm for the SFU) and runs the
 //! d_state-16 forward (both block shapes; f32 and bf16 activations; gate; strides; segments)
 //! against an f64 reference (`scan_emu.cpp`), and the backward against finite differences of
-//! that reference (`scan_bwd_emu.cpp`), and the conv kernels of prefill's bf16 storage against the
-//! f32 ones (`conv_emu.cpp`). Skipped, saying so, where no `g++` is found.
+//! that reference (`scan_bwd_emu.cpp`), and the conv and norm kernels of prefill's bf16 storage
+//! against the f32 ones (`bf16_storage_emu.cpp`). Skipped, saying so, where no `g++` is found.
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -53,11 +53,12 @@ fn scan_backward_kernel_matches_finite_differences_on_the_cpu() {
     run_harness("scan_bwd_emu", &[], 46);
 }
 
-/// The conv kernels that read x held in bf16 alone (prefill's bf16 storage) give the f32-input
-/// kernels' bits on the same values, and the cast back to f32 widens exactly (`conv_emu.cpp`).
+/// The conv and RMSNorm kernels of prefill's bf16 storage (x, the block output read as bf16;
+/// outputs written in bf16 alone) give the f32 kernels' bits on the same values, and the cast back
+/// to f32 widens exactly (`bf16_storage_emu.cpp`; the norms' warp shuffles emulated).
 #[test]
-fn bf16_storage_conv_kernels_match_the_f32_ones_on_the_cpu() {
-    run_harness("conv_emu", &[], 16);
+fn bf16_storage_kernels_match_the_f32_ones_on_the_cpu() {
+    run_harness("bf16_storage_emu", &[], 26);
 }
 
 /// The loops as they were before their operands were loaded a step ahead (`S6_SCAN_AHEAD=0`,

@@ -1,9 +1,10 @@
-// The conv kernels that read or write activations held in bf16 alone (kernels/conv.cu, session
-// 17: s6_conv_fwd_k4_vec4_x16 and the state update s6_conv_state_update_x16; kernels/bf16.cu:
-// s6_uncast_bf16) run on the CPU through cuda_emu.h: on x rounded to bf16 they must give the bits
-// of the f32-input kernels run on the same values widened (the bf16 output, the new state), write
-// no f32 output when given none, and match an f64 reference of the conv + SiLU. Run:
-// scripts/emulate/run.sh
+// The kernels of prefill's bf16 storage besides the scan's (session 17) run on the CPU through
+// cuda_emu.h: the conv reading x held in bf16 alone (kernels/conv.cu: s6_conv_fwd_k4_vec4_x16, the
+// state update s6_conv_state_update_x16), the RMSNorms writing their output in bf16 alone (a null
+// f32 output) and reading the block output in bf16 (kernels/elementwise.cu:
+// s6_add_rmsnorm_warp_d16), and the cast back (kernels/bf16.cu: s6_uncast_bf16). On values
+// rounded to bf16 they must give the bits of the f32 kernels run on the same values widened, write
+// no f32 output when given none, and the conv match an f64 reference. Run: scripts/emulate/run.sh
 #include "cuda_emu.h"
 #include "../../crates/s6/src/backend/cuda/kernels/prelude.cu"
 #include "../../crates/s6/src/backend/cuda/kernels/elementwise.cu"
@@ -88,7 +89,78 @@ static void run_case(unsigned batch, unsigned seqlen, unsigned ch, bool with_sta
     }
 }
 
+// The add + RMSNorm kernels with bf16 storage: rows of `dim`, the block output `delta` rounded
+// to bf16 (the d16 kernel reads the bits, the f32 kernels the widened values).
+static void norm_case(unsigned rows, unsigned dim) {
+    const float eps = 1e-5f;
+    auto res0 = rand_vec((size_t)rows * dim, -2, 2);
+    auto df = rand_vec((size_t)rows * dim, -1, 1);
+    std::vector<unsigned short> d16(df.size());
+    for (size_t i = 0; i < df.size(); i++) {
+        d16[i] = s6_f32_to_bf16(df[i]);
+        df[i] = s6_bf16_to_f32(d16[i]);
+    }
+    auto w = rand_vec(dim, 0.5, 1.5);
+    const s6emu_dim3 warp_grid{(rows + S6_NORM_WARP_ROWS - 1) / S6_NORM_WARP_ROWS, 1, 1};
+    const unsigned warp_threads = 32 * S6_NORM_WARP_ROWS;
+    // The warp kernel, f32 delta, f32 and bf16 outputs: the reference bits.
+    std::vector<float> res_a = res0, out_a((size_t)rows * dim, 7.0f);
+    std::vector<unsigned short> o16_a((size_t)rows * dim, 0);
+    s6emu_launch(warp_grid, warp_threads, [&] {
+        s6_add_rmsnorm_warp_b16(res_a.data(), df.data(), w.data(), out_a.data(), o16_a.data(), rows, dim, eps);
+    });
+    // The same with the output in bf16 alone.
+    std::vector<float> res_b = res0;
+    std::vector<unsigned short> o16_b((size_t)rows * dim, 0);
+    s6emu_launch(warp_grid, warp_threads, [&] {
+        s6_add_rmsnorm_warp_b16(res_b.data(), df.data(), w.data(), nullptr, o16_b.data(), rows, dim, eps);
+    });
+    expect(res_b == res_a && o16_b == o16_a, "norm warp b16, output in bf16 alone", rows, 1, dim);
+    // delta read as bf16, with and without the f32 output.
+    std::vector<float> res_c = res0, out_c((size_t)rows * dim, 7.0f);
+    std::vector<unsigned short> o16_c((size_t)rows * dim, 0);
+    s6emu_launch(warp_grid, warp_threads, [&] {
+        s6_add_rmsnorm_warp_d16(res_c.data(), d16.data(), w.data(), out_c.data(), o16_c.data(), rows, dim, eps);
+    });
+    expect(res_c == res_a && out_c == out_a && o16_c == o16_a, "norm warp d16 equals the f32-delta kernel", rows, 1,
+           dim);
+    std::vector<float> res_d = res0;
+    std::vector<unsigned short> o16_d((size_t)rows * dim, 0);
+    s6emu_launch(warp_grid, warp_threads, [&] {
+        s6_add_rmsnorm_warp_d16(res_d.data(), d16.data(), w.data(), nullptr, o16_d.data(), rows, dim, eps);
+    });
+    expect(res_d == res_a && o16_d == o16_a, "norm warp d16, output in bf16 alone", rows, 1, dim);
+    // The block-per-row kernel (fewer rows): output in bf16 alone against f32 + bf16.
+    std::vector<float> res_e = res0, out_e((size_t)rows * dim, 7.0f), res_f = res0;
+    std::vector<unsigned short> o16_e((size_t)rows * dim, 0), o16_f((size_t)rows * dim, 0);
+    s6emu_launch({rows, 1, 1}, 256, [&] {
+        s6_add_rmsnorm_b16(res_e.data(), df.data(), w.data(), out_e.data(), o16_e.data(), dim, eps);
+    });
+    s6emu_launch({rows, 1, 1}, 256, [&] {
+        s6_add_rmsnorm_b16(res_f.data(), df.data(), w.data(), nullptr, o16_f.data(), dim, eps);
+    });
+    expect(res_f == res_e && o16_f == o16_e, "norm block b16, output in bf16 alone", rows, 1, dim);
+    // Against f64: out = (r + d) / rms(r + d) * w.
+    double worst = 0;
+    for (unsigned r = 0; r < rows; r++) {
+        double ss = 0;
+        for (unsigned c = 0; c < dim; c++) {
+            const double v = (double)res0[(size_t)r * dim + c] + df[(size_t)r * dim + c];
+            ss += v * v;
+        }
+        const double inv = 1 / std::sqrt(ss / dim + eps);
+        for (unsigned c = 0; c < dim; c++) {
+            const double v = (double)res0[(size_t)r * dim + c] + df[(size_t)r * dim + c];
+            const double want = v * inv * w[c];
+            worst = std::max(worst, std::abs(out_a[(size_t)r * dim + c] - want) / (1e-6 + std::abs(want)));
+        }
+    }
+    expect(worst < 1e-5, "norm warp: within f32 rounding of the f64 reference", rows, 1, dim);
+}
+
 int main() {
+    norm_case(37, 768);
+    norm_case(9, 2048);
     run_case(2, 37, 64, true, true);
     run_case(1, 3, 520, true, false);   // shorter than the kernel: the state's rows shift
     run_case(3, 8, 8, false, true);     // no state (zeros before t = 0)
