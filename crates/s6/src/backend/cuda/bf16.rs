@@ -82,6 +82,14 @@ pub fn set_bf16_storage(on: bool) {
 
 static BF16_STORAGE: super::Switch = super::Switch::new("S6_BF16_STORAGE", false);
 
+/// An output's device pointers ([`Cuda::act_out`]): `f32` (null when the values are held in bf16
+/// alone) and the bf16 copy, if the kernel is to write one.
+pub(super) struct ActOut {
+    pub f32: u64,
+    pub b16: Option<u64>,
+    only16: bool,
+}
+
 /// [`act_bf16_enabled`]'s setting: one of the `ACT_*` values, `UNSET` until read.
 static ACT_BF16: AtomicU8 = AtomicU8::new(UNSET);
 const ACT_OFF: u8 = 0;
@@ -221,6 +229,41 @@ impl Cuda {
         Ok(())
     }
 
+    /// The bf16 copy of the view `x` (`rows × cols`) where `x`'s buffer is held in bf16 alone (its
+    /// f32 values stale: a reader with a bf16 variant takes this); `None` otherwise, and the reader
+    /// takes the f32 values (through `ptr`, which makes them current).
+    pub(super) fn held_bf16(&self, x: &View<'_, CudaBuf>, rows: usize, cols: usize) -> Result<Option<u64>> {
+        if !x.buf.f32_stale.load(Ordering::Relaxed) {
+            return Ok(None);
+        }
+        self.act_bf16_view(x, rows, cols)
+    }
+
+    /// Where a kernel that can also write its output in bf16 writes `buf`'s first `len` values:
+    /// with `bf16_ok` (the kernel has the bf16 variant), in bf16 alone where the buffer may be
+    /// held so ([`Cuda::bf16_only_target`]; `f32` is then null), else in f32 plus the bf16 copy
+    /// for the next product where copies are on ([`Cuda::act_bf16_target`]); without it, f32
+    /// alone. Report the launch with [`Cuda::act_out_written`].
+    pub(super) fn act_out(&self, buf: &mut CudaBuf, len: usize, bf16_ok: bool, what: &str) -> Result<ActOut> {
+        let only16 = if bf16_ok { self.bf16_only_target(buf)? } else { None };
+        if let Some(p) = only16 {
+            self.ptr_unread(buf, 0, len, what)?;
+            return Ok(ActOut { f32: 0, b16: Some(p), only16: true });
+        }
+        let f32 = self.ptr_mut(buf, 0, len, what)?;
+        let b16 = if bf16_ok { self.act_bf16_target(buf)? } else { None };
+        Ok(ActOut { f32, b16, only16: false })
+    }
+
+    /// After the kernel given `out` (from [`Cuda::act_out`]) wrote `buf`'s first `len` values.
+    pub(super) fn act_out_written(&self, buf: &CudaBuf, out: &ActOut, len: usize) -> Result<()> {
+        match (out.only16, out.b16) {
+            (true, _) => self.bf16_only_written(buf, len),
+            (false, Some(_)) => self.act_bf16_written(buf, len),
+            (false, None) => Ok(()),
+        }
+    }
+
     /// The bf16 copy of the view `x` (`rows × cols`, row stride `x.ld`) at the view's offset, when
     /// one written in this epoch covers it; else `None` (the reader takes the f32 values).
     pub(super) fn act_bf16_view(&self, x: &View<'_, CudaBuf>, rows: usize, cols: usize) -> Result<Option<u64>> {
@@ -257,17 +300,7 @@ impl Cuda {
         if !act_bf16_enabled() || x.offset != 0 || x.ld != k {
             return Ok(None);
         }
-        let guard = x.buf.shadow.lock().map_err(|_| Error::Backend("CUDA bf16 copy poisoned".into()))?;
-        let Some(shadow) = guard.as_ref() else { return Ok(None) };
-        let fresh = match shadow.act {
-            Some(a) => a.epoch == self.shadow_epoch() && a.len >= rows * k,
-            None => false,
-        };
-        if !shadow.valid || !fresh {
-            return Ok(None);
-        }
-        let (p, _s) = shadow.data.device_ptr(self.stream());
-        Ok(Some(p))
+        self.act_bf16_view(x, rows, k)
     }
 
     /// The current graph-recording epoch (`Inner::shadow_epoch`).

@@ -53,6 +53,20 @@ fn conv_kernel(
     (kernels[usize::from(k != 4)][usize::from(!vec4)], if vec4 { 4 } else { 1 })
 }
 
+/// The forward kernels' grid: x over blocks of [`FWD_THREADS`] threads × `vec` channels, y over
+/// tiles of `steps` steps, z over the sequences (the kernels stride past 65,535 in y and z).
+fn fwd_config((batch, seqlen, ch): (usize, usize, usize), vec: usize, steps: usize) -> Result<LaunchConfig> {
+    Ok(LaunchConfig {
+        grid_dim: (
+            u32_of("conv channel blocks", (ch / vec).div_ceil(FWD_THREADS))?,
+            seqlen.div_ceil(steps).clamp(1, 65535) as u32,
+            batch.clamp(1, 65535) as u32,
+        ),
+        block_dim: (FWD_THREADS as u32, 1, 1),
+        shared_mem_bytes: 0,
+    })
+}
+
 impl Cuda {
     /// [`Backend::conv1d_silu`](crate::backend::Backend::conv1d_silu): the conv, then the state
     /// update (a separate kernel: the conv reads the old state).
@@ -89,23 +103,12 @@ impl Cuda {
         );
         // x held in bf16 alone (in_proj's output in prefill, bf16.rs): read as bf16 by the float4
         // k = 4 kernel; any other shape makes x's f32 values current first.
-        let x16 = match x.buf.f32_stale.load(std::sync::atomic::Ordering::Relaxed) {
-            true => self.act_bf16_view(&x, rows, channels)?,
-            false => None,
-        };
+        let x16 = self.held_bf16(&x, rows, channels)?;
         let only16 = self.bf16_only_target(out)?;
         let vec4 = conv_kernel(&FWD_KERNELS, kernel, channels, &[x.ld], &[xp, wp, bp, sp]).1 == 4;
         if let (Some(x16), Some(o16), 4, true, true) = (x16, only16, kernel, vec4, seqlen > 1) {
             self.ptr_unread(out, 0, rows * channels, "conv1d out")?;
-            let cfg = LaunchConfig {
-                grid_dim: (
-                    u32_of("conv channel blocks", (channels / 4).div_ceil(FWD_THREADS))?,
-                    seqlen.div_ceil(CONV_STEPS).clamp(1, 65535) as u32,
-                    batch.clamp(1, 65535) as u32,
-                ),
-                block_dim: (FWD_THREADS as u32, 1, 1),
-                shared_mem_bytes: 0,
-            };
+            let cfg = fwd_config((batch, seqlen, channels), 4, CONV_STEPS)?;
             let o = 0u64;
             launch!(self, self.func("s6_conv_fwd_k4_vec4_x16")?, cfg, "conv1d_silu"; x16, ld, wp, bp, sp, o, o16, b, l, c, k);
             self.bf16_only_written(out, rows * channels)?;
@@ -151,15 +154,7 @@ impl Cuda {
             (1, _, _) => (FWD_KERNELS[1][1], 1, CONV_STEPS),
             _ => (name, vec, CONV_STEPS),
         };
-        let cfg = LaunchConfig {
-            grid_dim: (
-                u32_of("conv channel blocks", (ch / vec).div_ceil(FWD_THREADS))?,
-                seqlen.div_ceil(steps).clamp(1, 65535) as u32,
-                batch.clamp(1, 65535) as u32,
-            ),
-            block_dim: (FWD_THREADS as u32, 1, 1),
-            shared_mem_bytes: 0,
-        };
+        let cfg = fwd_config((batch, seqlen, ch), vec, steps)?;
         let (ld, b, l, c, kk) = (
             u32_of("ld", ldx)?,
             u32_of("batch", batch)?,

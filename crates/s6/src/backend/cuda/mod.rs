@@ -1447,64 +1447,53 @@ impl Backend for Cuda {
             return Ok(());
         }
         let r = self.ptr_mut(residual, 0, rows * dim, "rmsnorm residual")?;
-        // The block output held in bf16 alone (prefill, bf16.rs) is read as bf16 by the warp
-        // kernel; any other path makes its f32 values current.
-        let d16 = match delta {
-            Some(b) if b.f32_stale.load(Ordering::Relaxed) => self.act_bf16_view(&View::full(b, dim), rows, dim)?,
-            _ => None,
-        };
-        let dp = match (delta, d16) {
-            (Some(b), Some(_)) => self.ptr_unread(b, 0, rows * dim, "rmsnorm delta")?,
-            _ => self.ptr_opt(delta, rows * dim, "rmsnorm delta")?,
+        // delta's address; its f32 values are made current below unless read as bf16.
+        let dp = match delta {
+            Some(b) => self.ptr_unread(b, 0, rows * dim, "rmsnorm delta")?,
+            None => 0,
         };
         let wp = self.ptr(weight, 0, dim, "rmsnorm weight")?;
-        // Held in bf16 alone (bf16.rs): the kernels' f32 output pointer is null.
-        let only16 = self.bf16_only_target(out)?;
-        let o = match only16 {
-            Some(_) => self.ptr_unread(out, 0, rows * dim, "rmsnorm out").map(|_| 0)?,
-            None => self.ptr_mut(out, 0, rows * dim, "rmsnorm out")?,
-        };
-        let target = match only16 {
-            Some(p) => Some(p),
-            None => self.act_bf16_target(out)?,
-        };
-        let written = |len| match only16 {
-            Some(_) => self.bf16_only_written(out, len),
-            None => self.act_bf16_written(out, len),
-        };
+        // The output in f32 and bf16, or in bf16 alone (bf16.rs: f32 pointer null).
+        let out_at = self.act_out(out, rows * dim, true, "rmsnorm out")?;
+        let (o, target) = (out_at.f32, out_at.b16);
         let d = u32_of("dim", dim)?;
         // Many rows (prefill, training): a warp per row (elementwise.cu). Fewer: a block per row,
         // whose sums the fused decoding block's norm repeats bit for bit, and which decodes
         // faster: with the warp kernel at 16–128 sequences 1.4B decoding was 4–6% slower (H100,
         // docs/BENCHMARKS.md, session 12), prefill 1.5% faster.
-        if rows >= NORM_WARP_MIN_ROWS
+        let warp = rows >= NORM_WARP_MIN_ROWS
             && norm_warp_enabled()
             && dim.is_multiple_of(4)
             && dim <= NORM_WARP_MAX_DIM
-            && [r, dp, wp, o].iter().all(|p| p.is_multiple_of(16))
-        {
+            && [r, dp, wp, o].iter().all(|p| p.is_multiple_of(16));
+        // The block output held in bf16 alone (prefill) is read as bf16 by the warp kernel with a
+        // bf16 output; every other path reads its f32 values.
+        let d16 = match (delta, warp && target.is_some()) {
+            (Some(b), true) => self.held_bf16(&View::full(b, dim), rows, dim)?,
+            _ => None,
+        };
+        if let (Some(b), None) = (delta, d16) {
+            self.fresh(b, "rmsnorm delta")?;
+        }
+        if warp {
             let cfg = LaunchConfig {
                 grid_dim: (u32_of("norm blocks", rows.div_ceil(NORM_WARP_ROWS))?, 1, 1),
                 block_dim: (32 * NORM_WARP_ROWS as u32, 1, 1),
                 shared_mem_bytes: 0,
             };
             let n = u32_of("rows", rows)?;
-            if let (Some(o16), Some(d16)) = (target, d16) {
-                launch!(self, self.func("s6_add_rmsnorm_warp_d16")?, cfg, "add_rmsnorm"; r, d16, wp, o, o16, n, d, eps);
-                return written(rows * dim);
+            match (target, d16) {
+                (Some(o16), Some(d16)) => {
+                    launch!(self, self.func("s6_add_rmsnorm_warp_d16")?, cfg, "add_rmsnorm"; r, d16, wp, o, o16, n, d, eps)
+                }
+                (Some(o16), None) => {
+                    launch!(self, self.func("s6_add_rmsnorm_warp_b16")?, cfg, "add_rmsnorm"; r, dp, wp, o, o16, n, d, eps)
+                }
+                (None, _) => {
+                    launch!(self, self.func("s6_add_rmsnorm_warp")?, cfg, "add_rmsnorm"; r, dp, wp, o, n, d, eps)
+                }
             }
-            if let Some(b) = delta {
-                self.fresh(b, "rmsnorm delta")?;
-            }
-            if let Some(o16) = target {
-                launch!(self, self.func("s6_add_rmsnorm_warp_b16")?, cfg, "add_rmsnorm"; r, dp, wp, o, o16, n, d, eps);
-                return written(rows * dim);
-            }
-            launch!(self, self.func("s6_add_rmsnorm_warp")?, cfg, "add_rmsnorm"; r, dp, wp, o, n, d, eps);
-            return Ok(());
-        }
-        if let Some(b) = delta {
-            self.fresh(b, "rmsnorm delta")?;
+            return self.act_out_written(out, &out_at, rows * dim);
         }
         let cfg = LaunchConfig {
             grid_dim: (u32_of("rows", rows)?, 1, 1),
@@ -1512,12 +1501,11 @@ impl Backend for Cuda {
             shared_mem_bytes: 0,
         };
         // With bf16 activation copies (bf16.rs) the next product's input is written in bf16 too.
-        if let Some(o16) = target {
-            launch!(self, self.func("s6_add_rmsnorm_b16")?, cfg, "add_rmsnorm"; r, dp, wp, o, o16, d, eps);
-            return written(rows * dim);
+        match target {
+            Some(o16) => launch!(self, self.func("s6_add_rmsnorm_b16")?, cfg, "add_rmsnorm"; r, dp, wp, o, o16, d, eps),
+            None => launch!(self, self.func("s6_add_rmsnorm")?, cfg, "add_rmsnorm"; r, dp, wp, o, d, eps),
         }
-        launch!(self, self.func("s6_add_rmsnorm")?, cfg, "add_rmsnorm"; r, dp, wp, o, d, eps);
-        Ok(())
+        self.act_out_written(out, &out_at, rows * dim)
     }
 
     fn conv1d_silu(
@@ -1571,15 +1559,10 @@ impl Backend for Cuda {
             Some(z) => (self.ptr(z.buf, z.offset, Self::view_extent(z.ld, rows, di), "scan z")?, z.ld),
             None => (0u64, 0),
         };
-        // y in bf16 alone (d_state 16: the kernels write y16 without y where y is null).
-        let only16 = match n16 {
-            Some(_) => self.bf16_only_target(y)?,
-            None => None,
-        };
-        let yp = match only16 {
-            Some(_) => self.ptr_unread(y, 0, rows * di, "scan y")?,
-            None => self.ptr_mut(y, 0, rows * di, "scan y")?,
-        };
+        // The d_state-16 kernels can also write y in bf16, out_proj's input (bf16.rs), or only
+        // there (y null) where y may be held in bf16 alone.
+        let y_at = self.act_out(y, rows * di, n16.is_some(), "scan y")?;
+        let yp = y_at.f32;
         let (ldb, ldc, ldz) = (u32_of("ld B", args.b.ld)?, u32_of("ld C", args.c.ld)?, u32_of("ld z", ldz)?);
         let (l, dd, nn) = (u32_of("seqlen", seqlen)?, u32_of("d_inner", di)?, u32_of("d_state", n)?);
         let mut cfg = LaunchConfig {
@@ -1598,22 +1581,13 @@ impl Backend for Cuda {
                 u, dl, db, a, bm, ldb, cm, ldc, d, zp, ldz, sp, yp, seg.h, seg.sum, seg.len, l, dd, nn);
             cfg.grid_dim.2 = seg.count;
         }
-        // The d_state-16 kernels can also write y in bf16, out_proj's input (bf16.rs), or only
-        // there (y null) where y may be held in bf16 alone.
-        if let Some(y16) = only16 {
-            let null = 0u64;
-            launch!(self, self.func(k.f32_with_copy)?, cfg, "selective_scan";
-                u, dl, db, a, bm, ldb, cm, ldc, d, zp, ldz, sp, null, y16, seg.h, seg.sum, seg.len, l, dd, nn);
-            return self.bf16_only_written(y, rows * di);
+        match y_at.b16 {
+            Some(y16) => launch!(self, self.func(k.f32_with_copy)?, cfg, "selective_scan";
+                u, dl, db, a, bm, ldb, cm, ldc, d, zp, ldz, sp, yp, y16, seg.h, seg.sum, seg.len, l, dd, nn),
+            None => launch!(self, self.func(k.f32)?, cfg, "selective_scan";
+                u, dl, db, a, bm, ldb, cm, ldc, d, zp, ldz, sp, yp, seg.h, seg.sum, seg.len, l, dd, nn),
         }
-        if let Some(y16) = self.act_bf16_target(y)? {
-            launch!(self, self.func(k.f32_with_copy)?, cfg, "selective_scan";
-                u, dl, db, a, bm, ldb, cm, ldc, d, zp, ldz, sp, yp, y16, seg.h, seg.sum, seg.len, l, dd, nn);
-            return self.act_bf16_written(y, rows * di);
-        }
-        launch!(self, self.func(k.f32)?, cfg, "selective_scan";
-            u, dl, db, a, bm, ldb, cm, ldc, d, zp, ldz, sp, yp, seg.h, seg.sum, seg.len, l, dd, nn);
-        Ok(())
+        self.act_out_written(y, &y_at, rows * di)
     }
 
     fn mixer_step(&self, args: &MixerStepArgs<'_, CudaBuf>, out: MixerStepOut<'_, CudaBuf>) -> Result<bool> {

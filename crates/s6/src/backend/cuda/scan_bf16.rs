@@ -8,8 +8,6 @@
 
 use cudarc::driver::{CudaSlice, DevicePtr, DevicePtrMut, LaunchConfig, PushKernelArg};
 
-use std::sync::atomic::Ordering;
-
 use super::{driver_err, u32_of, Cuda, CudaBuf, ScanN16};
 use crate::backend::{bf16_round, ScanArgs, ScanDims, View};
 use crate::{Error, Result};
@@ -185,12 +183,7 @@ impl Cuda {
     ) -> Result<bool> {
         let ScanDims { batch, seqlen, d_inner: di, d_state: n } = args.dims;
         let rows = batch * seqlen;
-        let held16 = |v: &View<'_, CudaBuf>| -> Result<Option<u64>> {
-            match v.buf.f32_stale.load(Ordering::Relaxed) {
-                true => self.act_bf16_view(v, rows, di),
-                false => Ok(None),
-            }
-        };
+        let held16 = |v: &View<'_, CudaBuf>| self.held_bf16(v, rows, di);
         let (Some(u), Some(dl)) = (held16(&View::full(args.u, di))?, held16(&View::full(args.delta, di))?) else {
             return Ok(false);
         };
