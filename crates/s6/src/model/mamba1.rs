@@ -447,6 +447,7 @@ impl<B: Backend> Mamba<B> {
         be.embedding(&self.embedding, ids, d, &mut residual)?;
         // One set of scratch buffers serves every layer.
         let mut acts = self.layer_buffers(rows)?;
+        let mut out = be.zeros(rows * d)?;
         if seqlen > 1 {
             // Prefill: the norm's output, in_proj's, the conv's, Δ, the scan's and the block's
             // are read by bf16 products, by the scan (which takes bf16 u, Δ and z as the official
@@ -454,13 +455,9 @@ impl<B: Backend> Mamba<B> {
             // in bf16 alone. Not while decoding (one token per sequence, recorded into CUDA
             // graphs) and not in training (`loss_and_grads` keeps f32 activations for the
             // backward).
-            for buf in [&mut acts.normed, &mut acts.xz, &mut acts.u, &mut acts.delta, &mut acts.y] {
+            for buf in [&mut acts.normed, &mut acts.xz, &mut acts.u, &mut acts.delta, &mut acts.y, &mut out] {
                 be.allow_bf16_storage(buf);
             }
-        }
-        let mut out = be.zeros(rows * d)?;
-        if seqlen > 1 {
-            be.allow_bf16_storage(&mut out);
         }
         let mut normed = be.zeros(rows * d)?;
         self.layers_into(batch, seqlen, state, &mut residual, &mut acts, &mut out, &mut normed)?;
