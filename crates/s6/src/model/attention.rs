@@ -696,13 +696,10 @@ impl<B: Backend> Transformer<B> {
         be.rope_backward(ViewMut::full(&mut s.dq, d), dims, 0, theta)?;
         be.rope_backward(ViewMut::full(&mut s.dk, d), dims, 0, theta)?;
         let x = View::full(&acts.normed_attn, d);
+        // x feeds q, k and v: the three parts of its gradient summed in dx.
         be.linear_backward(x, rows, d, &l.q_proj, d, &s.dq, Some(ViewMut::full(dx, d)), &mut gl.q_proj, None)?;
-        let part = ViewMut::full(&mut s.dpart_d, d);
-        be.linear_backward(x, rows, d, &l.k_proj, d, &s.dk, Some(part), &mut gl.k_proj, None)?;
-        be.add_assign(dx, &s.dpart_d)?;
-        let part = ViewMut::full(&mut s.dpart_d, d);
-        be.linear_backward(x, rows, d, &l.v_proj, d, &s.dv, Some(part), &mut gl.v_proj, None)?;
-        be.add_assign(dx, &s.dpart_d)
+        be.linear_backward_add_dx(x, rows, d, &l.k_proj, d, &s.dk, ViewMut::full(dx, d), &mut gl.k_proj, None)?;
+        be.linear_backward_add_dx(x, rows, d, &l.v_proj, d, &s.dv, ViewMut::full(dx, d), &mut gl.v_proj, None)
     }
 
     /// MLP sublayer: `acts.normed_mlp` → `out = down(silu(gate(x)) · up(x))`.
@@ -742,9 +739,7 @@ impl<B: Backend> Transformer<B> {
         be.swiglu_backward(View::full(&acts.gate, f), View::full(&acts.up, f), rows, f, &s.dh, dgate, dup)?;
         let x = View::full(&acts.normed_mlp, d);
         be.linear_backward(x, rows, d, &l.gate_proj, f, &s.dgate, Some(ViewMut::full(dx, d)), &mut gl.gate_proj, None)?;
-        let part = ViewMut::full(&mut s.dpart_d, d);
-        be.linear_backward(x, rows, d, &l.up_proj, f, &s.dup, Some(part), &mut gl.up_proj, None)?;
-        be.add_assign(dx, &s.dpart_d)
+        be.linear_backward_add_dx(x, rows, d, &l.up_proj, f, &s.dup, ViewMut::full(dx, d), &mut gl.up_proj, None)
     }
 
     /// lm_head over every row of `normed`: `[rows, vocab]`.
@@ -863,7 +858,6 @@ struct Scratch<B: Backend> {
     dq: B::Buf,
     dk: B::Buf,
     dv: B::Buf,
-    dpart_d: B::Buf,
     dh: B::Buf,
     dgate: B::Buf,
     dup: B::Buf,
@@ -876,7 +870,6 @@ impl<B: Backend> Scratch<B> {
             dq: be.zeros(rows * d)?,
             dk: be.zeros(rows * d)?,
             dv: be.zeros(rows * d)?,
-            dpart_d: be.zeros(rows * d)?,
             dh: be.zeros(rows * f)?,
             dgate: be.zeros(rows * f)?,
             dup: be.zeros(rows * f)?,
