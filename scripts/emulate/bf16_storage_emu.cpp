@@ -107,39 +107,73 @@ static void norm_case(unsigned rows, unsigned dim) {
     std::vector<float> res_a = res0, out_a((size_t)rows * dim, 7.0f);
     std::vector<unsigned short> o16_a((size_t)rows * dim, 0);
     s6emu_launch(warp_grid, warp_threads, [&] {
-        s6_add_rmsnorm_warp_b16(res_a.data(), df.data(), w.data(), out_a.data(), o16_a.data(), rows, dim, eps);
+        s6_add_rmsnorm_warp_b16(res_a.data(), nullptr, df.data(), w.data(), out_a.data(), o16_a.data(), rows, dim, eps);
     });
     // The same with the output in bf16 alone.
     std::vector<float> res_b = res0;
     std::vector<unsigned short> o16_b((size_t)rows * dim, 0);
     s6emu_launch(warp_grid, warp_threads, [&] {
-        s6_add_rmsnorm_warp_b16(res_b.data(), df.data(), w.data(), nullptr, o16_b.data(), rows, dim, eps);
+        s6_add_rmsnorm_warp_b16(res_b.data(), nullptr, df.data(), w.data(), nullptr, o16_b.data(), rows, dim, eps);
     });
     expect(res_b == res_a && o16_b == o16_a, "norm warp b16, output in bf16 alone", rows, 1, dim);
     // delta read as bf16, with and without the f32 output.
     std::vector<float> res_c = res0, out_c((size_t)rows * dim, 7.0f);
     std::vector<unsigned short> o16_c((size_t)rows * dim, 0);
     s6emu_launch(warp_grid, warp_threads, [&] {
-        s6_add_rmsnorm_warp_d16(res_c.data(), d16.data(), w.data(), out_c.data(), o16_c.data(), rows, dim, eps);
+        s6_add_rmsnorm_warp_d16(res_c.data(), nullptr, d16.data(), w.data(), out_c.data(), o16_c.data(), rows, dim, eps);
     });
     expect(res_c == res_a && out_c == out_a && o16_c == o16_a, "norm warp d16 equals the f32-delta kernel", rows, 1,
            dim);
     std::vector<float> res_d = res0;
     std::vector<unsigned short> o16_d((size_t)rows * dim, 0);
     s6emu_launch(warp_grid, warp_threads, [&] {
-        s6_add_rmsnorm_warp_d16(res_d.data(), d16.data(), w.data(), nullptr, o16_d.data(), rows, dim, eps);
+        s6_add_rmsnorm_warp_d16(res_d.data(), nullptr, d16.data(), w.data(), nullptr, o16_d.data(), rows, dim, eps);
     });
     expect(res_d == res_a && o16_d == o16_a, "norm warp d16, output in bf16 alone", rows, 1, dim);
     // The block-per-row kernel (fewer rows): output in bf16 alone against f32 + bf16.
     std::vector<float> res_e = res0, out_e((size_t)rows * dim, 7.0f), res_f = res0;
     std::vector<unsigned short> o16_e((size_t)rows * dim, 0), o16_f((size_t)rows * dim, 0);
     s6emu_launch({rows, 1, 1}, 256, [&] {
-        s6_add_rmsnorm_b16(res_e.data(), df.data(), w.data(), out_e.data(), o16_e.data(), dim, eps);
+        s6_add_rmsnorm_b16(res_e.data(), nullptr, df.data(), w.data(), out_e.data(), o16_e.data(), dim, eps);
     });
     s6emu_launch({rows, 1, 1}, 256, [&] {
-        s6_add_rmsnorm_b16(res_f.data(), df.data(), w.data(), nullptr, o16_f.data(), dim, eps);
+        s6_add_rmsnorm_b16(res_f.data(), nullptr, df.data(), w.data(), nullptr, o16_f.data(), dim, eps);
     });
     expect(res_f == res_e && o16_f == o16_e, "norm block b16, output in bf16 alone", rows, 1, dim);
+    // The sum written to a separate residual (training keeps each block's input): the input left
+    // as it was, the sum and the outputs those of the in-place kernels, warp and block, f32 and
+    // bf16 deltas; with no delta the input copied.
+    {
+        std::vector<float> res_g = res0, sum_g((size_t)rows * dim, 7.0f), out_g((size_t)rows * dim, 7.0f);
+        s6emu_launch(warp_grid, warp_threads, [&] {
+            s6_add_rmsnorm_warp(res_g.data(), sum_g.data(), df.data(), w.data(), out_g.data(), rows, dim, eps);
+        });
+        std::vector<float> res_h = res0, sum_h((size_t)rows * dim, 7.0f);
+        std::vector<unsigned short> o16_h((size_t)rows * dim, 0);
+        s6emu_launch(warp_grid, warp_threads, [&] {
+            s6_add_rmsnorm_warp_d16(res_h.data(), sum_h.data(), d16.data(), w.data(), nullptr, o16_h.data(), rows,
+                                    dim, eps);
+        });
+        expect(res_g == res0 && sum_g == res_a && out_g == out_a && res_h == res0 && sum_h == res_a && o16_h == o16_a,
+               "norm warp into a separate residual equals the in-place kernels", rows, 1, dim);
+        std::vector<float> res_i = res0, sum_i((size_t)rows * dim, 7.0f), out_i((size_t)rows * dim, 7.0f);
+        std::vector<unsigned short> o16_i((size_t)rows * dim, 0);
+        s6emu_launch({rows, 1, 1}, 256, [&] {
+            s6_add_rmsnorm_b16(res_i.data(), sum_i.data(), df.data(), w.data(), out_i.data(), o16_i.data(), dim, eps);
+        });
+        expect(res_i == res0 && sum_i == res_e && out_i == out_e && o16_i == o16_e,
+               "norm block into a separate residual equals the in-place kernel", rows, 1, dim);
+        std::vector<float> res_j = res0, sum_j((size_t)rows * dim, 7.0f), out_j((size_t)rows * dim, 7.0f);
+        std::vector<float> res_k = res0, out_k((size_t)rows * dim, 7.0f);
+        s6emu_launch(warp_grid, warp_threads, [&] {
+            s6_add_rmsnorm_warp(res_j.data(), sum_j.data(), nullptr, w.data(), out_j.data(), rows, dim, eps);
+        });
+        s6emu_launch(warp_grid, warp_threads, [&] {
+            s6_add_rmsnorm_warp(res_k.data(), nullptr, nullptr, w.data(), out_k.data(), rows, dim, eps);
+        });
+        expect(res_j == res0 && sum_j == res0 && res_k == res0 && out_j == out_k,
+               "norm warp with no delta copies the residual into a separate one", rows, 1, dim);
+    }
     // Against f64: out = (r + d) / rms(r + d) * w.
     double worst = 0;
     for (unsigned r = 0; r < rows; r++) {

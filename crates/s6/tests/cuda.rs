@@ -424,6 +424,15 @@ fn add_rmsnorm_matches_cpu() {
         g.add_rmsnorm(&mut rg, with_delta.then_some(&dg), &up(&g, &w), 1e-5, rows, dim, &mut out).unwrap();
         assert_close("add_rmsnorm out", &g.to_vec(&out).unwrap(), &want);
         assert_close("add_rmsnorm residual", &g.to_vec(&rg).unwrap(), &res_cpu);
+        // The sum into a separate residual (training): the same bits as in place, the input kept.
+        let res_in = up(&g, &res);
+        let mut sum = poisoned(&g, rows * dim);
+        let mut out_into = poisoned(&g, rows * dim);
+        let wg = up(&g, &w);
+        g.add_rmsnorm_into(&res_in, with_delta.then_some(&dg), &wg, 1e-5, rows, dim, &mut sum, &mut out_into).unwrap();
+        assert_eq!(g.to_vec(&out_into).unwrap(), g.to_vec(&out).unwrap(), "add_rmsnorm_into out, {rows}x{dim}");
+        assert_eq!(g.to_vec(&sum).unwrap(), g.to_vec(&rg).unwrap(), "add_rmsnorm_into sum, {rows}x{dim}");
+        assert_eq!(g.to_vec(&res_in).unwrap(), res, "add_rmsnorm_into changed its input, {rows}x{dim}");
     }
 }
 

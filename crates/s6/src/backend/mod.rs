@@ -485,6 +485,23 @@ pub trait Backend: Send + Sync + Clone {
         out: &mut Self::Buf,
     ) -> Result<()>;
 
+    /// [`Backend::add_rmsnorm`] with the sum `residual + delta` written to `residual_out` (its
+    /// first `rows * dim` values overwritten) and `residual` left as it was. Training keeps every
+    /// block's input residual for the backward: the next block's sum then goes to a new buffer
+    /// instead of a copy of the kept one being made.
+    #[allow(clippy::too_many_arguments)]
+    fn add_rmsnorm_into(
+        &self,
+        residual: &Self::Buf,
+        delta: Option<&Self::Buf>,
+        weight: &Self::Buf,
+        eps: f32,
+        rows: usize,
+        dim: usize,
+        residual_out: &mut Self::Buf,
+        out: &mut Self::Buf,
+    ) -> Result<()>;
+
     /// Depthwise causal conv1d over time + SiLU, per sequence of a batch.
     ///
     /// `x`: `[batch * seqlen, channels]` (a column range), `weight`: `[channels, kernel]`,

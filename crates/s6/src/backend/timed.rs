@@ -150,6 +150,22 @@ impl<B: Backend> Backend for Timed<B> {
     ) -> Result<()> {
         self.time(named("add_rmsnorm"), || self.inner.add_rmsnorm(residual, delta, weight, eps, rows, dim, out))
     }
+    fn add_rmsnorm_into(
+        &self,
+        residual: &Self::Buf,
+        delta: Option<&Self::Buf>,
+        weight: &Self::Buf,
+        eps: f32,
+        rows: usize,
+        dim: usize,
+        residual_out: &mut Self::Buf,
+        out: &mut Self::Buf,
+    ) -> Result<()> {
+        let inner = &self.inner;
+        self.time(named("add_rmsnorm"), || {
+            inner.add_rmsnorm_into(residual, delta, weight, eps, rows, dim, residual_out, out)
+        })
+    }
     fn conv1d_silu(
         &self,
         x: View<'_, Self::Buf>,

@@ -801,16 +801,26 @@ impl<B: Backend> Mamba<B> {
 
         // ---- forward, keeping each layer's activations ----
         let mut state = self.new_state(batch)?;
-        let mut residual = be.zeros(rows * d)?;
-        be.embedding(&self.embedding, ids, d, &mut residual)?;
+        let mut embedded = be.zeros(rows * d)?;
+        be.embedding(&self.embedding, ids, d, &mut embedded)?;
         // Every layer runs in `work`; what `self.recompute` says to keep moves to `kept`.
         let mut work = self.layer_buffers(rows)?;
         let mut kept: Vec<Kept<B>> = Vec::with_capacity(c.n_layer);
         let mut out = be.zeros(rows * d)?;
         for (i, l) in self.layers.iter().enumerate() {
-            let prev = if i == 0 { None } else { Some(&out) };
-            be.add_rmsnorm(&mut residual, prev, &l.norm, eps, rows, d, &mut work.normed)?;
-            let residual_in = be.clone_buf(&residual)?;
+            // Each block's input residual is kept: the first is the embedding itself, each later
+            // one the previous one plus the previous block's output, summed into a new buffer.
+            let residual_in = match kept.last() {
+                None => {
+                    be.add_rmsnorm(&mut embedded, None, &l.norm, eps, rows, d, &mut work.normed)?;
+                    std::mem::replace(&mut embedded, be.zeros(0)?)
+                }
+                Some(prev) => {
+                    let mut sum = be.uninit(rows * d)?;
+                    be.add_rmsnorm_into(&prev.residual, Some(&out), &l.norm, eps, rows, d, &mut sum, &mut work.normed)?;
+                    sum
+                }
+            };
             self.mixer_forward(l, batch, seqlen, &mut work, &mut state.conv[i], &mut state.ssm[i])?;
             be.linear(View::full(&work.y, di), rows, di, &l.out_proj, d, l.out_proj_bias.as_ref(), &mut out)?;
             let last = i + 1 == c.n_layer;
@@ -830,7 +840,17 @@ impl<B: Backend> Mamba<B> {
             kept.push(Kept { residual: residual_in, xz, xdbl, y });
         }
         let mut normed = be.zeros(rows * d)?;
-        be.add_rmsnorm(&mut residual, Some(&out), &self.norm_f, eps, rows, d, &mut normed)?;
+        let mut residual = be.uninit(rows * d)?;
+        match kept.last() {
+            Some(prev) => {
+                be.add_rmsnorm_into(&prev.residual, Some(&out), &self.norm_f, eps, rows, d, &mut residual, &mut normed)?
+            }
+            // No blocks: the final norm reads the embedding.
+            None => {
+                residual = embedded;
+                be.add_rmsnorm(&mut residual, None, &self.norm_f, eps, rows, d, &mut normed)?
+            }
+        }
 
         // ---- lm_head + cross-entropy, in row chunks so that [rows, vocab] is never held whole ----
         let mut dnormed = be.zeros(rows * d)?;

@@ -175,6 +175,24 @@ impl Backend for Cpu {
         Ok(())
     }
 
+    fn add_rmsnorm_into(
+        &self,
+        residual: &Vec<f32>,
+        delta: Option<&Vec<f32>>,
+        weight: &Vec<f32>,
+        eps: f32,
+        rows: usize,
+        dim: usize,
+        residual_out: &mut Vec<f32>,
+        out: &mut Vec<f32>,
+    ) -> Result<()> {
+        need("rmsnorm residual", residual.len(), rows * dim)?;
+        need("rmsnorm residual out", residual_out.len(), rows * dim)?;
+        // A copy, then the sum in place: on the CPU the copy is a small part of the norm's cost.
+        residual_out[..rows * dim].copy_from_slice(&residual[..rows * dim]);
+        self.add_rmsnorm(residual_out, delta, weight, eps, rows, dim, out)
+    }
+
     fn conv1d_silu(
         &self,
         x: View<'_, Vec<f32>>,

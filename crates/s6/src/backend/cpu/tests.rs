@@ -80,6 +80,11 @@ fn add_rmsnorm_matches_reference() {
                 r::add_rmsnorm(&f64s(&res), with_delta.then(|| f64s(&delta)).as_deref(), &f64s(&w), 1e-5, dim);
             assert_close(&got_res, &want_res, 1e-6, "residual");
             assert_close(&out, &want, 1e-5, "rmsnorm");
+            // Into a separate residual: the same values, the input left as it was.
+            let (mut sum, mut out_into) = (vec![f32::NAN; rows * dim + 3], vec![0.0; rows * dim]);
+            let delta_arg = with_delta.then_some(&delta);
+            Cpu.add_rmsnorm_into(&res, delta_arg, &w, 1e-5, rows, dim, &mut sum, &mut out_into).unwrap();
+            assert_eq!((&sum[..rows * dim], &out_into), (&got_res[..], &out));
         }
     }
 }

@@ -1150,6 +1150,83 @@ fn pdl_wanted() -> bool {
 }
 
 impl Cuda {
+    /// The fused residual add + RMSNorm at `r` (the residual; the sum goes back there when `ro`
+    /// is 0, else to `ro`): the kernel chosen by the row count, the output in f32 and/or bf16.
+    #[allow(clippy::too_many_arguments)]
+    fn add_rmsnorm_at(
+        &self,
+        r: u64,
+        ro: u64,
+        delta: Option<&CudaBuf>,
+        weight: &CudaBuf,
+        eps: f32,
+        rows: usize,
+        dim: usize,
+        out: &mut CudaBuf,
+    ) -> Result<()> {
+        // delta's address; its f32 values are made current below unless read as bf16.
+        let dp = match delta {
+            Some(b) => self.ptr_unread(b, 0, rows * dim, "rmsnorm delta")?,
+            None => 0,
+        };
+        let wp = self.ptr(weight, 0, dim, "rmsnorm weight")?;
+        // The output in f32 and bf16, or in bf16 alone (bf16.rs: f32 pointer null).
+        let out_at = self.act_out(out, rows * dim, true, "rmsnorm out")?;
+        let (o, target) = (out_at.f32, out_at.b16);
+        let d = u32_of("dim", dim)?;
+        // Many rows (prefill, training): a warp per row (elementwise.cu). Fewer: a block per row,
+        // whose sums the fused decoding block's norm repeats bit for bit, and which decodes
+        // faster: with the warp kernel at 16–128 sequences 1.4B decoding was 4–6% slower (H100,
+        // docs/BENCHMARKS.md, session 12), prefill 1.5% faster.
+        let warp = rows >= NORM_WARP_MIN_ROWS
+            && norm_warp_enabled()
+            && dim.is_multiple_of(4)
+            && dim <= NORM_WARP_MAX_DIM
+            && [r, ro, dp, wp, o].iter().all(|p| p.is_multiple_of(16));
+        // The block output held in bf16 alone (prefill) is read as bf16 by the warp kernel with a
+        // bf16 output; every other path reads its f32 values.
+        let d16 = match (delta, warp && target.is_some()) {
+            (Some(b), true) => self.held_bf16(&View::full(b, dim), rows, dim)?,
+            _ => None,
+        };
+        if let (Some(b), None) = (delta, d16) {
+            self.fresh(b, "rmsnorm delta")?;
+        }
+        if warp {
+            let cfg = LaunchConfig {
+                grid_dim: (u32_of("norm blocks", rows.div_ceil(NORM_WARP_ROWS))?, 1, 1),
+                block_dim: (32 * NORM_WARP_ROWS as u32, 1, 1),
+                shared_mem_bytes: 0,
+            };
+            let n = u32_of("rows", rows)?;
+            match (target, d16) {
+                (Some(o16), Some(d16)) => {
+                    launch!(self, self.func("s6_add_rmsnorm_warp_d16")?, cfg, "add_rmsnorm"; r, ro, d16, wp, o, o16, n, d, eps)
+                }
+                (Some(o16), None) => {
+                    launch!(self, self.func("s6_add_rmsnorm_warp_b16")?, cfg, "add_rmsnorm"; r, ro, dp, wp, o, o16, n, d, eps)
+                }
+                (None, _) => {
+                    launch!(self, self.func("s6_add_rmsnorm_warp")?, cfg, "add_rmsnorm"; r, ro, dp, wp, o, n, d, eps)
+                }
+            }
+            return self.act_out_written(out, &out_at, rows * dim);
+        }
+        let cfg = LaunchConfig {
+            grid_dim: (u32_of("rows", rows)?, 1, 1),
+            block_dim: (RMSNORM_THREADS, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        // With bf16 activation copies (bf16.rs) the next product's input is written in bf16 too.
+        match target {
+            Some(o16) => {
+                launch!(self, self.func("s6_add_rmsnorm_b16")?, cfg, "add_rmsnorm"; r, ro, dp, wp, o, o16, d, eps)
+            }
+            None => launch!(self, self.func("s6_add_rmsnorm")?, cfg, "add_rmsnorm"; r, ro, dp, wp, o, d, eps),
+        }
+        self.act_out_written(out, &out_at, rows * dim)
+    }
+
     /// `linear` for `1..=GEMV_MAX_ROWS` rows and `k > 0` by `s6_gemv_r{rows}` (see
     /// [`GEMV_MAX_ROWS`]); plain fp32 FMA under `F32` and `Tf32` (`Bf16` has its own kernel,
     /// `bf16.rs`).
@@ -1447,65 +1524,26 @@ impl Backend for Cuda {
             return Ok(());
         }
         let r = self.ptr_mut(residual, 0, rows * dim, "rmsnorm residual")?;
-        // delta's address; its f32 values are made current below unless read as bf16.
-        let dp = match delta {
-            Some(b) => self.ptr_unread(b, 0, rows * dim, "rmsnorm delta")?,
-            None => 0,
-        };
-        let wp = self.ptr(weight, 0, dim, "rmsnorm weight")?;
-        // The output in f32 and bf16, or in bf16 alone (bf16.rs: f32 pointer null).
-        let out_at = self.act_out(out, rows * dim, true, "rmsnorm out")?;
-        let (o, target) = (out_at.f32, out_at.b16);
-        let d = u32_of("dim", dim)?;
-        // Many rows (prefill, training): a warp per row (elementwise.cu). Fewer: a block per row,
-        // whose sums the fused decoding block's norm repeats bit for bit, and which decodes
-        // faster: with the warp kernel at 16–128 sequences 1.4B decoding was 4–6% slower (H100,
-        // docs/BENCHMARKS.md, session 12), prefill 1.5% faster.
-        let warp = rows >= NORM_WARP_MIN_ROWS
-            && norm_warp_enabled()
-            && dim.is_multiple_of(4)
-            && dim <= NORM_WARP_MAX_DIM
-            && [r, dp, wp, o].iter().all(|p| p.is_multiple_of(16));
-        // The block output held in bf16 alone (prefill) is read as bf16 by the warp kernel with a
-        // bf16 output; every other path reads its f32 values.
-        let d16 = match (delta, warp && target.is_some()) {
-            (Some(b), true) => self.held_bf16(&View::full(b, dim), rows, dim)?,
-            _ => None,
-        };
-        if let (Some(b), None) = (delta, d16) {
-            self.fresh(b, "rmsnorm delta")?;
+        self.add_rmsnorm_at(r, 0, delta, weight, eps, rows, dim, out)
+    }
+
+    fn add_rmsnorm_into(
+        &self,
+        residual: &CudaBuf,
+        delta: Option<&CudaBuf>,
+        weight: &CudaBuf,
+        eps: f32,
+        rows: usize,
+        dim: usize,
+        residual_out: &mut CudaBuf,
+        out: &mut CudaBuf,
+    ) -> Result<()> {
+        if rows * dim == 0 {
+            return Ok(());
         }
-        if warp {
-            let cfg = LaunchConfig {
-                grid_dim: (u32_of("norm blocks", rows.div_ceil(NORM_WARP_ROWS))?, 1, 1),
-                block_dim: (32 * NORM_WARP_ROWS as u32, 1, 1),
-                shared_mem_bytes: 0,
-            };
-            let n = u32_of("rows", rows)?;
-            match (target, d16) {
-                (Some(o16), Some(d16)) => {
-                    launch!(self, self.func("s6_add_rmsnorm_warp_d16")?, cfg, "add_rmsnorm"; r, d16, wp, o, o16, n, d, eps)
-                }
-                (Some(o16), None) => {
-                    launch!(self, self.func("s6_add_rmsnorm_warp_b16")?, cfg, "add_rmsnorm"; r, dp, wp, o, o16, n, d, eps)
-                }
-                (None, _) => {
-                    launch!(self, self.func("s6_add_rmsnorm_warp")?, cfg, "add_rmsnorm"; r, dp, wp, o, n, d, eps)
-                }
-            }
-            return self.act_out_written(out, &out_at, rows * dim);
-        }
-        let cfg = LaunchConfig {
-            grid_dim: (u32_of("rows", rows)?, 1, 1),
-            block_dim: (RMSNORM_THREADS, 1, 1),
-            shared_mem_bytes: 0,
-        };
-        // With bf16 activation copies (bf16.rs) the next product's input is written in bf16 too.
-        match target {
-            Some(o16) => launch!(self, self.func("s6_add_rmsnorm_b16")?, cfg, "add_rmsnorm"; r, dp, wp, o, o16, d, eps),
-            None => launch!(self, self.func("s6_add_rmsnorm")?, cfg, "add_rmsnorm"; r, dp, wp, o, d, eps),
-        }
-        self.act_out_written(out, &out_at, rows * dim)
+        let r = self.ptr(residual, 0, rows * dim, "rmsnorm residual")?;
+        let ro = self.ptr_mut(residual_out, 0, rows * dim, "rmsnorm residual out")?;
+        self.add_rmsnorm_at(r, ro, delta, weight, eps, rows, dim, out)
     }
 
     fn conv1d_silu(

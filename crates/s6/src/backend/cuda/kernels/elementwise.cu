@@ -78,14 +78,19 @@ __device__ __forceinline__ void s6_block_sum_rows(float (&v)[R], float (*partial
 // out = residual * rsqrt(mean(residual^2) + eps) * w; s6_add_rmsnorm_b16 also writes out rounded
 // to bf16 into out16 (the input of a bf16 product, which then needs no cast: cuda/bf16.rs), or
 // only there when out is null (an activation held in bf16 alone).
+// res_out: where the sum goes; null for residual itself. Training keeps every block's input
+// residual for its backward: with the sum written to a new buffer the old one needs no copy.
 template <bool W16>
-__device__ __forceinline__ void s6_add_rmsnorm_impl(float* __restrict__ residual, const float* __restrict__ delta,
+__device__ __forceinline__ void s6_add_rmsnorm_impl(float* __restrict__ residual, float* __restrict__ res_out,
+                                                    const float* __restrict__ delta,
                                                     const float* __restrict__ w, float* __restrict__ out,
                                                     unsigned short* __restrict__ out16, unsigned int dim, float eps) {
     S6_PDL_ENTRY();
     __shared__ float partial[1][32];
     const unsigned long long base = (unsigned long long)blockIdx.x * dim;
-    float* r = residual + base;
+    const float* r = residual + base;
+    float* dst = (res_out != nullptr ? res_out : residual) + base;
+    const bool store = delta != nullptr || res_out != nullptr;
     float ss[1] = {0.0f};
     // Loads only, unrolled, so that a thread's loads are in flight together rather than one L2
     // round trip per element (at batch 1 this kernel's latency is what counts); the residual is
@@ -99,25 +104,24 @@ __device__ __forceinline__ void s6_add_rmsnorm_impl(float* __restrict__ residual
     const float inv = rsqrtf(ss[0] / (float)dim + eps);
     for (unsigned int i = threadIdx.x; i < dim; i += blockDim.x) {
         float v = r[i];
-        if (delta != nullptr) {
-            v += delta[base + i];
-            r[i] = v;
-        }
+        if (delta != nullptr) v += delta[base + i];
+        if (store) dst[i] = v;
         const float o = v * inv * w[i];
         if (!W16 || out != nullptr) out[base + i] = o;
         if constexpr (W16) out16[base + i] = s6_f32_to_bf16(o);
     }
 }
 
-extern "C" __global__ void s6_add_rmsnorm(float* __restrict__ residual, const float* __restrict__ delta,
-                                          const float* __restrict__ w, float* __restrict__ out, unsigned int dim,
-                                          float eps) {
-    s6_add_rmsnorm_impl<false>(residual, delta, w, out, nullptr, dim, eps);
+extern "C" __global__ void s6_add_rmsnorm(float* __restrict__ residual, float* __restrict__ res_out,
+                                          const float* __restrict__ delta, const float* __restrict__ w,
+                                          float* __restrict__ out, unsigned int dim, float eps) {
+    s6_add_rmsnorm_impl<false>(residual, res_out, delta, w, out, nullptr, dim, eps);
 }
-extern "C" __global__ void s6_add_rmsnorm_b16(float* __restrict__ residual, const float* __restrict__ delta,
-                                              const float* __restrict__ w, float* __restrict__ out,
-                                              unsigned short* __restrict__ out16, unsigned int dim, float eps) {
-    s6_add_rmsnorm_impl<true>(residual, delta, w, out, out16, dim, eps);
+extern "C" __global__ void s6_add_rmsnorm_b16(float* __restrict__ residual, float* __restrict__ res_out,
+                                              const float* __restrict__ delta, const float* __restrict__ w,
+                                              float* __restrict__ out, unsigned short* __restrict__ out16,
+                                              unsigned int dim, float eps) {
+    s6_add_rmsnorm_impl<true>(residual, res_out, delta, w, out, out16, dim, eps);
 }
 
 // The same for many rows (cuda/mod.rs: from NORM_WARP_MIN_ROWS rows, dim a multiple of 4 and at
@@ -130,7 +134,8 @@ extern "C" __global__ void s6_add_rmsnorm_b16(float* __restrict__ residual, cons
 #define S6_NORM_WARP_ROWS 8
 // TD: delta's type (bf16 bits where the block output is held in bf16 alone: cuda/bf16.rs).
 template <bool W16, typename TD = float>
-__device__ __forceinline__ void s6_add_rmsnorm_warp_impl(float* __restrict__ residual, const TD* __restrict__ delta,
+__device__ __forceinline__ void s6_add_rmsnorm_warp_impl(float* __restrict__ residual, float* __restrict__ res_out,
+                                                         const TD* __restrict__ delta,
                                                          const float* __restrict__ w, float* __restrict__ out,
                                                          unsigned short* __restrict__ out16, unsigned int rows,
                                                          unsigned int dim, float eps) {
@@ -140,7 +145,9 @@ __device__ __forceinline__ void s6_add_rmsnorm_warp_impl(float* __restrict__ res
     if (row >= rows) return;
     const unsigned int nv = dim / 4;
     const unsigned long long base = row * dim;
-    float4* r4 = reinterpret_cast<float4*>(residual + base);
+    const float4* r4 = reinterpret_cast<const float4*>(residual + base);
+    float4* dst4 = reinterpret_cast<float4*>((res_out != nullptr ? res_out : residual) + base);
+    const bool store = delta != nullptr || res_out != nullptr;
     const TD* d4 = delta != nullptr ? delta + base : nullptr;
     float4 v[S6_NORM_WARP_V4];
 #pragma unroll
@@ -182,7 +189,7 @@ __device__ __forceinline__ void s6_add_rmsnorm_warp_impl(float* __restrict__ res
     for (int j = 0; j < S6_NORM_WARP_V4; j++) {
         const unsigned int q = lane + 32 * j;
         if (q < nv) {
-            if (d4 != nullptr) r4[q] = v[j];
+            if (store) dst4[q] = v[j];
             const float4 g = __ldg(w4 + q);
             const float4 o = make_float4(v[j].x * inv * g.x, v[j].y * inv * g.y, v[j].z * inv * g.z, v[j].w * inv * g.w);
             if (!W16 || out != nullptr) o4[q] = o;
@@ -196,22 +203,24 @@ __device__ __forceinline__ void s6_add_rmsnorm_warp_impl(float* __restrict__ res
 }
 
 extern "C" __global__ void __launch_bounds__(32 * S6_NORM_WARP_ROWS)
-    s6_add_rmsnorm_warp(float* __restrict__ residual, const float* __restrict__ delta, const float* __restrict__ w,
-                        float* __restrict__ out, unsigned int rows, unsigned int dim, float eps) {
-    s6_add_rmsnorm_warp_impl<false>(residual, delta, w, out, nullptr, rows, dim, eps);
+    s6_add_rmsnorm_warp(float* __restrict__ residual, float* __restrict__ res_out, const float* __restrict__ delta,
+                        const float* __restrict__ w, float* __restrict__ out, unsigned int rows, unsigned int dim,
+                        float eps) {
+    s6_add_rmsnorm_warp_impl<false>(residual, res_out, delta, w, out, nullptr, rows, dim, eps);
 }
 extern "C" __global__ void __launch_bounds__(32 * S6_NORM_WARP_ROWS)
-    s6_add_rmsnorm_warp_b16(float* __restrict__ residual, const float* __restrict__ delta, const float* __restrict__ w,
-                            float* __restrict__ out, unsigned short* __restrict__ out16, unsigned int rows,
-                            unsigned int dim, float eps) {
-    s6_add_rmsnorm_warp_impl<true>(residual, delta, w, out, out16, rows, dim, eps);
+    s6_add_rmsnorm_warp_b16(float* __restrict__ residual, float* __restrict__ res_out, const float* __restrict__ delta,
+                            const float* __restrict__ w, float* __restrict__ out, unsigned short* __restrict__ out16,
+                            unsigned int rows, unsigned int dim, float eps) {
+    s6_add_rmsnorm_warp_impl<true>(residual, res_out, delta, w, out, out16, rows, dim, eps);
 }
 // delta (the previous block's output) held in bf16 alone.
 extern "C" __global__ void __launch_bounds__(32 * S6_NORM_WARP_ROWS)
-    s6_add_rmsnorm_warp_d16(float* __restrict__ residual, const unsigned short* __restrict__ delta,
-                            const float* __restrict__ w, float* __restrict__ out, unsigned short* __restrict__ out16,
-                            unsigned int rows, unsigned int dim, float eps) {
-    s6_add_rmsnorm_warp_impl<true, unsigned short>(residual, delta, w, out, out16, rows, dim, eps);
+    s6_add_rmsnorm_warp_d16(float* __restrict__ residual, float* __restrict__ res_out,
+                            const unsigned short* __restrict__ delta, const float* __restrict__ w,
+                            float* __restrict__ out, unsigned short* __restrict__ out16, unsigned int rows,
+                            unsigned int dim, float eps) {
+    s6_add_rmsnorm_warp_impl<true, unsigned short>(residual, res_out, delta, w, out, out16, rows, dim, eps);
 }
 
 // The conv state after the call: the last k-1 inputs (state then x). One thread per (batch,
