@@ -10,6 +10,7 @@
 #include "../../crates/s6/src/backend/cuda/kernels/elementwise.cu"
 #include "../../crates/s6/src/backend/cuda/kernels/conv.cu"
 #include "../../crates/s6/src/backend/cuda/kernels/bf16.cu"
+#include "../../crates/s6/src/backend/cuda/kernels/train.cu"
 
 #include "scan_ref.h"
 
@@ -192,7 +193,49 @@ static void norm_case(unsigned rows, unsigned dim) {
     expect(worst < 1e-5, "norm warp: within f32 rounding of the f64 reference", rows, 1, dim);
 }
 
+// The cross-entropy with its gradient held in bf16 alone (s6_cross_entropy_d16): the bits of the
+// f32 kernel's gradient rounded, the same losses; rows of `vocab` (odd: rows at every offset mod
+// 4, so the scalar head and tail run), one target ignored, the row cached in shared memory or
+// not. The f32 kernel also against an f64 reference.
+static void ce_case(unsigned rows, unsigned vocab, unsigned cache_row) {
+    const float scale = 0.25f;
+    auto logits = rand_vec((size_t)rows * vocab, -6, 6);
+    std::vector<unsigned int> targets(rows);
+    for (unsigned r = 0; r < rows; r++) targets[r] = (r * 7919u + 13u) % vocab;
+    targets[rows / 2] = 0xffffffffu;
+    std::vector<float> d32((size_t)rows * vocab, 7.0f);
+    std::vector<unsigned short> d16((size_t)rows * vocab, 0x7fc0);
+    std::vector<double> loss32(rows, -1.0), loss16(rows, -2.0);
+    s6emu_launch({rows, 1, 1}, 128, [&] {
+        s6_cross_entropy(logits.data(), targets.data(), d32.data(), loss32.data(), vocab, scale, cache_row);
+    });
+    s6emu_launch({rows, 1, 1}, 128, [&] {
+        s6_cross_entropy_d16(logits.data(), targets.data(), d16.data(), loss16.data(), vocab, scale, cache_row);
+    });
+    bool same = loss16 == loss32;
+    for (size_t i = 0; i < d32.size(); i++) same = same && d16[i] == s6_f32_to_bf16(d32[i]);
+    expect(same, "cross-entropy d16: the f32 gradient rounded, the same losses", rows, cache_row, vocab);
+    double worst = 0;
+    for (unsigned r = 0; r < rows; r++) {
+        const float* x = &logits[(size_t)r * vocab];
+        double m = -1e300, z = 0;
+        for (unsigned v = 0; v < vocab; v++) m = std::max(m, (double)x[v]);
+        for (unsigned v = 0; v < vocab; v++) z += std::exp(x[v] - m);
+        const bool ignored = targets[r] == 0xffffffffu;
+        const double want_loss = ignored ? 0.0 : m + std::log(z) - x[targets[r]];
+        worst = std::max(worst, std::abs(loss32[r] - want_loss));
+        for (unsigned v = 0; v < vocab; v++) {
+            double want = ignored ? 0.0 : scale * (std::exp(x[v] - m) / z - (v == targets[r] ? 1.0 : 0.0));
+            worst = std::max(worst, std::abs(d32[(size_t)r * vocab + v] - want));
+        }
+    }
+    expect(worst < 1e-5, "cross-entropy f32: within rounding of the f64 reference", rows, cache_row, vocab);
+}
+
 int main() {
+    ce_case(5, 1003, 1);
+    ce_case(4, 1003, 0);
+    ce_case(3, 4096, 1);
     norm_case(37, 768);
     norm_case(9, 2048);
     run_case(2, 37, 64, true, true);

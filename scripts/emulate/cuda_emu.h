@@ -23,6 +23,8 @@
 #define __restrict__
 #define __launch_bounds__(...)
 #define __shared__ static
+// Dynamic shared memory: a static 256 KiB (more than any launch of s6's asks for).
+#define S6_DYNAMIC_SHARED(T, name) alignas(16) static T name[(256 << 10) / sizeof(T)]
 #define __align__(n) __attribute__((aligned(n)))
 
 struct s6emu_dim3 { unsigned int x = 0, y = 0, z = 0; };
@@ -56,6 +58,25 @@ T __shfl_xor_sync(unsigned, T v, int lane_mask) {
     s6emu_warp_barriers[w]->arrive_and_wait();
     return out;
 }
+// Broadcast from lane `src` (same rules).
+template <typename T>
+T __shfl_sync(unsigned, T v, int src) {
+    static_assert(sizeof(T) <= sizeof(unsigned long long));
+    if (s6emu_warp_barriers.empty()) {
+        std::fprintf(stderr, "warp shuffles need s6emu_launch\n");
+        std::abort();
+    }
+    const unsigned t = threadIdx.x, w = t / 32;
+    std::memcpy(&s6emu_warp_slots[t], &v, sizeof(T));
+    s6emu_warp_barriers[w]->arrive_and_wait();
+    T out;
+    std::memcpy(&out, &s6emu_warp_slots[w * 32 + ((unsigned)src & 31)], sizeof(T));
+    s6emu_warp_barriers[w]->arrive_and_wait();
+    return out;
+}
+inline void __syncwarp(unsigned = 0xffffffffu) {
+    if (!s6emu_warp_barriers.empty()) s6emu_warp_barriers[threadIdx.x / 32]->arrive_and_wait();
+}
 
 struct float2 { float x, y; };
 struct alignas(16) float4 { float x, y, z, w; };
@@ -68,6 +89,10 @@ T __ldg(const T* p) { return *p; }
 inline float rsqrtf(float x) { return 1.0f / std::sqrt(x); }
 inline unsigned int __float_as_uint(float f) { unsigned int u; std::memcpy(&u, &f, 4); return u; }
 inline float __uint_as_float(unsigned int u) { float f; std::memcpy(&f, &u, 4); return f; }
+inline float __int_as_float(int u) { float f; std::memcpy(&f, &u, 4); return f; }
+inline float __fsub_rn(float a, float b) { return a - b; }
+inline float __fdiv_rn(float a, float b) { return a / b; }
+inline float __fsqrt_rn(float a) { return std::sqrt(a); }
 inline float __expf(float x) { return std::exp(x); }
 inline float __logf(float x) { return std::log(x); }
 inline float __fdividef(float a, float b) { return a / b; }

@@ -354,6 +354,65 @@ fn cross_entropy_matches_cpu() {
     assert!(g.cross_entropy(&up(&g, &logits), 2, 10, &[10, 0], 1.0, &mut dg).is_err());
 }
 
+/// Bits of `v` rounded to bf16 (nearest even) and widened back.
+fn bf16_round(v: f32) -> f32 {
+    let b = v.to_bits();
+    f32::from_bits((b + 0x7fff + ((b >> 16) & 1)) & 0xffff_0000)
+}
+
+/// The head's gradient held in bf16 alone (`S6_BF16_STORAGE`, the model's hint on `dlogits`):
+/// `s6_cross_entropy_d16` writes the f32 kernel's values rounded (a download widens them), the
+/// loss is the same, and the head's bf16 backward products, reading that copy instead of casting
+/// the f32 values, give the same bits.
+#[test]
+fn bf16_held_cross_entropy_gradient_feeds_the_head_backward_bit_for_bit() {
+    let Some(g) = gpu() else { return };
+    let mut r = Rng(41);
+    g.set_compute(s6::backend::Compute::Bf16).unwrap();
+    for &(rows, vocab, k) in &[(37usize, 1003usize, 64usize), (8, 50280, 96), (5, 6, 8)] {
+        let logits = r.vec(rows * vocab, -8.0, 8.0);
+        let mut targets: Vec<u32> = (0..rows).map(|_| r.below(vocab) as u32).collect();
+        targets[rows / 2] = u32::MAX;
+        let (x, w) = (r.vec(rows * k, -1.0, 1.0), r.vec(vocab * k, -1.0, 1.0));
+        let dw0 = r.vec(vocab * k, -1.0, 1.0);
+        let run = |held: bool| {
+            s6::backend::cuda::set_bf16_storage(held);
+            let mut d = g.zeros(rows * vocab).unwrap();
+            if held {
+                g.allow_bf16_storage(&mut d);
+            }
+            let loss = g.cross_entropy(&up(&g, &logits), rows, vocab, &targets, 0.5, &mut d).unwrap();
+            let (mut dx, mut dw) = (g.zeros(rows * k).unwrap(), up(&g, &dw0));
+            let xg = up(&g, &x);
+            g.linear_backward(
+                View::full(&xg, k),
+                rows,
+                k,
+                &up(&g, &w),
+                vocab,
+                &d,
+                Some(ViewMut::full(&mut dx, k)),
+                &mut dw,
+                None,
+            )
+            .unwrap();
+            (loss, down(&g, &dx), down(&g, &dw), down(&g, &d))
+        };
+        let f32_run = run(false);
+        let held = run(true);
+        s6::backend::cuda::set_bf16_storage(false);
+        let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<u32>>();
+        let what = format!("{rows}×{vocab}, k {k}");
+        assert_eq!(held.0 .0.to_bits(), f32_run.0 .0.to_bits(), "{what}: loss");
+        let rounded: Vec<f32> = f32_run.3.iter().map(|&v| bf16_round(v)).collect();
+        assert_eq!(bits(&held.3), bits(&rounded), "{what}: the held gradient is not the f32 one rounded");
+        assert!(f32_run.3.iter().any(|&v| v != bf16_round(v)), "{what}: the f32 gradient was already in bf16");
+        assert_eq!(bits(&held.1), bits(&f32_run.1), "{what}: dx");
+        assert_eq!(bits(&held.2), bits(&f32_run.2), "{what}: dW");
+    }
+    g.set_compute(s6::backend::Compute::F32).unwrap();
+}
+
 #[test]
 fn sum_squares_matches_cpu() {
     let Some(g) = gpu() else { return };

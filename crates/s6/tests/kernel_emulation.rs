@@ -58,7 +58,7 @@ fn scan_backward_kernel_matches_finite_differences_on_the_cpu() {
 /// to f32 widens exactly (`bf16_storage_emu.cpp`; the norms' warp shuffles emulated).
 #[test]
 fn bf16_storage_kernels_match_the_f32_ones_on_the_cpu() {
-    run_harness("bf16_storage_emu", &[], 32);
+    run_harness("bf16_storage_emu", &[], 38);
 }
 
 /// The loops as they were before their operands were loaded a step ahead (`S6_SCAN_AHEAD=0`,

@@ -837,7 +837,7 @@ pub trait Backend: Send + Sync + Clone {
         let _ = keeping;
     }
 
-    /// A hint on one activation buffer: every reader of its values takes them rounded to bf16 or
+    /// A hint on one activation or gradient buffer: every reader of its values takes them rounded to bf16 or
     /// can, so when the products run in bf16 the backend may hold them in bf16 alone (as the
     /// official kernels' bf16 models hold their activations). A reader that needs f32 still gets
     /// f32 values: the bf16 ones widened. The CUDA backend writes such buffers in bf16 alone from

@@ -43,7 +43,10 @@ pub(crate) fn head_cross_entropy<B: Backend>(
         let nr = chunk.min(rows - r0);
         let x = View { buf: normed, offset: r0 * d, ld: d };
         if bufs.as_ref().is_none_or(|b| b.0 != nr) {
-            bufs = Some((nr, be.zeros(nr * vocab)?, be.zeros(nr * vocab)?));
+            let mut dlogits = be.zeros(nr * vocab)?;
+            // Read only by the head's backward products: it may be held in bf16 alone, their input.
+            be.allow_bf16_storage(&mut dlogits);
+            bufs = Some((nr, be.zeros(nr * vocab)?, dlogits));
         }
         let Some((_, logits, dlogits)) = bufs.as_mut() else { unreachable!("allocated above") };
         be.linear(x, nr, d, head, vocab, None, logits)?;

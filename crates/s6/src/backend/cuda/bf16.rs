@@ -82,6 +82,14 @@ pub fn set_bf16_storage(on: bool) {
 
 static BF16_STORAGE: super::Switch = super::Switch::new("S6_BF16_STORAGE", false);
 
+/// `linear_backward`'s output gradient `dy` (`[rows, n]`, contiguous): f32 values to cast, or
+/// a bf16 copy that holds them already (a gradient held in bf16 alone).
+#[derive(Clone, Copy)]
+pub(super) enum DyIn {
+    F32(u64),
+    Bf16(u64),
+}
+
 /// An output's device pointers ([`Cuda::act_out`]): `f32` (null when the values are held in bf16
 /// alone) and the bf16 copy, if the kernel is to write one.
 pub(super) struct ActOut {
@@ -171,17 +179,24 @@ impl Cuda {
         if self.compute() != Compute::Bf16 || !on || buf.len == 0 {
             return Ok(None);
         }
+        if buf.shadow.lock().map_err(|_| Error::Backend("CUDA bf16 copy poisoned".into()))?.is_none()
+            && self.capturing()?
+        {
+            return Ok(None);
+        }
+        self.bf16_copy_ptr(buf).map(Some)
+    }
+
+    /// The device pointer of `buf`'s bf16 copy (all `buf.len` values), allocated when missing.
+    fn bf16_copy_ptr(&self, buf: &CudaBuf) -> Result<u64> {
         let mut guard = buf.shadow.lock().map_err(|_| Error::Backend("CUDA bf16 copy poisoned".into()))?;
         if guard.is_none() {
-            if self.capturing()? {
-                return Ok(None);
-            }
             let data = self.stream().alloc_zeros::<u16>(buf.len).map_err(driver_err("allocation"))?;
             *guard = Some(Shadow { data, valid: false, act: None });
         }
         let Some(shadow) = guard.as_ref() else { unreachable!("created above") };
         let (p, _s) = shadow.data.device_ptr(self.stream());
-        Ok(Some(p))
+        Ok(p)
     }
 
     /// For a kernel about to write `buf` that can write its values in bf16 alone: the device
@@ -195,6 +210,20 @@ impl Cuda {
             return Ok(None);
         }
         self.act_bf16_target(buf)
+    }
+
+    /// For a kernel about to write a gradient the model allows bf16 storage (the head's
+    /// `dlogits`, read only by the head's bf16 products, which would cast it to bf16 the same
+    /// way): the device pointer of its bf16 copy, created when missing, where the products are
+    /// bf16, [`bf16_storage_enabled`] and no graph is recorded; `None` otherwise (f32). Unlike
+    /// [`Cuda::bf16_only_target`] not tied to the activation copies, which training turns off.
+    /// Report the launch with [`Cuda::bf16_only_written`].
+    pub(super) fn bf16_only_grad_target(&self, buf: &CudaBuf) -> Result<Option<u64>> {
+        let allowed = buf.bf16_storage.load(Ordering::Relaxed) && bf16_storage_enabled();
+        if !allowed || self.compute() != Compute::Bf16 || buf.len == 0 || self.capturing()? {
+            return Ok(None);
+        }
+        self.bf16_copy_ptr(buf).map(Some)
     }
 
     /// After a kernel that got `bf16_only_target(buf)` wrote `buf`'s first `len` values in bf16
@@ -491,12 +520,15 @@ impl Cuda {
         k: usize,
         w: &CudaBuf,
         n: usize,
-        dyp: u64,
+        dy: DyIn,
         dx: Option<(u64, usize, bool)>,
         dwp: u64,
     ) -> Result<()> {
         let mut scratch = self.lock_bf16()?;
-        let dys = self.cast_to_scratch(&mut scratch, SLOT_DY, dyp, n, rows, n)?;
+        let dys = match dy {
+            DyIn::F32(p) => self.cast_to_scratch(&mut scratch, SLOT_DY, p, n, rows, n)?,
+            DyIn::Bf16(p) => p,
+        };
         use blas_sys::cublasOperation_t::{CUBLAS_OP_N, CUBLAS_OP_T};
         if let Some((p, ld, add)) = dx {
             let wp = self.weight_bf16(w, n * k, "linear_backward weight")?;

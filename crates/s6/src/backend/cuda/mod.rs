@@ -116,6 +116,7 @@ const KERNELS: &[&str] = &[
     "s6_rmsnorm_bwd",
     "s6_embedding_bwd",
     "s6_cross_entropy",
+    "s6_cross_entropy_d16",
     "s6_sum_f64",
     "s6_sum_squares_many",
     "s6_sum_f64_many",

@@ -159,7 +159,16 @@ impl Cuda {
         // dx with `true`: accumulated (beta = 1), `Backend::linear_backward_add_dx`.
         let add_dx = dx.as_ref().is_some_and(|d| d.1);
         let wp = self.ptr(w, 0, n * k, "linear_backward weight")?;
-        let dyp = self.ptr(dy, 0, rows * n, "linear_backward dy")?;
+        // dy held in bf16 alone (the head's gradient from `cross_entropy`): the bf16 products read
+        // that copy as it is, the f32 values are made current only for another reader.
+        let dy16 = match self.compute() {
+            Compute::Bf16 => self.held_bf16(&View::full(dy, n), rows, n)?,
+            _ => None,
+        };
+        let dyp = match dy16 {
+            Some(_) => self.ptr_unread(dy, 0, rows * n, "linear_backward dy")?,
+            None => self.ptr(dy, 0, rows * n, "linear_backward dy")?,
+        };
         let dwp = self.ptr_mut(dw, 0, n * k, "linear_backward dw")?;
         let xp = self.ptr(x.buf, x.offset, Self::view_extent(x.ld, rows, k), "linear_backward x")?;
         let dxp = match dx.map(|d| d.0) {
@@ -189,7 +198,20 @@ impl Cuda {
             return Ok(());
         }
         if self.compute() == Compute::Bf16 {
-            return self.linear_backward_bf16((xp, x.ld), rows, k, w, n, dyp, dxp.map(|(p, ld)| (p, ld, add_dx)), dwp);
+            let dy_in = match dy16 {
+                Some(p) => super::bf16::DyIn::Bf16(p),
+                None => super::bf16::DyIn::F32(dyp),
+            };
+            return self.linear_backward_bf16(
+                (xp, x.ld),
+                rows,
+                k,
+                w,
+                n,
+                dy_in,
+                dxp.map(|(p, ld)| (p, ld, add_dx)),
+                dwp,
+            );
         }
         self.inner.ctx.bind_to_thread().map_err(driver_err("bind"))?;
         let (one, zero) = (1.0f32, 0.0f32);
@@ -368,7 +390,13 @@ impl Cuda {
         dlogits: &mut CudaBuf,
     ) -> Result<(f64, usize)> {
         let lp = self.ptr(logits, 0, rows * vocab, "cross_entropy logits")?;
-        let dp = self.ptr_mut(dlogits, 0, rows * vocab, "cross_entropy dlogits")?;
+        // The gradient in bf16 alone where the model allows it (the head's backward products
+        // read it as their bf16 input), else in f32.
+        let d16 = self.bf16_only_grad_target(dlogits)?;
+        let dp = match d16 {
+            Some(_) => self.ptr_unread(dlogits, 0, rows * vocab, "cross_entropy dlogits")?,
+            None => self.ptr_mut(dlogits, 0, rows * vocab, "cross_entropy dlogits")?,
+        };
         if targets.len() != rows {
             return Err(Error::Backend(format!("CUDA cross_entropy: {} targets for {rows} rows", targets.len())));
         }
@@ -392,7 +420,13 @@ impl Cuda {
         let mut cfg = rows_cfg(rows, ce_threads(vocab))?;
         cfg.shared_mem_bytes = if cache_row { cache_bytes as u32 } else { 0 };
         let cr = cache_row as u32;
-        launch!(self, self.func("s6_cross_entropy")?, cfg, "cross_entropy"; lp, tp, dp, lsp, v, scale, cr);
+        match d16 {
+            Some(p16) => {
+                launch!(self, self.func("s6_cross_entropy_d16")?, cfg, "cross_entropy"; lp, tp, p16, lsp, v, scale, cr);
+                self.bf16_only_written(dlogits, rows * vocab)?;
+            }
+            None => launch!(self, self.func("s6_cross_entropy")?, cfg, "cross_entropy"; lp, tp, dp, lsp, v, scale, cr),
+        }
         let r = u32_of("rows", rows)?;
         launch!(self, self.func("s6_sum_f64")?, rows_cfg(1, 1024)?, "cross_entropy sum"; lsp, r, totp);
         let host = self.stream().clone_dtoh(&total).map_err(driver_err("download"))?;

@@ -28,6 +28,11 @@
     do {              \
     } while (0)
 #endif
+// The launch's dynamic shared memory (shared_mem_bytes) as an array `name` of T (the CPU
+// emulation, scripts/emulate/cuda_emu.h, defines it as a static buffer).
+#ifndef S6_DYNAMIC_SHARED
+#define S6_DYNAMIC_SHARED(T, name) extern __shared__ T name[]
+#endif
 #define S6_PDL_ENTRY()   \
     do {                 \
         S6_PDL_LAUNCH(); \

@@ -108,7 +108,7 @@ extern "C" __global__ void __launch_bounds__(32 * S6_NORM_WARPS)
                    float* __restrict__ dres_all, double* __restrict__ part, unsigned int rows, unsigned int dim,
                    unsigned int chunk_rows, float eps, unsigned int use_shared) {
     S6_PDL_ENTRY();
-    extern __shared__ double acc_shared[];
+    S6_DYNAMIC_SHARED(double, acc_shared);
     __shared__ float row_r[S6_NORM_WARPS], row_coef[S6_NORM_WARPS];
     const unsigned int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
     const unsigned int r0 = blockIdx.x * chunk_rows;
@@ -256,6 +256,16 @@ __device__ __forceinline__ float s6_ce_grad(float v, unsigned int i, float m, fl
 // parallelism: the row is streamed from DRAM).
 #define S6_CE_UNROLL 4
 
+// Stores of the cross-entropy's gradient: f32, or rounded to bf16 (round to nearest even).
+__device__ __forceinline__ void s6_ce_put(float* d, unsigned int i, float g) { d[i] = g; }
+__device__ __forceinline__ void s6_ce_put(unsigned short* d, unsigned int i, float g) { d[i] = s6_f32_to_bf16(g); }
+__device__ __forceinline__ void s6_ce_put4(float* d, unsigned int g, float4 v) { reinterpret_cast<float4*>(d)[g] = v; }
+__device__ __forceinline__ void s6_ce_put4(unsigned short* d, unsigned int g, float4 v) {
+    const unsigned int lo = s6_f32_to_bf16(v.x) | ((unsigned int)s6_f32_to_bf16(v.y) << 16);
+    const unsigned int hi = s6_f32_to_bf16(v.z) | ((unsigned int)s6_f32_to_bf16(v.w) << 16);
+    reinterpret_cast<uint2*>(d)[g] = make_uint2(lo, hi);
+}
+
 // Softmax cross-entropy, one block per row (block size a multiple of 32, at most 1024). Writes
 // dlogits = scale·(softmax − onehot) (a zero row when the target is 0xffffffff) and the row's
 // loss logsumexp(x) − x[t] (0 when ignored) into losses[row].
@@ -265,35 +275,39 @@ __device__ __forceinline__ float s6_ce_grad(float v, unsigned int i, float m, fl
 // block, the sum in f64); pass 2 writes the gradient. cache_row != 0: pass 1 also keeps the row in
 // dynamic shared memory (vocab + 3 floats, element i at i + the row's float offset mod 4, so that
 // the groups stay 16-byte aligned) and pass 2 reads it from there: DRAM is read once. Otherwise
-// pass 2 reads the row again from global memory.
-extern "C" __global__ void __launch_bounds__(1024)
-    s6_cross_entropy(const float* __restrict__ logits, const unsigned int* __restrict__ targets,
-                     float* __restrict__ dlogits, double* __restrict__ losses, unsigned int vocab, float scale,
-                     unsigned int cache_row) {
+// pass 2 reads the row again from global memory. TD: dlogits' type: float, or bf16 bits where
+// the gradient is held in bf16 alone (s6_cross_entropy_d16: the head's backward products read
+// bf16 inputs, which they would otherwise cast from the f32 values, rounded the same way).
+template <typename TD>
+__device__ __forceinline__ void s6_cross_entropy_impl(const float* __restrict__ logits,
+                                                      const unsigned int* __restrict__ targets, TD* __restrict__ dlogits,
+                                                      double* __restrict__ losses, unsigned int vocab, float scale,
+                                                      unsigned int cache_row) {
     S6_PDL_ENTRY();
-    extern __shared__ float4 row_cache4[];
+    S6_DYNAMIC_SHARED(float4, row_cache4);
     float* row_cache = (float*)row_cache4;
     __shared__ float fscratch[33];
     __shared__ double dscratch[33];
     const unsigned long long base = (unsigned long long)blockIdx.x * vocab;
     const float* x = logits + base;
-    float* d = dlogits + base;
+    TD* d = dlogits + base;
     const unsigned int t = targets[blockIdx.x];
     const unsigned int tid = threadIdx.x, bs = blockDim.x;
     const unsigned int mis = (unsigned int)(((unsigned long long)x / 4) & 3);
-    const bool vec = (((unsigned long long)x ^ (unsigned long long)d) & 15) == 0;
+    // Groups of 4 need x's and d's rows at the same element offset mod 4 (16 bytes of x; 16 or 8 of d).
+    const bool vec = mis == (unsigned int)(((unsigned long long)d / sizeof(TD)) & 3);
     // Row split: [0, head) scalar, [head, tail) float4 groups, [tail, vocab) scalar.
     const unsigned int head = vec ? min((4 - mis) & 3, vocab) : vocab;
     const unsigned int groups = vec ? (vocab - head) / 4 : 0;
     const unsigned int tail = head + 4 * groups;
     const float4* x4 = (const float4*)(x + head);
-    float4* d4 = (float4*)(d + head);
+    TD* dh = d + head;  // group g: elements dh[4g .. 4g + 4), stored by s6_ce_put4
     float4* c4 = (float4*)(row_cache + head + mis);
     if (t == 0xffffffffu) {
         const float4 z = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
-        for (unsigned int i = tid; i < head; i += bs) d[i] = 0.0f;
-        for (unsigned int g = tid; g < groups; g += bs) d4[g] = z;
-        for (unsigned int i = tail + tid; i < vocab; i += bs) d[i] = 0.0f;
+        for (unsigned int i = tid; i < head; i += bs) s6_ce_put(d, i, 0.0f);
+        for (unsigned int g = tid; g < groups; g += bs) s6_ce_put4(dh, g, z);
+        for (unsigned int i = tail + tid; i < vocab; i += bs) s6_ce_put(d, i, 0.0f);
         if (tid == 0) losses[blockIdx.x] = 0.0;
         return;
     }
@@ -332,7 +346,7 @@ extern "C" __global__ void __launch_bounds__(1024)
     // Pass 2 from the cache (shared) or the row again (global).
     const float* src = cache_row ? row_cache + mis : x;
     const float4* src4 = cache_row ? (const float4*)c4 : x4;
-    for (unsigned int i = tid; i < head; i += bs) d[i] = s6_ce_grad(src[i], i, m, f, t, scale);
+    for (unsigned int i = tid; i < head; i += bs) s6_ce_put(d, i, s6_ce_grad(src[i], i, m, f, t, scale));
     g = tid;
     for (; g + (S6_CE_UNROLL - 1) * bs < groups; g += S6_CE_UNROLL * bs) {
         float4 v[S6_CE_UNROLL];
@@ -341,19 +355,35 @@ extern "C" __global__ void __launch_bounds__(1024)
 #pragma unroll
         for (int u = 0; u < S6_CE_UNROLL; u++) {
             const unsigned int i = head + 4 * (g + u * bs);
-            d4[g + u * bs] = make_float4(s6_ce_grad(v[u].x, i, m, f, t, scale), s6_ce_grad(v[u].y, i + 1, m, f, t, scale),
-                                         s6_ce_grad(v[u].z, i + 2, m, f, t, scale), s6_ce_grad(v[u].w, i + 3, m, f, t, scale));
+            s6_ce_put4(dh, g + u * bs,
+                       make_float4(s6_ce_grad(v[u].x, i, m, f, t, scale), s6_ce_grad(v[u].y, i + 1, m, f, t, scale),
+                                   s6_ce_grad(v[u].z, i + 2, m, f, t, scale), s6_ce_grad(v[u].w, i + 3, m, f, t, scale)));
         }
     }
     for (; g < groups; g += bs) {
         const float4 v = src4[g];
         const unsigned int i = head + 4 * g;
-        d4[g] = make_float4(s6_ce_grad(v.x, i, m, f, t, scale), s6_ce_grad(v.y, i + 1, m, f, t, scale),
-                            s6_ce_grad(v.z, i + 2, m, f, t, scale), s6_ce_grad(v.w, i + 3, m, f, t, scale));
+        s6_ce_put4(dh, g,
+                   make_float4(s6_ce_grad(v.x, i, m, f, t, scale), s6_ce_grad(v.y, i + 1, m, f, t, scale),
+                               s6_ce_grad(v.z, i + 2, m, f, t, scale), s6_ce_grad(v.w, i + 3, m, f, t, scale)));
     }
-    for (unsigned int i = tail + tid; i < vocab; i += bs) d[i] = s6_ce_grad(src[i], i, m, f, t, scale);
+    for (unsigned int i = tail + tid; i < vocab; i += bs) s6_ce_put(d, i, s6_ce_grad(src[i], i, m, f, t, scale));
     if (tid == 0) losses[blockIdx.x] = (double)m + log(s) - (double)x[t];
 }
+
+extern "C" __global__ void __launch_bounds__(1024)
+    s6_cross_entropy(const float* __restrict__ logits, const unsigned int* __restrict__ targets,
+                     float* __restrict__ dlogits, double* __restrict__ losses, unsigned int vocab, float scale,
+                     unsigned int cache_row) {
+    s6_cross_entropy_impl<float>(logits, targets, dlogits, losses, vocab, scale, cache_row);
+}
+extern "C" __global__ void __launch_bounds__(1024)
+    s6_cross_entropy_d16(const float* __restrict__ logits, const unsigned int* __restrict__ targets,
+                         unsigned short* __restrict__ dlogits, double* __restrict__ losses, unsigned int vocab,
+                         float scale, unsigned int cache_row) {
+    s6_cross_entropy_impl<unsigned short>(logits, targets, dlogits, losses, vocab, scale, cache_row);
+}
+
 
 // Sum of v[0..n) by one block of up to 1024 threads (f64, fixed order); every thread gets it.
 __device__ __forceinline__ double s6_sum_f64_block(const double* __restrict__ v, unsigned int n,
