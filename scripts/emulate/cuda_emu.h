@@ -2,7 +2,7 @@
 // predicates, barriers, the order of phases) where no GPU is at hand: a block's threads are
 // std::threads meeting at a std::barrier for __syncthreads, __shared__ variables are function
 // statics (one block runs at a time), and the SFU's approximate functions are the libm ones.
-// Warp shuffles (xor) are emulated with a barrier per warp; other warp-level operations are not.
+// Warp shuffles (xor, broadcast) and __syncwarp are emulated with a barrier per warp; other warp-level operations are not.
 // Not a timing tool.
 #pragma once
 #include <barrier>
@@ -38,13 +38,14 @@ inline void __syncthreads() {
     }
     s6emu_block_barrier->arrive_and_wait();
 }
-// Warp shuffles (xor), for kernels launched by s6emu_launch whose warps' 32 lanes all take part:
-// each lane posts its value, the warp meets at its own barrier, reads its partner's, and meets
-// again before the slots are reused.
+// Warp shuffles (xor and broadcast), for kernels launched by s6emu_launch whose warps' 32 lanes
+// all take part.
 inline std::vector<std::barrier<>*> s6emu_warp_barriers;
 inline std::vector<unsigned long long> s6emu_warp_slots;
-template <typename T>
-T __shfl_xor_sync(unsigned, T v, int lane_mask) {
+// Each lane posts v, the warp meets at its own barrier, reads the value of lane `from(lane)`,
+// and meets again before the slots are reused.
+template <typename T, typename From>
+T s6emu_warp_exchange(T v, From from) {
     static_assert(sizeof(T) <= sizeof(unsigned long long));
     if (s6emu_warp_barriers.empty()) {
         std::fprintf(stderr, "warp shuffles need s6emu_launch\n");
@@ -54,25 +55,18 @@ T __shfl_xor_sync(unsigned, T v, int lane_mask) {
     std::memcpy(&s6emu_warp_slots[t], &v, sizeof(T));
     s6emu_warp_barriers[w]->arrive_and_wait();
     T out;
-    std::memcpy(&out, &s6emu_warp_slots[w * 32 + ((t % 32) ^ (unsigned)lane_mask)], sizeof(T));
+    std::memcpy(&out, &s6emu_warp_slots[w * 32 + (from(t % 32) & 31u)], sizeof(T));
     s6emu_warp_barriers[w]->arrive_and_wait();
     return out;
 }
-// Broadcast from lane `src` (same rules).
+template <typename T>
+T __shfl_xor_sync(unsigned, T v, int lane_mask) {
+    return s6emu_warp_exchange(v, [&](unsigned lane) { return lane ^ (unsigned)lane_mask; });
+}
+// Broadcast from lane `src`.
 template <typename T>
 T __shfl_sync(unsigned, T v, int src) {
-    static_assert(sizeof(T) <= sizeof(unsigned long long));
-    if (s6emu_warp_barriers.empty()) {
-        std::fprintf(stderr, "warp shuffles need s6emu_launch\n");
-        std::abort();
-    }
-    const unsigned t = threadIdx.x, w = t / 32;
-    std::memcpy(&s6emu_warp_slots[t], &v, sizeof(T));
-    s6emu_warp_barriers[w]->arrive_and_wait();
-    T out;
-    std::memcpy(&out, &s6emu_warp_slots[w * 32 + ((unsigned)src & 31)], sizeof(T));
-    s6emu_warp_barriers[w]->arrive_and_wait();
-    return out;
+    return s6emu_warp_exchange(v, [&](unsigned) { return (unsigned)src; });
 }
 inline void __syncwarp(unsigned = 0xffffffffu) {
     if (!s6emu_warp_barriers.empty()) s6emu_warp_barriers[threadIdx.x / 32]->arrive_and_wait();
