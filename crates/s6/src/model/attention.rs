@@ -603,6 +603,9 @@ impl<B: Backend> Transformer<B> {
         let be = &self.backend;
         let (rows, d) = (batch * seqlen, self.cfg.d_model);
         let eps = self.eps();
+        // The residual stream. Training keeps it at every norm's input (after the add) for the
+        // backward: there each sum goes to a new buffer, kept, which the next add reads (no copy);
+        // `residual` then holds the embedding until the first block keeps it.
         let mut residual = be.zeros(rows * d)?;
         be.embedding(&self.embed_tokens, ids, d, &mut residual)?;
         let mut acts = self.layer_buffers(rows)?;
@@ -614,22 +617,35 @@ impl<B: Backend> Transformer<B> {
             }
             // The previous block's MLP output joins the residual stream here, fused with the norm.
             let prev = if i == 0 { None } else { Some(&mlp_out) };
-            be.add_rmsnorm(&mut residual, prev, &l.input_layernorm, eps, rows, d, &mut acts.normed_attn)?;
-            if saved.is_some() {
-                acts.res_attn = Some(be.clone_buf(&residual)?);
+            let w = &l.input_layernorm;
+            match saved.as_deref() {
+                None => be.add_rmsnorm(&mut residual, prev, w, eps, rows, d, &mut acts.normed_attn)?,
+                Some(s) => {
+                    let kept = match s.layers.last() {
+                        None => {
+                            be.add_rmsnorm(&mut residual, None, w, eps, rows, d, &mut acts.normed_attn)?;
+                            std::mem::replace(&mut residual, be.zeros(0)?)
+                        }
+                        Some(p) => {
+                            let src =
+                                p.res_mlp.as_ref().ok_or_else(|| Error::Backend("missing kept residual".into()))?;
+                            let mut sum = be.uninit(rows * d)?;
+                            be.add_rmsnorm_into(src, prev, w, eps, rows, d, &mut sum, &mut acts.normed_attn)?;
+                            sum
+                        }
+                    };
+                    acts.res_attn = Some(kept);
+                }
             }
             self.attention_forward(l, batch, seqlen, &mut acts, &mut attn_out)?;
-            be.add_rmsnorm(
-                &mut residual,
-                Some(&attn_out),
-                &l.post_attention_layernorm,
-                eps,
-                rows,
-                d,
-                &mut acts.normed_mlp,
-            )?;
-            if saved.is_some() {
-                acts.res_mlp = Some(be.clone_buf(&residual)?);
+            let w = &l.post_attention_layernorm;
+            match acts.res_attn.as_ref().filter(|_| saved.is_some()) {
+                None => be.add_rmsnorm(&mut residual, Some(&attn_out), w, eps, rows, d, &mut acts.normed_mlp)?,
+                Some(src) => {
+                    let mut sum = be.uninit(rows * d)?;
+                    be.add_rmsnorm_into(src, Some(&attn_out), w, eps, rows, d, &mut sum, &mut acts.normed_mlp)?;
+                    acts.res_mlp = Some(sum);
+                }
             }
             self.mlp_forward(l, rows, &mut acts, &mut mlp_out)?;
             if let Some(s) = saved.as_deref_mut() {
@@ -637,7 +653,15 @@ impl<B: Backend> Transformer<B> {
             }
         }
         let mut normed = be.zeros(rows * d)?;
-        be.add_rmsnorm(&mut residual, Some(&mlp_out), &self.norm, eps, rows, d, &mut normed)?;
+        let last = saved.as_deref().and_then(|s| s.layers.last()).and_then(|a| a.res_mlp.as_ref());
+        match last {
+            None => be.add_rmsnorm(&mut residual, Some(&mlp_out), &self.norm, eps, rows, d, &mut normed)?,
+            Some(src) => {
+                let mut sum = be.uninit(rows * d)?;
+                be.add_rmsnorm_into(src, Some(&mlp_out), &self.norm, eps, rows, d, &mut sum, &mut normed)?;
+                residual = sum;
+            }
+        }
         if let Some(s) = saved {
             s.final_residual = Some(residual);
         }
