@@ -1116,6 +1116,43 @@ fn peak_memory_is_reported() {
     }
 }
 
+/// `S6_BF16_STORAGE=1` in training: the norm's output (and, with `Recompute::Full`, the scan's)
+/// and the head's gradient held in bf16 alone, read by the bf16 products as the casts they
+/// replace would have given them: no bit of the loss or of any gradient changes.
+#[test]
+fn bf16_storage_changes_no_bit_of_training() {
+    use s6::backend::Compute;
+    use s6::model::Recompute;
+    let Some(g) = gpu() else { return };
+    g.set_compute(Compute::Bf16).unwrap();
+    let mut cfg = MambaConfig::preset("mamba-130m").unwrap();
+    cfg.n_layer = 2;
+    cfg.vocab_size = 512;
+    let mut model = mamba_on(g.clone(), &cfg, 5);
+    let (b, l) = (2, 640);
+    let (ids, targets) = batch(&mut Rng(10), cfg.vocab_size, b, l);
+    let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+    for recompute in [Recompute::Light, Recompute::Full] {
+        model.recompute = recompute;
+        let run = |storage: bool| {
+            s6::backend::cuda::set_bf16_storage(storage);
+            let mut grads = model.zero_grads().unwrap();
+            let (loss, _) = model.loss_and_grads(&ids, &targets, b, l, 1.0, &mut grads).unwrap();
+            let values: Vec<(String, Vec<u32>)> =
+                grads.params().iter().map(|(spec, p)| (spec.name.clone(), bits(&g.to_vec(p).unwrap()))).collect();
+            (loss.to_bits(), values)
+        };
+        let off = run(false);
+        let on = run(true);
+        s6::backend::cuda::set_bf16_storage(false);
+        assert_eq!(off.0, on.0, "{recompute:?}: the loss changed with bf16 storage");
+        for ((name, a), (_, c)) in off.1.iter().zip(&on.1) {
+            assert!(a == c, "{recompute:?}: gradient {name} changed with bf16 storage");
+        }
+    }
+    g.set_compute(Compute::F32).unwrap();
+}
+
 /// bf16 activation copies by default (`S6_ACT_BF16` unset): off while `loss_and_grads` keeps
 /// activations for the backward (`Backend::set_keeping_activations`), so training takes the memory
 /// it took without them; forced on they cost memory and change no bit of the loss or gradients.

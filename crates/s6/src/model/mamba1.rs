@@ -805,6 +805,14 @@ impl<B: Backend> Mamba<B> {
         be.embedding(&self.embedding, ids, d, &mut embedded)?;
         // Every layer runs in `work`; what `self.recompute` says to keep moves to `kept`.
         let mut work = self.layer_buffers(rows)?;
+        // The norm's output (in_proj's input, forward and backward) and the scan's (out_proj's)
+        // are read by bf16 products only: the backend may hold them in bf16 alone (the products
+        // read the same bits, without a cast). Not the y that `Recompute::Light` keeps: its f32
+        // buffer stays allocated, so a bf16 copy per layer would add memory.
+        be.allow_bf16_storage(&mut work.normed);
+        if self.recompute == Recompute::Full {
+            be.allow_bf16_storage(&mut work.y);
+        }
         let mut kept: Vec<Kept<B>> = Vec::with_capacity(c.n_layer);
         let mut out = be.zeros(rows * d)?;
         for (i, l) in self.layers.iter().enumerate() {

@@ -65,12 +65,13 @@ fn act_bf16_mode() -> u8 {
     mode
 }
 
-/// Whether activations the model allows bf16 storage
-/// ([`Backend::allow_bf16_storage`](crate::backend::Backend::allow_bf16_storage): prefill's) are
+/// Whether buffers the model allows bf16 storage
+/// ([`Backend::allow_bf16_storage`](crate::backend::Backend::allow_bf16_storage): prefill's
+/// activations; in training the norm's output, the scan's output and the head's gradient) are
 /// written in bf16 alone where the kernels can (`S6_BF16_STORAGE=1`). Only with bf16 products and
-/// activation copies on ([`act_bf16_enabled`]). Off by default until it has run on a GPU: written
-/// in session 17, checked there only by the CPU emulation of its scan entries and NVRTC
-/// (`scripts/gpu/run67.sh` has its GPU tests and measurements).
+/// unless the copies are forced off (`S6_ACT_BF16=0`). Off by default until it has run on a GPU:
+/// written in sessions 17 and 18, checked there only by the CPU emulation of its kernels and
+/// NVRTC (`scripts/gpu/run68.sh` has its GPU tests and measurements).
 pub fn bf16_storage_enabled() -> bool {
     BF16_STORAGE.on()
 }
@@ -82,11 +83,12 @@ pub fn set_bf16_storage(on: bool) {
 
 static BF16_STORAGE: super::Switch = super::Switch::new("S6_BF16_STORAGE", false);
 
-/// `linear_backward`'s output gradient `dy` (`[rows, n]`, contiguous): f32 values to cast, or
-/// a bf16 copy that holds them already (a gradient held in bf16 alone).
+/// An input of `linear_backward`'s bf16 products (`x` or `dy`): f32 values to cast (device
+/// pointer and row stride), or a contiguous bf16 copy that holds them already (a buffer held in
+/// bf16 alone, or an activation copy).
 #[derive(Clone, Copy)]
-pub(super) enum DyIn {
-    F32(u64),
+pub(super) enum Bf16Input {
+    F32(u64, usize),
     Bf16(u64),
 }
 
@@ -200,27 +202,20 @@ impl Cuda {
     }
 
     /// For a kernel about to write `buf` that can write its values in bf16 alone: the device
-    /// pointer of `buf`'s bf16 copy when the model allows the buffer bf16 storage
-    /// ([`Backend::allow_bf16_storage`](crate::backend::Backend::allow_bf16_storage)), copies are
-    /// on ([`Cuda::act_bf16_target`]), [`bf16_storage_enabled`] and no graph is recorded (a
-    /// recording would have to track which replays left the f32 values stale). The kernel then
-    /// writes no f32 value and the caller reports it with [`Cuda::bf16_only_written`].
+    /// pointer of `buf`'s bf16 copy (created when missing) when the model allows the buffer bf16
+    /// storage ([`Backend::allow_bf16_storage`](crate::backend::Backend::allow_bf16_storage)),
+    /// the products are bf16, [`bf16_storage_enabled`], copies are not forced off
+    /// (`S6_ACT_BF16=0`) and no graph is recorded (a recording would have to track which replays
+    /// left the f32 values stale); `None` otherwise (the kernel writes f32). Unlike the copies
+    /// of [`Cuda::act_bf16_target`] this holds in training too: a buffer held in bf16 alone takes
+    /// less memory, not more. The kernel then writes no f32 value and the caller reports it with
+    /// [`Cuda::bf16_only_written`].
     pub(super) fn bf16_only_target(&self, buf: &CudaBuf) -> Result<Option<u64>> {
-        if !buf.bf16_storage.load(Ordering::Relaxed) || !bf16_storage_enabled() || self.capturing()? {
+        let allowed = buf.bf16_storage.load(Ordering::Relaxed) && bf16_storage_enabled();
+        if !allowed || act_bf16_mode() == ACT_OFF || self.compute() != Compute::Bf16 || buf.len == 0 {
             return Ok(None);
         }
-        self.act_bf16_target(buf)
-    }
-
-    /// For a kernel about to write a gradient the model allows bf16 storage (the head's
-    /// `dlogits`, read only by the head's bf16 products, which would cast it to bf16 the same
-    /// way): the device pointer of its bf16 copy, created when missing, where the products are
-    /// bf16, [`bf16_storage_enabled`] and no graph is recorded; `None` otherwise (f32). Unlike
-    /// [`Cuda::bf16_only_target`] not tied to the activation copies, which training turns off.
-    /// Report the launch with [`Cuda::bf16_only_written`].
-    pub(super) fn bf16_only_grad_target(&self, buf: &CudaBuf) -> Result<Option<u64>> {
-        let allowed = buf.bf16_storage.load(Ordering::Relaxed) && bf16_storage_enabled();
-        if !allowed || self.compute() != Compute::Bf16 || buf.len == 0 || self.capturing()? {
+        if self.capturing()? {
             return Ok(None);
         }
         self.bf16_copy_ptr(buf).map(Some)
@@ -325,7 +320,7 @@ impl Cuda {
 
     /// The bf16 copy of the product input `x` (`rows × k`), when one written for this epoch
     /// covers it whole and contiguous; else `None` (the product casts `x`).
-    fn act_bf16_source(&self, x: &View<'_, CudaBuf>, rows: usize, k: usize) -> Result<Option<u64>> {
+    pub(super) fn act_bf16_source(&self, x: &View<'_, CudaBuf>, rows: usize, k: usize) -> Result<Option<u64>> {
         if !act_bf16_enabled() || x.offset != 0 || x.ld != k {
             return Ok(None);
         }
@@ -515,19 +510,19 @@ impl Cuda {
     #[allow(clippy::too_many_arguments)]
     pub(super) fn linear_backward_bf16(
         &self,
-        (xp, ldx): (u64, usize),
+        x: Bf16Input,
         rows: usize,
         k: usize,
         w: &CudaBuf,
         n: usize,
-        dy: DyIn,
+        dy: Bf16Input,
         dx: Option<(u64, usize, bool)>,
         dwp: u64,
     ) -> Result<()> {
         let mut scratch = self.lock_bf16()?;
         let dys = match dy {
-            DyIn::F32(p) => self.cast_to_scratch(&mut scratch, SLOT_DY, p, n, rows, n)?,
-            DyIn::Bf16(p) => p,
+            Bf16Input::F32(p, ld) => self.cast_to_scratch(&mut scratch, SLOT_DY, p, ld, rows, n)?,
+            Bf16Input::Bf16(p) => p,
         };
         use blas_sys::cublasOperation_t::{CUBLAS_OP_N, CUBLAS_OP_T};
         if let Some((p, ld, add)) = dx {
@@ -537,7 +532,10 @@ impl Cuda {
             let beta = if add { 1.0 } else { 0.0 };
             unsafe { self.gemm_bf16(CUBLAS_OP_N, CUBLAS_OP_N, (k, rows, n), wp, k, dys, n, beta, p, ld.max(k))? };
         }
-        let xs = self.cast_to_scratch(&mut scratch, SLOT_X, xp, ldx, rows, k)?;
+        let xs = match x {
+            Bf16Input::F32(p, ld) => self.cast_to_scratch(&mut scratch, SLOT_X, p, ld, rows, k)?,
+            Bf16Input::Bf16(p) => p,
+        };
         // dWᵀ [k × n] += xᵀ (k × rows, ld k) · dy (op T of dyᵀ, n × rows, ld n).
         // SAFETY: as above.
         unsafe { self.gemm_bf16(CUBLAS_OP_N, CUBLAS_OP_T, (k, n, rows), xs, k, dys, n, 1.0, dwp, k) }

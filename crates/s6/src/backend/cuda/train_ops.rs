@@ -159,18 +159,22 @@ impl Cuda {
         // dx with `true`: accumulated (beta = 1), `Backend::linear_backward_add_dx`.
         let add_dx = dx.as_ref().is_some_and(|d| d.1);
         let wp = self.ptr(w, 0, n * k, "linear_backward weight")?;
-        // dy held in bf16 alone (the head's gradient from `cross_entropy`): the bf16 products read
-        // that copy as it is, the f32 values are made current only for another reader.
-        let dy16 = match self.compute() {
-            Compute::Bf16 => self.held_bf16(&View::full(dy, n), rows, n)?,
-            _ => None,
-        };
-        let dyp = match dy16 {
-            Some(_) => self.ptr_unread(dy, 0, rows * n, "linear_backward dy")?,
-            None => self.ptr(dy, 0, rows * n, "linear_backward dy")?,
-        };
+        // Under bf16 products x and dy are read from bf16 copies that hold them where there are
+        // such (buffers held in bf16 alone: the norm's and the scan's outputs, the head's
+        // gradient; activation copies), the same bits as the cast they replace; their f32 values
+        // are made current only where read.
+        let bf16 = self.compute() == Compute::Bf16;
+        let dy16 = if bf16 { self.held_bf16(&View::full(dy, n), rows, n)? } else { None };
+        let x16 = if bf16 { self.act_bf16_source(&x, rows, k)? } else { None };
+        let dyp = self.ptr_unread(dy, 0, rows * n, "linear_backward dy")?;
+        let xp = self.ptr_unread(x.buf, x.offset, Self::view_extent(x.ld, rows, k), "linear_backward x")?;
+        if dy16.is_none() {
+            self.fresh(dy, "linear_backward dy")?;
+        }
+        if x16.is_none() {
+            self.fresh(x.buf, "linear_backward x")?;
+        }
         let dwp = self.ptr_mut(dw, 0, n * k, "linear_backward dw")?;
-        let xp = self.ptr(x.buf, x.offset, Self::view_extent(x.ld, rows, k), "linear_backward x")?;
         let dxp = match dx.map(|d| d.0) {
             Some(v) => {
                 Some((self.ptr_mut(v.buf, v.offset, Self::view_extent(v.ld, rows, k), "linear_backward dx")?, v.ld))
@@ -198,20 +202,10 @@ impl Cuda {
             return Ok(());
         }
         if self.compute() == Compute::Bf16 {
-            let dy_in = match dy16 {
-                Some(p) => super::bf16::DyIn::Bf16(p),
-                None => super::bf16::DyIn::F32(dyp),
-            };
-            return self.linear_backward_bf16(
-                (xp, x.ld),
-                rows,
-                k,
-                w,
-                n,
-                dy_in,
-                dxp.map(|(p, ld)| (p, ld, add_dx)),
-                dwp,
-            );
+            use super::bf16::Bf16Input;
+            let dy_in = dy16.map_or(Bf16Input::F32(dyp, n), Bf16Input::Bf16);
+            let x_in = x16.map_or(Bf16Input::F32(xp, x.ld), Bf16Input::Bf16);
+            return self.linear_backward_bf16(x_in, rows, k, w, n, dy_in, dxp.map(|(p, ld)| (p, ld, add_dx)), dwp);
         }
         self.inner.ctx.bind_to_thread().map_err(driver_err("bind"))?;
         let (one, zero) = (1.0f32, 0.0f32);
@@ -392,7 +386,7 @@ impl Cuda {
         let lp = self.ptr(logits, 0, rows * vocab, "cross_entropy logits")?;
         // The gradient in bf16 alone where the model allows it (the head's backward products
         // read it as their bf16 input), else in f32.
-        let d16 = self.bf16_only_grad_target(dlogits)?;
+        let d16 = self.bf16_only_target(dlogits)?;
         let dp = match d16 {
             Some(_) => self.ptr_unread(dlogits, 0, rows * vocab, "cross_entropy dlogits")?,
             None => self.ptr_mut(dlogits, 0, rows * vocab, "cross_entropy dlogits")?,
