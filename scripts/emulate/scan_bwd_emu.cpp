@@ -15,8 +15,8 @@ static int failures = 0;
 
 using BwdKernel = void (*)(const float*, const float*, const float*, const float*, const float*, unsigned int,
                           const float*, unsigned int, const float*, const float*, unsigned int, const float*, float*,
-                          float*, float*, unsigned int, float*, float*, float*, unsigned int, unsigned int,
-                          unsigned int);
+                          float*, unsigned int, float*, unsigned int, float*, float*, float*, unsigned int,
+                          unsigned int, unsigned int);
 struct Variant {
     const char* name;
     BwdKernel kernel;
@@ -47,9 +47,26 @@ static void run_case(const Variant& kv, unsigned batch, unsigned seqlen, unsigne
     float* dzp = gate ? dz.data() + dim : nullptr;
     s6emu_launch({nblk, batch, 1}, 128, [&] {
         kv.kernel(u.data(), delta.data(), bias.data(), a.data(), xdbl.data() + 3, xw, xdbl.data() + 3 + N, xw,
-                         dsk.data(), zp, gate ? 2 * dim : 0, dy.data(), du.data(), ddelta.data(), dzp,
+                         dsk.data(), zp, gate ? 2 * dim : 0, dy.data(), du.data(), ddelta.data(), 0u, dzp,
                          gate ? 2 * dim : 0, ckpt.data(), pbc.data(), pparam.data(), seqlen, dim, N);
     });
+    // dΔ held in bf16 alone (ddelta_bf16 = 1): the f32 values rounded, bit for bit, and every
+    // other output as before.
+    {
+        std::vector<float> du2(du.size(), 7), dz2(dz.size(), 0), pbc2(pbc.size()), pparam2(pparam.size());
+        std::vector<unsigned short> dd16(ddelta.size(), 0x7fc0);
+        float* dzp2 = gate ? dz2.data() + dim : nullptr;
+        s6emu_launch({nblk, batch, 1}, 128, [&] {
+            kv.kernel(u.data(), delta.data(), bias.data(), a.data(), xdbl.data() + 3, xw, xdbl.data() + 3 + N, xw,
+                      dsk.data(), zp, gate ? 2 * dim : 0, dy.data(), du2.data(), reinterpret_cast<float*>(dd16.data()),
+                      1u, dzp2, gate ? 2 * dim : 0, ckpt.data(), pbc2.data(), pparam2.data(), seqlen, dim, N);
+        });
+        bool same = du2 == du && dz2 == dz && pbc2 == pbc && pparam2 == pparam;
+        for (size_t i = 0; i < ddelta.size(); i++) same = same && dd16[i] == s6_f32_to_bf16(ddelta[i]);
+        if (!same) failures++;
+        std::printf("%-4s %-7s b%u l%-4u d%-3u gate %d ddelta in bf16 alone: the f32 values rounded, the rest unchanged\n",
+                    same ? "ok" : "FAIL", kv.name, batch, seqlen, dim, gate);
+    }
     const unsigned per = dim * (N + 2);
     s6emu_launch_serial({(per + 255) / 256, 1, 1}, 256, [&] {
         s6_scan_bwd_reduce_params(pparam.data(), batch, dim, N, da.data(), dd.data(), dbias.data());

@@ -877,6 +877,8 @@ impl<B: Backend> Mamba<B> {
         let mut dy = be.zeros(rows * di)?;
         let mut du = be.zeros(rows * di)?;
         let mut ddelta = be.zeros(rows * di)?;
+        // Read only by dt_proj's backward products (a bf16 input): it may be held in bf16 alone.
+        be.allow_bf16_storage(&mut ddelta);
         // x_proj's output gradient `[rows, xw]`, then one `[rows, d_state]` scratch matrix per
         // non-selective B / C: the scan writes per-row ∂B_t, ∂C_t wherever they belong.
         let shared = usize::from(!ab.selective_b) + usize::from(!ab.selective_c);

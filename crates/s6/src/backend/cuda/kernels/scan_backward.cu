@@ -24,16 +24,29 @@
 
 __device__ __forceinline__ float s6b_sigmoid(float x) { return 1.0f / (1.0f + expf(-x)); }
 
+// dΔ's element i: f32, or with ddelta_bf16 rounded to bf16 at the same index of ddelta read as
+// bf16 (dΔ held in bf16 alone: dt_proj's backward products read it so, cuda/bf16.rs). One pointer
+// and a flag rather than two pointers: n16p's registers (128, a 4-byte spill) took a second one
+// badly (12 bytes).
+__device__ __forceinline__ void s6b_put_ddelta(float* __restrict__ ddelta, unsigned int ddelta_bf16,
+                                               unsigned long long i, float v) {
+    if (ddelta_bf16)
+        reinterpret_cast<unsigned short*>(ddelta)[i] = s6_f32_to_bf16(v);
+    else
+        ddelta[i] = v;
+}
+
 // The scan backward kernels' parameters (and their bodies'), and the arguments that pass them on.
 #define S6_SCAN_BWD_PARAMS                                                                                          \
     const float *__restrict__ u, const float *__restrict__ delta, const float *__restrict__ delta_bias,             \
         const float *__restrict__ a, const float *__restrict__ bm, unsigned int ldb, const float *__restrict__ cm,  \
         unsigned int ldc, const float *__restrict__ dskip, const float *__restrict__ z, unsigned int ldz,           \
-        const float *__restrict__ dy, float *__restrict__ du, float *__restrict__ ddelta, float *__restrict__ dz,   \
-        unsigned int lddz, float *__restrict__ ckpt, float *__restrict__ pbc, float *__restrict__ pparam,          \
-        unsigned int seqlen, unsigned int dim, unsigned int n
-#define S6_SCAN_BWD_ARGS \
-    u, delta, delta_bias, a, bm, ldb, cm, ldc, dskip, z, ldz, dy, du, ddelta, dz, lddz, ckpt, pbc, pparam, seqlen, dim, n
+        const float *__restrict__ dy, float *__restrict__ du, float *__restrict__ ddelta, unsigned int ddelta_bf16, \
+        float *__restrict__ dz, unsigned int lddz, float *__restrict__ ckpt, float *__restrict__ pbc,               \
+        float *__restrict__ pparam, unsigned int seqlen, unsigned int dim, unsigned int n
+#define S6_SCAN_BWD_ARGS                                                                                         \
+    u, delta, delta_bias, a, bm, ldb, cm, ldc, dskip, z, ldz, dy, du, ddelta, ddelta_bf16, dz, lddz, ckpt, pbc, pparam, \
+        seqlen, dim, n
 
 template <int NPT, int SPLIT, int T>
 __device__ __forceinline__ void s6_scan_bwd_body(S6_SCAN_BWD_PARAMS) {
@@ -248,7 +261,7 @@ __device__ __forceinline__ void s6_scan_bwd_body(S6_SCAN_BWD_PARAMS) {
             if (dd < dim) {
                 const unsigned long long r = row0 + t0 + t;
                 du[r * dim + dd] = s_du[t][c];
-                ddelta[r * dim + dd] = s_ddt[t][c];
+                s6b_put_ddelta(ddelta, ddelta_bf16, r * dim + dd, s_ddt[t][c]);
                 if (dz != nullptr) dz[r * lddz + dd] = s_dz[t][c];
             }
         }
@@ -617,7 +630,7 @@ __device__ __forceinline__ void s6_scan_bwd_n16_body(S6_SCAN_BWD_PARAMS) {
                 if (rd < dim) {
                     const unsigned long long r = row0 + t0 + t;
                     du[r * dim + rd] = fmaf(dt, sbs, g * rdsk);
-                    ddelta[r * dim + rd] = ddt;
+                    s6b_put_ddelta(ddelta, ddelta_bf16, r * dim + rd, ddt);
                     if (dz != nullptr) dz[r * lddz + rd] = fmaf(rdsk, x, sout) * s_gz[t][c];
                 }
                 dd_acc = fmaf(g, x, dd_acc);
