@@ -845,6 +845,15 @@ pub trait Backend: Send + Sync + Clone {
     fn allow_bf16_storage(&self, buf: &mut Self::Buf) {
         let _ = buf;
     }
+
+    /// A hint on one activation buffer that a training step does not keep (it is rewritten
+    /// layer by layer) and that bf16 products read besides f32 readers: the backend may write a
+    /// bf16 copy beside its f32 values even while activations are kept for a backward pass
+    /// ([`Backend::set_keeping_activations`]), since the copy lives no longer than one buffer.
+    /// The CUDA backend does so under `cuda::bf16_storage_enabled`; the default ignores the hint.
+    fn allow_bf16_copy(&self, buf: &mut Self::Buf) {
+        let _ = buf;
+    }
 }
 
 #[cfg(test)]

@@ -409,6 +409,9 @@ impl<B: Backend> Backend for Timed<B> {
     fn allow_bf16_storage(&self, buf: &mut Self::Buf) {
         self.inner.allow_bf16_storage(buf)
     }
+    fn allow_bf16_copy(&self, buf: &mut Self::Buf) {
+        self.inner.allow_bf16_copy(buf)
+    }
 }
 
 #[cfg(test)]

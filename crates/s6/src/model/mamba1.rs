@@ -810,6 +810,10 @@ impl<B: Backend> Mamba<B> {
         // read the same bits, without a cast). Not the y that `Recompute::Light` keeps: its f32
         // buffer stays allocated, so a bf16 copy per layer would add memory.
         be.allow_bf16_storage(&mut work.normed);
+        // u (the conv's output) is read in f32 by the scan and its backward, and as bf16 by
+        // x_proj's forward and backward products: a bf16 copy beside it (rewritten per layer,
+        // never kept) spares those products their casts.
+        be.allow_bf16_copy(&mut work.u);
         if self.recompute == Recompute::Full {
             be.allow_bf16_storage(&mut work.y);
         }

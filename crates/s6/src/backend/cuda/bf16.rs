@@ -173,10 +173,13 @@ impl Cuda {
     /// the products are bf16 and activation copies are on now ([`act_bf16_enabled`]), or when the copy
     /// would have to be allocated while a graph is recorded.
     pub(super) fn act_bf16_target(&self, buf: &CudaBuf) -> Result<Option<u64>> {
+        // In training (activations kept) only for the buffers the model allows a copy there
+        // (`Backend::allow_bf16_copy`: not kept, so the copy lives no longer than one buffer).
+        let copy_in_training = buf.bf16_copy.load(Ordering::Relaxed) && bf16_storage_enabled();
         let on = match act_bf16_mode() {
             ACT_ON => true,
             ACT_OFF => false,
-            _ => !self.inner.keeping_activations.load(Ordering::Relaxed),
+            _ => !self.inner.keeping_activations.load(Ordering::Relaxed) || copy_in_training,
         };
         if self.compute() != Compute::Bf16 || !on || buf.len == 0 {
             return Ok(None);

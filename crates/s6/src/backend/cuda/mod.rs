@@ -319,6 +319,8 @@ pub struct CudaBuf {
     shadow: Mutex<Option<Shadow>>,
     /// The model allows the values to be held in bf16 only ([`Backend::allow_bf16_storage`]).
     bf16_storage: AtomicBool,
+    /// The model allows a bf16 copy beside the f32 values in training ([`Backend::allow_bf16_copy`]).
+    bf16_copy: AtomicBool,
     /// The f32 values are not written: the bf16 copy (`shadow`, an activation's) holds them. Any
     /// f32 access first casts the copy back (`Cuda::fresh`); set only by kernels that wrote the
     /// copy alone (bf16.rs, `bf16_only_target`).
@@ -352,6 +354,7 @@ impl CudaBuf {
             len,
             shadow: Mutex::new(None),
             bf16_storage: AtomicBool::new(false),
+            bf16_copy: AtomicBool::new(false),
             f32_stale: AtomicBool::new(false),
         }
     }
@@ -1913,6 +1916,10 @@ impl Backend for Cuda {
 
     fn allow_bf16_storage(&self, buf: &mut CudaBuf) {
         buf.bf16_storage.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    fn allow_bf16_copy(&self, buf: &mut CudaBuf) {
+        buf.bf16_copy.store(true, std::sync::atomic::Ordering::Relaxed);
     }
 }
 
