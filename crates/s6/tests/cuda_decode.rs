@@ -192,8 +192,9 @@ fn bf16_graph_greedy_equals_eager() {
 #[test]
 fn bf16_activation_copies_change_no_bit() {
     let Some(g) = gpu() else { return };
+    let storage_before = s6::backend::cuda::bf16_storage_enabled();
     g.set_compute(Compute::Bf16).unwrap();
-    // Off (the default) for this test, which compares the copies with their absence.
+    // Off for this test, which compares the copies with their absence (storage needs them).
     s6::backend::cuda::set_bf16_storage(false);
     let mut cfg = s6::config::MambaConfig::preset("mamba-130m").unwrap();
     cfg.n_layer = 2;
@@ -214,7 +215,8 @@ fn bf16_activation_copies_change_no_bit() {
     let off = run(false);
     let on = run(true);
     let again = run(false);
-    s6::backend::cuda::set_act_bf16(false);
+    s6::backend::cuda::reset_act_bf16();
+    s6::backend::cuda::set_bf16_storage(storage_before);
     let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<u32>>();
     assert_eq!(bits(&on.0), bits(&off.0), "prefill logits differ with bf16 activation copies");
     assert_eq!(on.1, off.1, "graph decoding differs with bf16 activation copies");
@@ -821,6 +823,7 @@ fn fused_step_graph_cases(g: &Cuda, block: bool) {
 #[test]
 fn bf16_storage_prefill_follows_f32_activations() {
     let Some(g) = gpu() else { return };
+    let storage_before = s6::backend::cuda::bf16_storage_enabled();
     let (cpu, gpu) = two_layer_models(&g, 512, 17);
     g.set_compute(Compute::Bf16).unwrap();
     s6::backend::cuda::set_act_bf16(true);
@@ -836,7 +839,7 @@ fn bf16_storage_prefill_follows_f32_activations() {
     };
     let (f32_logits, f32_states) = prefill_gpu(false);
     let (b16_logits, b16_states) = prefill_gpu(true);
-    s6::backend::cuda::set_act_bf16(false);
+    s6::backend::cuda::reset_act_bf16();
     let mut cst = cpu.new_state(batch).unwrap();
     let cpu_logits = cpu.prefill(&ids, batch, seqlen, &mut cst, seqlen).unwrap();
     let close = |a: &[f32], b: &[f32], tol: f32, what: &str| {
@@ -859,7 +862,7 @@ fn bf16_storage_prefill_follows_f32_activations() {
     let graph = decode_gpu(&gpu, &prompts, 20, greedy(), DecodeMode::Graph);
     let eager = decode_gpu(&gpu, &prompts, 20, greedy(), DecodeMode::Eager);
     assert_eq!(graph, eager, "after a bf16-storage prefill, graph and eager decoding differ");
-    s6::backend::cuda::set_bf16_storage(false);
+    s6::backend::cuda::set_bf16_storage(storage_before);
 }
 
 /// A buffer held in bf16 alone is read as f32 through every reader: the norm writes only the
@@ -868,6 +871,7 @@ fn bf16_storage_prefill_follows_f32_activations() {
 #[test]
 fn bf16_storage_buffers_read_back_as_rounded_f32() {
     let Some(g) = gpu() else { return };
+    let storage_before = s6::backend::cuda::bf16_storage_enabled();
     g.set_compute(Compute::Bf16).unwrap();
     s6::backend::cuda::set_act_bf16(true);
     s6::backend::cuda::set_bf16_storage(true);
@@ -890,8 +894,8 @@ fn bf16_storage_buffers_read_back_as_rounded_f32() {
     };
     let (full, _) = norm(false);
     let (held, through_kernel) = norm(true);
-    s6::backend::cuda::set_act_bf16(false);
-    s6::backend::cuda::set_bf16_storage(false);
+    s6::backend::cuda::reset_act_bf16();
+    s6::backend::cuda::set_bf16_storage(storage_before);
     let rounded: Vec<u32> = full.iter().map(|v| s6::backend::bf16_round(*v).to_bits()).collect();
     let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<u32>>();
     assert_eq!(bits(&held), rounded, "a bf16-held buffer's download is not the f32 values rounded");

@@ -360,13 +360,16 @@ fn bf16_round(v: f32) -> f32 {
     f32::from_bits((b + 0x7fff + ((b >> 16) & 1)) & 0xffff_0000)
 }
 
-/// The head's gradient held in bf16 alone (`S6_BF16_STORAGE`, the model's hint on `dlogits`):
+/// The head's gradient held in bf16 alone (the model's hint on `dlogits`):
 /// `s6_cross_entropy_d16` writes the f32 kernel's values rounded (a download widens them), the
 /// loss is the same, and the head's bf16 backward products, reading that copy instead of casting
 /// the f32 values, give the same bits.
 #[test]
 fn bf16_held_cross_entropy_gradient_feeds_the_head_backward_bit_for_bit() {
     let Some(g) = gpu() else { return };
+    let storage_before = s6::backend::cuda::bf16_storage_enabled();
+    // The copies at their default (an earlier test in this process may have forced them).
+    s6::backend::cuda::reset_act_bf16();
     let mut r = Rng(41);
     g.set_compute(s6::backend::Compute::Bf16).unwrap();
     for &(rows, vocab, k) in &[(37usize, 1003usize, 64usize), (8, 50280, 96), (5, 6, 8)] {
@@ -400,7 +403,7 @@ fn bf16_held_cross_entropy_gradient_feeds_the_head_backward_bit_for_bit() {
         };
         let f32_run = run(false);
         let held = run(true);
-        s6::backend::cuda::set_bf16_storage(false);
+        s6::backend::cuda::set_bf16_storage(storage_before);
         let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<u32>>();
         let what = format!("{rows}×{vocab}, k {k}");
         assert_eq!(held.0 .0.to_bits(), f32_run.0 .0.to_bits(), "{what}: loss");
@@ -1116,7 +1119,7 @@ fn peak_memory_is_reported() {
     }
 }
 
-/// `S6_BF16_STORAGE=1` in training: the norm's output (and, with `Recompute::Full`, the scan's)
+/// `S6_BF16_STORAGE_TRAIN=1`: the norm's output (and, with `Recompute::Full`, the scan's)
 /// and the head's gradient held in bf16 alone, read by the bf16 products as the casts they
 /// replace would have given them: no bit of the loss or of any gradient changes.
 #[test]
@@ -1124,6 +1127,9 @@ fn bf16_storage_changes_no_bit_of_training() {
     use s6::backend::Compute;
     use s6::model::Recompute;
     let Some(g) = gpu() else { return };
+    let storage_train_before = s6::backend::cuda::bf16_storage_train_enabled();
+    // The copies at their default (an earlier test in this process may have forced them).
+    s6::backend::cuda::reset_act_bf16();
     g.set_compute(Compute::Bf16).unwrap();
     let mut cfg = MambaConfig::preset("mamba-130m").unwrap();
     cfg.n_layer = 2;
@@ -1135,7 +1141,7 @@ fn bf16_storage_changes_no_bit_of_training() {
     for recompute in [Recompute::Light, Recompute::Full] {
         model.recompute = recompute;
         let run = |storage: bool| {
-            s6::backend::cuda::set_bf16_storage(storage);
+            s6::backend::cuda::set_bf16_storage_train(storage);
             let mut grads = model.zero_grads().unwrap();
             let (loss, _) = model.loss_and_grads(&ids, &targets, b, l, 1.0, &mut grads).unwrap();
             let values: Vec<(String, Vec<u32>)> =
@@ -1144,7 +1150,7 @@ fn bf16_storage_changes_no_bit_of_training() {
         };
         let off = run(false);
         let on = run(true);
-        s6::backend::cuda::set_bf16_storage(false);
+        s6::backend::cuda::set_bf16_storage_train(storage_train_before);
         assert_eq!(off.0, on.0, "{recompute:?}: the loss changed with bf16 storage");
         for ((name, a), (_, c)) in off.1.iter().zip(&on.1) {
             assert!(a == c, "{recompute:?}: gradient {name} changed with bf16 storage");
@@ -1188,7 +1194,7 @@ fn bf16_activation_copies_stay_off_in_training_by_default() {
     let again = run();
     s6::backend::cuda::set_act_bf16(true);
     let forced = run();
-    s6::backend::cuda::set_act_bf16(false);
+    s6::backend::cuda::reset_act_bf16();
     g.set_compute(Compute::F32).unwrap();
     assert_eq!(by_default.0, again.0, "the loss changed from one run to the next");
     assert_eq!(by_default.0, forced.0, "the loss changed with the copies forced on");

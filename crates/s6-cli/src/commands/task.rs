@@ -90,9 +90,9 @@ pub struct Args {
     #[arg(long, default_value = "cpu", value_parser = parse_device)]
     device: Device,
     /// How matrix products are computed: f32, or on CUDA tf32 (products on TF32 tensor cores) or
-    /// bf16 (products with bf16 inputs, fp32 accumulation); weights and activations stay fp32 in
-    /// memory (`S6_BF16_STORAGE=1`: a prompt's activations in bf16 on CUDA). fp16 is not
-    /// implemented.
+    /// bf16 (products with bf16 inputs, fp32 accumulation); weights and the residual stream stay
+    /// fp32 in memory, a prompt's other activations are held in bf16 on CUDA (`S6_BF16_STORAGE=0`:
+    /// fp32). fp16 is not implemented.
     #[arg(long, default_value = "f32", value_parser = parse_compute)]
     dtype: Compute,
 }

@@ -51,6 +51,11 @@ pub fn set_act_bf16(on: bool) {
     ACT_BF16.store(if on { ACT_ON } else { ACT_OFF }, Ordering::Relaxed);
 }
 
+/// Undoes [`set_act_bf16`]: the copies follow `S6_ACT_BF16` (or its default) again.
+pub fn reset_act_bf16() {
+    ACT_BF16.store(UNSET, Ordering::Relaxed);
+}
+
 fn act_bf16_mode() -> u8 {
     let v = ACT_BF16.load(Ordering::Relaxed);
     if v != UNSET {
@@ -65,13 +70,12 @@ fn act_bf16_mode() -> u8 {
     mode
 }
 
-/// Whether buffers the model allows bf16 storage
-/// ([`Backend::allow_bf16_storage`](crate::backend::Backend::allow_bf16_storage): prefill's
-/// activations; in training the norm's output, the scan's output and the head's gradient) are
-/// written in bf16 alone where the kernels can (`S6_BF16_STORAGE=1`). Only with bf16 products and
-/// unless the copies are forced off (`S6_ACT_BF16=0`). Off by default until it has run on a GPU:
-/// written in sessions 17 and 18, checked there only by the CPU emulation of its kernels and
-/// NVRTC (`scripts/gpu/run68.sh` has its GPU tests and measurements).
+/// Whether prefill's activations that the model allows bf16 storage
+/// ([`Backend::allow_bf16_storage`](crate::backend::Backend::allow_bf16_storage): the norm's,
+/// in_proj's, the conv's, Δ, the scan's and out_proj's outputs) are written in bf16 alone where
+/// the kernels can: `S6_BF16_STORAGE`, on by default (`0` turns it off). Only with bf16 products
+/// and unless the copies are forced off (`S6_ACT_BF16=0`). On an H100, 1.4B prefill of 128 × 2048
+/// tokens: 1.842 → 1.716 s (docs/BENCHMARKS.md, run 68).
 pub fn bf16_storage_enabled() -> bool {
     BF16_STORAGE.on()
 }
@@ -81,7 +85,25 @@ pub fn set_bf16_storage(on: bool) {
     BF16_STORAGE.set(on);
 }
 
-static BF16_STORAGE: super::Switch = super::Switch::new("S6_BF16_STORAGE", false);
+static BF16_STORAGE: super::Switch = super::Switch::new("S6_BF16_STORAGE", true);
+
+/// The same for a training step (activations kept for the backward): the buffers the model
+/// allows bf16 storage there (the norm's output, the scan backward's dΔ, the head's gradient;
+/// with `Recompute::Full` the scan's output) in bf16 alone, and a bf16 copy beside those it
+/// allows one ([`Backend::allow_bf16_copy`](crate::backend::Backend::allow_bf16_copy): u):
+/// `S6_BF16_STORAGE_TRAIN=1`. Off by default until measured: written in session 18, its first GPU
+/// run (68) failed at the cross-entropy's launch (fixed since) and its tests ran with the copies
+/// forced off.
+pub fn bf16_storage_train_enabled() -> bool {
+    BF16_STORAGE_TRAIN.on()
+}
+
+/// Turns [`bf16_storage_train_enabled`] on or off for this process (tests, benchmarks).
+pub fn set_bf16_storage_train(on: bool) {
+    BF16_STORAGE_TRAIN.set(on);
+}
+
+static BF16_STORAGE_TRAIN: super::Switch = super::Switch::new("S6_BF16_STORAGE_TRAIN", false);
 
 /// An input of `linear_backward`'s bf16 products (`x` or `dy`): f32 values to cast (device
 /// pointer and row stride), or a contiguous bf16 copy that holds them already (a buffer held in
@@ -175,7 +197,7 @@ impl Cuda {
     pub(super) fn act_bf16_target(&self, buf: &CudaBuf) -> Result<Option<u64>> {
         // In training (activations kept) only for the buffers the model allows a copy there
         // (`Backend::allow_bf16_copy`: not kept, so the copy lives no longer than one buffer).
-        let copy_in_training = buf.bf16_copy.load(Ordering::Relaxed) && bf16_storage_enabled();
+        let copy_in_training = buf.bf16_copy.load(Ordering::Relaxed) && bf16_storage_train_enabled();
         let on = match act_bf16_mode() {
             ACT_ON => true,
             ACT_OFF => false,
@@ -214,7 +236,11 @@ impl Cuda {
     /// less memory, not more. The kernel then writes no f32 value and the caller reports it with
     /// [`Cuda::bf16_only_written`].
     pub(super) fn bf16_only_target(&self, buf: &CudaBuf) -> Result<Option<u64>> {
-        let allowed = buf.bf16_storage.load(Ordering::Relaxed) && bf16_storage_enabled();
+        let switch = match self.inner.keeping_activations.load(Ordering::Relaxed) {
+            true => bf16_storage_train_enabled(),
+            false => bf16_storage_enabled(),
+        };
+        let allowed = buf.bf16_storage.load(Ordering::Relaxed) && switch;
         if !allowed || act_bf16_mode() == ACT_OFF || self.compute() != Compute::Bf16 || buf.len == 0 {
             return Ok(None);
         }

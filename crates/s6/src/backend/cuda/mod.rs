@@ -673,7 +673,9 @@ impl Cuda {
         for &k in KERNELS.iter().chain(gemv) {
             funcs.insert(k, module.load_function(k).map_err(driver_err(k))?);
         }
-        let ce_shared_bytes = train_ops::enable_cross_entropy_row_cache(&ctx, &funcs["s6_cross_entropy"])?;
+        // Both cross-entropy entries (f32 and bf16 gradient) may take the row cache.
+        let ce_shared_bytes = train_ops::enable_cross_entropy_row_cache(&ctx, &funcs["s6_cross_entropy"])?
+            .min(train_ops::enable_cross_entropy_row_cache(&ctx, &funcs["s6_cross_entropy_d16"])?);
         let blas = CudaBlas::new(stream.clone()).map_err(blas_err)?;
         // Plain fp32 products (no TF32): results comparable with the CPU backend.
         // SAFETY: a valid handle.
@@ -1345,7 +1347,10 @@ impl Cuda {
 
 mod backward;
 mod bf16;
-pub use bf16::{act_bf16_enabled, bf16_storage_enabled, set_act_bf16, set_bf16_storage};
+pub use bf16::{
+    act_bf16_enabled, bf16_storage_enabled, bf16_storage_train_enabled, reset_act_bf16, set_act_bf16, set_bf16_storage,
+    set_bf16_storage_train,
+};
 mod conv;
 mod lt;
 pub mod mixer_step;
