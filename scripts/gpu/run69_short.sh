@@ -7,5 +7,4 @@ t train - test-cuda_train
 t decode - test-cuda_decode
 tr() { dev-out/s6 bench train --device cuda --dtype bf16 "$@" 2>&1 | grep -E "^train|rror"; }
 for s in 0 1; do echo "S6_BF16_STORAGE_TRAIN=$s"; S6_BF16_STORAGE_TRAIN=$s tr --preset mamba-130m --batch 16 --seqlen 2048 --repeats 2; done
-for s in 0 1; do echo "S6_BF16_STORAGE_TRAIN=$s"; S6_BF16_STORAGE_TRAIN=$s tr --preset mamba-130m --batch 16 --seqlen 2048 --repeats 2; done
 date -u
