@@ -61,9 +61,7 @@ __device__ __forceinline__ void s6c_store(float* __restrict__ p, const float (&v
 template <int VEC>
 __device__ __forceinline__ void s6c_store16(unsigned short* __restrict__ p, const float (&v)[VEC]) {
     if constexpr (VEC == 4) {
-        const unsigned int lo = s6_f32_to_bf16(v[0]) | ((unsigned int)s6_f32_to_bf16(v[1]) << 16);
-        const unsigned int hi = s6_f32_to_bf16(v[2]) | ((unsigned int)s6_f32_to_bf16(v[3]) << 16);
-        *reinterpret_cast<uint2*>(p) = make_uint2(lo, hi);
+        *reinterpret_cast<uint2*>(p) = make_uint2(s6_bf16_pack2(v[0], v[1]), s6_bf16_pack2(v[2], v[3]));
     } else {
 #pragma unroll
         for (int i = 0; i < VEC; i++) p[i] = s6_f32_to_bf16(v[i]);

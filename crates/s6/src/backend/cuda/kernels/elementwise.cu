@@ -194,9 +194,7 @@ __device__ __forceinline__ void s6_add_rmsnorm_warp_impl(float* __restrict__ res
             const float4 o = make_float4(v[j].x * inv * g.x, v[j].y * inv * g.y, v[j].z * inv * g.z, v[j].w * inv * g.w);
             if (!W16 || out != nullptr) o4[q] = o;
             if constexpr (W16) {
-                const unsigned int lo = s6_f32_to_bf16(o.x) | ((unsigned int)s6_f32_to_bf16(o.y) << 16);
-                const unsigned int hi = s6_f32_to_bf16(o.z) | ((unsigned int)s6_f32_to_bf16(o.w) << 16);
-                reinterpret_cast<uint2*>(out16 + base)[q] = make_uint2(lo, hi);
+                reinterpret_cast<uint2*>(out16 + base)[q] = make_uint2(s6_bf16_pack2(o.x, o.y), s6_bf16_pack2(o.z, o.w));
             }
         }
     }

@@ -23,7 +23,7 @@
 // Two floats rounded to bf16 and packed as one register of an mma fragment (the lower index in
 // the lower half).
 __device__ __forceinline__ unsigned int s6m_pack(float2 v) {
-    return (unsigned int)s6_f32_to_bf16(v.x) | ((unsigned int)s6_f32_to_bf16(v.y) << 16);
+    return s6_bf16_pack2(v.x, v.y);
 }
 
 // d += a · b for one 16 × 8 tile (a: 16 × 16 row-major bf16, b: 16 × 8 column-major bf16).

@@ -65,6 +65,11 @@ __device__ __forceinline__ unsigned short s6_f32_to_bf16(float f) {
 }
 
 __device__ __forceinline__ float s6_bf16_to_f32(unsigned short h) { return __uint_as_float(((unsigned int)h) << 16); }
+// Two floats rounded to bf16 and packed into a 32-bit word (lo in the low half): s6_bf16_lo and
+// s6_bf16_hi unpack it. Four values as a uint2 make one 8-byte store.
+__device__ __forceinline__ unsigned int s6_bf16_pack2(float lo, float hi) {
+    return (unsigned int)s6_f32_to_bf16(lo) | ((unsigned int)s6_f32_to_bf16(hi) << 16);
+}
 // The two bf16 of a 32-bit word (element 2i in the low half, 2i+1 in the high half) as floats.
 __device__ __forceinline__ float s6_bf16_lo(unsigned int u) { return __uint_as_float(u << 16); }
 __device__ __forceinline__ float s6_bf16_hi(unsigned int u) { return __uint_as_float(u & 0xffff0000u); }

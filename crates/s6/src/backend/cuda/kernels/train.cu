@@ -261,9 +261,7 @@ __device__ __forceinline__ void s6_ce_put(float* d, unsigned int i, float g) { d
 __device__ __forceinline__ void s6_ce_put(unsigned short* d, unsigned int i, float g) { d[i] = s6_f32_to_bf16(g); }
 __device__ __forceinline__ void s6_ce_put4(float* d, unsigned int g, float4 v) { reinterpret_cast<float4*>(d)[g] = v; }
 __device__ __forceinline__ void s6_ce_put4(unsigned short* d, unsigned int g, float4 v) {
-    const unsigned int lo = s6_f32_to_bf16(v.x) | ((unsigned int)s6_f32_to_bf16(v.y) << 16);
-    const unsigned int hi = s6_f32_to_bf16(v.z) | ((unsigned int)s6_f32_to_bf16(v.w) << 16);
-    reinterpret_cast<uint2*>(d)[g] = make_uint2(lo, hi);
+    reinterpret_cast<uint2*>(d)[g] = make_uint2(s6_bf16_pack2(v.x, v.y), s6_bf16_pack2(v.z, v.w));
 }
 
 // Softmax cross-entropy, one block per row (block size a multiple of 32, at most 1024). Writes
