@@ -87,14 +87,8 @@ impl Cuda {
         let dcp = self.ptr_mut(grads.dbc, grads.dc.offset, ext(grads.dc.ld, rows, n), "scan backward dC")?;
         let dup = self.ptr_mut(grads.du, 0, rows * di, "scan backward du")?;
         // dΔ in bf16 alone where the model allows it (dt_proj's backward products read it so).
-        let dd16 = self.bf16_only_target(grads.ddelta)?;
-        let (ddp, dd_bf16) = match dd16 {
-            Some(p) => {
-                self.ptr_unread(grads.ddelta, 0, rows * di, "scan backward ddelta")?;
-                (p, 1u32)
-            }
-            None => (self.ptr_mut(grads.ddelta, 0, rows * di, "scan backward ddelta")?, 0u32),
-        };
+        let dd_at = self.act_out_alone(grads.ddelta, rows * di, "scan backward ddelta")?;
+        let (ddp, dd_bf16) = dd_at.b16.map_or((dd_at.f32, 0u32), |p| (p, 1));
         let (dzp, lddz) = match grads.dz {
             Some(dz) => {
                 if dz.ld < di {
@@ -133,9 +127,7 @@ impl Cuda {
             };
             launch!(self, func, cfg, "selective_scan_backward";
                 u, dl, dbias, a, bm, ldb_in, cm, ldc_in, d, zp, ldz, dyp, dup, ddp, dd_bf16, dzp, lddz, ckp, pbcp, ppp, l, dd, n32);
-            if dd16.is_some() {
-                self.bf16_only_written(grads.ddelta, rows * di)?;
-            }
+            self.act_out_written(grads.ddelta, &dd_at, rows * di)?;
             let b32 = u32_of("batch", batch)?;
             launch!(self, self.func("s6_scan_bwd_reduce_params")?, grid_1d(di * (n + 2)), "scan backward dA/dD";
                 ppp, b32, dd, n32, dap, ddp_skip, dbiasp);

@@ -298,13 +298,24 @@ impl Cuda {
     /// for the next product where copies are on ([`Cuda::act_bf16_target`]); without it, f32
     /// alone. Report the launch with [`Cuda::act_out_written`].
     pub(super) fn act_out(&self, buf: &mut CudaBuf, len: usize, bf16_ok: bool, what: &str) -> Result<ActOut> {
-        let only16 = if bf16_ok { self.bf16_only_target(buf)? } else { None };
+        self.act_out_with(buf, len, bf16_ok, bf16_ok, what)
+    }
+
+    /// [`Cuda::act_out`] for a kernel that writes one output, f32 or bf16 (the cross-entropy's
+    /// gradient, the scan backward's dΔ): in bf16 alone where the buffer may be held so, else
+    /// in f32 with no copy (`b16` is then `None`).
+    pub(super) fn act_out_alone(&self, buf: &mut CudaBuf, len: usize, what: &str) -> Result<ActOut> {
+        self.act_out_with(buf, len, true, false, what)
+    }
+
+    fn act_out_with(&self, buf: &mut CudaBuf, len: usize, alone_ok: bool, copy_ok: bool, what: &str) -> Result<ActOut> {
+        let only16 = if alone_ok { self.bf16_only_target(buf)? } else { None };
         if let Some(p) = only16 {
             self.ptr_unread(buf, 0, len, what)?;
             return Ok(ActOut { f32: 0, b16: Some(p), only16: true });
         }
         let f32 = self.ptr_mut(buf, 0, len, what)?;
-        let b16 = if bf16_ok { self.act_bf16_target(buf)? } else { None };
+        let b16 = if copy_ok { self.act_bf16_target(buf)? } else { None };
         Ok(ActOut { f32, b16, only16: false })
     }
 

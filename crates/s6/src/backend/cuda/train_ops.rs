@@ -163,17 +163,20 @@ impl Cuda {
         // such (buffers held in bf16 alone: the norm's and the scan's outputs, the head's
         // gradient; activation copies), the same bits as the cast they replace; their f32 values
         // are made current only where read.
-        let bf16 = self.compute() == Compute::Bf16;
-        let dy16 = if bf16 { self.held_bf16(&View::full(dy, n), rows, n)? } else { None };
-        let x16 = if bf16 { self.act_bf16_source(&x, rows, k)? } else { None };
-        let dyp = self.ptr_unread(dy, 0, rows * n, "linear_backward dy")?;
-        let xp = self.ptr_unread(x.buf, x.offset, Self::view_extent(x.ld, rows, k), "linear_backward x")?;
-        if dy16.is_none() {
-            self.fresh(dy, "linear_backward dy")?;
-        }
-        if x16.is_none() {
-            self.fresh(x.buf, "linear_backward x")?;
-        }
+        let copy = |v: &View<'_, CudaBuf>, cols| match self.compute() {
+            Compute::Bf16 => self.act_bf16_source(v, rows, cols),
+            _ => Ok(None),
+        };
+        let (dy16, x16) = (copy(&View::full(dy, n), n)?, copy(&x, k)?);
+        let dyp = match dy16 {
+            Some(_) => self.ptr_unread(dy, 0, rows * n, "linear_backward dy")?,
+            None => self.ptr(dy, 0, rows * n, "linear_backward dy")?,
+        };
+        let x_extent = Self::view_extent(x.ld, rows, k);
+        let xp = match x16 {
+            Some(_) => self.ptr_unread(x.buf, x.offset, x_extent, "linear_backward x")?,
+            None => self.ptr(x.buf, x.offset, x_extent, "linear_backward x")?,
+        };
         let dwp = self.ptr_mut(dw, 0, n * k, "linear_backward dw")?;
         let dxp = match dx.map(|d| d.0) {
             Some(v) => {
@@ -386,11 +389,7 @@ impl Cuda {
         let lp = self.ptr(logits, 0, rows * vocab, "cross_entropy logits")?;
         // The gradient in bf16 alone where the model allows it (the head's backward products
         // read it as their bf16 input), else in f32.
-        let d16 = self.bf16_only_target(dlogits)?;
-        let dp = match d16 {
-            Some(_) => self.ptr_unread(dlogits, 0, rows * vocab, "cross_entropy dlogits")?,
-            None => self.ptr_mut(dlogits, 0, rows * vocab, "cross_entropy dlogits")?,
-        };
+        let d_at = self.act_out_alone(dlogits, rows * vocab, "cross_entropy dlogits")?;
         if targets.len() != rows {
             return Err(Error::Backend(format!("CUDA cross_entropy: {} targets for {rows} rows", targets.len())));
         }
@@ -414,13 +413,9 @@ impl Cuda {
         let mut cfg = rows_cfg(rows, ce_threads(vocab))?;
         cfg.shared_mem_bytes = if cache_row { cache_bytes as u32 } else { 0 };
         let cr = cache_row as u32;
-        match d16 {
-            Some(p16) => {
-                launch!(self, self.func("s6_cross_entropy_d16")?, cfg, "cross_entropy"; lp, tp, p16, lsp, v, scale, cr);
-                self.bf16_only_written(dlogits, rows * vocab)?;
-            }
-            None => launch!(self, self.func("s6_cross_entropy")?, cfg, "cross_entropy"; lp, tp, dp, lsp, v, scale, cr),
-        }
+        let (name, dp) = d_at.b16.map_or(("s6_cross_entropy", d_at.f32), |p| ("s6_cross_entropy_d16", p));
+        launch!(self, self.func(name)?, cfg, "cross_entropy"; lp, tp, dp, lsp, v, scale, cr);
+        self.act_out_written(dlogits, &d_at, rows * vocab)?;
         let r = u32_of("rows", rows)?;
         launch!(self, self.func("s6_sum_f64")?, rows_cfg(1, 1024)?, "cross_entropy sum"; lsp, r, totp);
         let host = self.stream().clone_dtoh(&total).map_err(driver_err("download"))?;
