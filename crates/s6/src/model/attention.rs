@@ -621,30 +621,22 @@ impl<B: Backend> Transformer<B> {
             match saved.as_deref() {
                 None => be.add_rmsnorm(&mut residual, prev, w, eps, rows, d, &mut acts.normed_attn)?,
                 Some(s) => {
-                    let kept = match s.layers.last() {
-                        None => {
-                            be.add_rmsnorm(&mut residual, None, w, eps, rows, d, &mut acts.normed_attn)?;
-                            std::mem::replace(&mut residual, be.zeros(0)?)
-                        }
-                        Some(p) => {
-                            let src =
-                                p.res_mlp.as_ref().ok_or_else(|| Error::Backend("missing kept residual".into()))?;
-                            let mut sum = be.uninit(rows * d)?;
-                            be.add_rmsnorm_into(src, prev, w, eps, rows, d, &mut sum, &mut acts.normed_attn)?;
-                            sum
-                        }
-                    };
-                    acts.res_attn = Some(kept);
+                    let missing = || Error::Backend("missing kept residual".into());
+                    let last = s.layers.last().map(|p| p.res_mlp.as_ref().ok_or_else(missing)).transpose()?;
+                    let normed = &mut acts.normed_attn;
+                    acts.res_attn =
+                        Some(super::add_rmsnorm_kept(be, &mut residual, last, prev, w, eps, rows, d, normed)?);
                 }
             }
             self.attention_forward(l, batch, seqlen, &mut acts, &mut attn_out)?;
             let w = &l.post_attention_layernorm;
-            match acts.res_attn.as_ref().filter(|_| saved.is_some()) {
+            // (acts.res_attn is set only when the activations are saved.)
+            match acts.res_attn.as_ref() {
                 None => be.add_rmsnorm(&mut residual, Some(&attn_out), w, eps, rows, d, &mut acts.normed_mlp)?,
                 Some(src) => {
-                    let mut sum = be.uninit(rows * d)?;
-                    be.add_rmsnorm_into(src, Some(&attn_out), w, eps, rows, d, &mut sum, &mut acts.normed_mlp)?;
-                    acts.res_mlp = Some(sum);
+                    let (delta, normed) = (Some(&attn_out), &mut acts.normed_mlp);
+                    let kept = super::add_rmsnorm_kept(be, &mut residual, Some(src), delta, w, eps, rows, d, normed)?;
+                    acts.res_mlp = Some(kept);
                 }
             }
             self.mlp_forward(l, rows, &mut acts, &mut mlp_out)?;
@@ -653,13 +645,13 @@ impl<B: Backend> Transformer<B> {
             }
         }
         let mut normed = be.zeros(rows * d)?;
-        let last = saved.as_deref().and_then(|s| s.layers.last()).and_then(|a| a.res_mlp.as_ref());
-        match last {
+        match saved.as_deref() {
             None => be.add_rmsnorm(&mut residual, Some(&mlp_out), &self.norm, eps, rows, d, &mut normed)?,
-            Some(src) => {
-                let mut sum = be.uninit(rows * d)?;
-                be.add_rmsnorm_into(src, Some(&mlp_out), &self.norm, eps, rows, d, &mut sum, &mut normed)?;
-                residual = sum;
+            Some(s) => {
+                let last = s.layers.last().and_then(|a| a.res_mlp.as_ref());
+                let w = &self.norm;
+                residual =
+                    super::add_rmsnorm_kept(be, &mut residual, last, Some(&mlp_out), w, eps, rows, d, &mut normed)?;
             }
         }
         if let Some(s) = saved {

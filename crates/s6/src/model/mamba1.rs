@@ -822,17 +822,10 @@ impl<B: Backend> Mamba<B> {
         for (i, l) in self.layers.iter().enumerate() {
             // Each block's input residual is kept: the first is the embedding itself, each later
             // one the previous one plus the previous block's output, summed into a new buffer.
-            let residual_in = match kept.last() {
-                None => {
-                    be.add_rmsnorm(&mut embedded, None, &l.norm, eps, rows, d, &mut work.normed)?;
-                    std::mem::replace(&mut embedded, be.zeros(0)?)
-                }
-                Some(prev) => {
-                    let mut sum = be.uninit(rows * d)?;
-                    be.add_rmsnorm_into(&prev.residual, Some(&out), &l.norm, eps, rows, d, &mut sum, &mut work.normed)?;
-                    sum
-                }
-            };
+            let kept_in = kept.last().map(|k| &k.residual);
+            let prev = kept_in.map(|_| &out);
+            let residual_in =
+                super::add_rmsnorm_kept(be, &mut embedded, kept_in, prev, &l.norm, eps, rows, d, &mut work.normed)?;
             self.mixer_forward(l, batch, seqlen, &mut work, &mut state.conv[i], &mut state.ssm[i])?;
             be.linear(View::full(&work.y, di), rows, di, &l.out_proj, d, l.out_proj_bias.as_ref(), &mut out)?;
             let last = i + 1 == c.n_layer;
@@ -852,17 +845,9 @@ impl<B: Backend> Mamba<B> {
             kept.push(Kept { residual: residual_in, xz, xdbl, y });
         }
         let mut normed = be.zeros(rows * d)?;
-        let mut residual = be.uninit(rows * d)?;
-        match kept.last() {
-            Some(prev) => {
-                be.add_rmsnorm_into(&prev.residual, Some(&out), &self.norm_f, eps, rows, d, &mut residual, &mut normed)?
-            }
-            // No blocks: the final norm reads the embedding.
-            None => {
-                residual = embedded;
-                be.add_rmsnorm(&mut residual, None, &self.norm_f, eps, rows, d, &mut normed)?
-            }
-        }
+        let (kept_in, norm_f) = (kept.last().map(|k| &k.residual), &self.norm_f);
+        let prev = kept_in.map(|_| &out);
+        let residual = super::add_rmsnorm_kept(be, &mut embedded, kept_in, prev, norm_f, eps, rows, d, &mut normed)?;
 
         // ---- lm_head + cross-entropy, in row chunks so that [rows, vocab] is never held whole ----
         let mut dnormed = be.zeros(rows * d)?;

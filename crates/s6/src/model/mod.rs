@@ -62,6 +62,35 @@ pub(crate) fn head_cross_entropy<B: Backend>(
     Ok((sum, count))
 }
 
+/// A training forward's fused add + RMSNorm where the residual stream is kept for the backward,
+/// without a copy: the sum of `last` (the last kept residual) and `delta` goes to a new buffer,
+/// returned to be kept, and `last` is left as it was; with nothing kept yet, `stream` (the
+/// embedding) takes the sum in place and is returned itself (a zero-length buffer left behind).
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn add_rmsnorm_kept<B: Backend>(
+    be: &B,
+    stream: &mut B::Buf,
+    last: Option<&B::Buf>,
+    delta: Option<&B::Buf>,
+    weight: &B::Buf,
+    eps: f32,
+    rows: usize,
+    dim: usize,
+    out: &mut B::Buf,
+) -> Result<B::Buf> {
+    match last {
+        None => {
+            be.add_rmsnorm(stream, delta, weight, eps, rows, dim, out)?;
+            Ok(std::mem::replace(stream, be.zeros(0)?))
+        }
+        Some(src) => {
+            let mut sum = be.uninit(rows * dim)?;
+            be.add_rmsnorm_into(src, delta, weight, eps, rows, dim, &mut sum, out)?;
+            Ok(sum)
+        }
+    }
+}
+
 /// A causal language model that can be trained and evaluated through one interface.
 pub trait LanguageModel<B: Backend>: Sized + Send + Sync {
     /// The backend the parameters live on.
