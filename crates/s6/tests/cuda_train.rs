@@ -354,12 +354,6 @@ fn cross_entropy_matches_cpu() {
     assert!(g.cross_entropy(&up(&g, &logits), 2, 10, &[10, 0], 1.0, &mut dg).is_err());
 }
 
-/// Bits of `v` rounded to bf16 (nearest even) and widened back.
-fn bf16_round(v: f32) -> f32 {
-    let b = v.to_bits();
-    f32::from_bits((b + 0x7fff + ((b >> 16) & 1)) & 0xffff_0000)
-}
-
 /// The head's gradient held in bf16 alone (the model's hint on `dlogits`):
 /// `s6_cross_entropy_d16` writes the f32 kernel's values rounded (a download widens them), the
 /// loss is the same, and the head's bf16 backward products, reading that copy instead of casting
@@ -407,9 +401,12 @@ fn bf16_held_cross_entropy_gradient_feeds_the_head_backward_bit_for_bit() {
         let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<u32>>();
         let what = format!("{rows}×{vocab}, k {k}");
         assert_eq!(held.0 .0.to_bits(), f32_run.0 .0.to_bits(), "{what}: loss");
-        let rounded: Vec<f32> = f32_run.3.iter().map(|&v| bf16_round(v)).collect();
+        let rounded: Vec<f32> = f32_run.3.iter().map(|&v| s6::backend::bf16_round(v)).collect();
         assert_eq!(bits(&held.3), bits(&rounded), "{what}: the held gradient is not the f32 one rounded");
-        assert!(f32_run.3.iter().any(|&v| v != bf16_round(v)), "{what}: the f32 gradient was already in bf16");
+        assert!(
+            f32_run.3.iter().any(|&v| v != s6::backend::bf16_round(v)),
+            "{what}: the f32 gradient was already in bf16"
+        );
         assert_eq!(bits(&held.1), bits(&f32_run.1), "{what}: dx");
         assert_eq!(bits(&held.2), bits(&f32_run.2), "{what}: dW");
     }
