@@ -1,6 +1,8 @@
 #!/bin/bash
-# run68.sh in less device time: every CUDA test, 1.4B prefill and 130M training with
-# S6_BF16_STORAGE=0/1.
+# GPU run 68 (session 18): session 17's bf16 storage (prefill's activations held in bf16 alone)
+# and this session's training changes — every CUDA test, 1.4B prefill and 130M training with
+# S6_BF16_STORAGE=0/1 (then one switch for both). (A longer run68.sh, with 130M prefill and 1.4B
+# training too, never got a machine and was removed.)
 . "$(dirname "$0")/cuda_tests.sh"
 date -u; nvidia-smi --query-gpu=name --format=csv,noheader
 export S6_KERNEL_CACHE=/tmp/s6-kernels
