@@ -1,8 +1,12 @@
 // Just enough of CUDA to run s6's kernels on the CPU, for checking their logic (indexing,
 // predicates, barriers, the order of phases) where no GPU is at hand: a block's threads are
 // std::threads meeting at a std::barrier for __syncthreads, __shared__ variables are function
-// statics (one block runs at a time), and the SFU's approximate functions are the libm ones.
+// statics (one block runs at a time, except in s6emu_launch_concurrent, whose kernels must keep
+// their shared memory dynamic: S6_DYNAMIC_SHARED is per block there), and the SFU's approximate
+// functions are the libm ones.
 // Warp shuffles (xor, broadcast) and __syncwarp are emulated with a barrier per warp; other warp-level operations are not.
+// Kernels with a grid-wide barrier (layer_step.cu's s6_grid_sync: atomics on global memory and a
+// spin on a volatile load) run with s6emu_launch_concurrent: every thread of every block at once.
 // Not a timing tool.
 #pragma once
 #include <barrier>
@@ -15,6 +19,7 @@
 #include <thread>
 #include <vector>
 #include <algorithm>
+#include <atomic>
 
 #define S6_EMULATE 1
 #define __device__
@@ -23,40 +28,70 @@
 #define __restrict__
 #define __launch_bounds__(...)
 #define __shared__ static
-// Dynamic shared memory: a static 256 KiB (more than any launch of s6's asks for).
-#define S6_DYNAMIC_SHARED(T, name) alignas(16) static T name[(256 << 10) / sizeof(T)]
+// Dynamic shared memory: a pointer to the block's buffer (s6emu_dynamic_shared below): with
+// s6emu_launch and s6emu_launch_serial one static 256 KiB for every block (more than any launch of
+// s6's asks for; one block runs at a time), with s6emu_launch_concurrent a buffer of each block's.
+#define S6_DYNAMIC_SHARED(T, name) T* name = reinterpret_cast<T*>(s6emu_dynamic_shared())
+// The grid barrier's pause between polls (layer_step.cu defines it only for the GPU).
+#define S6_SPIN_PAUSE() std::this_thread::yield()
 #define __align__(n) __attribute__((aligned(n)))
 
 struct s6emu_dim3 { unsigned int x = 0, y = 0, z = 0; };
 inline thread_local s6emu_dim3 threadIdx, blockIdx;
 inline s6emu_dim3 gridDim, blockDim;
-inline std::barrier<>* s6emu_block_barrier = nullptr;
+// What a block's threads share: its barrier (null in a serial launch), a barrier and 32 exchange
+// slots per warp (for the shuffles), its dynamic shared memory. Every thread of a launch points
+// s6emu_block at its block's.
+struct s6emu_block_state {
+    std::unique_ptr<std::barrier<>> bar;
+    std::vector<std::unique_ptr<std::barrier<>>> warps;
+    std::vector<unsigned long long> warp_slots;
+    unsigned char* dynamic_shared = nullptr;
+    // A block with threads `threads` (bar and warps only with `barriers`: not for serial launches).
+    s6emu_block_state(unsigned int threads, bool barriers, unsigned char* shared) : dynamic_shared(shared) {
+        if (barriers) {
+            bar = std::make_unique<std::barrier<>>(threads);
+            for (unsigned int w = 0; w * 32 < threads; w++)
+                warps.push_back(std::make_unique<std::barrier<>>(std::min(32u, threads - w * 32)));
+            warp_slots.assign(threads, 0);
+        }
+    }
+};
+inline thread_local s6emu_block_state* s6emu_block = nullptr;
+// The 256 KiB that s6emu_launch and s6emu_launch_serial give every block as dynamic shared memory.
+alignas(16) inline unsigned char s6emu_static_shared[256 << 10];
+inline void* s6emu_dynamic_shared() {
+    if (!s6emu_block || !s6emu_block->dynamic_shared) {
+        std::fprintf(stderr, "dynamic shared memory outside a launch\n");
+        std::abort();
+    }
+    return s6emu_block->dynamic_shared;
+}
 inline void __syncthreads() {
-    if (!s6emu_block_barrier) {
+    if (!s6emu_block || !s6emu_block->bar) {
         std::fprintf(stderr, "__syncthreads in a kernel launched serially\n");
         std::abort();
     }
-    s6emu_block_barrier->arrive_and_wait();
+    s6emu_block->bar->arrive_and_wait();
 }
-// Warp shuffles (xor and broadcast), for kernels launched by s6emu_launch whose warps' 32 lanes
-// all take part.
-inline std::vector<std::barrier<>*> s6emu_warp_barriers;
-inline std::vector<unsigned long long> s6emu_warp_slots;
+// Warp shuffles (xor and broadcast), for kernels launched by s6emu_launch or
+// s6emu_launch_concurrent whose warps' 32 lanes all take part.
 // Each lane posts v, the warp meets at its own barrier, reads the value of lane `from(lane)`,
 // and meets again before the slots are reused.
 template <typename T, typename From>
 T s6emu_warp_exchange(T v, From from) {
     static_assert(sizeof(T) <= sizeof(unsigned long long));
-    if (s6emu_warp_barriers.empty()) {
+    if (!s6emu_block || s6emu_block->warps.empty()) {
         std::fprintf(stderr, "warp shuffles need s6emu_launch\n");
         std::abort();
     }
+    auto& slots = s6emu_block->warp_slots;
     const unsigned t = threadIdx.x, w = t / 32;
-    std::memcpy(&s6emu_warp_slots[t], &v, sizeof(T));
-    s6emu_warp_barriers[w]->arrive_and_wait();
+    std::memcpy(&slots[t], &v, sizeof(T));
+    s6emu_block->warps[w]->arrive_and_wait();
     T out;
-    std::memcpy(&out, &s6emu_warp_slots[w * 32 + (from(t % 32) & 31u)], sizeof(T));
-    s6emu_warp_barriers[w]->arrive_and_wait();
+    std::memcpy(&out, &slots[w * 32 + (from(t % 32) & 31u)], sizeof(T));
+    s6emu_block->warps[w]->arrive_and_wait();
     return out;
 }
 template <typename T>
@@ -69,17 +104,33 @@ T __shfl_sync(unsigned, T v, int src) {
     return s6emu_warp_exchange(v, [&](unsigned) { return (unsigned)src; });
 }
 inline void __syncwarp(unsigned = 0xffffffffu) {
-    if (!s6emu_warp_barriers.empty()) s6emu_warp_barriers[threadIdx.x / 32]->arrive_and_wait();
+    if (s6emu_block && !s6emu_block->warps.empty()) s6emu_block->warps[threadIdx.x / 32]->arrive_and_wait();
 }
 
 struct float2 { float x, y; };
 struct alignas(16) float4 { float x, y, z, w; };
 struct alignas(8) uint2 { unsigned int x, y; };
+struct alignas(16) uint4 { unsigned int x, y, z, w; };
 inline float2 make_float2(float x, float y) { return {x, y}; }
 inline float4 make_float4(float x, float y, float z, float w) { return {x, y, z, w}; }
 inline uint2 make_uint2(unsigned int x, unsigned int y) { return {x, y}; }
+inline uint4 make_uint4(unsigned int x, unsigned int y, unsigned int z, unsigned int w) { return {x, y, z, w}; }
 template <typename T>
 T __ldg(const T* p) { return *p; }
+// Loads from L2 (never a stale L1 line): plain loads here.
+template <typename T>
+T __ldcg(const T* p) { return *p; }
+// Device-scope atomics and fences on global memory, for the grid barrier (layer_step.cu). Other
+// threads read the barrier's words with volatile loads: a race in C++ terms, but on x86 the
+// aligned 4-byte loads see the atomics' stores, which is all the spin needs.
+inline unsigned int atomicAdd(unsigned int* p, unsigned int v) {
+    return std::atomic_ref<unsigned int>(*p).fetch_add(v, std::memory_order_seq_cst);
+}
+inline unsigned int atomicExch(unsigned int* p, unsigned int v) {
+    return std::atomic_ref<unsigned int>(*p).exchange(v, std::memory_order_seq_cst);
+}
+inline void __threadfence() { std::atomic_thread_fence(std::memory_order_seq_cst); }
+inline void __nanosleep(unsigned int) {}
 inline float rsqrtf(float x) { return 1.0f / std::sqrt(x); }
 inline unsigned int __float_as_uint(float f) { unsigned int u; std::memcpy(&u, &f, 4); return u; }
 inline float __uint_as_float(unsigned int u) { float f; std::memcpy(&f, &u, 4); return f; }
@@ -100,7 +151,9 @@ using std::max;
 inline void s6emu_launch_serial(s6emu_dim3 grid, unsigned int threads, const std::function<void()>& kernel) {
     gridDim = grid;
     blockDim = {threads, 1, 1};
-    s6emu_block_barrier = nullptr;
+    s6emu_block_state block(threads, false, s6emu_static_shared);
+    s6emu_block_state* const outer = s6emu_block;
+    s6emu_block = &block;
     for (unsigned int z = 0; z < grid.z; z++)
         for (unsigned int y = 0; y < grid.y; y++)
             for (unsigned int x = 0; x < grid.x; x++)
@@ -109,6 +162,7 @@ inline void s6emu_launch_serial(s6emu_dim3 grid, unsigned int threads, const std
                     blockIdx = {x, y, z};
                     kernel();
                 }
+    s6emu_block = outer;
 }
 
 // Runs kernel() over a grid of blocks of `threads` threads, one block at a time.
@@ -118,22 +172,47 @@ inline void s6emu_launch(s6emu_dim3 grid, unsigned int threads, const std::funct
     for (unsigned int z = 0; z < grid.z; z++)
         for (unsigned int y = 0; y < grid.y; y++)
             for (unsigned int x = 0; x < grid.x; x++) {
-                std::barrier<> bar(threads);
-                s6emu_block_barrier = &bar;
-                std::vector<std::unique_ptr<std::barrier<>>> warps;
-                for (unsigned int w = 0; w * 32 < threads; w++)
-                    warps.push_back(std::make_unique<std::barrier<>>(std::min(32u, threads - w * 32)));
-                s6emu_warp_barriers.clear();
-                for (auto& b : warps) s6emu_warp_barriers.push_back(b.get());
-                s6emu_warp_slots.assign(threads, 0);
+                s6emu_block_state block(threads, true, s6emu_static_shared);
                 std::vector<std::thread> ts;
                 for (unsigned int t = 0; t < threads; t++)
                     ts.emplace_back([&, t] {
+                        s6emu_block = &block;
                         threadIdx = {t, 0, 0};
                         blockIdx = {x, y, z};
                         kernel();
                     });
                 for (auto& t : ts) t.join();
-                s6emu_warp_barriers.clear();
             }
+}
+
+// Runs kernel() over a grid of blocks of `threads` threads, every thread of every block at once
+// (grid.x * grid.y * grid.z * threads std::threads: for small grids), each block with its own
+// barriers and `dynamic_shared_bytes` of dynamic shared memory (filled with 0xff bytes, NaN as
+// floats, so that a read of an element never written shows). For kernels whose blocks wait for
+// each other (a grid barrier); their __shared__ statics would be shared by all blocks.
+inline void s6emu_launch_concurrent(s6emu_dim3 grid, unsigned int threads, size_t dynamic_shared_bytes,
+                                    const std::function<void()>& kernel) {
+    gridDim = grid;
+    blockDim = {threads, 1, 1};
+    const size_t nblocks = (size_t)grid.x * grid.y * grid.z;
+    const size_t stride = (dynamic_shared_bytes + 15) / 16 * 16 + 16;
+    std::vector<float4> shared((nblocks * stride + 15) / 16);
+    std::memset(shared.data(), 0xff, shared.size() * sizeof(float4));
+    std::vector<std::unique_ptr<s6emu_block_state>> blocks;
+    for (size_t b = 0; b < nblocks; b++)
+        blocks.push_back(std::make_unique<s6emu_block_state>(
+            threads, true, reinterpret_cast<unsigned char*>(shared.data()) + b * stride));
+    std::vector<std::thread> ts;
+    size_t b = 0;
+    for (unsigned int z = 0; z < grid.z; z++)
+        for (unsigned int y = 0; y < grid.y; y++)
+            for (unsigned int x = 0; x < grid.x; x++, b++)
+                for (unsigned int t = 0; t < threads; t++)
+                    ts.emplace_back([&, x, y, z, t, block = blocks[b].get()] {
+                        s6emu_block = block;
+                        threadIdx = {t, 0, 0};
+                        blockIdx = {x, y, z};
+                        kernel();
+                    });
+    for (auto& t : ts) t.join();
 }

@@ -665,6 +665,9 @@ fn fused_block_step_equals_the_ops_it_replaces_bitwise() {
         return;
     }
     s6::backend::cuda::mixer_step::set_block_step(true);
+    // The one-kernel step (batch 1, bf16) sums in another order: compared on its own below.
+    let layer_step_before = s6::backend::cuda::layer_step::layer_step_enabled();
+    s6::backend::cuda::layer_step::set_layer_step(false);
     let mut rng = Rng(23);
     // (d_model, d_inner, d_state, d_conv, dt_rank, conv bias, projection biases): mamba-130m's
     // block; d_model 40 (k % 8 != 0: the bf16 kernel's 8-byte loads) and 37 (scalar loads) with
@@ -732,6 +735,97 @@ fn fused_block_step_equals_the_ops_it_replaces_bitwise() {
             }
         }
     }
+    g.set_compute(Compute::F32).unwrap();
+    s6::backend::cuda::layer_step::set_layer_step(layer_step_before);
+}
+
+/// The one-kernel block step (`layer_step.rs`: batch 1, bf16 products) against the four-kernel
+/// one it replaces, over three steps with the states carried: the same operations summed in
+/// another order, so equal within fp32 rounding (and the odd bf16 rounding of an input that lands
+/// on the other side of a rounding boundary). Both entries (in_proj rows up to 1024 and longer),
+/// every size past what a lane loads early (d_model 1040 and 2056, d_inner 4104), a conv longer
+/// than the early-loaded taps, odd d_state and dt_rank, with and without biases.
+#[test]
+fn layer_step_kernel_equals_the_four_kernel_step() {
+    let Some(g) = gpu() else { return };
+    if !s6::backend::cuda::mixer_step::fused_step_enabled() {
+        println!("skipped: S6_FUSED_STEP=0");
+        return;
+    }
+    s6::backend::cuda::mixer_step::set_block_step(true);
+    g.set_compute(Compute::Bf16).unwrap();
+    let layer_step_before = s6::backend::cuda::layer_step::layer_step_enabled();
+    let mut rng = Rng(57);
+    // (d_model, d_inner, d_state, d_conv, dt_rank, conv bias, projection biases)
+    let shapes = [
+        (768, 1536, 16, 4, 48, true, false),
+        (2048, 4096, 16, 4, 128, true, false),
+        (64, 136, 16, 4, 5, true, true),
+        (32, 48, 5, 3, 12, false, true),
+        (64, 96, 16, 5, 7, true, false),
+        (1040, 264, 16, 4, 48, true, false),
+        (2056, 64, 64, 4, 4, true, true),
+        (16, 4104, 16, 4, 3, true, false),
+    ];
+    for &(d, di, n, k, r, conv_bias, proj_bias) in &shapes {
+        let case = MixerCase::random(&mut rng, 1, di, n, k, r, conv_bias);
+        let up = |v: Vec<f32>| g.from_vec(v).unwrap();
+        let norm = up(rng.vec(d, 0.5, 1.5));
+        let sd = 1.0 / (d as f32).sqrt();
+        let si = 1.0 / (di as f32).sqrt();
+        let in_proj = up(rng.vec(2 * di * d, -sd, sd));
+        let out_proj = up(rng.vec(d * di, -si, si));
+        let in_b = proj_bias.then(|| up(rng.vec(2 * di, -0.1, 0.1)));
+        let out_b = proj_bias.then(|| up(rng.vec(d, -0.1, 0.1)));
+        let residual0 = rng.vec(d, -3.0, 3.0);
+        let mut runs = Vec::new();
+        for one_kernel in [false, true] {
+            s6::backend::cuda::layer_step::set_layer_step(one_kernel);
+            let mut bufs = MixerBufs::new(&g, &case);
+            let mut residual = up(residual0.clone());
+            let mut xz = up(vec![7.0; 2 * di]);
+            let mut steps = Vec::new();
+            for _ in 0..3 {
+                block_step_on(
+                    &g,
+                    &case,
+                    &mut bufs,
+                    d,
+                    [&norm, &in_proj, &out_proj],
+                    (in_b.as_ref(), out_b.as_ref()),
+                    &mut residual,
+                    &mut xz,
+                    true,
+                );
+                let v = |b: &s6::backend::cuda::CudaBuf| g.to_vec(b).unwrap();
+                steps.push([
+                    v(&residual),
+                    v(&xz),
+                    v(&bufs.u),
+                    v(&bufs.xdbl),
+                    v(&bufs.delta),
+                    v(&bufs.y),
+                    v(&bufs.conv_state),
+                    v(&bufs.ssm_state),
+                ]);
+            }
+            runs.push(steps);
+        }
+        let names = ["residual", "xz", "u", "xdbl", "delta", "y", "conv state", "ssm state"];
+        for (step, (four, one)) in runs[0].iter().zip(&runs[1]).enumerate() {
+            for (i, name) in names.iter().enumerate() {
+                let (want, got) = (&four[i], &one[i]);
+                let scale = want.iter().fold(0.0f32, |m, v| m.max(v.abs())).max(1e-3);
+                let diff = want.iter().zip(got).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
+                assert!(
+                    got.iter().all(|v| v.is_finite()) && diff <= 2e-3 * scale,
+                    "d_model {d}, d_inner {di}, d_state {n}, d_conv {k}, dt_rank {r}, step {step}: {name} of the \
+                     one-kernel step differs from the four-kernel step by {diff:e} (largest value {scale:e})"
+                );
+            }
+        }
+    }
+    s6::backend::cuda::layer_step::set_layer_step(layer_step_before);
     g.set_compute(Compute::F32).unwrap();
 }
 

@@ -179,6 +179,11 @@ impl Cuda {
         if !block_step_enabled() || !Self::mixer_step_covers(m) || batch > GEMV_MAX_ROWS || !gemv_enabled() || d == 0 {
             return Ok(false);
         }
+        // One sequence with bf16 products: the whole step as one kernel (layer_step.rs).
+        let mut o = o;
+        if self.layer_step_dev(a, &mut o)? {
+            return Ok(true);
+        }
         // f32 weights under F32 and Tf32 (the GEMV computes in plain fp32 either way, as `linear`
         // does for few rows), their bf16 copies under Bf16.
         let set = usize::from(self.compute() == Compute::Bf16);

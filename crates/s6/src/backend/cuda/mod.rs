@@ -51,6 +51,7 @@ const KERNEL_SOURCES: &[&str] = &[
     include_str!("kernels/bf16.cu"),
     include_str!("kernels/gemv.cu"),
     include_str!("kernels/mixer_step.cu"),
+    include_str!("kernels/layer_step.cu"),
     include_str!("kernels/mma.cu"),
 ];
 
@@ -144,6 +145,9 @@ const KERNELS: &[&str] = &[
     "s6_mixer_step_scan_b1",
     "s6_mixer_step_scan_n16",
     "s6_mixer_step_scan_n16_b16",
+    // kernels/layer_step.cu
+    "s6_layer_step_b1",
+    "s6_layer_step_b1_wide",
 ];
 
 /// `linear` with at most this many rows runs the matrix-vector kernel `s6_gemv_r{rows}`
@@ -420,6 +424,9 @@ struct Inner {
     /// [`Backend::set_keeping_activations`]'s hint: bf16 activation copies are then not written
     /// unless forced (bf16.rs).
     keeping_activations: std::sync::atomic::AtomicBool,
+    /// The grid barrier's counter pair of the one-kernel block step (`layer_step.rs`), zeroed
+    /// once and left ready for the next launch by every launch.
+    grid_barrier: CudaSlice<u32>,
 }
 
 fn compute_code(c: Compute) -> u8 {
@@ -696,6 +703,7 @@ impl Cuda {
             }
         }
         let decode = decode::DecodeSlot::new();
+        let grid_barrier = stream.alloc_zeros::<u32>(2).map_err(driver_err("allocation"))?;
         let l2_bytes = ctx
             .attribute(cudarc::driver::sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_L2_CACHE_SIZE)
             .map_err(driver_err("L2 cache size"))?
@@ -724,6 +732,7 @@ impl Cuda {
                 shadow_epoch: std::sync::atomic::AtomicU64::new(0),
                 keeping_activations: std::sync::atomic::AtomicBool::new(false),
                 l2_bytes,
+                grid_barrier,
             }),
         })
     }
@@ -735,6 +744,12 @@ impl Cuda {
             Prefetch::All => true,
             Prefetch::Small => bytes.saturating_mul(8) <= self.inner.l2_bytes,
         })
+    }
+
+    /// The device address of the grid barrier's counter pair (`layer_step.rs`).
+    fn grid_barrier_ptr(&self) -> u64 {
+        let (p, _sync) = self.inner.grid_barrier.device_ptr(self.stream());
+        p
     }
 
     fn stream(&self) -> &Arc<CudaStream> {
@@ -1352,6 +1367,7 @@ pub use bf16::{
     set_bf16_storage_train,
 };
 mod conv;
+pub mod layer_step;
 mod lt;
 pub mod mixer_step;
 pub use lt::{lt_enabled, set_lt};

@@ -1,0 +1,122 @@
+//! A Mamba block's whole decoding step for one sequence in one kernel (`kernels/layer_step.cu`):
+//! [`Backend::block_step`] at batch 1 with bf16 products, as one persistent grid whose four
+//! phases (RMSNorm + in_proj + conv, x_proj, the scan step, out_proj + residual) meet at grid
+//! barriers instead of kernel boundaries, each loading its weights before the barrier ahead of it.
+//! At batch 1 decoding is a chain of small dependent kernels, each mostly start and drain
+//! (docs/BENCHMARKS.md: ~13 µs per block at 130M on an H100 for 2.5 µs of weight reads); this
+//! replaces four of them per block by one.
+//!
+//! The grid barrier needs every block resident at once: the grid is one block per SM, and the
+//! kernel is used only where the occupancy calculator says a block fits an SM (it then does:
+//! at most 128 registers and ~17 KB of shared memory for mamba-1.4b; a second block fits beside it,
+//! which is where PDL starts the next kernel). The barrier's counter pair lives in the backend
+//! (`Inner::grid_barrier`) and is left ready for the next launch by every launch.
+//!
+//! It applies at batch 1 with `Compute::Bf16`, `d_model` and `d_inner` multiples of 8 and
+//! `d_state` ≤ 64. Off by default until it has been measured on a GPU (written in session 19);
+//! `S6_LAYER_STEP=1` or [`set_layer_step`] turns it on (else the four-kernel block step runs).
+//!
+//! [`Backend::block_step`]: crate::backend::Backend::block_step
+
+use cudarc::driver::{LaunchConfig, PushKernelArg};
+
+use super::{driver_err, u32_of, Compute, Cuda, CudaBuf, Switch, MAX_D_STATE};
+use crate::backend::{BlockStepArgs, BlockStepOut};
+use crate::Result;
+
+/// Threads per block (`S6_LS_THREADS`).
+const THREADS: u32 = 256;
+/// In_proj rows of up to this many 16-byte vectors take the narrow entry (`s6_layer_step_b1`:
+/// 4 rows per warp task, all loaded before the PDL wait), longer ones `s6_layer_step_b1_wide`.
+const NARROW_MAX_VECTORS: usize = 128;
+/// Dynamic shared memory the kernel may use without opting in (bytes).
+const MAX_SHARED: usize = 48 << 10;
+/// The longest conv the kernel takes (as the four-kernel step).
+const MAX_D_CONV: usize = super::mixer_step::MAX_D_CONV;
+
+static LAYER_STEP: Switch = Switch::new("S6_LAYER_STEP", false);
+
+/// Whether the one-kernel block step is on (see the module documentation).
+pub fn layer_step_enabled() -> bool {
+    LAYER_STEP.on()
+}
+
+/// Turns the one-kernel block step on or off for this process.
+pub fn set_layer_step(on: bool) {
+    LAYER_STEP.set(on);
+}
+
+impl Cuda {
+    /// The block step as one kernel, if it applies (batch 1, bf16 products, the sizes it takes, a
+    /// block per SM resident): `Ok(false)` leaves the step to the caller.
+    pub(super) fn layer_step_dev(
+        &self,
+        a: &BlockStepArgs<'_, CudaBuf>,
+        o: &mut BlockStepOut<'_, CudaBuf>,
+    ) -> Result<bool> {
+        let m = &a.mixer;
+        let (d, di, n, k, r) = (a.d_model, m.d_inner, m.d_state, m.d_conv, m.dt_rank);
+        let width = r + 2 * n;
+        let shared = 4 * (d.max(di).max(width) + 32);
+        if !layer_step_enabled()
+            || m.batch != 1
+            || self.compute() != Compute::Bf16
+            || d == 0
+            || di == 0
+            || d % 8 != 0
+            || di % 8 != 0
+            || !(1..=MAX_D_STATE).contains(&n)
+            || !(1..=MAX_D_CONV).contains(&k)
+            || shared > MAX_SHARED
+        {
+            return Ok(false);
+        }
+        let name = if (d / 8) <= NARROW_MAX_VECTORS { "s6_layer_step_b1" } else { "s6_layer_step_b1_wide" };
+        let func = self.func(name)?;
+        let per_sm = func
+            .occupancy_max_active_blocks_per_multiprocessor(THREADS, shared, None)
+            .map_err(driver_err("layer step occupancy"))?;
+        if per_sm == 0 {
+            return Ok(false);
+        }
+        let iw = 2 * di;
+        let res = self.ptr_mut(o.residual, 0, d, "layer step residual")?;
+        let norm = self.ptr(a.norm, 0, d, "layer step norm weight")?;
+        let w_in = self.weight_bf16(a.in_proj, iw * d, "layer step in_proj")?;
+        let b_in = self.ptr_opt(a.in_proj_bias, iw, "layer step in_proj bias")?;
+        let cw = self.ptr(m.conv_weight, 0, di * k, "layer step conv weight")?;
+        let cb = self.ptr_opt(m.conv_bias, di, "layer step conv bias")?;
+        let conv = self.ptr_mut(o.mixer.conv_state, 0, (k - 1) * di, "layer step conv state")?;
+        let w_x = self.weight_bf16(m.x_proj, width * di, "layer step x_proj")?;
+        let dtw = self.ptr(m.dt_proj, 0, di * r, "layer step dt_proj")?;
+        let dtb = self.ptr(m.dt_bias, 0, di, "layer step dt bias")?;
+        let ap = self.ptr(m.a, 0, di * n, "layer step A")?;
+        let dp = self.ptr(m.d, 0, di, "layer step D")?;
+        let ssm = self.ptr_mut(o.mixer.ssm_state, 0, di * n, "layer step ssm state")?;
+        let w_out = self.weight_bf16(a.out_proj, d * di, "layer step out_proj")?;
+        let b_out = self.ptr_opt(a.out_proj_bias, d, "layer step out_proj bias")?;
+        let xz = self.ptr_mut(o.xz, 0, iw, "layer step xz")?;
+        let up = self.ptr_mut(o.mixer.u, 0, di, "layer step u")?;
+        let xdbl = self.ptr_mut(o.mixer.xdbl, 0, width, "layer step xdbl")?;
+        let delta = self.ptr_mut(o.mixer.delta, 0, di, "layer step delta")?;
+        let y = self.ptr_mut(o.mixer.y, 0, di, "layer step y")?;
+        let bar = self.grid_barrier_ptr();
+        let (dd, ddi, kk, rr, nn) = (
+            u32_of("d_model", d)?,
+            u32_of("d_inner", di)?,
+            u32_of("d_conv", k)?,
+            u32_of("dt_rank", r)?,
+            u32_of("d_state", n)?,
+        );
+        let cfg = LaunchConfig {
+            grid_dim: (u32_of("blocks", self.inner.sm_count)?, 1, 1),
+            block_dim: (THREADS, 1, 1),
+            shared_mem_bytes: u32_of("shared", shared)?,
+        };
+        let eps = a.eps;
+        launch!(self, func, cfg, "layer step";
+            res, norm, eps, w_in, b_in, cw, cb, conv, w_x, dtw, dtb, ap, dp, ssm, w_out, b_out,
+            xz, up, xdbl, delta, y, bar, dd, ddi, kk, rr, nn);
+        Ok(true)
+    }
+}
