@@ -187,21 +187,23 @@ inline void s6emu_launch(s6emu_dim3 grid, unsigned int threads, const std::funct
 
 // Runs kernel() over a grid of blocks of `threads` threads, every thread of every block at once
 // (grid.x * grid.y * grid.z * threads std::threads: for small grids), each block with its own
-// barriers and `dynamic_shared_bytes` of dynamic shared memory (filled with 0xff bytes, NaN as
-// floats, so that a read of an element never written shows). For kernels whose blocks wait for
-// each other (a grid barrier); their __shared__ statics would be shared by all blocks.
+// barriers and `dynamic_shared_bytes` of dynamic shared memory (an allocation of its own, rounded
+// up to 16 bytes, so that a sanitizer sees accesses past it; filled with 0xff bytes, NaN as floats,
+// so that a read of an element never written shows). For kernels whose blocks wait for each other
+// (a grid barrier); their __shared__ statics would be shared by all blocks.
 inline void s6emu_launch_concurrent(s6emu_dim3 grid, unsigned int threads, size_t dynamic_shared_bytes,
                                     const std::function<void()>& kernel) {
     gridDim = grid;
     blockDim = {threads, 1, 1};
     const size_t nblocks = (size_t)grid.x * grid.y * grid.z;
-    const size_t stride = (dynamic_shared_bytes + 15) / 16 * 16 + 16;
-    std::vector<float4> shared((nblocks * stride + 15) / 16);
-    std::memset(shared.data(), 0xff, shared.size() * sizeof(float4));
+    std::vector<std::vector<float4>> shared(nblocks);
     std::vector<std::unique_ptr<s6emu_block_state>> blocks;
-    for (size_t b = 0; b < nblocks; b++)
-        blocks.push_back(std::make_unique<s6emu_block_state>(
-            threads, true, reinterpret_cast<unsigned char*>(shared.data()) + b * stride));
+    for (size_t b = 0; b < nblocks; b++) {
+        shared[b].resize(std::max<size_t>((dynamic_shared_bytes + 15) / 16, 1));
+        std::memset(shared[b].data(), 0xff, shared[b].size() * sizeof(float4));
+        blocks.push_back(std::make_unique<s6emu_block_state>(threads, true,
+                                                             reinterpret_cast<unsigned char*>(shared[b].data())));
+    }
     std::vector<std::thread> ts;
     size_t b = 0;
     for (unsigned int z = 0; z < grid.z; z++)

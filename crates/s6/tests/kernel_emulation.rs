@@ -4,7 +4,8 @@
 //! d_state-16 forward (both block shapes; f32 and bf16 activations; gate; strides; segments)
 //! against an f64 reference (`scan_emu.cpp`), and the backward against finite differences of
 //! that reference (`scan_bwd_emu.cpp`), and the conv and norm kernels of prefill's bf16 storage
-//! against the f32 ones (`bf16_storage_emu.cpp`). Skipped, saying so, where no `g++` is found.
+//! against the f32 ones (`bf16_storage_emu.cpp`), and the one-kernel decoding step against an
+//! f64 reference (`layer_step_emu.cpp`). Skipped, saying so, where no `g++` is found.
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -59,6 +60,15 @@ fn scan_backward_kernel_matches_finite_differences_on_the_cpu() {
 #[test]
 fn bf16_storage_kernels_match_the_f32_ones_on_the_cpu() {
     run_harness("bf16_storage_emu", &[], 38);
+}
+
+/// The one-kernel decoding step of a block (`kernels/layer_step.cu`: four phases meeting at grid
+/// barriers, every block of the grid running at once) against an f64 reference of the step, over
+/// carried states, both entries and every tail past what a lane loads early
+/// (`layer_step_emu.cpp`).
+#[test]
+fn layer_step_kernel_matches_f64_reference_on_the_cpu() {
+    run_harness("layer_step_emu", &[], 23);
 }
 
 /// The loops as they were before their operands were loaded a step ahead (`S6_SCAN_AHEAD=0`,

@@ -36,8 +36,14 @@
 #define S6_LS_RPRE 16
 #define S6_LS_KPRE 4
 
-#ifndef S6_EMULATE
+#ifndef S6_SPIN_PAUSE
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 700
 #define S6_SPIN_PAUSE() __nanosleep(32)
+#else
+#define S6_SPIN_PAUSE() \
+    do {                 \
+    } while (0)
+#endif
 #endif
 
 // A barrier over the whole grid. bar[0] counts the blocks in; bar[1] is the generation, which the
