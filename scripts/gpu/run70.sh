@@ -12,6 +12,8 @@ for p in "mamba-130m 128" "mamba-1.4b 64"; do
   set -- $p
   for s in 0 1 0 1; do echo "$1 S6_LAYER_STEP=$s"; S6_LAYER_STEP=$s dec --preset $1 --batch 1 --tokens $2 --repeats 3; done
 done
+echo "130M, two blocks per SM"; S6_LAYER_STEP=1 S6_LAYER_STEP_BLOCKS_PER_SM=2 dec --preset mamba-130m --batch 1 --tokens 128 --repeats 3
+echo "1.4B, two blocks per SM"; S6_LAYER_STEP=1 S6_LAYER_STEP_BLOCKS_PER_SM=2 dec --preset mamba-1.4b --batch 1 --tokens 64 --repeats 3
 date -u
 t decode - test-cuda_decode
 t decode_ls S6_LAYER_STEP=1 test-cuda_decode bf16

@@ -6,8 +6,9 @@
 //! (docs/BENCHMARKS.md: ~13 µs per block at 130M on an H100 for 2.5 µs of weight reads); this
 //! replaces four of them per block by one.
 //!
-//! The grid barrier needs every block resident at once: the grid is one block per SM, and the
-//! kernel is used only where the occupancy calculator says a block fits an SM (it then does:
+//! The grid barrier needs every block resident at once: the grid is one block per SM (see
+//! `blocks_per_sm`), and the kernel is used only where the occupancy calculator says a block fits
+//! an SM (it then does:
 //! at most 128 registers and ~17 KB of shared memory for mamba-1.4b; a second block fits beside it,
 //! which is where PDL starts the next kernel). The barrier's counter pair lives in the backend
 //! (`Inner::grid_barrier`) and is left ready for the next launch by every launch.
@@ -35,6 +36,20 @@ const MAX_SHARED: usize = 48 << 10;
 const MAX_D_CONV: usize = super::mixer_step::MAX_D_CONV;
 
 static LAYER_STEP: Switch = Switch::new("S6_LAYER_STEP", false);
+
+/// Blocks per SM of the grid: 1 by default (a second block fits an SM, and there PDL starts the
+/// next kernel early); `S6_LAYER_STEP_BLOCKS_PER_SM=2` fills both slots, for measurements (capped
+/// by the occupancy).
+fn blocks_per_sm() -> usize {
+    static N: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *N.get_or_init(|| {
+        std::env::var("S6_LAYER_STEP_BLOCKS_PER_SM")
+            .ok()
+            .and_then(|v| v.trim().parse().ok())
+            .filter(|&n| n >= 1)
+            .unwrap_or(1)
+    })
+}
 
 /// Whether the one-kernel block step is on (see the module documentation).
 pub fn layer_step_enabled() -> bool {
@@ -79,6 +94,7 @@ impl Cuda {
         if per_sm == 0 {
             return Ok(false);
         }
+        let blocks = self.inner.sm_count * blocks_per_sm().min(per_sm as usize);
         let iw = 2 * di;
         let res = self.ptr_mut(o.residual, 0, d, "layer step residual")?;
         let norm = self.ptr(a.norm, 0, d, "layer step norm weight")?;
@@ -109,7 +125,7 @@ impl Cuda {
             u32_of("d_state", n)?,
         );
         let cfg = LaunchConfig {
-            grid_dim: (u32_of("blocks", self.inner.sm_count)?, 1, 1),
+            grid_dim: (u32_of("blocks", blocks)?, 1, 1),
             block_dim: (THREADS, 1, 1),
             shared_mem_bytes: u32_of("shared", shared)?,
         };
