@@ -26,3 +26,6 @@ for p in "${presets[@]}"; do
   for s in 0 1; do echo "$1 S6_BF16_STORAGE_TRAIN=$s"; S6_BF16_STORAGE_TRAIN=$s tr --preset $1 --batch $2 --seqlen 2048 --repeats 2; done
   date -u
 done
+# Where 1.4B decoding at batch 128 spends its time now (each op alone between synchronizations).
+timeout 90 dev-out/s6 bench decode --device cuda --dtype bf16 --preset mamba-1.4b --batch 128 --tokens 8 --repeats 1 --profile 2>&1 | tail -40
+date -u
