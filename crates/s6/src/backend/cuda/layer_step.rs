@@ -86,11 +86,21 @@ impl Cuda {
         {
             return Ok(false);
         }
-        let name = if (d / 8) <= NARROW_MAX_VECTORS { "s6_layer_step_b1" } else { "s6_layer_step_b1_wide" };
+        let wide = usize::from(d / 8 > NARROW_MAX_VECTORS);
+        let name = ["s6_layer_step_b1", "s6_layer_step_b1_wide"][wide];
         let func = self.func(name)?;
-        let per_sm = func
-            .occupancy_max_active_blocks_per_multiprocessor(THREADS, shared, None)
-            .map_err(driver_err("layer step occupancy"))?;
+        // Blocks of this kernel an SM holds at the largest shared memory it is launched with (so
+        // also at less), asked once per entry.
+        let per_sm = match self.inner.layer_step_per_sm[wide].get() {
+            Some(&n) => n,
+            None => {
+                self.inner.ctx.bind_to_thread().map_err(driver_err("layer step occupancy"))?;
+                let n = func
+                    .occupancy_max_active_blocks_per_multiprocessor(THREADS, MAX_SHARED, None)
+                    .map_err(driver_err("layer step occupancy"))?;
+                *self.inner.layer_step_per_sm[wide].get_or_init(|| n)
+            }
+        };
         if per_sm == 0 {
             return Ok(false);
         }

@@ -427,6 +427,8 @@ struct Inner {
     /// The grid barrier's counter pair of the one-kernel block step (`layer_step.rs`), zeroed
     /// once and left ready for the next launch by every launch.
     grid_barrier: CudaSlice<u32>,
+    /// Blocks per SM of the two layer-step entries (`layer_step.rs`), asked once.
+    layer_step_per_sm: [OnceLock<u32>; 2],
 }
 
 fn compute_code(c: Compute) -> u8 {
@@ -733,6 +735,7 @@ impl Cuda {
                 keeping_activations: std::sync::atomic::AtomicBool::new(false),
                 l2_bytes,
                 grid_barrier,
+                layer_step_per_sm: [OnceLock::new(), OnceLock::new()],
             }),
         })
     }
