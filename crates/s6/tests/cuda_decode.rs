@@ -657,6 +657,74 @@ fn block_step_on(
     g.add_assign(residual, &out).unwrap();
 }
 
+/// A block's shape: (d_model, d_inner, d_state, d_conv, dt_rank, conv bias, projection biases).
+type BlockShape = (usize, usize, usize, usize, usize, bool, bool);
+
+/// What [`BlockCase::steps`] records after each step, by name.
+const STEP_OUTPUTS: [&str; 8] = ["residual", "xz", "u", "xdbl", "delta", "y", "conv state", "ssm state"];
+
+/// A random Mamba block on the GPU and the residual stream it starts from, for [`block_step_on`].
+struct BlockCase {
+    mixer: MixerCase,
+    d: usize,
+    norm: s6::backend::cuda::CudaBuf,
+    in_proj: s6::backend::cuda::CudaBuf,
+    out_proj: s6::backend::cuda::CudaBuf,
+    biases: (Option<s6::backend::cuda::CudaBuf>, Option<s6::backend::cuda::CudaBuf>),
+    residual0: Vec<f32>,
+}
+
+impl BlockCase {
+    fn random(g: &Cuda, rng: &mut Rng, batch: usize, (d, di, n, k, r, conv_bias, proj_bias): BlockShape) -> Self {
+        let mixer = MixerCase::random(rng, batch, di, n, k, r, conv_bias);
+        let up = |v: Vec<f32>| g.from_vec(v).unwrap();
+        let norm = up(rng.vec(d, 0.5, 1.5));
+        let sd = 1.0 / (d as f32).sqrt();
+        let si = 1.0 / (di as f32).sqrt();
+        let in_proj = up(rng.vec(2 * di * d, -sd, sd));
+        let out_proj = up(rng.vec(d * di, -si, si));
+        let in_b = proj_bias.then(|| up(rng.vec(2 * di, -0.1, 0.1)));
+        let out_b = proj_bias.then(|| up(rng.vec(d, -0.1, 0.1)));
+        let residual0 = rng.vec(batch * d, -3.0, 3.0);
+        BlockCase { mixer, d, norm, in_proj, out_proj, biases: (in_b, out_b), residual0 }
+    }
+
+    /// Three decoding steps from the same start, fused or as the ops the fused step replaces: every
+    /// output and state ([`STEP_OUTPUTS`]) after each step.
+    fn steps(&self, g: &Cuda, fused: bool) -> Vec<[Vec<f32>; 8]> {
+        let (batch, di) = (self.mixer.batch, self.mixer.di);
+        let mut bufs = MixerBufs::new(g, &self.mixer);
+        let mut residual = g.from_vec(self.residual0.clone()).unwrap();
+        let mut xz = g.from_vec(vec![7.0; batch * 2 * di]).unwrap();
+        let mut steps = Vec::new();
+        for _ in 0..3 {
+            block_step_on(
+                g,
+                &self.mixer,
+                &mut bufs,
+                self.d,
+                [&self.norm, &self.in_proj, &self.out_proj],
+                (self.biases.0.as_ref(), self.biases.1.as_ref()),
+                &mut residual,
+                &mut xz,
+                fused,
+            );
+            let v = |b: &s6::backend::cuda::CudaBuf| g.to_vec(b).unwrap();
+            steps.push([
+                v(&residual),
+                v(&xz),
+                v(&bufs.u),
+                v(&bufs.xdbl),
+                v(&bufs.delta),
+                v(&bufs.y),
+                v(&bufs.conv_state),
+                v(&bufs.ssm_state),
+            ]);
+        }
+        steps
+    }
+}
+
 #[test]
 fn fused_block_step_equals_the_ops_it_replaces_bitwise() {
     let Some(g) = gpu() else { return };
@@ -669,10 +737,10 @@ fn fused_block_step_equals_the_ops_it_replaces_bitwise() {
     let layer_step_before = s6::backend::cuda::layer_step::layer_step_enabled();
     s6::backend::cuda::layer_step::set_layer_step(false);
     let mut rng = Rng(23);
-    // (d_model, d_inner, d_state, d_conv, dt_rank, conv bias, projection biases): mamba-130m's
-    // block; d_model 40 (k % 8 != 0: the bf16 kernel's 8-byte loads) and 37 (scalar loads) with
-    // odd d_inner, d_state and dt_rank; a shorter conv without bias, with in/out_proj biases.
-    let shapes = [
+    // mamba-130m's block; d_model 40 (k % 8 != 0: the bf16 kernel's 8-byte loads) and 37 (scalar
+    // loads) with odd d_inner, d_state and dt_rank; a shorter conv without bias, with in/out_proj
+    // biases.
+    let shapes: [BlockShape; 4] = [
         (768, 1536, 16, 4, 48, true, false),
         (40, 101, 5, 4, 5, true, false),
         (37, 333, 16, 4, 7, true, true),
@@ -680,56 +748,16 @@ fn fused_block_step_equals_the_ops_it_replaces_bitwise() {
     ];
     for compute in [Compute::F32, Compute::Bf16] {
         g.set_compute(compute).unwrap();
-        for &(d, di, n, k, r, conv_bias, proj_bias) in &shapes {
+        for &shape in &shapes {
             for batch in [1, 3, 8] {
-                let case = MixerCase::random(&mut rng, batch, di, n, k, r, conv_bias);
-                let up = |v: Vec<f32>| g.from_vec(v).unwrap();
-                let norm = up(rng.vec(d, 0.5, 1.5));
-                let sd = 1.0 / (d as f32).sqrt();
-                let si = 1.0 / (di as f32).sqrt();
-                let in_proj = up(rng.vec(2 * di * d, -sd, sd));
-                let out_proj = up(rng.vec(d * di, -si, si));
-                let in_b = proj_bias.then(|| up(rng.vec(2 * di, -0.1, 0.1)));
-                let out_b = proj_bias.then(|| up(rng.vec(d, -0.1, 0.1)));
-                let residual0 = rng.vec(batch * d, -3.0, 3.0);
-                let mut runs = Vec::new();
-                for fused in [false, true] {
-                    let mut bufs = MixerBufs::new(&g, &case);
-                    let mut residual = up(residual0.clone());
-                    let mut xz = up(vec![7.0; batch * 2 * di]);
-                    for _ in 0..3 {
-                        block_step_on(
-                            &g,
-                            &case,
-                            &mut bufs,
-                            d,
-                            [&norm, &in_proj, &out_proj],
-                            (in_b.as_ref(), out_b.as_ref()),
-                            &mut residual,
-                            &mut xz,
-                            fused,
-                        );
-                    }
-                    let v = |b: &s6::backend::cuda::CudaBuf| g.to_vec(b).unwrap();
-                    runs.push([
-                        v(&residual),
-                        v(&xz),
-                        v(&bufs.u),
-                        v(&bufs.xdbl),
-                        v(&bufs.delta),
-                        v(&bufs.y),
-                        v(&bufs.conv_state),
-                        v(&bufs.ssm_state),
-                    ]);
-                }
-                let names = ["residual", "xz", "u", "xdbl", "delta", "y", "conv state", "ssm state"];
-                for (i, name) in names.iter().enumerate() {
-                    let (want, got) = (&runs[0][i], &runs[1][i]);
+                let case = BlockCase::random(&g, &mut rng, batch, shape);
+                let (want, got) = (case.steps(&g, false).pop().unwrap(), case.steps(&g, true).pop().unwrap());
+                for (name, (want, got)) in STEP_OUTPUTS.iter().zip(want.iter().zip(&got)) {
                     let diff = want.iter().zip(got).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
                     assert!(
                         want.iter().zip(got).all(|(a, b)| a.to_bits() == b.to_bits()),
-                        "{compute:?}, d_model {d}, d_inner {di}, d_state {n}, d_conv {k}, batch {batch}: {name} differs \
-                         from the unfused ops after 3 steps (largest difference {diff:e})"
+                        "{compute:?}, block {shape:?}, batch {batch}: {name} differs from the unfused ops after 3 \
+                         steps (largest difference {diff:e})"
                     );
                 }
             }
@@ -756,8 +784,7 @@ fn layer_step_kernel_equals_the_four_kernel_step() {
     g.set_compute(Compute::Bf16).unwrap();
     let layer_step_before = s6::backend::cuda::layer_step::layer_step_enabled();
     let mut rng = Rng(57);
-    // (d_model, d_inner, d_state, d_conv, dt_rank, conv bias, projection biases)
-    let shapes = [
+    let shapes: [BlockShape; 8] = [
         (768, 1536, 16, 4, 48, true, false),
         (2048, 4096, 16, 4, 128, true, false),
         (64, 136, 16, 4, 5, true, true),
@@ -767,60 +794,20 @@ fn layer_step_kernel_equals_the_four_kernel_step() {
         (2056, 64, 64, 4, 4, true, true),
         (16, 4104, 16, 4, 3, true, false),
     ];
-    for &(d, di, n, k, r, conv_bias, proj_bias) in &shapes {
-        let case = MixerCase::random(&mut rng, 1, di, n, k, r, conv_bias);
-        let up = |v: Vec<f32>| g.from_vec(v).unwrap();
-        let norm = up(rng.vec(d, 0.5, 1.5));
-        let sd = 1.0 / (d as f32).sqrt();
-        let si = 1.0 / (di as f32).sqrt();
-        let in_proj = up(rng.vec(2 * di * d, -sd, sd));
-        let out_proj = up(rng.vec(d * di, -si, si));
-        let in_b = proj_bias.then(|| up(rng.vec(2 * di, -0.1, 0.1)));
-        let out_b = proj_bias.then(|| up(rng.vec(d, -0.1, 0.1)));
-        let residual0 = rng.vec(d, -3.0, 3.0);
-        let mut runs = Vec::new();
-        for one_kernel in [false, true] {
-            s6::backend::cuda::layer_step::set_layer_step(one_kernel);
-            let mut bufs = MixerBufs::new(&g, &case);
-            let mut residual = up(residual0.clone());
-            let mut xz = up(vec![7.0; 2 * di]);
-            let mut steps = Vec::new();
-            for _ in 0..3 {
-                block_step_on(
-                    &g,
-                    &case,
-                    &mut bufs,
-                    d,
-                    [&norm, &in_proj, &out_proj],
-                    (in_b.as_ref(), out_b.as_ref()),
-                    &mut residual,
-                    &mut xz,
-                    true,
-                );
-                let v = |b: &s6::backend::cuda::CudaBuf| g.to_vec(b).unwrap();
-                steps.push([
-                    v(&residual),
-                    v(&xz),
-                    v(&bufs.u),
-                    v(&bufs.xdbl),
-                    v(&bufs.delta),
-                    v(&bufs.y),
-                    v(&bufs.conv_state),
-                    v(&bufs.ssm_state),
-                ]);
-            }
-            runs.push(steps);
-        }
-        let names = ["residual", "xz", "u", "xdbl", "delta", "y", "conv state", "ssm state"];
-        for (step, (four, one)) in runs[0].iter().zip(&runs[1]).enumerate() {
-            for (i, name) in names.iter().enumerate() {
-                let (want, got) = (&four[i], &one[i]);
+    for &shape in &shapes {
+        let case = BlockCase::random(&g, &mut rng, 1, shape);
+        s6::backend::cuda::layer_step::set_layer_step(false);
+        let four = case.steps(&g, true);
+        s6::backend::cuda::layer_step::set_layer_step(true);
+        let one = case.steps(&g, true);
+        for (step, (four, one)) in four.iter().zip(&one).enumerate() {
+            for (name, (want, got)) in STEP_OUTPUTS.iter().zip(four.iter().zip(one)) {
                 let scale = want.iter().fold(0.0f32, |m, v| m.max(v.abs())).max(1e-3);
                 let diff = want.iter().zip(got).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
                 assert!(
                     got.iter().all(|v| v.is_finite()) && diff <= 2e-3 * scale,
-                    "d_model {d}, d_inner {di}, d_state {n}, d_conv {k}, dt_rank {r}, step {step}: {name} of the \
-                     one-kernel step differs from the four-kernel step by {diff:e} (largest value {scale:e})"
+                    "block {shape:?}, step {step}: {name} of the one-kernel step differs from the four-kernel step \
+                     by {diff:e} (largest value {scale:e})"
                 );
             }
         }
