@@ -800,6 +800,10 @@ fn layer_step_kernel_equals_the_four_kernel_step() {
         let four = case.steps(&g, true);
         s6::backend::cuda::layer_step::set_layer_step(true);
         let one = case.steps(&g, true);
+        assert!(
+            g.owns_layer_step(),
+            "another backend of this process launches the layer step on this device (run the tests one at a time)"
+        );
         for (step, (four, one)) in four.iter().zip(&one).enumerate() {
             for (name, (want, got)) in STEP_OUTPUTS.iter().zip(four.iter().zip(one)) {
                 let scale = want.iter().fold(0.0f32, |m, v| m.max(v.abs())).max(1e-3);

@@ -133,7 +133,7 @@ fn print_scan(what: &str, r: &ScanReport, copy_gb_s: f64, moved: &str) {
 }
 
 /// `bench scan --dtype bf16`: the CUDA scan with bf16 activations
-/// ([`s6::bench::bench_scan_bf16`]), beside the device's copy bandwidth.
+/// (`s6::bench::bench_scan_bf16`, with the `cuda` feature), beside the device's copy bandwidth.
 #[cfg_attr(not(feature = "cuda"), allow(unused_variables))]
 fn scan_bf16(a: &Args) -> Result<()> {
     #[cfg(feature = "cuda")]

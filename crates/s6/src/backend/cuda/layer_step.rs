@@ -6,11 +6,12 @@
 //! (docs/BENCHMARKS.md: ~13 µs per block at 130M on an H100 for 2.5 µs of weight reads); this
 //! replaces four of them per block by one.
 //!
-//! The grid barrier needs every block resident at once: the grid is one block per SM (see
+//! The grid barrier needs every block resident at once. The grid is one block per SM (see
 //! `blocks_per_sm`), and the kernel is used only where the occupancy calculator says a block fits
-//! an SM (it then does:
-//! at most 128 registers and ~17 KB of shared memory for mamba-1.4b; a second block fits beside it,
-//! which is where PDL starts the next kernel). The barrier's counter pair lives in the backend
+//! an SM (at most 128 registers and ~17 KB of shared memory for mamba-1.4b: a second block fits
+//! beside it, which is where PDL starts the next kernel). Only one backend per device and process
+//! launches it (`LayerStepClaim`, see [`Cuda::owns_layer_step`]); under MPS, processes sharing a
+//! device could still hold each other's SMs. The barrier's counter pair lives in the backend
 //! (`Inner::grid_barrier`) and is left ready for the next launch by every launch.
 //!
 //! It applies at batch 1 with `Compute::Bf16`, `d_model` and `d_inner` multiples of 8 and
@@ -37,6 +38,35 @@ const MAX_D_CONV: usize = super::mixer_step::MAX_D_CONV;
 
 static LAYER_STEP: Switch = Switch::new("S6_LAYER_STEP", false);
 
+/// The devices (ordinals) on which a backend of this process has claimed the layer step.
+static CLAIMED: std::sync::Mutex<Vec<usize>> = std::sync::Mutex::new(Vec::new());
+
+/// The right of one backend (one stream) per device and process to launch the layer step. Its
+/// grid spins at barriers holding half of every SM's registers; two such grids on two streams
+/// still fit the device beside each other, but three could each hold part of the device and wait
+/// for the rest, forever. So only the first backend of a device to launch it may (it claims the
+/// device at its first launch); others run the four-kernel step. Released when that backend is
+/// dropped.
+pub(super) struct LayerStepClaim(usize);
+
+impl LayerStepClaim {
+    /// The claim for device `ordinal`, if no live backend of this process holds it.
+    pub(super) fn take(ordinal: usize) -> Option<Self> {
+        let mut claimed = CLAIMED.lock().unwrap_or_else(|e| e.into_inner());
+        if claimed.contains(&ordinal) {
+            return None;
+        }
+        claimed.push(ordinal);
+        Some(LayerStepClaim(ordinal))
+    }
+}
+
+impl Drop for LayerStepClaim {
+    fn drop(&mut self) {
+        CLAIMED.lock().unwrap_or_else(|e| e.into_inner()).retain(|&o| o != self.0);
+    }
+}
+
 /// Blocks per SM of the grid: 1 by default (a second block fits an SM, and there PDL starts the
 /// next kernel early); `S6_LAYER_STEP_BLOCKS_PER_SM=2` fills both slots, for measurements (capped
 /// by the occupancy).
@@ -62,6 +92,12 @@ pub fn set_layer_step(on: bool) {
 }
 
 impl Cuda {
+    /// Whether this backend launches the layer step on its device: claims the device for it if
+    /// no other live backend of this process has (`LayerStepClaim`); decided once per backend.
+    pub fn owns_layer_step(&self) -> bool {
+        self.inner.layer_step_claim.get_or_init(|| LayerStepClaim::take(self.ordinal())).is_some()
+    }
+
     /// The block step as one kernel, if it applies (batch 1, bf16 products, the sizes it takes, a
     /// block per SM resident): `Ok(false)` leaves the step to the caller.
     pub(super) fn layer_step_dev(
@@ -84,6 +120,9 @@ impl Cuda {
             || !(1..=MAX_D_CONV).contains(&k)
             || shared > MAX_SHARED
         {
+            return Ok(false);
+        }
+        if !self.owns_layer_step() {
             return Ok(false);
         }
         let wide = usize::from(d / 8 > NARROW_MAX_VECTORS);

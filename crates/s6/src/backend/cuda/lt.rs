@@ -32,7 +32,7 @@ const FLUSH_BYTES: usize = 96 << 20;
 
 static LT: Switch = Switch::new("S6_LT", false);
 
-/// Whether bf16 products of 9 to [`LT_MAX_ROWS`] rows go through cuBLASLt with a tuned algorithm
+/// Whether bf16 products of 9 to `LT_MAX_ROWS` rows go through cuBLASLt with a tuned algorithm
 /// (`S6_LT=1`, read once; off by default).
 pub fn lt_enabled() -> bool {
     LT.on()

@@ -430,6 +430,9 @@ struct Inner {
     grid_barrier: CudaSlice<u32>,
     /// Blocks per SM of the two layer-step entries (`layer_step.rs`), asked once.
     layer_step_per_sm: [OnceLock<u32>; 2],
+    /// Whether this backend may launch the layer step (the first backend of its device to
+    /// launch it), decided at its first launch.
+    layer_step_claim: OnceLock<Option<layer_step::LayerStepClaim>>,
 }
 
 fn compute_code(c: Compute) -> u8 {
@@ -737,6 +740,7 @@ impl Cuda {
                 l2_bytes,
                 grid_barrier,
                 layer_step_per_sm: [OnceLock::new(), OnceLock::new()],
+                layer_step_claim: OnceLock::new(),
             }),
         })
     }
@@ -1043,7 +1047,7 @@ const SCAN_SEGMENT_MIN_LEN: usize = 512;
 static SCAN_SEGMENTS_FORCED: AtomicUsize = AtomicUsize::new(usize::MAX);
 
 /// Forces the number of segments of the d_state-16 scans (`Some(1)`: never cut; `None`: back to
-/// `S6_SCAN_SEGMENTS` or the rule of [`scan_segment_count`]), for tests and measurements.
+/// `S6_SCAN_SEGMENTS` or the rule of `scan_segment_count`), for tests and measurements.
 pub fn set_scan_segments(count: Option<usize>) {
     SCAN_SEGMENTS_FORCED.store(count.map_or(usize::MAX - 1, |c| c.max(1)), Ordering::Relaxed);
 }

@@ -30,7 +30,7 @@ impl Bf16Tensor {
     }
 }
 
-/// Inputs of [`Cuda::selective_scan_bf16`]: as [`ScanArgs`](crate::backend::ScanArgs) with the
+/// Inputs of [`Cuda::selective_scan_bf16`]: as [`ScanArgs`] with the
 /// activations in bf16 and contiguous: `u`, `delta`, `z` `[batch·seqlen, d_inner]`, `b`, `c`
 /// `[batch·seqlen, d_state]`; `delta_bias`, `d` `[d_inner]` and `a` `[d_inner, d_state]` in fp32.
 pub struct ScanBf16Args<'a> {
