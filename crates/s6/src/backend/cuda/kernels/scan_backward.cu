@@ -354,9 +354,9 @@ __device__ __forceinline__ void s6_scan_bwd_n16_body(S6_SCAN_BWD_PARAMS) {
     // (h_t, exp(ΔA)) of the lane's 2 states without REGS; its dB_t, dC_t partials (with 4 states
     // per lane: the dB float4, then the dC float4).
     __shared__ float4 s_pp[T][NT * NPL / 2];
-    // (Σ dhs B, Σ q A) and Σ C h over the lane's states; with 4 lanes per channel, over the
-    // channel's states (summed across its lanes by shuffles in the step).
-    constexpr int NP = SPLIT == 8 ? NT : CPB;
+    // (Σ dhs B, Σ q A) and Σ C h over the lane's states; with 4 lanes per channel, over each
+    // pair of its lanes (added by a shuffle in the step; the chunk's end adds the two pairs).
+    constexpr int NP = SPLIT == 8 ? NT : 2 * CPB;
     __shared__ float2 s_p2[T][NP];
     __shared__ float s_p1[T][NP];
     __shared__ float4 s_dug[T][CPB];  // (Δ, u, g, Δu)
@@ -621,16 +621,13 @@ __device__ __forceinline__ void s6_scan_bwd_n16_body(S6_SCAN_BWD_PARAMS) {
                 } else {
                     s_pp[t][2 * tid] = make_float4(pb[0], pb[1], pb[2], pb[3]);
                     s_pp[t][2 * tid + 1] = make_float4(pc[0], pc[1], pc[2], pc[3]);
-                    // The channel's sums over its SPLIT lanes (consecutive lanes of one warp).
-#pragma unroll
-                    for (int off = 1; off < SPLIT; off <<= 1) {
-                        pbs += __shfl_xor_sync(0xffffffffu, pbs, off);
-                        pqa += __shfl_xor_sync(0xffffffffu, pqa, off);
-                        pout += __shfl_xor_sync(0xffffffffu, pout, off);
-                    }
-                    if (part == 0) {
-                        s_p2[t][ch] = make_float2(pbs, pqa);
-                        s_p1[t][ch] = pout;
+                    // The sums over each pair of the channel's lanes (consecutive lanes of a warp).
+                    pbs += __shfl_xor_sync(0xffffffffu, pbs, 1);
+                    pqa += __shfl_xor_sync(0xffffffffu, pqa, 1);
+                    pout += __shfl_xor_sync(0xffffffffu, pout, 1);
+                    if ((part & 1) == 0) {
+                        s_p2[t][2 * ch + part / 2] = make_float2(pbs, pqa);
+                        s_p1[t][2 * ch + part / 2] = pout;
                     }
                 }
             };
@@ -667,7 +664,7 @@ __device__ __forceinline__ void s6_scan_bwd_n16_body(S6_SCAN_BWD_PARAMS) {
         __syncthreads();
 
         // du, dΔ, dz: sums over each channel's 8 lanes (the lane order rotated against bank
-        // conflicts); with 4 lanes per channel the step summed them already.
+        // conflicts); with 4 lanes per channel over its two pairs (the step summed each pair).
 #pragma unroll
         for (int e = 0; e < E; e++) {
             const int idx = tid + e * NT;
@@ -683,10 +680,10 @@ __device__ __forceinline__ void s6_scan_bwd_n16_body(S6_SCAN_BWD_PARAMS) {
                         sout += s_p1[t][c * SPLIT + ((p + (c >> 2) + 4 * (t & 1)) & 7)];
                     }
                 } else {
-                    const float2 v = s_p2[t][c];
-                    sbs = v.x;
-                    sqa = v.y;
-                    sout = s_p1[t][c];
+                    const float2 v0 = s_p2[t][2 * c], v1 = s_p2[t][2 * c + 1];
+                    sbs = v0.x + v1.x;
+                    sqa = v0.y + v1.y;
+                    sout = s_p1[t][2 * c] + s_p1[t][2 * c + 1];
                 }
                 const float4 v = s_dug[t][c];
                 const float dt = v.x, x = v.y, g = v.z;
@@ -793,8 +790,9 @@ S6_SCAN_BWD_N16(s6_scan_bwd_n16p, 12, false, 8, 4)
 S6_SCAN_BWD_N16(s6_scan_bwd_n16r8, 8, true, 8, 3)
 // 4 lanes of 4 states per channel (32 channels per block), chunks of 8 in registers: a
 // channel's per-step inputs and its per-channel sums shared by 4 states per lane instead of 2,
-// and half the shared-memory traffic per state-step (the per-channel sums by shuffles in the
-// step). Written in session 19, not yet measured (`S6_SCAN_BWD=n16q8`).
+// about half the shared-memory wavefronts per state-step (the per-channel sums over lane pairs
+// by a shuffle in the step). 216 registers, 46 KB. Written in session 19, not yet measured
+// (`S6_SCAN_BWD=n16q8`).
 S6_SCAN_BWD_N16(s6_scan_bwd_n16q8, 8, true, 4, 2)
 
 // dB / dC: sum of the per-block partials pbc[blk][row][2n] over the blocks, in order; written to
