@@ -11,7 +11,8 @@
 //! conv into the same kernel's epilogue (depthwise: the thread that writes column j of x has all
 //! the conv of channel j needs), and the residual add into out_proj's GEMV, which adds its
 //! product to the residual stream. Four kernels per block instead of six, each giving the same
-//! bits as the kernels it replaces.
+//! bits as the kernels it replaces. At batch 1 with bf16 products and `S6_LAYER_STEP=1` the four
+//! become one persistent kernel (`layer_step.rs`).
 //!
 //! [`Backend::block_step`] is on by default (on an H100, 130M bf16 at batch 1: 2,300 tok/s against
 //! 1,950 without it, and the same at batch 8; docs/BENCHMARKS.md, session 8); `S6_BLOCK_STEP=0`
