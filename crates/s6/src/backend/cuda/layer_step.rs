@@ -185,3 +185,20 @@ impl Cuda {
         Ok(true)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::LayerStepClaim;
+
+    #[test]
+    fn one_claim_per_device_until_dropped() {
+        // Ordinals no real device has, so that no backend of a parallel test holds them.
+        let (a, b) = (1_000_001, 1_000_002);
+        let first = LayerStepClaim::take(a).expect("a free device is claimed");
+        assert!(LayerStepClaim::take(a).is_none(), "a second claim on the same device");
+        let other = LayerStepClaim::take(b).expect("another device is claimed on its own");
+        drop(first);
+        assert!(LayerStepClaim::take(a).is_some(), "a dropped claim frees its device");
+        drop(other);
+    }
+}
