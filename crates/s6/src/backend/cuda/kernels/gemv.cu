@@ -183,6 +183,28 @@ struct S6ConvPre {
     float b;
 };
 
+// The causal conv's newest output of one channel before its SiLU: from the bias, tap t of the
+// window (its k - 1 slots, then this step's x) in ascending t, as conv.cu. With the taps' weights
+// and the window's slots in registers (k ≤ S6_GEMV_CONV_PRE) ...
+__device__ __forceinline__ float s6_conv_newest(const float (&w)[S6_GEMV_CONV_PRE], float bias,
+                                                const float (&win)[S6_GEMV_CONV_PRE], float x, unsigned int k) {
+    float a = bias;
+#pragma unroll
+    for (unsigned int t = 0; t < S6_GEMV_CONV_PRE; ++t) {
+        if (t + 1 < k) a = fmaf(w[t], win[t], a);
+        else if (t + 1 == k) a = fmaf(w[t], x, a);
+    }
+    return a;
+}
+
+// ... or read where they are: the weights wj[0..k), the slots at st + t · stride.
+__device__ __forceinline__ float s6_conv_newest(const float* wj, float bias, const float* st, unsigned long long stride,
+                                                float x, unsigned int k) {
+    float a = bias;
+    for (unsigned int t = 0; t + 1 < k; ++t) a = fmaf(wj[t], st[t * stride], a);
+    return fmaf(wj[k - 1], x, a);
+}
+
 template <int R, int NC>
 __device__ __forceinline__ S6ConvPre s6_gemv_conv_preload(const S6GemvOut& o, unsigned long long j0, unsigned int s,
                                                           unsigned int lane) {
@@ -261,17 +283,9 @@ __device__ __forceinline__ void s6_gemv_store(float (&acc)[NC][R], float (*part)
 #pragma unroll
                     for (unsigned int t = 0; t + 1 < S6_GEMV_CONV_PRE; ++t)
                         if (t + 1 < kc) sv[t] = st[(unsigned long long)t * ch];
-                    a = pre.b;
-#pragma unroll
-                    for (unsigned int t = 0; t < S6_GEMV_CONV_PRE; ++t) {
-                        if (t + 1 < kc) a = fmaf(pre.w[t], sv[t], a);
-                        else if (t + 1 == kc) a = fmaf(pre.w[t], v, a);
-                    }
+                    a = s6_conv_newest(pre.w, pre.b, sv, v, kc);
                 } else {
-                    const float* wj = o.cw + j * kc;
-                    a = o.cb != nullptr ? o.cb[j] : 0.0f;
-                    for (unsigned int t = 0; t + 1 < kc; ++t) a = fmaf(wj[t], st[(unsigned long long)t * ch], a);
-                    a = fmaf(wj[kc - 1], v, a);
+                    a = s6_conv_newest(o.cw + j * kc, o.cb != nullptr ? o.cb[j] : 0.0f, st, ch, v, kc);
                 }
                 o.u[(unsigned long long)r * ch + j] = s6_silu(a);
             }
@@ -428,6 +442,20 @@ __device__ __forceinline__ float s6_rbf16(float v) {
 #endif
 }
 
+// acc plus the 8 products of one 16-byte weight vector (8 bf16) with x[0..7] (bf16 values as
+// floats), added in index order. Also layer_step.cu's.
+__device__ __forceinline__ float s6_fma_bf16x8(const uint4 w, const float* x, float acc) {
+    acc = fmaf(s6_bf16_lo(w.x), x[0], acc);
+    acc = fmaf(s6_bf16_hi(w.x), x[1], acc);
+    acc = fmaf(s6_bf16_lo(w.y), x[2], acc);
+    acc = fmaf(s6_bf16_hi(w.y), x[3], acc);
+    acc = fmaf(s6_bf16_lo(w.z), x[4], acc);
+    acc = fmaf(s6_bf16_hi(w.z), x[5], acc);
+    acc = fmaf(s6_bf16_lo(w.w), x[6], acc);
+    acc = fmaf(s6_bf16_hi(w.w), x[7], acc);
+    return acc;
+}
+
 // One 16-byte step of the bf16 kernel: 8 weights of each of the NC rows times x[r, 8i .. 8i+7]
 // rounded to bf16.
 template <int R, int NC, bool NORM>
@@ -436,22 +464,10 @@ __device__ __forceinline__ void s6_gemv_bf16_fma8(const S6GemvIn& in, unsigned i
 #pragma unroll
     for (int r = 0; r < R; ++r) {
         const float4 xa = s6_gemv_x4<NORM>(in, r, 2 * i), xb = s6_gemv_x4<NORM>(in, r, 2 * i + 1);
-        const float x0 = s6_rbf16(xa.x), x1 = s6_rbf16(xa.y), x2 = s6_rbf16(xa.z), x3 = s6_rbf16(xa.w),
-                    x4 = s6_rbf16(xb.x), x5 = s6_rbf16(xb.y), x6 = s6_rbf16(xb.z), x7 = s6_rbf16(xb.w);
+        const float xs[8] = {s6_rbf16(xa.x), s6_rbf16(xa.y), s6_rbf16(xa.z), s6_rbf16(xa.w),
+                             s6_rbf16(xb.x), s6_rbf16(xb.y), s6_rbf16(xb.z), s6_rbf16(xb.w)};
 #pragma unroll
-        for (int c = 0; c < NC; ++c) {
-            const uint4 q = wv[c];
-            float a = acc[c][r];
-            a = fmaf(s6_bf16_lo(q.x), x0, a);
-            a = fmaf(s6_bf16_hi(q.x), x1, a);
-            a = fmaf(s6_bf16_lo(q.y), x2, a);
-            a = fmaf(s6_bf16_hi(q.y), x3, a);
-            a = fmaf(s6_bf16_lo(q.z), x4, a);
-            a = fmaf(s6_bf16_hi(q.z), x5, a);
-            a = fmaf(s6_bf16_lo(q.w), x6, a);
-            a = fmaf(s6_bf16_hi(q.w), x7, a);
-            acc[c][r] = a;
-        }
+        for (int c = 0; c < NC; ++c) acc[c][r] = s6_fma_bf16x8(wv[c], xs, acc[c][r]);
     }
 }
 

@@ -30,11 +30,11 @@
 // Residual values per thread held in registers for the norm (d up to 8 · S6_LS_THREADS).
 #define S6_LS_DPRE 8
 // Phase 3: lanes per channel, states per lane (d_state up to 64, MAX_D_STATE), dt_proj entries
-// per lane loaded early (dt_rank up to 128; the rest in the loop). Conv taps loaded early.
+// per lane loaded early (dt_rank up to 128; the rest in the loop). Conv taps are loaded early up
+// to gemv.cu's S6_GEMV_CONV_PRE.
 #define S6_LS_G 8
 #define S6_LS_SPRE 8
 #define S6_LS_RPRE 16
-#define S6_LS_KPRE 4
 
 #ifndef S6_SPIN_PAUSE
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 700
@@ -67,20 +67,6 @@ __device__ __forceinline__ void s6_grid_sync(unsigned int* bar) {
         __threadfence();
     }
     __syncthreads();
-}
-
-// The 8 products of one weight vector (8 bf16) with x[0..7] (bf16 values as floats), added to acc
-// in index order.
-__device__ __forceinline__ float s6_ls_fma8(const uint4 w, const float* x, float acc) {
-    acc = fmaf(s6_bf16_lo(w.x), x[0], acc);
-    acc = fmaf(s6_bf16_hi(w.x), x[1], acc);
-    acc = fmaf(s6_bf16_lo(w.y), x[2], acc);
-    acc = fmaf(s6_bf16_hi(w.y), x[3], acc);
-    acc = fmaf(s6_bf16_lo(w.z), x[4], acc);
-    acc = fmaf(s6_bf16_hi(w.z), x[5], acc);
-    acc = fmaf(s6_bf16_lo(w.w), x[6], acc);
-    acc = fmaf(s6_bf16_hi(w.w), x[7], acc);
-    return acc;
 }
 
 // NC consecutive rows of a bf16 matrix [rows, 8 · k8] as one warp reads them: lane `lane` takes
@@ -121,7 +107,7 @@ __device__ __forceinline__ void s6_ls_rows_dot(const S6LsRows<NC, PRE>& w, unsig
         const unsigned int i = lane + 32 * q;
         if (i < k8) {
 #pragma unroll
-            for (int c = 0; c < NC; ++c) acc[c] = s6_ls_fma8(w.pre[c][q], x + 8 * i, acc[c]);
+            for (int c = 0; c < NC; ++c) acc[c] = s6_fma_bf16x8(w.pre[c][q], x + 8 * i, acc[c]);
         }
     }
     for (unsigned int i = lane + 32 * PRE; i < k8; i += 32) {
@@ -129,7 +115,7 @@ __device__ __forceinline__ void s6_ls_rows_dot(const S6LsRows<NC, PRE>& w, unsig
 #pragma unroll
         for (int c = 0; c < NC; ++c) v[c] = __ldg(w.row[c] + i);
 #pragma unroll
-        for (int c = 0; c < NC; ++c) acc[c] = s6_ls_fma8(v[c], x + 8 * i, acc[c]);
+        for (int c = 0; c < NC; ++c) acc[c] = s6_fma_bf16x8(v[c], x + 8 * i, acc[c]);
     }
 #pragma unroll
     for (int c = 0; c < NC; ++c)
@@ -230,11 +216,11 @@ __device__ __forceinline__ void s6_layer_step_b1_impl(S6_LS_PARAMS) {
         nwv[q] = i < d ? __ldg(norm_w + i) : 0.0f;
     }
     const unsigned int jc = NC1 * gw + lane;
-    const bool conv_pre = lane < NC1 && jc < di && k <= S6_LS_KPRE;
-    float cwv[S6_LS_KPRE] = {}, cbv = 0.0f, win[S6_LS_KPRE] = {};
+    const bool conv_pre = lane < NC1 && jc < di && k <= S6_GEMV_CONV_PRE;
+    float cwv[S6_GEMV_CONV_PRE] = {}, cbv = 0.0f, win[S6_GEMV_CONV_PRE] = {};
     if (conv_pre) {
 #pragma unroll
-        for (unsigned int t = 0; t < S6_LS_KPRE; ++t)
+        for (unsigned int t = 0; t < S6_GEMV_CONV_PRE; ++t)
             if (t < k) cwv[t] = __ldg(conv_w + (unsigned long long)jc * k + t);
         cbv = conv_b != nullptr ? __ldg(conv_b + jc) : 0.0f;
     }
@@ -248,7 +234,7 @@ __device__ __forceinline__ void s6_layer_step_b1_impl(S6_LS_PARAMS) {
     }
     if (conv_pre) {
 #pragma unroll
-        for (unsigned int t = 0; t + 1 < S6_LS_KPRE; ++t)
+        for (unsigned int t = 0; t + 1 < S6_GEMV_CONV_PRE; ++t)
             if (t + 1 < k) win[t] = conv_state[(unsigned long long)t * di + jc];
     }
 #pragma unroll
@@ -277,26 +263,18 @@ __device__ __forceinline__ void s6_layer_step_b1_impl(S6_LS_PARAMS) {
         if (b_in != nullptr) v += __ldg(b_in + j);
         xz[j] = v;
         if (j >= di) return;
-        // Taps in ascending order from the bias (as conv.cu): the window's slots, then this x;
-        // then the window moves by one: slot s takes slot s + 1, the last slot takes x.
+        // The conv's output (gemv.cu), then the window moves by one: slot s takes slot s + 1, the
+        // last slot takes x.
         float* sw = conv_state + j;
         float acv;
         if (j0 == NC1 * gw && conv_pre) {
-            acv = cbv;
+            acv = s6_conv_newest(cwv, cbv, win, v, k);
 #pragma unroll
-            for (unsigned int t = 0; t + 1 < S6_LS_KPRE; ++t)
-                if (t + 1 < k) acv = fmaf(cwv[t], win[t], acv);
-#pragma unroll
-            for (unsigned int t = 0; t < S6_LS_KPRE; ++t)
-                if (t + 1 == k) acv = fmaf(cwv[t], v, acv);
-#pragma unroll
-            for (unsigned int t = 0; t + 2 < S6_LS_KPRE; ++t)
+            for (unsigned int t = 0; t + 2 < S6_GEMV_CONV_PRE; ++t)
                 if (t + 2 < k) sw[(unsigned long long)t * di] = win[t + 1];
         } else {
-            const float* wj = conv_w + (unsigned long long)j * k;
-            acv = conv_b != nullptr ? __ldg(conv_b + j) : 0.0f;
-            for (unsigned int t = 0; t + 1 < k; ++t) acv = fmaf(__ldg(wj + t), sw[(unsigned long long)t * di], acv);
-            acv = fmaf(__ldg(wj + k - 1), v, acv);
+            const float bias = conv_b != nullptr ? __ldg(conv_b + j) : 0.0f;
+            acv = s6_conv_newest(conv_w + (unsigned long long)j * k, bias, sw, di, v, k);
             for (unsigned int t = 0; t + 2 < k; ++t) sw[(unsigned long long)t * di] = sw[(unsigned long long)(t + 1) * di];
         }
         if (k > 1) sw[(unsigned long long)(k - 2) * di] = v;
