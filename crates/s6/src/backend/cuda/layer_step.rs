@@ -22,7 +22,7 @@
 
 use cudarc::driver::{LaunchConfig, PushKernelArg};
 
-use super::{driver_err, u32_of, Compute, Cuda, CudaBuf, Switch, MAX_D_STATE};
+use super::{driver_err, u32_of, Compute, Cuda, CudaBuf, Switch};
 use crate::backend::{BlockStepArgs, BlockStepOut};
 use crate::Result;
 
@@ -33,8 +33,6 @@ const THREADS: u32 = 256;
 const NARROW_MAX_VECTORS: usize = 128;
 /// Dynamic shared memory the kernel may use without opting in (bytes).
 const MAX_SHARED: usize = 48 << 10;
-/// The longest conv the kernel takes (as the four-kernel step).
-const MAX_D_CONV: usize = super::mixer_step::MAX_D_CONV;
 
 static LAYER_STEP: Switch = Switch::new("S6_LAYER_STEP", false);
 
@@ -99,7 +97,9 @@ impl Cuda {
     }
 
     /// The block step as one kernel, if it applies (batch 1, bf16 products, the sizes it takes, a
-    /// block per SM resident): `Ok(false)` leaves the step to the caller.
+    /// block per SM resident): `Ok(false)` leaves the step to the caller, `block_step_dev`
+    /// (mixer_step.rs), which has checked the sizes every fused step needs (d_state, d_conv,
+    /// nonzero sizes).
     pub(super) fn layer_step_dev(
         &self,
         a: &BlockStepArgs<'_, CudaBuf>,
@@ -112,12 +112,8 @@ impl Cuda {
         if !layer_step_enabled()
             || m.batch != 1
             || self.compute() != Compute::Bf16
-            || d == 0
-            || di == 0
             || d % 8 != 0
             || di % 8 != 0
-            || !(1..=MAX_D_STATE).contains(&n)
-            || !(1..=MAX_D_CONV).contains(&k)
             || shared > MAX_SHARED
         {
             return Ok(false);

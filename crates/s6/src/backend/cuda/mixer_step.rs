@@ -174,14 +174,17 @@ impl Cuda {
         Ok(())
     }
 
-    pub(super) fn block_step_dev(&self, a: &BlockStepArgs<'_, CudaBuf>, o: BlockStepOut<'_, CudaBuf>) -> Result<bool> {
+    pub(super) fn block_step_dev(
+        &self,
+        a: &BlockStepArgs<'_, CudaBuf>,
+        mut o: BlockStepOut<'_, CudaBuf>,
+    ) -> Result<bool> {
         let m = &a.mixer;
         let (batch, d, di, k) = (m.batch, a.d_model, m.d_inner, m.d_conv);
         if !block_step_enabled() || !Self::mixer_step_covers(m) || batch > GEMV_MAX_ROWS || !gemv_enabled() || d == 0 {
             return Ok(false);
         }
         // One sequence with bf16 products: the whole step as one kernel (layer_step.rs).
-        let mut o = o;
         if self.layer_step_dev(a, &mut o)? {
             return Ok(true);
         }
