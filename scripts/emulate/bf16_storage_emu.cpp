@@ -232,6 +232,39 @@ static void ce_case(unsigned rows, unsigned vocab, unsigned cache_row) {
     expect(worst < 1e-5, "cross-entropy f32: within rounding of the f64 reference", rows, cache_row, vocab);
 }
 
+// The conv backward writing dx in bf16 alone (dx_bf16 = 1; dx the first ch columns of a
+// [rows, 2 ch] matrix, as dxz's x half): the f32 kernel's dx rounded, bit for bit, nothing written
+// outside dx's columns, and the weight partials as the f32 kernel's.
+static void conv_bwd_case(unsigned batch, unsigned seqlen, unsigned ch, bool vec4) {
+    const unsigned k = 4, ld = 2 * ch, rows = batch * seqlen, vec = vec4 ? 4 : 1;
+    auto x = rand_vec((size_t)rows * ld, -3, 3);
+    auto w = rand_vec((size_t)ch * k, -1, 1);
+    auto bias = rand_vec(ch, -0.5, 0.5);
+    auto dout = rand_vec((size_t)rows * ch, -1, 1);
+    const unsigned seg = S6_CONV_BWD_BY * S6_CONV_BWD_SEG, nsb = (seqlen + seg - 1) / seg;
+    const s6emu_dim3 grid{(ch / vec + 31) / 32, nsb, batch}, block{32, S6_CONV_BWD_BY, 1};
+    auto kernel = vec4 ? s6_conv_bwd_k4_vec4 : s6_conv_bwd_k4_vec1;
+    const size_t parts = (size_t)batch * nsb * (k + 1) * ch;
+    std::vector<float> dx(rows * ld, 7.0f), part(parts, 0.0f), part16(parts, 0.0f);
+    s6emu_launch_2d(grid, block, [&] {
+        kernel(x.data(), ld, w.data(), bias.data(), dout.data(), dx.data(), ld, 0u, part.data(), batch, seqlen, ch,
+               k, nsb);
+    });
+    std::vector<unsigned short> dx16(rows * ld, 0x7fc0);
+    s6emu_launch_2d(grid, block, [&] {
+        kernel(x.data(), ld, w.data(), bias.data(), dout.data(), reinterpret_cast<float*>(dx16.data()), ld, 1u,
+               part16.data(), batch, seqlen, ch, k, nsb);
+    });
+    bool ok = part16 == part;
+    for (size_t i = 0; i < dx.size(); i++) {
+        const bool in_dx = i % ld < ch;
+        ok = ok && dx16[i] == (in_dx ? s6_f32_to_bf16(dx[i]) : 0x7fc0) && (in_dx || dx[i] == 7.0f);
+    }
+    expect(ok, vec4 ? "conv backward (vec4): dx in bf16 alone is the f32 dx rounded"
+                    : "conv backward (vec1): dx in bf16 alone is the f32 dx rounded",
+           batch, seqlen, ch);
+}
+
 int main() {
     ce_case(5, 1003, 1);
     ce_case(4, 1003, 0);
@@ -242,6 +275,9 @@ int main() {
     run_case(1, 3, 520, true, false);   // shorter than the kernel: the state's rows shift
     run_case(3, 8, 8, false, true);     // no state (zeros before t = 0)
     run_case(1, 1, 16, true, true);     // one step
+    conv_bwd_case(2, 300, 64, true);    // several segment blocks, a partial last tile
+    conv_bwd_case(1, 37, 132, true);
+    conv_bwd_case(3, 9, 5, false);      // channels not a multiple of 4
     // s6_uncast_bf16: bf16 bits widened exactly.
     {
         auto v = rand_vec(1000, -1e4, 1e4);

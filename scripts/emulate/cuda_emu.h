@@ -185,6 +185,28 @@ inline void s6emu_launch(s6emu_dim3 grid, unsigned int threads, const std::funct
             }
 }
 
+// s6emu_launch with two-dimensional blocks (block.x × block.y threads; threadIdx.x the faster),
+// for kernels without warp-level operations (the warp helpers above index lanes by threadIdx.x).
+inline void s6emu_launch_2d(s6emu_dim3 grid, s6emu_dim3 block_dim, const std::function<void()>& kernel) {
+    const unsigned int threads = block_dim.x * block_dim.y;
+    gridDim = grid;
+    blockDim = {block_dim.x, block_dim.y, 1};
+    for (unsigned int z = 0; z < grid.z; z++)
+        for (unsigned int y = 0; y < grid.y; y++)
+            for (unsigned int x = 0; x < grid.x; x++) {
+                s6emu_block_state block(threads, true, s6emu_static_shared);
+                std::vector<std::thread> ts;
+                for (unsigned int t = 0; t < threads; t++)
+                    ts.emplace_back([&, t] {
+                        s6emu_block = &block;
+                        threadIdx = {t % block_dim.x, t / block_dim.x, 0};
+                        blockIdx = {x, y, z};
+                        kernel();
+                    });
+                for (auto& t : ts) t.join();
+            }
+}
+
 // Runs kernel() over a grid of blocks of `threads` threads, every thread of every block at once
 // (grid.x * grid.y * grid.z * threads std::threads: for small grids), each block with its own
 // barriers and `dynamic_shared_bytes` of dynamic shared memory (an allocation of its own, rounded

@@ -51,22 +51,31 @@ static void run_case(const Variant& kv, unsigned batch, unsigned seqlen, unsigne
                          dsk.data(), zp, gate ? 2 * dim : 0, dy.data(), du.data(), ddelta.data(), 0u, dzp,
                          gate ? 2 * dim : 0, ckpt.data(), pbc.data(), pparam.data(), seqlen, dim, N);
     });
-    // dΔ held in bf16 alone (ddelta_bf16 = 1): the f32 values rounded, bit for bit, and every
-    // other output as before.
-    {
+    // dΔ held in bf16 alone (bf16_out = 1), and with a gate dz too (3; dz a part of a [rows, 2 dim]
+    // bf16 matrix, as the half of dxz it is): the f32 values rounded, bit for bit, every other
+    // output as before, and nothing written outside dz's columns.
+    for (unsigned flags : {1u, 3u}) {
+        if (flags == 3 && !gate) continue;
+        const bool dz16_on = flags & 2;
         std::vector<float> du2(du.size(), 7), dz2(dz.size(), 0), pbc2(pbc.size()), pparam2(pparam.size());
-        std::vector<unsigned short> dd16(ddelta.size(), 0x7fc0);
-        float* dzp2 = gate ? dz2.data() + dim : nullptr;
+        std::vector<unsigned short> dd16(ddelta.size(), 0x7fc0), dz16(dz.size(), 0x7fc0);
+        float* dzp2 = !gate ? nullptr : dz16_on ? reinterpret_cast<float*>(dz16.data() + dim) : dz2.data() + dim;
         s6emu_launch({nblk, batch, 1}, 128, [&] {
             kv.kernel(u.data(), delta.data(), bias.data(), a.data(), xdbl.data() + 3, xw, xdbl.data() + 3 + N, xw,
                       dsk.data(), zp, gate ? 2 * dim : 0, dy.data(), du2.data(), reinterpret_cast<float*>(dd16.data()),
-                      1u, dzp2, gate ? 2 * dim : 0, ckpt.data(), pbc2.data(), pparam2.data(), seqlen, dim, N);
+                      flags, dzp2, gate ? 2 * dim : 0, ckpt.data(), pbc2.data(), pparam2.data(), seqlen, dim, N);
         });
-        bool same = du2 == du && dz2 == dz && pbc2 == pbc && pparam2 == pparam;
+        bool same = du2 == du && pbc2 == pbc && pparam2 == pparam && (dz16_on || dz2 == dz);
         for (size_t i = 0; i < ddelta.size(); i++) same = same && dd16[i] == s6_f32_to_bf16(ddelta[i]);
+        if (dz16_on) {
+            for (size_t i = 0; i < dz.size(); i++) {
+                const bool in_dz = i % (2 * dim) >= dim;
+                same = same && dz16[i] == (in_dz ? s6_f32_to_bf16(dz[i]) : 0x7fc0);
+            }
+        }
         if (!same) failures++;
-        std::printf("%-4s %-7s b%u l%-4u d%-3u gate %d ddelta in bf16 alone: the f32 values rounded, the rest unchanged\n",
-                    same ? "ok" : "FAIL", kv.name, batch, seqlen, dim, gate);
+        std::printf("%-4s %-7s b%u l%-4u d%-3u gate %d %s in bf16 alone: the f32 values rounded, the rest unchanged\n",
+                    same ? "ok" : "FAIL", kv.name, batch, seqlen, dim, gate, dz16_on ? "ddelta and dz" : "ddelta");
     }
     const unsigned per = dim * (N + 2);
     s6emu_launch_serial({(per + 255) / 256, 1, 1}, 256, [&] {

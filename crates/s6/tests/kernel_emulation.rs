@@ -3,8 +3,8 @@
 //! as OS threads meeting at a barrier for `__syncthreads`, libm for the SFU) and runs the
 //! d_state-16 forward (both block shapes; f32 and bf16 activations; gate; strides; segments)
 //! against an f64 reference (`scan_emu.cpp`), and the backward against finite differences of
-//! that reference (`scan_bwd_emu.cpp`), and the conv and norm kernels of prefill's bf16 storage
-//! against the f32 ones (`bf16_storage_emu.cpp`), and the one-kernel decoding step against an
+//! that reference (`scan_bwd_emu.cpp`), and the conv and norm kernels of bf16 storage (prefill's,
+//! and the conv backward's dx in training) against the f32 ones (`bf16_storage_emu.cpp`), and the one-kernel decoding step against an
 //! f64 reference (`layer_step_emu.cpp`). Skipped, saying so, where no `g++` is found.
 
 use std::path::PathBuf;
@@ -51,15 +51,15 @@ fn scan_forward_kernels_match_f64_reference_on_the_cpu() {
 
 #[test]
 fn scan_backward_kernel_matches_finite_differences_on_the_cpu() {
-    run_harness("scan_bwd_emu", &[], 147);
+    run_harness("scan_bwd_emu", &[], 153);
 }
 
 /// The conv and RMSNorm kernels of prefill's bf16 storage (x, the block output read as bf16;
-/// outputs written in bf16 alone) give the f32 kernels' bits on the same values, and the cast back
-/// to f32 widens exactly (`bf16_storage_emu.cpp`; the norms' warp shuffles emulated).
+/// outputs written in bf16 alone), and the conv backward's dx written in bf16 alone, give the f32
+/// kernels' bits on the same values, and the cast back to f32 widens exactly (`bf16_storage_emu.cpp`; the norms' warp shuffles emulated).
 #[test]
 fn bf16_storage_kernels_match_the_f32_ones_on_the_cpu() {
-    run_harness("bf16_storage_emu", &[], 38);
+    run_harness("bf16_storage_emu", &[], 41);
 }
 
 /// The one-kernel decoding step of a block (`kernels/layer_step.cu`: four phases meeting at grid
@@ -76,5 +76,5 @@ fn layer_step_kernel_matches_f64_reference_on_the_cpu() {
 #[test]
 fn scan_kernels_without_the_look_ahead_match_too() {
     run_harness("scan_emu", &["-DS6_SCAN_AHEAD=0"], 26);
-    run_harness("scan_bwd_emu", &["-DS6_SCAN_BWD_AHEAD=0"], 147);
+    run_harness("scan_bwd_emu", &["-DS6_SCAN_BWD_AHEAD=0"], 153);
 }

@@ -879,6 +879,9 @@ impl<B: Backend> Mamba<B> {
             None => scratch,
         };
         let mut dxz = be.zeros(rows * iw)?;
+        // Read only by in_proj's backward products (a bf16 input), written in two parts (the
+        // conv's dx, the scan's dz), each whole for every layer: it may be held in bf16 alone.
+        be.allow_bf16_storage(&mut dxz);
         let mut dnorm_in = be.zeros(rows * d)?;
         while let Some(mut k) = kept.pop() {
             let i = kept.len();

@@ -5,7 +5,7 @@
 use cudarc::driver::{DevicePtr, LaunchConfig, PushKernelArg};
 
 use super::{driver_err, grid_1d, u32_of, Cuda, CudaBuf, MAX_D_STATE};
-use crate::backend::{ScanArgs, ScanGrads};
+use crate::backend::{ScanArgs, ScanGrads, ViewMut};
 use crate::{Error, Result};
 
 /// Threads per block of the scan backward kernels.
@@ -92,16 +92,28 @@ impl Cuda {
         let dup = self.ptr_mut(grads.du, 0, rows * di, "scan backward du")?;
         // dΔ in bf16 alone where the model allows it (dt_proj's backward products read it so).
         let dd_at = self.act_out_alone(grads.ddelta, rows * di, "scan backward ddelta")?;
-        let (ddp, dd_bf16) = dd_at.b16.map_or((dd_at.f32, 0u32), |p| (p, 1));
-        let (dzp, lddz) = match grads.dz {
-            Some(dz) => {
-                if dz.ld < di {
-                    return Err(Error::Backend(format!("CUDA scan backward: dz row stride {} < d_inner {di}", dz.ld)));
+        // The kernel's `bf16_out` bits (scan_backward.cu): 1 dΔ, 2 dz in bf16.
+        let (ddp, mut bf16_out) = dd_at.b16.map_or((dd_at.f32, 0u32), |p| (p, 1));
+        // dz is a part of dxz (in_proj's output gradient), read only by in_proj's backward
+        // products: in bf16 alone where the model allows dxz so, the conv backward writing the
+        // other part the same way (conv.rs).
+        let (dzp, lddz, dz_buf) = match grads.dz {
+            Some(ViewMut { buf, offset, ld }) => {
+                if ld < di {
+                    return Err(Error::Backend(format!("CUDA scan backward: dz row stride {ld} < d_inner {di}")));
                 }
-                let ld = dz.ld;
-                (self.ptr_mut(dz.buf, dz.offset, ext(ld, rows, di), "scan backward dz")?, ld)
+                let extent = ext(ld, rows, di);
+                match self.bf16_only_target_part(buf)? {
+                    Some(p16) => {
+                        self.ptr_unread(buf, offset, extent, "scan backward dz")?;
+                        bf16_out |= 2;
+                        let buf: &CudaBuf = buf;
+                        (p16 + 2 * offset as u64, ld, Some(buf))
+                    }
+                    None => (self.ptr_mut(buf, offset, extent, "scan backward dz")?, ld, None),
+                }
             }
-            None => (0u64, 0),
+            None => (0u64, 0, None),
         };
         let dap = self.ptr_mut(grads.da, 0, di * n, "scan backward dA")?;
         let ddp_skip = self.ptr_mut(grads.dd, 0, di, "scan backward dD")?;
@@ -130,8 +142,11 @@ impl Cuda {
                 shared_mem_bytes: 0,
             };
             launch!(self, func, cfg, "selective_scan_backward";
-                u, dl, dbias, a, bm, ldb_in, cm, ldc_in, d, zp, ldz, dyp, dup, ddp, dd_bf16, dzp, lddz, ckp, pbcp, ppp, l, dd, n32);
+                u, dl, dbias, a, bm, ldb_in, cm, ldc_in, d, zp, ldz, dyp, dup, ddp, bf16_out, dzp, lddz, ckp, pbcp, ppp, l, dd, n32);
             self.act_out_written(grads.ddelta, &dd_at, rows * di)?;
+            if let Some(buf) = dz_buf {
+                self.bf16_only_written(buf, buf.len)?;
+            }
             let b32 = u32_of("batch", batch)?;
             launch!(self, self.func("s6_scan_bwd_reduce_params")?, grid_1d(di * (n + 2)), "scan backward dA/dD";
                 ppp, b32, dd, n32, dap, ddp_skip, dbiasp);

@@ -200,8 +200,17 @@ impl Cuda {
         let wp = self.ptr(weight, 0, channels * kernel, "conv1d backward weight")?;
         let bp = self.ptr_opt(bias, channels, "conv1d backward bias")?;
         let gp = self.ptr(dout, 0, rows * channels, "conv1d backward dout")?;
-        let lddx = dx.ld;
-        let dxp = self.ptr_mut(dx.buf, dx.offset, ext(lddx, rows, channels), "conv1d backward dx")?;
+        let ViewMut { buf: dx_buf, offset: dx_off, ld: lddx } = dx;
+        let dx_extent = ext(lddx, rows, channels);
+        // dx is a part of dxz (in_proj's output gradient), read only by in_proj's backward
+        // products: in bf16 alone where the model allows dxz so (the scan backward writes the
+        // other part the same way, backward.rs). dxp stays the f32 address for the alignment
+        // checks (the bf16 one is aligned alike: 16-byte f32 rows give 8-byte bf16 ones).
+        let dx16 = self.bf16_only_target_part(dx_buf)?;
+        let dxp = match dx16 {
+            Some(_) => self.ptr_unread(dx_buf, dx_off, dx_extent, "conv1d backward dx")?,
+            None => self.ptr_mut(dx_buf, dx_off, dx_extent, "conv1d backward dx")?,
+        };
         let dwp = self.ptr_mut(dweight, 0, channels * kernel, "conv1d backward dweight")?;
         let dbp = match dbias {
             Some(b) => self.ptr_mut(b, 0, channels, "conv1d backward dbias")?,
@@ -233,8 +242,12 @@ impl Cuda {
             u32_of("kernel", kernel)?,
             u32_of("segment blocks", nsb)?,
         );
+        let (dx_out, dx_bf16) = dx16.map_or((dxp, 0u32), |p| (p + 2 * dx_off as u64, 1));
         launch!(self, self.func(name)?, cfg, "conv1d backward";
-            xp, ldx, wp, bp, gp, dxp, lddx, pp, b, l, c, k, nsb32);
+            xp, ldx, wp, bp, gp, dx_out, lddx, dx_bf16, pp, b, l, c, k, nsb32);
+        if dx16.is_some() {
+            self.bf16_only_written(dx_buf, dx_buf.len)?;
+        }
         let sums = channels * (kernel + 1);
         let cfg = LaunchConfig {
             grid_dim: (u32_of("conv dweight blocks", sums.div_ceil(REDUCE_BLOCK.0 as usize))?, 1, 1),

@@ -68,6 +68,18 @@ __device__ __forceinline__ void s6c_store16(unsigned short* __restrict__ p, cons
     }
 }
 
+// The backward's dx at element i of dx: f32, or with dx_bf16 rounded to bf16 at the same index of
+// dx read as bf16 (dx part of a buffer held in bf16 alone: in_proj's backward products read it so,
+// cuda/bf16.rs).
+template <int VEC>
+__device__ __forceinline__ void s6c_store_dx(float* __restrict__ dx, unsigned int dx_bf16, unsigned long long i,
+                                             const float (&v)[VEC]) {
+    if (dx_bf16)
+        s6c_store16<VEC>(reinterpret_cast<unsigned short*>(dx) + i, v);
+    else
+        s6c_store<VEC>(dx + i, v);
+}
+
 template <int VEC>
 __device__ __forceinline__ void s6c_zero(float (&v)[VEC]) {
 #pragma unroll
@@ -243,7 +255,8 @@ extern "C" __global__ void __launch_bounds__(128)
 }
 
 // ----- backward (zero initial state) -----
-// dout contiguous [rows, ch]; dx written at dx[row * lddx + c]; dweight and dbias accumulated.
+// dout contiguous [rows, ch]; dx written at dx[row * lddx + c] (in bf16 with dx_bf16:
+// s6c_store_dx); dweight and dbias accumulated.
 //   pre[t]  = bias + Σ_j w[j] x[t + j - (k-1)]      (x = 0 before t = 0)
 //   dpre[t] = dout[t] · silu'(pre[t])              (0 past the sequence end)
 //   dx[t]   = Σ_j w[j] dpre[t + (k-1) - j]
@@ -328,7 +341,8 @@ __device__ __forceinline__ void s6c_dpre_at(const float* __restrict__ x, unsigne
 template <int VEC, int K>
 __device__ __forceinline__ void s6_conv_bwd(const float* __restrict__ x, unsigned int ldx, const float* __restrict__ w,
                                             const float* __restrict__ bias, const float* __restrict__ dout,
-                                            float* __restrict__ dx, unsigned int lddx, float* __restrict__ part,
+                                            float* __restrict__ dx, unsigned int lddx, unsigned int dx_bf16,
+                                            float* __restrict__ part,
                                             unsigned int batch, unsigned int seqlen, unsigned int ch,
                                             unsigned int k_any, unsigned int nsb) {
     constexpr int R = S6_CONV_R;
@@ -400,7 +414,7 @@ __device__ __forceinline__ void s6_conv_bwd(const float* __restrict__ x, unsigne
                                 for (int j = 0; j < K; j++) s = fmaf(wr[j][v], dp[i + (K - 1) - j][v], s);
                                 g[v] = s;
                             }
-                            if (t0 + i < seqlen) s6c_store<VEC>(dx + (seq_row + t0 + i) * lddx + c, g);
+                            if (t0 + i < seqlen) s6c_store_dx<VEC>(dx, dx_bf16, (seq_row + t0 + i) * lddx + c, g);
                             // Steps past the end have dpre = 0 and add nothing; a segment that
                             // ends before the sequence does holds whole tiles.
 #pragma unroll
@@ -438,7 +452,7 @@ __device__ __forceinline__ void s6_conv_bwd(const float* __restrict__ x, unsigne
 #pragma unroll
                             for (int v = 0; v < VEC; v++) g[v] = fmaf(w[(c + v) * k + j], d[v], g[v]);
                         }
-                        s6c_store<VEC>(dx + (seq_row + t) * lddx + c, g);
+                        s6c_store_dx<VEC>(dx, dx_bf16, (seq_row + t) * lddx + c, g);
                     }
                 }
                 for (unsigned int j = 0; j <= k; j++) {
@@ -470,10 +484,10 @@ __device__ __forceinline__ void s6_conv_bwd(const float* __restrict__ x, unsigne
     extern "C" __global__ void __launch_bounds__(32 * S6_CONV_BWD_BY)                                              \
         name(const float* __restrict__ x, unsigned int ldx, const float* __restrict__ w,                           \
              const float* __restrict__ bias, const float* __restrict__ dout, float* __restrict__ dx,               \
-             unsigned int lddx, float* __restrict__ part, unsigned int batch, unsigned int seqlen,                 \
-             unsigned int ch, unsigned int k, unsigned int nsb) {                                                  \
-        S6_PDL_ENTRY();    \
-        s6_conv_bwd<VEC, K>(x, ldx, w, bias, dout, dx, lddx, part, batch, seqlen, ch, k, nsb);                     \
+             unsigned int lddx, unsigned int dx_bf16, float* __restrict__ part, unsigned int batch,                \
+             unsigned int seqlen, unsigned int ch, unsigned int k, unsigned int nsb) {                             \
+        S6_PDL_ENTRY();                                                                                            \
+        s6_conv_bwd<VEC, K>(x, ldx, w, bias, dout, dx, lddx, dx_bf16, part, batch, seqlen, ch, k, nsb);            \
     }
 S6_CONV_BWD(s6_conv_bwd_k4_vec4, 4, 4)
 S6_CONV_BWD(s6_conv_bwd_k4_vec1, 1, 4)

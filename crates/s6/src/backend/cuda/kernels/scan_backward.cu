@@ -24,16 +24,18 @@
 
 __device__ __forceinline__ float s6b_sigmoid(float x) { return 1.0f / (1.0f + expf(-x)); }
 
-// dΔ's element i: f32, or with ddelta_bf16 rounded to bf16 at the same index of ddelta read as
-// bf16 (dΔ held in bf16 alone: dt_proj's backward products read it so, cuda/bf16.rs). One pointer
-// and a flag rather than two pointers: n16p's registers (128, a 4-byte spill) took a second one
-// badly (12 bytes).
-__device__ __forceinline__ void s6b_put_ddelta(float* __restrict__ ddelta, unsigned int ddelta_bf16,
-                                               unsigned long long i, float v) {
-    if (ddelta_bf16)
-        reinterpret_cast<unsigned short*>(ddelta)[i] = s6_f32_to_bf16(v);
+// Which outputs are written in bf16 (`bf16_out`, bits): dΔ (S6B_DDELTA_BF16; read by dt_proj's
+// backward products) and dz (S6B_DZ_BF16; read by in_proj's, as a part of dxz), each rounded to
+// bf16 at the same index of its pointer read as bf16 (the buffer held in bf16 alone, cuda/bf16.rs).
+// One pointer per output and a flag word rather than two pointers: n16p's registers (128, a 4-byte
+// spill) took a second dΔ pointer badly (12 bytes).
+#define S6B_DDELTA_BF16 1u
+#define S6B_DZ_BF16 2u
+__device__ __forceinline__ void s6b_put(float* __restrict__ out, unsigned int bf16, unsigned long long i, float v) {
+    if (bf16)
+        reinterpret_cast<unsigned short*>(out)[i] = s6_f32_to_bf16(v);
     else
-        ddelta[i] = v;
+        out[i] = v;
 }
 
 // The scan backward kernels' parameters (and their bodies'), and the arguments that pass them on.
@@ -41,11 +43,11 @@ __device__ __forceinline__ void s6b_put_ddelta(float* __restrict__ ddelta, unsig
     const float *__restrict__ u, const float *__restrict__ delta, const float *__restrict__ delta_bias,             \
         const float *__restrict__ a, const float *__restrict__ bm, unsigned int ldb, const float *__restrict__ cm,  \
         unsigned int ldc, const float *__restrict__ dskip, const float *__restrict__ z, unsigned int ldz,           \
-        const float *__restrict__ dy, float *__restrict__ du, float *__restrict__ ddelta, unsigned int ddelta_bf16, \
+        const float *__restrict__ dy, float *__restrict__ du, float *__restrict__ ddelta, unsigned int bf16_out,    \
         float *__restrict__ dz, unsigned int lddz, float *__restrict__ ckpt, float *__restrict__ pbc,               \
         float *__restrict__ pparam, unsigned int seqlen, unsigned int dim, unsigned int n
 #define S6_SCAN_BWD_ARGS                                                                                         \
-    u, delta, delta_bias, a, bm, ldb, cm, ldc, dskip, z, ldz, dy, du, ddelta, ddelta_bf16, dz, lddz, ckpt, pbc, pparam, \
+    u, delta, delta_bias, a, bm, ldb, cm, ldc, dskip, z, ldz, dy, du, ddelta, bf16_out, dz, lddz, ckpt, pbc, pparam, \
         seqlen, dim, n
 
 template <int NPT, int SPLIT, int T>
@@ -261,8 +263,8 @@ __device__ __forceinline__ void s6_scan_bwd_body(S6_SCAN_BWD_PARAMS) {
             if (dd < dim) {
                 const unsigned long long r = row0 + t0 + t;
                 du[r * dim + dd] = s_du[t][c];
-                s6b_put_ddelta(ddelta, ddelta_bf16, r * dim + dd, s_ddt[t][c]);
-                if (dz != nullptr) dz[r * lddz + dd] = s_dz[t][c];
+                s6b_put(ddelta, bf16_out & S6B_DDELTA_BF16, r * dim + dd, s_ddt[t][c]);
+                if (dz != nullptr) s6b_put(dz, bf16_out & S6B_DZ_BF16, r * lddz + dd, s_dz[t][c]);
             }
         }
         const int w2 = 2 * (int)n;
@@ -691,8 +693,8 @@ __device__ __forceinline__ void s6_scan_bwd_n16_body(S6_SCAN_BWD_PARAMS) {
                 if (rd < dim) {
                     const unsigned long long r = row0 + t0 + t;
                     du[r * dim + rd] = fmaf(dt, sbs, g * rdsk);
-                    s6b_put_ddelta(ddelta, ddelta_bf16, r * dim + rd, ddt);
-                    if (dz != nullptr) dz[r * lddz + rd] = fmaf(rdsk, x, sout) * s_gz[t][c];
+                    s6b_put(ddelta, bf16_out & S6B_DDELTA_BF16, r * dim + rd, ddt);
+                    if (dz != nullptr) s6b_put(dz, bf16_out & S6B_DZ_BF16, r * lddz + rd, fmaf(rdsk, x, sout) * s_gz[t][c]);
                 }
                 dd_acc = fmaf(g, x, dd_acc);
                 dbias_acc += ddt;
