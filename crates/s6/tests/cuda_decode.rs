@@ -987,3 +987,51 @@ fn bf16_storage_buffers_read_back_as_rounded_f32() {
     assert_eq!(bits(&through_kernel), rounded, "a kernel read of a bf16-held buffer is not the values rounded");
     assert_ne!(bits(&full), rounded, "the f32 norm's output was already bf16: the test shows nothing");
 }
+
+/// `release_f32` on a buffer held in bf16 alone frees its f32 storage: a bf16 reader still gets
+/// the values, an f32 read is a clear error (not a read of freed memory), and a write allocates
+/// the storage again (a partial write keeps the rest, widened from bf16).
+#[test]
+fn released_f32_storage_is_restored_by_a_write() {
+    let Some(g) = gpu() else { return };
+    let storage_before = s6::backend::cuda::bf16_storage_enabled();
+    g.set_compute(Compute::Bf16).unwrap();
+    s6::backend::cuda::set_act_bf16(true);
+    s6::backend::cuda::set_bf16_storage(true);
+    let (rows, dim, n) = (64, 256, 96);
+    let mut rng = Rng(7);
+    let x: Vec<f32> = (0..rows * dim).map(|_| rng.next() * 4.0 - 2.0).collect();
+    let w: Vec<f32> = (0..dim).map(|_| rng.next() + 0.5).collect();
+    let lin: Vec<f32> = (0..n * dim).map(|_| rng.next() - 0.5).collect();
+    let (wb, lb) = (g.from_vec(w).unwrap(), g.from_vec(lin).unwrap());
+    let held_norm = || {
+        let mut res = g.from_vec(x.clone()).unwrap();
+        let mut out = g.zeros(rows * dim).unwrap();
+        g.allow_bf16_storage(&mut out);
+        g.add_rmsnorm(&mut res, None, &wb, 1e-5, rows, dim, &mut out).unwrap();
+        out
+    };
+    // The values held (an f32 read widens them, and makes them current in f32: on another buffer).
+    let held = g.to_vec(&held_norm()).unwrap();
+    let mut out = held_norm();
+    let mut before = g.zeros(rows * n).unwrap();
+    g.linear(View::full(&out, dim), rows, dim, &lb, n, None, &mut before).unwrap();
+    g.release_f32(&mut out).unwrap();
+    // A bf16 product reads the held values: the same result.
+    let mut after = g.zeros(rows * n).unwrap();
+    g.linear(View::full(&out, dim), rows, dim, &lb, n, None, &mut after).unwrap();
+    let err = g.to_vec(&out).expect_err("an f32 read of released storage succeeded");
+    // A partial write (add_assign into the buffer reads and writes it whole through ptr_mut)
+    // allocates the storage again and keeps the values.
+    let zero = g.zeros(rows * dim).unwrap();
+    g.add_assign(&mut out, &zero).unwrap();
+    let restored = g.to_vec(&out).unwrap();
+    g.fill_zero(&mut out).unwrap();
+    let zeroed = g.to_vec(&out).unwrap();
+    s6::backend::cuda::reset_act_bf16();
+    s6::backend::cuda::set_bf16_storage(storage_before);
+    assert_eq!(g.to_vec(&after).unwrap(), g.to_vec(&before).unwrap(), "the product changed after the release");
+    assert!(err.to_string().contains("released"), "unexpected error: {err}");
+    assert_eq!(restored, held, "the values did not survive the release and a write");
+    assert!(zeroed.iter().all(|&v| v == 0.0), "fill_zero of a released buffer left values");
+}

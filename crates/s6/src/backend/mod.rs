@@ -854,6 +854,16 @@ pub trait Backend: Send + Sync + Clone {
     fn allow_bf16_copy(&self, buf: &mut Self::Buf) {
         let _ = buf;
     }
+
+    /// A hint on a buffer just written and from now on read only by bf16 products until written
+    /// again (training's kept scan output under [`Recompute::Light`](crate::model::Recompute)):
+    /// where the backend holds its values in bf16 alone ([`Backend::allow_bf16_storage`]) it may
+    /// free their f32 storage, allocating it again at the next write. An f32 read before that is
+    /// an error. The CUDA backend does so; the default ignores the hint.
+    fn release_f32(&self, buf: &mut Self::Buf) -> Result<()> {
+        let _ = buf;
+        Ok(())
+    }
 }
 
 #[cfg(test)]

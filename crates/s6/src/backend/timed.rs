@@ -412,6 +412,9 @@ impl<B: Backend> Backend for Timed<B> {
     fn allow_bf16_copy(&self, buf: &mut Self::Buf) {
         self.inner.allow_bf16_copy(buf)
     }
+    fn release_f32(&self, buf: &mut Self::Buf) -> Result<()> {
+        self.inner.release_f32(buf)
+    }
 }
 
 #[cfg(test)]

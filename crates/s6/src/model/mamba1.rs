@@ -807,16 +807,14 @@ impl<B: Backend> Mamba<B> {
         let mut work = self.layer_buffers(rows)?;
         // The norm's output (in_proj's input, forward and backward) and the scan's (out_proj's)
         // are read by bf16 products only: the backend may hold them in bf16 alone (the products
-        // read the same bits, without a cast). Not the y that `Recompute::Light` keeps: its f32
-        // buffer stays allocated, so a bf16 copy per layer would add memory.
+        // read the same bits, without a cast). The y that `Recompute::Light` keeps then gives up
+        // its f32 storage (`release_f32`): it takes half the memory, not more.
         be.allow_bf16_storage(&mut work.normed);
         // u (the conv's output) is read in f32 by the scan and its backward, and as bf16 by
         // x_proj's forward and backward products: a bf16 copy beside it (rewritten per layer,
         // never kept) spares those products their casts.
         be.allow_bf16_copy(&mut work.u);
-        if self.recompute == Recompute::Full {
-            be.allow_bf16_storage(&mut work.y);
-        }
+        be.allow_bf16_storage(&mut work.y);
         let mut kept: Vec<Kept<B>> = Vec::with_capacity(c.n_layer);
         let mut out = be.zeros(rows * d)?;
         for (i, l) in self.layers.iter().enumerate() {
@@ -839,7 +837,12 @@ impl<B: Backend> Mamba<B> {
             // xdbl is written whole by x_proj only where the layer has one; else it stays zero.
             let xdbl = if l.x_proj.is_none() { be.clone_buf(&work.xdbl)? } else { take(&mut work.xdbl, rows * xw)? };
             let y = match self.recompute {
-                Recompute::Light => Some(take(&mut work.y, rows * di)?),
+                Recompute::Light => {
+                    let mut y = take(&mut work.y, rows * di)?;
+                    be.allow_bf16_storage(&mut work.y);
+                    be.release_f32(&mut y)?;
+                    Some(y)
+                }
                 Recompute::Full => None,
             };
             kept.push(Kept { residual: residual_in, xz, xdbl, y });

@@ -25,7 +25,7 @@ use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::MutexGuard;
 
 use cudarc::cublas::{result as blas_result, sys as blas_sys};
-use cudarc::driver::{sys as driver_sys, DevicePtr, PushKernelArg};
+use cudarc::driver::{sys as driver_sys, CudaSlice, DevicePtr, PushKernelArg};
 
 use super::{blas_err, driver_err, grid_1d, ActCopy, Bf16Scratch, Cuda, CudaBuf, Shadow, GEMV_MAX_ROWS};
 use crate::backend::{Compute, View};
@@ -273,12 +273,53 @@ impl Cuda {
         Ok(())
     }
 
+    /// [`Backend::release_f32`](crate::backend::Backend::release_f32): frees `buf`'s f32 storage
+    /// where its values are held in bf16 alone (a kernel wrote the copy, whole, and nothing
+    /// since); a no-op otherwise, and while a CUDA graph is recorded.
+    pub(super) fn release_f32_dev(&self, buf: &mut CudaBuf) -> Result<()> {
+        if buf.f32_released || !buf.f32_stale.load(Ordering::Relaxed) || buf.len == 0 || self.capturing()? {
+            return Ok(());
+        }
+        let whole = {
+            let guard = buf.shadow.lock().map_err(|_| Error::Backend("CUDA bf16 copy poisoned".into()))?;
+            guard.as_ref().is_some_and(|s| s.valid && s.act.is_some_and(|a| a.len >= buf.len))
+        };
+        if whole {
+            // The old allocation is freed in stream order: no kernel before this point reads
+            // stale f32 values, and later ones get a new allocation (`restore_f32`).
+            buf.data = self.stream().alloc_zeros::<f32>(1).map_err(driver_err("allocation"))?;
+            buf.f32_released = true;
+        }
+        Ok(())
+    }
+
+    /// Allocates `buf`'s f32 storage again where [`Cuda::release_f32_dev`] freed it, before a
+    /// write (the values stay held by the bf16 copy, and stale in f32, until then).
+    pub(super) fn restore_f32(&self, buf: &mut CudaBuf) -> Result<()> {
+        if buf.f32_released {
+            buf.data = self.stream().alloc_zeros::<f32>(buf.len).map_err(driver_err("allocation"))?;
+            buf.f32_released = false;
+        }
+        Ok(())
+    }
+
+    /// `buf`'s device slice for a write of all of it (its f32 storage allocated again if released).
+    pub(super) fn writable<'b>(&self, buf: &'b mut CudaBuf) -> Result<&'b mut CudaSlice<f32>> {
+        self.restore_f32(buf)?;
+        Ok(buf.data_mut())
+    }
+
     /// Makes `buf`'s f32 values current where a kernel wrote only its bf16 copy
     /// ([`Cuda::bf16_only_written`]): casts the copy's values back (rounded to bf16, as the
     /// writer left them). A no-op for every other buffer.
     pub(super) fn fresh(&self, buf: &CudaBuf, what: &str) -> Result<()> {
         if !buf.f32_stale.load(Ordering::Relaxed) {
             return Ok(());
+        }
+        if buf.f32_released {
+            return Err(Error::Backend(format!(
+                "CUDA {what}: a buffer held in bf16 alone, its f32 storage released, is read as f32"
+            )));
         }
         if self.capturing()? {
             return Err(Error::Backend(format!(

@@ -330,6 +330,10 @@ pub struct CudaBuf {
     /// f32 access first casts the copy back (`Cuda::fresh`); set only by kernels that wrote the
     /// copy alone (bf16.rs, `bf16_only_target`).
     f32_stale: AtomicBool,
+    /// The f32 storage was freed while the values are held in bf16 alone
+    /// ([`Backend::release_f32`]): `data` is a one-value placeholder until a write allocates it
+    /// again (`Cuda::restore_f32`); an f32 read is an error.
+    f32_released: bool,
 }
 
 /// The bf16 copy of a buffer (`len` values, bit patterns), and whether it still equals the f32
@@ -361,12 +365,15 @@ impl CudaBuf {
             bf16_storage: AtomicBool::new(false),
             bf16_copy: AtomicBool::new(false),
             f32_stale: AtomicBool::new(false),
+            f32_released: false,
         }
     }
 
     /// The device slice for writing: marks the bf16 copy, if any, stale. The f32 values are then
-    /// the buffer's: callers write it whole, or made it current first (`Cuda::ptr_mut`).
+    /// the buffer's: callers write it whole, or made it current first (`Cuda::ptr_mut`), and
+    /// allocate released storage again first (`Cuda::writable`).
     fn data_mut(&mut self) -> &mut CudaSlice<f32> {
+        debug_assert!(!self.f32_released, "the f32 storage of a CUDA buffer is written while released");
         let shadow = self.shadow.get_mut().unwrap_or_else(|e| e.into_inner());
         if let Some(s) = shadow {
             s.valid = false;
@@ -855,6 +862,7 @@ impl Cuda {
             )));
         }
         // A write of part of the buffer keeps the rest: the rest must be current.
+        self.restore_f32(buf)?;
         self.fresh(buf, what)?;
         let stream = self.inner.stream.clone();
         let (p, _sync) = buf.data_mut().device_ptr_mut(&stream);
@@ -1506,7 +1514,9 @@ impl Backend for Cuda {
         let beta = self.bias_beta(o, bp, rows, n)?;
         if k == 0 {
             if bias.is_none() {
-                self.stream().memset_zeros(&mut out.data_mut().slice_mut(0..rows * n)).map_err(driver_err("memset"))?;
+                self.stream()
+                    .memset_zeros(&mut self.writable(out)?.slice_mut(0..rows * n))
+                    .map_err(driver_err("memset"))?;
             }
             return Ok(());
         }
@@ -1823,7 +1833,7 @@ impl Backend for Cuda {
         if buf.len == 0 {
             return Ok(());
         }
-        self.stream().memset_zeros(buf.data_mut()).map_err(driver_err("memset"))
+        self.stream().memset_zeros(self.writable(buf)?).map_err(driver_err("memset"))
     }
 
     fn gather_rows(&self, src: &CudaBuf, rows: &[usize], dim: usize, out: &mut CudaBuf) -> Result<()> {
@@ -1949,6 +1959,10 @@ impl Backend for Cuda {
 
     fn allow_bf16_copy(&self, buf: &mut CudaBuf) {
         buf.bf16_copy.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    fn release_f32(&self, buf: &mut CudaBuf) -> Result<()> {
+        self.release_f32_dev(buf)
     }
 }
 

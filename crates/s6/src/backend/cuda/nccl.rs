@@ -69,6 +69,10 @@ impl Collective<Cuda> for Nccl {
         let mut outcome = Ok(());
         'ranks: for (comm, list) in self.comms.iter().zip(bufs) {
             for buf in list {
+                if buf.f32_released || buf.f32_stale.load(std::sync::atomic::Ordering::Relaxed) {
+                    outcome = Err(Error::Backend("NCCL all-reduce of a buffer held in bf16 alone".into()));
+                    break 'ranks;
+                }
                 if let Err(e) = comm.all_reduce_in_place(buf.data_mut(), &ReduceOp::Sum) {
                     outcome = Err(nccl_err("all-reduce")(e));
                     break 'ranks;
