@@ -28,7 +28,9 @@ const SCAN_BWD_N16: [(&str, ScanBwdKernel); 3] = [
 /// and gives training 3.5–4.8% more tokens/s, but at B = 4, D = 2048 (512 blocks) n16p fits the
 /// device in one wave and n16r8 needs two (3% more time). `S6_SCAN_BWD=n16p|n16r8|n16q8` forces
 /// one, for measurements (read once per process); `n16q8` (4 lanes of 4 states per channel,
-/// session 19) is not yet measured and not chosen by size.
+/// session 19) is not chosen by size: slower than both on an H100 (run 73: 1.044 ms against
+/// 0.908 / 0.943 at B = 4, D = 2048; 2.961 against 2.648 / 2.310 at B = 16, D = 1536; 130M
+/// training 164,775 against 179,357 tok/s).
 fn scan_bwd_n16(blocks: usize, sm_count: usize) -> ScanBwdKernel {
     static FORCED: std::sync::OnceLock<Option<usize>> = std::sync::OnceLock::new();
     let forced = FORCED.get_or_init(|| super::forced_by_env("S6_SCAN_BWD", SCAN_BWD_N16.iter().map(|(name, _)| *name)));

@@ -15,8 +15,11 @@
 //! (`Inner::grid_barrier`) and is left ready for the next launch by every launch.
 //!
 //! It applies at batch 1 with `Compute::Bf16`, `d_model` and `d_inner` multiples of 8 and
-//! `d_state` ≤ 64. Off by default until it has been measured on a GPU (written in session 19);
-//! `S6_LAYER_STEP=1` or [`set_layer_step`] turns it on (else the four-kernel block step runs).
+//! `d_state` ≤ 64. Off by default: measured slower than the four kernels on an H100 (run 70: 130M
+//! 2,165 against 2,980 tok/s, 1.4B 466 against 622; docs/BENCHMARKS.md, session 20: with one
+//! block of 8 warps per SM its phases reach a third of the bandwidth, and its warps spend ~40% of
+//! their cycles waiting at the barriers). `S6_LAYER_STEP=1` or [`set_layer_step`] turns it on
+//! (else the four-kernel block step runs).
 //!
 //! [`Backend::block_step`]: crate::backend::Backend::block_step
 

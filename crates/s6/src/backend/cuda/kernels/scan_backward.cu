@@ -793,8 +793,9 @@ S6_SCAN_BWD_N16(s6_scan_bwd_n16r8, 8, true, 8, 3)
 // 4 lanes of 4 states per channel (32 channels per block), chunks of 8 in registers: a
 // channel's per-step inputs and its per-channel sums shared by 4 states per lane instead of 2,
 // about half the shared-memory wavefronts per state-step (the per-channel sums over lane pairs
-// by a shuffle in the step). 216 registers, 46 KB. Written in session 19, not yet measured
-// (`S6_SCAN_BWD=n16q8`).
+// by a shuffle in the step). 216 registers, 46 KB, 2 blocks per SM. Written in session 19 and
+// slower than n16r8 (run 73, H100: 2.96 against 2.31 ms at B = 16, D = 1536): fewer wavefronts
+// did not pay at 2 blocks per SM; kept for measurements only (`S6_SCAN_BWD=n16q8`).
 S6_SCAN_BWD_N16(s6_scan_bwd_n16q8, 8, true, 4, 2)
 
 // dB / dC: sum of the per-block partials pbc[blk][row][2n] over the blocks, in order; written to
