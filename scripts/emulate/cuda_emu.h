@@ -165,28 +165,9 @@ inline void s6emu_launch_serial(s6emu_dim3 grid, unsigned int threads, const std
     s6emu_block = outer;
 }
 
-// Runs kernel() over a grid of blocks of `threads` threads, one block at a time.
-inline void s6emu_launch(s6emu_dim3 grid, unsigned int threads, const std::function<void()>& kernel) {
-    gridDim = grid;
-    blockDim = {threads, 1, 1};
-    for (unsigned int z = 0; z < grid.z; z++)
-        for (unsigned int y = 0; y < grid.y; y++)
-            for (unsigned int x = 0; x < grid.x; x++) {
-                s6emu_block_state block(threads, true, s6emu_static_shared);
-                std::vector<std::thread> ts;
-                for (unsigned int t = 0; t < threads; t++)
-                    ts.emplace_back([&, t] {
-                        s6emu_block = &block;
-                        threadIdx = {t, 0, 0};
-                        blockIdx = {x, y, z};
-                        kernel();
-                    });
-                for (auto& t : ts) t.join();
-            }
-}
-
-// s6emu_launch with two-dimensional blocks (block.x × block.y threads; threadIdx.x the faster),
-// for kernels without warp-level operations (the warp helpers above index lanes by threadIdx.x).
+// Runs kernel() over a grid of blocks of block.x × block.y threads (threadIdx.x the faster), one
+// block at a time. Warp-level operations need one-dimensional blocks (the warp helpers above index
+// lanes by threadIdx.x).
 inline void s6emu_launch_2d(s6emu_dim3 grid, s6emu_dim3 block_dim, const std::function<void()>& kernel) {
     const unsigned int threads = block_dim.x * block_dim.y;
     gridDim = grid;
@@ -205,6 +186,11 @@ inline void s6emu_launch_2d(s6emu_dim3 grid, s6emu_dim3 block_dim, const std::fu
                     });
                 for (auto& t : ts) t.join();
             }
+}
+
+// The same with one-dimensional blocks of `threads` threads.
+inline void s6emu_launch(s6emu_dim3 grid, unsigned int threads, const std::function<void()>& kernel) {
+    s6emu_launch_2d(grid, {threads, 1, 1}, kernel);
 }
 
 // Runs kernel() over a grid of blocks of `threads` threads, every thread of every block at once
