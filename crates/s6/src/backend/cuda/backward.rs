@@ -105,7 +105,7 @@ impl Cuda {
                     return Err(Error::Backend(format!("CUDA scan backward: dz row stride {ld} < d_inner {di}")));
                 }
                 let extent = ext(ld, rows, di);
-                match self.bf16_only_target_part(buf)? {
+                match self.bf16_only_target_part(buf, "scan backward dz")? {
                     Some(p16) => {
                         self.ptr_unread(buf, offset, extent, "scan backward dz")?;
                         bf16_out |= 2;

@@ -255,9 +255,11 @@ impl Cuda {
     /// hold the rest: where the f32 values are current (the first such write), they are cast into
     /// it first, so that a buffer whose parts are all written so is cast once, not per write.
     /// Report the launch with [`Cuda::bf16_only_written`] over the whole buffer.
-    pub(super) fn bf16_only_target_part(&self, buf: &CudaBuf) -> Result<Option<u64>> {
+    pub(super) fn bf16_only_target_part(&self, buf: &CudaBuf, what: &str) -> Result<Option<u64>> {
         let Some(p) = self.bf16_only_target(buf)? else { return Ok(None) };
-        if !buf.f32_stale.load(Ordering::Relaxed) {
+        if !(buf.f32_stale.load(Ordering::Relaxed) && self.copy_holds_all(buf)?) {
+            // (A copy holding only the first values: those made current in f32 first.)
+            self.fresh(buf, what)?;
             let (src, _s) = buf.data.device_ptr(self.stream());
             self.cast_bf16(src, buf.len, 1, buf.len, p)?;
             self.bf16_only_written(buf, buf.len)?;
@@ -273,6 +275,15 @@ impl Cuda {
         Ok(())
     }
 
+    /// Whether `buf`'s bf16 copy holds all of its values, written by a kernel in this recording
+    /// epoch.
+    fn copy_holds_all(&self, buf: &CudaBuf) -> Result<bool> {
+        let guard = buf.shadow.lock().map_err(|_| Error::Backend("CUDA bf16 copy poisoned".into()))?;
+        Ok(guard
+            .as_ref()
+            .is_some_and(|s| s.valid && s.act.is_some_and(|a| a.epoch == self.shadow_epoch() && a.len >= buf.len)))
+    }
+
     /// [`Backend::release_f32`](crate::backend::Backend::release_f32): frees `buf`'s f32 storage
     /// where its values are held in bf16 alone (a kernel wrote the copy, whole, and nothing
     /// since); a no-op otherwise, and while a CUDA graph is recorded.
@@ -280,11 +291,7 @@ impl Cuda {
         if buf.f32_released || !buf.f32_stale.load(Ordering::Relaxed) || buf.len == 0 || self.capturing()? {
             return Ok(());
         }
-        let whole = {
-            let guard = buf.shadow.lock().map_err(|_| Error::Backend("CUDA bf16 copy poisoned".into()))?;
-            guard.as_ref().is_some_and(|s| s.valid && s.act.is_some_and(|a| a.len >= buf.len))
-        };
-        if whole {
+        if self.copy_holds_all(buf)? {
             // The old allocation is freed in stream order: no kernel before this point reads
             // stale f32 values, and later ones get a new allocation (`restore_f32`).
             buf.data = self.stream().alloc_zeros::<f32>(1).map_err(driver_err("allocation"))?;

@@ -206,7 +206,7 @@ impl Cuda {
         // products: in bf16 alone where the model allows dxz so (the scan backward writes the
         // other part the same way, backward.rs). dxp stays the f32 address for the alignment
         // checks (the bf16 one is aligned alike: 16-byte f32 rows give 8-byte bf16 ones).
-        let dx16 = self.bf16_only_target_part(dx_buf)?;
+        let dx16 = self.bf16_only_target_part(dx_buf, "conv1d backward dx")?;
         let dxp = match dx16 {
             Some(_) => self.ptr_unread(dx_buf, dx_off, dx_extent, "conv1d backward dx")?,
             None => self.ptr_mut(dx_buf, dx_off, dx_extent, "conv1d backward dx")?,

@@ -65,14 +65,15 @@ impl Collective<Cuda> for Nccl {
     /// and one thread can drive all ranks without deadlock.
     fn all_reduce_sum(&self, backends: &[&Cuda], bufs: Vec<Vec<&mut CudaBuf>>) -> Result<()> {
         check_ranks(self.comms.len(), backends, &bufs)?;
+        // Checked before the group: a rank left out of it would leave the others waiting.
+        let held_bf16 = |b: &CudaBuf| b.f32_released || b.f32_stale.load(std::sync::atomic::Ordering::Relaxed);
+        if bufs.iter().flatten().any(|b| held_bf16(b)) {
+            return Err(Error::Backend("NCCL all-reduce of a buffer held in bf16 alone (its f32 values stale)".into()));
+        }
         nccl_result::group_start().map_err(nccl_err("group start"))?;
         let mut outcome = Ok(());
         'ranks: for (comm, list) in self.comms.iter().zip(bufs) {
             for buf in list {
-                if buf.f32_released || buf.f32_stale.load(std::sync::atomic::Ordering::Relaxed) {
-                    outcome = Err(Error::Backend("NCCL all-reduce of a buffer held in bf16 alone".into()));
-                    break 'ranks;
-                }
                 if let Err(e) = comm.all_reduce_in_place(buf.data_mut(), &ReduceOp::Sum) {
                     outcome = Err(nccl_err("all-reduce")(e));
                     break 'ranks;
