@@ -1,4 +1,4 @@
-// The d_state-16 scan backward (kernels/scan_backward.cu: s6_scan_bwd_n16p, n16r8 and n16q8,
+// The d_state-16 scan backward (kernels/scan_backward.cu: s6_scan_bwd_n16p and n16r8,
 // and their two reduction kernels, launched as cuda/backward.rs does) run on the CPU through
 // cuda_emu.h, against finite differences of the f64 forward (scan_ref.h): for L = sum(dy * y)
 // and each gradient G of an input X (u, Δ, z, B, C, A, D, the Δ bias), G . V against
@@ -21,7 +21,6 @@ struct Variant {
     const char* name;
     BwdKernel kernel;
     unsigned chunk;
-    unsigned split;  // lanes per channel (128 / split channels per block)
 };
 
 static void run_case(const Variant& kv, unsigned batch, unsigned seqlen, unsigned dim, bool gate) {
@@ -38,7 +37,7 @@ static void run_case(const Variant& kv, unsigned batch, unsigned seqlen, unsigne
     auto dy = rand_vec((size_t)rows * dim, -1, 1);
 
     // The kernels.
-    const unsigned split = kv.split, chunk = kv.chunk, cpb = 128 / split, nblk = (dim + cpb - 1) / cpb;
+    const unsigned split = 8, chunk = kv.chunk, cpb = 128 / split, nblk = (dim + cpb - 1) / cpb;
     const unsigned nck = (seqlen + chunk - 1) / chunk;
     std::vector<float> ckpt((size_t)batch * dim * nck * N), pbc((size_t)nblk * rows * 2 * N),
         pparam((size_t)batch * dim * (N + 2));
@@ -141,8 +140,7 @@ static void run_case(const Variant& kv, unsigned batch, unsigned seqlen, unsigne
 }
 
 int main() {
-    const Variant variants[] = {
-        {"n16p", s6_scan_bwd_n16p, 12, 8}, {"n16r8", s6_scan_bwd_n16r8, 8, 8}, {"n16q8", s6_scan_bwd_n16q8, 8, 4}};
+    const Variant variants[] = {{"n16p", s6_scan_bwd_n16p, 12}, {"n16r8", s6_scan_bwd_n16r8, 8}};
     for (const Variant& v : variants) {
         run_case(v, 2, 100, 40, true);
         run_case(v, 1, 257, 17, false);

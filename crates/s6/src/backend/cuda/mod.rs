@@ -107,7 +107,6 @@ const KERNELS: &[&str] = &[
     "s6_scan_bwd_n8",
     "s6_scan_bwd_n16p",
     "s6_scan_bwd_n16r8",
-    "s6_scan_bwd_n16q8",
     "s6_scan_bwd_n32",
     "s6_scan_bwd_n64",
     "s6_scan_bwd_reduce_bc",

@@ -339,12 +339,9 @@ S6_SCAN_BWD_KERNEL(s6_scan_bwd_n64, 4, 16, 8)
 #define S6_SCAN_BWD_AHEAD 1
 #endif
 __device__ __forceinline__ float s6b_fast_sigmoid(float x) { return __fdividef(1.0f, 1.0f + __expf(-x)); }
-template <int T, bool REGS, int SPLIT>
+template <int T, bool REGS>
 __device__ __forceinline__ void s6_scan_bwd_n16_body(S6_SCAN_BWD_PARAMS) {
-    constexpr int NT = 128, CPB = NT / SPLIT, NMAX = 16;
-    // States per lane: 2 (8 lanes per channel) or 4 (4 lanes, with the states in registers only).
-    constexpr int NPL = NMAX / SPLIT;
-    static_assert(SPLIT == 8 || (SPLIT == 4 && REGS), "4 lanes per channel only with the states in registers");
+    constexpr int NT = 128, SPLIT = 8, CPB = 16, NMAX = 16;
     // Unrolled whole with the states in registers; else by 6 and 4 (full unrolling or longer
     // spans spill at 128 registers and cost ~35%, measured on the H200 in session 6).
     constexpr int UNROLL_RECOMPUTE = REGS ? T : 6, UNROLL_REVERSE = REGS ? T : 4;
@@ -353,14 +350,9 @@ __device__ __forceinline__ void s6_scan_bwd_n16_body(S6_SCAN_BWD_PARAMS) {
     static_assert(EF * NT == FT * CPB, "FT * CPB must be a multiple of NT");
     static_assert(3 * FT * CPB <= 4 * T * NT, "the forward staging must fit s_pp");
     constexpr int E = (T * CPB + NT - 1) / NT;  // T * NMAX == T * CPB elements staged per array
-    // (h_t, exp(ΔA)) of the lane's 2 states without REGS; its dB_t, dC_t partials (with 4 states
-    // per lane: the dB float4, then the dC float4).
-    __shared__ float4 s_pp[T][NT * NPL / 2];
-    // (Σ dhs B, Σ q A) and Σ C h over the lane's states; with 4 lanes per channel, over each
-    // pair of its lanes (added by a shuffle in the step; the chunk's end adds the two pairs).
-    constexpr int NP = SPLIT == 8 ? NT : 2 * CPB;
-    __shared__ float2 s_p2[T][NP];
-    __shared__ float s_p1[T][NP];
+    __shared__ float4 s_pp[T][NT];  // (h_t, exp(ΔA)) of the lane's 2 states without REGS; its dB_t, dC_t partials
+    __shared__ float2 s_p2[T][NT];  // (Σ dhs B, Σ q A) over the lane's states
+    __shared__ float s_p1[T][NT];   // Σ C h over the lane's states
     __shared__ float4 s_dug[T][CPB];  // (Δ, u, g, Δu)
     __shared__ float s_sp[T][CPB];
     __shared__ float s_gz[T][CPB];
@@ -382,10 +374,10 @@ __device__ __forceinline__ void s6_scan_bwd_n16_body(S6_SCAN_BWD_PARAMS) {
     const float rdsk = rd < dim ? dskip[rd] : 0.0f;
     const float rbias = rd < dim ? delta_bias[rd] : 0.0f;
 
-    float h[NPL], dh[NPL], av[NPL], a2[NPL], da[NPL];
+    float h[2], dh[2], av[2], a2[2], da[2];
 #pragma unroll
-    for (int i = 0; i < NPL; i++) {
-        const int s = part * NPL + i;
+    for (int i = 0; i < 2; i++) {
+        const int s = part * 2 + i;
         const bool ok = active && s < (int)n;
         av[i] = ok ? a[(unsigned long long)d * n + s] : 0.0f;
         a2[i] = av[i] * 1.4426950408889634f;
@@ -394,7 +386,7 @@ __device__ __forceinline__ void s6_scan_bwd_n16_body(S6_SCAN_BWD_PARAMS) {
         da[i] = 0.0f;
     }
 
-    float ru[E], rdl[E], rz[E], rg[E], rb[E], rcc[E], rck[NPL];
+    float ru[E], rdl[E], rz[E], rg[E], rb[E], rcc[E], rck[2];
     auto load = [&](unsigned int k) {
         const unsigned int t0 = k * T;
         const int tl = seqlen - t0 < (unsigned int)T ? (int)(seqlen - t0) : T;
@@ -405,7 +397,7 @@ __device__ __forceinline__ void s6_scan_bwd_n16_body(S6_SCAN_BWD_PARAMS) {
             const unsigned int dd = d0 + c;
             const unsigned long long r = row0 + t0 + t;
             const bool okc = idx < T * CPB && t < tl && dd < dim;
-            const bool oks = idx < T * CPB && t < tl && c < (int)n;
+            const bool oks = idx < T * NMAX && t < tl && c < (int)n;
             ru[e] = okc ? u[r * dim + dd] : 0.0f;
             rdl[e] = okc ? delta[r * dim + dd] : 0.0f;
             rb[e] = oks ? bm[r * ldb + c] : 0.0f;
@@ -415,8 +407,8 @@ __device__ __forceinline__ void s6_scan_bwd_n16_body(S6_SCAN_BWD_PARAMS) {
         }
         if (k + 1 < nck) {
 #pragma unroll
-            for (int i = 0; i < NPL; i++) {
-                const int s = part * NPL + i;
+            for (int i = 0; i < 2; i++) {
+                const int s = part * 2 + i;
                 rck[i] = active && s < (int)n ? ckpt[(ck0 + k) * n + s] : 0.0f;
             }
         }
@@ -460,8 +452,8 @@ __device__ __forceinline__ void s6_scan_bwd_n16_body(S6_SCAN_BWD_PARAMS) {
             for (int kk = 0; kk < nk; kk++) {
                 const unsigned int k = f0 / T + kk;
 #pragma unroll
-                for (int i = 0; i < NPL; i++) {
-                    const int s = part * NPL + i;
+                for (int i = 0; i < 2; i++) {
+                    const int s = part * 2 + i;
                     if (active && s < (int)n) ckpt[(ck0 + k) * n + s] = h[i];
                 }
 #pragma unroll 4
@@ -469,14 +461,9 @@ __device__ __forceinline__ void s6_scan_bwd_n16_body(S6_SCAN_BWD_PARAMS) {
                     const int t = kk * T + tt;
                     const float dt = f_dt[t * CPB + ch];
                     const float dx = dt * f_u[t * CPB + ch];
-                    // B of the lane's states at step t (staged as [step][CPB], states below NMAX).
-                    const float2* bt = reinterpret_cast<const float2*>(f_b + t * CPB) + part * (NPL / 2);
-#pragma unroll
-                    for (int j = 0; j < NPL / 2; j++) {
-                        const float2 bb = bt[j];
-                        h[2 * j] = fmaf(s6_ex2_ftz(dt * a2[2 * j]), h[2 * j], dx * bb.x);
-                        h[2 * j + 1] = fmaf(s6_ex2_ftz(dt * a2[2 * j + 1]), h[2 * j + 1], dx * bb.y);
-                    }
+                    const float2 bb = reinterpret_cast<const float2*>(f_b)[t * (NMAX / 2) + part];
+                    h[0] = fmaf(s6_ex2_ftz(dt * a2[0]), h[0], dx * bb.x);
+                    h[1] = fmaf(s6_ex2_ftz(dt * a2[1]), h[1], dx * bb.y);
                 }
             }
         }
@@ -511,16 +498,16 @@ __device__ __forceinline__ void s6_scan_bwd_n16_body(S6_SCAN_BWD_PARAMS) {
                 s_dug[t][c] = make_float4(dtv, ru[e], gv, dtv * ru[e]);
                 s_sp[t][c] = spv;
                 s_gz[t][c] = gzv;
-                if (c < NMAX) {
-                    float* bc = reinterpret_cast<float*>(&s_bc[t][c >> 1]);
-                    bc[c & 1] = rb[e];
-                    bc[2 + (c & 1)] = rcc[e];
-                }
+                float* bc = reinterpret_cast<float*>(&s_bc[t][c >> 1]);
+                bc[c & 1] = rb[e];
+                bc[2 + (c & 1)] = rcc[e];
             }
         }
-        float hh[NPL];
-#pragma unroll
-        for (int i = 0; i < NPL; i++) hh[i] = k + 1 < (int)nck ? rck[i] : h[i];
+        float hh0 = h[0], hh1 = h[1];
+        if (k + 1 < (int)nck) {
+            hh0 = rck[0];
+            hh1 = rck[1];
+        }
         __syncthreads();
         if (k > 0) load((unsigned int)k - 1);
 
@@ -528,82 +515,59 @@ __device__ __forceinline__ void s6_scan_bwd_n16_body(S6_SCAN_BWD_PARAMS) {
         // full chunk has no masks; NVRTC rejects generic lambdas in device code, so the
         // full-chunk specialization comes from inlining, not from a template).
         auto walk = [&](const int nt) {
-            float hs[REGS ? T : 1][NPL], es[REGS ? T : 1][NPL];
-            // The lane's B and C at step t: NPL / 2 float4 of (B_s, B_s+1, C_s, C_s+1).
-            auto bc_at = [&](const int t, float4 (&bc)[NPL / 2]) {
-#pragma unroll
-                for (int j = 0; j < NPL / 2; j++) bc[j] = s_bc[t][part * (NPL / 2) + j];
-            };
+            float hs[REGS ? T : 1][2], es[REGS ? T : 1][2];
             // One recompute step from its shared-memory operands: (Δ, u, g, Δu), the lane's B and C.
-            auto fstep = [&](const int t, const float4 v, const float4 (&bc)[NPL / 2]) {
-                float e[NPL];
-#pragma unroll
-                for (int j = 0; j < NPL / 2; j++) {
-                    e[2 * j] = s6_ex2_ftz(v.x * a2[2 * j]);
-                    e[2 * j + 1] = s6_ex2_ftz(v.x * a2[2 * j + 1]);
-                    hh[2 * j] = fmaf(e[2 * j], hh[2 * j], v.w * bc[j].x);
-                    hh[2 * j + 1] = fmaf(e[2 * j + 1], hh[2 * j + 1], v.w * bc[j].y);
-                }
+            auto fstep = [&](const int t, const float4 v, const float4 bc) {
+                const float e0 = s6_ex2_ftz(v.x * a2[0]), e1 = s6_ex2_ftz(v.x * a2[1]);
+                hh0 = fmaf(e0, hh0, v.w * bc.x);
+                hh1 = fmaf(e1, hh1, v.w * bc.y);
                 if constexpr (REGS) {
-#pragma unroll
-                    for (int i = 0; i < NPL; i++) {
-                        hs[t][i] = hh[i];
-                        es[t][i] = e[i];
-                    }
+                    hs[t][0] = hh0;
+                    hs[t][1] = hh1;
+                    es[t][0] = e0;
+                    es[t][1] = e1;
                 } else {
-                    s_pp[t][tid] = make_float4(hh[0], hh[1], e[0], e[1]);  // each lane only reads its own
+                    s_pp[t][tid] = make_float4(hh0, hh1, e0, e1);  // each lane only reads its own
                 }
             };
             if constexpr (!REGS && S6_SCAN_BWD_AHEAD) {
                 // As the reverse walk below: step t + 1's operands loaded during step t, the last
                 // step peeled.
-                static_assert(NPL == 2, "n16p's layout");
-                float4 vn = s_dug[0][ch], bcn[1] = {s_bc[0][part]};
+                float4 vn = s_dug[0][ch], bcn = s_bc[0][part];
 #pragma unroll UNROLL_RECOMPUTE
                 for (int t = 0; t + 1 < nt; t++) {
-                    const float4 v = vn, bc[1] = {bcn[0]};
+                    const float4 v = vn, bc = bcn;
                     vn = s_dug[t + 1][ch];
-                    bcn[0] = s_bc[t + 1][part];
+                    bcn = s_bc[t + 1][part];
                     fstep(t, v, bc);
                 }
                 fstep(nt - 1, vn, bcn);
             } else {
 #pragma unroll UNROLL_RECOMPUTE
                 for (int t = 0; t < (REGS ? T : nt); t++) {
-                    if (!REGS || t < nt) {
-                        float4 bc[NPL / 2];
-                        bc_at(t, bc);
-                        fstep(t, s_dug[t][ch], bc);
-                    }
+                    if (!REGS || t < nt) fstep(t, s_dug[t][ch], s_bc[t][part]);
                 }
             }
             // One reverse step from its shared-memory operands: (Δ, u, g, Δu), the lane's B and C,
             // and without REGS its (h_t, exp(ΔA)).
-            auto rstep = [&](const int t, const float4 v, const float4 (&bc)[NPL / 2], const float4 hd) {
+            auto rstep = [&](const int t, const float4 v, const float4 bc, const float4 hd) {
                 const float dt = v.x, g = v.z, dtx = v.w;
-                float bs[NPL], cs[NPL], hc[NPL], dec[NPL];
-#pragma unroll
-                for (int j = 0; j < NPL / 2; j++) {
-                    bs[2 * j] = bc[j].x;
-                    bs[2 * j + 1] = bc[j].y;
-                    cs[2 * j] = bc[j].z;
-                    cs[2 * j + 1] = bc[j].w;
-                }
+                const float bs[2] = {bc.x, bc.y}, cs[2] = {bc.z, bc.w};
+                float hc[2], dec[2];
                 if constexpr (REGS) {
-#pragma unroll
-                    for (int i = 0; i < NPL; i++) {
-                        hc[i] = hs[t][i];
-                        dec[i] = es[t][i];
-                    }
+                    hc[0] = hs[t][0];
+                    hc[1] = hs[t][1];
+                    dec[0] = es[t][0];
+                    dec[1] = es[t][1];
                 } else {
                     hc[0] = hd.x;
                     hc[1] = hd.y;
                     dec[0] = hd.z;
                     dec[1] = hd.w;
                 }
-                float pb[NPL], pc[NPL], pout = 0.0f, pbs = 0.0f, pqa = 0.0f;
+                float pb[2], pc[2], pout = 0.0f, pbs = 0.0f, pqa = 0.0f;
 #pragma unroll
-                for (int i = 0; i < NPL; i++) {
+                for (int i = 0; i < 2; i++) {
                     const float dhs = fmaf(g, cs[i], dh[i]);
                     pb[i] = dhs * dtx;
                     pc[i] = g * hc[i];
@@ -616,33 +580,20 @@ __device__ __forceinline__ void s6_scan_bwd_n16_body(S6_SCAN_BWD_PARAMS) {
                     pqa = fmaf(q, av[i], pqa);
                     dh[i] = dhs * dec[i];
                 }
-                if constexpr (SPLIT == 8) {
-                    s_pp[t][tid] = make_float4(pb[0], pb[1], pc[0], pc[1]);
-                    s_p2[t][tid] = make_float2(pbs, pqa);
-                    s_p1[t][tid] = pout;
-                } else {
-                    s_pp[t][2 * tid] = make_float4(pb[0], pb[1], pb[2], pb[3]);
-                    s_pp[t][2 * tid + 1] = make_float4(pc[0], pc[1], pc[2], pc[3]);
-                    // The sums over each pair of the channel's lanes (consecutive lanes of a warp).
-                    pbs += __shfl_xor_sync(0xffffffffu, pbs, 1);
-                    pqa += __shfl_xor_sync(0xffffffffu, pqa, 1);
-                    pout += __shfl_xor_sync(0xffffffffu, pout, 1);
-                    if ((part & 1) == 0) {
-                        s_p2[t][2 * ch + part / 2] = make_float2(pbs, pqa);
-                        s_p1[t][2 * ch + part / 2] = pout;
-                    }
-                }
+                s_pp[t][tid] = make_float4(pb[0], pb[1], pc[0], pc[1]);
+                s_p2[t][tid] = make_float2(pbs, pqa);
+                s_p1[t][tid] = pout;
             };
             if constexpr (!REGS && S6_SCAN_BWD_AHEAD) {
                 // Step t - 1's operands loaded during step t, before its stores (ptxas kept every
                 // load after the previous step's stores: a shared-memory round trip per step on
                 // the critical path). The last step (t = 0) is peeled: it loads nothing.
-                float4 vn = s_dug[nt - 1][ch], bcn[1] = {s_bc[nt - 1][part]}, hdn = s_pp[nt - 1][tid];
+                float4 vn = s_dug[nt - 1][ch], bcn = s_bc[nt - 1][part], hdn = s_pp[nt - 1][tid];
 #pragma unroll UNROLL_REVERSE
                 for (int t = nt - 1; t > 0; t--) {
-                    const float4 v = vn, bc[1] = {bcn[0]}, hd = hdn;
+                    const float4 v = vn, bc = bcn, hd = hdn;
                     vn = s_dug[t - 1][ch];
-                    bcn[0] = s_bc[t - 1][part];
+                    bcn = s_bc[t - 1][part];
                     hdn = s_pp[t - 1][tid];
                     rstep(t, v, bc, hd);
                 }
@@ -650,11 +601,7 @@ __device__ __forceinline__ void s6_scan_bwd_n16_body(S6_SCAN_BWD_PARAMS) {
             } else {
 #pragma unroll UNROLL_REVERSE
                 for (int t = (REGS ? T : nt) - 1; t >= 0; t--) {
-                    if (!REGS || t < nt) {
-                        float4 bc[NPL / 2];
-                        bc_at(t, bc);
-                        rstep(t, s_dug[t][ch], bc, REGS ? float4{} : s_pp[t][tid]);
-                    }
+                    if (!REGS || t < nt) rstep(t, s_dug[t][ch], s_bc[t][part], REGS ? float4{} : s_pp[t][tid]);
                 }
             }
         };
@@ -665,27 +612,19 @@ __device__ __forceinline__ void s6_scan_bwd_n16_body(S6_SCAN_BWD_PARAMS) {
         }
         __syncthreads();
 
-        // du, dΔ, dz: sums over each channel's 8 lanes (the lane order rotated against bank
-        // conflicts); with 4 lanes per channel over its two pairs (the step summed each pair).
+        // du, dΔ, dz: sums over each channel's 8 lanes (the lane order rotated against bank conflicts).
 #pragma unroll
         for (int e = 0; e < E; e++) {
             const int idx = tid + e * NT;
             if (idx < tl * CPB) {
                 const int t = idx / CPB, c = idx % CPB;
                 float sbs = 0.0f, sqa = 0.0f, sout = 0.0f;
-                if constexpr (SPLIT == 8) {
 #pragma unroll
-                    for (int p = 0; p < SPLIT; p++) {
-                        const float2 v = s_p2[t][c * SPLIT + ((p + c + (c >> 3)) & 7)];
-                        sbs += v.x;
-                        sqa += v.y;
-                        sout += s_p1[t][c * SPLIT + ((p + (c >> 2) + 4 * (t & 1)) & 7)];
-                    }
-                } else {
-                    const float2 v0 = s_p2[t][2 * c], v1 = s_p2[t][2 * c + 1];
-                    sbs = v0.x + v1.x;
-                    sqa = v0.y + v1.y;
-                    sout = s_p1[t][2 * c] + s_p1[t][2 * c + 1];
+                for (int p = 0; p < SPLIT; p++) {
+                    const float2 v = s_p2[t][c * SPLIT + ((p + c + (c >> 3)) & 7)];
+                    sbs += v.x;
+                    sqa += v.y;
+                    sout += s_p1[t][c * SPLIT + ((p + (c >> 2) + 4 * (t & 1)) & 7)];
                 }
                 const float4 v = s_dug[t][c];
                 const float dt = v.x, x = v.y, g = v.z;
@@ -701,34 +640,8 @@ __device__ __forceinline__ void s6_scan_bwd_n16_body(S6_SCAN_BWD_PARAMS) {
             }
         }
         // dB_t, dC_t: sums over the block's channels; a thread sums the float4 partials (dB, dC of
-        // 2 states) of one lane position over the 16 channels. With 4 lanes per channel: the dB
-        // (or dC) float4 of one lane position, over half the 32 channels per thread, the halves
-        // then added by a shuffle (every thread takes part: T * 16 == 128).
-        if constexpr (SPLIT == 4) {
-            static_assert(T * 16 == NT, "one thread per half of each (step, lane position, dB or dC)");
-            const int item = tid / 2, half = tid % 2;
-            const int t = item / 8, p = (item % 8) / 2, which = item % 2;
-            float4 acc = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
-#pragma unroll 4
-            for (int c = half * (CPB / 2); c < (half + 1) * (CPB / 2); c++) {
-                const float4 v = s_pp[t][2 * (c * SPLIT + p) + which];
-                acc.x += v.x;
-                acc.y += v.y;
-                acc.z += v.z;
-                acc.w += v.w;
-            }
-            acc.x += __shfl_xor_sync(0xffffffffu, acc.x, 1);
-            acc.y += __shfl_xor_sync(0xffffffffu, acc.y, 1);
-            acc.z += __shfl_xor_sync(0xffffffffu, acc.z, 1);
-            acc.w += __shfl_xor_sync(0xffffffffu, acc.w, 1);
-            if (half == 0 && t < tl) {
-                float* out = pbc + ((unsigned long long)blockIdx.x * rows + row0 + t0 + t) * w2 + which * n;
-                const float sum[4] = {acc.x, acc.y, acc.z, acc.w};
-#pragma unroll
-                for (int i = 0; i < 4; i++)
-                    if (4 * p + i < (int)n) out[4 * p + i] = sum[i];
-            }
-        } else if (tid < tl * SPLIT) {
+        // 2 states) of one lane position over the 16 channels.
+        if (tid < tl * SPLIT) {
             const int t = tid / SPLIT, p = tid % SPLIT;
             float4 s0 = s_pp[t][p], s1 = s_pp[t][SPLIT + p];
 #pragma unroll
@@ -759,8 +672,8 @@ __device__ __forceinline__ void s6_scan_bwd_n16_body(S6_SCAN_BWD_PARAMS) {
     // 3. This sequence's parameter-gradient partials: pparam[b] = [dA (dim × n), dD (dim), dΔbias (dim)].
     float* pp = pparam + (unsigned long long)b * dim * (n + 2);
 #pragma unroll
-    for (int i = 0; i < NPL; i++) {
-        const int s = part * NPL + i;
+    for (int i = 0; i < 2; i++) {
+        const int s = part * 2 + i;
         if (active && s < (int)n) pp[(unsigned long long)d * n + s] = da[i];
     }
     __syncthreads();
@@ -780,23 +693,16 @@ __device__ __forceinline__ void s6_scan_bwd_n16_body(S6_SCAN_BWD_PARAMS) {
     }
 }
 
-#define S6_SCAN_BWD_N16(NAME, T, REGS, SPLIT, MIN_BLOCKS)                                       \
+#define S6_SCAN_BWD_N16(NAME, T, REGS, MIN_BLOCKS)                                       \
     extern "C" __global__ void __launch_bounds__(128, MIN_BLOCKS) NAME(S6_SCAN_BWD_PARAMS) { \
         S6_PDL_ENTRY();                                                                      \
-        s6_scan_bwd_n16_body<T, REGS, SPLIT>(S6_SCAN_BWD_ARGS);                                     \
+        s6_scan_bwd_n16_body<T, REGS>(S6_SCAN_BWD_ARGS);                                     \
     }
 // Measured against the states in registers with chunks of 8 at 3 blocks per SM (n16r8, 2.37 ms at
 // B = 16, D = 1536, L = 2048 on an H100, session 14): chunks of 12 at 3 blocks per SM 2.83 ms
 // (spills), chunks of 8 at 4 blocks 2.62 ms (68 bytes spilled), chunks of 6 at 4 blocks 2.99 ms.
-S6_SCAN_BWD_N16(s6_scan_bwd_n16p, 12, false, 8, 4)
-S6_SCAN_BWD_N16(s6_scan_bwd_n16r8, 8, true, 8, 3)
-// 4 lanes of 4 states per channel (32 channels per block), chunks of 8 in registers: a
-// channel's per-step inputs and its per-channel sums shared by 4 states per lane instead of 2,
-// about half the shared-memory wavefronts per state-step (the per-channel sums over lane pairs
-// by a shuffle in the step). 216 registers, 46 KB, 2 blocks per SM. Written in session 19 and
-// slower than n16r8 (run 73, H100: 2.96 against 2.31 ms at B = 16, D = 1536): fewer wavefronts
-// did not pay at 2 blocks per SM; kept for measurements only (`S6_SCAN_BWD=n16q8`).
-S6_SCAN_BWD_N16(s6_scan_bwd_n16q8, 8, true, 4, 2)
+S6_SCAN_BWD_N16(s6_scan_bwd_n16p, 12, false, 4)
+S6_SCAN_BWD_N16(s6_scan_bwd_n16r8, 8, true, 3)
 
 // dB / dC: sum of the per-block partials pbc[blk][row][2n] over the blocks, in order; written to
 // db[row * ldb + s] and dc[row * ldc + s] (offsets applied by the caller).
