@@ -94,21 +94,21 @@ impl Cuda {
         // dz is a part of dxz (in_proj's output gradient), read only by in_proj's backward
         // products: in bf16 alone where the model allows dxz so, the conv backward writing the
         // other part the same way (conv.rs).
-        let (dzp, lddz, dz_buf) = match grads.dz {
+        let (dzp, lddz, dz_out) = match grads.dz {
             Some(ViewMut { buf, offset, ld }) => {
                 if ld < di {
                     return Err(Error::Backend(format!("CUDA scan backward: dz row stride {ld} < d_inner {di}")));
                 }
-                let extent = ext(ld, rows, di);
-                match self.bf16_only_target_part(buf, "scan backward dz")? {
+                let at = self.act_out_part(buf, offset, ext(ld, rows, di), "scan backward dz")?;
+                let p = match at.b16 {
                     Some(p16) => {
-                        self.ptr_unread(buf, offset, extent, "scan backward dz")?;
                         bf16_out |= 2;
-                        let buf: &CudaBuf = buf;
-                        (p16 + 2 * offset as u64, ld, Some(buf))
+                        p16
                     }
-                    None => (self.ptr_mut(buf, offset, extent, "scan backward dz")?, ld, None),
-                }
+                    None => at.f32,
+                };
+                let buf: &CudaBuf = buf;
+                (p, ld, Some((buf, at)))
             }
             None => (0u64, 0, None),
         };
@@ -141,8 +141,8 @@ impl Cuda {
             launch!(self, func, cfg, "selective_scan_backward";
                 u, dl, dbias, a, bm, ldb_in, cm, ldc_in, d, zp, ldz, dyp, dup, ddp, bf16_out, dzp, lddz, ckp, pbcp, ppp, l, dd, n32);
             self.act_out_written(grads.ddelta, &dd_at, rows * di)?;
-            if let Some(buf) = dz_buf {
-                self.bf16_only_written(buf, buf.len)?;
+            if let Some((buf, at)) = &dz_out {
+                self.act_out_written(buf, at, buf.len)?;
             }
             let b32 = u32_of("batch", batch)?;
             launch!(self, self.func("s6_scan_bwd_reduce_params")?, grid_1d(di * (n + 2)), "scan backward dA/dD";

@@ -250,13 +250,17 @@ impl Cuda {
         self.bf16_copy_ptr(buf).map(Some)
     }
 
-    /// [`Cuda::bf16_only_target`] for a kernel that writes only a part of `buf` (a column view:
-    /// the scan backward's dz and the conv backward's dx, the two halves of dxz). The copy must
-    /// hold the rest: where the f32 values are current (the first such write), they are cast into
-    /// it first, so that a buffer whose parts are all written so is cast once, not per write.
-    /// Report the launch with [`Cuda::bf16_only_written`] over the whole buffer.
-    pub(super) fn bf16_only_target_part(&self, buf: &CudaBuf, what: &str) -> Result<Option<u64>> {
-        let Some(p) = self.bf16_only_target(buf)? else { return Ok(None) };
+    /// [`Cuda::act_out_alone`] for a kernel that writes only a part of `buf`, `extent` values
+    /// from `offset` (a column view: the scan backward's dz and the conv backward's dx, the two
+    /// halves of dxz); `b16` points at the part. In bf16 alone the copy must hold the rest: where
+    /// the f32 values are current (the first such write), they are cast into it first, so that a
+    /// buffer whose parts are all written so is cast once, not per write. Report the launch with
+    /// [`Cuda::act_out_written`] over the whole buffer (`buf.len`).
+    pub(super) fn act_out_part(&self, buf: &mut CudaBuf, offset: usize, extent: usize, what: &str) -> Result<ActOut> {
+        let Some(p) = self.bf16_only_target(buf)? else {
+            return Ok(ActOut { f32: self.ptr_mut(buf, offset, extent, what)?, b16: None, only16: false });
+        };
+        self.ptr_unread(buf, offset, extent, what)?;
         if !(buf.f32_stale.load(Ordering::Relaxed) && self.copy_holds_all(buf)?) {
             // (A copy holding only the first values: those made current in f32 first.)
             self.fresh(buf, what)?;
@@ -264,7 +268,7 @@ impl Cuda {
             self.cast_bf16(src, buf.len, 1, buf.len, p)?;
             self.bf16_only_written(buf, buf.len)?;
         }
-        Ok(Some(p))
+        Ok(ActOut { f32: 0, b16: Some(p + 2 * offset as u64), only16: true })
     }
 
     /// After a kernel that got `bf16_only_target(buf)` wrote `buf`'s first `len` values in bf16

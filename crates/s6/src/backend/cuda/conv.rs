@@ -204,13 +204,10 @@ impl Cuda {
         let dx_extent = ext(lddx, rows, channels);
         // dx is a part of dxz (in_proj's output gradient), read only by in_proj's backward
         // products: in bf16 alone where the model allows dxz so (the scan backward writes the
-        // other part the same way, backward.rs). dxp stays the f32 address for the alignment
+        // other part the same way, backward.rs). dxp is the f32 address, for the alignment
         // checks (the bf16 one is aligned alike: 16-byte f32 rows give 8-byte bf16 ones).
-        let dx16 = self.bf16_only_target_part(dx_buf, "conv1d backward dx")?;
-        let dxp = match dx16 {
-            Some(_) => self.ptr_unread(dx_buf, dx_off, dx_extent, "conv1d backward dx")?,
-            None => self.ptr_mut(dx_buf, dx_off, dx_extent, "conv1d backward dx")?,
-        };
+        let dx_at = self.act_out_part(dx_buf, dx_off, dx_extent, "conv1d backward dx")?;
+        let dxp = self.ptr_unread(dx_buf, dx_off, dx_extent, "conv1d backward dx")?;
         let dwp = self.ptr_mut(dweight, 0, channels * kernel, "conv1d backward dweight")?;
         let dbp = match dbias {
             Some(b) => self.ptr_mut(b, 0, channels, "conv1d backward dbias")?,
@@ -242,12 +239,10 @@ impl Cuda {
             u32_of("kernel", kernel)?,
             u32_of("segment blocks", nsb)?,
         );
-        let (dx_out, dx_bf16) = dx16.map_or((dxp, 0u32), |p| (p + 2 * dx_off as u64, 1));
+        let (dx_out, dx_bf16) = dx_at.b16.map_or((dxp, 0u32), |p| (p, 1));
         launch!(self, self.func(name)?, cfg, "conv1d backward";
             xp, ldx, wp, bp, gp, dx_out, lddx, dx_bf16, pp, b, l, c, k, nsb32);
-        if dx16.is_some() {
-            self.bf16_only_written(dx_buf, dx_buf.len)?;
-        }
+        self.act_out_written(dx_buf, &dx_at, dx_buf.len)?;
         let sums = channels * (kernel + 1);
         let cfg = LaunchConfig {
             grid_dim: (u32_of("conv dweight blocks", sums.div_ceil(REDUCE_BLOCK.0 as usize))?, 1, 1),
