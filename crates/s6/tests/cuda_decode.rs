@@ -950,16 +950,25 @@ fn bf16_storage_prefill_follows_f32_activations() {
     s6::backend::cuda::set_bf16_storage(storage_before);
 }
 
+/// Runs `f` with bf16 products, activation copies and bf16 storage on, then puts the process-wide
+/// switches back.
+fn with_bf16_storage<R>(g: &Cuda, f: impl FnOnce() -> R) -> R {
+    let storage_before = s6::backend::cuda::bf16_storage_enabled();
+    g.set_compute(Compute::Bf16).unwrap();
+    s6::backend::cuda::set_act_bf16(true);
+    s6::backend::cuda::set_bf16_storage(true);
+    let r = f();
+    s6::backend::cuda::reset_act_bf16();
+    s6::backend::cuda::set_bf16_storage(storage_before);
+    r
+}
+
 /// A buffer held in bf16 alone is read as f32 through every reader: the norm writes only the
 /// bf16 copy of a buffer allowed bf16 storage, and a download (and any f32 kernel after it) gets
 /// those values widened: the f32 norm's output rounded to bf16, bit for bit.
 #[test]
 fn bf16_storage_buffers_read_back_as_rounded_f32() {
     let Some(g) = gpu() else { return };
-    let storage_before = s6::backend::cuda::bf16_storage_enabled();
-    g.set_compute(Compute::Bf16).unwrap();
-    s6::backend::cuda::set_act_bf16(true);
-    s6::backend::cuda::set_bf16_storage(true);
     let (rows, dim) = (300, 768);
     let mut rng = Rng(99);
     let x: Vec<f32> = (0..rows * dim).map(|_| rng.next() * 4.0 - 2.0).collect();
@@ -977,10 +986,7 @@ fn bf16_storage_buffers_read_back_as_rounded_f32() {
         g.add_assign(&mut copy, &out).unwrap();
         (g.to_vec(&out).unwrap(), g.to_vec(&copy).unwrap())
     };
-    let (full, _) = norm(false);
-    let (held, through_kernel) = norm(true);
-    s6::backend::cuda::reset_act_bf16();
-    s6::backend::cuda::set_bf16_storage(storage_before);
+    let ((full, _), (held, through_kernel)) = with_bf16_storage(&g, || (norm(false), norm(true)));
     let rounded: Vec<u32> = full.iter().map(|v| s6::backend::bf16_round(*v).to_bits()).collect();
     let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<u32>>();
     assert_eq!(bits(&held), rounded, "a bf16-held buffer's download is not the f32 values rounded");
@@ -994,10 +1000,6 @@ fn bf16_storage_buffers_read_back_as_rounded_f32() {
 #[test]
 fn released_f32_storage_is_restored_by_a_write() {
     let Some(g) = gpu() else { return };
-    let storage_before = s6::backend::cuda::bf16_storage_enabled();
-    g.set_compute(Compute::Bf16).unwrap();
-    s6::backend::cuda::set_act_bf16(true);
-    s6::backend::cuda::set_bf16_storage(true);
     let (rows, dim, n) = (64, 256, 96);
     let mut rng = Rng(7);
     let x: Vec<f32> = (0..rows * dim).map(|_| rng.next() * 4.0 - 2.0).collect();
@@ -1011,25 +1013,27 @@ fn released_f32_storage_is_restored_by_a_write() {
         g.add_rmsnorm(&mut res, None, &wb, 1e-5, rows, dim, &mut out).unwrap();
         out
     };
-    // The values held (an f32 read widens them, and makes them current in f32: on another buffer).
-    let held = g.to_vec(&held_norm()).unwrap();
-    let mut out = held_norm();
-    let mut before = g.zeros(rows * n).unwrap();
-    g.linear(View::full(&out, dim), rows, dim, &lb, n, None, &mut before).unwrap();
-    g.release_f32(&mut out).unwrap();
-    // A bf16 product reads the held values: the same result.
-    let mut after = g.zeros(rows * n).unwrap();
-    g.linear(View::full(&out, dim), rows, dim, &lb, n, None, &mut after).unwrap();
-    let err = g.to_vec(&out).expect_err("an f32 read of released storage succeeded");
-    // A partial write (add_assign into the buffer reads and writes it whole through ptr_mut)
-    // allocates the storage again and keeps the values.
-    let zero = g.zeros(rows * dim).unwrap();
-    g.add_assign(&mut out, &zero).unwrap();
-    let restored = g.to_vec(&out).unwrap();
-    g.fill_zero(&mut out).unwrap();
-    let zeroed = g.to_vec(&out).unwrap();
-    s6::backend::cuda::reset_act_bf16();
-    s6::backend::cuda::set_bf16_storage(storage_before);
+    let (held, before, after, err, restored, zeroed) = with_bf16_storage(&g, || {
+        // The values held (an f32 read widens them, and makes them current in f32: on another
+        // buffer).
+        let held = g.to_vec(&held_norm()).unwrap();
+        let mut out = held_norm();
+        let mut before = g.zeros(rows * n).unwrap();
+        g.linear(View::full(&out, dim), rows, dim, &lb, n, None, &mut before).unwrap();
+        g.release_f32(&mut out).unwrap();
+        // A bf16 product reads the held values: the same result.
+        let mut after = g.zeros(rows * n).unwrap();
+        g.linear(View::full(&out, dim), rows, dim, &lb, n, None, &mut after).unwrap();
+        let err = g.to_vec(&out).expect_err("an f32 read of released storage succeeded");
+        // A partial write (add_assign into the buffer reads and writes it whole through ptr_mut)
+        // allocates the storage again and keeps the values.
+        let zero = g.zeros(rows * dim).unwrap();
+        g.add_assign(&mut out, &zero).unwrap();
+        let restored = g.to_vec(&out).unwrap();
+        g.fill_zero(&mut out).unwrap();
+        let zeroed = g.to_vec(&out).unwrap();
+        (held, before, after, err, restored, zeroed)
+    });
     assert_eq!(g.to_vec(&after).unwrap(), g.to_vec(&before).unwrap(), "the product changed after the release");
     assert!(err.to_string().contains("released"), "unexpected error: {err}");
     assert_eq!(restored, held, "the values did not survive the release and a write");
