@@ -865,6 +865,9 @@ impl<B: Backend> Mamba<B> {
 
         // ---- backward through the blocks, last to first ----
         let mut dres = be.zeros(rows * d)?;
+        // Rewritten by every block's norm backward, read by the next one's out_proj backward
+        // products (bf16) and norm backward (f32): a bf16 copy beside it spares the products a cast.
+        be.allow_bf16_copy(&mut dres);
         be.rmsnorm_backward(&residual, &self.norm_f, eps, rows, d, &dnormed, &mut dres, &mut g.norm_f)?;
         let mut dy = be.zeros(rows * di)?;
         let mut du = be.zeros(rows * di)?;
