@@ -422,7 +422,13 @@ __device__ __forceinline__ void s6_scan_bwd_n16_body(S6_SCAN_BWD_PARAMS) {
         float* f_dt = f_u + FT * CPB;
         float* f_b = f_dt + FT * CPB;
         float fu[EF], fd[EF], fb[EF];
+        // S6_SCAN_BWD_SKIP_FWD (a measurement of this pass's share of the kernel's time, wrong
+        // gradients: never for training): the pass skipped, the checkpoints left as they are.
+#if defined(S6_SCAN_BWD_SKIP_FWD) && S6_SCAN_BWD_SKIP_FWD
+        const unsigned int nf = 0;
+#else
         const unsigned int nf = (nck - 1) * T;
+#endif
         auto loadf = [&](unsigned int f0) {
 #pragma unroll
             for (int e = 0; e < EF; e++) {
