@@ -33,6 +33,10 @@ fn scan_bwd_n16(blocks: usize, sm_count: usize) -> ScanBwdKernel {
     SCAN_BWD_N16[forced.unwrap_or(by_size)].1
 }
 
+/// Whether the d_state-16 scan backward gets its chunk checkpoints from `s6_scan_n16_ckpt*`
+/// (`S6_SCAN_BWD_CKPT`, on by default on this branch until measured).
+static SCAN_BWD_CKPT: super::Switch = super::Switch::new("S6_SCAN_BWD_CKPT", true);
+
 impl Cuda {
     /// `(kernel, lanes per channel, chunk length)` of the scan backward for `d_state = n`, where
     /// the d_state-16 kernels would run `blocks16` blocks (batch · ⌈d_inner / 16⌉).
@@ -138,6 +142,23 @@ impl Cuda {
                 block_dim: (SCAN_BWD_THREADS, 1, 1),
                 shared_mem_bytes: 0,
             };
+            // d_state 16: the checkpoints by the forward kernel's recurrence (s6_scan_n16_ckpt*),
+            // and the backward without its own forward pass (`S6_SCAN_BWD_CKPT=0`: with it).
+            let ck_kernel = match (n, chunk) {
+                (16, 8) => Some("s6_scan_n16_ckpt8"),
+                (16, 12) => Some("s6_scan_n16_ckpt12"),
+                _ => None,
+            };
+            if let (Some(name), true) = (ck_kernel, SCAN_BWD_CKPT.on()) {
+                let cfg = LaunchConfig {
+                    grid_dim: (u32_of("checkpoint blocks", di.div_ceil(32))?, u32_of("batch", batch)?, 1),
+                    block_dim: (128, 1, 1),
+                    shared_mem_bytes: 0,
+                };
+                launch!(self, self.func(name)?, cfg, "scan backward checkpoints";
+                    u, dl, dbias, a, bm, ldb_in, ckp, l, dd);
+                bf16_out |= 4;
+            }
             launch!(self, func, cfg, "selective_scan_backward";
                 u, dl, dbias, a, bm, ldb_in, cm, ldc_in, d, zp, ldz, dyp, dup, ddp, bf16_out, dzp, lddz, ckp, pbcp, ppp, l, dd, n32);
             self.act_out_written(grads.ddelta, &dd_at, rows * di)?;

@@ -31,6 +31,9 @@ __device__ __forceinline__ float s6b_sigmoid(float x) { return 1.0f / (1.0f + ex
 // spill) took a second dΔ pointer badly (12 bytes).
 #define S6B_DDELTA_BF16 1u
 #define S6B_DZ_BF16 2u
+// Not an output: the checkpoints of every chunk, the last's included, were written by
+// s6_scan_n16_ckpt* (scan.cu) before the launch, so the d_state-16 kernels skip their first pass.
+#define S6B_CKPT_GIVEN 4u
 __device__ __forceinline__ void s6b_put(float* __restrict__ out, unsigned int bf16, unsigned long long i, float v) {
     if (bf16)
         reinterpret_cast<unsigned short*>(out)[i] = s6_f32_to_bf16(v);
@@ -373,6 +376,7 @@ __device__ __forceinline__ void s6_scan_bwd_n16_body(S6_SCAN_BWD_PARAMS) {
     const unsigned int rd = d0 + rc;
     const float rdsk = rd < dim ? dskip[rd] : 0.0f;
     const float rbias = rd < dim ? delta_bias[rd] : 0.0f;
+    const bool ck_given = (bf16_out & S6B_CKPT_GIVEN) != 0;
 
     float h[2], dh[2], av[2], a2[2], da[2];
 #pragma unroll
@@ -405,7 +409,7 @@ __device__ __forceinline__ void s6_scan_bwd_n16_body(S6_SCAN_BWD_PARAMS) {
             rz[e] = okc && z != nullptr ? z[r * ldz + dd] : 0.0f;
             rcc[e] = oks ? cm[r * ldc + c] : 0.0f;
         }
-        if (k + 1 < nck) {
+        if (k + 1 < nck || ck_given) {
 #pragma unroll
             for (int i = 0; i < 2; i++) {
                 const int s = part * 2 + i;
@@ -427,7 +431,7 @@ __device__ __forceinline__ void s6_scan_bwd_n16_body(S6_SCAN_BWD_PARAMS) {
 #if defined(S6_SCAN_BWD_SKIP_FWD) && S6_SCAN_BWD_SKIP_FWD
         const unsigned int nf = 0;
 #else
-        const unsigned int nf = (nck - 1) * T;
+        const unsigned int nf = ck_given ? 0 : (nck - 1) * T;
 #endif
         auto loadf = [&](unsigned int f0) {
 #pragma unroll
@@ -510,7 +514,7 @@ __device__ __forceinline__ void s6_scan_bwd_n16_body(S6_SCAN_BWD_PARAMS) {
             }
         }
         float hh0 = h[0], hh1 = h[1];
-        if (k + 1 < (int)nck) {
+        if (k + 1 < (int)nck || ck_given) {
             hh0 = rck[0];
             hh1 = rck[1];
         }
