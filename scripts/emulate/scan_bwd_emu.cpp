@@ -77,16 +77,15 @@ static void run_case(const Variant& kv, unsigned batch, unsigned seqlen, unsigne
         std::printf("%-4s %-7s b%u l%-4u d%-3u gate %d %s in bf16 alone: the f32 values rounded, the rest unchanged\n",
                     same ? "ok" : "FAIL", kv.name, batch, seqlen, dim, gate, dz16_on ? "ddelta and dz" : "ddelta");
     }
-    // The checkpoints given (S6B_CKPT_GIVEN): written by s6_scan_n16_ckpt<chunk> (scan.cu, the
+    // The checkpoints given to n16r8 (S6B_CKPT_GIVEN): written by s6_scan_n16_ckpt8 (scan.cu, the
     // forward's recurrence), the backward without its own forward pass: every output the same
-    // bits as above.
-    {
+    // bits as above. (n16p ignores the flag.)
+    if (chunk == 8) {
         std::vector<float> ckpt2(ckpt.size(), NAN), du2(du.size(), 7), ddelta2(ddelta.size(), 7), dz2(dz.size(), 0),
             pbc2(pbc.size()), pparam2(pparam.size());
         float* dzp2 = gate ? dz2.data() + dim : nullptr;
-        auto ck_kernel = chunk == 8 ? s6_scan_n16_ckpt8 : s6_scan_n16_ckpt12;
         s6emu_launch({(dim + 31) / 32, batch, 1}, 128, [&] {
-            ck_kernel(u.data(), delta.data(), bias.data(), a.data(), xdbl.data() + 3, xw, ckpt2.data(), seqlen, dim);
+            s6_scan_n16_ckpt8(u.data(), delta.data(), bias.data(), a.data(), xdbl.data() + 3, xw, ckpt2.data(), seqlen, dim);
         });
         s6emu_launch({nblk, batch, 1}, 128, [&] {
             kv.kernel(u.data(), delta.data(), bias.data(), a.data(), xdbl.data() + 3, xw, xdbl.data() + 3 + N, xw,

@@ -1,5 +1,5 @@
 #!/bin/bash
-# GPU run 79 (branch wip/dres-bf16-copy; not run yet): two training changes written after session
+# GPU run 79 (session 21; branch wip/dres-bf16-copy, the build before its review): two training changes written after session
 # 20's device time ran out, against s6-prev (main's build, run 78's):
 # - the residual gradient's bf16 copy written by the RMSNorm backward (the next block's out_proj
 #   backward products no longer cast it: 78 µs per layer at 130M, run 76);
@@ -17,10 +17,9 @@ t backward - test-cuda_backward
 t backward_nockpt S6_SCAN_BWD_CKPT=0 test-cuda_backward
 sb() { timeout 60 dev-out/s6 bench scan --device cuda --backward --repeats 3 --scan-seqlen 2048 "$@" 2>&1 | grep -E "^scan backward|rror"; }
 for k in n16r8 n16p; do
-  for env in S6_SCAN_BWD_CKPT=0 S6_SCAN_BWD_CKPT=1 S6_SCAN_BWD_SKIP_FWD=1; do
+  for env in S6_SCAN_BWD_CKPT=0 S6_SCAN_BWD_CKPT=1 S6_SCAN_BWD_SKIP_FWD=1; do  # SKIP_FWD: removed since
     echo "$k, $env"
-    env S6_SCAN_BWD=$k $env sb --scan-batch 16 --scan-d-inner 1536
-    env S6_SCAN_BWD=$k $env sb
+    (export S6_SCAN_BWD=$k $env; sb --scan-batch 16 --scan-d-inner 1536; sb)
   done
 done
 date -u

@@ -104,7 +104,6 @@ const KERNELS: &[&str] = &[
     "s6_scan_n16_seg_x16_v4c16t64",
     // scan_backward.cu
     "s6_scan_n16_ckpt8",
-    "s6_scan_n16_ckpt12",
     "s6_scan_bwd_n4",
     "s6_scan_bwd_n8",
     "s6_scan_bwd_n16p",
@@ -550,11 +549,6 @@ fn kernel_defines() -> Vec<String> {
     }
     if let Some(n @ 0..=1) = std::env::var("S6_SCAN_BWD_AHEAD").ok().and_then(|v| v.trim().parse::<u32>().ok()) {
         defs.push(format!("-DS6_SCAN_BWD_AHEAD={n}"));
-    }
-    // WIP measurement only (wrong gradients): the d_state-16 scan backward without its forward pass.
-    if std::env::var("S6_SCAN_BWD_SKIP_FWD").is_ok_and(|v| v.trim() == "1") {
-        eprintln!("warning: S6_SCAN_BWD_SKIP_FWD=1: the scan backward skips its checkpoint pass; gradients are wrong");
-        defs.push("-DS6_SCAN_BWD_SKIP_FWD=1".into());
     }
     defs.push(format!("-DS6_GEMV_NC1={}", gemv_nc1()));
     defs.push(format!("-DS6_GEMV_NC24={}", gemv_nc24()));

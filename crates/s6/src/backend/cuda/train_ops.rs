@@ -41,6 +41,9 @@ fn ce_threads(vocab: usize) -> u32 {
     vocab.div_ceil(16).next_power_of_two().clamp(128, 1024) as u32
 }
 
+/// WIP (measurement): whether the cross-entropy keeps its row in shared memory (`S6_CE_ROW_CACHE`).
+static CE_ROW_CACHE: super::Switch = super::Switch::new("S6_CE_ROW_CACHE", true);
+
 /// Lets `s6_cross_entropy` use all the shared memory a block may opt in to and returns the bytes
 /// of dynamic shared memory it may then ask for (the row cache).
 pub(super) fn enable_cross_entropy_row_cache(ctx: &CudaContext, func: &CudaFunction) -> Result<usize> {
@@ -132,7 +135,12 @@ impl Cuda {
     /// (`s6_col_sums_finish`): the second pass of [`Cuda::col_sums`] and of the RMSNorm backward.
     fn col_sums_finish(&self, part: u64, chunks: usize, n: usize, dst: u64, what: &str) -> Result<()> {
         let (ch, nn) = (u32_of("chunks", chunks)?, u32_of("n", n)?);
-        launch!(self, self.func("s6_col_sums_finish")?, grid_1d(n), what; part, ch, nn, dst);
+        let cfg = LaunchConfig {
+            grid_dim: (u32_of("columns", n.div_ceil(32))?, 1, 1),
+            block_dim: (32, 16, 1),
+            shared_mem_bytes: 0,
+        };
+        launch!(self, self.func("s6_col_sums_finish")?, cfg, what; part, ch, nn, dst);
         Ok(())
     }
 
@@ -416,8 +424,9 @@ impl Cuda {
         let v = u32_of("vocab", vocab)?;
         // The row in shared memory (read from DRAM once) when it fits what the kernel may use.
         let cache_bytes = (vocab + 3) * std::mem::size_of::<f32>();
-        let cache_row = cache_bytes <= self.inner.ce_shared_bytes;
-        let mut cfg = rows_cfg(rows, ce_threads(vocab))?;
+        let cache_row = cache_bytes <= self.inner.ce_shared_bytes && CE_ROW_CACHE.on();
+        let threads = std::env::var("S6_CE_THREADS").ok().and_then(|v| v.trim().parse::<u32>().ok());
+        let mut cfg = rows_cfg(rows, threads.unwrap_or_else(|| ce_threads(vocab)))?;
         cfg.shared_mem_bytes = if cache_row { cache_bytes as u32 } else { 0 };
         let cr = cache_row as u32;
         let (name, dp) = d_at.b16.map_or(("s6_cross_entropy", d_at.f32), |p| ("s6_cross_entropy_d16", p));

@@ -173,7 +173,7 @@ struct S6Io<unsigned short> {
 // segment writes the final state. The linear recurrence makes this exact up to rounding: the
 // product of a segment's exp(Δ_t A) is exp(A ΣΔ_t). One segment (gridDim.z = 1, seg_len =
 // seqlen, null seg_h) is the plain scan.
-// CK > 0 (with LOCAL, one segment: s6_scan_n16_ckpt*): instead of seg_h / seg_sum, the state at
+// CK > 0 (with LOCAL, one segment: s6_scan_n16_ckpt8): instead of seg_h / seg_sum, the state at
 // the start of every CK-step chunk is written to ckpt[(b, channel, chunk)][16], the layout of the
 // d_state-16 scan backward's checkpoints (scan_backward.cu, chunks of CK steps), which then skips
 // its own forward pass (S6B_CKPT_GIVEN). The same operations on the same values as that pass: the
@@ -506,7 +506,7 @@ S6_SCAN_N16_SHAPE(v4c32, 32, 32, 4)
 S6_SCAN_N16_SHAPE(v4c16t64, 16, 64, 1)
 
 // The scan backward's checkpoints (f32 activations, one segment, zero initial state) for its
-// chunks of CK steps: 8 for s6_scan_bwd_n16r8 / n16q8, 12 for n16p. Grid (ceil(dim / 32), batch),
+// chunks of CK steps: 8, s6_scan_bwd_n16r8's (see S6B_CKPT_GIVEN there). Grid (ceil(dim / 32), batch),
 // 128 threads; the backward's ckpt [batch, dim, ceil(seqlen / CK), 16].
 #define S6_SCAN_N16_CKPT(NAME, CK)                                                                            \
     extern "C" __global__ void __launch_bounds__(128, 4)                                                      \
@@ -522,4 +522,3 @@ S6_SCAN_N16_SHAPE(v4c16t64, 16, 64, 1)
                                                                     dim, ckpt);                                \
     }
 S6_SCAN_N16_CKPT(s6_scan_n16_ckpt8, 8)
-S6_SCAN_N16_CKPT(s6_scan_n16_ckpt12, 12)

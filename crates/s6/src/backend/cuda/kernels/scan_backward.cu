@@ -32,7 +32,10 @@ __device__ __forceinline__ float s6b_sigmoid(float x) { return 1.0f / (1.0f + ex
 #define S6B_DDELTA_BF16 1u
 #define S6B_DZ_BF16 2u
 // Not an output: the checkpoints of every chunk, the last's included, were written by
-// s6_scan_n16_ckpt* (scan.cu) before the launch, so the d_state-16 kernels skip their first pass.
+// s6_scan_n16_ckpt8 (scan.cu) before the launch, so s6_scan_bwd_n16r8 skips its first pass
+// (2.32 -> 2.17 ms at B = 16, D = 1536, L = 2048 and +2.8% training tokens/s at 130M, run 79).
+// Only n16r8: n16p, given them, took longer (0.909 -> 0.986 ms at B = 4, D = 2048), so it
+// compiles the path out and keeps its spill at 4 bytes.
 #define S6B_CKPT_GIVEN 4u
 __device__ __forceinline__ void s6b_put(float* __restrict__ out, unsigned int bf16, unsigned long long i, float v) {
     if (bf16)
@@ -376,7 +379,7 @@ __device__ __forceinline__ void s6_scan_bwd_n16_body(S6_SCAN_BWD_PARAMS) {
     const unsigned int rd = d0 + rc;
     const float rdsk = rd < dim ? dskip[rd] : 0.0f;
     const float rbias = rd < dim ? delta_bias[rd] : 0.0f;
-    const bool ck_given = (bf16_out & S6B_CKPT_GIVEN) != 0;
+    const bool ck_given = REGS && (bf16_out & S6B_CKPT_GIVEN) != 0;
 
     float h[2], dh[2], av[2], a2[2], da[2];
 #pragma unroll
@@ -426,13 +429,7 @@ __device__ __forceinline__ void s6_scan_bwd_n16_body(S6_SCAN_BWD_PARAMS) {
         float* f_dt = f_u + FT * CPB;
         float* f_b = f_dt + FT * CPB;
         float fu[EF], fd[EF], fb[EF];
-        // S6_SCAN_BWD_SKIP_FWD (a measurement of this pass's share of the kernel's time, wrong
-        // gradients: never for training): the pass skipped, the checkpoints left as they are.
-#if defined(S6_SCAN_BWD_SKIP_FWD) && S6_SCAN_BWD_SKIP_FWD
-        const unsigned int nf = 0;
-#else
         const unsigned int nf = ck_given ? 0 : (nck - 1) * T;
-#endif
         auto loadf = [&](unsigned int f0) {
 #pragma unroll
             for (int e = 0; e < EF; e++) {
