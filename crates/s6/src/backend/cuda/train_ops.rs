@@ -41,9 +41,6 @@ fn ce_threads(vocab: usize) -> u32 {
     vocab.div_ceil(16).next_power_of_two().clamp(128, 1024) as u32
 }
 
-/// WIP (measurement): whether the cross-entropy keeps its row in shared memory (`S6_CE_ROW_CACHE`).
-static CE_ROW_CACHE: super::Switch = super::Switch::new("S6_CE_ROW_CACHE", true);
-
 /// Lets `s6_cross_entropy` use all the shared memory a block may opt in to and returns the bytes
 /// of dynamic shared memory it may then ask for (the row cache).
 pub(super) fn enable_cross_entropy_row_cache(ctx: &CudaContext, func: &CudaFunction) -> Result<usize> {
@@ -424,9 +421,8 @@ impl Cuda {
         let v = u32_of("vocab", vocab)?;
         // The row in shared memory (read from DRAM once) when it fits what the kernel may use.
         let cache_bytes = (vocab + 3) * std::mem::size_of::<f32>();
-        let cache_row = cache_bytes <= self.inner.ce_shared_bytes && CE_ROW_CACHE.on();
-        let threads = std::env::var("S6_CE_THREADS").ok().and_then(|v| v.trim().parse::<u32>().ok());
-        let mut cfg = rows_cfg(rows, threads.unwrap_or_else(|| ce_threads(vocab)))?;
+        let cache_row = cache_bytes <= self.inner.ce_shared_bytes;
+        let mut cfg = rows_cfg(rows, ce_threads(vocab))?;
         cfg.shared_mem_bytes = if cache_row { cache_bytes as u32 } else { 0 };
         let cr = cache_row as u32;
         let (name, dp) = d_at.b16.map_or(("s6_cross_entropy", d_at.f32), |p| ("s6_cross_entropy_d16", p));
