@@ -265,6 +265,31 @@ static void conv_bwd_case(unsigned batch, unsigned seqlen, unsigned ch, bool vec
            batch, seqlen, ch);
 }
 
+// The RMSNorm backward with the bf16 copy of its sum (dres16, training's residual gradient for
+// the next out_proj backward): dres and the weight partials as without it, dres16 the new dres
+// rounded, bit for bit (both the float4 and the scalar layout).
+static void norm_bwd_case(unsigned rows, unsigned dim) {
+    auto x = rand_vec((size_t)rows * dim, -2, 2);
+    auto w = rand_vec(dim, 0.5, 1.5);
+    auto dy = rand_vec((size_t)rows * dim, -1, 1);
+    auto dres0 = rand_vec((size_t)rows * dim, -1, 1);
+    const unsigned chunk_rows = 16, chunks = (rows + chunk_rows - 1) / chunk_rows;
+    auto run = [&](unsigned short* d16, std::vector<float>& dres, std::vector<double>& part) {
+        s6emu_launch({chunks, 1, 1}, 32 * S6_NORM_WARPS, [&] {
+            s6_rmsnorm_bwd(x.data(), w.data(), dy.data(), dres.data(), d16, part.data(), rows, dim, chunk_rows, 1e-5f,
+                           0u);
+        });
+    };
+    std::vector<float> dres_a = dres0, dres_b = dres0;
+    std::vector<double> part_a((size_t)chunks * dim), part_b((size_t)chunks * dim);
+    std::vector<unsigned short> d16((size_t)rows * dim, 0x7fc0);
+    run(nullptr, dres_a, part_a);
+    run(d16.data(), dres_b, part_b);
+    bool ok = dres_a == dres_b && part_a == part_b;
+    for (size_t i = 0; i < d16.size(); i++) ok = ok && d16[i] == s6_f32_to_bf16(dres_b[i]);
+    expect(ok, "rmsnorm backward: the bf16 copy of dres is dres rounded, the rest unchanged", 1, rows, dim);
+}
+
 int main() {
     ce_case(5, 1003, 1);
     ce_case(4, 1003, 0);
@@ -278,6 +303,8 @@ int main() {
     conv_bwd_case(2, 300, 64, true);    // several segment blocks, a partial last tile
     conv_bwd_case(1, 37, 132, true);
     conv_bwd_case(3, 9, 5, false);      // channels not a multiple of 4
+    norm_bwd_case(40, 64);              // float4 layout
+    norm_bwd_case(19, 37);              // scalar layout
     // s6_uncast_bf16: bf16 bits widened exactly.
     {
         auto v = rand_vec(1000, -1e4, 1e4);

@@ -6,6 +6,7 @@
 // assumes. Run: scripts/emulate/run.sh
 #include "cuda_emu.h"
 #include "../../crates/s6/src/backend/cuda/kernels/prelude.cu"
+#include "../../crates/s6/src/backend/cuda/kernels/scan.cu"
 #include "../../crates/s6/src/backend/cuda/kernels/scan_backward.cu"
 #include "scan_ref.h"
 
@@ -75,6 +76,26 @@ static void run_case(const Variant& kv, unsigned batch, unsigned seqlen, unsigne
         if (!same) failures++;
         std::printf("%-4s %-7s b%u l%-4u d%-3u gate %d %s in bf16 alone: the f32 values rounded, the rest unchanged\n",
                     same ? "ok" : "FAIL", kv.name, batch, seqlen, dim, gate, dz16_on ? "ddelta and dz" : "ddelta");
+    }
+    // The checkpoints given to n16r8 (S6B_CKPT_GIVEN): written by s6_scan_n16_ckpt8 (scan.cu, the
+    // forward's recurrence), the backward without its own forward pass: every output the same
+    // bits as above. (n16p ignores the flag.)
+    if (chunk == 8) {
+        std::vector<float> ckpt2(ckpt.size(), NAN), du2(du.size(), 7), ddelta2(ddelta.size(), 7), dz2(dz.size(), 0),
+            pbc2(pbc.size()), pparam2(pparam.size());
+        float* dzp2 = gate ? dz2.data() + dim : nullptr;
+        s6emu_launch({(dim + 31) / 32, batch, 1}, 128, [&] {
+            s6_scan_n16_ckpt8(u.data(), delta.data(), bias.data(), a.data(), xdbl.data() + 3, xw, ckpt2.data(), seqlen, dim);
+        });
+        s6emu_launch({nblk, batch, 1}, 128, [&] {
+            kv.kernel(u.data(), delta.data(), bias.data(), a.data(), xdbl.data() + 3, xw, xdbl.data() + 3 + N, xw,
+                      dsk.data(), zp, gate ? 2 * dim : 0, dy.data(), du2.data(), ddelta2.data(), 4u, dzp2,
+                      gate ? 2 * dim : 0, ckpt2.data(), pbc2.data(), pparam2.data(), seqlen, dim, N);
+        });
+        const bool same = du2 == du && ddelta2 == ddelta && dz2 == dz && pbc2 == pbc && pparam2 == pparam;
+        if (!same) failures++;
+        std::printf("%-4s %-7s b%u l%-4u d%-3u gate %d checkpoints from the forward's recurrence: the same bits\n",
+                    same ? "ok" : "FAIL", kv.name, batch, seqlen, dim, gate);
     }
     const unsigned per = dim * (N + 2);
     s6emu_launch_serial({(per + 255) / 256, 1, 1}, 256, [&] {

@@ -1118,7 +1118,9 @@ fn peak_memory_is_reported() {
 
 /// `S6_BF16_STORAGE_TRAIN=1`: the norm's output (and, with `Recompute::Full`, the scan's)
 /// and the head's gradient held in bf16 alone, read by the bf16 products as the casts they
-/// replace would have given them: no bit of the loss or of any gradient changes.
+/// replace would have given them: no bit of the loss or of any gradient changes. Nor does what
+/// the backward recomputes: `Recompute::None` (which keeps the norm's output, u and Δ) gives
+/// `Light`'s bits.
 #[test]
 fn bf16_storage_changes_no_bit_of_training() {
     use s6::backend::Compute;
@@ -1135,7 +1137,8 @@ fn bf16_storage_changes_no_bit_of_training() {
     let (b, l) = (2, 640);
     let (ids, targets) = batch(&mut Rng(10), cfg.vocab_size, b, l);
     let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
-    for recompute in [Recompute::Light, Recompute::Full] {
+    let mut light = None;
+    for recompute in [Recompute::Light, Recompute::Full, Recompute::None] {
         model.recompute = recompute;
         let run = |storage: bool| {
             s6::backend::cuda::set_bf16_storage_train(storage);
@@ -1151,6 +1154,16 @@ fn bf16_storage_changes_no_bit_of_training() {
         assert_eq!(off.0, on.0, "{recompute:?}: the loss changed with bf16 storage");
         for ((name, a), (_, c)) in off.1.iter().zip(&on.1) {
             assert!(a == c, "{recompute:?}: gradient {name} changed with bf16 storage");
+        }
+        match (recompute, &light) {
+            (Recompute::Light, _) => light = Some(on),
+            (Recompute::None, Some(want)) => {
+                assert_eq!(want.0, on.0, "Recompute::None: the loss differs from Light's");
+                for ((name, a), (_, c)) in want.1.iter().zip(&on.1) {
+                    assert!(a == c, "Recompute::None: gradient {name} differs from Light's");
+                }
+            }
+            _ => {}
         }
     }
     g.set_compute(Compute::F32).unwrap();

@@ -72,7 +72,8 @@ pub struct Args {
     dtype: Compute,
     /// What a training step keeps for its backward pass: `light` keeps the residual stream,
     /// in_proj's output, x_proj's output and the scan output per layer and recomputes the rest; `full` also
-    /// recomputes the scan output (least memory, a few percent slower). Same results.
+    /// recomputes the scan output (least memory, a few percent slower); `none` also keeps the norm's
+    /// output, the conv's and dt_proj's (most memory, fastest). Same results.
     #[arg(long, default_value = "light")]
     recompute: s6::model::Recompute,
 }

@@ -92,6 +92,12 @@ pub enum Recompute {
     /// 2·d_state` floats per token and layer) and also recompute `y` with a second scan forward
     /// per layer: the least memory, for a few percent more time.
     Full,
+    /// Keep everything [`Recompute::Light`] keeps and also the norm's output, the conv's `u` and
+    /// dt_proj's `Δ` (`2·d_model + 5·d_inner + dt_rank + 2·d_state` floats per token and layer,
+    /// fewer where the backend holds some in bf16): the backward recomputes nothing but the
+    /// scan's states. The most memory, the least time (the norm, the conv and dt_proj's product
+    /// once per layer instead of twice).
+    None,
 }
 
 impl std::str::FromStr for Recompute {
@@ -100,7 +106,8 @@ impl std::str::FromStr for Recompute {
         match s {
             "light" => Ok(Recompute::Light),
             "full" => Ok(Recompute::Full),
-            o => Err(Error::input(format!("--recompute '{o}': expected light or full"))),
+            "none" => Ok(Recompute::None),
+            o => Err(Error::input(format!("--recompute '{o}': expected light, full or none"))),
         }
     }
 }
@@ -156,6 +163,15 @@ struct Kept<B: Backend> {
     xdbl: B::Buf,
     /// The scan output; `None` under [`Recompute::Full`].
     y: Option<B::Buf>,
+    /// The norm's output, the conv's `u` and dt_proj's `Δ`, under [`Recompute::None`] only.
+    inner: Option<KeptInner<B>>,
+}
+
+/// What [`Recompute::None`] keeps beyond [`Kept`]'s other fields.
+struct KeptInner<B: Backend> {
+    normed: B::Buf,
+    u: B::Buf,
+    delta: B::Buf,
 }
 
 /// One parameter: HF name and shape.
@@ -837,7 +853,7 @@ impl<B: Backend> Mamba<B> {
             // xdbl is written whole by x_proj only where the layer has one; else it stays zero.
             let xdbl = if l.x_proj.is_none() { be.clone_buf(&work.xdbl)? } else { take(&mut work.xdbl, rows * xw)? };
             let y = match self.recompute {
-                Recompute::Light => {
+                Recompute::Light | Recompute::None => {
                     let mut y = take(&mut work.y, rows * di)?;
                     be.allow_bf16_storage(&mut work.y);
                     be.release_f32(&mut y)?;
@@ -845,7 +861,21 @@ impl<B: Backend> Mamba<B> {
                 }
                 Recompute::Full => None,
             };
-            kept.push(Kept { residual: residual_in, xz, xdbl, y });
+            let inner = if self.recompute == Recompute::None {
+                // The fresh buffers get the same storage as the ones they replace (the norm's
+                // output in bf16 alone, u with its bf16 copy); Δ stays zero without a dt_proj.
+                let mut normed = take(&mut work.normed, rows * d)?;
+                be.allow_bf16_storage(&mut work.normed);
+                be.release_f32(&mut normed)?;
+                let u = take(&mut work.u, rows * di)?;
+                be.allow_bf16_copy(&mut work.u);
+                let delta =
+                    if l.dt_proj.is_some() { take(&mut work.delta, rows * di)? } else { be.clone_buf(&work.delta)? };
+                Some(KeptInner { normed, u, delta })
+            } else {
+                None
+            };
+            kept.push(Kept { residual: residual_in, xz, xdbl, y, inner });
         }
         let mut normed = be.zeros(rows * d)?;
         let (kept_in, norm_f) = (kept.last().map(|k| &k.residual), &self.norm_f);
@@ -865,6 +895,9 @@ impl<B: Backend> Mamba<B> {
 
         // ---- backward through the blocks, last to first ----
         let mut dres = be.zeros(rows * d)?;
+        // Rewritten by every block's norm backward, read by the next one's out_proj backward
+        // products (bf16) and norm backward (f32): a bf16 copy beside it spares the products a cast.
+        be.allow_bf16_copy(&mut dres);
         be.rmsnorm_backward(&residual, &self.norm_f, eps, rows, d, &dnormed, &mut dres, &mut g.norm_f)?;
         let mut dy = be.zeros(rows * di)?;
         let mut du = be.zeros(rows * di)?;
@@ -893,14 +926,20 @@ impl<B: Backend> Mamba<B> {
             // state, as the forward ran (the forward's final states are no longer needed).
             std::mem::swap(&mut work.xz, &mut k.xz);
             std::mem::swap(&mut work.xdbl, &mut k.xdbl);
-            be.add_rmsnorm(&mut k.residual, None, &l.norm, eps, rows, d, &mut work.normed)?;
-            be.fill_zero(&mut state.conv[i])?;
-            be.fill_zero(&mut state.ssm[i])?;
             if let Some(y) = k.y.as_mut() {
                 std::mem::swap(&mut work.y, y);
             }
-            let steps = InnerSteps { x_proj: false, scan: k.y.is_none() };
-            self.mixer_inner(l, batch, seqlen, &mut work, &mut state.conv[i], &mut state.ssm[i], steps)?;
+            if let Some(inner) = k.inner.as_mut() {
+                std::mem::swap(&mut work.normed, &mut inner.normed);
+                std::mem::swap(&mut work.u, &mut inner.u);
+                std::mem::swap(&mut work.delta, &mut inner.delta);
+            } else {
+                be.add_rmsnorm(&mut k.residual, None, &l.norm, eps, rows, d, &mut work.normed)?;
+                be.fill_zero(&mut state.conv[i])?;
+                be.fill_zero(&mut state.ssm[i])?;
+                let steps = InnerSteps { x_proj: false, scan: k.y.is_none() };
+                self.mixer_inner(l, batch, seqlen, &mut work, &mut state.conv[i], &mut state.ssm[i], steps)?;
+            }
             let acts = &work;
             // dres holds ∂L/∂(residual after this block), which is also ∂L/∂(block output).
             let y = View::full(&acts.y, di);

@@ -33,6 +33,13 @@ fn scan_bwd_n16(blocks: usize, sm_count: usize) -> ScanBwdKernel {
     SCAN_BWD_N16[forced.unwrap_or(by_size)].1
 }
 
+/// Whether `s6_scan_bwd_n16r8` gets its chunk checkpoints from `s6_scan_n16_ckpt8` (the forward
+/// kernel's recurrence without outputs) and skips its own first pass: 7% less time at B = 16,
+/// D = 1536 and +2.8% training tokens/s at 130M on an H100 (docs/BENCHMARKS.md, session 21).
+/// `S6_SCAN_BWD_CKPT=0` turns it off, for measurements. n16p keeps its own pass: given the
+/// checkpoints it took 8% longer at B = 4, D = 2048.
+static SCAN_BWD_CKPT: super::Switch = super::Switch::new("S6_SCAN_BWD_CKPT", true);
+
 impl Cuda {
     /// `(kernel, lanes per channel, chunk length)` of the scan backward for `d_state = n`, where
     /// the d_state-16 kernels would run `blocks16` blocks (batch · ⌈d_inner / 16⌉).
@@ -138,6 +145,19 @@ impl Cuda {
                 block_dim: (SCAN_BWD_THREADS, 1, 1),
                 shared_mem_bytes: 0,
             };
+            // n16r8: the checkpoints by the forward kernel's recurrence, and the backward without
+            // its own forward pass (SCAN_BWD_CKPT).
+            // (d_state 16 and chunks of 8: n16r8; the checkpoint kernel reads 16 states of B.)
+            if n == 16 && chunk == 8 && SCAN_BWD_CKPT.on() {
+                let cfg = LaunchConfig {
+                    grid_dim: (u32_of("checkpoint blocks", di.div_ceil(32))?, u32_of("batch", batch)?, 1),
+                    block_dim: (128, 1, 1),
+                    shared_mem_bytes: 0,
+                };
+                launch!(self, self.func("s6_scan_n16_ckpt8")?, cfg, "scan backward checkpoints";
+                    u, dl, dbias, a, bm, ldb_in, ckp, l, dd);
+                bf16_out |= 4;
+            }
             launch!(self, func, cfg, "selective_scan_backward";
                 u, dl, dbias, a, bm, ldb_in, cm, ldc_in, d, zp, ldz, dyp, dup, ddp, bf16_out, dzp, lddz, ckp, pbcp, ppp, l, dd, n32);
             self.act_out_written(grads.ddelta, &dd_at, rows * di)?;

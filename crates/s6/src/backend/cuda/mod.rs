@@ -103,6 +103,7 @@ const KERNELS: &[&str] = &[
     "s6_scan_n16_x16_v4c16t64",
     "s6_scan_n16_seg_x16_v4c16t64",
     // scan_backward.cu
+    "s6_scan_n16_ckpt8",
     "s6_scan_bwd_n4",
     "s6_scan_bwd_n8",
     "s6_scan_bwd_n16p",

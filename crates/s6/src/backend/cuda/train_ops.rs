@@ -132,7 +132,12 @@ impl Cuda {
     /// (`s6_col_sums_finish`): the second pass of [`Cuda::col_sums`] and of the RMSNorm backward.
     fn col_sums_finish(&self, part: u64, chunks: usize, n: usize, dst: u64, what: &str) -> Result<()> {
         let (ch, nn) = (u32_of("chunks", chunks)?, u32_of("n", n)?);
-        launch!(self, self.func("s6_col_sums_finish")?, grid_1d(n), what; part, ch, nn, dst);
+        let cfg = LaunchConfig {
+            grid_dim: (u32_of("columns", n.div_ceil(32))?, 1, 1),
+            block_dim: (32, 16, 1),
+            shared_mem_bytes: 0,
+        };
+        launch!(self, self.func("s6_col_sums_finish")?, cfg, what; part, ch, nn, dst);
         Ok(())
     }
 
@@ -311,6 +316,9 @@ impl Cuda {
         let w = self.ptr(weight, 0, dim, "rmsnorm_backward weight")?;
         let dy = self.ptr(dout, 0, rows * dim, "rmsnorm_backward dout")?;
         let dr = self.ptr_mut(dresidual, 0, rows * dim, "rmsnorm_backward dresidual")?;
+        // The sum rounded to bf16 beside it where the model allows a copy (the residual gradient:
+        // the next block's out_proj backward products read it as their bf16 dy).
+        let dr16 = self.act_bf16_target(dresidual)?;
         self.ptr_mut(dweight, 0, dim, "rmsnorm_backward dweight")?;
         if rows * dim == 0 {
             return Ok(());
@@ -333,7 +341,11 @@ impl Cuda {
         };
         let (r, d, cr, sh) =
             (u32_of("rows", rows)?, u32_of("dim", dim)?, u32_of("chunk rows", chunk_rows)?, use_shared as u32);
-        launch!(self, self.func("s6_rmsnorm_bwd")?, cfg, "rmsnorm_backward"; x, w, dy, dr, pp, r, d, cr, eps, sh);
+        let dr16p = dr16.unwrap_or(0);
+        launch!(self, self.func("s6_rmsnorm_bwd")?, cfg, "rmsnorm_backward"; x, w, dy, dr, dr16p, pp, r, d, cr, eps, sh);
+        if dr16.is_some() {
+            self.act_bf16_written(dresidual, rows * dim)?;
+        }
         let dwp = self.ptr_mut(dweight, 0, dim, "rmsnorm_backward dweight")?;
         self.col_sums_finish(pp, chunks, dim, dwp, "rmsnorm_backward dweight")
     }

@@ -173,7 +173,12 @@ struct S6Io<unsigned short> {
 // segment writes the final state. The linear recurrence makes this exact up to rounding: the
 // product of a segment's exp(Δ_t A) is exp(A ΣΔ_t). One segment (gridDim.z = 1, seg_len =
 // seqlen, null seg_h) is the plain scan.
-template <typename TI, typename TB, int CPB, int T, bool W16, bool LOCAL>
+// CK > 0 (with LOCAL, one segment: s6_scan_n16_ckpt8): instead of seg_h / seg_sum, the state at
+// the start of every CK-step chunk is written to ckpt[(b, channel, chunk)][16], the layout of the
+// d_state-16 scan backward's checkpoints (scan_backward.cu, chunks of CK steps), which then skips
+// its own forward pass (S6B_CKPT_GIVEN). The same operations on the same values as that pass: the
+// same states, bit for bit.
+template <typename TI, typename TB, int CPB, int T, bool W16, bool LOCAL, int CK = 0>
 __device__ __forceinline__ void s6_scan_n16_vec_body(const TI* __restrict__ u, const TI* __restrict__ delta,
                                                      const float* __restrict__ delta_bias,
                                                      const float* __restrict__ a, const TB* __restrict__ bm,
@@ -182,7 +187,9 @@ __device__ __forceinline__ void s6_scan_n16_vec_body(const TI* __restrict__ u, c
                                                      unsigned int ldz, float* __restrict__ state, TI* __restrict__ y,
                                                      unsigned short* __restrict__ y16, float* __restrict__ seg_h,
                                                      float* __restrict__ seg_sum, unsigned int seg_len,
-                                                     unsigned int seqlen_total, unsigned int dim) {
+                                                     unsigned int seqlen_total, unsigned int dim,
+                                                     float* __restrict__ ckpt = nullptr) {
+    static_assert(CK == 0 || LOCAL, "checkpoints from the output-free recurrence only");
     constexpr int N = 16, NPT = 4;
     constexpr int SPLIT = N / NPT;
     constexpr int NT = CPB * SPLIT;
@@ -234,6 +241,8 @@ __device__ __forceinline__ void s6_scan_n16_vec_body(const TI* __restrict__ u, c
     }
     // Where this channel's segment entries are: (channel, segment) rows of 16 states / one sum.
     const unsigned long long seg_row = ((unsigned long long)b * dim + d0 + ch) * (nseg - 1);
+    // CK: this channel's first checkpoint row (ceil(seqlen / CK) per channel).
+    const unsigned long long ck_row = ((unsigned long long)b * dim + d0 + ch) * ((seqlen_total + CK - 1) / (CK ? CK : 1));
     if (!LOCAL && active) {
         for (unsigned int j = 0; j < seg; j++) {
             const float sum = seg_sum[seg_row + j];
@@ -354,6 +363,11 @@ __device__ __forceinline__ void s6_scan_n16_vec_body(const TI* __restrict__ u, c
         if constexpr (LOCAL) {
 #pragma unroll 4
             for (int t = 0; t < tl; t++) {
+                if constexpr (CK > 0) {
+                    if ((t0 + t) % CK == 0 && active)
+                        *reinterpret_cast<float4*>(ckpt + (ck_row + (t0 + t) / CK) * N + part * NPT) =
+                            make_float4(h[0], h[1], h[2], h[3]);
+                }
                 float2 dx = dxn;
                 float4 bv = bvn;
                 if constexpr (AHEAD) {
@@ -425,7 +439,9 @@ __device__ __forceinline__ void s6_scan_n16_vec_body(const TI* __restrict__ u, c
             }
         }
     }
-    if (LOCAL) {
+    if (LOCAL && CK > 0) {
+        // (checkpoints written in the loop)
+    } else if (LOCAL) {
         if (active) {
             *reinterpret_cast<float4*>(seg_h + (seg_row + seg) * N + part * NPT) = make_float4(h[0], h[1], h[2], h[3]);
             if (part == 0) seg_sum[seg_row + seg] = dt_sum;
@@ -488,3 +504,21 @@ __device__ __forceinline__ void s6_scan_n16_vec_body(const TI* __restrict__ u, c
 // a step ahead (session 16: 8.44 against 7.87 ms at 524,288 channels).
 S6_SCAN_N16_SHAPE(v4c32, 32, 32, 4)
 S6_SCAN_N16_SHAPE(v4c16t64, 16, 64, 1)
+
+// The scan backward's checkpoints (f32 activations, one segment, zero initial state) for its
+// chunks of CK steps: 8, s6_scan_bwd_n16r8's (see S6B_CKPT_GIVEN there). Grid (ceil(dim / 32), batch),
+// 128 threads; the backward's ckpt [batch, dim, ceil(seqlen / CK), 16].
+#define S6_SCAN_N16_CKPT(NAME, CK)                                                                            \
+    extern "C" __global__ void __launch_bounds__(128, 4)                                                      \
+        NAME(const float* __restrict__ u, const float* __restrict__ delta, const float* __restrict__ delta_bias, \
+             const float* __restrict__ a, const float* __restrict__ bm, unsigned int ldb,                     \
+             float* __restrict__ ckpt, unsigned int seqlen, unsigned int dim) {                               \
+        S6_PDL_ENTRY();                                                                                       \
+        /* D and the state in: read by the body, unused without an output and from a zero state (valid \
+           memory of the sizes it reads: the Δ bias, the checkpoints) */                                     \
+        s6_scan_n16_vec_body<float, float, 32, 32, false, true, CK>(u, delta, delta_bias, a, bm, ldb, nullptr, 0,  \
+                                                                    delta_bias, nullptr, 0, ckpt, nullptr,     \
+                                                                    nullptr, nullptr, nullptr, seqlen, seqlen,  \
+                                                                    dim, ckpt);                                \
+    }
+S6_SCAN_N16_CKPT(s6_scan_n16_ckpt8, 8)

@@ -31,6 +31,12 @@ __device__ __forceinline__ float s6b_sigmoid(float x) { return 1.0f / (1.0f + ex
 // spill) took a second dΔ pointer badly (12 bytes).
 #define S6B_DDELTA_BF16 1u
 #define S6B_DZ_BF16 2u
+// Not an output: the checkpoints of every chunk, the last's included, were written by
+// s6_scan_n16_ckpt8 (scan.cu) before the launch, so s6_scan_bwd_n16r8 skips its first pass
+// (2.32 -> 2.17 ms at B = 16, D = 1536, L = 2048 and +2.8% training tokens/s at 130M, run 79).
+// Only n16r8: n16p, given them, took longer (0.909 -> 0.986 ms at B = 4, D = 2048), so it
+// compiles the path out and keeps its spill at 4 bytes.
+#define S6B_CKPT_GIVEN 4u
 __device__ __forceinline__ void s6b_put(float* __restrict__ out, unsigned int bf16, unsigned long long i, float v) {
     if (bf16)
         reinterpret_cast<unsigned short*>(out)[i] = s6_f32_to_bf16(v);
@@ -373,6 +379,7 @@ __device__ __forceinline__ void s6_scan_bwd_n16_body(S6_SCAN_BWD_PARAMS) {
     const unsigned int rd = d0 + rc;
     const float rdsk = rd < dim ? dskip[rd] : 0.0f;
     const float rbias = rd < dim ? delta_bias[rd] : 0.0f;
+    const bool ck_given = REGS && (bf16_out & S6B_CKPT_GIVEN) != 0;
 
     float h[2], dh[2], av[2], a2[2], da[2];
 #pragma unroll
@@ -405,7 +412,7 @@ __device__ __forceinline__ void s6_scan_bwd_n16_body(S6_SCAN_BWD_PARAMS) {
             rz[e] = okc && z != nullptr ? z[r * ldz + dd] : 0.0f;
             rcc[e] = oks ? cm[r * ldc + c] : 0.0f;
         }
-        if (k + 1 < nck) {
+        if (k + 1 < nck || ck_given) {
 #pragma unroll
             for (int i = 0; i < 2; i++) {
                 const int s = part * 2 + i;
@@ -422,7 +429,7 @@ __device__ __forceinline__ void s6_scan_bwd_n16_body(S6_SCAN_BWD_PARAMS) {
         float* f_dt = f_u + FT * CPB;
         float* f_b = f_dt + FT * CPB;
         float fu[EF], fd[EF], fb[EF];
-        const unsigned int nf = (nck - 1) * T;
+        const unsigned int nf = ck_given ? 0 : (nck - 1) * T;
         auto loadf = [&](unsigned int f0) {
 #pragma unroll
             for (int e = 0; e < EF; e++) {
@@ -504,7 +511,7 @@ __device__ __forceinline__ void s6_scan_bwd_n16_body(S6_SCAN_BWD_PARAMS) {
             }
         }
         float hh0 = h[0], hh1 = h[1];
-        if (k + 1 < (int)nck) {
+        if (k + 1 < (int)nck || ck_given) {
             hh0 = rck[0];
             hh1 = rck[1];
         }

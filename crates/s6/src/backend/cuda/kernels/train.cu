@@ -79,15 +79,29 @@ extern "C" __global__ void s6_col_sums_part(const float* __restrict__ src, unsig
     }
 }
 
-// dst[j] += sum over chunks c (in order) of part[c, j].
-extern "C" __global__ void s6_col_sums_finish(const double* __restrict__ part, unsigned int chunks, unsigned int n,
-                                              float* __restrict__ dst) {
+// dst[j] += sum over chunks c of part[c, j], in a fixed order (deterministic): thread row y of a
+// (32, 16) block sums chunks y, y + 16, ... (independent loads, in flight together), then row 0
+// adds the 16 partial sums in order. Grid ceil(n / 32). (One thread per column summing every
+// chunk in turn took 35 µs for a norm weight's 768 columns at 130M: 3 blocks, a chain of
+// dependent loads; run 76.)
+extern "C" __global__ void __launch_bounds__(512) s6_col_sums_finish(const double* __restrict__ part, unsigned int chunks,
+                                                                     unsigned int n, float* __restrict__ dst) {
     S6_PDL_ENTRY();
-    const unsigned int j = blockIdx.x * blockDim.x + threadIdx.x;
-    if (j >= n) return;
+    __shared__ double acc[16][33];
+    const unsigned int j = blockIdx.x * 32 + threadIdx.x;
     double t = 0.0;
-    for (unsigned int c = 0; c < chunks; c++) t += part[(unsigned long long)c * n + j];
-    dst[j] += (float)t;
+    if (j < n) {
+#pragma unroll 4
+        for (unsigned int c = threadIdx.y; c < chunks; c += 16) t += part[(unsigned long long)c * n + j];
+    }
+    acc[threadIdx.y][threadIdx.x] = t;
+    __syncthreads();
+    if (threadIdx.y == 0 && j < n) {
+        double s = 0.0;
+#pragma unroll
+        for (int y = 0; y < 16; y++) s += acc[y][threadIdx.x];
+        dst[j] += (float)s;
+    }
 }
 
 // RMSNorm backward: r = rsqrt(mean(x²) + eps), dres += r·(g·w) − x·r³·mean((g·w)·x) and
@@ -99,14 +113,16 @@ extern "C" __global__ void s6_col_sums_finish(const double* __restrict__ part, u
 // second walk re-reads the batch's x and dy just read by the first, from L1/L2, not DRAM.
 // acc: dim doubles of dynamic shared memory when use_shared, else the block's own part row
 // (dims too large for shared memory); each column is touched only by the thread that owns it.
+// dres16, when not null, gets the new dres rounded to bf16 (a copy at the same indices, for the
+// next block's out_proj backward products: cuda/bf16.rs activation copies).
 #define S6_NORM_WARPS 8
 
 __device__ __forceinline__ bool s6_aligned16(const void* p) { return ((unsigned long long)p & 15) == 0; }
 
 extern "C" __global__ void __launch_bounds__(32 * S6_NORM_WARPS)
     s6_rmsnorm_bwd(const float* __restrict__ x_all, const float* __restrict__ w, const float* __restrict__ dy_all,
-                   float* __restrict__ dres_all, double* __restrict__ part, unsigned int rows, unsigned int dim,
-                   unsigned int chunk_rows, float eps, unsigned int use_shared) {
+                   float* __restrict__ dres_all, unsigned short* __restrict__ dres16, double* __restrict__ part,
+                   unsigned int rows, unsigned int dim, unsigned int chunk_rows, float eps, unsigned int use_shared) {
     S6_PDL_ENTRY();
     S6_DYNAMIC_SHARED(double, acc_shared);
     __shared__ float row_r[S6_NORM_WARPS], row_coef[S6_NORM_WARPS];
@@ -179,6 +195,9 @@ extern "C" __global__ void __launch_bounds__(32 * S6_NORM_WARPS)
                     dv.z += rf * (gv.z * wv.z) - xv.z * coef;
                     dv.w += rf * (gv.w * wv.w) - xv.w * coef;
                     ((float4*)dres_all)[at] = dv;
+                    if (dres16 != nullptr)
+                        reinterpret_cast<uint2*>(dres16)[at] =
+                            make_uint2(s6_bf16_pack2(dv.x, dv.y), s6_bf16_pack2(dv.z, dv.w));
                     a0 += (double)(gv.x * xv.x * rf);
                     a1 += (double)(gv.y * xv.y * rf);
                     a2 += (double)(gv.z * xv.z * rf);
@@ -195,7 +214,9 @@ extern "C" __global__ void __launch_bounds__(32 * S6_NORM_WARPS)
                     const unsigned long long at = base0 + (unsigned long long)k * dim + q;
                     const float rf = row_r[k], coef = row_coef[k];
                     const float xi = x_all[at], g = dy_all[at];
-                    dres_all[at] += rf * (g * wi) - xi * coef;
+                    const float dv = dres_all[at] + (rf * (g * wi) - xi * coef);
+                    dres_all[at] = dv;
+                    if (dres16 != nullptr) dres16[at] = s6_f32_to_bf16(dv);
                     a += (double)(g * xi * rf);
                 }
                 acc[q] += a;
