@@ -569,15 +569,6 @@ fn gemv_nc24() -> usize {
     *NC.get_or_init(|| gemv_columns_from_env("S6_GEMV_NC24", 2))
 }
 
-/// WIP (measurement): the fewest blocks the GEMV's grid is split to reach (`S6_GEMV_MIN_BLOCKS`,
-/// default 264: about two per SM of an H100).
-fn gemv_min_blocks() -> usize {
-    static MIN: OnceLock<usize> = OnceLock::new();
-    *MIN.get_or_init(|| {
-        std::env::var("S6_GEMV_MIN_BLOCKS").ok().and_then(|v| v.trim().parse().ok()).filter(|&v| v > 0).unwrap_or(264)
-    })
-}
-
 /// The environment variable `name` if it holds 1, 2 or 4, else `default`.
 fn gemv_columns_from_env(name: &str, default: usize) -> usize {
     let n = std::env::var(name).ok().and_then(|v| v.trim().parse::<usize>().ok());
@@ -1354,8 +1345,7 @@ impl Cuda {
             _ => 2,
         };
         let mut split = 1;
-        let min_blocks = gemv_min_blocks();
-        while split < GEMV_WARPS && n.div_ceil(nc * GEMV_WARPS / split) < min_blocks {
+        while split < GEMV_WARPS && n.div_ceil(nc * GEMV_WARPS / split) < 264 {
             split *= 2;
         }
         let blocks = n.div_ceil(nc * GEMV_WARPS / split);
