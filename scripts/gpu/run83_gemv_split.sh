@@ -1,5 +1,5 @@
 #!/bin/bash
-# GPU run 83 (session 21): batch-1 decoding against the GEMV's grid target (S6_GEMV_MIN_BLOCKS:
+# GPU run 83 (session 21; the switch was removed after it): batch-1 decoding against the GEMV's grid target (S6_GEMV_MIN_BLOCKS:
 # the warps per column group double until the grid has this many blocks; 264 before). 1.4B
 # in_proj at 264 runs 512 blocks, one warp per 2 columns, 8 dependent 16-byte loads per lane
 # (run 73: 19.3 µs, 1.83 TB/s); more blocks split k across more warps: fewer round trips each.
