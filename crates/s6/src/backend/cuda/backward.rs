@@ -96,7 +96,8 @@ impl Cuda {
         let dup = self.ptr_mut(grads.du, 0, rows * di, "scan backward du")?;
         // dΔ in bf16 alone where the model allows it (dt_proj's backward products read it so).
         let dd_at = self.act_out_alone(grads.ddelta, rows * di, "scan backward ddelta")?;
-        // The kernel's `bf16_out` bits (scan_backward.cu): 1 dΔ, 2 dz in bf16.
+        // The kernel's `bf16_out` bits (scan_backward.cu): 1 dΔ, 2 dz in bf16, 4 the checkpoints
+        // given (S6B_CKPT_GIVEN).
         let (ddp, mut bf16_out) = dd_at.b16.map_or((dd_at.f32, 0u32), |p| (p, 1));
         // dz is a part of dxz (in_proj's output gradient), read only by in_proj's backward
         // products: in bf16 alone where the model allows dxz so, the conv backward writing the
