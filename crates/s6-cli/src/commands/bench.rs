@@ -279,10 +279,11 @@ fn bench_on<B: Backend>(be: B, a: &Args) -> Result<()> {
                         .map(|p| format!(", peak device memory {:.2} GB", p as f64 / 1e9))
                         .unwrap_or_default();
                     println!(
-                        "train batch {b:>3} × {l:>5}: {tps:>8.1} tok/s   GEMM limit {limit:>8.1} tok/s (MFU vs measured f32 GEMM {:.0}%; {:.1} MFLOP/token, {:.1} GFLOP/s{peak})",
+                        "train batch {b:>3} × {l:>5}: {tps:>8.1} tok/s   GEMM limit {limit:>8.1} tok/s (MFU vs measured f32 GEMM {:.0}%; {:.1} MFLOP/token, {:.1} GFLOP/s{peak}; recompute {})",
                         100.0 * tps / limit,
                         flop / 1e6,
-                        tps * flop / 1e9
+                        tps * flop / 1e9,
+                        format!("{:?}", a.recompute).to_lowercase()
                     );
                 }
             }
