@@ -849,24 +849,25 @@ impl<B: Backend> Mamba<B> {
                 let fresh = if last { be.zeros(0)? } else { be.uninit(len)? };
                 Ok(std::mem::replace(buf, fresh))
             };
+            // A buffer read only by bf16 products until the backward: its fresh replacement may be
+            // held in bf16 alone as it was, and the kept one gives up its f32 storage.
+            let take_bf16 = |buf: &mut B::Buf, len: usize| -> Result<B::Buf> {
+                let mut kept = take(buf, len)?;
+                be.allow_bf16_storage(buf);
+                be.release_f32(&mut kept)?;
+                Ok(kept)
+            };
             let xz = take(&mut work.xz, rows * iw)?;
             // xdbl is written whole by x_proj only where the layer has one; else it stays zero.
             let xdbl = if l.x_proj.is_none() { be.clone_buf(&work.xdbl)? } else { take(&mut work.xdbl, rows * xw)? };
             let y = match self.recompute {
-                Recompute::Light | Recompute::None => {
-                    let mut y = take(&mut work.y, rows * di)?;
-                    be.allow_bf16_storage(&mut work.y);
-                    be.release_f32(&mut y)?;
-                    Some(y)
-                }
+                Recompute::Light | Recompute::None => Some(take_bf16(&mut work.y, rows * di)?),
                 Recompute::Full => None,
             };
             let inner = if self.recompute == Recompute::None {
-                // The fresh buffers get the same storage as the ones they replace (the norm's
-                // output in bf16 alone, u with its bf16 copy); Δ stays zero without a dt_proj.
-                let mut normed = take(&mut work.normed, rows * d)?;
-                be.allow_bf16_storage(&mut work.normed);
-                be.release_f32(&mut normed)?;
+                // u's fresh buffer gets a bf16 copy as the one it replaces; Δ stays zero without
+                // a dt_proj.
+                let normed = take_bf16(&mut work.normed, rows * d)?;
                 let u = take(&mut work.u, rows * di)?;
                 be.allow_bf16_copy(&mut work.u);
                 let delta =
