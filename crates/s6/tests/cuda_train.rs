@@ -1116,8 +1116,8 @@ fn peak_memory_is_reported() {
     }
 }
 
-/// `S6_BF16_STORAGE_TRAIN=1`: the norm's output (and, with `Recompute::Full`, the scan's)
-/// and the head's gradient held in bf16 alone, read by the bf16 products as the casts they
+/// `S6_BF16_STORAGE_TRAIN=1`: the norm's and the scan's outputs, dΔ, dxz and the head's
+/// gradient held in bf16 alone, read by the bf16 products as the casts they
 /// replace would have given them: no bit of the loss or of any gradient changes. Nor does what
 /// the backward recomputes: `Recompute::None` (which keeps the norm's output, u and Δ) gives
 /// `Light`'s bits.

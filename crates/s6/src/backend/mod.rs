@@ -856,7 +856,8 @@ pub trait Backend: Send + Sync + Clone {
     }
 
     /// A hint on a buffer just written and from now on read only by bf16 products until written
-    /// again (training's kept scan output under [`Recompute::Light`](crate::model::Recompute)):
+    /// again (what training keeps of the scan output and, under
+    /// [`Recompute::None`](crate::model::Recompute), of the norm's output):
     /// where the backend holds its values in bf16 alone ([`Backend::allow_bf16_storage`]) it may
     /// free their f32 storage, allocating it again at the next write. An f32 read before that is
     /// an error. The CUDA backend does so; the default ignores the hint.

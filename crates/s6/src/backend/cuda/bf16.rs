@@ -88,9 +88,10 @@ pub fn set_bf16_storage(on: bool) {
 static BF16_STORAGE: super::Switch = super::Switch::new("S6_BF16_STORAGE", true);
 
 /// The same for a training step (activations kept for the backward): the buffers the model
-/// allows bf16 storage there (the norm's output, the scan backward's dΔ, the head's gradient;
-/// with `Recompute::Full` the scan's output) in bf16 alone, and a bf16 copy beside those it
-/// allows one ([`Backend::allow_bf16_copy`](crate::backend::Backend::allow_bf16_copy): u):
+/// allows bf16 storage there (the norm's and the scan's outputs, the scan backward's dΔ,
+/// in_proj's output gradient, the head's gradient) in bf16 alone, and a bf16 copy beside those it
+/// allows one ([`Backend::allow_bf16_copy`](crate::backend::Backend::allow_bf16_copy): u, the
+/// residual gradient).
 /// On by default (`S6_BF16_STORAGE_TRAIN=0` turns it off): 130M training at batch 16 × 2048
 /// 179,357 → 198,544 tok/s on an H100 (run 70), with no bit of the loss or of any gradient
 /// changed (`bf16_storage_changes_no_bit_of_training`).

@@ -439,9 +439,8 @@ __device__ __forceinline__ void s6_scan_n16_vec_body(const TI* __restrict__ u, c
             }
         }
     }
-    if (LOCAL && CK > 0) {
-        // (checkpoints written in the loop)
-    } else if (LOCAL) {
+    // (With CK the checkpoints were written in the loop.)
+    if (LOCAL && CK == 0) {
         if (active) {
             *reinterpret_cast<float4*>(seg_h + (seg_row + seg) * N + part * NPT) = make_float4(h[0], h[1], h[2], h[3]);
             if (part == 0) seg_sum[seg_row + seg] = dt_sum;
