@@ -9,9 +9,8 @@ date -u; nvidia-smi --query-gpu=name --format=csv,noheader
 export S6_KERNEL_CACHE=/tmp/s6-kernels
 t train - test-cuda_train
 t backward - test-cuda_backward
-tr() { local bin=$1; shift; timeout 100 dev-out/$bin bench train --device cuda --dtype bf16 --seqlen 2048 --repeats 2 "$@" 2>&1 | grep -E "^train|rror"; }
 for r in 1 2; do
-  for bin in s6-prev s6; do echo "$bin 130M"; tr $bin --preset mamba-130m --batch 16; done
+  for bin in s6-prev s6; do echo "$bin 130M"; train_bench $bin --preset mamba-130m --batch 16; done
 done
-for bin in s6-prev s6; do echo "$bin 1.4B"; tr $bin --preset mamba-1.4b --batch 8; done
+for bin in s6-prev s6; do echo "$bin 1.4B"; train_bench $bin --preset mamba-1.4b --batch 8; done
 date -u

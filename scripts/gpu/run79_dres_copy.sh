@@ -15,20 +15,18 @@ export S6_KERNEL_CACHE=/tmp/s6-kernels
 t train - test-cuda_train
 t backward - test-cuda_backward
 t backward_nockpt S6_SCAN_BWD_CKPT=0 test-cuda_backward
-sb() { timeout 60 dev-out/s6 bench scan --device cuda --backward --repeats 3 --scan-seqlen 2048 "$@" 2>&1 | grep -E "^scan backward|rror"; }
 for k in n16r8 n16p; do
   for env in S6_SCAN_BWD_CKPT=0 S6_SCAN_BWD_CKPT=1 S6_SCAN_BWD_SKIP_FWD=1; do  # SKIP_FWD: removed since
     echo "$k, $env"
-    (export S6_SCAN_BWD=$k $env; sb --scan-batch 16 --scan-d-inner 1536; sb)
+    (export S6_SCAN_BWD=$k $env; scan_bwd_bench --scan-batch 16 --scan-d-inner 1536; scan_bwd_bench)
   done
 done
 date -u
-tr() { local bin=$1; shift; timeout 100 dev-out/$bin bench train --device cuda --dtype bf16 --seqlen 2048 --repeats 2 "$@" 2>&1 | grep -E "^train|rror"; }
 for r in 1 2; do
-  echo "s6-prev 130M"; tr s6-prev --preset mamba-130m --batch 16
-  echo "s6 130M, S6_SCAN_BWD_CKPT=0"; S6_SCAN_BWD_CKPT=0 tr s6 --preset mamba-130m --batch 16
-  echo "s6 130M"; tr s6 --preset mamba-130m --batch 16
+  echo "s6-prev 130M"; train_bench s6-prev --preset mamba-130m --batch 16
+  echo "s6 130M, S6_SCAN_BWD_CKPT=0"; S6_SCAN_BWD_CKPT=0 train_bench s6 --preset mamba-130m --batch 16
+  echo "s6 130M"; train_bench s6 --preset mamba-130m --batch 16
 done
-echo "s6-prev 1.4B"; tr s6-prev --preset mamba-1.4b --batch 8
-echo "s6 1.4B"; tr s6 --preset mamba-1.4b --batch 8
+echo "s6-prev 1.4B"; train_bench s6-prev --preset mamba-1.4b --batch 8
+echo "s6 1.4B"; train_bench s6 --preset mamba-1.4b --batch 8
 date -u

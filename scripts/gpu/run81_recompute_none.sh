@@ -8,12 +8,11 @@ date -u; nvidia-smi --query-gpu=name --format=csv,noheader
 export S6_KERNEL_CACHE=/tmp/s6-kernels
 t train - test-cuda_train
 t backward - test-cuda_backward
-tr() { local bin=$1; shift; timeout 100 dev-out/$bin bench train --device cuda --dtype bf16 --seqlen 2048 --repeats 2 "$@" 2>&1 | grep -E "^train|rror"; }
 for r in 1 2; do
-  echo "s6-prev 130M"; tr s6-prev --preset mamba-130m --batch 16
-  echo "s6 130M light"; tr s6 --preset mamba-130m --batch 16
-  echo "s6 130M none"; tr s6 --preset mamba-130m --batch 16 --recompute none
+  echo "s6-prev 130M"; train_bench s6-prev --preset mamba-130m --batch 16
+  echo "s6 130M light"; train_bench s6 --preset mamba-130m --batch 16
+  echo "s6 130M none"; train_bench s6 --preset mamba-130m --batch 16 --recompute none
 done
-echo "s6-prev 1.4B"; tr s6-prev --preset mamba-1.4b --batch 8
-echo "s6 1.4B"; tr s6 --preset mamba-1.4b --batch 8
+echo "s6-prev 1.4B"; train_bench s6-prev --preset mamba-1.4b --batch 8
+echo "s6 1.4B"; train_bench s6 --preset mamba-1.4b --batch 8
 date -u
