@@ -1377,6 +1377,7 @@ impl Cuda {
 }
 
 mod backward;
+pub use backward::set_scan_bwd_scratch_budget;
 mod bf16;
 pub use bf16::{
     act_bf16_enabled, bf16_storage_enabled, bf16_storage_train_enabled, reset_act_bf16, set_act_bf16, set_bf16_storage,
