@@ -14,13 +14,11 @@ t slices - test-cuda_backward slices
 t slices_r8 S6_SCAN_BWD=n16r8 test-cuda_backward slices
 t train_slices - test-cuda_train slices
 t backward - test-cuda_backward
-tr() { local bin=$1; shift; timeout 120 dev-out/$bin bench train --device cuda --dtype bf16 --batch 16 --seqlen 2048 --repeats 2 "$@" 2>&1 | grep -E "^train|rror"; }
 for n in 16 32 64; do
   for bin in s6-prev s6; do
-    echo "== N=$n, $bin"; tr $bin --config scripts/gpu/configs/mamba-130m-n$n.json
+    echo "== N=$n, $bin"; train_bench $bin --batch 16 --config scripts/gpu/configs/mamba-130m-n$n.json
   done
-  timeout 60 dev-out/s6 bench scan --device cuda --backward --repeats 3 --scan-batch 16 --scan-d-inner 1536 \
-    --scan-d-state $n --scan-seqlen 2048 2>&1 | grep -E "^scan|rror"
+  scan_bwd_bench --scan-batch 16 --scan-d-inner 1536 --scan-d-state $n
 done
-echo "== N=64, s6, --recompute full"; tr s6 --config scripts/gpu/configs/mamba-130m-n64.json --recompute full
+echo "== N=64, s6, --recompute full"; train_bench s6 --batch 16 --config scripts/gpu/configs/mamba-130m-n64.json --recompute full
 date -u
