@@ -182,6 +182,34 @@ fn bf16_graph_greedy_equals_eager() {
     }
 }
 
+/// `S6_DT_F32=1` (`set_dt_f32`): under bf16 products, the large-batch step's dt_proj product
+/// (32 sequences of mamba-130m's blocks: one product for the batch) runs in fp32 on x_proj's f32
+/// output. Decoding steps' logits stay within the bf16 tolerances of the CPU's fp32 ones, and
+/// greedy decoding replayed from the graph equals eager decoding with it.
+#[test]
+fn dt_proj_in_fp32_at_large_batch() {
+    let Some(g) = gpu() else { return };
+    g.set_compute(s6::backend::Compute::Bf16).unwrap();
+    s6::backend::cuda::mixer_step::set_dt_f32(true);
+    let (cpu, gpu) = two_layer_models(&g, 512, 13);
+    let batch = 32;
+    let (mut cs, mut gs) = (cpu.new_state(batch).unwrap(), gpu.new_state(batch).unwrap());
+    for step in 0..4 {
+        let ids: Vec<u32> = (0..batch).map(|b| ((b * 37 + step * 11) % 512) as u32).collect();
+        let want = Cpu.to_vec(&cpu.step(&ids, &mut cs).unwrap()).unwrap();
+        let got = g.to_vec(&gpu.step(&ids, &mut gs).unwrap()).unwrap();
+        let scale = want.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+        let err = got.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0.0, f32::max);
+        assert!(err <= 5e-2 * scale, "step {step}: logits differ from the CPU by {err:e} (max |logit| {scale:e})");
+    }
+    let prompts: Vec<Vec<u32>> = (0..batch).map(|b| vec![(b * 7 % 512) as u32, 3, (b % 512) as u32]).collect();
+    let eager = decode_gpu(&gpu, &prompts, 12, greedy(), DecodeMode::Eager);
+    let graph = decode_gpu(&gpu, &prompts, 12, greedy(), DecodeMode::Graph);
+    s6::backend::cuda::mixer_step::set_dt_f32(false);
+    g.set_compute(s6::backend::Compute::F32).unwrap();
+    assert_eq!(graph, eager, "graph decoding differs from eager decoding with dt_proj in fp32");
+}
+
 /// bf16 activation copies (`S6_ACT_BF16=1`, `set_act_bf16`): the norm, the scan and the
 /// large-batch scan step also write their outputs rounded to bf16, and the next product reads
 /// that instead of casting them; the same rounding, so the same bits. Prefill logits (products of

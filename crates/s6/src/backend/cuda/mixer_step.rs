@@ -70,11 +70,23 @@ pub fn set_block_step(on: bool) {
 /// product took the step from 15,307 to 21,742 tok/s on an H100), while for a small matrix the
 /// extra kernel costs more than it saves (130M, batch 16: 4.7 MB, 4% slower).
 const DT_PRODUCT_MIN_BATCH: usize = 16;
+/// Whether that product runs in fp32 whatever `Compute` is (`S6_DT_F32=1`; off until measured):
+/// under bf16 products its input, x_proj's f32 output, is otherwise cast to bf16 each layer (run
+/// 75: 3.1 µs of ~87 per layer at 1.4B, batch 128, beside 5.0 for the bf16 product), while the
+/// fp32 product reads 1 MB more of weights there. The small-batch kernel reads dt_proj in fp32
+/// already.
+static DT_F32: Switch = Switch::new("S6_DT_F32", false);
 const DT_PRODUCT_MIN_BYTES: usize = 8 << 20;
 /// Dynamic shared memory the kernels may use without opting in (bytes).
 const MAX_SHARED: usize = 48 << 10;
 /// The longest conv kernel handled (Mamba uses 4).
 pub const MAX_D_CONV: usize = 16;
+
+/// Turns the large-batch dt_proj product in fp32 (`S6_DT_F32`, see `DT_F32`) on or off for this
+/// process (for tests and benchmarks).
+pub fn set_dt_f32(on: bool) {
+    DT_F32.set(on);
+}
 
 /// Whether the fused step is on: not turned off by `S6_FUSED_STEP=0`.
 pub fn fused_step_enabled() -> bool {
@@ -131,8 +143,15 @@ impl Cuda {
         self.linear(View::full(&*o.u, di), batch, di, m.x_proj, width, None, &mut *o.xdbl)?;
         let dt_given = batch >= DT_PRODUCT_MIN_BATCH && batch * di * r * 4 >= DT_PRODUCT_MIN_BYTES;
         if dt_given {
-            // dt without its bias into `delta`, as the op-by-op path writes it.
-            self.linear(View::cols(&*o.xdbl, 0, width), batch, r, m.dt_proj, di, None, &mut *o.delta)?;
+            // dt without its bias into `delta`, as the op-by-op path writes it; with DT_F32 in
+            // fp32 from x_proj's f32 output (no cast of it to bf16), as the fused step's kernel
+            // reads dt_proj for fewer sequences.
+            let dt_in = View::cols(&*o.xdbl, 0, width);
+            if DT_F32.on() {
+                self.linear_sgemm(dt_in, batch, r, m.dt_proj, di, None, &mut *o.delta)?;
+            } else {
+                self.linear(dt_in, batch, r, m.dt_proj, di, None, &mut *o.delta)?;
+            }
         }
         let xdbl = self.ptr(o.xdbl, 0, batch * width, "mixer step xdbl")?;
         let delta = self.ptr_mut(o.delta, 0, batch * di, "mixer step delta")?;
