@@ -1,0 +1,38 @@
+#!/bin/bash
+# GPU run 87 (session 22): runs 85 and 86 in one call, shortened (device starts were scarce).
+# Branch wip/norm-regs = wip/scan-bwd-slices + wip/dt-f32-large-batch + the block-per-row norm
+# held in registers. Tests: the slices' (backward against the CPU; training against one launch),
+# S6_DT_F32's, then every CUDA test binary (the norm kernel serves every path). Then training
+# memory and speed against d_state (s6-prev = main beside the branch at N = 64, where the branch
+# splits the scan backward), and decoding at 1.4B batch 16/64/128 and 130M batch 128: s6-prev,
+# the branch with S6_DT_F32=0 (the norm change alone) and =1.
+. "$(dirname "$0")/cuda_tests.sh"
+date -u; nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
+export S6_KERNEL_CACHE=/tmp/s6-kernels
+t slices - test-cuda_backward slices
+t train_slices - test-cuda_train slices
+t dt_f32 - test-cuda_decode dt_proj_in_fp32
+run_cuda_tests
+date -u
+for n in 16 64; do
+  for bin in s6-prev s6; do
+    [ $n = 16 ] && [ $bin = s6-prev ] && continue
+    echo "== N=$n, $bin"; train_bench $bin --batch 16 --config scripts/gpu/configs/mamba-130m-n$n.json
+  done
+  scan_bwd_bench --scan-batch 16 --scan-d-inner 1536 --scan-d-state $n
+done
+date -u
+dec() { timeout 80 dev-out/${BIN:-s6} bench decode --device cuda --dtype bf16 "$@" 2>&1 | grep -E "device, graph\)|rror"; }
+for r in 1 2; do
+  echo "== s6-prev (main)"
+  BIN=s6-prev dec --preset mamba-1.4b --batch 16,128 --tokens 32 --repeats 2
+  for v in 0 1; do
+    echo "== S6_DT_F32=$v"
+    S6_DT_F32=$v dec --preset mamba-1.4b --batch 16,128 --tokens 32 --repeats 2
+  done
+done
+echo "== 130M batch 128"
+BIN=s6-prev dec --preset mamba-130m --batch 128 --tokens 32 --repeats 2
+S6_DT_F32=0 dec --preset mamba-130m --batch 128 --tokens 32 --repeats 2
+S6_DT_F32=1 dec --preset mamba-130m --batch 128 --tokens 32 --repeats 2
+date -u
