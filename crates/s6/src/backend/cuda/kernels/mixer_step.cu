@@ -320,6 +320,7 @@ __device__ __forceinline__ void s6_mixer_step_scan_n16_impl(
 // ceil(batch / seqs)), block S6_MSW_THREADS, dynamic shared memory seqs · S6_MSW_ROW(q4) floats.
 #define S6_MSW_RPRE 40
 #define S6_MSW_ROW(q4) (4 * ((q4) + 4) + 32)
+static_assert(S6_MSW_ROW(S6_MSW_RPRE) <= S6_MSW_THREADS, "a thread stages one element of each row");
 template <bool W16>
 __device__ __forceinline__ void s6_mixer_step_scan_n16_dt_impl(
     const float* __restrict__ xz, unsigned int ldxz, const float* __restrict__ u, const float* __restrict__ xdbl,
@@ -357,19 +358,15 @@ __device__ __forceinline__ void s6_mixer_step_scan_n16_dt_impl(
     unsigned long long bc = (unsigned long long)b0 * di + c;
     S6MswIn cur, next;
     s6_msw_load<false>(cur, active, xz, ldxz, u, xdbl, width, r, sw, k, ssm_state, bc, b0, c, part, di);
-    // The block's xdbl rows into shared memory (zeros in the δ segments past dt_rank).
-    for (unsigned int idx = threadIdx.x; idx < nb * row_len; idx += blockDim.x) {
-        const unsigned int sb = idx / row_len, e = idx % row_len;
-        const unsigned int seg = e / (q4 + 4), off = e % (q4 + 4);
-        float v = 0.0f;
-        const float* row = xdbl + (unsigned long long)(b0 + sb) * width;
-        if (seg < 4) {
-            const unsigned int j = seg * q4 + off;
-            if (off < q4 && j < r) v = row[j];
-        } else {
-            v = row[r + (e - 4 * (q4 + 4))];
-        }
-        s_rows[idx] = v;
+    // The block's xdbl rows into shared memory (zeros in the δ segments past dt_rank): thread e
+    // stages element e of every row (a row is at most 4 · 44 + 32 = 208 ≤ S6_MSW_THREADS floats),
+    // its source column worked out once.
+    if (threadIdx.x < row_len) {
+        const unsigned int e = threadIdx.x, seg = e / (q4 + 4), off = e % (q4 + 4);
+        const unsigned int j = seg < 4 ? seg * q4 + off : r + (e - 4 * (q4 + 4));
+        const bool zero = seg < 4 && (off >= q4 || j >= r);
+        const float* src = xdbl + (unsigned long long)b0 * width + j;
+        for (unsigned int sb = 0; sb < nb; sb++) s_rows[sb * row_len + e] = zero ? 0.0f : src[(unsigned long long)sb * width];
     }
     __syncthreads();
     for (unsigned int sb = 0; sb < nb; sb++) {
