@@ -182,6 +182,23 @@ fn bf16_graph_greedy_equals_eager() {
     }
 }
 
+/// Four decoding steps of `batch` sequences from fresh states: the GPU's logits within `tol` of the
+/// largest CPU logit at each step.
+fn steps_match_cpu(g: &Cuda, cpu: &Mamba<Cpu>, gpu: &Mamba<Cuda>, batch: usize, tol: f32, what: &str) {
+    let (mut cs, mut gs) = (cpu.new_state(batch).unwrap(), gpu.new_state(batch).unwrap());
+    for step in 0..4 {
+        let ids: Vec<u32> = (0..batch).map(|b| ((b * 37 + step * 11) % 512) as u32).collect();
+        let want = Cpu.to_vec(&cpu.step(&ids, &mut cs).unwrap()).unwrap();
+        let got = g.to_vec(&gpu.step(&ids, &mut gs).unwrap()).unwrap();
+        let scale = want.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+        let err = got.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0.0, f32::max);
+        assert!(
+            err <= tol * scale,
+            "{what}, batch {batch}, step {step}: logits differ from the CPU by {err:e} (max |logit| {scale:e})"
+        );
+    }
+}
+
 /// `S6_DT_F32=1` (`set_dt_f32`): under bf16 products, the large-batch step's dt_proj product
 /// (32 sequences of mamba-130m's blocks: one product for the batch) runs in fp32 on x_proj's f32
 /// output. Decoding steps' logits stay within the bf16 tolerances of the CPU's fp32 ones, and
@@ -193,15 +210,7 @@ fn dt_proj_in_fp32_at_large_batch() {
     s6::backend::cuda::mixer_step::set_dt_f32(true);
     let (cpu, gpu) = two_layer_models(&g, 512, 13);
     let batch = 32;
-    let (mut cs, mut gs) = (cpu.new_state(batch).unwrap(), gpu.new_state(batch).unwrap());
-    for step in 0..4 {
-        let ids: Vec<u32> = (0..batch).map(|b| ((b * 37 + step * 11) % 512) as u32).collect();
-        let want = Cpu.to_vec(&cpu.step(&ids, &mut cs).unwrap()).unwrap();
-        let got = g.to_vec(&gpu.step(&ids, &mut gs).unwrap()).unwrap();
-        let scale = want.iter().fold(0.0f32, |m, v| m.max(v.abs()));
-        let err = got.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0.0, f32::max);
-        assert!(err <= 5e-2 * scale, "step {step}: logits differ from the CPU by {err:e} (max |logit| {scale:e})");
-    }
+    steps_match_cpu(&g, &cpu, &gpu, batch, 5e-2, "dt_proj in fp32");
     let prompts: Vec<Vec<u32>> = (0..batch).map(|b| vec![(b * 7 % 512) as u32, 3, (b % 512) as u32]).collect();
     let eager = decode_gpu(&gpu, &prompts, 12, greedy(), DecodeMode::Eager);
     let graph = decode_gpu(&gpu, &prompts, 12, greedy(), DecodeMode::Graph);
@@ -225,18 +234,8 @@ fn dt_proj_inside_the_scan_step_at_large_batch() {
         g.set_compute(compute).unwrap();
         for (batch, seqs) in [(32, 0), (37, 0), (37, 1), (37, 5)] {
             s6::backend::cuda::mixer_step::set_dt_fused_seqs(seqs);
-            let (mut cs, mut gs) = (cpu.new_state(batch).unwrap(), gpu.new_state(batch).unwrap());
-            for step in 0..4 {
-                let ids: Vec<u32> = (0..batch).map(|b| ((b * 37 + step * 11) % 512) as u32).collect();
-                let want = Cpu.to_vec(&cpu.step(&ids, &mut cs).unwrap()).unwrap();
-                let got = g.to_vec(&gpu.step(&ids, &mut gs).unwrap()).unwrap();
-                let scale = want.iter().fold(0.0f32, |m, v| m.max(v.abs()));
-                let err = got.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0.0, f32::max);
-                assert!(
-                    err <= tol * scale,
-                    "{compute:?}, batch {batch}, {seqs} sequences per block (0: by size), step {step}: logits differ from the CPU by {err:e} (max |logit| {scale:e})"
-                );
-            }
+            let what = format!("{compute:?}, {seqs} sequences per block (0: by size)");
+            steps_match_cpu(&g, &cpu, &gpu, batch, tol, &what);
         }
     }
     s6::backend::cuda::mixer_step::set_dt_fused_seqs(0);
