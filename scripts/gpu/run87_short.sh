@@ -1,6 +1,6 @@
 #!/bin/bash
 # GPU run 87, shortened for little device time: the branch's new tests, the decoding and model
-# test binaries (the norm kernel serves every path), training memory at N = 64 (main beside the
+# test binary and the norm's tests, training memory at N = 64 (main beside the
 # branch), decoding at 1.4B batch 128: main, the branch, S6_DT_F32=1, S6_DT_FUSED=1.
 . "$(dirname "$0")/cuda_tests.sh"
 date -u; nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
@@ -8,7 +8,7 @@ export S6_KERNEL_CACHE=/tmp/s6-kernels
 t slices - test-cuda_backward slices
 t train_slices - test-cuda_train slices
 t decode - test-cuda_decode
-t cuda - test-cuda
+t cuda_norm - test-cuda rmsnorm
 date -u
 for bin in s6-prev s6; do echo "== N=64, $bin"; train_bench $bin --batch 16 --config scripts/gpu/configs/mamba-130m-n64.json; done
 dec() { timeout 80 dev-out/${BIN:-s6} bench decode --device cuda --dtype bf16 "$@" 2>&1 | grep -E "device, graph\)|rror"; }
