@@ -70,18 +70,14 @@ pub fn set_block_step(on: bool) {
 /// product took the step from 15,307 to 21,742 tok/s on an H100), while for a small matrix the
 /// extra kernel costs more than it saves (130M, batch 16: 4.7 MB, 4% slower).
 const DT_PRODUCT_MIN_BATCH: usize = 16;
-/// Whether that product runs in fp32 whatever `Compute` is (`S6_DT_F32=1`; off until measured):
-/// under bf16 products its input, x_proj's f32 output, is otherwise cast to bf16 each layer (run
-/// 75: 3.1 µs of ~87 per layer at 1.4B, batch 128, beside 5.0 for the bf16 product), while the
-/// fp32 product reads 1 MB more of weights there. The small-batch kernel reads dt_proj in fp32
-/// already.
-static DT_F32: Switch = Switch::new("S6_DT_F32", false);
 const DT_PRODUCT_MIN_BYTES: usize = 8 << 20;
 /// Whether, where that product would run at d_state 16, `s6_mixer_step_scan_n16_dt` computes dt
-/// inside the scan step instead (`S6_DT_FUSED=1`; off until measured): each block takes several
-/// sequences in turn for its channels, so dt_proj is read from L2 once per block, not once per
-/// sequence (kernels/mixer_step.cu). It saves the product, the cast of its input and the round
-/// trip of Δ through memory.
+/// inside the scan step instead (`S6_DT_FUSED=1`; off): each block takes several sequences in turn
+/// for its channels, so dt_proj is read from L2 once per block, not once per sequence
+/// (kernels/mixer_step.cu), saving the product, the cast of its input and the round trip of Δ
+/// through memory. Its first version was slower (run 87, H100, 1.4B at batch 128: 25,370 tok/s
+/// against 31,857 with the product; 7,394 to 17,273 with 1 to 4 sequences per block: its weight
+/// reads); the coalesced reads since are not measured yet.
 static DT_FUSED: Switch = Switch::new("S6_DT_FUSED", false);
 /// The longest dt_rank the fused kernel holds in registers (`S6_MSW_RPRE` entries per lane, 4 lanes).
 const DT_FUSED_MAX_RANK: usize = 160;
@@ -91,12 +87,6 @@ const DT_FUSED_MAX_SEQS: usize = 16;
 const MAX_SHARED: usize = 48 << 10;
 /// The longest conv kernel handled (Mamba uses 4).
 pub const MAX_D_CONV: usize = 16;
-
-/// Turns the large-batch dt_proj product in fp32 (`S6_DT_F32`, see `DT_F32`) on or off for this
-/// process (for tests and benchmarks).
-pub fn set_dt_f32(on: bool) {
-    DT_F32.set(on);
-}
 
 /// Turns dt_proj inside the large-batch scan step (`S6_DT_FUSED`, see `DT_FUSED`) on or off for
 /// this process (for tests and benchmarks).
@@ -182,15 +172,10 @@ impl Cuda {
         let dt_given = batch >= DT_PRODUCT_MIN_BATCH && batch * di * r * 4 >= DT_PRODUCT_MIN_BYTES;
         let dt_fused = dt_given && n == 16 && r <= DT_FUSED_MAX_RANK && DT_FUSED.on();
         if dt_given && !dt_fused {
-            // dt without its bias into `delta`, as the op-by-op path writes it; with DT_F32 in
-            // fp32 from x_proj's f32 output (no cast of it to bf16), as the fused step's kernel
-            // reads dt_proj for fewer sequences.
-            let dt_in = View::cols(&*o.xdbl, 0, width);
-            if DT_F32.on() {
-                self.linear_sgemm(dt_in, batch, r, m.dt_proj, di, None, &mut *o.delta)?;
-            } else {
-                self.linear(dt_in, batch, r, m.dt_proj, di, None, &mut *o.delta)?;
-            }
+            // dt without its bias into `delta`, as the op-by-op path writes it. (In fp32 on
+            // x_proj's f32 output, without its cast to bf16, it was 5% slower at 1.4B, batch 16 and
+            // 128, on an H100: run 87.)
+            self.linear(View::cols(&*o.xdbl, 0, width), batch, r, m.dt_proj, di, None, &mut *o.delta)?;
         }
         let xdbl = self.ptr(o.xdbl, 0, batch * width, "mixer step xdbl")?;
         let delta = self.ptr_mut(o.delta, 0, batch * di, "mixer step delta")?;
@@ -204,11 +189,11 @@ impl Cuda {
             // dt_proj inside the scan step (DT_FUSED), several sequences per block.
             let cblocks = di.div_ceil(WIDE_THREADS / WIDE_LANES);
             let seqs = dt_fused_seqs(batch, cblocks, self.inner.sm_count);
-            let q4 = 4 * r.div_ceil(16);
+            let q16 = 16 * r.div_ceil(16);
             let cfg = LaunchConfig {
                 grid_dim: (u32_of("blocks", cblocks)?, u32_of("sequence groups", batch.div_ceil(seqs))?, 1),
                 block_dim: (WIDE_THREADS as u32, 1, 1),
-                shared_mem_bytes: u32_of("shared", seqs * (4 * (q4 + 4) + 32) * 4)?,
+                shared_mem_bytes: u32_of("shared", seqs * (q16 + 32) * 4)?,
             };
             let s32 = u32_of("sequences per block", seqs)?;
             if let Some(y16) = self.act_bf16_target(o.y)? {

@@ -1379,9 +1379,8 @@ impl Cuda {
 }
 
 impl Cuda {
-    /// `out = x · wᵀ (+ bias)` as a cuBLAS SGEMM on the f32 values, without bf16 copies whatever
-    /// [`Compute`] is set (TF32 tensor cores under [`Compute::Tf32`] only, the handle's math
-    /// mode): [`Backend::linear`]'s fp32 path, also for a product kept in fp32 under bf16 products.
+    /// `out = x · wᵀ (+ bias)` as a cuBLAS SGEMM on the f32 values (TF32 tensor cores under
+    /// [`Compute::Tf32`] only, the handle's math mode): [`Backend::linear`]'s fp32 path.
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn linear_sgemm(
         &self,

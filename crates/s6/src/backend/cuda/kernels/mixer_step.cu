@@ -310,17 +310,21 @@ __device__ __forceinline__ void s6_mixer_step_scan_n16_impl(
 // dt = dt_proj[c] · δ in this kernel. Computed per sequence's blocks, that read the whole matrix
 // again from L2 for every sequence (268 MB per layer there, session 10); here a block takes
 // `seqs` sequences in turn for its channels, so each lane loads its quarter of its channel's
-// dt_proj row once (q4 consecutive entries, in registers, before the PDL wait), and the block
-// stages the xdbl rows of its sequences in shared memory (δ, B, C: broadcast to its channels).
-// The per-(sequence, channel) loads of the next sequence are issued before the current one is
-// computed. dt (without its bias) is still written to `delta`, as the op-by-op path writes it.
-// Shared row layout: δ in 4 segments of q4 entries (lane `part` sums segment `part`, in order),
-// each padded by 4 floats against bank conflicts, zero past dt_rank; then B (16), C (16).
-// q4 = 4 · ceil(r / 16) ≤ S6_MSW_RPRE (dt_rank up to 160). Grid (ceil(di / S6_MSW_CPB),
-// ceil(batch / seqs)), block S6_MSW_THREADS, dynamic shared memory seqs · S6_MSW_ROW(q4) floats.
+// dt_proj row once (in registers, before the PDL wait), and the block stages the xdbl rows of its
+// sequences in shared memory (δ, B, C: broadcast to its channels). The per-(sequence, channel)
+// loads of the next sequence are issued before the current one is computed. dt (without its
+// bias) is still written to `delta`, as the op-by-op path writes it.
+// A lane takes the 16-byte units part + 4 i of the row (entries 16 i + 4 part .. + 3), so a
+// channel's 4 lanes read 64 contiguous bytes at a time, of the weights and of δ. (Run 87 measured
+// a first version in which lane `part` held entries part · q4 .. + q4 - 1: its scalar weight
+// loads touched a 32-byte sector per 4 bytes, and at 1.4B, batch 128 decoding ran at 25,370 tok/s
+// against 31,857 with the product; unmeasured since.) Shared row: δ (q16 = 16 · ceil(r / 16)
+// entries, zero past dt_rank), B (16), C (16). q16 ≤ 4 · S6_MSW_RPRE: dt_rank up to 160.
+// Grid (ceil(di / S6_MSW_CPB), ceil(batch / seqs)), block S6_MSW_THREADS, dynamic shared memory
+// seqs · S6_MSW_ROW(q16) floats.
 #define S6_MSW_RPRE 40
-#define S6_MSW_ROW(q4) (4 * ((q4) + 4) + 32)
-static_assert(S6_MSW_ROW(S6_MSW_RPRE) <= S6_MSW_THREADS, "a thread stages one element of each row");
+#define S6_MSW_ROW(q16) ((q16) + 32)
+static_assert(S6_MSW_ROW(4 * S6_MSW_RPRE) <= S6_MSW_THREADS, "a thread stages one element of each row");
 template <bool W16>
 __device__ __forceinline__ void s6_mixer_step_scan_n16_dt_impl(
     const float* __restrict__ xz, unsigned int ldxz, const float* __restrict__ u, const float* __restrict__ xdbl,
@@ -333,15 +337,15 @@ __device__ __forceinline__ void s6_mixer_step_scan_n16_dt_impl(
     const unsigned int part = threadIdx.x % S6_MSW_LANES;
     const unsigned int c = blockIdx.x * S6_MSW_CPB + threadIdx.x / S6_MSW_LANES;
     const bool active = c < di;
-    const unsigned int q4 = 4 * ((r + 15) / 16), row_len = S6_MSW_ROW(q4);
+    const unsigned int q16 = 16 * ((r + 15) / 16), row_len = S6_MSW_ROW(q16);
 
-    // Weights before the wait: A, the bias, D, and this lane's dt_proj entries part · q4 + i.
+    // Weights before the wait: A, the bias, D, and this lane's dt_proj entries 16 i + 4 part + s.
     float4 av = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
     float bias_c = 0.0f, d_c = 0.0f, w[S6_MSW_RPRE];
 #pragma unroll
     for (int i = 0; i < S6_MSW_RPRE; i++) {
-        const unsigned int j = part * q4 + i;
-        w[i] = active && i < (int)q4 && j < r ? __ldg(dt_proj + (unsigned long long)c * r + j) : 0.0f;
+        const unsigned int j = 16 * (i / 4) + 4 * part + i % 4;
+        w[i] = active && j < r ? __ldg(dt_proj + (unsigned long long)c * r + j) : 0.0f;
     }
     if (active) {
         av = __ldg(reinterpret_cast<const float4*>(a + (unsigned long long)c * 16) + part);
@@ -359,12 +363,12 @@ __device__ __forceinline__ void s6_mixer_step_scan_n16_dt_impl(
     S6MswIn cur, next;
     s6_msw_load<false>(cur, active, xz, ldxz, u, xdbl, width, r, sw, k, ssm_state, bc, b0, c, part, di);
     // The block's xdbl rows into shared memory (zeros in the δ segments past dt_rank): thread e
-    // stages element e of every row (a row is at most 4 · 44 + 32 = 208 ≤ S6_MSW_THREADS floats),
+    // stages element e of every row (a row is at most 160 + 32 = 192 ≤ S6_MSW_THREADS floats),
     // its source column worked out once.
     if (threadIdx.x < row_len) {
-        const unsigned int e = threadIdx.x, seg = e / (q4 + 4), off = e % (q4 + 4);
-        const unsigned int j = seg < 4 ? seg * q4 + off : r + (e - 4 * (q4 + 4));
-        const bool zero = seg < 4 && (off >= q4 || j >= r);
+        const unsigned int e = threadIdx.x;
+        const unsigned int j = e < q16 ? e : r + (e - q16);
+        const bool zero = e < q16 && e >= r;
         const float* src = xdbl + (unsigned long long)b0 * width + j;
         for (unsigned int sb = 0; sb < nb; sb++) s_rows[sb * row_len + e] = zero ? 0.0f : src[(unsigned long long)sb * width];
     }
@@ -375,13 +379,13 @@ __device__ __forceinline__ void s6_mixer_step_scan_n16_dt_impl(
             s6_msw_load<false>(next, active, xz, ldxz, u, xdbl, width, r, sw + win_step, k, ssm_state, bc + di, b + 1,
                                c, part, di);
         const float* srow = s_rows + sb * row_len;
-        // dt: this lane's segment in order, then the channel's 4 lanes (xor: every lane the same bits).
-        const float4* dseg = reinterpret_cast<const float4*>(srow + part * (q4 + 4));
+        // dt: this lane's units in order, then the channel's 4 lanes (xor: every lane the same bits).
+        const float4* d4 = reinterpret_cast<const float4*>(srow);
         float dt = 0.0f;
 #pragma unroll
         for (int i4 = 0; i4 < S6_MSW_RPRE / 4; i4++) {
-            if (4 * i4 < (int)q4) {
-                const float4 dv = dseg[i4];
+            if (16 * i4 < (int)q16) {
+                const float4 dv = d4[part + 4 * i4];
                 dt = fmaf(w[4 * i4], dv.x, dt);
                 dt = fmaf(w[4 * i4 + 1], dv.y, dt);
                 dt = fmaf(w[4 * i4 + 2], dv.z, dt);
@@ -390,8 +394,8 @@ __device__ __forceinline__ void s6_mixer_step_scan_n16_dt_impl(
         }
 #pragma unroll
         for (int off = 1; off < S6_MSW_LANES; off <<= 1) dt += __shfl_xor_sync(0xffffffffu, dt, off);
-        const float4 bq = reinterpret_cast<const float4*>(srow + 4 * (q4 + 4))[part];
-        const float4 cq = reinterpret_cast<const float4*>(srow + 4 * (q4 + 4) + 16)[part];
+        const float4 bq = reinterpret_cast<const float4*>(srow + q16)[part];
+        const float4 cq = reinterpret_cast<const float4*>(srow + q16 + 16)[part];
         cur.bv[0] = bq.x;
         cur.bv[1] = bq.y;
         cur.bv[2] = bq.z;
