@@ -90,6 +90,49 @@ static void run_case(unsigned batch, unsigned seqlen, unsigned ch, bool with_sta
     }
 }
 
+// The block-per-row norm as it was before its elements were held in registers between the passes:
+// element by element in both, the same order of sums (so the fused decoding block's norm, which
+// repeats it, keeps its bits).
+static __global__ void norm_block_elementwise_ref(float* residual, const float* delta, const float* w, float* out,
+                                                  unsigned short* out16, unsigned int dim, float eps) {
+    __shared__ float partial[1][32];
+    const unsigned long long base = (unsigned long long)blockIdx.x * dim;
+    float* r = residual + base;
+    float ss[1] = {0.0f};
+    for (unsigned int i = threadIdx.x; i < dim; i += blockDim.x) {
+        const float v = r[i] + delta[base + i];
+        ss[0] = fmaf(v, v, ss[0]);
+    }
+    s6_block_sum_rows<1>(ss, partial);
+    const float inv = rsqrtf(ss[0] / (float)dim + eps);
+    for (unsigned int i = threadIdx.x; i < dim; i += blockDim.x) {
+        const float v = r[i] + delta[base + i];
+        r[i] = v;
+        const float o = v * inv * w[i];
+        out[base + i] = o;
+        out16[base + i] = s6_f32_to_bf16(o);
+    }
+}
+
+// The block-per-row kernel against that reference, bit for bit, on any row length (the warp
+// kernels take rows of at most 128 · S6_NORM_WARP_V4).
+static void norm_block_case(unsigned rows, unsigned dim) {
+    const float eps = 1e-5f;
+    auto res0 = rand_vec((size_t)rows * dim, -2, 2);
+    auto df = rand_vec((size_t)rows * dim, -1, 1);
+    auto w = rand_vec(dim, 0.5, 1.5);
+    std::vector<float> res_e = res0, out_e((size_t)rows * dim, 7.0f), res_r = res0, out_r((size_t)rows * dim, 7.0f);
+    std::vector<unsigned short> o16_e((size_t)rows * dim, 0), o16_r((size_t)rows * dim, 0);
+    s6emu_launch({rows, 1, 1}, 256, [&] {
+        s6_add_rmsnorm_b16(res_e.data(), nullptr, df.data(), w.data(), out_e.data(), o16_e.data(), dim, eps);
+    });
+    s6emu_launch({rows, 1, 1}, 256, [&] {
+        norm_block_elementwise_ref(res_r.data(), df.data(), w.data(), out_r.data(), o16_r.data(), dim, eps);
+    });
+    expect(res_e == res_r && out_e == out_r && o16_e == o16_r,
+           "norm block (held in registers) has the element-by-element kernel's bits", rows, 1, dim);
+}
+
 // The add + RMSNorm kernels with bf16 storage: rows of `dim`, the block output `delta` rounded
 // to bf16 (the d16 kernel reads the bits, the f32 kernels the widened values).
 static void norm_case(unsigned rows, unsigned dim) {
@@ -296,6 +339,8 @@ int main() {
     ce_case(3, 4096, 1);
     norm_case(37, 768);
     norm_case(9, 2048);
+    for (unsigned dim : {768u, 2048u, 2570u /* past the 8 · 256 held, a partial round */, 100u, 4096u})
+        norm_block_case(7, dim);
     run_case(2, 37, 64, true, true);
     run_case(1, 3, 520, true, false);   // shorter than the kernel: the state's rows shift
     run_case(3, 8, 8, false, true);     // no state (zeros before t = 0)

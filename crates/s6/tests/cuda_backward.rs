@@ -242,6 +242,28 @@ fn scan_backward_long_sequence() {
 }
 
 #[test]
+fn scan_backward_in_slices_matches_cpu() {
+    // A scratch budget of one byte: every sequence in its own launch (pointers offset per slice,
+    // the parameter gradients summed over the slices), broadcast B / C included.
+    let Some(g) = gpu() else { return };
+    s6::backend::cuda::set_scan_bwd_scratch_budget(1);
+    let mut r = Rng(104);
+    for &(batch, seqlen, di, n, bcast) in &[
+        (3, 70, 37, 16, false),
+        (5, 17, 300, 16, true),
+        (3, 129, 130, 4, false),
+        (4, 33, 77, 64, true),
+        (2, 100, 64, 32, false),
+    ] {
+        for gate in [true, false] {
+            let c = ScanCase { batch, seqlen, d_inner: di, d_state: n, gate, bcast_b: bcast, bcast_c: false };
+            check_scan_backward(&g, &mut r, c);
+        }
+    }
+    s6::backend::cuda::set_scan_bwd_scratch_budget(0);
+}
+
+#[test]
 fn scan_backward_rejects_d_state_over_max() {
     let Some(g) = gpu() else { return };
     let n = s6::backend::cuda::MAX_D_STATE + 1;

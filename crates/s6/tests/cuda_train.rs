@@ -1169,6 +1169,47 @@ fn bf16_storage_changes_no_bit_of_training() {
     g.set_compute(Compute::F32).unwrap();
 }
 
+/// The scan backward in slices of the batch (its scratch budget forced to one byte, so every
+/// sequence is a launch of its own), with bf16 storage and bf16 products as training runs by
+/// default (dΔ and dz written in bf16 alone, at offsets of 2-byte elements): the loss and every
+/// gradient the same bits as in one launch, except A_log's, D's and dt_proj's bias, whose sums
+/// over the sequences run slice by slice (within 1e-5 of their largest value).
+#[test]
+fn scan_backward_slices_change_only_the_parameter_sums() {
+    use s6::backend::Compute;
+    let Some(g) = gpu() else { return };
+    s6::backend::cuda::reset_act_bf16();
+    g.set_compute(Compute::Bf16).unwrap();
+    let mut cfg = MambaConfig::preset("mamba-130m").unwrap();
+    cfg.n_layer = 2;
+    cfg.vocab_size = 512;
+    let model = mamba_on(g.clone(), &cfg, 6);
+    let (b, l) = (3, 200);
+    let (ids, targets) = batch(&mut Rng(11), cfg.vocab_size, b, l);
+    let run = |budget: usize| {
+        s6::backend::cuda::set_scan_bwd_scratch_budget(budget);
+        let mut grads = model.zero_grads().unwrap();
+        let (loss, _) = model.loss_and_grads(&ids, &targets, b, l, 1.0, &mut grads).unwrap();
+        let values: Vec<(String, Vec<f32>)> =
+            grads.params().iter().map(|(spec, p)| (spec.name.clone(), g.to_vec(p).unwrap())).collect();
+        (loss, values)
+    };
+    let whole = run(0);
+    let sliced = run(1);
+    s6::backend::cuda::set_scan_bwd_scratch_budget(0);
+    g.set_compute(Compute::F32).unwrap();
+    assert_eq!(whole.0.to_bits(), sliced.0.to_bits(), "the loss changed with the scan backward in slices");
+    for ((name, a), (_, c)) in whole.1.iter().zip(&sliced.1) {
+        if ["A_log", "mixer.D", "dt_proj.bias"].iter().any(|p| name.ends_with(p)) {
+            let scale = a.iter().fold(0.0f32, |m, v| m.max(v.abs())).max(1e-12);
+            let err = a.iter().zip(c).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max);
+            assert!(err <= 1e-5 * scale, "{name}: sliced differs by {err:e} (max {scale:e})");
+        } else {
+            assert!(a.iter().zip(c).all(|(x, y)| x.to_bits() == y.to_bits()), "{name} changed with the slices");
+        }
+    }
+}
+
 /// bf16 activation copies by default (`S6_ACT_BF16` unset): off while `loss_and_grads` keeps
 /// activations for the backward (`Backend::set_keeping_activations`), so training takes the memory
 /// it took without them; forced on they cost memory and change no bit of the loss or gradients.

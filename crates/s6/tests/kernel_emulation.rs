@@ -5,7 +5,8 @@
 //! against an f64 reference (`scan_emu.cpp`), and the backward against finite differences of
 //! that reference (`scan_bwd_emu.cpp`), and the conv and norm kernels of bf16 storage (prefill's,
 //! and the conv backward's dx in training) against the f32 ones (`bf16_storage_emu.cpp`), and the one-kernel decoding step against an
-//! f64 reference (`layer_step_emu.cpp`). Skipped, saying so, where no `g++` is found.
+//! f64 reference (`layer_step_emu.cpp`), and the large-batch decoding scan step
+//! (`mixer_step_emu.cpp`). Skipped, saying so, where no `g++` is found.
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -59,7 +60,7 @@ fn scan_backward_kernel_matches_finite_differences_on_the_cpu() {
 /// kernels' bits on the same values, and the cast back to f32 widens exactly (`bf16_storage_emu.cpp`; the norms' warp shuffles emulated).
 #[test]
 fn bf16_storage_kernels_match_the_f32_ones_on_the_cpu() {
-    run_harness("bf16_storage_emu", &[], 43);
+    run_harness("bf16_storage_emu", &[], 48);
 }
 
 /// The one-kernel decoding step of a block (`kernels/layer_step.cu`: four phases meeting at grid
@@ -69,6 +70,14 @@ fn bf16_storage_kernels_match_the_f32_ones_on_the_cpu() {
 #[test]
 fn layer_step_kernel_matches_f64_reference_on_the_cpu() {
     run_harness("layer_step_emu", &[], 23);
+}
+
+/// The large-batch decoding scan step at d_state 16, with dt given (`s6_mixer_step_scan_n16`) and
+/// with dt_proj inside, several sequences per block (`s6_mixer_step_scan_n16_dt`), against an f64
+/// reference over two carried steps (`mixer_step_emu.cpp`).
+#[test]
+fn mixer_step_scan_kernels_match_f64_reference_on_the_cpu() {
+    run_harness("mixer_step_emu", &[], 64);
 }
 
 /// The loops as they were before their operands were loaded a step ahead (`S6_SCAN_AHEAD=0`,

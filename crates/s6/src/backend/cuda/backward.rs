@@ -33,6 +33,40 @@ fn scan_bwd_n16(blocks: usize, sm_count: usize) -> ScanBwdKernel {
     SCAN_BWD_N16[forced.unwrap_or(by_size)].1
 }
 
+/// Bytes of scan-backward scratch (chunk checkpoints, per-block dB/dC partials, per-sequence
+/// parameter partials) one launch may use before the batch is split into slices
+/// (`S6_SCAN_BWD_SCRATCH_MB`, read once; [`set_scan_bwd_scratch_budget`] for tests). That scratch
+/// is `~(D·L/chunk + blocks·L·2)·N` floats per sequence, linear in d_state: 0.8 GB at 130M's
+/// shape (batch 16 × 2048) with N = 16, 4.8 GB with N = 64. The default, 2 GiB, leaves the
+/// presets at N = 16 unsplit (1.4B at batch 8: 1.07 GB) and holds larger N to it.
+const SCAN_BWD_SCRATCH_DEFAULT: usize = 2 << 30;
+static SCAN_BWD_SCRATCH: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+/// Sets the scan backward's scratch budget in bytes for this process (0: the default or
+/// `S6_SCAN_BWD_SCRATCH_MB`); for tests, which force the batch into slices.
+pub fn set_scan_bwd_scratch_budget(bytes: usize) {
+    SCAN_BWD_SCRATCH.store(bytes, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// Sequences per launch of the scan backward: all of them while their scratch fits the budget,
+/// else as many as fit (at least one).
+fn scan_bwd_slice(batch: usize, bytes_per_seq: usize) -> usize {
+    static FROM_ENV: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    let set = SCAN_BWD_SCRATCH.load(std::sync::atomic::Ordering::Relaxed);
+    let budget = if set > 0 {
+        set
+    } else {
+        *FROM_ENV.get_or_init(|| {
+            std::env::var("S6_SCAN_BWD_SCRATCH_MB")
+                .ok()
+                .and_then(|v| v.trim().parse::<usize>().ok())
+                .filter(|&mb| mb > 0)
+                .map_or(SCAN_BWD_SCRATCH_DEFAULT, |mb| mb << 20)
+        })
+    };
+    (budget / bytes_per_seq.max(1)).clamp(1, batch.max(1))
+}
+
 /// Whether `s6_scan_bwd_n16r8` gets its chunk checkpoints from `s6_scan_n16_ckpt8` (the forward
 /// kernel's recurrence without outputs) and skips its own first pass: 7% less time at B = 16,
 /// D = 1536 and +2.8% training tokens/s at 130M on an H100 (docs/BENCHMARKS.md, session 21).
@@ -132,45 +166,68 @@ impl Cuda {
         let (ldb, ldc) = (u32_of("ld dB", grads.db.ld)?, u32_of("ld dC", grads.dc.ld)?);
         if di > 0 {
             let nck = seqlen.div_ceil(chunk);
-            let ckpt = self.scratch::<f32>(batch * di * nck * n)?;
-            let pbc = self.scratch::<f32>(nblk * rows * 2 * n)?;
-            let pparam = self.scratch::<f32>(batch * di * (n + 2))?;
+            // The scratch grows with d_state (checkpoints of every chunk, per-block dB/dC partials):
+            // sequences go through in slices whose scratch fits the budget, so that training
+            // memory stays flat in N (scan_bwd_slice).
+            let per_seq = di * nck * n + nblk * seqlen * 2 * n + di * (n + 2);
+            let slice = scan_bwd_slice(batch, per_seq * std::mem::size_of::<f32>());
+            let ckpt = self.scratch::<f32>(slice * di * nck * n)?;
+            let pbc = self.scratch::<f32>(nblk * slice * seqlen * 2 * n)?;
+            let pparam = self.scratch::<f32>(slice * di * (n + 2))?;
             let (ckp, _s1) = ckpt.device_ptr(self.stream());
             let (pbcp, _s2) = pbc.device_ptr(self.stream());
             let (ppp, _s3) = pparam.device_ptr(self.stream());
-            let (ldb_in, ldc_in, ldz) = (u32_of("ld B", args.b.ld)?, u32_of("ld C", args.c.ld)?, u32_of("ld z", ldz)?);
-            let lddz = u32_of("ld dz", lddz)?;
+            let (ldb_in, ldc_in, ldz32) =
+                (u32_of("ld B", args.b.ld)?, u32_of("ld C", args.c.ld)?, u32_of("ld z", ldz)?);
+            let lddz32 = u32_of("ld dz", lddz)?;
             let (l, dd) = (u32_of("seqlen", seqlen)?, u32_of("d_inner", di)?);
-            let cfg = LaunchConfig {
-                grid_dim: (nblk32, u32_of("batch", batch)?, 1),
-                block_dim: (SCAN_BWD_THREADS, 1, 1),
-                shared_mem_bytes: 0,
-            };
             // n16r8: the checkpoints by the forward kernel's recurrence, and the backward without
             // its own forward pass (SCAN_BWD_CKPT).
             // (d_state 16 and chunks of 8: n16r8; the checkpoint kernel reads 16 states of B.)
-            if n == 16 && chunk == 8 && SCAN_BWD_CKPT.on() {
-                let cfg = LaunchConfig {
-                    grid_dim: (u32_of("checkpoint blocks", di.div_ceil(32))?, u32_of("batch", batch)?, 1),
-                    block_dim: (128, 1, 1),
-                    shared_mem_bytes: 0,
-                };
-                launch!(self, self.func("s6_scan_n16_ckpt8")?, cfg, "scan backward checkpoints";
-                    u, dl, dbias, a, bm, ldb_in, ckp, l, dd);
+            let ck_given = n == 16 && chunk == 8 && SCAN_BWD_CKPT.on();
+            if ck_given {
                 bf16_out |= 4;
             }
-            launch!(self, func, cfg, "selective_scan_backward";
-                u, dl, dbias, a, bm, ldb_in, cm, ldc_in, d, zp, ldz, dyp, dup, ddp, bf16_out, dzp, lddz, ckp, pbcp, ppp, l, dd, n32);
+            // Byte offsets of a slice's first row in each row-major operand (element size, row stride).
+            let f = std::mem::size_of::<f32>() as u64;
+            let (dd_es, dz_es) = (if bf16_out & 1 != 0 { 2 } else { f }, if bf16_out & 2 != 0 { 2 } else { f });
+            let at = |p: u64, es: u64, ld: usize, r0: usize| if p == 0 { 0 } else { p + es * (r0 * ld) as u64 };
+            for b0 in (0..batch).step_by(slice) {
+                let sb = slice.min(batch - b0);
+                let (r0, srows) = (b0 * seqlen, sb * seqlen);
+                let (u, dl, bm, cm) =
+                    (at(u, f, di, r0), at(dl, f, di, r0), at(bm, f, args.b.ld, r0), at(cm, f, args.c.ld, r0));
+                let (zp, dyp, dup) = (at(zp, f, ldz, r0), at(dyp, f, di, r0), at(dup, f, di, r0));
+                let (ddp, dzp) = (at(ddp, dd_es, di, r0), at(dzp, dz_es, lddz, r0));
+                let (dbp, dcp) = (at(dbp, f, grads.db.ld, r0), at(dcp, f, grads.dc.ld, r0));
+                let sb32 = u32_of("batch", sb)?;
+                if ck_given {
+                    let cfg = LaunchConfig {
+                        grid_dim: (u32_of("checkpoint blocks", di.div_ceil(32))?, sb32, 1),
+                        block_dim: (128, 1, 1),
+                        shared_mem_bytes: 0,
+                    };
+                    launch!(self, self.func("s6_scan_n16_ckpt8")?, cfg, "scan backward checkpoints";
+                        u, dl, dbias, a, bm, ldb_in, ckp, l, dd);
+                }
+                let cfg = LaunchConfig {
+                    grid_dim: (nblk32, sb32, 1),
+                    block_dim: (SCAN_BWD_THREADS, 1, 1),
+                    shared_mem_bytes: 0,
+                };
+                launch!(self, func, cfg, "selective_scan_backward";
+                    u, dl, dbias, a, bm, ldb_in, cm, ldc_in, d, zp, ldz32, dyp, dup, ddp, bf16_out, dzp, lddz32, ckp, pbcp, ppp, l, dd, n32);
+                launch!(self, self.func("s6_scan_bwd_reduce_params")?, grid_1d(di * (n + 2)), "scan backward dA/dD";
+                    ppp, sb32, dd, n32, dap, ddp_skip, dbiasp);
+                if n > 0 {
+                    let sr32 = u32_of("rows", srows)?;
+                    launch!(self, self.func("s6_scan_bwd_reduce_bc")?, grid_1d(srows * 2 * n), "scan backward dB/dC";
+                        pbcp, nblk32, sr32, n32, dbp, ldb, dcp, ldc);
+                }
+            }
             self.act_out_written(grads.ddelta, &dd_at, rows * di)?;
             if let Some((buf, at)) = &dz_out {
                 self.act_out_written(buf, at, buf.len)?;
-            }
-            let b32 = u32_of("batch", batch)?;
-            launch!(self, self.func("s6_scan_bwd_reduce_params")?, grid_1d(di * (n + 2)), "scan backward dA/dD";
-                ppp, b32, dd, n32, dap, ddp_skip, dbiasp);
-            if n > 0 {
-                launch!(self, self.func("s6_scan_bwd_reduce_bc")?, grid_1d(rows * 2 * n), "scan backward dB/dC";
-                    pbcp, nblk32, r32, n32, dbp, ldb, dcp, ldc);
             }
         } else if n > 0 {
             // No channels: dB and dC are zero (a sum over no blocks).

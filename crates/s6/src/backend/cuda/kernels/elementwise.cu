@@ -80,6 +80,8 @@ __device__ __forceinline__ void s6_block_sum_rows(float (&v)[R], float (*partial
 // only there when out is null (an activation held in bf16 alone).
 // res_out: where the sum goes; null for residual itself. Training keeps every block's input
 // residual for its backward: with the sum written to a new buffer the old one needs no copy.
+// Elements per thread held in registers between the two passes (below).
+#define S6_NORM_HOLD 8
 template <bool W16>
 __device__ __forceinline__ void s6_add_rmsnorm_impl(float* __restrict__ residual, float* __restrict__ res_out,
                                                     const float* __restrict__ delta,
@@ -92,23 +94,52 @@ __device__ __forceinline__ void s6_add_rmsnorm_impl(float* __restrict__ residual
     float* dst = (res_out != nullptr ? res_out : residual) + base;
     const bool store = delta != nullptr || res_out != nullptr;
     float ss[1] = {0.0f};
-    // Loads only, unrolled, so that a thread's loads are in flight together rather than one L2
-    // round trip per element (at batch 1 this kernel's latency is what counts); the residual is
-    // written in the second pass.
+    // A thread's first S6_NORM_HOLD elements (i = threadIdx.x + k · blockDim.x) are loaded together
+    // and held in registers for the second pass, so that it needs no second round of loads (at
+    // 1.4B, 2048 = 8 · 256: the whole row). The sum runs over them in the same order as the loop
+    // after it, so the bits are those of summing element by element (the fused decoding block's
+    // norm repeats them, gemv.cu).
+    // Their weights are loaded with them.
+    float held[S6_NORM_HOLD], held_w[S6_NORM_HOLD];
+#pragma unroll
+    for (int k = 0; k < S6_NORM_HOLD; k++) {
+        const unsigned int i = threadIdx.x + k * blockDim.x;
+        float v = 0.0f, wv = 0.0f;
+        if (i < dim) {
+            v = delta != nullptr ? r[i] + delta[base + i] : r[i];
+            wv = w[i];
+        }
+        held[k] = v;
+        held_w[k] = wv;
+    }
+#pragma unroll
+    for (int k = 0; k < S6_NORM_HOLD; k++) {
+        if (threadIdx.x + k * blockDim.x < dim) ss[0] = fmaf(held[k], held[k], ss[0]);
+    }
+    // Longer rows: the rest loaded in the loop (loads only, unrolled, so that they are in flight
+    // together), and again in the second pass.
 #pragma unroll 4
-    for (unsigned int i = threadIdx.x; i < dim; i += blockDim.x) {
+    for (unsigned int i = threadIdx.x + S6_NORM_HOLD * blockDim.x; i < dim; i += blockDim.x) {
         const float v = delta != nullptr ? r[i] + delta[base + i] : r[i];
         ss[0] = fmaf(v, v, ss[0]);
     }
     s6_block_sum_rows<1>(ss, partial);
     const float inv = rsqrtf(ss[0] / (float)dim + eps);
-    for (unsigned int i = threadIdx.x; i < dim; i += blockDim.x) {
-        float v = r[i];
-        if (delta != nullptr) v += delta[base + i];
+    auto put = [&](unsigned int i, float v, float wv) {
         if (store) dst[i] = v;
-        const float o = v * inv * w[i];
+        const float o = v * inv * wv;
         if (!W16 || out != nullptr) out[base + i] = o;
         if constexpr (W16) out16[base + i] = s6_f32_to_bf16(o);
+    };
+#pragma unroll
+    for (int k = 0; k < S6_NORM_HOLD; k++) {
+        const unsigned int i = threadIdx.x + k * blockDim.x;
+        if (i < dim) put(i, held[k], held_w[k]);
+    }
+    for (unsigned int i = threadIdx.x + S6_NORM_HOLD * blockDim.x; i < dim; i += blockDim.x) {
+        float v = r[i];
+        if (delta != nullptr) v += delta[base + i];
+        put(i, v, w[i]);
     }
 }
 
