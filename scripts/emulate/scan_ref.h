@@ -1,7 +1,7 @@
 // The f64 reference of the selective scan forward for the emulation harnesses (the semantics of
 // the CPU backend, crates/s6/src/backend/cpu): dt = softplus(delta + bias),
 // h_t = exp(dt A) h_{t-1} + dt B_t u_t, y_t = (C_t . h_t + D u_t) silu(z_t). B and C are columns
-// 3 .. 3+16 and 3+16 .. 3+32 of xdbl (row stride xw), z the second half of xz (row stride 2 dim;
+// 3 .. 3+N and 3+N .. 3+2N of xdbl (row stride xw; N = 16 unless given), z the second half of xz (row stride 2 dim;
 // empty: no gate); state [batch][dim][16] is read and written.
 #pragma once
 #include <cmath>
@@ -20,8 +20,8 @@ static std::vector<double> D(const std::vector<float>& v) { return std::vector<d
 static void scan_ref(unsigned batch, unsigned seqlen, unsigned dim, const std::vector<double>& u,
                      const std::vector<double>& delta, const std::vector<double>& bias, const std::vector<double>& a,
                      const std::vector<double>& xdbl, unsigned xw, const std::vector<double>& dsk,
-                     const std::vector<double>& xz, std::vector<double>& state, std::vector<double>& y) {
-    const unsigned N = 16;
+                     const std::vector<double>& xz, std::vector<double>& state, std::vector<double>& y,
+                     unsigned N = 16) {
     const bool gate = !xz.empty();
     y.assign((size_t)batch * seqlen * dim, 0.0);
     for (unsigned b = 0; b < batch; b++)
