@@ -47,15 +47,9 @@ static int failures = 0;
 static void run_case(const Shape& k, Io io, unsigned batch, unsigned seqlen, unsigned dim, bool gate, unsigned segs,
                      bool slow) {
     const unsigned N = 16, xw = 3 + 2 * N, rows = batch * seqlen;
-    auto u = rand_vec((size_t)rows * dim, -2, 2);
-    auto delta = slow ? rand_vec((size_t)rows * dim, -5, -2) : rand_vec((size_t)rows * dim, -3, 1);
-    auto bias = slow ? rand_vec(dim, -2, -2) : rand_vec(dim, -2, 0.5);
-    auto a_log = slow ? rand_vec(dim * N, -2, 0.5) : rand_vec(dim * N, -1, 3);
-    std::vector<float> a(dim * N);
-    for (size_t i = 0; i < a.size(); i++) a[i] = -std::exp(a_log[i]);
-    auto xdbl = rand_vec((size_t)rows * xw, -1.5, 1.5);
-    auto dsk = rand_vec(dim, -1, 1);
-    auto xz = rand_vec((size_t)rows * 2 * dim, -3, 3);
+    auto in = slow ? scan_inputs(rows, dim, N, xw, -5, -2, -2, -2, -2, 0.5)
+                   : scan_inputs(rows, dim, N, xw, -3, 1, -2, 0.5, -1, 3);
+    auto &u = in.u, &delta = in.delta, &bias = in.bias, &a = in.a, &xdbl = in.xdbl, &dsk = in.dsk, &xz = in.xz;
     auto state = rand_vec((size_t)batch * dim * N, -1, 1);
     if (io == Io::Bf16) {
         for (auto* v : {&u, &delta, &xdbl, &xz})
@@ -196,15 +190,8 @@ using GenericScan = void (*)(const float*, const float*, const float*, const flo
                              unsigned short*, unsigned int, unsigned int, unsigned int);
 static void generic_case(GenericScan kernel, unsigned N, unsigned batch, unsigned seqlen, unsigned dim, bool gate) {
     const unsigned xw = 3 + 2 * N + 1, rows = batch * seqlen;
-    auto u = rand_vec((size_t)rows * dim, -2, 2);
-    auto delta = rand_vec((size_t)rows * dim, -3, 1);
-    auto bias = rand_vec(dim, -2, 0.5);
-    auto a_log = rand_vec(dim * N, -1, 2);
-    std::vector<float> a(dim * N);
-    for (size_t i = 0; i < a.size(); i++) a[i] = -std::exp(a_log[i]);
-    auto xdbl = rand_vec((size_t)rows * xw, -1.5, 1.5);
-    auto dsk = rand_vec(dim, -1, 1);
-    auto xz = rand_vec((size_t)rows * 2 * dim, -3, 3);
+    auto in = scan_inputs(rows, dim, N, xw, -3, 1, -2, 0.5, -1, 2);
+    auto &u = in.u, &delta = in.delta, &bias = in.bias, &a = in.a, &xdbl = in.xdbl, &dsk = in.dsk, &xz = in.xz;
     auto state0 = rand_vec((size_t)batch * dim * N, -1, 1);
     std::vector<double> ref_state = D(state0), want;
     scan_ref(batch, seqlen, dim, D(u), D(delta), D(bias), D(a), D(xdbl), xw, D(dsk), gate ? D(xz) : std::vector<double>{},
