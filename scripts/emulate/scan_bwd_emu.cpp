@@ -26,15 +26,8 @@ struct Variant {
 
 static void run_case(const Variant& kv, unsigned batch, unsigned seqlen, unsigned dim, bool gate) {
     const unsigned N = 16, xw = 3 + 2 * N, rows = batch * seqlen;
-    auto u = rand_vec((size_t)rows * dim, -2, 2);
-    auto delta = rand_vec((size_t)rows * dim, -4, 0);
-    auto bias = rand_vec(dim, -2, 0.5);
-    auto a_log = rand_vec(dim * N, -2, 1);
-    std::vector<float> a(dim * N);
-    for (size_t i = 0; i < a.size(); i++) a[i] = -std::exp(a_log[i]);
-    auto xdbl = rand_vec((size_t)rows * xw, -1.5, 1.5);
-    auto dsk = rand_vec(dim, -1, 1);
-    auto xz = rand_vec((size_t)rows * 2 * dim, -3, 3);
+    auto in = scan_inputs(rows, dim, N, xw, -4, 0, -2, 0.5, -2, 1);
+    auto &u = in.u, &delta = in.delta, &bias = in.bias, &a = in.a, &xdbl = in.xdbl, &dsk = in.dsk, &xz = in.xz;
     auto dy = rand_vec((size_t)rows * dim, -1, 1);
 
     // The kernels.

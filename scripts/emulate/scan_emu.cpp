@@ -1,9 +1,11 @@
-// The d_state-16 scan forward kernels (kernels/scan.cu: every block shape, f32 / bf16
+// The scan forward kernels (kernels/scan.cu). d_state 16 (every block shape, f32 / bf16
 // activations / f32 with a bf16 copy of y or y in bf16 alone / bf16 u, Δ, z and y with f32 B and C
 // (x16), with and without segments and gate) run on the CPU
 // through cuda_emu.h, against an f64 reference of the selective scan on random inputs: odd
 // d_inner, sequence lengths not a multiple of the chunk, strided B, C and z, a state carried in
-// and out, a slowly decaying state that crosses segments. Run: scripts/emulate/run.sh
+// and out, a slowly decaying state that crosses segments. Other d_state (3 to 64): the first
+// structure's kernels with y in f32, with its bf16 rounding, and in bf16 alone. Run:
+// scripts/emulate/run.sh
 #include "cuda_emu.h"
 #include "../../crates/s6/src/backend/cuda/kernels/prelude.cu"
 #include "../../crates/s6/src/backend/cuda/kernels/scan.cu"
@@ -45,15 +47,9 @@ static int failures = 0;
 static void run_case(const Shape& k, Io io, unsigned batch, unsigned seqlen, unsigned dim, bool gate, unsigned segs,
                      bool slow) {
     const unsigned N = 16, xw = 3 + 2 * N, rows = batch * seqlen;
-    auto u = rand_vec((size_t)rows * dim, -2, 2);
-    auto delta = slow ? rand_vec((size_t)rows * dim, -5, -2) : rand_vec((size_t)rows * dim, -3, 1);
-    auto bias = slow ? rand_vec(dim, -2, -2) : rand_vec(dim, -2, 0.5);
-    auto a_log = slow ? rand_vec(dim * N, -2, 0.5) : rand_vec(dim * N, -1, 3);
-    std::vector<float> a(dim * N);
-    for (size_t i = 0; i < a.size(); i++) a[i] = -std::exp(a_log[i]);
-    auto xdbl = rand_vec((size_t)rows * xw, -1.5, 1.5);
-    auto dsk = rand_vec(dim, -1, 1);
-    auto xz = rand_vec((size_t)rows * 2 * dim, -3, 3);
+    auto in = slow ? scan_inputs(rows, dim, N, xw, -5, -2, -2, -2, -2, 0.5)
+                   : scan_inputs(rows, dim, N, xw, -3, 1, -2, 0.5, -1, 3);
+    auto &u = in.u, &delta = in.delta, &bias = in.bias, &a = in.a, &xdbl = in.xdbl, &dsk = in.dsk, &xz = in.xz;
     auto state = rand_vec((size_t)batch * dim * N, -1, 1);
     if (io == Io::Bf16) {
         for (auto* v : {&u, &delta, &xdbl, &xz})
@@ -186,7 +182,57 @@ static void run_case(const Shape& k, Io io, unsigned batch, unsigned seqlen, uns
                 dim, gate, count, segs, slow, worst, at, y[at], want[at], worst_state);
 }
 
+// The first structure's kernels (other d_state: s6_scan_n4 … s6_scan_n64, one per N range) with y
+// in f32 and rounded to bf16 (y16), then from the same state with y null (y in bf16 alone): y and
+// the state against the f64 reference, y16 the rounding of y bit for bit, the same bits without y.
+using GenericScan = void (*)(const float*, const float*, const float*, const float*, const float*, unsigned int,
+                             const float*, unsigned int, const float*, const float*, unsigned int, float*, float*,
+                             unsigned short*, unsigned int, unsigned int, unsigned int);
+static void generic_case(GenericScan kernel, unsigned N, unsigned batch, unsigned seqlen, unsigned dim, bool gate) {
+    const unsigned xw = 3 + 2 * N + 1, rows = batch * seqlen;
+    auto in = scan_inputs(rows, dim, N, xw, -3, 1, -2, 0.5, -1, 2);
+    auto &u = in.u, &delta = in.delta, &bias = in.bias, &a = in.a, &xdbl = in.xdbl, &dsk = in.dsk, &xz = in.xz;
+    auto state0 = rand_vec((size_t)batch * dim * N, -1, 1);
+    std::vector<double> ref_state = D(state0), want;
+    scan_ref(batch, seqlen, dim, D(u), D(delta), D(bias), D(a), D(xdbl), xw, D(dsk), gate ? D(xz) : std::vector<double>{},
+             ref_state, want, N);
+    const float* z = gate ? xz.data() + dim : nullptr;
+    auto run = [&](std::vector<float>& state, float* y, std::vector<unsigned short>& y16) {
+        s6emu_launch({(dim + 31) / 32, batch, 1}, 128, [&] {
+            kernel(u.data(), delta.data(), bias.data(), a.data(), xdbl.data() + 3, xw, xdbl.data() + 3 + N, xw,
+                   dsk.data(), z, 2 * dim, state.data(), y, y16.data(), seqlen, dim, N);
+        });
+    };
+    std::vector<float> state = state0, y((size_t)rows * dim, 7.0f);
+    std::vector<unsigned short> y16((size_t)rows * dim, 0);
+    run(state, y.data(), y16);
+    double err = 0, m = 1e-30, serr = 0, sm = 1e-30;
+    bool rounded = true;
+    for (size_t i = 0; i < want.size(); i++) {
+        err = std::max(err, std::fabs(y[i] - want[i]));
+        m = std::max(m, std::fabs(want[i]));
+        rounded = rounded && y16[i] == s6_f32_to_bf16(y[i]);
+    }
+    for (size_t i = 0; i < ref_state.size(); i++) {
+        serr = std::max(serr, std::fabs(state[i] - ref_state[i]));
+        sm = std::max(sm, std::fabs(ref_state[i]));
+    }
+    std::vector<float> state2 = state0;
+    std::vector<unsigned short> y16b((size_t)rows * dim, 0);
+    run(state2, nullptr, y16b);
+    const bool ok = err / m <= 1e-5 && serr / sm <= 1e-5 && rounded && y16b == y16 && state2 == state;
+    if (!ok) failures++;
+    std::printf("%-4s generic N=%u b%u l%u d%u gate%d: y %.2e, state %.2e (of the largest), y16 the rounding of y: %d, "
+                "the same without y: %d\n",
+                ok ? "ok" : "FAIL", N, batch, seqlen, dim, gate, err / m, serr / sm, rounded, y16b == y16);
+}
+
 int main() {
+    generic_case(s6_scan_n4, 3, 2, 150, 45, true);
+    generic_case(s6_scan_n8, 8, 1, 70, 33, false);
+    generic_case(s6_scan_n32, 32, 2, 90, 40, true);
+    generic_case(s6_scan_n64, 64, 2, 77, 37, true);
+    generic_case(s6_scan_n64, 50, 1, 40, 32, false);
     const Shape shapes[] = {SHAPE(v4c32, 32), SHAPE(v4c16t64, 16)};
     for (const auto& k : shapes) {
         run_case(k, Io::F32, 2, 150, 100, true, 1, false);

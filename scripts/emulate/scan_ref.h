@@ -1,7 +1,7 @@
 // The f64 reference of the selective scan forward for the emulation harnesses (the semantics of
 // the CPU backend, crates/s6/src/backend/cpu): dt = softplus(delta + bias),
 // h_t = exp(dt A) h_{t-1} + dt B_t u_t, y_t = (C_t . h_t + D u_t) silu(z_t). B and C are columns
-// 3 .. 3+16 and 3+16 .. 3+32 of xdbl (row stride xw), z the second half of xz (row stride 2 dim;
+// 3 .. 3+N and 3+N .. 3+2N of xdbl (row stride xw; N = 16 unless given), z the second half of xz (row stride 2 dim;
 // empty: no gate); state [batch][dim][16] is read and written.
 #pragma once
 #include <cmath>
@@ -17,11 +17,32 @@ static std::vector<float> rand_vec(size_t n, float lo, float hi) {
 }
 static std::vector<double> D(const std::vector<float>& v) { return std::vector<double>(v.begin(), v.end()); }
 
+// Random inputs of a scan of `rows` positions, `dim` channels and N states: u, Δ (before its
+// bias), the bias, A = -exp(A_log), xdbl rows of xw (B at column 3, C at 3 + N), D and xz (the gate
+// in its second half); each range [lo, hi) as given.
+struct ScanInputs {
+    std::vector<float> u, delta, bias, a, xdbl, dsk, xz;
+};
+static ScanInputs scan_inputs(size_t rows, unsigned dim, unsigned N, unsigned xw, float delta_lo, float delta_hi,
+                              float bias_lo, float bias_hi, float alog_lo, float alog_hi) {
+    ScanInputs in;
+    in.u = rand_vec(rows * dim, -2, 2);
+    in.delta = rand_vec(rows * dim, delta_lo, delta_hi);
+    in.bias = rand_vec(dim, bias_lo, bias_hi);
+    auto a_log = rand_vec((size_t)dim * N, alog_lo, alog_hi);
+    in.a.resize(a_log.size());
+    for (size_t i = 0; i < a_log.size(); i++) in.a[i] = -std::exp(a_log[i]);
+    in.xdbl = rand_vec(rows * xw, -1.5, 1.5);
+    in.dsk = rand_vec(dim, -1, 1);
+    in.xz = rand_vec(rows * 2 * dim, -3, 3);
+    return in;
+}
+
 static void scan_ref(unsigned batch, unsigned seqlen, unsigned dim, const std::vector<double>& u,
                      const std::vector<double>& delta, const std::vector<double>& bias, const std::vector<double>& a,
                      const std::vector<double>& xdbl, unsigned xw, const std::vector<double>& dsk,
-                     const std::vector<double>& xz, std::vector<double>& state, std::vector<double>& y) {
-    const unsigned N = 16;
+                     const std::vector<double>& xz, std::vector<double>& state, std::vector<double>& y,
+                     unsigned N = 16) {
     const bool gate = !xz.empty();
     y.assign((size_t)batch * seqlen * dim, 0.0);
     for (unsigned b = 0; b < batch; b++)

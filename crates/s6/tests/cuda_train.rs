@@ -1120,9 +1120,16 @@ fn peak_memory_is_reported() {
 /// gradient held in bf16 alone, read by the bf16 products as the casts they
 /// replace would have given them: no bit of the loss or of any gradient changes. Nor does what
 /// the backward recomputes: `Recompute::None` (which keeps the norm's output, u and Δ) gives
-/// `Light`'s bits.
+/// `Light`'s bits. At d_state 16 (the vector scan kernels) and 64 (the first structure's, whose y
+/// is held in bf16 alone since session 22).
 #[test]
 fn bf16_storage_changes_no_bit_of_training() {
+    for d_state in [16, 64] {
+        bf16_storage_changes_no_bit_of_training_at(d_state);
+    }
+}
+
+fn bf16_storage_changes_no_bit_of_training_at(d_state: usize) {
     use s6::backend::Compute;
     use s6::model::Recompute;
     let Some(g) = gpu() else { return };
@@ -1133,6 +1140,7 @@ fn bf16_storage_changes_no_bit_of_training() {
     let mut cfg = MambaConfig::preset("mamba-130m").unwrap();
     cfg.n_layer = 2;
     cfg.vocab_size = 512;
+    cfg.d_state = d_state;
     let mut model = mamba_on(g.clone(), &cfg, 5);
     let (b, l) = (2, 640);
     let (ids, targets) = batch(&mut Rng(10), cfg.vocab_size, b, l);
@@ -1151,9 +1159,9 @@ fn bf16_storage_changes_no_bit_of_training() {
         let off = run(false);
         let on = run(true);
         s6::backend::cuda::set_bf16_storage_train(storage_train_before);
-        assert_eq!(off.0, on.0, "{recompute:?}: the loss changed with bf16 storage");
+        assert_eq!(off.0, on.0, "d_state {d_state}, {recompute:?}: the loss changed with bf16 storage");
         for ((name, a), (_, c)) in off.1.iter().zip(&on.1) {
-            assert!(a == c, "{recompute:?}: gradient {name} changed with bf16 storage");
+            assert!(a == c, "d_state {d_state}, {recompute:?}: gradient {name} changed with bf16 storage");
         }
         match (recompute, &light) {
             (Recompute::Light, _) => light = Some(on),

@@ -1664,9 +1664,9 @@ impl Backend for Cuda {
             Some(z) => (self.ptr(z.buf, z.offset, Self::view_extent(z.ld, rows, di), "scan z")?, z.ld),
             None => (0u64, 0),
         };
-        // The d_state-16 kernels can also write y in bf16, out_proj's input (bf16.rs), or only
-        // there (y null) where y may be held in bf16 alone.
-        let y_at = self.act_out(y, rows * di, n16.is_some(), "scan y")?;
+        // The kernels can also write y in bf16, out_proj's input (bf16.rs), or only there (y
+        // null) where y may be held in bf16 alone.
+        let y_at = self.act_out(y, rows * di, true, "scan y")?;
         let yp = y_at.f32;
         let (ldb, ldc, ldz) = (u32_of("ld B", args.b.ld)?, u32_of("ld C", args.c.ld)?, u32_of("ld z", ldz)?);
         let (l, dd, nn) = (u32_of("seqlen", seqlen)?, u32_of("d_inner", di)?, u32_of("d_state", n)?);
@@ -1676,8 +1676,9 @@ impl Backend for Cuda {
             shared_mem_bytes: 0,
         };
         let Some(k) = n16 else {
-            launch!(self, self.func(name)?, cfg, "selective_scan"; u, dl, db, a, bm, ldb, cm, ldc, d, zp, ldz, sp, yp, l, dd, nn);
-            return Ok(());
+            let y16 = y_at.b16.unwrap_or(0);
+            launch!(self, self.func(name)?, cfg, "selective_scan"; u, dl, db, a, bm, ldb, cm, ldc, d, zp, ldz, sp, yp, y16, l, dd, nn);
+            return self.act_out_written(y, &y_at, rows * di);
         };
         let seg = self.scan_segments(k, batch, di, seqlen)?;
         if seg.count > 1 {

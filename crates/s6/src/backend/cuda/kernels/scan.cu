@@ -24,7 +24,8 @@ __device__ __forceinline__ void s6_scan_body(const float* __restrict__ u, const 
                                              const float* __restrict__ cm, unsigned int ldc,
                                              const float* __restrict__ dskip, const float* __restrict__ z,
                                              unsigned int ldz, float* __restrict__ state, float* __restrict__ y,
-                                             unsigned int seqlen, unsigned int dim, unsigned int n) {
+                                             unsigned short* __restrict__ y16, unsigned int seqlen,
+                                             unsigned int dim, unsigned int n) {
     constexpr int NMAX = NPT * SPLIT;
     __shared__ float s_u[T][CPB];
     __shared__ float s_dt[T][CPB];
@@ -98,7 +99,11 @@ __device__ __forceinline__ void s6_scan_body(const float* __restrict__ u, const 
         for (int idx = tid; idx < tl * CPB; idx += CPB * SPLIT) {
             const int t = idx / CPB, c = idx % CPB;
             const unsigned int dd = d0 + c;
-            if (dd < dim) y[(row0 + t0 + t) * dim + dd] = s_y[t][c];
+            if (dd < dim) {
+                const unsigned long long i = (row0 + t0 + t) * dim + dd;
+                if (y != nullptr) y[i] = s_y[t][c];
+                if (y16 != nullptr) y16[i] = s6_f32_to_bf16(s_y[t][c]);
+            }
         }
     }
 #pragma unroll
@@ -114,13 +119,16 @@ __device__ __forceinline__ void s6_scan_body(const float* __restrict__ u, const 
              const float* __restrict__ a, const float* __restrict__ bm, unsigned int ldb,                            \
              const float* __restrict__ cm, unsigned int ldc, const float* __restrict__ dskip,                        \
              const float* __restrict__ z, unsigned int ldz, float* __restrict__ state, float* __restrict__ y,        \
-             unsigned int seqlen, unsigned int dim, unsigned int n) {                                                \
-        S6_PDL_ENTRY();    \
-        s6_scan_body<NPT, SPLIT, CPB, T>(u, delta, delta_bias, a, bm, ldb, cm, ldc, dskip, z, ldz, state, y, seqlen, \
-                                         dim, n);                                                                    \
+             unsigned short* __restrict__ y16, unsigned int seqlen, unsigned int dim, unsigned int n) {              \
+        S6_PDL_ENTRY();                                                                                              \
+        s6_scan_body<NPT, SPLIT, CPB, T>(u, delta, delta_bias, a, bm, ldb, cm, ldc, dskip, z, ldz, state, y, y16,    \
+                                         seqlen, dim, n);                                                            \
     }
 
-// General N: 4 lanes per channel, 32 channels (128 threads) per block; N_MAX = 4 * NPT.
+// General N: 4 lanes per channel, 32 channels (128 threads) per block; N_MAX = 4 * NPT. y16
+// (may be null): y also written rounded to bf16 (out_proj's input under bf16 products, bf16.rs);
+// y may be null where it is held in bf16 alone (training keeps it per layer: at d_state 64 and
+// 130M's shape, batch 16 × 2048, f32 y took 2.4 GB more than d_state 16's bf16 one, run 87).
 S6_SCAN_KERNEL(s6_scan_n4, 1, 4, 32, 64)
 S6_SCAN_KERNEL(s6_scan_n8, 2, 4, 32, 64)
 S6_SCAN_KERNEL(s6_scan_n16, 4, 4, 32, 64)
