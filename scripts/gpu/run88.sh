@@ -5,7 +5,8 @@
 #    then every CUDA test binary.
 # 2. Training memory against d_state (130M's shape, batch 16 × 2048, bf16, light): s6-prev (main
 #    at e886d58, before the slices and y16) beside s6 at N = 16, 32, 64. Expected by the sizes:
-#    ~21 GB at N = 64 against 19.6 at N = 16 (run 87: 26.64 GB on main, 23.92 with the slices).
+#    ~20 GB at N = 64 against 19.6 at N = 16 (run 87: 26.64 GB on main, 23.92 with the slices
+#    at a fixed 2 GiB budget; now y is in bf16 at every N and the budget is what N = 16 needs).
 # 3. Decoding at 1.4B batch 16/128: s6-prev, s6, s6 with S6_DT_FUSED=1 (its first version was
 #    25,370 against 31,857 tok/s in run 87), two rounds.
 . "$(dirname "$0")/cuda_tests.sh"

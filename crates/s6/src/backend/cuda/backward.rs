@@ -34,12 +34,15 @@ fn scan_bwd_n16(blocks: usize, sm_count: usize) -> ScanBwdKernel {
 }
 
 /// Bytes of scan-backward scratch (chunk checkpoints, per-block dB/dC partials, per-sequence
-/// parameter partials) one launch may use before the batch is split into slices
-/// (`S6_SCAN_BWD_SCRATCH_MB`, read once; [`set_scan_bwd_scratch_budget`] for tests). That scratch
-/// is `~(D·L/chunk + blocks·L·2)·N` floats per sequence, linear in d_state: 0.8 GB at 130M's
-/// shape (batch 16 × 2048) with N = 16, 4.8 GB with N = 64. The default, 2 GiB, leaves the
-/// presets at N = 16 unsplit (1.4B at batch 8: 1.07 GB) and holds larger N to it.
-const SCAN_BWD_SCRATCH_DEFAULT: usize = 2 << 30;
+/// parameter partials) one launch may use before the batch is split into slices. That scratch is
+/// `~(D·L/chunk + blocks·L·2)·N` floats per sequence, linear in d_state: 0.8 GB at 130M's shape
+/// (batch 16 × 2048) with N = 16, 4.8 GB with N = 64. By default the budget is what the same
+/// batch needs at d_state 16 (or `SCAN_BWD_SCRATCH_FLOOR`, if more), so training memory stays flat
+/// in N: d_state up to 16 never splits, and N = 64 runs in slices of that size (run 87 measured a
+/// fixed 2 GiB: 130M at N = 64 in 3 slices, 26.64 → 23.92 GB and 15% slower). Set in MiB with
+/// `S6_SCAN_BWD_SCRATCH_MB` (read once) to trade memory for speed, or by
+/// [`set_scan_bwd_scratch_budget`] (tests).
+const SCAN_BWD_SCRATCH_FLOOR: usize = 256 << 20;
 static SCAN_BWD_SCRATCH: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
 
 /// Sets the scan backward's scratch budget in bytes for this process (0: the default or
@@ -48,21 +51,30 @@ pub fn set_scan_bwd_scratch_budget(bytes: usize) {
     SCAN_BWD_SCRATCH.store(bytes, std::sync::atomic::Ordering::Relaxed);
 }
 
+/// Scratch floats per sequence of the scan backward: chunk checkpoints (`d_inner · ⌈L / chunk⌉ ·
+/// N`), per-block dB/dC partials (`blocks · L · 2N`), parameter partials (`d_inner · (N + 2)`).
+fn scan_bwd_scratch_per_seq(di: usize, seqlen: usize, n: usize, chunk: usize, blocks: usize) -> usize {
+    di * seqlen.div_ceil(chunk) * n + blocks * seqlen * 2 * n + di * (n + 2)
+}
+
 /// Sequences per launch of the scan backward: all of them while their scratch fits the budget,
-/// else as many as fit (at least one).
-fn scan_bwd_slice(batch: usize, bytes_per_seq: usize) -> usize {
-    static FROM_ENV: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+/// else as many as fit (at least one). `bytes_n16`: what the batch's scratch would be at d_state
+/// 16 (the default budget).
+fn scan_bwd_slice(batch: usize, bytes_per_seq: usize, bytes_n16: usize) -> usize {
+    static FROM_ENV: std::sync::OnceLock<Option<usize>> = std::sync::OnceLock::new();
     let set = SCAN_BWD_SCRATCH.load(std::sync::atomic::Ordering::Relaxed);
     let budget = if set > 0 {
         set
     } else {
-        *FROM_ENV.get_or_init(|| {
-            std::env::var("S6_SCAN_BWD_SCRATCH_MB")
-                .ok()
-                .and_then(|v| v.trim().parse::<usize>().ok())
-                .filter(|&mb| mb > 0)
-                .map_or(SCAN_BWD_SCRATCH_DEFAULT, |mb| mb << 20)
-        })
+        FROM_ENV
+            .get_or_init(|| {
+                std::env::var("S6_SCAN_BWD_SCRATCH_MB")
+                    .ok()
+                    .and_then(|v| v.trim().parse::<usize>().ok())
+                    .filter(|&mb| mb > 0)
+                    .map(|mb| mb << 20)
+            })
+            .unwrap_or(bytes_n16.max(SCAN_BWD_SCRATCH_FLOOR))
     };
     (budget / bytes_per_seq.max(1)).clamp(1, batch.max(1))
 }
@@ -169,8 +181,11 @@ impl Cuda {
             // The scratch grows with d_state (checkpoints of every chunk, per-block dB/dC partials):
             // sequences go through in slices whose scratch fits the budget, so that training
             // memory stays flat in N (scan_bwd_slice).
-            let per_seq = di * nck * n + nblk * seqlen * 2 * n + di * (n + 2);
-            let slice = scan_bwd_slice(batch, per_seq * std::mem::size_of::<f32>());
+            let per_seq = scan_bwd_scratch_per_seq(di, seqlen, n, chunk, nblk);
+            // At d_state 16: n16r8's chunks of 8 and 16 channels per block.
+            let per_seq16 = scan_bwd_scratch_per_seq(di, seqlen, 16, 8, di.div_ceil(16));
+            let f = std::mem::size_of::<f32>();
+            let slice = scan_bwd_slice(batch, per_seq * f, batch * per_seq16 * f);
             let ckpt = self.scratch::<f32>(slice * di * nck * n)?;
             let pbc = self.scratch::<f32>(nblk * slice * seqlen * 2 * n)?;
             let pparam = self.scratch::<f32>(slice * di * (n + 2))?;
