@@ -1378,68 +1378,6 @@ impl Cuda {
     }
 }
 
-impl Cuda {
-    /// `out = x · wᵀ (+ bias)` as a cuBLAS SGEMM on the f32 values (TF32 tensor cores under
-    /// [`Compute::Tf32`] only, the handle's math mode): [`Backend::linear`]'s fp32 path.
-    #[allow(clippy::too_many_arguments)]
-    pub(crate) fn linear_sgemm(
-        &self,
-        x: View<'_, CudaBuf>,
-        rows: usize,
-        k: usize,
-        w: &CudaBuf,
-        n: usize,
-        bias: Option<&CudaBuf>,
-        out: &mut CudaBuf,
-    ) -> Result<()> {
-        if rows == 0 || n == 0 {
-            return Ok(());
-        }
-        let o = self.ptr_mut(out, 0, rows * n, "linear out")?;
-        let bp = self.ptr_opt(bias, n, "linear bias")?;
-        let beta = self.bias_beta(o, bp, rows, n)?;
-        if k == 0 {
-            if bias.is_none() {
-                self.stream()
-                    .memset_zeros(&mut self.writable(out)?.slice_mut(0..rows * n))
-                    .map_err(driver_err("memset"))?;
-            }
-            return Ok(());
-        }
-        let xp = self.ptr(x.buf, x.offset, Self::view_extent(x.ld, rows, k), "linear x")?;
-        let wp = self.ptr(w, 0, n * k, "linear weight")?;
-        let alpha: f32 = 1.0;
-        let int = |what: &str, v: usize| {
-            i32::try_from(v).map_err(|_| Error::Backend(format!("cuBLAS: {what} = {v} exceeds i32")))
-        };
-        // Column-major view: out^T [n × rows] = W [n × k] · x^T [k × rows].
-        // W row-major [n, k] is column-major [k × n] (ld k): op T. x row-major with stride ld is
-        // column-major [k × rows] (ld = x.ld): op N.
-        self.inner.ctx.bind_to_thread().map_err(driver_err("bind"))?;
-        // SAFETY: pointers were bounds-checked above for these shapes and strides.
-        unsafe {
-            blas_result::sgemm(
-                *self.inner.blas.handle(),
-                blas_sys::cublasOperation_t::CUBLAS_OP_T,
-                blas_sys::cublasOperation_t::CUBLAS_OP_N,
-                int("n", n)?,
-                int("rows", rows)?,
-                int("k", k)?,
-                &alpha,
-                wp as *const f32,
-                int("k", k)?,
-                xp as *const f32,
-                int("ld", x.ld.max(k))?,
-                &beta,
-                o as *mut f32,
-                int("n", n)?,
-            )
-            .map_err(blas_err)?;
-        }
-        Ok(())
-    }
-}
-
 mod backward;
 pub use backward::set_scan_bwd_scratch_budget;
 mod bf16;
@@ -1574,7 +1512,48 @@ impl Backend for Cuda {
         if k > 0 && rows <= GEMV_MAX_ROWS && gemv_enabled() {
             return self.gemv(x, rows, k, w, n, bias, out);
         }
-        self.linear_sgemm(x, rows, k, w, n, bias, out)
+        let o = self.ptr_mut(out, 0, rows * n, "linear out")?;
+        let bp = self.ptr_opt(bias, n, "linear bias")?;
+        let beta = self.bias_beta(o, bp, rows, n)?;
+        if k == 0 {
+            if bias.is_none() {
+                self.stream()
+                    .memset_zeros(&mut self.writable(out)?.slice_mut(0..rows * n))
+                    .map_err(driver_err("memset"))?;
+            }
+            return Ok(());
+        }
+        let xp = self.ptr(x.buf, x.offset, Self::view_extent(x.ld, rows, k), "linear x")?;
+        let wp = self.ptr(w, 0, n * k, "linear weight")?;
+        let alpha: f32 = 1.0;
+        let int = |what: &str, v: usize| {
+            i32::try_from(v).map_err(|_| Error::Backend(format!("cuBLAS: {what} = {v} exceeds i32")))
+        };
+        // Column-major view: out^T [n × rows] = W [n × k] · x^T [k × rows].
+        // W row-major [n, k] is column-major [k × n] (ld k): op T. x row-major with stride ld is
+        // column-major [k × rows] (ld = x.ld): op N.
+        self.inner.ctx.bind_to_thread().map_err(driver_err("bind"))?;
+        // SAFETY: pointers were bounds-checked above for these shapes and strides.
+        unsafe {
+            blas_result::sgemm(
+                *self.inner.blas.handle(),
+                blas_sys::cublasOperation_t::CUBLAS_OP_T,
+                blas_sys::cublasOperation_t::CUBLAS_OP_N,
+                int("n", n)?,
+                int("rows", rows)?,
+                int("k", k)?,
+                &alpha,
+                wp as *const f32,
+                int("k", k)?,
+                xp as *const f32,
+                int("ld", x.ld.max(k))?,
+                &beta,
+                o as *mut f32,
+                int("n", n)?,
+            )
+            .map_err(blas_err)?;
+        }
+        Ok(())
     }
 
     fn add_rmsnorm(
