@@ -43,12 +43,12 @@ fn scan_bwd_n16(blocks: usize, sm_count: usize) -> ScanBwdKernel {
 /// `S6_SCAN_BWD_SCRATCH_MB` (read once) to trade memory for speed, or by
 /// [`set_scan_bwd_scratch_budget`] (tests).
 const SCAN_BWD_SCRATCH_FLOOR: usize = 256 << 20;
-static SCAN_BWD_SCRATCH: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+static SCAN_BWD_SCRATCH: super::Count = super::Count::new("S6_SCAN_BWD_SCRATCH_MB", 1 << 20);
 
 /// Sets the scan backward's scratch budget in bytes for this process (0: the default or
 /// `S6_SCAN_BWD_SCRATCH_MB`); for tests, which force the batch into slices.
 pub fn set_scan_bwd_scratch_budget(bytes: usize) {
-    SCAN_BWD_SCRATCH.store(bytes, std::sync::atomic::Ordering::Relaxed);
+    SCAN_BWD_SCRATCH.set(bytes);
 }
 
 /// Scratch floats per sequence of the scan backward: chunk checkpoints (`d_inner · ⌈L / chunk⌉ ·
@@ -61,21 +61,7 @@ fn scan_bwd_scratch_per_seq(di: usize, seqlen: usize, n: usize, chunk: usize, bl
 /// else as many as fit (at least one). `bytes_n16`: what the batch's scratch would be at d_state
 /// 16 (the default budget).
 fn scan_bwd_slice(batch: usize, bytes_per_seq: usize, bytes_n16: usize) -> usize {
-    static FROM_ENV: std::sync::OnceLock<Option<usize>> = std::sync::OnceLock::new();
-    let set = SCAN_BWD_SCRATCH.load(std::sync::atomic::Ordering::Relaxed);
-    let budget = if set > 0 {
-        set
-    } else {
-        FROM_ENV
-            .get_or_init(|| {
-                std::env::var("S6_SCAN_BWD_SCRATCH_MB")
-                    .ok()
-                    .and_then(|v| v.trim().parse::<usize>().ok())
-                    .filter(|&mb| mb > 0)
-                    .map(|mb| mb << 20)
-            })
-            .unwrap_or(bytes_n16.max(SCAN_BWD_SCRATCH_FLOOR))
-    };
+    let budget = SCAN_BWD_SCRATCH.get().unwrap_or(bytes_n16.max(SCAN_BWD_SCRATCH_FLOOR));
     (budget / bytes_per_seq.max(1)).clamp(1, batch.max(1))
 }
 

@@ -37,7 +37,8 @@
 use cudarc::driver::{LaunchConfig, PushKernelArg};
 
 use super::{
-    driver_err, gemv_enabled, u32_of, Compute, Cuda, CudaBuf, GemvMode, NormConv, Switch, GEMV_MAX_ROWS, MAX_D_STATE,
+    driver_err, gemv_enabled, u32_of, Compute, Count, Cuda, CudaBuf, GemvMode, NormConv, Switch, GEMV_MAX_ROWS,
+    MAX_D_STATE,
 };
 use crate::backend::{Backend, BlockStepArgs, BlockStepOut, MixerStepArgs, MixerStepOut, MixerWeights, View};
 use crate::Result;
@@ -95,25 +96,18 @@ pub fn set_dt_fused(on: bool) {
 }
 
 /// Sequences per block of the fused dt kernel: enough blocks for two per SM, at most
-/// `DT_FUSED_MAX_SEQS` (each block reads its channels' dt_proj rows once); `S6_DT_FUSED_SEQ`
-/// overrides.
+/// `DT_FUSED_MAX_SEQS` (each block reads its channels' dt_proj rows once); `S6_DT_FUSED_SEQ` or
+/// [`set_dt_fused_seqs`] sets a count.
 fn dt_fused_seqs(batch: usize, channel_blocks: usize, sm_count: usize) -> usize {
-    static FROM_ENV: std::sync::OnceLock<Option<usize>> = std::sync::OnceLock::new();
-    let set = DT_FUSED_SEQS.load(std::sync::atomic::Ordering::Relaxed);
-    let forced = (set > 0).then_some(set).or_else(|| {
-        *FROM_ENV.get_or_init(|| {
-            std::env::var("S6_DT_FUSED_SEQ").ok().and_then(|v| v.trim().parse::<usize>().ok()).filter(|&v| v > 0)
-        })
-    });
     let by_size = batch * channel_blocks / (2 * sm_count.max(1));
-    forced.unwrap_or(by_size).clamp(1, DT_FUSED_MAX_SEQS)
+    DT_FUSED_SEQS.get().unwrap_or(by_size).clamp(1, DT_FUSED_MAX_SEQS)
 }
-static DT_FUSED_SEQS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+static DT_FUSED_SEQS: Count = Count::new("S6_DT_FUSED_SEQ", 1);
 
 /// Sets the fused dt kernel's sequences per block (at most 16) for this process; 0 restores the
 /// choice by size (or `S6_DT_FUSED_SEQ`). For tests.
 pub fn set_dt_fused_seqs(seqs: usize) {
-    DT_FUSED_SEQS.store(seqs, std::sync::atomic::Ordering::Relaxed);
+    DT_FUSED_SEQS.set(seqs);
 }
 
 /// Whether the fused step is on: not turned off by `S6_FUSED_STEP=0`.

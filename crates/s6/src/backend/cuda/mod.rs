@@ -291,6 +291,39 @@ impl Switch {
     }
 }
 
+/// A process-wide count of the backend whose default the caller works out at each use: a value
+/// stored by [`Count::set`] (tests), else the environment variable `var` (a positive integer, read
+/// once, times `unit`), else `None`.
+pub(crate) struct Count {
+    var: &'static str,
+    unit: usize,
+    /// Stored by `set`; 0: none.
+    stored: AtomicUsize,
+    from_env: OnceLock<Option<usize>>,
+}
+
+impl Count {
+    pub(crate) const fn new(var: &'static str, unit: usize) -> Self {
+        Count { var, unit, stored: AtomicUsize::new(0), from_env: OnceLock::new() }
+    }
+
+    pub(crate) fn get(&self) -> Option<usize> {
+        let v = self.stored.load(Ordering::Relaxed);
+        if v > 0 {
+            return Some(v);
+        }
+        *self.from_env.get_or_init(|| {
+            let v = std::env::var(self.var).ok().and_then(|v| v.trim().parse::<usize>().ok());
+            v.filter(|&v| v > 0).map(|v| v * self.unit)
+        })
+    }
+
+    /// Stores `v` for this process (0: back to the environment or the caller's default).
+    pub(crate) fn set(&self, v: usize) {
+        self.stored.store(v, Ordering::Relaxed);
+    }
+}
+
 /// Rows per block of `s6_add_rmsnorm_warp` (`S6_NORM_WARP_ROWS`), the longest row it holds in
 /// registers (`128 * S6_NORM_WARP_V4`), and the fewest rows it is used for.
 const NORM_WARP_ROWS: usize = 8;
