@@ -33,6 +33,12 @@ fn scan_bwd_n16(blocks: usize, sm_count: usize) -> ScanBwdKernel {
     SCAN_BWD_N16[forced.unwrap_or(by_size)].1
 }
 
+/// The scan backward kernels' `bf16_out` flag bits (scan_backward.cu's S6B_*): dΔ written in bf16,
+/// dz written in bf16, the chunk checkpoints given (n16r8 then skips its own forward pass).
+const BWD_DDELTA_BF16: u32 = 1;
+const BWD_DZ_BF16: u32 = 2;
+const BWD_CKPT_GIVEN: u32 = 4;
+
 /// Bytes of scan-backward scratch (chunk checkpoints, per-block dB/dC partials, per-sequence
 /// parameter partials) one launch may use before the batch is split into slices. That scratch is
 /// `~(D·L/chunk + blocks·L·2)·N` floats per sequence, linear in d_state: 0.8 GB at 130M's shape
@@ -128,9 +134,8 @@ impl Cuda {
         let dup = self.ptr_mut(grads.du, 0, rows * di, "scan backward du")?;
         // dΔ in bf16 alone where the model allows it (dt_proj's backward products read it so).
         let dd_at = self.act_out_alone(grads.ddelta, rows * di, "scan backward ddelta")?;
-        // The kernel's `bf16_out` bits (scan_backward.cu): 1 dΔ, 2 dz in bf16, 4 the checkpoints
-        // given (S6B_CKPT_GIVEN).
-        let (ddp, mut bf16_out) = dd_at.b16.map_or((dd_at.f32, 0u32), |p| (p, 1));
+        // The kernel's `bf16_out` flag word (scan_backward.cu).
+        let (ddp, mut bf16_out) = dd_at.b16.map_or((dd_at.f32, 0u32), |p| (p, BWD_DDELTA_BF16));
         // dz is a part of dxz (in_proj's output gradient), read only by in_proj's backward
         // products: in bf16 alone where the model allows dxz so, the conv backward writing the
         // other part the same way (conv.rs).
@@ -142,7 +147,7 @@ impl Cuda {
                 let at = self.act_out_part(buf, offset, ext(ld, rows, di), "scan backward dz")?;
                 let p = match at.b16 {
                     Some(p16) => {
-                        bf16_out |= 2;
+                        bf16_out |= BWD_DZ_BF16;
                         p16
                     }
                     None => at.f32,
@@ -172,6 +177,7 @@ impl Cuda {
             let per_seq16 = scan_bwd_scratch_per_seq(di, seqlen, 16, 8, di.div_ceil(16));
             let f = std::mem::size_of::<f32>();
             let slice = scan_bwd_slice(batch, per_seq * f, batch * per_seq16 * f);
+            let f = f as u64;
             let ckpt = self.scratch::<f32>(slice * di * nck * n)?;
             let pbc = self.scratch::<f32>(nblk * slice * seqlen * 2 * n)?;
             let pparam = self.scratch::<f32>(slice * di * (n + 2))?;
@@ -187,11 +193,11 @@ impl Cuda {
             // (d_state 16 and chunks of 8: n16r8; the checkpoint kernel reads 16 states of B.)
             let ck_given = n == 16 && chunk == 8 && SCAN_BWD_CKPT.on();
             if ck_given {
-                bf16_out |= 4;
+                bf16_out |= BWD_CKPT_GIVEN;
             }
             // Byte offsets of a slice's first row in each row-major operand (element size, row stride).
-            let f = std::mem::size_of::<f32>() as u64;
-            let (dd_es, dz_es) = (if bf16_out & 1 != 0 { 2 } else { f }, if bf16_out & 2 != 0 { 2 } else { f });
+            let es = |bit: u32| if bf16_out & bit != 0 { 2 } else { f };
+            let (dd_es, dz_es) = (es(BWD_DDELTA_BF16), es(BWD_DZ_BF16));
             let at = |p: u64, es: u64, ld: usize, r0: usize| if p == 0 { 0 } else { p + es * (r0 * ld) as u64 };
             for b0 in (0..batch).step_by(slice) {
                 let sb = slice.min(batch - b0);
