@@ -270,6 +270,25 @@ __device__ __forceinline__ void s6_msw_finish(S6MswIn& in, bool active, float dl
     }
 }
 
+// A channel's weights of the step, loaded before the PDL wait (prelude.cu): the lane's 4 entries
+// of A, the dt bias and D (zeros for an inactive channel).
+struct S6MswWeights {
+    float4 av;
+    float bias, d;
+};
+__device__ __forceinline__ S6MswWeights s6_msw_weights(bool active, const float* __restrict__ a,
+                                                      const float* __restrict__ dt_bias,
+                                                      const float* __restrict__ dskip, unsigned int c,
+                                                      unsigned int part) {
+    S6MswWeights w{make_float4(0.0f, 0.0f, 0.0f, 0.0f), 0.0f, 0.0f};
+    if (active) {
+        w.av = __ldg(reinterpret_cast<const float4*>(a + (unsigned long long)c * 16) + part);
+        w.bias = __ldg(dt_bias + c);
+        w.d = __ldg(dskip + c);
+    }
+    return w;
+}
+
 // grid (ceil(di / S6_MSW_CPB), batch), block S6_MSW_THREADS, no shared memory. With W16 y is also
 // written rounded to bf16 into y16 (out_proj's input under bf16 products, then not cast again).
 template <bool W16>
@@ -284,14 +303,7 @@ __device__ __forceinline__ void s6_mixer_step_scan_n16_impl(
     const unsigned int c = blockIdx.x * S6_MSW_CPB + threadIdx.x / S6_MSW_LANES;
     const bool active = c < di;
 
-    // Weights before the wait (prelude.cu): A's 4 entries of this lane, the bias and D.
-    float4 av = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
-    float bias_c = 0.0f, d_c = 0.0f;
-    if (active) {
-        av = __ldg(reinterpret_cast<const float4*>(a + (unsigned long long)c * 16) + part);
-        bias_c = __ldg(dt_bias + c);
-        d_c = __ldg(dskip + c);
-    }
+    const S6MswWeights wt = s6_msw_weights(active, a, dt_bias, dskip, c, part);
     S6_PDL_WAIT();
 
     // Every load of the step at once.
@@ -300,8 +312,8 @@ __device__ __forceinline__ void s6_mixer_step_scan_n16_impl(
     const float dt = active ? delta[bc] : 0.0f;
     S6MswIn in;
     s6_msw_load<true>(in, active, xz, ldxz, u, xdbl, width, r, sw, k, ssm_state, bc, b, c, part, di);
-    const float dl = active ? s6_softplus(dt + bias_c) : 0.0f;
-    s6_msw_finish<W16>(in, active, dl, av, d_c, sw, k, ssm_state, y, y16, bc, part, di);
+    const float dl = active ? s6_softplus(dt + wt.bias) : 0.0f;
+    s6_msw_finish<W16>(in, active, dl, wt.av, wt.d, sw, k, ssm_state, y, y16, bc, part, di);
 }
 
 // The same step with dt_proj inside (S6_DT_FUSED, mixer_step.rs), for large batches: a product
@@ -340,18 +352,13 @@ __device__ __forceinline__ void s6_mixer_step_scan_n16_dt_impl(
     const unsigned int q16 = 16 * ((r + 15) / 16), row_len = S6_MSW_ROW(q16);
 
     // Weights before the wait: A, the bias, D, and this lane's dt_proj entries 16 i + 4 part + s.
-    float4 av = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
-    float bias_c = 0.0f, d_c = 0.0f, w[S6_MSW_RPRE];
+    float w[S6_MSW_RPRE];
 #pragma unroll
     for (int i = 0; i < S6_MSW_RPRE; i++) {
         const unsigned int j = 16 * (i / 4) + 4 * part + i % 4;
         w[i] = active && j < r ? __ldg(dt_proj + (unsigned long long)c * r + j) : 0.0f;
     }
-    if (active) {
-        av = __ldg(reinterpret_cast<const float4*>(a + (unsigned long long)c * 16) + part);
-        bias_c = __ldg(dt_bias + c);
-        d_c = __ldg(dskip + c);
-    }
+    const S6MswWeights wt = s6_msw_weights(active, a, dt_bias, dskip, c, part);
     S6_PDL_WAIT();
 
     const unsigned int b0 = blockIdx.y * seqs;
@@ -405,8 +412,8 @@ __device__ __forceinline__ void s6_mixer_step_scan_n16_dt_impl(
         cur.cv[2] = cq.z;
         cur.cv[3] = cq.w;
         if (active && part == 0) delta[bc] = dt;
-        const float dl = active ? s6_softplus(dt + bias_c) : 0.0f;
-        s6_msw_finish<W16>(cur, active, dl, av, d_c, sw, k, ssm_state, y, y16, bc, part, di);
+        const float dl = active ? s6_softplus(dt + wt.bias) : 0.0f;
+        s6_msw_finish<W16>(cur, active, dl, wt.av, wt.d, sw, k, ssm_state, y, y16, bc, part, di);
         cur = next;
         sw += win_step;
         bc += di;
