@@ -64,16 +64,6 @@ struct Case {
     unsigned gen0;  // the barrier's generation word at the first launch (any value)
 };
 
-// max |got - want| / max |want| over a tensor (infinite when any value is not finite).
-static double rel_diff(const float* got, const std::vector<double>& want) {
-    double md = 0, mw = 0;
-    for (size_t i = 0; i < want.size(); i++) {
-        if (!std::isfinite(got[i])) return INFINITY;
-        md = std::max(md, std::fabs(got[i] - want[i]));
-        mw = std::max(mw, std::fabs(want[i]));
-    }
-    return mw > 0 ? md / mw : md;
-}
 static double max_abs(const std::vector<double>& v) {
     double m = 0;
     for (double x : v) m = std::max(m, std::fabs(x));

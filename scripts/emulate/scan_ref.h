@@ -4,6 +4,7 @@
 // 3 .. 3+N and 3+N .. 3+2N of xdbl (row stride xw; N = 16 unless given), z the second half of xz (row stride 2 dim;
 // empty: no gate); state [batch][dim][16] is read and written.
 #pragma once
+#include <algorithm>
 #include <cmath>
 #include <random>
 #include <vector>
@@ -14,6 +15,16 @@ static std::vector<float> rand_vec(size_t n, float lo, float hi) {
     std::vector<float> v(n);
     for (auto& x : v) x = d(rng);
     return v;
+}
+// max |got - want| / max |want| over a tensor (infinite when any value is not finite).
+static double rel_diff(const float* got, const std::vector<double>& want) {
+    double md = 0, mw = 0;
+    for (size_t i = 0; i < want.size(); i++) {
+        if (!std::isfinite(got[i])) return INFINITY;
+        md = std::max(md, std::fabs(got[i] - want[i]));
+        mw = std::max(mw, std::fabs(want[i]));
+    }
+    return mw > 0 ? md / mw : md;
 }
 static std::vector<double> D(const std::vector<float>& v) { return std::vector<double>(v.begin(), v.end()); }
 
