@@ -11,3 +11,7 @@ for t in scan_emu scan_bwd_emu bf16_storage_emu layer_step_emu mixer_step_emu; d
   g++ -std=c++20 -O2 -pthread -Wno-unknown-pragmas -Wno-attributes -o /tmp/s6_$t $t.cpp
   /tmp/s6_$t
 done
+# The scan backward once more with its chunk loads' 64-bit offsets, which only sizes past 2^31
+# elements take on a GPU.
+g++ -std=c++20 -O2 -pthread -Wno-unknown-pragmas -Wno-attributes -DS6_SCAN_BWD_WIDE_ONLY -o /tmp/s6_scan_bwd_emu_wide scan_bwd_emu.cpp
+/tmp/s6_scan_bwd_emu_wide

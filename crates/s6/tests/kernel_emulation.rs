@@ -55,6 +55,13 @@ fn scan_backward_kernel_matches_finite_differences_on_the_cpu() {
     run_harness("scan_bwd_emu", &[], 105);
 }
 
+/// The backward's chunk loads with 64-bit offsets (`S6_SCAN_BWD_WIDE_ONLY`), which a GPU takes
+/// only past 2^31 elements, where the emulation cannot go.
+#[test]
+fn scan_backward_wide_offsets_match_too() {
+    run_harness("scan_bwd_emu", &["-DS6_SCAN_BWD_WIDE_ONLY"], 105);
+}
+
 /// The conv and RMSNorm kernels of prefill's bf16 storage (x, the block output read as bf16;
 /// outputs written in bf16 alone), and the conv backward's dx written in bf16 alone, give the f32
 /// kernels' bits on the same values, and the cast back to f32 widens exactly (`bf16_storage_emu.cpp`; the norms' warp shuffles emulated).

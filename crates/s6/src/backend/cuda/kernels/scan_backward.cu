@@ -326,7 +326,8 @@ S6_SCAN_BWD_KERNEL(s6_scan_bwd_n64, 4, 16, 8)
 //   - The recompute keeps h_t and exp(ΔA) per lane: in registers with REGS (the chunk's loops
 //     unrolled whole, so every index is a constant; a partial chunk masks the steps past its end),
 //     else in s_pp, where the reverse step reads them and writes its partials in their place. The
-//     reverse step reads them instead of a third exp, and gets h_{t-1} exp(ΔA) as h_t - Δ u B_t.
+//     reverse step reads them instead of a third exp, and gets q = dhs exp(ΔA) h_{t-1} as the
+//     carried dL/dh_{t-1} times h_{t-1} (the previous step's state, or the chunk's start state).
 //   - Each reverse step writes its lane's dB_t, dC_t partials over its 2 states to s_pp, and
 //     Σ_s dhs B, Σ_s q A, Σ_s C h to s_p2 / s_p1; after the chunk, du, dΔ, dz are summed over each
 //     channel's 8 lanes and dB_t, dC_t over the block's 16 channels (float4 loads; the per-block
@@ -394,9 +395,36 @@ __device__ __forceinline__ void s6_scan_bwd_n16_body(S6_SCAN_BWD_PARAMS) {
     }
 
     float ru[E], rdl[E], rz[E], rg[E], rb[E], rcc[E], rck[2];
+    // Whether every element index of u, Δ, dy, z, B and C fits in 32 bits (all but huge
+    // batches): a chunk's loads then take their offsets as ints, about half the address
+    // arithmetic of 64-bit ones (the loads were ~90 of a chunk's ~600 instructions per thread).
+    const unsigned int widest = max(max(dim, ldz), max(ldb, ldc));
+#ifdef S6_SCAN_BWD_WIDE_ONLY  // the emulation's second build (scripts/emulate/run.sh): the 64-bit path
+    const bool narrow = false && widest;
+#else
+    const bool narrow = rows * widest < 0x7fffffffull;
+#endif
     auto load = [&](unsigned int k) {
         const unsigned int t0 = k * T;
         const int tl = seqlen - t0 < (unsigned int)T ? (int)(seqlen - t0) : T;
+        if (narrow) {
+#pragma unroll
+            for (int e = 0; e < E; e++) {
+                const int idx = tid + e * NT;
+                const int t = idx / CPB, c = idx % CPB;
+                const int dd = (int)d0 + c;
+                const int r = (int)(row0 + t0) + t;
+                const int o = r * (int)dim + dd;
+                const bool okc = idx < T * CPB && t < tl && dd < (int)dim;
+                const bool oks = idx < T * NMAX && t < tl && c < (int)n;
+                ru[e] = okc ? u[o] : 0.0f;
+                rdl[e] = okc ? delta[o] : 0.0f;
+                rg[e] = okc ? dy[o] : 0.0f;
+                rz[e] = okc && z != nullptr ? z[r * (int)ldz + dd] : 0.0f;
+                rb[e] = oks ? bm[r * (int)ldb + c] : 0.0f;
+                rcc[e] = oks ? cm[r * (int)ldc + c] : 0.0f;
+            }
+        } else {
 #pragma unroll
         for (int e = 0; e < E; e++) {
             const int idx = tid + e * NT;
@@ -411,6 +439,7 @@ __device__ __forceinline__ void s6_scan_bwd_n16_body(S6_SCAN_BWD_PARAMS) {
             rg[e] = okc ? dy[r * dim + dd] : 0.0f;
             rz[e] = okc && z != nullptr ? z[r * ldz + dd] : 0.0f;
             rcc[e] = oks ? cm[r * ldc + c] : 0.0f;
+        }
         }
         if (k + 1 < nck || ck_given) {
 #pragma unroll
@@ -523,6 +552,7 @@ __device__ __forceinline__ void s6_scan_bwd_n16_body(S6_SCAN_BWD_PARAMS) {
         // full-chunk specialization comes from inlining, not from a template).
         auto walk = [&](const int nt) {
             float hs[REGS ? T : 1][2], es[REGS ? T : 1][2];
+            const float hp0[2] = {hh0, hh1};  // the state before the chunk: step 0's h_{t-1}
             // One recompute step from its shared-memory operands: (Δ, u, g, Δu), the lane's B and C.
             auto fstep = [&](const int t, const float4 v, const float4 bc) {
                 const float e0 = s6_ex2_ftz(v.x * a2[0]), e1 = s6_ex2_ftz(v.x * a2[1]);
@@ -556,21 +586,26 @@ __device__ __forceinline__ void s6_scan_bwd_n16_body(S6_SCAN_BWD_PARAMS) {
                 }
             }
             // One reverse step from its shared-memory operands: (Δ, u, g, Δu), the lane's B and C,
-            // and without REGS its (h_t, exp(ΔA)).
-            auto rstep = [&](const int t, const float4 v, const float4 bc, const float4 hd) {
+            // and without REGS its (h_t, exp(ΔA)) and h_{t-1} (`hpv`: the next step's (h, exp(ΔA)),
+            // unused at t = 0).
+            auto rstep = [&](const int t, const float4 v, const float4 bc, const float4 hd, const float4 hpv) {
                 const float dt = v.x, g = v.z, dtx = v.w;
                 const float bs[2] = {bc.x, bc.y}, cs[2] = {bc.z, bc.w};
-                float hc[2], dec[2];
+                float hc[2], dec[2], hp[2];
                 if constexpr (REGS) {
                     hc[0] = hs[t][0];
                     hc[1] = hs[t][1];
                     dec[0] = es[t][0];
                     dec[1] = es[t][1];
+                    hp[0] = t > 0 ? hs[t > 0 ? t - 1 : 0][0] : hp0[0];
+                    hp[1] = t > 0 ? hs[t > 0 ? t - 1 : 0][1] : hp0[1];
                 } else {
                     hc[0] = hd.x;
                     hc[1] = hd.y;
                     dec[0] = hd.z;
                     dec[1] = hd.w;
+                    hp[0] = t > 0 ? hpv.x : hp0[0];
+                    hp[1] = t > 0 ? hpv.y : hp0[1];
                 }
                 float pb[2], pc[2], pout = 0.0f, pbs = 0.0f, pqa = 0.0f;
 #pragma unroll
@@ -580,12 +615,13 @@ __device__ __forceinline__ void s6_scan_bwd_n16_body(S6_SCAN_BWD_PARAMS) {
                     pc[i] = g * hc[i];
                     pout = fmaf(cs[i], hc[i], pout);
                     pbs = fmaf(dhs, bs[i], pbs);
-                    // h_{t-1} exp(ΔA) = h_t - Δu B, the product rounded as in the recompute
-                    // (exactly 0 from h_{t-1} = 0).
-                    const float q = dhs * (hc[i] - __fmul_rn(dtx, bs[i]));
+                    dh[i] = dhs * dec[i];
+                    // q = dhs exp(ΔA) h_{t-1}: the carried dL/dh_{t-1} times the state before the
+                    // step, one product (it was dhs (h_t - Δu B): three, the state's last term
+                    // recomputed), exactly 0 from h_{t-1} = 0.
+                    const float q = dh[i] * hp[i];
                     da[i] = fmaf(q, dt, da[i]);
                     pqa = fmaf(q, av[i], pqa);
-                    dh[i] = dhs * dec[i];
                 }
                 s_pp[t][tid] = make_float4(pb[0], pb[1], pc[0], pc[1]);
                 s_p2[t][tid] = make_float2(pbs, pqa);
@@ -602,13 +638,17 @@ __device__ __forceinline__ void s6_scan_bwd_n16_body(S6_SCAN_BWD_PARAMS) {
                     vn = s_dug[t - 1][ch];
                     bcn = s_bc[t - 1][part];
                     hdn = s_pp[t - 1][tid];
-                    rstep(t, v, bc, hd);
+                    rstep(t, v, bc, hd, hdn);
                 }
-                rstep(0, vn, bcn, hdn);
+                rstep(0, vn, bcn, hdn, hdn);
             } else {
 #pragma unroll UNROLL_REVERSE
                 for (int t = (REGS ? T : nt) - 1; t >= 0; t--) {
-                    if (!REGS || t < nt) rstep(t, s_dug[t][ch], s_bc[t][part], REGS ? float4{} : s_pp[t][tid]);
+                    if (!REGS || t < nt) {
+                        const float4 hd = REGS ? float4{} : s_pp[t][tid];
+                        const float4 hpv = REGS || t == 0 ? float4{} : s_pp[t > 0 ? t - 1 : 0][tid];
+                        rstep(t, s_dug[t][ch], s_bc[t][part], hd, hpv);
+                    }
                 }
             }
         };
