@@ -44,11 +44,15 @@ const BWD_CKPT_GIVEN: u32 = 4;
 /// `~(D·L/chunk + blocks·L·2)·N` floats per sequence, linear in d_state: 0.8 GB at 130M's shape
 /// (batch 16 × 2048) with N = 16, 4.8 GB with N = 64. By default the budget is what the same
 /// batch needs at d_state 16 (or `SCAN_BWD_SCRATCH_FLOOR`, if more), so training memory stays flat
-/// in N: d_state up to 16 never splits, and N = 64 runs in slices of that size (run 87 measured a
-/// fixed 2 GiB: 130M at N = 64 in 3 slices, 26.64 → 23.92 GB and 15% slower). Set in MiB with
+/// in N: d_state up to 16 never splits, and N = 64 runs in slices of that size. Set in MiB with
 /// `S6_SCAN_BWD_SCRATCH_MB` (read once) to trade memory for speed, or by
 /// [`set_scan_bwd_scratch_budget`] (tests).
-const SCAN_BWD_SCRATCH_FLOOR: usize = 256 << 20;
+///
+/// The floor is measured (run 89, H100, 130M's shape at N = 64, bf16; one slice holds 302 MB of
+/// scratch per sequence): a budget of 805 MB (N = 16's, 2 sequences a slice) 44,300 tok/s at
+/// 19.89 GB; 1 GiB (3) 55,000 at 20.19 GB; 1.3 GB (4) 50,000; 2 GiB (6) 53,500 at 21.40 GB;
+/// unsplit 63,900 at 26.64 GB (N = 16: 225,500 at 19.59 GB).
+const SCAN_BWD_SCRATCH_FLOOR: usize = 1 << 30;
 static SCAN_BWD_SCRATCH: super::Count = super::Count::new("S6_SCAN_BWD_SCRATCH_MB", 1 << 20);
 
 /// Sets the scan backward's scratch budget in bytes for this process (0: the default or
