@@ -1,11 +1,9 @@
 // CPU emulation of the large-batch decoding scan step at d_state 16 (kernels/mixer_step.cu):
-// s6_mixer_step_scan_n16 (dt given by a product for the batch) and s6_mixer_step_scan_n16_dt
-// (dt_proj inside, several sequences per block), against an f64 reference of one step of the
-// selective SSM: dt = dt_proj[c] · δ_b, Δ = softplus(dt + bias), h = exp(ΔA) h + Δ B u,
+// s6_mixer_step_scan_n16 (dt given by a product for the batch), against an f64 reference of one
+// step of the selective SSM: dt = dt_proj[c] · δ_b, Δ = softplus(dt + bias), h = exp(ΔA) h + Δ B u,
 // y = (C·h + D·u) silu(z), the conv window moved by one slot with x appended. Two steps carried
 // per case (the states written by the first are read by the second); shapes with a partial block
-// of channels, dt_rank not a multiple of 16 (and up to the 160 held in registers), d_conv 2 to 5,
-// a partial last group of sequences, 1 to 16 sequences per block.
+// of channels, dt_rank not a multiple of 16, d_conv 2 to 5.
 #include "cuda_emu.h"
 #include "../../crates/s6/src/backend/cuda/kernels/prelude.cu"
 #include "../../crates/s6/src/backend/cuda/kernels/elementwise.cu"
@@ -13,13 +11,12 @@
 #include "scan_ref.h"
 
 static int failures = 0;
-static void expect(bool ok, const char* what, unsigned batch, unsigned di, unsigned r, unsigned k, unsigned seqs,
-                   double err) {
+static void expect(bool ok, const char* what, unsigned batch, unsigned di, unsigned r, unsigned k, double err) {
     if (!ok) failures++;
-    std::printf("%-4s %s b%u di%u r%u k%u seqs%u (err %.2e)\n", ok ? "ok" : "FAIL", what, batch, di, r, k, seqs, err);
+    std::printf("%-4s %s b%u di%u r%u k%u (err %.2e)\n", ok ? "ok" : "FAIL", what, batch, di, r, k, err);
 }
 
-static void run_case(unsigned batch, unsigned di, unsigned r, unsigned k, unsigned seqs, bool fused) {
+static void run_case(unsigned batch, unsigned di, unsigned r, unsigned k) {
     const unsigned n = 16, width = r + 2 * n, ldxz = 2 * di;
     auto dtw = rand_vec((size_t)di * r, -0.3f, 0.3f);
     auto bias = rand_vec(di, -3.0f, -1.0f);
@@ -59,47 +56,39 @@ static void run_case(unsigned batch, unsigned di, unsigned r, unsigned k, unsign
         // The kernel.
         std::vector<float> y((size_t)batch * di, 7.0f), delta((size_t)batch * di, 7.0f);
         const unsigned cblocks = (di + S6_MSW_CPB - 1) / S6_MSW_CPB;
-        if (fused) {
-            s6emu_launch({cblocks, (batch + seqs - 1) / seqs, 1}, S6_MSW_THREADS, [&] {
-                s6_mixer_step_scan_n16_dt(xz.data(), ldxz, u.data(), xdbl.data(), width, r, dtw.data(), bias.data(),
-                                          a.data(), dskip.data(), conv.data(), k, ssm.data(), delta.data(), y.data(),
-                                          di, batch, seqs);
-            });
-        } else {
-            for (size_t i = 0; i < delta.size(); i++) delta[i] = (float)dt_ref[i];
-            s6emu_launch({cblocks, batch, 1}, S6_MSW_THREADS, [&] {
-                s6_mixer_step_scan_n16(xz.data(), ldxz, u.data(), xdbl.data(), width, r, bias.data(), a.data(),
-                                       dskip.data(), conv.data(), k, ssm.data(), delta.data(), y.data(), di);
-            });
-        }
-        const char* name = fused ? "n16_dt" : "n16";
+        for (size_t i = 0; i < delta.size(); i++) delta[i] = (float)dt_ref[i];
+        s6emu_launch({cblocks, batch, 1}, S6_MSW_THREADS, [&] {
+            s6_mixer_step_scan_n16(xz.data(), ldxz, u.data(), xdbl.data(), width, r, bias.data(), a.data(),
+                                   dskip.data(), conv.data(), k, ssm.data(), delta.data(), y.data(), di);
+        });
+        const char* name = "n16";
         char what[160];
         const double tol = 1e-5;
         double e = rel_diff(delta.data(), dt_ref);
         std::snprintf(what, sizeof what, "%s step %d: dt (without its bias)", name, step);
-        expect(e <= tol, what, batch, di, r, k, seqs, e);
+        expect(e <= tol, what, batch, di, r, k, e);
         e = rel_diff(y.data(), y_ref);
         std::snprintf(what, sizeof what, "%s step %d: y", name, step);
-        expect(e <= tol, what, batch, di, r, k, seqs, e);
+        expect(e <= tol, what, batch, di, r, k, e);
         e = rel_diff(ssm.data(), ssm_ref);
         std::snprintf(what, sizeof what, "%s step %d: ssm state", name, step);
-        expect(e <= tol, what, batch, di, r, k, seqs, e);
+        expect(e <= tol, what, batch, di, r, k, e);
         e = rel_diff(conv.data(), conv_ref);
         std::snprintf(what, sizeof what, "%s step %d: conv window (moved exactly)", name, step);
-        expect(e == 0, what, batch, di, r, k, seqs, e);
+        expect(e == 0, what, batch, di, r, k, e);
     }
 }
 
 int main() {
-    run_case(5, 100, 48, 4, 1, false);
-    run_case(3, 64, 13, 3, 1, false);
-    struct Shape { unsigned batch, di, r, k, seqs; };
+    struct Shape { unsigned batch, di, r, k; };
     const Shape shapes[] = {
-        {5, 100, 48, 4, 2},   // 130M's dt_rank, a partial block of channels, a partial last group
-        {19, 64, 128, 4, 16}, // 1.4B's dt_rank, one group short of 16
-        {19, 64, 128, 4, 5},  {4, 64, 13, 2, 1}, {6, 130, 160, 5, 4}, {2, 64, 100, 4, 16},
+        {5, 100, 48, 4},  // 130M's dt_rank, a partial block of channels
+        {19, 64, 128, 4}, // 1.4B's dt_rank
+        {3, 64, 13, 3},
+        {4, 64, 13, 2},
+        {6, 130, 160, 5},
     };
-    for (const Shape& s : shapes) run_case(s.batch, s.di, s.r, s.k, s.seqs, true);
+    for (const Shape& s : shapes) run_case(s.batch, s.di, s.r, s.k);
     if (failures) {
         std::printf("%d FAILED\n", failures);
         return 1;

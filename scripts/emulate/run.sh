@@ -3,8 +3,8 @@
 # f64 reference; scan_bwd_emu.cpp: the backward against finite differences) and of the conv and
 # norm kernels of prefill's bf16 storage (bf16_storage_emu.cpp: against the f32 ones), and of the
 # fused decoding step of a block with its grid barriers (layer_step_emu.cpp: every block at once,
-# against an f64 reference), and of the large-batch decoding scan step with and without dt_proj
-# inside (mixer_step_emu.cpp: against an f64 reference). Needs g++ (C++20).
+# against an f64 reference), and of the large-batch decoding scan step (mixer_step_emu.cpp:
+# against an f64 reference). Needs g++ (C++20).
 set -e
 cd "$(dirname "$0")"
 for t in scan_emu scan_bwd_emu bf16_storage_emu layer_step_emu mixer_step_emu; do

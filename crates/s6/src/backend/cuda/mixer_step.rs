@@ -37,8 +37,7 @@
 use cudarc::driver::{LaunchConfig, PushKernelArg};
 
 use super::{
-    driver_err, gemv_enabled, u32_of, Compute, Count, Cuda, CudaBuf, GemvMode, NormConv, Switch, GEMV_MAX_ROWS,
-    MAX_D_STATE,
+    driver_err, gemv_enabled, u32_of, Compute, Cuda, CudaBuf, GemvMode, NormConv, Switch, GEMV_MAX_ROWS, MAX_D_STATE,
 };
 use crate::backend::{Backend, BlockStepArgs, BlockStepOut, MixerStepArgs, MixerStepOut, MixerWeights, View};
 use crate::Result;
@@ -72,43 +71,10 @@ pub fn set_block_step(on: bool) {
 /// extra kernel costs more than it saves (130M, batch 16: 4.7 MB, 4% slower).
 const DT_PRODUCT_MIN_BATCH: usize = 16;
 const DT_PRODUCT_MIN_BYTES: usize = 8 << 20;
-/// Whether, where that product would run at d_state 16, `s6_mixer_step_scan_n16_dt` computes dt
-/// inside the scan step instead (`S6_DT_FUSED=1`; off): each block takes several sequences in turn
-/// for its channels, so dt_proj is read from L2 once per block, not once per sequence
-/// (kernels/mixer_step.cu), saving the product, the cast of its input and the round trip of Δ
-/// through memory. Its first version was slower (run 87, H100, 1.4B at batch 128: 25,370 tok/s
-/// against 31,857 with the product; 7,394 to 17,273 with 1 to 4 sequences per block: its weight
-/// reads); the coalesced reads since are not measured yet.
-static DT_FUSED: Switch = Switch::new("S6_DT_FUSED", false);
-/// The longest dt_rank the fused kernel holds in registers (`S6_MSW_RPRE` entries per lane, 4 lanes).
-const DT_FUSED_MAX_RANK: usize = 160;
-/// Most sequences per block of the fused kernel (`S6_DT_FUSED_SEQ` sets a count, for measurements).
-const DT_FUSED_MAX_SEQS: usize = 16;
 /// Dynamic shared memory the kernels may use without opting in (bytes).
 const MAX_SHARED: usize = 48 << 10;
 /// The longest conv kernel handled (Mamba uses 4).
 pub const MAX_D_CONV: usize = 16;
-
-/// Turns dt_proj inside the large-batch scan step (`S6_DT_FUSED`, see `DT_FUSED`) on or off for
-/// this process (for tests and benchmarks).
-pub fn set_dt_fused(on: bool) {
-    DT_FUSED.set(on);
-}
-
-/// Sequences per block of the fused dt kernel: enough blocks for two per SM, at most
-/// `DT_FUSED_MAX_SEQS` (each block reads its channels' dt_proj rows once); `S6_DT_FUSED_SEQ` or
-/// [`set_dt_fused_seqs`] sets a count.
-fn dt_fused_seqs(batch: usize, channel_blocks: usize, sm_count: usize) -> usize {
-    let by_size = batch * channel_blocks / (2 * sm_count.max(1));
-    DT_FUSED_SEQS.get().unwrap_or(by_size).clamp(1, DT_FUSED_MAX_SEQS)
-}
-static DT_FUSED_SEQS: Count = Count::new("S6_DT_FUSED_SEQ", 1);
-
-/// Sets the fused dt kernel's sequences per block (at most 16) for this process; 0 restores the
-/// choice by size (or `S6_DT_FUSED_SEQ`). For tests.
-pub fn set_dt_fused_seqs(seqs: usize) {
-    DT_FUSED_SEQS.set(seqs);
-}
 
 /// Whether the fused step is on: not turned off by `S6_FUSED_STEP=0`.
 pub fn fused_step_enabled() -> bool {
@@ -164,8 +130,7 @@ impl Cuda {
         // x_proj as any product: the small-batch GEMV for few rows, under the chosen `Compute`.
         self.linear(View::full(&*o.u, di), batch, di, m.x_proj, width, None, &mut *o.xdbl)?;
         let dt_given = batch >= DT_PRODUCT_MIN_BATCH && batch * di * r * 4 >= DT_PRODUCT_MIN_BYTES;
-        let dt_fused = dt_given && n == 16 && r <= DT_FUSED_MAX_RANK && DT_FUSED.on();
-        if dt_given && !dt_fused {
+        if dt_given {
             // dt without its bias into `delta`, as the op-by-op path writes it. (In fp32 on
             // x_proj's f32 output, without its cast to bf16, it was 5% slower at 1.4B, batch 16 and
             // 128, on an H100: run 87.)
@@ -179,26 +144,6 @@ impl Cuda {
         let (ldxz, kk, ww, rr) =
             (u32_of("ld xz", ldxz)?, u32_of("d_conv", k)?, u32_of("width", width)?, u32_of("dt_rank", r)?);
         let (dd, nn, bb) = (u32_of("d_inner", di)?, u32_of("d_state", n)?, u32_of("batch", batch)?);
-        if dt_fused {
-            // dt_proj inside the scan step (DT_FUSED), several sequences per block.
-            let cblocks = di.div_ceil(WIDE_THREADS / WIDE_LANES);
-            let seqs = dt_fused_seqs(batch, cblocks, self.inner.sm_count);
-            let q16 = 16 * r.div_ceil(16);
-            let cfg = LaunchConfig {
-                grid_dim: (u32_of("blocks", cblocks)?, u32_of("sequence groups", batch.div_ceil(seqs))?, 1),
-                block_dim: (WIDE_THREADS as u32, 1, 1),
-                shared_mem_bytes: u32_of("shared", seqs * (q16 + 32) * 4)?,
-            };
-            let s32 = u32_of("sequences per block", seqs)?;
-            if let Some(y16) = self.act_bf16_target(o.y)? {
-                launch!(self, self.func("s6_mixer_step_scan_n16_dt_b16")?, cfg, "mixer step scan";
-                    xz, ldxz, up, xdbl, ww, rr, dtw, dtb, ap, dp, conv, kk, ssm, delta, yp, y16, dd, bb, s32);
-                return self.act_bf16_written(o.y, batch * di);
-            }
-            launch!(self, self.func("s6_mixer_step_scan_n16_dt")?, cfg, "mixer step scan";
-                xz, ldxz, up, xdbl, ww, rr, dtw, dtb, ap, dp, conv, kk, ssm, delta, yp, dd, bb, s32);
-            return Ok(());
-        }
         if dt_given && n == 16 {
             // Large batches, Mamba's d_state: 4 lanes of 4 states per channel, every load at once
             // (kernels/mixer_step.cu).

@@ -146,8 +146,6 @@ const KERNELS: &[&str] = &[
     "s6_mixer_step_scan_b1",
     "s6_mixer_step_scan_n16",
     "s6_mixer_step_scan_n16_b16",
-    "s6_mixer_step_scan_n16_dt",
-    "s6_mixer_step_scan_n16_dt_b16",
     // kernels/layer_step.cu
     "s6_layer_step_b1",
     "s6_layer_step_b1_wide",

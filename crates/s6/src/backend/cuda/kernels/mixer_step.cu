@@ -193,15 +193,14 @@ extern "C" __global__ void __launch_bounds__(S6_MS_THREADS) s6_mixer_step_scan_b
 #define S6_MSW_SLOTS 4
 
 // One (sequence, channel) lane's operands of the d_state-16 step that depend on neither dt nor
-// the weights: its 4 states, u, z, the conv window slots it moves; B and C (4 each) where they
-// come from global memory.
+// the weights: its 4 states, u, z, B and C (4 each, from the xdbl row), the conv window slots it
+// moves.
 struct S6MswIn {
     float4 hv;
     float uv, zc, bv[4], cv[4], win[S6_MSW_SLOTS];
 };
-// Issues those loads (every one at once; BC: B and C too, from the xdbl row).
-// bc = b · di + c; sw: the channel's window in the conv state, [k - 1] slots di apart.
-template <bool BC>
+// Issues those loads, every one at once. bc = b · di + c; sw: the channel's window in the conv
+// state, [k - 1] slots di apart.
 __device__ __forceinline__ void s6_msw_load(S6MswIn& in, bool active, const float* __restrict__ xz, unsigned int ldxz,
                                             const float* __restrict__ u, const float* __restrict__ xdbl,
                                             unsigned int width, unsigned int r, const float* sw, unsigned int k,
@@ -214,13 +213,11 @@ __device__ __forceinline__ void s6_msw_load(S6MswIn& in, bool active, const floa
         in.hv = reinterpret_cast<const float4*>(ssm_state + bc * 16)[part];
         in.uv = u[bc];
         in.zc = xz[(unsigned long long)b * ldxz + di + c];
-        if constexpr (BC) {
-            const float* row = xdbl + (unsigned long long)b * width + r + part * 4;
+        const float* row = xdbl + (unsigned long long)b * width + r + part * 4;
 #pragma unroll
-            for (int s = 0; s < 4; ++s) {
-                in.bv[s] = row[s];
-                in.cv[s] = row[16 + s];
-            }
+        for (int s = 0; s < 4; ++s) {
+            in.bv[s] = row[s];
+            in.cv[s] = row[16 + s];
         }
 #pragma unroll
         for (int q = 0; q < S6_MSW_SLOTS; ++q) {
@@ -311,113 +308,9 @@ __device__ __forceinline__ void s6_mixer_step_scan_n16_impl(
     float* sw = conv_state + (unsigned long long)b * (k - 1) * di + c;
     const float dt = active ? delta[bc] : 0.0f;
     S6MswIn in;
-    s6_msw_load<true>(in, active, xz, ldxz, u, xdbl, width, r, sw, k, ssm_state, bc, b, c, part, di);
+    s6_msw_load(in, active, xz, ldxz, u, xdbl, width, r, sw, k, ssm_state, bc, b, c, part, di);
     const float dl = active ? s6_softplus(dt + wt.bias) : 0.0f;
     s6_msw_finish<W16>(in, active, dl, wt.av, wt.d, sw, k, ssm_state, y, y16, bc, part, di);
-}
-
-// The same step with dt_proj inside (S6_DT_FUSED, mixer_step.rs), for large batches: a product
-// for the whole batch before it (a cast of its input to bf16, the product, Δ written and read
-// back: ~8 µs of ~87 per layer at 1.4B, batch 128, run 75) becomes, per (sequence, channel),
-// dt = dt_proj[c] · δ in this kernel. Computed per sequence's blocks, that read the whole matrix
-// again from L2 for every sequence (268 MB per layer there, session 10); here a block takes
-// `seqs` sequences in turn for its channels, so each lane loads its quarter of its channel's
-// dt_proj row once (in registers, before the PDL wait), and the block stages the xdbl rows of its
-// sequences in shared memory (δ, B, C: broadcast to its channels). The per-(sequence, channel)
-// loads of the next sequence are issued before the current one is computed. dt (without its
-// bias) is still written to `delta`, as the op-by-op path writes it.
-// A lane takes the 16-byte units part + 4 i of the row (entries 16 i + 4 part .. + 3), so a
-// channel's 4 lanes read 64 contiguous bytes at a time, of the weights and of δ. (Run 87 measured
-// a first version in which lane `part` held entries part · q4 .. + q4 - 1: its scalar weight
-// loads touched a 32-byte sector per 4 bytes, and at 1.4B, batch 128 decoding ran at 25,370 tok/s
-// against 31,857 with the product; unmeasured since.) Shared row: δ (q16 = 16 · ceil(r / 16)
-// entries, zero past dt_rank), B (16), C (16). q16 ≤ 4 · S6_MSW_RPRE: dt_rank up to 160.
-// Grid (ceil(di / S6_MSW_CPB), ceil(batch / seqs)), block S6_MSW_THREADS, dynamic shared memory
-// seqs · S6_MSW_ROW(q16) floats.
-#define S6_MSW_RPRE 40
-#define S6_MSW_ROW(q16) ((q16) + 32)
-static_assert(S6_MSW_ROW(4 * S6_MSW_RPRE) <= S6_MSW_THREADS, "a thread stages one element of each row");
-template <bool W16>
-__device__ __forceinline__ void s6_mixer_step_scan_n16_dt_impl(
-    const float* __restrict__ xz, unsigned int ldxz, const float* __restrict__ u, const float* __restrict__ xdbl,
-    unsigned int width, unsigned int r, const float* __restrict__ dt_proj, const float* __restrict__ dt_bias,
-    const float* __restrict__ a, const float* __restrict__ dskip, float* __restrict__ conv_state, unsigned int k,
-    float* __restrict__ ssm_state, float* __restrict__ delta, float* __restrict__ y, unsigned short* __restrict__ y16,
-    unsigned int di, unsigned int batch, unsigned int seqs) {
-    S6_DYNAMIC_SHARED(float, s_rows);
-    S6_PDL_LAUNCH();
-    const unsigned int part = threadIdx.x % S6_MSW_LANES;
-    const unsigned int c = blockIdx.x * S6_MSW_CPB + threadIdx.x / S6_MSW_LANES;
-    const bool active = c < di;
-    const unsigned int q16 = 16 * ((r + 15) / 16), row_len = S6_MSW_ROW(q16);
-
-    // Weights before the wait: A, the bias, D, and this lane's dt_proj entries 16 i + 4 part + s.
-    float w[S6_MSW_RPRE];
-#pragma unroll
-    for (int i = 0; i < S6_MSW_RPRE; i++) {
-        const unsigned int j = 16 * (i / 4) + 4 * part + i % 4;
-        w[i] = active && j < r ? __ldg(dt_proj + (unsigned long long)c * r + j) : 0.0f;
-    }
-    const S6MswWeights wt = s6_msw_weights(active, a, dt_bias, dskip, c, part);
-    S6_PDL_WAIT();
-
-    const unsigned int b0 = blockIdx.y * seqs;
-    const unsigned int nb = min(seqs, batch - b0);
-    // The window of (b, c) and b · di + c, stepped by sequence.
-    const unsigned long long win_step = (unsigned long long)(k - 1) * di;
-    float* sw = conv_state + b0 * win_step + c;
-    unsigned long long bc = (unsigned long long)b0 * di + c;
-    S6MswIn cur, next;
-    s6_msw_load<false>(cur, active, xz, ldxz, u, xdbl, width, r, sw, k, ssm_state, bc, b0, c, part, di);
-    // The block's xdbl rows into shared memory (zeros in the δ segments past dt_rank): thread e
-    // stages element e of every row (a row is at most 160 + 32 = 192 ≤ S6_MSW_THREADS floats),
-    // its source column worked out once.
-    if (threadIdx.x < row_len) {
-        const unsigned int e = threadIdx.x;
-        const unsigned int j = e < q16 ? e : r + (e - q16);
-        const bool zero = e < q16 && e >= r;
-        const float* src = xdbl + (unsigned long long)b0 * width + j;
-        for (unsigned int sb = 0; sb < nb; sb++) s_rows[sb * row_len + e] = zero ? 0.0f : src[(unsigned long long)sb * width];
-    }
-    __syncthreads();
-    for (unsigned int sb = 0; sb < nb; sb++) {
-        const unsigned int b = b0 + sb;
-        if (sb + 1 < nb)
-            s6_msw_load<false>(next, active, xz, ldxz, u, xdbl, width, r, sw + win_step, k, ssm_state, bc + di, b + 1,
-                               c, part, di);
-        const float* srow = s_rows + sb * row_len;
-        // dt: this lane's units in order, then the channel's 4 lanes (xor: every lane the same bits).
-        const float4* d4 = reinterpret_cast<const float4*>(srow);
-        float dt = 0.0f;
-#pragma unroll
-        for (int i4 = 0; i4 < S6_MSW_RPRE / 4; i4++) {
-            if (16 * i4 < (int)q16) {
-                const float4 dv = d4[part + 4 * i4];
-                dt = fmaf(w[4 * i4], dv.x, dt);
-                dt = fmaf(w[4 * i4 + 1], dv.y, dt);
-                dt = fmaf(w[4 * i4 + 2], dv.z, dt);
-                dt = fmaf(w[4 * i4 + 3], dv.w, dt);
-            }
-        }
-#pragma unroll
-        for (int off = 1; off < S6_MSW_LANES; off <<= 1) dt += __shfl_xor_sync(0xffffffffu, dt, off);
-        const float4 bq = reinterpret_cast<const float4*>(srow + q16)[part];
-        const float4 cq = reinterpret_cast<const float4*>(srow + q16 + 16)[part];
-        cur.bv[0] = bq.x;
-        cur.bv[1] = bq.y;
-        cur.bv[2] = bq.z;
-        cur.bv[3] = bq.w;
-        cur.cv[0] = cq.x;
-        cur.cv[1] = cq.y;
-        cur.cv[2] = cq.z;
-        cur.cv[3] = cq.w;
-        if (active && part == 0) delta[bc] = dt;
-        const float dl = active ? s6_softplus(dt + wt.bias) : 0.0f;
-        s6_msw_finish<W16>(cur, active, dl, wt.av, wt.d, sw, k, ssm_state, y, y16, bc, part, di);
-        cur = next;
-        sw += win_step;
-        bc += di;
-    }
 }
 
 #define S6_MSW_PARAMS                                                                                          \
@@ -433,21 +326,4 @@ extern "C" __global__ void __launch_bounds__(S6_MSW_THREADS)
     s6_mixer_step_scan_n16_b16(S6_MSW_PARAMS, unsigned short* __restrict__ y16, unsigned int di) {
     s6_mixer_step_scan_n16_impl<true>(xz, ldxz, u, xdbl, width, r, dt_bias, a, dskip, conv_state, k, ssm_state, delta,
                                       y, y16, di);
-}
-
-#define S6_MSW_DT_PARAMS                                                                                          \
-    const float *__restrict__ xz, unsigned int ldxz, const float *__restrict__ u, const float *__restrict__ xdbl,   \
-        unsigned int width, unsigned int r, const float *__restrict__ dt_proj, const float *__restrict__ dt_bias,   \
-        const float *__restrict__ a, const float *__restrict__ dskip, float *__restrict__ conv_state, unsigned int k, \
-        float *__restrict__ ssm_state, float *__restrict__ delta, float *__restrict__ y
-extern "C" __global__ void __launch_bounds__(S6_MSW_THREADS)
-    s6_mixer_step_scan_n16_dt(S6_MSW_DT_PARAMS, unsigned int di, unsigned int batch, unsigned int seqs) {
-    s6_mixer_step_scan_n16_dt_impl<false>(xz, ldxz, u, xdbl, width, r, dt_proj, dt_bias, a, dskip, conv_state, k,
-                                          ssm_state, delta, y, nullptr, di, batch, seqs);
-}
-extern "C" __global__ void __launch_bounds__(S6_MSW_THREADS)
-    s6_mixer_step_scan_n16_dt_b16(S6_MSW_DT_PARAMS, unsigned short* __restrict__ y16, unsigned int di,
-                                  unsigned int batch, unsigned int seqs) {
-    s6_mixer_step_scan_n16_dt_impl<true>(xz, ldxz, u, xdbl, width, r, dt_proj, dt_bias, a, dskip, conv_state, k,
-                                         ssm_state, delta, y, y16, di, batch, seqs);
 }
