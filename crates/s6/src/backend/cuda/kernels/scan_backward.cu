@@ -346,6 +346,35 @@ S6_SCAN_BWD_KERNEL(s6_scan_bwd_n64, 4, 16, 8)
 #define S6_SCAN_BWD_AHEAD 1
 #endif
 __device__ __forceinline__ float s6b_fast_sigmoid(float x) { return __fdividef(1.0f, 1.0f + __expf(-x)); }
+// A chunk's raw inputs for one thread of s6_scan_bwd_n16_body: its E elements idx = tid + e · NT,
+// (step t = idx / CPB of the chunk, column c = idx % CPB) of u, Δ, dy and z (channel d0 + c) and
+// of B and C (state c), from the chunk's first row `row`; zero past the chunk's tl steps, the
+// channels and the states. I is the index type: int where every index fits (half the address
+// arithmetic), else unsigned long long.
+template <typename I, int E, int NT, int T, int CPB, int NMAX>
+__device__ __forceinline__ void s6b_load_chunk(const float* __restrict__ u, const float* __restrict__ delta,
+                                               const float* __restrict__ dy, const float* __restrict__ z,
+                                               unsigned int ldz, const float* __restrict__ bm, unsigned int ldb,
+                                               const float* __restrict__ cm, unsigned int ldc, I row, I d0,
+                                               unsigned int dim, unsigned int n, int tl, int tid, float (&ru)[E],
+                                               float (&rdl)[E], float (&rg)[E], float (&rz)[E], float (&rb)[E],
+                                               float (&rcc)[E]) {
+#pragma unroll
+    for (int e = 0; e < E; e++) {
+        const int idx = tid + e * NT;
+        const int t = idx / CPB, c = idx % CPB;
+        const I dd = d0 + c, r = row + t;
+        const bool okc = idx < T * CPB && t < tl && dd < (I)dim;
+        const bool oks = idx < T * NMAX && t < tl && c < (int)n;
+        const I o = r * (I)dim + dd;
+        ru[e] = okc ? u[o] : 0.0f;
+        rdl[e] = okc ? delta[o] : 0.0f;
+        rg[e] = okc ? dy[o] : 0.0f;
+        rz[e] = okc && z != nullptr ? z[r * (I)ldz + dd] : 0.0f;
+        rb[e] = oks ? bm[r * (I)ldb + c] : 0.0f;
+        rcc[e] = oks ? cm[r * (I)ldc + c] : 0.0f;
+    }
+}
 template <int T, bool REGS>
 __device__ __forceinline__ void s6_scan_bwd_n16_body(S6_SCAN_BWD_PARAMS) {
     constexpr int NT = 128, SPLIT = 8, CPB = 16, NMAX = 16;
@@ -400,7 +429,8 @@ __device__ __forceinline__ void s6_scan_bwd_n16_body(S6_SCAN_BWD_PARAMS) {
     // arithmetic of 64-bit ones (the loads were ~90 of a chunk's ~600 instructions per thread).
     const unsigned int widest = max(max(dim, ldz), max(ldb, ldc));
 #ifdef S6_SCAN_BWD_WIDE_ONLY  // the emulation's second build (scripts/emulate/run.sh): the 64-bit path
-    const bool narrow = false && widest;
+    (void)widest;
+    const bool narrow = false;
 #else
     const bool narrow = rows * widest < 0x7fffffffull;
 #endif
@@ -408,38 +438,11 @@ __device__ __forceinline__ void s6_scan_bwd_n16_body(S6_SCAN_BWD_PARAMS) {
         const unsigned int t0 = k * T;
         const int tl = seqlen - t0 < (unsigned int)T ? (int)(seqlen - t0) : T;
         if (narrow) {
-#pragma unroll
-            for (int e = 0; e < E; e++) {
-                const int idx = tid + e * NT;
-                const int t = idx / CPB, c = idx % CPB;
-                const int dd = (int)d0 + c;
-                const int r = (int)(row0 + t0) + t;
-                const int o = r * (int)dim + dd;
-                const bool okc = idx < T * CPB && t < tl && dd < (int)dim;
-                const bool oks = idx < T * NMAX && t < tl && c < (int)n;
-                ru[e] = okc ? u[o] : 0.0f;
-                rdl[e] = okc ? delta[o] : 0.0f;
-                rg[e] = okc ? dy[o] : 0.0f;
-                rz[e] = okc && z != nullptr ? z[r * (int)ldz + dd] : 0.0f;
-                rb[e] = oks ? bm[r * (int)ldb + c] : 0.0f;
-                rcc[e] = oks ? cm[r * (int)ldc + c] : 0.0f;
-            }
+            s6b_load_chunk<int, E, NT, T, CPB, NMAX>(u, delta, dy, z, ldz, bm, ldb, cm, ldc, (int)(row0 + t0),
+                                                      (int)d0, dim, n, tl, tid, ru, rdl, rg, rz, rb, rcc);
         } else {
-#pragma unroll
-        for (int e = 0; e < E; e++) {
-            const int idx = tid + e * NT;
-            const int t = idx / CPB, c = idx % CPB;
-            const unsigned int dd = d0 + c;
-            const unsigned long long r = row0 + t0 + t;
-            const bool okc = idx < T * CPB && t < tl && dd < dim;
-            const bool oks = idx < T * NMAX && t < tl && c < (int)n;
-            ru[e] = okc ? u[r * dim + dd] : 0.0f;
-            rdl[e] = okc ? delta[r * dim + dd] : 0.0f;
-            rb[e] = oks ? bm[r * ldb + c] : 0.0f;
-            rg[e] = okc ? dy[r * dim + dd] : 0.0f;
-            rz[e] = okc && z != nullptr ? z[r * ldz + dd] : 0.0f;
-            rcc[e] = oks ? cm[r * ldc + c] : 0.0f;
-        }
+            s6b_load_chunk<unsigned long long, E, NT, T, CPB, NMAX>(u, delta, dy, z, ldz, bm, ldb, cm, ldc, row0 + t0,
+                                                                     d0, dim, n, tl, tid, ru, rdl, rg, rz, rb, rcc);
         }
         if (k + 1 < nck || ck_given) {
 #pragma unroll
