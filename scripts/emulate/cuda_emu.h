@@ -6,7 +6,9 @@
 // functions are the libm ones.
 // Warp shuffles (xor, broadcast) and __syncwarp are emulated with a barrier per warp; other warp-level operations are not.
 // Kernels with a grid-wide barrier (layer_step.cu's s6_grid_sync: atomics on global memory and a
-// spin on a volatile load) run with s6emu_launch_concurrent: every thread of every block at once.
+// spin on a volatile load) run with s6emu_launch_concurrent: every thread of every block at once;
+// kernels of thread-block clusters (a cluster barrier, distributed shared memory) with
+// s6emu_launch_cluster, the same with clusters.
 // Not a timing tool.
 #pragma once
 #include <barrier>
@@ -20,6 +22,7 @@
 #include <vector>
 #include <algorithm>
 #include <atomic>
+#include <optional>
 
 #define S6_EMULATE 1
 #define __device__
@@ -27,6 +30,7 @@
 #define __forceinline__ inline
 #define __restrict__
 #define __launch_bounds__(...)
+#define __cluster_dims__(...)
 #define __shared__ static
 // Dynamic shared memory: a pointer to the block's buffer (s6emu_dynamic_shared below): with
 // s6emu_launch and s6emu_launch_serial one static 256 KiB for every block (more than any launch of
@@ -199,6 +203,56 @@ inline void s6emu_launch(s6emu_dim3 grid, unsigned int threads, const std::funct
 // up to 16 bytes, so that a sanitizer sees accesses past it; filled with 0xff bytes, NaN as floats,
 // so that a read of an element never written shows). For kernels whose blocks wait for each other
 // (a grid barrier); their __shared__ statics would be shared by all blocks.
+// Thread-block clusters (s6emu_launch_cluster): clusters of `size` consecutive blocks along x,
+// a barrier each over all their threads, every block's dynamic shared memory by linear block
+// index (distributed shared memory).
+struct s6emu_cluster_state {
+    unsigned int size = 0;
+    std::vector<std::unique_ptr<std::barrier<>>> bars;
+    std::vector<unsigned char*> shared;
+};
+inline s6emu_cluster_state s6emu_clusters;
+inline thread_local std::optional<std::barrier<>::arrival_token> s6emu_cluster_token;
+inline unsigned int s6emu_block_linear() { return blockIdx.x + gridDim.x * (blockIdx.y + gridDim.y * blockIdx.z); }
+inline void s6emu_cluster_check(unsigned int size) {
+    if (s6emu_clusters.size != size) {
+        std::fprintf(stderr, "a kernel of clusters of %u blocks launched without s6emu_launch_cluster(%u)\n", size, size);
+        std::abort();
+    }
+}
+inline unsigned int s6emu_cluster_rank(unsigned int size) {
+    s6emu_cluster_check(size);
+    return blockIdx.x % size;
+}
+inline void s6emu_cluster_arrive(unsigned int size) {
+    s6emu_cluster_check(size);
+    if (s6emu_cluster_token) {
+        std::fprintf(stderr, "cluster barrier arrived at twice without a wait\n");
+        std::abort();
+    }
+    s6emu_cluster_token.emplace(s6emu_clusters.bars[s6emu_block_linear() / size]->arrive());
+}
+inline void s6emu_cluster_wait() {
+    if (!s6emu_cluster_token) {
+        std::fprintf(stderr, "cluster barrier waited for without an arrive\n");
+        std::abort();
+    }
+    s6emu_clusters.bars[s6emu_block_linear() / s6emu_clusters.size]->wait(std::move(*s6emu_cluster_token));
+    s6emu_cluster_token.reset();
+}
+// The address of *p (in this block's dynamic shared memory) in block `rank` of this cluster.
+template <typename T>
+T* s6emu_cluster_map(T* p, unsigned int rank, unsigned int size) {
+    s6emu_cluster_check(size);
+    const unsigned int self = s6emu_block_linear();
+    if (rank >= size) {
+        std::fprintf(stderr, "cluster rank %u of a cluster of %u\n", rank, size);
+        std::abort();
+    }
+    const size_t off = reinterpret_cast<const unsigned char*>(p) - s6emu_clusters.shared[self];
+    return reinterpret_cast<T*>(s6emu_clusters.shared[self - self % size + rank] + off);
+}
+
 inline void s6emu_launch_concurrent(s6emu_dim3 grid, unsigned int threads, size_t dynamic_shared_bytes,
                                     const std::function<void()>& kernel) {
     gridDim = grid;
@@ -206,11 +260,13 @@ inline void s6emu_launch_concurrent(s6emu_dim3 grid, unsigned int threads, size_
     const size_t nblocks = (size_t)grid.x * grid.y * grid.z;
     std::vector<std::vector<float4>> shared(nblocks);
     std::vector<std::unique_ptr<s6emu_block_state>> blocks;
+    s6emu_clusters.shared.clear();
     for (size_t b = 0; b < nblocks; b++) {
         shared[b].resize(std::max<size_t>((dynamic_shared_bytes + 15) / 16, 1));
         std::memset(shared[b].data(), 0xff, shared[b].size() * sizeof(float4));
         blocks.push_back(std::make_unique<s6emu_block_state>(threads, true,
                                                              reinterpret_cast<unsigned char*>(shared[b].data())));
+        s6emu_clusters.shared.push_back(reinterpret_cast<unsigned char*>(shared[b].data()));
     }
     std::vector<std::thread> ts;
     size_t b = 0;
@@ -225,4 +281,21 @@ inline void s6emu_launch_concurrent(s6emu_dim3 grid, unsigned int threads, size_
                         kernel();
                     });
     for (auto& t : ts) t.join();
+}
+
+// s6emu_launch_concurrent for a kernel of clusters of `cluster` blocks along x (grid.x a multiple
+// of it): the cluster barrier and distributed shared memory above.
+inline void s6emu_launch_cluster(s6emu_dim3 grid, unsigned int threads, size_t dynamic_shared_bytes,
+                                 unsigned int cluster, const std::function<void()>& kernel) {
+    if (cluster == 0 || grid.x % cluster != 0) {
+        std::fprintf(stderr, "grid.x %u is not a multiple of the cluster size %u\n", grid.x, cluster);
+        std::abort();
+    }
+    s6emu_clusters.size = cluster;
+    s6emu_clusters.bars.clear();
+    const size_t nclusters = (size_t)grid.x / cluster * grid.y * grid.z;
+    for (size_t c = 0; c < nclusters; c++)
+        s6emu_clusters.bars.push_back(std::make_unique<std::barrier<>>((std::ptrdiff_t)cluster * threads));
+    s6emu_launch_concurrent(grid, threads, dynamic_shared_bytes, kernel);
+    s6emu_clusters.size = 0;
 }

@@ -613,6 +613,70 @@ fn fused_mixer_step_equals_cpu_op_by_op() {
     }
 }
 
+/// x_proj fused into the batch-1 scan step over clusters of blocks (`S6_XSCAN`, mixer_step.rs)
+/// gives what the step with x_proj as a GEMV gives, up to the order of x_proj's sums: two GPU
+/// copies of a layer's state stepped side by side under bf16 products, one each way.
+#[test]
+fn xscan_mixer_step_equals_the_gemv_step() {
+    use s6::backend::cuda::mixer_step::{fused_step_enabled, set_xscan, xscan_enabled};
+    let Some(g) = gpu() else { return };
+    if !fused_step_enabled() {
+        println!("skipped: S6_FUSED_STEP=0");
+        return;
+    }
+    if !g.has_clusters() {
+        println!("skipped: the device has no thread-block clusters");
+        return;
+    }
+    let was = xscan_enabled();
+    g.set_compute(Compute::Bf16).unwrap();
+    let mut rng = Rng(33);
+    // (d_inner, d_state, d_conv, dt_rank, conv bias): mamba-130m's, 1.4b's and 2.8b's blocks (one,
+    // two and four weight vectors per lane and row); two clusters with an uneven and an empty
+    // slice; d_state 8 with a shorter conv; two vectors per lane with a partial second one.
+    let shapes: [(usize, usize, usize, usize, bool); 6] = [
+        (1536, 16, 4, 48, true),
+        (4096, 16, 4, 128, true),
+        (5120, 16, 4, 160, true),
+        (264, 16, 4, 48, false),
+        (192, 8, 3, 20, true),
+        (2056, 16, 4, 16, true),
+    ];
+    for &(di, n, k, r, bias) in &shapes {
+        let case = MixerCase::random(&mut rng, 1, di, n, k, r, bias);
+        let mut gemv = MixerBufs::new(&g, &case);
+        let mut fused = MixerBufs::new(&g, &case);
+        for step in 0..3 {
+            let what = format!("d_inner {di}, d_state {n}, d_conv {k}, dt_rank {r}, step {step}");
+            let xz = g.from_vec(rng.vec(2 * di, -2.0, 2.0)).unwrap();
+            set_xscan(false);
+            gemv.step(&g, &case, &xz, true);
+            set_xscan(true);
+            fused.step(&g, &case, &xz, true);
+            let pairs = [
+                ("u", &gemv.u, &fused.u),
+                ("xdbl", &gemv.xdbl, &fused.xdbl),
+                ("delta", &gemv.delta, &fused.delta),
+                ("y", &gemv.y, &fused.y),
+                ("conv state", &gemv.conv_state, &fused.conv_state),
+                ("ssm state", &gemv.ssm_state, &fused.ssm_state),
+            ];
+            for (name, want, got) in pairs {
+                let (want, got) = (g.to_vec(want).unwrap(), g.to_vec(got).unwrap());
+                let scale = want.iter().fold(0f32, |m, v| m.max(v.abs())).max(1e-30);
+                for (i, (&a, &b)) in got.iter().zip(&want).enumerate() {
+                    assert!(
+                        (a - b).abs() <= 2e-5 * scale && a.is_finite(),
+                        "{what}: {name}[{i}]: fused {a}, GEMV {b} (largest value {scale})"
+                    );
+                }
+            }
+        }
+    }
+    set_xscan(was);
+    g.set_compute(Compute::F32).unwrap();
+}
+
 // ----- the fused block step (`Backend::block_step`: RMSNorm in in_proj's GEMV, the conv in its
 // epilogue, the residual add in out_proj's) -----
 

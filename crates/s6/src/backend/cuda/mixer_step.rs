@@ -27,6 +27,12 @@
 //! channel, every load issued at once, no shared memory (1.4B at batch 128 on an H100: 67 → 30 µs
 //! per layer, 21,500 → 28,700 tok/s; session 10).
 //!
+//! For one sequence under bf16 products on Hopper and newer, with `S6_XSCAN=1` (or
+//! [`set_xscan`]), x_proj moves into the scan step too: `s6_mixer_step_xscan_b1_*` computes it
+//! over clusters of 8 blocks, each block a slice of d_inner, their partial sums added through
+//! distributed shared memory (`kernels/mixer_step.cu`), one kernel and its latency fewer per
+//! layer. Its sums run in another order than the GEMV's (xdbl differs in the last bits).
+//!
 //! The environment variable `S6_FUSED_STEP=0` turns the mixer step and the block step off (the
 //! model then runs the ops one by one), for side-by-side measurements; it is read once per
 //! process.
@@ -52,6 +58,21 @@ const WIDE_THREADS: usize = 256;
 const WIDE_LANES: usize = 4;
 /// [`Backend::block_step`]'s setting (module documentation).
 static BLOCK_STEP: Switch = Switch::new("S6_BLOCK_STEP", true);
+
+/// x_proj fused into the batch-1 scan step over clusters (module documentation).
+static XSCAN: Switch = Switch::new("S6_XSCAN", false);
+/// Blocks per cluster of `s6_mixer_step_xscan_b1_*` (`S6_XS_CLUSTER`).
+const XSCAN_CLUSTER: usize = 8;
+
+/// Whether x_proj may be fused into the batch-1 scan step (module documentation).
+pub fn xscan_enabled() -> bool {
+    XSCAN.on()
+}
+
+/// Turns the fused x_proj of the batch-1 scan step on or off for this process.
+pub fn set_xscan(on: bool) {
+    XSCAN.set(on);
+}
 
 /// Whether [`Backend::block_step`] runs fused (see the module documentation).
 pub fn block_step_enabled() -> bool {
@@ -127,6 +148,9 @@ impl Cuda {
         let ap = self.ptr(m.a, 0, di * n, "mixer step A")?;
         let dp = self.ptr(m.d, 0, di, "mixer step D")?;
         let up = self.ptr(o.u, 0, batch * di, "mixer step u")?;
+        if let Some(entry) = self.xscan_entry(m) {
+            return self.launch_xscan(entry, m, xz, up, o, (dtw, dtb, ap, dp));
+        }
         // x_proj as any product: the small-batch GEMV for few rows, under the chosen `Compute`.
         self.linear(View::full(&*o.u, di), batch, di, m.x_proj, width, None, &mut *o.xdbl)?;
         let dt_given = batch >= DT_PRODUCT_MIN_BATCH && batch * di * r * 4 >= DT_PRODUCT_MIN_BYTES;
@@ -173,6 +197,68 @@ impl Cuda {
         let name = if batch == 1 { "s6_mixer_step_scan_b1" } else { "s6_mixer_step_scan" };
         launch!(self, self.func(name)?, cfg2, "mixer step scan";
             xz, ldxz, up, xdbl, ww, rr, dtw, dtb, ap, dp, conv, kk, ssm, delta, yp, dd, nn, dt_given, pf);
+        Ok(())
+    }
+
+    /// Whether the device runs thread-block clusters (compute capability 9.0 and newer), which
+    /// the batch-1 scan step with x_proj fused in needs.
+    pub fn has_clusters(&self) -> bool {
+        self.inner.clusters
+    }
+
+    /// The entry of `s6_mixer_step_xscan_b1` that covers this step, if it runs fused: one
+    /// sequence, bf16 products, clusters on the device, d_inner a multiple of 8 up to 8,192 (the
+    /// kernel's 16-byte weight vectors, at most 4 per lane and row), its shared memory within
+    /// the default limit.
+    fn xscan_entry(&self, m: &MixerWeights<'_, CudaBuf>) -> Option<&'static str> {
+        let (di, width) = (m.d_inner, m.dt_rank + 2 * m.d_state);
+        let slice = di.div_ceil(XSCAN_CLUSTER).div_ceil(8) * 8;
+        let covered = m.batch == 1
+            && xscan_enabled()
+            && self.inner.clusters
+            && self.compute() == Compute::Bf16
+            && di % 8 == 0
+            && di <= 8192
+            && 4 * (2 * width + slice) <= MAX_SHARED;
+        covered.then_some(match slice / 8 {
+            ..=32 => "s6_mixer_step_xscan_b1_v1",
+            33..=64 => "s6_mixer_step_xscan_b1_v2",
+            _ => "s6_mixer_step_xscan_b1_v4",
+        })
+    }
+
+    /// x_proj, dt_proj and the scan step of one sequence as one kernel of clusters
+    /// ([`Cuda::xscan_entry`]); `o.xdbl` is written, `o.delta` gets dt without its bias.
+    fn launch_xscan(
+        &self,
+        entry: &str,
+        m: &MixerWeights<'_, CudaBuf>,
+        xz: u64,
+        up: u64,
+        o: MixerStepOut<'_, CudaBuf>,
+        (dtw, dtb, ap, dp): (u64, u64, u64, u64),
+    ) -> Result<()> {
+        let (di, n, k, r) = (m.d_inner, m.d_state, m.d_conv, m.dt_rank);
+        let width = r + 2 * n;
+        let slice = di.div_ceil(XSCAN_CLUSTER).div_ceil(8) * 8;
+        let wx = self.weight_bf16(m.x_proj, width * di, "mixer step x_proj")?;
+        let xdbl = self.ptr_mut(o.xdbl, 0, width, "mixer step xdbl")?;
+        let delta = self.ptr_mut(o.delta, 0, di, "mixer step delta")?;
+        let yp = self.ptr_mut(o.y, 0, di, "mixer step y")?;
+        let conv = self.ptr_mut(o.conv_state, 0, (k - 1) * di, "mixer step conv state")?;
+        let ssm = self.ptr_mut(o.ssm_state, 0, di * n, "mixer step ssm state")?;
+        let blocks = di.div_ceil(SCAN_THREADS / SCAN_LANES).div_ceil(XSCAN_CLUSTER) * XSCAN_CLUSTER;
+        let cfg = LaunchConfig {
+            grid_dim: (u32_of("blocks", blocks)?, 1, 1),
+            block_dim: (SCAN_THREADS as u32, 1, 1),
+            shared_mem_bytes: u32_of("shared", 4 * (2 * width + slice))?,
+        };
+        let (ldxz, kk, ww, rr) =
+            (u32_of("ld xz", 2 * di)?, u32_of("d_conv", k)?, u32_of("width", width)?, u32_of("dt_rank", r)?);
+        let (dd, nn) = (u32_of("d_inner", di)?, u32_of("d_state", n)?);
+        let (dt_given, pf) = (0u32, self.prefetch_for(4 * di * (n + r)));
+        launch!(self, self.func(entry)?, cfg, "mixer step scan with x_proj";
+            xz, ldxz, up, xdbl, ww, rr, dtw, dtb, ap, dp, conv, kk, ssm, delta, yp, dd, nn, dt_given, pf, wx);
         Ok(())
     }
 

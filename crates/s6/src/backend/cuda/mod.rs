@@ -146,6 +146,9 @@ const KERNELS: &[&str] = &[
     "s6_mixer_step_scan_b1",
     "s6_mixer_step_scan_n16",
     "s6_mixer_step_scan_n16_b16",
+    "s6_mixer_step_xscan_b1_v1",
+    "s6_mixer_step_xscan_b1_v2",
+    "s6_mixer_step_xscan_b1_v4",
     // kernels/layer_step.cu
     "s6_layer_step_b1",
     "s6_layer_step_b1_wide",
@@ -457,6 +460,8 @@ struct Inner {
     bf16: Mutex<Bf16Scratch>,
     /// Kernels launch with programmatic dependent launch ([`Cuda::pdl`]).
     pdl: bool,
+    /// The device runs thread-block clusters (compute capability 9.0 and newer).
+    clusters: bool,
     /// The device's L2 cache, bytes ([`Cuda::prefetch_for`]).
     l2_bytes: usize,
     /// Incremented when a CUDA graph recording begins and when it ends (activation copies, see
@@ -775,6 +780,7 @@ impl Cuda {
                 compute: AtomicU8::new(compute_code(Compute::F32)),
                 bf16: Mutex::new(Bf16Scratch::default()),
                 pdl: major >= 9 && pdl_wanted(),
+                clusters: major >= 9,
                 shadow_epoch: std::sync::atomic::AtomicU64::new(0),
                 keeping_activations: std::sync::atomic::AtomicBool::new(false),
                 l2_bytes,

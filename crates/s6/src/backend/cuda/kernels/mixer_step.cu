@@ -32,19 +32,187 @@
 #define S6_MS_RPRE 16
 #define S6_MS_SPRE 8
 
+// x_proj fused into the batch-1 scan step over a thread-block cluster (s6_mixer_step_xscan_b1,
+// Hopper and newer). xdbl = x_proj · u needs every channel's u, and every block of the scan step
+// needs all of xdbl (δ for its channels' dt, B and C): as separate kernels that is a GEMV and a
+// kernel boundary per layer, paid in latency at batch 1. Here the grid is cut into clusters of
+// S6_XS_CLUSTER blocks; block j of a cluster sums x_proj over its slice j of d_inner (bf16
+// weights, u rounded to bf16, fp32 sums: the GEMV's products), writes the width partial sums to
+// its shared memory, and after a cluster barrier every block adds the cluster's partials, in rank
+// order, from the others' shared memory (distributed shared memory): each cluster computes the
+// whole x_proj (the weights come from L2 after the first cluster), and its blocks go on to the
+// scan step of their own channels. Deterministic; the sums' order differs from the GEMV's, so
+// xdbl differs from the unfused step's in the last bits.
+#define S6_XS_CLUSTER 8
+// 16-byte weight vectors per lane loaded before the PDL wait (the rest after it).
+#define S6_XS_PRE 12
+// The rest in rounds of S6_XS_BATCH vectors per lane (whole rows), loads first.
+#define S6_XS_BATCH 4
+
+// The cluster's hardware: this block's rank, the barrier in two halves (arrive with release
+// semantics, wait with acquire), and the address of a shared variable in another block of the
+// cluster. The CPU emulation (scripts/emulate/cuda_emu.h) provides the S6_EMULATE versions.
+__device__ __forceinline__ unsigned int s6_cluster_rank() {
+#ifdef S6_EMULATE
+    return s6emu_cluster_rank(S6_XS_CLUSTER);
+#elif defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    unsigned int r;
+    asm volatile("mov.u32 %0, %%cluster_ctarank;" : "=r"(r));
+    return r;
+#else
+    return 0;
+#endif
+}
+__device__ __forceinline__ void s6_cluster_arrive() {
+#ifdef S6_EMULATE
+    s6emu_cluster_arrive(S6_XS_CLUSTER);
+#elif defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile("barrier.cluster.arrive.release.aligned;" ::: "memory");
+#endif
+}
+__device__ __forceinline__ void s6_cluster_wait() {
+#ifdef S6_EMULATE
+    s6emu_cluster_wait();
+#elif defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile("barrier.cluster.wait.acquire.aligned;" ::: "memory");
+#endif
+}
+__device__ __forceinline__ const float* s6_cluster_map(const float* p, unsigned int rank) {
+#ifdef S6_EMULATE
+    return s6emu_cluster_map(p, rank, S6_XS_CLUSTER);
+#elif defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    unsigned long long q;
+    asm volatile("mapa.u64 %0, %1, %2;" : "=l"(q) : "l"(p), "r"(rank));
+    return reinterpret_cast<const float*>(q);
+#else
+    return p;
+#endif
+}
+
+// A block's part of x_proj: columns [k0, k0 + len) of d_inner (len a multiple of 8 but maybe
+// the last's, empty for ranks past d_inner), nvec = len / 8 weight vectors per row; this warp's
+// rows are w = warp + warps · i for i < rows. Lane l takes vectors l + 32 j of each row, j < VJ
+// (VJ ≥ nvec / 32, a template parameter so that the loops' indices are constants).
+struct S6XsSlice {
+    unsigned int k0, len, nvec, rows;
+};
+__device__ __forceinline__ S6XsSlice s6_xs_slice(unsigned int di, unsigned int width) {
+    S6XsSlice s;
+    const unsigned int per = ((di + S6_XS_CLUSTER - 1) / S6_XS_CLUSTER + 7) / 8 * 8;
+    s.k0 = min(di, s6_cluster_rank() * per);
+    s.len = min(per, di - s.k0);
+    s.nvec = s.len / 8;
+    const unsigned int warp = threadIdx.x / 32, nwarps = blockDim.x / 32;
+    s.rows = width > warp ? (width - warp + nwarps - 1) / nwarps : 0;
+    return s;
+}
+// Rows of weights per warp loaded before the PDL wait: S6_XS_PRE vectors per lane.
+template <int VJ>
+struct S6XsPre {
+    static constexpr int ROWS = S6_XS_PRE / VJ > 0 ? S6_XS_PRE / VJ : 1;
+    uint4 w[ROWS][VJ];
+};
+// Row i's VJ weight vectors of this lane (zeros past the rows or the slice).
+template <int VJ>
+__device__ __forceinline__ void s6_xs_load_row(const S6XsSlice& xs, const unsigned short* __restrict__ wx,
+                                               unsigned int di, unsigned int i, uint4 (&wv)[VJ]) {
+    const unsigned int w = threadIdx.x / 32 + (blockDim.x / 32) * i;
+    const uint4* row = reinterpret_cast<const uint4*>(wx + (unsigned long long)w * di + xs.k0);
+#pragma unroll
+    for (int j = 0; j < VJ; ++j) {
+        const unsigned int v = threadIdx.x % 32 + 32 * j;
+        wv[j] = i < xs.rows && v < xs.nvec ? __ldg(row + v) : make_uint4(0u, 0u, 0u, 0u);
+    }
+}
+// Weights only, before the PDL wait (prelude.cu): the first rows into registers, the rest's
+// 128-byte lines into L2.
+template <int VJ>
+__device__ __forceinline__ void s6_xs_preload(const S6XsSlice& xs, const unsigned short* __restrict__ wx,
+                                              unsigned int di, S6XsPre<VJ>& pre) {
+#pragma unroll
+    for (int i = 0; i < S6XsPre<VJ>::ROWS; ++i) s6_xs_load_row<VJ>(xs, wx, di, i, pre.w[i]);
+#if defined(__CUDA_ARCH__) && !defined(S6_EMULATE)
+    for (unsigned int i = S6XsPre<VJ>::ROWS; i < xs.rows; ++i) {
+        const unsigned int w = threadIdx.x / 32 + (blockDim.x / 32) * i;
+        const uint4* row = reinterpret_cast<const uint4*>(wx + (unsigned long long)w * di + xs.k0);
+#pragma unroll
+        for (int j = 0; j < VJ; ++j) {
+            const unsigned int v = threadIdx.x % 32 + 32 * j;
+            if (v < xs.nvec && v % 8 == 0) asm volatile("prefetch.global.L2 [%0];" ::"l"(row + v));
+        }
+    }
+#endif
+}
+// Row i's sum over the slice (u's slice su, rounded to bf16) into partial[w] (warp-uniform i).
+template <int VJ>
+__device__ __forceinline__ void s6_xs_row(const S6XsSlice& xs, unsigned int i, const uint4 (&wv)[VJ],
+                                          const float* su, float* partial) {
+    float cur = 0.0f;
+#pragma unroll
+    for (int j = 0; j < VJ; ++j) {
+        const unsigned int v = threadIdx.x % 32 + 32 * j;
+        if (v < xs.nvec) cur = s6_fma_bf16x8(wv[j], su + 8 * v, cur);
+    }
+#pragma unroll
+    for (int off = 16; off > 0; off >>= 1) cur += __shfl_xor_sync(0xffffffffu, cur, off);
+    if (threadIdx.x % 32 == 0) partial[threadIdx.x / 32 + (blockDim.x / 32) * i] = cur;
+}
+// x_proj for one sequence into `x` (shared memory, width floats) of every block of the cluster;
+// block 0 of the grid also writes it to xdbl_out. Dynamic shared memory: x [width], partial
+// [width], u's slice [len]. Called by every thread of every block (cluster barriers); leaves a
+// cluster barrier arrived, which the kernel's end waits for.
+template <int VJ>
+__device__ __forceinline__ void s6_xs_xproj(const S6XsSlice& xs, const unsigned short* __restrict__ wx,
+                                            const float* __restrict__ u, unsigned int di, unsigned int width,
+                                            const S6XsPre<VJ>& pre, float* x, float* __restrict__ xdbl_out) {
+    float* partial = x + width;
+    float* su = partial + width;
+    for (unsigned int i = threadIdx.x; i < xs.len; i += blockDim.x) su[i] = s6_rbf16(u[xs.k0 + i]);
+    __syncthreads();
+    constexpr int PR = S6XsPre<VJ>::ROWS;
+#pragma unroll
+    for (int i = 0; i < PR; ++i)
+        if ((unsigned int)i < xs.rows) s6_xs_row<VJ>(xs, i, pre.w[i], su, partial);
+    constexpr int RB = S6_XS_BATCH / VJ > 0 ? S6_XS_BATCH / VJ : 1;
+    for (unsigned int i0 = PR; i0 < xs.rows; i0 += RB) {
+        uint4 wv[RB][VJ];
+#pragma unroll
+        for (int q = 0; q < RB; ++q) s6_xs_load_row<VJ>(xs, wx, di, i0 + q, wv[q]);
+#pragma unroll
+        for (int q = 0; q < RB; ++q)
+            if (i0 + q < xs.rows) s6_xs_row<VJ>(xs, i0 + q, wv[q], su, partial);
+    }
+    // Every block's partials written (the arrive releases them, the wait acquires the others').
+    __syncthreads();
+    s6_cluster_arrive();
+    s6_cluster_wait();
+    for (unsigned int w = threadIdx.x; w < width; w += blockDim.x) {
+        float sum = 0.0f;
+        for (unsigned int j = 0; j < S6_XS_CLUSTER; ++j) sum += s6_cluster_map(partial, j)[w];
+        x[w] = sum;
+        if (blockIdx.x == 0 && blockIdx.y == 0) xdbl_out[w] = sum;
+    }
+    // Done with the other blocks' shared memory.
+    s6_cluster_arrive();
+}
+
 // grid (ceil(di / S6_MS_CPB), batch), block S6_MS_THREADS, dynamic shared memory width floats
 // (the sequence's xdbl row). Before the PDL wait, with `prefetch`, the first sequence's blocks
 // prefetch their channels' rows of dt_proj and A into L2 (s6_prefetch_l2). Each lane sums in the
-// same order in both variants, so the results do not depend on what was loaded early.
-template <bool EARLY>
+// same order in both variants, so the results do not depend on what was loaded early. With XS
+// (s6_mixer_step_xscan_b1, one sequence) the block's cluster computes the xdbl row (s6_xs_xproj,
+// x_proj's weights wx) and block 0 writes it to xdbl_out, instead of reading it from xdbl.
+template <bool EARLY, bool XS = false, int VJ = 1>
 __device__ __forceinline__ void s6_mixer_step_scan_impl(
     const float* __restrict__ xz, unsigned int ldxz, const float* __restrict__ u, const float* __restrict__ xdbl,
     unsigned int width, unsigned int r, const float* __restrict__ dt_proj, const float* __restrict__ dt_bias,
     const float* __restrict__ a, const float* __restrict__ dskip, float* __restrict__ conv_state, unsigned int k,
     float* __restrict__ ssm_state, float* __restrict__ delta_out, float* __restrict__ y, unsigned int di,
-    unsigned int n, unsigned int dt_given, unsigned int prefetch) {
+    unsigned int n, unsigned int dt_given, unsigned int prefetch, const unsigned short* __restrict__ wx = nullptr,
+    float* __restrict__ xdbl_out = nullptr) {
     S6_PDL_LAUNCH();
-    if (prefetch && blockIdx.y == 0 && threadIdx.x < 32) {
+    // (A cluster's grid may have blocks past the channels: they prefetch nothing.)
+    if (prefetch && blockIdx.y == 0 && threadIdx.x < 32 && blockIdx.x * S6_MS_CPB < di) {
         const unsigned long long c0 = (unsigned long long)blockIdx.x * S6_MS_CPB;
         const unsigned long long nc = c0 + S6_MS_CPB < di ? S6_MS_CPB : di - c0;
         if (!dt_given) s6_prefetch_l2(dt_proj + c0 * r, nc * r * sizeof(float));
@@ -79,6 +247,13 @@ __device__ __forceinline__ void s6_mixer_step_scan_impl(
         bias_c = __ldg(dt_bias + c);
         d_c = __ldg(dskip + c);
     }
+    // XS: this block's x_proj weights (its slice of d_inner), the first S6_XS_PRE vectors per lane.
+    S6XsSlice xs;
+    S6XsPre<VJ> xpre;
+    if constexpr (XS) {
+        xs = s6_xs_slice(di, width);
+        s6_xs_preload<VJ>(xs, wx, di, xpre);
+    }
     S6_PDL_WAIT();
 
     // Everything the step reads that does not depend on dt, issued together: the previous
@@ -102,8 +277,13 @@ __device__ __forceinline__ void s6_mixer_step_scan_impl(
             sw[(unsigned long long)(k - 2) * di] = xz[(unsigned long long)b * ldxz + c];
         }
     }
-    for (unsigned int i = threadIdx.x; i < width; i += blockDim.x) {
-        s6_ms_x[i] = xdbl[(unsigned long long)b * width + i];
+    if constexpr (XS) {
+        // x_proj over the cluster: this block's partial sums, then every block adds the cluster's.
+        s6_xs_xproj<VJ>(xs, wx, u, di, width, xpre, s6_ms_x, xdbl_out);
+    } else {
+        for (unsigned int i = threadIdx.x; i < width; i += blockDim.x) {
+            s6_ms_x[i] = xdbl[(unsigned long long)b * width + i];
+        }
     }
     __syncthreads();
 
@@ -157,6 +337,8 @@ __device__ __forceinline__ void s6_mixer_step_scan_impl(
     if (active && part == 0) {
         y[bc] = (acc + d_c * uv) * s6_silu(zc);
     }
+    // XS: no block leaves while another may still read its partial sums (shared memory).
+    if constexpr (XS) s6_cluster_wait();
 }
 
 #define S6_MS_PARAMS                                                                                          \
@@ -173,6 +355,27 @@ extern "C" __global__ void __launch_bounds__(S6_MS_THREADS) s6_mixer_step_scan(S
 extern "C" __global__ void __launch_bounds__(S6_MS_THREADS) s6_mixer_step_scan_b1(S6_MS_PARAMS) {
     s6_mixer_step_scan_impl<true>(S6_MS_ARGS);
 }
+// x_proj fused in over a cluster (above): one sequence, bf16 x_proj weights wx [width, di], di a
+// multiple of 8; xdbl is written (by block 0), not read. grid (a multiple of S6_XS_CLUSTER blocks,
+// at least ceil(di / S6_MS_CPB)), block S6_MS_THREADS, dynamic shared memory (2 width + the
+// slice) floats. Entries by VJ, the weight vectors per lane and row: _v1 for d_inner up to 2,048,
+// _v2 to 4,096, _v4 to 8,192 (the host picks). Compute capability 9.0 and newer (the host
+// checks); a trap before that.
+#if defined(S6_EMULATE) || (defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900)
+#define S6_XS_ENTRY(VJ)                                                                          \
+    extern "C" __global__ void __launch_bounds__(S6_MS_THREADS) __cluster_dims__(S6_XS_CLUSTER, 1, 1) \
+        s6_mixer_step_xscan_b1_v##VJ(S6_MS_PARAMS, const unsigned short* __restrict__ wx) {         \
+        s6_mixer_step_scan_impl<true, true, VJ>(S6_MS_ARGS, wx, const_cast<float*>(xdbl));          \
+    }
+#else
+#define S6_XS_ENTRY(VJ)                                                                                      \
+    extern "C" __global__ void s6_mixer_step_xscan_b1_v##VJ(S6_MS_PARAMS, const unsigned short* __restrict__ wx) { \
+        __trap();                                                                                          \
+    }
+#endif
+S6_XS_ENTRY(1)
+S6_XS_ENTRY(2)
+S6_XS_ENTRY(4)
 
 // Large batches (dt given: a product for the whole batch wrote δ · dt_projᵀ into `delta`) with
 // d_state = 16: s6_mixer_step_scan_n16. At 1.4B, batch 128 on an H100 the kernel above took 67 µs
