@@ -74,6 +74,22 @@ pub fn set_xscan(on: bool) {
     XSCAN.set(on);
 }
 
+/// When the batch-1 scan step prefetches out_proj's weights into L2 for the kernel after it:
+/// `S6_PREFETCH_NEXT=1` before its PDL wait, `2` after its own loads, `0` (the default until
+/// measured) never. Read once per process.
+fn prefetch_next_mode() -> u32 {
+    static MODE: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
+    *MODE.get_or_init(|| match std::env::var("S6_PREFETCH_NEXT").as_deref().map(str::trim) {
+        Ok("1") => 1,
+        Ok("2") => 2,
+        _ => 0,
+    })
+}
+
+/// The weights of the kernel after the scan step, `(device address, bytes)`, for it to prefetch
+/// into L2 ([`prefetch_next_mode`]).
+type NextWeights = Option<(u64, usize)>;
+
 /// Whether [`Backend::block_step`] runs fused (see the module documentation).
 pub fn block_step_enabled() -> bool {
     BLOCK_STEP.on()
@@ -133,13 +149,19 @@ impl Cuda {
         if self.launch_conv_forward((xz, 2 * di), cw, cb, conv, (up, u16), (batch, 1, di, k))? {
             self.act_bf16_written(o.u, batch * di)?;
         }
-        self.mixer_step_rest(m, xz, o)?;
+        self.mixer_step_rest(m, xz, o, None)?;
         Ok(true)
     }
 
     /// The fused step after the conv (`o.u` written): x_proj, dt_proj and the scan step, from
     /// in_proj's output at the device pointer `xz` (`[batch, 2·d_inner]`, bounds checked).
-    fn mixer_step_rest(&self, m: &MixerWeights<'_, CudaBuf>, xz: u64, o: MixerStepOut<'_, CudaBuf>) -> Result<()> {
+    fn mixer_step_rest(
+        &self,
+        m: &MixerWeights<'_, CudaBuf>,
+        xz: u64,
+        o: MixerStepOut<'_, CudaBuf>,
+        next: NextWeights,
+    ) -> Result<()> {
         let (batch, di, n, k, r) = (m.batch, m.d_inner, m.d_state, m.d_conv, m.dt_rank);
         let width = r + 2 * n;
         let ldxz = 2 * di;
@@ -148,8 +170,14 @@ impl Cuda {
         let ap = self.ptr(m.a, 0, di * n, "mixer step A")?;
         let dp = self.ptr(m.d, 0, di, "mixer step D")?;
         let up = self.ptr(o.u, 0, batch * di, "mixer step u")?;
+        // The next kernel's weights for the batch-1 entries to prefetch.
+        let (next_ptr, next_bytes, next_mode) = match (next, prefetch_next_mode()) {
+            (Some((p, bytes)), mode) if batch == 1 && mode > 0 => (p, bytes as u64, mode),
+            _ => (0u64, 0u64, 0u32),
+        };
+        let next = (next_ptr, next_bytes, next_mode);
         if let Some(entry) = self.xscan_entry(m) {
-            return self.launch_xscan(entry, m, xz, up, o, (dtw, dtb, ap, dp));
+            return self.launch_xscan(entry, m, xz, up, o, (dtw, dtb, ap, dp), next);
         }
         // x_proj as any product: the small-batch GEMV for few rows, under the chosen `Compute`.
         self.linear(View::full(&*o.u, di), batch, di, m.x_proj, width, None, &mut *o.xdbl)?;
@@ -195,8 +223,10 @@ impl Cuda {
         };
         // One sequence: the entry that loads its weights before the PDL wait (mixer_step.cu).
         let name = if batch == 1 { "s6_mixer_step_scan_b1" } else { "s6_mixer_step_scan" };
+        let (next_ptr, next_bytes, next_mode) = next;
         launch!(self, self.func(name)?, cfg2, "mixer step scan";
-            xz, ldxz, up, xdbl, ww, rr, dtw, dtb, ap, dp, conv, kk, ssm, delta, yp, dd, nn, dt_given, pf);
+            xz, ldxz, up, xdbl, ww, rr, dtw, dtb, ap, dp, conv, kk, ssm, delta, yp, dd, nn, dt_given, pf,
+            next_ptr, next_bytes, next_mode);
         Ok(())
     }
 
@@ -237,6 +267,7 @@ impl Cuda {
         up: u64,
         o: MixerStepOut<'_, CudaBuf>,
         (dtw, dtb, ap, dp): (u64, u64, u64, u64),
+        (next_ptr, next_bytes, next_mode): (u64, u64, u32),
     ) -> Result<()> {
         let (di, n, k, r) = (m.d_inner, m.d_state, m.d_conv, m.dt_rank);
         let width = r + 2 * n;
@@ -258,7 +289,8 @@ impl Cuda {
         let (dd, nn) = (u32_of("d_inner", di)?, u32_of("d_state", n)?);
         let (dt_given, pf) = (0u32, self.prefetch_for(4 * di * (n + r)));
         launch!(self, self.func(entry)?, cfg, "mixer step scan with x_proj";
-            xz, ldxz, up, xdbl, ww, rr, dtw, dtb, ap, dp, conv, kk, ssm, delta, yp, dd, nn, dt_given, pf, wx);
+            xz, ldxz, up, xdbl, ww, rr, dtw, dtb, ap, dp, conv, kk, ssm, delta, yp, dd, nn, dt_given, pf,
+            next_ptr, next_bytes, next_mode, wx);
         Ok(())
     }
 
@@ -307,7 +339,9 @@ impl Cuda {
         // RMSNorm → in_proj → xz, and conv + SiLU → u.
         self.launch_gemv(set, (res, d), w_in, (batch, d, iw), b_in, xz, GemvMode::NormConv(nc))?;
         let y = self.ptr(o.mixer.y, 0, batch * di, "block step y")?;
-        self.mixer_step_rest(m, xz, o.mixer)?;
+        // out_proj's weights: the batch-1 scan step may prefetch them ([`prefetch_next_mode`]).
+        let out_bytes = d * di * if set == 1 { 2 } else { 4 };
+        self.mixer_step_rest(m, xz, o.mixer, Some((w_out, out_bytes)))?;
         // residual += out_proj(y).
         self.launch_gemv(set, (y, di), w_out, (batch, di, d), b_out, res, GemvMode::Accumulate)?;
         Ok(true)

@@ -196,6 +196,22 @@ __device__ __forceinline__ void s6_xs_xproj(const S6XsSlice& xs, const unsigned 
     s6_cluster_arrive();
 }
 
+// The next kernel's weights into L2 (`next`, `next_bytes`: out_proj's, for one sequence): each
+// block's first warp prefetches its share in 16 KB pieces. At batch 1 the scan step reads little
+// from DRAM while it runs, and out_proj after it streams its whole weight matrix (at 1.4B 16.8 MB,
+// a third of an H100's L2): prefetched, that stream overlaps this kernel instead of following it.
+// `next_mode` 1 issues it before the PDL wait (while earlier kernels may still run: weights only,
+// prelude.cu), 2 once the step's own loads are issued (ptxas spilled the batch-1 entry's
+// registers with it right after the wait).
+__device__ __forceinline__ void s6_ms_prefetch_next(const unsigned char* __restrict__ next,
+                                                    unsigned long long next_bytes) {
+    if (threadIdx.x >= 32 || next_bytes == 0) return;
+    const unsigned long long blocks = (unsigned long long)gridDim.x * gridDim.y;
+    const unsigned long long per = ((next_bytes + blocks - 1) / blocks + 16383) & ~16383ull;
+    const unsigned long long lo = ((unsigned long long)blockIdx.y * gridDim.x + blockIdx.x) * per;
+    if (lo < next_bytes) s6_prefetch_l2(next + lo, min(per, next_bytes - lo));
+}
+
 // grid (ceil(di / S6_MS_CPB), batch), block S6_MS_THREADS, dynamic shared memory width floats
 // (the sequence's xdbl row). Before the PDL wait, with `prefetch`, the first sequence's blocks
 // prefetch their channels' rows of dt_proj and A into L2 (s6_prefetch_l2). Each lane sums in the
@@ -208,9 +224,11 @@ __device__ __forceinline__ void s6_mixer_step_scan_impl(
     unsigned int width, unsigned int r, const float* __restrict__ dt_proj, const float* __restrict__ dt_bias,
     const float* __restrict__ a, const float* __restrict__ dskip, float* __restrict__ conv_state, unsigned int k,
     float* __restrict__ ssm_state, float* __restrict__ delta_out, float* __restrict__ y, unsigned int di,
-    unsigned int n, unsigned int dt_given, unsigned int prefetch, const unsigned short* __restrict__ wx = nullptr,
+    unsigned int n, unsigned int dt_given, unsigned int prefetch, const unsigned char* __restrict__ next,
+    unsigned long long next_bytes, unsigned int next_mode, const unsigned short* __restrict__ wx = nullptr,
     float* __restrict__ xdbl_out = nullptr) {
     S6_PDL_LAUNCH();
+    if (next_mode == 1) s6_ms_prefetch_next(next, next_bytes);
     // (A cluster's grid may have blocks past the channels: they prefetch nothing.)
     if (prefetch && blockIdx.y == 0 && threadIdx.x < 32 && blockIdx.x * S6_MS_CPB < di) {
         const unsigned long long c0 = (unsigned long long)blockIdx.x * S6_MS_CPB;
@@ -286,6 +304,7 @@ __device__ __forceinline__ void s6_mixer_step_scan_impl(
         }
     }
     __syncthreads();
+    if (next_mode == 2) s6_ms_prefetch_next(next, next_bytes);
 
     float dt = 0.0f;
     if (active) {
@@ -346,8 +365,11 @@ __device__ __forceinline__ void s6_mixer_step_scan_impl(
         unsigned int width, unsigned int r, const float *__restrict__ dt_proj, const float *__restrict__ dt_bias, \
         const float *__restrict__ a, const float *__restrict__ dskip, float *__restrict__ conv_state,            \
         unsigned int k, float *__restrict__ ssm_state, float *__restrict__ delta_out, float *__restrict__ y,     \
-        unsigned int di, unsigned int n, unsigned int dt_given, unsigned int prefetch
-#define S6_MS_ARGS xz, ldxz, u, xdbl, width, r, dt_proj, dt_bias, a, dskip, conv_state, k, ssm_state, delta_out, y, di, n, dt_given, prefetch
+        unsigned int di, unsigned int n, unsigned int dt_given, unsigned int prefetch,                          \
+        const unsigned char *__restrict__ next, unsigned long long next_bytes, unsigned int next_mode
+#define S6_MS_ARGS                                                                                              \
+    xz, ldxz, u, xdbl, width, r, dt_proj, dt_bias, a, dskip, conv_state, k, ssm_state, delta_out, y, di, n, dt_given, \
+        prefetch, next, next_bytes, next_mode
 
 extern "C" __global__ void __launch_bounds__(S6_MS_THREADS) s6_mixer_step_scan(S6_MS_PARAMS) {
     s6_mixer_step_scan_impl<false>(S6_MS_ARGS);
