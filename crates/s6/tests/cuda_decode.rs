@@ -707,6 +707,7 @@ fn block_step_on(
             mixer,
             out_proj,
             out_proj_bias: biases.1,
+            next_in_proj: Some(in_proj),
         };
         let out = BlockStepOut { residual, xz, mixer: mixer_out };
         assert!(g.block_step(&args, out).unwrap(), "the fused block step was not taken");

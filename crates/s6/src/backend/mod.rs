@@ -259,6 +259,9 @@ pub struct BlockStepArgs<'a, Buf> {
     /// `[d_model, d_inner]` and its optional bias.
     pub out_proj: &'a Buf,
     pub out_proj_bias: Option<&'a Buf>,
+    /// The next block's `in_proj`, when there is one: a hint (a backend may start reading it
+    /// into a cache early); nothing of it is read for this step's results.
+    pub next_in_proj: Option<&'a Buf>,
 }
 
 /// Outputs of [`Backend::block_step`].

@@ -512,6 +512,7 @@ impl<B: Backend> Mamba<B> {
                         mixer,
                         out_proj: &l.out_proj,
                         out_proj_bias: l.out_proj_bias.as_ref(),
+                        next_in_proj: self.layers.get(i + 1).map(|n| &n.in_proj),
                     };
                     let o = BlockStepOut {
                         residual: &mut *residual,

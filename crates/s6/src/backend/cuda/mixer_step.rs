@@ -86,9 +86,10 @@ fn prefetch_next_mode() -> u32 {
     })
 }
 
-/// The weights of the kernel after the scan step, `(device address, bytes)`, for it to prefetch
-/// into L2 ([`prefetch_next_mode`]).
-type NextWeights = Option<(u64, usize)>;
+/// The weights of the kernels after the scan step, `(device address, bytes)` each (out_proj's,
+/// then the next block's in_proj or `(0, 0)`), for it to prefetch into L2
+/// ([`prefetch_next_mode`]).
+type NextWeights = Option<[(u64, usize); 2]>;
 
 /// Whether [`Backend::block_step`] runs fused (see the module documentation).
 pub fn block_step_enabled() -> bool {
@@ -171,11 +172,10 @@ impl Cuda {
         let dp = self.ptr(m.d, 0, di, "mixer step D")?;
         let up = self.ptr(o.u, 0, batch * di, "mixer step u")?;
         // The next kernel's weights for the batch-1 entries to prefetch.
-        let (next_ptr, next_bytes, next_mode) = match (next, prefetch_next_mode()) {
-            (Some((p, bytes)), mode) if batch == 1 && mode > 0 => (p, bytes as u64, mode),
-            _ => (0u64, 0u64, 0u32),
+        let next = match (next, prefetch_next_mode()) {
+            (Some([(p, b), (p2, b2)]), mode) if batch == 1 && mode > 0 => (p, b as u64, p2, b2 as u64, mode),
+            _ => (0u64, 0u64, 0u64, 0u64, 0u32),
         };
-        let next = (next_ptr, next_bytes, next_mode);
         if let Some(entry) = self.xscan_entry(m) {
             return self.launch_xscan(entry, m, xz, up, o, (dtw, dtb, ap, dp), next);
         }
@@ -223,10 +223,10 @@ impl Cuda {
         };
         // One sequence: the entry that loads its weights before the PDL wait (mixer_step.cu).
         let name = if batch == 1 { "s6_mixer_step_scan_b1" } else { "s6_mixer_step_scan" };
-        let (next_ptr, next_bytes, next_mode) = next;
+        let (np, nb, np2, nb2, nm) = next;
         launch!(self, self.func(name)?, cfg2, "mixer step scan";
             xz, ldxz, up, xdbl, ww, rr, dtw, dtb, ap, dp, conv, kk, ssm, delta, yp, dd, nn, dt_given, pf,
-            next_ptr, next_bytes, next_mode);
+            np, nb, np2, nb2, nm);
         Ok(())
     }
 
@@ -267,7 +267,7 @@ impl Cuda {
         up: u64,
         o: MixerStepOut<'_, CudaBuf>,
         (dtw, dtb, ap, dp): (u64, u64, u64, u64),
-        (next_ptr, next_bytes, next_mode): (u64, u64, u32),
+        (np, nb, np2, nb2, nm): (u64, u64, u64, u64, u32),
     ) -> Result<()> {
         let (di, n, k, r) = (m.d_inner, m.d_state, m.d_conv, m.dt_rank);
         let width = r + 2 * n;
@@ -290,7 +290,7 @@ impl Cuda {
         let (dt_given, pf) = (0u32, self.prefetch_for(4 * di * (n + r)));
         launch!(self, self.func(entry)?, cfg, "mixer step scan with x_proj";
             xz, ldxz, up, xdbl, ww, rr, dtw, dtb, ap, dp, conv, kk, ssm, delta, yp, dd, nn, dt_given, pf,
-            next_ptr, next_bytes, next_mode, wx);
+            np, nb, np2, nb2, nm, wx);
         Ok(())
     }
 
@@ -339,9 +339,17 @@ impl Cuda {
         // RMSNorm → in_proj → xz, and conv + SiLU → u.
         self.launch_gemv(set, (res, d), w_in, (batch, d, iw), b_in, xz, GemvMode::NormConv(nc))?;
         let y = self.ptr(o.mixer.y, 0, batch * di, "block step y")?;
-        // out_proj's weights: the batch-1 scan step may prefetch them ([`prefetch_next_mode`]).
-        let out_bytes = d * di * if set == 1 { 2 } else { 4 };
-        self.mixer_step_rest(m, xz, o.mixer, Some((w_out, out_bytes)))?;
+        // out_proj's weights, and the next block's in_proj where both take at most a quarter of
+        // the L2: the batch-1 scan step may prefetch them ([`prefetch_next_mode`]).
+        let elem = if set == 1 { 2 } else { 4 };
+        let out_bytes = d * di * elem;
+        let next_in = match a.next_in_proj {
+            Some(w) if out_bytes + iw * d * elem <= self.inner.l2_bytes / 4 => {
+                (weight(w, iw * d, "next in_proj")?, iw * d * elem)
+            }
+            _ => (0, 0),
+        };
+        self.mixer_step_rest(m, xz, o.mixer, Some([(w_out, out_bytes), next_in]))?;
         // residual += out_proj(y).
         self.launch_gemv(set, (y, di), w_out, (batch, di, d), b_out, res, GemvMode::Accumulate)?;
         Ok(true)

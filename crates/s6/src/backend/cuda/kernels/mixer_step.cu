@@ -196,10 +196,11 @@ __device__ __forceinline__ void s6_xs_xproj(const S6XsSlice& xs, const unsigned 
     s6_cluster_arrive();
 }
 
-// The next kernel's weights into L2 (`next`, `next_bytes`: out_proj's, for one sequence): each
-// block's first warp prefetches its share in 16 KB pieces. At batch 1 the scan step reads little
-// from DRAM while it runs, and out_proj after it streams its whole weight matrix (at 1.4B 16.8 MB,
-// a third of an H100's L2): prefetched, that stream overlaps this kernel instead of following it.
+// The next kernels' weights into L2 (`next`, `next_bytes`: out_proj's, for one sequence; `next2`:
+// the next block's in_proj, where both fit the L2 easily): each block's first warp prefetches its
+// share of a range in 16 KB pieces. At batch 1 the scan step reads little from DRAM while it runs,
+// and out_proj after it streams its whole weight matrix (at 1.4B 16.8 MB, a third of an H100's
+// L2): prefetched, that stream overlaps this kernel instead of following it.
 // `next_mode` 1 issues it before the PDL wait (while earlier kernels may still run: weights only,
 // prelude.cu), 2 once the step's own loads are issued (ptxas spilled the batch-1 entry's
 // registers with it right after the wait).
@@ -225,10 +226,14 @@ __device__ __forceinline__ void s6_mixer_step_scan_impl(
     const float* __restrict__ a, const float* __restrict__ dskip, float* __restrict__ conv_state, unsigned int k,
     float* __restrict__ ssm_state, float* __restrict__ delta_out, float* __restrict__ y, unsigned int di,
     unsigned int n, unsigned int dt_given, unsigned int prefetch, const unsigned char* __restrict__ next,
-    unsigned long long next_bytes, unsigned int next_mode, const unsigned short* __restrict__ wx = nullptr,
+    unsigned long long next_bytes, const unsigned char* __restrict__ next2, unsigned long long next2_bytes,
+    unsigned int next_mode, const unsigned short* __restrict__ wx = nullptr,
     float* __restrict__ xdbl_out = nullptr) {
     S6_PDL_LAUNCH();
-    if (next_mode == 1) s6_ms_prefetch_next(next, next_bytes);
+    if (next_mode == 1) {
+        s6_ms_prefetch_next(next, next_bytes);
+        s6_ms_prefetch_next(next2, next2_bytes);
+    }
     // (A cluster's grid may have blocks past the channels: they prefetch nothing.)
     if (prefetch && blockIdx.y == 0 && threadIdx.x < 32 && blockIdx.x * S6_MS_CPB < di) {
         const unsigned long long c0 = (unsigned long long)blockIdx.x * S6_MS_CPB;
@@ -304,7 +309,10 @@ __device__ __forceinline__ void s6_mixer_step_scan_impl(
         }
     }
     __syncthreads();
-    if (next_mode == 2) s6_ms_prefetch_next(next, next_bytes);
+    if (next_mode == 2) {
+        s6_ms_prefetch_next(next, next_bytes);
+        s6_ms_prefetch_next(next2, next2_bytes);
+    }
 
     float dt = 0.0f;
     if (active) {
@@ -366,10 +374,11 @@ __device__ __forceinline__ void s6_mixer_step_scan_impl(
         const float *__restrict__ a, const float *__restrict__ dskip, float *__restrict__ conv_state,            \
         unsigned int k, float *__restrict__ ssm_state, float *__restrict__ delta_out, float *__restrict__ y,     \
         unsigned int di, unsigned int n, unsigned int dt_given, unsigned int prefetch,                          \
-        const unsigned char *__restrict__ next, unsigned long long next_bytes, unsigned int next_mode
+        const unsigned char *__restrict__ next, unsigned long long next_bytes,                                   \
+        const unsigned char *__restrict__ next2, unsigned long long next2_bytes, unsigned int next_mode
 #define S6_MS_ARGS                                                                                              \
     xz, ldxz, u, xdbl, width, r, dt_proj, dt_bias, a, dskip, conv_state, k, ssm_state, delta_out, y, di, n, dt_given, \
-        prefetch, next, next_bytes, next_mode
+        prefetch, next, next_bytes, next2, next2_bytes, next_mode
 
 extern "C" __global__ void __launch_bounds__(S6_MS_THREADS) s6_mixer_step_scan(S6_MS_PARAMS) {
     s6_mixer_step_scan_impl<false>(S6_MS_ARGS);
