@@ -16,11 +16,13 @@ ab() { for xp in $1; do
   S6_XSCAN=${xp%/*} S6_PREFETCH_NEXT=${xp#*/} dec --preset mamba-1.4b --batch 1 --tokens 64 --repeats 3
 done; }
 ab "0/0 1/0 0/1 0/2 1/1 1/2"
+date -u
+t decode - test-cuda_decode
+export S6_PREFETCH_NEXT=2; t decode_xscan S6_XSCAN=1 test-cuda_decode; unset S6_PREFETCH_NEXT
 echo "-- round 2"
 ab "0/0 1/0 0/2 1/2"
 date -u
-run_cuda_tests
-export S6_PREFETCH_NEXT=2; t decode_xscan S6_XSCAN=1 test-cuda_decode; unset S6_PREFETCH_NEXT
+for n in cuda cuda_backward cuda_train; do t $n - test-$n; done
 date -u
 echo "== decode, batch 128"
 dec --preset mamba-1.4b --batch 128 --tokens 32 --repeats 2
