@@ -16,6 +16,9 @@ ab() { for xp in $1; do
   S6_XSCAN=${xp%/*} S6_PREFETCH_NEXT=${xp#*/} dec --preset mamba-1.4b --batch 1 --tokens 64 --repeats 3
 done; }
 ab "0/0 1/0 0/1 0/2 1/1 1/2"
+echo "-- s6-main (ecf0bdf: the scan step without the new parameters)"
+timeout 80 dev-out/s6-main bench decode --device cuda --dtype bf16 --preset mamba-130m --batch 1 --tokens 128 --repeats 3 2>&1 | grep -E "^decode|rror"
+timeout 80 dev-out/s6-main bench decode --device cuda --dtype bf16 --preset mamba-1.4b --batch 1 --tokens 64 --repeats 3 2>&1 | grep -E "^decode|rror"
 date -u
 t decode - test-cuda_decode
 export S6_PREFETCH_NEXT=2; t decode_xscan S6_XSCAN=1 test-cuda_decode; unset S6_PREFETCH_NEXT
