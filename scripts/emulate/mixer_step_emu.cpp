@@ -129,8 +129,9 @@ static void run_xscan_case(unsigned di, unsigned r, unsigned n, unsigned k) {
         std::vector<float> y(di, 7.0f), delta(di, 7.0f), xdbl(width, 7.0f);
         s6emu_launch_cluster({grid, 1, 1}, S6_MS_THREADS, 4 * (2 * width + per), S6_XS_CLUSTER, [&] {
             auto f = VJ == 1 ? s6_mixer_step_xscan_b1_v1 : VJ == 2 ? s6_mixer_step_xscan_b1_v2 : s6_mixer_step_xscan_b1_v4;
-            f(xz.data(), ldxz, u.data(), xdbl.data(), width, r, dtw.data(), bias.data(), a.data(), dskip.data(),
-              conv.data(), k, ssm.data(), delta.data(), y.data(), di, n, 0, 0, nullptr, 0, nullptr, 0, 0, wx.data());
+            f(xz.data(), ldxz, u.data(), nullptr, width, r, dtw.data(), bias.data(), a.data(), dskip.data(),
+              conv.data(), k, ssm.data(), delta.data(), y.data(), di, n, 0, 0, nullptr, 0, nullptr, 0, 0, wx.data(),
+              xdbl.data());
         });
         char what[160];
         const double tol = 1e-5;

@@ -79,17 +79,20 @@ pub fn set_xscan(on: bool) {
 /// measured) never. Read once per process.
 fn prefetch_next_mode() -> u32 {
     static MODE: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
-    *MODE.get_or_init(|| match std::env::var("S6_PREFETCH_NEXT").as_deref().map(str::trim) {
-        Ok("1") => 1,
-        Ok("2") => 2,
-        _ => 0,
-    })
+    *MODE.get_or_init(|| super::forced_by_env("S6_PREFETCH_NEXT", ["0", "1", "2"]).unwrap_or(0) as u32)
 }
 
-/// The weights of the kernels after the scan step, `(device address, bytes)` each (out_proj's,
-/// then the next block's in_proj or `(0, 0)`), for it to prefetch into L2
-/// ([`prefetch_next_mode`]).
-type NextWeights = Option<[(u64, usize); 2]>;
+/// The scan step kernels' `next*` arguments: the weights of the kernels after it (out_proj's,
+/// then the next block's in_proj or nothing), device address and bytes, for the batch-1 step to
+/// prefetch into L2 when `mode` ([`prefetch_next_mode`]) is not 0. All zeros: no prefetch.
+#[derive(Clone, Copy, Default)]
+struct NextPrefetch {
+    ptr: u64,
+    bytes: u64,
+    ptr2: u64,
+    bytes2: u64,
+    mode: u32,
+}
 
 /// Whether [`Backend::block_step`] runs fused (see the module documentation).
 pub fn block_step_enabled() -> bool {
@@ -150,7 +153,7 @@ impl Cuda {
         if self.launch_conv_forward((xz, 2 * di), cw, cb, conv, (up, u16), (batch, 1, di, k))? {
             self.act_bf16_written(o.u, batch * di)?;
         }
-        self.mixer_step_rest(m, xz, o, None)?;
+        self.mixer_step_rest(m, xz, o, NextPrefetch::default())?;
         Ok(true)
     }
 
@@ -160,24 +163,38 @@ impl Cuda {
         &self,
         m: &MixerWeights<'_, CudaBuf>,
         xz: u64,
-        o: MixerStepOut<'_, CudaBuf>,
-        next: NextWeights,
+        mut o: MixerStepOut<'_, CudaBuf>,
+        next: NextPrefetch,
     ) -> Result<()> {
         let (batch, di, n, k, r) = (m.batch, m.d_inner, m.d_state, m.d_conv, m.dt_rank);
         let width = r + 2 * n;
-        let ldxz = 2 * di;
         let dtw = self.ptr(m.dt_proj, 0, di * r, "mixer step dt_proj")?;
         let dtb = self.ptr(m.dt_bias, 0, di, "mixer step dt bias")?;
         let ap = self.ptr(m.a, 0, di * n, "mixer step A")?;
         let dp = self.ptr(m.d, 0, di, "mixer step D")?;
         let up = self.ptr(o.u, 0, batch * di, "mixer step u")?;
-        // The next kernel's weights for the batch-1 entries to prefetch.
-        let next = match (next, prefetch_next_mode()) {
-            (Some([(p, b), (p2, b2)]), mode) if batch == 1 && mode > 0 => (p, b as u64, p2, b2 as u64, mode),
-            _ => (0u64, 0u64, 0u64, 0u64, 0u32),
-        };
-        if let Some(entry) = self.xscan_entry(m) {
-            return self.launch_xscan(entry, m, xz, up, o, (dtw, dtb, ap, dp), next);
+        let (ldxz, kk, ww, rr) =
+            (u32_of("ld xz", 2 * di)?, u32_of("d_conv", k)?, u32_of("width", width)?, u32_of("dt_rank", r)?);
+        let (dd, nn, bb) = (u32_of("d_inner", di)?, u32_of("d_state", n)?, u32_of("batch", batch)?);
+        if let Some((entry, slice)) = self.xscan_entry(m) {
+            // x_proj inside the scan step (one sequence): xdbl is its output, not read.
+            let wx = self.weight_bf16(m.x_proj, width * di, "mixer step x_proj")?;
+            let xdbl_out = self.ptr_mut(o.xdbl, 0, width, "mixer step xdbl")?;
+            let [delta, yp, conv, ssm] = self.scan_step_outputs(&mut o, m)?;
+            let cfg = LaunchConfig {
+                grid_dim: (
+                    u32_of("blocks", di.div_ceil(SCAN_THREADS / SCAN_LANES).div_ceil(XSCAN_CLUSTER) * XSCAN_CLUSTER)?,
+                    1,
+                    1,
+                ),
+                block_dim: (SCAN_THREADS as u32, 1, 1),
+                shared_mem_bytes: u32_of("shared", 4 * (2 * width + slice))?,
+            };
+            let (no_xdbl, dt_given, pf) = (0u64, 0u32, self.prefetch_for(4 * di * (n + r)));
+            launch!(self, self.func(entry)?, cfg, "mixer step scan with x_proj";
+                xz, ldxz, up, no_xdbl, ww, rr, dtw, dtb, ap, dp, conv, kk, ssm, delta, yp, dd, nn, dt_given, pf,
+                next.ptr, next.bytes, next.ptr2, next.bytes2, next.mode, wx, xdbl_out);
+            return Ok(());
         }
         // x_proj as any product: the small-batch GEMV for few rows, under the chosen `Compute`.
         self.linear(View::full(&*o.u, di), batch, di, m.x_proj, width, None, &mut *o.xdbl)?;
@@ -189,13 +206,7 @@ impl Cuda {
             self.linear(View::cols(&*o.xdbl, 0, width), batch, r, m.dt_proj, di, None, &mut *o.delta)?;
         }
         let xdbl = self.ptr(o.xdbl, 0, batch * width, "mixer step xdbl")?;
-        let delta = self.ptr_mut(o.delta, 0, batch * di, "mixer step delta")?;
-        let yp = self.ptr_mut(o.y, 0, batch * di, "mixer step y")?;
-        let conv = self.ptr_mut(o.conv_state, 0, batch * (k - 1) * di, "mixer step conv state")?;
-        let ssm = self.ptr_mut(o.ssm_state, 0, batch * di * n, "mixer step ssm state")?;
-        let (ldxz, kk, ww, rr) =
-            (u32_of("ld xz", ldxz)?, u32_of("d_conv", k)?, u32_of("width", width)?, u32_of("dt_rank", r)?);
-        let (dd, nn, bb) = (u32_of("d_inner", di)?, u32_of("d_state", n)?, u32_of("batch", batch)?);
+        let [delta, yp, conv, ssm] = self.scan_step_outputs(&mut o, m)?;
         if dt_given && n == 16 {
             // Large batches, Mamba's d_state: 4 lanes of 4 states per channel, every load at once
             // (kernels/mixer_step.cu).
@@ -223,11 +234,22 @@ impl Cuda {
         };
         // One sequence: the entry that loads its weights before the PDL wait (mixer_step.cu).
         let name = if batch == 1 { "s6_mixer_step_scan_b1" } else { "s6_mixer_step_scan" };
-        let (np, nb, np2, nb2, nm) = next;
         launch!(self, self.func(name)?, cfg2, "mixer step scan";
             xz, ldxz, up, xdbl, ww, rr, dtw, dtb, ap, dp, conv, kk, ssm, delta, yp, dd, nn, dt_given, pf,
-            np, nb, np2, nb2, nm);
+            next.ptr, next.bytes, next.ptr2, next.bytes2, next.mode);
         Ok(())
+    }
+
+    /// The scan step's outputs and states as device pointers, bounds checked: `[delta, y, conv
+    /// state, ssm state]`.
+    fn scan_step_outputs(&self, o: &mut MixerStepOut<'_, CudaBuf>, m: &MixerWeights<'_, CudaBuf>) -> Result<[u64; 4]> {
+        let (batch, di, n, k) = (m.batch, m.d_inner, m.d_state, m.d_conv);
+        Ok([
+            self.ptr_mut(o.delta, 0, batch * di, "mixer step delta")?,
+            self.ptr_mut(o.y, 0, batch * di, "mixer step y")?,
+            self.ptr_mut(o.conv_state, 0, batch * (k - 1) * di, "mixer step conv state")?,
+            self.ptr_mut(o.ssm_state, 0, batch * di * n, "mixer step ssm state")?,
+        ])
     }
 
     /// Whether the device runs thread-block clusters (compute capability 9.0 and newer), which
@@ -236,11 +258,11 @@ impl Cuda {
         self.inner.clusters
     }
 
-    /// The entry of `s6_mixer_step_xscan_b1` that covers this step, if it runs fused: one
-    /// sequence, bf16 products, clusters on the device, d_inner a multiple of 8 up to 8,192 (the
-    /// kernel's 16-byte weight vectors, at most 4 per lane and row), its shared memory within
-    /// the default limit.
-    fn xscan_entry(&self, m: &MixerWeights<'_, CudaBuf>) -> Option<&'static str> {
+    /// The entry of `s6_mixer_step_xscan_b1` that covers this step, and its slice of d_inner
+    /// per block, if it runs fused: one sequence, bf16 products, clusters on the device, d_inner
+    /// a multiple of 8 up to 8,192 (the kernel's 16-byte weight vectors, at most 4 per lane and
+    /// row), its shared memory within the default limit.
+    fn xscan_entry(&self, m: &MixerWeights<'_, CudaBuf>) -> Option<(&'static str, usize)> {
         let (di, width) = (m.d_inner, m.dt_rank + 2 * m.d_state);
         let slice = di.div_ceil(XSCAN_CLUSTER).div_ceil(8) * 8;
         let covered = m.batch == 1
@@ -250,48 +272,12 @@ impl Cuda {
             && di % 8 == 0
             && di <= 8192
             && 4 * (2 * width + slice) <= MAX_SHARED;
-        covered.then_some(match slice / 8 {
+        let entry = match slice / 8 {
             ..=32 => "s6_mixer_step_xscan_b1_v1",
             33..=64 => "s6_mixer_step_xscan_b1_v2",
             _ => "s6_mixer_step_xscan_b1_v4",
-        })
-    }
-
-    /// x_proj, dt_proj and the scan step of one sequence as one kernel of clusters
-    /// ([`Cuda::xscan_entry`]); `o.xdbl` is written, `o.delta` gets dt without its bias.
-    fn launch_xscan(
-        &self,
-        entry: &str,
-        m: &MixerWeights<'_, CudaBuf>,
-        xz: u64,
-        up: u64,
-        o: MixerStepOut<'_, CudaBuf>,
-        (dtw, dtb, ap, dp): (u64, u64, u64, u64),
-        (np, nb, np2, nb2, nm): (u64, u64, u64, u64, u32),
-    ) -> Result<()> {
-        let (di, n, k, r) = (m.d_inner, m.d_state, m.d_conv, m.dt_rank);
-        let width = r + 2 * n;
-        let slice = di.div_ceil(XSCAN_CLUSTER).div_ceil(8) * 8;
-        let wx = self.weight_bf16(m.x_proj, width * di, "mixer step x_proj")?;
-        let xdbl = self.ptr_mut(o.xdbl, 0, width, "mixer step xdbl")?;
-        let delta = self.ptr_mut(o.delta, 0, di, "mixer step delta")?;
-        let yp = self.ptr_mut(o.y, 0, di, "mixer step y")?;
-        let conv = self.ptr_mut(o.conv_state, 0, (k - 1) * di, "mixer step conv state")?;
-        let ssm = self.ptr_mut(o.ssm_state, 0, di * n, "mixer step ssm state")?;
-        let blocks = di.div_ceil(SCAN_THREADS / SCAN_LANES).div_ceil(XSCAN_CLUSTER) * XSCAN_CLUSTER;
-        let cfg = LaunchConfig {
-            grid_dim: (u32_of("blocks", blocks)?, 1, 1),
-            block_dim: (SCAN_THREADS as u32, 1, 1),
-            shared_mem_bytes: u32_of("shared", 4 * (2 * width + slice))?,
         };
-        let (ldxz, kk, ww, rr) =
-            (u32_of("ld xz", 2 * di)?, u32_of("d_conv", k)?, u32_of("width", width)?, u32_of("dt_rank", r)?);
-        let (dd, nn) = (u32_of("d_inner", di)?, u32_of("d_state", n)?);
-        let (dt_given, pf) = (0u32, self.prefetch_for(4 * di * (n + r)));
-        launch!(self, self.func(entry)?, cfg, "mixer step scan with x_proj";
-            xz, ldxz, up, xdbl, ww, rr, dtw, dtb, ap, dp, conv, kk, ssm, delta, yp, dd, nn, dt_given, pf,
-            np, nb, np2, nb2, nm, wx);
-        Ok(())
+        covered.then_some((entry, slice))
     }
 
     pub(super) fn block_step_dev(
@@ -339,17 +325,18 @@ impl Cuda {
         // RMSNorm → in_proj → xz, and conv + SiLU → u.
         self.launch_gemv(set, (res, d), w_in, (batch, d, iw), b_in, xz, GemvMode::NormConv(nc))?;
         let y = self.ptr(o.mixer.y, 0, batch * di, "block step y")?;
-        // out_proj's weights, and the next block's in_proj where both take at most a quarter of
-        // the L2: the batch-1 scan step may prefetch them ([`prefetch_next_mode`]).
-        let elem = if set == 1 { 2 } else { 4 };
-        let out_bytes = d * di * elem;
-        let next_in = match a.next_in_proj {
-            Some(w) if out_bytes + iw * d * elem <= self.inner.l2_bytes / 4 => {
-                (weight(w, iw * d, "next in_proj")?, iw * d * elem)
+        // One sequence: the scan step may prefetch out_proj's weights, and the next block's
+        // in_proj where both take at most a quarter of the L2 ([`prefetch_next_mode`]).
+        let mut next = NextPrefetch::default();
+        if batch == 1 && prefetch_next_mode() > 0 {
+            let elem = if set == 1 { 2 } else { 4 };
+            next = NextPrefetch { ptr: w_out, bytes: (d * di * elem) as u64, mode: prefetch_next_mode(), ..next };
+            if let Some(w) = a.next_in_proj.filter(|_| (d * di + iw * d) * elem <= self.inner.l2_bytes / 4) {
+                next.ptr2 = weight(w, iw * d, "next in_proj")?;
+                next.bytes2 = (iw * d * elem) as u64;
             }
-            _ => (0, 0),
-        };
-        self.mixer_step_rest(m, xz, o.mixer, Some([(w_out, out_bytes), next_in]))?;
+        }
+        self.mixer_step_rest(m, xz, o.mixer, next)?;
         // residual += out_proj(y).
         self.launch_gemv(set, (y, di), w_out, (batch, di, d), b_out, res, GemvMode::Accumulate)?;
         Ok(true)

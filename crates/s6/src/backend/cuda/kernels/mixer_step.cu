@@ -387,7 +387,7 @@ extern "C" __global__ void __launch_bounds__(S6_MS_THREADS) s6_mixer_step_scan_b
     s6_mixer_step_scan_impl<true>(S6_MS_ARGS);
 }
 // x_proj fused in over a cluster (above): one sequence, bf16 x_proj weights wx [width, di], di a
-// multiple of 8; xdbl is written (by block 0), not read. grid (a multiple of S6_XS_CLUSTER blocks,
+// multiple of 8; the xdbl row goes to xdbl_out (written by block 0), `xdbl` is not read. grid (a multiple of S6_XS_CLUSTER blocks,
 // at least ceil(di / S6_MS_CPB)), block S6_MS_THREADS, dynamic shared memory (2 width + the
 // slice) floats. Entries by VJ, the weight vectors per lane and row: _v1 for d_inner up to 2,048,
 // _v2 to 4,096, _v4 to 8,192 (the host picks). Compute capability 9.0 and newer (the host
@@ -395,12 +395,14 @@ extern "C" __global__ void __launch_bounds__(S6_MS_THREADS) s6_mixer_step_scan_b
 #if defined(S6_EMULATE) || (defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900)
 #define S6_XS_ENTRY(VJ)                                                                          \
     extern "C" __global__ void __launch_bounds__(S6_MS_THREADS) __cluster_dims__(S6_XS_CLUSTER, 1, 1) \
-        s6_mixer_step_xscan_b1_v##VJ(S6_MS_PARAMS, const unsigned short* __restrict__ wx) {         \
-        s6_mixer_step_scan_impl<true, true, VJ>(S6_MS_ARGS, wx, const_cast<float*>(xdbl));          \
+        s6_mixer_step_xscan_b1_v##VJ(S6_MS_PARAMS, const unsigned short* __restrict__ wx,           \
+                                     float* __restrict__ xdbl_out) {                                \
+        s6_mixer_step_scan_impl<true, true, VJ>(S6_MS_ARGS, wx, xdbl_out);                          \
     }
 #else
 #define S6_XS_ENTRY(VJ)                                                                                      \
-    extern "C" __global__ void s6_mixer_step_xscan_b1_v##VJ(S6_MS_PARAMS, const unsigned short* __restrict__ wx) { \
+    extern "C" __global__ void s6_mixer_step_xscan_b1_v##VJ(S6_MS_PARAMS, const unsigned short* __restrict__ wx, \
+                                                            float* __restrict__ xdbl_out) {                      \
         __trap();                                                                                          \
     }
 #endif
