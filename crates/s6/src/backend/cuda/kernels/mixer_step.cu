@@ -49,46 +49,6 @@
 // The rest in rounds of S6_XS_BATCH vectors per lane (whole rows), loads first.
 #define S6_XS_BATCH 4
 
-// The cluster's hardware: this block's rank, the barrier in two halves (arrive with release
-// semantics, wait with acquire), and the address of a shared variable in another block of the
-// cluster. The CPU emulation (scripts/emulate/cuda_emu.h) provides the S6_EMULATE versions.
-__device__ __forceinline__ unsigned int s6_cluster_rank() {
-#ifdef S6_EMULATE
-    return s6emu_cluster_rank(S6_XS_CLUSTER);
-#elif defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-    unsigned int r;
-    asm volatile("mov.u32 %0, %%cluster_ctarank;" : "=r"(r));
-    return r;
-#else
-    return 0;
-#endif
-}
-__device__ __forceinline__ void s6_cluster_arrive() {
-#ifdef S6_EMULATE
-    s6emu_cluster_arrive(S6_XS_CLUSTER);
-#elif defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-    asm volatile("barrier.cluster.arrive.release.aligned;" ::: "memory");
-#endif
-}
-__device__ __forceinline__ void s6_cluster_wait() {
-#ifdef S6_EMULATE
-    s6emu_cluster_wait();
-#elif defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-    asm volatile("barrier.cluster.wait.acquire.aligned;" ::: "memory");
-#endif
-}
-__device__ __forceinline__ const float* s6_cluster_map(const float* p, unsigned int rank) {
-#ifdef S6_EMULATE
-    return s6emu_cluster_map(p, rank, S6_XS_CLUSTER);
-#elif defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-    unsigned long long q;
-    asm volatile("mapa.u64 %0, %1, %2;" : "=l"(q) : "l"(p), "r"(rank));
-    return reinterpret_cast<const float*>(q);
-#else
-    return p;
-#endif
-}
-
 // A block's part of x_proj: columns [k0, k0 + len) of d_inner (len a multiple of 8 but maybe
 // the last's, empty for ranks past d_inner), nvec = len / 8 weight vectors per row; this warp's
 // rows are w = warp + warps · i for i < rows. Lane l takes vectors l + 32 j of each row, j < VJ
@@ -99,7 +59,7 @@ struct S6XsSlice {
 __device__ __forceinline__ S6XsSlice s6_xs_slice(unsigned int di, unsigned int width) {
     S6XsSlice s;
     const unsigned int per = ((di + S6_XS_CLUSTER - 1) / S6_XS_CLUSTER + 7) / 8 * 8;
-    s.k0 = min(di, s6_cluster_rank() * per);
+    s.k0 = min(di, s6_cluster_rank<S6_XS_CLUSTER>() * per);
     s.len = min(per, di - s.k0);
     s.nvec = s.len / 8;
     const unsigned int warp = threadIdx.x / 32, nwarps = blockDim.x / 32;
@@ -112,12 +72,17 @@ struct S6XsPre {
     static constexpr int ROWS = S6_XS_PRE / VJ > 0 ? S6_XS_PRE / VJ : 1;
     uint4 w[ROWS][VJ];
 };
+// This warp's row i of the slice, as 16-byte vectors.
+__device__ __forceinline__ const uint4* s6_xs_row_ptr(const S6XsSlice& xs, const unsigned short* __restrict__ wx,
+                                                     unsigned int di, unsigned int i) {
+    const unsigned int w = threadIdx.x / 32 + (blockDim.x / 32) * i;
+    return reinterpret_cast<const uint4*>(wx + (unsigned long long)w * di + xs.k0);
+}
 // Row i's VJ weight vectors of this lane (zeros past the rows or the slice).
 template <int VJ>
 __device__ __forceinline__ void s6_xs_load_row(const S6XsSlice& xs, const unsigned short* __restrict__ wx,
                                                unsigned int di, unsigned int i, uint4 (&wv)[VJ]) {
-    const unsigned int w = threadIdx.x / 32 + (blockDim.x / 32) * i;
-    const uint4* row = reinterpret_cast<const uint4*>(wx + (unsigned long long)w * di + xs.k0);
+    const uint4* row = s6_xs_row_ptr(xs, wx, di, i);
 #pragma unroll
     for (int j = 0; j < VJ; ++j) {
         const unsigned int v = threadIdx.x % 32 + 32 * j;
@@ -133,8 +98,7 @@ __device__ __forceinline__ void s6_xs_preload(const S6XsSlice& xs, const unsigne
     for (int i = 0; i < S6XsPre<VJ>::ROWS; ++i) s6_xs_load_row<VJ>(xs, wx, di, i, pre.w[i]);
 #if defined(__CUDA_ARCH__) && !defined(S6_EMULATE)
     for (unsigned int i = S6XsPre<VJ>::ROWS; i < xs.rows; ++i) {
-        const unsigned int w = threadIdx.x / 32 + (blockDim.x / 32) * i;
-        const uint4* row = reinterpret_cast<const uint4*>(wx + (unsigned long long)w * di + xs.k0);
+        const uint4* row = s6_xs_row_ptr(xs, wx, di, i);
 #pragma unroll
         for (int j = 0; j < VJ; ++j) {
             const unsigned int v = threadIdx.x % 32 + 32 * j;
@@ -184,16 +148,16 @@ __device__ __forceinline__ void s6_xs_xproj(const S6XsSlice& xs, const unsigned 
     }
     // Every block's partials written (the arrive releases them, the wait acquires the others').
     __syncthreads();
-    s6_cluster_arrive();
+    s6_cluster_arrive<S6_XS_CLUSTER>();
     s6_cluster_wait();
     for (unsigned int w = threadIdx.x; w < width; w += blockDim.x) {
         float sum = 0.0f;
-        for (unsigned int j = 0; j < S6_XS_CLUSTER; ++j) sum += s6_cluster_map(partial, j)[w];
+        for (unsigned int j = 0; j < S6_XS_CLUSTER; ++j) sum += s6_cluster_map<S6_XS_CLUSTER>(partial, j)[w];
         x[w] = sum;
         if (blockIdx.x == 0 && blockIdx.y == 0) xdbl_out[w] = sum;
     }
     // Done with the other blocks' shared memory.
-    s6_cluster_arrive();
+    s6_cluster_arrive<S6_XS_CLUSTER>();
 }
 
 // The next kernels' weights into L2 (`next`, `next_bytes`: out_proj's, for one sequence; `next2`:
@@ -204,13 +168,18 @@ __device__ __forceinline__ void s6_xs_xproj(const S6XsSlice& xs, const unsigned 
 // `next_mode` 1 issues it before the PDL wait (while earlier kernels may still run: weights only,
 // prelude.cu), 2 once the step's own loads are issued (ptxas spilled the batch-1 entry's
 // registers with it right after the wait).
-__device__ __forceinline__ void s6_ms_prefetch_next(const unsigned char* __restrict__ next,
-                                                    unsigned long long next_bytes) {
-    if (threadIdx.x >= 32 || next_bytes == 0) return;
+__device__ __forceinline__ void s6_ms_prefetch_range(const unsigned char* __restrict__ p, unsigned long long bytes) {
+    if (threadIdx.x >= 32 || bytes == 0) return;
     const unsigned long long blocks = (unsigned long long)gridDim.x * gridDim.y;
-    const unsigned long long per = ((next_bytes + blocks - 1) / blocks + 16383) & ~16383ull;
+    const unsigned long long per = ((bytes + blocks - 1) / blocks + 16383) & ~16383ull;
     const unsigned long long lo = ((unsigned long long)blockIdx.y * gridDim.x + blockIdx.x) * per;
-    if (lo < next_bytes) s6_prefetch_l2(next + lo, min(per, next_bytes - lo));
+    if (lo < bytes) s6_prefetch_l2(p + lo, min(per, bytes - lo));
+}
+__device__ __forceinline__ void s6_ms_prefetch_next(const unsigned char* __restrict__ next, unsigned long long next_bytes,
+                                                    const unsigned char* __restrict__ next2,
+                                                    unsigned long long next2_bytes) {
+    s6_ms_prefetch_range(next, next_bytes);
+    s6_ms_prefetch_range(next2, next2_bytes);
 }
 
 // grid (ceil(di / S6_MS_CPB), batch), block S6_MS_THREADS, dynamic shared memory width floats
@@ -230,10 +199,7 @@ __device__ __forceinline__ void s6_mixer_step_scan_impl(
     unsigned int next_mode, const unsigned short* __restrict__ wx = nullptr,
     float* __restrict__ xdbl_out = nullptr) {
     S6_PDL_LAUNCH();
-    if (next_mode == 1) {
-        s6_ms_prefetch_next(next, next_bytes);
-        s6_ms_prefetch_next(next2, next2_bytes);
-    }
+    if (next_mode == 1) s6_ms_prefetch_next(next, next_bytes, next2, next2_bytes);
     // (A cluster's grid may have blocks past the channels: they prefetch nothing.)
     if (prefetch && blockIdx.y == 0 && threadIdx.x < 32 && blockIdx.x * S6_MS_CPB < di) {
         const unsigned long long c0 = (unsigned long long)blockIdx.x * S6_MS_CPB;
@@ -309,10 +275,7 @@ __device__ __forceinline__ void s6_mixer_step_scan_impl(
         }
     }
     __syncthreads();
-    if (next_mode == 2) {
-        s6_ms_prefetch_next(next, next_bytes);
-        s6_ms_prefetch_next(next2, next2_bytes);
-    }
+    if (next_mode == 2) s6_ms_prefetch_next(next, next_bytes, next2, next2_bytes);
 
     float dt = 0.0f;
     if (active) {

@@ -39,6 +39,51 @@
         S6_PDL_WAIT();   \
     } while (0)
 
+// Thread-block clusters (Hopper and newer; kernels declared with __cluster_dims__(SIZE, 1, 1)):
+// this block's rank in its cluster, the cluster barrier in two halves (arrive with release
+// semantics, wait with acquire), and the address of a shared variable in another block of the
+// cluster (distributed shared memory). SIZE, the cluster's blocks, is for the CPU emulation
+// (scripts/emulate/cuda_emu.h), which provides the S6_EMULATE versions.
+template <unsigned int SIZE>
+__device__ __forceinline__ unsigned int s6_cluster_rank() {
+#ifdef S6_EMULATE
+    return s6emu_cluster_rank(SIZE);
+#elif defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    unsigned int r;
+    asm volatile("mov.u32 %0, %%cluster_ctarank;" : "=r"(r));
+    return r;
+#else
+    return 0;
+#endif
+}
+template <unsigned int SIZE>
+__device__ __forceinline__ void s6_cluster_arrive() {
+#ifdef S6_EMULATE
+    s6emu_cluster_arrive(SIZE);
+#elif defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile("barrier.cluster.arrive.release.aligned;" ::: "memory");
+#endif
+}
+__device__ __forceinline__ void s6_cluster_wait() {
+#ifdef S6_EMULATE
+    s6emu_cluster_wait();
+#elif defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile("barrier.cluster.wait.acquire.aligned;" ::: "memory");
+#endif
+}
+template <unsigned int SIZE>
+__device__ __forceinline__ const float* s6_cluster_map(const float* p, unsigned int rank) {
+#ifdef S6_EMULATE
+    return s6emu_cluster_map(p, rank, SIZE);
+#elif defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    unsigned long long q;
+    asm volatile("mapa.u64 %0, %1, %2;" : "=l"(q) : "l"(p), "r"(rank));
+    return reinterpret_cast<const float*>(q);
+#else
+    return p;
+#endif
+}
+
 // A hint that bytes [p, p + bytes) will be read soon: prefetched into L2, 16 KB per instruction,
 // by the calling warp's lanes (call it from one warp; the part of the range in whole aligned
 // 16-byte units). For the window between S6_PDL_LAUNCH and S6_PDL_WAIT (see above).
