@@ -948,14 +948,15 @@ impl<B: Backend> LanguageModel<B> for Transformer<B> {
         Transformer::loss_and_grads(self, ids, targets, batch, seqlen, grad_scale, grads)
     }
 
+    fn save(&self, dir: &Path) -> Result<()> {
+        Transformer::save(self, dir)
+    }
+
     /// Attention is not recurrent: this runs one full forward over the whole sequences (memory
     /// linear and time quadratic in `seqlen`). It first estimates the forward's memory with
     /// [`Transformer::forward_bytes`] and returns [`Error::OutOfMemory`], without computing
     /// anything, when that exceeds [`Transformer::memory_budget`] — the runtimes report such
     /// lengths as out of memory, as the paper's tables do for attention.
-    fn save(&self, dir: &Path) -> Result<()> {
-        Transformer::save(self, dir)
-    }
     fn logits_at(&self, ids: &[u32], batch: usize, seqlen: usize, positions: &[usize]) -> Result<Vec<f32>> {
         self.check_ids(ids, batch, seqlen)?;
         if let Some(&p) = positions.iter().find(|&&p| p >= seqlen) {
