@@ -5,7 +5,9 @@
 // in_proj rows past PRE1 vectors per lane, x_proj and out_proj rows past S6_LS_PRE, phase 3 in
 // several rounds, conv widths past S6_LS_KPRE), 2 or 3 consecutive steps with the states carried.
 // After every step each output and state is compared with an f64 reference of the layer step
-// (its own chain of states) and the grid barrier must be left {0, generation + 3}.
+// (its own chain of states) and the grid barrier must be left {0, generation + 3}. The same cases
+// run the cluster kernels (s6_layer_step_cluster_b1_c8 / _c16 and their wide entries: one cluster
+// of 8 or 16 blocks, s6emu_launch_cluster) with a few block sizes.
 // Run: scripts/emulate/run.sh
 #include "cuda_emu.h"
 #include "../../crates/s6/src/backend/cuda/kernels/prelude.cu"
@@ -62,6 +64,9 @@ struct Case {
     bool conv_bias, proj_bias, wide;
     unsigned blocks, steps;
     unsigned gen0;  // the barrier's generation word at the first launch (any value)
+    // 0: the grid-barrier kernel (blocks blocks of S6_LS_THREADS); 8 or 16: the cluster kernel,
+    // one cluster of that many blocks of `threads` threads (blocks unused).
+    unsigned cluster = 0, threads = 0;
 };
 
 static double max_abs(const std::vector<double>& v) {
@@ -103,12 +108,24 @@ static void run_case(const Case& cs) {
         // Outputs start as NaN: an element the kernel never writes shows.
         std::vector<float> xz(2 * di, NAN), u(di, NAN), xdbl(width, NAN), delta(di, NAN), y(di, NAN);
         const unsigned gen_before = bar[1];
-        s6emu_launch_concurrent({cs.blocks, 1, 1}, S6_LS_THREADS, shared_bytes, [&] {
-            auto kern = cs.wide ? s6_layer_step_b1_wide : s6_layer_step_b1;
+        auto launch = [&](auto kern) {
             kern(residual.data(), norm_w.data(), eps, w_in.bits(), b_in_p, conv_w.data(), conv_b_p,
                  conv_state.data(), w_x.bits(), dt_w.data(), dt_b.data(), a.data(), dskip.data(), ssm.data(),
                  w_out.bits(), b_out_p, xz.data(), u.data(), xdbl.data(), delta.data(), y.data(), bar, d, di, k, r, n);
-        });
+        };
+        if (cs.cluster == 0) {
+            s6emu_launch_concurrent({cs.blocks, 1, 1}, S6_LS_THREADS, shared_bytes,
+                                    [&] { launch(cs.wide ? s6_layer_step_b1_wide : s6_layer_step_b1); });
+        } else {
+            // The cluster kernel's shared memory (kernels/layer_step.cu): the normed row, the norm's
+            // partials, z, u and y of the block's channels, x_proj's partial and xdbl, out_proj's partial.
+            const unsigned C = ((di + cs.cluster - 1) / cs.cluster + 7) / 8 * 8;
+            const size_t bytes = (std::max(d, 8u) + 32 + 3 * C + 2 * width + d) * sizeof(float);
+            s6emu_launch_cluster({cs.cluster, 1, 1}, cs.threads, bytes, cs.cluster, [&] {
+                if (cs.cluster == 8) launch(cs.wide ? s6_layer_step_cluster_b1_c8_wide : s6_layer_step_cluster_b1_c8);
+                else launch(cs.wide ? s6_layer_step_cluster_b1_c16_wide : s6_layer_step_cluster_b1_c16);
+            });
+        }
 
         // ---- the f64 reference ----
         // Where the reference rounds a near tie to bf16 (rounding f64 and f32 values can differ
@@ -216,11 +233,17 @@ static void run_case(const Case& cs) {
             {"delta", delta.data(), &delta_r}, {"y", y.data(), &y_r},           {"conv", conv_state.data(), &cst_r},
             {"ssm", ssm.data(), &ssm_r},       {"res", residual.data(), &res_r},
         };
-        bool ok = bar[0] == 0 && bar[1] == gen_before + 3u;
+        // The grid-barrier kernel leaves its barrier {0, generation + 3}; the cluster kernel does
+        // not touch it.
+        bool ok = bar[0] == 0 && bar[1] == gen_before + (cs.cluster == 0 ? 3u : 0u);
         char line[512];
-        int len = std::snprintf(line, sizeof line, "d%u di%u n%u k%u r%u %s%s%s blocks%u step%u:", d, di, n, k, r,
-                                cs.wide ? "wide" : "b1", cs.conv_bias ? " conv_b" : "", cs.proj_bias ? " proj_b" : "",
-                                cs.blocks, step);
+        int len = cs.cluster == 0
+                      ? std::snprintf(line, sizeof line, "d%u di%u n%u k%u r%u %s%s%s blocks%u step%u:", d, di, n, k, r,
+                                      cs.wide ? "wide" : "b1", cs.conv_bias ? " conv_b" : "",
+                                      cs.proj_bias ? " proj_b" : "", cs.blocks, step)
+                      : std::snprintf(line, sizeof line, "d%u di%u n%u k%u r%u cluster%u%s%s%s threads%u step%u:", d,
+                                      di, n, k, r, cs.cluster, cs.wide ? " wide" : "", cs.conv_bias ? " conv_b" : "",
+                                      cs.proj_bias ? " proj_b" : "", cs.threads, step);
         for (auto& o : outs) {
             const double e = rel_diff(o.got, *o.want);
             if (!(e <= tol)) ok = false;
@@ -254,6 +277,21 @@ int main() {
         {16, 4104, 16, 4, 3, true, false, false, 3, 2, 0},
         // d = 2056 > 8 * 256: the norm's tail loop; d / 8 = 257 > 32 * 8 (the wide entry's PRE1).
         {2056, 64, 16, 4, 4, true, true, true, 2, 2, 0},
+        // The cluster kernel: one cluster of 8 or 16 blocks, each owning a multiple of 8 channels
+        // (the last ones fewer or none: di 48 over 8 blocks of 8, di 136 over 16 blocks of 16), in_proj
+        // rows past the preloaded vectors (d 1040, d 2056), x_proj's and out_proj's rows past 32
+        // vectors per lane (di 4104: 520 channels a block), phase 3 in several rounds, k = 2 and 5,
+        // dt_rank past the preloaded entries (130), d_state 5 and 64.
+        {64, 136, 16, 4, 5, true, false, false, 0, 3, 0, 16, 64},
+        {64, 136, 16, 4, 5, true, true, false, 0, 2, 0, 8, 128},
+        {32, 48, 5, 3, 12, false, true, false, 0, 3, 7, 8, 64},
+        {64, 96, 16, 5, 7, true, true, false, 0, 2, 0, 8, 96},
+        {48, 64, 64, 2, 130, true, true, false, 0, 2, 0, 8, 64},
+        {1040, 264, 16, 4, 48, true, true, true, 0, 2, 0, 8, 128},
+        {1040, 264, 16, 4, 48, true, false, false, 0, 2, 0, 16, 64},
+        {16, 4104, 16, 4, 3, true, false, false, 0, 2, 0, 8, 64},
+        {2056, 64, 16, 4, 4, true, true, true, 0, 2, 0, 16, 32},
+        {768, 1536, 16, 4, 48, true, false, false, 0, 2, 0, 16, 64},  // mamba-130m's block
     };
     for (const auto& c : cases) run_case(c);
     std::printf("%s\n", failures ? "FAILED" : "all passed");

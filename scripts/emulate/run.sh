@@ -2,8 +2,8 @@
 # Builds and runs the CPU emulations of the scan kernels (scan_emu.cpp: the forward against an
 # f64 reference; scan_bwd_emu.cpp: the backward against finite differences) and of the conv and
 # norm kernels of prefill's bf16 storage (bf16_storage_emu.cpp: against the f32 ones), and of the
-# fused decoding step of a block with its grid barriers (layer_step_emu.cpp: every block at once,
-# against an f64 reference), and of the decoding scan steps (mixer_step_emu.cpp: the large-batch
+# fused decoding step of a block with its grid barriers and in one cluster (layer_step_emu.cpp:
+# every block at once, against an f64 reference), and of the decoding scan steps (mixer_step_emu.cpp: the large-batch
 # one and the batch-1 one with x_proj over clusters of blocks, against an f64 reference). Needs g++
 # (C++20).
 set -e

@@ -798,9 +798,11 @@ fn fused_block_step_equals_the_ops_it_replaces_bitwise() {
         return;
     }
     s6::backend::cuda::mixer_step::set_block_step(true);
-    // The one-kernel step (batch 1, bf16) sums in another order: compared on its own below.
+    // The one-kernel steps (batch 1, bf16) sum in another order: compared on their own below.
     let layer_step_before = s6::backend::cuda::layer_step::layer_step_enabled();
+    let cluster_step_before = s6::backend::cuda::layer_step::cluster_step_size();
     s6::backend::cuda::layer_step::set_layer_step(false);
+    s6::backend::cuda::layer_step::set_cluster_step(0);
     let mut rng = Rng(23);
     // mamba-130m's block; d_model 40 (k % 8 != 0: the bf16 kernel's 8-byte loads) and 37 (scalar
     // loads) with odd d_inner, d_state and dt_rank; a shorter conv without bias, with in/out_proj
@@ -830,6 +832,7 @@ fn fused_block_step_equals_the_ops_it_replaces_bitwise() {
     }
     g.set_compute(Compute::F32).unwrap();
     s6::backend::cuda::layer_step::set_layer_step(layer_step_before);
+    s6::backend::cuda::layer_step::set_cluster_step(cluster_step_before);
 }
 
 /// The one-kernel block step (`layer_step.rs`: batch 1, bf16 products) against the four-kernel
@@ -848,6 +851,8 @@ fn layer_step_kernel_equals_the_four_kernel_step() {
     s6::backend::cuda::mixer_step::set_block_step(true);
     g.set_compute(Compute::Bf16).unwrap();
     let layer_step_before = s6::backend::cuda::layer_step::layer_step_enabled();
+    let cluster_step_before = s6::backend::cuda::layer_step::cluster_step_size();
+    s6::backend::cuda::layer_step::set_cluster_step(0);
     let mut rng = Rng(57);
     let shapes: [BlockShape; 8] = [
         (768, 1536, 16, 4, 48, true, false),
@@ -882,6 +887,67 @@ fn layer_step_kernel_equals_the_four_kernel_step() {
         }
     }
     s6::backend::cuda::layer_step::set_layer_step(layer_step_before);
+    s6::backend::cuda::layer_step::set_cluster_step(cluster_step_before);
+    g.set_compute(Compute::F32).unwrap();
+}
+
+/// The block step in one thread-block cluster (`S6_CLUSTER_STEP`, `layer_step.rs`: batch 1, bf16
+/// products) against the four-kernel one, clusters of 8 and of 16 blocks, over three steps with
+/// the states carried: x_proj's and out_proj's sums split over the blocks, so equal within fp32
+/// rounding. The shapes of the test above (blocks that own no channel among them: d_inner 48 and
+/// 136) and mamba-1.4b's and mamba-2.8b's blocks.
+#[test]
+fn cluster_step_kernel_equals_the_four_kernel_step() {
+    let Some(g) = gpu() else { return };
+    if !s6::backend::cuda::mixer_step::fused_step_enabled() {
+        println!("skipped: S6_FUSED_STEP=0");
+        return;
+    }
+    if !g.has_clusters() {
+        println!("skipped: the device has no thread-block clusters (compute capability below 9.0)");
+        return;
+    }
+    s6::backend::cuda::mixer_step::set_block_step(true);
+    g.set_compute(Compute::Bf16).unwrap();
+    let layer_step_before = s6::backend::cuda::layer_step::layer_step_enabled();
+    let cluster_step_before = s6::backend::cuda::layer_step::cluster_step_size();
+    s6::backend::cuda::layer_step::set_layer_step(false);
+    let mut rng = Rng(58);
+    let shapes: [BlockShape; 9] = [
+        (768, 1536, 16, 4, 48, true, false),
+        (2048, 4096, 16, 4, 128, true, false),
+        (2560, 5120, 16, 4, 160, true, false),
+        (64, 136, 16, 4, 5, true, true),
+        (32, 48, 5, 3, 12, false, true),
+        (64, 96, 16, 5, 7, true, false),
+        (1040, 264, 16, 4, 48, true, false),
+        (2056, 64, 64, 4, 4, true, true),
+        (16, 4104, 16, 4, 3, true, false),
+    ];
+    for &shape in &shapes {
+        let case = BlockCase::random(&g, &mut rng, 1, shape);
+        s6::backend::cuda::layer_step::set_cluster_step(0);
+        let four = case.steps(&g, true);
+        for blocks in [8, 16] {
+            s6::backend::cuda::layer_step::set_cluster_step(blocks);
+            let (d, di, n, _, r, _, _) = shape;
+            assert!(g.cluster_step_covers(d, di, r, n), "block {shape:?}: the cluster step does not run it");
+            let one = case.steps(&g, true);
+            for (step, (four, one)) in four.iter().zip(&one).enumerate() {
+                for (name, (want, got)) in STEP_OUTPUTS.iter().zip(four.iter().zip(one)) {
+                    let scale = want.iter().fold(0.0f32, |m, v| m.max(v.abs())).max(1e-3);
+                    let diff = want.iter().zip(got).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
+                    assert!(
+                        got.iter().all(|v| v.is_finite()) && diff <= 2e-3 * scale,
+                        "block {shape:?}, cluster of {blocks}, step {step}: {name} of the cluster step differs from \
+                         the four-kernel step by {diff:e} (largest value {scale:e})"
+                    );
+                }
+            }
+        }
+    }
+    s6::backend::cuda::layer_step::set_layer_step(layer_step_before);
+    s6::backend::cuda::layer_step::set_cluster_step(cluster_step_before);
     g.set_compute(Compute::F32).unwrap();
 }
 

@@ -290,8 +290,9 @@ impl Cuda {
         if !block_step_enabled() || !Self::mixer_step_covers(m) || batch > GEMV_MAX_ROWS || !gemv_enabled() || d == 0 {
             return Ok(false);
         }
-        // One sequence with bf16 products: the whole step as one kernel (layer_step.rs).
-        if self.layer_step_dev(a, &mut o)? {
+        // One sequence with bf16 products: the whole step as one kernel (layer_step.rs), in one
+        // cluster or over the grid, where switched on.
+        if self.cluster_step_dev(a, &mut o)? || self.layer_step_dev(a, &mut o)? {
             return Ok(true);
         }
         // f32 weights under F32 and Tf32 (the GEMV computes in plain fp32 either way, as `linear`

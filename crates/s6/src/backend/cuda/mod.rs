@@ -152,6 +152,10 @@ const KERNELS: &[&str] = &[
     // kernels/layer_step.cu
     "s6_layer_step_b1",
     "s6_layer_step_b1_wide",
+    "s6_layer_step_cluster_b1_c8",
+    "s6_layer_step_cluster_b1_c16",
+    "s6_layer_step_cluster_b1_c8_wide",
+    "s6_layer_step_cluster_b1_c16_wide",
 ];
 
 /// `linear` with at most this many rows runs the matrix-vector kernel `s6_gemv_r{rows}`

@@ -364,3 +364,269 @@ extern "C" __global__ void __launch_bounds__(S6_LS_THREADS, 2) s6_layer_step_b1(
 extern "C" __global__ void __launch_bounds__(S6_LS_THREADS, 2) s6_layer_step_b1_wide(S6_LS_PARAMS) {
     s6_layer_step_b1_impl<2, 8>(S6_LS_ARGS);
 }
+
+// ---- The same step in one thread-block cluster (s6_layer_step_cluster_b1_c8 / _c16) ----------
+//
+// The grid barriers above cost about what the kernel boundaries they replace cost (run 70). Here
+// the grid is one cluster of CL blocks (Hopper and newer) and the layer's three grid-wide
+// dependencies meet at cluster barriers, with distributed shared memory for the exchanges:
+// block ρ owns the channels [c0, c0 + cn) of d_inner (cn a multiple of 8; the last blocks may own
+// fewer or none) and
+//   phase 1: normalizes the whole residual row itself, computes in_proj's x and z rows of its
+//            channels, their conv + SiLU (u) and the conv windows;
+//   phase 2: x_proj's partial sums over its channels (every row), then — cluster barrier — the
+//            whole xdbl row, adding the CL blocks' partials in rank order;
+//   phase 3: dt_proj, softplus, the state update and the gate of its channels (y);
+//   phase 4: out_proj's partial sums over its channels (every output), then — cluster barrier —
+//            block ρ adds, in rank order, the partials of outputs [ρ·dp, (ρ+1)·dp) and the
+//            residual (and bias) and writes the residual there.
+// Each block reads only its channels' in_proj rows and its channels' columns of x_proj and
+// out_proj: the layer's weights are read once, by CL SMs (before the PDL wait each block
+// prefetches its share into L2 and loads its first in_proj rows). Whether CL SMs stream them fast
+// enough is what this kernel is for (scripts/gpu/cluster_probe.cu measures the parts). Products
+// and rounding as the kernel above; the sums over channels are split over the blocks, so the
+// results equal the four kernels' within fp32 rounding, not bit for bit.
+//
+// Dynamic shared memory (floats): the normed row [max(d, 8)], the norm's partials [32], z [C],
+// u [C] and y [C] of the block's channels (rounded to bf16 for the products), x_proj's partial
+// [width] and the xdbl row [width], out_proj's partial [d]; C = the channels per block. Any block
+// size that is a multiple of 32 (the emulation runs small ones).
+
+// The channels per block of a cluster of `cl` blocks: ⌈di / cl⌉ rounded up to a multiple of 8.
+__device__ __forceinline__ unsigned int s6_lc_per_block(unsigned int di, unsigned int cl) {
+    return ((di + cl - 1) / cl + 7) / 8 * 8;
+}
+
+// Range i of the block's prefetches into L2, each by warp i % warps (bytes in 16 KB pieces).
+__device__ __forceinline__ void s6_lc_prefetch(unsigned int i, const void* p, unsigned long long bytes) {
+    const unsigned int nwarps = blockDim.x / 32;
+    if (bytes > 0 && threadIdx.x / 32 == i % nwarps) s6_prefetch_l2(p, bytes);
+}
+
+// The block's share ρ of CL equal shares of a range (whole 16-byte units), for s6_lc_prefetch.
+__device__ __forceinline__ void s6_lc_share(const void* p, unsigned long long bytes, unsigned int rank,
+                                            unsigned int cl, const unsigned char*& q, unsigned long long& len) {
+    const unsigned long long per = ((bytes + cl - 1) / cl + 15) & ~15ull;
+    const unsigned long long lo = (unsigned long long)rank * per;
+    q = reinterpret_cast<const unsigned char*>(p) + lo;
+    len = lo < bytes ? min(per, bytes - lo) : 0;
+}
+
+template <unsigned int CL, int NC1, int PRE1>
+__device__ __forceinline__ void s6_layer_step_cluster_impl(S6_LS_PARAMS) {
+    S6_PDL_LAUNCH();
+    (void)bar;
+    const unsigned int rank = s6_cluster_rank<CL>();
+    const unsigned int width = r + 2 * n, k8d = d / 8;
+    const unsigned int C = s6_lc_per_block(di, CL);
+    const unsigned int c0 = min(di, rank * C), cn = min(C, di - c0);
+    const unsigned int warp = threadIdx.x / 32, lane = threadIdx.x % 32, nwarps = blockDim.x / 32;
+    S6_DYNAMIC_SHARED(float, s6_lc_x);
+    float* xs = s6_lc_x;                                   // the normed row
+    float(*partial)[32] = reinterpret_cast<float(*)[32]>(xs + max(d, 8u));
+    float* zown = xs + max(d, 8u) + 32;
+    float* uown = zown + C;
+    float* yown = uown + C;
+    float* px = yown + C;     // x_proj's partial sums over this block's channels
+    float* xd = px + width;   // the xdbl row
+    float* po = xd + width;   // out_proj's partial sums over this block's channels
+
+    // ---- before the wait: weights only ----
+    // This block's in_proj rows (x and z of its channels), dt_proj and A rows, and a share of
+    // x_proj and out_proj (whose columns it reads are strided over the whole matrix) into L2.
+    {
+        const unsigned char* q;
+        unsigned long long len;
+        s6_lc_prefetch(0, w_in + (unsigned long long)c0 * d, 2ull * cn * d);
+        s6_lc_prefetch(1, w_in + (unsigned long long)(di + c0) * d, 2ull * cn * d);
+        s6_lc_share(w_x, 2ull * width * di, rank, CL, q, len);
+        s6_lc_prefetch(2, q, len);
+        s6_lc_share(w_out, 2ull * d * di, rank, CL, q, len);
+        s6_lc_prefetch(3, q, len);
+        s6_lc_prefetch(4, dt_w + (unsigned long long)c0 * r, 4ull * cn * r);
+        s6_lc_prefetch(5, a + (unsigned long long)c0 * n, 4ull * cn * n);
+    }
+    // In_proj's warp tasks: NC1 consecutive rows of the block's 2·cn (x rows, then z rows; cn is
+    // a multiple of 8, so a task never straddles the two), task t on warp t mod nwarps. Own row
+    // j is in_proj row c0 + j (x) or di + c0 + j - cn (z).
+    const unsigned int ntasks = 2 * cn / NC1;
+    auto task_row = [&](unsigned int t, unsigned int& g0, unsigned int& end) {
+        const unsigned int j0 = NC1 * t;
+        g0 = j0 < cn ? c0 + j0 : di + c0 + (j0 - cn);
+        end = j0 < cn ? c0 + cn : di + c0 + cn;
+    };
+    S6LsRows<NC1, PRE1> w1;
+    if (warp < ntasks) {
+        unsigned int g0, end;
+        task_row(warp, g0, end);
+        s6_ls_rows_load<NC1, PRE1>(w1, w_in, end, k8d, g0, lane);
+    }
+    S6_PDL_WAIT();
+
+    // ---- phase 1: RMSNorm (the whole row, in every block), in_proj rows, conv + SiLU ----
+    float ss[1] = {0.0f};
+    for (unsigned int i = threadIdx.x; i < d; i += blockDim.x) {
+        const float v = __ldcg(residual + i);
+        ss[0] = fmaf(v, v, ss[0]);
+    }
+    s6_block_sum_rows<1>(ss, partial);
+    const float scale = rsqrtf(ss[0] / (float)d + eps);
+    for (unsigned int i = threadIdx.x; i < d; i += blockDim.x)
+        xs[i] = s6_rbf16(__ldcg(residual + i) * scale * __ldg(norm_w + i));
+    __syncthreads();
+    for (unsigned int t = warp; t < ntasks; t += nwarps) {
+        unsigned int g0, end;
+        task_row(t, g0, end);
+        if (t != warp) s6_ls_rows_load<NC1, PRE1>(w1, w_in, end, k8d, g0, lane);
+        float acc[NC1];
+        s6_ls_rows_dot<NC1, PRE1>(w1, k8d, lane, xs, acc);
+        if (lane >= (unsigned int)NC1) continue;
+        float v = acc[0];
+#pragma unroll
+        for (int c = 1; c < NC1; ++c)
+            if (lane == (unsigned int)c) v = acc[c];
+        const unsigned int g = g0 + lane, j = NC1 * t + lane;
+        if (b_in != nullptr) v += __ldg(b_in + g);
+        xz[g] = v;
+        if (j >= cn) {
+            zown[j - cn] = v;
+            continue;
+        }
+        // The conv's output, then the window moves by one (as the kernel above).
+        float* sw = conv_state + g;
+        const float bias = conv_b != nullptr ? __ldg(conv_b + g) : 0.0f;
+        const float acv = s6_conv_newest(conv_w + (unsigned long long)g * k, bias, sw, di, v, k);
+        for (unsigned int s = 0; s + 2 < k; ++s) sw[(unsigned long long)s * di] = sw[(unsigned long long)(s + 1) * di];
+        if (k > 1) sw[(unsigned long long)(k - 2) * di] = v;
+        const float uv = s6_silu(acv);
+        u[g] = uv;
+        uown[j] = s6_rbf16(uv);
+    }
+    __syncthreads();
+
+    // ---- phase 2: x_proj over the block's channels, then over the cluster ----
+    const unsigned int nv = cn / 8;  // 16-byte weight vectors per row in the block's columns
+    for (unsigned int w = warp; w < width; w += nwarps) {
+        const uint4* row = reinterpret_cast<const uint4*>(w_x + (unsigned long long)w * di + c0);
+        float acc = 0.0f;
+        for (unsigned int v = lane; v < nv; v += 32) acc = s6_fma_bf16x8(__ldg(row + v), uown + 8 * v, acc);
+#pragma unroll
+        for (int off = 16; off > 0; off >>= 1) acc += __shfl_xor_sync(0xffffffffu, acc, off);
+        if (lane == 0) px[w] = acc;
+    }
+    __syncthreads();
+    s6_cluster_arrive<CL>();
+    s6_cluster_wait();
+    for (unsigned int w = threadIdx.x; w < width; w += blockDim.x) {
+        float s = 0.0f;
+        for (unsigned int q = 0; q < CL; ++q) s += s6_cluster_map<CL>(px, q)[w];
+        xd[w] = s;
+        if (rank == 0) xdbl[w] = s;
+    }
+    __syncthreads();
+
+    // ---- phase 3: dt_proj, softplus, the state update and the gate of the block's channels ----
+    const unsigned int part = threadIdx.x % S6_LS_G, slot = threadIdx.x / S6_LS_G;
+    const unsigned int per_round = blockDim.x / S6_LS_G;
+    // Every thread runs the same rounds (the shuffles need whole warps); inactive channels add zeros.
+    for (unsigned int base = 0; base < cn; base += per_round) {
+        const unsigned int jl = base + slot, c = c0 + jl;
+        const bool active = jl < cn;
+        S6LsChan ch;
+        s6_ls_chan_load(ch, active ? c : di, part, dt_w, dt_b, a, dskip, ssm, u, xz, di, r, n);
+        float dt = 0.0f;
+        if (active) {
+#pragma unroll
+            for (int q = 0; q < S6_LS_RPRE; ++q) {
+                const unsigned int i = part + S6_LS_G * q;
+                if (i < r) dt = fmaf(xd[i], ch.wdt[q], dt);
+            }
+            for (unsigned int i = part + S6_LS_G * S6_LS_RPRE; i < r; i += S6_LS_G)
+                dt = fmaf(xd[i], __ldg(dt_w + (unsigned long long)c * r + i), dt);
+        }
+#pragma unroll
+        for (int off = S6_LS_G / 2; off > 0; off >>= 1) dt += __shfl_xor_sync(0xffffffffu, dt, off);
+        float acc = 0.0f;
+        if (active) {
+            if (part == 0) delta[c] = dt;
+            const float dl = s6_softplus(dt + ch.bias);
+            const float du = dl * ch.u;
+            float* h = ssm + (unsigned long long)c * n;
+#pragma unroll
+            for (int q = 0; q < S6_LS_SPRE; ++q) {
+                const unsigned int s = part + S6_LS_G * q;
+                if (s < n) {
+                    const float hn = fmaf(expf(dl * ch.av[q]), ch.hv[q], du * xd[r + s]);
+                    h[s] = hn;
+                    acc = fmaf(xd[r + n + s], hn, acc);
+                }
+            }
+        }
+#pragma unroll
+        for (int off = S6_LS_G / 2; off > 0; off >>= 1) acc += __shfl_xor_sync(0xffffffffu, acc, off);
+        if (active && part == 0) {
+            const float yv = (acc + ch.dskip * ch.u) * s6_silu(zown[jl]);
+            y[c] = yv;
+            yown[jl] = s6_rbf16(yv);
+        }
+    }
+    __syncthreads();
+
+    // ---- phase 4: out_proj over the block's channels, then over the cluster, + residual ----
+    // Four lanes per output row (8 rows per warp and pass, two passes' loads at once): lane
+    // quarter q takes the vectors q, q + 4, ... of the row's nv.
+    {
+        const unsigned int q4 = lane % 4, rows_per_pass = 8 * nwarps;
+        for (unsigned int j0 = warp * 8 + lane / 4; j0 < d; j0 += 2 * rows_per_pass) {
+            const unsigned int j1 = j0 + rows_per_pass;
+            const uint4* r0 = reinterpret_cast<const uint4*>(w_out + (unsigned long long)j0 * di + c0);
+            const uint4* r1 = reinterpret_cast<const uint4*>(w_out + (unsigned long long)min(j1, d - 1) * di + c0);
+            float a0 = 0.0f, a1 = 0.0f;
+            for (unsigned int v = q4; v < nv; v += 4) {
+                const uint4 v0 = __ldg(r0 + v), v1 = __ldg(r1 + v);
+                a0 = s6_fma_bf16x8(v0, yown + 8 * v, a0);
+                a1 = s6_fma_bf16x8(v1, yown + 8 * v, a1);
+            }
+            a0 += __shfl_xor_sync(0xffffffffu, a0, 1);
+            a0 += __shfl_xor_sync(0xffffffffu, a0, 2);
+            a1 += __shfl_xor_sync(0xffffffffu, a1, 1);
+            a1 += __shfl_xor_sync(0xffffffffu, a1, 2);
+            if (q4 == 0) {
+                po[j0] = a0;
+                if (j1 < d) po[j1] = a1;
+            }
+        }
+    }
+    __syncthreads();
+    s6_cluster_arrive<CL>();
+    s6_cluster_wait();
+    const unsigned int dp = (d + CL - 1) / CL;
+    for (unsigned int j = rank * dp + threadIdx.x; j < min(d, (rank + 1) * dp); j += blockDim.x) {
+        float s = 0.0f;
+        for (unsigned int q = 0; q < CL; ++q) s += s6_cluster_map<CL>(po, q)[j];
+        if (b_out != nullptr) s += __ldg(b_out + j);
+        residual[j] = __ldcg(residual + j) + s;
+    }
+    // No block leaves while another may still read its partials.
+    s6_cluster_arrive<CL>();
+    s6_cluster_wait();
+}
+
+// grid: one cluster (CL blocks), block a multiple of 32 threads (the host launches 512), dynamic
+// shared memory as above; d % 8 == 0, di % 8 == 0, d_state ≤ 64, weights 16-byte aligned. In_proj
+// tasks of 4 rows with their first 4 vectors per lane loaded before the wait for d up to 1,024,
+// else 2 rows of 8. Compute capability 9.0 and newer (the host checks; a trap before that); the
+// 16-block entry needs the non-portable cluster size allowed (the host sets it).
+#if defined(S6_EMULATE) || (defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900)
+#define S6_LC_ENTRY(NAME, CL, NC1, PRE1)                                                              \
+    extern "C" __global__ void __launch_bounds__(512, 1) __cluster_dims__(CL, 1, 1) NAME(S6_LS_PARAMS) { \
+        s6_layer_step_cluster_impl<CL, NC1, PRE1>(S6_LS_ARGS);                                        \
+    }
+#else
+#define S6_LC_ENTRY(NAME, CL, NC1, PRE1) \
+    extern "C" __global__ void NAME(S6_LS_PARAMS) { __trap(); }
+#endif
+S6_LC_ENTRY(s6_layer_step_cluster_b1_c8, 8, 4, 4)
+S6_LC_ENTRY(s6_layer_step_cluster_b1_c16, 16, 4, 4)
+S6_LC_ENTRY(s6_layer_step_cluster_b1_c8_wide, 8, 2, 8)
+S6_LC_ENTRY(s6_layer_step_cluster_b1_c16_wide, 16, 2, 8)
