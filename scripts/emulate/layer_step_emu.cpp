@@ -118,9 +118,9 @@ static void run_case(const Case& cs) {
                                     [&] { launch(cs.wide ? s6_layer_step_b1_wide : s6_layer_step_b1); });
         } else {
             // The cluster kernel's shared memory (kernels/layer_step.cu): the normed row, the norm's
-            // partials, z, u and y of the block's channels, x_proj's partial and xdbl, out_proj's partial.
+            // partials, u and y of the block's channels, x_proj's partial and xdbl, out_proj's partial.
             const unsigned C = ((di + cs.cluster - 1) / cs.cluster + 7) / 8 * 8;
-            const size_t bytes = (std::max(d, 8u) + 32 + 3 * C + 2 * width + d) * sizeof(float);
+            const size_t bytes = (std::max(d, 8u) + 32 + 2 * C + 2 * width + d) * sizeof(float);
             s6emu_launch_cluster({cs.cluster, 1, 1}, cs.threads, bytes, cs.cluster, [&] {
                 if (cs.cluster == 8) launch(cs.wide ? s6_layer_step_cluster_b1_c8_wide : s6_layer_step_cluster_b1_c8);
                 else launch(cs.wide ? s6_layer_step_cluster_b1_c16_wide : s6_layer_step_cluster_b1_c16);

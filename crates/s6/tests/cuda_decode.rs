@@ -835,12 +835,42 @@ fn fused_block_step_equals_the_ops_it_replaces_bitwise() {
     s6::backend::cuda::layer_step::set_cluster_step(cluster_step_before);
 }
 
+/// The blocks the one-kernel steps are tested on: mamba-130m's, 1.4b's and 2.8b's, blocks with
+/// fewer channels than a cluster has blocks to share them (d_inner 48, 136), sizes past every
+/// range a lane loads early (d_model 1040 and 2056, d_inner 4104), a conv longer than the
+/// early-loaded taps, odd d_state and dt_rank, with and without biases.
+const ONE_KERNEL_SHAPES: [BlockShape; 9] = [
+    (768, 1536, 16, 4, 48, true, false),
+    (2048, 4096, 16, 4, 128, true, false),
+    (2560, 5120, 16, 4, 160, true, false),
+    (64, 136, 16, 4, 5, true, true),
+    (32, 48, 5, 3, 12, false, true),
+    (64, 96, 16, 5, 7, true, false),
+    (1040, 264, 16, 4, 48, true, false),
+    (2056, 64, 64, 4, 4, true, true),
+    (16, 4104, 16, 4, 3, true, false),
+];
+
+/// Every output and state of `got`'s steps within 2e-3 of the largest value of `want`'s (the
+/// four-kernel step's), and finite: the same operations summed in another order.
+fn assert_steps_close(want: &[[Vec<f32>; 8]], got: &[[Vec<f32>; 8]], what: &str) {
+    for (step, (want, got)) in want.iter().zip(got).enumerate() {
+        for (name, (want, got)) in STEP_OUTPUTS.iter().zip(want.iter().zip(got)) {
+            let scale = want.iter().fold(0.0f32, |m, v| m.max(v.abs())).max(1e-3);
+            let diff = want.iter().zip(got).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
+            assert!(
+                got.iter().all(|v| v.is_finite()) && diff <= 2e-3 * scale,
+                "{what}, step {step}: {name} differs from the four-kernel step by {diff:e} (largest value {scale:e})"
+            );
+        }
+    }
+}
+
 /// The one-kernel block step (`layer_step.rs`: batch 1, bf16 products) against the four-kernel
 /// one it replaces, over three steps with the states carried: the same operations summed in
 /// another order, so equal within fp32 rounding (and the odd bf16 rounding of an input that lands
-/// on the other side of a rounding boundary). Both entries (in_proj rows up to 1024 and longer),
-/// every size past what a lane loads early (d_model 1040 and 2056, d_inner 4104), a conv longer
-/// than the early-loaded taps, odd d_state and dt_rank, with and without biases.
+/// on the other side of a rounding boundary), on [`ONE_KERNEL_SHAPES`]: both entries (in_proj
+/// rows up to 1024 and longer).
 #[test]
 fn layer_step_kernel_equals_the_four_kernel_step() {
     let Some(g) = gpu() else { return };
@@ -854,17 +884,7 @@ fn layer_step_kernel_equals_the_four_kernel_step() {
     let cluster_step_before = s6::backend::cuda::layer_step::cluster_step_size();
     s6::backend::cuda::layer_step::set_cluster_step(0);
     let mut rng = Rng(57);
-    let shapes: [BlockShape; 8] = [
-        (768, 1536, 16, 4, 48, true, false),
-        (2048, 4096, 16, 4, 128, true, false),
-        (64, 136, 16, 4, 5, true, true),
-        (32, 48, 5, 3, 12, false, true),
-        (64, 96, 16, 5, 7, true, false),
-        (1040, 264, 16, 4, 48, true, false),
-        (2056, 64, 64, 4, 4, true, true),
-        (16, 4104, 16, 4, 3, true, false),
-    ];
-    for &shape in &shapes {
+    for &shape in &ONE_KERNEL_SHAPES {
         let case = BlockCase::random(&g, &mut rng, 1, shape);
         s6::backend::cuda::layer_step::set_layer_step(false);
         let four = case.steps(&g, true);
@@ -874,17 +894,7 @@ fn layer_step_kernel_equals_the_four_kernel_step() {
             g.owns_layer_step(),
             "another backend of this process launches the layer step on this device (run the tests one at a time)"
         );
-        for (step, (four, one)) in four.iter().zip(&one).enumerate() {
-            for (name, (want, got)) in STEP_OUTPUTS.iter().zip(four.iter().zip(one)) {
-                let scale = want.iter().fold(0.0f32, |m, v| m.max(v.abs())).max(1e-3);
-                let diff = want.iter().zip(got).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
-                assert!(
-                    got.iter().all(|v| v.is_finite()) && diff <= 2e-3 * scale,
-                    "block {shape:?}, step {step}: {name} of the one-kernel step differs from the four-kernel step \
-                     by {diff:e} (largest value {scale:e})"
-                );
-            }
-        }
+        assert_steps_close(&four, &one, &format!("block {shape:?}: the one-kernel step"));
     }
     s6::backend::cuda::layer_step::set_layer_step(layer_step_before);
     s6::backend::cuda::layer_step::set_cluster_step(cluster_step_before);
@@ -894,8 +904,7 @@ fn layer_step_kernel_equals_the_four_kernel_step() {
 /// The block step in one thread-block cluster (`S6_CLUSTER_STEP`, `layer_step.rs`: batch 1, bf16
 /// products) against the four-kernel one, clusters of 8 and of 16 blocks, over three steps with
 /// the states carried: x_proj's and out_proj's sums split over the blocks, so equal within fp32
-/// rounding. The shapes of the test above (blocks that own no channel among them: d_inner 48 and
-/// 136) and mamba-1.4b's and mamba-2.8b's blocks.
+/// rounding, on [`ONE_KERNEL_SHAPES`].
 #[test]
 fn cluster_step_kernel_equals_the_four_kernel_step() {
     let Some(g) = gpu() else { return };
@@ -913,18 +922,7 @@ fn cluster_step_kernel_equals_the_four_kernel_step() {
     let cluster_step_before = s6::backend::cuda::layer_step::cluster_step_size();
     s6::backend::cuda::layer_step::set_layer_step(false);
     let mut rng = Rng(58);
-    let shapes: [BlockShape; 9] = [
-        (768, 1536, 16, 4, 48, true, false),
-        (2048, 4096, 16, 4, 128, true, false),
-        (2560, 5120, 16, 4, 160, true, false),
-        (64, 136, 16, 4, 5, true, true),
-        (32, 48, 5, 3, 12, false, true),
-        (64, 96, 16, 5, 7, true, false),
-        (1040, 264, 16, 4, 48, true, false),
-        (2056, 64, 64, 4, 4, true, true),
-        (16, 4104, 16, 4, 3, true, false),
-    ];
-    for &shape in &shapes {
+    for &shape in &ONE_KERNEL_SHAPES {
         let case = BlockCase::random(&g, &mut rng, 1, shape);
         s6::backend::cuda::layer_step::set_cluster_step(0);
         let four = case.steps(&g, true);
@@ -933,17 +931,7 @@ fn cluster_step_kernel_equals_the_four_kernel_step() {
             let (d, di, n, _, r, _, _) = shape;
             assert!(g.cluster_step_covers(d, di, r, n), "block {shape:?}: the cluster step does not run it");
             let one = case.steps(&g, true);
-            for (step, (four, one)) in four.iter().zip(&one).enumerate() {
-                for (name, (want, got)) in STEP_OUTPUTS.iter().zip(four.iter().zip(one)) {
-                    let scale = want.iter().fold(0.0f32, |m, v| m.max(v.abs())).max(1e-3);
-                    let diff = want.iter().zip(got).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
-                    assert!(
-                        got.iter().all(|v| v.is_finite()) && diff <= 2e-3 * scale,
-                        "block {shape:?}, cluster of {blocks}, step {step}: {name} of the cluster step differs from \
-                         the four-kernel step by {diff:e} (largest value {scale:e})"
-                    );
-                }
-            }
+            assert_steps_close(&four, &one, &format!("block {shape:?}: the step in a cluster of {blocks}"));
         }
     }
     s6::backend::cuda::layer_step::set_layer_step(layer_step_before);

@@ -268,7 +268,7 @@ impl Cuda {
     fn cluster_step_shape(&self, batch: usize, d: usize, di: usize, width: usize) -> Option<(usize, usize)> {
         let cluster = cluster_step_size();
         let per_block = di.div_ceil(cluster.max(1)).div_ceil(8) * 8;
-        let shared = 4 * (d.max(8) + 32 + 3 * per_block + 2 * width + d);
+        let shared = 4 * (d.max(8) + 32 + 2 * per_block + 2 * width + d);
         let covered = cluster > 0
             && batch == 1
             && self.inner.clusters

@@ -175,6 +175,48 @@ __device__ __forceinline__ void s6_ls_chan_load(S6LsChan& ch, unsigned int c, un
     ch.z = active ? __ldcg(xz + di + c) : 0.0f;
 }
 
+// Phase 3 for one channel c (its S6_LS_G lanes, `part` this lane; every lane of the warp calls it,
+// inactive channels with zeros): dt = dt_proj[c] · δ (written to delta[c], without its bias),
+// Δ = softplus(dt + bias), h = exp(Δ·A) h + Δ·B·u (written to the state), and C·h + D·u, returned
+// to every lane of the channel; x is the xdbl row [δ | B | C] in shared memory.
+__device__ __forceinline__ float s6_ls_channel_step(const S6LsChan& ch, unsigned int c, unsigned int part, bool active,
+                                                    const float* x, const float* dt_w, float* ssm, float* delta,
+                                                    unsigned int r, unsigned int n) {
+    float dt = 0.0f;
+    if (active) {
+#pragma unroll
+        for (int q = 0; q < S6_LS_RPRE; ++q) {
+            const unsigned int i = part + S6_LS_G * q;
+            if (i < r) dt = fmaf(x[i], ch.wdt[q], dt);
+        }
+        for (unsigned int i = part + S6_LS_G * S6_LS_RPRE; i < r; i += S6_LS_G)
+            dt = fmaf(x[i], __ldg(dt_w + (unsigned long long)c * r + i), dt);
+    }
+#pragma unroll
+    for (int off = S6_LS_G / 2; off > 0; off >>= 1) dt += __shfl_xor_sync(0xffffffffu, dt, off);
+    float acc = 0.0f;
+    if (active) {
+        if (part == 0) delta[c] = dt;
+        const float dl = s6_softplus(dt + ch.bias);
+        const float du = dl * ch.u;
+        const float* bm = x + r;
+        const float* cm = x + r + n;
+        float* h = ssm + (unsigned long long)c * n;
+#pragma unroll
+        for (int q = 0; q < S6_LS_SPRE; ++q) {
+            const unsigned int s = part + S6_LS_G * q;
+            if (s < n) {
+                const float hn = fmaf(expf(dl * ch.av[q]), ch.hv[q], du * bm[s]);
+                h[s] = hn;
+                acc = fmaf(cm[s], hn, acc);
+            }
+        }
+    }
+#pragma unroll
+    for (int off = S6_LS_G / 2; off > 0; off >>= 1) acc += __shfl_xor_sync(0xffffffffu, acc, off);
+    return acc + ch.dskip * ch.u;
+}
+
 #define S6_LS_PARAMS                                                                                             \
     float *__restrict__ residual, const float *__restrict__ norm_w, float eps,                                  \
         const unsigned short *__restrict__ w_in, const float *__restrict__ b_in, const float *__restrict__ conv_w, \
@@ -305,39 +347,8 @@ __device__ __forceinline__ void s6_layer_step_b1_impl(S6_LS_PARAMS) {
         const unsigned int c = base + slot * nb + blockIdx.x;
         const bool active = c < di;
         if (base != 0) s6_ls_chan_load(ch, c, part, dt_w, dt_b, a, dskip, ssm, u, xz, di, r, n);
-        float dt = 0.0f;
-        if (active) {
-#pragma unroll
-            for (int q = 0; q < S6_LS_RPRE; ++q) {
-                const unsigned int i = part + S6_LS_G * q;
-                if (i < r) dt = fmaf(s6_ls_x[i], ch.wdt[q], dt);
-            }
-            for (unsigned int i = part + S6_LS_G * S6_LS_RPRE; i < r; i += S6_LS_G)
-                dt = fmaf(s6_ls_x[i], __ldg(dt_w + (unsigned long long)c * r + i), dt);
-        }
-#pragma unroll
-        for (int off = S6_LS_G / 2; off > 0; off >>= 1) dt += __shfl_xor_sync(0xffffffffu, dt, off);
-        float acc = 0.0f;
-        if (active) {
-            if (part == 0) delta[c] = dt;
-            const float dl = s6_softplus(dt + ch.bias);
-            const float du = dl * ch.u;
-            const float* bm = s6_ls_x + r;
-            const float* cm = s6_ls_x + r + n;
-            float* h = ssm + (unsigned long long)c * n;
-#pragma unroll
-            for (int q = 0; q < S6_LS_SPRE; ++q) {
-                const unsigned int s = part + S6_LS_G * q;
-                if (s < n) {
-                    const float hn = fmaf(expf(dl * ch.av[q]), ch.hv[q], du * bm[s]);
-                    h[s] = hn;
-                    acc = fmaf(cm[s], hn, acc);
-                }
-            }
-        }
-#pragma unroll
-        for (int off = S6_LS_G / 2; off > 0; off >>= 1) acc += __shfl_xor_sync(0xffffffffu, acc, off);
-        if (active && part == 0) y[c] = (acc + ch.dskip * ch.u) * s6_silu(ch.z);
+        const float v = s6_ls_channel_step(ch, c, part, active, s6_ls_x, dt_w, ssm, delta, r, n);
+        if (active && part == 0) y[c] = v * s6_silu(ch.z);
     }
 
     // ---- phase 4: residual += out_proj(y) (+ bias), one row per warp task ----
@@ -387,8 +398,8 @@ extern "C" __global__ void __launch_bounds__(S6_LS_THREADS, 2) s6_layer_step_b1_
 // and rounding as the kernel above; the sums over channels are split over the blocks, so the
 // results equal the four kernels' within fp32 rounding, not bit for bit.
 //
-// Dynamic shared memory (floats): the normed row [max(d, 8)], the norm's partials [32], z [C],
-// u [C] and y [C] of the block's channels (rounded to bf16 for the products), x_proj's partial
+// Dynamic shared memory (floats): the normed row [max(d, 8)], the norm's partials [32], u [C] and
+// y [C] of the block's channels (rounded to bf16 for the products), x_proj's partial
 // [width] and the xdbl row [width], out_proj's partial [d]; C = the channels per block. Any block
 // size that is a multiple of 32 (the emulation runs small ones).
 
@@ -424,8 +435,7 @@ __device__ __forceinline__ void s6_layer_step_cluster_impl(S6_LS_PARAMS) {
     S6_DYNAMIC_SHARED(float, s6_lc_x);
     float* xs = s6_lc_x;                                   // the normed row
     float(*partial)[32] = reinterpret_cast<float(*)[32]>(xs + max(d, 8u));
-    float* zown = xs + max(d, 8u) + 32;
-    float* uown = zown + C;
+    float* uown = xs + max(d, 8u) + 32;
     float* yown = uown + C;
     float* px = yown + C;     // x_proj's partial sums over this block's channels
     float* xd = px + width;   // the xdbl row
@@ -488,10 +498,7 @@ __device__ __forceinline__ void s6_layer_step_cluster_impl(S6_LS_PARAMS) {
         const unsigned int g = g0 + lane, j = NC1 * t + lane;
         if (b_in != nullptr) v += __ldg(b_in + g);
         xz[g] = v;
-        if (j >= cn) {
-            zown[j - cn] = v;
-            continue;
-        }
+        if (j >= cn) continue;  // a z row
         // The conv's output, then the window moves by one (as the kernel above).
         float* sw = conv_state + g;
         const float bias = conv_b != nullptr ? __ldg(conv_b + g) : 0.0f;
@@ -534,38 +541,9 @@ __device__ __forceinline__ void s6_layer_step_cluster_impl(S6_LS_PARAMS) {
         const bool active = jl < cn;
         S6LsChan ch;
         s6_ls_chan_load(ch, active ? c : di, part, dt_w, dt_b, a, dskip, ssm, u, xz, di, r, n);
-        float dt = 0.0f;
-        if (active) {
-#pragma unroll
-            for (int q = 0; q < S6_LS_RPRE; ++q) {
-                const unsigned int i = part + S6_LS_G * q;
-                if (i < r) dt = fmaf(xd[i], ch.wdt[q], dt);
-            }
-            for (unsigned int i = part + S6_LS_G * S6_LS_RPRE; i < r; i += S6_LS_G)
-                dt = fmaf(xd[i], __ldg(dt_w + (unsigned long long)c * r + i), dt);
-        }
-#pragma unroll
-        for (int off = S6_LS_G / 2; off > 0; off >>= 1) dt += __shfl_xor_sync(0xffffffffu, dt, off);
-        float acc = 0.0f;
-        if (active) {
-            if (part == 0) delta[c] = dt;
-            const float dl = s6_softplus(dt + ch.bias);
-            const float du = dl * ch.u;
-            float* h = ssm + (unsigned long long)c * n;
-#pragma unroll
-            for (int q = 0; q < S6_LS_SPRE; ++q) {
-                const unsigned int s = part + S6_LS_G * q;
-                if (s < n) {
-                    const float hn = fmaf(expf(dl * ch.av[q]), ch.hv[q], du * xd[r + s]);
-                    h[s] = hn;
-                    acc = fmaf(xd[r + n + s], hn, acc);
-                }
-            }
-        }
-#pragma unroll
-        for (int off = S6_LS_G / 2; off > 0; off >>= 1) acc += __shfl_xor_sync(0xffffffffu, acc, off);
+        const float v = s6_ls_channel_step(ch, c, part, active, xd, dt_w, ssm, delta, r, n);
         if (active && part == 0) {
-            const float yv = (acc + ch.dskip * ch.u) * s6_silu(zown[jl]);
+            const float yv = v * s6_silu(ch.z);
             y[c] = yv;
             yown[jl] = s6_rbf16(yv);
         }
