@@ -243,7 +243,9 @@ impl Cuda {
             (_, true) => "s6_layer_step_cluster_b1_c16_wide",
         };
         let func = self.func(name)?;
-        if cluster > 8 {
+        // Set outside graph recording (the decoder runs a step eagerly before it records one);
+        // the attribute stays with the function.
+        if cluster > 8 && !self.capturing()? {
             use cudarc::driver::sys::CUfunction_attribute;
             self.inner.ctx.bind_to_thread().map_err(driver_err("cluster step"))?;
             func.set_attribute(CUfunction_attribute::CU_FUNC_ATTRIBUTE_NON_PORTABLE_CLUSTER_SIZE_ALLOWED, 1)
