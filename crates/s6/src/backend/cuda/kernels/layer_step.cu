@@ -408,19 +408,11 @@ __device__ __forceinline__ unsigned int s6_lc_per_block(unsigned int di, unsigne
     return ((di + cl - 1) / cl + 7) / 8 * 8;
 }
 
-// Range i of the block's prefetches into L2, each by warp i % warps (bytes in 16 KB pieces).
-__device__ __forceinline__ void s6_lc_prefetch(unsigned int i, const void* p, unsigned long long bytes) {
-    const unsigned int nwarps = blockDim.x / 32;
-    if (bytes > 0 && threadIdx.x / 32 == i % nwarps) s6_prefetch_l2(p, bytes);
-}
-
-// The block's share ρ of CL equal shares of a range (whole 16-byte units), for s6_lc_prefetch.
-__device__ __forceinline__ void s6_lc_share(const void* p, unsigned long long bytes, unsigned int rank,
-                                            unsigned int cl, const unsigned char*& q, unsigned long long& len) {
-    const unsigned long long per = ((bytes + cl - 1) / cl + 15) & ~15ull;
-    const unsigned long long lo = (unsigned long long)rank * per;
-    q = reinterpret_cast<const unsigned char*>(p) + lo;
-    len = lo < bytes ? min(per, bytes - lo) : 0;
+// Range i of the block's prefetches into L2 by warp i % warps: the whole range, or with `parts`
+// > 1 share `part` of it (s6_prefetch_l2_share).
+__device__ __forceinline__ void s6_lc_prefetch(unsigned int i, const void* p, unsigned long long bytes,
+                                               unsigned int part = 0, unsigned int parts = 1) {
+    if (bytes > 0 && threadIdx.x / 32 == i % (blockDim.x / 32)) s6_prefetch_l2_share(p, bytes, part, parts);
 }
 
 template <unsigned int CL, int NC1, int PRE1>
@@ -444,18 +436,12 @@ __device__ __forceinline__ void s6_layer_step_cluster_impl(S6_LS_PARAMS) {
     // ---- before the wait: weights only ----
     // This block's in_proj rows (x and z of its channels), dt_proj and A rows, and a share of
     // x_proj and out_proj (whose columns it reads are strided over the whole matrix) into L2.
-    {
-        const unsigned char* q;
-        unsigned long long len;
-        s6_lc_prefetch(0, w_in + (unsigned long long)c0 * d, 2ull * cn * d);
-        s6_lc_prefetch(1, w_in + (unsigned long long)(di + c0) * d, 2ull * cn * d);
-        s6_lc_share(w_x, 2ull * width * di, rank, CL, q, len);
-        s6_lc_prefetch(2, q, len);
-        s6_lc_share(w_out, 2ull * d * di, rank, CL, q, len);
-        s6_lc_prefetch(3, q, len);
-        s6_lc_prefetch(4, dt_w + (unsigned long long)c0 * r, 4ull * cn * r);
-        s6_lc_prefetch(5, a + (unsigned long long)c0 * n, 4ull * cn * n);
-    }
+    s6_lc_prefetch(0, w_in + (unsigned long long)c0 * d, 2ull * cn * d);
+    s6_lc_prefetch(1, w_in + (unsigned long long)(di + c0) * d, 2ull * cn * d);
+    s6_lc_prefetch(2, w_x, 2ull * width * di, rank, CL);
+    s6_lc_prefetch(3, w_out, 2ull * d * di, rank, CL);
+    s6_lc_prefetch(4, dt_w + (unsigned long long)c0 * r, 4ull * cn * r);
+    s6_lc_prefetch(5, a + (unsigned long long)c0 * n, 4ull * cn * n);
     // In_proj's warp tasks: NC1 consecutive rows of the block's 2·cn (x rows, then z rows; cn is
     // a multiple of 8, so a task never straddles the two), task t on warp t mod nwarps. Own row
     // j is in_proj row c0 + j (x) or di + c0 + j - cn (z).
@@ -525,10 +511,8 @@ __device__ __forceinline__ void s6_layer_step_cluster_impl(S6_LS_PARAMS) {
     s6_cluster_arrive<CL>();
     s6_cluster_wait();
     for (unsigned int w = threadIdx.x; w < width; w += blockDim.x) {
-        float s = 0.0f;
-        for (unsigned int q = 0; q < CL; ++q) s += s6_cluster_map<CL>(px, q)[w];
-        xd[w] = s;
-        if (rank == 0) xdbl[w] = s;
+        xd[w] = s6_cluster_sum<CL>(px, w);
+        if (rank == 0) xdbl[w] = xd[w];
     }
     __syncthreads();
 
@@ -580,8 +564,7 @@ __device__ __forceinline__ void s6_layer_step_cluster_impl(S6_LS_PARAMS) {
     s6_cluster_wait();
     const unsigned int dp = (d + CL - 1) / CL;
     for (unsigned int j = rank * dp + threadIdx.x; j < min(d, (rank + 1) * dp); j += blockDim.x) {
-        float s = 0.0f;
-        for (unsigned int q = 0; q < CL; ++q) s += s6_cluster_map<CL>(po, q)[j];
+        float s = s6_cluster_sum<CL>(po, j);
         if (b_out != nullptr) s += __ldg(b_out + j);
         residual[j] = __ldcg(residual + j) + s;
     }

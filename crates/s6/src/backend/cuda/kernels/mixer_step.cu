@@ -151,8 +151,7 @@ __device__ __forceinline__ void s6_xs_xproj(const S6XsSlice& xs, const unsigned 
     s6_cluster_arrive<S6_XS_CLUSTER>();
     s6_cluster_wait();
     for (unsigned int w = threadIdx.x; w < width; w += blockDim.x) {
-        float sum = 0.0f;
-        for (unsigned int j = 0; j < S6_XS_CLUSTER; ++j) sum += s6_cluster_map<S6_XS_CLUSTER>(partial, j)[w];
+        const float sum = s6_cluster_sum<S6_XS_CLUSTER>(partial, w);
         x[w] = sum;
         if (blockIdx.x == 0 && blockIdx.y == 0) xdbl_out[w] = sum;
     }
@@ -170,10 +169,8 @@ __device__ __forceinline__ void s6_xs_xproj(const S6XsSlice& xs, const unsigned 
 // registers with it right after the wait).
 __device__ __forceinline__ void s6_ms_prefetch_range(const unsigned char* __restrict__ p, unsigned long long bytes) {
     if (threadIdx.x >= 32 || bytes == 0) return;
-    const unsigned long long blocks = (unsigned long long)gridDim.x * gridDim.y;
-    const unsigned long long per = ((bytes + blocks - 1) / blocks + 16383) & ~16383ull;
-    const unsigned long long lo = ((unsigned long long)blockIdx.y * gridDim.x + blockIdx.x) * per;
-    if (lo < bytes) s6_prefetch_l2(p + lo, min(per, bytes - lo));
+    s6_prefetch_l2_share(p, bytes, (unsigned long long)blockIdx.y * gridDim.x + blockIdx.x,
+                         (unsigned long long)gridDim.x * gridDim.y);
 }
 __device__ __forceinline__ void s6_ms_prefetch_next(const unsigned char* __restrict__ next, unsigned long long next_bytes,
                                                     const unsigned char* __restrict__ next2,

@@ -84,6 +84,15 @@ __device__ __forceinline__ const float* s6_cluster_map(const float* p, unsigned 
 #endif
 }
 
+// The sum over the cluster's blocks, in rank order, of element i of a shared array at p (the
+// same dynamic shared memory offset in every block), after a cluster barrier that published them.
+template <unsigned int SIZE>
+__device__ __forceinline__ float s6_cluster_sum(const float* p, unsigned int i) {
+    float s = 0.0f;
+    for (unsigned int q = 0; q < SIZE; ++q) s += s6_cluster_map<SIZE>(p, q)[i];
+    return s;
+}
+
 // A hint that bytes [p, p + bytes) will be read soon: prefetched into L2, 16 KB per instruction,
 // by the calling warp's lanes (call it from one warp; the part of the range in whole aligned
 // 16-byte units). For the window between S6_PDL_LAUNCH and S6_PDL_WAIT (see above).
@@ -97,6 +106,16 @@ __device__ __forceinline__ void s6_prefetch_l2(const void* p, unsigned long long
         asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;" ::"l"(q), "r"(len) : "memory");
     }
 #endif
+}
+
+// Share `part` of `parts` equal shares of [p, p + bytes) (each a whole number of 16 KB pieces,
+// the last shares maybe short or empty), prefetched into L2 by the calling warp: the blocks of a
+// grid or of a cluster prefetching one range between them.
+__device__ __forceinline__ void s6_prefetch_l2_share(const void* p, unsigned long long bytes, unsigned long long part,
+                                                     unsigned long long parts) {
+    const unsigned long long per = ((bytes + parts - 1) / parts + 16383) & ~16383ull;
+    const unsigned long long lo = part * per;
+    if (lo < bytes) s6_prefetch_l2(reinterpret_cast<const unsigned char*>(p) + lo, min(per, bytes - lo));
 }
 
 // bf16 values are held as `unsigned short` bit patterns, the upper 16 bits of an f32 (NVRTC gets
