@@ -175,6 +175,19 @@ __device__ __forceinline__ void s6_ls_chan_load(S6LsChan& ch, unsigned int c, un
     ch.z = active ? __ldcg(xz + di + c) : 0.0f;
 }
 
+// The causal conv's output for channel j and its new input x, its weights and window read where
+// they are (gemv.cu's s6_conv_newest), then the window [k - 1, di] moves by one step: slot s takes
+// slot s + 1, the last slot takes x.
+__device__ __forceinline__ float s6_ls_conv_step(const float* conv_w, const float* conv_b, float* conv_state,
+                                                 unsigned int j, unsigned int di, float x, unsigned int k) {
+    float* sw = conv_state + j;
+    const float bias = conv_b != nullptr ? __ldg(conv_b + j) : 0.0f;
+    const float out = s6_conv_newest(conv_w + (unsigned long long)j * k, bias, sw, di, x, k);
+    for (unsigned int t = 0; t + 2 < k; ++t) sw[(unsigned long long)t * di] = sw[(unsigned long long)(t + 1) * di];
+    if (k > 1) sw[(unsigned long long)(k - 2) * di] = x;
+    return out;
+}
+
 // Phase 3 for one channel c (its S6_LS_G lanes, `part` this lane; every lane of the warp calls it,
 // inactive channels with zeros): dt = dt_proj[c] · δ (written to delta[c], without its bias),
 // Δ = softplus(dt + bias), h = exp(Δ·A) h + Δ·B·u (written to the state), and C·h + D·u, returned
@@ -307,19 +320,17 @@ __device__ __forceinline__ void s6_layer_step_b1_impl(S6_LS_PARAMS) {
         if (j >= di) return;
         // The conv's output (gemv.cu), then the window moves by one: slot s takes slot s + 1, the
         // last slot takes x.
-        float* sw = conv_state + j;
         float acv;
         if (j0 == NC1 * gw && conv_pre) {
+            float* sw = conv_state + j;
             acv = s6_conv_newest(cwv, cbv, win, v, k);
 #pragma unroll
             for (unsigned int t = 0; t + 2 < S6_GEMV_CONV_PRE; ++t)
                 if (t + 2 < k) sw[(unsigned long long)t * di] = win[t + 1];
+            if (k > 1) sw[(unsigned long long)(k - 2) * di] = v;
         } else {
-            const float bias = conv_b != nullptr ? __ldg(conv_b + j) : 0.0f;
-            acv = s6_conv_newest(conv_w + (unsigned long long)j * k, bias, sw, di, v, k);
-            for (unsigned int t = 0; t + 2 < k; ++t) sw[(unsigned long long)t * di] = sw[(unsigned long long)(t + 1) * di];
+            acv = s6_ls_conv_step(conv_w, conv_b, conv_state, j, di, v, k);
         }
-        if (k > 1) sw[(unsigned long long)(k - 2) * di] = v;
         u[j] = s6_silu(acv);
     });
 
@@ -485,13 +496,7 @@ __device__ __forceinline__ void s6_layer_step_cluster_impl(S6_LS_PARAMS) {
         if (b_in != nullptr) v += __ldg(b_in + g);
         xz[g] = v;
         if (j >= cn) continue;  // a z row
-        // The conv's output, then the window moves by one (as the kernel above).
-        float* sw = conv_state + g;
-        const float bias = conv_b != nullptr ? __ldg(conv_b + g) : 0.0f;
-        const float acv = s6_conv_newest(conv_w + (unsigned long long)g * k, bias, sw, di, v, k);
-        for (unsigned int s = 0; s + 2 < k; ++s) sw[(unsigned long long)s * di] = sw[(unsigned long long)(s + 1) * di];
-        if (k > 1) sw[(unsigned long long)(k - 2) * di] = v;
-        const float uv = s6_silu(acv);
+        const float uv = s6_silu(s6_ls_conv_step(conv_w, conv_b, conv_state, g, di, v, k));
         u[g] = uv;
         uown[j] = s6_rbf16(uv);
     }
