@@ -12,6 +12,8 @@
 //   nvcc -O3 -arch=sm_90 -o /tmp/cluster_probe scripts/gpu/cluster_probe.cu && /tmp/cluster_probe
 #include <cuda_runtime.h>
 
+#include "../../crates/s6/src/backend/cuda/kernels/prelude.cu"
+
 #include <algorithm>
 #include <functional>
 #include <cstdio>
@@ -100,31 +102,23 @@ __global__ void read_bulk(const unsigned char* __restrict__ p, size_t bytes, uns
 
 // ---- (2) cluster barriers and a row's reduction over the cluster --------------------------
 
-// The cluster primitives as s6's kernels use them (kernels/prelude.cu).
-__device__ __forceinline__ unsigned int cluster_rank() {
-    unsigned int r;
-    asm volatile("mov.u32 %0, %%cluster_ctarank;" : "=r"(r));
-    return r;
-}
+// The number of blocks in this block's cluster (the other primitives are s6's, from prelude.cu).
 __device__ __forceinline__ unsigned int cluster_blocks() {
     unsigned int r;
     asm volatile("mov.u32 %0, %%cluster_nctarank;" : "=r"(r));
     return r;
 }
+// A cluster barrier as s6's kernels take it: arrive with release semantics, wait with acquire.
+// (The SIZE argument of prelude.cu's primitives only serves the CPU emulation.)
 __device__ __forceinline__ void cluster_sync() {
-    asm volatile("barrier.cluster.arrive.release.aligned;" ::: "memory");
-    asm volatile("barrier.cluster.wait.acquire.aligned;" ::: "memory");
-}
-__device__ __forceinline__ const float* cluster_map(const float* p, unsigned int rank) {
-    unsigned long long q;
-    asm volatile("mapa.u64 %0, %1, %2;" : "=l"(q) : "l"(p), "r"(rank));
-    return reinterpret_cast<const float*>(q);
+    s6_cluster_arrive<16>();
+    s6_cluster_wait();
 }
 
 // `rounds` cluster barriers (arrive.release + wait.acquire).
 __global__ void cluster_barriers(int rounds, unsigned int* out) {
     for (int r = 0; r < rounds; r++) cluster_sync();
-    if (threadIdx.x == 0 && rounds < 0) out[blockIdx.x] = cluster_rank();
+    if (threadIdx.x == 0 && rounds < 0) out[blockIdx.x] = s6_cluster_rank<16>();
 }
 
 // `rounds` all-reductions of a W-float row over the cluster: every block writes its partial row,
@@ -134,7 +128,7 @@ __global__ void cluster_barriers(int rounds, unsigned int* out) {
 template <int W>
 __global__ void cluster_allreduce(int rounds, unsigned int* out) {
     __shared__ float part[W], red[W], full[W];
-    const unsigned int rank = cluster_rank(), R = cluster_blocks();
+    const unsigned int rank = s6_cluster_rank<16>(), R = cluster_blocks();
     const unsigned int per = (W + R - 1) / R;
     float carry = 0.0f;
     for (int r = 0; r < rounds; r++) {
@@ -142,11 +136,11 @@ __global__ void cluster_allreduce(int rounds, unsigned int* out) {
         cluster_sync();
         for (unsigned int i = rank * per + threadIdx.x; i < W && i < (rank + 1) * per; i += blockDim.x) {
             float s = 0.0f;
-            for (unsigned int j = 0; j < R; j++) s += cluster_map(part, j)[i];
+            for (unsigned int j = 0; j < R; j++) s += s6_cluster_map<16>(part, j)[i];
             red[i] = s;
         }
         cluster_sync();
-        for (int i = threadIdx.x; i < W; i += blockDim.x) full[i] = cluster_map(red, i / per)[i];
+        for (int i = threadIdx.x; i < W; i += blockDim.x) full[i] = s6_cluster_map<16>(red, i / per)[i];
         cluster_sync();
         carry = full[(r * 7 + threadIdx.x) % W] * 1e-30f;
     }
