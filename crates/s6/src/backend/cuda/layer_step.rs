@@ -29,7 +29,7 @@
 //! the cluster adds through distributed shared memory after a cluster barrier; the last phase's
 //! sums go straight into the residual, each block a share of it. No grid barrier, no claim on the
 //! device (a cluster is scheduled whole or not at all). The layer's weights are read once, by 8 or
-//! 16 SMs: whether that is fast enough is what `scripts/gpu/cluster_probe.cu` and run 97 measure
+//! 16 SMs: whether that is fast enough is what `scripts/gpu/cluster_probe.cu` and run 98 measure
 //! (docs/BENCHMARKS.md, session 25).
 //!
 //! [`Backend::block_step`]: crate::backend::Backend::block_step
