@@ -4,7 +4,7 @@
 // statics (one block runs at a time, except in s6emu_launch_concurrent, whose kernels must keep
 // their shared memory dynamic: S6_DYNAMIC_SHARED is per block there), and the SFU's approximate
 // functions are the libm ones.
-// Warp shuffles (xor, broadcast) and __syncwarp are emulated with a barrier per warp; other warp-level operations are not.
+// Warp shuffles (xor, broadcast), __syncwarp and the tf32 mma.m16n8k8 are emulated with a barrier per warp; other warp-level operations are not.
 // Kernels with a grid-wide barrier (layer_step.cu's s6_grid_sync: atomics on global memory and a
 // spin on a volatile load) run with s6emu_launch_concurrent: every thread of every block at once;
 // kernels of thread-block clusters (a cluster barrier, distributed shared memory) with
@@ -44,12 +44,15 @@ struct s6emu_dim3 { unsigned int x = 0, y = 0, z = 0; };
 inline thread_local s6emu_dim3 threadIdx, blockIdx;
 inline s6emu_dim3 gridDim, blockDim;
 // What a block's threads share: its barrier (null in a serial launch), a barrier and 32 exchange
-// slots per warp (for the shuffles), its dynamic shared memory. Every thread of a launch points
+// slots per warp (for the shuffles and the mma), its dynamic shared memory. Every thread of a launch points
 // s6emu_block at its block's.
+// One lane's operands of an emulated mma (its A and B fragment registers).
+struct s6emu_mma_frag { unsigned int a[4], b[2]; };
 struct s6emu_block_state {
     std::unique_ptr<std::barrier<>> bar;
     std::vector<std::unique_ptr<std::barrier<>>> warps;
     std::vector<unsigned long long> warp_slots;
+    std::vector<s6emu_mma_frag> mma_slots;
     unsigned char* dynamic_shared = nullptr;
     // A block with threads `threads` (bar and warps only with `barriers`: not for serial launches).
     s6emu_block_state(unsigned int threads, bool barriers, unsigned char* shared) : dynamic_shared(shared) {
@@ -58,6 +61,7 @@ struct s6emu_block_state {
             for (unsigned int w = 0; w * 32 < threads; w++)
                 warps.push_back(std::make_unique<std::barrier<>>(std::min(32u, threads - w * 32)));
             warp_slots.assign(threads, 0);
+            mma_slots.assign((threads + 31) / 32 * 32, s6emu_mma_frag{});
         }
     }
 };
@@ -106,6 +110,42 @@ T __shfl_xor_sync(unsigned, T v, int lane_mask) {
 template <typename T>
 T __shfl_sync(unsigned, T v, int src) {
     return s6emu_warp_exchange(v, [&](unsigned) { return (unsigned)src; });
+}
+// mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32 with D = C in place, in the PTX ISA's
+// fragments (g = lane / 4, q = lane % 4): a = (A[g][q], A[g+8][q], A[g][q+4], A[g+8][q+4]),
+// b = (B[q][g], B[q+4][g]), d = (D[g][2q], D[g][2q+1], D[g+8][2q], D[g+8][2q+1]). The operands'
+// low 13 bits are ignored, as by the tensor cores; the products are summed in double and rounded
+// once (the hardware's fp32 accumulation may round differently in the last bits).
+inline void s6emu_mma_m16n8k8_tf32(float (&d)[4], const unsigned int (&a)[4], const unsigned int (&b)[2]) {
+    if (!s6emu_block || s6emu_block->warps.empty()) {
+        std::fprintf(stderr, "mma needs s6emu_launch\n");
+        std::abort();
+    }
+    const unsigned t = threadIdx.x, w = t / 32, lane = t % 32, g = lane / 4, q = lane % 4;
+    s6emu_mma_frag* const warp = &s6emu_block->mma_slots[w * 32];
+    warp[lane] = s6emu_mma_frag{{a[0], a[1], a[2], a[3]}, {b[0], b[1]}};
+    s6emu_block->warps[w]->arrive_and_wait();
+    auto val = [](unsigned int bits) {
+        float f;
+        bits &= 0xffffe000u;
+        std::memcpy(&f, &bits, 4);
+        return (double)f;
+    };
+    // A[r][k] and B[k][c] from the lanes holding them.
+    auto A = [&](unsigned r, unsigned k) {
+        const unsigned src = (r % 8) * 4 + k % 4, i = (r >= 8 ? 1 : 0) + (k >= 4 ? 2 : 0);
+        return val(warp[src].a[i]);
+    };
+    auto B = [&](unsigned k, unsigned c) { return val(warp[c * 4 + k % 4].b[k >= 4 ? 1 : 0]); };
+    float out[4];
+    for (int i = 0; i < 4; i++) {
+        const unsigned r = g + (i >= 2 ? 8 : 0), c = 2 * q + (i & 1);
+        double s = d[i];
+        for (unsigned k = 0; k < 8; k++) s += A(r, k) * B(k, c);
+        out[i] = (float)s;
+    }
+    s6emu_block->warps[w]->arrive_and_wait();
+    for (int i = 0; i < 4; i++) d[i] = out[i];
 }
 inline void __syncwarp(unsigned = 0xffffffffu) {
     if (s6emu_block && !s6emu_block->warps.empty()) s6emu_block->warps[threadIdx.x / 32]->arrive_and_wait();

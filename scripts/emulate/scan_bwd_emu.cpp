@@ -1,4 +1,4 @@
-// The d_state-16 scan backward (kernels/scan_backward.cu: s6_scan_bwd_n16p and n16r8,
+// The d_state-16 scan backward (kernels/scan_backward.cu: s6_scan_bwd_n16p, n16r8 and n16m8,
 // and their two reduction kernels, launched as cuda/backward.rs does) run on the CPU through
 // cuda_emu.h, against finite differences of the f64 forward (scan_ref.h): for L = sum(dy * y)
 // and each gradient G of an input X (u, Δ, z, B, C, A, D, the Δ bias), G . V against
@@ -22,7 +22,21 @@ struct Variant {
     const char* name;
     BwdKernel kernel;
     unsigned chunk;
+    // A kernel of the same math whose outputs this one's must match up to rounding (n16m8: n16r8,
+    // whose dB/dC partials it sums on the tensor cores instead of in shared memory), or null.
+    BwdKernel same_as = nullptr;
 };
+
+// max |got - want| / max |want| over two float vectors.
+static double rel_diff_f(const std::vector<float>& got, const std::vector<float>& want) {
+    double md = 0, mw = 0;
+    for (size_t i = 0; i < want.size(); i++) {
+        if (!std::isfinite(got[i])) return INFINITY;
+        md = std::max(md, (double)std::fabs(got[i] - want[i]));
+        mw = std::max(mw, (double)std::fabs(want[i]));
+    }
+    return mw > 0 ? md / mw : md;
+}
 
 static void run_case(const Variant& kv, unsigned batch, unsigned seqlen, unsigned dim, bool gate) {
     const unsigned N = 16, xw = 3 + 2 * N, rows = batch * seqlen;
@@ -44,6 +58,24 @@ static void run_case(const Variant& kv, unsigned batch, unsigned seqlen, unsigne
                          dsk.data(), zp, gate ? 2 * dim : 0, dy.data(), du.data(), ddelta.data(), 0u, dzp,
                          gate ? 2 * dim : 0, ckpt.data(), pbc.data(), pparam.data(), seqlen, dim, N);
     });
+    if (kv.same_as) {
+        // Every output against the kernel it restructures, on the same inputs: within a few fp32
+        // roundings (the sums' order differs), the per-block dB/dC partials included.
+        std::vector<float> ckpt2(ckpt.size()), pbc2(pbc.size()), pparam2(pparam.size()), du2(du.size(), 7),
+            ddelta2(ddelta.size(), 7), dz2(dz.size(), 0);
+        s6emu_launch({nblk, batch, 1}, 128, [&] {
+            kv.same_as(u.data(), delta.data(), bias.data(), a.data(), xdbl.data() + 3, xw, xdbl.data() + 3 + N, xw,
+                       dsk.data(), zp, gate ? 2 * dim : 0, dy.data(), du2.data(), ddelta2.data(), 0u,
+                       gate ? dz2.data() + dim : nullptr, gate ? 2 * dim : 0, ckpt2.data(), pbc2.data(),
+                       pparam2.data(), seqlen, dim, N);
+        });
+        const double worst = std::max({rel_diff_f(du, du2), rel_diff_f(ddelta, ddelta2), rel_diff_f(dz, dz2),
+                                       rel_diff_f(pbc, pbc2), rel_diff_f(pparam, pparam2)});
+        const bool ok = worst < 2e-6;
+        if (!ok) failures++;
+        std::printf("%-4s %-7s b%u l%-4u d%-3u gate %d every output against the kernel it restructures: %.2e\n",
+                    ok ? "ok" : "FAIL", kv.name, batch, seqlen, dim, gate, worst);
+    }
     // dΔ held in bf16 alone (bf16_out = 1), and with a gate dz too (3; dz a part of a [rows, 2 dim]
     // bf16 matrix, as the half of dxz it is): the f32 values rounded, bit for bit, every other
     // output as before, and nothing written outside dz's columns.
@@ -154,7 +186,9 @@ static void run_case(const Variant& kv, unsigned batch, unsigned seqlen, unsigne
 }
 
 int main() {
-    const Variant variants[] = {{"n16p", s6_scan_bwd_n16p, 12}, {"n16r8", s6_scan_bwd_n16r8, 8}};
+    const Variant variants[] = {{"n16p", s6_scan_bwd_n16p, 12},
+                                {"n16r8", s6_scan_bwd_n16r8, 8},
+                                {"n16m8", s6_scan_bwd_n16m8, 8, s6_scan_bwd_n16r8}};
     for (const Variant& v : variants) {
         run_case(v, 2, 100, 40, true);
         run_case(v, 1, 257, 17, false);

@@ -375,8 +375,52 @@ __device__ __forceinline__ void s6b_load_chunk(const float* __restrict__ u, cons
         rcc[e] = oks ? cm[r * (I)ldc + c] : 0.0f;
     }
 }
-template <int T, bool REGS>
+// D = A B + D for one warp: mma.m16n8k8 with tf32 A (16 x 8) and B (8 x 8), f32 D (16 x 8), in the
+// PTX ISA's fragments (g = lane / 4, q = lane % 4): a = (A[g][q], A[g+8][q], A[g][q+4],
+// A[g+8][q+4]), b = (B[q][g], B[q+4][g]), d = (D[g][2q], D[g][2q+1], D[g+8][2q], D[g+8][2q+1]).
+// The operands are fp32 bit patterns whose low 13 bits the tensor cores ignore (truncation to tf32).
+__device__ __forceinline__ void s6b_mma_tf32(float (&d)[4], const unsigned int (&a)[4], const unsigned int (&b)[2]) {
+#ifdef S6_EMULATE
+    s6emu_mma_m16n8k8_tf32(d, a, b);
+#else
+    asm("mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+        "{%0,%1,%2,%3};"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+#endif
+}
+
+// The sums of four values over each quad of a warp's lanes (lanes that differ in bits 0-1 only),
+// on the tensor cores instead of the shared-memory pipe: returned to the quad's first lane as
+// (Σ v0, Σ v1, Σ v2, Σ v3) (the other lanes get zeros). Every lane of the warp calls it
+// (mma.sync). The values go in as A (v0 at column q of row g, v1 at column q + 4, v2 and v3 the
+// same in row g + 8) against B's two 0/1 columns: column 0 sums A's columns 0-3, column 1 its
+// columns 4-7. Each value is split into its first 11 significant bits and the rest (two
+// products into one accumulator; the tensor cores truncate each operand to those 11 bits), so a
+// sum is off by at most ~2^-20 of the values' magnitudes, where tf32 alone would be 2^-10.
+__device__ __forceinline__ float4 s6b_quad_sum4(float v0, float v1, float v2, float v3) {
+    const unsigned int g = (threadIdx.x & 31) >> 2, one = 0x3f800000u;
+    const unsigned int b[2] = {g == 0 ? one : 0u, g == 1 ? one : 0u};
+    const float v[4] = {v0, v2, v1, v3};  // a0, a1, a2, a3: d then comes out as (Σ v0, Σ v1, Σ v2, Σ v3)
+    unsigned int hi[4], lo[4];
+#pragma unroll
+    for (int i = 0; i < 4; i++) {
+        hi[i] = __float_as_uint(v[i]) & 0xffffe000u;
+        lo[i] = __float_as_uint(v[i] - __uint_as_float(hi[i]));
+    }
+    float d[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+    s6b_mma_tf32(d, hi, b);
+    s6b_mma_tf32(d, lo, b);
+    return make_float4(d[0], d[1], d[2], d[3]);
+}
+
+// MMA (with REGS only): the lanes of a warp hold 4 channels x 8 parts with the channel in the
+// lane's low 2 bits (a quad: one part of 4 channels), and each reverse step sums its dB_t, dC_t
+// partials over the warp's 4 channels with s6b_quad_sum4; the quad's first lane stores the sums,
+// so the shared-memory partials and the chunk end's reads over them are a quarter of n16r8's.
+template <int T, bool REGS, bool MMA = false>
 __device__ __forceinline__ void s6_scan_bwd_n16_body(S6_SCAN_BWD_PARAMS) {
+    static_assert(REGS || !MMA, "the tensor-core sums need the states in registers");
     constexpr int NT = 128, SPLIT = 8, CPB = 16, NMAX = 16;
     // Unrolled whole with the states in registers; else by 6 and 4 (full unrolling or longer
     // spans spill at 128 registers and cost ~35%, measured on the H200 in session 6).
@@ -386,7 +430,9 @@ __device__ __forceinline__ void s6_scan_bwd_n16_body(S6_SCAN_BWD_PARAMS) {
     static_assert(EF * NT == FT * CPB, "FT * CPB must be a multiple of NT");
     static_assert(3 * FT * CPB <= 4 * T * NT, "the forward staging must fit s_pp");
     constexpr int E = (T * CPB + NT - 1) / NT;  // T * NMAX == T * CPB elements staged per array
-    __shared__ float4 s_pp[T][NT];  // (h_t, exp(ΔA)) of the lane's 2 states without REGS; its dB_t, dC_t partials
+    // (h_t, exp(ΔA)) of the lane's 2 states without REGS; its dB_t, dC_t partials (with MMA the
+    // first T x 32: the warps' sums over their 4 channels, [t][warp * 8 + part]).
+    __shared__ float4 s_pp[T][NT];
     __shared__ float2 s_p2[T][NT];  // (Σ dhs B, Σ q A) over the lane's states
     __shared__ float s_p1[T][NT];   // Σ C h over the lane's states
     __shared__ float4 s_dug[T][CPB];  // (Δ, u, g, Δu)
@@ -395,7 +441,8 @@ __device__ __forceinline__ void s6_scan_bwd_n16_body(S6_SCAN_BWD_PARAMS) {
     __shared__ float4 s_bc[T][NMAX / 2];  // (B_2p, B_2p+1, C_2p, C_2p+1)
 
     const int tid = threadIdx.x;
-    const int ch = tid / SPLIT, part = tid % SPLIT;
+    const int warp = tid >> 5, lane = tid & 31;
+    const int ch = MMA ? warp * 4 + (lane & 3) : tid / SPLIT, part = MMA ? lane >> 2 : tid % SPLIT;
     const unsigned int b = blockIdx.y;
     const unsigned int d0 = blockIdx.x * CPB;
     const unsigned int d = d0 + ch;
@@ -626,7 +673,12 @@ __device__ __forceinline__ void s6_scan_bwd_n16_body(S6_SCAN_BWD_PARAMS) {
                     da[i] = fmaf(q, dt, da[i]);
                     pqa = fmaf(q, av[i], pqa);
                 }
-                s_pp[t][tid] = make_float4(pb[0], pb[1], pc[0], pc[1]);
+                if constexpr (MMA) {
+                    const float4 sum = s6b_quad_sum4(pb[0], pb[1], pc[0], pc[1]);
+                    if ((lane & 3) == 0) s_pp[t][warp * 8 + part] = sum;
+                } else {
+                    s_pp[t][tid] = make_float4(pb[0], pb[1], pc[0], pc[1]);
+                }
                 s_p2[t][tid] = make_float2(pbs, pqa);
                 s_p1[t][tid] = pout;
             };
@@ -671,10 +723,16 @@ __device__ __forceinline__ void s6_scan_bwd_n16_body(S6_SCAN_BWD_PARAMS) {
                 float sbs = 0.0f, sqa = 0.0f, sout = 0.0f;
 #pragma unroll
                 for (int p = 0; p < SPLIT; p++) {
-                    const float2 v = s_p2[t][c * SPLIT + ((p + c + (c >> 3)) & 7)];
+                    // With MMA lane (c, p) is thread (c / 4) * 32 + p * 4 + c % 4; the parts are
+                    // rotated by c / 4 (and for s_p1 by t's parity) so that a warp's loads of
+                    // one p hit distinct banks.
+                    const int j = c >> 2;
+                    const float2 v = MMA ? s_p2[t][j * 32 + ((p + j) & 7) * 4 + (c & 3)]
+                                         : s_p2[t][c * SPLIT + ((p + c + (c >> 3)) & 7)];
                     sbs += v.x;
                     sqa += v.y;
-                    sout += s_p1[t][c * SPLIT + ((p + (c >> 2) + 4 * (t & 1)) & 7)];
+                    sout += MMA ? s_p1[t][j * 32 + ((p + j + 4 * (t & 1)) & 7) * 4 + (c & 3)]
+                                : s_p1[t][c * SPLIT + ((p + (c >> 2) + 4 * (t & 1)) & 7)];
                 }
                 const float4 v = s_dug[t][c];
                 const float dt = v.x, x = v.y, g = v.z;
@@ -690,12 +748,12 @@ __device__ __forceinline__ void s6_scan_bwd_n16_body(S6_SCAN_BWD_PARAMS) {
             }
         }
         // dB_t, dC_t: sums over the block's channels; a thread sums the float4 partials (dB, dC of
-        // 2 states) of one lane position over the 16 channels.
+        // 2 states) of one lane position over the 16 channels (with MMA over the 4 warps' sums).
         if (tid < tl * SPLIT) {
             const int t = tid / SPLIT, p = tid % SPLIT;
             float4 s0 = s_pp[t][p], s1 = s_pp[t][SPLIT + p];
 #pragma unroll
-            for (int c = 2; c < CPB; c += 2) {
+            for (int c = 2; c < (MMA ? NT / 32 : CPB); c += 2) {
                 const float4 v0 = s_pp[t][c * SPLIT + p], v1 = s_pp[t][(c + 1) * SPLIT + p];
                 s0.x += v0.x;
                 s0.y += v0.y;
@@ -743,16 +801,19 @@ __device__ __forceinline__ void s6_scan_bwd_n16_body(S6_SCAN_BWD_PARAMS) {
     }
 }
 
-#define S6_SCAN_BWD_N16(NAME, T, REGS, MIN_BLOCKS)                                       \
+#define S6_SCAN_BWD_N16(NAME, T, REGS, MIN_BLOCKS, MMA)                                  \
     extern "C" __global__ void __launch_bounds__(128, MIN_BLOCKS) NAME(S6_SCAN_BWD_PARAMS) { \
         S6_PDL_ENTRY();                                                                      \
-        s6_scan_bwd_n16_body<T, REGS>(S6_SCAN_BWD_ARGS);                                     \
+        s6_scan_bwd_n16_body<T, REGS, MMA>(S6_SCAN_BWD_ARGS);                                \
     }
 // Measured against the states in registers with chunks of 8 at 3 blocks per SM (n16r8, 2.37 ms at
 // B = 16, D = 1536, L = 2048 on an H100, session 14): chunks of 12 at 3 blocks per SM 2.83 ms
 // (spills), chunks of 8 at 4 blocks 2.62 ms (68 bytes spilled), chunks of 6 at 4 blocks 2.99 ms.
-S6_SCAN_BWD_N16(s6_scan_bwd_n16p, 12, false, 4)
-S6_SCAN_BWD_N16(s6_scan_bwd_n16r8, 8, true, 3)
+S6_SCAN_BWD_N16(s6_scan_bwd_n16p, 12, false, 4, false)
+S6_SCAN_BWD_N16(s6_scan_bwd_n16r8, 8, true, 3, false)
+// n16r8 with its dB_t, dC_t partials summed over each warp's channels on the tensor cores
+// (s6b_quad_sum4; session 26, `S6_SCAN_BWD=n16m8` until measured).
+S6_SCAN_BWD_N16(s6_scan_bwd_n16m8, 8, true, 3, true)
 
 // dB / dC: sum of the per-block partials pbc[blk][row][2n] over the blocks, in order; written to
 // db[row * ldb + s] and dc[row * ldc + s] (offsets applied by the caller).
