@@ -1,4 +1,4 @@
-// The d_state-16 scan backward (kernels/scan_backward.cu: s6_scan_bwd_n16p, n16r8 and n16m8,
+// The d_state-16 scan backward (kernels/scan_backward.cu: s6_scan_bwd_n16p, n16r8 and their variants n16pm and n16m8,
 // and their two reduction kernels, launched as cuda/backward.rs does) run on the CPU through
 // cuda_emu.h, against finite differences of the f64 forward (scan_ref.h): for L = sum(dy * y)
 // and each gradient G of an input X (u, Δ, z, B, C, A, D, the Δ bias), G . V against
@@ -188,7 +188,8 @@ static void run_case(const Variant& kv, unsigned batch, unsigned seqlen, unsigne
 int main() {
     const Variant variants[] = {{"n16p", s6_scan_bwd_n16p, 12},
                                 {"n16r8", s6_scan_bwd_n16r8, 8},
-                                {"n16m8", s6_scan_bwd_n16m8, 8, s6_scan_bwd_n16r8}};
+                                {"n16m8", s6_scan_bwd_n16m8, 8, s6_scan_bwd_n16r8},
+                                {"n16pm", s6_scan_bwd_n16pm, 12, s6_scan_bwd_n16p}};
     for (const Variant& v : variants) {
         run_case(v, 2, 100, 40, true);
         run_case(v, 1, 257, 17, false);

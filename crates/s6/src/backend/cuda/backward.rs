@@ -15,9 +15,10 @@ const SCAN_BWD_THREADS: u32 = 128;
 type ScanBwdKernel = (&'static str, u32, usize);
 
 /// The d_state-16 scan backward kernels (`kernels/scan_backward.cu`), by their `S6_SCAN_BWD` names.
-const SCAN_BWD_N16: [(&str, ScanBwdKernel); 3] = [
+const SCAN_BWD_N16: [(&str, ScanBwdKernel); 4] = [
     ("n16p", ("s6_scan_bwd_n16p", 8, 12)),
     ("n16r8", ("s6_scan_bwd_n16r8", 8, 8)),
+    ("n16pm", ("s6_scan_bwd_n16pm", 8, 12)),
     ("n16m8", ("s6_scan_bwd_n16m8", 8, 8)),
 ];
 
@@ -26,10 +27,11 @@ const SCAN_BWD_N16: [(&str, ScanBwdKernel); 3] = [
 /// twice over at n16p's 4 per SM, else `n16p`: measured on an H100 (docs/BENCHMARKS.md, session
 /// 14), n16r8 takes 13% less time at B = 16, D = 1536 (1,536 blocks), 11% less at B = 8, D = 4096,
 /// and gives training 3.5–4.8% more tokens/s, but at B = 4, D = 2048 (512 blocks) n16p fits the
-/// device in one wave and n16r8 needs two (3% more time). `S6_SCAN_BWD=n16p|n16r8|n16m8` forces
-/// one, for measurements (read once per process). `n16m8` (session 26, not yet measured) is n16r8
-/// with each step's dB/dC partials summed over a warp's channels on the tensor cores, a quarter
-/// of the shared-memory traffic for them (`kernels/scan_backward.cu`, `s6b_quad_sum4`). (4 lanes
+/// device in one wave and n16r8 needs two (3% more time). `S6_SCAN_BWD=n16p|n16r8|n16pm|n16m8`
+/// forces one, for measurements (read once per process). `n16pm` and `n16m8` (session 26, not yet
+/// measured) are n16p and n16r8 with each step's dB/dC partials summed over a warp's channels on
+/// the tensor cores, a quarter of the shared-memory traffic for them (`kernels/scan_backward.cu`,
+/// `s6b_quad_sum4`). (4 lanes
 /// of 4 states per channel, session 19, was slower than both everywhere and was removed:
 /// docs/BENCHMARKS.md, session 20.)
 fn scan_bwd_n16(blocks: usize, sm_count: usize) -> ScanBwdKernel {

@@ -109,6 +109,7 @@ const KERNELS: &[&str] = &[
     "s6_scan_bwd_n16p",
     "s6_scan_bwd_n16r8",
     "s6_scan_bwd_n16m8",
+    "s6_scan_bwd_n16pm",
     "s6_scan_bwd_n32",
     "s6_scan_bwd_n64",
     "s6_scan_bwd_reduce_bc",

@@ -414,13 +414,15 @@ __device__ __forceinline__ float4 s6b_quad_sum4(float v0, float v1, float v2, fl
     return make_float4(d[0], d[1], d[2], d[3]);
 }
 
-// MMA (with REGS only): the lanes of a warp hold 4 channels x 8 parts with the channel in the
-// lane's low 2 bits (a quad: one part of 4 channels), and each reverse step sums its dB_t, dC_t
-// partials over the warp's 4 channels with s6b_quad_sum4; the quad's first lane stores the sums,
-// so the shared-memory partials and the chunk end's reads over them are a quarter of n16r8's.
+// MMA: the lanes of a warp hold 4 channels x 8 parts with the channel in the lane's low 2 bits (a
+// quad: one part of 4 channels), and each reverse step sums its dB_t, dC_t partials over the
+// warp's 4 channels with s6b_quad_sum4; the quad's first lane stores the sums, so the
+// shared-memory partials and the chunk end's reads over them are a quarter of n16r8's / n16p's.
+// The sums go to s_pp[t][warp * 32 + part]: without REGS that is the (h_t, exp(ΔA)) slot of a
+// lane of the same warp, which that lane read before it took part in the step's mma.sync (its
+// dC partial depends on it), and which no later step reads.
 template <int T, bool REGS, bool MMA = false>
 __device__ __forceinline__ void s6_scan_bwd_n16_body(S6_SCAN_BWD_PARAMS) {
-    static_assert(REGS || !MMA, "the tensor-core sums need the states in registers");
     constexpr int NT = 128, SPLIT = 8, CPB = 16, NMAX = 16;
     // Unrolled whole with the states in registers; else by 6 and 4 (full unrolling or longer
     // spans spill at 128 registers and cost ~35%, measured on the H200 in session 6).
@@ -431,7 +433,7 @@ __device__ __forceinline__ void s6_scan_bwd_n16_body(S6_SCAN_BWD_PARAMS) {
     static_assert(3 * FT * CPB <= 4 * T * NT, "the forward staging must fit s_pp");
     constexpr int E = (T * CPB + NT - 1) / NT;  // T * NMAX == T * CPB elements staged per array
     // (h_t, exp(ΔA)) of the lane's 2 states without REGS; its dB_t, dC_t partials (with MMA the
-    // first T x 32: the warps' sums over their 4 channels, [t][warp * 8 + part]).
+    // warps' sums over their 4 channels, [t][warp * 32 + part]).
     __shared__ float4 s_pp[T][NT];
     __shared__ float2 s_p2[T][NT];  // (Σ dhs B, Σ q A) over the lane's states
     __shared__ float s_p1[T][NT];   // Σ C h over the lane's states
@@ -675,7 +677,7 @@ __device__ __forceinline__ void s6_scan_bwd_n16_body(S6_SCAN_BWD_PARAMS) {
                 }
                 if constexpr (MMA) {
                     const float4 sum = s6b_quad_sum4(pb[0], pb[1], pc[0], pc[1]);
-                    if ((lane & 3) == 0) s_pp[t][warp * 8 + part] = sum;
+                    if ((lane & 3) == 0) s_pp[t][warp * 32 + part] = sum;
                 } else {
                     s_pp[t][tid] = make_float4(pb[0], pb[1], pc[0], pc[1]);
                 }
@@ -751,10 +753,11 @@ __device__ __forceinline__ void s6_scan_bwd_n16_body(S6_SCAN_BWD_PARAMS) {
         // 2 states) of one lane position over the 16 channels (with MMA over the 4 warps' sums).
         if (tid < tl * SPLIT) {
             const int t = tid / SPLIT, p = tid % SPLIT;
-            float4 s0 = s_pp[t][p], s1 = s_pp[t][SPLIT + p];
+            constexpr int STRIDE = MMA ? 32 : SPLIT;  // between the partials summed: warps or channels
+            float4 s0 = s_pp[t][p], s1 = s_pp[t][STRIDE + p];
 #pragma unroll
             for (int c = 2; c < (MMA ? NT / 32 : CPB); c += 2) {
-                const float4 v0 = s_pp[t][c * SPLIT + p], v1 = s_pp[t][(c + 1) * SPLIT + p];
+                const float4 v0 = s_pp[t][c * STRIDE + p], v1 = s_pp[t][(c + 1) * STRIDE + p];
                 s0.x += v0.x;
                 s0.y += v0.y;
                 s0.z += v0.z;
@@ -814,6 +817,8 @@ S6_SCAN_BWD_N16(s6_scan_bwd_n16r8, 8, true, 3, false)
 // n16r8 with its dB_t, dC_t partials summed over each warp's channels on the tensor cores
 // (s6b_quad_sum4; session 26, `S6_SCAN_BWD=n16m8` until measured).
 S6_SCAN_BWD_N16(s6_scan_bwd_n16m8, 8, true, 3, true)
+// n16p with the same tensor-core sums (`S6_SCAN_BWD=n16pm` until measured).
+S6_SCAN_BWD_N16(s6_scan_bwd_n16pm, 12, false, 4, true)
 
 // dB / dC: sum of the per-block partials pbc[blk][row][2n] over the blocks, in order; written to
 // db[row * ldb + s] and dc[row * ldc + s] (offsets applied by the caller).
