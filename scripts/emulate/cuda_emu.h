@@ -4,7 +4,8 @@
 // statics (one block runs at a time, except in s6emu_launch_concurrent, whose kernels must keep
 // their shared memory dynamic: S6_DYNAMIC_SHARED is per block there), and the SFU's approximate
 // functions are the libm ones.
-// Warp shuffles (xor, broadcast), __syncwarp and the tf32 mma.m16n8k8 are emulated with a barrier per warp; other warp-level operations are not.
+// Warp shuffles (xor, broadcast), __syncwarp and the tf32 mma.m16n8k8 are emulated with a barrier
+// per warp; other warp-level operations are not.
 // Kernels with a grid-wide barrier (layer_step.cu's s6_grid_sync: atomics on global memory and a
 // spin on a volatile load) run with s6emu_launch_concurrent: every thread of every block at once;
 // kernels of thread-block clusters (a cluster barrier, distributed shared memory) with
@@ -43,11 +44,11 @@
 struct s6emu_dim3 { unsigned int x = 0, y = 0, z = 0; };
 inline thread_local s6emu_dim3 threadIdx, blockIdx;
 inline s6emu_dim3 gridDim, blockDim;
-// What a block's threads share: its barrier (null in a serial launch), a barrier and 32 exchange
-// slots per warp (for the shuffles and the mma), its dynamic shared memory. Every thread of a launch points
-// s6emu_block at its block's.
 // One lane's operands of an emulated mma (its A and B fragment registers).
 struct s6emu_mma_frag { unsigned int a[4], b[2]; };
+// What a block's threads share: its barrier (null in a serial launch), a barrier and 32 exchange
+// slots per warp (for the shuffles) and 32 operand slots per warp (for the mma), its dynamic
+// shared memory. Every thread of a launch points s6emu_block at its block's.
 struct s6emu_block_state {
     std::unique_ptr<std::barrier<>> bar;
     std::vector<std::unique_ptr<std::barrier<>>> warps;

@@ -1,8 +1,9 @@
-// The d_state-16 scan backward (kernels/scan_backward.cu: s6_scan_bwd_n16p, n16r8 and their variants n16pm and n16m8,
-// and their two reduction kernels, launched as cuda/backward.rs does) run on the CPU through
-// cuda_emu.h, against finite differences of the f64 forward (scan_ref.h): for L = sum(dy * y)
-// and each gradient G of an input X (u, Δ, z, B, C, A, D, the Δ bias), G . V against
-// (L(X + eV) - L(X - eV)) / 2e for random directions V. Zero initial state, as the backward
+// The d_state-16 scan backward (kernels/scan_backward.cu: s6_scan_bwd_n16p, n16r8 and their
+// tensor-core variants n16pm and n16m8, and their two reduction kernels, launched as
+// cuda/backward.rs does) run on the CPU through cuda_emu.h, against finite differences of the f64
+// forward (scan_ref.h): for L = sum(dy * y) and each gradient G of an input X (u, Δ, z, B, C, A,
+// D, the Δ bias), G . V against (L(X + eV) - L(X - eV)) / 2e for random directions V; the variants
+// also output by output against the kernel each restructures. Zero initial state, as the backward
 // assumes. Run: scripts/emulate/run.sh
 #include "cuda_emu.h"
 #include "../../crates/s6/src/backend/cuda/kernels/prelude.cu"
@@ -23,20 +24,10 @@ struct Variant {
     BwdKernel kernel;
     unsigned chunk;
     // A kernel of the same math whose outputs this one's must match up to rounding (n16m8: n16r8,
-    // whose dB/dC partials it sums on the tensor cores instead of in shared memory), or null.
+    // n16pm: n16p, whose dB/dC partials they sum on the tensor cores instead of in shared
+    // memory), or null.
     BwdKernel same_as = nullptr;
 };
-
-// max |got - want| / max |want| over two float vectors.
-static double rel_diff_f(const std::vector<float>& got, const std::vector<float>& want) {
-    double md = 0, mw = 0;
-    for (size_t i = 0; i < want.size(); i++) {
-        if (!std::isfinite(got[i])) return INFINITY;
-        md = std::max(md, (double)std::fabs(got[i] - want[i]));
-        mw = std::max(mw, (double)std::fabs(want[i]));
-    }
-    return mw > 0 ? md / mw : md;
-}
 
 static void run_case(const Variant& kv, unsigned batch, unsigned seqlen, unsigned dim, bool gate) {
     const unsigned N = 16, xw = 3 + 2 * N, rows = batch * seqlen;
@@ -69,8 +60,9 @@ static void run_case(const Variant& kv, unsigned batch, unsigned seqlen, unsigne
                        gate ? dz2.data() + dim : nullptr, gate ? 2 * dim : 0, ckpt2.data(), pbc2.data(),
                        pparam2.data(), seqlen, dim, N);
         });
-        const double worst = std::max({rel_diff_f(du, du2), rel_diff_f(ddelta, ddelta2), rel_diff_f(dz, dz2),
-                                       rel_diff_f(pbc, pbc2), rel_diff_f(pparam, pparam2)});
+        const double worst = std::max({rel_diff(du.data(), D(du2)), rel_diff(ddelta.data(), D(ddelta2)),
+                                       rel_diff(dz.data(), D(dz2)), rel_diff(pbc.data(), D(pbc2)),
+                                       rel_diff(pparam.data(), D(pparam2))});
         const bool ok = worst < 2e-6;
         if (!ok) failures++;
         std::printf("%-4s %-7s b%u l%-4u d%-3u gate %d every output against the kernel it restructures: %.2e\n",

@@ -31,9 +31,8 @@ const SCAN_BWD_N16: [(&str, ScanBwdKernel); 4] = [
 /// forces one, for measurements (read once per process). `n16pm` and `n16m8` (session 26, not yet
 /// measured) are n16p and n16r8 with each step's dB/dC partials summed over a warp's channels on
 /// the tensor cores, a quarter of the shared-memory traffic for them (`kernels/scan_backward.cu`,
-/// `s6b_quad_sum4`). (4 lanes
-/// of 4 states per channel, session 19, was slower than both everywhere and was removed:
-/// docs/BENCHMARKS.md, session 20.)
+/// `s6b_quad_sum4`). (4 lanes of 4 states per channel, session 19, was slower than both everywhere
+/// and was removed: docs/BENCHMARKS.md, session 20.)
 fn scan_bwd_n16(blocks: usize, sm_count: usize) -> ScanBwdKernel {
     static FORCED: std::sync::OnceLock<Option<usize>> = std::sync::OnceLock::new();
     let forced = FORCED.get_or_init(|| super::forced_by_env("S6_SCAN_BWD", SCAN_BWD_N16.iter().map(|(name, _)| *name)));
